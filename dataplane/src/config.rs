@@ -1,0 +1,929 @@
+//! The data plane's configuration: a TOML file (or the embedded default),
+//! validated as a whole into an immutable [`Snapshot`] that workers read.
+//!
+//! Validation never stops at the first typo silently and never half-applies:
+//! [`Config::validate`] either returns a complete snapshot or a
+//! [`ConfigError`] naming the offending field (`port[1].addresses[0]`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+
+use crate::route::{Route, RouteTable};
+
+/// The configuration compiled into the binary, used when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
+
+/// A configuration that failed to load or validate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the field at fault (`worker.flow_capacity`), or `<file>`
+    /// when the file itself could not be read or parsed.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config: {}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The file as written (TOML). Unknown keys are rejected.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// DPDK environment.
+    #[serde(default)]
+    pub dpdk: DpdkSection,
+    /// Poll-mode worker settings.
+    #[serde(default)]
+    pub worker: WorkerSection,
+    /// Neighbour (ARP / IPv6 ND) settings.
+    #[serde(default)]
+    pub neighbors: NeighborSection,
+    /// ICMP error generation.
+    #[serde(default)]
+    pub icmp: IcmpSection,
+    /// Metrics and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// The gateway's interfaces, in order; routes name them.
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortSection>,
+    /// Static routes (connected routes come from the port addresses).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteSection>,
+    /// Static neighbour entries.
+    #[serde(default, rename = "neighbor")]
+    pub static_neighbors: Vec<StaticNeighborSection>,
+}
+
+/// `[dpdk]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpdkSection {
+    /// EAL arguments (`-l`, `--vdev`, `--in-memory`, ...); more may follow `--` on the command line.
+    pub eal_args: Vec<String>,
+    /// Packet buffers in the pool; 0 sizes it from ports, queues and rings.
+    pub mempool_size: u32,
+    /// Per-lcore buffer cache.
+    pub mempool_cache: u32,
+}
+
+impl Default for DpdkSection {
+    fn default() -> Self {
+        DpdkSection {
+            eal_args: Vec::new(),
+            mempool_size: 0,
+            mempool_cache: 256,
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Flows each worker can track.
+    pub flow_capacity: u32,
+    /// Seconds without a packet before a flow is forgotten.
+    pub flow_idle_timeout_s: u32,
+    /// Sleep this long after an idle poll round (0: busy-poll, the production default).
+    pub idle_sleep_us: u32,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            flow_capacity: 1 << 20,
+            flow_idle_timeout_s: 120,
+            idle_sleep_us: 0,
+        }
+    }
+}
+
+/// `[neighbors]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeighborSection {
+    /// Seconds a learned entry is used without re-confirmation.
+    pub reachable_s: u32,
+    /// Further seconds a stale entry is still used while being re-probed, before removal.
+    pub stale_s: u32,
+    /// Seconds between resolution requests for one address.
+    pub retransmit_ms: u32,
+    /// Requests sent before packets waiting on an address are dropped.
+    pub max_probes: u32,
+    /// Packets held per unresolved address.
+    pub pending_per_neighbor: u32,
+    /// Unresolved addresses each worker tracks at once.
+    pub pending_neighbors: u32,
+}
+
+impl Default for NeighborSection {
+    fn default() -> Self {
+        NeighborSection {
+            reachable_s: 30,
+            stale_s: 600,
+            retransmit_ms: 1000,
+            max_probes: 3,
+            pending_per_neighbor: 8,
+            pending_neighbors: 64,
+        }
+    }
+}
+
+/// `[icmp]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IcmpSection {
+    /// ICMP errors each worker may send per second (RFC 1812 4.3.2.8, RFC 4443 2.4(f)).
+    pub errors_per_s: u32,
+    /// Burst allowance for ICMP errors.
+    pub errors_burst: u32,
+}
+
+impl Default for IcmpSection {
+    fn default() -> Self {
+        IcmpSection {
+            errors_per_s: 100,
+            errors_burst: 50,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address for `/metrics` and `/healthz`; empty disables the endpoint.
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: "127.0.0.1:9469".into(),
+        }
+    }
+}
+
+/// `[[port]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortSection {
+    /// Name used by routes and metrics (`lan`, `wan0`).
+    pub name: String,
+    /// DPDK device name (`net_af_packet0`, `0000:03:00.0`).
+    pub device: String,
+    /// Interface addresses with prefix length (`10.0.0.1/24`, `2001:db8::1/64`).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// MTU (the largest IP packet sent out of this port).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Receive descriptors per queue.
+    #[serde(default = "default_ring")]
+    pub rx_ring: u16,
+    /// Transmit descriptors per queue.
+    #[serde(default = "default_ring")]
+    pub tx_ring: u16,
+    /// Accept frames for any destination MAC.
+    #[serde(default)]
+    pub promiscuous: bool,
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+
+fn default_ring() -> u16 {
+    1024
+}
+
+/// `[[route]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Destination prefix (`0.0.0.0/0`, `2001:db8:2::/48`).
+    pub prefix: String,
+    /// Next-hop address; it must lie in a connected subnet unless `port` is given.
+    #[serde(default)]
+    pub via: Option<String>,
+    /// Outgoing port; alone it means the prefix is on-link there.
+    #[serde(default)]
+    pub port: Option<String>,
+}
+
+/// `[[neighbor]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNeighborSection {
+    /// The neighbour's IP address.
+    pub ip: String,
+    /// Its MAC address (`02:00:00:00:00:01`).
+    pub mac: String,
+    /// The port it is reached on.
+    pub port: String,
+}
+
+/// One port as workers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    /// Index in the config (and in every per-port array of the data plane).
+    pub index: u16,
+    /// Configured name.
+    pub name: String,
+    /// DPDK device name.
+    pub device: String,
+    /// MAC address (all zero until the port has started).
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u16,
+    /// IPv4 interface addresses.
+    pub v4: Vec<Ipv4Net>,
+    /// IPv6 interface addresses, the link-local one (derived from the MAC) first once known.
+    pub v6: Vec<Ipv6Net>,
+}
+
+impl PortInfo {
+    /// The address to source ICMPv4 errors and ARP requests from: the first
+    /// IPv4 address, or the one on the same subnet as `toward` when there is one.
+    pub fn v4_source(&self, toward: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.v4
+            .iter()
+            .find(|n| n.contains(&toward))
+            .or_else(|| self.v4.first())
+            .map(Ipv4Net::addr)
+    }
+
+    /// The address to source ICMPv6 and ND packets from toward `toward`:
+    /// link-local for link-local destinations, else one on the same prefix,
+    /// else the first global one.
+    pub fn v6_source(&self, toward: Ipv6Addr) -> Option<Ipv6Addr> {
+        let link_local = |a: &Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
+        if link_local(&toward) {
+            return self.v6.iter().map(Ipv6Net::addr).find(link_local);
+        }
+        self.v6
+            .iter()
+            .find(|n| n.contains(&toward))
+            .or_else(|| self.v6.iter().find(|n| !link_local(&n.addr())))
+            .or_else(|| self.v6.first())
+            .map(Ipv6Net::addr)
+    }
+
+    /// Whether `addr` is one of this port's addresses.
+    pub fn owns(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.v4.iter().any(|n| n.addr() == a),
+            IpAddr::V6(a) => self.v6.iter().any(|n| n.addr() == a),
+        }
+    }
+}
+
+/// A static neighbour entry after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticNeighbor {
+    /// Port index.
+    pub port: u16,
+    /// Address.
+    pub ip: IpAddr,
+    /// MAC.
+    pub mac: [u8; 6],
+}
+
+/// Everything a worker needs, validated and immutable. A new one replaces
+/// the old between bursts; workers never see a mix.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Increases with every applied configuration.
+    pub generation: u32,
+    /// Ports in config order.
+    pub ports: Vec<PortInfo>,
+    /// Longest-prefix-match routes (connected and static).
+    pub routes: RouteTable,
+    /// Static neighbours.
+    pub static_neighbors: Vec<StaticNeighbor>,
+    /// Worker settings.
+    pub worker: WorkerSection,
+    /// Neighbour settings.
+    pub neighbors: NeighborSection,
+    /// ICMP settings.
+    pub icmp: IcmpSection,
+}
+
+impl Snapshot {
+    /// The port owning `addr`, if the address is one of ours.
+    pub fn local_port(&self, addr: IpAddr) -> Option<u16> {
+        self.ports.iter().find(|p| p.owns(addr)).map(|p| p.index)
+    }
+
+    /// Gives every port its MAC once the devices have started, and with it
+    /// the EUI-64 link-local IPv6 address.
+    pub fn set_port_macs(&mut self, macs: &[[u8; 6]]) {
+        for (port, mac) in self.ports.iter_mut().zip(macs) {
+            port.mac = *mac;
+            let ll = link_local_from_mac(*mac);
+            port.v6.retain(|n| n.addr() != ll);
+            port.v6.insert(
+                0,
+                Ipv6Net::new(ll, 64).expect("64 is a valid prefix length"),
+            );
+        }
+    }
+}
+
+/// The EUI-64 link-local address of a MAC (RFC 4291 appendix A).
+pub fn link_local_from_mac(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl Config {
+    /// Parses TOML text; syntax errors and unknown keys name the key and line.
+    ///
+    /// # Errors
+    /// On TOML syntax errors, unknown keys or wrongly typed values.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|err| {
+            let message = err.message().to_owned();
+            let location = err
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError::new("<file>", format!("{message}{location}"))
+        })
+    }
+
+    /// Reads and parses a file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or does not parse.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::new("<file>", format!("cannot read {}: {err}", path.display()))
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks every field and compiles the snapshot workers use.
+    ///
+    /// # Errors
+    /// The first invalid field, by path.
+    pub fn validate(&self, generation: u32) -> Result<Snapshot, ConfigError> {
+        let w = &self.worker;
+        if w.flow_capacity == 0 || w.flow_capacity > 1 << 24 {
+            return Err(ConfigError::new(
+                "worker.flow_capacity",
+                "must be between 1 and 16777216",
+            ));
+        }
+        if w.flow_idle_timeout_s == 0 {
+            return Err(ConfigError::new(
+                "worker.flow_idle_timeout_s",
+                "must be at least 1",
+            ));
+        }
+        if w.idle_sleep_us > 100_000 {
+            return Err(ConfigError::new(
+                "worker.idle_sleep_us",
+                "must be at most 100000 (0.1 s)",
+            ));
+        }
+        let n = &self.neighbors;
+        for (field, value, min, max) in [
+            ("neighbors.reachable_s", n.reachable_s, 1, 86_400),
+            ("neighbors.stale_s", n.stale_s, 0, 86_400),
+            ("neighbors.retransmit_ms", n.retransmit_ms, 10, 60_000),
+            ("neighbors.max_probes", n.max_probes, 1, 100),
+            (
+                "neighbors.pending_per_neighbor",
+                n.pending_per_neighbor,
+                1,
+                256,
+            ),
+            ("neighbors.pending_neighbors", n.pending_neighbors, 1, 4096),
+            ("icmp.errors_per_s", self.icmp.errors_per_s, 0, 1_000_000),
+            ("icmp.errors_burst", self.icmp.errors_burst, 0, 1_000_000),
+        ] {
+            if value < min || value > max {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{value} is out of range {min}..={max}"),
+                ));
+            }
+        }
+        if self.dpdk.mempool_size != 0 && self.dpdk.mempool_size < 1024 {
+            return Err(ConfigError::new(
+                "dpdk.mempool_size",
+                "must be 0 (automatic) or at least 1024",
+            ));
+        }
+        if self.dpdk.mempool_cache > 512 {
+            return Err(ConfigError::new(
+                "dpdk.mempool_cache",
+                "must be at most 512 (RTE_MEMPOOL_CACHE_MAX_SIZE)",
+            ));
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::new(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address:port (use \"\" to disable)",
+                    self.metrics.listen
+                ),
+            ));
+        }
+
+        if self.ports.is_empty() {
+            return Err(ConfigError::new(
+                "port",
+                "at least one [[port]] is required",
+            ));
+        }
+        if self.ports.len() > 32 {
+            return Err(ConfigError::new(
+                "port",
+                "at most 32 ports are supported (RTE_MAX_ETHPORTS)",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut devices = HashSet::new();
+        let mut ports = Vec::with_capacity(self.ports.len());
+        let mut owned: Vec<IpAddr> = Vec::new();
+        let mut routes = RouteTable::default();
+        for (i, p) in self.ports.iter().enumerate() {
+            let field = format!("port[{i}]");
+            if p.name.is_empty()
+                || p.name.len() > 32
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!(
+                        "{:?} must be 1-32 characters of letters, digits, '-' or '_'",
+                        p.name
+                    ),
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("{:?} is used by another port", p.name),
+                ));
+            }
+            if p.device.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.device"),
+                    "must name a DPDK device",
+                ));
+            }
+            if !devices.insert(p.device.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.device"),
+                    format!("{:?} is used by another port", p.device),
+                ));
+            }
+            if !(576..=9000).contains(&p.mtu) {
+                return Err(ConfigError::new(
+                    format!("{field}.mtu"),
+                    format!("{} is out of range 576..=9000", p.mtu),
+                ));
+            }
+            for (ring, value) in [("rx_ring", p.rx_ring), ("tx_ring", p.tx_ring)] {
+                if !(64..=16384).contains(&value) || !value.is_power_of_two() {
+                    return Err(ConfigError::new(
+                        format!("{field}.{ring}"),
+                        format!("{value} must be a power of two in 64..=16384"),
+                    ));
+                }
+            }
+            let mut v4 = Vec::new();
+            let mut v6 = Vec::new();
+            for (j, text) in p.addresses.iter().enumerate() {
+                let afield = format!("{field}.addresses[{j}]");
+                let net: IpNet = text.parse().map_err(|_| {
+                    ConfigError::new(
+                        &afield,
+                        format!("{text:?} is not an address with prefix length (10.0.0.1/24)"),
+                    )
+                })?;
+                let addr = net.addr();
+                let bad = match addr {
+                    IpAddr::V4(a) => {
+                        a.is_unspecified()
+                            || a.is_multicast()
+                            || a.is_broadcast()
+                            || a.is_loopback()
+                    }
+                    IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_loopback(),
+                };
+                if bad {
+                    return Err(ConfigError::new(
+                        &afield,
+                        format!("{addr} cannot be an interface address"),
+                    ));
+                }
+                if let IpNet::V4(n) = net {
+                    if n.prefix_len() < 31
+                        && (addr == IpAddr::V4(n.network()) || addr == IpAddr::V4(n.broadcast()))
+                    {
+                        return Err(ConfigError::new(
+                            &afield,
+                            format!(
+                                "{addr} is the network or broadcast address of {}",
+                                n.trunc()
+                            ),
+                        ));
+                    }
+                }
+                if owned.contains(&addr) {
+                    return Err(ConfigError::new(
+                        &afield,
+                        format!("{addr} is assigned twice"),
+                    ));
+                }
+                owned.push(addr);
+                match net {
+                    IpNet::V4(n) => v4.push(n),
+                    IpNet::V6(n) => v6.push(n),
+                }
+                routes.insert(
+                    net.trunc(),
+                    Route {
+                        port: i as u16,
+                        via: None,
+                    },
+                );
+            }
+            ports.push(PortInfo {
+                index: i as u16,
+                name: p.name.clone(),
+                device: p.device.clone(),
+                mac: [0; 6],
+                mtu: p.mtu,
+                v4,
+                v6,
+            });
+        }
+
+        let port_index = |field: String, name: &str| -> Result<u16, ConfigError> {
+            ports
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.index)
+                .ok_or_else(|| ConfigError::new(field, format!("no port is named {name:?}")))
+        };
+        let mut seen_prefixes = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = format!("route[{i}]");
+            let prefix: IpNet = r.prefix.parse().map_err(|_| {
+                ConfigError::new(
+                    format!("{field}.prefix"),
+                    format!("{:?} is not a prefix (10.1.0.0/16)", r.prefix),
+                )
+            })?;
+            if prefix.trunc() != prefix {
+                return Err(ConfigError::new(
+                    format!("{field}.prefix"),
+                    format!(
+                        "{prefix} has host bits set; did you mean {}?",
+                        prefix.trunc()
+                    ),
+                ));
+            }
+            if !seen_prefixes.insert(prefix) {
+                return Err(ConfigError::new(
+                    format!("{field}.prefix"),
+                    format!("{prefix} is routed twice"),
+                ));
+            }
+            let via: Option<IpAddr> = match &r.via {
+                None => None,
+                Some(text) => Some(text.parse().map_err(|_| {
+                    ConfigError::new(
+                        format!("{field}.via"),
+                        format!("{text:?} is not an IP address"),
+                    )
+                })?),
+            };
+            if let Some(via) = via {
+                if via.is_ipv4() != prefix.addr().is_ipv4() {
+                    return Err(ConfigError::new(
+                        format!("{field}.via"),
+                        format!("{via} is not of the same family as {prefix}"),
+                    ));
+                }
+                if owned.contains(&via) {
+                    return Err(ConfigError::new(
+                        format!("{field}.via"),
+                        format!("{via} is one of the gateway's own addresses"),
+                    ));
+                }
+            }
+            let port = match (&r.port, via) {
+                (Some(name), _) => port_index(format!("{field}.port"), name)?,
+                (None, Some(via)) => match routes.lookup(via) {
+                    Some(connected) if connected.via.is_none() => connected.port,
+                    _ => {
+                        return Err(ConfigError::new(
+                            format!("{field}.via"),
+                            format!("{via} is not in a connected subnet; give `port` as well"),
+                        ))
+                    }
+                },
+                (None, None) => {
+                    return Err(ConfigError::new(field, "needs `via`, `port`, or both"))
+                }
+            };
+            routes.insert(prefix, Route { port, via });
+        }
+
+        let mut static_neighbors = Vec::with_capacity(self.static_neighbors.len());
+        for (i, n) in self.static_neighbors.iter().enumerate() {
+            let field = format!("neighbor[{i}]");
+            let ip: IpAddr = n.ip.parse().map_err(|_| {
+                ConfigError::new(
+                    format!("{field}.ip"),
+                    format!("{:?} is not an IP address", n.ip),
+                )
+            })?;
+            let mac = parse_mac(&n.mac)
+                .filter(|m| m[0] & 1 == 0 && *m != [0; 6])
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.mac"),
+                        format!("{:?} is not a unicast MAC (02:00:00:00:00:01)", n.mac),
+                    )
+                })?;
+            let port = port_index(format!("{field}.port"), &n.port)?;
+            static_neighbors.push(StaticNeighbor { port, ip, mac });
+        }
+
+        Ok(Snapshot {
+            generation,
+            ports,
+            routes,
+            static_neighbors,
+            worker: self.worker.clone(),
+            neighbors: self.neighbors.clone(),
+            icmp: self.icmp.clone(),
+        })
+    }
+
+    /// Fields that only take effect at start: a reload that changes them is refused.
+    ///
+    /// # Errors
+    /// Names the first such field that differs.
+    pub fn check_reloadable(&self, running: &Config) -> Result<(), ConfigError> {
+        if self.dpdk != running.dpdk {
+            return Err(ConfigError::new(
+                "dpdk",
+                "EAL and mempool settings apply at start only; restart to change them",
+            ));
+        }
+        if self.metrics != running.metrics {
+            return Err(ConfigError::new(
+                "metrics.listen",
+                "applies at start only; restart to change it",
+            ));
+        }
+        if self.worker.flow_capacity != running.worker.flow_capacity {
+            return Err(ConfigError::new(
+                "worker.flow_capacity",
+                "applies at start only; restart to change it",
+            ));
+        }
+        if self.ports.len() != running.ports.len() {
+            return Err(ConfigError::new(
+                "port",
+                "ports can only be added or removed by a restart",
+            ));
+        }
+        for (i, (new, old)) in self.ports.iter().zip(&running.ports).enumerate() {
+            for (field, changed) in [
+                ("name", new.name != old.name),
+                ("device", new.device != old.device),
+                ("rx_ring", new.rx_ring != old.rx_ring),
+                ("tx_ring", new.tx_ring != old.tx_ring),
+                ("promiscuous", new.promiscuous != old.promiscuous),
+                ("mtu", new.mtu != old.mtu),
+            ] {
+                if changed {
+                    return Err(ConfigError::new(
+                        format!("port[{i}].{field}"),
+                        "applies at start only; restart to change it",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[port]]
+name = "lan"
+device = "net_null0"
+addresses = ["10.0.0.1/24", "fd00::1/64"]
+[[port]]
+name = "wan"
+device = "net_null1"
+addresses = ["10.0.1.1/24"]
+"#;
+
+    fn check(text: &str) -> Result<Snapshot, ConfigError> {
+        Config::from_toml(text)?.validate(1)
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let snap = check(EMBEDDED_DEFAULT).expect("the embedded default validates");
+        assert_eq!(snap.ports.len(), 2);
+    }
+
+    #[test]
+    fn base_config_gets_connected_routes() {
+        let snap = check(BASE).unwrap();
+        assert_eq!(snap.routes.len(), 3);
+        assert_eq!(
+            snap.routes
+                .lookup("10.0.1.77".parse().unwrap())
+                .unwrap()
+                .port,
+            1
+        );
+        assert_eq!(snap.local_port("fd00::1".parse().unwrap()), Some(0));
+    }
+
+    #[test]
+    fn rejects_invalid_configs_naming_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("[worker]\nflow_capacity = 0\n", "worker.flow_capacity"),
+            ("[worker]\nflow_idle_timeout_s = 0\n", "worker.flow_idle_timeout_s"),
+            ("[worker]\nidle_sleep_us = 500000\n", "worker.idle_sleep_us"),
+            ("[neighbors]\nretransmit_ms = 1\n", "neighbors.retransmit_ms"),
+            ("[neighbors]\npending_per_neighbor = 0\n", "neighbors.pending_per_neighbor"),
+            ("[dpdk]\nmempool_size = 10\n", "dpdk.mempool_size"),
+            ("[dpdk]\nmempool_cache = 4096\n", "dpdk.mempool_cache"),
+            ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
+            ("[[port]]\nname = \"lan\"\ndevice = \"net_null9\"\n", "port[2].name"),
+            ("[[port]]\nname = \"x y\"\ndevice = \"net_null9\"\n", "port[2].name"),
+            ("[[port]]\nname = \"dmz\"\ndevice = \"net_null0\"\n", "port[2].device"),
+            ("[[port]]\nname = \"dmz\"\ndevice = \"d\"\nmtu = 100\n", "port[2].mtu"),
+            ("[[port]]\nname = \"dmz\"\ndevice = \"d\"\nrx_ring = 1000\n", "port[2].rx_ring"),
+            ("[[port]]\nname = \"dmz\"\ndevice = \"d\"\naddresses = [\"10.9.0.1/33\"]\n", "port[2].addresses[0]"),
+            ("[[port]]\nname = \"dmz\"\ndevice = \"d\"\naddresses = [\"10.9.0.0/24\"]\n", "port[2].addresses[0]"),
+            ("[[port]]\nname = \"dmz\"\ndevice = \"d\"\naddresses = [\"224.0.0.1/24\"]\n", "port[2].addresses[0]"),
+            ("[[port]]\nname = \"dmz\"\ndevice = \"d\"\naddresses = [\"10.0.0.1/24\"]\n", "port[2].addresses[0]"),
+            ("[[route]]\nprefix = \"10.5.0.0/16\"\n", "route[0]"),
+            ("[[route]]\nprefix = \"10.5.0.1/16\"\nvia = \"10.0.0.9\"\n", "route[0].prefix"),
+            ("[[route]]\nprefix = \"banana\"\nvia = \"10.0.0.9\"\n", "route[0].prefix"),
+            ("[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"10.77.0.9\"\n", "route[0].via"),
+            ("[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"fd00::9\"\n", "route[0].via"),
+            ("[[route]]\nprefix = \"10.5.0.0/16\"\nvia = \"10.0.0.1\"\n", "route[0].via"),
+            ("[[route]]\nprefix = \"10.5.0.0/16\"\nport = \"dmz\"\n", "route[0].port"),
+            (
+                "[[route]]\nprefix = \"10.5.0.0/16\"\nport = \"lan\"\n[[route]]\nprefix = \"10.5.0.0/16\"\nport = \"wan\"\n",
+                "route[1].prefix",
+            ),
+            ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"01:00:5e:00:00:01\"\nport = \"lan\"\n", "neighbor[0].mac"),
+            ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"zz\"\nport = \"lan\"\n", "neighbor[0].mac"),
+            ("[[neighbor]]\nip = \"x\"\nmac = \"02:00:00:00:00:01\"\nport = \"lan\"\n", "neighbor[0].ip"),
+            ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"02:00:00:00:00:01\"\nport = \"dmz\"\n", "neighbor[0].port"),
+            ("[worker]\nflow_capacty = 5\n", "<file>"),
+            ("[worker]\nflow_capacity = \"many\"\n", "<file>"),
+        ];
+        for (extra, field) in cases {
+            let text = format!("{BASE}\n{extra}");
+            match check(&text) {
+                Ok(_) => panic!("accepted invalid config:\n{extra}"),
+                Err(err) => assert_eq!(&err.field, field, "for:\n{extra}\ngot: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_and_line() {
+        let err = check(&format!("{BASE}\n[worker]\nflow_capacty = 5\n")).unwrap_err();
+        assert!(err.message.contains("flow_capacty"), "{err}");
+        assert!(err.message.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn no_ports_is_an_error() {
+        assert_eq!(check("").unwrap_err().field, "port");
+    }
+
+    #[test]
+    fn reload_refuses_start_only_fields() {
+        let running = Config::from_toml(BASE).unwrap();
+        let mut changed = running.clone();
+        changed.ports[1].mtu = 9000;
+        assert_eq!(
+            changed.check_reloadable(&running).unwrap_err().field,
+            "port[1].mtu"
+        );
+        let mut changed = running.clone();
+        changed.worker.flow_capacity = 5;
+        assert_eq!(
+            changed.check_reloadable(&running).unwrap_err().field,
+            "worker.flow_capacity"
+        );
+        let mut changed = running.clone();
+        changed.ports[0].addresses.push("10.8.0.1/24".into());
+        changed.worker.flow_idle_timeout_s = 5;
+        assert!(
+            changed.check_reloadable(&running).is_ok(),
+            "addresses and timers reload"
+        );
+    }
+
+    #[test]
+    fn link_local_comes_from_the_mac() {
+        assert_eq!(
+            link_local_from_mac([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+            "fe80::5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap()
+        );
+        let mut snap = check(BASE).unwrap();
+        snap.set_port_macs(&[[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]]);
+        snap.set_port_macs(&[[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]]);
+        assert_eq!(snap.ports[0].v6.len(), 2, "set twice, still one link-local");
+        assert_eq!(
+            snap.ports[0].v6_source("fe80::9".parse().unwrap()),
+            Some("fe80::ff:fe00:1".parse().unwrap())
+        );
+        assert_eq!(
+            snap.ports[0].v6_source("2001:db8::9".parse().unwrap()),
+            Some("fd00::1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn parses_macs() {
+        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
+        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
+        assert_eq!(parse_mac("2:00:0a:ff:00:01"), None);
+    }
+}

@@ -1,0 +1,3 @@
+//! Per-worker flow tracking.
+
+pub mod table;

@@ -1,0 +1,98 @@
+//! The packet buffer interface the forwarding logic works on.
+//!
+//! The gateway logic is generic over [`Frame`] so that it runs on DPDK
+//! mbufs in the workers and on plain vectors in unit tests.
+
+/// A mutable packet buffer with room to grow at the front.
+pub trait Frame {
+    /// The frame's bytes.
+    fn data(&self) -> &[u8];
+    /// The frame's bytes, writable.
+    fn data_mut(&mut self) -> &mut [u8];
+    /// Grows the frame by `n` bytes at the front (uninitialised); false when there is no room.
+    fn prepend(&mut self, n: usize) -> bool;
+    /// Sets the frame to exactly `len` bytes, trimming or growing at the end; false when it does not fit.
+    fn set_len(&mut self, len: usize) -> bool;
+    /// Current length.
+    fn len(&self) -> usize {
+        self.data().len()
+    }
+    /// True when the frame holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Frame for crate::dpdk::Mbuf {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        crate::dpdk::Mbuf::data(self)
+    }
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        crate::dpdk::Mbuf::data_mut(self)
+    }
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        crate::dpdk::Mbuf::prepend(self, n)
+    }
+    #[inline]
+    fn set_len(&mut self, len: usize) -> bool {
+        crate::dpdk::Mbuf::set_len(self, len)
+    }
+}
+
+/// A heap frame with fixed headroom and capacity, like an mbuf, for tests
+/// and offline tools.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VecFrame {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl VecFrame {
+    /// Headroom of a new frame, as in DPDK (RTE_PKTMBUF_HEADROOM).
+    pub const HEADROOM: usize = 128;
+    /// Total buffer size, as a default DPDK mbuf data room.
+    pub const CAPACITY: usize = 2048 + Self::HEADROOM;
+
+    /// A frame holding a copy of `bytes` (which must fit the capacity).
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut buf = vec![0xa5; Self::CAPACITY.max(Self::HEADROOM + bytes.len())];
+        buf[Self::HEADROOM..Self::HEADROOM + bytes.len()].copy_from_slice(bytes);
+        VecFrame {
+            buf,
+            start: Self::HEADROOM,
+            end: Self::HEADROOM + bytes.len(),
+        }
+    }
+
+    /// An empty frame.
+    pub fn empty() -> Self {
+        Self::new(&[])
+    }
+}
+
+impl Frame for VecFrame {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.end]
+    }
+    fn prepend(&mut self, n: usize) -> bool {
+        if n > self.start {
+            return false;
+        }
+        self.start -= n;
+        true
+    }
+    fn set_len(&mut self, len: usize) -> bool {
+        if self.start + len > self.buf.len() {
+            return false;
+        }
+        self.end = self.start + len;
+        true
+    }
+}

@@ -1,0 +1,748 @@
+//! The per-worker forwarding logic, independent of DPDK.
+//!
+//! [`Gateway::process`] takes one received frame and decides its fate: sent
+//! out of a port (forwarded, or rewritten in place into a reply), held for
+//! address resolution, or dropped and counted. It never allocates and never
+//! blocks; replies (ARP, Neighbor Advertisements, echo replies, ICMP errors)
+//! are built in the received buffer itself.
+//!
+//! Read before editing: RFC 1812 (IPv4 routers: TTL, ICMP errors and their
+//! rate limit, martians), RFC 826 (ARP), RFC 4861 (Neighbor Discovery),
+//! RFC 4443 (ICMPv6), RFC 1624 (incremental checksum update).
+
+mod icmp;
+mod neighbor_msgs;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crossbeam_channel::Sender;
+
+use crate::config::Snapshot;
+use crate::flow::table::{FlowTable, ForwardCache};
+use crate::frame::Frame;
+use crate::neighbor::{NeighborEvent, NeighborSnapshot};
+use crate::packet::parse::{self, Fragment, Ipv4Info, Ipv6Info, PacketMeta, L3, L4};
+use crate::stats::{Counter, Counters, DropReason};
+
+pub use neighbor_msgs::write_solicitation;
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// What to do with a processed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it out of this port index; headers are ready.
+    Transmit(u16),
+    /// Its IP part is ready, but the MAC of `next_hop` on `port` is unknown:
+    /// hold it, and fill in the MACs when it resolves.
+    Resolve {
+        /// Outgoing port index.
+        port: u16,
+        /// The address to resolve.
+        next_hop: IpAddr,
+    },
+    /// Dropped; the reason has been counted.
+    Drop,
+    /// Fully handled (e.g. an ARP reply learned from); free it.
+    Consumed,
+}
+
+/// What one burst of processing reads.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The configuration in force.
+    pub cfg: &'a Snapshot,
+    /// The neighbour table in force.
+    pub neighbors: &'a NeighborSnapshot,
+    /// Changes whenever either of the above does; cached forwarding decisions
+    /// from another generation are ignored. Never 0.
+    pub fwd_generation: u32,
+    /// The time now (ns on the data-plane clock).
+    pub now_ns: u64,
+}
+
+/// A token bucket for ICMP error generation.
+#[derive(Debug, Clone)]
+struct TokenBucket {
+    per_s: u64,
+    burst_nano: u64,
+    nano_tokens: u64,
+    last_ns: u64,
+}
+
+impl TokenBucket {
+    fn new(per_s: u32, burst: u32) -> Self {
+        let burst_nano = u64::from(burst) * NS_PER_S;
+        TokenBucket {
+            per_s: u64::from(per_s),
+            burst_nano,
+            nano_tokens: burst_nano,
+            last_ns: 0,
+        }
+    }
+
+    fn take(&mut self, now_ns: u64) -> bool {
+        // A clock that steps backwards earns nothing rather than underflowing.
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        self.last_ns = self.last_ns.max(now_ns);
+        self.nano_tokens = self
+            .nano_tokens
+            .saturating_add(elapsed.saturating_mul(self.per_s))
+            .min(self.burst_nano);
+        if self.nano_tokens >= NS_PER_S {
+            self.nano_tokens -= NS_PER_S;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Neighbours a worker wants re-probed because their entry went stale,
+/// with a small direct-mapped memory of recent probes so that a busy flow
+/// does not trigger one per packet.
+#[derive(Debug)]
+struct StaleProbes {
+    wanted: [(u16, IpAddr); 8],
+    len: usize,
+    recent: [(u16, IpAddr, u64); 64],
+}
+
+impl StaleProbes {
+    fn new() -> Self {
+        let none = IpAddr::from([0u8; 4]);
+        StaleProbes {
+            wanted: [(0, none); 8],
+            len: 0,
+            recent: [(u16::MAX, none, 0); 64],
+        }
+    }
+
+    fn want(&mut self, port: u16, addr: IpAddr, now_ns: u64, interval_ns: u64) {
+        let slot = {
+            let h = match addr {
+                IpAddr::V4(a) => u32::from(a) as usize,
+                IpAddr::V6(a) => (u128::from(a) as usize) ^ ((u128::from(a) >> 64) as usize),
+            };
+            (h ^ (h >> 7) ^ usize::from(port)) % self.recent.len()
+        };
+        let (p, a, at) = self.recent[slot];
+        if p == port && a == addr && now_ns.saturating_sub(at) < interval_ns {
+            return;
+        }
+        if self.len == self.wanted.len() {
+            return; // more next time
+        }
+        self.recent[slot] = (port, addr, now_ns);
+        self.wanted[self.len] = (port, addr);
+        self.len += 1;
+    }
+}
+
+/// One worker's forwarding state: flow table, counters, rate limits.
+#[derive(Debug)]
+pub struct Gateway {
+    /// What this worker counted.
+    pub counters: Counters,
+    flows: FlowTable,
+    icmp_bucket: TokenBucket,
+    events: Sender<NeighborEvent>,
+    ip_id: u16,
+    stale: StaleProbes,
+}
+
+impl Gateway {
+    /// A gateway with its flow table sized from `cfg`, reporting neighbour
+    /// observations on `events`. All memory is allocated here.
+    pub fn new(cfg: &Snapshot, events: Sender<NeighborEvent>, seed: u64) -> Self {
+        Gateway {
+            counters: Counters::default(),
+            flows: FlowTable::new(
+                cfg.worker.flow_capacity as usize,
+                u64::from(cfg.worker.flow_idle_timeout_s) * NS_PER_S,
+                seed,
+            ),
+            icmp_bucket: TokenBucket::new(cfg.icmp.errors_per_s, cfg.icmp.errors_burst),
+            events,
+            ip_id: (seed as u16) | 1,
+            stale: StaleProbes::new(),
+        }
+    }
+
+    /// Applies the settings of a new snapshot that can change at run time.
+    pub fn reconfigure(&mut self, cfg: &Snapshot) {
+        self.icmp_bucket = TokenBucket::new(cfg.icmp.errors_per_s, cfg.icmp.errors_burst);
+        self.flows
+            .set_idle_timeout(u64::from(cfg.worker.flow_idle_timeout_s) * NS_PER_S);
+    }
+
+    /// The flow table, for inspection.
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
+    /// Ages out idle flows, examining at most `budget` entries.
+    pub fn expire_flows(&mut self, now_ns: u64, budget: usize) {
+        self.flows.expire(now_ns, budget);
+        let stats = self.flows.stats();
+        self.counters.set(Counter::FlowsCreated, stats.inserted);
+        self.counters.set(Counter::FlowsExpired, stats.expired);
+        self.counters
+            .set(Counter::FlowsActive, self.flows.len() as u64);
+    }
+
+    /// Takes the neighbours that went stale under traffic and should be re-probed now.
+    pub fn take_stale_probes(&mut self, mut probe: impl FnMut(u16, IpAddr)) {
+        for &(port, addr) in &self.stale.wanted[..self.stale.len] {
+            probe(port, addr);
+        }
+        self.stale.len = 0;
+    }
+
+    /// Builds an ARP request or Neighbor Solicitation for `target` out of
+    /// `port` into an empty frame. False when the port has no address of the
+    /// family to ask from.
+    pub fn solicit<F: Frame>(
+        &mut self,
+        cfg: &Snapshot,
+        port: u16,
+        target: IpAddr,
+        frame: &mut F,
+    ) -> bool {
+        let Some(info) = cfg.ports.get(usize::from(port)) else {
+            return false;
+        };
+        let ok = write_solicitation(info, target, frame);
+        if ok {
+            self.counters.add(
+                if target.is_ipv4() {
+                    Counter::ArpRequests
+                } else {
+                    Counter::NdSolicitations
+                },
+                1,
+            );
+        }
+        ok
+    }
+
+    /// Decides what happens to one frame received on port `in_port`.
+    #[inline]
+    pub fn process<F: Frame>(&mut self, ctx: &Context<'_>, in_port: u16, frame: &mut F) -> Verdict {
+        let len = frame.len() as u64;
+        self.counters.add(Counter::RxPackets, 1);
+        self.counters.add(Counter::RxBytes, len);
+        let meta = match parse::parse(frame.data()) {
+            Ok(meta) => meta,
+            Err(err) => {
+                self.counters.parse_drop(err);
+                return Verdict::Drop;
+            }
+        };
+        let Some(port) = ctx.cfg.ports.get(usize::from(in_port)) else {
+            return Verdict::Drop;
+        };
+        if meta.dst_mac != port.mac && meta.dst_mac[0] & 1 == 0 {
+            return self.drop(DropReason::NotForUs);
+        }
+        if meta.vlan.is_some() {
+            return self.drop(DropReason::VlanUnsupported);
+        }
+        match meta.l3 {
+            L3::Arp(arp) => self.arp(ctx, in_port, frame, &arp),
+            L3::Ipv4(ip) => self.ipv4(ctx, in_port, frame, &meta, &ip),
+            L3::Ipv6(ip) => self.ipv6(ctx, in_port, frame, &meta, &ip),
+        }
+    }
+
+    #[inline]
+    fn drop(&mut self, reason: DropReason) -> Verdict {
+        self.counters.drop(reason);
+        Verdict::Drop
+    }
+
+    fn learn(&mut self, port: u16, ip: IpAddr, mac: [u8; 6], now_ns: u64, create: bool) {
+        let event = NeighborEvent {
+            port,
+            ip,
+            mac,
+            now_ns,
+            create,
+        };
+        if self.events.try_send(event).is_err() {
+            self.counters.add(Counter::LearnEventsLost, 1);
+        }
+    }
+
+    fn ipv4<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        ip: &Ipv4Info,
+    ) -> Verdict {
+        if ip.fragment != Fragment::None {
+            self.counters.add(Counter::Fragments, 1);
+        }
+        if ctx.cfg.local_port(IpAddr::V4(ip.dst)).is_some() {
+            return self.local_v4(ctx, in_port, frame, meta, ip);
+        }
+        // RFC 1812 5.3.4 and 5.3.7: link-layer broadcasts, IP broadcast and
+        // multicast, and martian addresses are never forwarded.
+        if meta.dst_mac[0] & 1 != 0
+            || ip.dst.is_broadcast()
+            || ip.dst.is_multicast()
+            || ip.dst.is_unspecified()
+            || ip.dst.is_loopback()
+            || ip.src.is_loopback()
+            || ip.src.is_unspecified()
+            || is_directed_broadcast(ctx.cfg, ip.dst)
+        {
+            return self.drop(DropReason::NotRoutable);
+        }
+        if ip.ttl <= 1 {
+            return self.reject(
+                ctx,
+                in_port,
+                frame,
+                meta,
+                icmp::ErrorKind::TimeExceeded,
+                DropReason::TtlExceeded,
+            );
+        }
+        let key = meta.flow_key();
+        self.forward(
+            ctx,
+            in_port,
+            frame,
+            meta,
+            IpAddr::V4(ip.dst),
+            ip.total_len,
+            key,
+        )
+    }
+
+    fn ipv6<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        ip: &Ipv6Info,
+    ) -> Verdict {
+        if ip.fragment != Fragment::None {
+            self.counters.add(Counter::Fragments, 1);
+        }
+        let dst = ip.dst;
+        if ctx.cfg.local_port(IpAddr::V6(dst)).is_some() || is_our_multicast(ctx.cfg, in_port, dst)
+        {
+            return self.local_v6(ctx, in_port, frame, meta, ip);
+        }
+        // RFC 4291 2.5.6: link-local traffic stays on its link.
+        if meta.dst_mac[0] & 1 != 0
+            || dst.is_multicast()
+            || dst.is_unspecified()
+            || dst.is_loopback()
+            || is_link_local(dst)
+            || is_link_local(ip.src)
+            || ip.src.is_unspecified()
+        {
+            return self.drop(DropReason::NotRoutable);
+        }
+        if ip.hop_limit <= 1 {
+            return self.reject(
+                ctx,
+                in_port,
+                frame,
+                meta,
+                icmp::ErrorKind::TimeExceeded,
+                DropReason::TtlExceeded,
+            );
+        }
+        let key = meta.flow_key();
+        let ip_len =
+            (u32::from(meta.ip_end) - u32::from(meta.l3_offset)).min(u32::from(u16::MAX)) as u16;
+        self.forward(ctx, in_port, frame, meta, IpAddr::V6(dst), ip_len, key)
+    }
+
+    /// The common forwarding path: flow, route (cached per flow and
+    /// direction), MTU, neighbour, header rewrite.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn forward<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        dst: IpAddr,
+        ip_len: u16,
+        key: Option<(
+            crate::packet::flow_key::FlowKey,
+            crate::packet::flow_key::Direction,
+        )>,
+    ) -> Verdict {
+        let now = ctx.now_ns;
+        let flow = key.and_then(|(key, dir)| match self.flows.lookup_or_insert(&key, now) {
+            Ok((id, _created)) => {
+                self.flows.get_mut(id).touch(dir, u32::from(ip_len), now);
+                Some((id, dir))
+            }
+            Err(_) => {
+                self.counters.add(Counter::FlowInsertFailed, 1);
+                None
+            }
+        });
+        let cached = flow
+            .map(|(id, dir)| self.flows.get(id).forward[dir.index()])
+            .filter(|c| c.generation == ctx.fwd_generation);
+
+        let (out_port, dst_mac) = match cached {
+            Some(c) => (c.port, Some(c.dst_mac)),
+            None => {
+                let Some(hop) = ctx.cfg.routes.next_hop(dst) else {
+                    return self.reject(
+                        ctx,
+                        in_port,
+                        frame,
+                        meta,
+                        icmp::ErrorKind::NoRoute,
+                        DropReason::NoRoute,
+                    );
+                };
+                let mac = ctx.neighbors.get(hop.port, hop.addr).map(|entry| {
+                    let reachable_ns = u64::from(ctx.cfg.neighbors.reachable_s) * NS_PER_S;
+                    if entry.is_stale(now, reachable_ns) {
+                        let retransmit_ns = u64::from(ctx.cfg.neighbors.retransmit_ms) * 1_000_000;
+                        self.stale.want(hop.port, hop.addr, now, retransmit_ns);
+                    }
+                    entry.mac
+                });
+                if let (Some(mac), Some((id, dir))) = (mac, flow) {
+                    self.flows.get_mut(id).forward[dir.index()] = ForwardCache {
+                        generation: ctx.fwd_generation,
+                        port: hop.port,
+                        dst_mac: mac,
+                    };
+                }
+                match mac {
+                    Some(mac) => (hop.port, Some(mac)),
+                    None => {
+                        if let Some(v) = self.check_mtu(ctx, in_port, frame, meta, hop.port, ip_len)
+                        {
+                            return v;
+                        }
+                        decrement_ttl(frame.data_mut(), meta);
+                        return Verdict::Resolve {
+                            port: hop.port,
+                            next_hop: hop.addr,
+                        };
+                    }
+                }
+            }
+        };
+        if let Some(v) = self.check_mtu(ctx, in_port, frame, meta, out_port, ip_len) {
+            return v;
+        }
+        let Some(out) = ctx.cfg.ports.get(usize::from(out_port)) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        let data = frame.data_mut();
+        decrement_ttl(data, meta);
+        if let Some(mac) = dst_mac {
+            data[0..6].copy_from_slice(&mac);
+        }
+        data[6..12].copy_from_slice(&out.mac);
+        // Drop Ethernet padding the next link may not want.
+        let ip_end = usize::from(meta.ip_end);
+        if ip_end >= 60 && ip_end < frame.len() {
+            frame.set_len(ip_end);
+        }
+        self.counters.add(Counter::Forwarded, 1);
+        self.counters
+            .add(Counter::ForwardedBytes, frame.len() as u64);
+        Verdict::Transmit(out_port)
+    }
+
+    fn check_mtu<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        out_port: u16,
+        ip_len: u16,
+    ) -> Option<Verdict> {
+        let mtu = ctx
+            .cfg
+            .ports
+            .get(usize::from(out_port))
+            .map_or(0, |p| p.mtu);
+        if ip_len <= mtu {
+            return None;
+        }
+        Some(self.reject(
+            ctx,
+            in_port,
+            frame,
+            meta,
+            icmp::ErrorKind::TooBig { mtu },
+            DropReason::TooBig,
+        ))
+    }
+
+    fn local_v4<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        ip: &Ipv4Info,
+    ) -> Verdict {
+        if ip.fragment != Fragment::None {
+            return self.drop(DropReason::LocalUnsupported); // no reassembly for the gateway's own traffic
+        }
+        match meta.l4 {
+            L4::Icmpv4 {
+                icmp_type: 8,
+                code: 0,
+                ..
+            } => {
+                if icmp::echo_reply_v4(ctx.cfg, in_port, frame, meta) {
+                    self.counters.add(Counter::EchoReplies, 1);
+                    Verdict::Transmit(in_port)
+                } else {
+                    self.drop(DropReason::NoBuffer)
+                }
+            }
+            L4::Udp { .. } => self.reject(
+                ctx,
+                in_port,
+                frame,
+                meta,
+                icmp::ErrorKind::PortUnreachable,
+                DropReason::LocalUnsupported,
+            ),
+            _ => self.drop(DropReason::LocalUnsupported),
+        }
+    }
+
+    fn local_v6<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        ip: &Ipv6Info,
+    ) -> Verdict {
+        if ip.fragment != Fragment::None {
+            return self.drop(DropReason::LocalUnsupported);
+        }
+        match meta.l4 {
+            L4::Icmpv6 {
+                icmp_type: 128,
+                code: 0,
+                ..
+            } if !ip.dst.is_multicast() => {
+                if icmp::echo_reply_v6(ctx.cfg, in_port, frame, meta) {
+                    self.counters.add(Counter::EchoReplies, 1);
+                    Verdict::Transmit(in_port)
+                } else {
+                    self.drop(DropReason::NoBuffer)
+                }
+            }
+            L4::Icmpv6 { icmp_type: 135, .. } => {
+                self.neighbor_solicitation(ctx, in_port, frame, meta, ip)
+            }
+            L4::Icmpv6 { icmp_type: 136, .. } => {
+                self.neighbor_advertisement(ctx, in_port, frame, meta, ip)
+            }
+            // Router and redirect messages, MLD, and echo to multicast: nothing to do.
+            L4::Icmpv6 { .. } => Verdict::Consumed,
+            L4::Udp { .. } if !ip.dst.is_multicast() => self.reject(
+                ctx,
+                in_port,
+                frame,
+                meta,
+                icmp::ErrorKind::PortUnreachable,
+                DropReason::LocalUnsupported,
+            ),
+            _ => self.drop(DropReason::LocalUnsupported),
+        }
+    }
+
+    fn arp<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        arp: &parse::ArpInfo,
+    ) -> Verdict {
+        let Some(port) = ctx.cfg.ports.get(usize::from(in_port)) else {
+            return Verdict::Drop;
+        };
+        let for_us = port.owns(IpAddr::V4(arp.target_ip));
+        let sender_valid = !arp.sender_ip.is_unspecified()
+            && arp.sender_mac[0] & 1 == 0
+            && !port.owns(IpAddr::V4(arp.sender_ip));
+        if sender_valid {
+            // RFC 826: merge into an existing entry always; create one only when we are the target.
+            self.learn(
+                in_port,
+                IpAddr::V4(arp.sender_ip),
+                arp.sender_mac,
+                ctx.now_ns,
+                for_us,
+            );
+        }
+        if arp.operation == 1 && for_us {
+            neighbor_msgs::arp_reply_in_place(frame, port.mac, arp);
+            self.counters.add(Counter::ArpReplies, 1);
+            return Verdict::Transmit(in_port);
+        }
+        Verdict::Consumed
+    }
+
+    fn neighbor_solicitation<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        ip: &Ipv6Info,
+    ) -> Verdict {
+        let Some(ns) = neighbor_msgs::parse_nd(frame.data(), meta, ip) else {
+            return self.drop(DropReason::BadNeighborDiscovery);
+        };
+        let Some(port) = ctx.cfg.ports.get(usize::from(in_port)) else {
+            return Verdict::Drop;
+        };
+        if !port.owns(IpAddr::V6(ns.target)) {
+            return Verdict::Consumed;
+        }
+        if let Some(mac) = ns.link_addr {
+            if !ip.src.is_unspecified() {
+                self.learn(in_port, IpAddr::V6(ip.src), mac, ctx.now_ns, true);
+            }
+        }
+        if neighbor_msgs::advertisement_in_place(frame, port.mac, meta, ip, ns.target) {
+            self.counters.add(Counter::NdAdvertisements, 1);
+            Verdict::Transmit(in_port)
+        } else {
+            self.drop(DropReason::NoBuffer)
+        }
+    }
+
+    fn neighbor_advertisement<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &F,
+        meta: &PacketMeta,
+        ip: &Ipv6Info,
+    ) -> Verdict {
+        let Some(na) = neighbor_msgs::parse_nd(frame.data(), meta, ip) else {
+            return self.drop(DropReason::BadNeighborDiscovery);
+        };
+        let mac = na.link_addr.unwrap_or(meta.src_mac);
+        if mac[0] & 1 == 0 && !na.target.is_multicast() {
+            self.learn(
+                in_port,
+                IpAddr::V6(na.target),
+                mac,
+                ctx.now_ns,
+                na.solicited,
+            );
+        }
+        Verdict::Consumed
+    }
+
+    /// Drops the packet for `reason` and, when the RFCs allow an ICMP error
+    /// and the rate limit has a token, rewrites the frame into that error
+    /// back to its sender.
+    fn reject<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        kind: icmp::ErrorKind,
+        reason: DropReason,
+    ) -> Verdict {
+        self.counters.drop(reason);
+        if !icmp::error_allowed(meta) {
+            return Verdict::Drop;
+        }
+        if !self.icmp_bucket.take(ctx.now_ns) {
+            self.counters.add(Counter::IcmpRateLimited, 1);
+            return Verdict::Drop;
+        }
+        self.ip_id = self.ip_id.wrapping_add(1);
+        if icmp::error_in_place(ctx.cfg, in_port, frame, meta, kind, self.ip_id) {
+            self.counters.add(Counter::IcmpErrors, 1);
+            Verdict::Transmit(in_port)
+        } else {
+            Verdict::Drop
+        }
+    }
+}
+
+/// Whether `addr` is the broadcast address of one of our connected IPv4 subnets.
+fn is_directed_broadcast(cfg: &Snapshot, addr: Ipv4Addr) -> bool {
+    cfg.ports
+        .iter()
+        .flat_map(|p| p.v4.iter())
+        .any(|n| n.prefix_len() < 31 && n.broadcast() == addr)
+}
+
+fn is_link_local(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// All-nodes, all-routers, or the solicited-node group of one of the port's addresses.
+fn is_our_multicast(cfg: &Snapshot, in_port: u16, dst: Ipv6Addr) -> bool {
+    if !dst.is_multicast() {
+        return false;
+    }
+    let s = dst.segments();
+    if s[0] == 0xff02 && s[1..7] == [0, 0, 0, 0, 0, 0] && (s[7] == 1 || s[7] == 2) {
+        return true;
+    }
+    let o = dst.octets();
+    if o[..13] != [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff] {
+        return false;
+    }
+    cfg.ports
+        .get(usize::from(in_port))
+        .is_some_and(|p| p.v6.iter().any(|n| n.addr().octets()[13..] == o[13..]))
+}
+
+/// Decrements TTL (with an RFC 1624 checksum update) or the hop limit.
+#[inline]
+fn decrement_ttl(data: &mut [u8], meta: &PacketMeta) {
+    let l3 = usize::from(meta.l3_offset);
+    match meta.l3 {
+        L3::Ipv4(_) => {
+            let old = u16::from_be_bytes([data[l3 + 8], data[l3 + 9]]);
+            data[l3 + 8] -= 1;
+            let new = u16::from_be_bytes([data[l3 + 8], data[l3 + 9]]);
+            let csum = u16::from_be_bytes([data[l3 + 10], data[l3 + 11]]);
+            data[l3 + 10..l3 + 12].copy_from_slice(&checksum_adjust(csum, old, new).to_be_bytes());
+        }
+        L3::Ipv6(_) => data[l3 + 7] -= 1,
+        L3::Arp(_) => {}
+    }
+}
+
+/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), in one's complement arithmetic.
+#[inline]
+fn checksum_adjust(checksum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!checksum) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests;

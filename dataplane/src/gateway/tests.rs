@@ -1,0 +1,586 @@
+//! Gateway behaviour on frames built with etherparse, without DPDK.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crossbeam_channel::Receiver;
+use etherparse::checksum::Sum16BitWords;
+use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
+
+use super::*;
+use crate::config::Config;
+use crate::frame::VecFrame;
+use crate::neighbor::{NeighborManager, NeighborShared};
+use crate::stats::{Counter, DropReason};
+
+const LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
+const WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x01];
+const HOST_A: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x0a];
+const HOST_B: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x0b];
+const S: u64 = 1_000_000_000;
+
+struct Rig {
+    cfg: Snapshot,
+    neighbors: std::sync::Arc<NeighborSnapshot>,
+    gw: Gateway,
+    events: Receiver<NeighborEvent>,
+}
+
+fn rig_with(extra: &str) -> Rig {
+    let text = format!(
+        r#"
+        [worker]
+        flow_capacity = 1024
+        [icmp]
+        errors_per_s = 1
+        errors_burst = 3
+        [[port]]
+        name = "lan"
+        device = "net_ring0"
+        addresses = ["10.0.1.1/24", "fd00:1::1/64"]
+        [[port]]
+        name = "wan"
+        device = "net_ring1"
+        mtu = 1400
+        addresses = ["10.0.2.1/24", "fd00:2::1/64"]
+        [[route]]
+        prefix = "192.168.0.0/16"
+        via = "10.0.2.254"
+        {extra}
+        "#
+    );
+    let config = Config::from_toml(&text).expect("test config parses");
+    let mut cfg = config.validate(1).expect("test config is valid");
+    cfg.set_port_macs(&[LAN_MAC, WAN_MAC]);
+    let (tx, events) = crossbeam_channel::bounded(64);
+    let gw = Gateway::new(&cfg, tx, 7);
+    Rig {
+        cfg,
+        neighbors: std::sync::Arc::new(NeighborSnapshot::default()),
+        gw,
+        events,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with("")
+}
+
+impl Rig {
+    fn learn(&mut self, port: u16, ip: &str, mac: [u8; 6]) {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let shared = std::sync::Arc::new(NeighborShared::default());
+        let mut m = NeighborManager::new(self.cfg.neighbors.clone(), shared.clone(), rx);
+        for (&(p, a), e) in self.neighbors.iter() {
+            tx.send(NeighborEvent {
+                port: p,
+                ip: a,
+                mac: e.mac,
+                now_ns: e.confirmed_ns,
+                create: true,
+            })
+            .unwrap();
+            m.tick(e.confirmed_ns);
+        }
+        tx.send(NeighborEvent {
+            port,
+            ip: ip.parse().unwrap(),
+            mac,
+            now_ns: 0,
+            create: true,
+        })
+        .unwrap();
+        m.tick(0);
+        self.neighbors = shared.load();
+    }
+
+    fn run(&mut self, in_port: u16, frame: &mut VecFrame, generation: u32, now_ns: u64) -> Verdict {
+        let ctx = Context {
+            cfg: &self.cfg,
+            neighbors: &self.neighbors,
+            fwd_generation: generation,
+            now_ns,
+        };
+        self.gw.process(&ctx, in_port, frame)
+    }
+}
+
+fn udp4(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: &[u8]) -> VecFrame {
+    let b = PacketBuilder::ethernet2(HOST_A, LAN_MAC)
+        .ipv4(src, dst, ttl)
+        .udp(4000, 53);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    VecFrame::new(&out)
+}
+
+fn udp6(src: &str, dst: &str, hops: u8, payload: &[u8]) -> VecFrame {
+    let src: Ipv6Addr = src.parse().unwrap();
+    let dst: Ipv6Addr = dst.parse().unwrap();
+    let b = PacketBuilder::ethernet2(HOST_A, LAN_MAC)
+        .ipv6(src.octets(), dst.octets(), hops)
+        .udp(4000, 53);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    VecFrame::new(&out)
+}
+
+fn icmp4_valid(msg: &[u8]) -> bool {
+    Sum16BitWords::new().add_slice(msg).ones_complement() == 0
+}
+
+fn icmp6_valid(src: [u8; 16], dst: [u8; 16], msg: &[u8]) -> bool {
+    let mut s = Sum16BitWords::new();
+    s = s.add_16bytes(src);
+    s = s.add_16bytes(dst);
+    s = s.add_4bytes((msg.len() as u32).to_be_bytes());
+    s = s.add_4bytes([0, 0, 0, 58]);
+    s.add_slice(msg).ones_complement() == 0
+}
+
+#[test]
+fn forwards_ipv4_rewriting_macs_and_ttl() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, b"hello");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(1));
+    let p = SlicedPacket::from_ethernet(f.data()).unwrap();
+    let eth = p.link.as_ref().unwrap().to_header().unwrap();
+    let etherparse::LinkHeader::Ethernet2(eth) = eth else {
+        panic!("not ethernet")
+    };
+    assert_eq!((eth.destination, eth.source), (HOST_B, WAN_MAC));
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(h.time_to_live, 63);
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "incremental checksum update is exact"
+    );
+    assert_eq!(r.gw.counters.get(Counter::Forwarded), 1);
+    assert_eq!(r.gw.flows().len(), 1);
+}
+
+#[test]
+fn unresolved_next_hop_asks_for_resolution() {
+    let mut r = rig();
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, b"x");
+    assert_eq!(
+        r.run(0, &mut f, 1, S),
+        Verdict::Resolve {
+            port: 1,
+            next_hop: "10.0.2.254".parse().unwrap()
+        }
+    );
+    // On-link destinations resolve the destination itself.
+    let mut f = udp4([10, 0, 1, 2], [10, 0, 2, 9], 64, b"x");
+    assert_eq!(
+        r.run(0, &mut f, 1, S),
+        Verdict::Resolve {
+            port: 1,
+            next_hop: "10.0.2.9".parse().unwrap()
+        }
+    );
+}
+
+#[test]
+fn cached_decision_is_dropped_when_generation_changes() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, b"x");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(1));
+    r.learn(1, "10.0.2.254", [2, 9, 9, 9, 9, 9]);
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, b"x");
+    r.run(0, &mut f, 1, S);
+    assert_eq!(&f.data()[0..6], &HOST_B, "same generation: cached MAC");
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, b"x");
+    r.run(0, &mut f, 2, S);
+    assert_eq!(
+        &f.data()[0..6],
+        &[2, 9, 9, 9, 9, 9],
+        "new generation: fresh lookup"
+    );
+}
+
+#[test]
+fn no_route_answers_net_unreachable() {
+    let mut r = rig();
+    let mut f = udp4([10, 0, 1, 2], [8, 8, 8, 8], 64, b"payload");
+    let original = f.data()[14..].to_vec();
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(r.gw.counters.drops(DropReason::NoRoute), 1);
+    let p = SlicedPacket::from_ethernet(f.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(ip.header().source_addr(), Ipv4Addr::new(10, 0, 1, 1));
+    assert_eq!(ip.header().destination_addr(), Ipv4Addr::new(10, 0, 1, 2));
+    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+        panic!("not icmp")
+    };
+    assert!(matches!(
+        icmp.icmp_type(),
+        Icmpv4Type::DestinationUnreachable(_)
+    ));
+    assert_eq!(
+        icmp.payload(),
+        &original[..],
+        "quotes the whole short datagram"
+    );
+    assert!(icmp4_valid(&f.data()[34..]));
+    assert_eq!(&f.data()[0..6], &HOST_A);
+}
+
+#[test]
+fn ttl_one_answers_time_exceeded() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 1, 1], 1, b"x");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(r.gw.counters.drops(DropReason::TtlExceeded), 1);
+    let p = SlicedPacket::from_ethernet(f.data()).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+        panic!("not icmp")
+    };
+    assert!(matches!(icmp.icmp_type(), Icmpv4Type::TimeExceeded(_)));
+    assert!(icmp4_valid(&f.data()[34..]));
+}
+
+#[test]
+fn icmp_errors_are_rate_limited() {
+    let mut r = rig();
+    let mut sent = 0;
+    for _ in 0..10 {
+        let mut f = udp4([10, 0, 1, 2], [8, 8, 8, 8], 64, b"x");
+        if r.run(0, &mut f, 1, S) == Verdict::Transmit(0) {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 3, "burst of 3");
+    assert_eq!(r.gw.counters.get(Counter::IcmpRateLimited), 7);
+    let mut f = udp4([10, 0, 1, 2], [8, 8, 8, 8], 64, b"x");
+    assert_eq!(
+        r.run(0, &mut f, 1, 3 * S),
+        Verdict::Transmit(0),
+        "refilled at 1/s"
+    );
+}
+
+#[test]
+fn no_icmp_error_about_an_icmp_error() {
+    let mut r = rig();
+    let b = PacketBuilder::ethernet2(HOST_A, LAN_MAC)
+        .ipv4([10, 0, 1, 2], [8, 8, 8, 8], 64)
+        .icmpv4(Icmpv4Type::TimeExceeded(
+            etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+        ));
+    let mut out = Vec::new();
+    b.write(&mut out, &[0u8; 28]).unwrap();
+    let mut f = VecFrame::new(&out);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop);
+    assert_eq!(r.gw.counters.drops(DropReason::NoRoute), 1);
+}
+
+#[test]
+fn too_big_with_df_answers_fragmentation_needed() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 1, 1], 64, &[0u8; 1450]);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(r.gw.counters.drops(DropReason::TooBig), 1);
+    assert_eq!(&f.data()[34..36], &[3, 4]);
+    assert_eq!(
+        u16::from_be_bytes([f.data()[40], f.data()[41]]),
+        1400,
+        "reports the next-hop MTU"
+    );
+    assert_eq!(f.len(), 14 + 576, "quote limited to 576 bytes in all");
+    assert!(icmp4_valid(&f.data()[34..]));
+}
+
+#[test]
+fn answers_echo_to_own_address() {
+    let mut r = rig();
+    let b = PacketBuilder::ethernet2(HOST_A, LAN_MAC)
+        .ipv4([10, 0, 1, 2], [10, 0, 2, 1], 64)
+        .icmpv4_echo_request(77, 3);
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping-data").unwrap();
+    let mut f = VecFrame::new(&out);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    let p = SlicedPacket::from_ethernet(f.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(ip.header().source_addr(), Ipv4Addr::new(10, 0, 2, 1));
+    assert_eq!(ip.header().destination_addr(), Ipv4Addr::new(10, 0, 1, 2));
+    let h = ip.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum());
+    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+        panic!("not icmp")
+    };
+    assert!(matches!(icmp.icmp_type(), Icmpv4Type::EchoReply(e) if e.id == 77 && e.seq == 3));
+    assert_eq!(icmp.payload(), b"ping-data");
+    assert!(icmp4_valid(&f.data()[34..]));
+}
+
+#[test]
+fn answers_arp_for_own_address_and_learns_sender() {
+    let mut r = rig();
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&HOST_A);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&HOST_A);
+    frame.extend_from_slice(&[10, 0, 1, 2]);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&[10, 0, 1, 1]);
+    frame.resize(60, 0);
+    let mut f = VecFrame::new(&frame);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    let d = f.data();
+    assert_eq!(&d[0..6], &HOST_A);
+    assert_eq!(&d[6..12], &LAN_MAC);
+    assert_eq!(&d[20..22], &[0, 2], "reply");
+    assert_eq!(&d[22..28], &LAN_MAC);
+    assert_eq!(&d[28..32], &[10, 0, 1, 1]);
+    assert_eq!(&d[32..38], &HOST_A);
+    assert_eq!(&d[38..42], &[10, 0, 1, 2]);
+    let ev = r.events.try_recv().expect("sender learned");
+    assert_eq!(
+        (ev.port, ev.ip, ev.mac, ev.create),
+        (0, "10.0.1.2".parse().unwrap(), HOST_A, true)
+    );
+    // A request for someone else's address is not answered, and only refreshes.
+    frame[41] = 99;
+    let mut f = VecFrame::new(&frame);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Consumed);
+    assert!(!r.events.try_recv().unwrap().create);
+}
+
+#[test]
+fn solicits_with_arp_and_ns() {
+    let mut r = rig();
+    let mut f = VecFrame::empty();
+    assert!(r.gw.solicit(&r.cfg, 1, "10.0.2.9".parse().unwrap(), &mut f));
+    let d = f.data();
+    assert_eq!(d.len(), 60);
+    assert_eq!(&d[0..6], &[0xff; 6]);
+    assert_eq!(
+        &d[28..32],
+        &[10, 0, 2, 1],
+        "asks from the port's address on that subnet"
+    );
+    assert_eq!(&d[38..42], &[10, 0, 2, 9]);
+
+    let mut f = VecFrame::empty();
+    assert!(r
+        .gw
+        .solicit(&r.cfg, 1, "fd00:2::9".parse().unwrap(), &mut f));
+    let p = SlicedPacket::from_ethernet(f.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(
+        ip.header().destination_addr(),
+        "ff02::1:ff00:9".parse::<Ipv6Addr>().unwrap()
+    );
+    assert_eq!(ip.header().hop_limit(), 255);
+    assert_eq!(&f.data()[0..6], &[0x33, 0x33, 0xff, 0, 0, 9]);
+    let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+        panic!("not icmpv6")
+    };
+    assert_eq!(icmp.type_u8(), 135);
+    assert!(icmp6_valid(
+        ip.header().source(),
+        ip.header().destination(),
+        &f.data()[54..]
+    ));
+    assert_eq!(r.gw.counters.get(Counter::ArpRequests), 1);
+    assert_eq!(r.gw.counters.get(Counter::NdSolicitations), 1);
+}
+
+#[test]
+fn answers_neighbor_solicitation_and_learns() {
+    let mut r = rig();
+    // Build an NS from a host for our fd00:1::1 by letting the gateway write one, then readdress it.
+    let mut ns = VecFrame::empty();
+    assert!(super::write_solicitation(
+        &r.cfg.ports[0],
+        "fd00:1::1".parse().unwrap(),
+        &mut ns
+    ));
+    let host: Ipv6Addr = "fd00:1::2".parse().unwrap();
+    let group: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+    {
+        let d = ns.data_mut();
+        d[6..12].copy_from_slice(&HOST_A);
+        d[22..38].copy_from_slice(&host.octets());
+        d[80..86].copy_from_slice(&HOST_A);
+        d[56..58].copy_from_slice(&[0, 0]);
+        let csum = super::icmp::checksum_v6(host, group, &d[54..]);
+        d[56..58].copy_from_slice(&csum.to_be_bytes());
+    }
+    assert_eq!(r.run(0, &mut ns, 1, S), Verdict::Transmit(0));
+    let p = SlicedPacket::from_ethernet(ns.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(ip.header().destination_addr(), host);
+    assert_eq!(
+        ip.header().source_addr(),
+        "fd00:1::1".parse::<Ipv6Addr>().unwrap()
+    );
+    let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+        panic!("not icmpv6")
+    };
+    assert!(
+        matches!(icmp.icmp_type(), Icmpv6Type::NeighborAdvertisement(h) if h.router && h.solicited && h.r#override)
+    );
+    assert!(icmp6_valid(
+        ip.header().source(),
+        ip.header().destination(),
+        &ns.data()[54..]
+    ));
+    assert_eq!(&ns.data()[0..6], &HOST_A);
+    let ev = r.events.try_recv().unwrap();
+    assert_eq!((ev.ip, ev.mac, ev.create), (IpAddr::V6(host), HOST_A, true));
+
+    // The same NS with a hop limit below 255 is invalid (RFC 4861 7.1.1).
+    let mut bad = VecFrame::empty();
+    super::write_solicitation(&r.cfg.ports[0], "fd00:1::1".parse().unwrap(), &mut bad);
+    bad.data_mut()[21] = 64;
+    assert_eq!(r.run(0, &mut bad, 1, S), Verdict::Drop);
+    assert_eq!(r.gw.counters.drops(DropReason::BadNeighborDiscovery), 1);
+}
+
+#[test]
+fn forwards_ipv6_and_answers_hop_limit_exceeded() {
+    let mut r = rig_with("[[route]]\nprefix = \"2001:db8::/32\"\nvia = \"fd00:2::fe\"");
+    r.learn(1, "fd00:2::fe", HOST_B);
+    let mut f = udp6("fd00:1::2", "2001:db8::5", 9, b"v6");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(1));
+    assert_eq!(f.data()[21], 8, "hop limit decremented");
+    assert_eq!(&f.data()[0..6], &HOST_B);
+
+    let mut f = udp6("fd00:1::2", "2001:db8::5", 1, b"v6");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    let p = SlicedPacket::from_ethernet(f.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(
+        ip.header().source_addr(),
+        "fd00:1::1".parse::<Ipv6Addr>().unwrap()
+    );
+    let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+        panic!("not icmpv6")
+    };
+    assert!(matches!(icmp.icmp_type(), Icmpv6Type::TimeExceeded(_)));
+    assert!(icmp6_valid(
+        ip.header().source(),
+        ip.header().destination(),
+        &f.data()[54..]
+    ));
+
+    let mut f = udp6("fd00:1::2", "2001:db9::5", 9, b"v6");
+    assert_eq!(
+        r.run(0, &mut f, 1, S),
+        Verdict::Transmit(0),
+        "no route: destination unreachable"
+    );
+    assert_eq!(f.data()[54], 1);
+}
+
+#[test]
+fn answers_ipv6_echo() {
+    let mut r = rig();
+    let src: Ipv6Addr = "fd00:1::2".parse().unwrap();
+    let dst: Ipv6Addr = "fd00:2::1".parse().unwrap();
+    let b = PacketBuilder::ethernet2(HOST_A, LAN_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .icmpv6_echo_request(5, 6);
+    let mut out = Vec::new();
+    b.write(&mut out, b"abc").unwrap();
+    let mut f = VecFrame::new(&out);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    let p = SlicedPacket::from_ethernet(f.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(
+        (ip.header().source_addr(), ip.header().destination_addr()),
+        (dst, src)
+    );
+    let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+        panic!("not icmpv6")
+    };
+    assert!(matches!(icmp.icmp_type(), Icmpv6Type::EchoReply(e) if e.id == 5 && e.seq == 6));
+    assert!(icmp6_valid(dst.octets(), src.octets(), &f.data()[54..]));
+}
+
+#[test]
+fn never_forwards_broadcast_multicast_or_foreign_unicast() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut f = udp4([10, 0, 1, 2], [10, 0, 1, 255], 64, b"x");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop, "directed broadcast");
+    let mut f = udp4([10, 0, 1, 2], [224, 0, 0, 5], 64, b"x");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop, "multicast");
+    assert_eq!(r.gw.counters.drops(DropReason::NotRoutable), 2);
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 1, 1], 64, b"x");
+    f.data_mut()[0..6].copy_from_slice(&[2, 7, 7, 7, 7, 7]);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop);
+    assert_eq!(r.gw.counters.drops(DropReason::NotForUs), 1);
+}
+
+#[test]
+fn malformed_frames_are_counted_by_reason() {
+    let mut r = rig();
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 1, 1], 64, b"x");
+    f.data_mut()[14] = 0x44; // IHL 4
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop);
+    let mut f = VecFrame::new(&[0u8; 10]);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop);
+    let total: u64 = crate::packet::parse::ParseError::ALL
+        .iter()
+        .map(|e| r.gw.counters.parse_drops(*e))
+        .sum();
+    assert_eq!(total, 2);
+    assert_eq!(
+        r.gw.counters
+            .parse_drops(crate::packet::parse::ParseError::TruncatedEthernet),
+        1
+    );
+}
+
+#[test]
+fn udp_to_gateway_answers_port_unreachable() {
+    let mut r = rig();
+    let mut f = udp4([10, 0, 1, 2], [10, 0, 1, 1], 64, b"x");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(&f.data()[34..36], &[3, 3]);
+    assert_eq!(r.gw.counters.drops(DropReason::LocalUnsupported), 1);
+}
+
+#[test]
+fn checksum_adjust_matches_full_recompute() {
+    // RFC 1624's example values and a sweep of TTLs.
+    for ttl in 2..=255u8 {
+        let mut h = etherparse::Ipv4Header::new(
+            20,
+            ttl,
+            etherparse::IpNumber::UDP,
+            [10, 0, 0, 1],
+            [10, 9, 9, 9],
+        )
+        .unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let old = u16::from_be_bytes([ttl, 17]);
+        let new = u16::from_be_bytes([ttl - 1, 17]);
+        let adjusted = checksum_adjust(h.header_checksum, old, new);
+        h.time_to_live -= 1;
+        assert_eq!(adjusted, h.calc_header_checksum(), "ttl {ttl}");
+    }
+}

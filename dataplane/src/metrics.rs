@@ -1,0 +1,561 @@
+//! Prometheus metrics and the health endpoint.
+//!
+//! Nothing here touches the packet path: a [`DataplaneCollector`] reads the
+//! workers' published counters, the ports' DPDK statistics and the mempool
+//! at scrape time. `/metrics` uses the Prometheus text format so that
+//! `promtool check metrics` and any Prometheus version can read it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::config::Snapshot;
+use crate::dpdk::{Mempool, Port};
+use crate::neighbor::NeighborShared;
+use crate::packet::parse::ParseError;
+use crate::published::Published;
+use crate::stats::{Counter, Counters, DropReason, SharedCounters};
+
+/// Whether the data plane is serving traffic, for `/healthz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// All workers launched and not shutting down.
+    pub running: AtomicBool,
+    /// Workers that have not exited.
+    pub workers_alive: AtomicUsize,
+    /// Workers launched.
+    pub workers_total: AtomicUsize,
+}
+
+impl Health {
+    fn check(&self) -> Result<(), String> {
+        let alive = self.workers_alive.load(Ordering::Acquire);
+        let total = self.workers_total.load(Ordering::Acquire);
+        if !self.running.load(Ordering::Acquire) {
+            return Err("not running (starting or shutting down)".into());
+        }
+        if alive < total {
+            return Err(format!("{} of {total} workers have exited", total - alive));
+        }
+        Ok(())
+    }
+}
+
+/// Reads everything the data plane exports at scrape time.
+#[derive(Debug)]
+pub struct DataplaneCollector {
+    /// Started ports, in config order.
+    pub ports: Vec<Port>,
+    /// Each worker's published counters.
+    pub workers: Vec<Arc<SharedCounters>>,
+    /// The packet buffer pool.
+    pub pool: Arc<Mempool>,
+    /// The neighbour table.
+    pub neighbors: Arc<NeighborShared>,
+    /// The configuration in force.
+    pub config: Arc<Published<Snapshot>>,
+}
+
+fn counter<S: EncodeLabelSet, V: EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (S, V)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        family
+            .encode_family(&labels)?
+            .encode_counter::<S, V, f64>(&value, None)?;
+    }
+    Ok(())
+}
+
+fn gauge<S: EncodeLabelSet, V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (S, V)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+type L1 = [(&'static str, String); 1];
+type L2 = [(&'static str, String); 2];
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let cfg = self.config.load();
+        let name = |i: usize| {
+            cfg.ports
+                .get(i)
+                .map_or_else(|| i.to_string(), |p| p.name.clone())
+        };
+        let port_stats: Vec<(String, crate::dpdk::PortStats)> = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.stats().ok().map(|s| (name(i), s)))
+            .collect();
+        let per_port = |f: fn(&crate::dpdk::PortStats) -> u64| -> Vec<(L1, u64)> {
+            port_stats
+                .iter()
+                .map(|(n, s)| ([("port", n.clone())], f(s)))
+                .collect()
+        };
+        counter(
+            &mut enc,
+            "patronus_port_rx_packets",
+            "Packets received by the port.",
+            per_port(|s| s.rx_packets),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_port_tx_packets",
+            "Packets sent by the port.",
+            per_port(|s| s.tx_packets),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_port_rx_bytes",
+            "Bytes received by the port.",
+            per_port(|s| s.rx_bytes),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_port_tx_bytes",
+            "Bytes sent by the port.",
+            per_port(|s| s.tx_bytes),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_port_rx_dropped_packets",
+            "Packets the port dropped on receive: rx ring full or no buffer.",
+            per_port(|s| s.rx_missed + s.rx_nombuf),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_port_rx_errors",
+            "Receive errors reported by the driver.",
+            per_port(|s| s.rx_errors),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_port_tx_errors",
+            "Transmit errors reported by the driver.",
+            per_port(|s| s.tx_errors),
+        )?;
+        let tx_dropped: Vec<(L1, u64)> = (0..self.ports.len())
+            .map(|i| {
+                (
+                    [("port", name(i))],
+                    self.workers.iter().map(|w| w.port_tx_dropped(i)).sum(),
+                )
+            })
+            .collect();
+        counter(
+            &mut enc,
+            "patronus_port_tx_dropped_packets",
+            "Packets dropped because the port's tx ring was full.",
+            tx_dropped,
+        )?;
+
+        let per_queue = |f: fn(&crate::dpdk::PortStats) -> &Vec<u64>| -> Vec<(L2, u64)> {
+            port_stats
+                .iter()
+                .flat_map(|(n, s)| {
+                    f(s).iter()
+                        .enumerate()
+                        .map(move |(q, v)| ([("port", n.clone()), ("queue", q.to_string())], *v))
+                })
+                .collect()
+        };
+        counter(
+            &mut enc,
+            "patronus_queue_rx_packets",
+            "Packets received per rx queue.",
+            per_queue(|s| &s.queue_rx_packets),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_queue_tx_packets",
+            "Packets sent per tx queue.",
+            per_queue(|s| &s.queue_tx_packets),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_queue_rx_bytes",
+            "Bytes received per rx queue.",
+            per_queue(|s| &s.queue_rx_bytes),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_queue_tx_bytes",
+            "Bytes sent per tx queue.",
+            per_queue(|s| &s.queue_tx_bytes),
+        )?;
+        let queue_drops: Vec<(L2, u64)> = (0..self.ports.len())
+            .flat_map(|i| {
+                self.workers.iter().enumerate().map(move |(q, w)| {
+                    (
+                        [("port", name(i)), ("queue", q.to_string())],
+                        w.port_tx_dropped(i),
+                    )
+                })
+            })
+            .collect();
+        counter(
+            &mut enc,
+            "patronus_queue_tx_dropped_packets",
+            "Packets dropped per tx queue because its ring was full.",
+            queue_drops,
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_port_link_up",
+            "1 when the port's link is up.",
+            self.ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| ([("port", name(i))], i64::from(p.link().up))),
+        )?;
+
+        let workers: Vec<Counters> = self.workers.iter().map(|w| w.read()).collect();
+        let by_worker = |c: Counter| -> Vec<(L1, u64)> {
+            workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| ([("worker", i.to_string())], w.get(c)))
+                .collect()
+        };
+        counter(
+            &mut enc,
+            "patronus_parse_drops",
+            "Frames dropped by the parser, by reason.",
+            workers.iter().enumerate().flat_map(|(i, w)| {
+                ParseError::ALL.iter().map(move |e| {
+                    (
+                        [("worker", i.to_string()), ("reason", e.as_str().to_owned())],
+                        w.parse_drops(*e),
+                    )
+                })
+            }),
+        )?;
+        counter(
+            &mut enc,
+            "patronus_forward_drops",
+            "Well-formed packets dropped by the forwarding stage, by reason.",
+            workers.iter().enumerate().flat_map(|(i, w)| {
+                DropReason::ALL.iter().map(move |r| {
+                    (
+                        [("worker", i.to_string()), ("reason", r.as_str().to_owned())],
+                        w.drops(*r),
+                    )
+                })
+            }),
+        )?;
+        for (c, metric, help) in [
+            (
+                Counter::RxPackets,
+                "patronus_worker_rx_packets",
+                "Frames the worker received.",
+            ),
+            (
+                Counter::RxBytes,
+                "patronus_worker_rx_bytes",
+                "Bytes the worker received.",
+            ),
+            (
+                Counter::Forwarded,
+                "patronus_worker_forwarded_packets",
+                "Packets the worker forwarded.",
+            ),
+            (
+                Counter::ForwardedBytes,
+                "patronus_worker_forwarded_bytes",
+                "Bytes the worker forwarded.",
+            ),
+            (
+                Counter::Fragments,
+                "patronus_worker_ip_fragments",
+                "IP fragments seen (forwarded without reassembly).",
+            ),
+            (
+                Counter::EchoReplies,
+                "patronus_worker_echo_replies",
+                "ICMP and ICMPv6 echo replies sent.",
+            ),
+            (
+                Counter::IcmpErrors,
+                "patronus_worker_icmp_errors_sent",
+                "ICMP and ICMPv6 errors sent.",
+            ),
+            (
+                Counter::IcmpRateLimited,
+                "patronus_worker_icmp_errors_rate_limited",
+                "ICMP errors suppressed by the rate limit.",
+            ),
+            (
+                Counter::ArpReplies,
+                "patronus_worker_arp_replies_sent",
+                "ARP replies sent.",
+            ),
+            (
+                Counter::ArpRequests,
+                "patronus_worker_arp_requests_sent",
+                "ARP requests sent.",
+            ),
+            (
+                Counter::NdAdvertisements,
+                "patronus_worker_nd_advertisements_sent",
+                "IPv6 Neighbor Advertisements sent.",
+            ),
+            (
+                Counter::NdSolicitations,
+                "patronus_worker_nd_solicitations_sent",
+                "IPv6 Neighbor Solicitations sent.",
+            ),
+            (
+                Counter::LearnEventsLost,
+                "patronus_worker_neighbor_events_lost",
+                "Neighbour observations lost to a full channel.",
+            ),
+            (
+                Counter::BusyCycles,
+                "patronus_worker_busy_cycles",
+                "TSC cycles spent in loop rounds that moved packets.",
+            ),
+            (
+                Counter::TotalCycles,
+                "patronus_worker_cycles",
+                "TSC cycles spent in the worker loop.",
+            ),
+            (
+                Counter::FlowsCreated,
+                "patronus_flows_created",
+                "Flows created.",
+            ),
+            (
+                Counter::FlowsExpired,
+                "patronus_flows_expired",
+                "Flows evicted after their idle timeout.",
+            ),
+            (
+                Counter::FlowInsertFailed,
+                "patronus_flow_insert_failures",
+                "Packets whose flow could not be created because the table was full.",
+            ),
+        ] {
+            counter(&mut enc, metric, help, by_worker(c))?;
+        }
+        gauge(
+            &mut enc,
+            "patronus_worker_busy_ratio",
+            "Share of the last second the worker spent moving packets (0 to 1).",
+            workers.iter().enumerate().map(|(i, w)| {
+                (
+                    [("worker", i.to_string())],
+                    w.get(Counter::BusyRatioPpm) as f64 / 1e6,
+                )
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_flows_active",
+            "Flows in the worker's flow table.",
+            by_worker(Counter::FlowsActive),
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_flow_table_capacity",
+            "Flows the worker's table can hold.",
+            (0..workers.len()).map(|i| {
+                (
+                    [("worker", i.to_string())],
+                    u64::from(cfg.worker.flow_capacity),
+                )
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_neighbor_pending_packets",
+            "Packets waiting for next-hop resolution.",
+            by_worker(Counter::PendingPackets),
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_neighbors",
+            "Entries in the neighbour table (ARP and IPv6 ND).",
+            [(
+                [("family", "all".to_owned())],
+                self.neighbors.load().len() as u64,
+            )],
+        )?;
+        counter(
+            &mut enc,
+            "patronus_neighbor_learn_refused",
+            "Neighbour entries not created because the table was full.",
+            [(
+                [("table", "neighbors".to_owned())],
+                self.neighbors.refused(),
+            )],
+        )?;
+        let pool: L1 = [("pool", self.pool.name().to_owned())];
+        gauge(
+            &mut enc,
+            "patronus_mempool_in_use",
+            "Packet buffers taken from the pool.",
+            [(pool.clone(), u64::from(self.pool.in_use()))],
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_mempool_size",
+            "Packet buffers in the pool.",
+            [(pool, u64::from(self.pool.size()))],
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_config_generation",
+            "Generation of the configuration in force.",
+            [([("source", "file".to_owned())], u64::from(cfg.generation))],
+        )?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct HttpState {
+    registry: Registry,
+    health: Arc<Health>,
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::prometheus_text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "metrics encoding failed\n".to_owned(),
+        ),
+    }
+}
+
+async fn healthz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    match state.health.check() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+/// The `/metrics` and `/healthz` server, on its own thread.
+#[derive(Debug)]
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds `addr` now (so a busy port is reported at start) and serves on
+    /// a background thread.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the runtime cannot start.
+    pub fn start(
+        addr: SocketAddr,
+        collector: DataplaneCollector,
+        health: Arc<Health>,
+    ) -> std::io::Result<HttpServer> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(collector));
+        let state = Arc::new(HttpState { registry, health });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("metrics-http".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(err) => {
+                            tracing::error!(%err, "metrics listener");
+                            return;
+                        }
+                    };
+                    let app = Router::new()
+                        .route("/metrics", get(metrics))
+                        .route("/healthz", get(healthz))
+                        .with_state(state);
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = rx.await;
+                        })
+                        .await;
+                    if let Err(err) = served {
+                        tracing::error!(%err, "metrics server");
+                    }
+                });
+            })?;
+        Ok(HttpServer {
+            local_addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops serving and drops the collector (and with it its port handles).
+    pub fn stop(mut self) {
+        self.shutdown_now();
+    }
+
+    fn shutdown_now(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.shutdown_now();
+    }
+}

@@ -1,0 +1,4 @@
+//! Packet parsing and flow identity.
+
+pub mod flow_key;
+pub mod parse;

@@ -1,0 +1,279 @@
+//! Per-worker counters.
+//!
+//! A worker counts into a plain array it owns ([`Counters`]), with no atomic
+//! read-modify-write per packet, and copies the array into its
+//! [`SharedCounters`] (relaxed stores, single writer) every millisecond or
+//! so. The metrics exporter reads the shared copy.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::packet::parse::ParseError;
+
+macro_rules! labelled_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// Number of variants.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Position in [`Self::ALL`].
+            #[inline]
+            pub fn index(self) -> usize {
+                self as usize
+            }
+
+            /// The label used in metrics.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+labelled_enum! {
+    /// Why the forwarding stage dropped a well-formed packet.
+    DropReason {
+        /// Unicast to another MAC address.
+        NotForUs => "not_for_us",
+        /// 802.1Q-tagged frame; VLAN sub-interfaces are not configured.
+        VlanUnsupported => "vlan_unsupported",
+        /// No route to the destination.
+        NoRoute => "no_route",
+        /// TTL or hop limit ran out.
+        TtlExceeded => "ttl_exceeded",
+        /// Larger than the outgoing MTU (the gateway does not fragment).
+        TooBig => "too_big",
+        /// Broadcast, multicast, link-local or martian destination: never forwarded.
+        NotRoutable => "not_routable",
+        /// Addressed to the gateway, for a service it does not offer.
+        LocalUnsupported => "local_unsupported",
+        /// Neighbour Discovery message that fails RFC 4861 validation.
+        BadNeighborDiscovery => "bad_neighbor_discovery",
+        /// The next hop did not answer ARP / ND.
+        NeighborUnresolved => "neighbor_unresolved",
+        /// Too many packets already wait for next hops.
+        PendingFull => "pending_full",
+        /// Chained buffer that could not be linearised.
+        MultiSegment => "multi_segment",
+        /// No buffer to build a reply or resolution request in.
+        NoBuffer => "no_buffer",
+    }
+}
+
+labelled_enum! {
+    /// Everything else a worker counts.
+    Counter {
+        /// Frames received.
+        RxPackets => "rx_packets",
+        /// Bytes received.
+        RxBytes => "rx_bytes",
+        /// Packets forwarded toward a next hop.
+        Forwarded => "forwarded_packets",
+        /// Bytes forwarded.
+        ForwardedBytes => "forwarded_bytes",
+        /// IP fragments seen (forwarded like any packet; not reassembled).
+        Fragments => "fragments",
+        /// ICMP / ICMPv6 echo replies sent.
+        EchoReplies => "echo_replies",
+        /// ICMP / ICMPv6 errors sent.
+        IcmpErrors => "icmp_errors",
+        /// ICMP errors suppressed by the rate limit.
+        IcmpRateLimited => "icmp_rate_limited",
+        /// ARP replies sent.
+        ArpReplies => "arp_replies",
+        /// ARP requests sent.
+        ArpRequests => "arp_requests",
+        /// Neighbor Advertisements sent.
+        NdAdvertisements => "nd_advertisements",
+        /// Neighbor Solicitations sent.
+        NdSolicitations => "nd_solicitations",
+        /// Neighbour learning events lost to a full channel.
+        LearnEventsLost => "learn_events_lost",
+        /// Packets the tx rings refused.
+        TxDropped => "tx_dropped",
+        /// Flows created.
+        FlowsCreated => "flows_created",
+        /// Flows aged out.
+        FlowsExpired => "flows_expired",
+        /// Packets that found the flow table full (forwarded without flow state).
+        FlowInsertFailed => "flow_insert_failed",
+        /// Flows in the table now (gauge).
+        FlowsActive => "flows_active",
+        /// Packets waiting for a next hop now (gauge).
+        PendingPackets => "pending_packets",
+        /// TSC cycles spent on rounds that moved packets.
+        BusyCycles => "busy_cycles",
+        /// TSC cycles in the loop.
+        TotalCycles => "total_cycles",
+        /// Busy share of the last second, in parts per million (gauge).
+        BusyRatioPpm => "busy_ratio_ppm",
+    }
+}
+
+const PARSE_BASE: usize = Counter::COUNT;
+const DROP_BASE: usize = PARSE_BASE + ParseError::COUNT;
+const TOTAL: usize = DROP_BASE + DropReason::COUNT;
+
+/// A worker's private counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    values: [u64; TOTAL],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters { values: [0; TOTAL] }
+    }
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(&mut self, c: Counter, n: u64) {
+        self.values[c.index()] = self.values[c.index()].wrapping_add(n);
+    }
+
+    /// Sets a gauge.
+    #[inline]
+    pub fn set(&mut self, c: Counter, v: u64) {
+        self.values[c.index()] = v;
+    }
+
+    /// Reads a counter.
+    #[inline]
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c.index()]
+    }
+
+    /// Counts a parse drop.
+    #[inline]
+    pub fn parse_drop(&mut self, e: ParseError) {
+        self.values[PARSE_BASE + e.index()] += 1;
+    }
+
+    /// Reads a parse-drop counter.
+    pub fn parse_drops(&self, e: ParseError) -> u64 {
+        self.values[PARSE_BASE + e.index()]
+    }
+
+    /// Counts a forwarding drop.
+    #[inline]
+    pub fn drop(&mut self, r: DropReason) {
+        self.values[DROP_BASE + r.index()] += 1;
+    }
+
+    /// Counts `n` forwarding drops.
+    #[inline]
+    pub fn drop_n(&mut self, r: DropReason, n: u64) {
+        self.values[DROP_BASE + r.index()] += n;
+    }
+
+    /// Reads a forwarding-drop counter.
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.values[DROP_BASE + r.index()]
+    }
+
+    /// Adds another set (for totals over workers).
+    pub fn accumulate(&mut self, other: &Counters) {
+        for (a, b) in self.values.iter_mut().zip(other.values.iter()) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+}
+
+/// Most ports a worker reports per-port figures for (RTE_MAX_ETHPORTS).
+pub const MAX_PORTS: usize = 32;
+
+/// The published copy of one worker's counters.
+#[derive(Debug)]
+pub struct SharedCounters {
+    values: Box<[AtomicU64]>,
+    port_tx_dropped: Box<[AtomicU64]>,
+}
+
+impl Default for SharedCounters {
+    fn default() -> Self {
+        SharedCounters {
+            values: (0..TOTAL).map(|_| AtomicU64::new(0)).collect(),
+            port_tx_dropped: (0..MAX_PORTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl SharedCounters {
+    /// Copies the worker's counters out (single writer: plain relaxed stores).
+    pub fn publish(&self, c: &Counters) {
+        for (dst, src) in self.values.iter().zip(c.values.iter()) {
+            dst.store(*src, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes how many packets the worker's tx queue on `port` dropped.
+    pub fn set_port_tx_dropped(&self, port: usize, dropped: u64) {
+        if let Some(slot) = self.port_tx_dropped.get(port) {
+            slot.store(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// Packets the worker's tx queue on `port` dropped.
+    pub fn port_tx_dropped(&self, port: usize) -> u64 {
+        self.port_tx_dropped
+            .get(port)
+            .map_or(0, |v| v.load(Ordering::Relaxed))
+    }
+
+    /// Reads a consistent-enough copy (each value is exact; they may be from
+    /// neighbouring milliseconds).
+    pub fn read(&self) -> Counters {
+        let mut out = Counters::default();
+        for (dst, src) in out.values.iter_mut().zip(self.values.iter()) {
+            *dst = src.load(Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_round_trip_through_shared_copy() {
+        let mut c = Counters::default();
+        c.add(Counter::RxPackets, 3);
+        c.parse_drop(ParseError::TruncatedIpv4);
+        c.drop(DropReason::NoRoute);
+        c.drop_n(DropReason::NoRoute, 2);
+        let shared = SharedCounters::default();
+        shared.publish(&c);
+        let back = shared.read();
+        assert_eq!(back, c);
+        assert_eq!(back.get(Counter::RxPackets), 3);
+        assert_eq!(back.parse_drops(ParseError::TruncatedIpv4), 1);
+        assert_eq!(back.parse_drops(ParseError::TruncatedIpv6), 0);
+        assert_eq!(back.drops(DropReason::NoRoute), 3);
+    }
+
+    #[test]
+    fn labels_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for l in DropReason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(Counter::ALL.iter().map(|c| c.as_str()))
+        {
+            assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{l}");
+            assert!(seen.insert(l), "duplicate label {l}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole Patronus test suite: formatting, lints, unit tests, and the
+# end-to-end tests that start the real binaries against hosts in network
+# namespaces. Installs what it needs first (scripts/setup.sh). Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+mode=$(scripts/setup.sh)
+export PATRONUS_EAL_MEMORY=$mode
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "unit tests"
+cargo test --workspace --exclude patronus-e2e
+
+step "end-to-end tests (real DPDK, real hosts in network namespaces)"
+cargo build --bin patronus-dataplane
+# One at a time: each test starts a polling data plane on a 2-core machine.
+cargo test -p patronus-e2e -- --test-threads=1

@@ -1,0 +1,597 @@
+//! Test hosts in network namespaces and a real `patronus-dataplane` process
+//! between them.
+//!
+//! Every namespace and interface gets a name unique to this process and
+//! test, and is removed on drop, also when a test panics. Traffic stays
+//! inside the namespaces and on loopback.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A short id unique to this process and call, for interface names (≤ 15 chars).
+pub fn unique_id() -> String {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}{n}", std::process::id() % 0xfffff)
+}
+
+/// Runs a command, returning its output; panics with the command line when it cannot start.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn must(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Skips (returns true) unless we are root, which namespaces and DPDK need.
+pub fn need_root() -> bool {
+    let uid = must(&["id", "-u"]);
+    if uid.trim() != "0" {
+        eprintln!("skipping: end-to-end tests need root");
+        return true;
+    }
+    false
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates it with loopback up.
+    pub fn new(name: String) -> Netns {
+        must(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside; it must succeed.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        must(&full)
+    }
+
+    /// Runs a command inside and returns its output, success or not.
+    pub fn try_exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Starts a command inside, in the background.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"))
+    }
+
+    /// Reads an interface counter from /sys inside the namespace.
+    pub fn if_stat(&self, iface: &str, stat: &str) -> u64 {
+        self.exec(&["cat", &format!("/sys/class/net/{iface}/statistics/{stat}")])
+            .trim()
+            .parse()
+            .expect("numeric counter")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// A veth whose one end stays in the root namespace (for the gateway's
+/// `net_af_packet` port) and whose other end is a host's NIC in a namespace.
+#[derive(Debug)]
+pub struct Link {
+    /// The gateway side, in the root namespace.
+    pub gw_side: String,
+    /// The host side, inside the namespace.
+    pub host_side: String,
+}
+
+impl Link {
+    /// Creates the pair and moves one end into `ns`. Checksum and segmentation
+    /// offloads are turned off on both ends: an AF_PACKET socket would
+    /// otherwise see frames with unfinished checksums or larger than the MTU.
+    pub fn new(gw_side: String, host_side: String, ns: &Netns) -> Link {
+        must(&[
+            "ip", "link", "add", &gw_side, "type", "veth", "peer", "name", &host_side,
+        ]);
+        let link = Link { gw_side, host_side };
+        must(&["ip", "link", "set", &link.host_side, "netns", &ns.name]);
+        // The root namespace's stack must stay out of the gateway's way.
+        must(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{}.disable_ipv6=1", link.gw_side),
+        ]);
+        must(&[
+            "ethtool",
+            "-K",
+            &link.gw_side,
+            "tx",
+            "off",
+            "tso",
+            "off",
+            "gso",
+            "off",
+            "gro",
+            "off",
+        ]);
+        must(&["ip", "link", "set", &link.gw_side, "up"]);
+        ns.exec(&[
+            "ethtool",
+            "-K",
+            &link.host_side,
+            "tx",
+            "off",
+            "tso",
+            "off",
+            "gso",
+            "off",
+            "gro",
+            "off",
+        ]);
+        ns.exec(&["ip", "link", "set", &link.host_side, "up"]);
+        link
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "link", "del", &self.gw_side]);
+    }
+}
+
+/// Host A — gateway — host B, addresses fixed (namespaces keep them apart).
+#[derive(Debug)]
+pub struct Topology {
+    /// Unique id of this topology.
+    pub id: String,
+    /// Host A (LAN side).
+    pub a: Netns,
+    /// Host B (WAN side).
+    pub b: Netns,
+    /// Host A's link.
+    pub link_a: Link,
+    /// Host B's link.
+    pub link_b: Link,
+}
+
+/// Host A's IPv4 address.
+pub const A4: &str = "10.10.1.2";
+/// Host B's IPv4 address.
+pub const B4: &str = "10.10.2.2";
+/// Host A's IPv6 address.
+pub const A6: &str = "fd00:10:1::2";
+/// Host B's IPv6 address.
+pub const B6: &str = "fd00:10:2::2";
+
+impl Topology {
+    /// Creates both hosts with addresses and default routes via the gateway.
+    pub fn new() -> Topology {
+        let id = unique_id();
+        let a = Netns::new(format!("pta{id}"));
+        let b = Netns::new(format!("ptb{id}"));
+        let link_a = Link::new(format!("pga{id}"), format!("pha{id}"), &a);
+        let link_b = Link::new(format!("pgb{id}"), format!("phb{id}"), &b);
+        for (ns, link, v4, gw4, v6, gw6) in [
+            (&a, &link_a, A4, "10.10.1.1", A6, "fd00:10:1::1"),
+            (&b, &link_b, B4, "10.10.2.1", B6, "fd00:10:2::1"),
+        ] {
+            ns.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{}.accept_dad=0", link.host_side),
+            ]);
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                &link.host_side,
+            ]);
+            ns.exec(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                &link.host_side,
+                "nodad",
+            ]);
+            ns.exec(&["ip", "route", "add", "default", "via", gw4]);
+            ns.exec(&["ip", "-6", "route", "add", "default", "via", gw6]);
+        }
+        Topology {
+            id,
+            a,
+            b,
+            link_a,
+            link_b,
+        }
+    }
+
+    /// The gateway configuration for this topology; `qpairs` queues per port.
+    pub fn config(&self, qpairs: u16, extra: &str) -> String {
+        let lcores = if qpairs > 1 {
+            // The main lcore and one worker per queue; on a small machine
+            // workers share cores and sleep when idle.
+            format!(
+                "\"--lcores\", \"0@0,{}\"",
+                (1..=qpairs)
+                    .map(|l| format!("{l}@{}", l % 2))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else {
+            "\"-l\", \"0-1\"".to_owned()
+        };
+        let qp = if qpairs > 1 {
+            format!(",qpairs={qpairs}")
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+[dpdk]
+eal_args = [{lcores}, "--no-pci", {mem}, "--log-level", "lib.eal:warning",
+            "--vdev", "net_af_packet0,iface={ga}{qp}", "--vdev", "net_af_packet1,iface={gb}{qp}"]
+
+[worker]
+flow_capacity = 65536
+idle_sleep_us = 50
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[port]]
+name = "lan"
+device = "net_af_packet0"
+addresses = ["10.10.1.1/24", "fd00:10:1::1/64"]
+
+[[port]]
+name = "wan"
+device = "net_af_packet1"
+addresses = ["10.10.2.1/24", "fd00:10:2::1/64"]
+{extra}
+"#,
+            mem = eal_memory(&format!("pt{}", self.id)),
+            ga = self.link_a.gw_side,
+            gb = self.link_b.gw_side,
+        )
+    }
+}
+
+/// EAL memory arguments: hugepages when setup.sh found them, else `--no-huge`.
+pub fn eal_memory(prefix: &str) -> String {
+    match std::env::var("PATRONUS_EAL_MEMORY").as_deref() {
+        Ok("no-huge") => format!(
+            "\"--no-huge\", \"--no-shconf\", \"-m\", \"512\", \"--file-prefix\", \"{prefix}\""
+        ),
+        _ => {
+            let free: u64 = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find(|l| l.starts_with("HugePages_Free:"))
+                        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+                })
+                .unwrap_or(0);
+            if free >= 128 {
+                format!("\"--in-memory\", \"--file-prefix\", \"{prefix}\"")
+            } else {
+                format!("\"--no-huge\", \"--no-shconf\", \"-m\", \"512\", \"--file-prefix\", \"{prefix}\"")
+            }
+        }
+    }
+}
+
+/// The `patronus-dataplane` binary next to this test binary.
+pub fn dataplane_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("PATRONUS_DATAPLANE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = dir.join("patronus-dataplane");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --bin patronus-dataplane` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A running data plane with its log captured.
+#[derive(Debug)]
+pub struct Dataplane {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// The metrics endpoint it bound.
+    pub metrics: SocketAddr,
+    /// Where its config file lives.
+    pub config_path: PathBuf,
+}
+
+impl Dataplane {
+    /// Writes the config, starts the binary and waits until it is running.
+    pub fn start(config: &str) -> Dataplane {
+        let dir = std::env::temp_dir().join(format!("patronus-e2e-{}", unique_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("dataplane.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(dataplane_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start patronus-dataplane");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("  dataplane| {line}");
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut dp = Dataplane {
+            child: Some(child),
+            log,
+            metrics: "127.0.0.1:0".parse().unwrap(),
+            config_path,
+        };
+        let line = dp.wait_for_log(
+            "metrics and health endpoint listening",
+            Duration::from_secs(60),
+        );
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .expect("addr= in the listening line");
+        dp.metrics = addr.parse().expect("socket address");
+        dp.wait_for_log("data plane running", Duration::from_secs(30));
+        dp
+    }
+
+    /// Waits until a log line contains `needle`; panics (with the log) on timeout or exit.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "data plane exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`).
+    pub fn signal(&self, name: &str) {
+        must(&["kill", &format!("-{name}"), &self.pid().to_string()]);
+    }
+
+    /// Stops it with SIGTERM and returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200)); // let the log readers drain
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("data plane did not stop within 30 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GETs a path from the metrics endpoint: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics, path)
+    }
+
+    /// Scrapes `/metrics`.
+    pub fn scrape(&self) -> Metrics {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .expect("connect to metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Parsed Prometheus text exposition.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    samples: Vec<(String, HashMap<String, String>, f64)>,
+    /// The raw text.
+    pub text: String,
+}
+
+impl Metrics {
+    /// Parses the text format (enough of it for our own output).
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = value.parse().expect("sample value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let labels = rest
+                        .trim_end_matches('}')
+                        .split("\",")
+                        .filter(|kv| !kv.is_empty())
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+                        .collect();
+                    (name.to_owned(), labels)
+                }
+                None => (series.to_owned(), HashMap::new()),
+            };
+            samples.push((name, labels, value));
+        }
+        Metrics {
+            samples,
+            text: text.to_owned(),
+        }
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Whether any sample of `name` exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.samples.iter().any(|(n, _, _)| n == name)
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}

@@ -1,0 +1,485 @@
+//! The gateway between two real hosts: host A (netns) — veth — port `lan`
+//! (`net_af_packet`) · port `wan` — veth — host B (netns).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn tools(name: &str) -> String {
+    format!("{}/tools/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A checked TCP transfer from `from` to `to_addr` (a host in `to`).
+fn transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) {
+    let mut server = to.spawn(&["python3", &tools("stream.py"), "serve", "5201"]);
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(first.trim(), "listening");
+    let sent = from.exec(&[
+        "python3",
+        &tools("stream.py"),
+        "send",
+        to_addr,
+        "5201",
+        &bytes.to_string(),
+    ]);
+    let out = server.wait_with_output().unwrap();
+    let received = String::from_utf8_lossy(&out.stdout);
+    let received = received.lines().last().unwrap_or_default().to_owned();
+    assert_eq!(
+        sent.trim(),
+        received.trim(),
+        "the byte stream arrived intact"
+    );
+    assert!(sent.starts_with(&bytes.to_string()));
+}
+
+#[test]
+fn forwards_ping_and_tcp_both_ways_over_ipv4_and_ipv6() {
+    if need_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let mut dp = Dataplane::start(&topo.config(1, ""));
+
+    for (ns, dst) in [(&topo.a, B4), (&topo.b, A4), (&topo.a, B6), (&topo.b, A6)] {
+        let out = ns.try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", dst]);
+        assert!(
+            out.status.success(),
+            "ping {dst}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The gateway's own addresses answer too.
+    topo.a.exec(&["ping", "-c", "1", "-W", "2", "10.10.1.1"]);
+    topo.a.exec(&["ping", "-c", "1", "-W", "2", "fd00:10:2::1"]);
+
+    transfer(&topo.a, &topo.b, B4, 4 << 20);
+    transfer(&topo.b, &topo.a, A6, 4 << 20);
+
+    // Counters agree with what the hosts sent and received.
+    std::thread::sleep(Duration::from_millis(500));
+    let m = dp.scrape();
+    let a_tx = topo.a.if_stat(&topo.link_a.host_side, "tx_packets") as f64;
+    let a_rx = topo.a.if_stat(&topo.link_a.host_side, "rx_packets") as f64;
+    let b_tx = topo.b.if_stat(&topo.link_b.host_side, "tx_packets") as f64;
+    let b_rx = topo.b.if_stat(&topo.link_b.host_side, "rx_packets") as f64;
+    assert_eq!(
+        m.sum("patronus_port_rx_packets_total", &[("port", "lan")]),
+        a_tx
+    );
+    assert_eq!(
+        m.sum("patronus_port_tx_packets_total", &[("port", "lan")]),
+        a_rx
+    );
+    assert_eq!(
+        m.sum("patronus_port_rx_packets_total", &[("port", "wan")]),
+        b_tx
+    );
+    assert_eq!(
+        m.sum("patronus_port_tx_packets_total", &[("port", "wan")]),
+        b_rx
+    );
+    assert!(m.sum("patronus_worker_forwarded_packets_total", &[]) > 2000.0);
+    assert!(m.sum("patronus_flows_active", &[]) >= 2.0);
+    assert!(
+        m.sum("patronus_neighbors", &[]) >= 4.0,
+        "both hosts learned over ARP and ND"
+    );
+    assert_eq!(
+        m.sum(
+            "patronus_forward_drops_total",
+            &[("reason", "neighbor_unresolved")]
+        ),
+        0.0
+    );
+
+    let status = dp.stop();
+    assert!(status.success(), "exit {status}:\n{}", dp.log_text());
+}
+
+#[test]
+fn unknown_destinations_are_dropped_counted_and_answered() {
+    if need_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let mut dp = Dataplane::start(&topo.config(1, ""));
+    let out = topo
+        .a
+        .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "203.0.113.9"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("Destination Net Unreachable"), "{text}");
+    let out = topo
+        .a
+        .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "2001:db8:99::1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("No route"), "{text}");
+    // TTL exhaustion: traceroute's first hop is the gateway.
+    let out = topo
+        .a
+        .try_exec(&["ping", "-c", "1", "-t", "1", "-W", "1", B4]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Time to live exceeded") && text.contains("10.10.1.1"),
+        "{text}"
+    );
+
+    let m = dp.scrape();
+    assert_eq!(
+        m.sum("patronus_forward_drops_total", &[("reason", "no_route")]),
+        4.0
+    );
+    assert_eq!(
+        m.sum(
+            "patronus_forward_drops_total",
+            &[("reason", "ttl_exceeded")]
+        ),
+        1.0
+    );
+    assert_eq!(m.sum("patronus_worker_icmp_errors_sent_total", &[]), 5.0);
+    assert!(dp.stop().success());
+}
+
+/// A valid UDP/IPv4 frame from host A toward host B, for corrupting.
+fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let payload = b"patronus-malformed";
+    let total = 20 + 8 + payload.len();
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+        10,
+        10,
+        1,
+        2,
+        10,
+        10,
+        2,
+        2,
+    ];
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let ulen = 8 + payload.len();
+    f.extend_from_slice(&[0x9c, 0x40, 0x13, 0x89, (ulen >> 8) as u8, ulen as u8, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn fix_checksum(f: &mut [u8]) {
+    f[24..26].copy_from_slice(&[0, 0]);
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let csum = ipv4_checksum(&f[14..14 + ihl.max(20)]);
+    f[24..26].copy_from_slice(&csum.to_be_bytes());
+}
+
+fn hex(f: &[u8]) -> String {
+    f.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn root_mac(iface: &str) -> [u8; 6] {
+    parse_mac(&std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).unwrap())
+}
+
+fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
+    parse_mac(&ns.exec(&["cat", &format!("/sys/class/net/{iface}/address")]))
+}
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (b, part) in mac.iter_mut().zip(text.trim().split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap();
+    }
+    mac
+}
+
+#[test]
+fn malformed_frames_are_counted_by_reason_and_forwarding_continues() {
+    if need_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let mut dp = Dataplane::start(&topo.config(1, ""));
+    // Resolve everything first so that every later frame meets the parser, not ARP.
+    topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
+    let gw_mac = root_mac(&topo.link_a.gw_side);
+    let host_mac = mac_of(&topo.a, &topo.link_a.host_side);
+    let good = udp_frame(gw_mac, host_mac);
+
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // (Frames shorter than an Ethernet header cannot be sent through
+    // AF_PACKET, which pads them; the unit tests cover those.)
+    let mut f = good[..14 + 24].to_vec();
+    f[16..18].copy_from_slice(&24u16.to_be_bytes()); // IP ends 4 bytes into the UDP header
+    fix_checksum(&mut f);
+    cases.push(("truncated_udp", f));
+    cases.push(("truncated_ipv4", good[..14 + 12].to_vec()));
+    let mut f = good.clone();
+    f[14] = 0x44; // IHL 4
+    fix_checksum(&mut f);
+    cases.push(("bad_ipv4_header_length", f));
+    let mut f = good.clone();
+    f[16..18].copy_from_slice(&900u16.to_be_bytes()); // longer than the frame
+    fix_checksum(&mut f);
+    cases.push(("bad_ipv4_total_length", f));
+    let mut f = good.clone();
+    f[24] ^= 0xff;
+    cases.push(("bad_ipv4_checksum", f));
+    let mut f = good.clone();
+    f[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+    cases.push(("unsupported_ethertype", f));
+    let mut f = good.clone();
+    f[38..40].copy_from_slice(&4u16.to_be_bytes()); // UDP length below 8
+    cases.push(("bad_udp_length", f));
+    let mut f = good.clone();
+    f[14] = 0x65; // version 6 in an IPv4 ethertype
+    cases.push(("bad_ip_version", f));
+
+    let frames: Vec<String> = cases.iter().map(|(_, f)| hex(f)).collect();
+    let mut args = vec![
+        "python3".to_owned(),
+        tools("inject.py"),
+        topo.link_a.host_side.clone(),
+    ];
+    args.extend(frames.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    topo.a.exec(&args);
+
+    // A fragment pair is well formed: forwarded and counted, not dropped.
+    let mut frag1 = good.clone();
+    frag1[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF, offset 0
+    fix_checksum(&mut frag1);
+    let mut frag2 = good.clone();
+    frag2[20..22].copy_from_slice(&0x0003u16.to_be_bytes()); // offset 24 bytes, last
+    fix_checksum(&mut frag2);
+    topo.a.exec(&[
+        "python3",
+        &tools("inject.py"),
+        &topo.link_a.host_side,
+        &hex(&frag1),
+        &hex(&frag2),
+    ]);
+
+    let expected = cases.len() as f64;
+    assert!(
+        eventually(Duration::from_secs(5), || dp
+            .scrape()
+            .sum("patronus_parse_drops_total", &[])
+            >= expected),
+        "parse drops never reached {expected}"
+    );
+    let m = dp.scrape();
+    for (reason, _) in &cases {
+        assert_eq!(
+            m.sum("patronus_parse_drops_total", &[("reason", reason)]),
+            1.0,
+            "{reason}"
+        );
+    }
+    assert_eq!(m.sum("patronus_parse_drops_total", &[]), expected);
+    assert_eq!(m.sum("patronus_worker_ip_fragments_total", &[]), 2.0);
+
+    // Still forwarding.
+    topo.a
+        .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", B4]);
+    assert!(dp.stop().success());
+}
+
+#[test]
+fn two_workers_both_carry_traffic_and_keep_each_flow_on_one_worker() {
+    if need_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let mut dp = Dataplane::start(&topo.config(2, ""));
+    topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
+    topo.b.exec(&["ping", "-c", "1", "-W", "2", A4]);
+    let before = dp.scrape().sum("patronus_flows_created_total", &[]);
+
+    let mut server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = topo
+        .a
+        .try_exec(&["iperf3", "-c", B4, "-P", "16", "-t", "2", "-b", "20M"]);
+    assert!(
+        out.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = server.wait();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let m = dp.scrape();
+    for port in ["lan", "wan"] {
+        for queue in ["0", "1"] {
+            assert!(
+                m.sum(
+                    "patronus_queue_rx_packets_total",
+                    &[("port", port), ("queue", queue)]
+                ) > 0.0,
+                "{port} queue {queue} carried nothing"
+            );
+        }
+    }
+    // 16 data connections + 1 control connection. Had the two directions of a
+    // connection reached different workers, each would have created an entry.
+    let created = m.sum("patronus_flows_created_total", &[]) - before;
+    assert_eq!(
+        created, 17.0,
+        "each TCP connection is one flow on exactly one worker"
+    );
+    for worker in ["0", "1"] {
+        assert!(
+            m.sum("patronus_flows_created_total", &[("worker", worker)]) > 0.0,
+            "worker {worker} saw no flow"
+        );
+    }
+    assert!(dp.stop().success());
+}
+
+#[test]
+fn shutdown_with_traffic_in_flight_returns_every_buffer() {
+    if need_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let mut dp = Dataplane::start(&topo.config(1, ""));
+    topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
+    let mut server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = topo.a.spawn(&[
+        "iperf3", "-c", B4, "-u", "-b", "300M", "-l", "1200", "-t", "5",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = dp
+        .scrape()
+        .sum("patronus_worker_forwarded_packets_total", &[]);
+    assert!(before > 1000.0, "traffic is flowing ({before} forwarded)");
+    let status = dp.stop();
+    let log = dp.log_text();
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(log.contains("packet buffers still in use: 0"), "{log}");
+    let _ = client.kill();
+    let _ = server.kill();
+    let _ = client.wait();
+    let _ = server.wait();
+}
+
+#[test]
+fn metrics_pass_promtool_and_health_reports_ready() {
+    if need_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let mut dp = Dataplane::start(&topo.config(1, ""));
+    topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
+    let (status, body) = dp.http_get("/healthz");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let m = dp.scrape();
+    for name in [
+        "patronus_port_rx_packets_total",
+        "patronus_queue_tx_packets_total",
+        "patronus_parse_drops_total",
+        "patronus_flows_active",
+        "patronus_flows_expired_total",
+        "patronus_neighbors",
+        "patronus_worker_busy_ratio",
+        "patronus_mempool_in_use",
+    ] {
+        assert!(m.has(name), "{name} missing");
+    }
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), m.text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool: {complaints}"
+    );
+    assert!(dp.stop().success());
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
+    if need_root() {
+        return;
+    }
+    let topo = Topology::new();
+    let mut dp = Dataplane::start(&topo.config(1, ""));
+    // 198.18.0.0/15 is not routed yet: host A hears "net unreachable".
+    let out = topo
+        .a
+        .try_exec(&["ping", "-c", "1", "-W", "1", "198.18.0.2"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Unreachable"));
+
+    // Route it to host B (which owns the address on its loopback).
+    topo.b
+        .exec(&["ip", "addr", "add", "198.18.0.2/32", "dev", "lo"]);
+    let routed = topo.config(
+        1,
+        "[[route]]\nprefix = \"198.18.0.0/15\"\nvia = \"10.10.2.2\"\n",
+    );
+    std::fs::write(&dp.config_path, routed).unwrap();
+    dp.signal("HUP");
+    dp.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    topo.a
+        .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "198.18.0.2"]);
+
+    // A broken file is refused whole and the running config keeps forwarding.
+    std::fs::write(
+        &dp.config_path,
+        topo.config(
+            1,
+            "[[route]]\nprefix = \"198.18.0.0/15\"\nvia = \"not-an-address\"\n",
+        ),
+    )
+    .unwrap();
+    dp.signal("HUP");
+    let line = dp.wait_for_log("reload refused", Duration::from_secs(5));
+    assert!(line.contains("route[0].via"), "{line}");
+    topo.a
+        .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "198.18.0.2"]);
+    assert!(dp.stop().success());
+}

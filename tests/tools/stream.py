@@ -1,0 +1,53 @@
+"""A TCP byte stream whose content both ends check.
+
+serve PORT            accept one connection, print "<bytes> <sha256>" of what arrived
+send HOST PORT N      send N deterministic bytes, print "<bytes> <sha256>" of what was sent
+"""
+import hashlib
+import socket
+import sys
+
+
+def pattern(n):
+    block = bytes((i * 7 + 3) & 0xFF for i in range(65536))
+    while n > 0:
+        chunk = block[: min(n, len(block))]
+        n -= len(chunk)
+        yield chunk
+
+
+def serve(port):
+    family = socket.AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
+        s.listen(1)
+        print("listening", flush=True)
+        conn, _ = s.accept()
+        digest, total = hashlib.sha256(), 0
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                digest.update(data)
+                total += len(data)
+        print(total, digest.hexdigest(), flush=True)
+
+
+def send(host, port, n):
+    digest, total = hashlib.sha256(), 0
+    with socket.create_connection((host, port), timeout=30) as s:
+        for chunk in pattern(n):
+            s.sendall(chunk)
+            digest.update(chunk)
+            total += len(chunk)
+    print(total, digest.hexdigest(), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(int(sys.argv[2]))
+    else:
+        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
