@@ -373,6 +373,38 @@ pub fn link_local_from_mac(mac: [u8; 6]) -> Ipv6Addr {
     ])
 }
 
+/// The dotted path of the key on the line holding byte `offset` of a TOML
+/// text (`worker.flow_capacity`, `port[1].mtu`), for error messages.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let mut section = String::new();
+    let mut arrays: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let header = |l: &str| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+    for l in text[..line_start].lines().map(str::trim) {
+        if l.starts_with("[[") {
+            let name = l.trim_matches(|c| c == '[' || c == ']').trim();
+            let count = arrays.entry(name).or_insert(0);
+            section = format!("{name}[{count}]");
+            *count += 1;
+        } else if l.starts_with('[') {
+            section = header(l);
+        }
+    }
+    if line.starts_with('[') {
+        return Some(header(line));
+    }
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    Some(if section.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{section}.{key}")
+    })
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -395,14 +427,15 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|err| {
             let message = err.message().to_owned();
-            let location = err
-                .span()
-                .map(|span| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            ConfigError::new("<file>", format!("{message}{location}"))
+            match err.span() {
+                Some(span) => {
+                    let at = span.start.min(text.len());
+                    let line = text[..at].matches('\n').count() + 1;
+                    let field = field_at(text, at).unwrap_or_else(|| "<file>".to_owned());
+                    ConfigError::new(field, format!("{message} (line {line})"))
+                }
+                None => ConfigError::new("<file>", message),
+            }
         })
     }
 
@@ -851,8 +884,9 @@ addresses = ["10.0.1.1/24"]
             ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"zz\"\nport = \"lan\"\n", "neighbor[0].mac"),
             ("[[neighbor]]\nip = \"x\"\nmac = \"02:00:00:00:00:01\"\nport = \"lan\"\n", "neighbor[0].ip"),
             ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"02:00:00:00:00:01\"\nport = \"dmz\"\n", "neighbor[0].port"),
-            ("[worker]\nflow_capacty = 5\n", "<file>"),
-            ("[worker]\nflow_capacity = \"many\"\n", "<file>"),
+            ("[worker]\nflow_capacty = 5\n", "worker.flow_capacty"),
+            ("[worker]\nflow_capacity = \"many\"\n", "worker.flow_capacity"),
+            ("[[port]]\nname = \"dmz\"\ndevice = \"d\"\nmtu = \"big\"\n", "port[2].mtu"),
         ];
         for (extra, field) in cases {
             let text = format!("{BASE}\n{extra}");

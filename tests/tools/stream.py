@@ -1,11 +1,14 @@
 """A TCP byte stream whose content both ends check.
 
-serve PORT            accept one connection, print "<bytes> <sha256>" of what arrived
-send HOST PORT N      send N deterministic bytes, print "<bytes> <sha256>" of what was sent
+serve PORT               accept one connection, print "<bytes> <sha256>" of what arrived
+send HOST PORT N         send N deterministic bytes, print "<bytes> <sha256>" of what was sent
+serve-many PORT C        accept C connections at once, print the total bytes received
+send-many HOST PORT C N  open C connections at once, send N bytes on each, print the total
 """
 import hashlib
 import socket
 import sys
+import threading
 
 
 def pattern(n):
@@ -46,8 +49,55 @@ def send(host, port, n):
     print(total, digest.hexdigest(), flush=True)
 
 
+def serve_many(port, count):
+    totals = []
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
+        s.listen(count)
+        print("listening", flush=True)
+
+        def drain(conn):
+            total = 0
+            with conn:
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    total += len(data)
+            totals.append(total)
+
+        threads = []
+        for _ in range(count):
+            conn, _ = s.accept()
+            t = threading.Thread(target=drain, args=(conn,))
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+    print(sum(totals), flush=True)
+
+
+def send_many(host, port, count, n):
+    conns = [socket.create_connection((host, port), timeout=30) for _ in range(count)]
+    total = 0
+    for chunk in pattern(n):
+        for c in conns:
+            c.sendall(chunk)
+            total += len(chunk)
+    for c in conns:
+        c.close()
+    print(total, flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
+    cmd = sys.argv[1]
+    if cmd == "serve":
         serve(int(sys.argv[2]))
-    else:
+    elif cmd == "send":
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "serve-many":
+        serve_many(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        send_many(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

@@ -138,7 +138,7 @@ unsafe extern "C" fn trampoline(arg: *mut c_void) -> c_int {
     // this one call; we take ownership back here.
     let job: Box<Job> = unsafe { Box::from_raw(arg.cast::<Job>()) };
     // A panic must not unwind into DPDK's C frames.
-    catch_unwind(AssertUnwindSafe(move || job())).unwrap_or_else(|_| {
+    catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
         tracing::error!("a worker lcore panicked");
         -1
     })

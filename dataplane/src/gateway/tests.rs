@@ -584,3 +584,43 @@ fn checksum_adjust_matches_full_recompute() {
         assert_eq!(adjusted, h.calc_header_checksum(), "ttl {ttl}");
     }
 }
+
+#[test]
+fn forwards_fragments_and_counts_them() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, &[7u8; 64]);
+    // More-fragments, offset 0: the first fragment.
+    f.data_mut()[20] = 0x20;
+    fix_ipv4_checksum(&mut f);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(1));
+    // Offset 64 bytes, last: no L4 header, keyed on addresses alone.
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, &[7u8; 64]);
+    f.data_mut()[20..22].copy_from_slice(&8u16.to_be_bytes());
+    fix_ipv4_checksum(&mut f);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(1));
+    assert_eq!(r.gw.counters.get(Counter::Fragments), 2);
+    assert_eq!(r.gw.counters.get(Counter::Forwarded), 2);
+    assert_eq!(f.data()[22], 63, "TTL decremented on a later fragment too");
+}
+
+#[test]
+fn no_icmp_error_about_a_later_fragment() {
+    let mut r = rig();
+    let mut f = udp4([10, 0, 1, 2], [8, 8, 8, 8], 64, &[7u8; 64]);
+    f.data_mut()[20..22].copy_from_slice(&8u16.to_be_bytes());
+    fix_ipv4_checksum(&mut f);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop);
+    assert_eq!(r.gw.counters.drops(DropReason::NoRoute), 1);
+    assert_eq!(r.gw.counters.get(Counter::IcmpErrors), 0);
+}
+
+fn fix_ipv4_checksum(f: &mut VecFrame) {
+    let d = f.data_mut();
+    d[24..26].copy_from_slice(&[0, 0]);
+    let csum = Sum16BitWords::new()
+        .add_slice(&d[14..34])
+        .ones_complement()
+        .to_be();
+    d[24..26].copy_from_slice(&csum.to_be_bytes());
+}

@@ -67,6 +67,14 @@ impl Netns {
         must(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
+        // Interfaces moved in later inherit these: no DAD delay, no
+        // unsolicited router solicitations muddying the counters.
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.default.router_solicitations=0",
+        ]);
         ns
     }
 
