@@ -12,6 +12,14 @@ export CARGO_TERM_COLOR=never
 
 step() { printf '\n== %s\n' "$*"; }
 
+# Every cargo test run is logged too, so that the totals can be printed last.
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+cargo_test() {
+    cargo test "$@" 2>&1 | tee -a "$results"
+    return "${PIPESTATUS[0]}"
+}
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -19,9 +27,12 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "unit tests"
-cargo test --workspace --exclude patronus-e2e
+cargo_test --workspace --exclude patronus-e2e
 
 step "end-to-end tests (real DPDK, real hosts in network namespaces)"
 cargo build --bin patronus-dataplane
 # One at a time: each test starts a polling data plane on a 2-core machine.
-cargo test -p patronus-e2e -- --test-threads=1
+cargo_test -p patronus-e2e -- --test-threads=1
+
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "\n%d passed, %d failed, %d skipped\n", p, f, i }' "$results"
