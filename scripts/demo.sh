@@ -32,7 +32,7 @@ cleanup() {
     ip netns del "$NS_B" 2>/dev/null || true
     ip link del "$GW_A" 2>/dev/null || true
     ip link del "$GW_B" 2>/dev/null || true
-    rm -rf "$WORK"
+    rm -rf "$WORK" /var/run/dpdk/pdemo
 }
 trap cleanup EXIT
 cleanup # leftovers of an interrupted run

@@ -34,5 +34,27 @@ cargo build --bin patronus-dataplane
 # One at a time: each test starts a polling data plane on a 2-core machine.
 cargo_test -p patronus-e2e -- --test-threads=1
 
+# Fuzzing needs a nightly toolchain; CI images that have one run a short
+# smoke of every target (seeded corpus, fresh each time).
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    step "fuzz smoke (30 s per target)"
+    command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked --quiet cargo-fuzz
+    for target in parse_frame gateway_frame; do
+        corpus=$(mktemp -d)
+        log=$(mktemp)
+        if (cd fuzz && cargo +nightly fuzz run "$target" "$corpus" seeds/parse_frame -- \
+            -max_total_time=30 -rss_limit_mb=4096) >"$log" 2>&1; then
+            echo "$target: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$log" | tail -1), no crash"
+        else
+            tail -40 "$log"
+            echo "fuzz target $target failed; the input is in fuzz/artifacts/$target/"
+            exit 1
+        fi
+        rm -rf "$corpus" "$log"
+    done
+else
+    step "fuzz smoke skipped: no nightly toolchain (rustup toolchain install nightly)"
+fi
+
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "\n%d passed, %d failed, %d skipped\n", p, f, i }' "$results"

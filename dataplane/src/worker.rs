@@ -18,7 +18,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::config::Snapshot;
-use crate::dpdk::{rdtsc, Mbuf, Mempool, RxBurst, RxQueue, TxQueue};
+use crate::dpdk::{rdtsc, Mbuf, Mempool, RxBurst, RxQueue, TxQueue, BURST_SIZE};
 use crate::gateway::{Context, Gateway, Verdict};
 use crate::neighbor::{NeighborEvent, NeighborShared};
 use crate::pending::{Held, PendingQueue};
@@ -137,6 +137,9 @@ impl Worker {
     /// publishes its final counters. Returns 0.
     pub fn run(mut self) -> i32 {
         let mut burst = RxBurst::new();
+        // Allocated once; `clear` and `drain` keep the capacity, so bursts never allocate.
+        let mut batch: Vec<Mbuf> = Vec::with_capacity(BURST_SIZE);
+        let mut verdicts = [Verdict::Drop; BURST_SIZE];
         let mut cfg_generation = self.config.generation();
         let mut cfg = self.config.load();
         let mut neigh_generation = self.neighbors.generation();
@@ -193,12 +196,18 @@ impl Worker {
             let mut received = 0;
             for (port, rxq) in &mut self.rx {
                 received += rxq.rx_burst(&mut burst);
+                batch.clear();
                 while let Some(mut mbuf) = burst.pop() {
                     if mbuf.segments() > 1 && !mbuf.linearize() {
                         self.gateway.counters.drop(DropReason::MultiSegment);
                         continue;
                     }
-                    match self.gateway.process(&ctx, *port, &mut mbuf) {
+                    batch.push(mbuf);
+                }
+                self.gateway
+                    .process_burst(&ctx, *port, &mut batch, &mut verdicts);
+                for (mbuf, verdict) in batch.drain(..).zip(verdicts) {
+                    match verdict {
                         Verdict::Transmit(out) => self.tx[usize::from(out)].push(mbuf),
                         Verdict::Resolve { port, next_hop } => match self
                             .pending

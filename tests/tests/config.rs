@@ -71,12 +71,14 @@ fn missing_device_fails_at_start_naming_the_port() {
     if need_root() {
         return;
     }
+    let prefix = format!("ptc{}", unique_id());
     let config = format!(
         "[dpdk]\neal_args = [\"-l\", \"0-1\", \"--no-pci\", {}, \"--vdev\", \"net_null0\"]\n[metrics]\nlisten = \"\"\n\
          [[port]]\nname = \"lan\"\ndevice = \"net_null0\"\n[[port]]\nname = \"wan\"\ndevice = \"net_null7\"\n",
-        eal_memory(&format!("ptc{}", unique_id()))
+        eal_memory(&prefix)
     );
     let (code, stderr) = run_with(&config, &[]);
+    remove_runtime_dir(&prefix);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("port \"wan\"") && stderr.contains("net_null7"),

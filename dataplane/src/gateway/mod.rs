@@ -18,9 +18,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crossbeam_channel::Sender;
 
 use crate::config::Snapshot;
-use crate::flow::table::{FlowTable, ForwardCache};
+use crate::dpdk::BURST_SIZE;
+use crate::flow::table::{FlowId, FlowTable, ForwardCache, TableFull};
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborSnapshot};
+use crate::packet::flow_key::{Direction, FlowKey};
 use crate::packet::parse::{self, Fragment, Ipv4Info, Ipv6Info, PacketMeta, L3, L4};
 use crate::stats::{Counter, Counters, DropReason};
 
@@ -45,6 +47,50 @@ pub enum Verdict {
     Drop,
     /// Fully handled (e.g. an ARP reply learned from); free it.
     Consumed,
+}
+
+/// What a packet needs, decided from its headers before any state is touched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Drop it for this reason.
+    Drop(DropReason),
+    /// Drop it for this reason and answer with this ICMP error.
+    Reject(icmp::ErrorKind, DropReason),
+    /// ARP: answer or learn.
+    Arp,
+    /// Addressed to the gateway.
+    Local,
+    /// Route it.
+    Forward {
+        /// Destination address.
+        dst: IpAddr,
+        /// IP packet length, for the MTU check and flow accounting.
+        ip_len: u16,
+    },
+}
+
+/// Per-burst working arrays, kept between bursts.
+#[derive(Debug)]
+struct BurstScratch {
+    metas: [Option<PacketMeta>; BURST_SIZE],
+    steps: [Step; BURST_SIZE],
+    keys: [FlowKey; BURST_SIZE],
+    dirs: [Direction; BURST_SIZE],
+    keyed: [usize; BURST_SIZE],
+    flows: [Result<(FlowId, bool), TableFull>; BURST_SIZE],
+}
+
+impl Default for BurstScratch {
+    fn default() -> Self {
+        BurstScratch {
+            metas: [None; BURST_SIZE],
+            steps: [Step::Drop(DropReason::NoRoute); BURST_SIZE],
+            keys: [FlowKey::default(); BURST_SIZE],
+            dirs: [Direction::LoToHi; BURST_SIZE],
+            keyed: [usize::MAX; BURST_SIZE],
+            flows: [Err(TableFull); BURST_SIZE],
+        }
+    }
 }
 
 /// What one burst of processing reads.
@@ -149,6 +195,8 @@ pub struct Gateway {
     events: Sender<NeighborEvent>,
     ip_id: u16,
     stale: StaleProbes,
+    /// `Some` between bursts; moved out (not reallocated) while one runs.
+    scratch: Option<Box<BurstScratch>>,
 }
 
 impl Gateway {
@@ -166,6 +214,7 @@ impl Gateway {
             events,
             ip_id: (seed as u16) | 1,
             stale: StaleProbes::new(),
+            scratch: Some(Box::default()),
         }
     }
 
@@ -227,31 +276,184 @@ impl Gateway {
     }
 
     /// Decides what happens to one frame received on port `in_port`.
-    #[inline]
     pub fn process<F: Frame>(&mut self, ctx: &Context<'_>, in_port: u16, frame: &mut F) -> Verdict {
-        let len = frame.len() as u64;
-        self.counters.add(Counter::RxPackets, 1);
-        self.counters.add(Counter::RxBytes, len);
-        let meta = match parse::parse(frame.data()) {
-            Ok(meta) => meta,
-            Err(err) => {
-                self.counters.parse_drop(err);
-                return Verdict::Drop;
+        let mut verdict = [Verdict::Drop];
+        self.process_burst(ctx, in_port, std::slice::from_mut(frame), &mut verdict);
+        verdict[0]
+    }
+
+    /// Decides what happens to each frame of a burst received on `in_port`;
+    /// `verdicts[i]` is frame `i`'s. Works in three passes so that the flow
+    /// table's cache misses for the whole burst overlap: parse and classify
+    /// every frame, look up all flows at once, then act on each frame.
+    ///
+    /// # Panics
+    /// When `verdicts` is shorter than `frames`, or `frames` holds more than
+    /// [`BURST_SIZE`] frames.
+    pub fn process_burst<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frames: &mut [F],
+        verdicts: &mut [Verdict],
+    ) {
+        assert!(frames.len() <= BURST_SIZE && verdicts.len() >= frames.len());
+        // The scratch arrays live in `self` so that a burst neither zeroes
+        // nor allocates them; only the prefix this burst uses is written.
+        let mut scratch = self
+            .scratch
+            .take()
+            .expect("scratch is returned after every burst");
+        let mut n_keys = 0;
+        for (i, frame) in frames.iter().enumerate() {
+            self.counters.add(Counter::RxPackets, 1);
+            self.counters.add(Counter::RxBytes, frame.len() as u64);
+            scratch.keyed[i] = usize::MAX;
+            match parse::parse(frame.data()) {
+                Ok(meta) => {
+                    let step = self.classify(ctx, in_port, &meta);
+                    if let Step::Forward { .. } = step {
+                        if let Some((key, dir)) = meta.flow_key() {
+                            scratch.keys[n_keys] = key;
+                            scratch.dirs[n_keys] = dir;
+                            scratch.keyed[i] = n_keys;
+                            n_keys += 1;
+                        }
+                    }
+                    scratch.steps[i] = step;
+                    scratch.metas[i] = Some(meta);
+                }
+                Err(err) => {
+                    self.counters.parse_drop(err);
+                    scratch.metas[i] = None;
+                }
             }
-        };
+        }
+        self.flows.lookup_or_insert_burst(
+            &scratch.keys[..n_keys],
+            ctx.now_ns,
+            &mut scratch.flows[..n_keys],
+        );
+
+        for (i, frame) in frames.iter_mut().enumerate() {
+            let Some(meta) = &scratch.metas[i] else {
+                verdicts[i] = Verdict::Drop;
+                continue;
+            };
+            let flow = match scratch.keyed[i] {
+                usize::MAX => None,
+                k => match scratch.flows[k] {
+                    Ok((id, _created)) => Some((id, scratch.dirs[k])),
+                    Err(TableFull) => {
+                        self.counters.add(Counter::FlowInsertFailed, 1);
+                        None
+                    }
+                },
+            };
+            verdicts[i] = self.act(ctx, in_port, frame, meta, scratch.steps[i], flow);
+        }
+        self.scratch = Some(scratch);
+    }
+
+    /// What to do with a parsed packet, decided from its headers alone.
+    #[inline]
+    fn classify(&self, ctx: &Context<'_>, in_port: u16, meta: &PacketMeta) -> Step {
         let Some(port) = ctx.cfg.ports.get(usize::from(in_port)) else {
-            return Verdict::Drop;
+            return Step::Drop(DropReason::NotForUs);
         };
         if meta.dst_mac != port.mac && meta.dst_mac[0] & 1 == 0 {
-            return self.drop(DropReason::NotForUs);
+            return Step::Drop(DropReason::NotForUs);
         }
         if meta.vlan.is_some() {
-            return self.drop(DropReason::VlanUnsupported);
+            return Step::Drop(DropReason::VlanUnsupported);
         }
         match meta.l3 {
-            L3::Arp(arp) => self.arp(ctx, in_port, frame, &arp),
-            L3::Ipv4(ip) => self.ipv4(ctx, in_port, frame, &meta, &ip),
-            L3::Ipv6(ip) => self.ipv6(ctx, in_port, frame, &meta, &ip),
+            L3::Arp(_) => Step::Arp,
+            L3::Ipv4(ip) => {
+                if ctx.cfg.local_port(IpAddr::V4(ip.dst)).is_some() {
+                    return Step::Local;
+                }
+                // RFC 1812 5.3.4 and 5.3.7: link-layer broadcasts, IP broadcast and
+                // multicast, and martian addresses are never forwarded.
+                if meta.dst_mac[0] & 1 != 0
+                    || ip.dst.is_broadcast()
+                    || ip.dst.is_multicast()
+                    || ip.dst.is_unspecified()
+                    || ip.dst.is_loopback()
+                    || ip.src.is_loopback()
+                    || ip.src.is_unspecified()
+                    || is_directed_broadcast(ctx.cfg, ip.dst)
+                {
+                    return Step::Drop(DropReason::NotRoutable);
+                }
+                if ip.ttl <= 1 {
+                    return Step::Reject(icmp::ErrorKind::TimeExceeded, DropReason::TtlExceeded);
+                }
+                Step::Forward {
+                    dst: IpAddr::V4(ip.dst),
+                    ip_len: ip.total_len,
+                }
+            }
+            L3::Ipv6(ip) => {
+                let dst = ip.dst;
+                if ctx.cfg.local_port(IpAddr::V6(dst)).is_some()
+                    || is_our_multicast(ctx.cfg, in_port, dst)
+                {
+                    return Step::Local;
+                }
+                // RFC 4291 2.5.6: link-local traffic stays on its link.
+                if meta.dst_mac[0] & 1 != 0
+                    || dst.is_multicast()
+                    || dst.is_unspecified()
+                    || dst.is_loopback()
+                    || is_link_local(dst)
+                    || is_link_local(ip.src)
+                    || ip.src.is_unspecified()
+                {
+                    return Step::Drop(DropReason::NotRoutable);
+                }
+                if ip.hop_limit <= 1 {
+                    return Step::Reject(icmp::ErrorKind::TimeExceeded, DropReason::TtlExceeded);
+                }
+                let ip_len = (u32::from(meta.ip_end) - u32::from(meta.l3_offset))
+                    .min(u32::from(u16::MAX)) as u16;
+                Step::Forward {
+                    dst: IpAddr::V6(dst),
+                    ip_len,
+                }
+            }
+        }
+    }
+
+    /// Carries out a step for one frame.
+    #[inline]
+    fn act<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        step: Step,
+        flow: Option<(FlowId, Direction)>,
+    ) -> Verdict {
+        let fragment = match meta.l3 {
+            L3::Ipv4(ip) => ip.fragment != Fragment::None,
+            L3::Ipv6(ip) => ip.fragment != Fragment::None,
+            L3::Arp(_) => false,
+        };
+        if fragment {
+            self.counters.add(Counter::Fragments, 1);
+        }
+        match (step, meta.l3) {
+            (Step::Drop(reason), _) => self.drop(reason),
+            (Step::Reject(kind, reason), _) => self.reject(ctx, in_port, frame, meta, kind, reason),
+            (Step::Arp, L3::Arp(arp)) => self.arp(ctx, in_port, frame, &arp),
+            (Step::Local, L3::Ipv4(ip)) => self.local_v4(ctx, in_port, frame, meta, &ip),
+            (Step::Local, L3::Ipv6(ip)) => self.local_v6(ctx, in_port, frame, meta, &ip),
+            (Step::Forward { dst, ip_len }, _) => {
+                self.forward(ctx, in_port, frame, meta, dst, ip_len, flow)
+            }
+            _ => Verdict::Drop,
         }
     }
 
@@ -274,100 +476,8 @@ impl Gateway {
         }
     }
 
-    fn ipv4<F: Frame>(
-        &mut self,
-        ctx: &Context<'_>,
-        in_port: u16,
-        frame: &mut F,
-        meta: &PacketMeta,
-        ip: &Ipv4Info,
-    ) -> Verdict {
-        if ip.fragment != Fragment::None {
-            self.counters.add(Counter::Fragments, 1);
-        }
-        if ctx.cfg.local_port(IpAddr::V4(ip.dst)).is_some() {
-            return self.local_v4(ctx, in_port, frame, meta, ip);
-        }
-        // RFC 1812 5.3.4 and 5.3.7: link-layer broadcasts, IP broadcast and
-        // multicast, and martian addresses are never forwarded.
-        if meta.dst_mac[0] & 1 != 0
-            || ip.dst.is_broadcast()
-            || ip.dst.is_multicast()
-            || ip.dst.is_unspecified()
-            || ip.dst.is_loopback()
-            || ip.src.is_loopback()
-            || ip.src.is_unspecified()
-            || is_directed_broadcast(ctx.cfg, ip.dst)
-        {
-            return self.drop(DropReason::NotRoutable);
-        }
-        if ip.ttl <= 1 {
-            return self.reject(
-                ctx,
-                in_port,
-                frame,
-                meta,
-                icmp::ErrorKind::TimeExceeded,
-                DropReason::TtlExceeded,
-            );
-        }
-        let key = meta.flow_key();
-        self.forward(
-            ctx,
-            in_port,
-            frame,
-            meta,
-            IpAddr::V4(ip.dst),
-            ip.total_len,
-            key,
-        )
-    }
-
-    fn ipv6<F: Frame>(
-        &mut self,
-        ctx: &Context<'_>,
-        in_port: u16,
-        frame: &mut F,
-        meta: &PacketMeta,
-        ip: &Ipv6Info,
-    ) -> Verdict {
-        if ip.fragment != Fragment::None {
-            self.counters.add(Counter::Fragments, 1);
-        }
-        let dst = ip.dst;
-        if ctx.cfg.local_port(IpAddr::V6(dst)).is_some() || is_our_multicast(ctx.cfg, in_port, dst)
-        {
-            return self.local_v6(ctx, in_port, frame, meta, ip);
-        }
-        // RFC 4291 2.5.6: link-local traffic stays on its link.
-        if meta.dst_mac[0] & 1 != 0
-            || dst.is_multicast()
-            || dst.is_unspecified()
-            || dst.is_loopback()
-            || is_link_local(dst)
-            || is_link_local(ip.src)
-            || ip.src.is_unspecified()
-        {
-            return self.drop(DropReason::NotRoutable);
-        }
-        if ip.hop_limit <= 1 {
-            return self.reject(
-                ctx,
-                in_port,
-                frame,
-                meta,
-                icmp::ErrorKind::TimeExceeded,
-                DropReason::TtlExceeded,
-            );
-        }
-        let key = meta.flow_key();
-        let ip_len =
-            (u32::from(meta.ip_end) - u32::from(meta.l3_offset)).min(u32::from(u16::MAX)) as u16;
-        self.forward(ctx, in_port, frame, meta, IpAddr::V6(dst), ip_len, key)
-    }
-
-    /// The common forwarding path: flow, route (cached per flow and
-    /// direction), MTU, neighbour, header rewrite.
+    /// The common forwarding path: flow accounting, route (cached per flow
+    /// and direction), MTU, neighbour, header rewrite.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn forward<F: Frame>(
@@ -378,25 +488,14 @@ impl Gateway {
         meta: &PacketMeta,
         dst: IpAddr,
         ip_len: u16,
-        key: Option<(
-            crate::packet::flow_key::FlowKey,
-            crate::packet::flow_key::Direction,
-        )>,
+        flow: Option<(FlowId, Direction)>,
     ) -> Verdict {
         let now = ctx.now_ns;
-        let flow = key.and_then(|(key, dir)| match self.flows.lookup_or_insert(&key, now) {
-            Ok((id, _created)) => {
-                self.flows.get_mut(id).touch(dir, u32::from(ip_len), now);
-                Some((id, dir))
-            }
-            Err(_) => {
-                self.counters.add(Counter::FlowInsertFailed, 1);
-                None
-            }
+        let cached = flow.and_then(|(id, dir)| {
+            let entry = self.flows.get_mut(id);
+            entry.touch(dir, u32::from(ip_len), now);
+            Some(entry.forward[dir.index()]).filter(|c| c.generation == ctx.fwd_generation)
         });
-        let cached = flow
-            .map(|(id, dir)| self.flows.get(id).forward[dir.index()])
-            .filter(|c| c.generation == ctx.fwd_generation);
 
         let (out_port, dst_mac) = match cached {
             Some(c) => (c.port, Some(c.dst_mac)),

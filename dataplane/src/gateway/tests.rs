@@ -624,3 +624,50 @@ fn fix_ipv4_checksum(f: &mut VecFrame) {
         .to_be();
     d[24..26].copy_from_slice(&csum.to_be_bytes());
 }
+
+#[test]
+fn a_mixed_burst_gets_the_same_verdicts_as_single_frames() {
+    let frames = || {
+        vec![
+            udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, b"fwd"),
+            VecFrame::new(&[0u8; 20]),
+            udp4([10, 0, 1, 2], [8, 8, 8, 8], 64, b"no route"),
+            udp4([10, 0, 1, 3], [192, 168, 7, 8], 64, b"fwd2"),
+            udp4([10, 0, 1, 2], [192, 168, 7, 7], 1, b"ttl"),
+        ]
+    };
+    let mut single = rig();
+    single.learn(1, "10.0.2.254", HOST_B);
+    let mut one_by_one = frames();
+    let expected: Vec<Verdict> = one_by_one
+        .iter_mut()
+        .map(|f| single.run(0, f, 1, S))
+        .collect();
+    assert_eq!(
+        expected,
+        vec![
+            Verdict::Transmit(1),
+            Verdict::Drop,
+            Verdict::Transmit(0),
+            Verdict::Transmit(1),
+            Verdict::Transmit(0)
+        ]
+    );
+
+    let mut batched = rig();
+    batched.learn(1, "10.0.2.254", HOST_B);
+    let mut burst = frames();
+    let mut verdicts = [Verdict::Drop; 5];
+    let ctx = Context {
+        cfg: &batched.cfg,
+        neighbors: &batched.neighbors,
+        fwd_generation: 1,
+        now_ns: S,
+    };
+    batched.gw.process_burst(&ctx, 0, &mut burst, &mut verdicts);
+    assert_eq!(verdicts.to_vec(), expected);
+    assert_eq!(burst, one_by_one, "identical rewrites");
+    assert_eq!(batched.gw.counters, single.gw.counters);
+    // The unroutable packet got a flow entry too: flows are looked up before routes.
+    assert_eq!(batched.gw.flows().len(), 3);
+}

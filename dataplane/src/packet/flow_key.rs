@@ -71,7 +71,8 @@ impl FlowKey {
         dst_port: u16,
         proto: u8,
     ) -> (Self, Direction) {
-        let forward = (src, src_port) <= (dst, dst_port);
+        // Big-endian u128 comparison orders like the byte arrays, in two instructions.
+        let forward = (u128::from_be_bytes(src), src_port) <= (u128::from_be_bytes(dst), dst_port);
         let (addr_lo, port_lo, addr_hi, port_hi, dir) = if forward {
             (src, src_port, dst, dst_port, Direction::LoToHi)
         } else {

@@ -304,6 +304,18 @@ addresses = ["10.10.2.1/24", "fd00:10:2::1/64"]
     }
 }
 
+impl Drop for Topology {
+    fn drop(&mut self) {
+        remove_runtime_dir(&format!("pt{}", self.id));
+    }
+}
+
+/// Removes the directory EAL keeps under /var/run/dpdk for a file prefix
+/// (it stays behind even with `--in-memory`).
+pub fn remove_runtime_dir(prefix: &str) {
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+}
+
 /// EAL memory arguments: hugepages when setup.sh found them, else `--no-huge`.
 pub fn eal_memory(prefix: &str) -> String {
     match std::env::var("PATRONUS_EAL_MEMORY").as_deref() {
