@@ -11,6 +11,7 @@ pub mod dpdk;
 pub mod flow;
 pub mod frame;
 pub mod gateway;
+mod labels;
 pub mod metrics;
 pub mod neighbor;
 pub mod packet;

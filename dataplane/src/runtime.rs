@@ -255,7 +255,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
                 link_up[i] = up;
             }
         }
-        if health.workers_alive.load(Ordering::Acquire) < lcores.len() {
+        // Workers also leave when the stop flag is set by a signal; only an
+        // exit without one is a failure.
+        if health.workers_alive.load(Ordering::Acquire) < lcores.len()
+            && !stop.load(Ordering::Relaxed)
+        {
             tracing::error!("a worker exited unexpectedly; shutting down");
             stop.store(true, Ordering::Relaxed);
         }

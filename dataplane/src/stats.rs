@@ -7,66 +7,36 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::labels::labelled_enum;
 use crate::packet::parse::ParseError;
-
-macro_rules! labelled_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal,)+ }) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum $name {
-            $($(#[$vdoc])* $variant,)+
-        }
-
-        impl $name {
-            /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
-            /// Number of variants.
-            pub const COUNT: usize = Self::ALL.len();
-
-            /// Position in [`Self::ALL`].
-            #[inline]
-            pub fn index(self) -> usize {
-                self as usize
-            }
-
-            /// The label used in metrics.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $label,)+
-                }
-            }
-        }
-    };
-}
 
 labelled_enum! {
     /// Why the forwarding stage dropped a well-formed packet.
     DropReason {
         /// Unicast to another MAC address.
-        NotForUs => "not_for_us",
+        NotForUs => "not_for_us";
         /// 802.1Q-tagged frame; VLAN sub-interfaces are not configured.
-        VlanUnsupported => "vlan_unsupported",
+        VlanUnsupported => "vlan_unsupported";
         /// No route to the destination.
-        NoRoute => "no_route",
+        NoRoute => "no_route";
         /// TTL or hop limit ran out.
-        TtlExceeded => "ttl_exceeded",
+        TtlExceeded => "ttl_exceeded";
         /// Larger than the outgoing MTU (the gateway does not fragment).
-        TooBig => "too_big",
+        TooBig => "too_big";
         /// Broadcast, multicast, link-local or martian destination: never forwarded.
-        NotRoutable => "not_routable",
+        NotRoutable => "not_routable";
         /// Addressed to the gateway, for a service it does not offer.
-        LocalUnsupported => "local_unsupported",
+        LocalUnsupported => "local_unsupported";
         /// Neighbour Discovery message that fails RFC 4861 validation.
-        BadNeighborDiscovery => "bad_neighbor_discovery",
+        BadNeighborDiscovery => "bad_neighbor_discovery";
         /// The next hop did not answer ARP / ND.
-        NeighborUnresolved => "neighbor_unresolved",
+        NeighborUnresolved => "neighbor_unresolved";
         /// Too many packets already wait for next hops.
-        PendingFull => "pending_full",
+        PendingFull => "pending_full";
         /// Chained buffer that could not be linearised.
-        MultiSegment => "multi_segment",
+        MultiSegment => "multi_segment";
         /// No buffer to build a reply or resolution request in.
-        NoBuffer => "no_buffer",
+        NoBuffer => "no_buffer";
     }
 }
 
@@ -74,49 +44,49 @@ labelled_enum! {
     /// Everything else a worker counts.
     Counter {
         /// Frames received.
-        RxPackets => "rx_packets",
+        RxPackets => "rx_packets";
         /// Bytes received.
-        RxBytes => "rx_bytes",
+        RxBytes => "rx_bytes";
         /// Packets forwarded toward a next hop.
-        Forwarded => "forwarded_packets",
+        Forwarded => "forwarded_packets";
         /// Bytes forwarded.
-        ForwardedBytes => "forwarded_bytes",
+        ForwardedBytes => "forwarded_bytes";
         /// IP fragments seen (forwarded like any packet; not reassembled).
-        Fragments => "fragments",
+        Fragments => "fragments";
         /// ICMP / ICMPv6 echo replies sent.
-        EchoReplies => "echo_replies",
+        EchoReplies => "echo_replies";
         /// ICMP / ICMPv6 errors sent.
-        IcmpErrors => "icmp_errors",
+        IcmpErrors => "icmp_errors";
         /// ICMP errors suppressed by the rate limit.
-        IcmpRateLimited => "icmp_rate_limited",
+        IcmpRateLimited => "icmp_rate_limited";
         /// ARP replies sent.
-        ArpReplies => "arp_replies",
+        ArpReplies => "arp_replies";
         /// ARP requests sent.
-        ArpRequests => "arp_requests",
+        ArpRequests => "arp_requests";
         /// Neighbor Advertisements sent.
-        NdAdvertisements => "nd_advertisements",
+        NdAdvertisements => "nd_advertisements";
         /// Neighbor Solicitations sent.
-        NdSolicitations => "nd_solicitations",
+        NdSolicitations => "nd_solicitations";
         /// Neighbour learning events lost to a full channel.
-        LearnEventsLost => "learn_events_lost",
+        LearnEventsLost => "learn_events_lost";
         /// Packets the tx rings refused.
-        TxDropped => "tx_dropped",
+        TxDropped => "tx_dropped";
         /// Flows created.
-        FlowsCreated => "flows_created",
+        FlowsCreated => "flows_created";
         /// Flows aged out.
-        FlowsExpired => "flows_expired",
+        FlowsExpired => "flows_expired";
         /// Packets that found the flow table full (forwarded without flow state).
-        FlowInsertFailed => "flow_insert_failed",
+        FlowInsertFailed => "flow_insert_failed";
         /// Flows in the table now (gauge).
-        FlowsActive => "flows_active",
+        FlowsActive => "flows_active";
         /// Packets waiting for a next hop now (gauge).
-        PendingPackets => "pending_packets",
+        PendingPackets => "pending_packets";
         /// TSC cycles spent on rounds that moved packets.
-        BusyCycles => "busy_cycles",
+        BusyCycles => "busy_cycles";
         /// TSC cycles in the loop.
-        TotalCycles => "total_cycles",
+        TotalCycles => "total_cycles";
         /// Busy share of the last second, in parts per million (gauge).
-        BusyRatioPpm => "busy_ratio_ppm",
+        BusyRatioPpm => "busy_ratio_ppm";
     }
 }
 

@@ -7,20 +7,37 @@ use std::time::Duration;
 
 use common::*;
 
+/// Two hosts and a gateway with `qpairs` queues per port; `None` (the test
+/// skips) without root.
+fn start_gateway(qpairs: u16) -> Option<(Topology, Dataplane)> {
+    if need_root() {
+        return None;
+    }
+    let topo = Topology::new();
+    let dp = Dataplane::start(&topo.config(qpairs, ""));
+    Some((topo, dp))
+}
+
+/// Starts a server from `tools/` in `ns` and waits until it listens.
+fn spawn_listening(ns: &Netns, args: &[&str]) -> std::process::Child {
+    let script = tools(args[0]);
+    let mut full = vec!["python3", script.as_str()];
+    full.extend_from_slice(&args[1..]);
+    let mut server = ns.spawn(&full);
+    let mut first = String::new();
+    let stdout = server.stdout.as_mut().expect("piped stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+    assert_eq!(first.trim(), "listening");
+    server
+}
+
 fn tools(name: &str) -> String {
     format!("{}/tools/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A checked TCP transfer from `from` to `to_addr` (a host in `to`).
 fn transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) {
-    let mut server = to.spawn(&["python3", &tools("stream.py"), "serve", "5201"]);
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert_eq!(first.trim(), "listening");
+    let server = spawn_listening(to, &["stream.py", "serve", "5201"]);
     let sent = from.exec(&[
         "python3",
         &tools("stream.py"),
@@ -42,11 +59,9 @@ fn transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) {
 
 #[test]
 fn forwards_ping_and_tcp_both_ways_over_ipv4_and_ipv6() {
-    if need_root() {
+    let Some((topo, mut dp)) = start_gateway(1) else {
         return;
-    }
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(1, ""));
+    };
     // Frames a host sent before the gateway opened its sockets never reached it.
     let stat = |ns: &Netns, link: &Link, what: &str| ns.if_stat(&link.host_side, what) as f64;
     let base = [
@@ -114,11 +129,9 @@ fn forwards_ping_and_tcp_both_ways_over_ipv4_and_ipv6() {
 
 #[test]
 fn unknown_destinations_are_dropped_counted_and_answered() {
-    if need_root() {
+    let Some((topo, mut dp)) = start_gateway(1) else {
         return;
-    }
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(1, ""));
+    };
     let out = topo
         .a
         .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "203.0.113.9"]);
@@ -235,11 +248,9 @@ fn parse_mac(text: &str) -> [u8; 6] {
 
 #[test]
 fn malformed_frames_are_counted_by_reason_and_forwarding_continues() {
-    if need_root() {
+    let Some((topo, mut dp)) = start_gateway(1) else {
         return;
-    }
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(1, ""));
+    };
     // Resolve everything first so that every later frame meets the parser, not ARP.
     topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
     let gw_mac = root_mac(&topo.link_a.gw_side);
@@ -315,11 +326,9 @@ fn malformed_frames_are_counted_by_reason_and_forwarding_continues() {
 
 #[test]
 fn two_workers_both_carry_traffic_and_keep_each_flow_on_one_worker() {
-    if need_root() {
+    let Some((topo, mut dp)) = start_gateway(2) else {
         return;
-    }
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(2, ""));
+    };
     topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
     topo.b.exec(&["ping", "-c", "1", "-W", "2", A4]);
     std::thread::sleep(Duration::from_millis(100));
@@ -332,16 +341,7 @@ fn two_workers_both_carry_traffic_and_keep_each_flow_on_one_worker() {
     // spills packets to the other queue (seen here with 16 x 256 KiB bursts
     // against a debug build). That is a limit of this harness; NICs with
     // symmetric RSS have no such spill.
-    let mut server = topo
-        .b
-        .spawn(&["python3", &tools("stream.py"), "serve-many", "5201", "16"]);
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert_eq!(first.trim(), "listening");
+    let server = spawn_listening(&topo.b, &["stream.py", "serve-many", "5201", "16"]);
     let sent = topo.a.exec(&[
         "python3",
         &tools("stream.py"),
@@ -391,11 +391,9 @@ fn two_workers_both_carry_traffic_and_keep_each_flow_on_one_worker() {
 
 #[test]
 fn shutdown_with_traffic_in_flight_returns_every_buffer() {
-    if need_root() {
+    let Some((topo, mut dp)) = start_gateway(1) else {
         return;
-    }
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(1, ""));
+    };
     topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
     let mut server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
     std::thread::sleep(Duration::from_millis(300));
@@ -411,6 +409,10 @@ fn shutdown_with_traffic_in_flight_returns_every_buffer() {
     let log = dp.log_text();
     assert!(status.success(), "exit {status}:\n{log}");
     assert!(log.contains("packet buffers still in use: 0"), "{log}");
+    assert!(
+        !log.contains(" ERROR "),
+        "a clean stop logs no error:\n{log}"
+    );
     let _ = client.kill();
     let _ = server.kill();
     let _ = client.wait();
@@ -419,11 +421,9 @@ fn shutdown_with_traffic_in_flight_returns_every_buffer() {
 
 #[test]
 fn metrics_pass_promtool_and_health_reports_ready() {
-    if need_root() {
+    let Some((topo, mut dp)) = start_gateway(1) else {
         return;
-    }
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(1, ""));
+    };
     topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
     let (status, body) = dp.http_get("/healthz");
     assert_eq!((status, body.trim()), (200, "ok"));
@@ -463,11 +463,9 @@ fn metrics_pass_promtool_and_health_reports_ready() {
 
 #[test]
 fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
-    if need_root() {
+    let Some((topo, mut dp)) = start_gateway(1) else {
         return;
-    }
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(1, ""));
+    };
     // 198.18.0.0/15 is not routed yet: host A hears "net unreachable".
     let out = topo
         .a

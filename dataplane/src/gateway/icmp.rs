@@ -1,7 +1,7 @@
 //! ICMP and ICMPv6 messages built inside the received buffer: echo replies
 //! and the errors a router owes the sender (RFC 792, RFC 1812 4.3, RFC 4443).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::checksum::Sum16BitWords;
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
@@ -168,73 +168,63 @@ pub fn error_in_place<F: Frame>(
     let Some(port) = cfg.ports.get(usize::from(in_port)) else {
         return false;
     };
+    // Family specifics: source address, IP header length, size limit.
+    let (src, ip_hlen, max_total) = match meta.l3 {
+        L3::Ipv4(ip) => match port.v4_source(ip.src) {
+            Some(src) => (IpAddr::V4(src), 20, V4_ERROR_MAX),
+            None => return false,
+        },
+        L3::Ipv6(ip) => match port.v6_source(ip.src) {
+            Some(src) => (IpAddr::V6(src), 40, V6_ERROR_MAX),
+            None => return false,
+        },
+        L3::Arp(_) => return false,
+    };
     let l2 = usize::from(meta.l3_offset);
-    let original = usize::from(meta.ip_end) - l2;
-    match meta.l3 {
-        L3::Ipv4(ip) => {
-            let Some(src) = port.v4_source(ip.src) else {
-                return false;
-            };
-            const ADDED: usize = 20 + 8;
-            let quote = original.min(V4_ERROR_MAX - ADDED);
-            if !frame.prepend(ADDED) {
-                return false;
-            }
-            let total = l2 + ADDED + quote;
-            if !frame.set_len(total) {
-                return false;
-            }
-            let data = frame.data_mut();
-            // The Ethernet header moves to the front; the original IP packet
-            // now starts right after the new IP + ICMP headers.
-            data.copy_within(ADDED..ADDED + l2, 0);
-            data[0..6].copy_from_slice(&meta.src_mac);
-            data[6..12].copy_from_slice(&port.mac);
+    let added = ip_hlen + 8;
+    let quote = (usize::from(meta.ip_end) - l2).min(max_total - added);
+    let total = l2 + added + quote;
+    if !frame.prepend(added) || !frame.set_len(total) {
+        return false;
+    }
+    let data = frame.data_mut();
+    // The Ethernet header moves to the front; the original IP packet now
+    // starts right after the new IP and ICMP headers.
+    data.copy_within(added..added + l2, 0);
+    data[0..6].copy_from_slice(&meta.src_mac);
+    data[6..12].copy_from_slice(&port.mac);
+    let (icmp_type, code, rest) = match (meta.l3, src) {
+        (L3::Ipv4(ip), IpAddr::V4(src)) => {
             if !write_ipv4_header(&mut data[l2..], src, ip.src, 8 + quote, ip_id) {
                 return false;
             }
-            let (icmp_type, code) = kind.v4_type_code();
-            let rest: [u8; 4] = match kind {
-                ErrorKind::TooBig { mtu } => [0, 0, (mtu >> 8) as u8, mtu as u8],
-                _ => [0; 4],
+            let (t, c) = kind.v4_type_code();
+            let rest = match kind {
+                ErrorKind::TooBig { mtu } => u32::from(mtu),
+                _ => 0,
             };
-            let msg = &mut data[l2 + 20..total];
-            msg[..8].copy_from_slice(&[icmp_type, code, 0, 0, rest[0], rest[1], rest[2], rest[3]]);
-            let csum = checksum_v4(msg);
-            msg[2..4].copy_from_slice(&csum.to_be_bytes());
-            true
+            (t, c, rest)
         }
-        L3::Ipv6(ip) => {
-            let Some(src) = port.v6_source(ip.src) else {
-                return false;
-            };
-            const ADDED: usize = 40 + 8;
-            let quote = original.min(V6_ERROR_MAX - ADDED);
-            if !frame.prepend(ADDED) {
-                return false;
-            }
-            let total = l2 + ADDED + quote;
-            if !frame.set_len(total) {
-                return false;
-            }
-            let data = frame.data_mut();
-            data.copy_within(ADDED..ADDED + l2, 0);
-            data[0..6].copy_from_slice(&meta.src_mac);
-            data[6..12].copy_from_slice(&port.mac);
+        (L3::Ipv6(ip), IpAddr::V6(src)) => {
             write_ipv6_header(&mut data[l2..], src, ip.src, 8 + quote, TTL);
-            let (icmp_type, code) = kind.v6_type_code();
-            let rest: [u8; 4] = match kind {
-                ErrorKind::TooBig { mtu } => u32::from(mtu).to_be_bytes(),
-                _ => [0; 4],
+            let (t, c) = kind.v6_type_code();
+            let rest = match kind {
+                ErrorKind::TooBig { mtu } => u32::from(mtu),
+                _ => 0,
             };
-            let msg = &mut data[l2 + 40..total];
-            msg[..8].copy_from_slice(&[icmp_type, code, 0, 0, rest[0], rest[1], rest[2], rest[3]]);
-            let csum = checksum_v6(src, ip.src, msg);
-            msg[2..4].copy_from_slice(&csum.to_be_bytes());
-            true
+            (t, c, rest)
         }
-        L3::Arp(_) => false,
-    }
+        _ => return false,
+    };
+    let msg = &mut data[l2 + ip_hlen..total];
+    msg[..4].copy_from_slice(&[icmp_type, code, 0, 0]);
+    msg[4..8].copy_from_slice(&rest.to_be_bytes());
+    let csum = match (meta.l3, src) {
+        (L3::Ipv6(ip), IpAddr::V6(src)) => checksum_v6(src, ip.src, msg),
+        _ => checksum_v4(msg),
+    };
+    msg[2..4].copy_from_slice(&csum.to_be_bytes());
+    true
 }
 
 /// Turns an ICMP echo request to one of our addresses into the reply.

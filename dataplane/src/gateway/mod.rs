@@ -608,21 +608,10 @@ impl Gateway {
                 code: 0,
                 ..
             } => {
-                if icmp::echo_reply_v4(ctx.cfg, in_port, frame, meta) {
-                    self.counters.add(Counter::EchoReplies, 1);
-                    Verdict::Transmit(in_port)
-                } else {
-                    self.drop(DropReason::NoBuffer)
-                }
+                let built = icmp::echo_reply_v4(ctx.cfg, in_port, frame, meta);
+                self.echo_reply(built, in_port)
             }
-            L4::Udp { .. } => self.reject(
-                ctx,
-                in_port,
-                frame,
-                meta,
-                icmp::ErrorKind::PortUnreachable,
-                DropReason::LocalUnsupported,
-            ),
+            L4::Udp { .. } => self.port_unreachable(ctx, in_port, frame, meta),
             _ => self.drop(DropReason::LocalUnsupported),
         }
     }
@@ -644,12 +633,8 @@ impl Gateway {
                 code: 0,
                 ..
             } if !ip.dst.is_multicast() => {
-                if icmp::echo_reply_v6(ctx.cfg, in_port, frame, meta) {
-                    self.counters.add(Counter::EchoReplies, 1);
-                    Verdict::Transmit(in_port)
-                } else {
-                    self.drop(DropReason::NoBuffer)
-                }
+                let built = icmp::echo_reply_v6(ctx.cfg, in_port, frame, meta);
+                self.echo_reply(built, in_port)
             }
             L4::Icmpv6 { icmp_type: 135, .. } => {
                 self.neighbor_solicitation(ctx, in_port, frame, meta, ip)
@@ -659,16 +644,40 @@ impl Gateway {
             }
             // Router and redirect messages, MLD, and echo to multicast: nothing to do.
             L4::Icmpv6 { .. } => Verdict::Consumed,
-            L4::Udp { .. } if !ip.dst.is_multicast() => self.reject(
-                ctx,
-                in_port,
-                frame,
-                meta,
-                icmp::ErrorKind::PortUnreachable,
-                DropReason::LocalUnsupported,
-            ),
+            L4::Udp { .. } if !ip.dst.is_multicast() => {
+                self.port_unreachable(ctx, in_port, frame, meta)
+            }
             _ => self.drop(DropReason::LocalUnsupported),
         }
+    }
+
+    /// Sends an echo reply built in place, or drops when it could not be built.
+    fn echo_reply(&mut self, built: bool, in_port: u16) -> Verdict {
+        if built {
+            self.counters.add(Counter::EchoReplies, 1);
+            Verdict::Transmit(in_port)
+        } else {
+            self.drop(DropReason::NoBuffer)
+        }
+    }
+
+    /// A datagram for a service the gateway does not offer (RFC 1122 3.2.2.1).
+    fn port_unreachable<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+    ) -> Verdict {
+        let kind = icmp::ErrorKind::PortUnreachable;
+        self.reject(
+            ctx,
+            in_port,
+            frame,
+            meta,
+            kind,
+            DropReason::LocalUnsupported,
+        )
     }
 
     fn arp<F: Frame>(

@@ -18,7 +18,6 @@
 
 #![deny(unsafe_code)]
 
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
@@ -30,146 +29,51 @@ use etherparse::{
 };
 
 use super::flow_key::{ip_proto, Direction, FlowKey};
+use crate::labels::labelled_enum;
 
-/// Why a frame was dropped by the parser. Counted per reason by the worker, so keep it a small Copy enum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum ParseError {
-    /// Shorter than the 14-byte Ethernet II header.
-    TruncatedEthernet,
-    /// A VLAN tag's TPID announces 4 more bytes than the frame has.
-    TruncatedVlan,
-    /// Ethertype (after up to two VLAN tags) is not ARP, IPv4 or IPv6.
-    UnsupportedEthertype,
-    /// ARP packet shorter than its fixed part plus the address lengths it declares.
-    TruncatedArp,
-    /// ARP for something other than Ethernet (htype 1 or 6, hlen 6) / IPv4 (ptype 0x0800, plen 4).
-    UnsupportedArp,
-    /// Fewer than 20 bytes where the IPv4 header should be.
-    TruncatedIpv4,
-    /// IP version nibble does not match the ethertype (4 for IPv4, 6 for IPv6).
-    BadIpVersion,
-    /// IPv4 IHL below 5, or the options it announces run past the frame.
-    BadIpv4HeaderLength,
-    /// IPv4 total length shorter than the header or longer than the frame.
-    BadIpv4TotalLength,
-    /// IPv4 header checksum does not verify.
-    BadIpv4Checksum,
-    /// Fewer than 40 bytes where the IPv6 header should be.
-    TruncatedIpv6,
-    /// IPv6 payload length runs past the frame, or is a jumbogram (unsupported).
-    BadIpv6PayloadLength,
-    /// An IPv6 extension header is truncated, misplaced or malformed.
-    BadIpv6ExtensionHeader,
-    /// Fewer than 20 bytes of TCP header inside the IP packet.
-    TruncatedTcp,
-    /// TCP data offset below 5, or the options it announces run past the IP packet.
-    BadTcpHeaderLength,
-    /// Fewer than 8 bytes of UDP header inside the IP packet.
-    TruncatedUdp,
-    /// UDP length field below 8 or larger than the IP payload.
-    BadUdpLength,
-    /// Fewer than 8 bytes of ICMP/ICMPv6 header inside the IP packet.
-    TruncatedIcmp,
-    /// IP source is multicast or the IPv4 limited broadcast address.
-    InvalidSourceAddress,
-    /// Frame longer than 65535 bytes: its offsets would not fit the `u16` fields of [`PacketMeta`].
-    FrameTooLong,
-}
-
-impl ParseError {
-    /// Every variant, in declaration order (`ALL[e.index()] == e`).
-    pub const ALL: [ParseError; 20] = [
-        ParseError::TruncatedEthernet,
-        ParseError::TruncatedVlan,
-        ParseError::UnsupportedEthertype,
-        ParseError::TruncatedArp,
-        ParseError::UnsupportedArp,
-        ParseError::TruncatedIpv4,
-        ParseError::BadIpVersion,
-        ParseError::BadIpv4HeaderLength,
-        ParseError::BadIpv4TotalLength,
-        ParseError::BadIpv4Checksum,
-        ParseError::TruncatedIpv6,
-        ParseError::BadIpv6PayloadLength,
-        ParseError::BadIpv6ExtensionHeader,
-        ParseError::TruncatedTcp,
-        ParseError::BadTcpHeaderLength,
-        ParseError::TruncatedUdp,
-        ParseError::BadUdpLength,
-        ParseError::TruncatedIcmp,
-        ParseError::InvalidSourceAddress,
-        ParseError::FrameTooLong,
-    ];
-
-    /// Number of variants (length of [`ParseError::ALL`]).
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// Position of this variant in [`ParseError::ALL`], for per-reason counter arrays.
-    #[inline]
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Stable snake_case label for metrics, e.g. `"truncated_ipv4"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ParseError::TruncatedEthernet => "truncated_ethernet",
-            ParseError::TruncatedVlan => "truncated_vlan",
-            ParseError::UnsupportedEthertype => "unsupported_ethertype",
-            ParseError::TruncatedArp => "truncated_arp",
-            ParseError::UnsupportedArp => "unsupported_arp",
-            ParseError::TruncatedIpv4 => "truncated_ipv4",
-            ParseError::BadIpVersion => "bad_ip_version",
-            ParseError::BadIpv4HeaderLength => "bad_ipv4_header_length",
-            ParseError::BadIpv4TotalLength => "bad_ipv4_total_length",
-            ParseError::BadIpv4Checksum => "bad_ipv4_checksum",
-            ParseError::TruncatedIpv6 => "truncated_ipv6",
-            ParseError::BadIpv6PayloadLength => "bad_ipv6_payload_length",
-            ParseError::BadIpv6ExtensionHeader => "bad_ipv6_extension_header",
-            ParseError::TruncatedTcp => "truncated_tcp",
-            ParseError::BadTcpHeaderLength => "bad_tcp_header_length",
-            ParseError::TruncatedUdp => "truncated_udp",
-            ParseError::BadUdpLength => "bad_udp_length",
-            ParseError::TruncatedIcmp => "truncated_icmp",
-            ParseError::InvalidSourceAddress => "invalid_source_address",
-            ParseError::FrameTooLong => "frame_too_long",
-        }
-    }
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ParseError::TruncatedEthernet => "frame shorter than an Ethernet II header",
-            ParseError::TruncatedVlan => "truncated VLAN tag",
-            ParseError::UnsupportedEthertype => "unsupported ethertype (not ARP, IPv4 or IPv6)",
-            ParseError::TruncatedArp => "truncated ARP packet",
-            ParseError::UnsupportedArp => "ARP for a hardware/protocol other than Ethernet/IPv4",
-            ParseError::TruncatedIpv4 => "truncated IPv4 header",
-            ParseError::BadIpVersion => "IP version does not match the ethertype",
-            ParseError::BadIpv4HeaderLength => {
-                "IPv4 header length (IHL) below 5 or options run past the frame"
-            }
-            ParseError::BadIpv4TotalLength => {
-                "IPv4 total length smaller than the header or larger than the frame"
-            }
-            ParseError::BadIpv4Checksum => "IPv4 header checksum mismatch",
-            ParseError::TruncatedIpv6 => "truncated IPv6 header",
-            ParseError::BadIpv6PayloadLength => {
-                "IPv6 payload length larger than the frame, or jumbogram"
-            }
-            ParseError::BadIpv6ExtensionHeader => "malformed IPv6 extension header chain",
-            ParseError::TruncatedTcp => "truncated TCP header",
-            ParseError::BadTcpHeaderLength => {
-                "TCP data offset below 5 or options run past the IP packet"
-            }
-            ParseError::TruncatedUdp => "truncated UDP header",
-            ParseError::BadUdpLength => "UDP length below 8 or larger than the IP payload",
-            ParseError::TruncatedIcmp => "truncated ICMP header",
-            ParseError::InvalidSourceAddress => "multicast or broadcast IP source address",
-            ParseError::FrameTooLong => "frame longer than 65535 bytes",
-        })
+labelled_enum! {
+    /// Why a frame was dropped by the parser. Counted per reason by the worker, so it stays a small Copy enum.
+    ParseError {
+        /// Shorter than the 14-byte Ethernet II header.
+        TruncatedEthernet => "truncated_ethernet", "frame shorter than an Ethernet II header";
+        /// A VLAN tag's TPID announces 4 more bytes than the frame has.
+        TruncatedVlan => "truncated_vlan", "truncated VLAN tag";
+        /// Ethertype (after up to two VLAN tags) is not ARP, IPv4 or IPv6.
+        UnsupportedEthertype => "unsupported_ethertype", "unsupported ethertype (not ARP, IPv4 or IPv6)";
+        /// ARP packet shorter than its fixed part plus the address lengths it declares.
+        TruncatedArp => "truncated_arp", "truncated ARP packet";
+        /// ARP for something other than Ethernet (htype 1 or 6, hlen 6) / IPv4 (ptype 0x0800, plen 4).
+        UnsupportedArp => "unsupported_arp", "ARP for a hardware/protocol other than Ethernet/IPv4";
+        /// Fewer than 20 bytes where the IPv4 header should be.
+        TruncatedIpv4 => "truncated_ipv4", "truncated IPv4 header";
+        /// IP version nibble does not match the ethertype (4 for IPv4, 6 for IPv6).
+        BadIpVersion => "bad_ip_version", "IP version does not match the ethertype";
+        /// IPv4 IHL below 5, or the options it announces run past the frame.
+        BadIpv4HeaderLength => "bad_ipv4_header_length", "IPv4 header length (IHL) below 5 or options run past the frame";
+        /// IPv4 total length shorter than the header or longer than the frame.
+        BadIpv4TotalLength => "bad_ipv4_total_length", "IPv4 total length smaller than the header or larger than the frame";
+        /// IPv4 header checksum does not verify.
+        BadIpv4Checksum => "bad_ipv4_checksum", "IPv4 header checksum mismatch";
+        /// Fewer than 40 bytes where the IPv6 header should be.
+        TruncatedIpv6 => "truncated_ipv6", "truncated IPv6 header";
+        /// IPv6 payload length runs past the frame, or is a jumbogram (unsupported).
+        BadIpv6PayloadLength => "bad_ipv6_payload_length", "IPv6 payload length larger than the frame, or jumbogram";
+        /// An IPv6 extension header is truncated, misplaced or malformed.
+        BadIpv6ExtensionHeader => "bad_ipv6_extension_header", "malformed IPv6 extension header chain";
+        /// Fewer than 20 bytes of TCP header inside the IP packet.
+        TruncatedTcp => "truncated_tcp", "truncated TCP header";
+        /// TCP data offset below 5, or the options it announces run past the IP packet.
+        BadTcpHeaderLength => "bad_tcp_header_length", "TCP data offset below 5 or options run past the IP packet";
+        /// Fewer than 8 bytes of UDP header inside the IP packet.
+        TruncatedUdp => "truncated_udp", "truncated UDP header";
+        /// UDP length field below 8 or larger than the IP payload.
+        BadUdpLength => "bad_udp_length", "UDP length below 8 or larger than the IP payload";
+        /// Fewer than 8 bytes of ICMP/ICMPv6 header inside the IP packet.
+        TruncatedIcmp => "truncated_icmp", "truncated ICMP header";
+        /// IP source is multicast or the IPv4 limited broadcast address.
+        InvalidSourceAddress => "invalid_source_address", "multicast or broadcast IP source address";
+        /// Frame longer than 65535 bytes: its offsets would not fit the `u16` fields of [`PacketMeta`].
+        FrameTooLong => "frame_too_long", "frame longer than 65535 bytes";
     }
 }
 
