@@ -72,6 +72,19 @@ impl VecFrame {
     pub fn empty() -> Self {
         Self::new(&[])
     }
+
+    /// Makes the frame hold `bytes` again, with the full headroom, reusing
+    /// the buffer; false (unchanged) when they do not fit.
+    pub fn refill(&mut self, bytes: &[u8]) -> bool {
+        let end = Self::HEADROOM + bytes.len();
+        if end > self.buf.len() {
+            return false;
+        }
+        self.buf[Self::HEADROOM..end].copy_from_slice(bytes);
+        self.start = Self::HEADROOM;
+        self.end = end;
+        true
+    }
 }
 
 impl Frame for VecFrame {
