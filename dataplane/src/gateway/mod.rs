@@ -72,7 +72,7 @@ enum Step {
 /// Per-burst working arrays, kept between bursts.
 #[derive(Debug)]
 struct BurstScratch {
-    metas: [Option<PacketMeta>; BURST_SIZE],
+    metas: [Result<PacketMeta, parse::ParseError>; BURST_SIZE],
     steps: [Step; BURST_SIZE],
     keys: [FlowKey; BURST_SIZE],
     dirs: [Direction; BURST_SIZE],
@@ -83,7 +83,7 @@ struct BurstScratch {
 impl Default for BurstScratch {
     fn default() -> Self {
         BurstScratch {
-            metas: [None; BURST_SIZE],
+            metas: [Err(parse::ParseError::TruncatedEthernet); BURST_SIZE],
             steps: [Step::Drop(DropReason::NoRoute); BURST_SIZE],
             keys: [FlowKey::default(); BURST_SIZE],
             dirs: [Direction::LoToHi; BURST_SIZE],
@@ -309,9 +309,12 @@ impl Gateway {
             self.counters.add(Counter::RxPackets, 1);
             self.counters.add(Counter::RxBytes, frame.len() as u64);
             scratch.keyed[i] = usize::MAX;
-            match parse::parse(frame.data()) {
+            // Parsed straight into its slot: no by-value copy of the result,
+            // whose wide reads would stall on the parser's narrow stores.
+            scratch.metas[i] = parse::parse(frame.data());
+            match &scratch.metas[i] {
                 Ok(meta) => {
-                    let step = self.classify(ctx, in_port, &meta);
+                    let step = self.classify(ctx, in_port, meta);
                     if let Step::Forward { .. } = step {
                         if let Some((key, dir)) = meta.flow_key() {
                             scratch.keys[n_keys] = key;
@@ -321,12 +324,8 @@ impl Gateway {
                         }
                     }
                     scratch.steps[i] = step;
-                    scratch.metas[i] = Some(meta);
                 }
-                Err(err) => {
-                    self.counters.parse_drop(err);
-                    scratch.metas[i] = None;
-                }
+                Err(err) => self.counters.parse_drop(*err),
             }
         }
         self.flows.lookup_or_insert_burst(
@@ -336,7 +335,7 @@ impl Gateway {
         );
 
         for (i, frame) in frames.iter_mut().enumerate() {
-            let Some(meta) = &scratch.metas[i] else {
+            let Ok(meta) = &scratch.metas[i] else {
                 verdicts[i] = Verdict::Drop;
                 continue;
             };
