@@ -311,7 +311,7 @@ impl Gateway {
             scratch.keyed[i] = usize::MAX;
             // Parsed straight into its slot: no by-value copy of the result,
             // whose wide reads would stall on the parser's narrow stores.
-            scratch.metas[i] = parse::parse(frame.data());
+            parse::parse_into(frame.data(), &mut scratch.metas[i]);
             match &scratch.metas[i] {
                 Ok(meta) => {
                     let step = self.classify(ctx, in_port, meta);

@@ -265,6 +265,20 @@ impl PacketMeta {
 
 /// Parses one Ethernet frame. Never panics; never allocates.
 pub fn parse(frame: &[u8]) -> Result<PacketMeta, ParseError> {
+    parse_inline(frame)
+}
+
+/// Parses one Ethernet frame into `out`, which burst processing keeps in
+/// place: the result is written once, field by field, instead of being
+/// returned by value and copied (a copy whose wide loads stall on the
+/// parser's narrow stores).
+#[inline(never)]
+pub fn parse_into(frame: &[u8], out: &mut Result<PacketMeta, ParseError>) {
+    *out = parse_inline(frame);
+}
+
+#[inline(always)]
+fn parse_inline(frame: &[u8]) -> Result<PacketMeta, ParseError> {
     // Every offset below is <= frame.len(), so this makes the u16 casts lossless.
     if frame.len() > usize::from(u16::MAX) {
         return Err(ParseError::FrameTooLong);
