@@ -608,7 +608,7 @@ impl Gateway {
                 ..
             } => {
                 let built = icmp::echo_reply_v4(ctx.cfg, in_port, frame, meta);
-                self.echo_reply(built, in_port)
+                self.reply(built, in_port, Counter::EchoReplies)
             }
             L4::Udp { .. } => self.port_unreachable(ctx, in_port, frame, meta),
             _ => self.drop(DropReason::LocalUnsupported),
@@ -633,7 +633,7 @@ impl Gateway {
                 ..
             } if !ip.dst.is_multicast() => {
                 let built = icmp::echo_reply_v6(ctx.cfg, in_port, frame, meta);
-                self.echo_reply(built, in_port)
+                self.reply(built, in_port, Counter::EchoReplies)
             }
             L4::Icmpv6 { icmp_type: 135, .. } => {
                 self.neighbor_solicitation(ctx, in_port, frame, meta, ip)
@@ -650,10 +650,11 @@ impl Gateway {
         }
     }
 
-    /// Sends an echo reply built in place, or drops when it could not be built.
-    fn echo_reply(&mut self, built: bool, in_port: u16) -> Verdict {
+    /// Sends back out of `in_port` a reply built in place (counting it under
+    /// `sent`), or drops the frame when the reply could not be built.
+    fn reply(&mut self, built: bool, in_port: u16, sent: Counter) -> Verdict {
         if built {
-            self.counters.add(Counter::EchoReplies, 1);
+            self.counters.add(sent, 1);
             Verdict::Transmit(in_port)
         } else {
             self.drop(DropReason::NoBuffer)
@@ -733,12 +734,8 @@ impl Gateway {
                 self.learn(in_port, IpAddr::V6(ip.src), mac, ctx.now_ns, true);
             }
         }
-        if neighbor_msgs::advertisement_in_place(frame, port.mac, meta, ip, ns.target) {
-            self.counters.add(Counter::NdAdvertisements, 1);
-            Verdict::Transmit(in_port)
-        } else {
-            self.drop(DropReason::NoBuffer)
-        }
+        let built = neighbor_msgs::advertisement_in_place(frame, port.mac, meta, ip, ns.target);
+        self.reply(built, in_port, Counter::NdAdvertisements)
     }
 
     fn neighbor_advertisement<F: Frame>(
