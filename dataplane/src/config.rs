@@ -328,9 +328,49 @@ pub struct Snapshot {
     pub neighbors: NeighborSection,
     /// ICMP settings.
     pub icmp: IcmpSection,
+    /// Every IPv4 address of the gateway, for the per-packet "is it ours?" test.
+    local_v4: Vec<Ipv4Addr>,
+    /// Every IPv6 address of the gateway, link-local ones included once known.
+    local_v6: Vec<Ipv6Addr>,
+    /// Broadcast addresses of the connected IPv4 subnets (never forwarded).
+    directed_broadcasts: Vec<Ipv4Addr>,
 }
 
 impl Snapshot {
+    /// Whether `addr` is one of the gateway's IPv4 addresses.
+    #[inline]
+    pub fn is_local_v4(&self, addr: Ipv4Addr) -> bool {
+        self.local_v4.contains(&addr)
+    }
+
+    /// Whether `addr` is one of the gateway's IPv6 addresses.
+    #[inline]
+    pub fn is_local_v6(&self, addr: Ipv6Addr) -> bool {
+        self.local_v6.contains(&addr)
+    }
+
+    /// Whether `addr` is the broadcast address of a connected IPv4 subnet.
+    #[inline]
+    pub fn is_directed_broadcast(&self, addr: Ipv4Addr) -> bool {
+        self.directed_broadcasts.contains(&addr)
+    }
+
+    /// Rebuilds the address lists above from the ports; called whenever the
+    /// ports' addresses change, so the packet path never walks the ports.
+    fn index_addresses(&mut self) {
+        let nets_v4 = || self.ports.iter().flat_map(|p| p.v4.iter());
+        self.local_v4 = nets_v4().map(Ipv4Net::addr).collect();
+        self.directed_broadcasts = nets_v4()
+            .filter(|n| n.prefix_len() < 31)
+            .map(Ipv4Net::broadcast)
+            .collect();
+        self.local_v6 = self
+            .ports
+            .iter()
+            .flat_map(|p| p.v6.iter().map(Ipv6Net::addr))
+            .collect();
+    }
+
     /// The port owning `addr`, if the address is one of ours.
     pub fn local_port(&self, addr: IpAddr) -> Option<u16> {
         self.ports.iter().find(|p| p.owns(addr)).map(|p| p.index)
@@ -749,7 +789,7 @@ impl Config {
             static_neighbors.push(StaticNeighbor { port, ip, mac });
         }
 
-        Ok(Snapshot {
+        let mut snapshot = Snapshot {
             generation,
             ports,
             routes,
@@ -757,7 +797,12 @@ impl Config {
             worker: self.worker.clone(),
             neighbors: self.neighbors.clone(),
             icmp: self.icmp.clone(),
-        })
+            local_v4: Vec::new(),
+            local_v6: Vec::new(),
+            directed_broadcasts: Vec::new(),
+        };
+        snapshot.index_addresses();
+        Ok(snapshot)
     }
 
     /// Fields that only take effect at start: a reload that changes them is refused.

@@ -15,10 +15,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
 
 use crate::config::{NeighborSection, StaticNeighbor};
+use crate::published::Published;
 
 /// Most entries the table holds; learning beyond it is refused (and counted),
 /// so a flood of forged ARP cannot exhaust memory.
@@ -93,32 +93,30 @@ pub struct NeighborEvent {
 /// Where workers find the current snapshot.
 #[derive(Debug)]
 pub struct NeighborShared {
-    current: ArcSwap<NeighborSnapshot>,
-    generation: AtomicU64,
+    snapshot: Published<NeighborSnapshot>,
     refused: AtomicU64,
 }
 
 impl Default for NeighborShared {
     fn default() -> Self {
         NeighborShared {
-            current: ArcSwap::from_pointee(NeighborSnapshot::default()),
-            generation: AtomicU64::new(0),
+            snapshot: Published::new(NeighborSnapshot::default()),
             refused: AtomicU64::new(0),
         }
     }
 }
 
 impl NeighborShared {
-    /// The generation of the current snapshot: one relaxed load, cheap enough
+    /// The generation of the current snapshot: one atomic load, cheap enough
     /// to check every burst.
     #[inline]
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.snapshot.generation()
     }
 
     /// The current snapshot.
     pub fn load(&self) -> Arc<NeighborSnapshot> {
-        self.current.load_full()
+        self.snapshot.load()
     }
 
     /// Learning events refused because the table was full.
@@ -135,7 +133,6 @@ pub struct NeighborManager {
     shared: Arc<NeighborShared>,
     events: Receiver<NeighborEvent>,
     dirty: bool,
-    generation: u64,
 }
 
 impl NeighborManager {
@@ -151,7 +148,6 @@ impl NeighborManager {
             shared,
             events,
             dirty: true,
-            generation: 0,
         }
     }
 
@@ -235,14 +231,11 @@ impl NeighborManager {
         if !self.dirty {
             return false;
         }
-        self.generation += 1;
-        self.shared.current.store(Arc::new(NeighborSnapshot {
-            generation: self.generation,
+        // The manager is the only writer, so the next generation is known.
+        self.shared.snapshot.store(NeighborSnapshot {
+            generation: self.shared.generation() + 1,
             entries: self.entries.clone(),
-        }));
-        self.shared
-            .generation
-            .store(self.generation, Ordering::Release);
+        });
         self.dirty = false;
         true
     }

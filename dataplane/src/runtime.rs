@@ -32,7 +32,7 @@ pub const EXIT_LEAK: u8 = 3;
 
 /// How often the control loop runs.
 const CONTROL_PERIOD: Duration = Duration::from_millis(10);
-/// Capacity of each worker's neighbour-event channel.
+/// Neighbour-event channel capacity per worker.
 const EVENT_CHANNEL: usize = 1024;
 
 /// What `patronus-dataplane` was asked to run.
@@ -138,11 +138,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     let clock = Clock::new(hz);
     let health = Arc::new(Health::default());
     let mut stats = Vec::with_capacity(lcores.len());
-    let mut event_receivers = Vec::with_capacity(lcores.len());
+    // Every worker reports what it learns into one bounded channel that the
+    // neighbour manager drains.
+    let (events, event_receiver) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
     let mut handles = Vec::with_capacity(lcores.len());
     for (index, &lcore) in lcores.iter().enumerate() {
-        let (events, receiver) = crossbeam_channel::bounded(EVENT_CHANNEL);
-        event_receivers.push(receiver);
         let shared = Arc::new(SharedCounters::default());
         stats.push(shared.clone());
         let queue = index as u16;
@@ -167,7 +167,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             pool: pool.clone(),
             config: config.clone(),
             neighbors: neighbors.clone(),
-            events,
+            events: events.clone(),
             stats: shared,
             stop: stop.clone(),
             clock,
@@ -187,10 +187,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         handles.push(handle);
     }
 
-    // One manager merges what every worker learns.
-    let (merged_tx, merged_rx) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
-    let mut manager =
-        NeighborManager::new(snapshot.neighbors.clone(), neighbors.clone(), merged_rx);
+    let mut manager = NeighborManager::new(
+        snapshot.neighbors.clone(),
+        neighbors.clone(),
+        event_receiver,
+    );
     manager.configure(&snapshot.neighbors, &snapshot.static_neighbors);
     manager.tick(clock.now_ns());
 
@@ -219,13 +220,6 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(CONTROL_PERIOD);
         let now = clock.now_ns();
-        for receiver in &event_receivers {
-            while let Ok(ev) = receiver.try_recv() {
-                if merged_tx.try_send(ev).is_err() {
-                    break;
-                }
-            }
-        }
         // Republish periodically so that entries going stale are noticed by
         // cached flows (their generation changes, they look the entry up).
         let force = now >= republish_at;

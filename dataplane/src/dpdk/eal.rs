@@ -27,7 +27,7 @@ impl Eal {
         if EAL_STARTED.swap(true, Ordering::SeqCst) {
             return Err(DpdkError {
                 call: "rte_eal_init",
-                errno: libc_ealready(),
+                errno: EALREADY,
                 context: "EAL is already initialised in this process".into(),
             });
         }
@@ -89,9 +89,8 @@ impl Drop for Eal {
     }
 }
 
-fn libc_ealready() -> i32 {
-    114 // EALREADY on Linux
-}
+/// Linux's EALREADY.
+const EALREADY: i32 = 114;
 
 /// An EAL logical core id. Prints as `lcore3`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

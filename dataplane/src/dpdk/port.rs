@@ -177,7 +177,7 @@ impl Port {
     /// # Errors
     /// When the device cannot offer the queues asked for or refuses a setting.
     pub fn start(
-        eal: &Eal,
+        _eal: &Eal,
         id: PortId,
         name: &str,
         config: &PortConfig,
@@ -294,7 +294,6 @@ impl Port {
         // SAFETY: valid port and out-pointer.
         let ret = unsafe { dpdk_sys::rte_eth_macaddr_get(id.0, &mut mac) };
         check("rte_eth_macaddr_get", ret, ctx)?;
-        let _ = eal;
         Ok(Port {
             inner: Arc::new(PortInner {
                 id,

@@ -13,7 +13,7 @@
 mod icmp;
 mod neighbor_msgs;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use crossbeam_channel::Sender;
 
@@ -369,7 +369,7 @@ impl Gateway {
         match meta.l3 {
             L3::Arp(_) => Step::Arp,
             L3::Ipv4(ip) => {
-                if ctx.cfg.local_port(IpAddr::V4(ip.dst)).is_some() {
+                if ctx.cfg.is_local_v4(ip.dst) {
                     return Step::Local;
                 }
                 // RFC 1812 5.3.4 and 5.3.7: link-layer broadcasts, IP broadcast and
@@ -381,7 +381,7 @@ impl Gateway {
                     || ip.dst.is_loopback()
                     || ip.src.is_loopback()
                     || ip.src.is_unspecified()
-                    || is_directed_broadcast(ctx.cfg, ip.dst)
+                    || ctx.cfg.is_directed_broadcast(ip.dst)
                 {
                     return Step::Drop(DropReason::NotRoutable);
                 }
@@ -395,9 +395,7 @@ impl Gateway {
             }
             L3::Ipv6(ip) => {
                 let dst = ip.dst;
-                if ctx.cfg.local_port(IpAddr::V6(dst)).is_some()
-                    || is_our_multicast(ctx.cfg, in_port, dst)
-                {
+                if ctx.cfg.is_local_v6(dst) || is_our_multicast(ctx.cfg, in_port, dst) {
                     return Step::Local;
                 }
                 // RFC 4291 2.5.6: link-local traffic stays on its link.
@@ -790,14 +788,6 @@ impl Gateway {
             Verdict::Drop
         }
     }
-}
-
-/// Whether `addr` is the broadcast address of one of our connected IPv4 subnets.
-fn is_directed_broadcast(cfg: &Snapshot, addr: Ipv4Addr) -> bool {
-    cfg.ports
-        .iter()
-        .flat_map(|p| p.v4.iter())
-        .any(|n| n.prefix_len() < 31 && n.broadcast() == addr)
 }
 
 fn is_link_local(a: Ipv6Addr) -> bool {
