@@ -26,6 +26,23 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "a build without DPDK stops with one message naming the setup command"
+# pkg-config is pointed at an empty directory, in a target dir of its own so
+# that the real build's cache is untouched.
+nodpdk=$(mktemp -d)
+if PKG_CONFIG_LIBDIR=$nodpdk PKG_CONFIG_PATH= CARGO_TARGET_DIR=target/no-dpdk \
+    cargo build -q -p dpdk-sys >"$nodpdk/log" 2>&1; then
+    echo "dpdk-sys built although pkg-config could not find DPDK"
+    exit 1
+fi
+grep -q "were not found through \`pkg-config libdpdk\`" "$nodpdk/log" && grep -q "scripts/setup.sh" "$nodpdk/log" || {
+    cat "$nodpdk/log"
+    echo "the missing-DPDK message is gone"
+    exit 1
+}
+echo "ok: $(grep -m1 'were not found' "$nodpdk/log" | sed 's/^ *//')"
+rm -rf "$nodpdk"
+
 step "unit tests"
 cargo_test --workspace --exclude patronus-e2e
 
