@@ -6,7 +6,8 @@ set -euo pipefail
 
 PACKAGES=(
     build-essential pkg-config clang libclang-dev
-    dpdk libdpdk-dev libpcap-dev
+    dpdk libdpdk-dev libpcap-dev libhyperscan-dev
+    libndpi-bin
     iproute2 iputils-ping ethtool iperf3 procps
     prometheus
 )

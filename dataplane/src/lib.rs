@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dpdk;
+pub mod dpi;
 pub mod flow;
 pub mod frame;
 pub mod gateway;

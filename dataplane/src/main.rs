@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use patronus_dataplane::config::{Config, EMBEDDED_DEFAULT};
+use patronus_dataplane::dpi::{self, Limits};
 use patronus_dataplane::runtime::{self, RunOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -14,8 +15,10 @@ use tracing_subscriber::EnvFilter;
 /// is given). EAL arguments come from the config's `dpdk.eal_args` and from
 /// anything after `--`. SIGHUP reloads the file; SIGINT/SIGTERM stop cleanly.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (TOML).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
@@ -30,6 +33,76 @@ struct Cli {
     eal_args: Vec<String>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Classify the flows of capture files offline (the workers' classifier)
+    /// and write one CSV row per TCP/UDP flow.
+    Classify(ClassifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClassifyArgs {
+    /// Capture files (pcap or pcapng), processed in order by one process.
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+    pcap: Vec<PathBuf>,
+    /// Output CSV file (`-` for standard output).
+    #[arg(long, value_name = "OUT")]
+    csv: PathBuf,
+    /// Extra application definitions (TOML, the catalogue's schema).
+    #[arg(long, value_name = "FILE")]
+    applications: Option<PathBuf>,
+    /// Payload packets inspected per flow.
+    #[arg(long, default_value_t = Limits::default().max_packets)]
+    max_packets: u16,
+    /// Payload bytes inspected per flow.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    max_bytes: u32,
+}
+
+/// `patronus-dataplane classify`.
+fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let user = match &args.applications {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            dpi::apps::parse(&text).with_context(|| path.display().to_string())?
+        }
+        None => Vec::new(),
+    };
+    let classifier = dpi::Classifier::with_user_apps(&user)?;
+    let limits = Limits {
+        max_packets: args.max_packets,
+        max_bytes: args.max_bytes,
+    };
+    let started = std::time::Instant::now();
+    let totals = if args.csv.as_os_str() == "-" {
+        dpi::offline::classify_files(
+            &classifier,
+            limits,
+            &args.pcap,
+            &mut std::io::stdout().lock(),
+        )?
+    } else {
+        let mut file = std::fs::File::create(&args.csv)
+            .with_context(|| format!("{}: cannot create", args.csv.display()))?;
+        dpi::offline::classify_files(&classifier, limits, &args.pcap, &mut file)?
+    };
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "classified {} flows from {} files ({} frames, {} bytes, {} not TCP/UDP) in {:.3} s: {:.0} packets/s, {:.3} Gbit/s",
+        totals.flows,
+        totals.files,
+        totals.frames,
+        totals.bytes,
+        totals.skipped,
+        secs,
+        totals.frames as f64 / secs,
+        totals.bytes as f64 * 8.0 / secs / 1e9,
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -39,6 +112,15 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Classify(args)) = &cli.command {
+        return match classify(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("patronus-dataplane classify: {err:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if cli.print_default_config {
         print!("{EMBEDDED_DEFAULT}");
         return ExitCode::SUCCESS;

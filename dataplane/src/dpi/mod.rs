@@ -1,0 +1,736 @@
+//! Application classification (DPI): what each flow is, from its first packets.
+//!
+//! # Design
+//!
+//! * [`Classifier`] is immutable and shared by all workers: the compiled
+//!   application catalogue ([`apps`]: the built-in data file plus user
+//!   definitions), a Hyperscan block-mode database of payload signatures and
+//!   a host-name index. A new set of definitions compiles into a new
+//!   `Classifier` off the packet path and is swapped in whole.
+//! * [`Inspector`] is per worker: the Hyperscan scratch, a decryption buffer
+//!   for QUIC and a fixed pool of reassembly buffers. Nothing is allocated
+//!   per packet.
+//! * [`FlowInspection`] is the per-flow state (24 bytes plus an optional
+//!   reassembly buffer borrowed from the pool while a TLS or QUIC hello is
+//!   incomplete). Inspection stops at [`Limits`] (packets and bytes with
+//!   payload); the flow's verdict is then final.
+//!
+//! # Why block mode, not stream mode
+//!
+//! Stream mode would keep Hyperscan stream state for every flow under
+//! inspection, hundreds of bytes per flow for this database and more as users
+//! add patterns, to match expressions that span packet boundaries. The
+//! signatures here describe the start of a protocol message, which sits at
+//! the start of a packet; the only messages that routinely span packets,
+//! TLS and QUIC hellos, are reassembled by their own parsers. Block mode
+//! therefore costs no per-flow Hyperscan memory at all: one scratch per worker.
+//!
+//! # Order of evidence
+//!
+//! Per packet with payload: payload signatures (the catalogue's order is
+//! their priority), then the protocol dissectors (DNS, TLS, QUIC, HTTP,
+//! STUN). A dissector that names a server (SNI, Host, query name) looks it up
+//! in the host index: `TLS` to `www.youtube.com` becomes `TLS.YouTube`,
+//! category Video. Protocols that only carry another application (TLS, QUIC,
+//! HTTP, STUN) take the application's category unless it is `Unknown`;
+//! name-resolution protocols stay DNS whatever name they resolve.
+
+pub mod apps;
+pub mod dns;
+pub mod http;
+pub mod offline;
+pub mod quic;
+pub mod stun;
+pub mod tls;
+
+use std::fmt;
+
+use hyperscan::prelude::*;
+use serde::Deserialize;
+
+use crate::labels::labelled_enum;
+use crate::packet::flow_key::Direction;
+use crate::packet::parse::{PacketMeta, L4};
+use apps::{AppError, AppSpec, Transport};
+
+labelled_enum! {
+    /// Application category: what policy and QoS act on.
+    #[derive(Deserialize)]
+    Category {
+        /// Web browsing and app APIs over HTTP, TLS and QUIC.
+        Web => "Web";
+        /// Video streaming.
+        Video => "Video";
+        /// Real-time voice and video calls.
+        VoIP => "VoIP";
+        /// Games.
+        Gaming => "Gaming";
+        /// File transfer and remote file access.
+        FileTransfer => "FileTransfer";
+        /// Database protocols.
+        Database => "Database";
+        /// Name resolution.
+        DNS => "DNS";
+        /// Remote shells and desktops.
+        RemoteAccess => "RemoteAccess";
+        /// Mail.
+        Email => "Email";
+        /// Anything else, and flows not (yet) identified.
+        Unknown => "Unknown";
+    }
+}
+
+labelled_enum! {
+    /// Protocols recognised by a dissector in code (the rest are catalogue signatures).
+    Protocol {
+        /// TLS over TCP.
+        Tls => "TLS";
+        /// QUIC.
+        Quic => "QUIC";
+        /// HTTP/1.x.
+        Http => "HTTP";
+        /// DNS.
+        Dns => "DNS";
+        /// Multicast DNS.
+        Mdns => "MDNS";
+        /// Link-Local Multicast Name Resolution.
+        Llmnr => "LLMNR";
+        /// STUN/TURN.
+        Stun => "STUN";
+        /// RTP media (two packets of one stream in a row).
+        Rtp => "RTP";
+        /// RTCP media control.
+        Rtcp => "RTCP";
+    }
+}
+
+impl Protocol {
+    /// The category of the protocol itself, before the application it carries is known.
+    fn category(self) -> Category {
+        match self {
+            Protocol::Tls | Protocol::Quic | Protocol::Http => Category::Web,
+            Protocol::Dns | Protocol::Mdns | Protocol::Llmnr => Category::DNS,
+            Protocol::Stun | Protocol::Rtp | Protocol::Rtcp => Category::VoIP,
+        }
+    }
+
+    /// True when the protocol carries another application, whose category then wins.
+    fn is_carrier(self) -> bool {
+        !matches!(self, Protocol::Dns | Protocol::Mdns | Protocol::Llmnr)
+    }
+}
+
+/// A flow's identification: a dissected protocol, a catalogue application, or both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Classification {
+    /// The protocol found by a dissector.
+    pub protocol: Option<Protocol>,
+    /// Index of the catalogue application in the classifier that produced it.
+    pub app: Option<u16>,
+}
+
+impl Classification {
+    /// True when nothing was identified.
+    pub fn is_unknown(&self) -> bool {
+        self.protocol.is_none() && self.app.is_none()
+    }
+}
+
+/// How much of each flow is inspected.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Packets with payload inspected per flow (both directions together).
+    #[serde(default = "Limits::default_packets")]
+    pub max_packets: u16,
+    /// Payload bytes inspected per flow.
+    #[serde(default = "Limits::default_bytes")]
+    pub max_bytes: u32,
+}
+
+impl Limits {
+    fn default_packets() -> u16 {
+        Limits::default().max_packets
+    }
+    fn default_bytes() -> u32 {
+        Limits::default().max_bytes
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packets: 12,
+            max_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The compiled catalogue, shared by all workers.
+pub struct Classifier {
+    compiled: apps::Compiled,
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field("applications", &self.compiled.names.len())
+            .field("signatures", &self.compiled.rules.len())
+            .field("hosts", &self.compiled.hosts.len())
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// The built-in catalogue followed by `user` definitions (whose names must not clash with it).
+    pub fn with_user_apps(user: &[AppSpec]) -> Result<Classifier, AppError> {
+        let mut specs = apps::parse(apps::BUILTIN)?;
+        specs.extend_from_slice(user);
+        Classifier::new(&specs)
+    }
+
+    /// Compiles exactly `specs`.
+    pub fn new(specs: &[AppSpec]) -> Result<Classifier, AppError> {
+        Ok(Classifier {
+            compiled: apps::compile(specs)?,
+        })
+    }
+
+    /// The category of a classification.
+    pub fn category(&self, c: &Classification) -> Category {
+        let app = c
+            .app
+            .and_then(|a| self.compiled.categories.get(usize::from(a)).copied());
+        match (c.protocol, app) {
+            (Some(p), Some(cat)) if p.is_carrier() && cat != Category::Unknown => cat,
+            (Some(p), _) => p.category(),
+            (None, Some(cat)) => cat,
+            (None, None) => Category::Unknown,
+        }
+    }
+
+    /// The application's name in `Protocol.App` form (`TLS.YouTube`, `DNS`, `BitTorrent`, `Unknown`).
+    pub fn name(&self, c: &Classification) -> String {
+        let app = c.app.and_then(|a| self.compiled.names.get(usize::from(a)));
+        match (c.protocol, app) {
+            (Some(p), Some(a)) => format!("{p}.{a}"),
+            (Some(p), None) => p.to_string(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => "Unknown".to_owned(),
+        }
+    }
+
+    /// The application a host name belongs to: the longest listed suffix on a label boundary.
+    pub fn host_app(&self, host: &str) -> Option<u16> {
+        let host = host.trim_end_matches('.');
+        let mut lower = [0u8; dns::MAX_NAME];
+        let bytes = host.as_bytes();
+        if bytes.len() > lower.len() {
+            return None;
+        }
+        for (d, s) in lower.iter_mut().zip(bytes) {
+            *d = s.to_ascii_lowercase();
+        }
+        let lower = std::str::from_utf8(&lower[..bytes.len()]).ok()?;
+        let mut suffix = lower;
+        loop {
+            if let Some(&app) = self.compiled.hosts.get(suffix) {
+                return Some(app);
+            }
+            suffix = &suffix[suffix.find('.')? + 1..];
+        }
+    }
+
+    /// The application of a TLS or QUIC session: by ALPN or server port first
+    /// (the port says what the session is for), then by server name.
+    fn session_app(&self, pkt: &Packet<'_>, hello: &tls::ClientHello<'_>) -> Option<u16> {
+        let by_alpn = hello.alpn.and_then(|a| self.compiled.alpn.get(a).copied());
+        let by_port = || {
+            let port = |p| self.compiled.tls_ports.get(&p).copied();
+            port(pkt.dst_port).or_else(|| port(pkt.src_port))
+        };
+        by_alpn
+            .or_else(by_port)
+            .or_else(|| hello.server_name.and_then(|n| self.host_app(n)))
+    }
+
+    fn scratch(&self) -> Option<Scratch> {
+        self.compiled
+            .database
+            .as_ref()
+            .and_then(|db| db.alloc_scratch().ok())
+    }
+}
+
+/// The TCP or UDP payload of a parsed frame (None for other protocols).
+pub fn l4_payload<'f>(frame: &'f [u8], meta: &PacketMeta) -> Option<&'f [u8]> {
+    let l4 = usize::from(meta.l4_offset);
+    let end = usize::from(meta.ip_end).min(frame.len());
+    let start = match meta.l4 {
+        L4::Tcp { .. } => l4 + usize::from(frame.get(l4 + 12)? >> 4) * 4,
+        L4::Udp { .. } => l4 + 8,
+        _ => return None,
+    };
+    frame.get(start..end)
+}
+
+/// One packet as the classifier sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Packet<'a> {
+    /// True for TCP, false for UDP.
+    pub tcp: bool,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Direction within the flow.
+    pub dir: Direction,
+    /// The L4 payload.
+    pub payload: &'a [u8],
+}
+
+impl Packet<'_> {
+    fn has_port(&self, port: u16) -> bool {
+        self.src_port == port || self.dst_port == port
+    }
+}
+
+/// Bytes one reassembly buffer holds (a ClientHello with a post-quantum key share fits).
+pub const REASSEMBLY_BYTES: usize = 4096;
+
+/// Per-flow inspection state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowInspection {
+    packets: u16,
+    bytes: u32,
+    /// The best evidence so far (a TLS record without a hello, a QUIC packet not opened).
+    tentative: Classification,
+    /// Reassembly buffer index + 1; 0 = none.
+    buffer: u32,
+    /// Set once the verdict is final.
+    done: bool,
+    /// The last RTP-looking packet: SSRC, sequence number and direction.
+    rtp: Option<(u32, u16, Direction)>,
+}
+
+impl FlowInspection {
+    /// Packets with payload inspected so far.
+    pub fn packets(&self) -> u16 {
+        self.packets
+    }
+
+    /// True once the verdict is final.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// What one reassembly buffer collects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Collecting {
+    /// TLS records from one direction of a TCP stream.
+    Tls(Direction),
+    /// QUIC CRYPTO frames (client direction).
+    Quic(Direction),
+}
+
+/// A reassembly buffer: bytes placed at offsets, with the filled ranges.
+struct Reassembly {
+    what: Collecting,
+    data: Box<[u8; REASSEMBLY_BYTES]>,
+    /// Filled ranges, sorted and merged; at most [`MAX_RANGES`].
+    ranges: [(u16, u16); MAX_RANGES],
+    nranges: u8,
+}
+
+const MAX_RANGES: usize = 8;
+
+impl Reassembly {
+    fn new() -> Reassembly {
+        Reassembly {
+            what: Collecting::Tls(Direction::LoToHi),
+            data: Box::new([0; REASSEMBLY_BYTES]),
+            ranges: [(0, 0); MAX_RANGES],
+            nranges: 0,
+        }
+    }
+
+    /// Places `bytes` at `offset`; bytes beyond the buffer are dropped.
+    fn put(&mut self, offset: u64, bytes: &[u8]) {
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= REASSEMBLY_BYTES || bytes.is_empty() {
+            return;
+        }
+        let end = (start + bytes.len()).min(REASSEMBLY_BYTES);
+        self.data[start..end].copy_from_slice(&bytes[..end - start]);
+        let (mut s, mut e) = (start as u16, end as u16);
+        // Merge with overlapping or touching ranges.
+        let mut kept = [(0u16, 0u16); MAX_RANGES];
+        let mut n = 0;
+        for &(rs, re) in &self.ranges[..usize::from(self.nranges)] {
+            if re < s || rs > e {
+                kept[n] = (rs, re);
+                n += 1;
+            } else {
+                s = s.min(rs);
+                e = e.max(re);
+            }
+        }
+        if n == MAX_RANGES {
+            return; // too fragmented: keep what we have
+        }
+        kept[n] = (s, e);
+        n += 1;
+        kept[..n].sort_unstable();
+        self.ranges = kept;
+        self.nranges = n as u8;
+    }
+
+    /// The contiguous bytes from offset 0.
+    fn prefix(&self) -> &[u8] {
+        match self.ranges[..usize::from(self.nranges)].first() {
+            Some(&(0, end)) => &self.data[..usize::from(end)],
+            _ => &[],
+        }
+    }
+
+    /// Bytes held so far (next append offset for in-order streams).
+    fn end(&self) -> u64 {
+        self.ranges[..usize::from(self.nranges)]
+            .last()
+            .map_or(0, |&(_, e)| u64::from(e))
+    }
+}
+
+/// Per-worker inspection machinery.
+pub struct Inspector {
+    limits: Limits,
+    scratch: Option<Scratch>,
+    /// Classifier the scratch was sized for (by address; a new one reallocates).
+    scratch_for: usize,
+    decrypt: Box<[u8; quic::MAX_DATAGRAM]>,
+    pool: Vec<Reassembly>,
+    free: Vec<u32>,
+    /// Hellos that could not be reassembled because the pool was empty.
+    pool_exhausted: u64,
+}
+
+impl fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inspector")
+            .field("limits", &self.limits)
+            .field("buffers", &self.pool.len())
+            .field("free", &self.free.len())
+            .finish()
+    }
+}
+
+impl Inspector {
+    /// An inspector with `buffers` reassembly buffers (hellos in progress at once).
+    pub fn new(limits: Limits, buffers: usize) -> Inspector {
+        Inspector {
+            limits,
+            scratch: None,
+            scratch_for: 0,
+            decrypt: Box::new([0; quic::MAX_DATAGRAM]),
+            pool: (0..buffers).map(|_| Reassembly::new()).collect(),
+            free: (0..buffers as u32).rev().collect(),
+            pool_exhausted: 0,
+        }
+    }
+
+    /// Hellos left unreassembled because every buffer was in use.
+    pub fn pool_exhausted(&self) -> u64 {
+        self.pool_exhausted
+    }
+
+    /// Inspects one packet of a flow; returns the verdict once it is final.
+    pub fn inspect(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        pkt: &Packet<'_>,
+    ) -> Option<Classification> {
+        if flow.done {
+            return None;
+        }
+        if pkt.payload.is_empty() {
+            return None;
+        }
+        flow.packets = flow.packets.saturating_add(1);
+        flow.bytes = flow.bytes.saturating_add(pkt.payload.len() as u32);
+        let verdict = self
+            .signature(classifier, pkt)
+            .map(|app| Classification {
+                protocol: None,
+                app: Some(app),
+            })
+            .or_else(|| self.dissect(classifier, flow, pkt));
+        match verdict {
+            Some(v) => Some(self.finish_with(flow, v)),
+            None if flow.packets >= self.limits.max_packets
+                || flow.bytes >= self.limits.max_bytes =>
+            {
+                Some(self.finish(flow))
+            }
+            None => None,
+        }
+    }
+
+    /// Ends inspection (limits reached, flow expired or capture over) with the best evidence.
+    pub fn finish(&mut self, flow: &mut FlowInspection) -> Classification {
+        let tentative = flow.tentative;
+        self.finish_with(flow, tentative)
+    }
+
+    fn finish_with(
+        &mut self,
+        flow: &mut FlowInspection,
+        verdict: Classification,
+    ) -> Classification {
+        self.release(flow);
+        flow.done = true;
+        flow.tentative = verdict;
+        verdict
+    }
+
+    fn release(&mut self, flow: &mut FlowInspection) {
+        if flow.buffer != 0 {
+            self.free.push(flow.buffer - 1);
+            flow.buffer = 0;
+        }
+    }
+
+    /// The highest-priority catalogue signature matching this payload.
+    fn signature(&mut self, classifier: &Classifier, pkt: &Packet<'_>) -> Option<u16> {
+        let db = classifier.compiled.database.as_ref()?;
+        let id = classifier as *const Classifier as usize;
+        if self.scratch.is_none() || self.scratch_for != id {
+            self.scratch = classifier.scratch();
+            self.scratch_for = id;
+        }
+        let scratch = self.scratch.as_ref()?;
+        let rules = &classifier.compiled.rules;
+        let mut best: Option<u16> = None;
+        let _ = db.scan(pkt.payload, scratch, |id: u32, _from, _to, _flags| {
+            let Some(rule) = rules.get(id as usize) else {
+                return Matching::Continue;
+            };
+            let transport_ok = match rule.transport {
+                Transport::Any => true,
+                Transport::Tcp => pkt.tcp,
+                Transport::Udp => !pkt.tcp,
+            };
+            let ports_ok = rule.ports.is_empty() || rule.ports.iter().any(|&p| pkt.has_port(p));
+            if transport_ok && ports_ok && best.is_none_or(|b| rule.app < b) {
+                best = Some(rule.app);
+            }
+            Matching::Continue
+        });
+        best
+    }
+
+    /// Runs the protocol dissectors.
+    fn dissect(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        pkt: &Packet<'_>,
+    ) -> Option<Classification> {
+        let found = |protocol, app| {
+            Some(Classification {
+                protocol: Some(protocol),
+                app,
+            })
+        };
+        let payload = pkt.payload;
+        if !pkt.tcp {
+            if let Some(protocol) = dns_protocol(pkt) {
+                let mut name = [0u8; dns::MAX_NAME];
+                if let Some(q) = dns::question(payload, &mut name) {
+                    return found(protocol, classifier.host_app(q.name));
+                }
+            }
+            if let Some(c) = self.quic(classifier, flow, pkt) {
+                return Some(c);
+            }
+            if stun::message(payload).is_some() {
+                return found(Protocol::Stun, None);
+            }
+            return rtp(flow, pkt).and_then(|p| found(p, None));
+        }
+        if pkt.has_port(53) {
+            let mut name = [0u8; dns::MAX_NAME];
+            if let Some(q) = dns::question_tcp(payload, &mut name) {
+                return found(Protocol::Dns, classifier.host_app(q.name));
+            }
+        }
+        if let Some(c) = self.tls(classifier, flow, pkt) {
+            return Some(c);
+        }
+        if let Some(req) = http::request(payload) {
+            return found(
+                Protocol::Http,
+                req.host.and_then(|h| classifier.host_app(h)),
+            );
+        }
+        if http::is_response(payload) && flow.tentative.is_unknown() {
+            flow.tentative = Classification {
+                protocol: Some(Protocol::Http),
+                app: None,
+            };
+        }
+        None
+    }
+
+    /// TLS: reads the ClientHello, reassembling it across segments when needed.
+    fn tls(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        pkt: &Packet<'_>,
+    ) -> Option<Classification> {
+        let collecting = flow.buffer != 0;
+        let hello = if collecting {
+            let buf = &mut self.pool[flow.buffer as usize - 1];
+            if buf.what != Collecting::Tls(pkt.dir) {
+                return None;
+            }
+            let end = buf.end();
+            buf.put(end, pkt.payload);
+            tls::client_hello_from_records(buf.prefix())
+        } else {
+            tls::client_hello_from_records(pkt.payload)
+        };
+        let tls_found = |app| Classification {
+            protocol: Some(Protocol::Tls),
+            app,
+        };
+        match hello {
+            tls::Hello::Client(h) => Some(tls_found(classifier.session_app(pkt, &h))),
+            tls::Hello::Server | tls::Hello::OtherRecord => {
+                if flow.tentative.is_unknown() {
+                    flow.tentative = tls_found(None);
+                }
+                None
+            }
+            tls::Hello::Incomplete { .. } => {
+                if flow.tentative.is_unknown() {
+                    flow.tentative =
+                        tls_found(classifier.session_app(pkt, &tls::ClientHello::default()));
+                }
+                if !collecting {
+                    self.start_collecting(flow, Collecting::Tls(pkt.dir), pkt.payload);
+                }
+                None
+            }
+            tls::Hello::NotTls => {
+                if collecting {
+                    self.release(flow);
+                }
+                None
+            }
+        }
+    }
+
+    /// QUIC: opens client Initials and reads the ClientHello from their CRYPTO frames.
+    fn quic(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        pkt: &Packet<'_>,
+    ) -> Option<Classification> {
+        let version = quic::version(pkt.payload)?;
+        let quic_found = |app| Classification {
+            protocol: Some(Protocol::Quic),
+            app,
+        };
+        if version == quic::Version::GoogleQ {
+            let app = quic::gquic_server_name(pkt.payload).and_then(|n| classifier.host_app(n));
+            return Some(quic_found(app));
+        }
+        if flow.tentative.is_unknown() {
+            flow.tentative = quic_found(None);
+        }
+        let quic::Initial::Opened(_, plain) =
+            quic::open_client_initial(pkt.payload, &mut self.decrypt[..])
+        else {
+            return None;
+        };
+        if flow.buffer == 0 {
+            self.start_collecting(flow, Collecting::Quic(pkt.dir), &[]);
+        }
+        let buf = self.pool.get_mut((flow.buffer as usize).checked_sub(1)?)?;
+        if buf.what != Collecting::Quic(pkt.dir) {
+            return None;
+        }
+        quic::crypto_frames(&self.decrypt[plain], |offset, data| buf.put(offset, data));
+        match tls::client_hello(buf.prefix()) {
+            tls::Hello::Client(h) => Some(quic_found(classifier.session_app(pkt, &h))),
+            tls::Hello::Incomplete { .. } => None,
+            _ => Some(quic_found(None)),
+        }
+    }
+
+    fn start_collecting(&mut self, flow: &mut FlowInspection, what: Collecting, first: &[u8]) {
+        match self.free.pop() {
+            Some(b) => {
+                flow.buffer = b + 1;
+                let buf = &mut self.pool[b as usize];
+                buf.what = what;
+                buf.nranges = 0;
+                buf.put(0, first);
+            }
+            None => self.pool_exhausted += 1,
+        }
+    }
+}
+
+/// RTP when two packets in a row of one direction carry the same SSRC and
+/// close sequence numbers (one packet alone looks like too many things);
+/// RTCP when a packet is a well-formed RTCP header with a matching length.
+fn rtp(flow: &mut FlowInspection, pkt: &Packet<'_>) -> Option<Protocol> {
+    let p = pkt.payload;
+    if p.len() < 12 || p[0] >> 6 != 2 {
+        return None;
+    }
+    if (200..=204).contains(&p[1]) {
+        let len = (usize::from(u16::from_be_bytes([p[2], p[3]])) + 1) * 4;
+        let next_ok = |at: usize| {
+            p.get(at..at + 2)
+                .is_some_and(|h| h[0] >> 6 == 2 && (200..=207).contains(&h[1]))
+        };
+        return (len == p.len() || next_ok(len)).then_some(Protocol::Rtcp);
+    }
+    let payload_type = p[1] & 0x7f;
+    if (72..=76).contains(&payload_type) {
+        return None;
+    }
+    let seq = u16::from_be_bytes([p[2], p[3]]);
+    let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+    let previous = flow.rtp.replace((ssrc, seq, pkt.dir));
+    match previous {
+        Some((s, q, d)) if s == ssrc && d == pkt.dir && (1..=16).contains(&seq.wrapping_sub(q)) => {
+            Some(Protocol::Rtp)
+        }
+        _ => None,
+    }
+}
+
+/// The name-resolution protocol a UDP packet's ports suggest.
+fn dns_protocol(pkt: &Packet<'_>) -> Option<Protocol> {
+    if pkt.has_port(5353) {
+        Some(Protocol::Mdns)
+    } else if pkt.has_port(5355) {
+        Some(Protocol::Llmnr)
+    } else if pkt.has_port(53) {
+        Some(Protocol::Dns)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,375 @@
+//! Offline classification of capture files: `patronus-dataplane classify`.
+//!
+//! Reads pcap and pcapng files (link types Ethernet, Linux cooked v1/v2,
+//! raw IP, BSD loopback, PPP and Cisco HDLC), runs every TCP and UDP flow
+//! through the same [`Inspector`] the workers use and writes one CSV row
+//! per flow. A flow is one capture's packets of one protocol between one
+//! unordered pair of endpoints; `a` is the source of its first packet.
+//!
+//! Captures are what a host saw, not what a gateway receives: headers may
+//! be cut short by the snap length and IPv4 checksums left to offload
+//! hardware. Each frame is therefore normalised (lengths clamped to what was
+//! captured, the IPv4 header checksum recomputed) before it is parsed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use etherparse::Ipv4HeaderSlice;
+use pcap_file::pcap::PcapReader;
+use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::DataLink;
+
+use super::{Classification, Classifier, FlowInspection, Inspector, Limits, Packet};
+use crate::packet::flow_key::FlowKey;
+use crate::packet::parse::{parse, L3, L4};
+
+/// The CSV header of `classify --csv`.
+pub const CSV_HEADER: &str = "pcap,proto,addr_a,port_a,addr_b,port_b,category,application";
+
+/// Ethertypes used when re-framing non-Ethernet captures.
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// One flow of one capture.
+#[derive(Debug)]
+struct Flow {
+    tcp: bool,
+    a: (IpAddr, u16),
+    b: (IpAddr, u16),
+    inspection: FlowInspection,
+    verdict: Option<Classification>,
+}
+
+/// Totals over a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Capture files read.
+    pub files: u64,
+    /// Frames read.
+    pub frames: u64,
+    /// Captured frame bytes.
+    pub bytes: u64,
+    /// Frames that were not TCP or UDP, or did not parse.
+    pub skipped: u64,
+    /// Flows written.
+    pub flows: u64,
+}
+
+/// Classifies captures and writes CSV rows to `out` (header first).
+pub struct OfflineClassifier<'c> {
+    classifier: &'c Classifier,
+    inspector: Inspector,
+    frame: Vec<u8>,
+    totals: Totals,
+}
+
+impl<'c> OfflineClassifier<'c> {
+    /// A classifier run with the given inspection limits.
+    pub fn new(classifier: &'c Classifier, limits: Limits) -> Self {
+        OfflineClassifier {
+            classifier,
+            inspector: Inspector::new(limits, 1024),
+            frame: Vec::with_capacity(65_536),
+            totals: Totals::default(),
+        }
+    }
+
+    /// Totals so far.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Classifies one capture file and appends its rows to `out`.
+    pub fn classify_file(&mut self, path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: not a file name", path.display()))?
+            .to_owned();
+        if name.contains([',', '"', '\n']) {
+            bail!(
+                "{}: file names with commas, quotes or newlines are not supported in CSV output",
+                path.display()
+            );
+        }
+        let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let mut reader = BufReader::new(file);
+        let mut magic = [0u8; 4];
+        reader
+            .read_exact(&mut magic)
+            .with_context(|| format!("{}: too short to be a capture", path.display()))?;
+        let reader = magic.chain(reader);
+        let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
+        let mut order: Vec<FlowKey> = Vec::new();
+        let mut on_frame = |this: &mut Self, link: DataLink, data: &[u8]| {
+            this.totals.frames += 1;
+            this.totals.bytes += data.len() as u64;
+            if !this.frame_to_flow(link, data, &mut flows, &mut order) {
+                this.totals.skipped += 1;
+            }
+        };
+        if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
+            let mut ng = PcapNgReader::new(reader)
+                .with_context(|| format!("{}: not a pcapng file", path.display()))?;
+            // Link types of the section's interfaces, by interface id.
+            let mut links: Vec<DataLink> = Vec::new();
+            while let Some(block) = ng.next_block() {
+                let block =
+                    block.with_context(|| format!("{}: corrupt pcapng block", path.display()))?;
+                let (link, data) = match &block {
+                    Block::SectionHeader(_) => {
+                        links.clear();
+                        continue;
+                    }
+                    Block::InterfaceDescription(iface) => {
+                        links.push(iface.linktype);
+                        continue;
+                    }
+                    Block::EnhancedPacket(p) => match links.get(p.interface_id as usize) {
+                        Some(&link) => (link, p.data.as_ref()),
+                        None => continue,
+                    },
+                    Block::SimplePacket(p) => match links.first() {
+                        Some(&link) => (link, p.data.as_ref()),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                on_frame(self, link, data);
+            }
+        } else {
+            let mut pcap = PcapReader::new(reader)
+                .with_context(|| format!("{}: neither pcap nor pcapng", path.display()))?;
+            let link = pcap.header().datalink;
+            // Raw records: real captures often declare an original length
+            // beyond the snap length, which the checked reader refuses.
+            while let Some(packet) = pcap.next_raw_packet() {
+                let packet =
+                    packet.with_context(|| format!("{}: corrupt pcap record", path.display()))?;
+                on_frame(self, link, &packet.data);
+            }
+        }
+        self.totals.files += 1;
+        for key in order {
+            let Some(mut flow) = flows.remove(&key) else {
+                continue;
+            };
+            let verdict = match flow.verdict {
+                Some(v) => v,
+                None => self.inspector.finish(&mut flow.inspection),
+            };
+            writeln!(
+                out,
+                "{name},{},{},{},{},{},{},{}",
+                if flow.tcp { "TCP" } else { "UDP" },
+                flow.a.0,
+                flow.a.1,
+                flow.b.0,
+                flow.b.1,
+                self.classifier.category(&verdict),
+                self.classifier.name(&verdict),
+            )?;
+            self.totals.flows += 1;
+        }
+        Ok(())
+    }
+
+    /// Re-frames, parses and inspects one captured frame; false when it carries no TCP/UDP flow.
+    fn frame_to_flow(
+        &mut self,
+        link: DataLink,
+        data: &[u8],
+        flows: &mut HashMap<FlowKey, Flow>,
+        order: &mut Vec<FlowKey>,
+    ) -> bool {
+        if !reframe(link, data, &mut self.frame) {
+            return false;
+        }
+        normalise(&mut self.frame);
+        let Ok(meta) = parse(&self.frame) else {
+            return false;
+        };
+        let (tcp, src_port, dst_port) = match meta.l4 {
+            L4::Tcp {
+                src_port, dst_port, ..
+            } => (true, src_port, dst_port),
+            L4::Udp { src_port, dst_port } => (false, src_port, dst_port),
+            _ => return false,
+        };
+        let (src, dst): (IpAddr, IpAddr) = match meta.l3 {
+            L3::Ipv4(ip) => (ip.src.into(), ip.dst.into()),
+            L3::Ipv6(ip) => (ip.src.into(), ip.dst.into()),
+            L3::Arp(_) => return false,
+        };
+        let Some((key, dir)) = meta.flow_key() else {
+            return false;
+        };
+        let flow = flows.entry(key).or_insert_with(|| {
+            order.push(key);
+            Flow {
+                tcp,
+                a: (src, src_port),
+                b: (dst, dst_port),
+                inspection: FlowInspection::default(),
+                verdict: None,
+            }
+        });
+        if flow.verdict.is_none() {
+            let payload = super::l4_payload(&self.frame, &meta).unwrap_or(&[]);
+            let packet = Packet {
+                tcp,
+                src_port,
+                dst_port,
+                dir,
+                payload,
+            };
+            flow.verdict = self
+                .inspector
+                .inspect(self.classifier, &mut flow.inspection, &packet);
+        }
+        true
+    }
+}
+
+/// Copies a captured frame into `out` as an Ethernet II frame; false for link types or protocols not handled.
+fn reframe(link: DataLink, data: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let (ethertype, ip) = match link {
+        DataLink::ETHERNET => {
+            out.extend_from_slice(data);
+            return true;
+        }
+        DataLink::LINUX_SLL => match data.get(14..16) {
+            Some(t) => (u16::from_be_bytes([t[0], t[1]]), &data[16..]),
+            None => return false,
+        },
+        DataLink::LINUX_SLL2 => match (data.get(..2), data.get(20..)) {
+            (Some(t), Some(ip)) => (u16::from_be_bytes([t[0], t[1]]), ip),
+            _ => return false,
+        },
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => match by_version(data) {
+            Some(t) => (t, data),
+            None => return false,
+        },
+        DataLink::NULL | DataLink::LOOP => {
+            // The address family, in the capturing host's byte order (NULL) or network order (LOOP).
+            let Some(ip) = data.get(4..) else {
+                return false;
+            };
+            match by_version(ip) {
+                Some(t) => (t, ip),
+                None => return false,
+            }
+        }
+        DataLink::PPP | DataLink::PPP_HDLC | DataLink::C_HDLC => {
+            // Optional HDLC address/control (0xff 0x03, or Cisco's 0x0f/0x8f 0x00), then the protocol.
+            let body = match data {
+                [0xff, 0x03, rest @ ..] | [0x0f | 0x8f, 0x00, rest @ ..] => rest,
+                _ => data,
+            };
+            let Some(proto) = body.get(..2) else {
+                return false;
+            };
+            let ethertype = match u16::from_be_bytes([proto[0], proto[1]]) {
+                0x0021 | ETHERTYPE_IPV4 => ETHERTYPE_IPV4,
+                0x0057 | ETHERTYPE_IPV6 => ETHERTYPE_IPV6,
+                _ => return false,
+            };
+            (ethertype, &body[2..])
+        }
+        _ => return false,
+    };
+    out.extend_from_slice(&[0u8; 12]);
+    out.extend_from_slice(&ethertype.to_be_bytes());
+    out.extend_from_slice(ip);
+    true
+}
+
+/// The ethertype for an IP packet, from its version nibble.
+fn by_version(ip: &[u8]) -> Option<u16> {
+    match ip.first()? >> 4 {
+        4 => Some(ETHERTYPE_IPV4),
+        6 => Some(ETHERTYPE_IPV6),
+        _ => None,
+    }
+}
+
+/// Clamps IP and UDP length fields to the captured bytes and recomputes the IPv4 header checksum.
+fn normalise(frame: &mut [u8]) {
+    let mut at = 12;
+    let mut ethertype = 0;
+    for _ in 0..3 {
+        let Some(t) = frame.get(at..at + 2) else {
+            return;
+        };
+        ethertype = u16::from_be_bytes([t[0], t[1]]);
+        if !matches!(ethertype, 0x8100 | 0x88a8) {
+            break;
+        }
+        at += 4;
+    }
+    let l3 = at + 2;
+    let available = frame.len().saturating_sub(l3);
+    let (l4, proto, ip_len) = match ethertype {
+        ETHERTYPE_IPV4 => {
+            let Ok(header) = Ipv4HeaderSlice::from_slice(&frame[l3..]) else {
+                return;
+            };
+            let mut header = header.to_header();
+            let total = usize::from(header.total_len);
+            let clamped = total.min(available) as u16;
+            header.total_len = clamped;
+            header.header_checksum = header.calc_header_checksum();
+            frame[l3 + 2..l3 + 4].copy_from_slice(&clamped.to_be_bytes());
+            frame[l3 + 10..l3 + 12].copy_from_slice(&header.header_checksum.to_be_bytes());
+            let first = header.fragment_offset.value() == 0;
+            if !first {
+                return;
+            }
+            (
+                l3 + header.header_len(),
+                header.protocol.0,
+                usize::from(clamped),
+            )
+        }
+        ETHERTYPE_IPV6 => {
+            if available < 40 {
+                return;
+            }
+            let payload = usize::from(u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]));
+            let clamped = payload.min(available - 40) as u16;
+            frame[l3 + 4..l3 + 6].copy_from_slice(&clamped.to_be_bytes());
+            (l3 + 40, frame[l3 + 6], 40 + usize::from(clamped))
+        }
+        _ => return,
+    };
+    // UDP directly after the IP header (extension headers are left alone).
+    if proto == 17 && l4 + 8 <= l3 + ip_len {
+        let udp_len = usize::from(u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]));
+        let room = l3 + ip_len - l4;
+        if udp_len > room {
+            frame[l4 + 4..l4 + 6].copy_from_slice(&(room as u16).to_be_bytes());
+        }
+    }
+}
+
+/// Classifies `paths` in order and writes the CSV (header first) to `out`.
+pub fn classify_files(
+    classifier: &Classifier,
+    limits: Limits,
+    paths: &[impl AsRef<Path>],
+    out: &mut impl Write,
+) -> anyhow::Result<Totals> {
+    let mut out = BufWriter::new(out);
+    writeln!(out, "{CSV_HEADER}")?;
+    let mut run = OfflineClassifier::new(classifier, limits);
+    for path in paths {
+        run.classify_file(path.as_ref(), &mut out)?;
+    }
+    out.flush()?;
+    Ok(run.totals())
+}

@@ -1,0 +1,97 @@
+//! STUN (RFC 5389/8489, and RFC 3489's classic form): recognises messages
+//! and reads the attributes that reveal the calling application.
+
+/// The RFC 5389 magic cookie.
+const MAGIC: u32 = 0x2112_a442;
+
+/// What a STUN message reveals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// The SOFTWARE attribute, if present.
+    pub software: Option<&'a [u8]>,
+    /// The REALM attribute, if present.
+    pub realm: Option<&'a [u8]>,
+    /// True when an attribute only one application uses was seen (the
+    /// comprehension-optional 0x4000–0x7FFF range or 0xC000+ vendor codes).
+    pub vendor_attributes: bool,
+}
+
+/// Reads a STUN message; None when `data` is not one.
+pub fn message(data: &[u8]) -> Option<Message<'_>> {
+    let header = data.get(..20)?;
+    let kind = u16::from_be_bytes([header[0], header[1]]);
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let cookie = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if kind & 0xc000 != 0 || len % 4 != 0 || len + 20 != data.len() {
+        return None;
+    }
+    let method = (kind & 0x000f) | ((kind & 0x00e0) >> 1) | ((kind & 0x3e00) >> 2);
+    // Binding, allocate/refresh/send/data/create-permission/channel-bind (TURN), and
+    // the classic shared-secret request; others are not seen from real clients.
+    if cookie != MAGIC && !matches!(kind, 0x0001 | 0x0101 | 0x0111 | 0x0002 | 0x0102 | 0x0112) {
+        return None;
+    }
+    if !matches!(method, 0x001..=0x00a | 0x080..=0x0ff) {
+        return None;
+    }
+    let mut msg = Message::default();
+    let mut attrs = &data[20..];
+    while attrs.len() >= 4 {
+        let attr = u16::from_be_bytes([attrs[0], attrs[1]]);
+        let alen = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
+        let value = attrs.get(4..4 + alen)?;
+        match attr {
+            0x8022 => msg.software = Some(value),
+            0x0014 => msg.realm = Some(value),
+            0x4000..=0x7fff | 0xc000..=0xffff => msg.vendor_attributes = true,
+            _ => {}
+        }
+        attrs = attrs.get((4 + alen).next_multiple_of(4)..).unwrap_or(&[]);
+    }
+    Some(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (t, v) in attrs {
+            body.extend_from_slice(&t.to_be_bytes());
+            body.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            body.extend_from_slice(v);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        m.extend_from_slice(&MAGIC.to_be_bytes());
+        m.extend_from_slice(&[9; 12]);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn reads_software() {
+        let m = binding(&[(0x8022, b"libjingle"), (0x0006, b"user")]);
+        assert_eq!(message(&m).unwrap().software, Some(&b"libjingle"[..]));
+        assert!(!message(&m).unwrap().vendor_attributes);
+        assert!(
+            message(&binding(&[(0xc057, b"x")]))
+                .unwrap()
+                .vendor_attributes
+        );
+    }
+
+    #[test]
+    fn rejects_lookalikes() {
+        let mut m = binding(&[]);
+        m.push(0);
+        assert_eq!(message(&m), None);
+        assert_eq!(message(&[0u8; 19]), None);
+        let m = binding(&[(0x8022, b"abc")]);
+        for cut in 0..m.len() {
+            let _ = message(&m[..cut]);
+        }
+    }
+}

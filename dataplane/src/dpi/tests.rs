@@ -1,0 +1,207 @@
+use super::*;
+
+fn classifier() -> Classifier {
+    Classifier::with_user_apps(&[]).expect("built-in catalogue compiles")
+}
+
+fn pkt(tcp: bool, src_port: u16, dst_port: u16, payload: &[u8]) -> Packet<'_> {
+    Packet {
+        tcp,
+        src_port,
+        dst_port,
+        dir: Direction::LoToHi,
+        payload,
+    }
+}
+
+fn classify(c: &Classifier, packets: &[Packet<'_>]) -> (Category, String) {
+    let mut inspector = Inspector::new(Limits::default(), 4);
+    let mut flow = FlowInspection::default();
+    let mut verdict = None;
+    for p in packets {
+        if let Some(v) = inspector.inspect(c, &mut flow, p) {
+            verdict = Some(v);
+            break;
+        }
+    }
+    let v = verdict.unwrap_or_else(|| inspector.finish(&mut flow));
+    assert_eq!(inspector.free.len(), 4, "reassembly buffer returned");
+    (c.category(&v), c.name(&v))
+}
+
+#[test]
+fn tls_sni_picks_the_service() {
+    let c = classifier();
+    let rec = tls::tests::record(&tls::tests::hello_message(
+        Some("r3---sn-x.googlevideo.com"),
+        Some("h2"),
+        0,
+    ));
+    assert_eq!(
+        classify(&c, &[pkt(true, 50000, 443, &rec)]),
+        (Category::Video, "TLS.YouTube".into())
+    );
+    let rec = tls::tests::record(&tls::tests::hello_message(Some("www.example.org"), None, 0));
+    assert_eq!(
+        classify(&c, &[pkt(true, 50000, 443, &rec)]),
+        (Category::Web, "TLS".into())
+    );
+}
+
+#[test]
+fn tls_hello_split_over_segments_is_reassembled() {
+    let c = classifier();
+    let rec = tls::tests::record(&tls::tests::hello_message(None, Some("dot"), 1800));
+    let (a, b) = rec.split_at(1000);
+    let (b, d) = b.split_at(500);
+    let r = classify(
+        &c,
+        &[
+            pkt(true, 50000, 443, a),
+            pkt(true, 50000, 443, b),
+            pkt(true, 50000, 443, d),
+        ],
+    );
+    assert_eq!(r, (Category::DNS, "TLS.DoH_DoT".into()));
+}
+
+#[test]
+fn tls_port_apps_and_record_only_flows() {
+    let c = classifier();
+    let rec = tls::tests::record(&tls::tests::hello_message(
+        Some("imap.example.net"),
+        None,
+        0,
+    ));
+    assert_eq!(
+        classify(&c, &[pkt(true, 40000, 993, &rec)]).0,
+        Category::Email
+    );
+    let data = [23u8, 3, 3, 0, 4, 1, 2, 3, 4];
+    assert_eq!(
+        classify(&c, &[pkt(true, 443, 40000, &data)]),
+        (Category::Web, "TLS".into())
+    );
+}
+
+#[test]
+fn quic_initial_is_opened_even_out_of_order() {
+    let c = classifier();
+    let hello = tls::tests::hello_message(Some("www.youtube.com"), Some("h3"), 1400);
+    let (first, second) = hello.split_at(900);
+    let p2 = quic::tests_support::seal_initial(quic::Version::V1, &[7; 8], second, 900);
+    let p1 = quic::tests_support::seal_initial(quic::Version::V1, &[7; 8], first, 0);
+    let r = classify(
+        &c,
+        &[pkt(false, 50000, 443, &p2), pkt(false, 50000, 443, &p1)],
+    );
+    assert_eq!(r, (Category::Video, "QUIC.YouTube".into()));
+}
+
+#[test]
+fn dns_family_by_port_and_name() {
+    let c = classifier();
+    let q = dns::tests::query("www.netflix.com");
+    assert_eq!(
+        classify(&c, &[pkt(false, 5000, 53, &q)]),
+        (Category::DNS, "DNS.NetFlix".into())
+    );
+    assert_eq!(
+        classify(&c, &[pkt(false, 5353, 5353, &q)]).1,
+        "MDNS.NetFlix"
+    );
+    assert_eq!(classify(&c, &[pkt(false, 5355, 6000, &q)]).0, Category::DNS);
+}
+
+#[test]
+fn http_host_and_signature_order() {
+    let c = classifier();
+    let get = b"GET /x HTTP/1.1\r\nHost: www.1kxun.com\r\n\r\n";
+    assert_eq!(
+        classify(&c, &[pkt(true, 5000, 80, get)]),
+        (Category::Video, "HTTP.1kxun".into())
+    );
+    let ssdp = b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n\r\n";
+    assert_eq!(
+        classify(&c, &[pkt(false, 5000, 1900, ssdp)]),
+        (Category::Unknown, "SSDP".into())
+    );
+    let ssh = b"SSH-2.0-OpenSSH_9.2\r\n";
+    assert_eq!(
+        classify(&c, &[pkt(true, 22, 5000, ssh)]).0,
+        Category::RemoteAccess
+    );
+}
+
+#[test]
+fn rtp_needs_two_packets_of_one_stream() {
+    let c = classifier();
+    let rtp = |seq: u16| {
+        let mut p = vec![0x80, 0x00];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef]);
+        p.resize(172, 0xd5);
+        p
+    };
+    let (a, b) = (rtp(10), rtp(11));
+    assert_eq!(
+        classify(&c, &[pkt(false, 7000, 7002, &a)]).0,
+        Category::Unknown
+    );
+    assert_eq!(
+        classify(
+            &c,
+            &[pkt(false, 7000, 7002, &a), pkt(false, 7000, 7002, &b)]
+        )
+        .0,
+        Category::VoIP
+    );
+}
+
+#[test]
+fn unknown_after_the_packet_limit() {
+    let c = classifier();
+    let noise = [0x5au8; 64];
+    let packets: Vec<_> = (0..20).map(|_| pkt(true, 1234, 4321, &noise)).collect();
+    let mut inspector = Inspector::new(Limits::default(), 1);
+    let mut flow = FlowInspection::default();
+    let mut seen = 0;
+    for p in &packets {
+        seen += 1;
+        if let Some(v) = inspector.inspect(&c, &mut flow, p) {
+            assert!(v.is_unknown());
+            break;
+        }
+    }
+    assert_eq!(seen, usize::from(Limits::default().max_packets));
+    assert!(flow.is_done());
+}
+
+#[test]
+fn user_apps_extend_and_bad_patterns_are_named() {
+    let spec = |pattern: &str| AppSpec {
+        name: "Acme".into(),
+        category: Category::Database,
+        hosts: vec![],
+        patterns: vec![pattern.into()],
+        transport: Transport::Tcp,
+        ports: vec![],
+        tls_ports: vec![],
+        alpn: vec![],
+    };
+    let c = Classifier::with_user_apps(&[spec("^ACME[0-9]{2}")]).unwrap();
+    assert_eq!(
+        classify(&c, &[pkt(true, 1, 2, b"ACME42 hello")]),
+        (Category::Database, "Acme".into())
+    );
+    let err = Classifier::with_user_apps(&[spec("^ACME(")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Acme") && err.contains("^ACME("), "{err}");
+    let err = Classifier::with_user_apps(&[AppSpec {
+        name: "SSH".into(),
+        ..spec("x")
+    }])
+    .unwrap_err();
+    assert!(err.to_string().contains("defined twice"), "{err}");
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Scores a classifier's per-flow CSV against labelled flows.
+
+Matching and metrics follow the corpus README: a prediction matches a label
+when pcap, proto and the unordered endpoint pair are equal (addresses compared
+as parsed IP addresses); labelled flows without a prediction count as wrong.
+
+usage: score.py LABELS.csv PREDICTIONS.csv [--min-accuracy PCT] [--min-recall PCT]
+                [--errors N]
+Prints per-category recall and precision, the confusion matrix and the
+overall accuracy (last line). Exits 1 when a --min bar is not met.
+"""
+
+import argparse
+import collections
+import csv
+import ipaddress
+import sys
+
+CATEGORIES = ["Web", "Video", "VoIP", "Gaming", "FileTransfer", "Database",
+              "DNS", "RemoteAccess", "Email", "Unknown"]
+
+
+def flow_key(row):
+    a = (ipaddress.ip_address(row["addr_a"]), int(row["port_a"]))
+    b = (ipaddress.ip_address(row["addr_b"]), int(row["port_b"]))
+    return (row["pcap"], row["proto"].upper(), frozenset([a, b]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("labels")
+    ap.add_argument("predictions")
+    ap.add_argument("--min-accuracy", type=float, default=0.0)
+    ap.add_argument("--min-recall", type=float, default=0.0)
+    ap.add_argument("--errors", type=int, default=0,
+                    help="also list up to N misclassified flows")
+    args = ap.parse_args()
+
+    with open(args.predictions, newline="") as f:
+        predicted = {}
+        for row in csv.DictReader(f):
+            predicted.setdefault(flow_key(row), row)
+    with open(args.labels, newline="") as f:
+        labels = list(csv.DictReader(f))
+
+    confusion = collections.defaultdict(collections.Counter)
+    errors = []
+    for label in labels:
+        guess = predicted.get(flow_key(label))
+        got = guess["category"] if guess else "missing"
+        confusion[label["category"]][got] += 1
+        if got != label["category"]:
+            errors.append((label, guess))
+
+    total = len(labels)
+    correct = sum(confusion[c][c] for c in CATEGORIES)
+    print("| category | flows | recall % | precision % |")
+    print("|---|---:|---:|---:|")
+    worst_recall = 100.0
+    for c in CATEGORIES:
+        n = sum(confusion[c].values())
+        if n == 0:
+            continue
+        recall = 100.0 * confusion[c][c] / n
+        predicted_c = sum(confusion[l][c] for l in CATEGORIES)
+        precision = 100.0 * confusion[c][c] / predicted_c if predicted_c else 0.0
+        worst_recall = min(worst_recall, recall)
+        print(f"| {c} | {n} | {recall:.1f} | {precision:.1f} |")
+    print()
+    cols = CATEGORIES + ["missing"]
+    print("label \\ predicted | " + " | ".join(cols))
+    for c in CATEGORIES:
+        print(f"{c} | " + " | ".join(str(confusion[c][p]) for p in cols))
+    for label, guess in errors[: args.errors]:
+        got = f"{guess['category']} ({guess['application']})" if guess else "missing"
+        print(f"error: {label['pcap']} {label['proto']} {label['addr_a']}:{label['port_a']} -> "
+              f"{label['addr_b']}:{label['port_b']} label {label['category']} ({label['application']}) got {got}")
+    accuracy = 100.0 * correct / total if total else 0.0
+    print()
+    print(f"accuracy {accuracy:.1f}% ({correct}/{total}), lowest category recall {worst_recall:.1f}%")
+    if accuracy < args.min_accuracy or worst_recall < args.min_recall:
+        print(f"below the bar: accuracy >= {args.min_accuracy}% and every recall >= {args.min_recall}%",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
