@@ -10,7 +10,7 @@ use common::*;
 
 /// Flow accuracy the classifier must keep on the corpus (percent). The
 /// product goal is 95; the bar moves up with the classifier and never down.
-const MIN_ACCURACY: f64 = 85.0;
+const MIN_ACCURACY: f64 = 89.0;
 /// Lowest per-category recall the classifier must keep (percent; the goal is 90).
 const MIN_RECALL: f64 = 25.0;
 

@@ -642,7 +642,19 @@ impl Inspector {
         flow: &mut FlowInspection,
         pkt: &Packet<'_>,
     ) -> Option<Classification> {
-        let version = quic::version(pkt.payload)?;
+        let Some(version) = quic::version(pkt.payload) else {
+            // A short-header packet to or from UDP 443 is QUIC in all
+            // likelihood (a capture that missed the handshake); keep it as
+            // the fallback, not as a verdict.
+            let short_header = pkt.payload.first().is_some_and(|b| b & 0xc0 == 0x40);
+            if short_header && pkt.has_port(443) && flow.tentative.is_unknown() {
+                flow.tentative = Classification {
+                    protocol: Some(Protocol::Quic),
+                    app: None,
+                };
+            }
+            return None;
+        };
         let quic_found = |app| Classification {
             protocol: Some(Protocol::Quic),
             app,

@@ -19,26 +19,41 @@ pub const MAX_DATAGRAM: usize = 4096;
 /// QUIC versions whose Initial packets this module opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
-    /// RFC 9000.
+    /// RFC 9000 (and drafts 33–34, which share its salt).
     V1,
     /// RFC 9369.
     V2,
-    /// IETF drafts 29–32 (still sent by some clients).
+    /// IETF drafts 29–32.
     Draft29,
-    /// Google's QUIC over TLS, T051.
+    /// IETF drafts 23–28, and Facebook's mvfst versions built on them.
+    Draft23,
+    /// IETF draft 22 and mvfst's first version.
+    Draft22,
+    /// Google's QUIC over TLS, T050/T051.
     T051,
-    /// Google QUIC Q043–Q046 (clear-text hello, not opened here).
+    /// Google QUIC with its own crypto handshake (Q0xx): the hello is in clear text up to Q046.
     GoogleQ,
+    /// A long header of a version not opened here (reserved, Q050, experiments, version negotiation).
+    Other,
 }
 
 impl Version {
     fn from_wire(v: u32) -> Option<Version> {
         match v {
-            0x0000_0001 => Some(Version::V1),
+            0x0000_0001 | 0xff00_0021 | 0xff00_0022 => Some(Version::V1),
             0x6b33_43cf => Some(Version::V2),
             0xff00_001d..=0xff00_0020 => Some(Version::Draft29),
-            0x5430_3531 => Some(Version::T051),
-            0x5130_3433..=0x5130_3436 => Some(Version::GoogleQ), // Q043..Q046
+            0xff00_0017..=0xff00_001c | 0xface_b002 | 0xface_b00e => Some(Version::Draft23),
+            0xff00_0016 | 0xface_b001 => Some(Version::Draft22),
+            0x5430_3530 | 0x5430_3531 => Some(Version::T051),
+            0x5130_3330..=0x5130_3436 => Some(Version::GoogleQ), // Q030..Q046
+            // Version negotiation, reserved versions that force it (0x?a?a?a?a),
+            // other IETF drafts, Q050 and vendor experiments.
+            0
+            | 0xff00_0000..=0xff00_00ff
+            | 0x5130_3530..=0x5130_3939
+            | 0xface_b000..=0xface_b0ff => Some(Version::Other),
+            v if v & 0x0f0f_0f0f == 0x0a0a_0a0a => Some(Version::Other),
             _ => None,
         }
     }
@@ -57,7 +72,15 @@ impl Version {
                 0xaf, 0xbf, 0xec, 0x28, 0x99, 0x93, 0xd2, 0x4c, 0x9e, 0x97, 0x86, 0xf1, 0x9c, 0x61,
                 0x11, 0xe0, 0x43, 0x90, 0xa8, 0x99,
             ],
-            Version::T051 | Version::GoogleQ => &[
+            Version::Draft23 => &[
+                0xc3, 0xee, 0xf7, 0x12, 0xc7, 0x2e, 0xbb, 0x5a, 0x11, 0xa7, 0xd2, 0x43, 0x2b, 0xb4,
+                0x63, 0x65, 0xbe, 0xf9, 0xf5, 0x02,
+            ],
+            Version::Draft22 => &[
+                0x7f, 0xbc, 0xdb, 0x0e, 0x7c, 0x66, 0xbb, 0xe9, 0x19, 0x3a, 0x96, 0xcd, 0x21, 0x51,
+                0x9e, 0xbd, 0x7a, 0x02, 0x64, 0x4a,
+            ],
+            Version::T051 | Version::GoogleQ | Version::Other => &[
                 0x7a, 0x4e, 0xde, 0xf4, 0xe7, 0xcc, 0xee, 0x5f, 0xa4, 0x50, 0x6c, 0x19, 0x12, 0x4f,
                 0xc8, 0xcc, 0xda, 0x6e, 0x03, 0x3d,
             ],
@@ -170,7 +193,7 @@ pub fn open_client_initial(datagram: &[u8], scratch: &mut [u8]) -> Initial {
     let Some((version, header)) = long_header(datagram) else {
         return Initial::NotQuic;
     };
-    if version == Version::GoogleQ {
+    if matches!(version, Version::GoogleQ | Version::Other) {
         return Initial::Quic(version);
     }
     let packet_type = (datagram[0] >> 4) & 3;
@@ -223,20 +246,25 @@ struct LongHeader<'a> {
 /// Reads a long header of a known version (the Length field only for Initial-shaped packets).
 fn long_header(d: &[u8]) -> Option<(Version, LongHeader<'_>)> {
     let first = *d.first()?;
+    let google = LongHeader {
+        dcid: &[],
+        pn_offset: 0,
+        length: 0,
+    };
     if first & 0x80 == 0 {
-        return None;
+        // Google QUIC public header (up to Q043): flags with "version present"
+        // and an 8-byte connection id, then a Q0xx version tag.
+        let tag = d.get(9..13)?;
+        let is_gquic = first & 0x09 == 0x09
+            && first & 0x40 == 0
+            && tag[0] == b'Q'
+            && tag[1..].iter().all(u8::is_ascii_digit);
+        return is_gquic.then_some((Version::GoogleQ, google));
     }
     let version = Version::from_wire(u32::from_be_bytes(*d.get(1..5)?.first_chunk()?))?;
-    if version == Version::GoogleQ {
-        // Q046 uses the IETF long-header layout with fixed 8-byte ids; Q043 has no such header.
-        return Some((
-            version,
-            LongHeader {
-                dcid: &[],
-                pn_offset: 0,
-                length: 0,
-            },
-        ));
+    if matches!(version, Version::GoogleQ | Version::Other) {
+        // Q046 uses the IETF long-header layout with fixed 8-byte ids.
+        return Some((version, google));
     }
     if first & 0x40 == 0 {
         return None; // fixed bit
