@@ -73,6 +73,9 @@ pub struct Config {
     /// Static neighbour entries.
     #[serde(default, rename = "neighbor")]
     pub static_neighbors: Vec<StaticNeighborSection>,
+    /// Application classification.
+    #[serde(default)]
+    pub dpi: DpiSection,
 }
 
 /// `[dpdk]`
@@ -167,6 +170,49 @@ impl Default for IcmpSection {
             errors_burst: 50,
         }
     }
+}
+
+/// `[dpi]`: application classification of each flow's first packets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpiSection {
+    /// Classify flows at all.
+    pub enabled: bool,
+    /// Packets with payload inspected per flow before the verdict is final.
+    pub max_packets: u16,
+    /// Payload bytes inspected per flow before the verdict is final.
+    pub max_bytes: u32,
+    /// TLS/QUIC hellos each worker can reassemble at once (4 KiB each; start only).
+    pub reassembly_buffers: u32,
+    /// User-defined applications, tried after the built-in catalogue's signatures (`[[dpi.application]]`).
+    #[serde(rename = "application")]
+    pub applications: Vec<crate::dpi::apps::AppSpec>,
+}
+
+impl Default for DpiSection {
+    fn default() -> Self {
+        let limits = crate::dpi::Limits::default();
+        DpiSection {
+            enabled: true,
+            max_packets: limits.max_packets,
+            max_bytes: limits.max_bytes,
+            reassembly_buffers: 1024,
+            applications: Vec::new(),
+        }
+    }
+}
+
+/// The classifier settings in force.
+#[derive(Debug, Clone)]
+pub struct DpiSnapshot {
+    /// Classify flows at all.
+    pub enabled: bool,
+    /// Inspection bounds.
+    pub limits: crate::dpi::Limits,
+    /// TLS/QUIC hellos each worker can reassemble at once.
+    pub reassembly_buffers: u32,
+    /// The compiled catalogue (built-in plus user applications).
+    pub classifier: std::sync::Arc<crate::dpi::Classifier>,
 }
 
 /// `[metrics]`
@@ -328,6 +374,8 @@ pub struct Snapshot {
     pub neighbors: NeighborSection,
     /// ICMP settings.
     pub icmp: IcmpSection,
+    /// Application classification.
+    pub dpi: DpiSnapshot,
     /// Every IPv4 address of the gateway, for the per-packet "is it ours?" test.
     local_v4: Vec<Ipv4Addr>,
     /// Every IPv6 address of the gateway, link-local ones included once known.
@@ -789,8 +837,10 @@ impl Config {
             static_neighbors.push(StaticNeighbor { port, ip, mac });
         }
 
+        let dpi = self.validate_dpi()?;
         let mut snapshot = Snapshot {
             generation,
+            dpi,
             ports,
             routes,
             static_neighbors,
@@ -803,6 +853,59 @@ impl Config {
         };
         snapshot.index_addresses();
         Ok(snapshot)
+    }
+
+    /// Checks `[dpi]` and compiles the application catalogue (off the packet path: at start and on reload).
+    fn validate_dpi(&self) -> Result<DpiSnapshot, ConfigError> {
+        let d = &self.dpi;
+        if d.max_packets == 0 || d.max_packets > 1000 {
+            return Err(ConfigError::new(
+                "dpi.max_packets",
+                "must be between 1 and 1000",
+            ));
+        }
+        if d.max_bytes == 0 || d.max_bytes > 1 << 20 {
+            return Err(ConfigError::new(
+                "dpi.max_bytes",
+                "must be between 1 and 1048576",
+            ));
+        }
+        if d.reassembly_buffers > 1 << 20 {
+            return Err(ConfigError::new(
+                "dpi.reassembly_buffers",
+                "must be at most 1048576",
+            ));
+        }
+        let classifier = crate::dpi::Classifier::with_user_apps(&d.applications).map_err(|e| {
+            use crate::dpi::apps::AppError;
+            match e {
+                AppError::Field {
+                    index,
+                    field,
+                    message,
+                    ..
+                } => ConfigError::new(format!("dpi.application[{index}].{field}"), message),
+                AppError::Pattern {
+                    index,
+                    pattern,
+                    message,
+                    ..
+                } => ConfigError::new(
+                    format!("dpi.application[{index}].patterns"),
+                    format!("{pattern:?}: {message}"),
+                ),
+                AppError::Syntax(message) => ConfigError::new("dpi.application", message),
+            }
+        })?;
+        Ok(DpiSnapshot {
+            enabled: d.enabled,
+            limits: crate::dpi::Limits {
+                max_packets: d.max_packets,
+                max_bytes: d.max_bytes,
+            },
+            reassembly_buffers: d.reassembly_buffers,
+            classifier: std::sync::Arc::new(classifier),
+        })
     }
 
     /// Fields that only take effect at start: a reload that changes them is refused.
@@ -819,6 +922,12 @@ impl Config {
         if self.metrics != running.metrics {
             return Err(ConfigError::new(
                 "metrics.listen",
+                "applies at start only; restart to change it",
+            ));
+        }
+        if self.dpi.reassembly_buffers != running.dpi.reassembly_buffers {
+            return Err(ConfigError::new(
+                "dpi.reassembly_buffers",
                 "applies at start only; restart to change it",
             ));
         }

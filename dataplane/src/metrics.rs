@@ -25,6 +25,8 @@ use prometheus_client::registry::Registry;
 
 use crate::config::Snapshot;
 use crate::dpdk::{Mempool, Port};
+use crate::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUCKETS};
+use crate::dpi::Category;
 use crate::neighbor::NeighborShared;
 use crate::packet::parse::ParseError;
 use crate::published::Published;
@@ -68,6 +70,8 @@ pub struct DataplaneCollector {
     pub neighbors: Arc<NeighborShared>,
     /// The configuration in force.
     pub config: Arc<Published<Snapshot>>,
+    /// Each worker's classification counters.
+    pub dpi: Vec<Arc<DpiCounters>>,
 }
 
 fn counter<S: EncodeLabelSet, V: EncodeCounterValue>(
@@ -98,7 +102,11 @@ fn gauge<S: EncodeLabelSet, V: EncodeGaugeValue>(
     Ok(())
 }
 
+type L0 = [(&'static str, String); 0];
 type L1 = [(&'static str, String); 1];
+
+/// The label set of a metric without labels.
+const NO_LABELS: L0 = [];
 type L2 = [(&'static str, String); 2];
 
 impl Collector for DataplaneCollector {
@@ -437,8 +445,117 @@ impl Collector for DataplaneCollector {
             "Generation of the configuration in force.",
             [([("source", "file".to_owned())], u64::from(cfg.generation))],
         )?;
-        Ok(())
+        encode_dpi(&mut enc, &self.dpi)
     }
+}
+
+/// The classification metrics, summed over workers (only series that counted something).
+fn encode_dpi(enc: &mut DescriptorEncoder, workers: &[Arc<DpiCounters>]) -> fmt::Result {
+    let labels = dpi_counters::labels();
+    let per_app = |f: fn(&DpiCounters, u32) -> u64| -> Vec<(L2, u64)> {
+        labels
+            .iter()
+            .enumerate()
+            .filter_map(|(id, (name, category))| {
+                let v: u64 = workers.iter().map(|w| f(w, id as u32)).sum();
+                (v > 0).then(|| {
+                    (
+                        [
+                            ("category", category.to_string()),
+                            ("application", name.clone()),
+                        ],
+                        v,
+                    )
+                })
+            })
+            .collect()
+    };
+    counter(
+        enc,
+        "patronus_dpi_application_flows",
+        "Flows classified, by category and application.",
+        per_app(DpiCounters::app_flows),
+    )?;
+    counter(
+        enc,
+        "patronus_dpi_application_bytes",
+        "IP bytes of classified flows, by category and application.",
+        per_app(DpiCounters::app_bytes),
+    )?;
+    let per_category = |f: fn(&DpiCounters, Category) -> u64| -> Vec<(L1, u64)> {
+        Category::ALL
+            .iter()
+            .map(|&c| {
+                (
+                    [("category", c.to_string())],
+                    workers.iter().map(|w| f(w, c)).sum(),
+                )
+            })
+            .collect()
+    };
+    counter(
+        enc,
+        "patronus_dpi_category_flows",
+        "Flows classified, by category (Unknown: not identified within the inspection bounds).",
+        per_category(DpiCounters::category_flows),
+    )?;
+    counter(
+        enc,
+        "patronus_dpi_category_bytes",
+        "IP bytes of classified flows, by category.",
+        per_category(DpiCounters::category_bytes),
+    )?;
+    counter(
+        enc,
+        "patronus_dpi_unknown_flows",
+        "Flows left Unknown when inspection ended.",
+        [(
+            NO_LABELS,
+            workers
+                .iter()
+                .map(|w| w.category_flows(Category::Unknown))
+                .sum::<u64>(),
+        )],
+    )?;
+    counter(
+        enc,
+        "patronus_dpi_reassembly_exhausted",
+        "TLS/QUIC hellos not reassembled because every reassembly buffer was in use.",
+        [(
+            NO_LABELS,
+            workers
+                .iter()
+                .map(|w| w.reassembly_exhausted())
+                .sum::<u64>(),
+        )],
+    )?;
+    let mut buckets = [0u64; PACKET_BUCKETS.len() + 1];
+    let mut sum = 0u64;
+    for w in workers {
+        let (b, s) = w.packets_histogram();
+        for (total, v) in buckets.iter_mut().zip(b) {
+            *total += v;
+        }
+        sum += s;
+    }
+    let bounds: Vec<(f64, u64)> = PACKET_BUCKETS
+        .iter()
+        .map(|&le| le as f64)
+        .chain([f64::INFINITY])
+        .zip(buckets)
+        .collect();
+    let mut family = enc.encode_descriptor(
+        "patronus_dpi_classification_packets",
+        "Packets with payload a flow needed before its classification was final.",
+        None,
+        MetricType::Histogram,
+    )?;
+    family.encode_family(&NO_LABELS)?.encode_histogram::<L0>(
+        sum as f64,
+        buckets.iter().sum(),
+        &bounds,
+        None,
+    )
 }
 
 #[derive(Debug)]

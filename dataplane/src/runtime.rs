@@ -138,6 +138,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     let clock = Clock::new(hz);
     let health = Arc::new(Health::default());
     let mut stats = Vec::with_capacity(lcores.len());
+    let mut dpi_stats = Vec::with_capacity(lcores.len());
     // Every worker reports what it learns into one bounded channel that the
     // neighbour manager drains.
     let (events, event_receiver) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
@@ -175,6 +176,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         };
         // The flow table is allocated here, before the lcore starts polling.
         let worker = Worker::new(setup);
+        dpi_stats.push(worker.dpi_counters());
         let alive = health.clone();
         alive.workers_alive.fetch_add(1, Ordering::AcqRel);
         alive.workers_total.fetch_add(1, Ordering::AcqRel);
@@ -205,6 +207,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
                 pool: pool.clone(),
                 neighbors: neighbors.clone(),
                 config: config.clone(),
+                dpi: dpi_stats.clone(),
             };
             let server = HttpServer::start(addr, collector, health.clone())
                 .with_context(|| format!("binding the metrics endpoint on {addr}"))?;

@@ -110,6 +110,11 @@ pub struct WorkerSetup {
 }
 
 impl Worker {
+    /// The worker's classification counters (shared with the metrics endpoint).
+    pub fn dpi_counters(&self) -> Arc<crate::dpi::counters::DpiCounters> {
+        self.gateway.dpi_counters()
+    }
+
     /// Allocates the worker's flow table and pending queue.
     pub fn new(setup: WorkerSetup) -> Self {
         let cfg = setup.config.load();

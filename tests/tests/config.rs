@@ -46,6 +46,19 @@ fn invalid_configs_are_rejected_naming_the_field() {
         ("[metrics]\nlisten = \"everywhere\"\n", "metrics.listen"),
         ("[worker]\nflow_capacity = \"lots\"\n", "flow_capacity"),
         ("[wroker]\nflow_capacity = 5\n", "wroker"),
+        ("[dpi]\nmax_packets = 0\n", "dpi.max_packets"),
+        (
+            "[[dpi.application]]\nname = \"Acme\"\ncategory = \"Gaming\"\npatterns = ['^ACME(']\n",
+            "dpi.application[0].patterns",
+        ),
+        (
+            "[[dpi.application]]\nname = \"Acme\"\ncategory = \"Gaming\"\nhosts = [\"not a host\"]\n",
+            "dpi.application[0].hosts",
+        ),
+        (
+            "[[dpi.application]]\nname = \"Acme\"\ncategory = \"Fun\"\nhosts = [\"acme.example\"]\n",
+            "category",
+        ),
     ];
     for (extra, field) in cases {
         let (code, stderr) = run_with(&format!("{PORTS}{extra}"), &["--check"]);

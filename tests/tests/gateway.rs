@@ -441,6 +441,57 @@ fn shutdown_with_traffic_in_flight_returns_every_buffer() {
 }
 
 #[test]
+fn forwarded_flows_are_classified_by_application() {
+    let Some((topo, mut dp)) = start_gateway(1) else {
+        return;
+    };
+    let server = spawn_listening(&topo.b, &["stream.py", "serve", "5202"]);
+    let sent = topo.a.exec(&[
+        "python3",
+        &tools("stream.py"),
+        "http",
+        B4,
+        "5202",
+        "www.youtube.com",
+    ]);
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(
+        sent.trim(),
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+    );
+    // The request settles the flow; the handshake before it carried no payload.
+    let m = dp.scrape();
+    let flows = m.sum(
+        "patronus_dpi_application_flows_total",
+        &[("category", "Video"), ("application", "HTTP.YouTube")],
+    );
+    assert_eq!(flows, 1.0, "{}", m.text);
+    assert_eq!(
+        m.sum(
+            "patronus_dpi_category_flows_total",
+            &[("category", "Video")]
+        ),
+        1.0
+    );
+    assert!(
+        m.sum(
+            "patronus_dpi_category_bytes_total",
+            &[("category", "Video")]
+        ) > 0.0
+    );
+    assert_eq!(m.sum("patronus_dpi_classification_packets_count", &[]), 1.0);
+    assert_eq!(
+        m.sum("patronus_dpi_classification_packets_bucket", &[("le", "1")]),
+        1.0
+    );
+    assert!(dp.stop().success());
+}
+
+#[test]
 fn metrics_pass_promtool_and_health_reports_ready() {
     let Some((topo, mut dp)) = start_gateway(1) else {
         return;

@@ -4,6 +4,7 @@ serve PORT               accept one connection, print "<bytes> <sha256>" of what
 send HOST PORT N         send N deterministic bytes, print "<bytes> <sha256>" of what was sent
 serve-many PORT C        accept C connections at once, print the total bytes received
 send-many HOST PORT C N  open C connections at once, send N bytes on each, print the total
+http HOST PORT NAME      send one HTTP/1.1 GET for Host NAME, print the bytes sent
 """
 import hashlib
 import socket
@@ -91,12 +92,21 @@ def send_many(host, port, count, n):
     print(total, flush=True)
 
 
+def http(host, port, name):
+    request = f"GET /watch HTTP/1.1\r\nHost: {name}\r\nUser-Agent: patronus-e2e\r\n\r\n".encode()
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(request)
+    print(len(request), hashlib.sha256(request).hexdigest(), flush=True)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "serve":
         serve(int(sys.argv[2]))
     elif cmd == "send":
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "http":
+        http(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif cmd == "serve-many":
         serve_many(int(sys.argv[2]), int(sys.argv[3]))
     else:

@@ -13,7 +13,7 @@ use super::Category;
 pub const BUILTIN: &str = include_str!("../../dpi/applications.toml");
 
 /// One application as users write it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
     /// Name shown in metrics and in the offline CSV.

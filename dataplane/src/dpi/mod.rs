@@ -36,6 +36,7 @@
 //! name-resolution protocols stay DNS whatever name they resolve.
 
 pub mod apps;
+pub mod counters;
 pub mod dns;
 pub mod http;
 pub mod offline;
@@ -134,6 +135,29 @@ impl Classification {
     pub fn is_unknown(&self) -> bool {
         self.protocol.is_none() && self.app.is_none()
     }
+
+    /// Packs a final classification into a flow entry's `app` field (never 0,
+    /// which means "not classified yet").
+    #[inline]
+    pub fn to_flow_app(&self) -> u32 {
+        let p = self.protocol.map_or(0, |p| p.index() as u32 + 1);
+        let a = self.app.map_or(0, |a| u32::from(a) + 1);
+        1 << 31 | p << 16 | a
+    }
+
+    /// Unpacks [`Classification::to_flow_app`]; None for 0 (not classified yet).
+    #[inline]
+    pub fn from_flow_app(v: u32) -> Option<Classification> {
+        if v == 0 {
+            return None;
+        }
+        let p = ((v >> 16) & 0xff) as usize;
+        let a = v & 0xffff;
+        Some(Classification {
+            protocol: p.checked_sub(1).and_then(|i| Protocol::ALL.get(i).copied()),
+            app: a.checked_sub(1).map(|a| a as u16),
+        })
+    }
 }
 
 /// How much of each flow is inspected.
@@ -169,6 +193,8 @@ impl Default for Limits {
 /// The compiled catalogue, shared by all workers.
 pub struct Classifier {
     compiled: apps::Compiled,
+    /// Counter label id of every (protocol, application) pair; see [`Classifier::label`].
+    labels: Vec<u32>,
 }
 
 impl fmt::Debug for Classifier {
@@ -182,18 +208,68 @@ impl fmt::Debug for Classifier {
 }
 
 impl Classifier {
-    /// The built-in catalogue followed by `user` definitions (whose names must not clash with it).
+    /// The built-in catalogue followed by `user` definitions (whose names must
+    /// not clash with it). Errors index into `user`.
     pub fn with_user_apps(user: &[AppSpec]) -> Result<Classifier, AppError> {
         let mut specs = apps::parse(apps::BUILTIN)?;
+        let builtin = specs.len();
         specs.extend_from_slice(user);
-        Classifier::new(&specs)
+        Classifier::new(&specs).map_err(|e| match e {
+            AppError::Field {
+                index,
+                name,
+                field,
+                message,
+            } if index >= builtin => AppError::Field {
+                index: index - builtin,
+                name,
+                field,
+                message,
+            },
+            AppError::Pattern {
+                index,
+                name,
+                pattern,
+                message,
+            } if index >= builtin => AppError::Pattern {
+                index: index - builtin,
+                name,
+                pattern,
+                message,
+            },
+            other => other,
+        })
     }
 
     /// Compiles exactly `specs`.
     pub fn new(specs: &[AppSpec]) -> Result<Classifier, AppError> {
-        Ok(Classifier {
+        let mut classifier = Classifier {
             compiled: apps::compile(specs)?,
-        })
+            labels: Vec::new(),
+        };
+        let apps = classifier.compiled.names.len();
+        let protocols = std::iter::once(None).chain(Protocol::ALL.iter().copied().map(Some));
+        for protocol in protocols {
+            let combos = std::iter::once(None).chain((0..apps as u16).map(Some));
+            for app in combos {
+                let c = Classification { protocol, app };
+                let label = counters::label_id(&classifier.name(&c), classifier.category(&c));
+                classifier.labels.push(label);
+            }
+        }
+        Ok(classifier)
+    }
+
+    /// The counter label id of a classification (stable across catalogue reloads).
+    #[inline]
+    pub fn label(&self, c: &Classification) -> u32 {
+        let apps = self.compiled.names.len() + 1;
+        let p = c.protocol.map_or(0, |p| p.index() + 1);
+        let a = c.app.map_or(0, |a| usize::from(a) + 1);
+        self.labels
+            .get(p * apps + a)
+            .copied()
+            .unwrap_or(counters::OVERFLOW_LABEL)
     }
 
     /// The category of a classification.
@@ -439,6 +515,11 @@ impl Inspector {
             free: (0..buffers as u32).rev().collect(),
             pool_exhausted: 0,
         }
+    }
+
+    /// Changes the inspection bounds (for flows inspected from now on).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Hellos left unreassembled because every buffer was in use.

@@ -17,8 +17,12 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use crossbeam_channel::Sender;
 
+use std::sync::Arc;
+
 use crate::config::Snapshot;
 use crate::dpdk::BURST_SIZE;
+use crate::dpi::counters::DpiCounters;
+use crate::dpi::{self, Classification, FlowInspection, Inspector};
 use crate::flow::table::{FlowId, FlowTable, ForwardCache, TableFull};
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborSnapshot};
@@ -29,6 +33,11 @@ use crate::stats::{Counter, Counters, DropReason};
 pub use neighbor_msgs::write_solicitation;
 
 const NS_PER_S: u64 = 1_000_000_000;
+
+/// Reassembly buffers for a worker: as configured, but never more than flows it can hold.
+fn cfg_reassembly_buffers(cfg: &Snapshot) -> usize {
+    (cfg.dpi.reassembly_buffers as usize).min(cfg.worker.flow_capacity as usize)
+}
 
 /// What to do with a processed frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +206,16 @@ pub struct Gateway {
     stale: StaleProbes,
     /// `Some` between bursts; moved out (not reallocated) while one runs.
     scratch: Option<Box<BurstScratch>>,
+    dpi: FlowClassification,
+}
+
+/// Per-worker classification state: the inspector and one inspection state per flow-table entry.
+#[derive(Debug)]
+struct FlowClassification {
+    inspector: Inspector,
+    /// Indexed by [`FlowId::index`]; reset when the entry starts a new flow.
+    states: Vec<FlowInspection>,
+    counters: Arc<DpiCounters>,
 }
 
 impl Gateway {
@@ -215,11 +234,22 @@ impl Gateway {
             ip_id: (seed as u16) | 1,
             stale: StaleProbes::new(),
             scratch: Some(Box::default()),
+            dpi: FlowClassification {
+                inspector: Inspector::new(cfg.dpi.limits, cfg_reassembly_buffers(cfg)),
+                states: vec![FlowInspection::default(); cfg.worker.flow_capacity as usize],
+                counters: Arc::default(),
+            },
         }
+    }
+
+    /// This worker's classification counters (shared with the metrics endpoint).
+    pub fn dpi_counters(&self) -> Arc<DpiCounters> {
+        self.dpi.counters.clone()
     }
 
     /// Applies the settings of a new snapshot that can change at run time.
     pub fn reconfigure(&mut self, cfg: &Snapshot) {
+        self.dpi.inspector.set_limits(cfg.dpi.limits);
         self.icmp_bucket = TokenBucket::new(cfg.icmp.errors_per_s, cfg.icmp.errors_burst);
         self.flows
             .set_idle_timeout(u64::from(cfg.worker.flow_idle_timeout_s) * NS_PER_S);
@@ -342,7 +372,15 @@ impl Gateway {
             let flow = match scratch.keyed[i] {
                 usize::MAX => None,
                 k => match scratch.flows[k] {
-                    Ok((id, _created)) => Some((id, scratch.dirs[k])),
+                    Ok((id, created)) => {
+                        if created {
+                            // A new flow in this entry: inspection starts over,
+                            // once (other packets of the burst share this result).
+                            self.dpi.states[id.index()] = FlowInspection::default();
+                            scratch.flows[k] = Ok((id, false));
+                        }
+                        Some((id, scratch.dirs[k]))
+                    }
                     Err(TableFull) => {
                         self.counters.add(Counter::FlowInsertFailed, 1);
                         None
@@ -352,6 +390,56 @@ impl Gateway {
             verdicts[i] = self.act(ctx, in_port, frame, meta, scratch.steps[i], flow);
         }
         self.scratch = Some(scratch);
+    }
+
+    /// DPI: inspects the packet while its flow is unclassified, else counts its bytes for the flow's application.
+    #[inline]
+    fn classify_flow(
+        &mut self,
+        ctx: &Context<'_>,
+        data: &[u8],
+        meta: &PacketMeta,
+        id: FlowId,
+        dir: Direction,
+        ip_len: u16,
+    ) {
+        let settings = &ctx.cfg.dpi;
+        if !settings.enabled {
+            return;
+        }
+        let classifier = &*settings.classifier;
+        let entry = self.flows.get_mut(id);
+        if let Some(done) = Classification::from_flow_app(entry.app) {
+            let (label, category) = (classifier.label(&done), classifier.category(&done));
+            self.dpi.counters.bytes(label, category, u64::from(ip_len));
+            return;
+        }
+        let (tcp, src_port, dst_port) = match meta.l4 {
+            L4::Tcp {
+                src_port, dst_port, ..
+            } => (true, src_port, dst_port),
+            L4::Udp { src_port, dst_port } => (false, src_port, dst_port),
+            _ => return,
+        };
+        let packet = dpi::Packet {
+            tcp,
+            src_port,
+            dst_port,
+            dir,
+            payload: dpi::l4_payload(data, meta).unwrap_or(&[]),
+        };
+        let state = &mut self.dpi.states[id.index()];
+        if let Some(verdict) = self.dpi.inspector.inspect(classifier, state, &packet) {
+            entry.app = verdict.to_flow_app();
+            let bytes = entry.bytes[0] + entry.bytes[1] + u64::from(ip_len);
+            let (label, category) = (classifier.label(&verdict), classifier.category(&verdict));
+            self.dpi
+                .counters
+                .classified(label, category, bytes, state.packets());
+            self.dpi
+                .counters
+                .set_reassembly_exhausted(self.dpi.inspector.pool_exhausted());
+        }
     }
 
     /// What to do with a parsed packet, decided from its headers alone.
@@ -488,6 +576,9 @@ impl Gateway {
         flow: Option<(FlowId, Direction)>,
     ) -> Verdict {
         let now = ctx.now_ns;
+        if let Some((id, dir)) = flow {
+            self.classify_flow(ctx, frame.data(), meta, id, dir, ip_len);
+        }
         let cached = flow.and_then(|(id, dir)| {
             let entry = self.flows.get_mut(id);
             entry.touch(dir, u32::from(ip_len), now);

@@ -671,3 +671,46 @@ fn a_mixed_burst_gets_the_same_verdicts_as_single_frames() {
     // The unroutable packet got a flow entry too: flows are looked up before routes.
     assert_eq!(batched.gw.flows().len(), 3);
 }
+
+#[test]
+fn forwarded_flows_are_classified_and_counted() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["www", "netflix", "com"] {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, &query);
+    let ip_len = (f.len() - 14) as u64;
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(1));
+    let dpi = r.gw.dpi_counters();
+    assert_eq!(dpi.category_flows(crate::dpi::Category::DNS), 1);
+    assert_eq!(dpi.category_bytes(crate::dpi::Category::DNS), ip_len);
+    let label = crate::dpi::counters::label_id("DNS.NetFlix", crate::dpi::Category::DNS);
+    assert_eq!(dpi.app_flows(label), 1);
+    // Later packets of the flow only add bytes.
+    let mut f = udp4([10, 0, 1, 2], [192, 168, 7, 7], 64, &query);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(1));
+    assert_eq!(dpi.app_flows(label), 1);
+    assert_eq!(dpi.app_bytes(label), 2 * ip_len);
+}
+
+#[test]
+fn classification_can_be_disabled() {
+    let mut r = rig_with("[dpi]\nenabled = false\n");
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut f = udp4(
+        [10, 0, 1, 2],
+        [192, 168, 7, 7],
+        64,
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01",
+    );
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(1));
+    assert_eq!(
+        r.gw.dpi_counters()
+            .category_flows(crate::dpi::Category::DNS),
+        0
+    );
+}
