@@ -54,13 +54,15 @@ cargo_test -p patronus-e2e -- --test-threads=1
 # Fuzzing needs a nightly toolchain; CI images that have one run a short
 # smoke of every target (seeded corpus, fresh each time).
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    step "fuzz smoke (30 s per target)"
+    step "fuzz smoke (20 s per target)"
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked --quiet cargo-fuzz
-    for target in parse_frame gateway_frame; do
+    for target in parse_frame gateway_frame tls_hello quic_initial dns_question dpi_flow; do
         corpus=$(mktemp -d)
         log=$(mktemp)
-        if (cd fuzz && cargo +nightly fuzz run "$target" "$corpus" seeds/parse_frame -- \
-            -max_total_time=30 -rss_limit_mb=4096) >"$log" 2>&1; then
+        seeds=seeds/$target
+        [ -d "fuzz/$seeds" ] || seeds=seeds/parse_frame
+        if (cd fuzz && cargo +nightly fuzz run "$target" "$corpus" "$seeds" -- \
+            -max_total_time=20 -rss_limit_mb=4096) >"$log" 2>&1; then
             echo "$target: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$log" | tail -1), no crash"
         else
             tail -40 "$log"

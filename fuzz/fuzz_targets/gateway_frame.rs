@@ -13,7 +13,9 @@ use libfuzzer_sys::fuzz_target;
 use patronus_dataplane::config::{Config, Snapshot};
 use patronus_dataplane::frame::{Frame, VecFrame};
 use patronus_dataplane::gateway::{Context, Gateway, Verdict};
-use patronus_dataplane::neighbor::{NeighborEvent, NeighborManager, NeighborShared, NeighborSnapshot};
+use patronus_dataplane::neighbor::{
+    NeighborEvent, NeighborManager, NeighborShared, NeighborSnapshot,
+};
 use patronus_dataplane::packet::parse::parse;
 
 const CONFIG: &str = r#"
@@ -53,11 +55,20 @@ fn world() -> &'static World {
         let shared = Arc::new(NeighborShared::default());
         let mut manager = NeighborManager::new(cfg.neighbors.clone(), shared.clone(), rx);
         for (ip, mac) in [("10.0.2.254", 0xfe), ("fd00:2::fe", 0xfe)] {
-            let ev = NeighborEvent { port: 1, ip: ip.parse().unwrap(), mac: [2, 9, 9, 9, 9, mac], now_ns: 0, create: true };
+            let ev = NeighborEvent {
+                port: 1,
+                ip: ip.parse().unwrap(),
+                mac: [2, 9, 9, 9, 9, mac],
+                now_ns: 0,
+                create: true,
+            };
             tx.send(ev).unwrap();
         }
         manager.tick(0);
-        World { cfg, neighbors: shared.load() }
+        World {
+            cfg,
+            neighbors: shared.load(),
+        }
     })
 }
 
@@ -73,11 +84,20 @@ fuzz_target!(|data: &[u8]| {
     let in_port = u16::from(data[0] & 1);
     for round in 0..2u64 {
         let mut frame = VecFrame::new(&data[1..]);
-        let ctx = Context { cfg: &w.cfg, neighbors: &w.neighbors, fwd_generation: 1, now_ns: round * 1_000_000_000 };
+        let ctx = Context {
+            cfg: &w.cfg,
+            neighbors: &w.neighbors,
+            fwd_generation: 1,
+            now_ns: round * 1_000_000_000,
+        };
         match gateway.process(&ctx, in_port, &mut frame) {
             Verdict::Transmit(port) => {
                 assert!(port < 2);
-                assert!(parse(frame.data()).is_ok(), "sent a frame the parser rejects: {:02x?}", frame.data());
+                assert!(
+                    parse(frame.data()).is_ok(),
+                    "sent a frame the parser rejects: {:02x?}",
+                    frame.data()
+                );
             }
             Verdict::Resolve { port, .. } => assert!(port < 2),
             Verdict::Drop | Verdict::Consumed => {}

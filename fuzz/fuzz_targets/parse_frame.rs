@@ -59,6 +59,10 @@ fuzz_target!(|data: &[u8]| {
         L3::Arp(_) => meta.l4_offset,
         L3::Ipv4(_) | L3::Ipv6(_) => meta.ip_end,
     };
-    let trimmed = PacketMeta { frame_len: end, ip_end: end, ..meta };
+    let trimmed = PacketMeta {
+        frame_len: end,
+        ip_end: end,
+        ..meta
+    };
     assert_eq!(parse(&data[..usize::from(end)]), Ok(trimmed));
 });

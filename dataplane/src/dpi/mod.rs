@@ -522,6 +522,11 @@ impl Inspector {
         self.limits = limits;
     }
 
+    /// Reassembly buffers not lent to a flow.
+    pub fn free_buffers(&self) -> usize {
+        self.free.len()
+    }
+
     /// Hellos left unreassembled because every buffer was in use.
     pub fn pool_exhausted(&self) -> u64 {
         self.pool_exhausted

@@ -78,9 +78,9 @@ pub fn client_hello_from_records(data: &[u8]) -> Hello<'_> {
         None => Hello::Incomplete { needed: 6 },
         Some(&HANDSHAKE_SERVER_HELLO) => Hello::Server,
         Some(&HANDSHAKE_CLIENT_HELLO) => match client_hello(body) {
-            Hello::Incomplete { needed } => Hello::Incomplete {
-                needed: (needed + 5).min(5 + record_len.max(needed)),
-            },
+            // The whole handshake message after this record's header (a
+            // message spanning records is read as far as its first record goes).
+            Hello::Incomplete { needed } => Hello::Incomplete { needed: needed + 5 },
             other => other,
         },
         Some(_) => Hello::OtherRecord,

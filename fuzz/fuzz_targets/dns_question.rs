@@ -1,0 +1,22 @@
+//! Fuzzes the DNS question reader (UDP and TCP framing).
+//!
+//! `cargo +nightly fuzz run dns_question corpus/dns_question seeds/dns_question`
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use patronus_dataplane::dpi::dns::{question, question_tcp, MAX_NAME};
+
+fuzz_target!(|data: &[u8]| {
+    let mut buf = [0u8; MAX_NAME];
+    if let Some(q) = question(data, &mut buf) {
+        assert!(q.name.len() <= MAX_NAME);
+        assert!(q
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase()));
+    }
+    if let Some(q) = question_tcp(data, &mut buf) {
+        assert!(q.name.len() <= MAX_NAME);
+    }
+});
