@@ -13,14 +13,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use etherparse::Ipv4HeaderSlice;
-use pcap_file::pcap::PcapReader;
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcap::PcapParser;
+use pcap_file::pcapng::{Block, PcapNgParser};
 use pcap_file::DataLink;
 
 use super::{Classification, Classifier, FlowInspection, Inspector, Limits, Packet};
@@ -64,6 +64,8 @@ pub struct OfflineClassifier<'c> {
     classifier: &'c Classifier,
     inspector: Inspector,
     frame: Vec<u8>,
+    /// The capture being read.
+    file: Vec<u8>,
     totals: Totals,
 }
 
@@ -74,6 +76,7 @@ impl<'c> OfflineClassifier<'c> {
             classifier,
             inspector: Inspector::new(limits, 1024),
             frame: Vec::with_capacity(65_536),
+            file: Vec::new(),
             totals: Totals::default(),
         }
     }
@@ -96,31 +99,44 @@ impl<'c> OfflineClassifier<'c> {
                 path.display()
             );
         }
-        let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-        let mut reader = BufReader::new(file);
-        let mut magic = [0u8; 4];
-        reader
-            .read_exact(&mut magic)
-            .with_context(|| format!("{}: too short to be a capture", path.display()))?;
-        let reader = magic.chain(reader);
-        let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
+        let mut file =
+            File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        // One capture at a time in memory, in a buffer reused across files:
+        // the streaming readers zero an 8 MB buffer per file, which costs more
+        // than classifying a small capture.
+        let mut data = std::mem::take(&mut self.file);
+        data.clear();
+        file.read_to_end(&mut data)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let mut flows: HashMap<FlowKey, Flow, ahash::RandomState> = HashMap::default();
         let mut order: Vec<FlowKey> = Vec::new();
-        let mut on_frame = |this: &mut Self, link: DataLink, data: &[u8]| {
+        let mut on_frame = |this: &mut Self, link: DataLink, frame: &[u8]| {
             this.totals.frames += 1;
-            this.totals.bytes += data.len() as u64;
-            if !this.frame_to_flow(link, data, &mut flows, &mut order) {
+            this.totals.bytes += frame.len() as u64;
+            if !this.frame_to_flow(link, frame, &mut flows, &mut order) {
                 this.totals.skipped += 1;
             }
         };
-        if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
-            let mut ng = PcapNgReader::new(reader)
+        let truncated = |what: &str, e: pcap_file::PcapError| {
+            tracing::warn!(file = %path.display(), error = %e, "{what}: the rest of the file is skipped");
+        };
+        if data.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
+            let (mut rest, mut ng) = PcapNgParser::new(&data)
                 .with_context(|| format!("{}: not a pcapng file", path.display()))?;
             // Link types of the section's interfaces, by interface id.
             let mut links: Vec<DataLink> = Vec::new();
-            while let Some(block) = ng.next_block() {
-                let block =
-                    block.with_context(|| format!("{}: corrupt pcapng block", path.display()))?;
-                let (link, data) = match &block {
+            while !rest.is_empty() {
+                let block = match ng.next_block(rest) {
+                    Ok((tail, block)) => {
+                        rest = tail;
+                        block
+                    }
+                    Err(e) => {
+                        truncated("corrupt or truncated pcapng block", e);
+                        break;
+                    }
+                };
+                let (link, frame) = match &block {
                     Block::SectionHeader(_) => {
                         links.clear();
                         continue;
@@ -139,20 +155,28 @@ impl<'c> OfflineClassifier<'c> {
                     },
                     _ => continue,
                 };
-                on_frame(self, link, data);
+                on_frame(self, link, frame);
             }
         } else {
-            let mut pcap = PcapReader::new(reader)
+            let (mut rest, pcap) = PcapParser::new(&data)
                 .with_context(|| format!("{}: neither pcap nor pcapng", path.display()))?;
             let link = pcap.header().datalink;
             // Raw records: real captures often declare an original length
-            // beyond the snap length, which the checked reader refuses.
-            while let Some(packet) = pcap.next_raw_packet() {
-                let packet =
-                    packet.with_context(|| format!("{}: corrupt pcap record", path.display()))?;
-                on_frame(self, link, &packet.data);
+            // beyond the snap length, which the checked parser refuses.
+            while !rest.is_empty() {
+                match pcap.next_raw_packet(rest) {
+                    Ok((tail, packet)) => {
+                        rest = tail;
+                        on_frame(self, link, &packet.data);
+                    }
+                    Err(e) => {
+                        truncated("corrupt or truncated pcap record", e);
+                        break;
+                    }
+                }
             }
         }
+        self.file = data;
         self.totals.files += 1;
         for key in order {
             let Some(mut flow) = flows.remove(&key) else {
@@ -183,7 +207,7 @@ impl<'c> OfflineClassifier<'c> {
         &mut self,
         link: DataLink,
         data: &[u8],
-        flows: &mut HashMap<FlowKey, Flow>,
+        flows: &mut HashMap<FlowKey, Flow, ahash::RandomState>,
         order: &mut Vec<FlowKey>,
     ) -> bool {
         if !reframe(link, data, &mut self.frame) {

@@ -205,3 +205,13 @@ fn user_apps_extend_and_bad_patterns_are_named() {
     .unwrap_err();
     assert!(err.to_string().contains("defined twice"), "{err}");
 }
+
+#[test]
+fn per_flow_state_is_small() {
+    // docs/dpi.md states this figure.
+    assert!(
+        std::mem::size_of::<FlowInspection>() <= 32,
+        "{}",
+        std::mem::size_of::<FlowInspection>()
+    );
+}

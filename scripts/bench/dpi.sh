@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Classification benchmark: Patronus's classifier against Debian's ndpiReader
+# on the labelled corpus (tests/corpus/dpi), in the same run.
+#
+#   offline   `patronus-dataplane classify` with all captures in one process,
+#             against `ndpiReader -i PLAYLIST` (all captures in one process):
+#             packets/s and Gbit/s of captured frames over the processing time
+#             each tool reports (setup and pattern compilation excluded), plus
+#             whole-process wall time; min/median/max of RUNS runs
+#   accuracy  both tools' per-flow categories scored by scripts/dpi/score.py
+#             (ndpiReader's names mapped through the corpus's mapping.csv)
+#
+# Prints our rate / ndpiReader's rate (medians) last. Do not build anything meanwhile.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+RUNS=${RUNS:-5}
+CORPUS=tests/corpus/dpi
+OUT=target/bench/dpi
+scripts/setup.sh >/dev/null
+mkdir -p "$OUT"
+
+echo "== building (release)" >&2
+cargo build -q --release --bin patronus-dataplane
+BIN=target/release/patronus-dataplane
+ls "$CORPUS"/pcaps/* >"$OUT/playlist.txt"
+mapfile -t PCAPS <"$OUT/playlist.txt"
+
+median3() { sort -g | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}'; }
+
+echo "== offline throughput, $RUNS runs each" >&2
+: >"$OUT/ours.rates"; : >"$OUT/ndpi.rates"; : >"$OUT/ours.wall"; : >"$OUT/ndpi.wall"
+for _ in $(seq "$RUNS"); do
+    start=$(date +%s.%N)
+    "$BIN" classify --pcap "${PCAPS[@]}" --csv "$OUT/ours.csv" 2>"$OUT/ours.log"
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc >>"$OUT/ours.wall"
+    # "... in 0.016 s: 3417579 packets/s, 9.527 Gbit/s"
+    sed -n 's/.* s: \([0-9]*\) packets\/s, \([0-9.]*\) Gbit\/s/\1 \2/p' "$OUT/ours.log" >>"$OUT/ours.rates"
+
+    start=$(date +%s.%N)
+    ndpiReader -i "$OUT/playlist.txt" >"$OUT/ndpi.log" 2>&1
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc >>"$OUT/ndpi.wall"
+    # "nDPI throughput:       773.90 K pps / 2.16 Gb/sec"
+    python3 - "$OUT/ndpi.log" >>"$OUT/ndpi.rates" <<'PY'
+import re, sys
+text = open(sys.argv[1], errors="replace").read()
+m = re.search(r"nDPI throughput:\s+([\d.]+) ([KM]?) pps / ([\d.]+) ([GM]?)b/sec", text)
+scale = {"": 1, "K": 1e3, "M": 1e6}
+print(int(float(m.group(1)) * scale[m.group(2)]), float(m.group(3)) * (1 if m.group(4) == "G" else 1e-3))
+PY
+done
+
+echo "== accuracy" >&2
+python3 scripts/dpi/score.py "$CORPUS/labels.csv" "$OUT/ours.csv" >"$OUT/ours.score" || true
+echo "pcap,proto,addr_a,port_a,addr_b,port_b,category,application" >"$OUT/ndpi.csv"
+for pcap in "${PCAPS[@]}"; do
+    ndpiReader -q -i "$pcap" -C "$OUT/ndpi-one.csv" >/dev/null 2>&1 || true
+    python3 scripts/dpi/ndpi_csv.py "$CORPUS/mapping.csv" "$(basename "$pcap")" "$OUT/ndpi-one.csv" >>"$OUT/ndpi.csv"
+done
+python3 scripts/dpi/score.py "$CORPUS/labels.csv" "$OUT/ndpi.csv" >"$OUT/ndpi.score" || true
+
+frames=$(sed -n 's/.*(\([0-9]*\) frames.*/\1/p' "$OUT/ours.log")
+echo
+printf 'machine: %s, %s vCPU; %s; ndpiReader %s; %s runs; %s captures, %s frames\n' \
+    "$(uname -r)" "$(nproc)" "$(date -u +%F)" "$(ndpiReader -h 2>&1 | sed -n 's/.*nDPI \([0-9.]*\).*/\1/p' | head -1)" \
+    "$RUNS" "${#PCAPS[@]}" "$frames"
+printf '%-12s %14s %14s %14s %10s %14s %10s\n' tool "Mpps min" "Mpps median" "Mpps max" "Gbit/s" "wall s median" "accuracy"
+for tool in ours ndpi; do
+    read -r lo med hi <<<"$(cut -d' ' -f1 "$OUT/$tool.rates" | median3)"
+    read -r _ gbps _ <<<"$(cut -d' ' -f2 "$OUT/$tool.rates" | median3)"
+    read -r _ wall _ <<<"$(median3 <"$OUT/$tool.wall")"
+    acc=$(tail -1 "$OUT/$tool.score" | sed -n 's/^accuracy \([0-9.]*%\).*/\1/p')
+    name=$([[ $tool == ours ]] && echo patronus || echo ndpiReader)
+    printf '%-12s %14.3f %14.3f %14.3f %10.2f %14.3f %10s\n' "$name" \
+        "$(bc -l <<<"$lo/1000000")" "$(bc -l <<<"$med/1000000")" "$(bc -l <<<"$hi/1000000")" "$gbps" "$wall" "$acc"
+done
+echo
+echo "patronus per category:"
+head -12 "$OUT/ours.score"
+read -r _ ours_med _ <<<"$(cut -d' ' -f1 "$OUT/ours.rates" | median3)"
+read -r _ ndpi_med _ <<<"$(cut -d' ' -f1 "$OUT/ndpi.rates" | median3)"
+python3 -c "print(f'patronus / ndpiReader classification rate (median): {$ours_med / $ndpi_med:.2f}x')"
