@@ -19,6 +19,8 @@ labelled_enum! {
         VlanUnsupported => "vlan_unsupported";
         /// No route to the destination.
         NoRoute => "no_route";
+        /// IP source is multicast or the IPv4 limited broadcast address (RFC 1812 5.3.7).
+        InvalidSourceAddress => "invalid_source_address";
         /// TTL or hop limit ran out.
         TtlExceeded => "ttl_exceeded";
         /// Larger than the outgoing MTU (the gateway does not fragment).

@@ -263,10 +263,13 @@ impl<'c> OfflineClassifier<'c> {
 fn reframe(link: DataLink, data: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
     let (ethertype, ip) = match link {
-        DataLink::ETHERNET => {
-            out.extend_from_slice(data);
-            return true;
-        }
+        DataLink::ETHERNET => match strip_encapsulation(data) {
+            Some((ethertype, ip)) => (ethertype, ip),
+            None => {
+                out.extend_from_slice(data);
+                return true;
+            }
+        },
         DataLink::LINUX_SLL => match data.get(14..16) {
             Some(t) => (u16::from_be_bytes([t[0], t[1]]), &data[16..]),
             None => return false,
@@ -311,6 +314,45 @@ fn reframe(link: DataLink, data: &[u8], out: &mut Vec<u8>) -> bool {
     out.extend_from_slice(&ethertype.to_be_bytes());
     out.extend_from_slice(ip);
     true
+}
+
+/// Looks through VLAN tags, PPPoE sessions and MPLS labels of an Ethernet
+/// frame to the IP packet inside; None when there are none (or no IP inside).
+fn strip_encapsulation(frame: &[u8]) -> Option<(u16, &[u8])> {
+    let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let mut rest = frame.get(14..)?;
+    let mut stripped = false;
+    for _ in 0..8 {
+        match ethertype {
+            0x8100 | 0x88a8 | 0x9100 => {
+                ethertype = u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]);
+                rest = rest.get(4..)?;
+            }
+            0x8864 => {
+                // PPPoE session header (6 bytes), then the PPP protocol.
+                ethertype = match u16::from_be_bytes([*rest.get(6)?, *rest.get(7)?]) {
+                    0x0021 => ETHERTYPE_IPV4,
+                    0x0057 => ETHERTYPE_IPV6,
+                    _ => return None,
+                };
+                rest = rest.get(8..)?;
+            }
+            0x8847 | 0x8848 => {
+                // MPLS labels up to the bottom of the stack, then IP by version.
+                loop {
+                    let bottom = rest.get(2)? & 1 == 1;
+                    rest = rest.get(4..)?;
+                    if bottom {
+                        break;
+                    }
+                }
+                ethertype = by_version(rest)?;
+            }
+            _ => break,
+        }
+        stripped = true;
+    }
+    (stripped && matches!(ethertype, ETHERTYPE_IPV4 | ETHERTYPE_IPV6)).then_some((ethertype, rest))
 }
 
 /// The ethertype for an IP packet, from its version nibble.

@@ -457,6 +457,10 @@ impl Gateway {
         match meta.l3 {
             L3::Arp(_) => Step::Arp,
             L3::Ipv4(ip) => {
+                // RFC 1812 5.3.7: never answer or forward a multicast or broadcast source.
+                if ip.src.is_multicast() || ip.src.is_broadcast() {
+                    return Step::Drop(DropReason::InvalidSourceAddress);
+                }
                 if ctx.cfg.is_local_v4(ip.dst) {
                     return Step::Local;
                 }
@@ -482,6 +486,9 @@ impl Gateway {
                 }
             }
             L3::Ipv6(ip) => {
+                if ip.src.is_multicast() {
+                    return Step::Drop(DropReason::InvalidSourceAddress);
+                }
                 let dst = ip.dst;
                 if ctx.cfg.is_local_v6(dst) || is_our_multicast(ctx.cfg, in_port, dst) {
                     return Step::Local;

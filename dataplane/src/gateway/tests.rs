@@ -714,3 +714,22 @@ fn classification_can_be_disabled() {
         0
     );
 }
+
+#[test]
+fn multicast_or_broadcast_sources_are_never_answered_or_forwarded() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    for src in [[224, 0, 0, 1], [255, 255, 255, 255]] {
+        let mut f = udp4(src, [192, 168, 7, 7], 64, b"x");
+        assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop);
+        let mut f = udp4(src, [10, 0, 1, 1], 64, b"x");
+        assert_eq!(
+            r.run(0, &mut f, 1, S),
+            Verdict::Drop,
+            "no port unreachable to {src:?}"
+        );
+    }
+    let mut f = udp6("ff02::1", "fd00:1::1", 64, b"x");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop);
+    assert_eq!(r.gw.counters.drops(DropReason::InvalidSourceAddress), 5);
+}

@@ -70,8 +70,6 @@ labelled_enum! {
         BadUdpLength => "bad_udp_length", "UDP length below 8 or larger than the IP payload";
         /// Fewer than 8 bytes of ICMP/ICMPv6 header inside the IP packet.
         TruncatedIcmp => "truncated_icmp", "truncated ICMP header";
-        /// IP source is multicast or the IPv4 limited broadcast address.
-        InvalidSourceAddress => "invalid_source_address", "multicast or broadcast IP source address";
         /// Frame longer than 65535 bytes: its offsets would not fit the `u16` fields of [`PacketMeta`].
         FrameTooLong => "frame_too_long", "frame longer than 65535 bytes";
     }
@@ -411,11 +409,6 @@ fn parse_ipv4(data: &[u8]) -> Result<(Ipv4Info, L4), ParseError> {
         .get(header.len()..usize::from(total_len))
         .ok_or(ParseError::BadIpv4TotalLength)?;
 
-    let src = hdr.source_addr();
-    if src.is_multicast() || src.is_broadcast() {
-        return Err(ParseError::InvalidSourceAddress);
-    }
-
     let fragment = if hdr.fragments_offset().value() != 0 {
         Fragment::Later
     } else if hdr.more_fragments() {
@@ -427,7 +420,7 @@ fn parse_ipv4(data: &[u8]) -> Result<(Ipv4Info, L4), ParseError> {
     let l4 = parse_l4(protocol, ip_proto::ICMP, ip_payload, fragment)?;
 
     let info = Ipv4Info {
-        src,
+        src: hdr.source_addr(),
         dst: hdr.destination_addr(),
         ttl: hdr.ttl(),
         protocol,
@@ -460,17 +453,12 @@ fn parse_ipv6(data: &[u8]) -> Result<(Ipv6Info, L4, u16), ParseError> {
         .get(Ipv6Header::LEN..Ipv6Header::LEN + usize::from(payload_len))
         .ok_or(ParseError::BadIpv6PayloadLength)?;
 
-    let src = hdr.source_addr();
-    if src.is_multicast() {
-        return Err(ParseError::InvalidSourceAddress);
-    }
-
     let (next_header, ext_len, fragment) = walk_ipv6_extensions(hdr.next_header(), ip_payload)?;
     let upper = ip_payload.get(ext_len..).unwrap_or_default();
     let l4 = parse_l4(next_header.0, ip_proto::ICMPV6, upper, fragment)?;
 
     let info = Ipv6Info {
-        src,
+        src: hdr.source_addr(),
         dst: hdr.destination_addr(),
         hop_limit: hdr.hop_limit(),
         next_header: next_header.0,
@@ -842,7 +830,7 @@ mod tests {
 
     #[test]
     fn parse_error_tables_are_consistent() {
-        assert_eq!(ParseError::COUNT, 20);
+        assert_eq!(ParseError::COUNT, 19);
         let mut labels = std::collections::HashSet::new();
         for (i, e) in ParseError::ALL.iter().enumerate() {
             assert_eq!(e.index(), i);
@@ -855,7 +843,7 @@ mod tests {
         }
         assert_eq!(ParseError::TruncatedIpv4.as_str(), "truncated_ipv4");
         assert_eq!(ParseError::BadIpv4Checksum.as_str(), "bad_ipv4_checksum");
-        assert_eq!(ParseError::InvalidSourceAddress.index(), 18);
+        assert_eq!(ParseError::FrameTooLong.index(), ParseError::COUNT - 1);
         let _: &dyn std::error::Error = &ParseError::TruncatedTcp;
     }
 
@@ -1186,21 +1174,16 @@ mod tests {
     }
 
     #[test]
-    fn rejects_multicast_or_broadcast_ipv4_source() {
-        for src in [[224, 0, 0, 1], [239, 255, 255, 250], [255, 255, 255, 255]] {
-            let f = build!(eth().ipv4(src, B4, 64).udp(1, 2), &[]);
-            assert_eq!(parse(&f), Err(ParseError::InvalidSourceAddress), "{src:?}");
-        }
-    }
-
-    #[test]
-    fn rejects_multicast_ipv6_source() {
+    fn source_address_policy_is_left_to_the_gateway() {
+        // A multicast or broadcast source is well-formed; routers drop it (RFC 1812 5.3.7), parsers do not.
+        let f = build!(eth().ipv4([224, 0, 0, 1], B4, 64).udp(1, 2), &[]);
+        assert!(parse(&f).is_ok());
         let mut src = [0u8; 16];
         src[0] = 0xff;
         src[1] = 0x02;
         src[15] = 1;
         let f = build!(eth().ipv6(src, B6, 64).udp(1, 2), &[]);
-        assert_eq!(parse(&f), Err(ParseError::InvalidSourceAddress));
+        assert!(parse(&f).is_ok());
     }
 
     #[test]
