@@ -10,7 +10,7 @@ use common::*;
 
 /// Flow accuracy the classifier must keep on the corpus (percent). The
 /// product goal is 95; the bar moves up with the classifier and never down.
-const MIN_ACCURACY: f64 = 92.5;
+const MIN_ACCURACY: f64 = 92.9;
 /// Lowest per-category recall the classifier must keep (percent; the goal is 90).
 const MIN_RECALL: f64 = 44.0;
 

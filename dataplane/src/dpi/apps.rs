@@ -40,6 +40,11 @@ pub struct AppSpec {
     /// TLS and QUIC sessions whose client offers one of these ALPN protocols first belong to this application.
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// TLS sessions whose server certificate has one of these common names
+    /// (exactly, ignoring case) belong to this application, for products that
+    /// use their own certificates rather than a host name (`AnyDesk Client`).
+    #[serde(default)]
+    pub certificate_names: Vec<String>,
 }
 
 /// Transport a signature applies to.
@@ -118,6 +123,7 @@ pub(crate) struct Compiled {
     pub(crate) hosts: HashMap<String, u16>,
     pub(crate) tls_ports: HashMap<u16, u16>,
     pub(crate) alpn: HashMap<Vec<u8>, u16>,
+    pub(crate) certificate_names: HashMap<String, u16>,
     pub(crate) database: Option<BlockDatabase>,
     /// Indexed by Hyperscan pattern id.
     pub(crate) rules: Vec<SignatureRule>,
@@ -135,6 +141,7 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
     let mut hosts = HashMap::new();
     let mut tls_ports = HashMap::new();
     let mut alpn = HashMap::new();
+    let mut certificate_names = HashMap::new();
     let mut patterns = Vec::new();
     let mut rules = Vec::new();
     for (index, spec) in specs.iter().enumerate() {
@@ -192,12 +199,29 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
             }
             alpn.entry(protocol.as_bytes().to_vec()).or_insert(app);
         }
-        let identified_by =
-            spec.hosts.len() + spec.patterns.len() + spec.tls_ports.len() + spec.alpn.len();
+        for name in &spec.certificate_names {
+            let printable = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+            if !printable {
+                return Err(field_error(
+                    "certificate_names",
+                    format!("{name:?} is not 1-64 printable ASCII characters"),
+                ));
+            }
+            certificate_names
+                .entry(name.to_ascii_lowercase())
+                .or_insert(app);
+        }
+        let identified_by = spec.hosts.len()
+            + spec.patterns.len()
+            + spec.tls_ports.len()
+            + spec.alpn.len()
+            + spec.certificate_names.len();
         if identified_by == 0 {
             return Err(field_error(
                 "patterns",
-                "an application needs hosts, patterns, tls_ports or alpn".into(),
+                "an application needs hosts, patterns, tls_ports, alpn or certificate_names".into(),
             ));
         }
         for expr in &spec.patterns {
@@ -233,6 +257,7 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
         hosts,
         tls_ports,
         alpn,
+        certificate_names,
         database,
         rules,
     })

@@ -296,6 +296,22 @@ impl Classifier {
         }
     }
 
+    /// The application a certificate common name or DNS name belongs to.
+    fn certificate_app(&self, name: &str) -> Option<u16> {
+        if name.len() <= 64 {
+            let mut lower = [0u8; 64];
+            lower[..name.len()].copy_from_slice(name.as_bytes());
+            lower[..name.len()].make_ascii_lowercase();
+            let by_name = std::str::from_utf8(&lower[..name.len()])
+                .ok()
+                .and_then(|n| self.compiled.certificate_names.get(n).copied());
+            if by_name.is_some() {
+                return by_name;
+            }
+        }
+        tls::host_name(name.as_bytes()).and_then(|h| self.host_app(h))
+    }
+
     /// The application a host name belongs to: the longest listed suffix on a label boundary.
     pub fn host_app(&self, host: &str) -> Option<u16> {
         let host = host.trim_end_matches('.');
@@ -404,8 +420,10 @@ impl FlowInspection {
 /// What one reassembly buffer collects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Collecting {
-    /// TLS records from one direction of a TCP stream.
+    /// TLS records from the client's direction of a TCP stream.
     Tls(Direction),
+    /// TLS records that should hold a certificate (the server's, or a client's).
+    TlsCertificate(Direction),
     /// QUIC CRYPTO frames (client direction).
     Quic(Direction),
 }
@@ -671,51 +689,136 @@ impl Inspector {
         None
     }
 
-    /// TLS: reads the ClientHello, reassembling it across segments when needed.
+    /// TLS: reads the ClientHello (reassembled across segments when needed);
+    /// when it names no server, reads the server's certificate instead.
     fn tls(
         &mut self,
         classifier: &Classifier,
         flow: &mut FlowInspection,
         pkt: &Packet<'_>,
     ) -> Option<Classification> {
-        let collecting = flow.buffer != 0;
-        let hello = if collecting {
-            let buf = &mut self.pool[flow.buffer as usize - 1];
-            if buf.what != Collecting::Tls(pkt.dir) {
-                return None;
-            }
-            let end = buf.end();
-            buf.put(end, pkt.payload);
-            tls::client_hello_from_records(buf.prefix())
-        } else {
-            tls::client_hello_from_records(pkt.payload)
-        };
         let tls_found = |app| Classification {
             protocol: Some(Protocol::Tls),
             app,
         };
-        match hello {
-            tls::Hello::Client(h) => Some(tls_found(classifier.session_app(pkt, &h))),
-            tls::Hello::Server | tls::Hello::OtherRecord => {
-                if flow.tentative.is_unknown() {
-                    flow.tentative = tls_found(None);
-                }
-                None
+        // A reassembly under way in this direction gets the packet appended.
+        let collecting = (flow.buffer as usize)
+            .checked_sub(1)
+            .map(|b| (b, self.pool[b].what))
+            .filter(|&(_, what)| matches!(what, Collecting::Tls(d) | Collecting::TlsCertificate(d) if d == pkt.dir));
+        let data = match collecting {
+            Some((b, _)) => {
+                let buf = &mut self.pool[b];
+                let end = buf.end();
+                buf.put(end, pkt.payload);
+                buf.prefix()
             }
+            None => pkt.payload,
+        };
+        if let Some((_, Collecting::TlsCertificate(_))) = collecting {
+            let found = certificate(classifier, data);
+            return self.after_certificate(flow, found, None);
+        }
+        // What the records say, with nothing borrowed from the buffer.
+        enum Seen {
+            Hello { named: bool, app: Option<u16> },
+            Server((tls::CertificateSearch, Option<u16>)),
+            Certificate((tls::CertificateSearch, Option<u16>)),
+            Other(tls::Hello<'static>),
+        }
+        let seen = match tls::client_hello_from_records(data) {
+            tls::Hello::Client(h) => Seen::Hello {
+                named: h.server_name.is_some(),
+                app: classifier.session_app(pkt, &h),
+            },
+            tls::Hello::Server => Seen::Server(certificate(classifier, data)),
+            // A later handshake record may be a client's certificate.
+            tls::Hello::OtherRecord => Seen::Certificate(certificate(classifier, data)),
+            tls::Hello::Incomplete { needed } => Seen::Other(tls::Hello::Incomplete { needed }),
+            tls::Hello::NotTls => Seen::Other(tls::Hello::NotTls),
+        };
+        let seen = match seen {
+            Seen::Hello { named, app } => {
+                if collecting.is_some() {
+                    self.release(flow);
+                }
+                if named || app.is_some() {
+                    return Some(tls_found(app));
+                }
+                // No server name: the server's certificate may tell.
+                flow.tentative = tls_found(None);
+                return None;
+            }
+            Seen::Server(found) => {
+                if flow.tentative.is_unknown() {
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default());
+                    flow.tentative = tls_found(app);
+                }
+                return self.after_certificate(
+                    flow,
+                    found,
+                    Some((Collecting::TlsCertificate(pkt.dir), pkt.payload)),
+                );
+            }
+            Seen::Certificate(found) => {
+                if flow.tentative.is_unknown() {
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default());
+                    flow.tentative = tls_found(app);
+                }
+                return match found {
+                    (tls::CertificateSearch::Accepted, _) => {
+                        self.after_certificate(flow, found, None)
+                    }
+                    _ => None,
+                };
+            }
+            Seen::Other(hello) => hello,
+        };
+        match seen {
+            tls::Hello::Client(_) | tls::Hello::Server | tls::Hello::OtherRecord => None,
             tls::Hello::Incomplete { .. } => {
                 if flow.tentative.is_unknown() {
-                    flow.tentative =
-                        tls_found(classifier.session_app(pkt, &tls::ClientHello::default()));
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default());
+                    flow.tentative = tls_found(app);
                 }
-                if !collecting {
+                if collecting.is_none() {
                     self.start_collecting(flow, Collecting::Tls(pkt.dir), pkt.payload);
                 }
                 None
             }
             tls::Hello::NotTls => {
-                if collecting {
+                if collecting.is_some() {
                     self.release(flow);
                 }
+                None
+            }
+        }
+    }
+
+    /// Acts on a certificate search: a verdict when it named an application,
+    /// reassembly (`start`) when it needs more, else nothing more to learn here.
+    fn after_certificate(
+        &mut self,
+        flow: &mut FlowInspection,
+        (search, app): (tls::CertificateSearch, Option<u16>),
+        start: Option<(Collecting, &[u8])>,
+    ) -> Option<Classification> {
+        match search {
+            tls::CertificateSearch::Accepted => {
+                self.release(flow);
+                Some(Classification {
+                    protocol: Some(Protocol::Tls),
+                    app,
+                })
+            }
+            tls::CertificateSearch::Incomplete => {
+                if let (Some((what, first)), 0) = (start, flow.buffer) {
+                    self.start_collecting(flow, what, first);
+                }
+                None
+            }
+            tls::CertificateSearch::Rejected | tls::CertificateSearch::Absent => {
+                self.release(flow);
                 None
             }
         }
@@ -784,6 +887,16 @@ impl Inspector {
             None => self.pool_exhausted += 1,
         }
     }
+}
+
+/// The application named by the server certificate in `records`, if any.
+fn certificate(classifier: &Classifier, records: &[u8]) -> (tls::CertificateSearch, Option<u16>) {
+    let mut app = None;
+    let search = tls::server_certificate_names(records, |name| {
+        app = classifier.certificate_app(name);
+        app.is_some()
+    });
+    (search, app)
 }
 
 /// RTP when two packets in a row of one direction carry the same SSRC and

@@ -188,6 +188,7 @@ fn user_apps_extend_and_bad_patterns_are_named() {
         ports: vec![],
         tls_ports: vec![],
         alpn: vec![],
+        certificate_names: vec![],
     };
     let c = Classifier::with_user_apps(&[spec("^ACME[0-9]{2}")]).unwrap();
     assert_eq!(
@@ -214,4 +215,24 @@ fn per_flow_state_is_small() {
         "{}",
         std::mem::size_of::<FlowInspection>()
     );
+}
+
+#[test]
+fn server_certificate_names_the_service_when_the_hello_does_not() {
+    let c = classifier();
+    let hello = tls::tests::record(&tls::tests::hello_message(None, None, 0));
+    let flight = tls::tests::server_flight("ignored", &["edge.anydesk.com"]);
+    let (first, rest) = flight.split_at(40);
+    let server = |p| Packet {
+        dir: Direction::HiToLo,
+        ..pkt(true, 443, 50000, p)
+    };
+    let r = classify(
+        &c,
+        &[pkt(true, 50000, 443, &hello), server(first), server(rest)],
+    );
+    assert_eq!(r, (Category::RemoteAccess, "TLS.AnyDesk".into()));
+    // Without a certificate to read, the flow stays plain TLS.
+    let r = classify(&c, &[pkt(true, 50000, 443, &hello)]);
+    assert_eq!(r, (Category::Web, "TLS".into()));
 }

@@ -134,6 +134,155 @@ pub fn client_hello(msg: &[u8]) -> Hello<'_> {
     }
 }
 
+/// Outcome of looking for the server's certificate in its first flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateSearch {
+    /// The callback accepted a name from the leaf certificate.
+    Accepted,
+    /// The leaf certificate was read; no name was accepted.
+    Rejected,
+    /// Valid so far; more of the stream is needed.
+    Incomplete,
+    /// No certificate in clear text (TLS 1.3 encrypts it), or not TLS.
+    Absent,
+}
+
+/// Handshake type: Certificate.
+const HANDSHAKE_CERTIFICATE: u8 = 11;
+
+/// Reads the records a TLS server sent (up to 1.2, where the certificate is in
+/// clear text) and offers each printable common name (issuer's and subject's)
+/// and DNS subject-alternative name of the leaf certificate to `accept`, until
+/// it returns true. A
+/// certificate cut short by the end of `data` is read as far as it goes.
+pub fn server_certificate_names<'a>(
+    data: &'a [u8],
+    mut accept: impl FnMut(&'a str) -> bool,
+) -> CertificateSearch {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let Some(header) = rest.get(..5) else {
+            return CertificateSearch::Incomplete;
+        };
+        if header[1] != 3 || !(20..=24).contains(&header[0]) {
+            return CertificateSearch::Absent;
+        }
+        if header[0] != RECORD_HANDSHAKE {
+            // ChangeCipherSpec or application data before any certificate: TLS 1.3.
+            return CertificateSearch::Absent;
+        }
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let body = &rest[5..rest.len().min(5 + len)];
+        let mut messages = body;
+        while let Some(&[kind, l0, l1, l2]) = messages.first_chunk::<4>() {
+            let msg_len = (usize::from(l0) << 16) | (usize::from(l1) << 8) | usize::from(l2);
+            let msg = &messages[4..messages.len().min(4 + msg_len)];
+            if kind == HANDSHAKE_CERTIFICATE {
+                // certificate_list<3>, then the first ASN.1Cert<3>.
+                let Some(cert_len) = msg.get(3..6) else {
+                    return CertificateSearch::Incomplete;
+                };
+                let cert_len = (usize::from(cert_len[0]) << 16)
+                    | (usize::from(cert_len[1]) << 8)
+                    | usize::from(cert_len[2]);
+                let der = &msg[6..msg.len().min(6 + cert_len)];
+                return if der_names(der, &mut accept) {
+                    CertificateSearch::Accepted
+                } else if der.len() < cert_len {
+                    CertificateSearch::Incomplete
+                } else {
+                    CertificateSearch::Rejected
+                };
+            }
+            if 4 + msg_len > messages.len() {
+                break; // continues in the next record
+            }
+            messages = &messages[4 + msg_len..];
+        }
+        if rest.len() < 5 + len {
+            return CertificateSearch::Incomplete;
+        }
+        rest = &rest[5 + len..];
+    }
+    CertificateSearch::Incomplete
+}
+
+/// Offers the common names (OID 2.5.4.3) and DNS subject-alternative names
+/// (OID 2.5.29.17) found in a DER certificate, or the part of it present;
+/// true when `accept` took one. A scan, not a full X.509 parse: every value
+/// is bounds-checked and must look like a host name.
+fn der_names<'a>(der: &'a [u8], accept: &mut impl FnMut(&'a str) -> bool) -> bool {
+    const CN: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
+    const SAN: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x11];
+    let mut at = 0;
+    while let Some(pos) = der[at..].windows(5).position(|w| w == CN || w == SAN) {
+        let start = at + pos;
+        at = start + 5;
+        let after = &der[at..];
+        if &der[start..start + 5] == CN {
+            // A string type, a short length, the name.
+            if let [tag, len, value @ ..] = after {
+                let name = value
+                    .get(..usize::from(*len))
+                    .filter(|_| matches!(tag, 0x0c | 0x13 | 0x16 | 0x14));
+                if let Some(name) =
+                    name.and_then(|n| subject_name(n.strip_prefix(b"*.").unwrap_or(n)))
+                {
+                    if accept(name) {
+                        return true;
+                    }
+                }
+            }
+            continue;
+        }
+        // SAN: [critical BOOLEAN] OCTET STRING { SEQUENCE { GeneralName... } }
+        let mut r = Reader { data: after };
+        if r.data.first() == Some(&0x01) {
+            r.take(3);
+        }
+        let (Some(0x04), Some(_)) = (r.u8(), der_len(&mut r)) else {
+            continue;
+        };
+        let (Some(0x30), Some(seq_len)) = (r.u8(), der_len(&mut r)) else {
+            continue;
+        };
+        let mut names = Reader {
+            data: &r.data[..r.data.len().min(seq_len)],
+        };
+        while let (Some(tag), Some(len)) = (names.u8(), der_len(&mut names)) {
+            let Some(value) = names.take(len) else {
+                break;
+            };
+            if tag == 0x82 {
+                if let Some(name) = host_name(value.strip_prefix(b"*.").unwrap_or(value)) {
+                    if accept(name) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+/// A common name as text: printable ASCII (a host name, or a product name such as `AnyDesk Client`).
+fn subject_name(bytes: &[u8]) -> Option<&str> {
+    let printable = !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes.iter().all(|&b| b == b' ' || b.is_ascii_graphic());
+    printable.then(|| std::str::from_utf8(bytes).ok()).flatten()
+}
+
+/// A DER length (short form, or long form of up to two bytes).
+fn der_len(r: &mut Reader<'_>) -> Option<usize> {
+    match r.u8()? {
+        n if n < 0x80 => Some(usize::from(n)),
+        0x81 => r.u8().map(usize::from),
+        0x82 => r.u16().map(usize::from),
+        _ => None,
+    }
+}
+
 /// A cursor over big-endian fields that fails instead of panicking.
 struct Reader<'a> {
     data: &'a [u8],
@@ -365,6 +514,81 @@ pub(crate) mod tests {
                 let _ = client_hello_from_records(&bad);
             }
         }
+    }
+
+    /// A minimal "certificate": issuer CN, subject CN, SAN with two DNS names.
+    fn certificate(cn: &str, sans: &[&str]) -> Vec<u8> {
+        let mut der = vec![0x30, 0x82, 0, 0];
+        for name in ["Some Issuing CA", cn] {
+            der.extend_from_slice(&[0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, name.len() as u8]);
+            der.extend_from_slice(name.as_bytes());
+        }
+        let mut seq = Vec::new();
+        for s in sans {
+            seq.extend_from_slice(&[0x82, s.len() as u8]);
+            seq.extend_from_slice(s.as_bytes());
+        }
+        der.extend_from_slice(&[
+            0x06,
+            0x03,
+            0x55,
+            0x1d,
+            0x11,
+            0x04,
+            seq.len() as u8 + 2,
+            0x30,
+            seq.len() as u8,
+        ]);
+        der.extend_from_slice(&seq);
+        der
+    }
+
+    /// ServerHello and Certificate handshake messages in one record.
+    pub(crate) fn server_flight(cn: &str, sans: &[&str]) -> Vec<u8> {
+        let cert = certificate(cn, sans);
+        let mut msgs = vec![2, 0, 0, 4, 3, 3, 0, 0];
+        let list = cert.len() + 3;
+        msgs.push(HANDSHAKE_CERTIFICATE);
+        msgs.extend_from_slice(&((list + 3) as u32).to_be_bytes()[1..]);
+        msgs.extend_from_slice(&(list as u32).to_be_bytes()[1..]);
+        msgs.extend_from_slice(&(cert.len() as u32).to_be_bytes()[1..]);
+        msgs.extend_from_slice(&cert);
+        let mut rec = vec![22, 3, 3];
+        rec.extend_from_slice(&(msgs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&msgs);
+        rec
+    }
+
+    #[test]
+    fn reads_certificate_names() {
+        let flight = server_flight("*.anydesk.com", &["www.example.net", "b.example.org"]);
+        let mut seen = Vec::new();
+        let r = server_certificate_names(&flight, |n| {
+            seen.push(n.to_owned());
+            false
+        });
+        assert_eq!(r, CertificateSearch::Rejected);
+        assert_eq!(
+            seen,
+            [
+                "Some Issuing CA",
+                "anydesk.com",
+                "www.example.net",
+                "b.example.org"
+            ]
+        );
+        assert_eq!(
+            server_certificate_names(&flight, |n| n == "www.example.net"),
+            CertificateSearch::Accepted
+        );
+        for cut in 0..flight.len() {
+            let r = server_certificate_names(&flight[..cut], |_| false);
+            assert_ne!(r, CertificateSearch::Accepted);
+        }
+        assert_eq!(
+            server_certificate_names(&[23, 3, 3, 0, 1, 0], |_| true),
+            CertificateSearch::Absent
+        );
     }
 
     #[test]
