@@ -10,9 +10,9 @@ use common::*;
 
 /// Flow accuracy the classifier must keep on the corpus (percent). The
 /// product goal is 95; the bar moves up with the classifier and never down.
-const MIN_ACCURACY: f64 = 92.9;
+const MIN_ACCURACY: f64 = 94.5;
 /// Lowest per-category recall the classifier must keep (percent; the goal is 90).
-const MIN_RECALL: f64 = 44.0;
+const MIN_RECALL: f64 = 54.0;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

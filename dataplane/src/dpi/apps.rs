@@ -40,6 +40,11 @@ pub struct AppSpec {
     /// TLS and QUIC sessions whose client offers one of these ALPN protocols first belong to this application.
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// Hyperscan expressions over TLS/QUIC server names (lower case), for
+    /// services whose names follow a convention rather than a list
+    /// (`^doh[0-9]*\.` for DNS-over-HTTPS resolvers). Tried after `hosts`.
+    #[serde(default)]
+    pub host_patterns: Vec<String>,
     /// TLS sessions whose server certificate has one of these common names
     /// (exactly, ignoring case) belong to this application, for products that
     /// use their own certificates rather than a host name (`AnyDesk Client`).
@@ -125,6 +130,9 @@ pub(crate) struct Compiled {
     pub(crate) alpn: HashMap<Vec<u8>, u16>,
     pub(crate) certificate_names: HashMap<String, u16>,
     pub(crate) database: Option<BlockDatabase>,
+    /// Server-name patterns; pattern id = index into `host_pattern_apps`.
+    pub(crate) host_database: Option<BlockDatabase>,
+    pub(crate) host_pattern_apps: Vec<u16>,
     /// Indexed by Hyperscan pattern id.
     pub(crate) rules: Vec<SignatureRule>,
 }
@@ -144,6 +152,8 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
     let mut certificate_names = HashMap::new();
     let mut patterns = Vec::new();
     let mut rules = Vec::new();
+    let mut host_patterns = Vec::new();
+    let mut host_pattern_apps = Vec::new();
     for (index, spec) in specs.iter().enumerate() {
         let field_error = |field, message: String| AppError::Field {
             index,
@@ -213,7 +223,24 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
                 .entry(name.to_ascii_lowercase())
                 .or_insert(app);
         }
+        for expr in &spec.host_patterns {
+            let flags = CompileFlags::SINGLEMATCH;
+            let pattern =
+                Pattern::with_flags(expr.as_str(), flags).map_err(|e| AppError::Pattern {
+                    index,
+                    name: spec.name.clone(),
+                    pattern: expr.clone(),
+                    message: e.to_string(),
+                })?;
+            let id = host_patterns.len();
+            host_patterns.push(Pattern {
+                id: Some(id),
+                ..pattern
+            });
+            host_pattern_apps.push(app);
+        }
         let identified_by = spec.hosts.len()
+            + spec.host_patterns.len()
             + spec.patterns.len()
             + spec.tls_ports.len()
             + spec.alpn.len()
@@ -221,7 +248,8 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
         if identified_by == 0 {
             return Err(field_error(
                 "patterns",
-                "an application needs hosts, patterns, tls_ports, alpn or certificate_names".into(),
+                "an application needs hosts, host_patterns, patterns, tls_ports, alpn or certificate_names"
+                    .into(),
             ));
         }
         for expr in &spec.patterns {
@@ -249,7 +277,13 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
     let database = if patterns.is_empty() {
         None
     } else {
-        Some(compile_patterns(specs, &rules, patterns)?)
+        let owners: Vec<u16> = rules.iter().map(|r| r.app).collect();
+        Some(compile_patterns(specs, &owners, patterns)?)
+    };
+    let host_database = if host_patterns.is_empty() {
+        None
+    } else {
+        Some(compile_patterns(specs, &host_pattern_apps, host_patterns)?)
     };
     Ok(Compiled {
         names,
@@ -259,14 +293,17 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
         alpn,
         certificate_names,
         database,
+        host_database,
+        host_pattern_apps,
         rules,
     })
 }
 
 /// Builds the block-mode database; on failure names the offending pattern.
+/// `owners[id]` is the application that pattern `id` belongs to.
 fn compile_patterns(
     specs: &[AppSpec],
-    rules: &[SignatureRule],
+    owners: &[u16],
     patterns: Vec<Pattern>,
 ) -> Result<BlockDatabase, AppError> {
     let all = Patterns(patterns);
@@ -284,7 +321,7 @@ fn compile_patterns(
             .or_else(|| all.0.iter().position(|p| p.build::<BlockMode>().is_err()));
         match failing {
             Some(id) => {
-                let app = usize::from(rules[id].app);
+                let app = usize::from(owners[id]);
                 AppError::Pattern {
                     index: app,
                     name: specs[app].name.clone(),

@@ -193,6 +193,8 @@ impl Default for Limits {
 /// The compiled catalogue, shared by all workers.
 pub struct Classifier {
     compiled: apps::Compiled,
+    /// Unique per compiled classifier, so workers know when their scratch is stale.
+    id: u64,
     /// Counter label id of every (protocol, application) pair; see [`Classifier::label`].
     labels: Vec<u32>,
 }
@@ -243,8 +245,10 @@ impl Classifier {
 
     /// Compiles exactly `specs`.
     pub fn new(specs: &[AppSpec]) -> Result<Classifier, AppError> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut classifier = Classifier {
             compiled: apps::compile(specs)?,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             labels: Vec::new(),
         };
         let apps = classifier.compiled.names.len();
@@ -335,22 +339,57 @@ impl Classifier {
 
     /// The application of a TLS or QUIC session: by ALPN or server port first
     /// (the port says what the session is for), then by server name.
-    fn session_app(&self, pkt: &Packet<'_>, hello: &tls::ClientHello<'_>) -> Option<u16> {
+    fn session_app(
+        &self,
+        pkt: &Packet<'_>,
+        hello: &tls::ClientHello<'_>,
+        scratch: Option<&Scratch>,
+    ) -> Option<u16> {
         let by_alpn = hello.alpn.and_then(|a| self.compiled.alpn.get(a).copied());
         let by_port = || {
             let port = |p| self.compiled.tls_ports.get(&p).copied();
             port(pkt.dst_port).or_else(|| port(pkt.src_port))
         };
+        let by_name = |name: &str| {
+            self.host_app(name)
+                .or_else(|| self.host_pattern_app(name, scratch?))
+        };
         by_alpn
             .or_else(by_port)
-            .or_else(|| hello.server_name.and_then(|n| self.host_app(n)))
+            .or_else(|| hello.server_name.and_then(by_name))
     }
 
+    /// The first application whose server-name pattern matches `name`.
+    fn host_pattern_app(&self, name: &str, scratch: &Scratch) -> Option<u16> {
+        let db = self.compiled.host_database.as_ref()?;
+        let mut lower = [0u8; dns::MAX_NAME];
+        let lower = lower.get_mut(..name.len())?;
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        let apps = &self.compiled.host_pattern_apps;
+        let mut best: Option<u16> = None;
+        let _ = db.scan(&*lower, scratch, |id: u32, _, _, _| {
+            if let Some(&app) = apps.get(id as usize) {
+                best = Some(best.map_or(app, |b| b.min(app)));
+            }
+            Matching::Continue
+        });
+        best
+    }
+
+    /// A scratch large enough for both of this classifier's databases.
     fn scratch(&self) -> Option<Scratch> {
-        self.compiled
-            .database
-            .as_ref()
-            .and_then(|db| db.alloc_scratch().ok())
+        let dbs = [&self.compiled.database, &self.compiled.host_database];
+        let mut scratch: Option<Scratch> = None;
+        for db in dbs.into_iter().flatten() {
+            match scratch.as_mut() {
+                None => scratch = db.alloc_scratch().ok(),
+                Some(s) => {
+                    db.realloc_scratch(s).ok()?;
+                }
+            }
+        }
+        scratch
     }
 }
 
@@ -502,8 +541,8 @@ impl Reassembly {
 pub struct Inspector {
     limits: Limits,
     scratch: Option<Scratch>,
-    /// Classifier the scratch was sized for (by address; a new one reallocates).
-    scratch_for: usize,
+    /// Id of the classifier the scratch was allocated for (0: none yet).
+    scratch_for: u64,
     decrypt: Box<[u8; quic::MAX_DATAGRAM]>,
     pool: Vec<Reassembly>,
     free: Vec<u32>,
@@ -563,6 +602,11 @@ impl Inspector {
         if pkt.payload.is_empty() {
             return None;
         }
+        if self.scratch_for != classifier.id {
+            // A new catalogue: a scratch for its databases (off the steady-state path).
+            self.scratch = classifier.scratch();
+            self.scratch_for = classifier.id;
+        }
         flow.packets = flow.packets.saturating_add(1);
         flow.bytes = flow.bytes.saturating_add(pkt.payload.len() as u32);
         let verdict = self
@@ -610,11 +654,6 @@ impl Inspector {
     /// The highest-priority catalogue signature matching this payload.
     fn signature(&mut self, classifier: &Classifier, pkt: &Packet<'_>) -> Option<u16> {
         let db = classifier.compiled.database.as_ref()?;
-        let id = classifier as *const Classifier as usize;
-        if self.scratch.is_none() || self.scratch_for != id {
-            self.scratch = classifier.scratch();
-            self.scratch_for = id;
-        }
         let scratch = self.scratch.as_ref()?;
         let rules = &classifier.compiled.rules;
         let mut best: Option<u16> = None;
@@ -729,7 +768,7 @@ impl Inspector {
         let seen = match tls::client_hello_from_records(data) {
             tls::Hello::Client(h) => Seen::Hello {
                 named: h.server_name.is_some(),
-                app: classifier.session_app(pkt, &h),
+                app: classifier.session_app(pkt, &h, self.scratch.as_ref()),
             },
             tls::Hello::Server => Seen::Server(certificate(classifier, data)),
             // A later handshake record may be a client's certificate.
@@ -751,7 +790,7 @@ impl Inspector {
             }
             Seen::Server(found) => {
                 if flow.tentative.is_unknown() {
-                    let app = classifier.session_app(pkt, &tls::ClientHello::default());
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default(), None);
                     flow.tentative = tls_found(app);
                 }
                 return self.after_certificate(
@@ -762,7 +801,7 @@ impl Inspector {
             }
             Seen::Certificate(found) => {
                 if flow.tentative.is_unknown() {
-                    let app = classifier.session_app(pkt, &tls::ClientHello::default());
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default(), None);
                     flow.tentative = tls_found(app);
                 }
                 return match found {
@@ -778,7 +817,7 @@ impl Inspector {
             tls::Hello::Client(_) | tls::Hello::Server | tls::Hello::OtherRecord => None,
             tls::Hello::Incomplete { .. } => {
                 if flow.tentative.is_unknown() {
-                    let app = classifier.session_app(pkt, &tls::ClientHello::default());
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default(), None);
                     flow.tentative = tls_found(app);
                 }
                 if collecting.is_none() {
@@ -869,7 +908,11 @@ impl Inspector {
         }
         quic::crypto_frames(&self.decrypt[plain], |offset, data| buf.put(offset, data));
         match tls::client_hello(buf.prefix()) {
-            tls::Hello::Client(h) => Some(quic_found(classifier.session_app(pkt, &h))),
+            tls::Hello::Client(h) => Some(quic_found(classifier.session_app(
+                pkt,
+                &h,
+                self.scratch.as_ref(),
+            ))),
             tls::Hello::Incomplete { .. } => None,
             _ => Some(quic_found(None)),
         }
