@@ -183,6 +183,7 @@ fn user_apps_extend_and_bad_patterns_are_named() {
         name: "Acme".into(),
         category: Category::Database,
         hosts: vec![],
+        host_patterns: vec![],
         patterns: vec![pattern.into()],
         transport: Transport::Tcp,
         ports: vec![],
@@ -235,4 +236,23 @@ fn server_certificate_names_the_service_when_the_hello_does_not() {
     // Without a certificate to read, the flow stays plain TLS.
     let r = classify(&c, &[pkt(true, 50000, 443, &hello)]);
     assert_eq!(r, (Category::Web, "TLS".into()));
+}
+
+#[test]
+fn server_name_patterns_apply_after_host_lists() {
+    let c = classifier();
+    let hello = |name| tls::tests::record(&tls::tests::hello_message(Some(name), None, 0));
+    let r = classify(
+        &c,
+        &[pkt(true, 50000, 443, &hello("doh-2.resolver.example"))],
+    );
+    assert_eq!(r, (Category::DNS, "TLS.DoH_DoT".into()));
+    let r = classify(&c, &[pkt(true, 50000, 443, &hello("fi.doh.example.org"))]);
+    assert_eq!(r.0, Category::DNS);
+    // Listed hosts win; names that merely contain the letters do not match.
+    let r = classify(&c, &[pkt(true, 50000, 443, &hello("dnsimple.example.com"))]);
+    assert_eq!(r, (Category::Web, "TLS".into()));
+    // An HTTP Host header is not a DoH session.
+    let get = b"GET / HTTP/1.1\r\nHost: doh.example.net\r\n\r\n";
+    assert_eq!(classify(&c, &[pkt(true, 5000, 80, get)]).0, Category::Web);
 }
