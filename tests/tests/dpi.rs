@@ -8,10 +8,11 @@ use std::process::Command;
 
 use common::*;
 
-/// Flow accuracy the classifier must keep on the corpus (percent). The
-/// product goal is 95; the bar moves up with the classifier and never down.
-const MIN_ACCURACY: f64 = 94.5;
-/// Lowest per-category recall the classifier must keep (percent; the goal is 90).
+/// Flow accuracy the classifier must keep on the corpus (percent): the product goal.
+const MIN_ACCURACY: f64 = 95.0;
+/// Lowest per-category recall the classifier must keep (percent). The goal is
+/// 90 for every category; Gaming is below it, and this bar moves up with the
+/// classifier, never down.
 const MIN_RECALL: f64 = 54.0;
 
 fn repo_root() -> PathBuf {

@@ -713,6 +713,9 @@ impl Inspector {
         if let Some(c) = self.tls(classifier, flow, pkt) {
             return Some(c);
         }
+        if stun::stream_message(payload).is_some() {
+            return found(Protocol::Stun, None);
+        }
         if let Some(req) = http::request(payload) {
             return found(
                 Protocol::Http,
@@ -951,12 +954,23 @@ fn rtp(flow: &mut FlowInspection, pkt: &Packet<'_>) -> Option<Protocol> {
         return None;
     }
     if (200..=204).contains(&p[1]) {
-        let len = (usize::from(u16::from_be_bytes([p[2], p[3]])) + 1) * 4;
+        let words = usize::from(u16::from_be_bytes([p[2], p[3]]));
+        let len = (words + 1) * 4;
+        let count = usize::from(p[0] & 0x1f);
+        // Sender and receiver reports have a length fixed by their report
+        // count; that and the first header suffice even when the rest is
+        // encrypted (SRTCP).
+        let report_ok = match p[1] {
+            200 => words == 6 + 6 * count,
+            201 => words == 1 + 6 * count,
+            _ => false,
+        };
         let next_ok = |at: usize| {
             p.get(at..at + 2)
                 .is_some_and(|h| h[0] >> 6 == 2 && (200..=207).contains(&h[1]))
         };
-        return (len == p.len() || next_ok(len)).then_some(Protocol::Rtcp);
+        return (len <= p.len() && (report_ok || len == p.len() || next_ok(len)))
+            .then_some(Protocol::Rtcp);
     }
     let payload_type = p[1] & 0x7f;
     if (72..=76).contains(&payload_type) {

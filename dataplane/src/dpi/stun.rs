@@ -16,15 +16,36 @@ pub struct Message<'a> {
     pub vendor_attributes: bool,
 }
 
-/// Reads a STUN message; None when `data` is not one.
+/// Reads a STUN message filling a UDP datagram; None when `data` is not one.
 pub fn message(data: &[u8]) -> Option<Message<'_>> {
+    parse(data, false)
+}
+
+/// Reads the first STUN message of a TCP stream segment: bare (RFC 8489
+/// section 6.2.2, messages back to back) or framed with a 2-byte length (RFC 4571,
+/// ICE-TCP). Only RFC 5389 messages (with the magic cookie) count here.
+pub fn stream_message(data: &[u8]) -> Option<Message<'_>> {
+    parse(data, true).or_else(|| {
+        let framed = usize::from(u16::from_be_bytes(*data.first_chunk()?));
+        let inner = data.get(2..2 + framed)?;
+        parse(inner, false).filter(|_| framed >= 20)
+    })
+}
+
+fn parse(data: &[u8], stream: bool) -> Option<Message<'_>> {
     let header = data.get(..20)?;
     let kind = u16::from_be_bytes([header[0], header[1]]);
     let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
     let cookie = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    if kind & 0xc000 != 0 || len % 4 != 0 || len + 20 != data.len() {
+    let fits = if stream {
+        len + 20 <= data.len() && cookie == MAGIC
+    } else {
+        len + 20 == data.len()
+    };
+    if kind & 0xc000 != 0 || len % 4 != 0 || !fits {
         return None;
     }
+    let data = &data[..len + 20];
     let method = (kind & 0x000f) | ((kind & 0x00e0) >> 1) | ((kind & 0x3e00) >> 2);
     // Binding, allocate/refresh/send/data/create-permission/channel-bind (TURN), and
     // the classic shared-secret request; others are not seen from real clients.
@@ -81,6 +102,19 @@ mod tests {
                 .unwrap()
                 .vendor_attributes
         );
+    }
+
+    #[test]
+    fn reads_messages_on_streams() {
+        let one = binding(&[(0x8022, b"x")]);
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        assert_eq!(message(&two), None, "a datagram holds one message");
+        assert!(stream_message(&two).is_some());
+        let mut framed = (one.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&one);
+        assert!(stream_message(&framed).is_some());
+        assert_eq!(stream_message(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
     }
 
     #[test]
