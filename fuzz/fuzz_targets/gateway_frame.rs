@@ -21,6 +21,9 @@ use patronus_dataplane::packet::parse::parse;
 const CONFIG: &str = r#"
 [worker]
 flow_capacity = 4096
+# A fresh gateway per input: keep the reassembly pool small.
+[dpi]
+reassembly_buffers = 8
 [icmp]
 errors_per_s = 1000000
 errors_burst = 1000000

@@ -9,6 +9,11 @@
 #             whole-process wall time; min/median/max of RUNS runs
 #   accuracy  both tools' per-flow categories scored by scripts/dpi/score.py
 #             (ndpiReader's names mapped through the corpus's mapping.csv)
+#   worker    one worker lcore forwarding a net_pcap replay of the corpus
+#             (infinite_rx=1) into net_null, classification on and off: the
+#             cost of DPI on the forwarding path (after the first loop every
+#             flow is known, so this is the steady state: a verdict lookup
+#             and per-application byte counting per packet)
 #
 # Prints our rate / ndpiReader's rate (medians) last. Do not build anything meanwhile.
 set -euo pipefail
@@ -16,13 +21,17 @@ cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 RUNS=${RUNS:-5}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-2}
+PCAP_MAC=02:70:63:61:70:00 # what net_pcap reports as its address
+NEXT_HOP_MAC=02:00:00:00:00:02
 CORPUS=tests/corpus/dpi
 OUT=target/bench/dpi
 scripts/setup.sh >/dev/null
 mkdir -p "$OUT"
 
 echo "== building (release)" >&2
-cargo build -q --release --bin patronus-dataplane
+cargo build -q --release --bin patronus-dataplane --example dpi_replay_pcap
 BIN=target/release/patronus-dataplane
 ls "$CORPUS"/pcaps/* >"$OUT/playlist.txt"
 mapfile -t PCAPS <"$OUT/playlist.txt"
@@ -62,6 +71,61 @@ for pcap in "${PCAPS[@]}"; do
 done
 python3 scripts/dpi/score.py "$CORPUS/labels.csv" "$OUT/ndpi.csv" >"$OUT/ndpi.score" || true
 
+echo "== worker: corpus replay through one worker lcore, classification on and off" >&2
+mode=$(scripts/setup.sh)
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
+read -r replay_frames _ replay_bytes _ <<<"$(target/release/examples/dpi_replay_pcap \
+    --dst-mac "$PCAP_MAC" --out "$OUT/replay.pcap" --pcap "${PCAPS[@]}")"
+worker_config() { # worker_config DPI_ENABLED PREFIX
+    local args
+    args=$(eal "$2" "net_pcap0,rx_pcap=$OUT/replay.pcap,infinite_rx=1" "net_null0,no-rx=1" |
+        python3 -c 'import sys; print(", ".join("\"%s\"" % a for a in sys.stdin.read().split()))')
+    cat <<TOML
+[dpdk]
+eal_args = [$args]
+mempool_size = 16383
+[worker]
+flow_capacity = 65536
+[metrics]
+listen = ""
+[dpi]
+enabled = $1
+[[port]]
+name = "in"
+device = "net_pcap0"
+addresses = ["100.127.255.1/30"]
+[[port]]
+name = "out"
+device = "net_null0"
+addresses = ["192.0.2.1/24", "2001:db8:ffff::1/64"]
+[[route]]
+prefix = "0.0.0.0/0"
+via = "192.0.2.2"
+[[route]]
+prefix = "::/0"
+via = "2001:db8:ffff::2"
+[[neighbor]]
+ip = "192.0.2.2"
+mac = "$NEXT_HOP_MAC"
+port = "out"
+[[neighbor]]
+ip = "2001:db8:ffff::2"
+mac = "$NEXT_HOP_MAC"
+port = "out"
+TOML
+}
+worker() { # worker DPI_ENABLED
+    worker_config "$1" pbench-dpi >"$OUT/worker-$1.toml"
+    run "worker-$1" pbench-dpi 1 opackets target/release/patronus-dataplane --config "$OUT/worker-$1.toml"
+}
+if [[ $mode == hugepages ]]; then
+    measure dpi-on worker true
+    measure dpi-off worker false
+else
+    echo "  skipped: hugepages are needed for meaningful figures (see hugepages.md)" >&2
+fi
+
 frames=$(sed -n 's/.*(\([0-9]*\) frames.*/\1/p' "$OUT/ours.log")
 echo
 printf 'machine: %s, %s vCPU; %s; ndpiReader %s; %s runs; %s captures, %s frames\n' \
@@ -77,6 +141,20 @@ for tool in ours ndpi; do
     printf '%-12s %14.3f %14.3f %14.3f %10.2f %14.3f %10s\n' "$name" \
         "$(bc -l <<<"$lo/1000000")" "$(bc -l <<<"$med/1000000")" "$(bc -l <<<"$hi/1000000")" "$gbps" "$wall" "$acc"
 done
+if [[ -n ${results[dpi-on]:-} ]]; then
+    echo
+    printf 'worker (one lcore, %s replayed frames, %s B average):\n' "$replay_frames" "$((replay_bytes / replay_frames))"
+    printf '%-22s %14s %14s %14s %10s\n' path "Mpps min" "Mpps median" "Mpps max" "Gbit/s"
+    for key in dpi-off dpi-on; do
+        read -r lo med hi <<<"${results[$key]}"
+        printf '%-22s %14.3f %14.3f %14.3f %10.2f\n' "forwarding, $key" \
+            "$(bc -l <<<"$lo/1000000")" "$(bc -l <<<"$med/1000000")" "$(bc -l <<<"$hi/1000000")" \
+            "$(bc -l <<<"$med * $replay_bytes / $replay_frames * 8 / 1000000000")"
+    done
+    read -r _ on _ <<<"${results[dpi-on]}"
+    read -r _ off _ <<<"${results[dpi-off]}"
+    python3 -c "print(f'worker rate with DPI / without (median): {$on / $off:.2f}x')"
+fi
 echo
 echo "patronus per category:"
 head -12 "$OUT/ours.score"

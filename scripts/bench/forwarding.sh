@@ -49,36 +49,8 @@ for size in 60 1396; do
 done
 
 tsc_hz=
-# run NAME PREFIX COUNTER_PORT COUNTER CMD... : one measurement, prints packets/s
-run() {
-    local name=$1 prefix=$2 port=$3 field=$4
-    shift 4
-    rm -rf "/var/run/dpdk/$prefix"
-    "$@" >"$OUT/$name.log" 2>&1 &
-    local pid=$!
-    for _ in $(seq 200); do
-        [[ -S /var/run/dpdk/$prefix/dpdk_telemetry.v2 ]] && grep -qE "running|entering main loop" "$OUT/$name.log" && break
-        kill -0 "$pid" 2>/dev/null || { cat "$OUT/$name.log" >&2; return 1; }
-        sleep 0.1
-    done
-    sleep "$WARMUP"
-    local c1 t1 c2 t2
-    c1=$(python3 scripts/bench/telemetry.py "$prefix" "$port" "$field"); t1=$(date +%s.%N)
-    sleep "$DURATION"
-    c2=$(python3 scripts/bench/telemetry.py "$prefix" "$port" "$field"); t2=$(date +%s.%N)
-    kill -INT "$pid"
-    wait "$pid" || true
-    rm -rf "/var/run/dpdk/$prefix"
-    python3 -c "print(int(($c2 - $c1) / ($t2 - $t1)))"
-}
-
-eal() { # eal PREFIX VDEV...   (LCORES overrides -l 0-1)
-    local prefix=$1
-    shift
-    printf -- '-l %s --no-pci --in-memory --file-prefix %s --log-level lib.eal:warning' "${LCORES:-0-1}" "$prefix"
-    for v in "$@"; do printf -- ' --vdev %s' "$v"; done
-}
-
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
 patronus_config() { # patronus_config IN_VDEV OUT_VDEV PREFIX
     cat <<TOML
 [dpdk]
@@ -104,16 +76,6 @@ ip = "192.0.2.2"
 mac = "$NEXT_HOP_MAC"
 port = "out"
 TOML
-}
-
-declare -A results
-measure() { # measure KEY CMD...: RUNS runs, keeps "min median max"
-    local key=$1
-    shift
-    local rates=()
-    for _ in $(seq "$RUNS"); do rates+=("$("$@")"); done
-    results[$key]=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}')
-    echo "  $key: ${results[$key]} packets/s" >&2
 }
 
 ours() { # ours IN OUT PORT FIELD

@@ -102,6 +102,8 @@ labelled_enum! {
         Rtp => "RTP";
         /// RTCP media control.
         Rtcp => "RTCP";
+        /// RakNet, the game-networking transport (its data datagrams).
+        RakNet => "RakNet";
     }
 }
 
@@ -112,6 +114,7 @@ impl Protocol {
             Protocol::Tls | Protocol::Quic | Protocol::Http => Category::Web,
             Protocol::Dns | Protocol::Mdns | Protocol::Llmnr => Category::DNS,
             Protocol::Stun | Protocol::Rtp | Protocol::Rtcp => Category::VoIP,
+            Protocol::RakNet => Category::Gaming,
         }
     }
 
@@ -440,8 +443,8 @@ pub struct FlowInspection {
     buffer: u32,
     /// Set once the verdict is final.
     done: bool,
-    /// The last RTP-looking packet: SSRC, sequence number and direction.
-    rtp: Option<(u32, u16, Direction)>,
+    /// The last packet of a numbered datagram stream (RTP, RakNet).
+    numbered: Option<Numbered>,
 }
 
 impl FlowInspection {
@@ -702,7 +705,7 @@ impl Inspector {
             if stun::message(payload).is_some() {
                 return found(Protocol::Stun, None);
             }
-            return rtp(flow, pkt).and_then(|p| found(p, None));
+            return numbered_stream(flow, pkt).and_then(|p| found(p, None));
         }
         if pkt.has_port(53) {
             let mut name = [0u8; dns::MAX_NAME];
@@ -921,7 +924,10 @@ impl Inspector {
         }
     }
 
+    /// Lends the flow a buffer for `what`, starting with `first`; a buffer the
+    /// flow held for something else (the other direction) goes back first.
     fn start_collecting(&mut self, flow: &mut FlowInspection, what: Collecting, first: &[u8]) {
+        self.release(flow);
         match self.free.pop() {
             Some(b) => {
                 flow.buffer = b + 1;
@@ -945,46 +951,125 @@ fn certificate(classifier: &Classifier, records: &[u8]) -> (tls::CertificateSear
     (search, app)
 }
 
-/// RTP when two packets in a row of one direction carry the same SSRC and
-/// close sequence numbers (one packet alone looks like too many things);
-/// RTCP when a packet is a well-formed RTCP header with a matching length.
-fn rtp(flow: &mut FlowInspection, pkt: &Packet<'_>) -> Option<Protocol> {
+/// The last datagram of a flow as RTP and as RakNet would number it (one
+/// packet can look like both: RakNet's first byte is a valid RTP one).
+/// Packed into 12 bytes: it lives in every flow's inspection state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Numbered {
+    ssrc: u32,
+    /// RakNet datagram number (24 bits).
+    raknet_seq: u32,
+    rtp_seq: u16,
+    /// Which of the two readings hold: [`Numbered::RTP`], [`Numbered::RAKNET`].
+    looks_like: u8,
+    dir: Direction,
+}
+
+impl Numbered {
+    const RTP: u8 = 1;
+    const RAKNET: u8 = 2;
+}
+
+/// RTP and RakNet when two packets in a row of one direction continue one
+/// numbered stream (one packet alone looks like too many things); RTCP when a
+/// packet is a well-formed RTCP header whose length fits.
+fn numbered_stream(flow: &mut FlowInspection, pkt: &Packet<'_>) -> Option<Protocol> {
     let p = pkt.payload;
-    if p.len() < 12 || p[0] >> 6 != 2 {
+    if rtcp(p) {
+        return Some(Protocol::Rtcp);
+    }
+    let rtp = rtp_packet(p);
+    let raknet = raknet_datagram(p);
+    let looks_like =
+        u8::from(rtp.is_some()) * Numbered::RTP + u8::from(raknet.is_some()) * Numbered::RAKNET;
+    if looks_like == 0 {
         return None;
     }
-    if (200..=204).contains(&p[1]) {
-        let words = usize::from(u16::from_be_bytes([p[2], p[3]]));
-        let len = (words + 1) * 4;
-        let count = usize::from(p[0] & 0x1f);
-        // Sender and receiver reports have a length fixed by their report
-        // count; that and the first header suffice even when the rest is
-        // encrypted (SRTCP).
-        let report_ok = match p[1] {
-            200 => words == 6 + 6 * count,
-            201 => words == 1 + 6 * count,
-            _ => false,
-        };
-        let next_ok = |at: usize| {
-            p.get(at..at + 2)
-                .is_some_and(|h| h[0] >> 6 == 2 && (200..=207).contains(&h[1]))
-        };
-        return (len <= p.len() && (report_ok || len == p.len() || next_ok(len)))
-            .then_some(Protocol::Rtcp);
+    let (ssrc, rtp_seq) = rtp.unwrap_or_default();
+    let seen = Numbered {
+        ssrc,
+        raknet_seq: raknet.unwrap_or_default(),
+        rtp_seq,
+        looks_like,
+        dir: pkt.dir,
+    };
+    let prev = flow
+        .numbered
+        .replace(seen)
+        .filter(|prev| prev.dir == seen.dir)?;
+    let both = prev.looks_like & seen.looks_like;
+    let close = |delta: u32| (1..=16).contains(&delta);
+    if both & Numbered::RTP != 0
+        && prev.ssrc == seen.ssrc
+        && close(u32::from(seen.rtp_seq.wrapping_sub(prev.rtp_seq)))
+    {
+        return Some(Protocol::Rtp);
     }
-    let payload_type = p[1] & 0x7f;
-    if (72..=76).contains(&payload_type) {
+    (both & Numbered::RAKNET != 0
+        && close(seen.raknet_seq.wrapping_sub(prev.raknet_seq) & 0x00ff_ffff))
+    .then_some(Protocol::RakNet)
+}
+
+/// RTCP: version 2, a report type, and a length that fits (sender and
+/// receiver reports have one fixed by their report count, which holds even
+/// when the rest is encrypted, as in SRTCP).
+fn rtcp(p: &[u8]) -> bool {
+    if p.len() < 8 || p[0] >> 6 != 2 || !(200..=204).contains(&p[1]) {
+        return false;
+    }
+    let words = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    let len = (words + 1) * 4;
+    let count = usize::from(p[0] & 0x1f);
+    let report_ok = match p[1] {
+        200 => words == 6 + 6 * count,
+        201 => words == 1 + 6 * count,
+        _ => false,
+    };
+    let next_ok = |at: usize| {
+        p.get(at..at + 2)
+            .is_some_and(|h| h[0] >> 6 == 2 && (200..=207).contains(&h[1]))
+    };
+    len <= p.len() && (report_ok || len == p.len() || next_ok(len))
+}
+
+/// An RTP-looking packet (version 2, a payload type outside RTCP's range):
+/// its SSRC and sequence number.
+fn rtp_packet(p: &[u8]) -> Option<(u32, u16)> {
+    if p.len() < 12 || p[0] >> 6 != 2 || (72..=76).contains(&(p[1] & 0x7f)) {
         return None;
     }
-    let seq = u16::from_be_bytes([p[2], p[3]]);
-    let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
-    let previous = flow.rtp.replace((ssrc, seq, pkt.dir));
-    match previous {
-        Some((s, q, d)) if s == ssrc && d == pkt.dir && (1..=16).contains(&seq.wrapping_sub(q)) => {
-            Some(Protocol::Rtp)
-        }
-        _ => None,
+    Some((
+        u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    ))
+}
+
+/// A RakNet data datagram: the "valid" flag without ACK/NAK, a 24-bit
+/// little-endian datagram number, then a first message whose reliability
+/// header and bit length fit the packet: its datagram number.
+fn raknet_datagram(p: &[u8]) -> Option<u32> {
+    let (&flags, rest) = p.split_first()?;
+    if flags & 0xe0 != 0x80 || rest.len() < 6 {
+        return None;
     }
+    let seq = u32::from_le_bytes([rest[0], rest[1], rest[2], 0]);
+    let header = rest[3];
+    if header & 0x0f != 0 {
+        return None;
+    }
+    let bits = usize::from(u16::from_be_bytes([rest[4], rest[5]]));
+    let reliability = header >> 5;
+    // Reliable kinds add a message index (3), sequenced ones a sequencing
+    // index (3), sequenced and ordered ones an order index and channel (4).
+    let extra = match reliability {
+        1 => 3 + 4,
+        2 | 6 => 3,
+        3 | 7 => 3 + 4,
+        4 => 3 + 3 + 4,
+        _ => 0,
+    } + if header & 0x10 != 0 { 10 } else { 0 };
+    let bytes = bits.div_ceil(8);
+    (bits > 0 && 6 + extra + bytes <= rest.len()).then_some(seq)
 }
 
 /// The name-resolution protocol a UDP packet's ports suggest.

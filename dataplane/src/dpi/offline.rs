@@ -99,84 +99,21 @@ impl<'c> OfflineClassifier<'c> {
                 path.display()
             );
         }
-        let mut file =
-            File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
         // One capture at a time in memory, in a buffer reused across files:
         // the streaming readers zero an 8 MB buffer per file, which costs more
         // than classifying a small capture.
         let mut data = std::mem::take(&mut self.file);
-        data.clear();
-        file.read_to_end(&mut data)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
         let mut flows: HashMap<FlowKey, Flow, ahash::RandomState> = HashMap::default();
         let mut order: Vec<FlowKey> = Vec::new();
-        let mut on_frame = |this: &mut Self, link: DataLink, frame: &[u8]| {
-            this.totals.frames += 1;
-            this.totals.bytes += frame.len() as u64;
-            if !this.frame_to_flow(link, frame, &mut flows, &mut order) {
-                this.totals.skipped += 1;
+        let read = read_capture(path, &mut data, |link, frame| {
+            self.totals.frames += 1;
+            self.totals.bytes += frame.len() as u64;
+            if !self.frame_to_flow(link, frame, &mut flows, &mut order) {
+                self.totals.skipped += 1;
             }
-        };
-        let truncated = |what: &str, e: pcap_file::PcapError| {
-            tracing::warn!(file = %path.display(), error = %e, "{what}: the rest of the file is skipped");
-        };
-        if data.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-            let (mut rest, mut ng) = PcapNgParser::new(&data)
-                .with_context(|| format!("{}: not a pcapng file", path.display()))?;
-            // Link types of the section's interfaces, by interface id.
-            let mut links: Vec<DataLink> = Vec::new();
-            while !rest.is_empty() {
-                let block = match ng.next_block(rest) {
-                    Ok((tail, block)) => {
-                        rest = tail;
-                        block
-                    }
-                    Err(e) => {
-                        truncated("corrupt or truncated pcapng block", e);
-                        break;
-                    }
-                };
-                let (link, frame) = match &block {
-                    Block::SectionHeader(_) => {
-                        links.clear();
-                        continue;
-                    }
-                    Block::InterfaceDescription(iface) => {
-                        links.push(iface.linktype);
-                        continue;
-                    }
-                    Block::EnhancedPacket(p) => match links.get(p.interface_id as usize) {
-                        Some(&link) => (link, p.data.as_ref()),
-                        None => continue,
-                    },
-                    Block::SimplePacket(p) => match links.first() {
-                        Some(&link) => (link, p.data.as_ref()),
-                        None => continue,
-                    },
-                    _ => continue,
-                };
-                on_frame(self, link, frame);
-            }
-        } else {
-            let (mut rest, pcap) = PcapParser::new(&data)
-                .with_context(|| format!("{}: neither pcap nor pcapng", path.display()))?;
-            let link = pcap.header().datalink;
-            // Raw records: real captures often declare an original length
-            // beyond the snap length, which the checked parser refuses.
-            while !rest.is_empty() {
-                match pcap.next_raw_packet(rest) {
-                    Ok((tail, packet)) => {
-                        rest = tail;
-                        on_frame(self, link, &packet.data);
-                    }
-                    Err(e) => {
-                        truncated("corrupt or truncated pcap record", e);
-                        break;
-                    }
-                }
-            }
-        }
+        });
         self.file = data;
+        read?;
         self.totals.files += 1;
         for key in order {
             let Some(mut flow) = flows.remove(&key) else {
@@ -210,10 +147,9 @@ impl<'c> OfflineClassifier<'c> {
         flows: &mut HashMap<FlowKey, Flow, ahash::RandomState>,
         order: &mut Vec<FlowKey>,
     ) -> bool {
-        if !reframe(link, data, &mut self.frame) {
+        if !to_ethernet(link, data, &mut self.frame) {
             return false;
         }
-        normalise(&mut self.frame);
         let Ok(meta) = parse(&self.frame) else {
             return false;
         };
@@ -257,6 +193,92 @@ impl<'c> OfflineClassifier<'c> {
         }
         true
     }
+}
+
+/// Reads a pcap or pcapng file into `data` (reused between calls) and hands
+/// each frame with its link type to `on_frame`. A corrupt or truncated record
+/// ends the file with a warning; a file that is no capture at all is an error.
+pub fn read_capture(
+    path: &Path,
+    data: &mut Vec<u8>,
+    mut on_frame: impl FnMut(DataLink, &[u8]),
+) -> anyhow::Result<()> {
+    let mut file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    data.clear();
+    file.read_to_end(data)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let truncated = |what: &str, e: pcap_file::PcapError| {
+        tracing::warn!(file = %path.display(), error = %e, "{what}: the rest of the file is skipped");
+    };
+    if data.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
+        let (mut rest, mut ng) = PcapNgParser::new(data)
+            .with_context(|| format!("{}: not a pcapng file", path.display()))?;
+        // Link types of the section's interfaces, by interface id.
+        let mut links: Vec<DataLink> = Vec::new();
+        while !rest.is_empty() {
+            let block = match ng.next_block(rest) {
+                Ok((tail, block)) => {
+                    rest = tail;
+                    block
+                }
+                Err(e) => {
+                    truncated("corrupt or truncated pcapng block", e);
+                    break;
+                }
+            };
+            let (link, frame) = match &block {
+                Block::SectionHeader(_) => {
+                    links.clear();
+                    continue;
+                }
+                Block::InterfaceDescription(iface) => {
+                    links.push(iface.linktype);
+                    continue;
+                }
+                Block::EnhancedPacket(p) => match links.get(p.interface_id as usize) {
+                    Some(&link) => (link, p.data.as_ref()),
+                    None => continue,
+                },
+                Block::SimplePacket(p) => match links.first() {
+                    Some(&link) => (link, p.data.as_ref()),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            on_frame(link, frame);
+        }
+    } else {
+        let (mut rest, pcap) = PcapParser::new(data)
+            .with_context(|| format!("{}: neither pcap nor pcapng", path.display()))?;
+        let link = pcap.header().datalink;
+        // Raw records: real captures often declare an original length
+        // beyond the snap length, which the checked parser refuses.
+        while !rest.is_empty() {
+            match pcap.next_raw_packet(rest) {
+                Ok((tail, packet)) => {
+                    rest = tail;
+                    on_frame(link, &packet.data);
+                }
+                Err(e) => {
+                    truncated("corrupt or truncated pcap record", e);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns a captured frame of any supported link type into an Ethernet II
+/// frame in `out` that the data-plane parser accepts: encapsulations removed,
+/// lengths clamped to what was captured, the IPv4 header checksum recomputed.
+/// False for link types or protocols not handled.
+pub fn to_ethernet(link: DataLink, data: &[u8], out: &mut Vec<u8>) -> bool {
+    if !reframe(link, data, out) {
+        return false;
+    }
+    normalise(out);
+    true
 }
 
 /// Copies a captured frame into `out` as an Ethernet II frame; false for link types or protocols not handled.

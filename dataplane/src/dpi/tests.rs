@@ -256,3 +256,63 @@ fn server_name_patterns_apply_after_host_lists() {
     let get = b"GET / HTTP/1.1\r\nHost: doh.example.net\r\n\r\n";
     assert_eq!(classify(&c, &[pkt(true, 5000, 80, get)]).0, Category::Web);
 }
+
+#[test]
+fn raknet_needs_two_datagrams_in_a_row() {
+    let c = classifier();
+    let datagram = |seq: u32| {
+        let mut p = vec![0x84];
+        p.extend_from_slice(&seq.to_le_bytes()[..3]);
+        p.push(0x40); // reliable ordered
+        p.extend_from_slice(&(8u16 * 20).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]); // message index, order index, channel
+        p.extend_from_slice(&[0x42; 20]);
+        p
+    };
+    let (a, b) = (datagram(7), datagram(8));
+    assert_eq!(
+        classify(&c, &[pkt(false, 40000, 19132, &a)]).0,
+        Category::Unknown
+    );
+    let r = classify(
+        &c,
+        &[pkt(false, 40000, 19132, &a), pkt(false, 40000, 19132, &b)],
+    );
+    assert_eq!(r, (Category::Gaming, "RakNet".into()));
+    let short = &b[..10];
+    assert_eq!(
+        classify(
+            &c,
+            &[
+                pkt(false, 40000, 19132, &a),
+                pkt(false, 40000, 19132, short)
+            ]
+        )
+        .0,
+        Category::Unknown
+    );
+}
+
+#[test]
+fn a_flow_never_holds_two_buffers() {
+    // Found by the dpi_flow fuzz target: a server flight waiting for its
+    // certificate, then a partial hello from the other side.
+    let c = classifier();
+    let mut inspector = Inspector::new(Limits::default(), 2);
+    let mut flow = FlowInspection::default();
+    let flight = tls::tests::server_flight("x", &["a.example"]);
+    let hello = tls::tests::record(&tls::tests::hello_message(None, None, 600));
+    let server = Packet {
+        dir: Direction::HiToLo,
+        ..pkt(true, 443, 50000, &flight[..30])
+    };
+    assert_eq!(inspector.inspect(&c, &mut flow, &server), None);
+    assert_eq!(inspector.free_buffers(), 1);
+    assert_eq!(
+        inspector.inspect(&c, &mut flow, &pkt(true, 50000, 443, &hello[..100])),
+        None
+    );
+    assert_eq!(inspector.free_buffers(), 1);
+    inspector.finish(&mut flow);
+    assert_eq!(inspector.free_buffers(), 2);
+}
