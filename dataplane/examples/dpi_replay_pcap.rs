@@ -1,7 +1,9 @@
 //! Writes the capture the DPI worker benchmark replays: every TCP/UDP frame
 //! of the given captures, as Ethernet II addressed to `--dst-mac` with TTL
 //! (hop limit) 64, in one pcap. Frames to or from multicast and broadcast
-//! addresses are left out: the gateway would drop them before classifying.
+//! addresses are left out (the gateway would drop them before classifying),
+//! and so are frames over 1514 bytes (captured with segmentation offload:
+//! `net_pcap` replays each frame into one mbuf).
 //!
 //! `cargo run --release --example dpi_replay_pcap -- --dst-mac 02:70:63:61:70:00 --out replay.pcap --pcap tests/corpus/dpi/pcaps/*`
 
@@ -76,8 +78,10 @@ fn main() -> anyhow::Result<()> {
             }
             frame[..6].copy_from_slice(&dst_mac);
             frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-            // Only the L2 header may have been removed: never more than was captured.
             frame.truncate(usize::from(meta.ip_end));
+            if frame.len() > 1514 {
+                return;
+            }
             let packet =
                 PcapPacket::new(Duration::from_micros(written), frame.len() as u32, &frame);
             match writer.write_packet(&packet) {

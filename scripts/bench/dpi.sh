@@ -84,7 +84,7 @@ worker_config() { # worker_config DPI_ENABLED PREFIX
     cat <<TOML
 [dpdk]
 eal_args = [$args]
-mempool_size = 16383
+mempool_size = 65535  # net_pcap holds the whole replay in mbufs
 [worker]
 flow_capacity = 65536
 [metrics]
