@@ -492,6 +492,63 @@ fn forwarded_flows_are_classified_by_application() {
 }
 
 #[test]
+fn user_applications_are_swapped_in_at_run_time_and_bad_ones_refused() {
+    let Some((topo, mut dp)) = start_gateway(1) else {
+        return;
+    };
+    let acme = |pattern: &str| {
+        format!(
+            "[[dpi.application]]\nname = \"AcmeSync\"\ncategory = \"FileTransfer\"\npatterns = ['{pattern}']\ntransport = \"tcp\"\n"
+        )
+    };
+    let send = |port: &str| {
+        let server = spawn_listening(&topo.b, &["stream.py", "serve", port]);
+        topo.a
+            .exec(&["python3", &tools("stream.py"), "send", B4, port, "4096"]);
+        server.wait_with_output().unwrap();
+    };
+    // stream.py's bytes start 03 0a 11 18: unknown to the built-in catalogue.
+    send("5301");
+    let m = dp.scrape();
+    assert_eq!(
+        m.sum(
+            "patronus_dpi_application_flows_total",
+            &[("application", "AcmeSync")]
+        ),
+        0.0
+    );
+
+    std::fs::write(
+        &dp.config_path,
+        topo.config(1, &acme("^\\x03\\x0a\\x11\\x18")),
+    )
+    .unwrap();
+    dp.signal("HUP");
+    dp.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    send("5302");
+    let m = dp.scrape();
+    let acme_flows = |m: &Metrics| {
+        m.sum(
+            "patronus_dpi_application_flows_total",
+            &[("category", "FileTransfer"), ("application", "AcmeSync")],
+        )
+    };
+    assert_eq!(acme_flows(&m), 1.0, "{}", m.text);
+
+    // An invalid pattern is refused with Hyperscan's reason; the application stays in force.
+    std::fs::write(&dp.config_path, topo.config(1, &acme("^(unclosed"))).unwrap();
+    dp.signal("HUP");
+    let line = dp.wait_for_log("reload refused", Duration::from_secs(10));
+    assert!(
+        line.contains("dpi.application[0].patterns") && line.contains("^(unclosed"),
+        "{line}"
+    );
+    send("5303");
+    assert_eq!(acme_flows(&dp.scrape()), 2.0);
+    assert!(dp.stop().success());
+}
+
+#[test]
 fn metrics_pass_promtool_and_health_reports_ready() {
     let Some((topo, mut dp)) = start_gateway(1) else {
         return;
