@@ -110,6 +110,7 @@ say "gateway counters (from http://$METRICS/metrics)"
 metrics=$(exec 3<>/dev/tcp/127.0.0.1/9469 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3)
 grep -E '^patronus_(port_(rx|tx)_packets_total|worker_forwarded_packets_total|flows_active|flows_created_total|neighbors|worker_echo_replies_total|mempool_in_use)' <<<"$metrics" || true
 grep -E '^patronus_(parse|forward)_drops_total' <<<"$metrics" | grep -v ' 0$' || echo "(no drops)"
+grep -E '^patronus_dpi_application_flows_total' <<<"$metrics" || echo "(no classified flows)"
 
 if ((KEEP)); then
     say "running; metrics at http://$METRICS/metrics — Ctrl-C to stop"
