@@ -56,7 +56,7 @@ pub fn request(data: &[u8]) -> Option<Request<'_>> {
     let rest = &line[method.len()..];
     let sp = rest.iter().rposition(|&b| b == b' ')?;
     let (target, version) = (&rest[..sp], &rest[sp + 1..]);
-    if !version.starts_with(b"HTTP/1.") && !version.starts_with(b"RTSP/1.") || target.is_empty() {
+    if !version.starts_with(b"HTTP/1.") || target.is_empty() {
         return None;
     }
     let mut req = Request {

@@ -316,3 +316,136 @@ fn a_flow_never_holds_two_buffers() {
     inspector.finish(&mut flow);
     assert_eq!(inspector.free_buffers(), 2);
 }
+
+#[test]
+fn catalogue_signatures_name_their_protocols() {
+    let c = classifier();
+    // (tcp, server port, first payload, category, application), built from the protocols' specifications.
+    let cases: &[(bool, u16, &[u8], Category, &str)] = &[
+        (
+            true,
+            22,
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            Category::RemoteAccess,
+            "SSH",
+        ),
+        (true, 5900, b"RFB 003.008\n", Category::RemoteAccess, "VNC"),
+        (
+            true,
+            6000,
+            b"l\x00\x0b\x00\x00\x00\x12\x00\x10\x00\x00\x00",
+            Category::RemoteAccess,
+            "X11",
+        ),
+        (
+            true,
+            3306,
+            b"\x4a\x00\x00\x00\x0a8.0.36\x00\x08\x00\x00\x00",
+            Category::Database,
+            "MySQL",
+        ),
+        (
+            true,
+            5432,
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+            Category::Database,
+            "PostgreSQL",
+        ),
+        (
+            true,
+            6379,
+            b"*1\r\n$4\r\nPING\r\n",
+            Category::Database,
+            "RESP",
+        ),
+        (
+            true,
+            445,
+            b"\x00\x00\x00\x66\xfeSMB\x40\x00",
+            Category::FileTransfer,
+            "SMB",
+        ),
+        (
+            true,
+            873,
+            b"@RSYNCD: 31.0\n",
+            Category::FileTransfer,
+            "RSYNC",
+        ),
+        (
+            true,
+            9418,
+            b"0032git-upload-pack /project.git\x00host=example\x00",
+            Category::FileTransfer,
+            "Git",
+        ),
+        (
+            true,
+            80,
+            b"PROPFIND /dav/ HTTP/1.1\r\nHost: files.example\r\n\r\n",
+            Category::FileTransfer,
+            "WebDAV",
+        ),
+        (
+            true,
+            6881,
+            b"\x13BitTorrent protocol\x00\x00\x00\x00\x00\x10\x00\x05",
+            Category::FileTransfer,
+            "BitTorrent",
+        ),
+        (
+            false,
+            69,
+            b"\x00\x01boot.img\x00octet\x00",
+            Category::FileTransfer,
+            "TFTP",
+        ),
+        (
+            true,
+            25,
+            b"EHLO client.example\r\n",
+            Category::Email,
+            "SMTP",
+        ),
+        (true, 143, b"a1 CAPABILITY\r\n", Category::Email, "IMAP"),
+        (
+            false,
+            5060,
+            b"INVITE sip:bob@example.com SIP/2.0\r\nVia: x\r\n",
+            Category::VoIP,
+            "SIP",
+        ),
+        (
+            true,
+            554,
+            b"DESCRIBE rtsp://cam.example/stream RTSP/1.0\r\nCSeq: 2\r\n\r\n",
+            Category::Video,
+            "RTSP",
+        ),
+        (
+            false,
+            27015,
+            b"\xff\xff\xff\xffTSource Engine Query\x00",
+            Category::Gaming,
+            "Source_Engine",
+        ),
+        (
+            false,
+            1900,
+            b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n\r\n",
+            Category::Unknown,
+            "SSDP",
+        ),
+        (
+            true,
+            1883,
+            b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04abcd",
+            Category::Unknown,
+            "MQTT",
+        ),
+    ];
+    for &(tcp, port, payload, category, app) in cases {
+        let r = classify(&c, &[pkt(tcp, 40000, port, payload)]);
+        assert_eq!(r, (category, app.to_owned()), "{app}");
+    }
+}
