@@ -33,12 +33,22 @@ fuzz_target!(|data: &[u8]| {
     let ports = [443, 53, 5353, 853, 3478, 8801, 1433, 514][usize::from(head >> 1) & 7];
     let mut verdict = None;
     let mut n = 0u32;
+    // TCP sequence numbers per direction; the input's top bits jumble some.
+    let mut seq = [1_000u32, 9_000u32];
     while let Some((&len, tail)) = rest.split_first() {
         let (payload, tail) = tail.split_at(usize::from(len).min(tail.len()));
         rest = tail;
         n += 1;
         let forward = n % 2 == 1;
+        let d = usize::from(!forward);
+        let this_seq = if len & 0x80 != 0 {
+            seq[d].wrapping_sub(u32::from(len))
+        } else {
+            seq[d]
+        };
+        seq[d] = seq[d].wrapping_add(payload.len() as u32);
         let packet = Packet {
+            seq: if tcp { this_seq } else { 0 },
             tcp,
             src_port: if forward { 40000 } else { ports },
             dst_port: if forward { ports } else { 40000 },

@@ -408,6 +408,15 @@ pub fn l4_payload<'f>(frame: &'f [u8], meta: &PacketMeta) -> Option<&'f [u8]> {
     frame.get(start..end)
 }
 
+/// The TCP sequence number of a parsed frame (0 when it is not TCP).
+pub fn tcp_seq(frame: &[u8], meta: &PacketMeta) -> u32 {
+    let l4 = usize::from(meta.l4_offset);
+    match (meta.l4, frame.get(l4 + 4..l4 + 8)) {
+        (L4::Tcp { .. }, Some(b)) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        _ => 0,
+    }
+}
+
 /// One packet as the classifier sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Packet<'a> {
@@ -419,6 +428,9 @@ pub struct Packet<'a> {
     pub dst_port: u16,
     /// Direction within the flow.
     pub dir: Direction,
+    /// TCP sequence number of the payload's first byte (0 for UDP): places
+    /// segments in hello reassembly whatever their order or repetition.
+    pub seq: u32,
     /// The L4 payload.
     pub payload: &'a [u8],
 }
@@ -473,6 +485,8 @@ enum Collecting {
 /// A reassembly buffer: bytes placed at offsets, with the filled ranges.
 struct Reassembly {
     what: Collecting,
+    /// Sequence number of the first byte collected (TCP; 0 for QUIC's CRYPTO offsets).
+    base_seq: u32,
     data: Box<[u8; REASSEMBLY_BYTES]>,
     /// Filled ranges, sorted and merged; at most [`MAX_RANGES`].
     ranges: [(u16, u16); MAX_RANGES],
@@ -485,6 +499,7 @@ impl Reassembly {
     fn new() -> Reassembly {
         Reassembly {
             what: Collecting::Tls(Direction::LoToHi),
+            base_seq: 0,
             data: Box::new([0; REASSEMBLY_BYTES]),
             ranges: [(0, 0); MAX_RANGES],
             nranges: 0,
@@ -530,13 +545,6 @@ impl Reassembly {
             Some(&(0, end)) => &self.data[..usize::from(end)],
             _ => &[],
         }
-    }
-
-    /// Bytes held so far (next append offset for in-order streams).
-    fn end(&self) -> u64 {
-        self.ranges[..usize::from(self.nranges)]
-            .last()
-            .map_or(0, |&(_, e)| u64::from(e))
     }
 }
 
@@ -754,8 +762,10 @@ impl Inspector {
         let data = match collecting {
             Some((b, _)) => {
                 let buf = &mut self.pool[b];
-                let end = buf.end();
-                buf.put(end, pkt.payload);
+                // Bytes go where their sequence number says: retransmitted
+                // and reordered segments land in place; anything from before
+                // the start (a wrapped difference) falls outside the buffer.
+                buf.put(u64::from(pkt.seq.wrapping_sub(buf.base_seq)), pkt.payload);
                 buf.prefix()
             }
             None => pkt.payload,
@@ -802,7 +812,7 @@ impl Inspector {
                 return self.after_certificate(
                     flow,
                     found,
-                    Some((Collecting::TlsCertificate(pkt.dir), pkt.payload)),
+                    Some((Collecting::TlsCertificate(pkt.dir), pkt.payload, pkt.seq)),
                 );
             }
             Seen::Certificate(found) => {
@@ -827,7 +837,7 @@ impl Inspector {
                     flow.tentative = tls_found(app);
                 }
                 if collecting.is_none() {
-                    self.start_collecting(flow, Collecting::Tls(pkt.dir), pkt.payload);
+                    self.start_collecting(flow, Collecting::Tls(pkt.dir), pkt.payload, pkt.seq);
                 }
                 None
             }
@@ -846,7 +856,7 @@ impl Inspector {
         &mut self,
         flow: &mut FlowInspection,
         (search, app): (tls::CertificateSearch, Option<u16>),
-        start: Option<(Collecting, &[u8])>,
+        start: Option<(Collecting, &[u8], u32)>,
     ) -> Option<Classification> {
         match search {
             tls::CertificateSearch::Accepted => {
@@ -857,8 +867,8 @@ impl Inspector {
                 })
             }
             tls::CertificateSearch::Incomplete => {
-                if let (Some((what, first)), 0) = (start, flow.buffer) {
-                    self.start_collecting(flow, what, first);
+                if let (Some((what, first, seq)), 0) = (start, flow.buffer) {
+                    self.start_collecting(flow, what, first, seq);
                 }
                 None
             }
@@ -906,7 +916,7 @@ impl Inspector {
             return None;
         };
         if flow.buffer == 0 {
-            self.start_collecting(flow, Collecting::Quic(pkt.dir), &[]);
+            self.start_collecting(flow, Collecting::Quic(pkt.dir), &[], 0);
         }
         let buf = self.pool.get_mut((flow.buffer as usize).checked_sub(1)?)?;
         if buf.what != Collecting::Quic(pkt.dir) {
@@ -926,13 +936,20 @@ impl Inspector {
 
     /// Lends the flow a buffer for `what`, starting with `first`; a buffer the
     /// flow held for something else (the other direction) goes back first.
-    fn start_collecting(&mut self, flow: &mut FlowInspection, what: Collecting, first: &[u8]) {
+    fn start_collecting(
+        &mut self,
+        flow: &mut FlowInspection,
+        what: Collecting,
+        first: &[u8],
+        seq: u32,
+    ) {
         self.release(flow);
         match self.free.pop() {
             Some(b) => {
                 flow.buffer = b + 1;
                 let buf = &mut self.pool[b as usize];
                 buf.what = what;
+                buf.base_seq = seq;
                 buf.nranges = 0;
                 buf.put(0, first);
             }

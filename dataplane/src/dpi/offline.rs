@@ -181,6 +181,7 @@ impl<'c> OfflineClassifier<'c> {
         if flow.verdict.is_none() {
             let payload = super::l4_payload(&self.frame, &meta).unwrap_or(&[]);
             let packet = Packet {
+                seq: super::tcp_seq(&self.frame, &meta),
                 tcp,
                 src_port,
                 dst_port,

@@ -10,6 +10,7 @@ fn pkt(tcp: bool, src_port: u16, dst_port: u16, payload: &[u8]) -> Packet<'_> {
         src_port,
         dst_port,
         dir: Direction::LoToHi,
+        seq: 0,
         payload,
     }
 }
@@ -54,15 +55,20 @@ fn tls_hello_split_over_segments_is_reassembled() {
     let rec = tls::tests::record(&tls::tests::hello_message(None, Some("dot"), 1800));
     let (a, b) = rec.split_at(1000);
     let (b, d) = b.split_at(500);
-    let r = classify(
-        &c,
-        &[
-            pkt(true, 50000, 443, a),
-            pkt(true, 50000, 443, b),
-            pkt(true, 50000, 443, d),
-        ],
+    let at = |seq: u32, p| Packet {
+        seq: 7_000_000 + seq,
+        ..pkt(true, 50000, 443, p)
+    };
+    let (a, b, d) = (at(0, a), at(1000, b), at(1500, d));
+    assert_eq!(
+        classify(&c, &[a, b, d]),
+        (Category::DNS, "TLS.DoH_DoT".into())
     );
-    assert_eq!(r, (Category::DNS, "TLS.DoH_DoT".into()));
+    // Retransmitted and reordered segments land where their sequence numbers say.
+    assert_eq!(
+        classify(&c, &[a, d, a, b]),
+        (Category::DNS, "TLS.DoH_DoT".into())
+    );
 }
 
 #[test]
@@ -224,13 +230,18 @@ fn server_certificate_names_the_service_when_the_hello_does_not() {
     let hello = tls::tests::record(&tls::tests::hello_message(None, None, 0));
     let flight = tls::tests::server_flight("ignored", &["edge.anydesk.com"]);
     let (first, rest) = flight.split_at(40);
-    let server = |p| Packet {
+    let server = |p, seq| Packet {
         dir: Direction::HiToLo,
+        seq,
         ..pkt(true, 443, 50000, p)
     };
     let r = classify(
         &c,
-        &[pkt(true, 50000, 443, &hello), server(first), server(rest)],
+        &[
+            pkt(true, 50000, 443, &hello),
+            server(first, 9),
+            server(rest, 49),
+        ],
     );
     assert_eq!(r, (Category::RemoteAccess, "TLS.AnyDesk".into()));
     // Without a certificate to read, the flow stays plain TLS.

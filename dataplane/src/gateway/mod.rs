@@ -422,6 +422,7 @@ impl Gateway {
             _ => return,
         };
         let packet = dpi::Packet {
+            seq: dpi::tcp_seq(data, meta),
             tcp,
             src_port,
             dst_port,
