@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
     build-essential pkg-config clang libclang-dev
     dpdk libdpdk-dev libpcap-dev libhyperscan-dev
-    libndpi-bin
+    libndpi-bin protobuf-compiler
     iproute2 iputils-ping ethtool iperf3 procps
     prometheus
 )

@@ -1,0 +1,233 @@
+//! The public gRPC API (`patronus.v1.ControlPlane`) over the [`Store`].
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use patronus_proto::v1::control_plane_server::ControlPlane;
+use patronus_proto::v1::*;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::resource::{name_of, Resource};
+use crate::store::{Store, StoreError};
+use crate::validate::Violations;
+
+/// Default and largest page sizes of list calls.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Largest page size of list calls.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The ControlPlane service.
+#[derive(Debug, Clone)]
+pub struct Api {
+    store: Arc<Store>,
+}
+
+impl Api {
+    /// The service over `store`.
+    pub fn new(store: Arc<Store>) -> Api {
+        Api { store }
+    }
+
+    /// Runs a store call off the async runtime (commits wait for the disk).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(store_status)
+    }
+
+    async fn create<R: Resource>(&self, r: Option<R>) -> Result<R, Status> {
+        let mut r = required::<R>(r)?;
+        r.clear_output_only();
+        check(&r)?;
+        let uid = uuid::Uuid::new_v4().to_string();
+        self.blocking(move |s| s.create(r, uid)).await
+    }
+
+    async fn get<R: Resource>(&self, name: String) -> Result<R, Status> {
+        check_name::<R>(&name)?;
+        self.blocking(move |s| s.get::<R>(&name)).await
+    }
+
+    async fn list<R: Resource>(
+        &self,
+        page_size: u32,
+        token: String,
+    ) -> Result<(Vec<R>, String), Status> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        } as usize;
+        let after = decode_token(&token)?;
+        let page = self.blocking(move |s| s.list::<R>(&after, size)).await?;
+        let next = page
+            .next
+            .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n));
+        Ok((page.items, next.unwrap_or_default()))
+    }
+
+    async fn update<R: Resource>(&self, r: Option<R>) -> Result<R, Status> {
+        let mut r = required::<R>(r)?;
+        r.clear_output_only();
+        check(&r)?;
+        if r.meta().is_some_and(|m| m.resource_version == 0) {
+            let mut v = Violations::default();
+            v.add(
+                format!("{}.metadata.resource_version", R::KIND),
+                "required: the version this update is based on (from a get or list)",
+            );
+            return Err(invalid::<R>(v));
+        }
+        self.blocking(move |s| s.update(r)).await
+    }
+
+    async fn delete<R: Resource>(&self, name: String, version: u64) -> Result<(), Status> {
+        check_name::<R>(&name)?;
+        self.blocking(move |s| s.delete::<R>(&name, version)).await
+    }
+}
+
+fn required<R: Resource>(r: Option<R>) -> Result<R, Status> {
+    r.ok_or_else(|| {
+        let mut v = Violations::default();
+        v.add(R::KIND, "required");
+        invalid::<R>(v)
+    })
+}
+
+fn check<R: Resource>(r: &R) -> Result<(), Status> {
+    let mut v = Violations::default();
+    r.validate(&mut v);
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid::<R>(v))
+    }
+}
+
+fn check_name<R: Resource>(name: &str) -> Result<(), Status> {
+    if crate::validate::is_dns_label(name) {
+        return Ok(());
+    }
+    let mut v = Violations::default();
+    v.add(
+        "name",
+        "must be 1-63 characters of a-z, 0-9 and '-', starting with a letter",
+    );
+    Err(invalid::<R>(v))
+}
+
+fn decode_token(token: &str) -> Result<String, Status> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            let mut d = ErrorDetails::new();
+            d.add_bad_request_violation("page_token", "not a token this server issued");
+            Status::with_error_details(Code::InvalidArgument, "invalid page_token", d)
+        })
+}
+
+/// INVALID_ARGUMENT with a google.rpc.BadRequest naming every field.
+fn invalid<R: Resource>(v: Violations) -> Status {
+    let summary = v
+        .items
+        .iter()
+        .map(|(f, d)| format!("{f}: {d}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::new();
+    for (field, description) in v.items {
+        details.add_bad_request_violation(field, description);
+    }
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {}: {summary}", R::KIND),
+        details,
+    )
+}
+
+fn store_status(e: StoreError) -> Status {
+    match &e {
+        StoreError::NotFound { .. } => Status::not_found(e.to_string()),
+        StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        StoreError::Conflict { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::Storage(_) | StoreError::Corrupt { .. } => {
+            tracing::error!(error = %e, "store failure");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+/// The service: five calls per kind, each a thin wrapper over the generic
+/// ones above. One macro emits the whole impl so that `async_trait` sees the
+/// methods themselves.
+macro_rules! control_plane {
+    ($({$ty:ident, $field:ident, $list_field:ident,
+        $create:ident, $CreateReq:ident, $CreateResp:ident,
+        $get:ident, $GetReq:ident, $GetResp:ident,
+        $list:ident, $ListReq:ident, $ListResp:ident,
+        $update:ident, $UpdateReq:ident, $UpdateResp:ident,
+        $delete:ident, $DeleteReq:ident, $DeleteResp:ident}),+) => {
+        #[tonic::async_trait]
+        impl ControlPlane for Api {
+            $(
+            async fn $create(&self, req: Request<$CreateReq>) -> Result<Response<$CreateResp>, Status> {
+                let r = self.create::<$ty>(req.into_inner().$field).await?;
+                tracing::info!(kind = <$ty as Resource>::KIND, name = name_of(&r), "created");
+                Ok(Response::new($CreateResp { $field: Some(r) }))
+            }
+            async fn $get(&self, req: Request<$GetReq>) -> Result<Response<$GetResp>, Status> {
+                let r = self.get::<$ty>(req.into_inner().name).await?;
+                Ok(Response::new($GetResp { $field: Some(r) }))
+            }
+            async fn $list(&self, req: Request<$ListReq>) -> Result<Response<$ListResp>, Status> {
+                let req = req.into_inner();
+                let (items, next_page_token) = self.list::<$ty>(req.page_size, req.page_token).await?;
+                Ok(Response::new($ListResp { $list_field: items, next_page_token }))
+            }
+            async fn $update(&self, req: Request<$UpdateReq>) -> Result<Response<$UpdateResp>, Status> {
+                let r = self.update::<$ty>(req.into_inner().$field).await?;
+                tracing::info!(kind = <$ty as Resource>::KIND, name = name_of(&r), "updated");
+                Ok(Response::new($UpdateResp { $field: Some(r) }))
+            }
+            async fn $delete(&self, req: Request<$DeleteReq>) -> Result<Response<$DeleteResp>, Status> {
+                let req = req.into_inner();
+                self.delete::<$ty>(req.name.clone(), req.resource_version).await?;
+                tracing::info!(kind = <$ty as Resource>::KIND, name = req.name, "deleted");
+                Ok(Response::new($DeleteResp {}))
+            }
+            )+
+        }
+    };
+}
+
+control_plane!(
+    {Site, site, sites,
+        create_site, CreateSiteRequest, CreateSiteResponse,
+        get_site, GetSiteRequest, GetSiteResponse,
+        list_sites, ListSitesRequest, ListSitesResponse,
+        update_site, UpdateSiteRequest, UpdateSiteResponse,
+        delete_site, DeleteSiteRequest, DeleteSiteResponse},
+    {Peer, peer, peers,
+        create_peer, CreatePeerRequest, CreatePeerResponse,
+        get_peer, GetPeerRequest, GetPeerResponse,
+        list_peers, ListPeersRequest, ListPeersResponse,
+        update_peer, UpdatePeerRequest, UpdatePeerResponse,
+        delete_peer, DeletePeerRequest, DeletePeerResponse},
+    {Policy, policy, policies,
+        create_policy, CreatePolicyRequest, CreatePolicyResponse,
+        get_policy, GetPolicyRequest, GetPolicyResponse,
+        list_policies, ListPoliciesRequest, ListPoliciesResponse,
+        update_policy, UpdatePolicyRequest, UpdatePolicyResponse,
+        delete_policy, DeletePolicyRequest, DeletePolicyResponse}
+);

@@ -1,0 +1,69 @@
+//! Bearer-token authentication of the public API.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use subtle::ConstantTimeEq;
+use tonic::{Request, Status};
+
+/// Shortest token accepted (bytes).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The token clients must present as `authorization: Bearer <token>`.
+/// Never logged or printed: Debug shows its length only.
+#[derive(Clone)]
+pub struct BearerToken(Arc<Vec<u8>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BearerToken({} bytes)", self.0.len())
+    }
+}
+
+impl BearerToken {
+    /// A token from its text.
+    pub fn new(token: &str) -> anyhow::Result<BearerToken> {
+        let token = token.trim();
+        if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            bail!("the token must be at least {MIN_TOKEN_LEN} printable characters without spaces");
+        }
+        Ok(BearerToken(Arc::new(token.as_bytes().to_vec())))
+    }
+
+    /// Reads the token from a file only its owner can read.
+    pub fn from_file(path: &Path) -> anyhow::Result<BearerToken> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "{}: readable by group or others (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        BearerToken::new(&text).with_context(|| path.display().to_string())
+    }
+
+    /// The interceptor check: UNAUTHENTICATED unless the request carries this token.
+    #[allow(clippy::result_large_err)] // tonic's interceptor signature
+    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(t) if bool::from(t.as_bytes().ct_eq(&self.0)) => Ok(req),
+            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
+            None => Err(Status::unauthenticated(
+                "missing bearer token (authorization: Bearer <token>)",
+            )),
+        }
+    }
+}

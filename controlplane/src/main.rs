@@ -1,0 +1,80 @@
+//! `patronus-controlplane`: the Patronus control-plane server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use patronus_controlplane::auth::BearerToken;
+use patronus_controlplane::server;
+use patronus_controlplane::store::Store;
+use tracing_subscriber::EnvFilter;
+
+/// Patronus control plane: the public gRPC API over durable desired state.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address of the gRPC API (public API, grpc.health.v1, reflection).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// The database file (created if missing).
+    #[arg(long, default_value = "/var/lib/patronus/controlplane.redb")]
+    db: PathBuf,
+    /// File holding the bearer token clients must present (mode 600). Without
+    /// it the API is open to anyone who can reach it.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("patronus-controlplane: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = cli
+        .token_file
+        .as_deref()
+        .map(BearerToken::from_file)
+        .transpose()?;
+    if token.is_none() {
+        tracing::warn!("no --token-file: the API accepts unauthenticated requests");
+    }
+    if let Some(dir) = cli.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store =
+        Arc::new(Store::open(&cli.db).with_context(|| format!("opening {}", cli.db.display()))?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cli.listen)
+            .await
+            .with_context(|| format!("binding {}", cli.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, db = %cli.db.display(), "control plane listening");
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        server::serve(listener, store, token, shutdown).await
+    })
+}

@@ -1,0 +1,47 @@
+//! The gRPC server: the public API (authenticated when a token is set), the
+//! standard `grpc.health.v1` service and server reflection.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use patronus_proto::v1::control_plane_server::ControlPlaneServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic::{Request, Status};
+
+use crate::api::Api;
+use crate::auth::BearerToken;
+use crate::store::Store;
+
+/// Serves on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<Store>,
+    token: Option<BearerToken>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ControlPlaneServer<Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(patronus_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    #[allow(clippy::result_large_err)] // tonic's interceptor signature
+    let authenticate = move |req: Request<()>| -> Result<Request<()>, Status> {
+        match &token {
+            Some(t) => t.check(req),
+            None => Ok(req),
+        }
+    };
+    let api = ControlPlaneServer::with_interceptor(Api::new(store), authenticate);
+    Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

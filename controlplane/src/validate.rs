@@ -1,0 +1,326 @@
+//! Field-by-field validation of what clients write. Every violation names
+//! its field path (`site.spec.tunnel_endpoint.port`) so that the API can
+//! answer INVALID_ARGUMENT with a google.rpc.BadRequest listing them all.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use patronus_proto::v1::{
+    ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, Policy, RuleAction, Site,
+};
+
+/// Categories a CATEGORY condition may name (the classifier's ten).
+pub const CATEGORIES: [&str; 10] = [
+    "Web",
+    "Video",
+    "VoIP",
+    "Gaming",
+    "FileTransfer",
+    "Database",
+    "DNS",
+    "RemoteAccess",
+    "Email",
+    "Unknown",
+];
+
+/// Field violations collected while validating one request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Violations {
+    /// (field path, what is wrong).
+    pub items: Vec<(String, String)>,
+}
+
+impl Violations {
+    /// Records a violation.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.items.push((field.into(), description.into()));
+    }
+
+    /// True when nothing was wrong.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// A DNS label: 1-63 of a-z, 0-9 and '-', starting with a letter, not ending with '-'.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn is_host(s: &str) -> bool {
+    s.parse::<IpAddr>().is_ok()
+        || (!s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            }))
+}
+
+/// Metadata as a client writes it: a name and labels; the rest is the server's.
+pub fn metadata(meta: Option<&ObjectMeta>, prefix: &str, v: &mut Violations) {
+    let Some(meta) = meta else {
+        v.add(format!("{prefix}.metadata"), "required");
+        return;
+    };
+    if !is_dns_label(&meta.name) {
+        v.add(
+            format!("{prefix}.metadata.name"),
+            "must be 1-63 characters of a-z, 0-9 and '-', starting with a letter",
+        );
+    }
+    for (key, value) in &meta.labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= 253
+            && key
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_./".contains(&c));
+        if !key_ok {
+            v.add(
+                format!("{prefix}.metadata.labels[{key}]"),
+                "label keys are 1-253 characters of A-Z, a-z, 0-9, '-', '_', '.', '/'",
+            );
+        }
+        let value_ok = value.len() <= 63
+            && value
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
+        if !value_ok {
+            v.add(
+                format!("{prefix}.metadata.labels[{key}]"),
+                "label values are at most 63 characters of A-Z, a-z, 0-9, '-', '_', '.'",
+            );
+        }
+    }
+    if meta.external_id.len() > 253 {
+        v.add(
+            format!("{prefix}.metadata.external_id"),
+            "at most 253 characters",
+        );
+    }
+}
+
+fn endpoint(e: Option<&Endpoint>, field: &str, v: &mut Violations) {
+    let Some(e) = e else {
+        v.add(field, "required");
+        return;
+    };
+    if !is_host(&e.address) {
+        v.add(
+            format!("{field}.address"),
+            format!("{:?} is neither an IP address nor a host name", e.address),
+        );
+    }
+    if !(1..=65535).contains(&e.port) {
+        v.add(format!("{field}.port"), "must be 1-65535");
+    }
+}
+
+/// A site as written.
+pub fn site(s: &Site, v: &mut Violations) {
+    metadata(s.metadata.as_ref(), "site", v);
+    let Some(spec) = &s.spec else {
+        v.add("site.spec", "required");
+        return;
+    };
+    if !is_dns_label(&spec.site_id) {
+        v.add(
+            "site.spec.site_id",
+            "must be 1-63 characters of a-z, 0-9 and '-', starting with a letter",
+        );
+    }
+    if spec.display_name.chars().count() > 253 {
+        v.add("site.spec.display_name", "at most 253 characters");
+    }
+    if !spec.region.is_empty() && !is_dns_label(&spec.region) {
+        v.add(
+            "site.spec.region",
+            "must be a region name such as us-east-1",
+        );
+    }
+    endpoint(
+        spec.tunnel_endpoint.as_ref(),
+        "site.spec.tunnel_endpoint",
+        v,
+    );
+    let mut seen = Vec::new();
+    for (i, peer) in spec.peers.iter().enumerate() {
+        let field = format!("site.spec.peers[{i}]");
+        if !is_dns_label(&peer.site_id) {
+            v.add(format!("{field}.site_id"), "must be a site id");
+        } else if peer.site_id == spec.site_id {
+            v.add(
+                format!("{field}.site_id"),
+                "a site does not peer with itself",
+            );
+        } else if seen.contains(&peer.site_id) {
+            v.add(format!("{field}.site_id"), "listed twice");
+        }
+        seen.push(peer.site_id.clone());
+        if !is_host(&peer.address) {
+            v.add(
+                format!("{field}.address"),
+                format!(
+                    "{:?} is neither an IP address nor a host name",
+                    peer.address
+                ),
+            );
+        }
+    }
+}
+
+/// A peer as written.
+pub fn peer(p: &Peer, v: &mut Violations) {
+    metadata(p.metadata.as_ref(), "peer", v);
+    let Some(spec) = &p.spec else {
+        v.add("peer.spec", "required");
+        return;
+    };
+    if !is_dns_label(&spec.site_id) {
+        v.add("peer.spec.site_id", "must be a site id");
+    }
+    endpoint(spec.endpoint.as_ref(), "peer.spec.endpoint", v);
+    let key_ok = spec.wireguard.as_ref().is_some_and(|w| {
+        base64::engine::general_purpose::STANDARD
+            .decode(&w.public_key)
+            .is_ok_and(|k| k.len() == 32)
+    });
+    if !key_ok {
+        v.add(
+            "peer.spec.wireguard.public_key",
+            "must be a base64 Curve25519 public key (32 bytes)",
+        );
+    }
+}
+
+/// A policy as written.
+pub fn policy(p: &Policy, v: &mut Violations) {
+    metadata(p.metadata.as_ref(), "policy", v);
+    let Some(spec) = &p.spec else {
+        v.add("policy.spec", "required");
+        return;
+    };
+    if let Some(selector) = &spec.site_selector {
+        for key in selector.match_labels.keys() {
+            if key.is_empty() {
+                v.add(
+                    "policy.spec.site_selector.match_labels",
+                    "label keys cannot be empty",
+                );
+            }
+        }
+    }
+    if spec.rules.is_empty() {
+        v.add("policy.spec.rules", "at least one rule");
+    }
+    let mut priorities = Vec::new();
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let field = format!("policy.spec.rules[{i}]");
+        let action = RuleAction::try_from(rule.action).unwrap_or(RuleAction::Unspecified);
+        if action == RuleAction::Unspecified {
+            v.add(format!("{field}.action"), "must be ROUTE, ALLOW or DENY");
+        }
+        if priorities.contains(&rule.priority) {
+            v.add(
+                format!("{field}.priority"),
+                format!("{} is used by another rule", rule.priority),
+            );
+        }
+        priorities.push(rule.priority);
+        for (j, c) in rule.conditions.iter().enumerate() {
+            condition(c.r#type, &c.value, &format!("{field}.conditions[{j}]"), v);
+        }
+        match (&rule.path_selection, action) {
+            (None, RuleAction::Route) => {
+                v.add(format!("{field}.path_selection"), "required for ROUTE")
+            }
+            (Some(_), RuleAction::Allow | RuleAction::Deny) => v.add(
+                format!("{field}.path_selection"),
+                "only ROUTE rules select a path",
+            ),
+            (Some(ps), _) => {
+                let strategy = PathSelectionStrategy::try_from(ps.strategy)
+                    .unwrap_or(PathSelectionStrategy::Unspecified);
+                if strategy == PathSelectionStrategy::Unspecified {
+                    v.add(
+                        format!("{field}.path_selection.strategy"),
+                        "must be LOWEST_LATENCY, HIGHEST_BANDWIDTH or LEAST_COST",
+                    );
+                }
+                if let Some(t) = &ps.thresholds {
+                    let limits = [
+                        ("max_latency_ms", t.max_latency_ms, f64::MAX),
+                        ("max_packet_loss_pct", t.max_packet_loss_pct, 100.0),
+                        ("max_jitter_ms", t.max_jitter_ms, f64::MAX),
+                        ("min_bandwidth_mbps", t.min_bandwidth_mbps, f64::MAX),
+                    ];
+                    for (name, value, max) in limits {
+                        if !value.is_finite() || value < 0.0 || value > max {
+                            v.add(
+                                format!("{field}.path_selection.thresholds.{name}"),
+                                format!("must be between 0 and {max} (0: no limit)"),
+                            );
+                        }
+                    }
+                }
+            }
+            (None, _) => {}
+        }
+    }
+}
+
+fn condition(kind: i32, value: &str, field: &str, v: &mut Violations) {
+    let ok = match ConditionType::try_from(kind).unwrap_or(ConditionType::Unspecified) {
+        ConditionType::Unspecified => {
+            v.add(format!("{field}.type"), "must be APPLICATION, CATEGORY, SOURCE_PREFIX, DESTINATION_PREFIX, DESTINATION_PORT or DSCP");
+            return;
+        }
+        ConditionType::Application => {
+            !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"_-.+".contains(&c))
+        }
+        ConditionType::Category => CATEGORIES.contains(&value),
+        ConditionType::SourcePrefix | ConditionType::DestinationPrefix => {
+            value.parse::<ipnet::IpNet>().is_ok()
+        }
+        ConditionType::DestinationPort => value.parse::<u16>().is_ok_and(|p| p > 0),
+        ConditionType::Dscp => value.parse::<u8>().is_ok_and(|d| d < 64),
+    };
+    if !ok {
+        v.add(
+            format!("{field}.value"),
+            format!("{value:?} is not valid for this condition type"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("hq-1"));
+        for bad in ["", "1hq", "HQ", "hq-", "h_q", &"a".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert!(is_host("203.0.113.7") && is_host("2001:db8::1") && is_host("gw.example.com"));
+        assert!(!is_host("") && !is_host("bad host") && !is_host("-x.example"));
+    }
+}

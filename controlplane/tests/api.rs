@@ -1,0 +1,621 @@
+//! The public API end to end over real gRPC: an in-process server on a
+//! loopback port with a real database file, and tonic's generated client.
+
+use std::sync::Arc;
+
+use patronus_controlplane::auth::BearerToken;
+use patronus_controlplane::store::Store;
+use patronus_proto::v1::control_plane_client::ControlPlaneClient;
+use patronus_proto::v1::*;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(token: Option<&str>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(dir, token).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, token: Option<&str>) -> Server {
+        let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = token.map(|t| BearerToken::new(t).unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            patronus_controlplane::server::serve(listener, store, token, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            addr,
+            stop: Some(stop),
+            task,
+            dir,
+        }
+    }
+
+    async fn client(&self) -> ControlPlaneClient<Channel> {
+        ControlPlaneClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server and hands back its directory (the database stays).
+    async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+        self.dir
+    }
+}
+
+fn site(name: &str, site_id: &str) -> Site {
+    Site {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+            ..Default::default()
+        }),
+        spec: Some(SiteSpec {
+            site_id: site_id.into(),
+            display_name: "Headquarters".into(),
+            region: "us-east-1".into(),
+            tunnel_endpoint: Some(Endpoint {
+                address: "203.0.113.10".into(),
+                port: 51820,
+            }),
+            peers: vec![SitePeer {
+                site_id: "branch-1".into(),
+                address: "198.51.100.7".into(),
+            }],
+        }),
+        status: None,
+    }
+}
+
+/// Metadata a client writes: a name.
+fn named(name: &str) -> Option<ObjectMeta> {
+    Some(ObjectMeta {
+        name: name.into(),
+        ..Default::default()
+    })
+}
+
+fn peer(name: &str) -> Peer {
+    Peer {
+        metadata: named(name),
+        spec: Some(PeerSpec {
+            site_id: "hq".into(),
+            endpoint: Some(Endpoint {
+                address: "aws-gw.example.com".into(),
+                port: 51820,
+            }),
+            wireguard: Some(WireGuard {
+                public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
+            }),
+            compression: true,
+            bfd_enabled: true,
+        }),
+        status: None,
+    }
+}
+
+fn policy(name: &str) -> Policy {
+    Policy {
+        metadata: named(name),
+        spec: Some(PolicySpec {
+            site_selector: Some(LabelSelector {
+                match_labels: [("env".to_owned(), "prod".to_owned())].into(),
+            }),
+            rules: vec![PolicyRule {
+                action: RuleAction::Route as i32,
+                priority: 100,
+                conditions: vec![Condition {
+                    r#type: ConditionType::Category as i32,
+                    value: "Video".into(),
+                }],
+                path_selection: Some(PathSelection {
+                    strategy: PathSelectionStrategy::LowestLatency as i32,
+                    thresholds: Some(Thresholds {
+                        max_latency_ms: 80.0,
+                        ..Default::default()
+                    }),
+                }),
+            }],
+        }),
+        status: None,
+    }
+}
+
+/// Creates a site that must be accepted; returns it as stored.
+async fn create(c: &mut ControlPlaneClient<Channel>, site: Site) -> Site {
+    let req = CreateSiteRequest { site: Some(site) };
+    c.create_site(req).await.unwrap().into_inner().site.unwrap()
+}
+
+/// Updates a site that must be accepted; returns it as stored.
+async fn update(c: &mut ControlPlaneClient<Channel>, site: Site) -> Site {
+    let req = UpdateSiteRequest { site: Some(site) };
+    c.update_site(req).await.unwrap().into_inner().site.unwrap()
+}
+
+/// The fields a BadRequest names.
+fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sites_peers_and_policies_round_trip() {
+    let server = Server::start(None).await;
+    let mut c = server.client().await;
+    let created = create(&mut c, site("hq", "hq")).await;
+    let meta = created.metadata.clone().unwrap();
+    assert!(meta.resource_version > 0 && meta.generation == 1 && !meta.uid.is_empty());
+    assert!(meta.create_time.is_some());
+    let got = c
+        .get_site(GetSiteRequest { name: "hq".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .site
+        .unwrap();
+    assert_eq!(got, created);
+
+    // A spec change bumps generation and resource_version; a label change only the version.
+    let mut changed = got.clone();
+    changed.spec.as_mut().unwrap().region = "eu-west-1".into();
+    let updated = update(&mut c, changed).await;
+    let m = updated.metadata.clone().unwrap();
+    assert_eq!(m.generation, 2);
+    assert!(m.resource_version > meta.resource_version);
+    assert_eq!(m.uid, meta.uid);
+    let mut relabelled = updated.clone();
+    relabelled
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .insert("tier".into(), "gold".into());
+    let relabelled = update(&mut c, relabelled).await;
+    assert_eq!(relabelled.metadata.as_ref().unwrap().generation, 2);
+
+    c.create_peer(CreatePeerRequest {
+        peer: Some(peer("aws")),
+    })
+    .await
+    .unwrap();
+    c.create_policy(CreatePolicyRequest {
+        policy: Some(policy("video")),
+    })
+    .await
+    .unwrap();
+    let peers = c
+        .list_peers(ListPeersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(peers.peers.len(), 1);
+    assert!(peers.next_page_token.is_empty());
+    let policies = c
+        .list_policies(ListPoliciesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(policies.policies[0].spec, policy("video").spec);
+
+    c.delete_site(DeleteSiteRequest {
+        name: "hq".into(),
+        resource_version: 0,
+    })
+    .await
+    .unwrap();
+    let gone = c
+        .get_site(GetSiteRequest { name: "hq".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    // Its site_id is free again.
+    create(&mut c, site("hq2", "hq")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_writers_cannot_overwrite_each_other() {
+    let server = Server::start(None).await;
+    let mut c = server.client().await;
+    let base = create(&mut c, site("hq", "hq")).await;
+    let again = c
+        .create_site(CreateSiteRequest {
+            site: Some(site("hq", "other")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+    let same_id = c
+        .create_site(CreateSiteRequest {
+            site: Some(site("hq-copy", "hq")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(same_id.code(), Code::AlreadyExists, "site_id is unique");
+
+    let mut first = base.clone();
+    first.spec.as_mut().unwrap().display_name = "first".into();
+    let mut second = base.clone();
+    second.spec.as_mut().unwrap().display_name = "second".into();
+    c.update_site(UpdateSiteRequest { site: Some(first) })
+        .await
+        .unwrap();
+    let lost = c
+        .update_site(UpdateSiteRequest { site: Some(second) })
+        .await
+        .unwrap_err();
+    assert_eq!(lost.code(), Code::FailedPrecondition, "{lost:?}");
+    let stale = c
+        .delete_site(DeleteSiteRequest {
+            name: "hq".into(),
+            resource_version: base.metadata.as_ref().unwrap().resource_version,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+
+    let mut unversioned = base.clone();
+    unversioned.metadata.as_mut().unwrap().resource_version = 0;
+    let e = c
+        .update_site(UpdateSiteRequest {
+            site: Some(unversioned),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&e), ["site.metadata.resource_version"]);
+    let e = c
+        .update_site(UpdateSiteRequest {
+            site: Some(site("nobody", "nobody")),
+        })
+        .await;
+    assert!(matches!(
+        e.map_err(|s| s.code()),
+        Err(Code::InvalidArgument)
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_requests_name_every_field() {
+    let server = Server::start(None).await;
+    let mut c = server.client().await;
+    type Edit<T> = fn(&mut T);
+    let sites: &[(Edit<Site>, &str)] = &[
+        (
+            |s| s.metadata.as_mut().unwrap().name = "Bad_Name".into(),
+            "site.metadata.name",
+        ),
+        (|s| s.metadata = None, "site.metadata"),
+        (
+            |s| {
+                s.metadata
+                    .as_mut()
+                    .unwrap()
+                    .labels
+                    .insert("k".into(), "spaces are not allowed".into());
+            },
+            "site.metadata.labels[k]",
+        ),
+        (|s| s.spec = None, "site.spec"),
+        (
+            |s| s.spec.as_mut().unwrap().site_id = String::new(),
+            "site.spec.site_id",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().display_name = "x".repeat(300),
+            "site.spec.display_name",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().region = "US East".into(),
+            "site.spec.region",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().tunnel_endpoint = None,
+            "site.spec.tunnel_endpoint",
+        ),
+        (
+            |s| {
+                s.spec
+                    .as_mut()
+                    .unwrap()
+                    .tunnel_endpoint
+                    .as_mut()
+                    .unwrap()
+                    .address = "not an address".into()
+            },
+            "site.spec.tunnel_endpoint.address",
+        ),
+        (
+            |s| {
+                s.spec
+                    .as_mut()
+                    .unwrap()
+                    .tunnel_endpoint
+                    .as_mut()
+                    .unwrap()
+                    .port = 70000
+            },
+            "site.spec.tunnel_endpoint.port",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().peers[0].site_id = "hq".into(),
+            "site.spec.peers[0].site_id",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().peers[0].address = "".into(),
+            "site.spec.peers[0].address",
+        ),
+    ];
+    for (edit, field) in sites {
+        let mut s = site("hq", "hq");
+        edit(&mut s);
+        let e = c
+            .create_site(CreateSiteRequest { site: Some(s) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(violated_fields(&e), [*field], "{}", e.message());
+    }
+    let peers: &[(Edit<Peer>, &str)] = &[
+        (
+            |p| p.spec.as_mut().unwrap().site_id = "-".into(),
+            "peer.spec.site_id",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().endpoint = None,
+            "peer.spec.endpoint",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().endpoint.as_mut().unwrap().port = 0,
+            "peer.spec.endpoint.port",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().wireguard = None,
+            "peer.spec.wireguard.public_key",
+        ),
+        (
+            |p| {
+                p.spec
+                    .as_mut()
+                    .unwrap()
+                    .wireguard
+                    .as_mut()
+                    .unwrap()
+                    .public_key = "c2hvcnQ=".into()
+            },
+            "peer.spec.wireguard.public_key",
+        ),
+    ];
+    for (edit, field) in peers {
+        let mut p = peer("aws");
+        edit(&mut p);
+        let e = c
+            .create_peer(CreatePeerRequest { peer: Some(p) })
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&e), [*field], "{}", e.message());
+    }
+    fn rule(p: &mut Policy) -> &mut PolicyRule {
+        &mut p.spec.as_mut().unwrap().rules[0]
+    }
+    let policies: &[(Edit<Policy>, &str)] = &[
+        (
+            |p| p.spec.as_mut().unwrap().rules.clear(),
+            "policy.spec.rules",
+        ),
+        (|p| rule(p).action = 0, "policy.spec.rules[0].action"),
+        (|p| rule(p).action = 99, "policy.spec.rules[0].action"),
+        (
+            |p| rule(p).conditions[0].r#type = 0,
+            "policy.spec.rules[0].conditions[0].type",
+        ),
+        (
+            |p| rule(p).conditions[0].value = "Streaming".into(),
+            "policy.spec.rules[0].conditions[0].value",
+        ),
+        (
+            |p| rule(p).path_selection = None,
+            "policy.spec.rules[0].path_selection",
+        ),
+        (
+            |p| rule(p).path_selection.as_mut().unwrap().strategy = 0,
+            "policy.spec.rules[0].path_selection.strategy",
+        ),
+        (
+            |p| {
+                rule(p)
+                    .path_selection
+                    .as_mut()
+                    .unwrap()
+                    .thresholds
+                    .as_mut()
+                    .unwrap()
+                    .max_packet_loss_pct = 150.0
+            },
+            "policy.spec.rules[0].path_selection.thresholds.max_packet_loss_pct",
+        ),
+        (
+            |p| {
+                let r = rule(p).clone();
+                p.spec.as_mut().unwrap().rules.push(r);
+            },
+            "policy.spec.rules[1].priority",
+        ),
+    ];
+    for (edit, field) in policies {
+        let mut p = policy("video");
+        edit(&mut p);
+        let e = c
+            .create_policy(CreatePolicyRequest { policy: Some(p) })
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&e), [*field], "{}", e.message());
+    }
+    // Several faults at once are all named.
+    let mut s = site("hq", "");
+    s.spec
+        .as_mut()
+        .unwrap()
+        .tunnel_endpoint
+        .as_mut()
+        .unwrap()
+        .port = 0;
+    let e = c
+        .create_site(CreateSiteRequest { site: Some(s) })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&e),
+        ["site.spec.site_id", "site.spec.tunnel_endpoint.port"]
+    );
+    let e = c
+        .get_site(GetSiteRequest {
+            name: "../etc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&e), ["name"]);
+    let e = c
+        .list_sites(ListSitesRequest {
+            page_size: 5,
+            page_token: "%%%".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&e), ["page_token"]);
+    // Nothing was written.
+    assert!(c
+        .list_sites(ListSitesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sites
+        .is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn lists_page_in_name_order() {
+    let server = Server::start(None).await;
+    let mut c = server.client().await;
+    for i in (0..25).rev() {
+        let name = format!("site-{i:02}");
+        create(&mut c, site(&name, &name)).await;
+    }
+    let (mut names, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = c
+            .list_sites(ListSitesRequest {
+                page_size: 10,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        names.extend(page.sites.into_iter().map(|s| s.metadata.unwrap().name));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("site-{i:02}")).collect();
+    assert_eq!((names, pages), (expected, 3));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_is_required_when_configured() {
+    const TOKEN: &str = "s3cret-token-0123456789";
+    let server = Server::start(Some(TOKEN)).await;
+    let mut c = server.client().await;
+    let e = c.list_sites(ListSitesRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = Request::new(ListSitesRequest::default());
+    wrong.metadata_mut().insert(
+        "authorization",
+        "Bearer s3cret-token-0123456780".parse().unwrap(),
+    );
+    assert_eq!(
+        c.list_sites(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut right = Request::new(ListSitesRequest::default());
+    right
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    c.list_sites(right).await.unwrap();
+    // The standard health service answers without a token.
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "patronus.v1.ControlPlane".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let server = Server::start(None).await;
+    let mut c = server.client().await;
+    let created = create(&mut c, site("hq", "hq")).await;
+    c.create_peer(CreatePeerRequest {
+        peer: Some(peer("aws")),
+    })
+    .await
+    .unwrap();
+    drop(c);
+    let dir = server.stop().await;
+    let server = Server::start_in(dir, None).await;
+    let mut c = server.client().await;
+    assert_eq!(
+        c.get_site(GetSiteRequest { name: "hq".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .site,
+        Some(created.clone())
+    );
+    assert!(c
+        .get_peer(GetPeerRequest { name: "aws".into() })
+        .await
+        .is_ok());
+    // Versions keep increasing across restarts.
+    let next = create(&mut c, site("b", "b")).await;
+    assert!(next.metadata.unwrap().resource_version > created.metadata.unwrap().resource_version);
+    server.stop().await;
+}

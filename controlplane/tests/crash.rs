@@ -1,0 +1,133 @@
+//! Acknowledged writes survive `kill -9` of the real `patronus-controlplane`
+//! binary, at random points in a stream of writes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use patronus_proto::v1::control_plane_client::ControlPlaneClient;
+use patronus_proto::v1::*;
+
+/// Starts the server on an ephemeral port; returns it with its address.
+fn start(db: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"))
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start patronus-controlplane");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server listening");
+    (child, addr)
+}
+
+fn site(name: &str) -> Site {
+    Site {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        spec: Some(SiteSpec {
+            site_id: name.into(),
+            display_name: String::new(),
+            region: "eu-central-1".into(),
+            tunnel_endpoint: Some(Endpoint {
+                address: "192.0.2.1".into(),
+                port: 51820,
+            }),
+            peers: Vec::new(),
+        }),
+        status: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cp.redb");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    println!("seed {seed}");
+    let mut rng = seed | 1;
+    let mut acknowledged: Vec<String> = Vec::new();
+    for round in 0..5 {
+        let (mut child, addr) = start(&db);
+        let mut c = ControlPlaneClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        // Everything acknowledged before, in any earlier round, is there.
+        for name in &acknowledged {
+            let got = c.get_site(GetSiteRequest { name: name.clone() }).await;
+            assert!(
+                got.is_ok(),
+                "round {round}: acknowledged site {name} lost (seed {seed})"
+            );
+        }
+        // Write until killed at a random moment (20-220 ms in).
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let kill_at = Instant::now() + Duration::from_millis(20 + u64::from(rng % 200));
+        let mut i = 0;
+        while Instant::now() < kill_at {
+            let name = format!("r{round}-s{i}");
+            if c.create_site(CreateSiteRequest {
+                site: Some(site(&name)),
+            })
+            .await
+            .is_ok()
+            {
+                acknowledged.push(name);
+            }
+            i += 1;
+        }
+        // A write in flight when the process dies may or may not land; it was not acknowledged.
+        let in_flight = tokio::spawn({
+            let mut c = c.clone();
+            async move {
+                c.create_site(CreateSiteRequest {
+                    site: Some(site(&format!("r{round}-inflight"))),
+                })
+                .await
+            }
+        });
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if let Ok(Ok(_)) = in_flight.await {
+            acknowledged.push(format!("r{round}-inflight"));
+        }
+    }
+    let (mut child, addr) = start(&db);
+    let mut c = ControlPlaneClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    for name in &acknowledged {
+        assert!(
+            c.get_site(GetSiteRequest { name: name.clone() })
+                .await
+                .is_ok(),
+            "{name} lost (seed {seed})"
+        );
+    }
+    assert!(acknowledged.len() > 5, "the test wrote something");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
