@@ -8,6 +8,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 mode=$(scripts/setup.sh)
 export PATRONUS_EAL_MEMORY=$mode
+# The independent gRPC client of the control-plane tests (Python, from PyPI).
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    grpcio grpcio-tools grpcio-health-checking grpcio-reflection grpcio-status
 export CARGO_TERM_COLOR=never
 
 step() { printf '\n== %s\n' "$*"; }

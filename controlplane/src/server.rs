@@ -25,10 +25,14 @@ pub async fn serve(
     health_reporter
         .set_serving::<ControlPlaneServer<Api>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(patronus_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both protocol versions: grpcurl and grpcio's helpers still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(patronus_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     #[allow(clippy::result_large_err)] // tonic's interceptor signature
     let authenticate = move |req: Request<()>| -> Result<Request<()>, Status> {
         match &token {
@@ -39,7 +43,8 @@ pub async fn serve(
     let api = ControlPlaneServer::with_interceptor(Api::new(store), authenticate);
     Server::builder()
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
