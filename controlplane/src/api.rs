@@ -9,7 +9,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::resource::{name_of, Resource};
-use crate::store::{Store, StoreError};
+use crate::store::{self, GroupCommit, Store, StoreError};
 use crate::validate::Violations;
 
 /// Default and largest page sizes of list calls.
@@ -21,15 +21,19 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct Api {
     store: Arc<Store>,
+    writes: GroupCommit,
 }
 
 impl Api {
-    /// The service over `store`.
+    /// The service over `store`; writes go through one group-commit thread.
     pub fn new(store: Arc<Store>) -> Api {
-        Api { store }
+        Api {
+            writes: GroupCommit::start(store.clone()),
+            store,
+        }
     }
 
-    /// Runs a store call off the async runtime (commits wait for the disk).
+    /// Runs a store read off the async runtime.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
@@ -46,7 +50,11 @@ impl Api {
         r.clear_output_only();
         check(&r)?;
         let uid = uuid::Uuid::new_v4().to_string();
-        self.blocking(move |s| s.create(r, uid)).await
+        let created = self
+            .writes
+            .write(move |txn| store::create_in(txn, r, uid))
+            .await;
+        created.map_err(store_status)
     }
 
     async fn get<R: Resource>(&self, name: String) -> Result<R, Status> {
@@ -83,12 +91,17 @@ impl Api {
             );
             return Err(invalid::<R>(v));
         }
-        self.blocking(move |s| s.update(r)).await
+        let updated = self.writes.write(move |txn| store::update_in(txn, r)).await;
+        updated.map_err(store_status)
     }
 
     async fn delete<R: Resource>(&self, name: String, version: u64) -> Result<(), Status> {
         check_name::<R>(&name)?;
-        self.blocking(move |s| s.delete::<R>(&name, version)).await
+        let deleted = self
+            .writes
+            .write(move |txn| store::delete_in::<R>(txn, &name, version))
+            .await;
+        deleted.map_err(store_status)
     }
 }
 
@@ -161,7 +174,7 @@ fn store_status(e: StoreError) -> Status {
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
         StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         StoreError::Conflict { .. } => Status::failed_precondition(e.to_string()),
-        StoreError::Storage(_) | StoreError::Corrupt { .. } => {
+        StoreError::Storage(_) | StoreError::Corrupt { .. } | StoreError::CommitFailed(_) => {
             tracing::error!(error = %e, "store failure");
             Status::internal(e.to_string())
         }

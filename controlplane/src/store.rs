@@ -56,6 +56,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),
+    /// The group commit failed or could not run; the write may not have happened.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     /// A stored value did not decode (corruption or a schema bug).
     #[error("stored {kind} {name:?} does not decode: {source}")]
     Corrupt {
@@ -100,6 +103,76 @@ pub struct Store {
     db: Database,
 }
 
+/// A write waiting for the group commit: it runs inside the shared
+/// transaction and returns what to do once the commit has (or has not)
+/// happened, and whether it failed in a way that spoils the transaction
+/// (a storage error part-way through its changes).
+type Job = Box<dyn FnOnce(&redb::WriteTransaction) -> (Completion, bool) + Send>;
+type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+/// Most writes one group commit takes.
+pub const GROUP_COMMIT_MAX: usize = 1024;
+
+/// Group commit: writes arriving together share one transaction and one
+/// disk flush, and each is acknowledged only after that commit. One thread
+/// owns the writing side of the database (redb has one writer at a time
+/// anyway); a write that fails its checks changes nothing and does not
+/// disturb the others in its group.
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the writer thread over `store`.
+    pub fn start(store: std::sync::Arc<Store>) -> GroupCommit {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < GROUP_COMMIT_MAX {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    store.commit_batch(batch);
+                }
+            })
+            .expect("spawn the group-commit thread");
+        GroupCommit { jobs }
+    }
+
+    /// Runs `f` in the next group's transaction; resolves after the commit.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            let outcome = f(txn);
+            let spoiled = matches!(outcome, Err(StoreError::Storage(_)));
+            let complete: Completion = Box::new(move |commit: Result<(), &StoreError>| {
+                let reply = match (outcome, commit) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(e)) => Err(StoreError::CommitFailed(e.to_string())),
+                    (Err(e), _) => Err(e),
+                };
+                let _ = done.send(reply);
+            });
+            (complete, spoiled)
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::CommitFailed("the writer thread has stopped".into()))?;
+        result
+            .await
+            .map_err(|_| StoreError::CommitFailed("the writer thread has stopped".into()))?
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database file.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -116,6 +189,42 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// Runs a group of writes in one transaction and commits it once. A
+    /// storage failure in any of them aborts the group: all are told, none lands.
+    fn commit_batch(&self, batch: Vec<Job>) {
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Dropping the jobs tells their callers the write did not happen.
+                tracing::error!(error = %e, writes = batch.len(), "cannot begin a write transaction");
+                return;
+            }
+        };
+        let mut spoiled = false;
+        let completions: Vec<Completion> = batch
+            .into_iter()
+            .map(|job| {
+                let (complete, bad) = job(&txn);
+                spoiled |= bad;
+                complete
+            })
+            .collect();
+        let committed = if spoiled {
+            let _ = txn.abort();
+            Err(StoreError::CommitFailed(
+                "a storage error aborted this group of writes".into(),
+            ))
+        } else {
+            txn.commit().map_err(StoreError::from)
+        };
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "group commit failed");
+        }
+        for complete in completions {
+            complete(committed.as_ref().map(|_| ()));
+        }
+    }
+
     /// The store-wide revision: the resource_version of the latest write.
     pub fn revision(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
@@ -124,32 +233,19 @@ impl Store {
     }
 
     /// Creates `r`; the server-assigned metadata is filled in.
-    pub fn create<R: Resource>(&self, mut r: R, uid: String) -> Result<R, StoreError> {
-        let name = name_of(&r).to_owned();
+    pub fn create<R: Resource>(&self, r: R, uid: String) -> Result<R, StoreError> {
+        self.write(|txn| create_in(txn, r, uid))
+    }
+
+    /// Runs `f` in one write transaction and commits it.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(R::TABLE)?;
-            if table.get(name.as_str())?.is_some() {
-                return Err(StoreError::AlreadyExists {
-                    what: format!("{} {name:?}", R::KIND),
-                });
-            }
-            claim_unique(&txn, &r, &name, None)?;
-            let revision = bump_revision(&txn)?;
-            let now = Some(prost_types::Timestamp::from(SystemTime::now()));
-            let meta = r.meta_mut();
-            *meta = ObjectMeta {
-                resource_version: revision,
-                uid,
-                generation: 1,
-                create_time: now,
-                update_time: now,
-                ..std::mem::take(meta)
-            };
-            table.insert(name.as_str(), r.encode_to_vec().as_slice())?;
-        }
+        let out = f(&txn)?;
         txn.commit()?;
-        Ok(r)
+        Ok(out)
     }
 
     /// The resource called `name`.
@@ -186,71 +282,107 @@ impl Store {
 
     /// Replaces the spec and labels of an existing resource whose
     /// resource_version is the one `r` carries.
-    pub fn update<R: Resource>(&self, mut r: R) -> Result<R, StoreError> {
-        let name = name_of(&r).to_owned();
-        let given = r.meta().map_or(0, |m| m.resource_version);
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(R::TABLE)?;
-            let current: R = match table.get(name.as_str())? {
-                Some(bytes) => decode(&name, bytes.value())?,
-                None => return Err(not_found::<R>(&name)),
-            };
-            let old = current.meta().cloned().unwrap_or_default();
-            if old.resource_version != given {
-                return Err(StoreError::Conflict {
-                    kind: R::KIND,
-                    name,
-                    given,
-                    current: old.resource_version,
-                });
-            }
-            claim_unique(&txn, &r, &name, current.unique_key())?;
-            let revision = bump_revision(&txn)?;
-            let spec_changed = current.spec_bytes() != r.spec_bytes();
-            let labels = std::mem::take(&mut r.meta_mut().labels);
-            let external_id = std::mem::take(&mut r.meta_mut().external_id);
-            *r.meta_mut() = ObjectMeta {
-                labels,
-                external_id,
-                resource_version: revision,
-                generation: old.generation + i64::from(spec_changed),
-                update_time: Some(prost_types::Timestamp::from(SystemTime::now())),
-                ..old
-            };
-            table.insert(name.as_str(), r.encode_to_vec().as_slice())?;
-        }
-        txn.commit()?;
-        Ok(r)
+    pub fn update<R: Resource>(&self, r: R) -> Result<R, StoreError> {
+        self.write(|txn| update_in(txn, r))
     }
 
     /// Deletes the resource called `name` (only at `expected` when non-zero).
     pub fn delete<R: Resource>(&self, name: &str, expected: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(R::TABLE)?;
-            let current: R = match table.get(name)? {
-                Some(bytes) => decode(name, bytes.value())?,
-                None => return Err(not_found::<R>(name)),
-            };
-            let version = current.meta().map_or(0, |m| m.resource_version);
-            if expected != 0 && expected != version {
-                return Err(StoreError::Conflict {
-                    kind: R::KIND,
-                    name: name.to_owned(),
-                    given: expected,
-                    current: version,
-                });
-            }
-            if let (Some(def), Some(key)) = (R::UNIQUE, current.unique_key()) {
-                txn.open_table(def)?.remove(key)?;
-            }
-            table.remove(name)?;
-            bump_revision(&txn)?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.write(|txn| delete_in::<R>(txn, name, expected))
     }
+}
+
+/// [`Store::create`] inside a transaction. Every check comes before the first
+/// change, so a refused write leaves the transaction as it was.
+pub fn create_in<R: Resource>(
+    txn: &redb::WriteTransaction,
+    mut r: R,
+    uid: String,
+) -> Result<R, StoreError> {
+    let name = name_of(&r).to_owned();
+    let mut table = txn.open_table(R::TABLE)?;
+    if table.get(name.as_str())?.is_some() {
+        return Err(StoreError::AlreadyExists {
+            what: format!("{} {name:?}", R::KIND),
+        });
+    }
+    claim_unique(txn, &r, &name, None)?;
+    let revision = bump_revision(txn)?;
+    let now = Some(prost_types::Timestamp::from(SystemTime::now()));
+    let meta = r.meta_mut();
+    *meta = ObjectMeta {
+        resource_version: revision,
+        uid,
+        generation: 1,
+        create_time: now,
+        update_time: now,
+        ..std::mem::take(meta)
+    };
+    table.insert(name.as_str(), r.encode_to_vec().as_slice())?;
+    Ok(r)
+}
+
+/// [`Store::update`] inside a transaction; checks come before changes.
+pub fn update_in<R: Resource>(txn: &redb::WriteTransaction, mut r: R) -> Result<R, StoreError> {
+    let name = name_of(&r).to_owned();
+    let given = r.meta().map_or(0, |m| m.resource_version);
+    let mut table = txn.open_table(R::TABLE)?;
+    let current: R = match table.get(name.as_str())? {
+        Some(bytes) => decode(&name, bytes.value())?,
+        None => return Err(not_found::<R>(&name)),
+    };
+    let old = current.meta().cloned().unwrap_or_default();
+    if old.resource_version != given {
+        return Err(StoreError::Conflict {
+            kind: R::KIND,
+            name,
+            given,
+            current: old.resource_version,
+        });
+    }
+    claim_unique(txn, &r, &name, current.unique_key())?;
+    let revision = bump_revision(txn)?;
+    let spec_changed = current.spec_bytes() != r.spec_bytes();
+    let labels = std::mem::take(&mut r.meta_mut().labels);
+    let external_id = std::mem::take(&mut r.meta_mut().external_id);
+    *r.meta_mut() = ObjectMeta {
+        labels,
+        external_id,
+        resource_version: revision,
+        generation: old.generation + i64::from(spec_changed),
+        update_time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        ..old
+    };
+    table.insert(name.as_str(), r.encode_to_vec().as_slice())?;
+    Ok(r)
+}
+
+/// [`Store::delete`] inside a transaction; checks come before changes.
+pub fn delete_in<R: Resource>(
+    txn: &redb::WriteTransaction,
+    name: &str,
+    expected: u64,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(R::TABLE)?;
+    let current: R = match table.get(name)? {
+        Some(bytes) => decode(name, bytes.value())?,
+        None => return Err(not_found::<R>(name)),
+    };
+    let version = current.meta().map_or(0, |m| m.resource_version);
+    if expected != 0 && expected != version {
+        return Err(StoreError::Conflict {
+            kind: R::KIND,
+            name: name.to_owned(),
+            given: expected,
+            current: version,
+        });
+    }
+    if let (Some(def), Some(key)) = (R::UNIQUE, current.unique_key()) {
+        txn.open_table(def)?.remove(key)?;
+    }
+    table.remove(name)?;
+    bump_revision(txn)?;
+    Ok(())
 }
 
 fn open_kind<R: Resource>(txn: &redb::WriteTransaction) -> Result<(), StoreError> {

@@ -26,7 +26,19 @@ impl Server {
     }
 
     async fn start_in(dir: tempfile::TempDir, token: Option<&str>) -> Server {
-        let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+        // A stopped server's writer thread lets go of the file a moment after the server stops.
+        let path = dir.path().join("cp.redb");
+        let mut attempts = 0;
+        let store = loop {
+            match Store::open(&path) {
+                Ok(store) => break Arc::new(store),
+                Err(e) if attempts < 100 => {
+                    attempts += 1;
+                    wait_for_release(e).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = token.map(|t| BearerToken::new(t).unwrap());
@@ -82,6 +94,11 @@ fn site(name: &str, site_id: &str) -> Site {
         }),
         status: None,
     }
+}
+
+/// Waits a little before opening the database again.
+async fn wait_for_release(_still_open: patronus_controlplane::store::StoreError) {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 }
 
 /// Metadata a client writes: a name.
@@ -617,5 +634,65 @@ async fn state_survives_a_restart() {
     // Versions keep increasing across restarts.
     let next = create(&mut c, site("b", "b")).await;
     assert!(next.metadata.unwrap().resource_version > created.metadata.unwrap().resource_version);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits_and_each_is_acknowledged() {
+    let server = Server::start(None).await;
+    let c = server.client().await;
+    let writers: Vec<_> = (0..200)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let name = format!("w-{i}");
+                // Every fifth write repeats an earlier name: refused, without disturbing its group.
+                let name = if i % 5 == 4 {
+                    format!("w-{}", i - 1)
+                } else {
+                    name
+                };
+                c.create_site(CreateSiteRequest {
+                    site: Some(site(&name, &name)),
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    let mut refused = 0;
+    for w in writers {
+        match w.await.unwrap() {
+            Ok(r) => versions.push(
+                r.into_inner()
+                    .site
+                    .unwrap()
+                    .metadata
+                    .unwrap()
+                    .resource_version,
+            ),
+            Err(e) => {
+                assert_eq!(e.code(), Code::AlreadyExists);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((versions.len(), refused), (160, 40));
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(
+        versions.len(),
+        160,
+        "every acknowledged write has its own resource_version"
+    );
+    let mut c = c;
+    let listed = c
+        .list_sites(ListSitesRequest {
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.into_inner().sites.len(), 160);
     server.stop().await;
 }
