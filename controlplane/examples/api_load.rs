@@ -62,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
             for i in 0..per_client {
                 let name = format!("{prefix}-{client}-{i}");
                 let t = Instant::now();
-                c.create_site(CreateSiteRequest { site: Some(site(&name)) }).await?;
+                c.create_site(CreateSiteRequest {
+                    site: Some(site(&name)),
+                })
+                .await?;
                 latencies.push(t.elapsed());
             }
             anyhow::Ok(latencies)
