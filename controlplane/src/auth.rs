@@ -50,6 +50,11 @@ impl BearerToken {
         BearerToken::new(&text).with_context(|| path.display().to_string())
     }
 
+    /// The token's text, for a client's authorization header. Never log it.
+    pub fn reveal(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
     /// The interceptor check: UNAUTHENTICATED unless the request carries this token.
     #[allow(clippy::result_large_err)] // tonic's interceptor signature
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {

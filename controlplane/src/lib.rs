@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod manifest;
 pub mod resource;
 pub mod server;
 pub mod store;

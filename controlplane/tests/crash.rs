@@ -1,41 +1,12 @@
 //! Acknowledged writes survive `kill -9` of the real `patronus-controlplane`
 //! binary, at random points in a stream of writes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::*;
-
-/// Starts the server on an ephemeral port; returns it with its address.
-fn start(db: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"))
-        .args(["--listen", "127.0.0.1:0", "--db"])
-        .arg(db)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start patronus-controlplane");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server listening");
-    (child, addr)
-}
 
 fn site(name: &str) -> Site {
     Site {
@@ -69,7 +40,8 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut rng = seed | 1;
     let mut acknowledged: Vec<String> = Vec::new();
     for round in 0..5 {
-        let (mut child, addr) = start(&db);
+        let server = common::start(&db, None);
+        let addr = server.addr.clone();
         let mut c = ControlPlaneClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -109,14 +81,13 @@ async fn acknowledged_writes_survive_kill_9() {
                 .await
             }
         });
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        drop(server); // SIGKILL
         if let Ok(Ok(_)) = in_flight.await {
             acknowledged.push(format!("r{round}-inflight"));
         }
     }
-    let (mut child, addr) = start(&db);
-    let mut c = ControlPlaneClient::connect(format!("http://{addr}"))
+    let server = common::start(&db, None);
+    let mut c = ControlPlaneClient::connect(format!("http://{}", server.addr))
         .await
         .unwrap();
     for name in &acknowledged {
@@ -128,6 +99,4 @@ async fn acknowledged_writes_survive_kill_9() {
         );
     }
     assert!(acknowledged.len() > 5, "the test wrote something");
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

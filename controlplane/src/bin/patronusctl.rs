@@ -1,0 +1,517 @@
+//! `patronusctl`: the command-line client of the Patronus public API.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use patronus_controlplane::auth::BearerToken;
+use patronus_controlplane::manifest::{self, Document};
+use patronus_proto::v1 as pb;
+use patronus_proto::v1::control_plane_client::ControlPlaneClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+/// Command-line client of the Patronus control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The control plane's gRPC address.
+    #[arg(
+        long,
+        env = "PATRONUS_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// File holding the bearer token (mode 600).
+    #[arg(long, env = "PATRONUS_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates or updates the Site, Peer and Policy documents of YAML files
+    /// (several per file, `---` between them; `-` reads standard input).
+    /// Unchanged resources are left alone, so applying twice changes nothing.
+    Apply {
+        /// Manifest files.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Shows resources of a kind, or one of them.
+    Get {
+        /// sites, peers or policies (singular works too).
+        kind: Kind,
+        /// One resource's name.
+        name: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Deletes a resource.
+    Delete {
+        /// site, peer or policy.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Site,
+    Peer,
+    Policy,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "site" | "sites" => Ok(Kind::Site),
+            "peer" | "peers" => Ok(Kind::Peer),
+            "policy" | "policies" => Ok(Kind::Policy),
+            _ => Err(format!("{s:?}: expected sites, peers or policies")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+type Token = Option<BearerToken>;
+type Client = ControlPlaneClient<InterceptedService<Channel, Authorization>>;
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Authorization(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("patronusctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let token: Token = cli
+        .token_file
+        .as_deref()
+        .map(BearerToken::from_file)
+        .transpose()?;
+    let header = match token {
+        Some(t) => Some(
+            format!("Bearer {}", t.reveal())
+                .parse()
+                .context("the token is not a valid header value")?,
+        ),
+        None => None,
+    };
+    let channel = Channel::from_shared(cli.server.clone())
+        .with_context(|| format!("{}: not a server address (http://host:port)", cli.server))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the control plane at {}", cli.server))?;
+    Ok(ControlPlaneClient::with_interceptor(
+        channel,
+        Authorization(header),
+    ))
+}
+
+/// Runs the command; Ok(false) when some documents failed (already reported).
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let mut client = connect(&cli).await?;
+    match cli.command {
+        Command::Apply { files } => apply(&mut client, &files).await,
+        Command::Get { kind, name, output } => {
+            get(&mut client, kind, name, output).await?;
+            Ok(true)
+        }
+        Command::Delete { kind, name } => {
+            let result = match kind {
+                Kind::Site => client
+                    .delete_site(pb::DeleteSiteRequest {
+                        name: name.clone(),
+                        resource_version: 0,
+                    })
+                    .await
+                    .map(drop),
+                Kind::Peer => client
+                    .delete_peer(pb::DeletePeerRequest {
+                        name: name.clone(),
+                        resource_version: 0,
+                    })
+                    .await
+                    .map(drop),
+                Kind::Policy => client
+                    .delete_policy(pb::DeletePolicyRequest {
+                        name: name.clone(),
+                        resource_version: 0,
+                    })
+                    .await
+                    .map(drop),
+            };
+            result.map_err(|s| anyhow::anyhow!(explain(&s)))?;
+            println!("{}/{name} deleted", label(kind));
+            Ok(true)
+        }
+    }
+}
+
+fn label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Site => "site",
+        Kind::Peer => "peer",
+        Kind::Policy => "policy",
+    }
+}
+
+/// The server's message, with every field violation on its own line.
+fn explain(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    if let Some(bad) = status.get_details_bad_request() {
+        text = format!("{:?}: invalid request", status.code());
+        for v in bad.field_violations {
+            text.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    text
+}
+
+/// What apply did with one document.
+enum Applied {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// Create-or-update of one resource: `$get`, `$create`, `$update` are the client calls.
+macro_rules! apply_one {
+    ($client:expr, $desired:expr, $field:ident, $get:ident, $GetReq:ident, $create:ident, $CreateReq:ident, $update:ident, $UpdateReq:ident) => {{
+        let mut desired = $desired;
+        let name = desired
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        match $client.$get(pb::$GetReq { name }).await {
+            Err(s) if s.code() == Code::NotFound => $client
+                .$create(pb::$CreateReq {
+                    $field: Some(desired),
+                })
+                .await
+                .map(|_| Applied::Created),
+            Err(s) => Err(s),
+            Ok(current) => {
+                let current = current.into_inner().$field.unwrap_or_default();
+                let (cm, dm) = (
+                    current.metadata.clone().unwrap_or_default(),
+                    desired.metadata.clone().unwrap_or_default(),
+                );
+                if current.spec == desired.spec && cm.labels == dm.labels {
+                    Ok(Applied::Unchanged)
+                } else {
+                    desired
+                        .metadata
+                        .get_or_insert_with(Default::default)
+                        .resource_version = cm.resource_version;
+                    $client
+                        .$update(pb::$UpdateReq {
+                            $field: Some(desired),
+                        })
+                        .await
+                        .map(|_| Applied::Configured)
+                }
+            }
+        }
+    }};
+}
+
+async fn apply(client: &mut Client, files: &[PathBuf]) -> anyhow::Result<bool> {
+    let mut ok = true;
+    for file in files {
+        let text = if file.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        } else {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("{}: cannot read", file.display()))?
+        };
+        let docs = manifest::parse(&text).with_context(|| file.display().to_string())?;
+        for doc in docs {
+            let what = format!("{}/{}", doc.kind().to_ascii_lowercase(), doc.name());
+            let result = match &doc {
+                Document::Site(d) => apply_one!(
+                    client,
+                    manifest::site(d),
+                    site,
+                    get_site,
+                    GetSiteRequest,
+                    create_site,
+                    CreateSiteRequest,
+                    update_site,
+                    UpdateSiteRequest
+                ),
+                Document::Peer(d) => apply_one!(
+                    client,
+                    manifest::peer(d),
+                    peer,
+                    get_peer,
+                    GetPeerRequest,
+                    create_peer,
+                    CreatePeerRequest,
+                    update_peer,
+                    UpdatePeerRequest
+                ),
+                Document::Policy(d) => match manifest::policy(d) {
+                    Ok(p) => apply_one!(
+                        client,
+                        p,
+                        policy,
+                        get_policy,
+                        GetPolicyRequest,
+                        create_policy,
+                        CreatePolicyRequest,
+                        update_policy,
+                        UpdatePolicyRequest
+                    ),
+                    Err(e) => {
+                        eprintln!("error: {what}: {e}");
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            match result {
+                Ok(Applied::Created) => println!("{what} created"),
+                Ok(Applied::Configured) => println!("{what} configured"),
+                Ok(Applied::Unchanged) => println!("{what} unchanged"),
+                Err(s) => {
+                    eprintln!("error: {what}: {}", explain(&s));
+                    ok = false;
+                }
+            }
+        }
+    }
+    Ok(ok)
+}
+
+async fn get(
+    client: &mut Client,
+    kind: Kind,
+    name: Option<String>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let docs: Vec<Document> = match (kind, name) {
+        (Kind::Site, Some(n)) => vec![Document::Site(manifest::site_doc(
+            &call(client.get_site(pb::GetSiteRequest { name: n }).await)?
+                .site
+                .unwrap_or_default(),
+        ))],
+        (Kind::Peer, Some(n)) => vec![Document::Peer(manifest::peer_doc(
+            &call(client.get_peer(pb::GetPeerRequest { name: n }).await)?
+                .peer
+                .unwrap_or_default(),
+        ))],
+        (Kind::Policy, Some(n)) => vec![Document::Policy(manifest::policy_doc(
+            &call(client.get_policy(pb::GetPolicyRequest { name: n }).await)?
+                .policy
+                .unwrap_or_default(),
+        ))],
+        (kind, None) => list_all(client, kind).await?,
+    };
+    match output {
+        Output::Yaml => {
+            for doc in &docs {
+                print!("---\n{}", serde_yaml_ng::to_string(doc)?);
+            }
+        }
+        Output::Json => {
+            let body = if docs.len() == 1 {
+                serde_json::to_string_pretty(&docs[0])?
+            } else {
+                serde_json::to_string_pretty(&docs)?
+            };
+            println!("{body}");
+        }
+        Output::Table => table(kind, &docs),
+    }
+    Ok(())
+}
+
+fn call<T>(r: Result<tonic::Response<T>, Status>) -> anyhow::Result<T> {
+    r.map(tonic::Response::into_inner)
+        .map_err(|s| anyhow::anyhow!(explain(&s)))
+}
+
+async fn list_all(client: &mut Client, kind: Kind) -> anyhow::Result<Vec<Document>> {
+    let mut docs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let next = match kind {
+            Kind::Site => {
+                let r = call(
+                    client
+                        .list_sites(pb::ListSitesRequest {
+                            page_size: 500,
+                            page_token,
+                        })
+                        .await,
+                )?;
+                docs.extend(
+                    r.sites
+                        .iter()
+                        .map(|s| Document::Site(manifest::site_doc(s))),
+                );
+                r.next_page_token
+            }
+            Kind::Peer => {
+                let r = call(
+                    client
+                        .list_peers(pb::ListPeersRequest {
+                            page_size: 500,
+                            page_token,
+                        })
+                        .await,
+                )?;
+                docs.extend(
+                    r.peers
+                        .iter()
+                        .map(|p| Document::Peer(manifest::peer_doc(p))),
+                );
+                r.next_page_token
+            }
+            Kind::Policy => {
+                let r = call(
+                    client
+                        .list_policies(pb::ListPoliciesRequest {
+                            page_size: 500,
+                            page_token,
+                        })
+                        .await,
+                )?;
+                docs.extend(
+                    r.policies
+                        .iter()
+                        .map(|p| Document::Policy(manifest::policy_doc(p))),
+                );
+                r.next_page_token
+            }
+        };
+        if next.is_empty() {
+            return Ok(docs);
+        }
+        page_token = next;
+    }
+}
+
+fn table(kind: Kind, docs: &[Document]) {
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|doc| match doc {
+            Document::Site(s) => vec![
+                s.metadata.name.clone(),
+                s.spec.site_id.clone(),
+                s.spec.region.clone(),
+                format!(
+                    "{}:{}",
+                    s.spec.tunnel_endpoint.address, s.spec.tunnel_endpoint.port
+                ),
+                s.spec.peers.len().to_string(),
+                s.status
+                    .as_ref()
+                    .map_or(String::new(), |st| st.phase.clone()),
+            ],
+            Document::Peer(p) => vec![
+                p.metadata.name.clone(),
+                p.spec.site_id.clone(),
+                format!("{}:{}", p.spec.endpoint.address, p.spec.endpoint.port),
+                p.spec.compression.to_string(),
+                p.spec.bfd_enabled.to_string(),
+                p.status.as_ref().is_some_and(|s| s.connected).to_string(),
+            ],
+            Document::Policy(p) => vec![
+                p.metadata.name.clone(),
+                p.spec
+                    .site_selector
+                    .match_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                p.spec.rules.len().to_string(),
+                p.status
+                    .as_ref()
+                    .map_or(0, |s| s.selected_sites.len())
+                    .to_string(),
+            ],
+        })
+        .collect();
+    let header: &[&str] = match kind {
+        Kind::Site => &["NAME", "SITE-ID", "REGION", "ENDPOINT", "PEERS", "PHASE"],
+        Kind::Peer => &[
+            "NAME",
+            "SITE",
+            "ENDPOINT",
+            "COMPRESSION",
+            "BFD",
+            "CONNECTED",
+        ],
+        Kind::Policy => &["NAME", "SELECTOR", "RULES", "SITES"],
+    };
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

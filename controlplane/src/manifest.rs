@@ -1,0 +1,646 @@
+//! Manifests: Site, Peer and Policy documents in the shape of the
+//! `patronus.io/v1` CRDs (YAML or JSON, camelCase), as `patronusctl apply`
+//! reads them and `get -o yaml` writes them, converted to and from the API's
+//! messages.
+
+use std::collections::BTreeMap;
+
+use patronus_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+/// The apiVersion of every document.
+pub const API_VERSION: &str = "patronus.io/v1";
+
+/// One document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Document {
+    /// A site.
+    Site(SiteDoc),
+    /// A peer.
+    Peer(PeerDoc),
+    /// A policy.
+    Policy(PolicyDoc),
+}
+
+/// Name and labels.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// The resource name.
+    pub name: String,
+    /// Labels (policies select sites by them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Set by the server; shown by `get`, ignored by `apply`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resource_version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// An address and port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointDoc {
+    /// IP address or host name.
+    pub address: String,
+    /// UDP port.
+    pub port: u32,
+}
+
+/// A Site document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteDoc {
+    /// `patronus.io/v1`.
+    pub api_version: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// The desired state.
+    pub spec: SiteSpecDoc,
+    /// Shown by `get`; ignored by `apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SiteStatusDoc>,
+}
+
+/// `spec` of a Site.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteSpecDoc {
+    /// Unique site id.
+    pub site_id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub display_name: String,
+    /// Region (us-east-1).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    /// Where peers reach this site.
+    pub tunnel_endpoint: EndpointDoc,
+    /// Sites this one peers with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<SitePeerDoc>,
+}
+
+/// One entry of a site's `peers`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SitePeerDoc {
+    /// The peer site's id.
+    pub site_id: String,
+    /// Its address.
+    pub address: String,
+}
+
+/// `status` of a Site.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteStatusDoc {
+    /// Pending, Ready, Degraded, Failed.
+    pub phase: String,
+    /// Tunnels up.
+    pub tunnels_up: u32,
+}
+
+/// A Peer document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerDoc {
+    /// `patronus.io/v1`.
+    pub api_version: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// The desired state.
+    pub spec: PeerSpecDoc,
+    /// Shown by `get`; ignored by `apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PeerStatusDoc>,
+}
+
+/// `spec` of a Peer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerSpecDoc {
+    /// The site the peer belongs to.
+    pub site_id: String,
+    /// Where it is reached.
+    pub endpoint: EndpointDoc,
+    /// Its WireGuard identity.
+    pub wireguard: WireGuardDoc,
+    /// Compress tunnel payloads.
+    #[serde(default)]
+    pub compression: bool,
+    /// Run BFD over the tunnel.
+    #[serde(default)]
+    pub bfd_enabled: bool,
+}
+
+/// `spec.wireguard` of a Peer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WireGuardDoc {
+    /// Base64 Curve25519 public key.
+    pub public_key: String,
+}
+
+/// `status` of a Peer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatusDoc {
+    /// Tunnel up.
+    pub connected: bool,
+    /// Latency in milliseconds.
+    pub latency_ms: f64,
+    /// Probe loss in percent.
+    pub packet_loss: f64,
+}
+
+/// A Policy document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyDoc {
+    /// `patronus.io/v1`.
+    pub api_version: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// The desired state.
+    pub spec: PolicySpecDoc,
+    /// Shown by `get`; ignored by `apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PolicyStatusDoc>,
+}
+
+/// `spec` of a Policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySpecDoc {
+    /// Which sites the policy applies to.
+    #[serde(default)]
+    pub site_selector: SelectorDoc,
+    /// The rules.
+    pub rules: Vec<RuleDoc>,
+}
+
+/// A label selector.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SelectorDoc {
+    /// Labels a site must carry.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// One policy rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleDoc {
+    /// route, allow or deny.
+    pub action: String,
+    /// Higher wins.
+    #[serde(default)]
+    pub priority: u32,
+    /// All must match.
+    #[serde(default)]
+    pub conditions: Vec<ConditionDoc>,
+    /// For route rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_selection: Option<PathSelectionDoc>,
+}
+
+/// One condition of a rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConditionDoc {
+    /// application, category, source-prefix, destination-prefix, destination-port, dscp.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value to match.
+    pub value: String,
+}
+
+/// How a route rule picks its path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathSelectionDoc {
+    /// lowest-latency, highest-bandwidth or least-cost.
+    pub strategy: String,
+    /// Limits the path must stay within.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<ThresholdsDoc>,
+}
+
+/// Path limits (0: none).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThresholdsDoc {
+    /// Milliseconds.
+    #[serde(default)]
+    pub max_latency_ms: f64,
+    /// Percent.
+    #[serde(default)]
+    pub max_packet_loss_pct: f64,
+    /// Milliseconds.
+    #[serde(default)]
+    pub max_jitter_ms: f64,
+    /// Mbit/s.
+    #[serde(default)]
+    pub min_bandwidth_mbps: f64,
+}
+
+/// `status` of a Policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatusDoc {
+    /// Ids of the selected sites.
+    pub selected_sites: Vec<String>,
+}
+
+/// Names of enum values as manifests spell them, with the API's value.
+const ACTIONS: &[(&str, pb::RuleAction)] = &[
+    ("route", pb::RuleAction::Route),
+    ("allow", pb::RuleAction::Allow),
+    ("deny", pb::RuleAction::Deny),
+];
+const CONDITIONS: &[(&str, pb::ConditionType)] = &[
+    ("application", pb::ConditionType::Application),
+    ("category", pb::ConditionType::Category),
+    ("source-prefix", pb::ConditionType::SourcePrefix),
+    ("destination-prefix", pb::ConditionType::DestinationPrefix),
+    ("destination-port", pb::ConditionType::DestinationPort),
+    ("dscp", pb::ConditionType::Dscp),
+];
+const STRATEGIES: &[(&str, pb::PathSelectionStrategy)] = &[
+    ("lowest-latency", pb::PathSelectionStrategy::LowestLatency),
+    (
+        "highest-bandwidth",
+        pb::PathSelectionStrategy::HighestBandwidth,
+    ),
+    ("least-cost", pb::PathSelectionStrategy::LeastCost),
+];
+
+/// A manifest value the API cannot express, with its field path.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ManifestError {
+    /// Field path (`spec.rules[0].action`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn lookup<T: Copy + Into<i32>>(
+    table: &[(&str, T)],
+    value: &str,
+    field: String,
+) -> Result<i32, ManifestError> {
+    table
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|&(_, v)| v.into())
+        .ok_or_else(|| ManifestError {
+            field,
+            message: format!(
+                "{value:?} is not one of {}",
+                table.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        })
+}
+
+fn name_of<T: Copy + PartialEq + TryFrom<i32>>(table: &[(&'static str, T)], value: i32) -> String {
+    T::try_from(value)
+        .ok()
+        .and_then(|v| table.iter().find(|(_, t)| *t == v))
+        .map_or_else(|| value.to_string(), |(n, _)| (*n).to_owned())
+}
+
+fn meta(m: &Metadata) -> Option<pb::ObjectMeta> {
+    Some(pb::ObjectMeta {
+        name: m.name.clone(),
+        labels: m.labels.clone().into_iter().collect(),
+        resource_version: m.resource_version,
+        ..Default::default()
+    })
+}
+
+fn meta_doc(m: Option<&pb::ObjectMeta>) -> Metadata {
+    let m = m.cloned().unwrap_or_default();
+    Metadata {
+        name: m.name,
+        labels: m.labels.into_iter().collect(),
+        resource_version: m.resource_version,
+    }
+}
+
+fn endpoint(e: &EndpointDoc) -> Option<pb::Endpoint> {
+    Some(pb::Endpoint {
+        address: e.address.clone(),
+        port: e.port,
+    })
+}
+
+fn endpoint_doc(e: Option<&pb::Endpoint>) -> EndpointDoc {
+    let e = e.cloned().unwrap_or_default();
+    EndpointDoc {
+        address: e.address,
+        port: e.port,
+    }
+}
+
+impl Document {
+    /// The kind's name (`Site`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Site(_) => "Site",
+            Document::Peer(_) => "Peer",
+            Document::Policy(_) => "Policy",
+        }
+    }
+
+    /// The document's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Document::Site(d) => &d.metadata.name,
+            Document::Peer(d) => &d.metadata.name,
+            Document::Policy(d) => &d.metadata.name,
+        }
+    }
+
+    fn api_version(&self) -> &str {
+        match self {
+            Document::Site(d) => &d.api_version,
+            Document::Peer(d) => &d.api_version,
+            Document::Policy(d) => &d.api_version,
+        }
+    }
+}
+
+/// Parses every document of a YAML (or JSON) stream, checking apiVersion.
+pub fn parse(text: &str) -> Result<Vec<Document>, ManifestError> {
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(de).map_err(|e| ManifestError {
+            field: format!("document {}", i + 1),
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue; // an empty document (a trailing "---")
+        }
+        let doc: Document = serde_yaml_ng::from_value(value).map_err(|e| ManifestError {
+            field: format!("document {}", i + 1),
+            message: e.to_string(),
+        })?;
+        if doc.api_version() != API_VERSION {
+            return Err(ManifestError {
+                field: format!(
+                    "document {} ({} {:?}): apiVersion",
+                    i + 1,
+                    doc.kind(),
+                    doc.name()
+                ),
+                message: format!("must be {API_VERSION}"),
+            });
+        }
+        docs.push(doc);
+    }
+    Ok(docs)
+}
+
+/// A Site as the API wants it.
+pub fn site(d: &SiteDoc) -> pb::Site {
+    pb::Site {
+        metadata: meta(&d.metadata),
+        spec: Some(pb::SiteSpec {
+            site_id: d.spec.site_id.clone(),
+            display_name: d.spec.display_name.clone(),
+            region: d.spec.region.clone(),
+            tunnel_endpoint: endpoint(&d.spec.tunnel_endpoint),
+            peers: d
+                .spec
+                .peers
+                .iter()
+                .map(|p| pb::SitePeer {
+                    site_id: p.site_id.clone(),
+                    address: p.address.clone(),
+                })
+                .collect(),
+        }),
+        status: None,
+    }
+}
+
+/// A Peer as the API wants it.
+pub fn peer(d: &PeerDoc) -> pb::Peer {
+    pb::Peer {
+        metadata: meta(&d.metadata),
+        spec: Some(pb::PeerSpec {
+            site_id: d.spec.site_id.clone(),
+            endpoint: endpoint(&d.spec.endpoint),
+            wireguard: Some(pb::WireGuard {
+                public_key: d.spec.wireguard.public_key.clone(),
+            }),
+            compression: d.spec.compression,
+            bfd_enabled: d.spec.bfd_enabled,
+        }),
+        status: None,
+    }
+}
+
+/// A Policy as the API wants it; enum spellings are checked here.
+pub fn policy(d: &PolicyDoc) -> Result<pb::Policy, ManifestError> {
+    let mut rules = Vec::new();
+    for (i, r) in d.spec.rules.iter().enumerate() {
+        let field = format!("spec.rules[{i}]");
+        let mut conditions = Vec::new();
+        for (j, c) in r.conditions.iter().enumerate() {
+            conditions.push(pb::Condition {
+                r#type: lookup(CONDITIONS, &c.kind, format!("{field}.conditions[{j}].type"))?,
+                value: c.value.clone(),
+            });
+        }
+        let path_selection = match &r.path_selection {
+            None => None,
+            Some(ps) => Some(pb::PathSelection {
+                strategy: lookup(
+                    STRATEGIES,
+                    &ps.strategy,
+                    format!("{field}.pathSelection.strategy"),
+                )?,
+                thresholds: ps.thresholds.as_ref().map(|t| pb::Thresholds {
+                    max_latency_ms: t.max_latency_ms,
+                    max_packet_loss_pct: t.max_packet_loss_pct,
+                    max_jitter_ms: t.max_jitter_ms,
+                    min_bandwidth_mbps: t.min_bandwidth_mbps,
+                }),
+            }),
+        };
+        rules.push(pb::PolicyRule {
+            action: lookup(ACTIONS, &r.action, format!("{field}.action"))?,
+            priority: r.priority,
+            conditions,
+            path_selection,
+        });
+    }
+    Ok(pb::Policy {
+        metadata: meta(&d.metadata),
+        spec: Some(pb::PolicySpec {
+            site_selector: Some(pb::LabelSelector {
+                match_labels: d
+                    .spec
+                    .site_selector
+                    .match_labels
+                    .clone()
+                    .into_iter()
+                    .collect(),
+            }),
+            rules,
+        }),
+        status: None,
+    })
+}
+
+/// A Site as a document.
+pub fn site_doc(s: &pb::Site) -> SiteDoc {
+    let spec = s.spec.clone().unwrap_or_default();
+    SiteDoc {
+        api_version: API_VERSION.into(),
+        metadata: meta_doc(s.metadata.as_ref()),
+        spec: SiteSpecDoc {
+            site_id: spec.site_id,
+            display_name: spec.display_name,
+            region: spec.region,
+            tunnel_endpoint: endpoint_doc(spec.tunnel_endpoint.as_ref()),
+            peers: spec
+                .peers
+                .into_iter()
+                .map(|p| SitePeerDoc {
+                    site_id: p.site_id,
+                    address: p.address,
+                })
+                .collect(),
+        },
+        status: s.status.as_ref().map(|st| SiteStatusDoc {
+            phase: pb::SitePhase::try_from(st.phase)
+                .map(|p| p.as_str_name().trim_start_matches("SITE_PHASE_").to_owned())
+                .unwrap_or_default(),
+            tunnels_up: st.tunnels_up,
+        }),
+    }
+}
+
+/// A Peer as a document.
+pub fn peer_doc(p: &pb::Peer) -> PeerDoc {
+    let spec = p.spec.clone().unwrap_or_default();
+    PeerDoc {
+        api_version: API_VERSION.into(),
+        metadata: meta_doc(p.metadata.as_ref()),
+        spec: PeerSpecDoc {
+            site_id: spec.site_id,
+            endpoint: endpoint_doc(spec.endpoint.as_ref()),
+            wireguard: WireGuardDoc {
+                public_key: spec.wireguard.unwrap_or_default().public_key,
+            },
+            compression: spec.compression,
+            bfd_enabled: spec.bfd_enabled,
+        },
+        status: p.status.as_ref().map(|st| PeerStatusDoc {
+            connected: st.connected,
+            latency_ms: st.latency_ms,
+            packet_loss: st.packet_loss,
+        }),
+    }
+}
+
+/// A Policy as a document.
+pub fn policy_doc(p: &pb::Policy) -> PolicyDoc {
+    let spec = p.spec.clone().unwrap_or_default();
+    PolicyDoc {
+        api_version: API_VERSION.into(),
+        metadata: meta_doc(p.metadata.as_ref()),
+        spec: PolicySpecDoc {
+            site_selector: SelectorDoc {
+                match_labels: spec
+                    .site_selector
+                    .unwrap_or_default()
+                    .match_labels
+                    .into_iter()
+                    .collect(),
+            },
+            rules: spec
+                .rules
+                .into_iter()
+                .map(|r| RuleDoc {
+                    action: name_of(ACTIONS, r.action),
+                    priority: r.priority,
+                    conditions: r
+                        .conditions
+                        .into_iter()
+                        .map(|c| ConditionDoc {
+                            kind: name_of(CONDITIONS, c.r#type),
+                            value: c.value,
+                        })
+                        .collect(),
+                    path_selection: r.path_selection.map(|ps| PathSelectionDoc {
+                        strategy: name_of(STRATEGIES, ps.strategy),
+                        thresholds: ps.thresholds.map(|t| ThresholdsDoc {
+                            max_latency_ms: t.max_latency_ms,
+                            max_packet_loss_pct: t.max_packet_loss_pct,
+                            max_jitter_ms: t.max_jitter_ms,
+                            min_bandwidth_mbps: t.min_bandwidth_mbps,
+                        }),
+                    }),
+                })
+                .collect(),
+        },
+        status: p.status.as_ref().map(|st| PolicyStatusDoc {
+            selected_sites: st.selected_sites.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../tests/data/production.yaml");
+
+    #[test]
+    fn parses_several_documents_and_round_trips() {
+        let docs = parse(EXAMPLE).unwrap();
+        assert_eq!(docs.len(), 3);
+        let Document::Site(s) = &docs[0] else {
+            panic!()
+        };
+        assert_eq!(site_doc(&site(s)), *s);
+        let Document::Peer(p) = &docs[1] else {
+            panic!()
+        };
+        assert_eq!(peer_doc(&peer(p)), *p);
+        let Document::Policy(p) = &docs[2] else {
+            panic!()
+        };
+        let api = policy(p).unwrap();
+        assert_eq!(
+            api.spec.as_ref().unwrap().rules[0].action,
+            pb::RuleAction::Route as i32
+        );
+        assert_eq!(policy_doc(&api), *p);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = EXAMPLE.replace("strategy: lowest-latency", "strategy: fastest");
+        let Document::Policy(p) = &parse(&bad).unwrap()[2] else {
+            panic!()
+        };
+        let e = policy(p).unwrap_err();
+        assert_eq!(e.field, "spec.rules[0].pathSelection.strategy");
+        let e = parse(&EXAMPLE.replace("region:", "regoin:")).unwrap_err();
+        assert!(e.to_string().contains("regoin"), "{e}");
+        let e =
+            parse(&EXAMPLE.replace("patronus.io/v1\nkind: Site", "v2\nkind: Site")).unwrap_err();
+        assert!(e.to_string().contains("apiVersion"), "{e}");
+    }
+}

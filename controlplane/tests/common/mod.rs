@@ -1,0 +1,62 @@
+//! Starting the real `patronus-controlplane` binary for a test.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running server; killed (SIGKILL) when dropped.
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server on an ephemeral loopback port with database `db`.
+pub fn start(db: &Path, token_file: Option<&Path>) -> Running {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"));
+    cmd.args(["--listen", "127.0.0.1:0", "--db"]).arg(db);
+    if let Some(t) = token_file {
+        cmd.arg("--token-file").arg(t);
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start patronus-controlplane");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server listening");
+    Running { child, addr }
+}
+
+/// Writes a token file only its owner can read.
+pub fn token_file(dir: &Path, token: &str) -> std::path::PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}

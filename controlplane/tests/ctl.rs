@@ -1,0 +1,131 @@
+//! `patronusctl` against the real server: apply is idempotent, changes are
+//! applied, errors show the server's field violations, get and delete work.
+
+mod common;
+
+use std::process::Command;
+
+const MANIFEST: &str = include_str!("data/production.yaml");
+
+fn ctl(addr: &str, token: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_patronusctl"))
+        .args(["--server", &format!("http://{addr}"), "--token-file"])
+        .arg(token)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn apply_get_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = common::token_file(dir.path(), "patronusctl-test-token-42");
+    let server = common::start(&dir.path().join("cp.redb"), Some(&token));
+    let file = dir.path().join("site.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let f = file.to_str().unwrap();
+
+    let (ok, out, err) = ctl(&server.addr, &token, &["apply", "-f", f]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "site/us-east-prod created\npeer/aws-vpc created\npolicy/video-low-latency created\n"
+    );
+    let (ok, out, _) = ctl(&server.addr, &token, &["apply", "-f", f]);
+    assert!(ok);
+    assert_eq!(
+        out,
+        "site/us-east-prod unchanged\npeer/aws-vpc unchanged\npolicy/video-low-latency unchanged\n"
+    );
+
+    std::fs::write(
+        &file,
+        MANIFEST.replace("compression: true", "compression: false"),
+    )
+    .unwrap();
+    let (ok, out, _) = ctl(&server.addr, &token, &["apply", "-f", f]);
+    assert!(ok);
+    assert!(
+        out.contains("peer/aws-vpc configured") && out.contains("site/us-east-prod unchanged"),
+        "{out}"
+    );
+
+    let (ok, out, _) = ctl(&server.addr, &token, &["get", "peers"]);
+    assert!(ok);
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("NAME"));
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        [
+            "aws-vpc",
+            "us-east-prod",
+            "vpn.aws.example.com:51820",
+            "false",
+            "true"
+        ]
+    );
+
+    // get -o yaml gives documents apply accepts unchanged.
+    let (ok, yaml, _) = ctl(&server.addr, &token, &["get", "sites", "-o", "yaml"]);
+    assert!(ok);
+    assert!(
+        yaml.contains("siteId: us-east-prod") && yaml.contains("resourceVersion:"),
+        "{yaml}"
+    );
+    std::fs::write(&file, &yaml).unwrap();
+    let (ok, out, err) = ctl(&server.addr, &token, &["apply", "-f", f]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "site/us-east-prod unchanged\n");
+    let (ok, json, _) = ctl(
+        &server.addr,
+        &token,
+        &["get", "policy", "video-low-latency", "-o", "json"],
+    );
+    assert!(
+        ok && json.contains("\"strategy\": \"lowest-latency\""),
+        "{json}"
+    );
+
+    // The server's field violations reach the user.
+    std::fs::write(
+        &file,
+        MANIFEST.replace("port: 51820}\n  peers", "port: 0}\n  peers"),
+    )
+    .unwrap();
+    let (ok, _, err) = ctl(&server.addr, &token, &["apply", "-f", f]);
+    assert!(!ok);
+    assert!(
+        err.contains("site/us-east-prod")
+            && err.contains("site.spec.tunnel_endpoint.port: must be 1-65535"),
+        "{err}"
+    );
+    std::fs::write(&file, MANIFEST.replace("lowest-latency", "fastest")).unwrap();
+    let (ok, _, err) = ctl(&server.addr, &token, &["apply", "-f", f]);
+    assert!(
+        !ok && err.contains("spec.rules[0].pathSelection.strategy"),
+        "{err}"
+    );
+
+    let (ok, out, _) = ctl(
+        &server.addr,
+        &token,
+        &["delete", "policy", "video-low-latency"],
+    );
+    assert!(ok && out.contains("deleted"));
+    let (ok, _, err) = ctl(
+        &server.addr,
+        &token,
+        &["get", "policy", "video-low-latency"],
+    );
+    assert!(!ok && err.contains("not found"), "{err}");
+
+    // Without the token nothing is served.
+    let (ok, _, err) = ctl(&server.addr, &dir.path().join("missing"), &["get", "sites"]);
+    assert!(!ok && err.contains("missing"), "{err}");
+}
