@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "patronus/v1/resources.proto",
         "patronus/v1/control_plane.proto",
+        "patronus/v1/dataplane_sync.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

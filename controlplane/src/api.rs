@@ -10,6 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::resource::{name_of, Resource};
 use crate::store::{self, GroupCommit, Store, StoreError};
+use crate::sync::Hub;
 use crate::validate::Violations;
 
 /// Default and largest page sizes of list calls.
@@ -22,14 +23,17 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub struct Api {
     store: Arc<Store>,
     writes: GroupCommit,
+    hub: Arc<Hub>,
 }
 
 impl Api {
-    /// The service over `store`; writes go through one group-commit thread.
-    pub fn new(store: Arc<Store>) -> Api {
+    /// The service over `store`; writes go through one group-commit thread
+    /// and tell `hub` that site snapshots may have changed.
+    pub fn new(store: Arc<Store>, hub: Arc<Hub>) -> Api {
         Api {
             writes: GroupCommit::start(store.clone()),
             store,
+            hub,
         }
     }
 
@@ -54,6 +58,7 @@ impl Api {
             .writes
             .write(move |txn| store::create_in(txn, r, uid))
             .await;
+        self.hub.changed();
         created.map_err(store_status)
     }
 
@@ -92,6 +97,7 @@ impl Api {
             return Err(invalid::<R>(v));
         }
         let updated = self.writes.write(move |txn| store::update_in(txn, r)).await;
+        self.hub.changed();
         updated.map_err(store_status)
     }
 
@@ -101,6 +107,7 @@ impl Api {
             .writes
             .write(move |txn| store::delete_in::<R>(txn, &name, version))
             .await;
+        self.hub.changed();
         deleted.map_err(store_status)
     }
 }
@@ -193,6 +200,13 @@ macro_rules! control_plane {
         $delete:ident, $DeleteReq:ident, $DeleteResp:ident}),+) => {
         #[tonic::async_trait]
         impl ControlPlane for Api {
+            async fn list_dataplanes(
+                &self,
+                req: Request<ListDataplanesRequest>,
+            ) -> Result<Response<ListDataplanesResponse>, Status> {
+                let dataplanes = self.hub.dataplanes(&req.into_inner().site_id);
+                Ok(Response::new(ListDataplanesResponse { dataplanes }))
+            }
             $(
             async fn $create(&self, req: Request<$CreateReq>) -> Result<Response<$CreateResp>, Status> {
                 let r = self.create::<$ty>(req.into_inner().$field).await?;

@@ -7,4 +7,5 @@ pub mod manifest;
 pub mod resource;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod validate;

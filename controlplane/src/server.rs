@@ -1,10 +1,12 @@
-//! The gRPC server: the public API (authenticated when a token is set), the
-//! standard `grpc.health.v1` service and server reflection.
+//! The gRPC server: the public API and the data-plane sync API (both
+//! authenticated when a token is set), the standard `grpc.health.v1` service
+//! and server reflection.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use patronus_proto::v1::control_plane_server::ControlPlaneServer;
+use patronus_proto::v1::dataplane_sync_server::DataplaneSyncServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -13,6 +15,7 @@ use tonic::{Request, Status};
 use crate::api::Api;
 use crate::auth::BearerToken;
 use crate::store::Store;
+use crate::sync::{Hub, Sync};
 
 /// Serves on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -40,12 +43,16 @@ pub async fn serve(
             None => Ok(req),
         }
     };
-    let api = ControlPlaneServer::with_interceptor(Api::new(store), authenticate);
+    let hub = Hub::start(store.clone());
+    let api =
+        ControlPlaneServer::with_interceptor(Api::new(store, hub.clone()), authenticate.clone());
+    let sync = DataplaneSyncServer::with_interceptor(Sync::new(hub), authenticate);
     Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
+        .add_service(sync)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -225,6 +225,40 @@ impl Store {
         }
     }
 
+    /// Every resource of a kind, by name.
+    pub fn all<R: Resource>(&self) -> Result<Vec<R>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.list::<R>(&after, 1000)?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = next,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The site whose spec.site_id is `site_id`.
+    pub fn site_by_id(
+        &self,
+        site_id: &str,
+    ) -> Result<Option<patronus_proto::v1::Site>, StoreError> {
+        let Some(def) = <patronus_proto::v1::Site as Resource>::UNIQUE else {
+            return Ok(None);
+        };
+        let name = {
+            let txn = self.db.begin_read()?;
+            let index = txn.open_table(def)?;
+            let name = index.get(site_id)?.map(|n| n.value().to_owned());
+            name
+        };
+        match name {
+            Some(name) => self.get(&name).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The store-wide revision: the resource_version of the latest write.
     pub fn revision(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
