@@ -53,6 +53,13 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// The data planes that subscribed: connected, the version their site
+    /// should run, the version each applied and the last one it refused.
+    Status {
+        /// Only this site's data planes.
+        #[arg(long)]
+        site: Option<String>,
+    },
     /// Deletes a resource.
     Delete {
         /// site, peer or policy.
@@ -158,6 +165,45 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Apply { files } => apply(&mut client, &files).await,
         Command::Get { kind, name, output } => {
             get(&mut client, kind, name, output).await?;
+            Ok(true)
+        }
+        Command::Status { site } => {
+            let list = call(
+                client
+                    .list_dataplanes(pb::ListDataplanesRequest {
+                        site_id: site.unwrap_or_default(),
+                    })
+                    .await,
+            )?;
+            let rows = list
+                .dataplanes
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.site_id.clone(),
+                        d.dataplane_id.clone(),
+                        d.connected.to_string(),
+                        d.desired_version.to_string(),
+                        d.applied_version.to_string(),
+                        if d.refused_version == 0 {
+                            String::new()
+                        } else {
+                            format!("{} ({})", d.refused_version, d.refused_reason)
+                        },
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "SITE",
+                    "DATAPLANE",
+                    "CONNECTED",
+                    "DESIRED",
+                    "APPLIED",
+                    "REFUSED",
+                ],
+                rows,
+            );
             Ok(true)
         }
         Command::Delete { kind, name } => {
@@ -493,6 +539,11 @@ fn table(kind: Kind, docs: &[Document]) {
         ],
         Kind::Policy => &["NAME", "SELECTOR", "RULES", "SITES"],
     };
+    print_table(header, rows);
+}
+
+/// Prints rows under a header, columns aligned.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             rows.iter()
