@@ -26,6 +26,15 @@ struct Cli {
     /// it the API is open to anyone who can reach it.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Serve over TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM; mode 600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +61,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .map(BearerToken::from_file)
         .transpose()?;
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(server::tls_config(cert, key, cli.tls_client_ca.as_deref())?)
+        }
+        _ => None,
+    };
+    if tls.is_none() {
+        tracing::warn!("no --tls-cert: the API is served in clear text");
+    }
     if token.is_none() {
         tracing::warn!("no --token-file: the API accepts unauthenticated requests");
     }
@@ -75,6 +93,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        server::serve(listener, store, token, shutdown).await
+        server::serve(listener, store, token, tls, shutdown).await
     })
 }

@@ -1,6 +1,6 @@
 //! The gRPC server: the public API and the data-plane sync API (both
 //! authenticated when a token is set), the standard `grpc.health.v1` service
-//! and server reflection.
+//! and server reflection, in clear text or over TLS (rustls).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use patronus_proto::v1::control_plane_server::ControlPlaneServer;
 use patronus_proto::v1::dataplane_sync_server::DataplaneSyncServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
 use crate::api::Api;
@@ -17,11 +17,13 @@ use crate::auth::BearerToken;
 use crate::store::Store;
 use crate::sync::{Hub, Sync};
 
-/// Serves on `listener` until `shutdown` completes.
+/// Serves on `listener` until `shutdown` completes; over TLS (and mutual
+/// TLS, when the config names client CAs) when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
     token: Option<BearerToken>,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -47,7 +49,11 @@ pub async fn serve(
     let api =
         ControlPlaneServer::with_interceptor(Api::new(store, hub.clone()), authenticate.clone());
     let sync = DataplaneSyncServer::with_interceptor(Sync::new(hub), authenticate);
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -56,4 +62,26 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// A TLS configuration from PEM files: the server's certificate chain and
+/// private key (a secret: its file must not be readable by group or others)
+/// and, for mutual TLS, the CA that client certificates must chain to.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<ServerTlsConfig> {
+    use anyhow::Context as _;
+    let cert_pem = std::fs::read_to_string(cert)
+        .with_context(|| format!("{}: cannot read", cert.display()))?;
+    let key_pem = crate::auth::read_secret(key)?;
+    let mut config =
+        ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    if let Some(ca) = client_ca {
+        let ca_pem = std::fs::read_to_string(ca)
+            .with_context(|| format!("{}: cannot read", ca.display()))?;
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca_pem));
+    }
+    Ok(config)
 }

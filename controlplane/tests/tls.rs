@@ -1,0 +1,131 @@
+//! TLS and mutual TLS: clients with a certificate from the configured CA are
+//! served; clients without one, with one from another CA, or in clear text are not.
+
+use std::sync::Arc;
+
+use patronus_controlplane::store::Store;
+use patronus_proto::v1::control_plane_client::ControlPlaneClient;
+use patronus_proto::v1::ListSitesRequest;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A CA: its certificate (PEM) and what signs with it.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A leaf certificate for `names`, signed by `ca`: (cert PEM, key PEM).
+fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+async fn client(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint =
+        Channel::from_shared(format!("{scheme}://localhost:{}", addr.port())).unwrap();
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    ControlPlaneClient::new(channel)
+        .list_sites(ListSitesRequest::default())
+        .await
+        .map(drop)
+        .map_err(|e| format!("call: {e}"))
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_only_clients_of_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca, rogue_ca) = (ca("server CA"), ca("client CA"), ca("rogue CA"));
+    let (cert, key) = leaf(&server_ca, &["localhost"]);
+    let write = |name: &str, text: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        path
+    };
+    let (cert_file, client_ca_file) = (
+        write("cert.pem", &cert, 0o644),
+        write("client-ca.pem", &client_ca.pem, 0o644),
+    );
+    let open_key = write("open-key.pem", &key, 0o644);
+    let err = patronus_controlplane::server::tls_config(&cert_file, &open_key, None).unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    let key_file = write("key.pem", &key, 0o600);
+    let tls =
+        patronus_controlplane::server::tls_config(&cert_file, &key_file, Some(&client_ca_file))
+            .unwrap();
+
+    let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(patronus_controlplane::server::serve(
+        listener,
+        store,
+        None,
+        Some(tls),
+        std::future::pending(),
+    ));
+
+    let trust = || {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&server_ca.pem))
+            .domain_name("localhost")
+    };
+    let (good_cert, good_key) = leaf(&client_ca, &["gw-1"]);
+    let (rogue_cert, rogue_key) = leaf(&rogue_ca, &["intruder"]);
+    client(
+        addr,
+        Some(trust().identity(Identity::from_pem(&good_cert, &good_key))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        client(addr, Some(trust())).await.is_err(),
+        "no client certificate"
+    );
+    assert!(
+        client(
+            addr,
+            Some(trust().identity(Identity::from_pem(&rogue_cert, &rogue_key)))
+        )
+        .await
+        .is_err(),
+        "another CA's certificate"
+    );
+    assert!(client(addr, None).await.is_err(), "clear text");
+    // A client that does not trust the server's CA refuses the server.
+    let distrust = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&rogue_ca.pem))
+        .domain_name("localhost");
+    assert!(client(
+        addr,
+        Some(distrust.identity(Identity::from_pem(&good_cert, &good_key)))
+    )
+    .await
+    .is_err());
+}
