@@ -78,7 +78,15 @@ fn forwards_ping_and_tcp_both_ways_over_ipv4_and_ipv6() {
     // its sockets and the baseline counts on neither side.
     std::thread::sleep(Duration::from_millis(1500));
     let stat = |ns: &Netns, link: &Link, what: &str| ns.if_stat(&link.host_side, what) as f64;
-    let port = |m: &Metrics, name: &str, port: &str| m.sum(name, &[("port", port)]);
+    // What a port took in: received, plus what its ring had to drop (counted, never silent).
+    let port = |m: &Metrics, name: &str, port: &str| {
+        let dropped = if name == "patronus_port_rx_packets_total" {
+            m.sum("patronus_port_rx_dropped_packets_total", &[("port", port)])
+        } else {
+            0.0
+        };
+        m.sum(name, &[("port", port)]) + dropped
+    };
     let gw0 = dp.scrape();
     let base = [
         stat(&topo.a, &topo.link_a, "tx_packets")
