@@ -129,3 +129,66 @@ fn apply_get_and_delete() {
     let (ok, _, err) = ctl(&server.addr, &dir.path().join("missing"), &["get", "sites"]);
     assert!(!ok && err.contains("missing"), "{err}");
 }
+
+#[test]
+fn patronusctl_speaks_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["localhost".into()]);
+    let (client_cert, client_key) = leaf(vec!["ops-laptop".into()]);
+    let ca = write("ca.pem", &ca_pem);
+    let args: Vec<std::ffi::OsString> = vec![
+        "--tls-cert".into(),
+        write("server.pem", &server_cert).into(),
+        "--tls-key".into(),
+        write("server-key.pem", &server_key).into(),
+        "--tls-client-ca".into(),
+        ca.clone().into(),
+    ];
+    let server = common::start_with(&dir.path().join("cp.redb"), &args);
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    let run = |extra: &[&std::path::Path]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patronusctl"));
+        cmd.args(["--server", &format!("https://localhost:{port}"), "--tls-ca"])
+            .arg(&ca);
+        if let [cert, key] = extra {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        cmd.args(["get", "sites"]).output().unwrap()
+    };
+    let (cert, key) = (
+        write("client.pem", &client_cert),
+        write("client-key.pem", &client_key),
+    );
+    let ok = run(&[&cert, &key]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("NAME"));
+    assert!(
+        !run(&[]).status.success(),
+        "no client certificate, no service"
+    );
+}

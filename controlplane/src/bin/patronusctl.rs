@@ -11,7 +11,7 @@ use patronus_controlplane::manifest::{self, Document};
 use patronus_proto::v1 as pb;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
@@ -29,6 +29,25 @@ struct Cli {
     /// File holding the bearer token (mode 600).
     #[arg(long, env = "PATRONUS_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// CA certificate (PEM) the server's certificate must chain to (for https:// servers).
+    #[arg(long, env = "PATRONUS_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require mutual TLS.
+    #[arg(
+        long,
+        env = "PATRONUS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; mode 600).
+    #[arg(
+        long,
+        env = "PATRONUS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -147,8 +166,28 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         ),
         None => None,
     };
-    let channel = Channel::from_shared(cli.server.clone())
-        .with_context(|| format!("{}: not a server address (http://host:port)", cli.server))?
+    let mut endpoint = Channel::from_shared(cli.server.clone()).with_context(|| {
+        format!(
+            "{}: not a server address (http://host:port or https://host:port)",
+            cli.server
+        )
+    })?;
+    if cli.server.starts_with("https://") {
+        let Some(ca) = &cli.tls_ca else {
+            anyhow::bail!("an https:// server needs --tls-ca (the CA its certificate chains to)");
+        };
+        let ca = std::fs::read_to_string(ca)
+            .with_context(|| format!("{}: cannot read", ca.display()))?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            let cert = std::fs::read_to_string(cert)
+                .with_context(|| format!("{}: cannot read", cert.display()))?;
+            let key = patronus_controlplane::auth::read_secret(key)?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach the control plane at {}", cli.server))?;

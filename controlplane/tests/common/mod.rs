@@ -23,11 +23,19 @@ impl Drop for Running {
 
 /// Starts the server on an ephemeral loopback port with database `db`.
 pub fn start(db: &Path, token_file: Option<&Path>) -> Running {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"));
-    cmd.args(["--listen", "127.0.0.1:0", "--db"]).arg(db);
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
     if let Some(t) = token_file {
-        cmd.arg("--token-file").arg(t);
+        args.extend(["--token-file".into(), t.into()]);
     }
+    start_with(db, &args)
+}
+
+/// Starts the server with extra arguments.
+pub fn start_with(db: &Path, extra: &[std::ffi::OsString]) -> Running {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"));
+    cmd.args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .args(extra);
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
