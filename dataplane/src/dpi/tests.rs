@@ -460,3 +460,41 @@ fn catalogue_signatures_name_their_protocols() {
         assert_eq!(r, (category, app.to_owned()), "{app}");
     }
 }
+
+#[test]
+fn pathological_user_patterns_are_bounded_or_refused() {
+    let spec = |pattern: &str| AppSpec {
+        name: "Evil".into(),
+        category: Category::Unknown,
+        hosts: vec![],
+        host_patterns: vec![],
+        patterns: vec![pattern.into()],
+        transport: Transport::Any,
+        ports: vec![],
+        tls_ports: vec![],
+        alpn: vec![],
+        certificate_names: vec![],
+    };
+    // Catastrophic for a backtracking engine; Hyperscan scans in linear time.
+    let c = Classifier::with_user_apps(&[
+        spec("^(a+)+$"),
+        AppSpec {
+            name: "Evil2".into(),
+            ..spec("(a|aa)*c")
+        },
+    ])
+    .unwrap();
+    let payload = vec![b'a'; 60_000];
+    let mut inspector = Inspector::new(Limits::default(), 1);
+    let mut flow = FlowInspection::default();
+    let v = inspector.inspect(&c, &mut flow, &pkt(true, 1, 2, &payload));
+    assert_eq!(v.map(|v| c.name(&v)), Some("Evil".into()));
+    // Too large to compile: refused with Hyperscan's reason, naming the pattern.
+    let err = Classifier::with_user_apps(&[spec("(.{1000}){1000}")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Evil") && err.contains("(.{1000}){1000}"),
+        "{err}"
+    );
+}
