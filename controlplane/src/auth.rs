@@ -51,20 +51,7 @@ impl BearerToken {
 
     /// Reads the token from a file only its owner can read.
     pub fn from_file(path: &Path) -> anyhow::Result<BearerToken> {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "{}: readable by group or others (mode {:o}); chmod 600 it",
-                path.display(),
-                mode & 0o777
-            );
-        }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = read_secret(path)?;
         BearerToken::new(&text).with_context(|| path.display().to_string())
     }
 
