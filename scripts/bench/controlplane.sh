@@ -21,15 +21,21 @@ echo "== building (release)" >&2
 cargo build -q --release -p patronus-controlplane --bin patronus-controlplane --example api_load --example propagation
 UPDATES=${UPDATES:-300}
 
-rm -f "$OUT/cp.redb"
-target/release/patronus-controlplane --listen 127.0.0.1:0 --db "$OUT/cp.redb" 2>"$OUT/server.log" &
-server=$!
+# start_server DB: starts a fresh server, sets addr and server.
+start_server() {
+    rm -f "$1"
+    target/release/patronus-controlplane --listen 127.0.0.1:0 --db "$1" 2>"$OUT/server.log" &
+    server=$!
+    addr=
+    for _ in $(seq 100); do
+        addr=$(sed -n 's/.*addr=\([0-9.:]*\).*/\1/p' "$OUT/server.log" | head -1)
+        [[ -n $addr ]] && break
+        sleep 0.1
+    done
+}
+server=
 trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    addr=$(sed -n 's/.*addr=\([0-9.:]*\).*/\1/p' "$OUT/server.log" | head -1)
-    [[ -n $addr ]] && break
-    sleep 0.1
-done
+start_server "$OUT/cp.redb"
 
 declare -A rates
 for clients in 1 64; do
@@ -47,18 +53,6 @@ done
 kill $server 2>/dev/null || true
 wait $server 2>/dev/null || true
 
-# start_server DB: starts a fresh server, sets addr and server.
-start_server() {
-    rm -f "$1"
-    target/release/patronus-controlplane --listen 127.0.0.1:0 --db "$1" 2>"$OUT/server.log" &
-    server=$!
-    addr=
-    for _ in $(seq 100); do
-        addr=$(sed -n 's/.*addr=\([0-9.:]*\).*/\1/p' "$OUT/server.log" | head -1)
-        [[ -n $addr ]] && break
-        sleep 0.1
-    done
-}
 declare -A propagation
 for sites in 1000 10000; do
     start_server "$OUT/prop-$sites.redb"
