@@ -97,14 +97,19 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The site's snapshot content from the store (version 0).
-    fn compile(&self, site_id: &str) -> Result<SiteSnapshot, StoreError> {
+    /// A site's snapshot content (version 0), from its Site in the store and
+    /// the peers and policies of the whole store, read once per recompilation.
+    fn compile(
+        &self,
+        site_id: &str,
+        peers: &[Peer],
+        policies: &[Policy],
+    ) -> Result<SiteSnapshot, StoreError> {
         let site = self.store.site_by_id(site_id)?;
-        let peers: Vec<Peer> = self
-            .store
-            .all::<Peer>()?
-            .into_iter()
+        let peers: Vec<Peer> = peers
+            .iter()
             .filter(|p| p.spec.as_ref().is_some_and(|s| s.site_id == site_id))
+            .cloned()
             .collect();
         let labels = site
             .as_ref()
@@ -112,10 +117,8 @@ impl Hub {
             .map(|m| &m.labels);
         let policies: Vec<Policy> = match labels {
             None => Vec::new(),
-            Some(labels) => self
-                .store
-                .all::<Policy>()?
-                .into_iter()
+            Some(labels) => policies
+                .iter()
                 .filter(|p| {
                     let selector = p.spec.as_ref().and_then(|s| s.site_selector.as_ref());
                     selector.is_none_or(|sel| {
@@ -124,6 +127,7 @@ impl Hub {
                             .all(|(k, v)| labels.get(k) == Some(v))
                     })
                 })
+                .cloned()
                 .collect(),
         };
         Ok(SiteSnapshot {
@@ -135,27 +139,31 @@ impl Hub {
         })
     }
 
-    /// Recompiles one site; publishes a new version if its content changed.
-    fn refresh(&self, site_id: &str) -> Result<(), StoreError> {
+    /// Recompiles these sites; publishes a new version of each whose content changed.
+    fn refresh(&self, site_ids: &[String]) -> Result<(), StoreError> {
         // The revision is read before compiling: a write landing in between
         // marks the hub dirty again, so its effect gets a later version.
         let revision = self.store.revision()?;
-        let mut snapshot = self.compile(site_id)?;
-        let content = snapshot.encode_to_vec();
-        let mut state = self.lock();
-        match state.sites.get_mut(site_id) {
-            Some(entry) if entry.content == content => {}
-            Some(entry) => {
-                snapshot.version = revision.max(entry.latest.borrow().version + 1);
-                entry.content = content;
-                entry.latest.send_replace(Arc::new(snapshot));
-            }
-            None => {
-                snapshot.version = revision.max(1);
-                let (latest, _) = watch::channel(Arc::new(snapshot));
-                state
-                    .sites
-                    .insert(site_id.to_owned(), SiteEntry { content, latest });
+        let peers = self.store.all::<Peer>()?;
+        let policies = self.store.all::<Policy>()?;
+        for site_id in site_ids {
+            let mut snapshot = self.compile(site_id, &peers, &policies)?;
+            let content = snapshot.encode_to_vec();
+            let mut state = self.lock();
+            match state.sites.get_mut(site_id) {
+                Some(entry) if entry.content == content => {}
+                Some(entry) => {
+                    snapshot.version = revision.max(entry.latest.borrow().version + 1);
+                    entry.content = content;
+                    entry.latest.send_replace(Arc::new(snapshot));
+                }
+                None => {
+                    snapshot.version = revision.max(1);
+                    let (latest, _) = watch::channel(Arc::new(snapshot));
+                    state
+                        .sites
+                        .insert(site_id.clone(), SiteEntry { content, latest });
+                }
             }
         }
         Ok(())
@@ -163,16 +171,13 @@ impl Hub {
 
     fn refresh_all(&self) -> Result<(), StoreError> {
         let sites: Vec<String> = self.lock().sites.keys().cloned().collect();
-        for site in sites {
-            self.refresh(&site)?;
-        }
-        Ok(())
+        self.refresh(&sites)
     }
 
     /// Starts tracking `site_id` (if new) and watches its latest snapshot.
     fn watch(&self, site_id: &str) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
         if !self.lock().sites.contains_key(site_id) {
-            self.refresh(site_id)?;
+            self.refresh(&[site_id.to_owned()])?;
         }
         let state = self.lock();
         Ok(state.sites[site_id].latest.subscribe())
