@@ -19,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Maps as BTreeMap: encoding is then deterministic, which the sync hub
+    // relies on to tell a changed snapshot from an unchanged one.
     tonic_prost_build::configure()
+        .btree_map(".")
         .file_descriptor_set_path(out.join("patronus_v1_descriptor.bin"))
         .compile_protos(&protos, &["."])?;
     Ok(())

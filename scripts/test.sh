@@ -50,7 +50,7 @@ step "unit tests"
 cargo_test --workspace --exclude patronus-e2e
 
 step "end-to-end tests (real DPDK, real hosts in network namespaces)"
-cargo build --bin patronus-dataplane
+cargo build --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl
 # One at a time: each test starts a polling data plane on a 2-core machine.
 cargo_test -p patronus-e2e -- --test-threads=1
 

@@ -7,23 +7,7 @@ use anyhow::{bail, Context as _};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
-/// Reads a secret (a token, a private key) from a file that neither group
-/// nor others may read.
-pub fn read_secret(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{}: readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            mode & 0o777
-        );
-    }
-    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
-}
+pub use patronus_proto::client::read_secret;
 
 /// Shortest token accepted (bytes).
 pub const MIN_TOKEN_LEN: usize = 16;

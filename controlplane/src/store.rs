@@ -88,6 +88,19 @@ storage_errors!(
     redb::CommitError
 );
 
+/// Desired state at one store revision.
+#[derive(Debug, Default, Clone)]
+pub struct DesiredState {
+    /// The revision it was read at.
+    pub revision: u64,
+    /// Every site.
+    pub sites: Vec<patronus_proto::v1::Site>,
+    /// Every peer.
+    pub peers: Vec<patronus_proto::v1::Peer>,
+    /// Every policy.
+    pub policies: Vec<patronus_proto::v1::Policy>,
+}
+
 /// One page of a list.
 #[derive(Debug)]
 pub struct Page<R> {
@@ -225,45 +238,26 @@ impl Store {
         }
     }
 
-    /// Every resource of a kind, by name.
-    pub fn all<R: Resource>(&self) -> Result<Vec<R>, StoreError> {
-        let mut out = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = self.list::<R>(&after, 1000)?;
-            out.extend(page.items);
-            match page.next {
-                Some(next) => after = next,
-                None => return Ok(out),
+    /// Every site, peer and policy as of one revision, read in one
+    /// transaction: a snapshot compiled from it is exactly that revision's.
+    pub fn desired_state(&self) -> Result<DesiredState, StoreError> {
+        fn read_all<R: Resource>(txn: &redb::ReadTransaction) -> Result<Vec<R>, StoreError> {
+            let table = txn.open_table(R::TABLE)?;
+            let mut items = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                items.push(decode(key.value(), value.value())?);
             }
+            Ok(items)
         }
-    }
-
-    /// The site whose spec.site_id is `site_id`.
-    pub fn site_by_id(
-        &self,
-        site_id: &str,
-    ) -> Result<Option<patronus_proto::v1::Site>, StoreError> {
-        let Some(def) = <patronus_proto::v1::Site as Resource>::UNIQUE else {
-            return Ok(None);
-        };
-        let name = {
-            let txn = self.db.begin_read()?;
-            let index = txn.open_table(def)?;
-            let name = index.get(site_id)?.map(|n| n.value().to_owned());
-            name
-        };
-        match name {
-            Some(name) => self.get(&name).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The store-wide revision: the resource_version of the latest write.
-    pub fn revision(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        Ok(meta.get(REVISION)?.map_or(0, |v| v.value()))
+        Ok(DesiredState {
+            revision: meta.get(REVISION)?.map_or(0, |v| v.value()),
+            sites: read_all(&txn)?,
+            peers: read_all(&txn)?,
+            policies: read_all(&txn)?,
+        })
     }
 
     /// Creates `r`; the server-assigned metadata is filled in.

@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 
 use patronus_proto::v1::dataplane_sync_server::DataplaneSync;
 use patronus_proto::v1::{
-    AckResult, AcknowledgeRequest, AcknowledgeResponse, Dataplane, Peer, Policy, SiteSnapshot,
-    SubscribeRequest,
+    AckResult, AcknowledgeRequest, AcknowledgeResponse, Dataplane, Peer, Policy, Site,
+    SiteSnapshot, SubscribeRequest,
 };
 use prost::Message;
 use tokio::sync::{watch, Notify};
@@ -25,7 +25,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::store::{Store, StoreError};
+use crate::store::{DesiredState, Store, StoreError};
 use crate::validate::is_dns_label;
 
 /// One tracked site.
@@ -97,27 +97,19 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A site's snapshot content (version 0), from its Site in the store and
-    /// the peers and policies of the whole store, read once per recompilation.
-    fn compile(
-        &self,
-        site_id: &str,
-        peers: &[Peer],
-        policies: &[Policy],
-    ) -> Result<SiteSnapshot, StoreError> {
-        let site = self.store.site_by_id(site_id)?;
-        let peers: Vec<Peer> = peers
+    /// A site's snapshot content (version 0) in `state`.
+    fn compile(site_id: &str, site: Option<&Site>, state: &DesiredState) -> SiteSnapshot {
+        let peers: Vec<Peer> = state
+            .peers
             .iter()
             .filter(|p| p.spec.as_ref().is_some_and(|s| s.site_id == site_id))
             .cloned()
             .collect();
-        let labels = site
-            .as_ref()
-            .and_then(|s| s.metadata.as_ref())
-            .map(|m| &m.labels);
+        let labels = site.and_then(|s| s.metadata.as_ref()).map(|m| &m.labels);
         let policies: Vec<Policy> = match labels {
             None => Vec::new(),
-            Some(labels) => policies
+            Some(labels) => state
+                .policies
                 .iter()
                 .filter(|p| {
                     let selector = p.spec.as_ref().and_then(|s| s.site_selector.as_ref());
@@ -130,24 +122,29 @@ impl Hub {
                 .cloned()
                 .collect(),
         };
-        Ok(SiteSnapshot {
+        SiteSnapshot {
             site_id: site_id.to_owned(),
             version: 0,
-            site,
+            site: site.cloned(),
             peers,
             policies,
-        })
+        }
     }
 
-    /// Recompiles these sites; publishes a new version of each whose content changed.
+    /// Recompiles these sites from one read of the store; publishes a new
+    /// version of each whose content changed. The version is the revision
+    /// read, so sites changed by one write share it.
     fn refresh(&self, site_ids: &[String]) -> Result<(), StoreError> {
-        // The revision is read before compiling: a write landing in between
-        // marks the hub dirty again, so its effect gets a later version.
-        let revision = self.store.revision()?;
-        let peers = self.store.all::<Peer>()?;
-        let policies = self.store.all::<Policy>()?;
+        let state = self.store.desired_state()?;
+        let by_id: HashMap<&str, &Site> = state
+            .sites
+            .iter()
+            .filter_map(|s| s.spec.as_ref().map(|spec| (spec.site_id.as_str(), s)))
+            .collect();
+        let revision = state.revision;
         for site_id in site_ids {
-            let mut snapshot = self.compile(site_id, &peers, &policies)?;
+            let site = by_id.get(site_id.as_str()).copied();
+            let mut snapshot = Hub::compile(site_id, site, &state);
             let content = snapshot.encode_to_vec();
             let mut state = self.lock();
             match state.sites.get_mut(site_id) {

@@ -53,11 +53,16 @@ async fn subscribers_follow_their_site() {
     let first = next(&mut a).await;
     assert!(first.site.is_none() && first.peers.is_empty());
 
-    api.create_site(CreateSiteRequest {
-        site: Some(manifest::site(site_doc)),
-    })
-    .await
-    .unwrap();
+    // Several labels: the order they are encoded in must not make an
+    // unchanged site look changed.
+    let mut site = manifest::site(site_doc);
+    let labels = &mut site.metadata.as_mut().unwrap().labels;
+    for key in ["team", "tier", "zone", "owner", "cost-center", "rack"] {
+        labels.insert(key.into(), "x".into());
+    }
+    api.create_site(CreateSiteRequest { site: Some(site) })
+        .await
+        .unwrap();
     let with_site = next(&mut a).await;
     assert!(with_site.version > first.version);
     assert_eq!(

@@ -14,6 +14,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::route::{Route, RouteTable};
+use crate::site::{Capabilities, PeerSection, PolicySection, SiteSection, SiteSections, SiteState};
+use std::sync::Arc;
 
 /// The configuration compiled into the binary, used when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
@@ -29,7 +31,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             field: field.into(),
             message: message.into(),
@@ -76,6 +78,154 @@ pub struct Config {
     /// Application classification.
     #[serde(default)]
     pub dpi: DpiSection,
+    /// The control plane to take the site's configuration from (absent: standalone).
+    #[serde(default)]
+    pub controlplane: ControlPlaneSection,
+    /// This site (standalone mode).
+    #[serde(default)]
+    pub site: Option<SiteSection>,
+    /// The site's WireGuard peers (standalone mode).
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerSection>,
+    /// The site's policies (standalone mode).
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicySection>,
+}
+
+/// `[controlplane]`: where the site's configuration comes from when the data
+/// plane is managed. Everything else stays in this file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneSection {
+    /// `http://host:port` or `https://host:port`; empty: standalone.
+    pub server: String,
+    /// The site this data plane serves.
+    pub site_id: String,
+    /// This instance's identity; empty: the host name.
+    pub dataplane_id: String,
+    /// File holding the bearer token (mode 600).
+    pub token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) for an https server.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for servers that require mutual TLS.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM; mode 600).
+    pub tls_key: Option<std::path::PathBuf>,
+    /// First wait before reconnecting (doubles up to `reconnect_max_ms`).
+    pub reconnect_min_ms: u32,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max_ms: u32,
+    /// How often counters are reported to the control plane.
+    pub telemetry_interval_ms: u32,
+}
+
+impl Default for ControlPlaneSection {
+    fn default() -> Self {
+        ControlPlaneSection {
+            server: String::new(),
+            site_id: String::new(),
+            dataplane_id: String::new(),
+            token_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            reconnect_min_ms: 250,
+            reconnect_max_ms: 30_000,
+            telemetry_interval_ms: 5_000,
+        }
+    }
+}
+
+impl ControlPlaneSection {
+    /// True when a control plane manages the site's configuration.
+    pub fn is_managed(&self) -> bool {
+        !self.server.is_empty()
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !self.is_managed() {
+            return Ok(());
+        }
+        if !self.server.starts_with("http://") && !self.server.starts_with("https://") {
+            return Err(ConfigError::new(
+                "controlplane.server",
+                format!(
+                    "{:?} must be http://host:port or https://host:port",
+                    self.server
+                ),
+            ));
+        }
+        if self.server.starts_with("https://") && self.tls_ca.is_none() {
+            return Err(ConfigError::new(
+                "controlplane.tls_ca",
+                "required for an https:// server",
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::new(
+                "controlplane.tls_key",
+                "tls_cert and tls_key go together",
+            ));
+        }
+        let label = self.site_id.as_bytes();
+        let label_ok = !label.is_empty()
+            && label.len() <= 63
+            && label[0].is_ascii_lowercase()
+            && label
+                .iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+        if !label_ok {
+            return Err(ConfigError::new(
+                "controlplane.site_id",
+                "required: the site's id (a-z, 0-9, '-')",
+            ));
+        }
+        let id_ok = self.dataplane_id.len() <= 253
+            && self
+                .dataplane_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !id_ok {
+            return Err(ConfigError::new(
+                "controlplane.dataplane_id",
+                "at most 253 characters of A-Z, a-z, 0-9, '-', '_', '.'",
+            ));
+        }
+        for (field, value, min, max) in [
+            ("reconnect_min_ms", self.reconnect_min_ms, 10, 600_000),
+            (
+                "reconnect_max_ms",
+                self.reconnect_max_ms,
+                self.reconnect_min_ms,
+                600_000,
+            ),
+            (
+                "telemetry_interval_ms",
+                self.telemetry_interval_ms,
+                100,
+                600_000,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::new(
+                    format!("controlplane.{field}"),
+                    format!("{value} is out of range {min}..={max}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection settings for the gRPC client.
+    pub fn client_options(&self) -> patronus_proto::client::ClientOptions {
+        patronus_proto::client::ClientOptions {
+            server: self.server.clone(),
+            token_file: self.token_file.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
 }
 
 /// `[dpdk]`
@@ -376,6 +526,8 @@ pub struct Snapshot {
     pub icmp: IcmpSection,
     /// Application classification.
     pub dpi: DpiSnapshot,
+    /// The site, its peers and policies.
+    pub site: Arc<SiteState>,
     /// Every IPv4 address of the gateway, for the per-packet "is it ours?" test.
     local_v4: Vec<Ipv4Addr>,
     /// Every IPv6 address of the gateway, link-local ones included once known.
@@ -838,9 +990,19 @@ impl Config {
         }
 
         let dpi = self.validate_dpi()?;
+        self.controlplane.check()?;
+        let sections = self.site_sections();
+        if self.controlplane.is_managed() && !sections.is_empty() {
+            return Err(ConfigError::new(
+                if self.site.is_some() { "site" } else if self.peers.is_empty() { "policy" } else { "peer" },
+                "comes from the control plane when controlplane.server is set; remove it from the file",
+            ));
+        }
+        let site = sections.compile(Capabilities::of(&ports, &dpi.classifier))?;
         let mut snapshot = Snapshot {
             generation,
             dpi,
+            site: Arc::new(site),
             ports,
             routes,
             static_neighbors,
@@ -853,6 +1015,15 @@ impl Config {
         };
         snapshot.index_addresses();
         Ok(snapshot)
+    }
+
+    /// The file's `[site]`, `[[peer]]` and `[[policy]]`.
+    pub fn site_sections(&self) -> SiteSections {
+        SiteSections {
+            site: self.site.clone(),
+            peers: self.peers.clone(),
+            policies: self.policies.clone(),
+        }
     }
 
     /// Checks `[dpi]` and compiles the application catalogue (off the packet path: at start and on reload).
@@ -917,6 +1088,12 @@ impl Config {
             return Err(ConfigError::new(
                 "dpdk",
                 "EAL and mempool settings apply at start only; restart to change them",
+            ));
+        }
+        if self.controlplane != running.controlplane {
+            return Err(ConfigError::new(
+                "controlplane",
+                "applies at start only; restart to change it",
             ));
         }
         if self.metrics != running.metrics {
@@ -1035,6 +1212,13 @@ addresses = ["10.0.1.1/24"]
                 "route[1].prefix",
             ),
             ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"01:00:5e:00:00:01\"\nport = \"lan\"\n", "neighbor[0].mac"),
+            ("[controlplane]\nserver = \"http://127.0.0.1:50051\"\n", "controlplane.site_id"),
+            ("[controlplane]\nserver = \"127.0.0.1:50051\"\nsite_id = \"hq\"\n", "controlplane.server"),
+            ("[controlplane]\nserver = \"https://cp:50051\"\nsite_id = \"hq\"\n", "controlplane.tls_ca"),
+            ("[controlplane]\nserver = \"http://cp:50051\"\nsite_id = \"hq\"\nreconnect_min_ms = 1\n", "controlplane.reconnect_min_ms"),
+            ("[controlplane]\nserver = \"http://cp:50051\"\nsite_id = \"hq\"\n[site]\nsite_id = \"hq\"\n", "site"),
+            ("[controlplane]\nserver = \"http://cp:50051\"\nsite_id = \"hq\"\n[[peer]]\nname = \"a\"\nendpoint = { address = \"10.0.0.9\", port = 1 }\nwireguard = { public_key = \"\" }\n", "peer"),
+            ("[[peer]]\nname = \"a\"\nendpoint = { address = \"10.0.0.9\", port = 1 }\nwireguard = { public_key = \"\" }\n", "peer[a].wireguard.public_key"),
             ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"zz\"\nport = \"lan\"\n", "neighbor[0].mac"),
             ("[[neighbor]]\nip = \"x\"\nmac = \"02:00:00:00:00:01\"\nport = \"lan\"\n", "neighbor[0].ip"),
             ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"02:00:00:00:00:01\"\nport = \"dmz\"\n", "neighbor[0].port"),

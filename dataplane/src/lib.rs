@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod config;
 pub mod dpdk;
 pub mod dpi;
@@ -20,5 +21,6 @@ pub mod pending;
 pub mod published;
 pub mod route;
 pub mod runtime;
+pub mod site;
 pub mod stats;
 pub mod worker;

@@ -23,6 +23,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::agent::AgentStatus;
 use crate::config::Snapshot;
 use crate::dpdk::{Mempool, Port};
 use crate::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUCKETS};
@@ -72,6 +73,8 @@ pub struct DataplaneCollector {
     pub config: Arc<Published<Snapshot>>,
     /// Each worker's classification counters.
     pub dpi: Vec<Arc<DpiCounters>>,
+    /// The control-plane agent, when the data plane is managed.
+    pub agent: Option<Arc<AgentStatus>>,
 }
 
 fn counter<S: EncodeLabelSet, V: EncodeCounterValue>(
@@ -445,6 +448,47 @@ impl Collector for DataplaneCollector {
             "Generation of the configuration in force.",
             [([("source", "file".to_owned())], u64::from(cfg.generation))],
         )?;
+        gauge(
+            &mut enc,
+            "patronus_config_site_version",
+            "Version of the control plane's site snapshot in force (0: standalone or none yet).",
+            [(NO_LABELS, cfg.site.version)],
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_config_peers",
+            "WireGuard peers configured for the site.",
+            [(NO_LABELS, cfg.site.peers.len() as u64)],
+        )?;
+        gauge(
+            &mut enc,
+            "patronus_config_policy_rules",
+            "Policy rules in force.",
+            [(NO_LABELS, cfg.site.rules.len() as u64)],
+        )?;
+        if let Some(agent) = &self.agent {
+            gauge(
+                &mut enc,
+                "patronus_controlplane_connected",
+                "1 while subscribed to the control plane.",
+                [(
+                    NO_LABELS,
+                    u64::from(agent.connected.load(Ordering::Acquire)),
+                )],
+            )?;
+            counter(
+                &mut enc,
+                "patronus_controlplane_snapshots_refused",
+                "Control-plane snapshots refused (NACKed); the previous one stayed in force.",
+                [(NO_LABELS, agent.refused.load(Ordering::Relaxed))],
+            )?;
+            counter(
+                &mut enc,
+                "patronus_controlplane_disconnects",
+                "Subscriptions to the control plane that ended.",
+                [(NO_LABELS, agent.disconnects.load(Ordering::Relaxed))],
+            )?;
+        }
         encode_dpi(&mut enc, &self.dpi)
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
+use crate::agent::{Agent, AgentStatus, ApplyRequest};
 use crate::config::{Config, Snapshot};
 use crate::dpdk::{
     self, launch_on_lcore, worker_lcores, Eal, Mempool, Port, PortConfig, BURST_SIZE,
@@ -24,6 +25,7 @@ use crate::dpdk::{
 use crate::metrics::{DataplaneCollector, Health, HttpServer};
 use crate::neighbor::{NeighborManager, NeighborShared};
 use crate::published::Published;
+use crate::site::{Capabilities, SiteSections};
 use crate::stats::SharedCounters;
 use crate::worker::{Clock, Worker, WorkerSetup};
 
@@ -197,6 +199,23 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     manager.configure(&snapshot.neighbors, &snapshot.static_neighbors);
     manager.tick(clock.now_ns());
 
+    let agent_status = Arc::new(AgentStatus::default());
+    let (apply_tx, mut apply_rx) = tokio::sync::mpsc::channel::<ApplyRequest>(1);
+    let agent = if opts.config.controlplane.is_managed() {
+        let agent = Agent::start(&opts.config.controlplane, apply_tx, agent_status.clone())?;
+        tracing::info!(
+            server = opts.config.controlplane.server,
+            site = opts.config.controlplane.site_id,
+            "the site's configuration comes from the control plane"
+        );
+        Some(agent)
+    } else {
+        drop(apply_tx);
+        None
+    };
+    // The control plane's sections in force, re-checked when the file is reloaded.
+    let mut managed: Option<(SiteSections, u64)> = None;
+
     let http = match opts.config.metrics.listen.as_str() {
         "" => None,
         addr => {
@@ -208,6 +227,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
                 neighbors: neighbors.clone(),
                 config: config.clone(),
                 dpi: dpi_stats.clone(),
+                agent: agent.is_some().then(|| agent_status.clone()),
             };
             let server = HttpServer::start(addr, collector, health.clone())
                 .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
@@ -230,8 +250,32 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             republish_at = now + u64::from(config.load().neighbors.reachable_s) * 500_000_000;
         }
         manager.tick_with(now, force);
+        while let Ok(request) = apply_rx.try_recv() {
+            let version = request.snapshot.version;
+            let outcome = apply_snapshot(&request.snapshot, &config);
+            match &outcome {
+                Ok(sections) => {
+                    tracing::info!(
+                        version,
+                        generation = config.load().generation,
+                        "control-plane snapshot applied"
+                    );
+                    managed = Some((sections.clone(), version));
+                }
+                Err(err) => tracing::warn!(version, "control-plane snapshot refused: {err}"),
+            }
+            let _ = request
+                .reply
+                .send(outcome.map(|_| ()).map_err(|e| e.to_string()));
+        }
         if reload.swap(false, Ordering::Relaxed) {
-            match reload_config(opts.config_path.as_deref(), &running_config, &config, &macs) {
+            match reload_config(
+                opts.config_path.as_deref(),
+                &running_config,
+                &config,
+                &macs,
+                managed.as_ref(),
+            ) {
                 Ok((new_config, new_snapshot)) => {
                     manager.configure(&new_snapshot.neighbors, &new_snapshot.static_neighbors);
                     tracing::info!(
@@ -263,6 +307,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     }
 
     tracing::info!("shutting down");
+    if let Some(agent) = agent {
+        agent.stop();
+    }
     health.running.store(false, Ordering::Release);
     stop.store(true, Ordering::Relaxed);
     let mut worker_failed = false;
@@ -292,12 +339,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     Ok(u8::from(worker_failed))
 }
 
-/// Re-reads the config file and publishes it if valid and reloadable.
+/// Re-reads the config file and publishes it if valid and reloadable. A
+/// managed data plane keeps the control plane's site configuration, which
+/// must still fit the reloaded file (its applications, its addresses).
 fn reload_config(
     path: Option<&std::path::Path>,
     running: &Config,
     published: &Published<Snapshot>,
     macs: &[[u8; 6]],
+    managed: Option<&(SiteSections, u64)>,
 ) -> anyhow::Result<(Config, Snapshot)> {
     let Some(path) = path else {
         bail!("running on the embedded default configuration; there is no file to reload");
@@ -307,8 +357,32 @@ fn reload_config(
     let generation = published.load().generation + 1;
     let mut snapshot = config.validate(generation)?;
     snapshot.set_port_macs(macs);
+    if let Some((sections, version)) = managed {
+        let mut site = sections
+            .compile(Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier))
+            .context("the control plane's site configuration would no longer apply")?;
+        site.version = *version;
+        snapshot.site = Arc::new(site);
+    }
     published.store(snapshot.clone());
     Ok((config, snapshot))
+}
+
+/// Validates a control-plane snapshot against the running data plane and
+/// publishes it: only the site's part changes, in one swap.
+fn apply_snapshot(
+    snapshot: &patronus_proto::v1::SiteSnapshot,
+    published: &Published<Snapshot>,
+) -> Result<SiteSections, crate::config::ConfigError> {
+    let sections = SiteSections::from_snapshot(snapshot)?;
+    let current = published.load();
+    let mut site = sections.compile(Capabilities::of(&current.ports, &current.dpi.classifier))?;
+    site.version = snapshot.version;
+    let mut next = Snapshot::clone(&current);
+    next.generation += 1;
+    next.site = Arc::new(site);
+    published.store(next);
+    Ok(sections)
 }
 
 /// A per-process, per-worker seed for the flow tables' keyed hash, so that

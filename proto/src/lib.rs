@@ -1,5 +1,8 @@
 //! The Patronus gRPC API, `patronus.v1`: messages and the client and server
-//! code tonic generates from `proto/patronus/v1/*.proto`.
+//! code tonic generates from `proto/patronus/v1/*.proto`, and
+//! the client connection set-up that patronusctl and the data plane share.
+
+pub mod client;
 
 /// `patronus.v1`.
 pub mod v1 {

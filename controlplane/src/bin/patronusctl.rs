@@ -6,13 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use patronus_controlplane::auth::BearerToken;
 use patronus_controlplane::manifest::{self, Document};
+use patronus_proto::client::{Authorization, ClientOptions};
 use patronus_proto::v1 as pb;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::{Code, Request, Status};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 /// Command-line client of the Patronus control plane.
@@ -78,6 +78,9 @@ enum Command {
         /// Only this site's data planes.
         #[arg(long)]
         site: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Deletes a resource.
     Delete {
@@ -114,21 +117,7 @@ enum Output {
     Json,
 }
 
-type Token = Option<BearerToken>;
 type Client = ControlPlaneClient<InterceptedService<Channel, Authorization>>;
-
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-struct Authorization(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Authorization {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -153,48 +142,19 @@ fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let token: Token = cli
-        .token_file
-        .as_deref()
-        .map(BearerToken::from_file)
-        .transpose()?;
-    let header = match token {
-        Some(t) => Some(
-            format!("Bearer {}", t.reveal())
-                .parse()
-                .context("the token is not a valid header value")?,
-        ),
-        None => None,
+    let options = ClientOptions {
+        server: cli.server.clone(),
+        token_file: cli.token_file.clone(),
+        tls_ca: cli.tls_ca.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
     };
-    let mut endpoint = Channel::from_shared(cli.server.clone()).with_context(|| {
-        format!(
-            "{}: not a server address (http://host:port or https://host:port)",
-            cli.server
-        )
-    })?;
-    if cli.server.starts_with("https://") {
-        let Some(ca) = &cli.tls_ca else {
-            anyhow::bail!("an https:// server needs --tls-ca (the CA its certificate chains to)");
-        };
-        let ca = std::fs::read_to_string(ca)
-            .with_context(|| format!("{}: cannot read", ca.display()))?;
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
-            let cert = std::fs::read_to_string(cert)
-                .with_context(|| format!("{}: cannot read", cert.display()))?;
-            let key = patronus_controlplane::auth::read_secret(key)?;
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        endpoint = endpoint.tls_config(tls)?;
-    }
+    let (endpoint, authorization) = options.endpoint()?;
     let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach the control plane at {}", cli.server))?;
-    Ok(ControlPlaneClient::with_interceptor(
-        channel,
-        Authorization(header),
-    ))
+    Ok(ControlPlaneClient::with_interceptor(channel, authorization))
 }
 
 /// Runs the command; Ok(false) when some documents failed (already reported).
@@ -206,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             get(&mut client, kind, name, output).await?;
             Ok(true)
         }
-        Command::Status { site } => {
+        Command::Status { site, output } => {
             let list = call(
                 client
                     .list_dataplanes(pb::ListDataplanesRequest {
@@ -214,6 +174,29 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     })
                     .await,
             )?;
+            if output != Output::Table {
+                let items: Vec<serde_json::Value> = list
+                    .dataplanes
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "siteId": d.site_id,
+                            "dataplaneId": d.dataplane_id,
+                            "connected": d.connected,
+                            "desiredVersion": d.desired_version,
+                            "appliedVersion": d.applied_version,
+                            "refusedVersion": d.refused_version,
+                            "refusedReason": d.refused_reason,
+                        })
+                    })
+                    .collect();
+                let text = match output {
+                    Output::Json => serde_json::to_string_pretty(&items)?,
+                    _ => serde_yaml_ng::to_string(&items)?,
+                };
+                println!("{}", text.trim_end());
+                return Ok(true);
+            }
             let rows = list
                 .dataplanes
                 .iter()

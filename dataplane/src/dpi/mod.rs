@@ -303,6 +303,19 @@ impl Classifier {
         }
     }
 
+    /// Whether policies may name `name`: an application of the catalogue, a
+    /// protocol, `Protocol.Application` (as [`Classifier::name`] writes them)
+    /// or `Unknown`.
+    pub fn knows(&self, name: &str) -> bool {
+        let is_protocol = |p: &str| Protocol::ALL.iter().any(|q| q.to_string() == p);
+        let is_app = |a: &str| self.compiled.names.iter().any(|n| n == a);
+        match name.split_once('.') {
+            _ if name == "Unknown" || is_protocol(name) || is_app(name) => true,
+            Some((protocol, app)) => is_protocol(protocol) && is_app(app),
+            None => false,
+        }
+    }
+
     /// The application a certificate common name or DNS name belongs to.
     fn certificate_app(&self, name: &str) -> Option<u16> {
         if name.len() <= 64 {

@@ -349,15 +349,20 @@ pub fn dataplane_bin() -> PathBuf {
     if let Ok(path) = std::env::var("PATRONUS_DATAPLANE_BIN") {
         return PathBuf::from(path);
     }
+    binary("patronus-dataplane")
+}
+
+/// A workspace binary (`patronus-controlplane`, `patronusctl`) next to this test binary.
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target/<profile>");
-    let bin = dir.join("patronus-dataplane");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} not found: run `cargo build --bin patronus-dataplane` first",
+        "{} not found: run `cargo build --bin {name}` first",
         bin.display()
     );
     bin

@@ -1,0 +1,320 @@
+//! The control-plane agent: a tokio task on its own thread, beside the
+//! workers, that subscribes to the site's snapshots and answers each with
+//! ACK or NACK.
+//!
+//! The agent never touches the configuration in force itself: it hands each
+//! snapshot to the control loop ([`ApplyRequest`]), which validates it
+//! against the running data plane and publishes it in one swap, so workers
+//! see the old site configuration or the new one, never a mix, and file
+//! reloads and snapshots cannot interleave. When the control plane goes
+//! away the data plane keeps forwarding on what it runs; the agent
+//! reconnects with exponential backoff (with jitter, so a fleet does not
+//! reconnect in step) and the fresh subscription resynchronises it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use patronus_proto::client::Authorization;
+use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
+use patronus_proto::v1::{AckResult, AcknowledgeRequest, SiteSnapshot, SubscribeRequest};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Endpoint;
+
+use crate::config::ControlPlaneSection;
+
+/// A snapshot for the control loop to apply, and where to say how it went.
+#[derive(Debug)]
+pub struct ApplyRequest {
+    /// The snapshot as received.
+    pub snapshot: SiteSnapshot,
+    /// `Ok` once it is in force; `Err(reason)` when it was refused.
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// What the agent reports in the data plane's metrics.
+#[derive(Debug, Default)]
+pub struct AgentStatus {
+    /// Subscribed right now.
+    pub connected: AtomicBool,
+    /// Snapshots refused since start.
+    pub refused: AtomicU64,
+    /// Subscriptions that ended (the control plane went away or failed).
+    pub disconnects: AtomicU64,
+}
+
+/// The running agent; dropping it stops the thread.
+#[derive(Debug)]
+pub struct Agent {
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The data plane's identity: the configured one, or the host name.
+pub fn dataplane_id(section: &ControlPlaneSection) -> String {
+    if !section.dataplane_id.is_empty() {
+        return section.dataplane_id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .take(253)
+        .collect();
+    if id.is_empty() {
+        "dataplane".to_owned()
+    } else {
+        id
+    }
+}
+
+/// Exponential backoff with jitter: each wait is uniform in [d/2, d], with d
+/// doubling from `min` to `max`.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Backoff {
+            min,
+            max,
+            next: min,
+            seed,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    fn wait(&mut self) -> Duration {
+        // xorshift64: jitter needs spread, not secrecy.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d / 2 + d.mul_f64((self.seed % 1000) as f64 / 2000.0)
+    }
+}
+
+impl Agent {
+    /// Starts the agent: reads the credentials now (a missing or too widely
+    /// readable token file fails the start) and connects in the background.
+    ///
+    /// # Errors
+    /// When the connection settings are unusable.
+    pub fn start(
+        section: &ControlPlaneSection,
+        apply: mpsc::Sender<ApplyRequest>,
+        status: Arc<AgentStatus>,
+    ) -> anyhow::Result<Agent> {
+        let (endpoint, auth) = section
+            .client_options()
+            .endpoint()
+            .context("controlplane")?;
+        let endpoint = endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let session = Session {
+            endpoint,
+            auth,
+            site_id: section.site_id.clone(),
+            dataplane_id: dataplane_id(section),
+            apply,
+            status,
+            applied: 0,
+        };
+        let mut backoff = Backoff::new(
+            Duration::from_millis(section.reconnect_min_ms.into()),
+            Duration::from_millis(section.reconnect_max_ms.into()),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut shutdown) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("patronus-agent".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut session = session;
+                    loop {
+                        tokio::select! {
+                            _ = &mut shutdown => return,
+                            ended = session.run(&mut backoff) => {
+                                session.status.connected.store(false, Ordering::Release);
+                                session.status.disconnects.fetch_add(1, Ordering::Relaxed);
+                                if let Err(err) = ended {
+                                    tracing::warn!(
+                                        server = %session.endpoint.uri(),
+                                        "control plane unavailable, forwarding on the configuration in force: {err:#}"
+                                    );
+                                }
+                            }
+                        }
+                        if session.apply.is_closed() {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = &mut shutdown => return,
+                            () = tokio::time::sleep(backoff.wait()) => {}
+                        }
+                    }
+                });
+            })?;
+        Ok(Agent {
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the agent and waits for its thread.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// One subscription's worth of state, kept across reconnections.
+struct Session {
+    endpoint: Endpoint,
+    auth: Authorization,
+    site_id: String,
+    dataplane_id: String,
+    apply: mpsc::Sender<ApplyRequest>,
+    status: Arc<AgentStatus>,
+    /// The version in force (0: none yet).
+    applied: u64,
+}
+
+impl Session {
+    /// Subscribes and answers snapshots until the stream ends or fails.
+    async fn run(&mut self, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let channel = self.endpoint.connect().await.context("connecting")?;
+        let mut client = DataplaneSyncClient::with_interceptor(channel, self.auth.clone());
+        let mut stream = client
+            .subscribe(SubscribeRequest {
+                site_id: self.site_id.clone(),
+                dataplane_id: self.dataplane_id.clone(),
+            })
+            .await
+            .context("subscribing")?
+            .into_inner();
+        self.status.connected.store(true, Ordering::Release);
+        backoff.reset();
+        tracing::info!(
+            server = %self.endpoint.uri(),
+            site = self.site_id,
+            dataplane = self.dataplane_id,
+            "subscribed to the control plane"
+        );
+        while let Some(snapshot) = stream.message().await.context("receiving snapshots")? {
+            let version = snapshot.version;
+            // A resubscription resends the version in force: nothing to apply.
+            let outcome = if version == self.applied {
+                Ok(())
+            } else {
+                self.apply(snapshot).await?
+            };
+            let (result, reason) = match outcome {
+                Ok(()) => {
+                    self.applied = version;
+                    (AckResult::Ack, String::new())
+                }
+                Err(reason) => {
+                    self.status.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        version,
+                        "snapshot refused, the configuration in force stays: {reason}"
+                    );
+                    (AckResult::Nack, reason)
+                }
+            };
+            client
+                .acknowledge(AcknowledgeRequest {
+                    site_id: self.site_id.clone(),
+                    dataplane_id: self.dataplane_id.clone(),
+                    version,
+                    result: result as i32,
+                    reason,
+                })
+                .await
+                .context("acknowledging")?;
+        }
+        anyhow::bail!("the control plane ended the subscription")
+    }
+
+    /// Hands a snapshot to the control loop and waits for its verdict.
+    async fn apply(&self, snapshot: SiteSnapshot) -> anyhow::Result<Result<(), String>> {
+        let (reply, verdict) = oneshot::channel();
+        self.apply
+            .send(ApplyRequest { snapshot, reply })
+            .await
+            .map_err(|_| anyhow::anyhow!("the data plane is shutting down"))?;
+        verdict
+            .await
+            .map_err(|_| anyhow::anyhow!("the data plane is shutting down"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let waits: Vec<Duration> = (0..6).map(|_| b.wait()).collect();
+        for (w, d) in waits.iter().zip([100u64, 200, 400, 800, 1000, 1000]) {
+            let d = Duration::from_millis(d);
+            assert!(
+                *w >= d / 2 && *w <= d,
+                "{w:?} not within [{:?}, {d:?}]",
+                d / 2
+            );
+        }
+        b.reset();
+        assert!(b.wait() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn dataplane_id_defaults_to_a_clean_host_name() {
+        let id = dataplane_id(&ControlPlaneSection::default());
+        assert!(!id.is_empty() && id.len() <= 253);
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        let named = ControlPlaneSection {
+            dataplane_id: "gw-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(dataplane_id(&named), "gw-1");
+    }
+}

@@ -1,0 +1,683 @@
+//! The site's part of the configuration: its identity, its WireGuard peers
+//! and its policies.
+//!
+//! Standalone, they come from the file's `[site]`, `[[peer]]` and
+//! `[[policy]]`; under a control plane, from its snapshots, which
+//! [`SiteSections::from_snapshot`] turns into the very same sections. Either
+//! way one validation ([`SiteSections::compile`]) decides what runs, so a
+//! snapshot the data plane cannot run is refused with the field at fault,
+//! exactly as a bad file is.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use patronus_proto::v1 as pb;
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::dpi::{Category, Classifier};
+
+/// `[site]`: who this gateway is.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// The site's id (a DNS label).
+    pub site_id: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub display_name: String,
+    /// Region, such as us-east-1.
+    #[serde(default)]
+    pub region: String,
+    /// Where peers reach this site's tunnels.
+    #[serde(default)]
+    pub tunnel_endpoint: Option<EndpointSection>,
+    /// Sites this site peers with.
+    #[serde(default)]
+    pub peers: Vec<SitePeerSection>,
+}
+
+/// An IP address or host name and a UDP port.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    /// IPv4 or IPv6 address, or a host name.
+    pub address: String,
+    /// 1-65535.
+    pub port: u32,
+}
+
+/// One entry of `site.peers`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SitePeerSection {
+    /// The other site's id.
+    pub site_id: String,
+    /// Its address.
+    pub address: String,
+}
+
+/// `[[peer]]`: a WireGuard peer of this site.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Unique among the site's peers.
+    pub name: String,
+    /// Where the peer's tunnel listens.
+    pub endpoint: EndpointSection,
+    /// The peer's WireGuard identity.
+    pub wireguard: WireGuardSection,
+    /// Compress tunnel payloads (Patronus peers only).
+    #[serde(default)]
+    pub compression: bool,
+    /// Run BFD over the tunnel.
+    #[serde(default)]
+    pub bfd_enabled: bool,
+}
+
+/// `peer.wireguard`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuardSection {
+    /// The peer's Curve25519 public key, base64.
+    pub public_key: String,
+}
+
+/// `[[policy]]`: rules for the flows of this site.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Unique among policies.
+    pub name: String,
+    /// `[[policy.rule]]`, in any order: the highest priority wins.
+    #[serde(rename = "rule")]
+    pub rules: Vec<RuleSection>,
+}
+
+/// `[[policy.rule]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    /// What a matching flow gets.
+    pub action: RuleAction,
+    /// Higher wins; unique within the policy.
+    pub priority: u32,
+    /// All must match.
+    #[serde(default)]
+    pub conditions: Vec<ConditionSection>,
+    /// Required for `route`, not allowed otherwise.
+    #[serde(default)]
+    pub path_selection: Option<PathSelection>,
+}
+
+/// What a rule does with a matching flow.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleAction {
+    /// Steer it over the path its path selection picks.
+    Route,
+    /// Forward it normally.
+    Allow,
+    /// Drop it.
+    Deny,
+}
+
+/// One condition of a rule.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSection {
+    /// What is compared.
+    #[serde(rename = "type")]
+    pub kind: ConditionKind,
+    /// With what.
+    pub value: String,
+}
+
+/// What a condition compares.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConditionKind {
+    /// An application name as the classifier reports it.
+    Application,
+    /// One of the ten categories.
+    Category,
+    /// The flow's source address is in this prefix.
+    SourcePrefix,
+    /// The flow's destination address is in this prefix.
+    DestinationPrefix,
+    /// The destination port.
+    DestinationPort,
+    /// The DSCP value, 0-63.
+    Dscp,
+}
+
+/// How a `route` rule picks its path.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PathSelection {
+    /// What "best" means.
+    pub strategy: Strategy,
+    /// Limits a path must stay within.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+}
+
+/// Path-selection strategies.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The path with the lowest latency.
+    LowestLatency,
+    /// The path with the most bandwidth.
+    HighestBandwidth,
+    /// The cheapest path.
+    LeastCost,
+}
+
+/// Limits a path must stay within to be chosen; zero means no limit.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Milliseconds.
+    pub max_latency_ms: f64,
+    /// Percent, 0-100.
+    pub max_packet_loss_pct: f64,
+    /// Milliseconds.
+    pub max_jitter_ms: f64,
+    /// Mbit/s.
+    pub min_bandwidth_mbps: f64,
+}
+
+/// The site's sections as written (in the file or by the control plane).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SiteSections {
+    /// `[site]`.
+    pub site: Option<SiteSection>,
+    /// `[[peer]]`.
+    pub peers: Vec<PeerSection>,
+    /// `[[policy]]`.
+    pub policies: Vec<PolicySection>,
+}
+
+/// A validated peer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its name.
+    pub name: String,
+    /// Address (IP or host name) and port of its tunnel.
+    pub endpoint: (String, u16),
+    /// Its Curve25519 public key.
+    pub public_key: [u8; 32],
+    /// Compress payloads.
+    pub compression: bool,
+    /// Run BFD.
+    pub bfd_enabled: bool,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Match {
+    /// Application name (`YouTube` or `TLS.YouTube`).
+    Application(String),
+    /// Category.
+    Category(Category),
+    /// Source prefix.
+    SourcePrefix(IpNet),
+    /// Destination prefix.
+    DestinationPrefix(IpNet),
+    /// Destination port.
+    DestinationPort(u16),
+    /// DSCP.
+    Dscp(u8),
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// The policy it belongs to.
+    pub policy: String,
+    /// Its priority.
+    pub priority: u32,
+    /// Its action.
+    pub action: RuleAction,
+    /// All must match.
+    pub conditions: Vec<Match>,
+    /// For `route` rules.
+    pub path_selection: Option<PathSelection>,
+}
+
+/// The site configuration in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SiteState {
+    /// The control plane's snapshot version (0 in standalone mode).
+    pub version: u64,
+    /// The site, when one is configured.
+    pub site: Option<SiteSection>,
+    /// Peers in configuration order.
+    pub peers: Vec<Peer>,
+    /// Every policy's rules, highest priority first.
+    pub rules: Vec<Rule>,
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// What the data plane knows of itself that a site configuration must fit.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities<'a> {
+    /// The catalogue policies' application names must come from.
+    pub classifier: &'a Classifier,
+    /// Some port has an IPv4 address (to reach IPv4 peers from).
+    pub has_v4: bool,
+    /// Some port has a global IPv6 address.
+    pub has_v6: bool,
+}
+
+impl<'a> Capabilities<'a> {
+    /// What ports with these addresses and this catalogue can run.
+    pub fn of(ports: &[crate::config::PortInfo], classifier: &'a Classifier) -> Capabilities<'a> {
+        Capabilities {
+            classifier,
+            has_v4: ports.iter().any(|p| !p.v4.is_empty()),
+            has_v6: ports.iter().any(|p| {
+                p.v6.iter()
+                    .any(|n| (n.addr().segments()[0] & 0xffc0) != 0xfe80)
+            }),
+        }
+    }
+}
+
+impl SiteSections {
+    /// True when nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        self.site.is_none() && self.peers.is_empty() && self.policies.is_empty()
+    }
+
+    /// Validates and compiles the sections.
+    ///
+    /// # Errors
+    /// The first field the data plane cannot run, by path (`peer[hq].endpoint.port`).
+    pub fn compile(&self, caps: Capabilities<'_>) -> Result<SiteState, ConfigError> {
+        if let Some(site) = &self.site {
+            check_site(site)?;
+        }
+        let mut names = HashSet::new();
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for (i, p) in self.peers.iter().enumerate() {
+            let field = if is_dns_label(&p.name) {
+                format!("peer[{}]", p.name)
+            } else {
+                return Err(ConfigError::new(
+                    format!("peer[{i}].name"),
+                    format!("{:?} must be a DNS label (a-z, 0-9, '-')", p.name),
+                ));
+            };
+            if !names.insert(p.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    "used by another peer",
+                ));
+            }
+            let port = check_endpoint(&p.endpoint, &format!("{field}.endpoint"))?;
+            match p.endpoint.address.parse::<IpAddr>() {
+                Ok(IpAddr::V4(_)) if !caps.has_v4 => {
+                    return Err(ConfigError::new(
+                        format!("{field}.endpoint.address"),
+                        "an IPv4 peer, but no port has an IPv4 address to reach it from",
+                    ))
+                }
+                Ok(IpAddr::V6(_)) if !caps.has_v6 => {
+                    return Err(ConfigError::new(
+                        format!("{field}.endpoint.address"),
+                        "an IPv6 peer, but no port has a global IPv6 address to reach it from",
+                    ))
+                }
+                _ => {}
+            }
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(p.wireguard.public_key.trim())
+                .ok()
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.wireguard.public_key"),
+                        "must be a base64 Curve25519 public key (32 bytes)",
+                    )
+                })?;
+            peers.push(Peer {
+                name: p.name.clone(),
+                endpoint: (p.endpoint.address.clone(), port),
+                public_key: key,
+                compression: p.compression,
+                bfd_enabled: p.bfd_enabled,
+            });
+        }
+        let mut rules = Vec::new();
+        let mut policy_names = HashSet::new();
+        for (i, policy) in self.policies.iter().enumerate() {
+            if !is_dns_label(&policy.name) {
+                return Err(ConfigError::new(
+                    format!("policy[{i}].name"),
+                    format!("{:?} must be a DNS label (a-z, 0-9, '-')", policy.name),
+                ));
+            }
+            if !policy_names.insert(policy.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("policy[{}].name", policy.name),
+                    "used by another policy",
+                ));
+            }
+            rules.extend(compile_policy(policy, caps.classifier)?);
+        }
+        // Stable: equal priorities across policies keep configuration order.
+        rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
+        Ok(SiteState {
+            version: 0,
+            site: self.site.clone(),
+            peers,
+            rules,
+        })
+    }
+
+    /// The sections a control-plane snapshot describes. Enumerations the
+    /// data plane does not know (a newer control plane) are refused by name.
+    ///
+    /// # Errors
+    /// A field the sections cannot express.
+    pub fn from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, ConfigError> {
+        let endpoint = |e: &Option<pb::Endpoint>| {
+            e.as_ref()
+                .map_or_else(EndpointSection::default, |e| EndpointSection {
+                    address: e.address.clone(),
+                    port: e.port,
+                })
+        };
+        let name =
+            |m: &Option<pb::ObjectMeta>| m.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let site = s
+            .site
+            .as_ref()
+            .and_then(|site| site.spec.as_ref())
+            .map(|spec| SiteSection {
+                site_id: spec.site_id.clone(),
+                display_name: spec.display_name.clone(),
+                region: spec.region.clone(),
+                tunnel_endpoint: spec
+                    .tunnel_endpoint
+                    .as_ref()
+                    .map(|_| endpoint(&spec.tunnel_endpoint)),
+                peers: spec
+                    .peers
+                    .iter()
+                    .map(|p| SitePeerSection {
+                        site_id: p.site_id.clone(),
+                        address: p.address.clone(),
+                    })
+                    .collect(),
+            });
+        let peers = s
+            .peers
+            .iter()
+            .map(|p| {
+                let spec = p.spec.clone().unwrap_or_default();
+                PeerSection {
+                    name: name(&p.metadata),
+                    endpoint: endpoint(&spec.endpoint),
+                    wireguard: WireGuardSection {
+                        public_key: spec.wireguard.map(|w| w.public_key).unwrap_or_default(),
+                    },
+                    compression: spec.compression,
+                    bfd_enabled: spec.bfd_enabled,
+                }
+            })
+            .collect();
+        let mut policies = Vec::with_capacity(s.policies.len());
+        for p in &s.policies {
+            let policy_name = name(&p.metadata);
+            let spec = p.spec.clone().unwrap_or_default();
+            let mut rules = Vec::with_capacity(spec.rules.len());
+            for (i, r) in spec.rules.iter().enumerate() {
+                let field = format!("policy[{policy_name}].rule[{i}]");
+                rules.push(rule_from_proto(r, &field)?);
+            }
+            policies.push(PolicySection {
+                name: policy_name,
+                rules,
+            });
+        }
+        Ok(SiteSections {
+            site,
+            peers,
+            policies,
+        })
+    }
+}
+
+fn rule_from_proto(r: &pb::PolicyRule, field: &str) -> Result<RuleSection, ConfigError> {
+    let unknown = |what: &str, value: i32| {
+        ConfigError::new(
+            format!("{field}.{what}"),
+            format!("value {value} is not one this data plane knows"),
+        )
+    };
+    let action = match pb::RuleAction::try_from(r.action) {
+        Ok(pb::RuleAction::Route) => RuleAction::Route,
+        Ok(pb::RuleAction::Allow) => RuleAction::Allow,
+        Ok(pb::RuleAction::Deny) => RuleAction::Deny,
+        _ => return Err(unknown("action", r.action)),
+    };
+    let mut conditions = Vec::with_capacity(r.conditions.len());
+    for (j, c) in r.conditions.iter().enumerate() {
+        let kind = match pb::ConditionType::try_from(c.r#type) {
+            Ok(pb::ConditionType::Application) => ConditionKind::Application,
+            Ok(pb::ConditionType::Category) => ConditionKind::Category,
+            Ok(pb::ConditionType::SourcePrefix) => ConditionKind::SourcePrefix,
+            Ok(pb::ConditionType::DestinationPrefix) => ConditionKind::DestinationPrefix,
+            Ok(pb::ConditionType::DestinationPort) => ConditionKind::DestinationPort,
+            Ok(pb::ConditionType::Dscp) => ConditionKind::Dscp,
+            _ => return Err(unknown(&format!("conditions[{j}].type"), c.r#type)),
+        };
+        conditions.push(ConditionSection {
+            kind,
+            value: c.value.clone(),
+        });
+    }
+    let path_selection = match &r.path_selection {
+        None => None,
+        Some(ps) => {
+            let strategy = match pb::PathSelectionStrategy::try_from(ps.strategy) {
+                Ok(pb::PathSelectionStrategy::LowestLatency) => Strategy::LowestLatency,
+                Ok(pb::PathSelectionStrategy::HighestBandwidth) => Strategy::HighestBandwidth,
+                Ok(pb::PathSelectionStrategy::LeastCost) => Strategy::LeastCost,
+                _ => return Err(unknown("path_selection.strategy", ps.strategy)),
+            };
+            let t = ps.thresholds.unwrap_or_default();
+            Some(PathSelection {
+                strategy,
+                thresholds: Thresholds {
+                    max_latency_ms: t.max_latency_ms,
+                    max_packet_loss_pct: t.max_packet_loss_pct,
+                    max_jitter_ms: t.max_jitter_ms,
+                    min_bandwidth_mbps: t.min_bandwidth_mbps,
+                },
+            })
+        }
+    };
+    Ok(RuleSection {
+        action,
+        priority: r.priority,
+        conditions,
+        path_selection,
+    })
+}
+
+fn check_endpoint(e: &EndpointSection, field: &str) -> Result<u16, ConfigError> {
+    if e.address.parse::<IpAddr>().is_err() && !is_host_name(&e.address) {
+        return Err(ConfigError::new(
+            format!("{field}.address"),
+            format!("{:?} is neither an IP address nor a host name", e.address),
+        ));
+    }
+    u16::try_from(e.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| {
+            ConfigError::new(
+                format!("{field}.port"),
+                format!("{} is out of range 1..=65535", e.port),
+            )
+        })
+}
+
+fn check_site(site: &SiteSection) -> Result<(), ConfigError> {
+    if !is_dns_label(&site.site_id) {
+        return Err(ConfigError::new(
+            "site.site_id",
+            format!("{:?} must be a DNS label (a-z, 0-9, '-')", site.site_id),
+        ));
+    }
+    if let Some(e) = &site.tunnel_endpoint {
+        check_endpoint(e, "site.tunnel_endpoint")?;
+    }
+    for (i, p) in site.peers.iter().enumerate() {
+        if !is_dns_label(&p.site_id) || p.site_id == site.site_id {
+            return Err(ConfigError::new(
+                format!("site.peers[{i}].site_id"),
+                format!("{:?} must be another site's id", p.site_id),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compile_policy(
+    policy: &PolicySection,
+    classifier: &Classifier,
+) -> Result<Vec<Rule>, ConfigError> {
+    let mut priorities = HashSet::new();
+    let mut rules = Vec::with_capacity(policy.rules.len());
+    if policy.rules.is_empty() {
+        return Err(ConfigError::new(
+            format!("policy[{}].rule", policy.name),
+            "at least one rule",
+        ));
+    }
+    for (i, r) in policy.rules.iter().enumerate() {
+        let field = format!("policy[{}].rule[{i}]", policy.name);
+        if !priorities.insert(r.priority) {
+            return Err(ConfigError::new(
+                format!("{field}.priority"),
+                format!("{} is used by another rule of the policy", r.priority),
+            ));
+        }
+        match (r.action, &r.path_selection) {
+            (RuleAction::Route, None) => {
+                return Err(ConfigError::new(
+                    format!("{field}.path_selection"),
+                    "required for route rules",
+                ))
+            }
+            (RuleAction::Allow | RuleAction::Deny, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{field}.path_selection"),
+                    "only route rules select a path",
+                ))
+            }
+            (_, Some(ps)) => check_thresholds(&ps.thresholds, &field)?,
+            _ => {}
+        }
+        let mut conditions = Vec::with_capacity(r.conditions.len());
+        for (j, c) in r.conditions.iter().enumerate() {
+            conditions.push(compile_condition(c, classifier).map_err(|message| {
+                ConfigError::new(format!("{field}.conditions[{j}].value"), message)
+            })?);
+        }
+        rules.push(Rule {
+            policy: policy.name.clone(),
+            priority: r.priority,
+            action: r.action,
+            conditions,
+            path_selection: r.path_selection.clone(),
+        });
+    }
+    Ok(rules)
+}
+
+fn check_thresholds(t: &Thresholds, field: &str) -> Result<(), ConfigError> {
+    for (name, value, max) in [
+        ("max_latency_ms", t.max_latency_ms, f64::MAX),
+        ("max_packet_loss_pct", t.max_packet_loss_pct, 100.0),
+        ("max_jitter_ms", t.max_jitter_ms, f64::MAX),
+        ("min_bandwidth_mbps", t.min_bandwidth_mbps, f64::MAX),
+    ] {
+        if !value.is_finite() || !(0.0..=max).contains(&value) {
+            return Err(ConfigError::new(
+                format!("{field}.path_selection.thresholds.{name}"),
+                format!("{value} must be between 0 and {max} (0: no limit)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compile_condition(c: &ConditionSection, classifier: &Classifier) -> Result<Match, String> {
+    let v = c.value.trim();
+    let invalid = |what: &str| format!("{v:?} is not {what}");
+    Ok(match c.kind {
+        ConditionKind::Application if classifier.knows(v) => Match::Application(v.to_owned()),
+        ConditionKind::Application => {
+            return Err(format!(
+                "{v:?} is not an application of this data plane's catalogue (built-in plus dpi.application)"
+            ))
+        }
+        ConditionKind::Category => Category::ALL
+            .iter()
+            .copied()
+            .find(|cat| cat.to_string() == v)
+            .map(Match::Category)
+            .ok_or_else(|| invalid("one of the ten categories (Web, Video, VoIP, ...)"))?,
+        ConditionKind::SourcePrefix => Match::SourcePrefix(v.parse().map_err(|_| invalid("an IP prefix"))?),
+        ConditionKind::DestinationPrefix => {
+            Match::DestinationPrefix(v.parse().map_err(|_| invalid("an IP prefix"))?)
+        }
+        ConditionKind::DestinationPort => Match::DestinationPort(
+            v.parse().ok().filter(|p| *p != 0).ok_or_else(|| invalid("a port, 1-65535"))?,
+        ),
+        ConditionKind::Dscp => Match::Dscp(
+            v.parse().ok().filter(|d| *d < 64).ok_or_else(|| invalid("a DSCP value, 0-63"))?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests;

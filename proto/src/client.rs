@@ -1,0 +1,119 @@
+//! Connecting to the control plane: what patronusctl and the data-plane
+//! agent share. Clear text or TLS (with a client certificate for servers
+//! that require mutual TLS), and the bearer token on every call.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
+
+/// Reads a secret (a token, a private key) from a file that neither group
+/// nor others may read.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{}: readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// Where the control plane is and how to prove who we are.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// `http://host:port` or `https://host:port`.
+    pub server: String,
+    /// File holding the bearer token (mode 600).
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) the server's certificate must chain to; required for https.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that require mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; mode 600).
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientOptions {
+    /// Reads the files once and returns the endpoint to connect (and
+    /// reconnect) to, with the interceptor that authenticates each call.
+    ///
+    /// # Errors
+    /// A malformed address, an https server without a CA, or an unreadable
+    /// or too widely readable secret file.
+    pub fn endpoint(&self) -> anyhow::Result<(Endpoint, Authorization)> {
+        let header = match &self.token_file {
+            Some(path) => {
+                let token = read_secret(path)?;
+                let token = token.trim();
+                if token.is_empty() {
+                    bail!("{}: the token file is empty", path.display());
+                }
+                Some(format!("Bearer {token}").parse().map_err(|_| {
+                    anyhow::anyhow!("{}: the token is not a valid header value", path.display())
+                })?)
+            }
+            None => None,
+        };
+        let mut endpoint = Endpoint::from_shared(self.server.clone()).with_context(|| {
+            format!(
+                "{}: not a server address (http://host:port or https://host:port)",
+                self.server
+            )
+        })?;
+        if self.server.starts_with("https://") {
+            let Some(ca) = &self.tls_ca else {
+                bail!(
+                    "an https:// server needs a CA certificate (the CA its certificate chains to)"
+                );
+            };
+            let ca = std::fs::read_to_string(ca)
+                .with_context(|| format!("{}: cannot read", ca.display()))?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                let cert = std::fs::read_to_string(cert)
+                    .with_context(|| format!("{}: cannot read", cert.display()))?;
+                tls = tls.identity(Identity::from_pem(cert, read_secret(key)?));
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        } else if self.tls_cert.is_some() {
+            bail!(
+                "{}: a client certificate needs an https:// server",
+                self.server
+            );
+        }
+        Ok((endpoint, Authorization(header)))
+    }
+}
+
+/// Adds the bearer token to every call. Debug never shows the token.
+#[derive(Clone)]
+pub struct Authorization(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.0.is_some() {
+            "bearer token"
+        } else {
+            "none"
+        };
+        write!(f, "Authorization({state})")
+    }
+}
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}

@@ -1,0 +1,378 @@
+//! The control plane and two real data planes, each a gateway between two
+//! hosts in network namespaces: configuration applied with patronusctl
+//! reaches both, an invalid snapshot is refused while the old one keeps
+//! forwarding, and the data planes ride out a control-plane crash.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// The real `patronus-controlplane`, killed with SIGKILL when dropped.
+struct ControlPlane {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    addr: String,
+}
+
+impl ControlPlane {
+    /// Starts it on `listen` (`127.0.0.1:0` for any port) over database `db`.
+    fn start(db: &Path, listen: &str) -> ControlPlane {
+        let mut child = Command::new(binary("patronus-controlplane"))
+            .args(["--listen", listen, "--db"])
+            .arg(db)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start patronus-controlplane");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  controlplane| {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut addr = String::new();
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let log = log.lock().unwrap();
+                match log.iter().find_map(|l| l.split("addr=").nth(1)) {
+                    Some(rest) => {
+                        addr = rest.split_whitespace().next().unwrap().to_owned();
+                        true
+                    }
+                    None => false,
+                }
+            }),
+            "the control plane did not start listening"
+        );
+        ControlPlane { child, log, addr }
+    }
+
+    fn server(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `kill -9`: no chance to say goodbye to anyone.
+    fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "control plane log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+    }
+}
+
+/// Runs patronusctl against `server`; returns stdout, panics on failure.
+fn ctl(server: &str, args: &[&str]) -> String {
+    let out = ctl_output(server, args);
+    assert!(
+        out.status.success(),
+        "patronusctl {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ctl_output(server: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary("patronusctl"))
+        .args(["--server", server])
+        .args(args)
+        .output()
+        .expect("run patronusctl")
+}
+
+fn apply(server: &str, dir: &Path, name: &str, yaml: &str) {
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    ctl(server, &["apply", "-f", file.to_str().unwrap()]);
+}
+
+/// The control plane's view of one data plane (`patronusctl status -o json`).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Status {
+    connected: bool,
+    desired: u64,
+    applied: u64,
+    refused: u64,
+    reason: String,
+}
+
+fn status(server: &str, dataplane: &str) -> Status {
+    let out = ctl_output(server, &["status", "-o", "json"]);
+    if !out.status.success() {
+        return Status::default();
+    }
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let Some(d) = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dataplaneId"] == dataplane)
+    else {
+        return Status::default();
+    };
+    Status {
+        connected: d["connected"].as_bool().unwrap(),
+        desired: d["desiredVersion"].as_u64().unwrap(),
+        applied: d["appliedVersion"].as_u64().unwrap(),
+        refused: d["refusedVersion"].as_u64().unwrap(),
+        reason: d["refusedReason"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Waits until `f` holds for the data plane's status, returning it.
+fn wait_status(server: &str, dataplane: &str, what: &str, f: impl Fn(&Status) -> bool) -> Status {
+    let mut last = Status::default();
+    let ok = eventually(Duration::from_secs(20), || {
+        last = status(server, dataplane);
+        f(&last)
+    });
+    assert!(ok, "{dataplane}: {what}; last status {last:?}");
+    last
+}
+
+/// The site version the data plane itself says is in force.
+fn site_version(dp: &Dataplane) -> u64 {
+    dp.scrape().sum("patronus_config_site_version", &[]) as u64
+}
+
+/// One site: two hosts and a gateway managed by the control plane.
+struct Site {
+    topo: Topology,
+    dp: Dataplane,
+}
+
+impl Site {
+    fn start(server: &str, site_id: &str, dataplane_id: &str) -> Site {
+        let topo = Topology::new();
+        let managed = format!(
+            r#"
+[controlplane]
+server = "{server}"
+site_id = "{site_id}"
+dataplane_id = "{dataplane_id}"
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+"#
+        );
+        let dp = Dataplane::start(&topo.config(1, &managed));
+        Site { topo, dp }
+    }
+
+    /// A host-to-host ping through the gateway answers.
+    fn forwards(&self) -> bool {
+        self.topo
+            .a
+            .try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", B4])
+            .status
+            .success()
+    }
+}
+
+const POLICY: &str = r#"apiVersion: patronus.io/v1
+kind: Policy
+metadata: {name: video-low-latency}
+spec:
+  siteSelector: {matchLabels: {tier: branch}}
+  rules:
+    - action: route
+      priority: 100
+      conditions: [{type: category, value: Video}]
+      pathSelection: {strategy: lowest-latency, thresholds: {maxLatencyMs: 80}}
+"#;
+
+fn documents() -> String {
+    let mut yaml = String::new();
+    for (site, address) in [("branch-1", "192.0.2.10"), ("branch-2", "192.0.2.20")] {
+        yaml += &format!(
+            r#"---
+apiVersion: patronus.io/v1
+kind: Site
+metadata: {{name: {site}, labels: {{tier: branch, site: {site}}}}}
+spec:
+  siteId: {site}
+  region: eu-west-1
+  tunnelEndpoint: {{address: {address}, port: 51820}}
+---
+apiVersion: patronus.io/v1
+kind: Peer
+metadata: {{name: hq-for-{site}}}
+spec:
+  siteId: {site}
+  endpoint: {{address: 10.10.2.2, port: 51820}}
+  wireguard: {{publicKey: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=}}
+  bfdEnabled: true
+"#
+        );
+    }
+    yaml
+}
+
+#[test]
+fn two_data_planes_follow_the_control_plane_and_survive_its_crash() {
+    if need_root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("patronus-fleet-{}", unique_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("controlplane.redb");
+    let cp = ControlPlane::start(&db, "127.0.0.1:0");
+    let server = cp.server();
+    let one = Site::start(&server, "branch-1", "gw-1");
+    let two = Site::start(&server, "branch-2", "gw-2");
+
+    // Both subscribe before there is anything: an empty site, applied.
+    for gw in ["gw-1", "gw-2"] {
+        wait_status(&server, gw, "connected, empty site applied", |s| {
+            s.connected && s.applied == s.desired && s.desired > 0
+        });
+    }
+
+    // Sites and peers, then a policy selecting both: one write, one version.
+    apply(&server, &dir, "fleet.yaml", &documents());
+    for gw in ["gw-1", "gw-2"] {
+        wait_status(&server, gw, "sites and peers applied", |s| {
+            s.applied == s.desired && s.desired > 2
+        });
+    }
+    apply(&server, &dir, "policy.yaml", POLICY);
+    let s1 = wait_status(&server, "gw-1", "the policy applied", |s| {
+        s.applied == s.desired && s.refused == 0 && s.desired > 4
+    });
+    let s2 = wait_status(&server, "gw-2", "the fleet applied", |s| {
+        s.applied == s1.applied
+    });
+    assert_eq!(s1.applied, s2.applied, "both ACK the same version");
+    assert_eq!(site_version(&one.dp), s1.applied);
+    assert_eq!(site_version(&two.dp), s2.applied);
+    let metrics = one.dp.scrape();
+    assert_eq!(metrics.sum("patronus_config_peers", &[]), 1.0);
+    assert_eq!(metrics.sum("patronus_config_policy_rules", &[]), 1.0);
+    assert!(one.forwards() && two.forwards());
+
+    // A peer of branch-1 changes: only branch-1 gets a new version.
+    let changed = documents().replacen("port: 51820}\n  wireguard", "port: 51821}\n  wireguard", 1);
+    apply(&server, &dir, "fleet.yaml", &changed);
+    let s1b = wait_status(&server, "gw-1", "the peer change applied", |s| {
+        s.applied > s1.applied && s.applied == s.desired
+    });
+    assert_eq!(site_version(&one.dp), s1b.applied);
+    assert_eq!(
+        status(&server, "gw-2").applied,
+        s2.applied,
+        "branch-2 is not affected"
+    );
+
+    // A policy naming an application gw-2 does not know: refused with the
+    // field and the name, the old version stays in force and forwards.
+    apply(
+        &server,
+        &dir,
+        "bad.yaml",
+        r#"apiVersion: patronus.io/v1
+kind: Policy
+metadata: {name: block-unknown-game}
+spec:
+  siteSelector: {matchLabels: {site: branch-2}}
+  rules:
+    - action: deny
+      priority: 10
+      conditions: [{type: application, value: NoSuchGame}]
+"#,
+    );
+    let refused = wait_status(&server, "gw-2", "the bad snapshot refused", |s| {
+        s.refused > s2.applied
+    });
+    assert!(
+        refused
+            .reason
+            .contains("policy[block-unknown-game].rule[0].conditions[0].value")
+            && refused.reason.contains("NoSuchGame"),
+        "{}",
+        refused.reason
+    );
+    assert_eq!(refused.applied, s2.applied);
+    assert_eq!(
+        site_version(&two.dp),
+        s2.applied,
+        "the old snapshot stays in force"
+    );
+    assert_eq!(
+        two.dp
+            .scrape()
+            .sum("patronus_controlplane_snapshots_refused_total", &[]),
+        1.0
+    );
+    assert!(
+        two.forwards(),
+        "the refused snapshot changed nothing on the packet path"
+    );
+    ctl(&server, &["delete", "policy", "block-unknown-game"]);
+    let s2b = wait_status(&server, "gw-2", "the repaired site applied", |s| {
+        s.applied > refused.refused && s.applied == s.desired
+    });
+
+    // kill -9 the control plane: both keep forwarding on what they run.
+    let listen = cp.addr.clone();
+    cp.crash();
+    for site in [&one, &two] {
+        assert!(
+            eventually(Duration::from_secs(10), || site
+                .dp
+                .scrape()
+                .sum("patronus_controlplane_connected", &[])
+                == 0.0),
+            "the data plane noticed the control plane is gone"
+        );
+    }
+    assert!(
+        one.forwards() && two.forwards(),
+        "forwarding goes on without the control plane"
+    );
+    assert_eq!(site_version(&one.dp), s1b.applied);
+
+    // Restarted on the same address and database: both resubscribe and run
+    // the current versions (a restarted control plane may renumber an
+    // unchanged snapshot; applying it again is a no-op), and new changes flow.
+    let cp = ControlPlane::start(&db, &listen);
+    let server = cp.server();
+    let r1 = wait_status(&server, "gw-1", "resynchronised", |s| {
+        s.connected && s.applied == s.desired
+    });
+    let r2 = wait_status(&server, "gw-2", "resynchronised", |s| {
+        s.connected && s.applied == s.desired
+    });
+    assert!(r1.applied >= s1b.applied && r2.applied >= s2b.applied);
+    assert_eq!(
+        one.dp.scrape().sum("patronus_config_peers", &[]),
+        1.0,
+        "nothing was lost"
+    );
+    ctl(&server, &["delete", "peer", "hq-for-branch-2"]);
+    let r2b = wait_status(&server, "gw-2", "a change after the restart applied", |s| {
+        s.applied > r2.applied && s.applied == s.desired
+    });
+    assert_eq!(site_version(&two.dp), r2b.applied);
+    assert_eq!(two.dp.scrape().sum("patronus_config_peers", &[]), 0.0);
+    assert!(one.forwards() && two.forwards());
+    let _ = std::fs::remove_dir_all(&dir);
+}
