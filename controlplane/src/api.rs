@@ -8,6 +8,11 @@ use patronus_proto::v1::*;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use std::pin::Pin;
+
+use tokio_stream::{Stream, StreamExt};
+
+use crate::events::Filter;
 use crate::resource::{name_of, Resource};
 use crate::store::{self, GroupCommit, Store, StoreError};
 use crate::sync::Hub;
@@ -59,7 +64,21 @@ impl Api {
             .write(move |txn| store::create_in(txn, r, uid))
             .await;
         self.hub.changed();
-        created.map_err(store_status)
+        let created = created.map_err(store_status)?;
+        self.written(EventType::ResourceCreated, &created);
+        Ok(created)
+    }
+
+    /// Puts a write on the event feed.
+    fn written<R: Resource>(&self, kind: EventType, r: &R) {
+        self.hub.events.emit(Event {
+            r#type: kind as i32,
+            site_id: r.site_scope().to_owned(),
+            kind: R::KIND.to_owned(),
+            name: name_of(r).to_owned(),
+            version: r.meta().map_or(0, |m| m.resource_version),
+            ..Default::default()
+        });
     }
 
     async fn get<R: Resource>(&self, name: String) -> Result<R, Status> {
@@ -98,7 +117,9 @@ impl Api {
         }
         let updated = self.writes.write(move |txn| store::update_in(txn, r)).await;
         self.hub.changed();
-        updated.map_err(store_status)
+        let updated = updated.map_err(store_status)?;
+        self.written(EventType::ResourceUpdated, &updated);
+        Ok(updated)
     }
 
     async fn delete<R: Resource>(&self, name: String, version: u64) -> Result<(), Status> {
@@ -108,7 +129,9 @@ impl Api {
             .write(move |txn| store::delete_in::<R>(txn, &name, version))
             .await;
         self.hub.changed();
-        deleted.map_err(store_status)
+        let deleted = deleted.map_err(store_status)?;
+        self.written(EventType::ResourceDeleted, &deleted);
+        Ok(())
     }
 }
 
@@ -188,6 +211,31 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// Status that only the fleet knows, filled in on reads.
+trait Observe {
+    fn observe(&mut self, hub: &Hub);
+}
+
+impl Observe for Site {
+    fn observe(&mut self, hub: &Hub) {
+        if let Some(spec) = &self.spec {
+            self.status = Some(hub.site_status(&spec.site_id));
+        }
+    }
+}
+
+impl Observe for Peer {
+    fn observe(&mut self, hub: &Hub) {
+        self.status = Some(hub.peer_status(self));
+    }
+}
+
+impl Observe for Policy {
+    /// Which sites a policy selects needs every site; the operator reads
+    /// that from the topology. Nothing to add here yet.
+    fn observe(&mut self, _hub: &Hub) {}
+}
+
 /// The service: five calls per kind, each a thin wrapper over the generic
 /// ones above. One macro emits the whole impl so that `async_trait` sees the
 /// methods themselves.
@@ -207,23 +255,60 @@ macro_rules! control_plane {
                 let dataplanes = self.hub.dataplanes(&req.into_inner().site_id);
                 Ok(Response::new(ListDataplanesResponse { dataplanes }))
             }
+
+            type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+            async fn watch_events(
+                &self,
+                req: Request<WatchEventsRequest>,
+            ) -> Result<Response<Self::WatchEventsStream>, Status> {
+                let req = req.into_inner();
+                if !req.site_id.is_empty() && !crate::validate::is_dns_label(&req.site_id) {
+                    return Err(Status::invalid_argument("site_id: must be a site id"));
+                }
+                let filter = Filter { site_id: req.site_id, after_id: req.after_id };
+                let events = self.hub.events.watch(filter, req.follow);
+                Ok(Response::new(Box::pin(events.map(|e| Ok(Event::clone(&e))))))
+            }
+
+            async fn get_topology(
+                &self,
+                _req: Request<GetTopologyRequest>,
+            ) -> Result<Response<GetTopologyResponse>, Status> {
+                let desired = self.blocking(|s| s.desired_state()).await?;
+                Ok(Response::new(self.hub.topology(&desired)))
+            }
+
+            async fn list_path_health(
+                &self,
+                req: Request<ListPathHealthRequest>,
+            ) -> Result<Response<ListPathHealthResponse>, Status> {
+                let paths = self.hub.path_health(&req.into_inner().site_id);
+                Ok(Response::new(ListPathHealthResponse { paths }))
+            }
             $(
             async fn $create(&self, req: Request<$CreateReq>) -> Result<Response<$CreateResp>, Status> {
-                let r = self.create::<$ty>(req.into_inner().$field).await?;
+                let mut r = self.create::<$ty>(req.into_inner().$field).await?;
+                r.observe(&self.hub);
                 tracing::info!(kind = <$ty as Resource>::KIND, name = name_of(&r), "created");
                 Ok(Response::new($CreateResp { $field: Some(r) }))
             }
             async fn $get(&self, req: Request<$GetReq>) -> Result<Response<$GetResp>, Status> {
-                let r = self.get::<$ty>(req.into_inner().name).await?;
+                let mut r = self.get::<$ty>(req.into_inner().name).await?;
+                r.observe(&self.hub);
                 Ok(Response::new($GetResp { $field: Some(r) }))
             }
             async fn $list(&self, req: Request<$ListReq>) -> Result<Response<$ListResp>, Status> {
                 let req = req.into_inner();
-                let (items, next_page_token) = self.list::<$ty>(req.page_size, req.page_token).await?;
+                let (mut items, next_page_token) = self.list::<$ty>(req.page_size, req.page_token).await?;
+                for r in &mut items {
+                    r.observe(&self.hub);
+                }
                 Ok(Response::new($ListResp { $list_field: items, next_page_token }))
             }
             async fn $update(&self, req: Request<$UpdateReq>) -> Result<Response<$UpdateResp>, Status> {
-                let r = self.update::<$ty>(req.into_inner().$field).await?;
+                let mut r = self.update::<$ty>(req.into_inner().$field).await?;
+                r.observe(&self.hub);
                 tracing::info!(kind = <$ty as Resource>::KIND, name = name_of(&r), "updated");
                 Ok(Response::new($UpdateResp { $field: Some(r) }))
             }

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod events;
+pub mod fleet;
 pub mod manifest;
 pub mod resource;
 pub mod server;

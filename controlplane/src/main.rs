@@ -22,6 +22,9 @@ struct Cli {
     /// The database file (created if missing).
     #[arg(long, default_value = "/var/lib/patronus/controlplane.redb")]
     db: PathBuf,
+    /// Address of the fleet's `/metrics` and `/healthz` (HTTP); empty disables it.
+    #[arg(long, default_value = "127.0.0.1:9470")]
+    metrics_listen: String,
     /// File holding the bearer token clients must present (mode 600). Without
     /// it the API is open to anyone who can reach it.
     #[arg(long, value_name = "FILE")]
@@ -83,6 +86,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(cli.listen)
             .await
             .with_context(|| format!("binding {}", cli.listen))?;
+        let metrics = match cli.metrics_listen.as_str() {
+            "" => None,
+            addr => {
+                let metrics = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+                tracing::info!(addr = %metrics.local_addr()?, "fleet metrics listening");
+                Some(metrics)
+            }
+        };
         tracing::info!(addr = %listener.local_addr()?, db = %cli.db.display(), "control plane listening");
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -93,6 +106,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        server::serve(listener, store, token, tls, shutdown).await
+        server::serve(listener, metrics, store, token, tls, shutdown).await
     })
 }

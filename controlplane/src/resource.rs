@@ -25,6 +25,8 @@ pub trait Resource: Message + Default + Clone + 'static {
     fn clear_output_only(&mut self);
     /// Field violations of the resource as a client wrote it.
     fn validate(&self, v: &mut Violations);
+    /// The site the resource belongs to ("" for policies, which select sites by label).
+    fn site_scope(&self) -> &str;
     /// The spec value that must be unique across the kind (site_id for sites).
     fn unique_key(&self) -> Option<&str> {
         None
@@ -67,6 +69,9 @@ impl Resource for Site {
     fn validate(&self, v: &mut Violations) {
         validate::site(self, v);
     }
+    fn site_scope(&self) -> &str {
+        self.spec.as_ref().map_or("", |s| s.site_id.as_str())
+    }
     fn unique_key(&self) -> Option<&str> {
         self.spec.as_ref().map(|s| s.site_id.as_str())
     }
@@ -80,6 +85,9 @@ impl Resource for Peer {
     fn validate(&self, v: &mut Violations) {
         validate::peer(self, v);
     }
+    fn site_scope(&self) -> &str {
+        self.spec.as_ref().map_or("", |s| s.site_id.as_str())
+    }
 }
 
 impl Resource for Policy {
@@ -89,5 +97,8 @@ impl Resource for Policy {
     common_resource_methods!();
     fn validate(&self, v: &mut Violations) {
         validate::policy(self, v);
+    }
+    fn site_scope(&self) -> &str {
+        ""
     }
 }

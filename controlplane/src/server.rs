@@ -17,10 +17,12 @@ use crate::auth::BearerToken;
 use crate::store::Store;
 use crate::sync::{Hub, Sync};
 
-/// Serves on `listener` until `shutdown` completes; over TLS (and mutual
-/// TLS, when the config names client CAs) when `tls` is given.
+/// Serves gRPC on `listener` until `shutdown` completes; over TLS (and
+/// mutual TLS, when the config names client CAs) when `tls` is given. The
+/// fleet's `/metrics` is served on `metrics` when given.
 pub async fn serve(
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     store: Arc<Store>,
     token: Option<BearerToken>,
     tls: Option<ServerTlsConfig>,
@@ -46,6 +48,23 @@ pub async fn serve(
         }
     };
     let hub = Hub::start(store.clone());
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    if let Some(metrics) = metrics {
+        let mut stopped = stopped.clone();
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::fleet::serve_metrics(metrics, hub, shutdown).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
     let api =
         ControlPlaneServer::with_interceptor(Api::new(store, hub.clone()), authenticate.clone());
     let sync = DataplaneSyncServer::with_interceptor(Sync::new(hub), authenticate);

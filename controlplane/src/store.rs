@@ -316,7 +316,7 @@ impl Store {
 
     /// Deletes the resource called `name` (only at `expected` when non-zero).
     pub fn delete<R: Resource>(&self, name: &str, expected: u64) -> Result<(), StoreError> {
-        self.write(|txn| delete_in::<R>(txn, name, expected))
+        self.write(|txn| delete_in::<R>(txn, name, expected).map(drop))
     }
 }
 
@@ -390,7 +390,7 @@ pub fn delete_in<R: Resource>(
     txn: &redb::WriteTransaction,
     name: &str,
     expected: u64,
-) -> Result<(), StoreError> {
+) -> Result<R, StoreError> {
     let mut table = txn.open_table(R::TABLE)?;
     let current: R = match table.get(name)? {
         Some(bytes) => decode(name, bytes.value())?,
@@ -410,7 +410,7 @@ pub fn delete_in<R: Resource>(
     }
     table.remove(name)?;
     bump_revision(txn)?;
-    Ok(())
+    Ok(current)
 }
 
 fn open_kind<R: Resource>(txn: &redb::WriteTransaction) -> Result<(), StoreError> {

@@ -13,19 +13,26 @@ use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use patronus_proto::v1::dataplane_sync_server::DataplaneSync;
 use patronus_proto::v1::{
-    AckResult, AcknowledgeRequest, AcknowledgeResponse, Dataplane, Peer, Policy, Site,
-    SiteSnapshot, SubscribeRequest,
+    AckResult, AcknowledgeRequest, AcknowledgeResponse, Dataplane, Event, EventType, Peer, Policy,
+    ReportResponse, Site, SiteSnapshot, SubscribeRequest, TelemetryReport, TunnelState,
 };
 use prost::Message;
 use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::events::EventLog;
 use crate::store::{DesiredState, Store, StoreError};
+
+/// Largest telemetry report accepted: peers, and events since the previous report.
+const MAX_REPORTED_PEERS: usize = 65_536;
+/// See [`MAX_REPORTED_PEERS`].
+const MAX_REPORTED_EVENTS: usize = 4096;
 use crate::validate::is_dns_label;
 
 /// One tracked site.
@@ -37,24 +44,46 @@ struct SiteEntry {
 
 /// What the hub knows of one data plane.
 #[derive(Debug, Default, Clone)]
-struct DataplaneState {
-    subscriptions: usize,
-    applied: u64,
-    refused: u64,
-    reason: String,
+pub(crate) struct DataplaneState {
+    pub(crate) subscriptions: usize,
+    pub(crate) applied: u64,
+    pub(crate) refused: u64,
+    pub(crate) reason: String,
+    /// Its latest telemetry, and when it arrived.
+    pub(crate) report: Option<(Arc<TelemetryReport>, SystemTime)>,
 }
 
 #[derive(Default)]
-struct HubState {
+pub(crate) struct HubState {
     sites: HashMap<String, SiteEntry>,
-    dataplanes: BTreeMap<(String, String), DataplaneState>,
+    /// By (site_id, dataplane_id).
+    pub(crate) dataplanes: BTreeMap<(String, String), DataplaneState>,
 }
 
-/// Snapshots per site and what each data plane made of them.
+impl HubState {
+    /// The version `site_id` should run (0: no snapshot yet).
+    pub(crate) fn desired(&self, site_id: &str) -> u64 {
+        self.sites
+            .get(site_id)
+            .map_or(0, |e| e.latest.borrow().version)
+    }
+
+    /// Peers in `site_id`'s current snapshot.
+    pub(crate) fn peers(&self, site_id: &str) -> usize {
+        self.sites
+            .get(site_id)
+            .map_or(0, |e| e.latest.borrow().peers.len())
+    }
+}
+
+/// Snapshots per site, what each data plane made of them and reports, and
+/// the event feed.
 pub struct Hub {
     store: Arc<Store>,
     state: Mutex<HubState>,
     dirty: Arc<Notify>,
+    /// Everything that happened, for WatchEvents.
+    pub events: EventLog,
 }
 
 impl std::fmt::Debug for Hub {
@@ -71,6 +100,7 @@ impl Hub {
             store,
             state: Mutex::new(HubState::default()),
             dirty: dirty.clone(),
+            events: EventLog::default(),
         });
         // The task holds the hub weakly: when the server goes, so does the
         // hub and its store (the task then waits on a Notify no one signals).
@@ -93,7 +123,7 @@ impl Hub {
         self.dirty.notify_one();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -191,10 +221,7 @@ impl Hub {
                 site_id: site.clone(),
                 dataplane_id: id.clone(),
                 connected: d.subscriptions > 0,
-                desired_version: state
-                    .sites
-                    .get(site)
-                    .map_or(0, |e| e.latest.borrow().version),
+                desired_version: state.desired(site),
                 applied_version: d.applied,
                 refused_version: d.refused,
                 refused_reason: d.reason.clone(),
@@ -205,7 +232,66 @@ impl Hub {
     fn connection(&self, key: &(String, String), delta: isize) {
         let mut state = self.lock();
         let d = state.dataplanes.entry(key.clone()).or_default();
+        let was = d.subscriptions > 0;
         d.subscriptions = d.subscriptions.saturating_add_signed(delta);
+        let kind = match (was, d.subscriptions > 0) {
+            (false, true) => EventType::DataplaneConnected,
+            (true, false) => EventType::DataplaneDisconnected,
+            _ => return,
+        };
+        drop(state);
+        self.events.emit(Event {
+            r#type: kind as i32,
+            site_id: key.0.clone(),
+            dataplane_id: key.1.clone(),
+            ..Default::default()
+        });
+    }
+
+    /// Records a data plane's telemetry: tunnels that changed state and the
+    /// events it carries go to the feed.
+    fn report(&self, report: TelemetryReport) {
+        let key = (report.site_id.clone(), report.dataplane_id.clone());
+        let mut events = Vec::new();
+        {
+            let mut state = self.lock();
+            let d = state.dataplanes.entry(key.clone()).or_default();
+            let previous = d.report.as_ref().map(|(r, _)| r.clone());
+            for peer in &report.peers {
+                let before = previous
+                    .as_ref()
+                    .and_then(|r| r.peers.iter().find(|p| p.name == peer.name))
+                    .map(|p| p.tunnel);
+                let kind = match TunnelState::try_from(peer.tunnel) {
+                    Ok(TunnelState::Up) if before != Some(peer.tunnel) => EventType::TunnelUp,
+                    Ok(TunnelState::Down) if before == Some(TunnelState::Up as i32) => {
+                        EventType::TunnelDown
+                    }
+                    _ => continue,
+                };
+                events.push(Event {
+                    r#type: kind as i32,
+                    name: peer.name.clone(),
+                    ..Default::default()
+                });
+            }
+            for e in &report.events {
+                events.push(Event {
+                    r#type: e.r#type,
+                    name: e.subject.clone(),
+                    message: e.message.clone(),
+                    ..Default::default()
+                });
+            }
+            let mut kept = report;
+            kept.events.clear();
+            d.report = Some((Arc::new(kept), SystemTime::now()));
+        }
+        for mut e in events {
+            e.site_id = key.0.clone();
+            e.dataplane_id = key.1.clone();
+            self.events.emit(e);
+        }
     }
 }
 
@@ -303,9 +389,19 @@ impl DataplaneSync for Sync {
             .dataplanes
             .entry((req.site_id.clone(), req.dataplane_id.clone()))
             .or_default();
+        let mut event = Event {
+            site_id: req.site_id.clone(),
+            dataplane_id: req.dataplane_id.clone(),
+            version: req.version,
+            ..Default::default()
+        };
         match result {
-            AckResult::Ack => d.applied = d.applied.max(req.version),
+            AckResult::Ack => {
+                d.applied = d.applied.max(req.version);
+                event.r#type = EventType::SnapshotApplied as i32;
+            }
             AckResult::Nack => {
+                event.r#type = EventType::SnapshotRefused as i32;
                 d.refused = req.version;
                 d.reason = req.reason.chars().take(1024).collect();
                 tracing::warn!(
@@ -315,11 +411,32 @@ impl DataplaneSync for Sync {
                     reason = d.reason,
                     "data plane refused a snapshot"
                 );
+                event.message = d.reason.clone();
             }
             AckResult::Unspecified => {
                 return Err(Status::invalid_argument("result: must be ACK or NACK"))
             }
         }
+        drop(state);
+        self.hub.events.emit(event);
         Ok(Response::new(AcknowledgeResponse {}))
+    }
+
+    async fn report(
+        &self,
+        req: Request<Streaming<TelemetryReport>>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(report) = stream.message().await? {
+            check_ids(&report.site_id, &report.dataplane_id)?;
+            if report.peers.len() > MAX_REPORTED_PEERS || report.events.len() > MAX_REPORTED_EVENTS
+            {
+                return Err(Status::invalid_argument(format!(
+                    "a report holds at most {MAX_REPORTED_PEERS} peers and {MAX_REPORTED_EVENTS} events"
+                )));
+            }
+            self.hub.report(report);
+        }
+        Ok(Response::new(ReportResponse {}))
     }
 }

@@ -44,7 +44,7 @@ impl Server {
         let token = token.map(|t| BearerToken::new(t).unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            patronus_controlplane::server::serve(listener, store, token, None, async {
+            patronus_controlplane::server::serve(listener, None, store, token, None, async {
                 let _ = stopped.await;
             })
             .await

@@ -85,6 +85,7 @@ async fn mutual_tls_admits_only_clients_of_the_configured_ca() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(patronus_controlplane::server::serve(
         listener,
+        None,
         store,
         None,
         Some(tls),

@@ -19,8 +19,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use patronus_proto::client::Authorization;
 use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
-use patronus_proto::v1::{AckResult, AcknowledgeRequest, SiteSnapshot, SubscribeRequest};
+use patronus_proto::v1::{
+    AckResult, AcknowledgeRequest, DataplaneCounters, DataplaneEvent, PeerTelemetry, SiteSnapshot,
+    SubscribeRequest, TelemetryReport,
+};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use crate::config::ControlPlaneSection;
@@ -43,6 +47,42 @@ pub struct AgentStatus {
     pub refused: AtomicU64,
     /// Subscriptions that ended (the control plane went away or failed).
     pub disconnects: AtomicU64,
+}
+
+/// What the agent reports, read from the running data plane.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// The snapshot version in force.
+    pub applied_version: u64,
+    /// Port and worker totals.
+    pub counters: DataplaneCounters,
+    /// One entry per configured peer.
+    pub peers: Vec<PeerTelemetry>,
+}
+
+/// Reads [`Telemetry`] from the data plane; called every telemetry interval.
+pub type TelemetrySource = Arc<dyn Fn() -> Telemetry + Send + Sync>;
+
+/// Capacity of the event queue to the agent: while the control plane is away
+/// events wait here; beyond it they are dropped (never blocking the sender).
+pub const EVENT_QUEUE: usize = 256;
+
+/// Everything the agent is started with.
+pub struct AgentSetup {
+    /// Snapshots go to the control loop through here.
+    pub apply: mpsc::Sender<ApplyRequest>,
+    /// Counters for the data plane's metrics.
+    pub status: Arc<AgentStatus>,
+    /// Read every telemetry interval.
+    pub telemetry: TelemetrySource,
+    /// Data-plane events to report.
+    pub events: mpsc::Receiver<DataplaneEvent>,
+}
+
+impl std::fmt::Debug for AgentSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSetup").finish_non_exhaustive()
+    }
 }
 
 /// The running agent; dropping it stops the thread.
@@ -116,11 +156,7 @@ impl Agent {
     ///
     /// # Errors
     /// When the connection settings are unusable.
-    pub fn start(
-        section: &ControlPlaneSection,
-        apply: mpsc::Sender<ApplyRequest>,
-        status: Arc<AgentStatus>,
-    ) -> anyhow::Result<Agent> {
+    pub fn start(section: &ControlPlaneSection, setup: AgentSetup) -> anyhow::Result<Agent> {
         let (endpoint, auth) = section
             .client_options()
             .endpoint()
@@ -134,9 +170,12 @@ impl Agent {
             auth,
             site_id: section.site_id.clone(),
             dataplane_id: dataplane_id(section),
-            apply,
-            status,
+            apply: setup.apply,
+            status: setup.status,
             applied: 0,
+            telemetry: setup.telemetry,
+            events: setup.events,
+            interval: Duration::from_millis(section.telemetry_interval_ms.into()),
         };
         let mut backoff = Backoff::new(
             Duration::from_millis(section.reconnect_min_ms.into()),
@@ -212,14 +251,18 @@ struct Session {
     status: Arc<AgentStatus>,
     /// The version in force (0: none yet).
     applied: u64,
+    telemetry: TelemetrySource,
+    events: mpsc::Receiver<DataplaneEvent>,
+    interval: Duration,
 }
 
 impl Session {
-    /// Subscribes and answers snapshots until the stream ends or fails.
+    /// Subscribes, answers snapshots and reports telemetry until either
+    /// stream ends or fails.
     async fn run(&mut self, backoff: &mut Backoff) -> anyhow::Result<()> {
         let channel = self.endpoint.connect().await.context("connecting")?;
         let mut client = DataplaneSyncClient::with_interceptor(channel, self.auth.clone());
-        let mut stream = client
+        let mut snapshots = client
             .subscribe(SubscribeRequest {
                 site_id: self.site_id.clone(),
                 dataplane_id: self.dataplane_id.clone(),
@@ -235,40 +278,95 @@ impl Session {
             dataplane = self.dataplane_id,
             "subscribed to the control plane"
         );
-        while let Some(snapshot) = stream.message().await.context("receiving snapshots")? {
-            let version = snapshot.version;
-            // A resubscription resends the version in force: nothing to apply.
-            let outcome = if version == self.applied {
-                Ok(())
-            } else {
-                self.apply(snapshot).await?
-            };
-            let (result, reason) = match outcome {
-                Ok(()) => {
-                    self.applied = version;
-                    (AckResult::Ack, String::new())
+        let (reports, outbox) = mpsc::channel::<TelemetryReport>(4);
+        let mut reporter = client.clone();
+        let report_call = reporter.report(ReceiverStream::new(outbox));
+        tokio::pin!(report_call);
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                snapshot = snapshots.message() => {
+                    let Some(snapshot) = snapshot.context("receiving snapshots")? else {
+                        anyhow::bail!("the control plane ended the subscription");
+                    };
+                    self.answer(&mut client, snapshot).await?;
                 }
-                Err(reason) => {
-                    self.status.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        version,
-                        "snapshot refused, the configuration in force stays: {reason}"
-                    );
-                    (AckResult::Nack, reason)
+                ended = &mut report_call => {
+                    ended.context("reporting telemetry")?;
+                    anyhow::bail!("the control plane ended the telemetry stream");
                 }
-            };
-            client
-                .acknowledge(AcknowledgeRequest {
-                    site_id: self.site_id.clone(),
-                    dataplane_id: self.dataplane_id.clone(),
-                    version,
-                    result: result as i32,
-                    reason,
-                })
-                .await
-                .context("acknowledging")?;
+                _ = tick.tick() => {
+                    let report = self.report();
+                    // A full outbox means the control plane is not reading:
+                    // this report is dropped, the next one carries the totals.
+                    let _ = reports.try_send(report);
+                }
+            }
         }
-        anyhow::bail!("the control plane ended the subscription")
+    }
+
+    /// Applies (or refuses) one snapshot and tells the control plane.
+    async fn answer(
+        &mut self,
+        client: &mut DataplaneSyncClient<
+            tonic::service::interceptor::InterceptedService<
+                tonic::transport::Channel,
+                Authorization,
+            >,
+        >,
+        snapshot: SiteSnapshot,
+    ) -> anyhow::Result<()> {
+        let version = snapshot.version;
+        // A resubscription resends the version in force: nothing to apply.
+        let outcome = if version == self.applied {
+            Ok(())
+        } else {
+            self.apply(snapshot).await?
+        };
+        let (result, reason) = match outcome {
+            Ok(()) => {
+                self.applied = version;
+                (AckResult::Ack, String::new())
+            }
+            Err(reason) => {
+                self.status.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    version,
+                    "snapshot refused, the configuration in force stays: {reason}"
+                );
+                (AckResult::Nack, reason)
+            }
+        };
+        client
+            .acknowledge(AcknowledgeRequest {
+                site_id: self.site_id.clone(),
+                dataplane_id: self.dataplane_id.clone(),
+                version,
+                result: result as i32,
+                reason,
+            })
+            .await
+            .context("acknowledging")?;
+        Ok(())
+    }
+
+    /// The current telemetry and the events queued since the last report.
+    fn report(&mut self) -> TelemetryReport {
+        let t = (self.telemetry)();
+        let mut events = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            events.push(e);
+        }
+        TelemetryReport {
+            site_id: self.site_id.clone(),
+            dataplane_id: self.dataplane_id.clone(),
+            applied_version: t.applied_version,
+            counters: Some(t.counters),
+            peers: t.peers,
+            events,
+            time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        }
     }
 
     /// Hands a snapshot to the control loop and waits for its verdict.

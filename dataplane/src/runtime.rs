@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use crate::agent::{Agent, AgentStatus, ApplyRequest};
+use crate::agent::{
+    Agent, AgentSetup, AgentStatus, ApplyRequest, Telemetry, TelemetrySource, EVENT_QUEUE,
+};
 use crate::config::{Config, Snapshot};
 use crate::dpdk::{
     self, launch_on_lcore, worker_lcores, Eal, Mempool, Port, PortConfig, BURST_SIZE,
@@ -27,7 +29,11 @@ use crate::neighbor::{NeighborManager, NeighborShared};
 use crate::published::Published;
 use crate::site::{Capabilities, SiteSections};
 use crate::stats::SharedCounters;
+use crate::stats::{Counter, DropReason};
 use crate::worker::{Clock, Worker, WorkerSetup};
+use patronus_proto::v1::{
+    DataplaneCounters, DataplaneEvent, EventType, PeerTelemetry, TunnelState,
+};
 
 /// Exit status when packet buffers were still in use after shutdown.
 pub const EXIT_LEAK: u8 = 3;
@@ -201,8 +207,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
 
     let agent_status = Arc::new(AgentStatus::default());
     let (apply_tx, mut apply_rx) = tokio::sync::mpsc::channel::<ApplyRequest>(1);
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
     let agent = if opts.config.controlplane.is_managed() {
-        let agent = Agent::start(&opts.config.controlplane, apply_tx, agent_status.clone())?;
+        let setup = AgentSetup {
+            apply: apply_tx,
+            status: agent_status.clone(),
+            telemetry: telemetry_source(ports.clone(), stats.clone(), config.clone()),
+            events: events_rx,
+        };
+        let agent = Agent::start(&opts.config.controlplane, setup)?;
         tracing::info!(
             server = opts.config.controlplane.server,
             site = opts.config.controlplane.site_id,
@@ -210,8 +223,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         );
         Some(agent)
     } else {
-        drop(apply_tx);
+        drop((apply_tx, events_rx));
         None
+    };
+    // Reports an event to the control plane, if there is one; never blocks.
+    let report = |kind: EventType, subject: &str, message: String| {
+        let _ = events_tx.try_send(DataplaneEvent {
+            time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            r#type: kind as i32,
+            subject: subject.to_owned(),
+            message,
+        });
     };
     // The control plane's sections in force, re-checked when the file is reloaded.
     let mut managed: Option<(SiteSections, u64)> = None;
@@ -282,17 +304,32 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
                         generation = new_snapshot.generation,
                         "configuration reloaded"
                     );
+                    report(
+                        EventType::ConfigReloaded,
+                        "",
+                        format!("generation {}", new_snapshot.generation),
+                    );
                     running_config = new_config;
                 }
-                Err(err) => tracing::error!(
-                    "reload refused, the running configuration stays in force: {err:#}"
-                ),
+                Err(err) => {
+                    tracing::error!(
+                        "reload refused, the running configuration stays in force: {err:#}"
+                    );
+                    report(EventType::ConfigRefused, "", format!("{err:#}"));
+                }
             }
         }
         for (i, port) in ports.iter().enumerate() {
             let up = port.link().up;
             if up != link_up[i] {
-                tracing::warn!(port = %running_config.ports[i].name, up, "link state changed");
+                let name = &running_config.ports[i].name;
+                tracing::warn!(port = %name, up, "link state changed");
+                let kind = if up {
+                    EventType::LinkUp
+                } else {
+                    EventType::LinkDown
+                };
+                report(kind, name, String::new());
                 link_up[i] = up;
             }
         }
@@ -302,6 +339,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             && !stop.load(Ordering::Relaxed)
         {
             tracing::error!("a worker exited unexpectedly; shutting down");
+            report(
+                EventType::WorkerFailed,
+                "",
+                "a worker exited unexpectedly; the data plane is shutting down".into(),
+            );
             stop.store(true, Ordering::Relaxed);
         }
     }
@@ -383,6 +425,51 @@ fn apply_snapshot(
     next.site = Arc::new(site);
     published.store(next);
     Ok(sections)
+}
+
+/// Reads the totals the agent reports: port counters, every drop (parse
+/// errors, drop reasons, full tx rings), flows, and the configured peers.
+/// Tunnels come with the tunnel data path; until then every peer is down
+/// and no path has been measured.
+fn telemetry_source(
+    ports: Vec<Port>,
+    workers: Vec<Arc<SharedCounters>>,
+    config: Arc<Published<Snapshot>>,
+) -> TelemetrySource {
+    Arc::new(move || {
+        let mut counters = DataplaneCounters::default();
+        for stats in ports.iter().filter_map(|p| p.stats().ok()) {
+            counters.rx_packets += stats.rx_packets;
+            counters.tx_packets += stats.tx_packets;
+            counters.rx_bytes += stats.rx_bytes;
+            counters.tx_bytes += stats.tx_bytes;
+        }
+        for w in &workers {
+            let c = w.read();
+            counters.dropped_packets += crate::packet::parse::ParseError::ALL
+                .iter()
+                .map(|e| c.parse_drops(*e))
+                .sum::<u64>()
+                + DropReason::ALL.iter().map(|r| c.drops(*r)).sum::<u64>()
+                + c.get(Counter::TxDropped);
+            counters.active_flows += c.get(Counter::FlowsActive);
+        }
+        let cfg = config.load();
+        Telemetry {
+            applied_version: cfg.site.version,
+            counters,
+            peers: cfg
+                .site
+                .peers
+                .iter()
+                .map(|p| PeerTelemetry {
+                    name: p.name.clone(),
+                    tunnel: TunnelState::Down as i32,
+                    path: None,
+                })
+                .collect(),
+        }
+    })
 }
 
 /// A per-process, per-worker seed for the flow tables' keyed hash, so that

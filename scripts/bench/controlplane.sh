@@ -24,11 +24,11 @@ UPDATES=${UPDATES:-300}
 # start_server DB: starts a fresh server, sets addr and server.
 start_server() {
     rm -f "$1"
-    target/release/patronus-controlplane --listen 127.0.0.1:0 --db "$1" 2>"$OUT/server.log" &
+    target/release/patronus-controlplane --listen 127.0.0.1:0 --metrics-listen "" --db "$1" 2>"$OUT/server.log" &
     server=$!
     addr=
     for _ in $(seq 100); do
-        addr=$(sed -n 's/.*addr=\([0-9.:]*\).*/\1/p' "$OUT/server.log" | head -1)
+        addr=$(sed -n 's/.*control plane listening addr=\([0-9.:]*\).*/\1/p' "$OUT/server.log" | head -1)
         [[ -n $addr ]] && break
         sleep 0.1
     done

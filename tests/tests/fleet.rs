@@ -18,13 +18,20 @@ struct ControlPlane {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     addr: String,
+    metrics: std::net::SocketAddr,
 }
 
 impl ControlPlane {
     /// Starts it on `listen` (`127.0.0.1:0` for any port) over database `db`.
     fn start(db: &Path, listen: &str) -> ControlPlane {
         let mut child = Command::new(binary("patronus-controlplane"))
-            .args(["--listen", listen, "--db"])
+            .args([
+                "--listen",
+                listen,
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--db",
+            ])
             .arg(db)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
@@ -43,7 +50,11 @@ impl ControlPlane {
         assert!(
             eventually(Duration::from_secs(20), || {
                 let log = log.lock().unwrap();
-                match log.iter().find_map(|l| l.split("addr=").nth(1)) {
+                let listening = log
+                    .iter()
+                    .filter(|l| l.contains("control plane listening"))
+                    .find_map(|l| l.split("addr=").nth(1));
+                match listening {
                     Some(rest) => {
                         addr = rest.split_whitespace().next().unwrap().to_owned();
                         true
@@ -53,7 +64,28 @@ impl ControlPlane {
             }),
             "the control plane did not start listening"
         );
-        ControlPlane { child, log, addr }
+        let metrics = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("fleet metrics listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .expect("the fleet metrics address is logged before the gRPC one")
+            .parse()
+            .unwrap();
+        ControlPlane {
+            child,
+            log,
+            addr,
+            metrics,
+        }
+    }
+
+    fn scrape(&self) -> Metrics {
+        let (status, body) = http_get(self.metrics, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
     }
 
     fn server(&self) -> String {
@@ -172,6 +204,7 @@ site_id = "{site_id}"
 dataplane_id = "{dataplane_id}"
 reconnect_min_ms = 100
 reconnect_max_ms = 1000
+telemetry_interval_ms = 200
 "#
         );
         let dp = Dataplane::start(&topo.config(1, &managed));
@@ -269,7 +302,54 @@ fn two_data_planes_follow_the_control_plane_and_survive_its_crash() {
     assert_eq!(metrics.sum("patronus_config_policy_rules", &[]), 1.0);
     assert!(one.forwards() && two.forwards());
 
-    // A peer of branch-1 changes: only branch-1 gets a new version.
+    // The fleet view: versions, reported counters and tunnels, promtool-clean.
+    let fleet = |m: &Metrics, name: &str, dp: &str| m.sum(name, &[("dataplane", dp)]);
+    assert!(eventually(Duration::from_secs(10), || {
+        let m = cp.scrape();
+        fleet(&m, "patronus_fleet_rx_packets_total", "gw-1") > 0.0
+            && m.sum(
+                "patronus_tunnel_status",
+                &[("peer", "hq-for-branch-2"), ("status", "down")],
+            ) == 1.0
+    }));
+    let m = cp.scrape();
+    assert_eq!(
+        fleet(&m, "patronus_fleet_dataplane_applied_version", "gw-2") as u64,
+        s2.applied
+    );
+    assert_eq!(fleet(&m, "patronus_fleet_dataplane_connected", "gw-1"), 1.0);
+    promtool_check(&m.text);
+    // Tunnels are not carried yet, so both sites are degraded and every path
+    // is down and unmeasured.
+    let topology = ctl(&server, &["topology"]);
+    assert!(
+        topology.contains("branch-1") && topology.contains("degraded"),
+        "{topology}"
+    );
+    let paths = ctl(&server, &["paths", "--site", "branch-1"]);
+    assert!(
+        paths.contains("hq-for-branch-1") && paths.contains("down"),
+        "{paths}"
+    );
+
+    // A peer of branch-1 changes: only branch-1 gets a new version, and a
+    // watcher of branch-1's events sees the write and the ACK as they happen.
+    let mut watcher = Command::new(binary("patronusctl"))
+        .args([
+            "--server", &server, "events", "--follow", "--site", "branch-1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let watched = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(watched).lines().map_while(Result::ok) {
+            if seen_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let changed = documents().replacen("port: 51820}\n  wireguard", "port: 51821}\n  wireguard", 1);
     apply(&server, &dir, "fleet.yaml", &changed);
     let s1b = wait_status(&server, "gw-1", "the peer change applied", |s| {
@@ -281,6 +361,30 @@ fn two_data_planes_follow_the_control_plane_and_survive_its_crash() {
         s2.applied,
         "branch-2 is not affected"
     );
+    let applied = format!(
+        "snapshot_applied site=branch-1 dataplane=gw-1 version={}",
+        s1b.applied
+    );
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains(&applied)) {
+        match seen.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("no {applied:?} among the events:\n{}", lines.join("\n")),
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("resource_updated site=branch-1 kind=peer name=hq-for-branch-1")),
+        "{}",
+        lines.join("\n")
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("branch-2")),
+        "filtered by site"
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
 
     // A policy naming an application gw-2 does not know: refused with the
     // field and the name, the old version stays in force and forwards.
@@ -325,6 +429,14 @@ spec:
     assert!(
         two.forwards(),
         "the refused snapshot changed nothing on the packet path"
+    );
+    let events = ctl(&server, &["events", "--site", "branch-2"]);
+    assert!(
+        events.lines().any(
+            |l| l.contains("snapshot_refused site=branch-2 dataplane=gw-2")
+                && l.contains("NoSuchGame")
+        ),
+        "{events}"
     );
     ctl(&server, &["delete", "policy", "block-unknown-game"]);
     let s2b = wait_status(&server, "gw-2", "the repaired site applied", |s| {

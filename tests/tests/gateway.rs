@@ -577,24 +577,7 @@ fn metrics_pass_promtool_and_health_reports_ready() {
     ] {
         assert!(m.has(name), "{name} missing");
     }
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), m.text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && complaints.trim().is_empty(),
-        "promtool: {complaints}"
-    );
+    promtool_check(&m.text);
     assert!(dp.stop().success());
 }
 

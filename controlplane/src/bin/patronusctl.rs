@@ -82,6 +82,29 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Shows what happened (resources written, data planes connecting,
+    /// applying or refusing snapshots, links, tunnels, failovers): the
+    /// recent events the server keeps and, with --follow, new ones as they
+    /// happen.
+    Events {
+        /// Keep watching.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this site's events.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only events after this id (to resume).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Sites with their data planes and phase, and the tunnels from each.
+    Topology,
+    /// Each data plane's tunnels: state and measured latency, jitter and loss.
+    Paths {
+        /// Only this site's paths.
+        #[arg(long)]
+        site: Option<String>,
+    },
     /// Deletes a resource.
     Delete {
         /// site, peer or policy.
@@ -162,6 +185,122 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut client = connect(&cli).await?;
     match cli.command {
         Command::Apply { files } => apply(&mut client, &files).await,
+        Command::Events {
+            follow,
+            site,
+            after,
+        } => {
+            let mut stream = call(
+                client
+                    .watch_events(pb::WatchEventsRequest {
+                        site_id: site.unwrap_or_default(),
+                        after_id: after,
+                        follow,
+                    })
+                    .await,
+            )?;
+            while let Some(event) = stream
+                .message()
+                .await
+                .map_err(|s| anyhow::anyhow!(explain(&s)))?
+            {
+                println!("{}", event_line(&event));
+            }
+            Ok(true)
+        }
+        Command::Topology => {
+            let topology = call(client.get_topology(pb::GetTopologyRequest {}).await)?;
+            let phase = |p: i32| {
+                pb::SitePhase::try_from(p)
+                    .map(|p| {
+                        p.as_str_name()
+                            .trim_start_matches("SITE_PHASE_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default()
+            };
+            print_table(
+                &["SITE", "REGION", "PHASE", "DATAPLANES", "TUNNELS UP"],
+                topology
+                    .sites
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.site_id.clone(),
+                            s.region.clone(),
+                            phase(s.phase),
+                            s.dataplanes_connected.to_string(),
+                            s.tunnels_up.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+            println!();
+            print_table(
+                &["FROM", "PEER", "TO", "ENDPOINT", "TUNNEL"],
+                topology
+                    .links
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.site_id.clone(),
+                            l.peer.clone(),
+                            if l.remote_site_id.is_empty() {
+                                "(external)".into()
+                            } else {
+                                l.remote_site_id.clone()
+                            },
+                            l.endpoint
+                                .as_ref()
+                                .map(|e| format!("{}:{}", e.address, e.port))
+                                .unwrap_or_default(),
+                            tunnel(l.state),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(true)
+        }
+        Command::Paths { site } => {
+            let paths = call(
+                client
+                    .list_path_health(pb::ListPathHealthRequest {
+                        site_id: site.unwrap_or_default(),
+                    })
+                    .await,
+            )?;
+            let measured = |m: &Option<pb::PathMetrics>, f: fn(&pb::PathMetrics) -> f64| {
+                m.as_ref()
+                    .map_or_else(|| "-".to_owned(), |m| format!("{:.1}", f(m)))
+            };
+            print_table(
+                &[
+                    "SITE",
+                    "DATAPLANE",
+                    "PEER",
+                    "TUNNEL",
+                    "LATENCY MS",
+                    "JITTER MS",
+                    "LOSS %",
+                ],
+                paths
+                    .paths
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.site_id.clone(),
+                            p.dataplane_id.clone(),
+                            p.peer.clone(),
+                            tunnel(p.state),
+                            measured(&p.metrics, |m| m.latency_ms),
+                            measured(&p.metrics, |m| m.jitter_ms),
+                            measured(&p.metrics, |m| m.packet_loss_pct),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(true)
+        }
         Command::Get { kind, name, output } => {
             get(&mut client, kind, name, output).await?;
             Ok(true)
@@ -565,6 +704,44 @@ fn table(kind: Kind, docs: &[Document]) {
 }
 
 /// Prints rows under a header, columns aligned.
+fn tunnel(state: i32) -> String {
+    match pb::TunnelState::try_from(state) {
+        Ok(pb::TunnelState::Up) => "up".into(),
+        Ok(pb::TunnelState::Down) => "down".into(),
+        _ => "unknown".into(),
+    }
+}
+
+/// `12  2026-11-26T19:30:00Z  snapshot_refused  site=branch-2 dataplane=gw-2 version=7: reason`
+fn event_line(e: &pb::Event) -> String {
+    let kind = pb::EventType::try_from(e.r#type)
+        .map(|t| {
+            t.as_str_name()
+                .trim_start_matches("EVENT_TYPE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| e.r#type.to_string());
+    let time = e.time.map(|t| t.to_string()).unwrap_or_default();
+    let mut line = format!("{:<6} {time}  {kind}", e.id);
+    for (key, value) in [
+        ("site", e.site_id.as_str()),
+        ("dataplane", e.dataplane_id.as_str()),
+        ("kind", e.kind.as_str()),
+        ("name", e.name.as_str()),
+    ] {
+        if !value.is_empty() {
+            line += &format!(" {key}={value}");
+        }
+    }
+    if e.version != 0 {
+        line += &format!(" version={}", e.version);
+    }
+    if !e.message.is_empty() {
+        line += &format!(": {}", e.message);
+    }
+    line
+}
+
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {

@@ -33,9 +33,15 @@ pub fn start(db: &Path, token_file: Option<&Path>) -> Running {
 /// Starts the server with extra arguments.
 pub fn start_with(db: &Path, extra: &[std::ffi::OsString]) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"));
-    cmd.args(["--listen", "127.0.0.1:0", "--db"])
-        .arg(db)
-        .args(extra);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--db",
+    ])
+    .arg(db)
+    .args(extra);
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -45,7 +51,8 @@ pub fn start_with(db: &Path, extra: &[std::ffi::OsString]) -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
+            let listening = line.contains("control plane listening");
+            if let Some(rest) = line.split("addr=").nth(1).filter(|_| listening) {
                 let _ = tx.send(
                     rest.split_whitespace()
                         .next()

@@ -1,0 +1,203 @@
+//! Telemetry over real gRPC: what a data plane reports becomes resource
+//! status, topology, path health and events.
+
+mod common;
+
+use std::time::Duration;
+
+use patronus_controlplane::manifest::{self, Document};
+use patronus_proto::v1::control_plane_client::ControlPlaneClient;
+use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
+use patronus_proto::v1::*;
+use tokio_stream::StreamExt;
+
+fn report(tunnel: TunnelState, path: Option<PathMetrics>) -> TelemetryReport {
+    TelemetryReport {
+        site_id: "us-east-prod".into(),
+        dataplane_id: "gw-a".into(),
+        applied_version: 0,
+        counters: Some(DataplaneCounters {
+            rx_packets: 10,
+            ..Default::default()
+        }),
+        peers: vec![PeerTelemetry {
+            name: "aws-vpc".into(),
+            tunnel: tunnel as i32,
+            path,
+        }],
+        events: vec![DataplaneEvent {
+            time: None,
+            r#type: EventType::LinkDown as i32,
+            subject: "wan".into(),
+            message: String::new(),
+        }],
+        time: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_become_status_topology_paths_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(&dir.path().join("cp.redb"), None);
+    let url = format!("http://{}", server.addr);
+    let mut api = ControlPlaneClient::connect(url.clone()).await.unwrap();
+    let mut sync = DataplaneSyncClient::connect(url).await.unwrap();
+    let docs = manifest::parse(include_str!("data/production.yaml")).unwrap();
+    let (Document::Site(site), Document::Peer(peer)) = (&docs[0], &docs[1]) else {
+        panic!("the example's order")
+    };
+    api.create_site(CreateSiteRequest {
+        site: Some(manifest::site(site)),
+    })
+    .await
+    .unwrap();
+    api.create_peer(CreatePeerRequest {
+        peer: Some(manifest::peer(peer)),
+    })
+    .await
+    .unwrap();
+    let mut events = api
+        .watch_events(WatchEventsRequest {
+            site_id: "us-east-prod".into(),
+            after_id: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let get_site = |mut api: ControlPlaneClient<tonic::transport::Channel>| async move {
+        let site = api
+            .get_site(GetSiteRequest {
+                name: "us-east-prod".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .site
+            .unwrap();
+        site.status.unwrap()
+    };
+    assert_eq!(get_site(api.clone()).await.phase, SitePhase::Pending as i32);
+
+    // Subscribe, wait for the snapshot holding the peer, apply it.
+    let mut snapshots = sync
+        .subscribe(SubscribeRequest {
+            site_id: "us-east-prod".into(),
+            dataplane_id: "gw-a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut snapshot = snapshots.message().await.unwrap().unwrap();
+    while snapshot.peers.is_empty() {
+        snapshot = snapshots.message().await.unwrap().unwrap();
+    }
+    sync.acknowledge(AcknowledgeRequest {
+        site_id: "us-east-prod".into(),
+        dataplane_id: "gw-a".into(),
+        version: snapshot.version,
+        result: AckResult::Ack as i32,
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+
+    // Tunnel down: applied but degraded.
+    sync.report(tokio_stream::iter([report(TunnelState::Down, None)]))
+        .await
+        .unwrap();
+    let status = get_site(api.clone()).await;
+    assert_eq!(status.phase, SitePhase::Degraded as i32);
+    assert!(status.last_health_check.is_some());
+
+    // Tunnel up and measured: ready, the peer connected with its figures.
+    let measured = PathMetrics {
+        latency_ms: 12.5,
+        jitter_ms: 0.8,
+        packet_loss_pct: 0.2,
+    };
+    sync.report(tokio_stream::iter([report(
+        TunnelState::Up,
+        Some(measured),
+    )]))
+    .await
+    .unwrap();
+    let status = get_site(api.clone()).await;
+    assert_eq!(
+        (status.phase, status.tunnels_up),
+        (SitePhase::Ready as i32, 1)
+    );
+    let peer = api
+        .get_peer(GetPeerRequest {
+            name: "aws-vpc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peer
+        .unwrap();
+    assert_eq!(
+        peer.status.unwrap(),
+        PeerStatus {
+            connected: true,
+            latency_ms: 12.5,
+            packet_loss: 0.2
+        }
+    );
+    let paths = api
+        .list_path_health(ListPathHealthRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .paths;
+    assert_eq!(paths.len(), 1);
+    assert_eq!(
+        (paths[0].peer.as_str(), paths[0].state, paths[0].metrics),
+        ("aws-vpc", TunnelState::Up as i32, Some(measured))
+    );
+    let topology = api
+        .get_topology(GetTopologyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(topology.sites.len(), 1);
+    assert_eq!(topology.sites[0].dataplanes_connected, 1);
+    assert_eq!(topology.links.len(), 1);
+    assert_eq!(topology.links[0].state, TunnelState::Up as i32);
+    assert_eq!(
+        topology.links[0].remote_site_id, "",
+        "an AWS endpoint is outside the SD-WAN"
+    );
+
+    // The feed: the writes, the connection, the ACK, each report's link
+    // event, and the tunnel coming up (a first report of a down tunnel is
+    // not a change).
+    let mut kinds = Vec::new();
+    while kinds.len() < 7 {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .unwrap();
+        kinds.push(EventType::try_from(e.r#type).unwrap());
+    }
+    assert_eq!(
+        kinds,
+        [
+            EventType::ResourceCreated,
+            EventType::ResourceCreated,
+            EventType::DataplaneConnected,
+            EventType::SnapshotApplied,
+            EventType::LinkDown,
+            EventType::TunnelUp,
+            EventType::LinkDown,
+        ]
+    );
+
+    // Ids and sizes are checked like every other request.
+    let mut bad = report(TunnelState::Up, None);
+    bad.dataplane_id = "no spaces".into();
+    let err = sync.report(tokio_stream::iter([bad])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
