@@ -230,6 +230,10 @@ impl Observe for Peer {
     }
 }
 
+impl Observe for Application {
+    fn observe(&mut self, _hub: &Hub) {}
+}
+
 impl Observe for Policy {
     /// Which sites a policy selects needs every site; the operator reads
     /// that from the topology. Nothing to add here yet.
@@ -341,5 +345,11 @@ control_plane!(
         get_policy, GetPolicyRequest, GetPolicyResponse,
         list_policies, ListPoliciesRequest, ListPoliciesResponse,
         update_policy, UpdatePolicyRequest, UpdatePolicyResponse,
-        delete_policy, DeletePolicyRequest, DeletePolicyResponse}
+        delete_policy, DeletePolicyRequest, DeletePolicyResponse},
+    {Application, application, applications,
+        create_application, CreateApplicationRequest, CreateApplicationResponse,
+        get_application, GetApplicationRequest, GetApplicationResponse,
+        list_applications, ListApplicationsRequest, ListApplicationsResponse,
+        update_application, UpdateApplicationRequest, UpdateApplicationResponse,
+        delete_application, DeleteApplicationRequest, DeleteApplicationResponse}
 );

@@ -1,4 +1,4 @@
-//! Manifests: Site, Peer and Policy documents in the shape of the
+//! Manifests: Site, Peer, Policy and Application documents in the shape of the
 //! `patronus.io/v1` CRDs (YAML or JSON, camelCase), as `patronusctl apply`
 //! reads them and `get -o yaml` writes them, converted to and from the API's
 //! messages.
@@ -21,6 +21,42 @@ pub enum Document {
     Peer(PeerDoc),
     /// A policy.
     Policy(PolicyDoc),
+    /// A user-defined application.
+    Application(ApplicationDoc),
+}
+
+/// An Application document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplicationDoc {
+    /// `patronus.io/v1`.
+    pub api_version: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// The definition.
+    pub spec: ApplicationSpecDoc,
+}
+
+/// `spec` of an Application.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplicationSpecDoc {
+    /// The name flows are reported under (AcmeERP).
+    pub app_name: String,
+    /// One of the ten categories.
+    pub category: String,
+    /// Host names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Hyperscan expressions over the first payload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
+    /// tcp, udp, or empty for both.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub transport: String,
+    /// Server ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u32>,
 }
 
 /// Name and labels.
@@ -356,6 +392,7 @@ impl Document {
             Document::Site(_) => "Site",
             Document::Peer(_) => "Peer",
             Document::Policy(_) => "Policy",
+            Document::Application(_) => "Application",
         }
     }
 
@@ -365,6 +402,7 @@ impl Document {
             Document::Site(d) => &d.metadata.name,
             Document::Peer(d) => &d.metadata.name,
             Document::Policy(d) => &d.metadata.name,
+            Document::Application(d) => &d.metadata.name,
         }
     }
 
@@ -373,6 +411,7 @@ impl Document {
             Document::Site(d) => &d.api_version,
             Document::Peer(d) => &d.api_version,
             Document::Policy(d) => &d.api_version,
+            Document::Application(d) => &d.api_version,
         }
     }
 }
@@ -499,6 +538,38 @@ pub fn policy(d: &PolicyDoc) -> Result<pb::Policy, ManifestError> {
         }),
         status: None,
     })
+}
+
+/// An Application as the API wants it.
+pub fn application(d: &ApplicationDoc) -> pb::Application {
+    pb::Application {
+        metadata: meta(&d.metadata),
+        spec: Some(pb::ApplicationSpec {
+            app_name: d.spec.app_name.clone(),
+            category: d.spec.category.clone(),
+            hosts: d.spec.hosts.clone(),
+            patterns: d.spec.patterns.clone(),
+            transport: d.spec.transport.clone(),
+            ports: d.spec.ports.clone(),
+        }),
+    }
+}
+
+/// An Application as a document.
+pub fn application_doc(a: &pb::Application) -> ApplicationDoc {
+    let spec = a.spec.clone().unwrap_or_default();
+    ApplicationDoc {
+        api_version: API_VERSION.into(),
+        metadata: meta_doc(a.metadata.as_ref()),
+        spec: ApplicationSpecDoc {
+            app_name: spec.app_name,
+            category: spec.category,
+            hosts: spec.hosts,
+            patterns: spec.patterns,
+            transport: spec.transport,
+            ports: spec.ports,
+        },
+    }
 }
 
 /// A Site as a document.

@@ -1,6 +1,6 @@
 //! What the store and the API need to know about each kind of resource.
 
-use patronus_proto::v1::{ObjectMeta, Peer, Policy, Site};
+use patronus_proto::v1::{Application, ObjectMeta, Peer, Policy, Site};
 use prost::Message;
 use redb::TableDefinition;
 
@@ -100,5 +100,36 @@ impl Resource for Policy {
     }
     fn site_scope(&self) -> &str {
         ""
+    }
+}
+
+impl Resource for Application {
+    const KIND: &'static str = "application";
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
+        TableDefinition::new("applications");
+    const UNIQUE: Option<TableDefinition<'static, &'static str, &'static str>> =
+        Some(TableDefinition::new("application_names"));
+    fn meta(&self) -> Option<&ObjectMeta> {
+        self.metadata.as_ref()
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        self.metadata.get_or_insert_with(Default::default)
+    }
+    fn spec_bytes(&self) -> Vec<u8> {
+        self.spec
+            .as_ref()
+            .map(Message::encode_to_vec)
+            .unwrap_or_default()
+    }
+    /// Applications have no status.
+    fn clear_output_only(&mut self) {}
+    fn validate(&self, v: &mut Violations) {
+        validate::application(self, v);
+    }
+    fn site_scope(&self) -> &str {
+        ""
+    }
+    fn unique_key(&self) -> Option<&str> {
+        self.spec.as_ref().map(|s| s.app_name.as_str())
     }
 }

@@ -99,6 +99,8 @@ pub struct DesiredState {
     pub peers: Vec<patronus_proto::v1::Peer>,
     /// Every policy.
     pub policies: Vec<patronus_proto::v1::Policy>,
+    /// Every user-defined application.
+    pub applications: Vec<patronus_proto::v1::Application>,
 }
 
 /// One page of a list.
@@ -197,6 +199,7 @@ impl Store {
             open_kind::<patronus_proto::v1::Site>(&txn)?;
             open_kind::<patronus_proto::v1::Peer>(&txn)?;
             open_kind::<patronus_proto::v1::Policy>(&txn)?;
+            open_kind::<patronus_proto::v1::Application>(&txn)?;
         }
         txn.commit()?;
         Ok(Store { db })
@@ -238,7 +241,7 @@ impl Store {
         }
     }
 
-    /// Every site, peer and policy as of one revision, read in one
+    /// Every site, peer, policy and application as of one revision, read in one
     /// transaction: a snapshot compiled from it is exactly that revision's.
     pub fn desired_state(&self) -> Result<DesiredState, StoreError> {
         fn read_all<R: Resource>(txn: &redb::ReadTransaction) -> Result<Vec<R>, StoreError> {
@@ -257,6 +260,7 @@ impl Store {
             sites: read_all(&txn)?,
             peers: read_all(&txn)?,
             policies: read_all(&txn)?,
+            applications: read_all(&txn)?,
         })
     }
 

@@ -1,7 +1,7 @@
 //! Configuration streaming to data planes (`patronus.v1.DataplaneSync`).
 //!
 //! Each site's snapshot (its Site, the Peers of its site_id, the Policies
-//! whose selector matches its labels) is compiled from the store and kept
+//! whose selector matches its labels, every user-defined Application) is compiled from the store and kept
 //! per site that a data plane has asked for. Writes only mark the hub dirty;
 //! one background task recompiles the tracked sites, so a burst of writes
 //! costs one recompilation. A snapshot gets a new version only when its
@@ -158,6 +158,7 @@ impl Hub {
             site: site.cloned(),
             peers,
             policies,
+            applications: state.applications.clone(),
         }
     }
 

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use patronus_proto::v1::{
-    ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, Policy, RuleAction, Site,
+    Application, ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, Policy,
+    RuleAction, Site,
 };
 
 /// Categories a CATEGORY condition may name (the classifier's ten).
@@ -275,6 +276,67 @@ pub fn policy(p: &Policy, v: &mut Violations) {
             }
             (None, _) => {}
         }
+    }
+}
+
+/// An application as written. Patterns are checked for shape only: each
+/// data plane compiles them with Hyperscan and refuses (NACKs) what it cannot.
+pub fn application(a: &Application, v: &mut Violations) {
+    metadata(a.metadata.as_ref(), "application", v);
+    let Some(spec) = &a.spec else {
+        v.add("application.spec", "required");
+        return;
+    };
+    let name_ok = !spec.app_name.is_empty()
+        && spec.app_name.len() <= 64
+        && spec
+            .app_name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-+".contains(&c));
+    if !name_ok {
+        v.add(
+            "application.spec.app_name",
+            "1-64 characters of A-Z, a-z, 0-9, '_', '-', '+'",
+        );
+    }
+    if !CATEGORIES.contains(&spec.category.as_str()) {
+        v.add(
+            "application.spec.category",
+            format!("must be one of {}", CATEGORIES.join(", ")),
+        );
+    }
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if host.parse::<IpAddr>().is_ok() || !is_host(host) {
+            v.add(
+                format!("application.spec.hosts[{i}]"),
+                format!("{host:?} is not a host name"),
+            );
+        }
+    }
+    for (i, pattern) in spec.patterns.iter().enumerate() {
+        if pattern.is_empty() || pattern.len() > 1024 {
+            v.add(
+                format!("application.spec.patterns[{i}]"),
+                "1-1024 characters",
+            );
+        }
+    }
+    if !["", "tcp", "udp"].contains(&spec.transport.as_str()) {
+        v.add(
+            "application.spec.transport",
+            "must be tcp, udp or empty (both)",
+        );
+    }
+    for (i, port) in spec.ports.iter().enumerate() {
+        if !(1..=65535).contains(port) {
+            v.add(format!("application.spec.ports[{i}]"), "must be 1-65535");
+        }
+    }
+    if spec.hosts.is_empty() && spec.patterns.is_empty() {
+        v.add(
+            "application.spec",
+            "needs hosts or patterns to recognise the application by",
+        );
     }
 }
 

@@ -489,6 +489,67 @@ async fn invalid_requests_name_every_field() {
             .unwrap_err();
         assert_eq!(violated_fields(&e), [*field], "{}", e.message());
     }
+    fn app_spec(a: &mut Application) -> &mut ApplicationSpec {
+        a.spec.as_mut().unwrap()
+    }
+    let applications: &[(Edit<Application>, &str)] = &[
+        (
+            |a| app_spec(a).app_name = "Acme ERP".into(),
+            "application.spec.app_name",
+        ),
+        (
+            |a| app_spec(a).category = "Spreadsheets".into(),
+            "application.spec.category",
+        ),
+        (
+            |a| app_spec(a).hosts = vec!["10.0.0.1".into()],
+            "application.spec.hosts[0]",
+        ),
+        (
+            |a| app_spec(a).patterns = vec![String::new()],
+            "application.spec.patterns[0]",
+        ),
+        (
+            |a| app_spec(a).transport = "sctp".into(),
+            "application.spec.transport",
+        ),
+        (
+            |a| app_spec(a).ports = vec![70000],
+            "application.spec.ports[0]",
+        ),
+        (
+            |a| {
+                app_spec(a).hosts.clear();
+                app_spec(a).patterns.clear();
+            },
+            "application.spec",
+        ),
+        (|a| a.spec = None, "application.spec"),
+    ];
+    for (edit, field) in applications {
+        let mut a = Application {
+            metadata: Some(ObjectMeta {
+                name: "acme-erp".into(),
+                ..Default::default()
+            }),
+            spec: Some(ApplicationSpec {
+                app_name: "AcmeERP".into(),
+                category: "Database".into(),
+                hosts: vec!["erp.acme.example".into()],
+                patterns: vec!["^ACME".into()],
+                transport: "tcp".into(),
+                ports: vec![7000],
+            }),
+        };
+        edit(&mut a);
+        let e = c
+            .create_application(CreateApplicationRequest {
+                application: Some(a),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&e), [*field], "{}", e.message());
+    }
     // Several faults at once are all named.
     let mut s = site("hq", "");
     s.spec

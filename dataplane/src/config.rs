@@ -1023,6 +1023,7 @@ impl Config {
             site: self.site.clone(),
             peers: self.peers.clone(),
             policies: self.policies.clone(),
+            applications: Vec::new(),
         }
     }
 
@@ -1047,27 +1048,7 @@ impl Config {
                 "must be at most 1048576",
             ));
         }
-        let classifier = crate::dpi::Classifier::with_user_apps(&d.applications).map_err(|e| {
-            use crate::dpi::apps::AppError;
-            match e {
-                AppError::Field {
-                    index,
-                    field,
-                    message,
-                    ..
-                } => ConfigError::new(format!("dpi.application[{index}].{field}"), message),
-                AppError::Pattern {
-                    index,
-                    pattern,
-                    message,
-                    ..
-                } => ConfigError::new(
-                    format!("dpi.application[{index}].patterns"),
-                    format!("{pattern:?}: {message}"),
-                ),
-                AppError::Syntax(message) => ConfigError::new("dpi.application", message),
-            }
-        })?;
+        let classifier = crate::site::classifier_with(&d.applications, &[])?;
         Ok(DpiSnapshot {
             enabled: d.enabled,
             limits: crate::dpi::Limits {

@@ -27,7 +27,7 @@ use crate::dpdk::{
 use crate::metrics::{DataplaneCollector, Health, HttpServer};
 use crate::neighbor::{NeighborManager, NeighborShared};
 use crate::published::Published;
-use crate::site::{Capabilities, SiteSections};
+use crate::site::{classifier_with, Capabilities, SiteSections};
 use crate::stats::SharedCounters;
 use crate::stats::{Counter, DropReason};
 use crate::worker::{Clock, Worker, WorkerSetup};
@@ -274,7 +274,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         manager.tick_with(now, force);
         while let Ok(request) = apply_rx.try_recv() {
             let version = request.snapshot.version;
-            let outcome = apply_snapshot(&request.snapshot, &config);
+            let outcome = apply_snapshot(
+                &request.snapshot,
+                &config,
+                &running_config.dpi.applications,
+                managed.as_ref(),
+            );
             match &outcome {
                 Ok(sections) => {
                     tracing::info!(
@@ -400,9 +405,15 @@ fn reload_config(
     let mut snapshot = config.validate(generation)?;
     snapshot.set_port_macs(macs);
     if let Some((sections, version)) = managed {
+        let context = "the control plane's site configuration would no longer apply";
+        if !sections.applications.is_empty() {
+            let classifier = classifier_with(&config.dpi.applications, &sections.applications)
+                .context(context)?;
+            snapshot.dpi.classifier = Arc::new(classifier);
+        }
         let mut site = sections
             .compile(Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier))
-            .context("the control plane's site configuration would no longer apply")?;
+            .context(context)?;
         site.version = *version;
         snapshot.site = Arc::new(site);
     }
@@ -411,18 +422,28 @@ fn reload_config(
 }
 
 /// Validates a control-plane snapshot against the running data plane and
-/// publishes it: only the site's part changes, in one swap.
+/// publishes it: the site's part and, when the applications changed, the
+/// recompiled classifier, in one swap.
 fn apply_snapshot(
     snapshot: &patronus_proto::v1::SiteSnapshot,
     published: &Published<Snapshot>,
+    file_apps: &[crate::dpi::apps::AppSpec],
+    managed: Option<&(SiteSections, u64)>,
 ) -> Result<SiteSections, crate::config::ConfigError> {
     let sections = SiteSections::from_snapshot(snapshot)?;
     let current = published.load();
-    let mut site = sections.compile(Capabilities::of(&current.ports, &current.dpi.classifier))?;
+    let running_apps = managed.map_or(&[][..], |(s, _)| s.applications.as_slice());
+    let classifier = if sections.applications == running_apps {
+        current.dpi.classifier.clone()
+    } else {
+        Arc::new(classifier_with(file_apps, &sections.applications)?)
+    };
+    let mut site = sections.compile(Capabilities::of(&current.ports, &classifier))?;
     site.version = snapshot.version;
     let mut next = Snapshot::clone(&current);
     next.generation += 1;
     next.site = Arc::new(site);
+    next.dpi.classifier = classifier;
     published.store(next);
     Ok(sections)
 }

@@ -17,6 +17,7 @@ use patronus_proto::v1 as pb;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::dpi::apps::{AppError, AppSpec, Transport};
 use crate::dpi::{Category, Classifier};
 
 /// `[site]`: who this gateway is.
@@ -199,6 +200,9 @@ pub struct SiteSections {
     pub peers: Vec<PeerSection>,
     /// `[[policy]]`.
     pub policies: Vec<PolicySection>,
+    /// User-defined applications from the control plane (a file defines
+    /// its own in `[[dpi.application]]`); compiled by [`classifier_with`].
+    pub applications: Vec<AppSpec>,
 }
 
 /// A validated peer.
@@ -320,7 +324,10 @@ impl<'a> Capabilities<'a> {
 impl SiteSections {
     /// True when nothing is configured.
     pub fn is_empty(&self) -> bool {
-        self.site.is_none() && self.peers.is_empty() && self.policies.is_empty()
+        self.site.is_none()
+            && self.peers.is_empty()
+            && self.policies.is_empty()
+            && self.applications.is_empty()
     }
 
     /// Validates and compiles the sections.
@@ -475,12 +482,97 @@ impl SiteSections {
                 rules,
             });
         }
+        let applications = s
+            .applications
+            .iter()
+            .map(app_from_proto)
+            .collect::<Result<_, _>>()?;
         Ok(SiteSections {
             site,
             peers,
             policies,
+            applications,
         })
     }
+}
+
+fn app_from_proto(a: &pb::Application) -> Result<AppSpec, ConfigError> {
+    let spec = a.spec.clone().unwrap_or_default();
+    let field = |f: &str| format!("application[{}].{f}", spec.app_name);
+    let category = Category::ALL
+        .iter()
+        .copied()
+        .find(|c| c.to_string() == spec.category)
+        .ok_or_else(|| {
+            ConfigError::new(
+                field("category"),
+                format!("{:?} is not a category", spec.category),
+            )
+        })?;
+    let transport = match spec.transport.as_str() {
+        "" => Transport::Any,
+        "tcp" => Transport::Tcp,
+        "udp" => Transport::Udp,
+        other => {
+            return Err(ConfigError::new(
+                field("transport"),
+                format!("{other:?} is not tcp or udp"),
+            ))
+        }
+    };
+    let ports = spec
+        .ports
+        .iter()
+        .map(|p| u16::try_from(*p).ok().filter(|p| *p != 0))
+        .collect::<Option<Vec<u16>>>()
+        .ok_or_else(|| ConfigError::new(field("ports"), "ports are 1-65535"))?;
+    Ok(AppSpec {
+        name: spec.app_name,
+        category,
+        hosts: spec.hosts,
+        patterns: spec.patterns,
+        transport,
+        ports,
+        tls_ports: Vec::new(),
+        alpn: Vec::new(),
+        host_patterns: Vec::new(),
+        certificate_names: Vec::new(),
+    })
+}
+
+/// The built-in catalogue plus the file's `[[dpi.application]]` and the
+/// control plane's applications, compiled (off the packet path). Errors name
+/// the entry: `dpi.application[2].patterns` or `application[AcmeERP].patterns`.
+///
+/// # Errors
+/// An invalid definition, a pattern Hyperscan refuses, or a name used twice.
+pub fn classifier_with(file: &[AppSpec], managed: &[AppSpec]) -> Result<Classifier, ConfigError> {
+    let all: Vec<AppSpec> = file.iter().chain(managed).cloned().collect();
+    let entry = |index: usize, name: &str| {
+        if index < file.len() {
+            format!("dpi.application[{index}]")
+        } else {
+            format!("application[{name}]")
+        }
+    };
+    Classifier::with_user_apps(&all).map_err(|e| match e {
+        AppError::Field {
+            index,
+            name,
+            field,
+            message,
+        } => ConfigError::new(format!("{}.{field}", entry(index, &name)), message),
+        AppError::Pattern {
+            index,
+            name,
+            pattern,
+            message,
+        } => ConfigError::new(
+            format!("{}.patterns", entry(index, &name)),
+            format!("{pattern:?}: {message}"),
+        ),
+        AppError::Syntax(message) => ConfigError::new("dpi.application", message),
+    })
 }
 
 fn rule_from_proto(r: &pb::PolicyRule, field: &str) -> Result<RuleSection, ConfigError> {

@@ -443,6 +443,70 @@ spec:
         s.applied > refused.refused && s.applied == s.desired
     });
 
+    // A user-defined application reaches every site, and a policy may name
+    // it; one whose pattern Hyperscan cannot compile is refused everywhere
+    // with Hyperscan's word, and the one in force stays.
+    apply(
+        &server,
+        &dir,
+        "acme.yaml",
+        r#"apiVersion: patronus.io/v1
+kind: Application
+metadata: {name: acme-erp}
+spec: {appName: AcmeERP, category: Database, patterns: ["^ACME-ERP/"], transport: tcp, ports: [7000]}
+---
+apiVersion: patronus.io/v1
+kind: Policy
+metadata: {name: no-erp-at-branch-2}
+spec:
+  siteSelector: {matchLabels: {site: branch-2}}
+  rules:
+    - action: deny
+      priority: 10
+      conditions: [{type: application, value: AcmeERP}]
+"#,
+    );
+    let with_app = |s: &Status| s.applied == s.desired && s.applied > s2b.applied;
+    let a1 = wait_status(&server, "gw-1", "the application applied", with_app);
+    let a2 = wait_status(
+        &server,
+        "gw-2",
+        "the application and its policy applied",
+        with_app,
+    );
+    assert_eq!(
+        two.dp.scrape().sum("patronus_config_policy_rules", &[]),
+        2.0
+    );
+    apply(
+        &server,
+        &dir,
+        "broken.yaml",
+        r#"apiVersion: patronus.io/v1
+kind: Application
+metadata: {name: broken}
+spec: {appName: Broken, category: Web, patterns: ["(unclosed"]}
+"#,
+    );
+    for (gw, dp, before) in [("gw-1", &one.dp, a1.applied), ("gw-2", &two.dp, a2.applied)] {
+        let r = wait_status(&server, gw, "the broken application refused", |s| {
+            s.refused > before
+        });
+        assert!(
+            r.reason.contains("application[Broken].patterns") && r.reason.contains("(unclosed"),
+            "{}",
+            r.reason
+        );
+        assert_eq!(site_version(dp), before, "{gw} keeps the version in force");
+    }
+    ctl(&server, &["delete", "application", "broken"]);
+    let v1 = wait_status(&server, "gw-1", "repaired", |s| {
+        s.applied == s.desired && s.applied > a1.applied
+    });
+    let v2 = wait_status(&server, "gw-2", "repaired", |s| {
+        s.applied == s.desired && s.applied > a2.applied
+    });
+
     // kill -9 the control plane: both keep forwarding on what they run.
     let listen = cp.addr.clone();
     cp.crash();
@@ -460,7 +524,7 @@ spec:
         one.forwards() && two.forwards(),
         "forwarding goes on without the control plane"
     );
-    assert_eq!(site_version(&one.dp), s1b.applied);
+    assert_eq!(site_version(&one.dp), v1.applied);
 
     // Restarted on the same address and database: both resubscribe and run
     // the current versions (a restarted control plane may renumber an
@@ -473,7 +537,7 @@ spec:
     let r2 = wait_status(&server, "gw-2", "resynchronised", |s| {
         s.connected && s.applied == s.desired
     });
-    assert!(r1.applied >= s1b.applied && r2.applied >= s2b.applied);
+    assert!(r1.applied >= v1.applied && r2.applied >= v2.applied);
     assert_eq!(
         one.dp.scrape().sum("patronus_config_peers", &[]),
         1.0,

@@ -64,7 +64,7 @@ enum Command {
     },
     /// Shows resources of a kind, or one of them.
     Get {
-        /// sites, peers or policies (singular works too).
+        /// sites, peers, policies or applications (singular works too).
         kind: Kind,
         /// One resource's name.
         name: Option<String>,
@@ -107,7 +107,7 @@ enum Command {
     },
     /// Deletes a resource.
     Delete {
-        /// site, peer or policy.
+        /// site, peer, policy or application.
         kind: Kind,
         /// Its name.
         name: String,
@@ -119,6 +119,7 @@ enum Kind {
     Site,
     Peer,
     Policy,
+    Application,
 }
 
 impl std::str::FromStr for Kind {
@@ -128,7 +129,10 @@ impl std::str::FromStr for Kind {
             "site" | "sites" => Ok(Kind::Site),
             "peer" | "peers" => Ok(Kind::Peer),
             "policy" | "policies" => Ok(Kind::Policy),
-            _ => Err(format!("{s:?}: expected sites, peers or policies")),
+            "application" | "applications" | "app" | "apps" => Ok(Kind::Application),
+            _ => Err(format!(
+                "{s:?}: expected sites, peers, policies or applications"
+            )),
         }
     }
 }
@@ -390,6 +394,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     })
                     .await
                     .map(drop),
+                Kind::Application => client
+                    .delete_application(pb::DeleteApplicationRequest {
+                        name: name.clone(),
+                        resource_version: 0,
+                    })
+                    .await
+                    .map(drop),
             };
             result.map_err(|s| anyhow::anyhow!(explain(&s)))?;
             println!("{}/{name} deleted", label(kind));
@@ -403,6 +414,7 @@ fn label(kind: Kind) -> &'static str {
         Kind::Site => "site",
         Kind::Peer => "peer",
         Kind::Policy => "policy",
+        Kind::Application => "application",
     }
 }
 
@@ -504,6 +516,17 @@ async fn apply(client: &mut Client, files: &[PathBuf]) -> anyhow::Result<bool> {
                     update_peer,
                     UpdatePeerRequest
                 ),
+                Document::Application(d) => apply_one!(
+                    client,
+                    manifest::application(d),
+                    application,
+                    get_application,
+                    GetApplicationRequest,
+                    create_application,
+                    CreateApplicationRequest,
+                    update_application,
+                    UpdateApplicationRequest
+                ),
                 Document::Policy(d) => match manifest::policy(d) {
                     Ok(p) => apply_one!(
                         client,
@@ -558,6 +581,15 @@ async fn get(
             &call(client.get_policy(pb::GetPolicyRequest { name: n }).await)?
                 .policy
                 .unwrap_or_default(),
+        ))],
+        (Kind::Application, Some(n)) => vec![Document::Application(manifest::application_doc(
+            &call(
+                client
+                    .get_application(pb::GetApplicationRequest { name: n })
+                    .await,
+            )?
+            .application
+            .unwrap_or_default(),
         ))],
         (kind, None) => list_all(client, kind).await?,
     };
@@ -638,6 +670,22 @@ async fn list_all(client: &mut Client, kind: Kind) -> anyhow::Result<Vec<Documen
                 );
                 r.next_page_token
             }
+            Kind::Application => {
+                let r = call(
+                    client
+                        .list_applications(pb::ListApplicationsRequest {
+                            page_size: 500,
+                            page_token,
+                        })
+                        .await,
+                )?;
+                docs.extend(
+                    r.applications
+                        .iter()
+                        .map(|a| Document::Application(manifest::application_doc(a))),
+                );
+                r.next_page_token
+            }
         };
         if next.is_empty() {
             return Ok(docs);
@@ -686,6 +734,19 @@ fn table(kind: Kind, docs: &[Document]) {
                     .map_or(0, |s| s.selected_sites.len())
                     .to_string(),
             ],
+            Document::Application(a) => vec![
+                a.metadata.name.clone(),
+                a.spec.app_name.clone(),
+                a.spec.category.clone(),
+                a.spec.hosts.len().to_string(),
+                a.spec.patterns.len().to_string(),
+                a.spec
+                    .ports
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ],
         })
         .collect();
     let header: &[&str] = match kind {
@@ -699,11 +760,11 @@ fn table(kind: Kind, docs: &[Document]) {
             "CONNECTED",
         ],
         Kind::Policy => &["NAME", "SELECTOR", "RULES", "SITES"],
+        Kind::Application => &["NAME", "APP", "CATEGORY", "HOSTS", "PATTERNS", "PORTS"],
     };
     print_table(header, rows);
 }
 
-/// Prints rows under a header, columns aligned.
 fn tunnel(state: i32) -> String {
     match pb::TunnelState::try_from(state) {
         Ok(pb::TunnelState::Up) => "up".into(),
@@ -742,6 +803,7 @@ fn event_line(e: &pb::Event) -> String {
     line
 }
 
+/// Prints rows under a header, columns aligned.
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {

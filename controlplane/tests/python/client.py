@@ -77,6 +77,11 @@ def main():
                 fields += [v.field for v in request.field_violations]
         assert fields == ["site.spec.tunnel_endpoint.port"], fields
 
+    # A server stream: the retained events, ending because follow is false.
+    events = list(stub.WatchEvents(cp.WatchEventsRequest(site_id="py-site"), metadata=auth, timeout=10))
+    created_events = [e for e in events if e.type == res.EVENT_TYPE_RESOURCE_CREATED]
+    assert [(e.kind, e.name) for e in created_events] == [("site", "py-site")], events
+
     try:
         stub.ListSites(cp.ListSitesRequest(), timeout=10)
         raise AssertionError("an unauthenticated call was served")

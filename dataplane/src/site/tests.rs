@@ -31,6 +31,7 @@ fn sections(toml_text: &str) -> SiteSections {
         site: f.site,
         peers: f.peers,
         policies: f.policies,
+        applications: Vec::new(),
     }
 }
 
@@ -265,6 +266,7 @@ fn snapshot() -> pb::SiteSnapshot {
             }),
             status: None,
         }],
+        applications: Vec::new(),
     }
 }
 
@@ -301,4 +303,65 @@ fn an_empty_snapshot_is_an_empty_site() {
     let sections = SiteSections::from_snapshot(&s).unwrap();
     assert!(sections.is_empty());
     assert_eq!(sections.compile(caps(false)).unwrap(), SiteState::default());
+}
+
+fn application(name: &str, category: &str, pattern: &str) -> pb::Application {
+    pb::Application {
+        metadata: Some(pb::ObjectMeta {
+            name: name.to_lowercase(),
+            ..Default::default()
+        }),
+        spec: Some(pb::ApplicationSpec {
+            app_name: name.into(),
+            category: category.into(),
+            hosts: vec!["erp.acme.example".into()],
+            patterns: vec![pattern.into()],
+            transport: "tcp".into(),
+            ports: vec![7000],
+        }),
+    }
+}
+
+#[test]
+fn control_plane_applications_join_the_catalogue_and_policies_may_name_them() {
+    let mut s = snapshot();
+    s.applications = vec![application("AcmeERP", "Database", "^ACME")];
+    s.policies[0].spec.as_mut().unwrap().rules[0].conditions[0] = pb::Condition {
+        r#type: pb::ConditionType::Application as i32,
+        value: "AcmeERP".into(),
+    };
+    let sections = SiteSections::from_snapshot(&s).unwrap();
+    assert_eq!(sections.applications[0].category, Category::Database);
+    assert_eq!(sections.applications[0].ports, [7000]);
+    let err = sections.compile(caps(false)).unwrap_err();
+    assert_eq!(
+        err.field, "policy[video].rule[0].conditions[0].value",
+        "the built-in catalogue alone does not know it"
+    );
+    let classifier = classifier_with(&[], &sections.applications).unwrap();
+    let caps = Capabilities {
+        classifier: &classifier,
+        has_v4: true,
+        has_v6: false,
+    };
+    assert!(sections.compile(caps).is_ok());
+}
+
+#[test]
+fn bad_control_plane_applications_are_refused_by_name() {
+    let mut s = snapshot();
+    s.applications = vec![application("AcmeERP", "Spreadsheets", "^ACME")];
+    let err = SiteSections::from_snapshot(&s).unwrap_err();
+    assert_eq!(err.field, "application[AcmeERP].category");
+
+    s.applications = vec![application("AcmeERP", "Database", "(unclosed")];
+    let sections = SiteSections::from_snapshot(&s).unwrap();
+    let err = classifier_with(&[], &sections.applications).unwrap_err();
+    assert_eq!(err.field, "application[AcmeERP].patterns");
+    assert!(err.message.contains("(unclosed"), "{err}");
+
+    s.applications = vec![application("YouTube", "Video", "^YT")];
+    let sections = SiteSections::from_snapshot(&s).unwrap();
+    let err = classifier_with(&[], &sections.applications).unwrap_err();
+    assert!(err.field.starts_with("application[YouTube]"), "{err}");
 }
