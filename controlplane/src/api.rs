@@ -279,7 +279,7 @@ macro_rules! control_plane {
                 &self,
                 _req: Request<GetTopologyRequest>,
             ) -> Result<Response<GetTopologyResponse>, Status> {
-                let desired = self.blocking(|s| s.desired_state()).await?;
+                let desired = self.blocking(|s| s.desired_state(None)).await?;
                 Ok(Response::new(self.hub.topology(&desired)))
             }
 

@@ -93,7 +93,7 @@ storage_errors!(
 pub struct DesiredState {
     /// The revision it was read at.
     pub revision: u64,
-    /// Every site.
+    /// The sites asked for.
     pub sites: Vec<patronus_proto::v1::Site>,
     /// Every peer.
     pub peers: Vec<patronus_proto::v1::Peer>,
@@ -241,9 +241,10 @@ impl Store {
         }
     }
 
-    /// Every site, peer, policy and application as of one revision, read in one
-    /// transaction: a snapshot compiled from it is exactly that revision's.
-    pub fn desired_state(&self) -> Result<DesiredState, StoreError> {
+    /// Every peer, policy and application and the sites asked for (`None`:
+    /// every site) as of one revision, read in one transaction: a snapshot
+    /// compiled from it is exactly that revision's.
+    pub fn desired_state(&self, site_ids: Option<&[String]>) -> Result<DesiredState, StoreError> {
         fn read_all<R: Resource>(txn: &redb::ReadTransaction) -> Result<Vec<R>, StoreError> {
             let table = txn.open_table(R::TABLE)?;
             let mut items = Vec::new();
@@ -255,9 +256,28 @@ impl Store {
         }
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
+        let sites = match site_ids {
+            None => read_all(&txn)?,
+            Some(ids) => {
+                type Site = patronus_proto::v1::Site;
+                let index = txn
+                    .open_table(<Site as Resource>::UNIQUE.expect("sites have a unique site_id"))?;
+                let table = txn.open_table(<Site as Resource>::TABLE)?;
+                let mut sites = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let Some(name) = index.get(id.as_str())? else {
+                        continue;
+                    };
+                    if let Some(bytes) = table.get(name.value())? {
+                        sites.push(decode(name.value(), bytes.value())?);
+                    }
+                }
+                sites
+            }
+        };
         Ok(DesiredState {
             revision: meta.get(REVISION)?.map_or(0, |v| v.value()),
-            sites: read_all(&txn)?,
+            sites,
             peers: read_all(&txn)?,
             policies: read_all(&txn)?,
             applications: read_all(&txn)?,

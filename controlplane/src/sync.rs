@@ -166,7 +166,10 @@ impl Hub {
     /// version of each whose content changed. The version is the revision
     /// read, so sites changed by one write share it.
     fn refresh(&self, site_ids: &[String]) -> Result<(), StoreError> {
-        let state = self.store.desired_state()?;
+        if site_ids.is_empty() {
+            return Ok(());
+        }
+        let state = self.store.desired_state(Some(site_ids))?;
         let by_id: HashMap<&str, &Site> = state
             .sites
             .iter()

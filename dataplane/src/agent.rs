@@ -27,15 +27,34 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use crate::config::ControlPlaneSection;
+use crate::config::{ControlPlaneSection, Snapshot};
+use crate::dpi::apps::AppSpec;
+use crate::dpi::Classifier;
+use crate::published::Published;
+use crate::site::{classifier_with, SiteSections};
 
 /// A snapshot for the control loop to apply, and where to say how it went.
 #[derive(Debug)]
 pub struct ApplyRequest {
-    /// The snapshot as received.
-    pub snapshot: SiteSnapshot,
+    /// The snapshot's version.
+    pub version: u64,
+    /// Its sections, converted on the agent's thread.
+    pub sections: SiteSections,
+    /// The classifier for its applications, compiled on the agent's thread
+    /// (Hyperscan takes a good fraction of a second) when they changed.
+    pub classifier: Option<PreparedClassifier>,
     /// `Ok` once it is in force; `Err(reason)` when it was refused.
     pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// A classifier compiled ahead of the swap.
+#[derive(Debug)]
+pub struct PreparedClassifier {
+    /// The file's applications it was compiled with; if a reload changed
+    /// them meanwhile, the control loop compiles again.
+    pub file_applications: Arc<Vec<AppSpec>>,
+    /// The compiled catalogue.
+    pub classifier: Arc<Classifier>,
 }
 
 /// What the agent reports in the data plane's metrics.
@@ -77,6 +96,8 @@ pub struct AgentSetup {
     pub telemetry: TelemetrySource,
     /// Data-plane events to report.
     pub events: mpsc::Receiver<DataplaneEvent>,
+    /// The configuration in force (for the file's applications).
+    pub config: Arc<Published<Snapshot>>,
 }
 
 impl std::fmt::Debug for AgentSetup {
@@ -176,6 +197,8 @@ impl Agent {
             telemetry: setup.telemetry,
             events: setup.events,
             interval: Duration::from_millis(section.telemetry_interval_ms.into()),
+            config: setup.config,
+            applications: Vec::new(),
         };
         let mut backoff = Backoff::new(
             Duration::from_millis(section.reconnect_min_ms.into()),
@@ -254,6 +277,9 @@ struct Session {
     telemetry: TelemetrySource,
     events: mpsc::Receiver<DataplaneEvent>,
     interval: Duration,
+    config: Arc<Published<Snapshot>>,
+    /// The control plane's applications in force.
+    applications: Vec<AppSpec>,
 }
 
 impl Session {
@@ -320,13 +346,16 @@ impl Session {
         let version = snapshot.version;
         // A resubscription resends the version in force: nothing to apply.
         let outcome = if version == self.applied {
-            Ok(())
+            Ok(None)
         } else {
             self.apply(snapshot).await?
         };
         let (result, reason) = match outcome {
-            Ok(()) => {
+            Ok(applications) => {
                 self.applied = version;
+                if let Some(applications) = applications {
+                    self.applications = applications;
+                }
                 (AckResult::Ack, String::new())
             }
             Err(reason) => {
@@ -369,16 +398,45 @@ impl Session {
         }
     }
 
-    /// Hands a snapshot to the control loop and waits for its verdict.
-    async fn apply(&self, snapshot: SiteSnapshot) -> anyhow::Result<Result<(), String>> {
+    /// Prepares a snapshot (conversion, and the classifier when its
+    /// applications changed), hands it to the control loop and waits for its
+    /// verdict: the applications now in force, or why it was refused.
+    async fn apply(
+        &self,
+        snapshot: SiteSnapshot,
+    ) -> anyhow::Result<Result<Option<Vec<AppSpec>>, String>> {
+        let sections = match SiteSections::from_snapshot(&snapshot) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let classifier = if sections.applications == self.applications {
+            None
+        } else {
+            let file_applications = self.config.load().dpi.file_applications.clone();
+            match classifier_with(&file_applications, &sections.applications) {
+                Ok(c) => Some(PreparedClassifier {
+                    file_applications,
+                    classifier: Arc::new(c),
+                }),
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        };
+        let applications = sections.applications.clone();
         let (reply, verdict) = oneshot::channel();
+        let request = ApplyRequest {
+            version: snapshot.version,
+            sections,
+            classifier,
+            reply,
+        };
         self.apply
-            .send(ApplyRequest { snapshot, reply })
+            .send(request)
             .await
             .map_err(|_| anyhow::anyhow!("the data plane is shutting down"))?;
-        verdict
+        let verdict = verdict
             .await
-            .map_err(|_| anyhow::anyhow!("the data plane is shutting down"))
+            .map_err(|_| anyhow::anyhow!("the data plane is shutting down"))?;
+        Ok(verdict.map(|()| Some(applications)))
     }
 }
 

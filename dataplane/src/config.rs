@@ -363,6 +363,9 @@ pub struct DpiSnapshot {
     pub reassembly_buffers: u32,
     /// The compiled catalogue (built-in plus user applications).
     pub classifier: std::sync::Arc<crate::dpi::Classifier>,
+    /// The file's `[[dpi.application]]` entries compiled into it (the
+    /// control plane's come after them).
+    pub file_applications: std::sync::Arc<Vec<crate::dpi::apps::AppSpec>>,
 }
 
 /// `[metrics]`
@@ -1057,6 +1060,7 @@ impl Config {
             },
             reassembly_buffers: d.reassembly_buffers,
             classifier: std::sync::Arc::new(classifier),
+            file_applications: std::sync::Arc::new(d.applications.clone()),
         })
     }
 

@@ -214,6 +214,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             status: agent_status.clone(),
             telemetry: telemetry_source(ports.clone(), stats.clone(), config.clone()),
             events: events_rx,
+            config: config.clone(),
         };
         let agent = Agent::start(&opts.config.controlplane, setup)?;
         tracing::info!(
@@ -273,27 +274,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         }
         manager.tick_with(now, force);
         while let Ok(request) = apply_rx.try_recv() {
-            let version = request.snapshot.version;
-            let outcome = apply_snapshot(
-                &request.snapshot,
-                &config,
-                &running_config.dpi.applications,
-                managed.as_ref(),
-            );
+            let version = request.version;
+            let outcome = apply_snapshot(&request, &config, managed.as_ref());
             match &outcome {
-                Ok(sections) => {
+                Ok(()) => {
                     tracing::info!(
                         version,
                         generation = config.load().generation,
                         "control-plane snapshot applied"
                     );
-                    managed = Some((sections.clone(), version));
+                    managed = Some((request.sections, version));
                 }
                 Err(err) => tracing::warn!(version, "control-plane snapshot refused: {err}"),
             }
-            let _ = request
-                .reply
-                .send(outcome.map(|_| ()).map_err(|e| e.to_string()));
+            let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
         }
         if reload.swap(false, Ordering::Relaxed) {
             match reload_config(
@@ -423,29 +417,30 @@ fn reload_config(
 
 /// Validates a control-plane snapshot against the running data plane and
 /// publishes it: the site's part and, when the applications changed, the
-/// recompiled classifier, in one swap.
+/// new classifier, in one swap.
 fn apply_snapshot(
-    snapshot: &patronus_proto::v1::SiteSnapshot,
+    request: &ApplyRequest,
     published: &Published<Snapshot>,
-    file_apps: &[crate::dpi::apps::AppSpec],
     managed: Option<&(SiteSections, u64)>,
-) -> Result<SiteSections, crate::config::ConfigError> {
-    let sections = SiteSections::from_snapshot(snapshot)?;
+) -> Result<(), crate::config::ConfigError> {
+    let sections = &request.sections;
     let current = published.load();
     let running_apps = managed.map_or(&[][..], |(s, _)| s.applications.as_slice());
-    let classifier = if sections.applications == running_apps {
-        current.dpi.classifier.clone()
-    } else {
-        Arc::new(classifier_with(file_apps, &sections.applications)?)
+    let file_apps = &current.dpi.file_applications;
+    let classifier = match &request.classifier {
+        _ if sections.applications == running_apps => current.dpi.classifier.clone(),
+        Some(prepared) if prepared.file_applications == *file_apps => prepared.classifier.clone(),
+        // The file's applications changed since the agent compiled.
+        _ => Arc::new(classifier_with(file_apps, &sections.applications)?),
     };
     let mut site = sections.compile(Capabilities::of(&current.ports, &classifier))?;
-    site.version = snapshot.version;
+    site.version = request.version;
     let mut next = Snapshot::clone(&current);
     next.generation += 1;
     next.site = Arc::new(site);
     next.dpi.classifier = classifier;
     published.store(next);
-    Ok(sections)
+    Ok(())
 }
 
 /// Reads the totals the agent reports: port counters, every drop (parse
