@@ -13,6 +13,19 @@ use std::time::Duration;
 
 use common::*;
 
+/// The bearer token every client of the test's control plane presents (the
+/// data planes too), in a file only its owner can read.
+fn token_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("patronus-fleet-token-{}", unique_id()));
+        std::fs::write(&path, "fleet-test-token-0123456789\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    })
+}
+
 /// The real `patronus-controlplane`, killed with SIGKILL when dropped.
 struct ControlPlane {
     child: Child,
@@ -33,6 +46,8 @@ impl ControlPlane {
                 "--db",
             ])
             .arg(db)
+            .arg("--token-file")
+            .arg(token_file())
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -126,7 +141,8 @@ fn ctl(server: &str, args: &[&str]) -> String {
 
 fn ctl_output(server: &str, args: &[&str]) -> std::process::Output {
     Command::new(binary("patronusctl"))
-        .args(["--server", server])
+        .args(["--server", server, "--token-file"])
+        .arg(token_file())
         .args(args)
         .output()
         .expect("run patronusctl")
@@ -200,12 +216,14 @@ impl Site {
             r#"
 [controlplane]
 server = "{server}"
+token_file = "{token}"
 site_id = "{site_id}"
 dataplane_id = "{dataplane_id}"
 reconnect_min_ms = 100
 reconnect_max_ms = 1000
 telemetry_interval_ms = 200
-"#
+"#,
+            token = token_file().display()
         );
         let dp = Dataplane::start(&topo.config(1, &managed));
         Site { topo, dp }
@@ -335,9 +353,9 @@ fn two_data_planes_follow_the_control_plane_and_survive_its_crash() {
     // A peer of branch-1 changes: only branch-1 gets a new version, and a
     // watcher of branch-1's events sees the write and the ACK as they happen.
     let mut watcher = Command::new(binary("patronusctl"))
-        .args([
-            "--server", &server, "events", "--follow", "--site", "branch-1",
-        ])
+        .args(["--server", &server, "--token-file"])
+        .arg(token_file())
+        .args(["events", "--follow", "--site", "branch-1"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -551,4 +569,5 @@ spec: {appName: Broken, category: Web, patterns: ["(unclosed"]}
     assert_eq!(two.dp.scrape().sum("patronus_config_peers", &[]), 0.0);
     assert!(one.forwards() && two.forwards());
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(token_file());
 }
