@@ -38,7 +38,7 @@ pub fn name_of<R: Resource>(r: &R) -> &str {
     r.meta().map_or("", |m| m.name.as_str())
 }
 
-/// The methods every kind implements the same way (metadata, spec, status fields).
+/// The methods every kind implements the same way (metadata and spec).
 macro_rules! common_resource_methods {
     () => {
         fn meta(&self) -> Option<&ObjectMeta> {
@@ -53,9 +53,6 @@ macro_rules! common_resource_methods {
                 .map(Message::encode_to_vec)
                 .unwrap_or_default()
         }
-        fn clear_output_only(&mut self) {
-            self.status = None;
-        }
     };
 }
 
@@ -66,6 +63,9 @@ impl Resource for Site {
     const UNIQUE: Option<TableDefinition<'static, &'static str, &'static str>> =
         Some(TableDefinition::new("site_ids"));
     common_resource_methods!();
+    fn clear_output_only(&mut self) {
+        self.status = None;
+    }
     fn validate(&self, v: &mut Violations) {
         validate::site(self, v);
     }
@@ -82,6 +82,9 @@ impl Resource for Peer {
     const TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
         TableDefinition::new("peers");
     common_resource_methods!();
+    fn clear_output_only(&mut self) {
+        self.status = None;
+    }
     fn validate(&self, v: &mut Violations) {
         validate::peer(self, v);
     }
@@ -95,6 +98,9 @@ impl Resource for Policy {
     const TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
         TableDefinition::new("policies");
     common_resource_methods!();
+    fn clear_output_only(&mut self) {
+        self.status = None;
+    }
     fn validate(&self, v: &mut Violations) {
         validate::policy(self, v);
     }
@@ -109,18 +115,7 @@ impl Resource for Application {
         TableDefinition::new("applications");
     const UNIQUE: Option<TableDefinition<'static, &'static str, &'static str>> =
         Some(TableDefinition::new("application_names"));
-    fn meta(&self) -> Option<&ObjectMeta> {
-        self.metadata.as_ref()
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        self.metadata.get_or_insert_with(Default::default)
-    }
-    fn spec_bytes(&self) -> Vec<u8> {
-        self.spec
-            .as_ref()
-            .map(Message::encode_to_vec)
-            .unwrap_or_default()
-    }
+    common_resource_methods!();
     /// Applications have no status.
     fn clear_output_only(&mut self) {}
     fn validate(&self, v: &mut Violations) {

@@ -43,29 +43,7 @@ impl Violations {
     }
 }
 
-/// A DNS label: 1-63 of a-z, 0-9 and '-', starting with a letter, not ending with '-'.
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_lowercase()
-        && b[b.len() - 1] != b'-'
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
-
-fn is_host(s: &str) -> bool {
-    s.parse::<IpAddr>().is_ok()
-        || (!s.is_empty()
-            && s.len() <= 253
-            && s.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            }))
-}
+pub use patronus_proto::names::{is_dns_label, is_host};
 
 /// Metadata as a client writes it: a name and labels; the rest is the server's.
 pub fn metadata(meta: Option<&ObjectMeta>, prefix: &str, v: &mut Violations) {
@@ -365,24 +343,5 @@ fn condition(kind: i32, value: &str, field: &str, v: &mut Violations) {
             format!("{field}.value"),
             format!("{value:?} is not valid for this condition type"),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_labels() {
-        assert!(is_dns_label("hq-1"));
-        for bad in ["", "1hq", "HQ", "hq-", "h_q", &"a".repeat(64)] {
-            assert!(!is_dns_label(bad), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn hosts() {
-        assert!(is_host("203.0.113.7") && is_host("2001:db8::1") && is_host("gw.example.com"));
-        assert!(!is_host("") && !is_host("bad host") && !is_host("-x.example"));
     }
 }

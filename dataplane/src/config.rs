@@ -167,14 +167,7 @@ impl ControlPlaneSection {
                 "tls_cert and tls_key go together",
             ));
         }
-        let label = self.site_id.as_bytes();
-        let label_ok = !label.is_empty()
-            && label.len() <= 63
-            && label[0].is_ascii_lowercase()
-            && label
-                .iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
-        if !label_ok {
+        if !patronus_proto::names::is_dns_label(&self.site_id) {
             return Err(ConfigError::new(
                 "controlplane.site_id",
                 "required: the site's id (a-z, 0-9, '-')",

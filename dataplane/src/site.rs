@@ -13,6 +13,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use ipnet::IpNet;
+use patronus_proto::names::{is_dns_label, is_host};
 use patronus_proto::v1 as pb;
 use serde::Deserialize;
 
@@ -272,28 +273,6 @@ pub struct SiteState {
     pub peers: Vec<Peer>,
     /// Every policy's rules, highest priority first.
     pub rules: Vec<Rule>,
-}
-
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_lowercase()
-        && b[b.len() - 1] != b'-'
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
-
-fn is_host_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
 }
 
 /// What the data plane knows of itself that a site configuration must fit.
@@ -634,7 +613,7 @@ fn rule_from_proto(r: &pb::PolicyRule, field: &str) -> Result<RuleSection, Confi
 }
 
 fn check_endpoint(e: &EndpointSection, field: &str) -> Result<u16, ConfigError> {
-    if e.address.parse::<IpAddr>().is_err() && !is_host_name(&e.address) {
+    if !is_host(&e.address) {
         return Err(ConfigError::new(
             format!("{field}.address"),
             format!("{:?} is neither an IP address nor a host name", e.address),

@@ -3,6 +3,7 @@
 //! the client connection set-up that patronusctl and the data plane share.
 
 pub mod client;
+pub mod names;
 
 /// `patronus.v1`.
 pub mod v1 {
