@@ -27,6 +27,16 @@ GW_PID= CP_PID=
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# wait_for_log FILE TEXT PID: waits up to 10 s for TEXT in FILE while PID lives.
+wait_for_log() {
+    for _ in $(seq 100); do
+        grep -q "$2" "$1" && return 0
+        kill -0 "$3" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q "$2" "$1" || { cat "$1"; exit 1; }
+}
+
 cleanup() {
     for pid in $GW_PID $CP_PID; do
         if kill -0 "$pid" 2>/dev/null; then
@@ -53,12 +63,7 @@ say "starting the control plane"
 target/release/patronus-controlplane --listen "$CP" --metrics-listen "$CP_METRICS" \
     --db "$WORK/controlplane.redb" 2>"$WORK/controlplane.log" &
 CP_PID=$!
-for _ in $(seq 100); do
-    grep -q "control plane listening" "$WORK/controlplane.log" && break
-    kill -0 "$CP_PID" 2>/dev/null || { cat "$WORK/controlplane.log"; exit 1; }
-    sleep 0.1
-done
-grep -q "control plane listening" "$WORK/controlplane.log" || { cat "$WORK/controlplane.log"; exit 1; }
+wait_for_log "$WORK/controlplane.log" "control plane listening" "$CP_PID"
 
 say "creating hosts A and B"
 for side in a b; do
@@ -111,12 +116,7 @@ TOML
 say "starting the gateway"
 target/release/patronus-dataplane --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
 GW_PID=$!
-for _ in $(seq 100); do
-    grep -q "data plane running" "$WORK/gateway.log" && break
-    kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/gateway.log"; exit 1; }
-    sleep 0.1
-done
-grep -q "data plane running" "$WORK/gateway.log" || { cat "$WORK/gateway.log"; exit 1; }
+wait_for_log "$WORK/gateway.log" "data plane running" "$GW_PID"
 sed 's/^/  gateway| /' "$WORK/gateway.log"
 
 say "applying the site, a peer and a policy with patronusctl"

@@ -1,0 +1,304 @@
+//! The `patronus.io/v1` custom resources: Site, Peer and Policy, with exactly
+//! the spec and status fields of the product (camelCase in YAML), their
+//! printer columns and short names, and validation in the schema: ranges,
+//! patterns and enumerations as OpenAPI, and CEL rules (x-kubernetes-validations)
+//! where one field depends on another.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An address (IP or host name) and a UDP port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// IPv4 or IPv6 address, or a host name.
+    #[schemars(length(min = 1, max = 253))]
+    pub address: String,
+    /// UDP port, 1-65535.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+}
+
+/// A site this site peers with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SitePeer {
+    /// The other site's id.
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub site_id: String,
+    /// Its address.
+    #[schemars(length(min = 1, max = 253))]
+    pub address: String,
+}
+
+/// A branch, hub or cloud location with a Patronus gateway.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "patronus.io",
+    version = "v1",
+    kind = "Site",
+    namespaced,
+    status = "SiteStatus",
+    shortname = "psite",
+    printcolumn = r#"{"name":"Site-ID","type":"string","jsonPath":".spec.siteId"}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.region"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Tunnels-Up","type":"integer","jsonPath":".status.tunnelsUp"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.peers.all(p, p.siteId != self.siteId)").message("a site does not peer with itself"))]
+pub struct SiteSpec {
+    /// Unique across sites; cannot change once set.
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("siteId is immutable"))]
+    pub site_id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 253))]
+    pub display_name: String,
+    /// Region, such as us-east-1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = r"^([a-z]([-a-z0-9]{0,61}[a-z0-9])?)?$"))]
+    pub region: String,
+    /// Where peers reach this site's tunnels.
+    pub tunnel_endpoint: Endpoint,
+    /// Sites this site peers with.
+    #[serde(default)]
+    pub peers: Vec<SitePeer>,
+}
+
+/// Lifecycle of a site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SitePhase {
+    /// No data plane has applied its configuration yet.
+    #[default]
+    Pending,
+    /// Its data planes run the current configuration with every tunnel up.
+    Ready,
+    /// Running, with tunnels down or an older configuration.
+    Degraded,
+    /// Its data planes refused the configuration or are unreachable.
+    Failed,
+}
+
+/// What the control plane sees of a site.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteStatus {
+    /// Lifecycle phase.
+    pub phase: SitePhase,
+    /// Tunnels up.
+    pub tunnels_up: u32,
+    /// When a data plane of the site last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_health_check: Option<Time>,
+}
+
+/// A peer's WireGuard identity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WireGuard {
+    /// The Curve25519 public key, base64 (44 characters).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw480]=$"))]
+    pub public_key: String,
+}
+
+/// A tunnel peer of a site: another gateway, a cloud VPC or a road warrior.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "patronus.io",
+    version = "v1",
+    kind = "Peer",
+    namespaced,
+    status = "PeerStatus",
+    shortname = "ppeer",
+    printcolumn = r#"{"name":"Site","type":"string","jsonPath":".spec.siteId"}"#,
+    printcolumn = r#"{"name":"Connected","type":"boolean","jsonPath":".status.connected"}"#,
+    printcolumn = r#"{"name":"Latency-ms","type":"number","jsonPath":".status.latencyMs"}"#,
+    printcolumn = r#"{"name":"Loss-%","type":"number","jsonPath":".status.packetLoss"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSpec {
+    /// The site this peer belongs to.
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub site_id: String,
+    /// Where the peer's tunnel listens.
+    pub endpoint: Endpoint,
+    /// Its WireGuard identity.
+    pub wireguard: WireGuard,
+    /// Compress tunnel payloads (Patronus peers only).
+    #[serde(default)]
+    pub compression: bool,
+    /// Run BFD over the tunnel.
+    #[serde(default)]
+    pub bfd_enabled: bool,
+}
+
+/// What the control plane sees of a peer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// A tunnel to the peer is up.
+    pub connected: bool,
+    /// Measured latency.
+    pub latency_ms: f64,
+    /// Percent of probes lost.
+    pub packet_loss: f64,
+}
+
+/// Which sites a policy applies to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteSelector {
+    /// All must match; empty selects every site.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// What a rule does with a matching flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Steer it over the path its pathSelection picks.
+    Route,
+    /// Forward it normally.
+    Allow,
+    /// Drop it.
+    Deny,
+}
+
+/// What a condition compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConditionType {
+    /// An application name as the classifier reports it.
+    Application,
+    /// One of the ten categories.
+    Category,
+    /// The flow's source is in this prefix.
+    SourcePrefix,
+    /// The flow's destination is in this prefix.
+    DestinationPrefix,
+    /// The destination port.
+    DestinationPort,
+    /// The DSCP value.
+    Dscp,
+}
+
+/// One condition of a rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleCondition {
+    /// What is compared.
+    #[serde(rename = "type")]
+    pub kind: ConditionType,
+    /// With what.
+    #[schemars(length(min = 1, max = 64))]
+    pub value: String,
+}
+
+/// Path-selection strategies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The path with the lowest latency.
+    LowestLatency,
+    /// The path with the most bandwidth.
+    HighestBandwidth,
+    /// The cheapest path.
+    LeastCost,
+}
+
+/// Limits a path must stay within; absent means no limit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Thresholds {
+    /// Milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_latency_ms: Option<f64>,
+    /// Percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub max_packet_loss_pct: Option<f64>,
+    /// Milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_jitter_ms: Option<f64>,
+    /// Mbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub min_bandwidth_mbps: Option<f64>,
+}
+
+/// How a route rule picks its path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathSelection {
+    /// What "best" means.
+    pub strategy: Strategy,
+    /// Limits a path must stay within.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Thresholds>,
+}
+
+/// One rule of a policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.action == 'route' ? has(self.pathSelection) : !has(self.pathSelection)").message("route rules need a pathSelection; allow and deny rules have none"))]
+pub struct PolicyRule {
+    /// What a matching flow gets.
+    pub action: Action,
+    /// Higher wins; unique within the policy.
+    pub priority: u32,
+    /// All must match.
+    #[serde(default)]
+    pub conditions: Vec<RuleCondition>,
+    /// For route rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_selection: Option<PathSelection>,
+}
+
+/// Rules for the flows of the sites a selector picks.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "patronus.io",
+    version = "v1",
+    kind = "Policy",
+    plural = "policies",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "ppol",
+    printcolumn = r#"{"name":"Sites","type":"string","jsonPath":".status.selectedSites"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.rules.all(r, self.rules.exists_one(o, o.priority == r.priority))").message("rule priorities are unique within a policy"))]
+pub struct PolicySpec {
+    /// Which sites it applies to.
+    #[serde(default)]
+    pub site_selector: SiteSelector,
+    /// At least one rule.
+    #[schemars(length(min = 1))]
+    pub rules: Vec<PolicyRule>,
+}
+
+/// What the control plane sees of a policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// Ids of the sites the selector matches.
+    #[serde(default)]
+    pub selected_sites: Vec<String>,
+    /// The generation this status describes.
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// Standard conditions (Ready).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

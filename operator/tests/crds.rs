@@ -1,0 +1,249 @@
+//! The CRDs: what the chart ships is what the code generates, the examples
+//! validate against the generated schemas (and are documents patronusctl
+//! applies too), and invalid resources are refused by the schema.
+
+use std::path::{Path, PathBuf};
+
+use patronus_operator::crds;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_chart_ships_the_generated_crds() {
+    let dir = root().join("helm/patronus-operator/crds");
+    for (file, generated) in crds() {
+        let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{file} differs from the generated CRD: run `cargo run -p patronus-operator --bin crdgen`"
+        );
+    }
+    let shipped = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(shipped, crds().len(), "no stale CRDs in {}", dir.display());
+}
+
+/// The openAPIV3Schema of a kind's CRD.
+fn schema(kind: &str) -> Value {
+    let (_, yaml) = crds()
+        .into_iter()
+        .find(|(file, _)| file.starts_with(&format!("{}.", plural(kind))))
+        .unwrap_or_else(|| panic!("no CRD for {kind}"));
+    let crd: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn plural(kind: &str) -> String {
+    match kind {
+        "Policy" => "policies".into(),
+        k => format!("{}s", k.to_lowercase()),
+    }
+}
+
+/// The schema's complaints about a document (empty: valid).
+fn complaints(doc: &Value) -> Vec<String> {
+    let kind = doc["kind"].as_str().expect("a kind");
+    let validator = jsonschema::validator_for(&schema(kind)).expect("the schema compiles");
+    validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+fn examples() -> Vec<(PathBuf, Value)> {
+    let mut docs = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for de in serde_yaml_ng::Deserializer::from_str(&text) {
+            let doc: Value = serde::Deserialize::deserialize(de).unwrap();
+            docs.push((file.clone(), doc));
+        }
+    }
+    docs
+}
+
+#[test]
+fn the_examples_validate_and_deserialize() {
+    let docs = examples();
+    let kinds: Vec<&str> = docs
+        .iter()
+        .map(|(_, d)| d["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["Site", "Peer", "Policy"] {
+        assert!(kinds.contains(&kind), "an example {kind}");
+    }
+    for (file, doc) in &docs {
+        assert_eq!(complaints(doc), Vec::<String>::new(), "{}", file.display());
+        let typed = match doc["kind"].as_str().unwrap() {
+            "Site" => serde_json::from_value::<patronus_operator::crd::Site>(doc.clone()).map(drop),
+            "Peer" => serde_json::from_value::<patronus_operator::crd::Peer>(doc.clone()).map(drop),
+            _ => serde_json::from_value::<patronus_operator::crd::Policy>(doc.clone()).map(drop),
+        };
+        assert!(typed.is_ok(), "{}: {typed:?}", file.display());
+        // The same document is one patronusctl applies.
+        let text = serde_yaml_ng::to_string(doc).unwrap();
+        patronus_controlplane::manifest::parse(&text)
+            .unwrap_or_else(|e| panic!("{}: patronusctl refuses it: {e}", file.display()));
+    }
+}
+
+fn example(kind: &str) -> Value {
+    examples()
+        .into_iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == kind)
+        .unwrap()
+}
+
+#[test]
+fn invalid_resources_are_refused_by_the_schema() {
+    type Edit = fn(&mut Value);
+    let cases: &[(&str, Edit, &str)] = &[
+        (
+            "Site",
+            |d| d["spec"]["tunnelEndpoint"]["port"] = 0.into(),
+            "/spec/tunnelEndpoint/port",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["tunnelEndpoint"]["port"] = 70000.into(),
+            "/spec/tunnelEndpoint/port",
+        ),
+        (
+            "Site",
+            |d| drop(d["spec"].as_object_mut().unwrap().remove("siteId")),
+            "/spec",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["siteId"] = "US_East".into(),
+            "/spec/siteId",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["peers"][0]["siteId"] = "".into(),
+            "/spec/peers/0/siteId",
+        ),
+        (
+            "Peer",
+            |d| d["spec"]["endpoint"]["port"] = 0.into(),
+            "/spec/endpoint/port",
+        ),
+        (
+            "Peer",
+            |d| drop(d["spec"].as_object_mut().unwrap().remove("siteId")),
+            "/spec",
+        ),
+        (
+            "Peer",
+            |d| d["spec"]["wireguard"]["publicKey"] = "not-a-key".into(),
+            "/spec/wireguard/publicKey",
+        ),
+        (
+            "Policy",
+            |d| d["spec"]["rules"][0]["pathSelection"]["strategy"] = "fastest".into(),
+            "/spec/rules/0/pathSelection/strategy",
+        ),
+        (
+            "Policy",
+            |d| d["spec"]["rules"][0]["action"] = "block".into(),
+            "/spec/rules/0/action",
+        ),
+        (
+            "Policy",
+            |d| d["spec"]["rules"][0]["conditions"][0]["type"] = "country".into(),
+            "/spec/rules/0/conditions/0/type",
+        ),
+        (
+            "Policy",
+            |d| {
+                d["spec"]["rules"][0]["pathSelection"]["thresholds"]["maxPacketLossPct"] =
+                    150.into()
+            },
+            "/spec/rules/0/pathSelection/thresholds/maxPacketLossPct",
+        ),
+        (
+            "Policy",
+            |d| d["spec"]["rules"] = Value::Array(Vec::new()),
+            "/spec/rules",
+        ),
+    ];
+    for (kind, edit, at) in cases {
+        let mut doc = example(kind);
+        edit(&mut doc);
+        let found = complaints(&doc);
+        assert!(
+            found.iter().any(|c| c.ends_with(&format!(" at {at}"))),
+            "{kind} edited at {at}: the schema said {found:?}"
+        );
+    }
+}
+
+/// Rules between fields are CEL, evaluated by the API server: they must be in
+/// the schema where they apply.
+#[test]
+fn cross_field_rules_are_in_the_schema() {
+    fn rules(schema: &Value) -> Vec<String> {
+        schema["x-kubernetes-validations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["rule"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    let site = schema("Site");
+    assert!(rules(&site["properties"]["spec"])
+        .iter()
+        .any(|r| r.contains("p.siteId != self.siteId")));
+    assert_eq!(
+        rules(&site["properties"]["spec"]["properties"]["siteId"]),
+        ["self == oldSelf"]
+    );
+    let policy = schema("Policy");
+    let spec = &policy["properties"]["spec"];
+    assert!(rules(spec).iter().any(|r| r.contains("exists_one")));
+    assert!(rules(&spec["properties"]["rules"]["items"])
+        .iter()
+        .any(|r| r.contains("has(self.pathSelection)")));
+}
+
+#[test]
+fn printer_columns_and_short_names() {
+    for (file, yaml) in crds() {
+        let crd: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(
+            version["subresources"]["status"],
+            serde_json::json!({}),
+            "{file}"
+        );
+        assert!(
+            crd["spec"]["names"]["shortNames"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty()),
+            "{file}"
+        );
+        assert_eq!(crd["spec"]["scope"], "Namespaced", "{file}");
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        let expected: &[&str] = match Path::new(file).file_stem().unwrap().to_str().unwrap() {
+            "sites.patronus.io" => &["Site-ID", "Region", "Phase", "Tunnels-Up", "Age"],
+            "peers.patronus.io" => &["Site", "Connected", "Latency-ms", "Loss-%", "Age"],
+            _ => &["Sites", "Age"],
+        };
+        assert_eq!(columns, expected, "{file}");
+    }
+}
