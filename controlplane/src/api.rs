@@ -212,12 +212,14 @@ fn store_status(e: StoreError) -> Status {
 }
 
 /// Status that only the fleet knows, filled in on reads.
-trait Observe {
-    fn observe(&mut self, hub: &Hub);
+trait Observe: Sized {
+    /// Whether observing needs every site (read once per call).
+    const NEEDS_SITES: bool = false;
+    fn observe(&mut self, hub: &Hub, sites: &[Site]);
 }
 
 impl Observe for Site {
-    fn observe(&mut self, hub: &Hub) {
+    fn observe(&mut self, hub: &Hub, _sites: &[Site]) {
         if let Some(spec) = &self.spec {
             self.status = Some(hub.site_status(&spec.site_id));
         }
@@ -225,19 +227,45 @@ impl Observe for Site {
 }
 
 impl Observe for Peer {
-    fn observe(&mut self, hub: &Hub) {
+    fn observe(&mut self, hub: &Hub, _sites: &[Site]) {
         self.status = Some(hub.peer_status(self));
     }
 }
 
 impl Observe for Application {
-    fn observe(&mut self, _hub: &Hub) {}
+    fn observe(&mut self, _hub: &Hub, _sites: &[Site]) {}
 }
 
 impl Observe for Policy {
-    /// Which sites a policy selects needs every site; the operator reads
-    /// that from the topology. Nothing to add here yet.
-    fn observe(&mut self, _hub: &Hub) {}
+    const NEEDS_SITES: bool = true;
+    /// The sites its selector matches now; the generation is observed as
+    /// soon as it is stored, since snapshots are compiled from the store.
+    fn observe(&mut self, _hub: &Hub, sites: &[Site]) {
+        let selected_sites = sites
+            .iter()
+            .filter(|s| crate::sync::selects(self, s))
+            .filter_map(|s| s.spec.as_ref().map(|spec| spec.site_id.clone()))
+            .collect();
+        self.status = Some(PolicyStatus {
+            selected_sites,
+            observed_generation: self.metadata.as_ref().map_or(0, |m| m.generation),
+        });
+    }
+}
+
+impl Api {
+    /// Fills in the status only the fleet knows.
+    async fn observe<R: Observe>(&self, items: &mut [R]) -> Result<(), Status> {
+        let sites = if R::NEEDS_SITES && !items.is_empty() {
+            self.blocking(|s| s.desired_state(None)).await?.sites
+        } else {
+            Vec::new()
+        };
+        for r in items {
+            r.observe(&self.hub, &sites);
+        }
+        Ok(())
+    }
 }
 
 /// The service: five calls per kind, each a thin wrapper over the generic
@@ -293,26 +321,24 @@ macro_rules! control_plane {
             $(
             async fn $create(&self, req: Request<$CreateReq>) -> Result<Response<$CreateResp>, Status> {
                 let mut r = self.create::<$ty>(req.into_inner().$field).await?;
-                r.observe(&self.hub);
+                self.observe(std::slice::from_mut(&mut r)).await?;
                 tracing::info!(kind = <$ty as Resource>::KIND, name = name_of(&r), "created");
                 Ok(Response::new($CreateResp { $field: Some(r) }))
             }
             async fn $get(&self, req: Request<$GetReq>) -> Result<Response<$GetResp>, Status> {
                 let mut r = self.get::<$ty>(req.into_inner().name).await?;
-                r.observe(&self.hub);
+                self.observe(std::slice::from_mut(&mut r)).await?;
                 Ok(Response::new($GetResp { $field: Some(r) }))
             }
             async fn $list(&self, req: Request<$ListReq>) -> Result<Response<$ListResp>, Status> {
                 let req = req.into_inner();
                 let (mut items, next_page_token) = self.list::<$ty>(req.page_size, req.page_token).await?;
-                for r in &mut items {
-                    r.observe(&self.hub);
-                }
+                self.observe(&mut items).await?;
                 Ok(Response::new($ListResp { $list_field: items, next_page_token }))
             }
             async fn $update(&self, req: Request<$UpdateReq>) -> Result<Response<$UpdateResp>, Status> {
                 let mut r = self.update::<$ty>(req.into_inner().$field).await?;
-                r.observe(&self.hub);
+                self.observe(std::slice::from_mut(&mut r)).await?;
                 tracing::info!(kind = <$ty as Resource>::KIND, name = name_of(&r), "updated");
                 Ok(Response::new($UpdateResp { $field: Some(r) }))
             }

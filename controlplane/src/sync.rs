@@ -135,20 +135,12 @@ impl Hub {
             .filter(|p| p.spec.as_ref().is_some_and(|s| s.site_id == site_id))
             .cloned()
             .collect();
-        let labels = site.and_then(|s| s.metadata.as_ref()).map(|m| &m.labels);
-        let policies: Vec<Policy> = match labels {
+        let policies: Vec<Policy> = match site {
             None => Vec::new(),
-            Some(labels) => state
+            Some(site) => state
                 .policies
                 .iter()
-                .filter(|p| {
-                    let selector = p.spec.as_ref().and_then(|s| s.site_selector.as_ref());
-                    selector.is_none_or(|sel| {
-                        sel.match_labels
-                            .iter()
-                            .all(|(k, v)| labels.get(k) == Some(v))
-                    })
-                })
+                .filter(|p| selects(p, site))
                 .cloned()
                 .collect(),
         };
@@ -297,6 +289,18 @@ impl Hub {
             self.events.emit(e);
         }
     }
+}
+
+/// Whether `policy`'s selector matches `site`'s labels (no selector, or an
+/// empty one, matches every site).
+pub fn selects(policy: &Policy, site: &Site) -> bool {
+    let labels = site.metadata.as_ref().map(|m| &m.labels);
+    let selector = policy.spec.as_ref().and_then(|s| s.site_selector.as_ref());
+    selector.is_none_or(|sel| {
+        sel.match_labels
+            .iter()
+            .all(|(k, v)| labels.is_some_and(|l| l.get(k) == Some(v)))
+    })
 }
 
 /// The DataplaneSync service.

@@ -98,6 +98,20 @@ async fn subscribers_follow_their_site() {
         "video-low-latency"
     );
 
+    // The policy's status names the sites its selector matches.
+    let policy = api
+        .get_policy(GetPolicyRequest {
+            name: "video-low-latency".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    let status = policy.status.unwrap();
+    assert_eq!(status.selected_sites, ["us-east-prod"]);
+    assert_eq!(status.observed_generation, 1);
+
     // A second data plane of the site starts from the current version.
     let mut b = sync
         .subscribe(subscribe("gw-b"))
