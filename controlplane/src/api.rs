@@ -257,7 +257,7 @@ impl Api {
     /// Fills in the status only the fleet knows.
     async fn observe<R: Observe>(&self, items: &mut [R]) -> Result<(), Status> {
         let sites = if R::NEEDS_SITES && !items.is_empty() {
-            self.blocking(|s| s.desired_state(None)).await?.sites
+            self.blocking(|s| s.all::<Site>()).await?
         } else {
             Vec::new()
         };

@@ -43,9 +43,10 @@ impl HubState {
         &'a self,
         site_id: &'a str,
     ) -> impl Iterator<Item = &'a DataplaneState> + 'a {
+        // Keys are (site, data plane): a site's data planes are one range.
         self.dataplanes
-            .iter()
-            .filter(move |((site, _), _)| site == site_id)
+            .range((site_id.to_owned(), String::new())..)
+            .take_while(move |((site, _), _)| site == site_id)
             .map(|(_, d)| d)
     }
 

@@ -241,19 +241,15 @@ impl Store {
         }
     }
 
+    /// Every resource of a kind, by name, in one transaction.
+    pub fn all<R: Resource>(&self) -> Result<Vec<R>, StoreError> {
+        read_all(&self.db.begin_read()?)
+    }
+
     /// Every peer, policy and application and the sites asked for (`None`:
     /// every site) as of one revision, read in one transaction: a snapshot
     /// compiled from it is exactly that revision's.
     pub fn desired_state(&self, site_ids: Option<&[String]>) -> Result<DesiredState, StoreError> {
-        fn read_all<R: Resource>(txn: &redb::ReadTransaction) -> Result<Vec<R>, StoreError> {
-            let table = txn.open_table(R::TABLE)?;
-            let mut items = Vec::new();
-            for entry in table.iter()? {
-                let (key, value) = entry?;
-                items.push(decode(key.value(), value.value())?);
-            }
-            Ok(items)
-        }
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let sites = match site_ids {
@@ -468,6 +464,16 @@ fn claim_unique<R: Resource>(
     }
     index.insert(key, name)?;
     Ok(())
+}
+
+fn read_all<R: Resource>(txn: &redb::ReadTransaction) -> Result<Vec<R>, StoreError> {
+    let table = txn.open_table(R::TABLE)?;
+    let mut items = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        items.push(decode(key.value(), value.value())?);
+    }
+    Ok(items)
 }
 
 fn bump_revision(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {

@@ -252,12 +252,19 @@ impl Hub {
         {
             let mut state = self.lock();
             let d = state.dataplanes.entry(key.clone()).or_default();
-            let previous = d.report.as_ref().map(|(r, _)| r.clone());
+            // By name, so a large report costs one pass, not one per peer.
+            let previous: HashMap<&str, i32> = d
+                .report
+                .as_ref()
+                .map(|(r, _)| {
+                    r.peers
+                        .iter()
+                        .map(|p| (p.name.as_str(), p.tunnel))
+                        .collect()
+                })
+                .unwrap_or_default();
             for peer in &report.peers {
-                let before = previous
-                    .as_ref()
-                    .and_then(|r| r.peers.iter().find(|p| p.name == peer.name))
-                    .map(|p| p.tunnel);
+                let before = previous.get(peer.name.as_str()).copied();
                 let kind = match TunnelState::try_from(peer.tunnel) {
                     Ok(TunnelState::Up) if before != Some(peer.tunnel) => EventType::TunnelUp,
                     Ok(TunnelState::Down) if before == Some(TunnelState::Up as i32) => {
