@@ -264,6 +264,11 @@ impl Drop for Agent {
     }
 }
 
+/// The data-plane sync client, authenticated.
+type SyncClient = DataplaneSyncClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorization>,
+>;
+
 /// One subscription's worth of state, kept across reconnections.
 struct Session {
     endpoint: Endpoint,
@@ -335,12 +340,7 @@ impl Session {
     /// Applies (or refuses) one snapshot and tells the control plane.
     async fn answer(
         &mut self,
-        client: &mut DataplaneSyncClient<
-            tonic::service::interceptor::InterceptedService<
-                tonic::transport::Channel,
-                Authorization,
-            >,
-        >,
+        client: &mut SyncClient,
         snapshot: SiteSnapshot,
     ) -> anyhow::Result<()> {
         let version = snapshot.version;

@@ -28,8 +28,8 @@ use crate::metrics::{DataplaneCollector, Health, HttpServer};
 use crate::neighbor::{NeighborManager, NeighborShared};
 use crate::published::Published;
 use crate::site::{classifier_with, Capabilities, SiteSections};
+use crate::stats::Counter;
 use crate::stats::SharedCounters;
-use crate::stats::{Counter, DropReason};
 use crate::worker::{Clock, Worker, WorkerSetup};
 use patronus_proto::v1::{
     DataplaneCounters, DataplaneEvent, EventType, PeerTelemetry, TunnelState,
@@ -462,12 +462,7 @@ fn telemetry_source(
         }
         for w in &workers {
             let c = w.read();
-            counters.dropped_packets += crate::packet::parse::ParseError::ALL
-                .iter()
-                .map(|e| c.parse_drops(*e))
-                .sum::<u64>()
-                + DropReason::ALL.iter().map(|r| c.drops(*r)).sum::<u64>()
-                + c.get(Counter::TxDropped);
+            counters.dropped_packets += c.dropped() + c.get(Counter::TxDropped);
             counters.active_flows += c.get(Counter::FlowsActive);
         }
         let cfg = config.load();

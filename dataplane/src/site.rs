@@ -292,10 +292,9 @@ impl<'a> Capabilities<'a> {
         Capabilities {
             classifier,
             has_v4: ports.iter().any(|p| !p.v4.is_empty()),
-            has_v6: ports.iter().any(|p| {
-                p.v6.iter()
-                    .any(|n| (n.addr().segments()[0] & 0xffc0) != 0xfe80)
-            }),
+            has_v6: ports
+                .iter()
+                .any(|p| p.v6.iter().any(|n| !n.addr().is_unicast_link_local())),
         }
     }
 }

@@ -155,6 +155,11 @@ impl Counters {
         self.values[DROP_BASE + r.index()]
     }
 
+    /// Every frame dropped by the parser or the forwarding stage, all reasons.
+    pub fn dropped(&self) -> u64 {
+        self.values[PARSE_BASE..TOTAL].iter().sum()
+    }
+
     /// Adds another set (for totals over workers).
     pub fn accumulate(&mut self, other: &Counters) {
         for (a, b) in self.values.iter_mut().zip(other.values.iter()) {
@@ -234,6 +239,11 @@ mod tests {
         assert_eq!(back.parse_drops(ParseError::TruncatedIpv4), 1);
         assert_eq!(back.parse_drops(ParseError::TruncatedIpv6), 0);
         assert_eq!(back.drops(DropReason::NoRoute), 3);
+        assert_eq!(
+            back.dropped(),
+            4,
+            "parse and forwarding drops, not received frames"
+        );
     }
 
     #[test]
