@@ -11,6 +11,10 @@ use clap::Parser;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::*;
 
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
+use fixtures::site;
+
 /// Public API load generator.
 #[derive(Debug, Parser)]
 struct Args {
@@ -28,26 +32,6 @@ struct Args {
     prefix: String,
 }
 
-fn site(name: &str) -> Site {
-    Site {
-        metadata: Some(ObjectMeta {
-            name: name.into(),
-            ..Default::default()
-        }),
-        spec: Some(SiteSpec {
-            site_id: name.into(),
-            display_name: String::new(),
-            region: "us-east-1".into(),
-            tunnel_endpoint: Some(Endpoint {
-                address: "192.0.2.1".into(),
-                port: 51820,
-            }),
-            peers: Vec::new(),
-        }),
-        status: None,
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -63,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
                 let name = format!("{prefix}-{client}-{i}");
                 let t = Instant::now();
                 c.create_site(CreateSiteRequest {
-                    site: Some(site(&name)),
+                    site: Some(site(&name, "")),
                 })
                 .await?;
                 latencies.push(t.elapsed());

@@ -13,6 +13,10 @@ use clap::Parser;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
 use patronus_proto::v1::*;
+
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
+use fixtures::site;
 use tokio::sync::mpsc;
 
 /// Propagation benchmark.
@@ -33,26 +37,6 @@ struct Args {
     /// Prefix of the site names (one run's names must be new).
     #[arg(long, default_value = "prop")]
     prefix: String,
-}
-
-fn site(name: &str, display: &str) -> Site {
-    Site {
-        metadata: Some(ObjectMeta {
-            name: name.into(),
-            ..Default::default()
-        }),
-        spec: Some(SiteSpec {
-            site_id: name.into(),
-            display_name: display.into(),
-            region: "us-east-1".into(),
-            tunnel_endpoint: Some(Endpoint {
-                address: "192.0.2.1".into(),
-                port: 51820,
-            }),
-            peers: Vec::new(),
-        }),
-        status: None,
-    }
 }
 
 #[tokio::main]

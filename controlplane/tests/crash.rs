@@ -8,25 +8,7 @@ use std::time::{Duration, Instant};
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::*;
 
-fn site(name: &str) -> Site {
-    Site {
-        metadata: Some(ObjectMeta {
-            name: name.into(),
-            ..Default::default()
-        }),
-        spec: Some(SiteSpec {
-            site_id: name.into(),
-            display_name: String::new(),
-            region: "eu-central-1".into(),
-            tunnel_endpoint: Some(Endpoint {
-                address: "192.0.2.1".into(),
-                port: 51820,
-            }),
-            peers: Vec::new(),
-        }),
-        status: None,
-    }
-}
+use common::fixtures::site;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
@@ -62,7 +44,7 @@ async fn acknowledged_writes_survive_kill_9() {
         while Instant::now() < kill_at {
             let name = format!("r{round}-s{i}");
             if c.create_site(CreateSiteRequest {
-                site: Some(site(&name)),
+                site: Some(site(&name, "")),
             })
             .await
             .is_ok()
@@ -76,7 +58,7 @@ async fn acknowledged_writes_survive_kill_9() {
             let mut c = c.clone();
             async move {
                 c.create_site(CreateSiteRequest {
-                    site: Some(site(&format!("r{round}-inflight"))),
+                    site: Some(site(&format!("r{round}-inflight"), "")),
                 })
                 .await
             }

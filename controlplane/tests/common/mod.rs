@@ -1,6 +1,8 @@
 //! Starting the real `patronus-controlplane` binary for a test.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod fixtures;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
