@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
     build-essential pkg-config clang libclang-dev
     dpdk libdpdk-dev libpcap-dev libhyperscan-dev
-    libndpi-bin protobuf-compiler
+    libndpi-bin protobuf-compiler libprotobuf-dev
     iproute2 iputils-ping ethtool iperf3 procps
     prometheus
 )

@@ -12,6 +12,8 @@ export PATRONUS_EAL_MEMORY=$mode
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     grpcio grpcio-tools grpcio-health-checking grpcio-reflection grpcio-status
 export CARGO_TERM_COLOR=never
+# Every run here starts from a clean tree: incremental caches only cost disk.
+export CARGO_INCREMENTAL=0
 
 step() { printf '\n== %s\n' "$*"; }
 
