@@ -13,6 +13,8 @@ pub trait Frame {
     fn prepend(&mut self, n: usize) -> bool;
     /// Sets the frame to exactly `len` bytes, trimming or growing at the end; false when it does not fit.
     fn set_len(&mut self, len: usize) -> bool;
+    /// Removes `n` bytes from the front; false (unchanged) when the frame is shorter.
+    fn trim_front(&mut self, n: usize) -> bool;
     /// Current length.
     fn len(&self) -> usize {
         self.data().len()
@@ -39,6 +41,10 @@ impl Frame for crate::dpdk::Mbuf {
     #[inline]
     fn set_len(&mut self, len: usize) -> bool {
         crate::dpdk::Mbuf::set_len(self, len)
+    }
+    #[inline]
+    fn trim_front(&mut self, n: usize) -> bool {
+        crate::dpdk::Mbuf::adj(self, n)
     }
 }
 
@@ -106,6 +112,13 @@ impl Frame for VecFrame {
             return false;
         }
         self.end = self.start + len;
+        true
+    }
+    fn trim_front(&mut self, n: usize) -> bool {
+        if n > self.end - self.start {
+            return false;
+        }
+        self.start += n;
         true
     }
 }

@@ -23,4 +23,5 @@ pub mod route;
 pub mod runtime;
 pub mod site;
 pub mod stats;
+pub mod tunnel;
 pub mod worker;

@@ -1,0 +1,254 @@
+//! The tunnel settings workers read: this gateway's key, its peers with
+//! their precomputed keys and endpoints, and the cryptokey routing table.
+//! Built once per configuration snapshot, immutable afterwards.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixMap;
+
+use super::noise::{PeerKeys, StaticKeys};
+use super::timers::TimerSettings;
+use super::PeerId;
+
+/// Cryptokey routing: which peer owns an address (whitepaper section 2).
+/// Longest-prefix match in a compressed trie, so thousands of peers cost a
+/// trie walk, not a scan.
+#[derive(Clone, Default)]
+pub struct AllowedIps {
+    v4: PrefixMap<Ipv4Net, PeerId>,
+    v6: PrefixMap<Ipv6Net, PeerId>,
+}
+
+impl std::fmt::Debug for AllowedIps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.v4.iter().map(|(p, r)| (IpNet::V4(p), r)))
+            .entries(self.v6.iter().map(|(p, r)| (IpNet::V6(p), r)))
+            .finish()
+    }
+}
+
+impl AllowedIps {
+    /// Gives `prefix` (host bits ignored) to `peer`; the previous owner, if any, is returned.
+    pub fn insert(&mut self, prefix: IpNet, peer: PeerId) -> Option<PeerId> {
+        match prefix.trunc() {
+            IpNet::V4(p) => self.v4.insert(p, peer),
+            IpNet::V6(p) => self.v6.insert(p, peer),
+        }
+    }
+
+    /// The peer whose most specific prefix covers `addr`.
+    #[inline]
+    pub fn lookup(&self, addr: IpAddr) -> Option<PeerId> {
+        match addr {
+            IpAddr::V4(a) => self
+                .v4
+                .get_lpm(&Ipv4Net::new(a, 32).expect("/32 is valid"))
+                .map(|(_, &p)| p),
+            IpAddr::V6(a) => self
+                .v6
+                .get_lpm(&Ipv6Net::new(a, 128).expect("/128 is valid"))
+                .map(|(_, &p)| p),
+        }
+    }
+
+    /// Every prefix with its peer.
+    pub fn iter(&self) -> impl Iterator<Item = (IpNet, PeerId)> + '_ {
+        self.v4
+            .iter()
+            .map(|(p, &id)| (IpNet::V4(p), id))
+            .chain(self.v6.iter().map(|(p, &id)| (IpNet::V6(p), id)))
+    }
+}
+
+/// One peer as workers see it.
+#[derive(Debug)]
+pub struct PeerConfig {
+    /// Its name (metrics label, logs).
+    pub name: String,
+    /// Its keys, precomputed against ours.
+    pub keys: PeerKeys,
+    /// Where to send until it roams; `None` for a peer that only calls in.
+    pub endpoint: Option<SocketAddr>,
+    /// The inner addresses it may use, and that are routed to it.
+    pub allowed_ips: Vec<IpNet>,
+    /// Keepalive interval in seconds when idle (0: off).
+    pub persistent_keepalive_s: u16,
+    /// Compress packets to it (Patronus peers only).
+    pub compression: bool,
+}
+
+/// Everything the tunnel engine reads.
+#[derive(Debug)]
+pub struct TunnelConfig {
+    /// Our identity.
+    pub keys: StaticKeys,
+    /// UDP port we listen on.
+    pub listen_port: u16,
+    /// Largest inner packet.
+    pub mtu: u16,
+    /// Protocol timers.
+    pub timers: TimerSettings,
+    /// Handshake messages per second above which cookies are demanded.
+    pub cookie_threshold_per_s: u32,
+    /// Peers, indexed by [`PeerId`].
+    pub peers: Vec<PeerConfig>,
+    by_key: HashMap<[u8; 32], PeerId>,
+    allowed: AllowedIps,
+}
+
+/// Why a tunnel configuration cannot be built; the text names the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelConfigError {
+    /// The field at fault (`peer[2].allowed_ips[0]`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl TunnelConfig {
+    /// Indexes `peers` by public key and allowed IPs. Two peers with one key,
+    /// a peer with our own key, or one prefix given to two peers is an error.
+    pub fn new(
+        keys: StaticKeys,
+        listen_port: u16,
+        mtu: u16,
+        timers: TimerSettings,
+        cookie_threshold_per_s: u32,
+        peers: Vec<PeerConfig>,
+    ) -> Result<Self, TunnelConfigError> {
+        let mut by_key = HashMap::with_capacity(peers.len());
+        let mut allowed = AllowedIps::default();
+        for (i, peer) in peers.iter().enumerate() {
+            let id = i as PeerId;
+            let field = |f: &str| format!("peer[{i}].{f}");
+            if peer.keys.public() == keys.public() {
+                return Err(TunnelConfigError {
+                    field: field("wireguard.public_key"),
+                    message: "is this gateway's own public key".into(),
+                });
+            }
+            if let Some(other) = by_key.insert(*peer.keys.public(), id) {
+                return Err(TunnelConfigError {
+                    field: field("wireguard.public_key"),
+                    message: format!("is also the key of peer[{other}]"),
+                });
+            }
+            for (j, prefix) in peer.allowed_ips.iter().enumerate() {
+                if let Some(other) = allowed.insert(*prefix, id) {
+                    if other != id {
+                        return Err(TunnelConfigError {
+                            field: field(&format!("allowed_ips[{j}]")),
+                            message: format!("{prefix} is also allowed for peer[{other}]"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(TunnelConfig {
+            keys,
+            listen_port,
+            mtu,
+            timers,
+            cookie_threshold_per_s,
+            peers,
+            by_key,
+            allowed,
+        })
+    }
+
+    /// The peer with this public key.
+    pub fn peer_by_key(&self, key: &[u8; 32]) -> Option<PeerId> {
+        self.by_key.get(key).copied()
+    }
+
+    /// Cryptokey routing: the peer that `addr` belongs to.
+    #[inline]
+    pub fn route(&self, addr: IpAddr) -> Option<PeerId> {
+        self.allowed.lookup(addr)
+    }
+
+    /// Every routed prefix with its peer.
+    pub fn allowed_ips(&self) -> &AllowedIps {
+        &self.allowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::crypto::hash;
+
+    fn peer(local: &StaticKeys, seed: &[u8], allowed: &[&str]) -> PeerConfig {
+        let public = StaticKeys::new(hash(&[seed])).public().to_owned();
+        PeerConfig {
+            name: String::from_utf8_lossy(seed).into_owned(),
+            keys: PeerKeys::new(local, public, None),
+            endpoint: None,
+            allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
+            persistent_keepalive_s: 0,
+            compression: false,
+        }
+    }
+
+    fn build(peers: Vec<PeerConfig>) -> Result<TunnelConfig, TunnelConfigError> {
+        TunnelConfig::new(
+            StaticKeys::new(hash(&[b"local"])),
+            51820,
+            1420,
+            TimerSettings::default(),
+            1000,
+            peers,
+        )
+    }
+
+    #[test]
+    fn longest_prefix_picks_the_peer() {
+        let local = StaticKeys::new(hash(&[b"local"]));
+        let cfg = build(vec![
+            peer(&local, b"a", &["10.0.0.0/8", "2001:db8::/32"]),
+            peer(&local, b"b", &["10.1.0.0/16", "2001:db8:1::/48"]),
+        ])
+        .unwrap();
+        assert_eq!(cfg.route("10.2.3.4".parse().unwrap()), Some(0));
+        assert_eq!(cfg.route("10.1.3.4".parse().unwrap()), Some(1));
+        assert_eq!(cfg.route("11.0.0.1".parse().unwrap()), None);
+        assert_eq!(cfg.route("2001:db8:1::9".parse().unwrap()), Some(1));
+        assert_eq!(cfg.route("2001:db8:2::9".parse().unwrap()), Some(0));
+        let b = *cfg.peers[1].keys.public();
+        assert_eq!(cfg.peer_by_key(&b), Some(1));
+    }
+
+    #[test]
+    fn thousands_of_peers_route_without_a_scan() {
+        let local = StaticKeys::new(hash(&[b"local"]));
+        let peers: Vec<_> = (0..4000u32)
+            .map(|i| {
+                let net = format!("10.{}.{}.0/24", i / 256, i % 256);
+                peer(&local, &i.to_le_bytes(), &[&net])
+            })
+            .collect();
+        let cfg = build(peers).unwrap();
+        assert_eq!(
+            cfg.route("10.15.159.7".parse().unwrap()),
+            Some(15 * 256 + 159)
+        );
+    }
+
+    #[test]
+    fn conflicts_name_the_field() {
+        let local = StaticKeys::new(hash(&[b"local"]));
+        let err = build(vec![
+            peer(&local, b"a", &["10.0.0.0/8"]),
+            peer(&local, b"b", &["10.0.0.0/8"]),
+        ])
+        .unwrap_err();
+        assert_eq!(err.field, "peer[1].allowed_ips[0]");
+        let err = build(vec![peer(&local, b"a", &[]), peer(&local, b"a", &[])]).unwrap_err();
+        assert_eq!(err.field, "peer[1].wireguard.public_key");
+        let err = build(vec![peer(&local, b"local", &[])]).unwrap_err();
+        assert!(err.message.contains("own public key"));
+    }
+}

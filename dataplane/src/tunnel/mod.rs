@@ -1,0 +1,993 @@
+//! Encrypted tunnels that speak the WireGuard protocol, as a sans-IO engine.
+//!
+//! [`Tunnels`] is one worker's share of the tunnels: packets and datagrams
+//! go in with the time, and everything it wants done (send a datagram to an
+//! endpoint, deliver a decrypted packet, hand work to the worker that owns a
+//! peer) goes out through [`TunnelIo`]. It never touches DPDK, a socket or
+//! the clock, so the whole protocol is tested on plain buffers.
+//!
+//! Each peer is owned by one worker (`peer % workers`): its handshake,
+//! sessions, replay windows and timers live there and nowhere else, so
+//! nothing is shared or locked. A worker that receives another worker's
+//! packet hands it over. Our session indices carry the owning worker in
+//! their top byte, so a data message is steered without any lookup; an
+//! initiation is opened far enough to learn its peer, then handed over.
+//!
+//! Read before editing: the WireGuard whitepaper (Donenfeld, NDSS 2017),
+//! sections 5 (protocol) and 6 (timers); wireguard-go's `device/` for the
+//! behaviour stock peers expect.
+
+pub mod config;
+pub mod cookie;
+pub mod crypto;
+pub mod messages;
+pub mod noise;
+mod peer;
+pub mod replay;
+pub mod session;
+pub mod timers;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::frame::Frame;
+use crate::labels::labelled_enum;
+
+pub use config::{PeerConfig, TunnelConfig};
+use cookie::{CookieChecker, SourceLimiter};
+use messages::Message;
+use noise::HandshakeError;
+use peer::{PeerState, Slot};
+use session::{OpenError, SealError};
+use timers::Timer;
+
+/// A peer's position in [`TunnelConfig::peers`].
+pub type PeerId = u32;
+
+/// Packets waiting per peer for a session.
+const STAGED_PER_PEER: usize = 64;
+/// Initiations from one peer closer together than this are refused (50 per second).
+const INITIATION_MIN_INTERVAL_NS: u64 = 20_000_000;
+/// How long the engine stays in cookie mode after the load threshold was crossed.
+const UNDER_LOAD_NS: u64 = 1_000_000_000;
+/// Buckets of the per-source handshake limiter.
+const LIMITER_BUCKETS: usize = 4096;
+/// Retransmission jitter bound (whitepaper: up to a third of a second).
+const JITTER_MAX_NS: u64 = 333_000_000;
+/// Most workers whose number fits the top byte of a session index.
+pub const MAX_WORKERS: usize = 256;
+
+labelled_enum! {
+    /// Why the tunnel engine dropped a packet or datagram.
+    TunnelDrop {
+        /// Not a well-formed WireGuard message.
+        Malformed => "malformed";
+        /// A handshake message whose MAC1 is wrong, or a cookie reply that does not open.
+        BadMac => "bad_mac";
+        /// A data counter or initiation timestamp seen before.
+        Replay => "replay";
+        /// An initiation from a static key that is not a configured peer.
+        UnknownPeer => "unknown_peer";
+        /// A decrypted packet whose source is outside the peer's allowed IPs.
+        AllowedIps => "allowed_ips";
+        /// A message for a session or handshake we do not have (or no longer use).
+        NoSession => "no_session";
+        /// A handshake message that failed to decrypt or used a bad key.
+        HandshakeFailed => "handshake_failed";
+        /// A data message that failed authentication.
+        DecryptFailed => "decrypt_failed";
+        /// A handshake refused by the flood limits (per source under load, or too frequent per peer).
+        RateLimited => "rate_limited";
+        /// A decrypted packet that is neither a whole IPv4 nor IPv6 packet.
+        InvalidInner => "invalid_inner";
+        /// A packet for a peer whose endpoint is unknown.
+        NoEndpoint => "no_endpoint";
+        /// A packet that found its peer's queue full while a handshake was under way.
+        QueueFull => "queue_full";
+        /// Packets waiting for a handshake that never completed.
+        HandshakeTimeout => "handshake_timeout";
+        /// No buffer for a handshake message, or no room in one.
+        NoBuffer => "no_buffer";
+        /// The worker owning the peer could not take the packet.
+        HandoffFull => "handoff_full";
+    }
+}
+
+labelled_enum! {
+    /// Engine-wide events.
+    TunnelEvent {
+        /// Handshake initiations sent.
+        InitiationsSent => "initiations_sent";
+        /// Handshake initiations accepted.
+        InitiationsReceived => "initiations_received";
+        /// Handshake responses sent.
+        ResponsesSent => "responses_sent";
+        /// Handshake responses accepted.
+        ResponsesReceived => "responses_received";
+        /// Cookie replies sent (under load).
+        CookieRepliesSent => "cookie_replies_sent";
+        /// Cookie replies accepted.
+        CookieRepliesReceived => "cookie_replies_received";
+        /// Keepalives sent.
+        KeepalivesSent => "keepalives_sent";
+        /// Keepalives received.
+        KeepalivesReceived => "keepalives_received";
+        /// Times the engine entered cookie mode.
+        UnderLoad => "under_load";
+    }
+}
+
+/// Per-peer figures (owned by the peer's worker).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Data packets sent (keepalives excluded).
+    pub tx_packets: u64,
+    /// Inner bytes sent.
+    pub tx_bytes: u64,
+    /// Data packets received and delivered.
+    pub rx_packets: u64,
+    /// Inner bytes received.
+    pub rx_bytes: u64,
+    /// Handshake messages sent (initiations and responses).
+    pub handshakes_sent: u64,
+    /// Handshake messages accepted.
+    pub handshakes_received: u64,
+    /// Handshake messages refused (decryption, replay, flood) and attempts given up.
+    pub handshakes_failed: u64,
+    /// Unix time (s) of the last completed handshake; 0 for never.
+    pub last_handshake_unix_s: u64,
+    /// Whether a session is usable now.
+    pub session_up: bool,
+}
+
+/// Counters of one worker's engine.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelCounters {
+    drops: [u64; TunnelDrop::COUNT],
+    events: [u64; TunnelEvent::COUNT],
+}
+
+impl TunnelCounters {
+    /// Packets dropped for `reason`.
+    pub fn drops(&self, reason: TunnelDrop) -> u64 {
+        self.drops[reason.index()]
+    }
+    /// How often `event` happened.
+    pub fn events(&self, event: TunnelEvent) -> u64 {
+        self.events[event.index()]
+    }
+    #[inline]
+    fn drop(&mut self, reason: TunnelDrop) {
+        self.drops[reason.index()] += 1;
+    }
+    #[inline]
+    fn event(&mut self, event: TunnelEvent) {
+        self.events[event.index()] += 1;
+    }
+}
+
+/// Work for the worker that owns a peer.
+#[derive(Debug)]
+pub enum Work<F> {
+    /// An inner packet to encrypt and send to `peer`.
+    Send {
+        /// The peer cryptokey routing chose.
+        peer: PeerId,
+        /// The IP packet (no link-layer header).
+        frame: F,
+    },
+    /// A datagram that arrived on the listen port.
+    Receive {
+        /// Its source.
+        from: SocketAddr,
+        /// The UDP payload.
+        frame: F,
+    },
+}
+
+/// What the engine asks of the worker that runs it.
+pub trait TunnelIo<F: Frame> {
+    /// An empty buffer for a message the engine originates; `None` when none is free.
+    fn alloc(&mut self) -> Option<F>;
+    /// Sends WireGuard message `frame` as a UDP payload to `to`.
+    fn send(&mut self, to: SocketAddr, frame: F);
+    /// Hands a decrypted IP packet from `peer` back to forwarding.
+    fn deliver(&mut self, peer: PeerId, frame: F);
+    /// Passes `work` to worker `worker`, which owns its peer.
+    fn handoff(&mut self, worker: usize, work: Work<F>);
+    /// Fills `out` with cryptographically secure random bytes.
+    fn random(&mut self, out: &mut [u8]);
+    /// The wall-clock time since the Unix epoch (for handshake timestamps).
+    fn unix_time(&mut self) -> Duration;
+}
+
+/// Cookie mode: entered when handshake messages arrive faster than the threshold.
+#[derive(Debug, Default)]
+struct LoadMeter {
+    window_start_ns: u64,
+    in_window: u32,
+    until_ns: u64,
+}
+
+impl LoadMeter {
+    /// Counts one handshake message; true while under load.
+    fn observe(&mut self, now: u64, threshold_per_s: u32, counters: &mut TunnelCounters) -> bool {
+        // Ten windows a second: a burst is noticed within 100 ms.
+        if now.saturating_sub(self.window_start_ns) >= 100_000_000 {
+            self.window_start_ns = now;
+            self.in_window = 0;
+        }
+        self.in_window += 1;
+        if self.in_window > threshold_per_s / 10 {
+            if now >= self.until_ns {
+                counters.event(TunnelEvent::UnderLoad);
+            }
+            self.until_ns = now + UNDER_LOAD_NS;
+        }
+        now < self.until_ns
+    }
+}
+
+/// One worker's tunnel engine.
+pub struct Tunnels<F> {
+    worker: u32,
+    workers: u32,
+    peers: Vec<PeerState<F>>,
+    /// Our session and handshake indices, to their peer.
+    indices: HashMap<u32, PeerId, ahash::RandomState>,
+    checker: CookieChecker,
+    limiter: SourceLimiter,
+    load: LoadMeter,
+    poll_cursor: usize,
+    identity: [u8; 32],
+    counters: TunnelCounters,
+}
+
+impl<F> std::fmt::Debug for Tunnels<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnels")
+            .field("worker", &self.worker)
+            .field("peers", &self.peers.len())
+            .field("sessions", &self.indices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Frame> Tunnels<F> {
+    /// Worker `worker` of `workers` (at most [`MAX_WORKERS`]), for `cfg`'s
+    /// peers. `seed` keys the per-source limiter's hash.
+    pub fn new(worker: usize, workers: usize, cfg: &TunnelConfig, seed: [u8; 16]) -> Self {
+        assert!((1..=MAX_WORKERS).contains(&workers) && worker < workers);
+        let mut t = Tunnels {
+            worker: worker as u32,
+            workers: workers as u32,
+            peers: Vec::new(),
+            indices: HashMap::with_hasher(ahash::RandomState::with_seeds(
+                u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(seed[8..].try_into().expect("8 bytes")),
+                0x5157_4e47,
+                worker as u64,
+            )),
+            checker: CookieChecker::default(),
+            limiter: SourceLimiter::new(LIMITER_BUCKETS, seed),
+            load: LoadMeter::default(),
+            poll_cursor: 0,
+            identity: *cfg.keys.public(),
+            counters: TunnelCounters::default(),
+        };
+        t.reconfigure(cfg);
+        t
+    }
+
+    /// Takes a new configuration: peers whose key (and our key) are
+    /// unchanged keep their sessions; the rest start over.
+    pub fn reconfigure(&mut self, cfg: &TunnelConfig) {
+        let same_identity = *cfg.keys.public() == self.identity;
+        self.identity = *cfg.keys.public();
+        let mut old: HashMap<[u8; 32], PeerState<F>> = std::mem::take(&mut self.peers)
+            .into_iter()
+            .filter(|_| same_identity)
+            .map(|p| (p.public, p))
+            .collect();
+        self.indices.clear();
+        for (id, pc) in cfg.peers.iter().enumerate() {
+            let state = match old.remove(pc.keys.public()) {
+                Some(mut kept) => {
+                    if kept.configured_endpoint != pc.endpoint {
+                        kept.configured_endpoint = pc.endpoint;
+                        kept.endpoint = pc.endpoint;
+                    }
+                    kept
+                }
+                None => PeerState::new(*pc.keys.public(), pc.endpoint, STAGED_PER_PEER),
+            };
+            for index in state.indices() {
+                self.indices.insert(index, id as PeerId);
+            }
+            self.peers.push(state);
+        }
+        self.poll_cursor = 0;
+    }
+
+    /// The worker that owns `peer`.
+    #[inline]
+    pub fn owner(&self, peer: PeerId) -> usize {
+        (peer % self.workers) as usize
+    }
+
+    fn owns(&self, peer: PeerId) -> bool {
+        self.owner(peer) == self.worker as usize
+    }
+
+    /// This engine's counters.
+    pub fn counters(&self) -> &TunnelCounters {
+        &self.counters
+    }
+
+    /// Figures of `peer` (meaningful on its owner only).
+    pub fn peer_stats(&self, peer: PeerId, cfg: &TunnelConfig, now: u64) -> PeerStats {
+        self.peers
+            .get(peer as usize)
+            .map_or_else(PeerStats::default, |p| {
+                let mut s = p.stats;
+                s.session_up = p.usable(now, &cfg.timers).is_some();
+                s
+            })
+    }
+
+    /// Peers whose figures this engine keeps.
+    pub fn owned_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        (0..self.peers.len() as PeerId).filter(|&p| self.owns(p))
+    }
+
+    /// Encrypts IP packet `frame` for `peer` and sends it, or queues it
+    /// while a handshake runs.
+    pub fn send(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        frame: F,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        if !self.owns(peer) {
+            io.handoff(self.owner(peer), Work::Send { peer, frame });
+            return;
+        }
+        self.send_owned(cfg, peer, frame, now, io);
+    }
+
+    fn send_owned(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        mut frame: F,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        let s = &cfg.timers;
+        let Some(state) = self.peers.get_mut(peer as usize) else {
+            return;
+        };
+        let Some(endpoint) = state.endpoint else {
+            self.counters.drop(TunnelDrop::NoEndpoint);
+            return;
+        };
+        let len = frame.len();
+        let mut rekey = false;
+        match state.usable_mut(now, s) {
+            Some(session) => match session.seal(&mut frame, usize::from(cfg.mtu)) {
+                Ok(_) => {
+                    rekey = session.sent() >= s.rekey_after_messages
+                        || (session.initiator
+                            && now.saturating_sub(session.created_ns) >= s.rekey_after_time());
+                    if len > 0 {
+                        state.stats.tx_packets += 1;
+                        state.stats.tx_bytes += len as u64;
+                        let jitter = jitter(io);
+                        state.timers.data_sent(now, s, jitter);
+                    } else {
+                        self.counters.event(TunnelEvent::KeepalivesSent);
+                    }
+                    state.timers.any_sent();
+                    state
+                        .timers
+                        .any_traversal(now, persistent_ns(&cfg.peers[peer as usize]));
+                    io.send(endpoint, frame);
+                }
+                Err(SealError::NoRoom) => self.counters.drop(TunnelDrop::NoBuffer),
+                Err(SealError::Exhausted) => {
+                    self.stage(peer, frame);
+                    rekey = true;
+                }
+            },
+            None => {
+                self.stage(peer, frame);
+                rekey = true;
+            }
+        }
+        if rekey {
+            self.initiate(cfg, peer, now, false, io);
+        }
+    }
+
+    fn stage(&mut self, peer: PeerId, frame: F) {
+        let queue = &mut self.peers[peer as usize].staged;
+        if queue.len() == STAGED_PER_PEER {
+            // Like the kernel's queue: the oldest packet makes room.
+            queue.pop_front();
+            self.counters.drop(TunnelDrop::QueueFull);
+        }
+        queue.push_back(frame);
+    }
+
+    /// Sends the packets that waited for a session.
+    fn flush_staged(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) -> bool {
+        let staged = std::mem::take(&mut self.peers[peer as usize].staged);
+        let any = !staged.is_empty();
+        let mut staged = staged;
+        while let Some(frame) = staged.pop_front() {
+            self.send_owned(cfg, peer, frame, now, io);
+        }
+        // Keep the queue's allocation for next time.
+        let queue = &mut self.peers[peer as usize].staged;
+        if queue.is_empty() {
+            *queue = staged;
+        }
+        any
+    }
+
+    fn send_keepalive(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        match io.alloc() {
+            Some(frame) => self.send_owned(cfg, peer, frame, now, io),
+            None => self.counters.drop(TunnelDrop::NoBuffer),
+        }
+    }
+
+    fn new_index(&mut self, peer: PeerId, io: &mut impl TunnelIo<F>) -> u32 {
+        loop {
+            let mut r = [0u8; 4];
+            io.random(&mut r);
+            let index = (self.worker << 24) | (u32::from_le_bytes(r) & 0x00ff_ffff);
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.indices.entry(index) {
+                slot.insert(peer);
+                return index;
+            }
+        }
+    }
+
+    /// Starts a handshake with `peer` unless one was sent within
+    /// `Rekey-Timeout` (a retransmission always goes).
+    fn initiate(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        now: u64,
+        retransmit: bool,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        let s = &cfg.timers;
+        let pc = &cfg.peers[peer as usize];
+        let state = &mut self.peers[peer as usize];
+        if !retransmit
+            && (state.timers.handshake_pending()
+                || state
+                    .last_initiation_sent_ns
+                    .is_some_and(|t| now.saturating_sub(t) < s.rekey_timeout()))
+        {
+            return;
+        }
+        let Some(endpoint) = state.endpoint else {
+            self.counters.drop(TunnelDrop::NoEndpoint);
+            return;
+        };
+        let Some(mut frame) = io.alloc() else {
+            self.counters.drop(TunnelDrop::NoBuffer);
+            return;
+        };
+        if !frame.set_len(messages::INITIATION_LEN) {
+            self.counters.drop(TunnelDrop::NoBuffer);
+            return;
+        }
+        if let Some(old) = self.peers[peer as usize].handshake.take() {
+            self.indices.remove(&old.local_index);
+        }
+        let index = self.new_index(peer, io);
+        let mut ephemeral = zeroize::Zeroizing::new([0u8; 32]);
+        io.random(&mut ephemeral[..]);
+        let timestamp = tai64n(io.unix_time());
+        let jitter = jitter(io);
+        let buf: &mut [u8; messages::INITIATION_LEN] =
+            frame.data_mut().try_into().expect("length set above");
+        let state = &mut self.peers[peer as usize];
+        match noise::initiate(&cfg.keys, &pc.keys, index, *ephemeral, &timestamp, buf) {
+            Ok(handshake) => {
+                state.jar.stamp(&pc.keys, buf, now);
+                state.handshake = Some(handshake);
+            }
+            Err(_) => {
+                self.indices.remove(&index);
+                state.stats.handshakes_failed += 1;
+                self.counters.drop(TunnelDrop::HandshakeFailed);
+                return;
+            }
+        }
+        if !retransmit {
+            state.timers.attempts = 0;
+        }
+        state.timers.attempts += 1;
+        state.last_initiation_sent_ns = Some(now);
+        state.timers.initiation_sent(now, s, jitter);
+        state.timers.any_sent();
+        state.timers.any_traversal(now, persistent_ns(pc));
+        state.stats.handshakes_sent += 1;
+        self.counters.event(TunnelEvent::InitiationsSent);
+        io.send(endpoint, frame);
+    }
+
+    /// Handles a datagram that arrived on the listen port from `from`.
+    pub fn receive(
+        &mut self,
+        cfg: &TunnelConfig,
+        from: SocketAddr,
+        frame: F,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        let kind = match messages::parse(frame.data()) {
+            Ok(Message::Initiation(_)) => messages::TYPE_INITIATION,
+            Ok(Message::Response(r)) => {
+                return self.receive_indexed(cfg, r.receiver(), from, frame, now, io)
+            }
+            Ok(Message::CookieReply(c)) => {
+                return self.receive_indexed(cfg, c.receiver(), from, frame, now, io)
+            }
+            Ok(Message::Data(d)) => {
+                return self.receive_indexed(cfg, d.receiver(), from, frame, now, io)
+            }
+            Err(_) => {
+                self.counters.drop(TunnelDrop::Malformed);
+                return;
+            }
+        };
+        debug_assert_eq!(kind, messages::TYPE_INITIATION);
+        self.receive_initiation(cfg, from, frame, now, io);
+    }
+
+    /// Steers a message addressed to one of our indices to its worker and peer.
+    fn receive_indexed(
+        &mut self,
+        cfg: &TunnelConfig,
+        receiver: u32,
+        from: SocketAddr,
+        frame: F,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        let worker = (receiver >> 24) as usize;
+        if worker != self.worker as usize {
+            if worker < self.workers as usize {
+                io.handoff(worker, Work::Receive { from, frame });
+            } else {
+                self.counters.drop(TunnelDrop::NoSession);
+            }
+            return;
+        }
+        let Some(&peer) = self.indices.get(&receiver) else {
+            self.counters.drop(TunnelDrop::NoSession);
+            return;
+        };
+        match messages::parse(frame.data()) {
+            Ok(Message::Data(d)) => {
+                let counter = d.counter();
+                self.receive_data(cfg, peer, receiver, counter, from, frame, now, io);
+            }
+            Ok(Message::Response(_)) => {
+                self.receive_response(cfg, peer, receiver, from, frame, now, io)
+            }
+            Ok(Message::CookieReply(reply)) => {
+                let state = &mut self.peers[peer as usize];
+                match state
+                    .jar
+                    .consume(&cfg.peers[peer as usize].keys, &reply, now)
+                {
+                    Ok(()) => self.counters.event(TunnelEvent::CookieRepliesReceived),
+                    Err(_) => self.counters.drop(TunnelDrop::BadMac),
+                }
+            }
+            _ => self.counters.drop(TunnelDrop::Malformed),
+        }
+    }
+
+    /// MAC checks of a handshake message, and cookie mode. `Some(frame)`
+    /// when processing may go on.
+    fn admit_handshake(
+        &mut self,
+        cfg: &TunnelConfig,
+        from: SocketAddr,
+        mut frame: F,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) -> Option<F> {
+        if !CookieChecker::mac1_valid(&cfg.keys, frame.data()) {
+            self.counters.drop(TunnelDrop::BadMac);
+            return None;
+        }
+        if !self
+            .load
+            .observe(now, cfg.cookie_threshold_per_s, &mut self.counters)
+        {
+            return Some(frame);
+        }
+        if !self.checker.mac2_valid(frame.data(), from, now) {
+            let mut nonce = [0u8; 24];
+            io.random(&mut nonce);
+            let mut secret = [0u8; 32];
+            io.random(&mut secret);
+            let reply = self
+                .checker
+                .reply(&cfg.keys, frame.data(), from, now, nonce, || secret);
+            // The message's own buffer carries the reply back.
+            if frame.set_len(reply.len()) {
+                frame.data_mut().copy_from_slice(&reply);
+                self.counters.event(TunnelEvent::CookieRepliesSent);
+                io.send(from, frame);
+            } else {
+                self.counters.drop(TunnelDrop::NoBuffer);
+            }
+            return None;
+        }
+        if !self.limiter.allow(from.ip(), now) {
+            self.counters.drop(TunnelDrop::RateLimited);
+            return None;
+        }
+        Some(frame)
+    }
+
+    fn receive_initiation(
+        &mut self,
+        cfg: &TunnelConfig,
+        from: SocketAddr,
+        frame: F,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        let Some(mut frame) = self.admit_handshake(cfg, from, frame, now, io) else {
+            return;
+        };
+        let Ok(Message::Initiation(msg)) = messages::parse(frame.data()) else {
+            self.counters.drop(TunnelDrop::Malformed);
+            return;
+        };
+        let opened = noise::consume_initiation(&cfg.keys, &msg, |key| {
+            cfg.peer_by_key(key)
+                .map(|id| (id, &cfg.peers[id as usize].keys))
+        });
+        let (peer, received) = match opened {
+            Ok(found) => found,
+            Err(HandshakeError::UnknownPeer) => {
+                self.counters.drop(TunnelDrop::UnknownPeer);
+                return;
+            }
+            Err(_) => {
+                self.counters.drop(TunnelDrop::HandshakeFailed);
+                return;
+            }
+        };
+        if !self.owns(peer) {
+            io.handoff(self.owner(peer), Work::Receive { from, frame });
+            return;
+        }
+        let s = &cfg.timers;
+        let pc = &cfg.peers[peer as usize];
+        let state = &mut self.peers[peer as usize];
+        // Timestamps are big-endian TAI64N: byte order is time order.
+        if received.timestamp <= state.last_timestamp {
+            state.stats.handshakes_failed += 1;
+            self.counters.drop(TunnelDrop::Replay);
+            return;
+        }
+        if state
+            .last_initiation_received_ns
+            .is_some_and(|t| now.saturating_sub(t) < INITIATION_MIN_INTERVAL_NS)
+        {
+            state.stats.handshakes_failed += 1;
+            self.counters.drop(TunnelDrop::RateLimited);
+            return;
+        }
+        state.last_timestamp = received.timestamp;
+        state.last_initiation_received_ns = Some(now);
+        state.stats.handshakes_received += 1;
+        self.counters.event(TunnelEvent::InitiationsReceived);
+
+        let index = self.new_index(peer, io);
+        let mut ephemeral = zeroize::Zeroizing::new([0u8; 32]);
+        io.random(&mut ephemeral[..]);
+        if !frame.set_len(messages::RESPONSE_LEN) {
+            self.indices.remove(&index);
+            self.counters.drop(TunnelDrop::NoBuffer);
+            return;
+        }
+        let buf: &mut [u8; messages::RESPONSE_LEN] =
+            frame.data_mut().try_into().expect("length set above");
+        let state = &mut self.peers[peer as usize];
+        let keys = match noise::respond(&pc.keys, &received, index, *ephemeral, buf) {
+            Ok(keys) => keys,
+            Err(_) => {
+                self.indices.remove(&index);
+                state.stats.handshakes_failed += 1;
+                self.counters.drop(TunnelDrop::HandshakeFailed);
+                return;
+            }
+        };
+        state.jar.stamp(&pc.keys, buf, now);
+        let session = session::Session::new(&keys, index, received.sender, now, false);
+        for retired in state.install_responder(session) {
+            self.indices.remove(&retired);
+        }
+        state.endpoint = Some(from);
+        state.timers.any_received();
+        state.timers.session_derived(now, s);
+        state.timers.any_sent();
+        state.timers.any_traversal(now, persistent_ns(pc));
+        state.stats.handshakes_sent += 1;
+        self.counters.event(TunnelEvent::ResponsesSent);
+        io.send(from, frame);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn receive_response(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        receiver: u32,
+        from: SocketAddr,
+        frame: F,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        if self.peers[peer as usize]
+            .handshake
+            .as_ref()
+            .is_none_or(|h| h.local_index != receiver)
+        {
+            self.counters.drop(TunnelDrop::NoSession);
+            return;
+        }
+        let Some(frame) = self.admit_handshake(cfg, from, frame, now, io) else {
+            return;
+        };
+        let Ok(Message::Response(msg)) = messages::parse(frame.data()) else {
+            self.counters.drop(TunnelDrop::Malformed);
+            return;
+        };
+        let pc = &cfg.peers[peer as usize];
+        let s = &cfg.timers;
+        let state = &mut self.peers[peer as usize];
+        let handshake = state.handshake.as_ref().expect("checked above");
+        let keys = match noise::consume_response(&cfg.keys, &pc.keys, handshake, &msg) {
+            Ok(keys) => keys,
+            Err(_) => {
+                state.stats.handshakes_failed += 1;
+                self.counters.drop(TunnelDrop::HandshakeFailed);
+                return;
+            }
+        };
+        let sender = msg.sender();
+        drop(frame);
+        state.handshake = None;
+        // The handshake's index becomes the session's: it stays in the map.
+        let session = session::Session::new(&keys, receiver, sender, now, true);
+        for retired in state.install_initiator(session) {
+            self.indices.remove(&retired);
+        }
+        state.endpoint = Some(from);
+        state.stats.handshakes_received += 1;
+        state.stats.last_handshake_unix_s = io.unix_time().as_secs();
+        state.timers.handshake_complete();
+        state.timers.session_derived(now, s);
+        state.timers.any_received();
+        state.timers.any_traversal(now, persistent_ns(pc));
+        self.counters.event(TunnelEvent::ResponsesReceived);
+        // Confirm the session to the responder: with data if some waited, else a keepalive.
+        if !self.flush_staged(cfg, peer, now, io) {
+            self.send_keepalive(cfg, peer, now, io);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn receive_data(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        receiver: u32,
+        counter: u64,
+        from: SocketAddr,
+        mut frame: F,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        let s = &cfg.timers;
+        let pc = &cfg.peers[peer as usize];
+        let state = &mut self.peers[peer as usize];
+        let Some((slot, session)) = state.session_by_index(receiver) else {
+            self.counters.drop(TunnelDrop::NoSession);
+            return;
+        };
+        if now.saturating_sub(session.created_ns) >= s.reject_after_time() {
+            self.counters.drop(TunnelDrop::NoSession);
+            return;
+        }
+        match session.open(&mut frame, counter) {
+            Ok(()) => {}
+            Err(OpenError::Replay) => {
+                self.counters.drop(TunnelDrop::Replay);
+                return;
+            }
+            Err(OpenError::Auth) => {
+                self.counters.drop(TunnelDrop::DecryptFailed);
+                return;
+            }
+        }
+        let rekey =
+            session.initiator && now.saturating_sub(session.created_ns) >= s.rekey_on_receive_age();
+        let mut confirmed = false;
+        if slot == Slot::Next {
+            for retired in state.confirm_next() {
+                self.indices.remove(&retired);
+            }
+            confirmed = true;
+        }
+        // Roaming: the latest authenticated packet's source is where the peer is.
+        state.endpoint = Some(from);
+        state.timers.any_received();
+        state.timers.any_traversal(now, persistent_ns(pc));
+        if frame.is_empty() {
+            self.counters.event(TunnelEvent::KeepalivesReceived);
+        } else {
+            state.timers.data_received(now, s);
+            match inner_packet(&mut frame) {
+                None => self.counters.drop(TunnelDrop::InvalidInner),
+                Some(src) if cfg.route(src) != Some(peer) => {
+                    self.counters.drop(TunnelDrop::AllowedIps)
+                }
+                Some(_) => {
+                    state.stats.rx_packets += 1;
+                    state.stats.rx_bytes += frame.len() as u64;
+                    io.deliver(peer, frame);
+                }
+            }
+        }
+        if confirmed {
+            self.flush_staged(cfg, peer, now, io);
+        }
+        if rekey && !self.peers[peer as usize].timers.handshake_pending() {
+            self.initiate(cfg, peer, now, false, io);
+        }
+    }
+
+    /// Runs the timers of up to `budget` owned peers (round robin), so a
+    /// gateway with thousands of peers spreads the work over loop rounds.
+    pub fn poll(&mut self, cfg: &TunnelConfig, now: u64, budget: usize, io: &mut impl TunnelIo<F>) {
+        let n = self.peers.len();
+        if n == 0 {
+            return;
+        }
+        for _ in 0..budget.min(n) {
+            let peer = self.poll_cursor as PeerId;
+            self.poll_cursor = (self.poll_cursor + 1) % n;
+            if !self.owns(peer) {
+                continue;
+            }
+            while let Some(timer) = self.peers[peer as usize].timers.take_due(now) {
+                self.fire(cfg, peer, timer, now, io);
+            }
+        }
+    }
+
+    fn fire(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        timer: Timer,
+        now: u64,
+        io: &mut impl TunnelIo<F>,
+    ) {
+        let s = &cfg.timers;
+        match timer {
+            Timer::RetransmitHandshake => {
+                let state = &mut self.peers[peer as usize];
+                if state.timers.attempts >= s.max_attempts() {
+                    let dropped = state.staged.len() as u64;
+                    state.staged.clear();
+                    if let Some(h) = state.handshake.take() {
+                        self.indices.remove(&h.local_index);
+                    }
+                    state.stats.handshakes_failed += 1;
+                    state.timers.attempt_abandoned(now, s);
+                    self.counters.drops[TunnelDrop::HandshakeTimeout.index()] += dropped;
+                } else {
+                    self.initiate(cfg, peer, now, true, io);
+                }
+            }
+            Timer::SendKeepalive => {
+                if self.peers[peer as usize].usable(now, s).is_some() {
+                    self.send_keepalive(cfg, peer, now, io);
+                }
+                self.peers[peer as usize]
+                    .timers
+                    .rearm_keepalive_if_wanted(now, s);
+            }
+            Timer::NewHandshake => self.initiate(cfg, peer, now, false, io),
+            Timer::ZeroKeys => {
+                for retired in self.peers[peer as usize].erase() {
+                    self.indices.remove(&retired);
+                }
+            }
+            Timer::PersistentKeepalive => self.send_keepalive(cfg, peer, now, io),
+        }
+    }
+}
+
+fn persistent_ns(pc: &PeerConfig) -> u64 {
+    u64::from(pc.persistent_keepalive_s) * 1_000_000_000
+}
+
+fn jitter<F: Frame>(io: &mut impl TunnelIo<F>) -> u64 {
+    let mut r = [0u8; 8];
+    io.random(&mut r);
+    u64::from_le_bytes(r) % JITTER_MAX_NS
+}
+
+/// TAI64N of `unix`, with the nanoseconds rounded down to about 16 ms as
+/// wireguard-go does, so the timestamp does not reveal the clock finely.
+pub fn tai64n(unix: Duration) -> [u8; 12] {
+    const TAI64_EPOCH: u64 = 0x4000_0000_0000_000a;
+    let mut out = [0u8; 12];
+    out[..8].copy_from_slice(&(TAI64_EPOCH + unix.as_secs()).to_be_bytes());
+    out[8..].copy_from_slice(&(unix.subsec_nanos() & !0x00ff_ffff).to_be_bytes());
+    out
+}
+
+/// Trims a decrypted packet to its IP length (removing padding) and returns
+/// its source address; `None` when it is not a whole IPv4 or IPv6 packet.
+fn inner_packet<F: Frame>(frame: &mut F) -> Option<std::net::IpAddr> {
+    let data = frame.data();
+    let (len, src) = match data.first()? >> 4 {
+        4 if data.len() >= 20 => {
+            let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+            if len < 20 {
+                return None;
+            }
+            let src: [u8; 4] = data[12..16].try_into().ok()?;
+            (len, std::net::IpAddr::from(src))
+        }
+        6 if data.len() >= 40 => {
+            let len = 40 + usize::from(u16::from_be_bytes([data[4], data[5]]));
+            let src: [u8; 16] = data[8..24].try_into().ok()?;
+            (len, std::net::IpAddr::from(src))
+        }
+        _ => return None,
+    };
+    if len > data.len() {
+        return None;
+    }
+    frame.set_len(len);
+    Some(src)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,926 @@
+//! The engine end to end on plain buffers: two (or more) engines joined by
+//! an in-memory network that the tests can delay, drop, replay and forge on.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::crypto::hash;
+use super::noise::{PeerKeys, StaticKeys};
+use super::timers::TimerSettings;
+use super::*;
+use crate::frame::VecFrame;
+
+const S: u64 = 1_000_000_000;
+
+/// A host for an engine: collects what it sends and delivers.
+#[derive(Default)]
+struct Host {
+    sent: Vec<(SocketAddr, VecFrame)>,
+    delivered: Vec<(PeerId, VecFrame)>,
+    handoffs: Vec<(usize, Work<VecFrame>)>,
+    rng: u64,
+    /// The engine's clock, which the wall clock follows.
+    now_ns: u64,
+    no_buffers: bool,
+}
+
+impl TunnelIo<VecFrame> for Host {
+    fn alloc(&mut self) -> Option<VecFrame> {
+        (!self.no_buffers).then(VecFrame::empty)
+    }
+    fn send(&mut self, to: SocketAddr, frame: VecFrame) {
+        self.sent.push((to, frame));
+    }
+    fn deliver(&mut self, peer: PeerId, frame: VecFrame) {
+        self.delivered.push((peer, frame));
+    }
+    fn handoff(&mut self, worker: usize, work: Work<VecFrame>) {
+        self.handoffs.push((worker, work));
+    }
+    fn random(&mut self, out: &mut [u8]) {
+        for b in out {
+            self.rng = self
+                .rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (self.rng >> 56) as u8;
+        }
+    }
+    fn unix_time(&mut self) -> Duration {
+        Duration::from_secs(1_800_000_000) + Duration::from_nanos(self.now_ns)
+    }
+}
+
+struct Side {
+    name: &'static str,
+    addr: SocketAddr,
+    cfg: TunnelConfig,
+    engine: Tunnels<VecFrame>,
+    host: Host,
+}
+
+fn secret(name: &str) -> [u8; 32] {
+    hash(&[name.as_bytes()])
+}
+
+fn public(name: &str) -> [u8; 32] {
+    *StaticKeys::new(secret(name)).public()
+}
+
+struct PeerSpec {
+    name: &'static str,
+    addr: Option<SocketAddr>,
+    allowed: Vec<&'static str>,
+    key: Option<[u8; 32]>,
+    psk: Option<[u8; 32]>,
+}
+
+fn peer_spec(name: &'static str, addr: &str, allowed: &[&'static str]) -> PeerSpec {
+    PeerSpec {
+        name,
+        addr: Some(addr.parse().unwrap()),
+        allowed: allowed.to_vec(),
+        key: None,
+        psk: None,
+    }
+}
+
+fn side(name: &'static str, addr: &str, peers: Vec<PeerSpec>, timers: TimerSettings) -> Side {
+    let keys = StaticKeys::new(secret(name));
+    let peers = peers
+        .into_iter()
+        .map(|p| PeerConfig {
+            name: p.name.into(),
+            keys: PeerKeys::new(&keys, p.key.unwrap_or_else(|| public(p.name)), p.psk),
+            endpoint: p.addr,
+            allowed_ips: p.allowed.iter().map(|a| a.parse().unwrap()).collect(),
+            persistent_keepalive_s: 0,
+            compression: false,
+        })
+        .collect();
+    let cfg = TunnelConfig::new(keys, 51820, 1420, timers, 200, peers).unwrap();
+    let engine = Tunnels::new(0, 1, &cfg, [7; 16]);
+    Side {
+        name,
+        addr: addr.parse().unwrap(),
+        cfg,
+        engine,
+        host: Host {
+            rng: name.len() as u64 * 977,
+            ..Host::default()
+        },
+    }
+}
+
+/// Alice (10.1.0.0/24 behind her) and Bob (10.2.0.0/24), each the other's only peer.
+fn pair(timers: TimerSettings) -> (Side, Side) {
+    let alice = side(
+        "alice",
+        "192.0.2.1:51820",
+        vec![peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"])],
+        timers,
+    );
+    let bob = side(
+        "bob",
+        "192.0.2.2:51820",
+        vec![peer_spec("alice", "192.0.2.1:51820", &["10.1.0.0/24"])],
+        timers,
+    );
+    (alice, bob)
+}
+
+/// An IPv4 packet from `src` to `dst` with `payload`.
+fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> VecFrame {
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(payload);
+    let len = p.len() as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    VecFrame::new(&p)
+}
+
+/// Delivers every datagram in flight between the two sides, repeatedly,
+/// until none is left. Returns how many moved.
+fn pump(a: &mut Side, b: &mut Side, now: u64) -> usize {
+    a.host.now_ns = now;
+    b.host.now_ns = now;
+    let mut moved = 0;
+    loop {
+        let from_a: Vec<_> = a.host.sent.drain(..).collect();
+        let from_b: Vec<_> = b.host.sent.drain(..).collect();
+        if from_a.is_empty() && from_b.is_empty() {
+            return moved;
+        }
+        for (to, frame) in from_a {
+            moved += 1;
+            if to == b.addr {
+                b.engine.receive(&b.cfg, a.addr, frame, now, &mut b.host);
+            }
+        }
+        for (to, frame) in from_b {
+            moved += 1;
+            if to == a.addr {
+                a.engine.receive(&a.cfg, b.addr, frame, now, &mut a.host);
+            }
+        }
+    }
+}
+
+fn delivered_payloads(side: &mut Side) -> Vec<Vec<u8>> {
+    side.host
+        .delivered
+        .drain(..)
+        .map(|(_, f)| f.data()[20..].to_vec())
+        .collect()
+}
+
+fn events(side: &Side, e: TunnelEvent) -> u64 {
+    side.engine.counters().events(e)
+}
+
+fn drops(side: &Side, d: TunnelDrop) -> u64 {
+    side.engine.counters().drops(d)
+}
+
+#[test]
+fn the_first_packet_starts_a_handshake_and_is_delivered_after_it() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"hello"),
+        S,
+        &mut a.host,
+    );
+    assert_eq!(a.host.sent.len(), 1, "an initiation, the packet waits");
+    assert_eq!(a.host.sent[0].1.data()[0], 1);
+    pump(&mut a, &mut b, S);
+    assert_eq!(delivered_payloads(&mut b), vec![b"hello".to_vec()]);
+    assert_eq!(events(&a, TunnelEvent::InitiationsSent), 1);
+    assert_eq!(events(&b, TunnelEvent::ResponsesSent), 1);
+    assert!(a.engine.peer_stats(0, &a.cfg, S).session_up);
+    assert!(
+        b.engine.peer_stats(0, &b.cfg, S).session_up,
+        "confirmed by the data"
+    );
+
+    // Both directions now, without another handshake.
+    b.engine.send(
+        &b.cfg,
+        0,
+        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"back"),
+        2 * S,
+        &mut b.host,
+    );
+    pump(&mut a, &mut b, 2 * S);
+    assert_eq!(delivered_payloads(&mut a), vec![b"back".to_vec()]);
+    assert_eq!(events(&b, TunnelEvent::InitiationsSent), 0);
+    let stats = a.engine.peer_stats(0, &a.cfg, 2 * S);
+    assert_eq!((stats.tx_packets, stats.rx_packets), (1, 1));
+    assert_eq!(stats.last_handshake_unix_s, 1_800_000_001);
+}
+
+#[test]
+fn a_responder_without_data_gets_a_keepalive_that_confirms_its_keypair() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    // Bob starts, but sends nothing afterwards: Alice's data confirms nothing
+    // until it flows, so Bob (initiator) sends a keepalive after the response.
+    b.engine.send(
+        &b.cfg,
+        0,
+        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"x"),
+        S,
+        &mut b.host,
+    );
+    pump(&mut a, &mut b, S);
+    assert_eq!(delivered_payloads(&mut a), vec![b"x".to_vec()]);
+    assert!(a.engine.peer_stats(0, &a.cfg, S).session_up);
+    // Now Alice can send on the confirmed keypair at once.
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"y"),
+        S,
+        &mut a.host,
+    );
+    assert_eq!(a.host.sent.len(), 1);
+    assert_eq!(a.host.sent[0].1.data()[0], 4, "data, no initiation");
+}
+
+#[test]
+fn packets_queue_while_the_handshake_runs_and_all_arrive_in_order() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    for i in 0..10u8 {
+        a.engine.send(
+            &a.cfg,
+            0,
+            ipv4([10, 1, 0, 5], [10, 2, 0, 9], &[i]),
+            S,
+            &mut a.host,
+        );
+    }
+    assert_eq!(a.host.sent.len(), 1, "one initiation for ten packets");
+    pump(&mut a, &mut b, S);
+    let got: Vec<u8> = delivered_payloads(&mut b)
+        .into_iter()
+        .map(|p| p[0])
+        .collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn replayed_data_and_handshakes_are_counted_and_dropped() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
+        S,
+        &mut a.host,
+    );
+    let initiation = a.host.sent[0].1.clone();
+    pump(&mut a, &mut b, S);
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
+        S,
+        &mut a.host,
+    );
+    let data = a.host.sent[0].1.clone();
+    pump(&mut a, &mut b, S);
+    assert_eq!(delivered_payloads(&mut b).len(), 2);
+
+    b.engine.receive(&b.cfg, a.addr, data, 2 * S, &mut b.host);
+    assert_eq!(drops(&b, TunnelDrop::Replay), 1);
+    b.engine
+        .receive(&b.cfg, a.addr, initiation, 2 * S, &mut b.host);
+    assert_eq!(drops(&b, TunnelDrop::Replay), 2, "an old timestamp");
+    assert!(
+        b.host.sent.is_empty(),
+        "no response to a replayed initiation"
+    );
+    assert!(b.host.delivered.is_empty());
+}
+
+#[test]
+fn garbage_truncation_and_forgery_never_reach_the_inside() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
+        S,
+        &mut a.host,
+    );
+    let initiation = a.host.sent[0].1.clone();
+    pump(&mut a, &mut b, S);
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
+        S,
+        &mut a.host,
+    );
+    let data = a.host.sent.pop().unwrap().1;
+    b.host.delivered.clear();
+
+    let inputs: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![4],
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        initiation.data()[..100].to_vec(),
+        data.data()[..20].to_vec(),
+        vec![
+            4, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0,
+        ],
+    ];
+    for input in &inputs {
+        b.engine
+            .receive(&b.cfg, a.addr, VecFrame::new(input), 2 * S, &mut b.host);
+    }
+    // Bad MAC1: one bit of the initiation flipped.
+    let mut bad = initiation.clone();
+    bad.data_mut()[120] ^= 1;
+    b.engine.receive(&b.cfg, a.addr, bad, 2 * S, &mut b.host);
+    // Tampered ciphertext.
+    let mut tampered = data.clone();
+    tampered.data_mut()[20] ^= 1;
+    b.engine
+        .receive(&b.cfg, a.addr, tampered, 2 * S, &mut b.host);
+
+    assert_eq!(drops(&b, TunnelDrop::Malformed), 5);
+    assert_eq!(
+        drops(&b, TunnelDrop::NoSession),
+        1,
+        "an index we never gave out"
+    );
+    assert_eq!(drops(&b, TunnelDrop::BadMac), 1);
+    assert_eq!(drops(&b, TunnelDrop::DecryptFailed), 1);
+    assert!(b.host.delivered.is_empty() && b.host.sent.is_empty());
+    // The genuine message still gets through afterwards.
+    b.engine.receive(&b.cfg, a.addr, data, 2 * S, &mut b.host);
+    assert_eq!(delivered_payloads(&mut b), vec![b"2".to_vec()]);
+}
+
+#[test]
+fn a_peer_with_the_wrong_key_never_gets_a_session() {
+    let (_, mut b) = pair(TimerSettings::default());
+    // Mallory knows Bob's public key but is not Bob's peer.
+    let mut mallory = side(
+        "mallory",
+        "192.0.2.66:51820",
+        vec![peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"])],
+        TimerSettings::default(),
+    );
+    for t in 1..4 {
+        mallory.engine.send(
+            &mallory.cfg,
+            0,
+            ipv4([10, 9, 0, 1], [10, 2, 0, 9], b"x"),
+            t * 6 * S,
+            &mut mallory.host,
+        );
+        for (_, f) in mallory.host.sent.drain(..) {
+            b.engine
+                .receive(&b.cfg, mallory.addr, f, t * 6 * S, &mut b.host);
+        }
+    }
+    assert_eq!(drops(&b, TunnelDrop::UnknownPeer), 1);
+    assert!(b.host.sent.is_empty() && b.host.delivered.is_empty());
+    // A peer configured with a key Bob does not hold fails the same way
+    // from Bob's side: Alice thinks Bob's key is Carol's.
+    let mut alice = side(
+        "alice",
+        "192.0.2.1:51820",
+        vec![PeerSpec {
+            key: Some(public("carol")),
+            ..peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"])
+        }],
+        TimerSettings::default(),
+    );
+    alice.engine.send(
+        &alice.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"),
+        S,
+        &mut alice.host,
+    );
+    let (_, f) = alice.host.sent.pop().unwrap();
+    b.engine.receive(&b.cfg, alice.addr, f, S, &mut b.host);
+    assert_eq!(
+        drops(&b, TunnelDrop::BadMac),
+        1,
+        "MAC1 is keyed by Carol's key, not Bob's"
+    );
+    assert!(!alice.engine.peer_stats(0, &alice.cfg, S).session_up);
+}
+
+#[test]
+fn preshared_keys_that_differ_fail_the_handshake() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a = side(
+        a.name,
+        "192.0.2.1:51820",
+        vec![PeerSpec {
+            psk: Some([1; 32]),
+            ..peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"])
+        }],
+        TimerSettings::default(),
+    );
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"),
+        S,
+        &mut a.host,
+    );
+    pump(&mut a, &mut b, S);
+    assert_eq!(drops(&a, TunnelDrop::HandshakeFailed), 1);
+    assert!(b.host.delivered.is_empty());
+}
+
+#[test]
+fn packets_from_outside_the_allowed_ips_are_dropped() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"ok"),
+        S,
+        &mut a.host,
+    );
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 7, 0, 5], [10, 2, 0, 9], b"spoofed"),
+        S,
+        &mut a.host,
+    );
+    pump(&mut a, &mut b, S);
+    assert_eq!(delivered_payloads(&mut b), vec![b"ok".to_vec()]);
+    assert_eq!(drops(&b, TunnelDrop::AllowedIps), 1);
+}
+
+#[test]
+fn a_handshake_flood_engages_cookies_and_a_real_peer_still_gets_its_session() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    // A flood of initiations with valid MAC1 (anyone who knows Bob's public
+    // key can make one) from many spoofed sources.
+    let flooder = StaticKeys::new(secret("flood"));
+    let bob_for_flooder = PeerKeys::new(&flooder, public("bob"), None);
+    let mut jar = cookie::CookieJar::default();
+    let mut cookies = 0;
+    for i in 0..200u32 {
+        let mut m = [0u8; messages::INITIATION_LEN];
+        noise::initiate(
+            &flooder,
+            &bob_for_flooder,
+            i,
+            secret(&i.to_string()),
+            &[0; 12],
+            &mut m,
+        )
+        .unwrap();
+        jar.stamp(&bob_for_flooder, &mut m, 0);
+        let from = SocketAddr::from(([198, 51, 100, (i % 250) as u8], 1000 + i as u16));
+        b.engine.receive(
+            &b.cfg,
+            from,
+            VecFrame::new(&m),
+            S + u64::from(i) * 10_000,
+            &mut b.host,
+        );
+        cookies += b
+            .host
+            .sent
+            .drain(..)
+            .filter(|(_, f)| f.data()[0] == 3)
+            .count();
+    }
+    assert!(events(&b, TunnelEvent::UnderLoad) >= 1);
+    assert!(
+        cookies > 150,
+        "most of the flood was answered with cookies, not DH: {cookies}"
+    );
+    assert!(
+        drops(&b, TunnelDrop::UnknownPeer) <= 40,
+        "only the messages before cookie mode were opened"
+    );
+
+    // Alice, still under load: her first initiation earns a cookie, the
+    // retransmission carries MAC2 and is answered.
+    let t = S + 3_000_000;
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"hi"),
+        t,
+        &mut a.host,
+    );
+    pump(&mut a, &mut b, t);
+    assert_eq!(events(&a, TunnelEvent::CookieRepliesReceived), 1);
+    assert!(b.host.delivered.is_empty());
+    a.engine.poll(&a.cfg, t + 6 * S, 16, &mut a.host); // retransmit
+                                                       // Keep Bob under load while the retransmission arrives.
+    for i in 0..30u32 {
+        let mut m = [0u8; messages::INITIATION_LEN];
+        noise::initiate(&flooder, &bob_for_flooder, i, secret("f"), &[0; 12], &mut m).unwrap();
+        jar.stamp(&bob_for_flooder, &mut m, 0);
+        b.engine.receive(
+            &b.cfg,
+            SocketAddr::from(([198, 51, 100, 1], 9)),
+            VecFrame::new(&m),
+            t + 6 * S,
+            &mut b.host,
+        );
+    }
+    b.host.sent.retain(|(to, _)| *to == a.addr);
+    pump(&mut a, &mut b, t + 6 * S);
+    assert_eq!(delivered_payloads(&mut b), vec![b"hi".to_vec()]);
+}
+
+#[test]
+fn an_initiator_rekeys_after_rekey_after_time_without_losing_packets() {
+    let timers = TimerSettings {
+        rekey_after_time_s: 3,
+        reject_after_time_s: 6,
+        ..TimerSettings::default()
+    };
+    let (mut a, mut b) = pair(timers);
+    let mut sent = 0u32;
+    let mut got = 0;
+    for step in 0..100u64 {
+        let now = S + step * 100_000_000; // 10 s in 100 ms steps
+        for side in [&mut a, &mut b] {
+            let (src, dst) = if side.name == "alice" {
+                ([10, 1, 0, 5], [10, 2, 0, 9])
+            } else {
+                ([10, 2, 0, 9], [10, 1, 0, 5])
+            };
+            side.host.now_ns = now;
+            side.engine.send(
+                &side.cfg,
+                0,
+                ipv4(src, dst, &sent.to_be_bytes()),
+                now,
+                &mut side.host,
+            );
+            sent += 1;
+            side.engine.poll(&side.cfg, now, 8, &mut side.host);
+        }
+        pump(&mut a, &mut b, now);
+        got += a.host.delivered.drain(..).count() + b.host.delivered.drain(..).count();
+    }
+    assert_eq!(got, sent as usize, "every packet arrived across the rekeys");
+    let handshakes =
+        events(&a, TunnelEvent::InitiationsSent) + events(&b, TunnelEvent::InitiationsSent);
+    assert!(
+        (3..=8).contains(&handshakes),
+        "{handshakes} handshakes in 10 s with a 3 s rekey"
+    );
+    assert_eq!(
+        drops(&a, TunnelDrop::NoSession) + drops(&b, TunnelDrop::NoSession),
+        0
+    );
+}
+
+#[test]
+fn received_data_without_an_answer_gets_a_keepalive_and_silence_a_new_handshake() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
+        S,
+        &mut a.host,
+    );
+    pump(&mut a, &mut b, S);
+    // Bob received data and sent nothing: a keepalive after 10 s.
+    b.engine.poll(&b.cfg, 11 * S + 1, 8, &mut b.host);
+    assert_eq!(events(&b, TunnelEvent::KeepalivesSent), 1);
+    pump(&mut a, &mut b, 11 * S + 1);
+    assert_eq!(events(&a, TunnelEvent::KeepalivesReceived), 1);
+
+    // Alice sends into the void: after 15 s (and jitter) she starts over.
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
+        20 * S,
+        &mut a.host,
+    );
+    a.host.sent.clear();
+    a.engine.poll(&a.cfg, 36 * S, 8, &mut a.host);
+    assert_eq!(events(&a, TunnelEvent::InitiationsSent), 2);
+}
+
+#[test]
+fn an_unanswered_initiation_is_retransmitted_then_abandoned() {
+    let (mut a, _) = pair(TimerSettings::default());
+    for i in 0..3u8 {
+        a.engine.send(
+            &a.cfg,
+            0,
+            ipv4([10, 1, 0, 5], [10, 2, 0, 9], &[i]),
+            S,
+            &mut a.host,
+        );
+    }
+    let mut now = S;
+    for _ in 0..40 {
+        now += 5_400_000_000;
+        a.engine.poll(&a.cfg, now, 8, &mut a.host);
+    }
+    assert_eq!(
+        events(&a, TunnelEvent::InitiationsSent),
+        18,
+        "90 s of 5 s retries"
+    );
+    assert_eq!(drops(&a, TunnelDrop::HandshakeTimeout), 3);
+    // The retransmissions are fresh initiations, each with its own index.
+    let mut senders: Vec<&[u8]> = a.host.sent.iter().map(|(_, f)| &f.data()[4..8]).collect();
+    senders.sort();
+    senders.dedup();
+    assert_eq!(senders.len(), 18);
+}
+
+#[test]
+fn the_endpoint_follows_a_roaming_peer() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
+        S,
+        &mut a.host,
+    );
+    pump(&mut a, &mut b, S);
+    // Bob moves to a new address and sends from there.
+    b.addr = "203.0.113.9:40000".parse().unwrap();
+    b.engine.send(
+        &b.cfg,
+        0,
+        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"moved"),
+        2 * S,
+        &mut b.host,
+    );
+    pump(&mut a, &mut b, 2 * S);
+    assert_eq!(delivered_payloads(&mut a), vec![b"moved".to_vec()]);
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"reply"),
+        3 * S,
+        &mut a.host,
+    );
+    assert_eq!(a.host.sent[0].0, b.addr, "answers go to where Bob is now");
+}
+
+#[test]
+fn sessions_expire_and_keys_are_erased_after_silence() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
+        S,
+        &mut a.host,
+    );
+    pump(&mut a, &mut b, S);
+    assert!(a.engine.peer_stats(0, &a.cfg, 100 * S).session_up);
+    assert!(
+        !a.engine.peer_stats(0, &a.cfg, 181 * S + 1).session_up,
+        "past Reject-After-Time"
+    );
+    a.engine.poll(&a.cfg, 600 * S, 8, &mut a.host);
+    assert_eq!(
+        a.engine.indices.len(),
+        0,
+        "every index was retired with its keys"
+    );
+}
+
+#[test]
+fn a_peer_without_an_endpoint_can_call_in() {
+    let mut a = side(
+        "alice",
+        "192.0.2.1:51820",
+        vec![PeerSpec {
+            addr: None,
+            ..peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"])
+        }],
+        TimerSettings::default(),
+    );
+    let mut b = side(
+        "bob",
+        "192.0.2.2:51820",
+        vec![peer_spec("alice", "192.0.2.1:51820", &["10.1.0.0/24"])],
+        TimerSettings::default(),
+    );
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"lost"),
+        S,
+        &mut a.host,
+    );
+    assert_eq!(drops(&a, TunnelDrop::NoEndpoint), 1);
+    b.engine.send(
+        &b.cfg,
+        0,
+        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"hi"),
+        S,
+        &mut b.host,
+    );
+    pump(&mut a, &mut b, S);
+    assert_eq!(delivered_payloads(&mut a), vec![b"hi".to_vec()]);
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"now"),
+        S,
+        &mut a.host,
+    );
+    pump(&mut a, &mut b, S);
+    assert_eq!(delivered_payloads(&mut b), vec![b"now".to_vec()]);
+}
+
+#[test]
+fn work_for_another_workers_peer_is_handed_over_and_indices_steer_data() {
+    // Alice runs two workers; Bob is peer 1, so worker 1 owns him.
+    let timers = TimerSettings::default();
+    let mut a0 = side(
+        "alice",
+        "192.0.2.1:51820",
+        vec![
+            peer_spec("carol", "192.0.2.3:51820", &["10.3.0.0/24"]),
+            peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"]),
+        ],
+        timers,
+    );
+    a0.engine = Tunnels::new(0, 2, &a0.cfg, [7; 16]);
+    let mut a1 = side(
+        "alice",
+        "192.0.2.1:51820",
+        vec![
+            peer_spec("carol", "192.0.2.3:51820", &["10.3.0.0/24"]),
+            peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"]),
+        ],
+        timers,
+    );
+    a1.engine = Tunnels::new(1, 2, &a1.cfg, [8; 16]);
+    let mut b = side(
+        "bob",
+        "192.0.2.2:51820",
+        vec![peer_spec("alice", "192.0.2.1:51820", &["10.1.0.0/24"])],
+        timers,
+    );
+
+    // A LAN packet for Bob lands on worker 0: it goes to worker 1.
+    a0.engine.send(
+        &a0.cfg,
+        1,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"),
+        S,
+        &mut a0.host,
+    );
+    let (worker, work) = a0.host.handoffs.pop().unwrap();
+    assert_eq!(worker, 1);
+    let Work::Send { peer, frame } = work else {
+        panic!("a send")
+    };
+    a1.engine.send(&a1.cfg, peer, frame, S, &mut a1.host);
+    let (_, initiation) = a1.host.sent.pop().unwrap();
+    assert_eq!(initiation.data()[7], 1, "worker 1's index");
+
+    // Bob's response arrives at worker 0 (the NIC's hash chose it): steered by its receiver index.
+    b.engine
+        .receive(&b.cfg, a1.addr, initiation, S, &mut b.host);
+    let (_, response) = b.host.sent.pop().unwrap();
+    a0.engine
+        .receive(&a0.cfg, b.addr, response, S, &mut a0.host);
+    let (worker, Work::Receive { frame, .. }) = a0.host.handoffs.pop().unwrap() else {
+        panic!("a receive")
+    };
+    assert_eq!(worker, 1);
+    a1.engine.receive(&a1.cfg, b.addr, frame, S, &mut a1.host);
+    for (_, f) in a1.host.sent.drain(..) {
+        b.engine.receive(&b.cfg, a1.addr, f, S, &mut b.host);
+    }
+    assert_eq!(delivered_payloads(&mut b), vec![b"x".to_vec()]);
+
+    // Bob's own initiation lands on worker 0, which learns the peer and hands it over.
+    let mut b2 = side(
+        "bob",
+        "192.0.2.2:51820",
+        vec![peer_spec("alice", "192.0.2.1:51820", &["10.1.0.0/24"])],
+        timers,
+    );
+    b2.engine.send(
+        &b2.cfg,
+        0,
+        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"y"),
+        2 * S,
+        &mut b2.host,
+    );
+    let (_, init) = b2.host.sent.pop().unwrap();
+    a0.engine
+        .receive(&a0.cfg, b2.addr, init, 2 * S, &mut a0.host);
+    let (worker, Work::Receive { from, frame }) = a0.host.handoffs.pop().unwrap() else {
+        panic!("a receive")
+    };
+    assert_eq!(worker, 1);
+    a1.engine.receive(&a1.cfg, from, frame, 2 * S, &mut a1.host);
+    assert_eq!(events(&a1, TunnelEvent::ResponsesSent), 1);
+    assert_eq!(events(&a0, TunnelEvent::ResponsesSent), 0);
+}
+
+#[test]
+fn reconfiguration_keeps_sessions_of_unchanged_peers() {
+    let (mut a, mut b) = pair(TimerSettings::default());
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
+        S,
+        &mut a.host,
+    );
+    pump(&mut a, &mut b, S);
+    // Alice adds Carol in front of Bob: Bob is now peer 1 and keeps his session.
+    let keys = StaticKeys::new(secret("alice"));
+    let peers = vec![
+        PeerConfig {
+            name: "carol".into(),
+            keys: PeerKeys::new(&keys, public("carol"), None),
+            endpoint: None,
+            allowed_ips: vec!["10.3.0.0/24".parse().unwrap()],
+            persistent_keepalive_s: 0,
+            compression: false,
+        },
+        PeerConfig {
+            name: "bob".into(),
+            keys: PeerKeys::new(&keys, public("bob"), None),
+            endpoint: Some(b.addr),
+            allowed_ips: vec!["10.2.0.0/24".parse().unwrap()],
+            persistent_keepalive_s: 0,
+            compression: false,
+        },
+    ];
+    a.cfg = TunnelConfig::new(keys, 51820, 1420, TimerSettings::default(), 200, peers).unwrap();
+    a.engine.reconfigure(&a.cfg);
+    a.engine.send(
+        &a.cfg,
+        1,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
+        2 * S,
+        &mut a.host,
+    );
+    assert_eq!(a.host.sent[0].1.data()[0], 4, "data on the kept session");
+    b.engine.send(
+        &b.cfg,
+        0,
+        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"3"),
+        2 * S,
+        &mut b.host,
+    );
+    pump(&mut a, &mut b, 2 * S);
+    let from: Vec<PeerId> = a.host.delivered.iter().map(|(p, _)| *p).collect();
+    assert_eq!(from, vec![1]);
+}
+
+#[test]
+fn no_buffer_for_a_handshake_is_counted_not_fatal() {
+    let (mut a, _) = pair(TimerSettings::default());
+    a.host.no_buffers = true;
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
+        S,
+        &mut a.host,
+    );
+    assert_eq!(drops(&a, TunnelDrop::NoBuffer), 1);
+    a.host.no_buffers = false;
+    a.engine.send(
+        &a.cfg,
+        0,
+        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
+        2 * S,
+        &mut a.host,
+    );
+    assert_eq!(events(&a, TunnelEvent::InitiationsSent), 1);
+}
+
+#[test]
+fn timestamps_sort_in_time_order() {
+    let early = tai64n(Duration::new(100, 999_999_999));
+    let late = tai64n(Duration::new(101, 0));
+    assert!(early < late);
+    assert_eq!(
+        &early[..8],
+        &(0x4000_0000_0000_000a_u64 + 100).to_be_bytes()
+    );
+}
