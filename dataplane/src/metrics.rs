@@ -31,7 +31,10 @@ use crate::dpi::Category;
 use crate::neighbor::NeighborShared;
 use crate::packet::parse::ParseError;
 use crate::published::Published;
-use crate::stats::{Counter, Counters, DropReason, SharedCounters};
+use crate::stats::{
+    peer_total, Counter, Counters, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS,
+};
+use crate::tunnel::{TunnelDrop, TunnelEvent};
 
 /// Whether the data plane is serving traffic, for `/healthz`.
 #[derive(Debug, Default)]
@@ -75,6 +78,8 @@ pub struct DataplaneCollector {
     pub dpi: Vec<Arc<DpiCounters>>,
     /// The control-plane agent, when the data plane is managed.
     pub agent: Option<Arc<AgentStatus>>,
+    /// Each worker's tunnel figures.
+    pub tunnels: Vec<Arc<SharedTunnelStats>>,
 }
 
 fn counter<S: EncodeLabelSet, V: EncodeCounterValue>(
@@ -111,6 +116,110 @@ type L1 = [(&'static str, String); 1];
 /// The label set of a metric without labels.
 const NO_LABELS: L0 = [];
 type L2 = [(&'static str, String); 2];
+
+impl DataplaneCollector {
+    /// Tunnel figures: per peer (summed over workers; each peer's owner has
+    /// them all) and engine-wide drops and events.
+    fn encode_tunnels(&self, cfg: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(t) = cfg.tunnel.as_deref() else {
+            return Ok(());
+        };
+        let peers: Vec<(String, crate::tunnel::PeerStats)> = t
+            .config
+            .peers
+            .iter()
+            .take(MAX_TUNNEL_PEERS)
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), peer_total(&self.tunnels, i)))
+            .collect();
+        gauge(
+            enc,
+            "patronus_tunnel_status",
+            "1 for the peer's tunnel state: up while a session is valid, down otherwise.",
+            peers.iter().flat_map(|(name, s)| {
+                [("up", s.session_up), ("down", !s.session_up)].map(|(status, on)| {
+                    (
+                        [("peer", name.clone()), ("status", status.to_owned())],
+                        i64::from(on),
+                    )
+                })
+            }),
+        )?;
+        let per_peer = |f: fn(&crate::tunnel::PeerStats) -> u64| -> Vec<(L1, u64)> {
+            peers
+                .iter()
+                .map(|(n, s)| ([("peer", n.clone())], f(s)))
+                .collect()
+        };
+        for (metric, help, f) in [
+            (
+                "patronus_tunnel_tx_packets",
+                "Packets sent into the peer's tunnel (keepalives excluded).",
+                (|s| s.tx_packets) as fn(&crate::tunnel::PeerStats) -> u64,
+            ),
+            (
+                "patronus_tunnel_tx_bytes",
+                "Inner bytes sent into the peer's tunnel.",
+                |s| s.tx_bytes,
+            ),
+            (
+                "patronus_tunnel_rx_packets",
+                "Packets received from the peer's tunnel and forwarded.",
+                |s| s.rx_packets,
+            ),
+            (
+                "patronus_tunnel_rx_bytes",
+                "Inner bytes received from the peer's tunnel.",
+                |s| s.rx_bytes,
+            ),
+            (
+                "patronus_tunnel_handshakes_sent",
+                "Handshake initiations and responses sent to the peer.",
+                |s| s.handshakes_sent,
+            ),
+            (
+                "patronus_tunnel_handshakes_received",
+                "Handshake initiations and responses accepted from the peer.",
+                |s| s.handshakes_received,
+            ),
+            (
+                "patronus_tunnel_handshakes_failed",
+                "Handshake messages from the peer refused, and attempts given up.",
+                |s| s.handshakes_failed,
+            ),
+        ] {
+            counter(enc, metric, help, per_peer(f))?;
+        }
+        gauge(
+            enc,
+            "patronus_tunnel_last_handshake_timestamp_seconds",
+            "Unix time of the peer's last completed handshake we initiated (0: never).",
+            per_peer(|s| s.last_handshake_unix_s),
+        )?;
+        counter(
+            enc,
+            "patronus_tunnel_drops",
+            "Tunnel packets and messages dropped, by reason.",
+            TunnelDrop::ALL.iter().map(|r| {
+                (
+                    [("reason", r.as_str().to_owned())],
+                    self.tunnels.iter().map(|w| w.drops(*r)).sum::<u64>(),
+                )
+            }),
+        )?;
+        counter(
+            enc,
+            "patronus_tunnel_events",
+            "Tunnel protocol events (handshake messages, cookies, keepalives, cookie mode).",
+            TunnelEvent::ALL.iter().map(|e| {
+                (
+                    [("event", e.as_str().to_owned())],
+                    self.tunnels.iter().map(|w| w.events(*e)).sum::<u64>(),
+                )
+            }),
+        )
+    }
+}
 
 impl Collector for DataplaneCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
@@ -411,6 +520,7 @@ impl Collector for DataplaneCollector {
             "Packets waiting for next-hop resolution.",
             by_worker(Counter::PendingPackets),
         )?;
+        self.encode_tunnels(&cfg, &mut enc)?;
         gauge(
             &mut enc,
             "patronus_neighbors",

@@ -57,6 +57,14 @@ impl RouteTable {
         }
     }
 
+    /// The route for exactly `prefix`, if there is one.
+    pub fn get(&self, prefix: IpNet) -> Option<Route> {
+        match prefix.trunc() {
+            IpNet::V4(p) => self.v4.get(&p).copied(),
+            IpNet::V6(p) => self.v6.get(&p).copied(),
+        }
+    }
+
     /// Number of prefixes.
     pub fn len(&self) -> usize {
         self.len

@@ -147,6 +147,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     let health = Arc::new(Health::default());
     let mut stats = Vec::with_capacity(lcores.len());
     let mut dpi_stats = Vec::with_capacity(lcores.len());
+    let mut tunnel_stats = Vec::with_capacity(lcores.len());
+    if lcores.len() > crate::tunnel::MAX_WORKERS {
+        bail!(
+            "{} workers, but the tunnel engine supports at most {}; give EAL fewer lcores",
+            lcores.len(),
+            crate::tunnel::MAX_WORKERS
+        );
+    }
+    let inboxes = crate::worker::tunnel_inboxes(lcores.len());
     // Every worker reports what it learns into one bounded channel that the
     // neighbour manager drains.
     let (events, event_receiver) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
@@ -181,6 +190,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             stop: stop.clone(),
             clock,
             seed: seed_for(index),
+            workers: lcores.len(),
+            inboxes: inboxes.clone(),
+            tunnel_stats: {
+                let shared = Arc::new(crate::stats::SharedTunnelStats::default());
+                tunnel_stats.push(shared.clone());
+                shared
+            },
         };
         // The flow table is allocated here, before the lcore starts polling.
         let worker = Worker::new(setup);
@@ -197,6 +213,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         handles.push(handle);
     }
 
+    // Queued work holds packet buffers: only workers keep the queues, so
+    // they go (and free what they hold) when the last worker exits.
+    drop(inboxes);
+
     let mut manager = NeighborManager::new(
         snapshot.neighbors.clone(),
         neighbors.clone(),
@@ -212,7 +232,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         let setup = AgentSetup {
             apply: apply_tx,
             status: agent_status.clone(),
-            telemetry: telemetry_source(ports.clone(), stats.clone(), config.clone()),
+            telemetry: telemetry_source(
+                ports.clone(),
+                stats.clone(),
+                tunnel_stats.clone(),
+                config.clone(),
+            ),
             events: events_rx,
             config: config.clone(),
         };
@@ -251,6 +276,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
                 config: config.clone(),
                 dpi: dpi_stats.clone(),
                 agent: agent.is_some().then(|| agent_status.clone()),
+                tunnels: tunnel_stats.clone(),
             };
             let server = HttpServer::start(addr, collector, health.clone())
                 .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
@@ -409,7 +435,7 @@ fn reload_config(
             .compile(Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier))
             .context(context)?;
         site.version = *version;
-        snapshot.site = Arc::new(site);
+        snapshot.set_site(site).context(context)?;
     }
     published.store(snapshot.clone());
     Ok((config, snapshot))
@@ -437,19 +463,20 @@ fn apply_snapshot(
     site.version = request.version;
     let mut next = Snapshot::clone(&current);
     next.generation += 1;
-    next.site = Arc::new(site);
+    next.set_site(site)?;
     next.dpi.classifier = classifier;
     published.store(next);
     Ok(())
 }
 
 /// Reads the totals the agent reports: port counters, every drop (parse
-/// errors, drop reasons, full tx rings), flows, and the configured peers.
-/// Tunnels come with the tunnel data path; until then every peer is down
-/// and no path has been measured.
+/// errors, drop reasons, full tx rings), flows, and the configured peers
+/// with their tunnel state (down without a `[tunnel]`). No path has been
+/// measured yet.
 fn telemetry_source(
     ports: Vec<Port>,
     workers: Vec<Arc<SharedCounters>>,
+    tunnels: Vec<Arc<crate::stats::SharedTunnelStats>>,
     config: Arc<Published<Snapshot>>,
 ) -> TelemetrySource {
     Arc::new(move || {
@@ -473,10 +500,20 @@ fn telemetry_source(
                 .site
                 .peers
                 .iter()
-                .map(|p| PeerTelemetry {
-                    name: p.name.clone(),
-                    tunnel: TunnelState::Down as i32,
-                    path: None,
+                .enumerate()
+                .map(|(i, p)| {
+                    // The tunnel's peers are the site's, in the same order.
+                    let up =
+                        cfg.tunnel.is_some() && crate::stats::peer_total(&tunnels, i).session_up;
+                    PeerTelemetry {
+                        name: p.name.clone(),
+                        tunnel: if up {
+                            TunnelState::Up
+                        } else {
+                            TunnelState::Down
+                        } as i32,
+                        path: None,
+                    }
                 })
                 .collect(),
         }

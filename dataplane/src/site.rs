@@ -67,8 +67,10 @@ pub struct SitePeerSection {
 pub struct PeerSection {
     /// Unique among the site's peers.
     pub name: String,
-    /// Where the peer's tunnel listens.
-    pub endpoint: EndpointSection,
+    /// Where the peer's tunnel listens; absent for a peer that only calls
+    /// in (a road warrior), whose endpoint is learnt from its handshake.
+    #[serde(default)]
+    pub endpoint: Option<EndpointSection>,
     /// The peer's WireGuard identity.
     pub wireguard: WireGuardSection,
     /// Compress tunnel payloads (Patronus peers only).
@@ -77,6 +79,14 @@ pub struct PeerSection {
     /// Run BFD over the tunnel.
     #[serde(default)]
     pub bfd_enabled: bool,
+    /// Inner addresses the peer may send from and that are routed to it
+    /// (cryptokey routing), as prefixes.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    /// Send a keepalive after this many idle seconds (0: off), to keep NAT
+    /// mappings open.
+    #[serde(default)]
+    pub persistent_keepalive_s: u16,
 }
 
 /// `peer.wireguard`.
@@ -85,6 +95,10 @@ pub struct PeerSection {
 pub struct WireGuardSection {
     /// The peer's Curve25519 public key, base64.
     pub public_key: String,
+    /// File with a base64 preshared key shared with this peer (mode 600);
+    /// absent: none. File configuration only.
+    #[serde(default)]
+    pub preshared_key_file: Option<std::path::PathBuf>,
 }
 
 /// `[[policy]]`: rules for the flows of this site.
@@ -211,14 +225,20 @@ pub struct SiteSections {
 pub struct Peer {
     /// Its name.
     pub name: String,
-    /// Address (IP or host name) and port of its tunnel.
-    pub endpoint: (String, u16),
+    /// Address (IP or host name) and port of its tunnel; `None` when it only calls in.
+    pub endpoint: Option<(String, u16)>,
     /// Its Curve25519 public key.
     pub public_key: [u8; 32],
+    /// Where its preshared key is, if it has one.
+    pub preshared_key_file: Option<std::path::PathBuf>,
     /// Compress payloads.
     pub compression: bool,
     /// Run BFD.
     pub bfd_enabled: bool,
+    /// Cryptokey routing prefixes.
+    pub allowed_ips: Vec<IpNet>,
+    /// Persistent keepalive interval (s; 0: off).
+    pub persistent_keepalive_s: u16,
 }
 
 impl std::fmt::Debug for Peer {
@@ -289,6 +309,11 @@ pub struct Capabilities<'a> {
 impl<'a> Capabilities<'a> {
     /// What ports with these addresses and this catalogue can run.
     pub fn of(ports: &[crate::config::PortInfo], classifier: &'a Classifier) -> Capabilities<'a> {
+        // Peers are reached over the devices, never through the tunnel itself.
+        let ports: Vec<_> = ports
+            .iter()
+            .filter(|p| p.kind == crate::config::PortKind::Ethernet)
+            .collect();
         Capabilities {
             classifier,
             has_v4: ports.iter().any(|p| !p.v4.is_empty()),
@@ -333,21 +358,39 @@ impl SiteSections {
                     "used by another peer",
                 ));
             }
-            let port = check_endpoint(&p.endpoint, &format!("{field}.endpoint"))?;
-            match p.endpoint.address.parse::<IpAddr>() {
-                Ok(IpAddr::V4(_)) if !caps.has_v4 => {
-                    return Err(ConfigError::new(
-                        format!("{field}.endpoint.address"),
-                        "an IPv4 peer, but no port has an IPv4 address to reach it from",
-                    ))
+            let endpoint = match &p.endpoint {
+                None => None,
+                Some(e) => {
+                    let port = check_endpoint(e, &format!("{field}.endpoint"))?;
+                    match e.address.parse::<IpAddr>() {
+                        Ok(IpAddr::V4(_)) if !caps.has_v4 => {
+                            return Err(ConfigError::new(
+                                format!("{field}.endpoint.address"),
+                                "an IPv4 peer, but no port has an IPv4 address to reach it from",
+                            ))
+                        }
+                        Ok(IpAddr::V6(_)) if !caps.has_v6 => return Err(ConfigError::new(
+                            format!("{field}.endpoint.address"),
+                            "an IPv6 peer, but no port has a global IPv6 address to reach it from",
+                        )),
+                        _ => {}
+                    }
+                    Some((e.address.clone(), port))
                 }
-                Ok(IpAddr::V6(_)) if !caps.has_v6 => {
+            };
+            let mut allowed_ips = Vec::with_capacity(p.allowed_ips.len());
+            for (j, text) in p.allowed_ips.iter().enumerate() {
+                let afield = format!("{field}.allowed_ips[{j}]");
+                let net: IpNet = text.trim().parse().map_err(|_| {
+                    ConfigError::new(&afield, format!("{text:?} is not a prefix (10.2.0.0/24)"))
+                })?;
+                if net.trunc() != net {
                     return Err(ConfigError::new(
-                        format!("{field}.endpoint.address"),
-                        "an IPv6 peer, but no port has a global IPv6 address to reach it from",
-                    ))
+                        afield,
+                        format!("{net} has host bits set; did you mean {}?", net.trunc()),
+                    ));
                 }
-                _ => {}
+                allowed_ips.push(net);
             }
             let key = base64::engine::general_purpose::STANDARD
                 .decode(p.wireguard.public_key.trim())
@@ -361,10 +404,13 @@ impl SiteSections {
                 })?;
             peers.push(Peer {
                 name: p.name.clone(),
-                endpoint: (p.endpoint.address.clone(), port),
+                endpoint,
                 public_key: key,
+                preshared_key_file: p.wireguard.preshared_key_file.clone(),
                 compression: p.compression,
                 bfd_enabled: p.bfd_enabled,
+                allowed_ips,
+                persistent_keepalive_s: p.persistent_keepalive_s,
             });
         }
         let mut rules = Vec::new();
@@ -437,12 +483,15 @@ impl SiteSections {
                 let spec = p.spec.clone().unwrap_or_default();
                 PeerSection {
                     name: name(&p.metadata),
-                    endpoint: endpoint(&spec.endpoint),
+                    endpoint: spec.endpoint.as_ref().map(|_| endpoint(&spec.endpoint)),
                     wireguard: WireGuardSection {
                         public_key: spec.wireguard.map(|w| w.public_key).unwrap_or_default(),
+                        preshared_key_file: None,
                     },
                     compression: spec.compression,
                     bfd_enabled: spec.bfd_enabled,
+                    allowed_ips: Vec::new(),
+                    persistent_keepalive_s: 0,
                 }
             })
             .collect();

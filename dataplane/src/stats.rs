@@ -6,9 +6,11 @@
 //! so. The metrics exporter reads the shared copy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::labels::labelled_enum;
 use crate::packet::parse::ParseError;
+use crate::tunnel::{PeerStats, TunnelCounters, TunnelDrop, TunnelEvent};
 
 labelled_enum! {
     /// Why the forwarding stage dropped a well-formed packet.
@@ -39,6 +41,10 @@ labelled_enum! {
         MultiSegment => "multi_segment";
         /// No buffer to build a reply or resolution request in.
         NoBuffer => "no_buffer";
+        /// A tunnel datagram whose endpoint has no route out of a device.
+        TunnelEndpointUnreachable => "tunnel_endpoint_unreachable";
+        /// Tunnel work for another worker found its queue full.
+        TunnelHandoffFull => "tunnel_handoff_full";
     }
 }
 
@@ -218,6 +224,111 @@ impl SharedCounters {
         }
         out
     }
+}
+
+/// Most peers whose figures are reported per peer.
+pub const MAX_TUNNEL_PEERS: usize = 16384;
+const PEER_FIELDS: usize = 9;
+
+/// The published copy of one worker's tunnel figures: engine-wide drops and
+/// events, and per-peer figures indexed by the peer's position in the
+/// configuration in force (zero for peers the worker does not own).
+#[derive(Debug)]
+pub struct SharedTunnelStats {
+    drops: Box<[AtomicU64]>,
+    events: Box<[AtomicU64]>,
+    peers: Box<[AtomicU64]>,
+}
+
+impl Default for SharedTunnelStats {
+    fn default() -> Self {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        SharedTunnelStats {
+            drops: zeros(TunnelDrop::COUNT),
+            events: zeros(TunnelEvent::COUNT),
+            peers: zeros(MAX_TUNNEL_PEERS * PEER_FIELDS),
+        }
+    }
+}
+
+impl SharedTunnelStats {
+    /// Copies the engine's counters out (single writer).
+    pub fn publish_counters(&self, c: &TunnelCounters) {
+        for d in TunnelDrop::ALL {
+            self.drops[d.index()].store(c.drops(*d), Ordering::Relaxed);
+        }
+        for e in TunnelEvent::ALL {
+            self.events[e.index()].store(c.events(*e), Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes `peer`'s figures (ignored past [`MAX_TUNNEL_PEERS`]).
+    pub fn publish_peer(&self, peer: usize, s: &PeerStats) {
+        let Some(slot) = self.peers.get(peer * PEER_FIELDS..(peer + 1) * PEER_FIELDS) else {
+            return;
+        };
+        let values = [
+            s.tx_packets,
+            s.tx_bytes,
+            s.rx_packets,
+            s.rx_bytes,
+            s.handshakes_sent,
+            s.handshakes_received,
+            s.handshakes_failed,
+            s.last_handshake_unix_s,
+            u64::from(s.session_up),
+        ];
+        for (dst, v) in slot.iter().zip(values) {
+            dst.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops counted for `reason`.
+    pub fn drops(&self, reason: TunnelDrop) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Times `event` happened.
+    pub fn events(&self, event: TunnelEvent) -> u64 {
+        self.events[event.index()].load(Ordering::Relaxed)
+    }
+
+    /// The published figures of `peer`.
+    pub fn peer(&self, peer: usize) -> PeerStats {
+        let Some(slot) = self.peers.get(peer * PEER_FIELDS..(peer + 1) * PEER_FIELDS) else {
+            return PeerStats::default();
+        };
+        let v: [u64; PEER_FIELDS] = std::array::from_fn(|i| slot[i].load(Ordering::Relaxed));
+        PeerStats {
+            tx_packets: v[0],
+            tx_bytes: v[1],
+            rx_packets: v[2],
+            rx_bytes: v[3],
+            handshakes_sent: v[4],
+            handshakes_received: v[5],
+            handshakes_failed: v[6],
+            last_handshake_unix_s: v[7],
+            session_up: v[8] != 0,
+        }
+    }
+}
+
+/// The sum of every worker's figures for `peer` (its owner has them all).
+pub fn peer_total(workers: &[Arc<SharedTunnelStats>], peer: usize) -> PeerStats {
+    let mut total = PeerStats::default();
+    for w in workers {
+        let s = w.peer(peer);
+        total.tx_packets += s.tx_packets;
+        total.tx_bytes += s.tx_bytes;
+        total.rx_packets += s.rx_packets;
+        total.rx_bytes += s.rx_bytes;
+        total.handshakes_sent += s.handshakes_sent;
+        total.handshakes_received += s.handshakes_received;
+        total.handshakes_failed += s.handshakes_failed;
+        total.last_handshake_unix_s = total.last_handshake_unix_s.max(s.last_handshake_unix_s);
+        total.session_up |= s.session_up;
+    }
+    total
 }
 
 #[cfg(test)]

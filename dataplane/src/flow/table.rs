@@ -147,8 +147,33 @@ pub struct ForwardCache {
     pub generation: u32,
     /// Output port.
     pub port: u16,
-    /// Next-hop MAC address.
+    /// Next-hop MAC address; for the tunnel port, the peer (see [`ForwardCache::to_peer`]).
     pub dst_mac: [u8; 6],
+}
+
+impl ForwardCache {
+    /// A decision to send into the tunnel port `port`, to `peer`: the peer's
+    /// number takes the place of the MAC, which a tunnel has no use for, so
+    /// the flow entry stays the same size.
+    pub fn to_peer(generation: u32, port: u16, peer: u32) -> Self {
+        let mut dst_mac = [0; 6];
+        dst_mac[..4].copy_from_slice(&peer.to_le_bytes());
+        ForwardCache {
+            generation,
+            port,
+            dst_mac,
+        }
+    }
+
+    /// The peer of a decision made by [`ForwardCache::to_peer`].
+    pub fn peer(&self) -> u32 {
+        u32::from_le_bytes([
+            self.dst_mac[0],
+            self.dst_mac[1],
+            self.dst_mac[2],
+            self.dst_mac[3],
+        ])
+    }
 }
 
 /// One flow's state. Later subsystems (DPI, tunnels) hang state off it by index, so keep `app` and `ext` fields.

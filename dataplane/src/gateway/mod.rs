@@ -13,7 +13,7 @@
 mod icmp;
 mod neighbor_msgs;
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crossbeam_channel::Sender;
 
@@ -51,6 +51,20 @@ pub enum Verdict {
         port: u16,
         /// The address to resolve.
         next_hop: IpAddr,
+    },
+    /// Encrypt it for tunnel peer `peer`: the IP packet is ready (hop limit
+    /// decremented, padding removed) behind its 14-byte Ethernet header.
+    Tunnel {
+        /// The peer cryptokey routing chose.
+        peer: u32,
+    },
+    /// A datagram for the tunnel's listen port; its UDP payload (a
+    /// WireGuard message) starts at offset `payload` and runs to the end.
+    TunnelDatagram {
+        /// Its source address and port.
+        from: SocketAddr,
+        /// Offset of the UDP payload.
+        payload: u16,
     },
     /// Dropped; the reason has been counted.
     Drop,
@@ -593,6 +607,7 @@ impl Gateway {
             Some(entry.forward[dir.index()]).filter(|c| c.generation == ctx.fwd_generation)
         });
 
+        let tunnel_port = ctx.cfg.tunnel_port();
         let (out_port, dst_mac) = match cached {
             Some(c) => (c.port, Some(c.dst_mac)),
             None => {
@@ -606,6 +621,25 @@ impl Gateway {
                         DropReason::NoRoute,
                     );
                 };
+                if Some(hop.port) == tunnel_port {
+                    // Cryptokey routing: the peer whose allowed IPs hold the destination.
+                    let peer = ctx.cfg.tunnel.as_ref().and_then(|t| t.config.route(dst));
+                    let Some(peer) = peer else {
+                        return self.reject(
+                            ctx,
+                            in_port,
+                            frame,
+                            meta,
+                            icmp::ErrorKind::NoRoute,
+                            DropReason::NoRoute,
+                        );
+                    };
+                    let decision = ForwardCache::to_peer(ctx.fwd_generation, hop.port, peer);
+                    if let Some((id, dir)) = flow {
+                        self.flows.get_mut(id).forward[dir.index()] = decision;
+                    }
+                    return self.toward_tunnel(ctx, in_port, frame, meta, ip_len, decision);
+                }
                 let mac = ctx.neighbors.get(hop.port, hop.addr).map(|entry| {
                     let reachable_ns = u64::from(ctx.cfg.neighbors.reachable_s) * NS_PER_S;
                     if entry.is_stale(now, reachable_ns) {
@@ -637,6 +671,14 @@ impl Gateway {
                 }
             }
         };
+        if Some(out_port) == tunnel_port {
+            let decision = ForwardCache {
+                generation: ctx.fwd_generation,
+                port: out_port,
+                dst_mac: dst_mac.unwrap_or_default(),
+            };
+            return self.toward_tunnel(ctx, in_port, frame, meta, ip_len, decision);
+        }
         if let Some(v) = self.check_mtu(ctx, in_port, frame, meta, out_port, ip_len) {
             return v;
         }
@@ -658,6 +700,60 @@ impl Gateway {
         self.counters
             .add(Counter::ForwardedBytes, frame.len() as u64);
         Verdict::Transmit(out_port)
+    }
+
+    /// The last step toward a tunnel peer: MTU, hop limit, padding.
+    fn toward_tunnel<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        ip_len: u16,
+        decision: ForwardCache,
+    ) -> Verdict {
+        if let Some(v) = self.check_mtu(ctx, in_port, frame, meta, decision.port, ip_len) {
+            return v;
+        }
+        decrement_ttl(frame.data_mut(), meta);
+        let ip_end = usize::from(meta.ip_end);
+        if ip_end < frame.len() {
+            frame.set_len(ip_end);
+        }
+        self.counters.add(Counter::Forwarded, 1);
+        self.counters
+            .add(Counter::ForwardedBytes, frame.len() as u64);
+        Verdict::Tunnel {
+            peer: decision.peer(),
+        }
+    }
+
+    /// A UDP datagram to one of our addresses on the tunnel's listen port,
+    /// arriving on a device (the tunnel does not carry itself).
+    fn tunnel_datagram<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+        src: IpAddr,
+    ) -> Option<Verdict> {
+        let L4::Udp { src_port, dst_port } = meta.l4 else {
+            return None;
+        };
+        let tunnel = ctx.cfg.tunnel.as_ref()?;
+        if dst_port != tunnel.config.listen_port || in_port == tunnel.port {
+            return None;
+        }
+        let payload = usize::from(meta.l4_offset) + 8;
+        let ip_end = usize::from(meta.ip_end);
+        if payload > ip_end || !frame.set_len(ip_end) {
+            return Some(self.drop(DropReason::LocalUnsupported));
+        }
+        Some(Verdict::TunnelDatagram {
+            from: SocketAddr::new(src, src_port),
+            payload: payload as u16,
+        })
     }
 
     fn check_mtu<F: Frame>(
@@ -707,7 +803,9 @@ impl Gateway {
                 let built = icmp::echo_reply_v4(ctx.cfg, in_port, frame, meta);
                 self.reply(built, in_port, Counter::EchoReplies)
             }
-            L4::Udp { .. } => self.port_unreachable(ctx, in_port, frame, meta),
+            L4::Udp { .. } => self
+                .tunnel_datagram(ctx, in_port, frame, meta, IpAddr::V4(ip.src))
+                .unwrap_or_else(|| self.port_unreachable(ctx, in_port, frame, meta)),
             _ => self.drop(DropReason::LocalUnsupported),
         }
     }
@@ -740,9 +838,9 @@ impl Gateway {
             }
             // Router and redirect messages, MLD, and echo to multicast: nothing to do.
             L4::Icmpv6 { .. } => Verdict::Consumed,
-            L4::Udp { .. } if !ip.dst.is_multicast() => {
-                self.port_unreachable(ctx, in_port, frame, meta)
-            }
+            L4::Udp { .. } if !ip.dst.is_multicast() => self
+                .tunnel_datagram(ctx, in_port, frame, meta, IpAddr::V6(ip.src))
+                .unwrap_or_else(|| self.port_unreachable(ctx, in_port, frame, meta)),
             _ => self.drop(DropReason::LocalUnsupported),
         }
     }

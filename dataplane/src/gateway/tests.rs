@@ -733,3 +733,157 @@ fn multicast_or_broadcast_sources_are_never_answered_or_forwarded() {
     assert_eq!(r.run(0, &mut f, 1, S), Verdict::Drop);
     assert_eq!(r.gw.counters.drops(DropReason::InvalidSourceAddress), 5);
 }
+
+/// A private key file as `wg genkey` leaves it (mode 600), unique to the test.
+pub(crate) fn key_file(name: &str, key: [u8; 32]) -> std::path::PathBuf {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("patronus-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("private.key");
+    std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode(key)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn tunnel_rig(name: &str) -> Rig {
+    let key = key_file(name, [7; 32]);
+    rig_with(&format!(
+        r#"
+        [tunnel]
+        private_key_file = "{}"
+        addresses = ["10.99.0.1/24"]
+        [[peer]]
+        name = "branch"
+        endpoint = {{ address = "10.0.2.50", port = 51820 }}
+        wireguard = {{ public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }}
+        allowed_ips = ["10.9.0.0/24", "fd09::/64"]
+        "#,
+        key.display()
+    ))
+}
+
+#[test]
+fn packets_for_a_peers_allowed_ips_are_sent_into_the_tunnel() {
+    let mut r = tunnel_rig("into");
+    for round in 0..2 {
+        let mut f = udp4([10, 0, 1, 5], [10, 9, 0, 7], 64, b"payload");
+        assert_eq!(
+            r.run(0, &mut f, 1, S),
+            Verdict::Tunnel { peer: 0 },
+            "round {round}"
+        );
+        assert_eq!(f.data()[14 + 8], 63, "TTL decremented");
+    }
+    let mut f = udp6("fd00:1::5", "fd09::7", 64, b"payload");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Tunnel { peer: 0 });
+    // An address of the tunnel's subnet that no peer owns is unreachable.
+    let mut f = udp4([10, 0, 1, 5], [10, 99, 0, 7], 64, b"x");
+    assert_eq!(
+        r.run(0, &mut f, 1, S),
+        Verdict::Transmit(0),
+        "an ICMP error back"
+    );
+    assert_eq!(r.gw.counters.drops(DropReason::NoRoute), 1);
+}
+
+#[test]
+fn packets_too_big_for_the_tunnel_are_refused_with_an_icmp_error() {
+    let mut r = tunnel_rig("mtu");
+    let mut f = udp4([10, 0, 1, 5], [10, 9, 0, 7], 64, &[0; 1420]);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(r.gw.counters.drops(DropReason::TooBig), 1);
+}
+
+#[test]
+fn datagrams_to_the_listen_port_are_the_tunnels() {
+    let mut r = tunnel_rig("listen");
+    let b = PacketBuilder::ethernet2(HOST_B, WAN_MAC)
+        .ipv4([10, 0, 2, 50], [10, 0, 2, 1], 64)
+        .udp(40000, 51820);
+    let mut out = Vec::new();
+    b.write(&mut out, &[4, 0, 0, 0]).unwrap();
+    out.extend_from_slice(&[0; 6]); // Ethernet padding
+    let mut f = VecFrame::new(&out);
+    assert_eq!(
+        r.run(1, &mut f, 1, S),
+        Verdict::TunnelDatagram {
+            from: "10.0.2.50:40000".parse().unwrap(),
+            payload: 42
+        }
+    );
+    assert_eq!(&f.data()[42..], &[4, 0, 0, 0], "padding trimmed");
+    // Another port is not the tunnel's.
+    let mut f = udp4([10, 0, 1, 5], [10, 0, 1, 1], 64, b"x");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(r.gw.counters.drops(DropReason::LocalUnsupported), 1);
+}
+
+#[test]
+fn decrypted_packets_are_forwarded_and_answered_like_received_ones() {
+    let mut r = tunnel_rig("out");
+    let tunnel = r.cfg.tunnel_port().unwrap();
+    r.learn(0, "10.0.1.5", HOST_A);
+    let from_tunnel = |src: [u8; 4], dst: [u8; 4], payload: &[u8]| {
+        let b = PacketBuilder::ethernet2(crate::config::TUNNEL_MAC, crate::config::TUNNEL_MAC)
+            .ipv4(src, dst, 64)
+            .icmpv4_echo_request(1, 1);
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        VecFrame::new(&out)
+    };
+    let mut f = from_tunnel([10, 9, 0, 7], [10, 0, 1, 5], b"ping");
+    assert_eq!(r.run(tunnel, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(&f.data()[0..6], &HOST_A);
+    // The tunnel interface's own address answers pings, back into the tunnel.
+    let mut f = from_tunnel([10, 9, 0, 7], [10, 99, 0, 1], b"ping");
+    assert_eq!(r.run(tunnel, &mut f, 1, S), Verdict::Transmit(tunnel));
+    assert_eq!(r.gw.counters.get(Counter::EchoReplies), 1);
+}
+
+#[test]
+fn tunnel_configuration_errors_name_the_field() {
+    let base = r#"
+        [[port]]
+        name = "wan"
+        device = "net_ring0"
+        addresses = ["10.0.2.1/24"]
+    "#;
+    let peer = r#"
+        [[peer]]
+        name = "branch"
+        endpoint = { address = "10.0.2.50", port = 51820 }
+        wireguard = { public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }
+        allowed_ips = ["10.9.0.0/24"]
+    "#;
+    let err = |text: String| Config::from_toml(&text).unwrap().validate(1).unwrap_err();
+
+    let e = err(format!("{base}{peer}"));
+    assert_eq!(e.field, "peer[branch].allowed_ips");
+
+    let key = key_file("perm", [7; 32]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let tunnel = format!("[tunnel]\nprivate_key_file = \"{}\"\n", key.display());
+    let e = err(format!("{base}{tunnel}{peer}"));
+    assert_eq!(e.field, "tunnel.private_key_file");
+    assert!(e.message.contains("chmod 600"), "{}", e.message);
+
+    let key = key_file("conflict", [7; 32]);
+    let tunnel = format!("[tunnel]\nprivate_key_file = \"{}\"\n", key.display());
+    let route = "[[route]]\nprefix = \"10.9.0.0/24\"\nvia = \"10.0.2.254\"\n";
+    let e = err(format!("{base}{route}{tunnel}{peer}"));
+    assert_eq!(e.field, "peer[branch].allowed_ips[0]");
+
+    let e = err(format!(
+        "{base}{tunnel}{}",
+        peer.replace("10.9.0.0/24", "10.9.0.1/24")
+    ));
+    assert_eq!(e.field, "peer[branch].allowed_ips[0]");
+    assert!(e.message.contains("host bits"));
+
+    let e = err(format!("{base}{tunnel}mtu = 100\n{peer}"));
+    assert_eq!(e.field, "tunnel.mtu");
+}

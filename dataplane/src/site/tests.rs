@@ -74,7 +74,10 @@ fn error(s: &SiteSections, has_v6: bool) -> ConfigError {
 fn a_file_compiles_with_rules_highest_priority_first() {
     let state = sections(&file()).compile(caps(false)).unwrap();
     assert_eq!(state.peers.len(), 1);
-    assert_eq!(state.peers[0].endpoint, ("203.0.113.1".to_owned(), 51820));
+    assert_eq!(
+        state.peers[0].endpoint,
+        Some(("203.0.113.1".to_owned(), 51820))
+    );
     assert!(state.peers[0].bfd_enabled);
     let priorities: Vec<u32> = state.rules.iter().map(|r| r.priority).collect();
     assert_eq!(priorities, [200, 100]);

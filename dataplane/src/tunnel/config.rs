@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
@@ -84,7 +85,7 @@ pub struct PeerConfig {
 #[derive(Debug)]
 pub struct TunnelConfig {
     /// Our identity.
-    pub keys: StaticKeys,
+    pub keys: Arc<StaticKeys>,
     /// UDP port we listen on.
     pub listen_port: u16,
     /// Largest inner packet.
@@ -102,7 +103,7 @@ pub struct TunnelConfig {
 /// Why a tunnel configuration cannot be built; the text names the field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TunnelConfigError {
-    /// The field at fault (`peer[2].allowed_ips[0]`).
+    /// The field at fault (`peer[hq].allowed_ips[0]`).
     pub field: String,
     /// What is wrong with it.
     pub message: String,
@@ -112,7 +113,7 @@ impl TunnelConfig {
     /// Indexes `peers` by public key and allowed IPs. Two peers with one key,
     /// a peer with our own key, or one prefix given to two peers is an error.
     pub fn new(
-        keys: StaticKeys,
+        keys: Arc<StaticKeys>,
         listen_port: u16,
         mtu: u16,
         timers: TimerSettings,
@@ -123,7 +124,7 @@ impl TunnelConfig {
         let mut allowed = AllowedIps::default();
         for (i, peer) in peers.iter().enumerate() {
             let id = i as PeerId;
-            let field = |f: &str| format!("peer[{i}].{f}");
+            let field = |f: &str| format!("peer[{}].{f}", peer.name);
             if peer.keys.public() == keys.public() {
                 return Err(TunnelConfigError {
                     field: field("wireguard.public_key"),
@@ -133,7 +134,7 @@ impl TunnelConfig {
             if let Some(other) = by_key.insert(*peer.keys.public(), id) {
                 return Err(TunnelConfigError {
                     field: field("wireguard.public_key"),
-                    message: format!("is also the key of peer[{other}]"),
+                    message: format!("is also the key of peer[{}]", peers[other as usize].name),
                 });
             }
             for (j, prefix) in peer.allowed_ips.iter().enumerate() {
@@ -141,7 +142,10 @@ impl TunnelConfig {
                     if other != id {
                         return Err(TunnelConfigError {
                             field: field(&format!("allowed_ips[{j}]")),
-                            message: format!("{prefix} is also allowed for peer[{other}]"),
+                            message: format!(
+                                "{prefix} is also allowed for peer[{}]",
+                                peers[other as usize].name
+                            ),
                         });
                     }
                 }
@@ -195,7 +199,7 @@ mod tests {
 
     fn build(peers: Vec<PeerConfig>) -> Result<TunnelConfig, TunnelConfigError> {
         TunnelConfig::new(
-            StaticKeys::new(hash(&[b"local"])),
+            Arc::new(StaticKeys::new(hash(&[b"local"]))),
             51820,
             1420,
             TimerSettings::default(),
@@ -245,9 +249,10 @@ mod tests {
             peer(&local, b"b", &["10.0.0.0/8"]),
         ])
         .unwrap_err();
-        assert_eq!(err.field, "peer[1].allowed_ips[0]");
+        assert_eq!(err.field, "peer[b].allowed_ips[0]");
+        assert!(err.message.contains("peer[a]"), "{}", err.message);
         let err = build(vec![peer(&local, b"a", &[]), peer(&local, b"a", &[])]).unwrap_err();
-        assert_eq!(err.field, "peer[1].wireguard.public_key");
+        assert_eq!(err.field, "peer[a].wireguard.public_key");
         let err = build(vec![peer(&local, b"local", &[])]).unwrap_err();
         assert!(err.message.contains("own public key"));
     }

@@ -22,6 +22,7 @@ pub mod cookie;
 pub mod crypto;
 pub mod messages;
 pub mod noise;
+pub mod outer;
 mod peer;
 pub mod replay;
 pub mod session;
@@ -89,8 +90,6 @@ labelled_enum! {
         HandshakeTimeout => "handshake_timeout";
         /// No buffer for a handshake message, or no room in one.
         NoBuffer => "no_buffer";
-        /// The worker owning the peer could not take the packet.
-        HandoffFull => "handoff_full";
     }
 }
 
@@ -334,11 +333,6 @@ impl<F: Frame> Tunnels<F> {
                 s.session_up = p.usable(now, &cfg.timers).is_some();
                 s
             })
-    }
-
-    /// Peers whose figures this engine keeps.
-    pub fn owned_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
-        (0..self.peers.len() as PeerId).filter(|&p| self.owns(p))
     }
 
     /// Encrypts IP packet `frame` for `peer` and sends it, or queues it

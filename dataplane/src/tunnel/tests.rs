@@ -86,7 +86,7 @@ fn peer_spec(name: &'static str, addr: &str, allowed: &[&'static str]) -> PeerSp
 }
 
 fn side(name: &'static str, addr: &str, peers: Vec<PeerSpec>, timers: TimerSettings) -> Side {
-    let keys = StaticKeys::new(secret(name));
+    let keys = std::sync::Arc::new(StaticKeys::new(secret(name)));
     let peers = peers
         .into_iter()
         .map(|p| PeerConfig {
@@ -850,7 +850,7 @@ fn reconfiguration_keeps_sessions_of_unchanged_peers() {
     );
     pump(&mut a, &mut b, S);
     // Alice adds Carol in front of Bob: Bob is now peer 1 and keeps his session.
-    let keys = StaticKeys::new(secret("alice"));
+    let keys = std::sync::Arc::new(StaticKeys::new(secret("alice")));
     let peers = vec![
         PeerConfig {
             name: "carol".into(),

@@ -17,8 +17,12 @@ use crate::route::{Route, RouteTable};
 use crate::site::{Capabilities, PeerSection, PolicySection, SiteSection, SiteSections, SiteState};
 use std::sync::Arc;
 
+mod tunnel;
+
+pub use tunnel::{TunnelLocal, TunnelSection, TunnelSnapshot, TUNNEL_MAC, TUNNEL_PORT_NAME};
+
 /// The configuration compiled into the binary, used when no file is given.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 
 /// A configuration that failed to load or validate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +94,9 @@ pub struct Config {
     /// The site's policies (standalone mode).
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicySection>,
+    /// The WireGuard interface that carries traffic to the peers.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSection>,
 }
 
 /// `[controlplane]`: where the site's configuration comes from when the data
@@ -436,11 +443,23 @@ pub struct StaticNeighborSection {
     pub port: String,
 }
 
+/// What is behind a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// A DPDK Ethernet device.
+    Ethernet,
+    /// The WireGuard tunnel interface: packets routed here are encrypted to
+    /// a peer, and decrypted packets arrive from here. Always the last port.
+    Tunnel,
+}
+
 /// One port as workers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortInfo {
     /// Index in the config (and in every per-port array of the data plane).
     pub index: u16,
+    /// Device or tunnel.
+    pub kind: PortKind,
     /// Configured name.
     pub name: String,
     /// DPDK device name.
@@ -524,6 +543,12 @@ pub struct Snapshot {
     pub dpi: DpiSnapshot,
     /// The site, its peers and policies.
     pub site: Arc<SiteState>,
+    /// The tunnel interface and its peers, when `[tunnel]` is configured.
+    pub tunnel: Option<Arc<TunnelSnapshot>>,
+    /// `[tunnel]` with its key, kept to rebuild the tunnel when the peers change.
+    tunnel_local: Option<Arc<TunnelLocal>>,
+    /// The file's routes (connected and static), before the tunnel's are added.
+    base_routes: RouteTable,
     /// Every IPv4 address of the gateway, for the per-packet "is it ours?" test.
     local_v4: Vec<Ipv4Addr>,
     /// Every IPv6 address of the gateway, link-local ones included once known.
@@ -567,6 +592,33 @@ impl Snapshot {
             .collect();
     }
 
+    /// Puts `site` in force: its peers become the tunnel's (when there is
+    /// one), their allowed IPs routes into it.
+    ///
+    /// # Errors
+    /// A peer the tunnel cannot carry, by field; the snapshot is unchanged.
+    pub fn set_site(&mut self, site: SiteState) -> Result<(), ConfigError> {
+        if let Some(local) = &self.tunnel_local {
+            let port = self
+                .tunnel_port()
+                .expect("a snapshot with [tunnel] has a tunnel port");
+            let (tunnel, routes) = tunnel::compile(local, &site, port, &self.base_routes)?;
+            self.tunnel = Some(Arc::new(tunnel));
+            self.routes = routes;
+        }
+        self.site = Arc::new(site);
+        Ok(())
+    }
+
+    /// The tunnel interface's port index, when there is one.
+    #[inline]
+    pub fn tunnel_port(&self) -> Option<u16> {
+        self.ports
+            .last()
+            .filter(|p| p.kind == PortKind::Tunnel)
+            .map(|p| p.index)
+    }
+
     /// The port owning `addr`, if the address is one of ours.
     pub fn local_port(&self, addr: IpAddr) -> Option<u16> {
         self.ports.iter().find(|p| p.owns(addr)).map(|p| p.index)
@@ -585,6 +637,64 @@ impl Snapshot {
             );
         }
     }
+}
+
+/// Parses a port's `addresses`, refusing any address that cannot be an
+/// interface's or that `owned` (every address so far) already has.
+fn interface_addresses(
+    field: &str,
+    texts: &[String],
+    owned: &mut Vec<IpAddr>,
+) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>), ConfigError> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for (j, text) in texts.iter().enumerate() {
+        let afield = format!("{field}.addresses[{j}]");
+        let net: IpNet = text.parse().map_err(|_| {
+            ConfigError::new(
+                &afield,
+                format!("{text:?} is not an address with prefix length (10.0.0.1/24)"),
+            )
+        })?;
+        let addr = net.addr();
+        let bad = match addr {
+            IpAddr::V4(a) => {
+                a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
+            }
+            IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_loopback(),
+        };
+        if bad {
+            return Err(ConfigError::new(
+                &afield,
+                format!("{addr} cannot be an interface address"),
+            ));
+        }
+        if let IpNet::V4(n) = net {
+            if n.prefix_len() < 31
+                && (addr == IpAddr::V4(n.network()) || addr == IpAddr::V4(n.broadcast()))
+            {
+                return Err(ConfigError::new(
+                    &afield,
+                    format!(
+                        "{addr} is the network or broadcast address of {}",
+                        n.trunc()
+                    ),
+                ));
+            }
+        }
+        if owned.contains(&addr) {
+            return Err(ConfigError::new(
+                &afield,
+                format!("{addr} is assigned twice"),
+            ));
+        }
+        owned.push(addr);
+        match net {
+            IpNet::V4(n) => v4.push(n),
+            IpNet::V6(n) => v6.push(n),
+        }
+    }
+    Ok((v4, v6))
 }
 
 /// The EUI-64 link-local address of a MAC (RFC 4291 appendix A).
@@ -823,56 +933,12 @@ impl Config {
                     ));
                 }
             }
-            let mut v4 = Vec::new();
-            let mut v6 = Vec::new();
-            for (j, text) in p.addresses.iter().enumerate() {
-                let afield = format!("{field}.addresses[{j}]");
-                let net: IpNet = text.parse().map_err(|_| {
-                    ConfigError::new(
-                        &afield,
-                        format!("{text:?} is not an address with prefix length (10.0.0.1/24)"),
-                    )
-                })?;
-                let addr = net.addr();
-                let bad = match addr {
-                    IpAddr::V4(a) => {
-                        a.is_unspecified()
-                            || a.is_multicast()
-                            || a.is_broadcast()
-                            || a.is_loopback()
-                    }
-                    IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_loopback(),
-                };
-                if bad {
-                    return Err(ConfigError::new(
-                        &afield,
-                        format!("{addr} cannot be an interface address"),
-                    ));
-                }
-                if let IpNet::V4(n) = net {
-                    if n.prefix_len() < 31
-                        && (addr == IpAddr::V4(n.network()) || addr == IpAddr::V4(n.broadcast()))
-                    {
-                        return Err(ConfigError::new(
-                            &afield,
-                            format!(
-                                "{addr} is the network or broadcast address of {}",
-                                n.trunc()
-                            ),
-                        ));
-                    }
-                }
-                if owned.contains(&addr) {
-                    return Err(ConfigError::new(
-                        &afield,
-                        format!("{addr} is assigned twice"),
-                    ));
-                }
-                owned.push(addr);
-                match net {
-                    IpNet::V4(n) => v4.push(n),
-                    IpNet::V6(n) => v6.push(n),
-                }
+            let (v4, v6) = interface_addresses(&field, &p.addresses, &mut owned)?;
+            for net in v4
+                .iter()
+                .map(|n| IpNet::V4(*n))
+                .chain(v6.iter().map(|n| IpNet::V6(*n)))
+            {
                 routes.insert(
                     net.trunc(),
                     Route {
@@ -881,8 +947,15 @@ impl Config {
                     },
                 );
             }
+            if p.name == TUNNEL_PORT_NAME {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("{TUNNEL_PORT_NAME:?} names the [tunnel] interface"),
+                ));
+            }
             ports.push(PortInfo {
                 index: i as u16,
+                kind: PortKind::Ethernet,
                 name: p.name.clone(),
                 device: p.device.clone(),
                 mac: [0; 6],
@@ -891,6 +964,39 @@ impl Config {
                 v6,
             });
         }
+
+        let tunnel_local = match &self.tunnel {
+            None => None,
+            Some(section) => {
+                let local = section.load()?;
+                let (v4, v6) = interface_addresses("tunnel", &section.addresses, &mut owned)?;
+                let index = ports.len() as u16;
+                for net in v4
+                    .iter()
+                    .map(|n| IpNet::V4(*n))
+                    .chain(v6.iter().map(|n| IpNet::V6(*n)))
+                {
+                    routes.insert(
+                        net.trunc(),
+                        Route {
+                            port: index,
+                            via: None,
+                        },
+                    );
+                }
+                ports.push(PortInfo {
+                    index,
+                    kind: PortKind::Tunnel,
+                    name: TUNNEL_PORT_NAME.to_owned(),
+                    device: String::new(),
+                    mac: TUNNEL_MAC,
+                    mtu: section.mtu,
+                    v4,
+                    v6,
+                });
+                Some(Arc::new(local))
+            }
+        };
 
         let port_index = |field: String, name: &str| -> Result<u16, ConfigError> {
             ports
@@ -994,11 +1100,22 @@ impl Config {
                 "comes from the control plane when controlplane.server is set; remove it from the file",
             ));
         }
+        if self.tunnel.is_none() {
+            if let Some(p) = self.peers.iter().find(|p| !p.allowed_ips.is_empty()) {
+                return Err(ConfigError::new(
+                    format!("peer[{}].allowed_ips", p.name),
+                    "routes into a tunnel, but no [tunnel] section configures one",
+                ));
+            }
+        }
         let site = sections.compile(Capabilities::of(&ports, &dpi.classifier))?;
         let mut snapshot = Snapshot {
             generation,
             dpi,
-            site: Arc::new(site),
+            site: Arc::default(),
+            tunnel: None,
+            tunnel_local,
+            base_routes: routes.clone(),
             ports,
             routes,
             static_neighbors,
@@ -1010,6 +1127,7 @@ impl Config {
             directed_broadcasts: Vec::new(),
         };
         snapshot.index_addresses();
+        snapshot.set_site(site)?;
         Ok(snapshot)
     }
 

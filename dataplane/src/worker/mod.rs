@@ -10,20 +10,61 @@
 //! locks, allocates or makes a system call (unless `idle_sleep_us` is set
 //! and the worker is idle).
 
+mod egress;
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use crossbeam_queue::ArrayQueue;
 
 use crate::config::Snapshot;
 use crate::dpdk::{rdtsc, Mbuf, Mempool, RxBurst, RxQueue, TxQueue, BURST_SIZE};
 use crate::gateway::{Context, Gateway, Verdict};
 use crate::neighbor::{NeighborEvent, NeighborShared};
-use crate::pending::{Held, PendingQueue};
+use crate::pending::PendingQueue;
 use crate::published::Published;
-use crate::stats::{Counter, DropReason, SharedCounters};
+use crate::stats::{Counter, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS};
+use crate::tunnel::{PeerId, PeerStats, Tunnels, Work};
+use egress::{Egress, PROBES_PER_ROUND};
+
+/// The worker's [`Egress`], borrowing only the fields it needs, so that
+/// the gateway and the tunnel engine stay usable beside it.
+macro_rules! egress {
+    ($worker:ident, $ctx:expr) => {
+        Egress {
+            cfg: $ctx.cfg,
+            neighbors: $ctx.neighbors,
+            pool: &$worker.pool,
+            tx: &mut $worker.tx,
+            pending: &mut $worker.pending,
+            counters: &mut $worker.gateway.counters,
+            inboxes: &$worker.inboxes,
+            delivered: &mut $worker.delivered,
+            probes: &mut $worker.probes,
+            ip_id: &mut $worker.ip_id,
+            rng: &$worker.rng,
+            now_ns: $ctx.now_ns,
+        }
+    };
+}
+
+/// Tunnel work one worker can queue for another.
+pub const INBOX_CAPACITY: usize = 1024;
+/// Owned tunnel peers whose timers are checked per loop round.
+const TIMER_BUDGET: usize = 16;
+/// Queued tunnel work taken per loop round.
+const INBOX_BUDGET: usize = BURST_SIZE;
+
+/// One queue of tunnel work per worker, for handing a peer's packets to the
+/// worker that owns the peer.
+pub fn tunnel_inboxes(workers: usize) -> Arc<[ArrayQueue<Work<Mbuf>>]> {
+    (0..workers)
+        .map(|_| ArrayQueue::new(INBOX_CAPACITY))
+        .collect()
+}
 
 /// Flow-table slots examined for expiry per loop round.
 const EXPIRE_BUDGET: usize = 64;
@@ -80,6 +121,21 @@ pub struct Worker {
     stats: Arc<SharedCounters>,
     stop: Arc<AtomicBool>,
     clock: Clock,
+    workers: usize,
+    seed: u64,
+    tunnels: Option<Tunnels<Mbuf>>,
+    inboxes: Arc<[ArrayQueue<Work<Mbuf>>]>,
+    tunnel_stats: Arc<SharedTunnelStats>,
+    rng: ring::rand::SystemRandom,
+    ip_id: u16,
+    /// Decrypted packets waiting to be forwarded (filled by the tunnel engine).
+    delivered: Vec<Mbuf>,
+    /// The ones being forwarded now.
+    decrypted: Vec<Mbuf>,
+    tunnel_batch: Vec<Mbuf>,
+    tunnel_verdicts: [Verdict; BURST_SIZE],
+    /// Next hops to ask for at the end of a stretch of work.
+    probes: Vec<(u16, IpAddr)>,
 }
 
 /// What a worker is built from.
@@ -107,6 +163,12 @@ pub struct WorkerSetup {
     pub clock: Clock,
     /// Seed for the flow table's keyed hash.
     pub seed: u64,
+    /// How many workers there are.
+    pub workers: usize,
+    /// Every worker's queue of tunnel work (from [`tunnel_inboxes`]).
+    pub inboxes: Arc<[ArrayQueue<Work<Mbuf>>]>,
+    /// Where tunnel figures are published.
+    pub tunnel_stats: Arc<SharedTunnelStats>,
 }
 
 impl Worker {
@@ -123,7 +185,7 @@ impl Worker {
             cfg.neighbors.pending_neighbors as usize,
             cfg.neighbors.pending_per_neighbor as usize,
         );
-        Worker {
+        let mut worker = Worker {
             index: setup.index,
             rx: setup.rx,
             tx: setup.tx,
@@ -135,6 +197,34 @@ impl Worker {
             stats: setup.stats,
             stop: setup.stop,
             clock: setup.clock,
+            workers: setup.workers,
+            seed: setup.seed,
+            tunnels: None,
+            inboxes: setup.inboxes,
+            tunnel_stats: setup.tunnel_stats,
+            rng: ring::rand::SystemRandom::new(),
+            ip_id: setup.seed as u16,
+            delivered: Vec::with_capacity(2 * BURST_SIZE),
+            decrypted: Vec::with_capacity(2 * BURST_SIZE),
+            tunnel_batch: Vec::with_capacity(BURST_SIZE),
+            tunnel_verdicts: [Verdict::Drop; BURST_SIZE],
+            probes: Vec::with_capacity(PROBES_PER_ROUND),
+        };
+        worker.sync_tunnels(&cfg);
+        worker
+    }
+
+    /// Starts, reconfigures or stops the tunnel engine to match `cfg`.
+    fn sync_tunnels(&mut self, cfg: &Snapshot) {
+        match (&cfg.tunnel, &mut self.tunnels) {
+            (None, engine) => *engine = None,
+            (Some(t), Some(engine)) => engine.reconfigure(&t.config),
+            (Some(t), engine @ None) => {
+                let mut seed = [0u8; 16];
+                seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+                seed[8..].copy_from_slice(&(self.index as u64).to_le_bytes());
+                *engine = Some(Tunnels::new(self.index, self.workers, &t.config, seed));
+            }
         }
     }
 
@@ -145,6 +235,10 @@ impl Worker {
         // Allocated once; `clear` and `drain` keep the capacity, so bursts never allocate.
         let mut batch: Vec<Mbuf> = Vec::with_capacity(BURST_SIZE);
         let mut verdicts = [Verdict::Drop; BURST_SIZE];
+        // Taken out of `self` so that the loop over them can call `&mut self` methods.
+        let mut rx = std::mem::take(&mut self.rx);
+        let tunnel_publish_every = self.clock.hz() / 10;
+        let mut last_tunnel_publish = rdtsc();
         let mut cfg_generation = self.config.generation();
         let mut cfg = self.config.load();
         let mut neigh_generation = self.neighbors.generation();
@@ -155,11 +249,7 @@ impl Worker {
         let window = self.clock.hz();
         let mut last_publish = rdtsc();
         let (mut window_start, mut window_busy) = (last_publish, 0u64);
-        tracing::info!(
-            worker = self.index,
-            queues = self.rx.len(),
-            "worker started"
-        );
+        tracing::info!(worker = self.index, queues = rx.len(), "worker started");
 
         while !self.stop.load(Ordering::Relaxed) {
             let start = rdtsc();
@@ -169,6 +259,7 @@ impl Worker {
                 cfg_generation = self.config.generation();
                 cfg = self.config.load();
                 self.gateway.reconfigure(&cfg);
+                self.sync_tunnels(&cfg);
                 fwd_generation = next_generation(fwd_generation);
             }
             if self.neighbors.generation() != neigh_generation {
@@ -199,7 +290,7 @@ impl Worker {
                 now_ns,
             };
             let mut received = 0;
-            for (port, rxq) in &mut self.rx {
+            for (port, rxq) in &mut rx {
                 received += rxq.rx_burst(&mut burst);
                 batch.clear();
                 while let Some(mut mbuf) = burst.pop() {
@@ -209,28 +300,14 @@ impl Worker {
                     }
                     batch.push(mbuf);
                 }
-                self.gateway
-                    .process_burst(&ctx, *port, &mut batch, &mut verdicts);
-                for (mbuf, verdict) in batch.drain(..).zip(verdicts) {
-                    match verdict {
-                        Verdict::Transmit(out) => self.tx[usize::from(out)].push(mbuf),
-                        Verdict::Resolve { port, next_hop } => match self
-                            .pending
-                            .hold(port, next_hop, mbuf, now_ns)
-                        {
-                            Ok(Held::ProbeNow) => solicit(
-                                &mut self.gateway,
-                                &cfg,
-                                &self.pool,
-                                &mut self.tx,
-                                port,
-                                next_hop,
-                            ),
-                            Ok(Held::Queued) => {}
-                            Err(_dropped) => self.gateway.counters.drop(DropReason::PendingFull),
-                        },
-                        Verdict::Drop | Verdict::Consumed => {}
-                    }
+                self.process(&ctx, *port, &mut batch, &mut verdicts);
+            }
+            if self.tunnels.is_some() {
+                received += self.drain_inbox(&ctx);
+                self.poll_tunnels(&ctx);
+                if rdtsc().saturating_sub(last_tunnel_publish) >= tunnel_publish_every {
+                    self.publish_tunnels(&cfg, now_ns);
+                    last_tunnel_publish = rdtsc();
                 }
             }
 
@@ -300,10 +377,14 @@ impl Worker {
             }
         }
 
-        // Shutdown: send what is queued, free what waits for a next hop.
+        // Shutdown: send what is queued, free what waits for a next hop or a
+        // handshake, and the tunnel work queued for this worker.
         for txq in &mut self.tx {
             txq.flush();
         }
+        self.rx = rx;
+        self.tunnels = None;
+        while self.inboxes[self.index].pop().is_some() {}
         let held = self.pending.packets() as u64;
         self.gateway
             .counters
@@ -312,6 +393,119 @@ impl Worker {
         self.publish();
         tracing::info!(worker = self.index, "worker stopped");
         0
+    }
+
+    /// Acts on a burst's verdicts, then forwards what the tunnel decrypted.
+    fn process(
+        &mut self,
+        ctx: &Context<'_>,
+        port: u16,
+        batch: &mut Vec<Mbuf>,
+        verdicts: &mut [Verdict; BURST_SIZE],
+    ) {
+        self.gateway.process_burst(ctx, port, batch, verdicts);
+        {
+            let mut egress = egress!(self, ctx);
+            for (mbuf, verdict) in batch.drain(..).zip(verdicts.iter()) {
+                egress.dispatch(*verdict, mbuf, self.tunnels.as_mut());
+            }
+        }
+        self.forward_decrypted(ctx);
+        self.solicit_probes(ctx.cfg);
+    }
+
+    /// Forwards decrypted packets as if they had arrived on the tunnel port.
+    fn forward_decrypted(&mut self, ctx: &Context<'_>) {
+        let Some(tunnel_port) = ctx.cfg.tunnel_port() else {
+            return;
+        };
+        // Forwarding them cannot decrypt more, but loop in case it ever does.
+        while !self.delivered.is_empty() {
+            std::mem::swap(&mut self.delivered, &mut self.decrypted);
+            while !self.decrypted.is_empty() {
+                let n = self.decrypted.len().min(BURST_SIZE);
+                self.tunnel_batch.clear();
+                self.tunnel_batch.extend(self.decrypted.drain(..n));
+                self.gateway.process_burst(
+                    ctx,
+                    tunnel_port,
+                    &mut self.tunnel_batch,
+                    &mut self.tunnel_verdicts,
+                );
+                let mut egress = egress!(self, ctx);
+                for (mbuf, verdict) in self.tunnel_batch.drain(..).zip(self.tunnel_verdicts.iter())
+                {
+                    egress.dispatch(*verdict, mbuf, self.tunnels.as_mut());
+                }
+            }
+        }
+    }
+
+    /// Asks for the next hops that tunnel datagrams or forwarded packets wait for.
+    fn solicit_probes(&mut self, cfg: &Snapshot) {
+        for i in 0..self.probes.len() {
+            let (port, addr) = self.probes[i];
+            solicit(&mut self.gateway, cfg, &self.pool, &mut self.tx, port, addr);
+        }
+        self.probes.clear();
+    }
+
+    /// Runs tunnel work other workers handed to this one. Returns how much.
+    fn drain_inbox(&mut self, ctx: &Context<'_>) -> usize {
+        let Some(t) = ctx.cfg.tunnel.as_deref() else {
+            return 0;
+        };
+        let mut done = 0;
+        while done < INBOX_BUDGET {
+            let Some(work) = self.inboxes[self.index].pop() else {
+                break;
+            };
+            done += 1;
+            let Some(tunnels) = self.tunnels.as_mut() else {
+                continue;
+            };
+            let mut egress = egress!(self, ctx);
+            match work {
+                Work::Send { peer, frame } => {
+                    tunnels.send(&t.config, peer, frame, ctx.now_ns, &mut egress)
+                }
+                Work::Receive { from, frame } => {
+                    tunnels.receive(&t.config, from, frame, ctx.now_ns, &mut egress)
+                }
+            }
+        }
+        if done > 0 {
+            self.forward_decrypted(ctx);
+            self.solicit_probes(ctx.cfg);
+        }
+        done
+    }
+
+    /// Fires the due timers of a few tunnel peers.
+    fn poll_tunnels(&mut self, ctx: &Context<'_>) {
+        let (Some(t), Some(tunnels)) = (ctx.cfg.tunnel.as_deref(), self.tunnels.as_mut()) else {
+            return;
+        };
+        let mut egress = egress!(self, ctx);
+        tunnels.poll(&t.config, ctx.now_ns, TIMER_BUDGET, &mut egress);
+        self.solicit_probes(ctx.cfg);
+    }
+
+    /// Copies the tunnel engine's figures out for the metrics endpoint.
+    fn publish_tunnels(&self, cfg: &Snapshot, now_ns: u64) {
+        let (Some(engine), Some(t)) = (&self.tunnels, cfg.tunnel.as_deref()) else {
+            return;
+        };
+        self.tunnel_stats.publish_counters(engine.counters());
+        for peer in 0..t.config.peers.len().min(MAX_TUNNEL_PEERS) {
+            let id = peer as PeerId;
+            let stats = if engine.owner(id) == self.index {
+                engine.peer_stats(id, &t.config, now_ns)
+            } else {
+                PeerStats::default()
+            };
+            self.tunnel_stats.publish_peer(peer, &stats);
+        }
     }
 
     fn publish(&mut self) {

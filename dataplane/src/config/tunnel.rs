@@ -1,0 +1,208 @@
+//! `[tunnel]`: the gateway's WireGuard interface, and how it is combined with
+//! the site's peers (from the file or the control plane) into the
+//! [`TunnelConfig`] workers run and the routes that lead into it.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::route::{Route, RouteTable};
+use crate::site::{Peer, SiteState};
+use crate::tunnel::noise::{PeerKeys, StaticKeys};
+use crate::tunnel::timers::TimerSettings;
+use crate::tunnel::{PeerConfig, TunnelConfig};
+
+/// The tunnel interface's name in routes, metrics and logs.
+pub const TUNNEL_PORT_NAME: &str = "tunnel";
+/// The tunnel interface's MAC address: locally administered, never on a wire.
+pub const TUNNEL_MAC: [u8; 6] = [0x02, 0x77, 0x67, 0x00, 0x00, 0x01];
+
+/// `[tunnel]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSection {
+    /// File holding the base64 private key, as `wg genkey` writes it; it
+    /// must not be readable by group or others.
+    pub private_key_file: PathBuf,
+    /// UDP port the gateway's addresses accept tunnel traffic on.
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    /// Largest inner packet (outer headers add 60 bytes over IPv4, 80 over IPv6).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// The tunnel interface's own addresses with prefix length (optional).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Handshake messages per second per worker above which senders must
+    /// prove their address with a cookie first.
+    #[serde(default = "default_cookie_threshold")]
+    pub cookie_threshold_per_s: u32,
+    /// Protocol timers (the whitepaper's values unless testing).
+    #[serde(default)]
+    pub timers: TimerSettings,
+}
+
+fn default_listen_port() -> u16 {
+    51820
+}
+
+fn default_mtu() -> u16 {
+    1420
+}
+
+fn default_cookie_threshold() -> u32 {
+    1000
+}
+
+/// `[tunnel]` validated, with the private key loaded.
+pub struct TunnelLocal {
+    /// The settings as written.
+    pub section: TunnelSection,
+    /// The identity from `private_key_file`.
+    pub keys: Arc<StaticKeys>,
+}
+
+impl std::fmt::Debug for TunnelLocal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelLocal")
+            .field("section", &self.section)
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
+
+/// The tunnel interface as workers see it.
+#[derive(Debug)]
+pub struct TunnelSnapshot {
+    /// Its index among the ports (after the physical ones).
+    pub port: u16,
+    /// Keys, peers and cryptokey routes.
+    pub config: TunnelConfig,
+}
+
+/// Reads a base64 key of 32 bytes from a file that only its owner may read.
+fn read_key(path: &std::path::Path, field: &str) -> Result<[u8; 32], ConfigError> {
+    let text = patronus_proto::client::read_secret(path)
+        .map_err(|e| ConfigError::new(field, format!("{e:#}")))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or_else(|| {
+            ConfigError::new(
+                field,
+                format!(
+                    "{} does not hold a base64 key of 32 bytes (wg genkey)",
+                    path.display()
+                ),
+            )
+        })
+}
+
+impl TunnelSection {
+    /// Checks the section and loads the private key.
+    ///
+    /// # Errors
+    /// The first invalid field.
+    pub fn load(&self) -> Result<TunnelLocal, ConfigError> {
+        if self.listen_port == 0 {
+            return Err(ConfigError::new("tunnel.listen_port", "must be 1-65535"));
+        }
+        if !(576..=8920).contains(&self.mtu) {
+            return Err(ConfigError::new(
+                "tunnel.mtu",
+                format!("{} is out of range 576..=8920", self.mtu),
+            ));
+        }
+        if self.cookie_threshold_per_s < 10 {
+            return Err(ConfigError::new(
+                "tunnel.cookie_threshold_per_s",
+                "must be at least 10",
+            ));
+        }
+        self.timers
+            .validate()
+            .map_err(|m| ConfigError::new("tunnel.timers", m))?;
+        let secret = read_key(&self.private_key_file, "tunnel.private_key_file")?;
+        Ok(TunnelLocal {
+            section: self.clone(),
+            keys: Arc::new(StaticKeys::new(secret)),
+        })
+    }
+}
+
+/// Where a peer's endpoint is: its address, or its host name resolved now
+/// (off the packet path, when the configuration is applied).
+fn resolve(peer: &Peer) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some((host, port)) = &peer.endpoint else {
+        return Ok(None);
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Some(SocketAddr::new(ip, *port)));
+    }
+    let field = format!("peer[{}].endpoint.address", peer.name);
+    (host.as_str(), *port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::new(&field, format!("cannot resolve {host:?}: {e}")))?
+        .next()
+        .map(Some)
+        .ok_or_else(|| ConfigError::new(field, format!("{host:?} has no address")))
+}
+
+/// Builds what workers run from the local settings and the site's peers,
+/// and the routes: `base` plus every allowed-IPs prefix into the tunnel port.
+///
+/// # Errors
+/// A peer the tunnel cannot carry, by field.
+pub fn compile(
+    local: &TunnelLocal,
+    peers: &SiteState,
+    port: u16,
+    base: &RouteTable,
+) -> Result<(TunnelSnapshot, RouteTable), ConfigError> {
+    let mut configs = Vec::with_capacity(peers.peers.len());
+    for p in &peers.peers {
+        let psk = match &p.preshared_key_file {
+            None => None,
+            Some(path) => Some(read_key(
+                path,
+                &format!("peer[{}].wireguard.preshared_key_file", p.name),
+            )?),
+        };
+        configs.push(PeerConfig {
+            name: p.name.clone(),
+            keys: PeerKeys::new(&local.keys, p.public_key, psk),
+            endpoint: resolve(p)?,
+            allowed_ips: p.allowed_ips.clone(),
+            persistent_keepalive_s: p.persistent_keepalive_s,
+            compression: p.compression,
+        });
+    }
+    let s = &local.section;
+    let config = TunnelConfig::new(
+        local.keys.clone(),
+        s.listen_port,
+        s.mtu,
+        s.timers,
+        s.cookie_threshold_per_s,
+        configs,
+    )
+    .map_err(|e| ConfigError::new(e.field, e.message))?;
+    let mut routes = base.clone();
+    for p in &peers.peers {
+        for (j, prefix) in p.allowed_ips.iter().enumerate() {
+            if base.get(*prefix).is_some() {
+                return Err(ConfigError::new(
+                    format!("peer[{}].allowed_ips[{j}]", p.name),
+                    format!("{prefix} is also a route of the file (remove one of them)"),
+                ));
+            }
+            routes.insert(*prefix, Route { port, via: None });
+        }
+    }
+    Ok((TunnelSnapshot { port, config }, routes))
+}
