@@ -28,45 +28,6 @@ fn start_gateway_with(extra: &str) -> Option<(Topology, Dataplane)> {
     Some((topo, dp))
 }
 
-/// Starts a server from `tools/` in `ns` and waits until it listens.
-fn spawn_listening(ns: &Netns, args: &[&str]) -> std::process::Child {
-    let script = tools(args[0]);
-    let mut full = vec!["python3", script.as_str()];
-    full.extend_from_slice(&args[1..]);
-    let mut server = ns.spawn(&full);
-    let mut first = String::new();
-    let stdout = server.stdout.as_mut().expect("piped stdout");
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
-    assert_eq!(first.trim(), "listening");
-    server
-}
-
-fn tools(name: &str) -> String {
-    format!("{}/tools/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A checked TCP transfer from `from` to `to_addr` (a host in `to`).
-fn transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) {
-    let server = spawn_listening(to, &["stream.py", "serve", "5201"]);
-    let sent = from.exec(&[
-        "python3",
-        &tools("stream.py"),
-        "send",
-        to_addr,
-        "5201",
-        &bytes.to_string(),
-    ]);
-    let out = server.wait_with_output().unwrap();
-    let received = String::from_utf8_lossy(&out.stdout);
-    let received = received.lines().last().unwrap_or_default().to_owned();
-    assert_eq!(
-        sent.trim(),
-        received.trim(),
-        "the byte stream arrived intact"
-    );
-    assert!(sent.starts_with(&bytes.to_string()));
-}
-
 #[test]
 fn forwards_ping_and_tcp_both_ways_over_ipv4_and_ipv6() {
     let Some((topo, mut dp)) = start_gateway(1) else {

@@ -2,6 +2,7 @@
 
 serve PORT               accept one connection, print "<bytes> <sha256>" of what arrived
 send HOST PORT N         send N deterministic bytes, print "<bytes> <sha256>" of what was sent
+send-paced HOST PORT N S send N bytes spread evenly over S seconds, then print as send does
 serve-many PORT C        accept C connections at once, print the total bytes received
 send-many HOST PORT C N  open C connections at once, send N bytes on each, print the total
 http HOST PORT NAME      send one HTTP/1.1 GET for Host NAME, print the bytes sent
@@ -10,6 +11,7 @@ import hashlib
 import socket
 import sys
 import threading
+import time
 
 
 def pattern(n):
@@ -40,13 +42,21 @@ def serve(port):
         print(total, digest.hexdigest(), flush=True)
 
 
-def send(host, port, n):
+def send(host, port, n, seconds=0.0):
     digest, total = hashlib.sha256(), 0
+    start = time.monotonic()
     with socket.create_connection((host, port), timeout=30) as s:
         for chunk in pattern(n):
-            s.sendall(chunk)
-            digest.update(chunk)
-            total += len(chunk)
+            for i in range(0, len(chunk), 4096):
+                piece = chunk[i : i + 4096]
+                s.sendall(piece)
+                digest.update(piece)
+                total += len(piece)
+                if seconds:
+                    # Stay on the schedule of an even rate over `seconds`.
+                    ahead = start + seconds * total / n - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
     print(total, digest.hexdigest(), flush=True)
 
 
@@ -105,6 +115,8 @@ if __name__ == "__main__":
         serve(int(sys.argv[2]))
     elif cmd == "send":
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "send-paced":
+        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
     elif cmd == "http":
         http(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif cmd == "serve-many":

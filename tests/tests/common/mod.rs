@@ -651,3 +651,49 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Starts a server from `tools/` in `ns` and waits until it listens.
+pub fn spawn_listening(ns: &Netns, args: &[&str]) -> std::process::Child {
+    let script = tools(args[0]);
+    let mut full = vec!["python3", script.as_str()];
+    full.extend_from_slice(&args[1..]);
+    let mut server = ns.spawn(&full);
+    let mut first = String::new();
+    let stdout = server.stdout.as_mut().expect("piped stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+    assert_eq!(first.trim(), "listening");
+    server
+}
+
+/// The path of a helper script in `tests/tools/`.
+pub fn tools(name: &str) -> String {
+    format!("{}/tools/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A checked TCP transfer from `from` to `to_addr` (a host in `to`).
+pub fn transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) {
+    transfer_paced(from, to, to_addr, bytes, 0.0);
+}
+
+/// Like [`transfer`], spread evenly over `seconds` (0: as fast as it goes).
+pub fn transfer_paced(from: &Netns, to: &Netns, to_addr: &str, bytes: usize, seconds: f64) {
+    let server = spawn_listening(to, &["stream.py", "serve", "5201"]);
+    let (bytes_arg, seconds_arg) = (bytes.to_string(), seconds.to_string());
+    let script = tools("stream.py");
+    let mut args = vec!["python3", script.as_str()];
+    if seconds > 0.0 {
+        args.extend(["send-paced", to_addr, "5201", &bytes_arg, &seconds_arg]);
+    } else {
+        args.extend(["send", to_addr, "5201", &bytes_arg]);
+    }
+    let sent = from.exec(&args);
+    let out = server.wait_with_output().unwrap();
+    let received = String::from_utf8_lossy(&out.stdout);
+    let received = received.lines().last().unwrap_or_default().to_owned();
+    assert_eq!(
+        sent.trim(),
+        received.trim(),
+        "the byte stream arrived intact"
+    );
+    assert!(sent.starts_with(&bytes.to_string()));
+}

@@ -1,0 +1,399 @@
+//! Tunnels with stock WireGuard: host A (LAN) — Patronus — host B, where
+//! host B runs `wireguard-go` (Debian's) as a road warrior whose tunnel
+//! address is 10.77.0.2. Everything host A sends to 10.77.0.0/24 crosses
+//! the encrypted tunnel, and so does everything host B sends to the LAN.
+
+mod common;
+
+use std::process::Child;
+use std::time::Duration;
+
+use common::*;
+
+/// Host B's tunnel addresses.
+const B_TUNNEL4: &str = "10.77.0.2";
+const B_TUNNEL6: &str = "fd77::2";
+
+/// A WireGuard key pair from `wg genkey` / `wg pubkey`.
+struct KeyPair {
+    private: String,
+    public: String,
+}
+
+fn keypair() -> KeyPair {
+    let private = must(&["wg", "genkey"]).trim().to_owned();
+    let mut child = std::process::Command::new("wg")
+        .arg("pubkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wg pubkey (Debian package wireguard-tools)");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), private.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    KeyPair {
+        private,
+        public: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    }
+}
+
+/// Writes `key` to a file only root may read, as the data plane demands.
+fn key_file(dir: &std::path::Path, name: &str, key: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, key).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// `wireguard-go` on an interface of its own inside a namespace, stopped on drop.
+struct WireGuardGo {
+    ns: String,
+    iface: String,
+    child: Option<Child>,
+}
+
+impl WireGuardGo {
+    /// Starts it in `ns` with `key`, listening on 51820, peered with the
+    /// gateway (`gateway_public` at 10.10.2.1:51820) for the LAN and the
+    /// tunnel subnet, with addresses 10.77.0.2/24 and fd77::2/64.
+    fn start(ns: &Netns, key: &KeyPair, gateway_public: &str) -> WireGuardGo {
+        let iface = format!("wg{}", unique_id());
+        let child = ns.spawn(&["wireguard-go", "-f", &iface]);
+        let mut wg = WireGuardGo {
+            ns: ns.name.clone(),
+            iface,
+            child: Some(child),
+        };
+        let socket = format!("/var/run/wireguard/{}.sock", wg.iface);
+        assert!(
+            eventually(Duration::from_secs(10), || std::path::Path::new(&socket)
+                .exists()),
+            "wireguard-go did not create {socket}"
+        );
+        let dir = std::env::temp_dir().join(format!("patronus-wg-{}", wg.iface));
+        let private = key_file(&dir, "private.key", &key.private);
+        ns.exec(&[
+            "wg",
+            "set",
+            &wg.iface,
+            "private-key",
+            private.to_str().unwrap(),
+            "listen-port",
+            "51820",
+            "peer",
+            gateway_public,
+            "endpoint",
+            "10.10.2.1:51820",
+            "allowed-ips",
+            "10.10.1.0/24,10.77.0.0/24,fd00:10:1::/64,fd77::/64",
+        ]);
+        let _ = std::fs::remove_dir_all(&dir);
+        ns.exec(&["ip", "addr", "add", "10.77.0.2/24", "dev", &wg.iface]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd77::2/64",
+            "dev",
+            &wg.iface,
+            "nodad",
+        ]);
+        ns.exec(&["ip", "link", "set", &wg.iface, "up"]);
+        ns.exec(&["ip", "route", "add", "10.10.1.0/24", "dev", &wg.iface]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00:10:1::/64",
+            "dev",
+            &wg.iface,
+        ]);
+        wg.ns = ns.name.clone();
+        wg
+    }
+
+    /// `wg show <iface> <what>` inside the namespace.
+    fn show(&self, what: &str) -> String {
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "wg",
+            "show",
+            &self.iface,
+            what,
+        ])
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.iface));
+    }
+}
+
+impl Drop for WireGuardGo {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The gateway's `[tunnel]` and the road warrior as its peer.
+fn tunnel_config(
+    dir: &std::path::Path,
+    gateway: &KeyPair,
+    peer_public: &str,
+    timers: &str,
+) -> String {
+    let key = key_file(dir, "gateway.key", &gateway.private);
+    format!(
+        r#"
+[tunnel]
+private_key_file = "{key}"
+addresses = ["10.77.0.1/24", "fd77::1/64"]
+{timers}
+
+[[peer]]
+name = "roadwarrior"
+endpoint = {{ address = "10.10.2.2", port = 51820 }}
+wireguard = {{ public_key = "{peer_public}" }}
+allowed_ips = ["10.77.0.2/32", "fd77::2/128"]
+"#,
+        key = key.display()
+    )
+}
+
+struct Rig {
+    topo: Topology,
+    dp: Dataplane,
+    wg: WireGuardGo,
+    b_key: KeyPair,
+    gw_key: KeyPair,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Host A, the gateway, and host B with wireguard-go. `gateway_knows` is
+/// the public key the gateway is configured with for host B (host B's own
+/// unless a test wants it wrong).
+fn rig(timers: &str, wrong_key: bool) -> Option<Rig> {
+    if need_root() {
+        return None;
+    }
+    let topo = Topology::new();
+    let dir = TempDir(std::env::temp_dir().join(format!("patronus-tunnel-{}", topo.id)));
+    let gw_key = keypair();
+    let b_key = keypair();
+    let configured = if wrong_key {
+        keypair().public
+    } else {
+        b_key.public.clone()
+    };
+    let extra = tunnel_config(&dir.0, &gw_key, &configured, timers);
+    let dp = Dataplane::start(&topo.config(1, &extra));
+    let wg = WireGuardGo::start(&topo.b, &b_key, &gw_key.public);
+    Some(Rig {
+        topo,
+        dp,
+        wg,
+        b_key,
+        gw_key,
+        _dir: dir,
+    })
+}
+
+fn ping(ns: &Netns, dst: &str) -> bool {
+    ns.try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", dst])
+        .status
+        .success()
+}
+
+fn event(m: &Metrics, name: &str) -> f64 {
+    m.sum("patronus_tunnel_events_total", &[("event", name)])
+}
+
+#[test]
+fn wireguard_go_and_patronus_carry_ping_and_tcp_with_handshakes_from_either_side() {
+    let Some(mut r) = rig("", false) else {
+        return;
+    };
+    // The gateway starts the first handshake: host A's ping needs the tunnel.
+    assert!(
+        ping(&r.topo.a, B_TUNNEL4),
+        "A pings B through the tunnel:\n{}",
+        r.dp.log_text()
+    );
+    let m = r.dp.scrape();
+    assert_eq!(event(&m, "initiations_sent"), 1.0, "{}", m.text);
+    assert_eq!(event(&m, "responses_received"), 1.0);
+    assert_eq!(
+        m.sum(
+            "patronus_tunnel_status",
+            &[("peer", "roadwarrior"), ("status", "up")]
+        ),
+        1.0
+    );
+    assert!(r
+        .wg
+        .show("latest-handshakes")
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|t| t != "0"));
+
+    assert!(ping(&r.topo.b, A4), "B pings A");
+    assert!(ping(&r.topo.a, B_TUNNEL6), "IPv6 inside the tunnel");
+    assert!(ping(&r.topo.b, A6));
+    assert!(
+        ping(&r.topo.b, "10.77.0.1"),
+        "the gateway's tunnel address answers"
+    );
+    transfer(&r.topo.a, &r.topo.b, B_TUNNEL4, 2 << 20);
+    transfer(&r.topo.b, &r.topo.a, A6, 2 << 20);
+
+    // Now host B starts one: a fresh wireguard-go knows no session.
+    r.wg.stop();
+    r.wg = WireGuardGo::start(&r.topo.b, &r.b_key, &r.gw_key.public);
+    assert!(
+        ping(&r.topo.b, A4),
+        "B pings A after restarting wireguard-go"
+    );
+    transfer(&r.topo.b, &r.topo.a, A4, 1 << 20);
+    let m = r.dp.scrape();
+    assert_eq!(event(&m, "initiations_received"), 1.0, "{}", m.text);
+    assert_eq!(event(&m, "responses_sent"), 1.0);
+    assert_eq!(
+        event(&m, "initiations_sent"),
+        1.0,
+        "the gateway had no reason to start another"
+    );
+    let tx = m.sum(
+        "patronus_tunnel_tx_packets_total",
+        &[("peer", "roadwarrior")],
+    );
+    let rx = m.sum(
+        "patronus_tunnel_rx_packets_total",
+        &[("peer", "roadwarrior")],
+    );
+    assert!(tx > 500.0 && rx > 500.0, "tx {tx} rx {rx}");
+    for reason in [
+        "bad_mac",
+        "decrypt_failed",
+        "allowed_ips",
+        "invalid_inner",
+        "replay",
+    ] {
+        assert_eq!(
+            m.sum("patronus_tunnel_drops_total", &[("reason", reason)]),
+            0.0,
+            "{reason}"
+        );
+    }
+    promtool_check(&m.text);
+
+    let status = r.dp.stop();
+    assert!(status.success(), "exit {status}:\n{}", r.dp.log_text());
+}
+
+#[test]
+fn a_forced_rekey_loses_no_tcp_data() {
+    let timers = "[tunnel.timers]\nrekey_after_time_s = 3\nreject_after_time_s = 6\n";
+    let Some(mut r) = rig(timers, false) else {
+        return;
+    };
+    assert!(ping(&r.topo.a, B_TUNNEL4));
+    // 10 s of traffic each way with sessions rotated every 3 s.
+    let a = std::thread::scope(|s| {
+        let there = s.spawn(|| transfer_paced(&r.topo.a, &r.topo.b, B_TUNNEL4, 6 << 20, 10.0));
+        std::thread::sleep(Duration::from_millis(100));
+        let back = s.spawn(|| {
+            let server = spawn_listening(&r.topo.a, &["stream.py", "serve", "5202"]);
+            let sent = r.topo.b.exec(&[
+                "python3",
+                &tools("stream.py"),
+                "send-paced",
+                A4,
+                "5202",
+                &(6 << 20).to_string(),
+                "10",
+            ]);
+            let out = server.wait_with_output().unwrap();
+            (
+                sent,
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        });
+        there.join().unwrap();
+        back.join().unwrap()
+    });
+    assert_eq!(a.0.trim(), a.1.trim(), "the stream from B arrived intact");
+    let m = r.dp.scrape();
+    let handshakes = m.sum(
+        "patronus_tunnel_handshakes_sent_total",
+        &[("peer", "roadwarrior")],
+    );
+    assert!(
+        handshakes >= 3.0,
+        "{handshakes} handshakes in 10 s with rekeying every 3 s"
+    );
+    assert_eq!(
+        m.sum("patronus_tunnel_drops_total", &[("reason", "no_session")]),
+        0.0
+    );
+    assert_eq!(
+        m.sum(
+            "patronus_tunnel_drops_total",
+            &[("reason", "decrypt_failed")]
+        ),
+        0.0
+    );
+    let status = r.dp.stop();
+    assert!(status.success(), "exit {status}:\n{}", r.dp.log_text());
+}
+
+#[test]
+fn a_peer_with_the_wrong_public_key_never_gets_a_session() {
+    let Some(mut r) = rig("", true) else {
+        return;
+    };
+    assert!(!ping(&r.topo.a, B_TUNNEL4), "no tunnel from A");
+    assert!(!ping(&r.topo.b, A4), "no tunnel from B");
+    let m = r.dp.scrape();
+    assert_eq!(
+        m.sum(
+            "patronus_tunnel_status",
+            &[("peer", "roadwarrior"), ("status", "up")]
+        ),
+        0.0
+    );
+    assert!(
+        m.sum("patronus_tunnel_drops_total", &[("reason", "unknown_peer")]) >= 1.0,
+        "B's initiations come from a key the gateway does not know:\n{}",
+        m.text
+    );
+    assert_eq!(event(&m, "responses_sent"), 0.0);
+    assert_eq!(event(&m, "responses_received"), 0.0);
+    assert_eq!(
+        r.wg.show("latest-handshakes").split_whitespace().nth(1),
+        Some("0")
+    );
+    let status = r.dp.stop();
+    assert!(status.success(), "exit {status}:\n{}", r.dp.log_text());
+}
