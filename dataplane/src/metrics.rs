@@ -192,6 +192,24 @@ impl DataplaneCollector {
         }
         gauge(
             enc,
+            "patronus_compression_ratio",
+            "Bytes before compression over bytes sent, for peers with compression on (1: nothing saved yet).",
+            t.config
+                .peers
+                .iter()
+                .zip(&peers)
+                .filter(|(p, _)| p.compression)
+                .map(|(_, (name, s))| {
+                    let ratio = if s.compress_out_bytes == 0 {
+                        1.0
+                    } else {
+                        s.compress_in_bytes as f64 / s.compress_out_bytes as f64
+                    };
+                    ([("peer", name.clone())], ratio)
+                }),
+        )?;
+        gauge(
+            enc,
             "patronus_tunnel_last_handshake_timestamp_seconds",
             "Unix time of the peer's last completed handshake we initiated (0: never).",
             per_peer(|s| s.last_handshake_unix_s),

@@ -228,7 +228,7 @@ impl SharedCounters {
 
 /// Most peers whose figures are reported per peer.
 pub const MAX_TUNNEL_PEERS: usize = 16384;
-const PEER_FIELDS: usize = 9;
+const PEER_FIELDS: usize = 11;
 
 /// The published copy of one worker's tunnel figures: engine-wide drops and
 /// events, and per-peer figures indexed by the peer's position in the
@@ -277,6 +277,8 @@ impl SharedTunnelStats {
             s.handshakes_failed,
             s.last_handshake_unix_s,
             u64::from(s.session_up),
+            s.compress_in_bytes,
+            s.compress_out_bytes,
         ];
         for (dst, v) in slot.iter().zip(values) {
             dst.store(v, Ordering::Relaxed);
@@ -309,6 +311,8 @@ impl SharedTunnelStats {
             handshakes_failed: v[6],
             last_handshake_unix_s: v[7],
             session_up: v[8] != 0,
+            compress_in_bytes: v[9],
+            compress_out_bytes: v[10],
         }
     }
 }
@@ -327,6 +331,8 @@ pub fn peer_total(workers: &[Arc<SharedTunnelStats>], peer: usize) -> PeerStats 
         total.handshakes_failed += s.handshakes_failed;
         total.last_handshake_unix_s = total.last_handshake_unix_s.max(s.last_handshake_unix_s);
         total.session_up |= s.session_up;
+        total.compress_in_bytes += s.compress_in_bytes;
+        total.compress_out_bytes += s.compress_out_bytes;
     }
     total
 }

@@ -17,6 +17,7 @@
 //! sections 5 (protocol) and 6 (timers); wireguard-go's `device/` for the
 //! behaviour stock peers expect.
 
+pub mod compress;
 pub mod config;
 pub mod cookie;
 pub mod crypto;
@@ -138,6 +139,10 @@ pub struct PeerStats {
     pub last_handshake_unix_s: u64,
     /// Whether a session is usable now.
     pub session_up: bool,
+    /// Bytes of packets sent to a peer with compression on, before compression.
+    pub compress_in_bytes: u64,
+    /// The same packets' bytes as sent (compressed or not, before encryption).
+    pub compress_out_bytes: u64,
 }
 
 /// Counters of one worker's engine.
@@ -241,6 +246,8 @@ pub struct Tunnels<F> {
     poll_cursor: usize,
     identity: [u8; 32],
     counters: TunnelCounters,
+    /// Where packets are compressed into and restored from.
+    scratch: Box<[u8]>,
 }
 
 impl<F> std::fmt::Debug for Tunnels<F> {
@@ -274,6 +281,7 @@ impl<F: Frame> Tunnels<F> {
             poll_cursor: 0,
             identity: *cfg.keys.public(),
             counters: TunnelCounters::default(),
+            scratch: vec![0; compress::SCRATCH_LEN].into_boxed_slice(),
         };
         t.reconfigure(cfg);
         t
@@ -370,6 +378,13 @@ impl<F: Frame> Tunnels<F> {
         };
         let len = frame.len();
         let mut rekey = false;
+        // Compressed only when it is about to be sealed: a queued packet is
+        // compressed when it finally goes, and counted once.
+        if cfg.peers[peer as usize].compression && len > 0 && state.usable(now, s).is_some() {
+            compress::compress(&mut frame, &mut self.scratch);
+            state.stats.compress_in_bytes += len as u64;
+            state.stats.compress_out_bytes += frame.len() as u64;
+        }
         match state.usable_mut(now, s) {
             Some(session) => match session.seal(&mut frame, usize::from(cfg.mtu)) {
                 Ok(_) => {
@@ -853,7 +868,9 @@ impl<F: Frame> Tunnels<F> {
             self.counters.event(TunnelEvent::KeepalivesReceived);
         } else {
             state.timers.data_received(now, s);
-            match inner_packet(&mut frame) {
+            let restored =
+                compress::decompress(&mut frame, &mut self.scratch, usize::from(cfg.mtu));
+            match restored.ok().and_then(|_| inner_packet(&mut frame)) {
                 None => self.counters.drop(TunnelDrop::InvalidInner),
                 Some(src) if cfg.route(src) != Some(peer) => {
                     self.counters.drop(TunnelDrop::AllowedIps)

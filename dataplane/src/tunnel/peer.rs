@@ -13,9 +13,16 @@ use std::net::SocketAddr;
 
 use super::cookie::CookieJar;
 use super::noise::InitiatorState;
+use super::replay::REJECT_AFTER_MESSAGES;
 use super::session::Session;
 use super::timers::{PeerTimers, TimerSettings};
 use super::PeerStats;
+
+/// A keypair sends while younger than `Reject-After-Time` and short of `Reject-After-Messages`.
+fn may_send(session: &Session, now: u64, s: &TimerSettings) -> bool {
+    now.saturating_sub(session.created_ns) < s.reject_after_time()
+        && session.sent() < REJECT_AFTER_MESSAGES
+}
 
 /// Which keypair a data message used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,16 +90,12 @@ impl<F> PeerState<F> {
 
     /// The current keypair if it may still send.
     pub fn usable(&self, now: u64, s: &TimerSettings) -> Option<&Session> {
-        self.current
-            .as_ref()
-            .filter(|c| now.saturating_sub(c.created_ns) < s.reject_after_time())
+        self.current.as_ref().filter(|c| may_send(c, now, s))
     }
 
     /// The current keypair if it may still send, writable.
     pub fn usable_mut(&mut self, now: u64, s: &TimerSettings) -> Option<&mut Session> {
-        self.current
-            .as_mut()
-            .filter(|c| now.saturating_sub(c.created_ns) < s.reject_after_time())
+        self.current.as_mut().filter(|c| may_send(c, now, s))
     }
 
     /// The keypair with our index `index`.

@@ -73,6 +73,7 @@ struct PeerSpec {
     allowed: Vec<&'static str>,
     key: Option<[u8; 32]>,
     psk: Option<[u8; 32]>,
+    compression: bool,
 }
 
 fn peer_spec(name: &'static str, addr: &str, allowed: &[&'static str]) -> PeerSpec {
@@ -82,6 +83,7 @@ fn peer_spec(name: &'static str, addr: &str, allowed: &[&'static str]) -> PeerSp
         allowed: allowed.to_vec(),
         key: None,
         psk: None,
+        compression: false,
     }
 }
 
@@ -95,7 +97,7 @@ fn side(name: &'static str, addr: &str, peers: Vec<PeerSpec>, timers: TimerSetti
             endpoint: p.addr,
             allowed_ips: p.allowed.iter().map(|a| a.parse().unwrap()).collect(),
             persistent_keepalive_s: 0,
-            compression: false,
+            compression: p.compression,
         })
         .collect();
     let cfg = TunnelConfig::new(keys, 51820, 1420, timers, 200, peers).unwrap();
@@ -923,4 +925,47 @@ fn timestamps_sort_in_time_order() {
         &early[..8],
         &(0x4000_0000_0000_000a_u64 + 100).to_be_bytes()
     );
+}
+
+#[test]
+fn compression_shrinks_what_it_can_and_a_peer_without_it_still_reads_it() {
+    let (_, mut b) = pair(TimerSettings::default());
+    let mut a = side(
+        "alice",
+        "192.0.2.1:51820",
+        vec![PeerSpec {
+            compression: true,
+            ..peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"])
+        }],
+        TimerSettings::default(),
+    );
+    let text = b"SELECT * FROM orders WHERE region = 'us-east-1';\n".repeat(24);
+    let noise = super::compress::tests::noise(1200);
+    for payload in [&text[..], &noise[..]] {
+        a.engine.send(
+            &a.cfg,
+            0,
+            ipv4([10, 1, 0, 5], [10, 2, 0, 9], payload),
+            S,
+            &mut a.host,
+        );
+        pump(&mut a, &mut b, S);
+        assert_eq!(delivered_payloads(&mut b), vec![payload.to_vec()]);
+    }
+    let stats = a.engine.peer_stats(0, &a.cfg, S);
+    let ratio = stats.compress_in_bytes as f64 / stats.compress_out_bytes as f64;
+    assert!(ratio > 1.5, "{stats:?}");
+    // The noise went uncompressed: it counts in and out alike.
+    assert!(stats.compress_out_bytes > noise.len() as u64);
+    // Bob does not compress toward Alice.
+    b.engine.send(
+        &b.cfg,
+        0,
+        ipv4([10, 2, 0, 9], [10, 1, 0, 5], &text),
+        S,
+        &mut b.host,
+    );
+    assert!(b.host.sent[0].1.len() > text.len());
+    pump(&mut a, &mut b, S);
+    assert_eq!(delivered_payloads(&mut a), vec![text.to_vec()]);
 }
