@@ -149,7 +149,7 @@ fn tunnel_config(
     dir: &std::path::Path,
     gateway: &KeyPair,
     peer_public: &str,
-    timers: &str,
+    tunnel_extra: &str,
 ) -> String {
     let key = key_file(dir, "gateway.key", &gateway.private);
     format!(
@@ -157,7 +157,7 @@ fn tunnel_config(
 [tunnel]
 private_key_file = "{key}"
 addresses = ["10.77.0.1/24", "fd77::1/64"]
-{timers}
+{tunnel_extra}
 
 [[peer]]
 name = "roadwarrior"
@@ -190,7 +190,7 @@ impl Drop for TempDir {
 /// Host A, the gateway, and host B with wireguard-go. `gateway_knows` is
 /// the public key the gateway is configured with for host B (host B's own
 /// unless a test wants it wrong).
-fn rig(timers: &str, wrong_key: bool) -> Option<Rig> {
+fn rig(tunnel_extra: &str, wrong_key: bool) -> Option<Rig> {
     if need_root() {
         return None;
     }
@@ -203,7 +203,7 @@ fn rig(timers: &str, wrong_key: bool) -> Option<Rig> {
     } else {
         b_key.public.clone()
     };
-    let extra = tunnel_config(&dir.0, &gw_key, &configured, timers);
+    let extra = tunnel_config(&dir.0, &gw_key, &configured, tunnel_extra);
     let dp = Dataplane::start(&topo.config(1, &extra));
     let wg = WireGuardGo::start(&topo.b, &b_key, &gw_key.public);
     Some(Rig {
@@ -394,6 +394,117 @@ fn a_peer_with_the_wrong_public_key_never_gets_a_session() {
         r.wg.show("latest-handshakes").split_whitespace().nth(1),
         Some("0")
     );
+    let status = r.dp.stop();
+    assert!(status.success(), "exit {status}:\n{}", r.dp.log_text());
+}
+
+fn hostile(ns: &Netns, args: &[&str]) -> String {
+    let script = tools("wg_hostile.py");
+    let mut full = vec!["python3", script.as_str()];
+    full.extend_from_slice(args);
+    ns.exec(&full)
+}
+
+fn drops(m: &Metrics, reason: &str) -> f64 {
+    m.sum("patronus_tunnel_drops_total", &[("reason", reason)])
+}
+
+#[test]
+fn hostile_input_is_counted_and_dropped_and_a_flood_engages_cookies() {
+    // Cookie mode from 200 handshake messages a second.
+    let Some(mut r) = rig("cookie_threshold_per_s = 200", false) else {
+        return;
+    };
+    assert!(ping(&r.topo.a, B_TUNNEL4));
+    let gw = "10.10.2.1";
+
+    let kinds: f64 = hostile(&r.topo.b, &["junk", gw, "51820"])
+        .trim()
+        .parse()
+        .unwrap();
+    hostile(&r.topo.b, &["badmac", gw, "51820", "50"]);
+    // Capture host B's own data messages while it pings, and send them again.
+    let replayer = r.topo.b.spawn(&[
+        "python3",
+        &tools("wg_hostile.py"),
+        "replay",
+        &r.topo.link_b.host_side,
+        gw,
+        "51820",
+        "10",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    r.topo
+        .b
+        .exec(&["ping", "-c", "12", "-i", "0.1", "-W", "2", A4]);
+    let replayed = replayer.wait_with_output().unwrap();
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+
+    assert!(eventually(Duration::from_secs(3), || {
+        let m = r.dp.scrape();
+        drops(&m, "malformed") >= kinds
+            && drops(&m, "bad_mac") >= 50.0
+            && drops(&m, "replay") >= 10.0
+    }));
+    let m = r.dp.scrape();
+    assert!(
+        drops(&m, "no_session") >= 1.0,
+        "the data message for an index nobody gave out"
+    );
+    assert!(ping(&r.topo.a, B_TUNNEL4), "the tunnel still works");
+
+    // A flood of initiations with a valid MAC1 while host B, freshly
+    // restarted, must get a session of its own.
+    r.wg.stop();
+    let flood = r.topo.b.spawn(&[
+        "python3",
+        &tools("wg_hostile.py"),
+        "flood",
+        gw,
+        "51820",
+        &r.gw_key.public,
+        "14",
+        "800",
+    ]);
+    std::thread::sleep(Duration::from_secs(1));
+    r.wg = WireGuardGo::start(&r.topo.b, &r.b_key, &r.gw_key.public);
+    let got_through = eventually(Duration::from_secs(12), || {
+        r.topo
+            .b
+            .try_exec(&["ping", "-c", "1", "-W", "1", A4])
+            .status
+            .success()
+    });
+    let flood = flood.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&flood.stdout);
+    let mut numbers = summary
+        .split_whitespace()
+        .map(|n| n.parse::<f64>().unwrap());
+    let (sent, cookies) = (numbers.next().unwrap(), numbers.next().unwrap());
+    // Counters are published every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let m = r.dp.scrape();
+    assert!(
+        got_through,
+        "host B got a session during the flood:\n{}",
+        m.text
+    );
+    assert!(event(&m, "under_load") >= 1.0, "{}", m.text);
+    assert!(
+        cookies >= sent * 0.8,
+        "{cookies} cookie replies for {sent} initiations"
+    );
+    assert!(event(&m, "cookie_replies_sent") >= cookies);
+    assert!(
+        drops(&m, "unknown_peer") < 200.0,
+        "only the flood's first messages cost a Diffie-Hellman"
+    );
+    let (status, _) = r.dp.http_get("/healthz");
+    assert_eq!(status, 200);
     let status = r.dp.stop();
     assert!(status.success(), "exit {status}:\n{}", r.dp.log_text());
 }
