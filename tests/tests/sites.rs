@@ -25,7 +25,8 @@ struct Site {
 
 struct Sites {
     id: String,
-    router: Netns,
+    /// The WAN between the sites; kept for as long as they are.
+    _router: Netns,
     one: Site,
     two: Site,
     dir: std::path::PathBuf,
@@ -127,7 +128,7 @@ impl Sites {
         std::fs::create_dir_all(&dir).unwrap();
         Sites {
             id,
-            router,
+            _router: router,
             one,
             two,
             dir,
