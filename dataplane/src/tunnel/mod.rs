@@ -394,8 +394,7 @@ impl<F: Frame> Tunnels<F> {
                     if len > 0 {
                         state.stats.tx_packets += 1;
                         state.stats.tx_bytes += len as u64;
-                        let jitter = jitter(io);
-                        state.timers.data_sent(now, s, jitter);
+                        state.timers.data_sent(now, s, || jitter(io));
                     } else {
                         self.counters.event(TunnelEvent::KeepalivesSent);
                     }

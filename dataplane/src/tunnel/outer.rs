@@ -15,93 +15,118 @@ pub const ETHERNET_LEN: usize = 14;
 /// Hop limit / TTL of tunnel datagrams.
 const TTL: u8 = 64;
 
-/// Bytes the outer headers add in front of a WireGuard message toward `dst`.
-pub fn overhead(dst: IpAddr) -> usize {
-    ETHERNET_LEN
-        + UdpHeader::LEN
-        + match dst {
-            IpAddr::V4(_) => Ipv4Header::MIN_LEN,
-            IpAddr::V6(_) => Ipv6Header::LEN,
-        }
+/// The outer headers toward one endpoint, built once (with etherparse) and
+/// stamped onto every datagram with only the lengths, the IPv4
+/// identification and the checksums changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OuterHeaders {
+    bytes: [u8; ETHERNET_LEN + Ipv6Header::LEN + UdpHeader::LEN],
+    len: usize,
+    v6: bool,
 }
 
-/// Wraps the WireGuard message in `frame` into a UDP datagram from `src` to
-/// `dst` inside an Ethernet frame from `src_mac` (the destination MAC is
-/// left zero for the caller). False when the families differ, or the
-/// headroom or length does not allow it; the frame is then unchanged.
-pub fn encapsulate<F: Frame>(
-    frame: &mut F,
-    src: SocketAddr,
-    dst: SocketAddr,
-    src_mac: [u8; 6],
-    ip_id: u16,
-) -> bool {
-    let payload_len = frame.len();
-    let Ok(udp_len) = u16::try_from(payload_len + UdpHeader::LEN) else {
-        return false;
-    };
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let Ok(mut ip) = Ipv4Header::new(udp_len, TTL, IpNumber::UDP, s.octets(), d.octets())
-            else {
-                return false;
-            };
-            ip.identification = ip_id;
-            ip.header_checksum = ip.calc_header_checksum();
-            // RFC 768: a zero UDP checksum over IPv4 means "none"; the AEAD
-            // authenticates every byte that matters.
+impl OuterHeaders {
+    /// Headers of a datagram from `src` (MAC `src_mac`) to `dst` (MAC
+    /// `dst_mac`); `None` when the families differ.
+    pub fn new(
+        src: SocketAddr,
+        dst: SocketAddr,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+    ) -> Option<Self> {
+        let mut bytes = [0u8; ETHERNET_LEN + Ipv6Header::LEN + UdpHeader::LEN];
+        let (ether_type, ip_len) = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let ip = Ipv4Header::new(0, TTL, IpNumber::UDP, s.octets(), d.octets()).ok()?;
+                bytes[ETHERNET_LEN..][..Ipv4Header::MIN_LEN].copy_from_slice(&ip.to_bytes());
+                (EtherType::IPV4, Ipv4Header::MIN_LEN)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let ip = Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Ipv6FlowLabel::ZERO,
+                    payload_length: 0,
+                    next_header: IpNumber::UDP,
+                    hop_limit: TTL,
+                    source: s.octets(),
+                    destination: d.octets(),
+                };
+                bytes[ETHERNET_LEN..][..Ipv6Header::LEN].copy_from_slice(&ip.to_bytes());
+                (EtherType::IPV6, Ipv6Header::LEN)
+            }
+            _ => return None,
+        };
+        let eth = Ethernet2Header {
+            source: src_mac,
+            destination: dst_mac,
+            ether_type,
+        };
+        bytes[..ETHERNET_LEN].copy_from_slice(&eth.to_bytes());
+        let udp = UdpHeader {
+            source_port: src.port(),
+            destination_port: dst.port(),
+            length: 0,
+            checksum: 0,
+        };
+        bytes[ETHERNET_LEN + ip_len..][..UdpHeader::LEN].copy_from_slice(&udp.to_bytes());
+        Some(OuterHeaders {
+            bytes,
+            len: ETHERNET_LEN + ip_len + UdpHeader::LEN,
+            v6: ether_type == EtherType::IPV6,
+        })
+    }
+
+    /// Prepends the headers to the WireGuard message in `frame`. False (the
+    /// frame unchanged) when the headroom or the length does not allow it.
+    pub fn apply<F: Frame>(&self, frame: &mut F, ip_id: u16) -> bool {
+        let Ok(udp_len) = u16::try_from(frame.len() + UdpHeader::LEN) else {
+            return false;
+        };
+        let ip = ETHERNET_LEN;
+        let udp_at = self.len - UdpHeader::LEN;
+        let udp_checksum = if self.v6 {
+            // Over IPv6 the UDP checksum is mandatory (RFC 8200 8.1).
+            let source: [u8; 16] = self.bytes[ip + 8..ip + 24].try_into().expect("16 bytes");
+            let destination: [u8; 16] = self.bytes[ip + 24..ip + 40].try_into().expect("16 bytes");
             let udp = UdpHeader {
-                source_port: src.port(),
-                destination_port: dst.port(),
+                source_port: u16::from_be_bytes([self.bytes[udp_at], self.bytes[udp_at + 1]]),
+                destination_port: u16::from_be_bytes([
+                    self.bytes[udp_at + 2],
+                    self.bytes[udp_at + 3],
+                ]),
                 length: udp_len,
                 checksum: 0,
             };
-            if !frame.prepend(ETHERNET_LEN + Ipv4Header::MIN_LEN + UdpHeader::LEN) {
-                return false;
+            match udp.calc_checksum_ipv6_raw(source, destination, frame.data()) {
+                Ok(sum) => sum,
+                Err(_) => return false,
             }
-            let out = frame.data_mut();
-            write_ethernet(out, src_mac, EtherType::IPV4);
-            out[ETHERNET_LEN..ETHERNET_LEN + Ipv4Header::MIN_LEN].copy_from_slice(&ip.to_bytes());
-            out[ETHERNET_LEN + Ipv4Header::MIN_LEN..][..UdpHeader::LEN]
-                .copy_from_slice(&udp.to_bytes());
-            true
+        } else {
+            // RFC 768: a zero UDP checksum over IPv4 means "none"; the AEAD
+            // authenticates every byte that matters.
+            0
+        };
+        if !frame.prepend(self.len) {
+            return false;
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let ip = Ipv6Header {
-                traffic_class: 0,
-                flow_label: Ipv6FlowLabel::ZERO,
-                payload_length: udp_len,
-                next_header: IpNumber::UDP,
-                hop_limit: TTL,
-                source: s.octets(),
-                destination: d.octets(),
-            };
-            // Over IPv6 the UDP checksum is mandatory (RFC 8200 8.1).
-            let Ok(udp) = UdpHeader::with_ipv6_checksum(src.port(), dst.port(), &ip, frame.data())
-            else {
-                return false;
-            };
-            if !frame.prepend(ETHERNET_LEN + Ipv6Header::LEN + UdpHeader::LEN) {
-                return false;
-            }
-            let out = frame.data_mut();
-            write_ethernet(out, src_mac, EtherType::IPV6);
-            out[ETHERNET_LEN..ETHERNET_LEN + Ipv6Header::LEN].copy_from_slice(&ip.to_bytes());
-            out[ETHERNET_LEN + Ipv6Header::LEN..][..UdpHeader::LEN]
-                .copy_from_slice(&udp.to_bytes());
-            true
+        let out = &mut frame.data_mut()[..self.len];
+        out.copy_from_slice(&self.bytes[..self.len]);
+        if self.v6 {
+            out[ip + 4..ip + 6].copy_from_slice(&udp_len.to_be_bytes());
+        } else {
+            let total = udp_len + Ipv4Header::MIN_LEN as u16;
+            out[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+            out[ip + 4..ip + 6].copy_from_slice(&ip_id.to_be_bytes());
+            let checksum = etherparse::checksum::Sum16BitWords::new()
+                .add_slice(&out[ip..ip + Ipv4Header::MIN_LEN])
+                .ones_complement()
+                .to_be();
+            out[ip + 10..ip + 12].copy_from_slice(&checksum.to_be_bytes());
         }
-        _ => false,
+        out[udp_at + 4..udp_at + 6].copy_from_slice(&udp_len.to_be_bytes());
+        out[udp_at + 6..udp_at + 8].copy_from_slice(&udp_checksum.to_be_bytes());
+        true
     }
-}
-
-fn write_ethernet(out: &mut [u8], src_mac: [u8; 6], ether_type: EtherType) {
-    let eth = Ethernet2Header {
-        source: src_mac,
-        destination: [0; 6],
-        ether_type,
-    };
-    out[..ETHERNET_LEN].copy_from_slice(&eth.to_bytes());
 }
 
 /// Puts an Ethernet header from `mac` to `mac` in front of the IP packet in
@@ -130,45 +155,57 @@ pub fn add_ethernet<F: Frame>(frame: &mut F, mac: [u8; 6]) -> bool {
 mod tests {
     use super::*;
     use crate::frame::VecFrame;
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use etherparse::{LinkSlice, NetSlice, SlicedPacket, TransportSlice};
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
     #[test]
     fn ipv4_datagrams_parse_back_with_a_valid_header_checksum() {
-        let mut frame = VecFrame::new(&[0xab; 48]);
         let src: SocketAddr = "192.0.2.1:51820".parse().unwrap();
         let dst: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-        assert!(encapsulate(&mut frame, src, dst, [2, 0, 0, 0, 0, 1], 77));
-        assert_eq!(frame.len(), 48 + overhead(dst.ip()));
-        let p = SlicedPacket::from_ethernet(frame.data()).unwrap();
-        let Some(NetSlice::Ipv4(ip)) = p.net else {
-            panic!()
-        };
-        let h = ip.header().to_header();
-        assert_eq!(h.header_checksum, h.calc_header_checksum());
-        assert_eq!(
-            (h.source, h.destination, h.identification),
-            ([192, 0, 2, 1], [198, 51, 100, 7], 77)
-        );
-        let Some(TransportSlice::Udp(udp)) = p.transport else {
-            panic!()
-        };
-        assert_eq!(
-            (udp.source_port(), udp.destination_port(), udp.length()),
-            (51820, 40000, 56)
-        );
-        assert_eq!(udp.payload(), &[0xab; 48][..]);
+        let headers = OuterHeaders::new(src, dst, A, B).unwrap();
+        // Stamped twice with different lengths: nothing of the first remains.
+        for (len, id) in [(48usize, 77u16), (1452, 78)] {
+            let mut frame = VecFrame::new(&vec![0xab; len]);
+            assert!(headers.apply(&mut frame, id));
+            assert_eq!(frame.len(), len + 14 + 20 + 8);
+            let p = SlicedPacket::from_ethernet(frame.data()).unwrap();
+            let Some(LinkSlice::Ethernet2(eth)) = p.link else {
+                panic!()
+            };
+            assert_eq!((eth.source(), eth.destination()), (A, B));
+            let Some(NetSlice::Ipv4(ip)) = p.net else {
+                panic!()
+            };
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+            assert_eq!(
+                (h.source, h.destination, h.identification),
+                ([192, 0, 2, 1], [198, 51, 100, 7], id)
+            );
+            let Some(TransportSlice::Udp(udp)) = p.transport else {
+                panic!()
+            };
+            assert_eq!((udp.source_port(), udp.destination_port()), (51820, 40000));
+            assert_eq!(usize::from(udp.length()), len + 8);
+            assert_eq!(udp.payload(), &vec![0xab; len][..]);
+        }
     }
 
     #[test]
     fn ipv6_datagrams_carry_a_correct_udp_checksum() {
-        let mut frame = VecFrame::new(&[0x5a; 33]);
         let src: SocketAddr = "[2001:db8::1]:51820".parse().unwrap();
         let dst: SocketAddr = "[2001:db8::2]:51821".parse().unwrap();
-        assert!(encapsulate(&mut frame, src, dst, [2, 0, 0, 0, 0, 1], 0));
+        let mut frame = VecFrame::new(&[0x5a; 33]);
+        assert!(OuterHeaders::new(src, dst, A, B)
+            .unwrap()
+            .apply(&mut frame, 0));
         let p = SlicedPacket::from_ethernet(frame.data()).unwrap();
         let Some(NetSlice::Ipv6(ip)) = p.net else {
             panic!()
         };
+        assert_eq!(ip.header().payload_length(), 41);
         let Some(TransportSlice::Udp(udp)) = p.transport else {
             panic!()
         };
@@ -182,14 +219,14 @@ mod tests {
 
     #[test]
     fn mixed_families_and_missing_headroom_are_refused_unchanged() {
-        let mut frame = VecFrame::new(&[1; 10]);
         let v4: SocketAddr = "192.0.2.1:1".parse().unwrap();
         let v6: SocketAddr = "[2001:db8::2]:1".parse().unwrap();
-        assert!(!encapsulate(&mut frame, v4, v6, [0; 6], 0));
-        assert_eq!(frame.data(), &[1; 10]);
+        assert!(OuterHeaders::new(v4, v6, A, B).is_none());
         let mut full = VecFrame::new(&[1; 10]);
         assert!(full.prepend(VecFrame::HEADROOM - 20));
-        assert!(!encapsulate(&mut full, v4, v4, [0; 6], 0));
+        let before = full.clone();
+        assert!(!OuterHeaders::new(v4, v4, A, B).unwrap().apply(&mut full, 0));
+        assert_eq!(full, before);
     }
 
     #[test]

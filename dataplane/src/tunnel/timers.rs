@@ -202,10 +202,11 @@ impl PeerTimers {
         }
     }
 
-    /// We sent a data packet (not a keepalive).
-    pub fn data_sent(&mut self, now: u64, s: &TimerSettings, jitter: u64) {
+    /// We sent a data packet (not a keepalive). `jitter` is only asked for
+    /// when the timer is armed, not for every packet.
+    pub fn data_sent(&mut self, now: u64, s: &TimerSettings, jitter: impl FnOnce() -> u64) {
         if self.new_handshake.is_none() {
-            self.new_handshake = Some(now + s.keepalive_timeout() + s.rekey_timeout() + jitter);
+            self.new_handshake = Some(now + s.keepalive_timeout() + s.rekey_timeout() + jitter());
         }
     }
 
@@ -285,10 +286,10 @@ mod tests {
     fn data_sent_without_answer_starts_a_new_handshake() {
         let s = TimerSettings::default();
         let mut t = PeerTimers::default();
-        t.data_sent(0, &s, 0);
-        t.data_sent(S, &s, 0); // does not push the deadline back
+        t.data_sent(0, &s, || 0);
+        t.data_sent(S, &s, || 0); // does not push the deadline back
         assert_eq!(t.take_due(15 * S), Some(Timer::NewHandshake));
-        t.data_sent(20 * S, &s, 0);
+        t.data_sent(20 * S, &s, || 0);
         t.any_received();
         assert_eq!(t.take_due(100 * S), None);
     }

@@ -15,12 +15,71 @@ use crate::gateway::Verdict;
 use crate::neighbor::NeighborSnapshot;
 use crate::pending::{Held, PendingQueue};
 use crate::stats::{Counter, Counters, DropReason};
-use crate::tunnel::outer::{self, ETHERNET_LEN};
+use crate::tunnel::outer::{self, OuterHeaders, ETHERNET_LEN};
 use crate::tunnel::{PeerId, TunnelIo, Tunnels, Work};
 
 /// Most next hops a worker asks for in one round; the rest are asked by the
 /// pending queue's retransmission timer.
 pub const PROBES_PER_ROUND: usize = 16;
+
+/// Endpoints whose outer headers a worker remembers.
+const ENDPOINT_SLOTS: usize = 256;
+
+/// How tunnel datagrams leave for each endpoint (port, headers with the
+/// next hop's MAC), worked out once per endpoint and forwarding generation
+/// instead of a route and neighbour lookup per datagram. Direct-mapped: an
+/// endpoint that collides with another is just looked up again.
+#[derive(Debug)]
+pub struct EndpointCache {
+    slots: Box<[Option<EndpointRoute>]>,
+}
+
+/// One endpoint's way out.
+#[derive(Clone, Copy, Debug)]
+struct EndpointRoute {
+    to: SocketAddr,
+    generation: u32,
+    port: u16,
+    headers: OuterHeaders,
+}
+
+impl Default for EndpointCache {
+    fn default() -> Self {
+        EndpointCache {
+            slots: vec![None; ENDPOINT_SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl EndpointCache {
+    fn slot(to: SocketAddr) -> usize {
+        let ip = match to.ip() {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                (v as u64) ^ ((v >> 64) as u64)
+            }
+        };
+        let h = (ip ^ u64::from(to.port())).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 56) as usize % ENDPOINT_SLOTS
+    }
+
+    fn get(&self, to: SocketAddr, generation: u32) -> Option<(u16, &OuterHeaders)> {
+        match &self.slots[Self::slot(to)] {
+            Some(r) if r.to == to && r.generation == generation => Some((r.port, &r.headers)),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, to: SocketAddr, generation: u32, port: u16, headers: OuterHeaders) {
+        self.slots[Self::slot(to)] = Some(EndpointRoute {
+            to,
+            generation,
+            port,
+            headers,
+        });
+    }
+}
 
 /// The worker's means of sending, borrowed for one stretch of work.
 pub struct Egress<'a> {
@@ -44,6 +103,10 @@ pub struct Egress<'a> {
     pub probes: &'a mut Vec<(u16, IpAddr)>,
     /// IPv4 identification of the next tunnel datagram.
     pub ip_id: &'a mut u16,
+    /// Outer headers per endpoint.
+    pub endpoints: &'a mut EndpointCache,
+    /// The forwarding generation (config and neighbours) now.
+    pub fwd_generation: u32,
     /// The operating system's random source.
     pub rng: &'a ring::rand::SystemRandom,
     /// The time now.
@@ -138,6 +201,16 @@ impl TunnelIo<Mbuf> for Egress<'_> {
     }
 
     fn send(&mut self, to: SocketAddr, mut frame: Mbuf) {
+        *self.ip_id = self.ip_id.wrapping_add(1);
+        if let Some((port, headers)) = self.endpoints.get(to, self.fwd_generation) {
+            if !headers.apply(&mut frame, *self.ip_id) {
+                return self.counters.drop(DropReason::NoBuffer);
+            }
+            self.counters.add(Counter::Forwarded, 1);
+            self.counters
+                .add(Counter::ForwardedBytes, frame.len() as u64);
+            return self.tx[usize::from(port)].push(frame);
+        }
         let cfg = self.cfg;
         let hop = cfg
             .routes
@@ -155,19 +228,25 @@ impl TunnelIo<Mbuf> for Egress<'_> {
         let (Some(source), Some(t)) = (source, &cfg.tunnel) else {
             return self.counters.drop(DropReason::TunnelEndpointUnreachable);
         };
-        *self.ip_id = self.ip_id.wrapping_add(1);
         let from = SocketAddr::new(source, t.config.listen_port);
-        if !outer::encapsulate(&mut frame, from, to, port.mac, *self.ip_id) {
+        let next_hop_mac = self.neighbors.get(hop.port, hop.addr).map(|e| e.mac);
+        let Some(headers) = OuterHeaders::new(from, to, port.mac, next_hop_mac.unwrap_or_default())
+        else {
+            return self.counters.drop(DropReason::TunnelEndpointUnreachable);
+        };
+        if !headers.apply(&mut frame, *self.ip_id) {
             return self.counters.drop(DropReason::NoBuffer);
         }
-        match self.neighbors.get(hop.port, hop.addr) {
-            Some(entry) => {
-                frame.data_mut()[0..6].copy_from_slice(&entry.mac);
+        match next_hop_mac {
+            Some(_) => {
+                self.endpoints
+                    .put(to, self.fwd_generation, hop.port, headers);
                 self.counters.add(Counter::Forwarded, 1);
                 self.counters
                     .add(Counter::ForwardedBytes, frame.len() as u64);
                 self.tx[usize::from(hop.port)].push(frame);
             }
+            // The MACs are filled in when the next hop answers.
             None => self.hold(hop.port, hop.addr, frame),
         }
     }

@@ -28,7 +28,7 @@ use crate::pending::PendingQueue;
 use crate::published::Published;
 use crate::stats::{Counter, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS};
 use crate::tunnel::{PeerId, PeerStats, Tunnels, Work};
-use egress::{Egress, PROBES_PER_ROUND};
+use egress::{Egress, EndpointCache, PROBES_PER_ROUND};
 
 /// The worker's [`Egress`], borrowing only the fields it needs, so that
 /// the gateway and the tunnel engine stay usable beside it.
@@ -45,6 +45,8 @@ macro_rules! egress {
             delivered: &mut $worker.delivered,
             probes: &mut $worker.probes,
             ip_id: &mut $worker.ip_id,
+            endpoints: &mut $worker.endpoints,
+            fwd_generation: $ctx.fwd_generation,
             rng: &$worker.rng,
             now_ns: $ctx.now_ns,
         }
@@ -136,6 +138,7 @@ pub struct Worker {
     tunnel_verdicts: [Verdict; BURST_SIZE],
     /// Next hops to ask for at the end of a stretch of work.
     probes: Vec<(u16, IpAddr)>,
+    endpoints: EndpointCache,
 }
 
 /// What a worker is built from.
@@ -209,6 +212,7 @@ impl Worker {
             tunnel_batch: Vec::with_capacity(BURST_SIZE),
             tunnel_verdicts: [Verdict::Drop; BURST_SIZE],
             probes: Vec::with_capacity(PROBES_PER_ROUND),
+            endpoints: EndpointCache::default(),
         };
         worker.sync_tunnels(&cfg);
         worker
