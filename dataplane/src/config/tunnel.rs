@@ -2,11 +2,13 @@
 //! the site's peers (from the file or the control plane) into the
 //! [`TunnelConfig`] workers run and the routes that lead into it.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -44,6 +46,11 @@ pub struct TunnelSection {
     /// Protocol timers (the whitepaper's values unless testing).
     #[serde(default)]
     pub timers: TimerSettings,
+    /// More prefixes routed to peers, by peer name, added to each peer's
+    /// own `allowed_ips`. This is how a managed gateway gives the control
+    /// plane's peers their prefixes; names without a peer are ignored.
+    #[serde(default)]
+    pub allowed_ips: BTreeMap<String, Vec<String>>,
 }
 
 fn default_listen_port() -> u16 {
@@ -64,6 +71,8 @@ pub struct TunnelLocal {
     pub section: TunnelSection,
     /// The identity from `private_key_file`.
     pub keys: Arc<StaticKeys>,
+    /// `allowed_ips`, parsed.
+    pub routes: BTreeMap<String, Vec<IpNet>>,
 }
 
 impl std::fmt::Debug for TunnelLocal {
@@ -127,10 +136,29 @@ impl TunnelSection {
         self.timers
             .validate()
             .map_err(|m| ConfigError::new("tunnel.timers", m))?;
+        let mut routes = BTreeMap::new();
+        for (peer, prefixes) in &self.allowed_ips {
+            let mut parsed = Vec::with_capacity(prefixes.len());
+            for (j, text) in prefixes.iter().enumerate() {
+                let field = format!("tunnel.allowed_ips.{peer}[{j}]");
+                let net: IpNet = text.trim().parse().map_err(|_| {
+                    ConfigError::new(&field, format!("{text:?} is not a prefix (10.2.0.0/24)"))
+                })?;
+                if net.trunc() != net {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("{net} has host bits set; did you mean {}?", net.trunc()),
+                    ));
+                }
+                parsed.push(net);
+            }
+            routes.insert(peer.clone(), parsed);
+        }
         let secret = read_key(&self.private_key_file, "tunnel.private_key_file")?;
         Ok(TunnelLocal {
             section: self.clone(),
             keys: Arc::new(StaticKeys::new(secret)),
+            routes,
         })
     }
 }
@@ -164,6 +192,10 @@ pub fn compile(
     port: u16,
     base: &RouteTable,
 ) -> Result<(TunnelSnapshot, RouteTable), ConfigError> {
+    let allowed = |p: &Peer| -> Vec<IpNet> {
+        let local = local.routes.get(&p.name).into_iter().flatten();
+        p.allowed_ips.iter().chain(local).copied().collect()
+    };
     let mut configs = Vec::with_capacity(peers.peers.len());
     for p in &peers.peers {
         let psk = match &p.preshared_key_file {
@@ -177,7 +209,7 @@ pub fn compile(
             name: p.name.clone(),
             keys: PeerKeys::new(&local.keys, p.public_key, psk),
             endpoint: resolve(p)?,
-            allowed_ips: p.allowed_ips.clone(),
+            allowed_ips: allowed(p),
             persistent_keepalive_s: p.persistent_keepalive_s,
             compression: p.compression,
         });
@@ -194,10 +226,14 @@ pub fn compile(
     .map_err(|e| ConfigError::new(e.field, e.message))?;
     let mut routes = base.clone();
     for p in &peers.peers {
-        for (j, prefix) in p.allowed_ips.iter().enumerate() {
+        for (j, prefix) in allowed(p).iter().enumerate() {
             if base.get(*prefix).is_some() {
+                let field = match j.checked_sub(p.allowed_ips.len()) {
+                    None => format!("peer[{}].allowed_ips[{j}]", p.name),
+                    Some(k) => format!("tunnel.allowed_ips.{}[{k}]", p.name),
+                };
                 return Err(ConfigError::new(
-                    format!("peer[{}].allowed_ips[{j}]", p.name),
+                    field,
                     format!("{prefix} is also a route of the file (remove one of them)"),
                 ));
             }

@@ -887,3 +887,36 @@ fn tunnel_configuration_errors_name_the_field() {
     let e = err(format!("{base}{tunnel}mtu = 100\n{peer}"));
     assert_eq!(e.field, "tunnel.mtu");
 }
+
+#[test]
+fn tunnel_allowed_ips_by_peer_name_route_like_the_peers_own() {
+    let key = key_file("local-routes", [7; 32]);
+    let mut r = rig_with(&format!(
+        r#"
+        [tunnel]
+        private_key_file = "{}"
+        [tunnel.allowed_ips]
+        branch = ["10.9.0.0/24"]
+        nobody = ["10.8.0.0/24"]
+        [[peer]]
+        name = "branch"
+        endpoint = {{ address = "10.0.2.50", port = 51820 }}
+        wireguard = {{ public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }}
+        "#,
+        key.display()
+    ));
+    let mut f = udp4([10, 0, 1, 5], [10, 9, 0, 7], 64, b"payload");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Tunnel { peer: 0 });
+    // A name without a peer routes nothing: no route, an ICMP error back.
+    let mut f = udp4([10, 0, 1, 5], [10, 8, 0, 7], 64, b"payload");
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(r.gw.counters.drops(DropReason::NoRoute), 1);
+
+    let bad = format!(
+        "[[port]]\nname = \"wan\"\ndevice = \"net_ring0\"\naddresses = [\"10.0.2.1/24\"]\n\
+         [tunnel]\nprivate_key_file = \"{}\"\n[tunnel.allowed_ips]\nbranch = [\"10.9.0.1/24\"]\n",
+        key.display()
+    );
+    let e = Config::from_toml(&bad).unwrap().validate(1).unwrap_err();
+    assert_eq!(e.field, "tunnel.allowed_ips.branch[0]");
+}
