@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# The Patronus demo topology: two hosts in network namespaces with the
-# gateway between them on net_af_packet ports.
+# The Patronus demo: two sites joined by an encrypted tunnel, a road warrior
+# running stock WireGuard, and the control plane managing both gateways.
 #
-#   host A (pdemo-a)              patronus-dataplane              host B (pdemo-b)
-#   10.0.1.2 fd00:1::2 --veth-- [lan 10.0.1.1] [wan 10.0.2.1] --veth-- 10.0.2.2 fd00:2::2
+#   host A              gateway "branch"                 WAN router                 gateway "hq"                host B
+#   10.0.1.2 ─veth─ [lan 10.0.1.1 | wan 203.0.113.1] ─── 203.0.113.254 ─┬─ 198.51.100.254 ─── [wan 198.51.100.1 | lan 10.0.2.1] ─veth─ 10.0.2.2
+#   fd00:1::2                                                            │                                                              fd00:2::2
+#                                                                 192.0.2.254
+#                                                                        │
+#                                                       road warrior 192.0.2.10 (wireguard-go),
+#                                                       tunnel address 10.99.0.10
 #
-# The gateway is managed by patronus-controlplane: its site, peer and policy
-# are applied with patronusctl and reach it as a snapshot it acknowledges.
-# Pings both ways over IPv4 and IPv6, moves TCP traffic with iperf3, shows
-# the gateway's counters and the control plane's view, and cleans everything
-# up on exit (also on Ctrl-C).
-# Run as root on Debian 12. `--keep` leaves it running until Ctrl-C.
+# Every host is a network namespace; each gateway is a patronus-dataplane
+# on net_af_packet ports. The sites, their peers (with WireGuard keys made
+# here) and a policy are applied with patronusctl; each gateway takes its
+# part from the control plane. Host A reaches host B through the
+# branch-hq tunnel (compressed), and the road warrior reaches host A
+# through hq, which forwards between its two tunnels. Cleans up on exit
+# (also on Ctrl-C). Run as root on Debian 12. `--keep` leaves it running
+# until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -18,12 +25,13 @@ source scripts/lib/eal.sh
 
 KEEP=0
 [[ ${1:-} == --keep ]] && KEEP=1
-NS_A=pdemo-a NS_B=pdemo-b
-GW_A=pdemo-ga HOST_A=pdemo-ha GW_B=pdemo-gb HOST_B=pdemo-hb
-METRICS=127.0.0.1:9469
+NS_A=pdemo-a NS_B=pdemo-b NS_WAN=pdemo-wan NS_RW=pdemo-rw
 CP=127.0.0.1:50151 CP_METRICS=127.0.0.1:9470
-WORK=$(mktemp -d /tmp/patronus-demo.XXXXXX)
-GW_PID= CP_PID=
+declare -A METRICS=([branch]=127.0.0.1:9469 [hq]=127.0.0.1:9471)
+RW_IF=pdemo-wg
+WORK=
+declare -A GW_PID=()
+CP_PID= RW_PID=
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -38,17 +46,17 @@ wait_for_log() {
 }
 
 cleanup() {
-    for pid in $GW_PID $CP_PID; do
+    for pid in "${GW_PID[@]}" $CP_PID $RW_PID; do
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
         fi
     done
-    ip netns del "$NS_A" 2>/dev/null || true
-    ip netns del "$NS_B" 2>/dev/null || true
-    ip link del "$GW_A" 2>/dev/null || true
-    ip link del "$GW_B" 2>/dev/null || true
-    rm -rf "$WORK" /var/run/dpdk/pdemo
+    for ns in $NS_A $NS_B $NS_WAN $NS_RW; do ip netns del "$ns" 2>/dev/null || true; done
+    for link in pdemo-la pdemo-wa pdemo-lb pdemo-wb; do ip link del "$link" 2>/dev/null || true; done
+    rm -f "/var/run/wireguard/$RW_IF.sock"
+    [[ -n $WORK ]] && rm -rf "$WORK"
+    rm -rf /var/run/dpdk/pdemo-branch /var/run/dpdk/pdemo-hq
 }
 trap cleanup EXIT
 cleanup # leftovers of an interrupted run
@@ -58,6 +66,11 @@ mode=$(scripts/setup.sh)
 say "building patronus-dataplane, patronus-controlplane and patronusctl (release)"
 cargo build --release --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl
 ctl() { target/release/patronusctl --server "http://$CP" "$@"; }
+scrape() { # scrape SITE: the gateway's /metrics
+    local host=${METRICS[$1]%:*} port=${METRICS[$1]#*:}
+    exec 3<>"/dev/tcp/$host/$port" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3
+    exec 3>&-
+}
 
 say "starting the control plane"
 target/release/patronus-controlplane --listen "$CP" --metrics-listen "$CP_METRICS" \
@@ -65,78 +78,160 @@ target/release/patronus-controlplane --listen "$CP" --metrics-listen "$CP_METRIC
 CP_PID=$!
 wait_for_log "$WORK/controlplane.log" "control plane listening" "$CP_PID"
 
-say "creating hosts A and B"
+say "creating host A, host B, the WAN router and the road warrior"
+ip netns add "$NS_WAN"
+ip netns exec "$NS_WAN" ip link set lo up
+ip netns exec "$NS_WAN" sysctl -qw net.ipv4.ip_forward=1
+veth() { # veth ROOT_SIDE NS NS_SIDE: a veth with one end in a namespace
+    ip link add "$1" type veth peer name "$3" netns "$2"
+    sysctl -qw "net.ipv6.conf.$1.disable_ipv6=1"
+    # AF_PACKET sockets want finished checksums and frames within the MTU.
+    ethtool -K "$1" tx off tso off gso off gro off >/dev/null
+    ip link set "$1" up
+    ip netns exec "$2" ethtool -K "$3" tx off tso off gso off gro off >/dev/null
+    ip netns exec "$2" ip link set "$3" up
+}
 for side in a b; do
-    ns=pdemo-$side gw=pdemo-g$side host=pdemo-h$side
-    net=$([[ $side == a ]] && echo 1 || echo 2)
+    ns=pdemo-$side net=$([[ $side == a ]] && echo 1 || echo 2)
     ip netns add "$ns"
-    ip link add "$gw" type veth peer name "$host"
-    ip link set "$host" netns "$ns"
-    sysctl -qw "net.ipv6.conf.$gw.disable_ipv6=1"
-    ethtool -K "$gw" tx off tso off gso off gro off >/dev/null
-    ip link set "$gw" up
-    ip netns exec "$ns" ethtool -K "$host" tx off tso off gso off gro off >/dev/null
     ip netns exec "$ns" ip link set lo up
-    ip netns exec "$ns" ip link set "$host" up
-    ip netns exec "$ns" ip addr add "10.0.$net.2/24" dev "$host"
-    ip netns exec "$ns" ip -6 addr add "fd00:$net::2/64" dev "$host" nodad
+    veth "pdemo-l$side" "$ns" eth0
+    ip netns exec "$ns" ip addr add "10.0.$net.2/24" dev eth0
+    ip netns exec "$ns" ip -6 addr add "fd00:$net::2/64" dev eth0 nodad
     ip netns exec "$ns" ip route add default via "10.0.$net.1"
     ip netns exec "$ns" ip -6 route add default via "fd00:$net::1"
 done
+veth pdemo-wa "$NS_WAN" to-branch
+veth pdemo-wb "$NS_WAN" to-hq
+ip netns exec "$NS_WAN" ip addr add 203.0.113.254/24 dev to-branch
+ip netns exec "$NS_WAN" ip addr add 198.51.100.254/24 dev to-hq
+ip netns add "$NS_RW"
+ip netns exec "$NS_RW" ip link set lo up
+ip link add to-rw netns "$NS_WAN" type veth peer name eth0 netns "$NS_RW"
+ip netns exec "$NS_WAN" ip addr add 192.0.2.254/24 dev to-rw
+ip netns exec "$NS_WAN" ip link set to-rw up
+ip netns exec "$NS_RW" ip addr add 192.0.2.10/24 dev eth0
+ip netns exec "$NS_RW" ip link set eth0 up
+ip netns exec "$NS_RW" ip route add default via 192.0.2.254
 
-cat >"$WORK/gateway.toml" <<TOML
+say "making WireGuard keys"
+umask 077
+for who in branch hq rw; do wg genkey >"$WORK/$who.key"; done
+umask 022
+declare -A PUB
+for who in branch hq rw; do PUB[$who]=$(wg pubkey <"$WORK/$who.key"); echo "  $who: ${PUB[$who]}"; done
+
+gateway_config() { # gateway_config SITE LAN_IF WAN_IF N WAN_ADDR WAN_ROUTER
+    local site=$1 lan=$2 wan=$3 n=$4
+    cat <<TOML
 [dpdk]
-eal_args = ["-l", "0-1", "--no-pci", $(eal_memory_args "$mode" pdemo), "--log-level", "lib.eal:warning",
-            "--vdev", "net_af_packet0,iface=$GW_A", "--vdev", "net_af_packet1,iface=$GW_B"]
+eal_args = ["-l", "0-1", "--no-pci", $(eal_memory_args "$mode" "pdemo-$site"), "--log-level", "lib.eal:warning",
+            "--vdev", "net_af_packet0,iface=$lan", "--vdev", "net_af_packet1,iface=$wan"]
 
 [worker]
 flow_capacity = 65536
 idle_sleep_us = 20     # be gentle on a shared demo machine; 0 busy-polls
 
 [metrics]
-listen = "$METRICS"
+listen = "${METRICS[$site]}"
 
 [controlplane]
 server = "http://$CP"
-site_id = "demo-branch"
-dataplane_id = "demo-gw"
+site_id = "$site"
+dataplane_id = "$site-gw"
 telemetry_interval_ms = 1000
 
 [[port]]
 name = "lan"
 device = "net_af_packet0"
-addresses = ["10.0.1.1/24", "fd00:1::1/64"]
+addresses = ["10.0.$n.1/24", "fd00:$n::1/64"]
 
 [[port]]
 name = "wan"
 device = "net_af_packet1"
-addresses = ["10.0.2.1/24", "fd00:2::1/64"]
+addresses = ["$5/24"]
+
+[[route]]
+prefix = "0.0.0.0/0"
+via = "$6"
+
+[tunnel]
+private_key_file = "$WORK/$site.key"
 TOML
+}
+{
+    gateway_config branch pdemo-la pdemo-wa 1 203.0.113.1 203.0.113.254
+    cat <<TOML
 
-say "starting the gateway"
-target/release/patronus-dataplane --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
-GW_PID=$!
-wait_for_log "$WORK/gateway.log" "data plane running" "$GW_PID"
-sed 's/^/  gateway| /' "$WORK/gateway.log"
+# Which prefixes each control-plane peer carries.
+[tunnel.allowed_ips]
+hq = ["10.0.2.0/24", "fd00:2::/64", "10.99.0.0/24"]
+TOML
+} >"$WORK/branch.toml"
+{
+    gateway_config hq pdemo-lb pdemo-wb 2 198.51.100.1 198.51.100.254
+    cat <<TOML
+addresses = ["10.99.0.1/24"]
 
-say "applying the site, a peer and a policy with patronusctl"
-cat >"$WORK/site.yaml" <<YAML
+[tunnel.allowed_ips]
+branch = ["10.0.1.0/24", "fd00:1::/64"]
+roadwarrior = ["10.99.0.10/32"]
+TOML
+} >"$WORK/hq.toml"
+
+for site in branch hq; do
+    say "starting gateway $site"
+    target/release/patronus-dataplane --config "$WORK/$site.toml" 2>"$WORK/$site.log" &
+    GW_PID[$site]=$!
+    wait_for_log "$WORK/$site.log" "data plane running" "${GW_PID[$site]}"
+    sed "s/^/  $site| /" "$WORK/$site.log"
+done
+
+say "applying the sites, their peers and a policy with patronusctl"
+cat >"$WORK/sites.yaml" <<YAML
 apiVersion: patronus.io/v1
 kind: Site
-metadata: {name: demo-branch, labels: {tier: branch}}
+metadata: {name: branch, labels: {tier: branch}}
 spec:
-  siteId: demo-branch
+  siteId: branch
   region: eu-west-1
-  tunnelEndpoint: {address: 10.0.2.1, port: 51820}
+  tunnelEndpoint: {address: 203.0.113.1, port: 51820}
+  peers: [{siteId: hq, address: 198.51.100.1}]
+---
+apiVersion: patronus.io/v1
+kind: Site
+metadata: {name: hq, labels: {tier: hub}}
+spec:
+  siteId: hq
+  region: us-east-1
+  tunnelEndpoint: {address: 198.51.100.1, port: 51820}
+  peers: [{siteId: branch, address: 203.0.113.1}]
 ---
 apiVersion: patronus.io/v1
 kind: Peer
-metadata: {name: demo-hq}
+metadata: {name: hq}
 spec:
-  siteId: demo-branch
-  endpoint: {address: 10.0.2.2, port: 51820}
-  wireguard: {publicKey: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=}
-  bfdEnabled: true
+  siteId: branch
+  endpoint: {address: 198.51.100.1, port: 51820}
+  wireguard: {publicKey: ${PUB[hq]}}
+  compression: true
+---
+apiVersion: patronus.io/v1
+kind: Peer
+metadata: {name: branch}
+spec:
+  siteId: hq
+  endpoint: {address: 203.0.113.1, port: 51820}
+  wireguard: {publicKey: ${PUB[branch]}}
+  compression: true
+---
+apiVersion: patronus.io/v1
+kind: Peer
+metadata: {name: roadwarrior}
+spec:
+  siteId: hq
+  endpoint: {address: 192.0.2.10, port: 51820}
+  wireguard: {publicKey: ${PUB[rw]}}
 ---
 apiVersion: patronus.io/v1
 kind: Policy
@@ -149,50 +244,72 @@ spec:
       conditions: [{type: category, value: Video}]
       pathSelection: {strategy: lowest-latency, thresholds: {maxLatencyMs: 80}}
 YAML
-ctl apply -f "$WORK/site.yaml"
-# Converged once the gateway runs the version its site should run.
+ctl apply -f "$WORK/sites.yaml"
+# Converged once every gateway runs the version its site should run.
 converged() {
     ctl status -o json | python3 -c 'import json, sys
 d = json.load(sys.stdin)
-sys.exit(0 if d and all(x["appliedVersion"] == x["desiredVersion"] > 1 for x in d) else 1)'
+sys.exit(0 if len(d) == 2 and all(x["appliedVersion"] == x["desiredVersion"] > 1 for x in d) else 1)'
 }
 for _ in $(seq 100); do converged && break; sleep 0.1; done
-converged || { ctl status; cat "$WORK/gateway.log"; exit 1; }
+converged || { ctl status; cat "$WORK"/*.log; exit 1; }
 ctl status
 
-say "ping A -> B and B -> A (IPv4, IPv6)"
-ip netns exec "$NS_A" ping -c 3 -i 0.2 10.0.2.2
-ip netns exec "$NS_B" ping -c 3 -i 0.2 10.0.1.2
-ip netns exec "$NS_A" ping -c 3 -i 0.2 fd00:2::2
-ip netns exec "$NS_B" ping -c 3 -i 0.2 fd00:1::2
+say "starting the road warrior: stock wireguard-go, peered with hq"
+ip netns exec "$NS_RW" wireguard-go -f "$RW_IF" >"$WORK/wireguard-go.log" 2>&1 &
+RW_PID=$!
+for _ in $(seq 100); do [[ -S /var/run/wireguard/$RW_IF.sock ]] && break; sleep 0.1; done
+ip netns exec "$NS_RW" wg set "$RW_IF" private-key "$WORK/rw.key" listen-port 51820 \
+    peer "${PUB[hq]}" endpoint 198.51.100.1:51820 allowed-ips 10.0.0.0/16,10.99.0.0/24
+ip netns exec "$NS_RW" ip addr add 10.99.0.10/24 dev "$RW_IF"
+ip netns exec "$NS_RW" ip link set "$RW_IF" up
+ip netns exec "$NS_RW" ip route add 10.0.0.0/16 dev "$RW_IF"
 
-say "TCP A -> B through the gateway (iperf3, 5 s)"
+say "host A -> host B through the branch-hq tunnel (IPv4, IPv6), and back"
+ip netns exec "$NS_A" ping -c 3 -i 0.2 10.0.2.2
+ip netns exec "$NS_A" ping -c 3 -i 0.2 fd00:2::2
+ip netns exec "$NS_B" ping -c 3 -i 0.2 10.0.1.2
+
+say "the road warrior -> host A: wireguard-go to hq, hq to branch"
+ip netns exec "$NS_RW" ping -c 3 -i 0.2 10.0.1.2
+ip netns exec "$NS_A" ping -c 3 -i 0.2 10.99.0.10
+
+say "TCP host A -> host B through the tunnel (iperf3, 5 s)"
 ip netns exec "$NS_B" iperf3 -s -1 -B 10.0.2.2 >/dev/null &
 sleep 0.5
 ip netns exec "$NS_A" iperf3 -c 10.0.2.2 -t 5 -f m | tail -4
 
-say "gateway counters (from http://$METRICS/metrics)"
-metrics=$(exec 3<>/dev/tcp/127.0.0.1/9469 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3)
-grep -E '^patronus_(port_(rx|tx)_packets_total|worker_forwarded_packets_total|flows_active|flows_created_total|neighbors|worker_echo_replies_total|mempool_in_use)' <<<"$metrics" || true
-grep -E '^patronus_(parse|forward)_drops_total' <<<"$metrics" | grep -v ' 0$' || echo "(no drops)"
-grep -E '^patronus_dpi_application_flows_total' <<<"$metrics" || echo "(no classified flows)"
+for site in branch hq; do
+    say "gateway $site: tunnels (from http://${METRICS[$site]}/metrics)"
+    metrics=$(scrape "$site")
+    grep -E '^patronus_(tunnel_(status|tx_packets_total|rx_packets_total|handshakes_sent_total|handshakes_received_total)|compression_ratio)' <<<"$metrics" |
+        grep -v 'status="down"' || true
+    grep -E '^patronus_tunnel_drops_total' <<<"$metrics" | grep -v ' 0$' || echo "(no tunnel drops)"
+    grep -E '^patronus_dpi_application_flows_total' <<<"$metrics" || true
+done
 
-say "the control plane's view (tunnels are not carried yet: the peer shows down)"
+say "the road warrior's view (wg show)"
+ip netns exec "$NS_RW" wg show "$RW_IF" | sed 's/^/  /'
+
+say "the control plane's view: tunnels as the gateways report them"
 sleep 1.5 # one telemetry report
 ctl topology
 echo
 ctl events | tail -8
 
 if ((KEEP)); then
-    say "running; metrics at http://$METRICS/metrics — Ctrl-C to stop"
-    ip netns exec "$NS_A" true
-    wait "$GW_PID"
+    say "running; metrics at http://${METRICS[branch]}/metrics and http://${METRICS[hq]}/metrics — Ctrl-C to stop"
+    wait "${GW_PID[branch]}"
 fi
 
-say "stopping the gateway"
-kill -TERM "$GW_PID"
-wait "$GW_PID" && status=0 || status=$?
-GW_PID=
-tail -3 "$WORK/gateway.log" | sed 's/^/  gateway| /'
-echo "gateway exited with status $status"
+status=0
+for site in branch hq; do
+    say "stopping gateway $site"
+    kill -TERM "${GW_PID[$site]}"
+    wait "${GW_PID[$site]}" && code=0 || code=$?
+    unset "GW_PID[$site]"
+    tail -2 "$WORK/$site.log" | sed "s/^/  $site| /"
+    echo "gateway $site exited with status $code"
+    ((code == 0)) || status=$code
+done
 exit "$status"
