@@ -1,7 +1,9 @@
 //! Drives arbitrary frames through the whole forwarding logic (parse,
 //! classify, flow table, route, ICMP errors, echo replies, ARP and ND
-//! answers built in place) and checks that it never panics and that every
-//! frame it sends is a frame the parser accepts.
+//! answers built in place, the tunnel port's routes and listen port) and
+//! checks that it never panics and that every frame it sends is a frame
+//! the parser accepts. The first byte also picks the tunnel port as the
+//! ingress, as for a decrypted packet.
 //!
 //! Run from the `fuzz/` directory: `cargo +nightly fuzz run gateway_frame`
 
@@ -42,7 +44,24 @@ via = "10.0.2.254"
 [[route]]
 prefix = "::/0"
 via = "fd00:2::fe"
+[tunnel]
+private_key_file = "KEY_FILE"
+addresses = ["10.99.0.1/24"]
+[[peer]]
+name = "branch"
+endpoint = { address = "10.0.2.50", port = 51820 }
+wireguard = { public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }
+allowed_ips = ["10.9.0.0/24", "fd09::/64", "10.99.0.2/32"]
 "#;
+
+/// A private key file the data plane accepts (mode 600), made once.
+fn key_file() -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("patronus-fuzz-{}.key", std::process::id()));
+    std::fs::write(&path, "GMGMLRrCbuOA8HHVPuH6Ui3L2dMmoi6bPYs9C/GTZ2k=").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.display().to_string()
+}
 
 struct World {
     cfg: Snapshot,
@@ -52,7 +71,8 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
-        let mut cfg = Config::from_toml(CONFIG).unwrap().validate(1).unwrap();
+        let text = CONFIG.replace("KEY_FILE", &key_file());
+        let mut cfg = Config::from_toml(&text).unwrap().validate(1).unwrap();
         cfg.set_port_macs(&[[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]]);
         let (tx, rx) = crossbeam_channel::bounded(4);
         let shared = Arc::new(NeighborShared::default());
@@ -84,7 +104,11 @@ fuzz_target!(|data: &[u8]| {
     let mut gateway = Gateway::new(&w.cfg, events, 1);
     // The first byte picks the ingress port; the rest is the frame, sent
     // twice so that the second pass meets a cached forwarding decision.
-    let in_port = u16::from(data[0] & 1);
+    let tunnel = w.cfg.tunnel_port().expect("the fuzz world has a tunnel");
+    let in_port = match data[0] % 3 {
+        2 => tunnel,
+        p => u16::from(p),
+    };
     for round in 0..2u64 {
         let mut frame = VecFrame::new(&data[1..]);
         let ctx = Context {
@@ -95,7 +119,7 @@ fuzz_target!(|data: &[u8]| {
         };
         match gateway.process(&ctx, in_port, &mut frame) {
             Verdict::Transmit(port) => {
-                assert!(port < 2);
+                assert!(port <= tunnel);
                 assert!(
                     parse(frame.data()).is_ok(),
                     "sent a frame the parser rejects: {:02x?}",
@@ -103,6 +127,14 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             Verdict::Resolve { port, .. } => assert!(port < 2),
+            Verdict::Tunnel { peer } => {
+                assert_eq!(peer, 0);
+                // What the tunnel encrypts is an IP packet behind an Ethernet header.
+                assert!(parse(frame.data()).is_ok(), "into the tunnel: {:02x?}", frame.data());
+            }
+            Verdict::TunnelDatagram { payload, .. } => {
+                assert!(in_port < 2 && usize::from(payload) <= frame.len());
+            }
             Verdict::Drop | Verdict::Consumed => {}
         }
     }
