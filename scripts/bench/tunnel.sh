@@ -67,7 +67,7 @@ config_a() { # inner size
 [dpdk]
 eal_args = ["-l", "0-1", "--no-pci", "--in-memory", "--file-prefix", "ptun-a", "--log-level", "lib.eal:warning",
             "--vdev", "net_pcap0,rx_pcap=$OUT/lan-$1.pcap,infinite_rx=1",
-            "--vdev", "net_memif0,role=server,socket=$SOCK,id=0"]
+            "--vdev", "net_memif0,role=server,socket=$SOCK,id=0,rsize=13"]
 mempool_size = 16383
 [worker]
 flow_capacity = 65536
@@ -94,7 +94,7 @@ config_b() {
     cat <<TOML
 [dpdk]
 eal_args = ["--lcores", "0@0,1@0", "--no-pci", "--in-memory", "--file-prefix", "ptun-b", "--log-level", "lib.eal:warning",
-            "--vdev", "net_memif0,role=client,socket=$SOCK,id=0", "--vdev", "net_null0,no-rx=1"]
+            "--vdev", "net_memif0,role=client,socket=$SOCK,id=0,rsize=13", "--vdev", "net_null0,no-rx=1"]
 mempool_size = 16383
 [worker]
 flow_capacity = 65536
@@ -198,18 +198,25 @@ for inner in "${SIZES[@]}"; do
     [[ $drops == 0 ]] || echo "  B dropped $drops tunnel packets" >&2
     stop b
     # The session stays valid for Reject-After-Time; A keeps encrypting into the sink.
-    start sink ptun-sink "$OUT/rxtx_anchor" --lcores 0@0,1@0 --no-pci --in-memory --file-prefix ptun-sink \
-        --log-level lib.eal:warning --vdev "net_memif0,role=client,socket=$SOCK,id=0" --vdev net_null0,no-rx=1
+    start sink ptun-sink "$OUT/rxtx_anchor" -l 0 --no-pci --in-memory --file-prefix ptun-sink \
+        --log-level lib.eal:warning --vdev "net_memif0,role=client,socket=$SOCK,id=0,rsize=13" --vdev net_null0,no-rx=1
     sleep "$WARMUP"
+    full_before=$(metric 19470 patronus_port_tx_dropped_packets_total 'port="wan"')
     runs=()
     for _ in $(seq "$RUNS"); do runs+=("$(sample ptun-a 1 opackets 19470)"); done
     keep "encrypt/$inner" "${runs[@]}"
+    full=$(($(metric 19470 patronus_port_tx_dropped_packets_total 'port="wan"') - full_before))
+    ((full == 0)) || echo "  A found the memif full $full times: the sink, not A, set the pace" >&2
     stop a
+    stop sink
     # The harness alone: the same frames from net_pcap into the memif by a
     # plain rx->tx loop on A's CPU, no parsing, no crypto.
+    rm -f "$SOCK"
     start bare ptun-bare "$OUT/rxtx_anchor" -l 0-1 --no-pci --in-memory --file-prefix ptun-bare \
         --log-level lib.eal:warning --vdev "net_pcap0,rx_pcap=$OUT/lan-$inner.pcap,infinite_rx=1" \
-        --vdev "net_memif0,role=server,socket=$SOCK,id=0"
+        --vdev "net_memif0,role=server,socket=$SOCK,id=0,rsize=13"
+    start sink ptun-sink "$OUT/rxtx_anchor" -l 0 --no-pci --in-memory --file-prefix ptun-sink \
+        --log-level lib.eal:warning --vdev "net_memif0,role=client,socket=$SOCK,id=0,rsize=13" --vdev net_null0,no-rx=1
     sleep "$WARMUP"
     runs=()
     for _ in $(seq "$RUNS"); do
