@@ -237,6 +237,11 @@ fn wireguard_go_and_patronus_carry_ping_and_tcp_with_handshakes_from_either_side
         "A pings B through the tunnel:\n{}",
         r.dp.log_text()
     );
+    // Workers publish tunnel figures every 100 ms, later when the machine is busy.
+    eventually(Duration::from_secs(5), || {
+        let m = r.dp.scrape();
+        event(&m, "responses_received") >= 1.0
+    });
     let m = r.dp.scrape();
     assert_eq!(event(&m, "initiations_sent"), 1.0, "{}", m.text);
     assert_eq!(event(&m, "responses_received"), 1.0);
@@ -272,6 +277,15 @@ fn wireguard_go_and_patronus_carry_ping_and_tcp_with_handshakes_from_either_side
         "B pings A after restarting wireguard-go"
     );
     transfer(&r.topo.b, &r.topo.a, A4, 1 << 20);
+    // Workers publish tunnel figures every 100 ms, later when the machine is busy.
+    eventually(Duration::from_secs(5), || {
+        let m = r.dp.scrape();
+        m.sum(
+            "patronus_tunnel_rx_packets_total",
+            &[("peer", "roadwarrior")],
+        ) > 500.0
+            && event(&m, "initiations_received") >= 1.0
+    });
     let m = r.dp.scrape();
     assert_eq!(event(&m, "initiations_received"), 1.0, "{}", m.text);
     assert_eq!(event(&m, "responses_sent"), 1.0);
@@ -344,6 +358,14 @@ fn a_forced_rekey_loses_no_tcp_data() {
         back.join().unwrap()
     });
     assert_eq!(a.0.trim(), a.1.trim(), "the stream from B arrived intact");
+    // Workers publish tunnel figures every 100 ms, later when the machine is busy.
+    eventually(Duration::from_secs(5), || {
+        let m = r.dp.scrape();
+        m.sum(
+            "patronus_tunnel_handshakes_sent_total",
+            &[("peer", "roadwarrior")],
+        ) >= 3.0
+    });
     let m = r.dp.scrape();
     let handshakes = m.sum(
         "patronus_tunnel_handshakes_sent_total",
@@ -375,6 +397,11 @@ fn a_peer_with_the_wrong_public_key_never_gets_a_session() {
     };
     assert!(!ping(&r.topo.a, B_TUNNEL4), "no tunnel from A");
     assert!(!ping(&r.topo.b, A4), "no tunnel from B");
+    // Workers publish tunnel figures every 100 ms, later when the machine is busy.
+    eventually(Duration::from_secs(5), || {
+        let m = r.dp.scrape();
+        m.sum("patronus_tunnel_drops_total", &[("reason", "unknown_peer")]) >= 1.0
+    });
     let m = r.dp.scrape();
     assert_eq!(
         m.sum(
@@ -485,8 +512,10 @@ fn hostile_input_is_counted_and_dropped_and_a_flood_engages_cookies() {
         .split_whitespace()
         .map(|n| n.parse::<f64>().unwrap());
     let (sent, cookies) = (numbers.next().unwrap(), numbers.next().unwrap());
-    // Counters are published every 100 ms.
-    std::thread::sleep(Duration::from_millis(300));
+    // Workers publish tunnel figures every 100 ms, later when the machine is busy.
+    eventually(Duration::from_secs(5), || {
+        event(&r.dp.scrape(), "cookie_replies_sent") >= cookies
+    });
     let m = r.dp.scrape();
     assert!(
         got_through,
