@@ -14,48 +14,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use patronus_dataplane::frame::VecFrame;
+use patronus_dataplane::tunnel::memory::MemoryIo;
 use patronus_dataplane::tunnel::noise::{PeerKeys, StaticKeys};
 use patronus_dataplane::tunnel::timers::TimerSettings;
-use patronus_dataplane::tunnel::{
-    PeerConfig, PeerId, TunnelConfig, TunnelDrop, TunnelIo, Tunnels, Work,
-};
+use patronus_dataplane::tunnel::{PeerConfig, TunnelConfig, TunnelDrop, Tunnels};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 /// Inner packet sizes of the benchmark.
 const SIZES: [usize; 3] = [64, 512, 1420];
-
-#[derive(Default)]
-struct Sink {
-    sent: Vec<VecFrame>,
-    delivered: Vec<VecFrame>,
-    rng: u64,
-}
-
-impl TunnelIo<VecFrame> for Sink {
-    fn alloc(&mut self) -> Option<VecFrame> {
-        Some(VecFrame::empty())
-    }
-    fn send(&mut self, _to: SocketAddr, frame: VecFrame) {
-        self.sent.push(frame);
-    }
-    fn deliver(&mut self, _peer: PeerId, frame: VecFrame) {
-        self.delivered.push(frame);
-    }
-    fn handoff(&mut self, _worker: usize, _work: Work<VecFrame>) {}
-    fn random(&mut self, out: &mut [u8]) {
-        for b in out {
-            self.rng = self.rng.wrapping_mul(6364136223846793005).wrapping_add(1);
-            *b = (self.rng >> 56) as u8;
-        }
-    }
-    fn unix_time(&mut self) -> Duration {
-        Duration::from_secs(1_800_000_000)
-    }
-}
 
 fn config(me: u8, peer: u8, allowed: &str) -> TunnelConfig {
     let keys = Arc::new(StaticKeys::new([me; 32]));
@@ -85,22 +54,22 @@ fn packet(size: usize) -> Vec<u8> {
 fn pair() -> (
     TunnelConfig,
     Tunnels<VecFrame>,
-    Sink,
+    MemoryIo,
     TunnelConfig,
     Tunnels<VecFrame>,
-    Sink,
+    MemoryIo,
 ) {
     let (a_cfg, b_cfg) = (config(1, 2, "10.2.0.0/16"), config(2, 1, "10.1.0.0/16"));
     let mut a = Tunnels::new(0, 1, &a_cfg, [1; 16]);
     let mut b = Tunnels::new(0, 1, &b_cfg, [2; 16]);
-    let (mut ha, mut hb) = (Sink::default(), Sink::default());
+    let (mut ha, mut hb) = (MemoryIo::seeded(1), MemoryIo::seeded(2));
     let from: SocketAddr = "192.0.2.1:51820".parse().unwrap();
     a.send(&a_cfg, 0, VecFrame::new(&packet(64)), 1, &mut ha);
     for _ in 0..3 {
-        for f in ha.sent.drain(..) {
+        for (_, f) in ha.sent.drain(..) {
             b.receive(&b_cfg, from, f, 1, &mut hb);
         }
-        for f in hb.sent.drain(..) {
+        for (_, f) in hb.sent.drain(..) {
             a.receive(&a_cfg, from, f, 1, &mut ha);
         }
     }
@@ -156,7 +125,7 @@ fn bench(c: &mut Criterion) {
                 || {
                     // A fresh message each time: the replay window refuses repeats.
                     a.send(&a_cfg, 0, VecFrame::new(&inner), 2, &mut ha);
-                    ha.sent.pop().expect("a data message")
+                    ha.sent.pop().expect("a data message").1
                 },
                 |message| {
                     b.receive(&b_cfg, from, message, 2, &mut hb);

@@ -14,45 +14,13 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use patronus_dataplane::frame::{Frame, VecFrame};
 use patronus_dataplane::tunnel::noise::{PeerKeys, StaticKeys};
 use patronus_dataplane::tunnel::timers::TimerSettings;
-use patronus_dataplane::tunnel::{PeerConfig, PeerId, TunnelConfig, TunnelIo, Tunnels, Work};
-
-#[derive(Default)]
-struct Host {
-    sent: Vec<VecFrame>,
-    delivered: Vec<VecFrame>,
-    rng: u64,
-    now_ns: u64,
-}
-
-impl TunnelIo<VecFrame> for Host {
-    fn alloc(&mut self) -> Option<VecFrame> {
-        Some(VecFrame::empty())
-    }
-    fn send(&mut self, _to: SocketAddr, frame: VecFrame) {
-        self.sent.push(frame);
-    }
-    fn deliver(&mut self, _peer: PeerId, frame: VecFrame) {
-        self.delivered.push(frame);
-    }
-    fn handoff(&mut self, _worker: usize, _work: Work<VecFrame>) {
-        unreachable!("one worker owns every peer");
-    }
-    fn random(&mut self, out: &mut [u8]) {
-        for b in out {
-            self.rng = self.rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *b = (self.rng >> 56) as u8;
-        }
-    }
-    fn unix_time(&mut self) -> Duration {
-        Duration::from_secs(1_800_000_000) + Duration::from_nanos(self.now_ns)
-    }
-}
+use patronus_dataplane::tunnel::memory::MemoryIo;
+use patronus_dataplane::tunnel::{PeerConfig, TunnelConfig, Tunnels};
 
 fn config(me: u8, peer: u8, allowed: &str, compression: bool) -> TunnelConfig {
     let keys = Arc::new(StaticKeys::new([me; 32]));
@@ -87,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
     let b_cfg = config(2, 1, "10.1.0.0/24", false);
     let mut alice = Tunnels::<VecFrame>::new(0, 1, &a_cfg, [1; 16]);
     let mut bob = Tunnels::<VecFrame>::new(0, 1, &b_cfg, [2; 16]);
-    let (mut ha, mut hb) = (Host { rng: 1, ..Host::default() }, Host { rng: 2, ..Host::default() });
+    let (mut ha, mut hb) = (MemoryIo::seeded(1), MemoryIo::seeded(2));
     let from_alice: SocketAddr = "192.0.2.1:51820".parse().unwrap();
     let from_bob: SocketAddr = "192.0.2.9:51820".parse().unwrap();
     let mut sent_payloads = HashSet::new();
@@ -113,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
             }
             // What the network does to Alice's oldest datagram in flight.
             3..=6 if !ha.sent.is_empty() => {
-                let mut frame = ha.sent.remove(0);
+                let mut frame = ha.sent.remove(0).1;
                 match op % 8 {
                     3 => bob.receive(&b_cfg, from_alice, frame, now, &mut hb),
                     4 => {
@@ -143,10 +111,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // Bob's answers always reach Alice.
-        for frame in hb.sent.drain(..) {
+        for (_, frame) in hb.sent.drain(..) {
             alice.receive(&a_cfg, from_bob, frame, now, &mut ha);
         }
-        for got in hb.delivered.drain(..) {
+        assert!(ha.handoffs.is_empty() && hb.handoffs.is_empty(), "one worker owns every peer");
+        for (_, got) in hb.delivered.drain(..) {
             assert!(sent_payloads.contains(got.data()), "Bob delivered a packet Alice never sent");
         }
         ha.delivered.clear();

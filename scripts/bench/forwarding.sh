@@ -94,15 +94,7 @@ l3fwd() { # l3fwd IN OUT
         -p 0x3 --config="(0,0,1)" --parse-ptype --eth-dest=1,$NEXT_HOP_MAC
 }
 
-tsc_hz=$(
-    "$OUT/rxtx_anchor" $(eal pbench-hz net_null0,no-rx=1 net_null1,no-rx=1) 2>/dev/null &
-    pid=$!
-    sleep 2
-    kill -INT $pid 2>/dev/null
-    wait $pid 2>/dev/null
-) || true
-tsc_hz=$(grep -o 'tsc_hz=[0-9]*' <<<"$tsc_hz" | cut -d= -f2)
-rm -rf /var/run/dpdk/pbench-hz
+tsc_hz=$(measure_tsc_hz "$OUT/rxtx_anchor" pbench-hz)
 
 for size in 60 1396; do
     wire=$((size + 4))

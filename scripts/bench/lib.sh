@@ -41,3 +41,17 @@ measure() { # measure KEY CMD...: RUNS runs, keeps "min median max"
     results[$key]=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}')
     echo "  $key: ${results[$key]} packets/s" >&2
 }
+
+measure_tsc_hz() { # measure_tsc_hz ANCHOR PREFIX: the TSC rate DPDK reports, from rxtx_anchor
+    local out
+    # shellcheck disable=SC2046
+    out=$(
+        "$1" $(eal "$2" net_null0,no-rx=1 net_null1,no-rx=1) 2>/dev/null &
+        pid=$!
+        sleep 2
+        kill -INT $pid 2>/dev/null
+        wait $pid 2>/dev/null
+    ) || true
+    rm -rf "/var/run/dpdk/$2"
+    grep -o 'tsc_hz=[0-9]*' <<<"$out" | cut -d= -f2
+}

@@ -36,6 +36,8 @@ OUT=target/bench/tunnel
 PCAP_MAC=02:70:63:61:70:00
 SIZES=(64 512 1420)
 
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
 mode=$(scripts/setup.sh)
 if [[ $mode != hugepages ]]; then
     echo "tunnel.sh: hugepages are needed for meaningful figures (see hugepages.md)" >&2
@@ -177,7 +179,6 @@ sample() { # sample PREFIX PORT FIELD METRICS_PORT: "rate busy" over DURATION
     python3 -c "print(int(($c2 - $c1) / ($t2 - $t1)), $busy)"
 }
 
-declare -A results
 keep() { # keep KEY "rate busy"...: min/median/max rate and the median busy share
     local key=$1
     shift
@@ -185,16 +186,7 @@ keep() { # keep KEY "rate busy"...: min/median/max rate and the median busy shar
     echo "  $key: ${results[$key]} (packets/s min median max, busy share)" >&2
 }
 
-tsc_hz=$(
-    "$OUT/rxtx_anchor" -l 0-1 --no-pci --in-memory --file-prefix ptun-hz --log-level lib.eal:warning \
-        --vdev net_null0,no-rx=1 --vdev net_null1,no-rx=1 2>/dev/null &
-    pid=$!
-    sleep 2
-    kill -INT $pid 2>/dev/null
-    wait $pid 2>/dev/null
-) || true
-tsc_hz=$(grep -o 'tsc_hz=[0-9]*' <<<"$tsc_hz" | cut -d= -f2)
-rm -rf /var/run/dpdk/ptun-hz
+tsc_hz=$(measure_tsc_hz "$OUT/rxtx_anchor" ptun-hz)
 
 for inner in "${SIZES[@]}"; do
     echo "== inner packets of $inner B" >&2

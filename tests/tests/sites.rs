@@ -41,21 +41,6 @@ impl Drop for Sites {
     }
 }
 
-fn key_pair() -> (String, String) {
-    let private = must(&["wg", "genkey"]).trim().to_owned();
-    let mut child = std::process::Command::new("wg")
-        .arg("pubkey")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("wg pubkey (Debian package wireguard-tools)");
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), private.as_bytes()).unwrap();
-    let public = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout)
-        .trim()
-        .to_owned();
-    (private, public)
-}
-
 impl Sites {
     fn new() -> Sites {
         let id = unique_id();
@@ -208,8 +193,8 @@ compression = {compression}
 
     /// Starts both gateways.
     fn start(&self, ipv6_underlay: bool, compression: bool) -> (Dataplane, Dataplane) {
-        let (private1, public1) = key_pair();
-        let (private2, public2) = key_pair();
+        let (private1, public1) = wg_keypair();
+        let (private2, public2) = wg_keypair();
         let one =
             Dataplane::start(&self.config(1, &private1, &public2, ipv6_underlay, compression));
         let two =

@@ -21,19 +21,8 @@ struct KeyPair {
 }
 
 fn keypair() -> KeyPair {
-    let private = must(&["wg", "genkey"]).trim().to_owned();
-    let mut child = std::process::Command::new("wg")
-        .arg("pubkey")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("wg pubkey (Debian package wireguard-tools)");
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), private.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    KeyPair {
-        private,
-        public: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    }
+    let (private, public) = wg_keypair();
+    KeyPair { private, public }
 }
 
 /// Writes `key` to a file only root may read, as the data plane demands.

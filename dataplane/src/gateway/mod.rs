@@ -612,27 +612,13 @@ impl Gateway {
             Some(c) => (c.port, Some(c.dst_mac)),
             None => {
                 let Some(hop) = ctx.cfg.routes.next_hop(dst) else {
-                    return self.reject(
-                        ctx,
-                        in_port,
-                        frame,
-                        meta,
-                        icmp::ErrorKind::NoRoute,
-                        DropReason::NoRoute,
-                    );
+                    return self.unreachable(ctx, in_port, frame, meta);
                 };
                 if Some(hop.port) == tunnel_port {
                     // Cryptokey routing: the peer whose allowed IPs hold the destination.
                     let peer = ctx.cfg.tunnel.as_ref().and_then(|t| t.config.route(dst));
                     let Some(peer) = peer else {
-                        return self.reject(
-                            ctx,
-                            in_port,
-                            frame,
-                            meta,
-                            icmp::ErrorKind::NoRoute,
-                            DropReason::NoRoute,
-                        );
+                        return self.unreachable(ctx, in_port, frame, meta);
                     };
                     let decision = ForwardCache::to_peer(ctx.fwd_generation, hop.port, peer);
                     if let Some((id, dir)) = flow {
@@ -700,6 +686,18 @@ impl Gateway {
         self.counters
             .add(Counter::ForwardedBytes, frame.len() as u64);
         Verdict::Transmit(out_port)
+    }
+
+    /// No route to the destination: counted, and answered with an ICMP error.
+    fn unreachable<F: Frame>(
+        &mut self,
+        ctx: &Context<'_>,
+        in_port: u16,
+        frame: &mut F,
+        meta: &PacketMeta,
+    ) -> Verdict {
+        let kind = icmp::ErrorKind::NoRoute;
+        self.reject(ctx, in_port, frame, meta, kind, DropReason::NoRoute)
     }
 
     /// The last step toward a tunnel peer: MTU, hop limit, padding.

@@ -21,6 +21,7 @@ pub mod compress;
 pub mod config;
 pub mod cookie;
 pub mod crypto;
+pub mod memory;
 pub mod messages;
 pub mod noise;
 pub mod outer;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::crypto::hash;
+use super::memory::MemoryIo;
 use super::noise::{PeerKeys, StaticKeys};
 use super::timers::TimerSettings;
 use super::*;
@@ -12,51 +13,12 @@ use crate::frame::VecFrame;
 
 const S: u64 = 1_000_000_000;
 
-/// A host for an engine: collects what it sends and delivers.
-#[derive(Default)]
-struct Host {
-    sent: Vec<(SocketAddr, VecFrame)>,
-    delivered: Vec<(PeerId, VecFrame)>,
-    handoffs: Vec<(usize, Work<VecFrame>)>,
-    rng: u64,
-    /// The engine's clock, which the wall clock follows.
-    now_ns: u64,
-    no_buffers: bool,
-}
-
-impl TunnelIo<VecFrame> for Host {
-    fn alloc(&mut self) -> Option<VecFrame> {
-        (!self.no_buffers).then(VecFrame::empty)
-    }
-    fn send(&mut self, to: SocketAddr, frame: VecFrame) {
-        self.sent.push((to, frame));
-    }
-    fn deliver(&mut self, peer: PeerId, frame: VecFrame) {
-        self.delivered.push((peer, frame));
-    }
-    fn handoff(&mut self, worker: usize, work: Work<VecFrame>) {
-        self.handoffs.push((worker, work));
-    }
-    fn random(&mut self, out: &mut [u8]) {
-        for b in out {
-            self.rng = self
-                .rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *b = (self.rng >> 56) as u8;
-        }
-    }
-    fn unix_time(&mut self) -> Duration {
-        Duration::from_secs(1_800_000_000) + Duration::from_nanos(self.now_ns)
-    }
-}
-
 struct Side {
     name: &'static str,
     addr: SocketAddr,
     cfg: TunnelConfig,
     engine: Tunnels<VecFrame>,
-    host: Host,
+    host: MemoryIo,
 }
 
 fn secret(name: &str) -> [u8; 32] {
@@ -107,10 +69,7 @@ fn side(name: &'static str, addr: &str, peers: Vec<PeerSpec>, timers: TimerSetti
         addr: addr.parse().unwrap(),
         cfg,
         engine,
-        host: Host {
-            rng: name.len() as u64 * 977,
-            ..Host::default()
-        },
+        host: MemoryIo::seeded(name.len() as u64 * 977),
     }
 }
 

@@ -697,3 +697,24 @@ pub fn transfer_paced(from: &Netns, to: &Netns, to_addr: &str, bytes: usize, sec
     );
     assert!(sent.starts_with(&bytes.to_string()));
 }
+
+/// A WireGuard key pair from `wg genkey` and `wg pubkey` (Debian's
+/// wireguard-tools): (private, public), both base64.
+pub fn wg_keypair() -> (String, String) {
+    let private = must(&["wg", "genkey"]).trim().to_owned();
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg pubkey (Debian package wireguard-tools)");
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(private.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (private, public)
+}
