@@ -48,7 +48,12 @@ grep -q "were not found through \`pkg-config libdpdk\`" "$nodpdk/log" && grep -q
 echo "ok: $(grep -m1 'were not found' "$nodpdk/log" | sed 's/^ *//')"
 rm -rf "$nodpdk"
 
+step "Helm chart, alert rules and dashboards"
+scripts/check-chart.sh
+
 step "unit tests"
+# The operator's reconcile tests drive a real control plane.
+cargo build --bin patronus-controlplane
 cargo_test --workspace --exclude patronus-e2e
 
 step "end-to-end tests (real DPDK, real hosts in network namespaces)"

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
-pub use patronus_proto::client::read_secret;
+pub use patronus_proto::client::{read_secret, Readers};
 
 /// Shortest token accepted (bytes).
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -33,9 +33,9 @@ impl BearerToken {
         Ok(BearerToken(Arc::new(token.as_bytes().to_vec())))
     }
 
-    /// Reads the token from a file only its owner can read.
+    /// Reads the token from a file only its owner (and group) can read.
     pub fn from_file(path: &Path) -> anyhow::Result<BearerToken> {
-        let text = read_secret(path)?;
+        let text = read_secret(path, Readers::OwnerAndGroup)?;
         BearerToken::new(&text).with_context(|| path.display().to_string())
     }
 

@@ -25,14 +25,15 @@ struct Cli {
     /// Address of the fleet's `/metrics` and `/healthz` (HTTP); empty disables it.
     #[arg(long, default_value = "127.0.0.1:9470")]
     metrics_listen: String,
-    /// File holding the bearer token clients must present (mode 600). Without
+    /// File holding the bearer token clients must present (mode 600, or 640 from a
+    /// Kubernetes Secret; never readable by others). Without
     /// it the API is open to anyone who can reach it.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// Serve over TLS with this certificate chain (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// The TLS private key (PEM; mode 600).
+    /// The TLS private key (PEM; mode 600 or 640).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Require client certificates issued by this CA (PEM): mutual TLS.

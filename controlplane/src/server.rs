@@ -84,7 +84,7 @@ pub async fn serve(
 }
 
 /// A TLS configuration from PEM files: the server's certificate chain and
-/// private key (a secret: its file must not be readable by group or others)
+/// private key (a secret: its file must not be readable by others)
 /// and, for mutual TLS, the CA that client certificates must chain to.
 pub fn tls_config(
     cert: &std::path::Path,
@@ -94,7 +94,7 @@ pub fn tls_config(
     use anyhow::Context as _;
     let cert_pem = std::fs::read_to_string(cert)
         .with_context(|| format!("{}: cannot read", cert.display()))?;
-    let key_pem = crate::auth::read_secret(key)?;
+    let key_pem = crate::auth::read_secret(key, crate::auth::Readers::OwnerAndGroup)?;
     let mut config =
         ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
     if let Some(ca) = client_ca {

@@ -74,7 +74,10 @@ async fn mutual_tls_admits_only_clients_of_the_configured_ca() {
     );
     let open_key = write("open-key.pem", &key, 0o644);
     let err = patronus_controlplane::server::tls_config(&cert_file, &open_key, None).unwrap_err();
-    assert!(err.to_string().contains("chmod 600"), "{err}");
+    assert!(err.to_string().contains("readable by others"), "{err}");
+    // Group-readable is how Kubernetes mounts a Secret for a pod's fsGroup.
+    let group_key = write("group-key.pem", &key, 0o640);
+    patronus_controlplane::server::tls_config(&cert_file, &group_key, None).unwrap();
     let key_file = write("key.pem", &key, 0o600);
     let tls =
         patronus_controlplane::server::tls_config(&cert_file, &key_file, Some(&client_ca_file))

@@ -96,6 +96,9 @@ pub struct SiteStatus {
     /// When a data plane of the site last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_health_check: Option<Time>,
+    /// The site's WireGuard public key (base64), for its peers' `wireguard.publicKey`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
 }
 
 /// A peer's WireGuard identity.

@@ -1,9 +1,86 @@
 //! The Patronus Kubernetes operator: `patronus.io/v1` Site, Policy and Peer
-//! resources reconciled into the control plane.
+//! resources reconciled into the control plane, each Site's data plane
+//! deployed beside it, and the control plane's view written back as status.
+//!
+//! One file per concern: [`crd`] the resources, [`controlplane`] the gRPC
+//! side, [`dataplane`] the per-site workload, [`controller`] the reconcilers,
+//! [`leader`] the Lease that lets one replica at a time reconcile, and
+//! [`metrics`] what Prometheus scrapes.
 
+pub mod controller;
+pub mod controlplane;
 pub mod crd;
+pub mod dataplane;
+#[cfg(test)]
+mod fixtures;
+pub mod leader;
+pub mod metrics;
 
 use kube::CustomResourceExt;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The control plane refused or failed a call; its message names the field.
+    #[error("control plane: {}: {}", .0.code(), .0.message())]
+    ControlPlane(#[from] tonic::Status),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The control plane holds a resource of that name that another object manages.
+    #[error("{kind} {name:?} in the control plane is managed by {owner:?}, not by this object")]
+    NotOurs {
+        /// site, peer or policy.
+        kind: &'static str,
+        /// The name both share.
+        name: String,
+        /// The other manager's external id ("" when created by hand).
+        owner: String,
+    },
+    /// A setting on the object (an annotation) is malformed.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The annotation or field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The `reason` label of `patronus_operator_reconcile_errors_total`.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => format!("kube_{}", status.code),
+            Error::Kube(_) => "kube".into(),
+            Error::ControlPlane(s) => {
+                format!("controlplane_{}", snake_case(&format!("{:?}", s.code())))
+            }
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                _ => "finalizer".into(),
+            },
+            Error::NotOurs { .. } => "not_ours".into(),
+            Error::Invalid { .. } => "invalid".into(),
+        }
+    }
+}
+
+/// `InvalidArgument` as `invalid_argument`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
 
 /// Every CRD, as `crdgen` writes them into the Helm chart (one YAML document each).
 pub fn crds() -> Vec<(&'static str, String)> {

