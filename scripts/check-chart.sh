@@ -218,7 +218,9 @@ assert args[args.index("--dataplane-cpus") + 1] == "4"
 assert args[args.index("--dataplane-networks") + 1] == "sriov-wan,sriov-lan"
 assert args[args.index("--dataplane-config-template") + 1] == "/etc/patronus-operator/dataplane.toml"
 template = one(custom, "ConfigMap", "sdwan-operator-dataplane")
-assert 'device = "0000:3b:02.0"' in template["data"]["dataplane.toml"]
+assert 'device = "${PCIDEVICE_INTEL_COM_SRIOV_DPDK_WAN}"' in template["data"]["dataplane.toml"]
+resources = [args[i + 1] for i, a in enumerate(args) if a == "--dataplane-resource"]
+assert resources == ["intel.com/sriov_dpdk_lan=1", "intel.com/sriov_dpdk_wan=1"], resources
 mounts = op["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
 assert {"name": "dataplane-config", "mountPath": "/etc/patronus-operator", "readOnly": True} in mounts
 assert args[args.index("--controlplane") + 1] == "https://sdwan-controlplane.patronus-system.svc:50051"
@@ -257,6 +259,7 @@ bad "image.pullPolicy: Sometimes" "image:" "  pullPolicy: Sometimes"
 bad "controlplane.grpcPort: 70000" "controlplane:" "  grpcPort: 70000"
 bad "persistence.size: lots" "controlplane:" "  persistence:" "    size: lots"
 bad "operator.dataplane.hugepages: 1.5Gi" "operator:" "  dataplane:" "    hugepages: 1.5Gi"
+bad "operator.dataplane.extraResources: {sriov: 1}" "operator:" "  dataplane:" "    extraResources: {sriov: 1}"
 
 # 7. The rules themselves.
 run "promtool check rules alerts/*.yaml" promtool check rules alerts/*.yaml

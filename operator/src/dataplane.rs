@@ -77,6 +77,9 @@ pub struct Settings {
     pub hugepages: String,
     /// Default Multus network attachments (comma-separated names).
     pub networks: String,
+    /// Extended resources every data plane requests, such as the SR-IOV
+    /// device plugin's `intel.com/sriov_dpdk_wan` = `1`.
+    pub extra_resources: BTreeMap<String, String>,
     /// The rest of the data-plane configuration (ports, routes, workers),
     /// to which the operator adds `[controlplane]`, `[tunnel]` and `[metrics]`.
     pub config_template: toml::Table,
@@ -93,6 +96,7 @@ impl Default for Settings {
             memory: "1Gi".into(),
             hugepages: "1Gi".into(),
             networks: String::new(),
+            extra_resources: BTreeMap::new(),
             config_template: toml::Table::new(),
         }
     }
@@ -167,6 +171,28 @@ pub fn sizing(site: &Site, settings: &Settings) -> Result<Sizing, Error> {
         hugepages: quantity(HUGEPAGES_ANNOTATION, &settings.hugepages)?,
         networks,
     })
+}
+
+/// Parses `NAME=COUNT`, an extended resource such as `intel.com/sriov_dpdk_wan=1`.
+///
+/// # Errors
+/// A name without a domain, or a count that is not a whole number.
+pub fn parse_extra_resource(text: &str) -> Result<(String, String), String> {
+    let (name, count) = text.split_once('=').ok_or_else(|| {
+        format!("{text:?}: expected NAME=COUNT, such as intel.com/sriov_dpdk_wan=1")
+    })?;
+    let domain_ok = name.split_once('/').is_some_and(|(domain, resource)| {
+        domain.contains('.') && !resource.is_empty() && !domain.ends_with("kubernetes.io")
+    });
+    if !domain_ok {
+        return Err(format!(
+            "{name:?}: an extended resource is named DOMAIN/NAME (such as intel.com/sriov_dpdk_wan)"
+        ));
+    }
+    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{name}: {count:?} is not a whole number"));
+    }
+    Ok((name.to_owned(), count.to_owned()))
 }
 
 /// The name of the site's Deployment and ConfigMap.
@@ -312,7 +338,7 @@ pub fn deployment(site: &Site, settings: &Settings, sizing: &Sizing, config: &st
     if !sizing.networks.is_empty() {
         annotations.insert(MULTUS_ANNOTATION.into(), sizing.networks.clone());
     }
-    let resources = BTreeMap::from([
+    let mut resources = BTreeMap::from([
         ("cpu".to_owned(), Quantity(sizing.cpus.to_string())),
         ("memory".to_owned(), Quantity(sizing.memory.clone())),
         (
@@ -320,6 +346,9 @@ pub fn deployment(site: &Site, settings: &Settings, sizing: &Sizing, config: &st
             Quantity(sizing.hugepages.clone()),
         ),
     ]);
+    for (name, count) in &settings.extra_resources {
+        resources.insert(name.clone(), Quantity(count.clone()));
+    }
     let probe = |initial_delay| Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz".into()),

@@ -69,6 +69,10 @@ struct Cli {
     /// Multus network attachments of every data plane (comma-separated).
     #[arg(long, default_value = "")]
     dataplane_networks: String,
+    /// An extended resource every data plane requests, NAME=COUNT (repeatable),
+    /// such as the SR-IOV device plugin's intel.com/sriov_dpdk_wan=1.
+    #[arg(long = "dataplane-resource", value_name = "NAME=COUNT", value_parser = dataplane::parse_extra_resource)]
+    dataplane_resources: Vec<(String, String)>,
     /// TOML with the rest of the data-plane configuration (ports, routes, workers).
     #[arg(long, value_name = "FILE")]
     dataplane_config_template: Option<PathBuf>,
@@ -128,6 +132,7 @@ fn settings(cli: &Cli) -> anyhow::Result<dataplane::Settings> {
         memory: cli.dataplane_memory.clone(),
         hugepages: cli.dataplane_hugepages.clone(),
         networks: cli.dataplane_networks.clone(),
+        extra_resources: cli.dataplane_resources.iter().cloned().collect(),
         config_template,
     };
     // The defaults must be valid on a Site without annotations.

@@ -765,6 +765,62 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// The prefix of the variables in which Kubernetes' SR-IOV device plugin
+/// tells a pod the PCI addresses of the virtual functions it was given.
+const DEVICE_VARIABLE: &str = "PCIDEVICE_";
+
+/// Replaces every `${PCIDEVICE_NAME}` in `text` with `lookup(PCIDEVICE_NAME)`,
+/// so that one configuration serves every pod whatever VFs it was given
+/// (`device = "${PCIDEVICE_INTEL_COM_SRIOV_WAN}"`, and the same in
+/// `eal_args`). Other `${...}` are left as written: nothing else in the
+/// environment reaches the configuration.
+///
+/// # Errors
+/// A device variable that is not set, naming it and its line.
+pub fn expand_devices(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after.find('}');
+        let name = end.map(|end| &after[..end]);
+        match name {
+            Some(name)
+                if name.len() > DEVICE_VARIABLE.len()
+                    && name.starts_with(DEVICE_VARIABLE)
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') =>
+            {
+                let Some(value) = lookup(name) else {
+                    let line = text[..text.len() - rest.len() + start]
+                        .matches('\n')
+                        .count()
+                        + 1;
+                    return Err(ConfigError::new(
+                        "<file>",
+                        format!(
+                            "${{{name}}} is not set (line {line}); the SR-IOV device plugin sets it for the resources the pod requests"
+                        ),
+                    ));
+                };
+                out.push_str(&rest[..start]);
+                out.push_str(value.trim());
+                rest = &after[name.len() + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..start + 2]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 impl Config {
     /// Parses TOML text; syntax errors and unknown keys name the key and line.
     ///
@@ -785,15 +841,17 @@ impl Config {
         })
     }
 
-    /// Reads and parses a file.
+    /// Reads and parses a file, after replacing `${PCIDEVICE_...}` with the
+    /// environment's value (see [`expand_devices`]).
     ///
     /// # Errors
-    /// When the file cannot be read or does not parse.
+    /// When the file cannot be read, names an unset device variable, or does
+    /// not parse.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| {
             ConfigError::new("<file>", format!("cannot read {}: {err}", path.display()))
         })?;
-        Self::from_toml(&text)
+        Self::from_toml(&expand_devices(&text, |name| std::env::var(name).ok())?)
     }
 
     /// Checks every field and compiles the snapshot workers use.
@@ -1341,6 +1399,27 @@ addresses = ["10.0.1.1/24"]
     #[test]
     fn no_ports_is_an_error() {
         assert_eq!(check("").unwrap_err().field, "port");
+    }
+
+    #[test]
+    fn device_variables_are_expanded_and_nothing_else() {
+        let lookup = |name: &str| {
+            (name == "PCIDEVICE_INTEL_COM_SRIOV_WAN").then(|| "0000:3b:02.1\n".to_owned())
+        };
+        let text = "eal_args = [\"-a\", \"${PCIDEVICE_INTEL_COM_SRIOV_WAN}\"]\n\
+                    device = \"${PCIDEVICE_INTEL_COM_SRIOV_WAN}\"\nname = \"${HOME}\"\nx = \"${PCIDEVICE_\"";
+        let expanded = expand_devices(text, lookup).unwrap();
+        assert_eq!(
+            expanded,
+            "eal_args = [\"-a\", \"0000:3b:02.1\"]\ndevice = \"0000:3b:02.1\"\nname = \"${HOME}\"\nx = \"${PCIDEVICE_\""
+        );
+        let err = expand_devices("a = 1\ndevice = \"${PCIDEVICE_LAN}\"", lookup).unwrap_err();
+        assert_eq!(err.field, "<file>");
+        assert!(
+            err.message.contains("${PCIDEVICE_LAN} is not set (line 2)"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

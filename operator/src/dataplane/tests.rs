@@ -29,6 +29,10 @@ fn settings() -> Settings {
         token_secret: Some("patronus-controlplane-token".into()),
         tls_ca_secret: Some("patronus-controlplane-tls".into()),
         networks: "sriov-wan,sriov-lan".into(),
+        extra_resources: BTreeMap::from([(
+            "intel.com/sriov_dpdk_wan".to_owned(),
+            "1".to_owned(),
+        )]),
         config_template: toml::from_str(
             "[[ports]]\nname = \"wan\"\ndevice = \"0000:3b:02.0\"\naddresses = [\"203.0.113.10/24\"]\n\
              [tunnel]\nmtu = 1380\n",
@@ -55,6 +59,11 @@ fn the_deployment_gets_whole_cpus_hugepages_and_guaranteed_qos() {
     assert_eq!(limits["cpu"], Quantity("2".into()));
     assert_eq!(limits["memory"], Quantity("1Gi".into()));
     assert_eq!(limits["hugepages-2Mi"], Quantity("1Gi".into()));
+    assert_eq!(
+        limits["intel.com/sriov_dpdk_wan"],
+        Quantity("1".into()),
+        "the VF"
+    );
     let pod = d.spec.template.spec.as_ref().unwrap();
     let hugepages = pod
         .volumes
@@ -252,4 +261,21 @@ fn generated_keys_are_clamped_and_their_public_key_is_derived() {
         err.contains("us-east-wireguard") && !err.contains("c2hvcnQ"),
         "{err}"
     );
+}
+
+#[test]
+fn extended_resources_are_parsed_with_clear_errors() {
+    assert_eq!(
+        parse_extra_resource("intel.com/sriov_dpdk_wan=2").unwrap(),
+        ("intel.com/sriov_dpdk_wan".to_owned(), "2".to_owned())
+    );
+    for bad in [
+        "sriov=1",
+        "intel.com/sriov",
+        "intel.com/x=one",
+        "cpu=2",
+        "kubernetes.io/x=1",
+    ] {
+        assert!(parse_extra_resource(bad).is_err(), "{bad}");
+    }
 }
