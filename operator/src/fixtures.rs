@@ -126,6 +126,34 @@ impl ApiServer {
         seen.body["status"].clone()
     }
 
+    /// Answers the next request with whatever `answer` makes of it, whatever
+    /// it is; `None` when the client went away.
+    pub async fn answer(
+        &mut self,
+        answer: impl FnOnce(&Seen, &str) -> (StatusCode, Value),
+    ) -> Option<Seen> {
+        let (request, send) = self.0.next_request().await?;
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let uri = request.uri().to_string();
+        let method = request.method().clone();
+        let bytes = request.into_body().collect_bytes().await.ok()?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let seen = Seen { method, uri, body };
+        let (status, value) = answer(&seen, &content_type);
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&value).unwrap()))
+                .unwrap(),
+        );
+        Some(seen)
+    }
+
     /// Asserts that the operator makes no further request for a while.
     pub async fn quiet(&mut self) {
         if let Ok(Some((request, _))) =
@@ -136,7 +164,8 @@ impl ApiServer {
     }
 }
 
-fn status_404() -> Value {
+/// The API server's 404 Status.
+pub fn status_404() -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": "not found", "reason": "NotFound", "code": 404

@@ -171,6 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         name: cli.lease_name.clone(),
         namespace: cli.lease_namespace.clone(),
         identity: identity.clone(),
+        duration_s: leader::LEASE_DURATION_S,
+        grace_s: leader::LEASE_GRACE_S,
     };
     let (leading, lease_task) = leader::watch_lease(client.clone(), &lease)
         .await
