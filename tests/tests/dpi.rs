@@ -8,12 +8,12 @@ use std::process::Command;
 
 use common::*;
 
-/// Flow accuracy the classifier must keep on the corpus (percent; the product goal is 95).
-const MIN_ACCURACY: f64 = 96.0;
-/// Lowest per-category recall the classifier must keep (percent). The goal is
-/// 90 for every category; Gaming is below it, and this bar moves up with the
-/// classifier, never down.
-const MIN_RECALL: f64 = 70.0;
+/// Flow accuracy the classifier must keep on the corpus (percent; the product
+/// goal is 95, and the bar moves up with the classifier, never down).
+const MIN_ACCURACY: f64 = 97.0;
+/// Lowest per-category recall the classifier must keep (percent): the
+/// product goal, 90 for every category.
+const MIN_RECALL: f64 = 90.0;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

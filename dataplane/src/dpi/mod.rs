@@ -1000,8 +1000,14 @@ impl Numbered {
     const RAKNET: u8 = 2;
 }
 
+/// Set in a RakNet reading when the datagram's frames fill it exactly.
+const RAKNET_EXACT: u32 = 1 << 24;
+/// The RakNet reading of an acknowledgement (ACK or NAK) whose records fill it exactly.
+const RAKNET_ACK: u32 = u32::MAX;
+
 /// RTP and RakNet when two packets in a row of one direction continue one
-/// numbered stream (one packet alone looks like too many things); RTCP when a
+/// numbered stream (one packet alone looks like too many things), RakNet
+/// also on one acknowledgement whose records fill it exactly; RTCP when a
 /// packet is a well-formed RTCP header whose length fits.
 fn numbered_stream(flow: &mut FlowInspection, pkt: &Packet<'_>) -> Option<Protocol> {
     let p = pkt.payload;
@@ -1010,6 +1016,11 @@ fn numbered_stream(flow: &mut FlowInspection, pkt: &Packet<'_>) -> Option<Protoc
     }
     let rtp = rtp_packet(p);
     let raknet = raknet_datagram(p);
+    if raknet == Some(RAKNET_ACK) {
+        // Its fixed flags byte, record count and records that must fill the
+        // datagram exactly leave nothing to chance: one is enough.
+        return Some(Protocol::RakNet);
+    }
     let looks_like =
         u8::from(rtp.is_some()) * Numbered::RTP + u8::from(raknet.is_some()) * Numbered::RAKNET;
     if looks_like == 0 {
@@ -1035,9 +1046,14 @@ fn numbered_stream(flow: &mut FlowInspection, pkt: &Packet<'_>) -> Option<Protoc
     {
         return Some(Protocol::Rtp);
     }
-    (both & Numbered::RAKNET != 0
-        && close(seen.raknet_seq.wrapping_sub(prev.raknet_seq) & 0x00ff_ffff))
-    .then_some(Protocol::RakNet)
+    if both & Numbered::RAKNET == 0 {
+        return None;
+    }
+    let (a, b) = (prev.raknet_seq, seen.raknet_seq);
+    // A datagram whose frames fill it exactly may follow one with the same
+    // number: a retransmission while the peer has not acknowledged it.
+    let delta = b.wrapping_sub(a) & 0x00ff_ffff;
+    (close(delta) || (delta == 0 && a & b & RAKNET_EXACT != 0)).then_some(Protocol::RakNet)
 }
 
 /// RTCP: version 2, a report type, and a length that fits (sender and
@@ -1074,32 +1090,78 @@ fn rtp_packet(p: &[u8]) -> Option<(u32, u16)> {
     ))
 }
 
-/// A RakNet data datagram: the "valid" flag without ACK/NAK, a 24-bit
-/// little-endian datagram number, then a first message whose reliability
-/// header and bit length fit the packet: its datagram number.
+/// A RakNet datagram: a data datagram (the "valid" flag without ACK/NAK, a
+/// 24-bit little-endian datagram number, then frames) whose first frame's
+/// header and bit length fit the packet, read as its number, with
+/// [`RAKNET_EXACT`] when its frames fill it exactly; or an ACK/NAK whose
+/// records fill it exactly, read as [`RAKNET_ACK`].
 fn raknet_datagram(p: &[u8]) -> Option<u32> {
     let (&flags, rest) = p.split_first()?;
+    if flags == 0xc0 || flags == 0xa0 {
+        return raknet_acknowledgement(rest).then_some(RAKNET_ACK);
+    }
     if flags & 0xe0 != 0x80 || rest.len() < 6 {
         return None;
     }
     let seq = u32::from_le_bytes([rest[0], rest[1], rest[2], 0]);
-    let header = rest[3];
-    if header & 0x0f != 0 {
+    let mut frames = &rest[3..];
+    let mut first = true;
+    while !frames.is_empty() {
+        match raknet_frame(frames) {
+            Some(len) if len <= frames.len() => frames = &frames[len..],
+            // The first frame must fit; a later one that does not only
+            // makes the reading inexact.
+            _ if first => return None,
+            _ => return Some(seq),
+        }
+        first = false;
+    }
+    Some(seq | RAKNET_EXACT)
+}
+
+/// The length of the RakNet frame at the start of `p` (header, the indexes
+/// its reliability carries, split information, body), if its header is
+/// well formed. Reliable kinds add a message index (3 bytes), sequenced ones
+/// a sequencing index (3), sequenced and ordered ones an order index and
+/// channel (4); a split frame carries count, id and index (10).
+fn raknet_frame(p: &[u8]) -> Option<usize> {
+    let header = *p.first()?;
+    if header & 0x0f != 0 || p.len() < 3 {
         return None;
     }
-    let bits = usize::from(u16::from_be_bytes([rest[4], rest[5]]));
-    let reliability = header >> 5;
-    // Reliable kinds add a message index (3), sequenced ones a sequencing
-    // index (3), sequenced and ordered ones an order index and channel (4).
-    let extra = match reliability {
+    let bits = usize::from(u16::from_be_bytes([p[1], p[2]]));
+    let extra = match header >> 5 {
         1 => 3 + 4,
         2 | 6 => 3,
         3 | 7 => 3 + 4,
         4 => 3 + 3 + 4,
         _ => 0,
     } + if header & 0x10 != 0 { 10 } else { 0 };
-    let bytes = bits.div_ceil(8);
-    (bits > 0 && 6 + extra + bytes <= rest.len()).then_some(seq)
+    (bits > 0).then(|| 3 + extra + bits.div_ceil(8))
+}
+
+/// An ACK or NAK body: a record count, then that many records (a flag byte,
+/// then one 24-bit number or a range of two), filling it exactly.
+fn raknet_acknowledgement(p: &[u8]) -> bool {
+    let Some((count, mut records)) = p.split_first_chunk::<2>() else {
+        return false;
+    };
+    let count = u16::from_be_bytes(*count);
+    if count == 0 {
+        return false;
+    }
+    for _ in 0..count {
+        let len = match records.first() {
+            Some(1) => 4,
+            Some(0) => 7,
+            _ => return false,
+        };
+        let Some(rest) = records.get(len..) else {
+            return false;
+        };
+        records = rest;
+    }
+    records.is_empty()
 }
 
 /// The name-resolution protocol a UDP packet's ports suggest.

@@ -269,6 +269,53 @@ fn server_name_patterns_apply_after_host_lists() {
 }
 
 #[test]
+fn raknet_retransmissions_and_acknowledgements_that_fill_their_datagrams() {
+    let c = classifier();
+    let twice = |p: &[u8], from: u16, to: u16| {
+        classify(&c, &[pkt(false, from, to, p), pkt(false, from, to, p)])
+    };
+    // Unreliable, 17 bytes of body: the frame fills the datagram exactly,
+    // and the same datagram is sent again.
+    let mut exact = vec![0x84, 2, 0, 0, 0x00, 0x00, 17 * 8];
+    exact.extend_from_slice(&[0x13; 17]);
+    assert_eq!(
+        twice(&exact, 60022, 32951),
+        (Category::Gaming, "RakNet".into())
+    );
+    // One byte more: no longer exact, and a repeated number alone is not enough.
+    let mut loose = exact.clone();
+    loose.push(0);
+    assert_eq!(twice(&loose, 60022, 32951).0, Category::Unknown);
+
+    // ACKs: one range record (1..2); five single records.
+    let range = [0xc0, 0x00, 0x01, 0x00, 1, 0, 0, 2, 0, 0];
+    assert_eq!(
+        twice(&range, 60005, 32951),
+        (Category::Gaming, "RakNet".into())
+    );
+    let mut singles = vec![0xc0, 0x00, 0x05];
+    for n in 0..5u8 {
+        singles.extend_from_slice(&[1, n, 0, 0]);
+    }
+    assert_eq!(
+        twice(&singles, 44501, 60031),
+        (Category::Gaming, "RakNet".into())
+    );
+    // One is enough: the structure leaves nothing to chance.
+    assert_eq!(
+        classify(&c, &[pkt(false, 60005, 32951, &range)]),
+        (Category::Gaming, "RakNet".into())
+    );
+    // A count that does not match the records is not an ACK.
+    singles[2] = 4;
+    assert_eq!(twice(&singles, 44501, 60031).0, Category::Unknown);
+    // Nor is a record of an unknown kind.
+    let mut odd = range;
+    odd[3] = 2;
+    assert_eq!(twice(&odd, 60005, 32951).0, Category::Unknown);
+}
+
+#[test]
 fn raknet_needs_two_datagrams_in_a_row() {
     let c = classifier();
     let datagram = |seq: u32| {
