@@ -126,12 +126,10 @@ impl ApiServer {
         seen.body["status"].clone()
     }
 
-    /// Answers the next request with whatever `answer` makes of it, whatever
-    /// it is; `None` when the client went away.
-    pub async fn answer(
-        &mut self,
-        answer: impl FnOnce(&Seen, &str) -> (StatusCode, Value),
-    ) -> Option<Seen> {
+    /// The next request, whatever it is, with its content type and the means
+    /// to answer it (or to leave it waiting, as a watch does); `None` when
+    /// the client went away.
+    pub async fn next(&mut self) -> Option<(Seen, String, Pending)> {
         let (request, send) = self.0.next_request().await?;
         let content_type = request
             .headers()
@@ -143,14 +141,18 @@ impl ApiServer {
         let method = request.method().clone();
         let bytes = request.into_body().collect_bytes().await.ok()?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let seen = Seen { method, uri, body };
+        Some((Seen { method, uri, body }, content_type, Pending(send)))
+    }
+
+    /// Answers the next request with whatever `answer` makes of it, whatever
+    /// it is; `None` when the client went away.
+    pub async fn answer(
+        &mut self,
+        answer: impl FnOnce(&Seen, &str) -> (StatusCode, Value),
+    ) -> Option<Seen> {
+        let (seen, content_type, pending) = self.next().await?;
         let (status, value) = answer(&seen, &content_type);
-        send.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&value).unwrap()))
-                .unwrap(),
-        );
+        pending.send(status, &value);
         Some(seen)
     }
 
@@ -161,6 +163,21 @@ impl ApiServer {
         {
             panic!("unexpected request {} {}", request.method(), request.uri());
         }
+    }
+}
+
+/// A request waiting for its answer.
+pub struct Pending(tower_test::mock::SendResponse<Response<Body>>);
+
+impl Pending {
+    /// Answers `status` with `value` as JSON.
+    pub fn send(self, status: StatusCode, value: &Value) {
+        self.0.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(value).unwrap()))
+                .unwrap(),
+        );
     }
 }
 

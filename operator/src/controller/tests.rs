@@ -530,3 +530,71 @@ async fn the_event_feed_names_the_objects_to_requeue() {
         .expect("the feed stops")
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_running_controllers_reconcile_what_they_list_and_requeue_on_the_event_feed() {
+    let plane = ControlPlane::start();
+    let (client, mut api) = mock_client();
+    let ctx = context(client, plane.client());
+    let controllers = tokio::spawn(async move { run(ctx, None).await });
+    let (patched, mut patches) = futures::channel::mpsc::unbounded::<String>();
+    // The API server: lists return the one Site (peers, policies and
+    // deployments none), watches stay open and quiet, the finalizer patch
+    // is answered and reported.
+    let server = tokio::spawn(async move {
+        let mut watches = Vec::new();
+        while let Some((seen, _, pending)) = api.next().await {
+            let path = seen.uri.split('?').next().unwrap_or_default().to_owned();
+            if seen.method == Method::GET && seen.uri.contains("watch=true") {
+                watches.push(pending);
+                continue;
+            }
+            let list = |kind: &str, api_version: &str, items: Vec<Value>| {
+                json!({"apiVersion": api_version, "kind": kind,
+                       "metadata": {"resourceVersion": "1"}, "items": items})
+            };
+            let answer = match (seen.method.clone(), path.as_str()) {
+                (Method::GET, "/apis/patronus.io/v1/sites") => list(
+                    "SiteList",
+                    "patronus.io/v1",
+                    vec![site_json(1, "us-east-1", false)],
+                ),
+                (Method::GET, "/apis/patronus.io/v1/peers") => {
+                    list("PeerList", "patronus.io/v1", vec![])
+                }
+                (Method::GET, "/apis/patronus.io/v1/policies") => {
+                    list("PolicyList", "patronus.io/v1", vec![])
+                }
+                (Method::GET, "/apis/apps/v1/deployments") => {
+                    list("DeploymentList", "apps/v1", vec![])
+                }
+                (Method::PATCH, SITE_PATH) => {
+                    let _ = patched.unbounded_send(seen.body.to_string());
+                    site_json(1, "us-east-1", true)
+                }
+                _ => panic!("unexpected {} {}", seen.method, seen.uri),
+            };
+            pending.send(StatusCode::OK, &answer);
+        }
+        drop(watches);
+    });
+    let first = tokio::time::timeout(Duration::from_secs(15), patches.next())
+        .await
+        .expect("the listed Site is reconciled");
+    assert!(first.unwrap().contains(FINALIZER));
+
+    // Nothing changes in Kubernetes (the watches stay quiet); the control
+    // plane announces a peer of the site, and the Site is looked at again.
+    let peer: Peer = serde_json::from_value(peer_json()).unwrap();
+    <pb::Peer as Mirror>::create(&mut plane.client(), controlplane::peer(&peer))
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(15), patches.next())
+        .await
+        .expect("the event feed requeues the Site");
+    assert!(again.unwrap().contains(FINALIZER));
+
+    controllers.abort();
+    let _ = controllers.await;
+    server.abort();
+}
