@@ -5,7 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod events;
 pub mod fleet;
-pub mod manifest;
+pub use patronus_proto::manifest;
 pub mod resource;
 pub mod server;
 pub mod store;

@@ -288,7 +288,7 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
         // Annotations are checked before anything is written.
         let sizing = dataplane::sizing(&site, &ctx.settings)?;
         let mut cp = ctx.controlplane.clone();
-        let synced = controlplane::sync(&mut cp, controlplane::site(&site)).await?;
+        let synced = controlplane::sync(&mut cp, controlplane::site(&site)?).await?;
         announce(&ctx, site.as_ref(), &synced).await;
         let public_key = dataplane::ensure_key(&ctx.client, &site).await?;
         dataplane::apply(&ctx.client, &site, &ctx.settings, &sizing).await?;
@@ -314,7 +314,7 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
 pub async fn reconcile_peer(peer: Arc<Peer>, ctx: Arc<Context>) -> Result<Action, Error> {
     reconcile(peer, ctx, |peer, ctx| async move {
         let mut cp = ctx.controlplane.clone();
-        let synced = controlplane::sync(&mut cp, controlplane::peer(&peer)).await?;
+        let synced = controlplane::sync(&mut cp, controlplane::peer(&peer)?).await?;
         announce(&ctx, peer.as_ref(), &synced).await;
         let view = synced.resource().status.unwrap_or_default();
         let status = PeerStatus {
@@ -357,7 +357,8 @@ pub async fn reconcile_policy(policy: Arc<Policy>, ctx: Arc<Context>) -> Result<
     reconcile(policy, ctx, |policy, ctx| async move {
         let generation = policy.meta().generation.unwrap_or_default();
         let mut cp = ctx.controlplane.clone();
-        let synced = match controlplane::sync(&mut cp, controlplane::policy(&policy)).await {
+        let desired = controlplane::policy(&policy);
+        let synced = match async { controlplane::sync(&mut cp, desired?).await }.await {
             Ok(synced) => synced,
             Err(e) => {
                 let old = policy.status.clone().unwrap_or_default();

@@ -9,6 +9,7 @@
 //! hand with patronusctl) is never overwritten or deleted.
 
 use patronus_proto::client::{Authorization, ClientOptions};
+use patronus_proto::manifest::{self, Metadata};
 use patronus_proto::v1 as pb;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use tonic::service::interceptor::InterceptedService;
@@ -45,134 +46,89 @@ fn owner_uid(external_id: &str) -> Option<&str> {
     rest.split(':').next()
 }
 
-fn object_meta<K: kube::Resource>(obj: &K) -> pb::ObjectMeta {
+/// The object as the manifest patronusctl would apply: the CRD's spec has the
+/// manifest's shape by design, so it converts field for field through serde;
+/// only the Kubernetes name and labels are kept of the metadata.
+fn document<K, D>(obj: &K, spec: &impl serde::Serialize) -> Result<(Metadata, D), Error>
+where
+    K: kube::Resource,
+    D: serde::de::DeserializeOwned,
+{
     let meta = obj.meta();
-    pb::ObjectMeta {
+    let metadata = Metadata {
         name: meta.name.clone().unwrap_or_default(),
-        labels: meta
-            .labels
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        external_id: external_id(
-            meta.uid.as_deref().unwrap_or_default(),
-            meta.generation.unwrap_or_default(),
-        ),
-        ..Default::default()
-    }
+        labels: meta.labels.clone().unwrap_or_default(),
+        resource_version: 0,
+    };
+    let spec = serde_json::to_value(spec)
+        .and_then(serde_json::from_value)
+        .map_err(|e| Error::Invalid {
+            field: "spec".into(),
+            message: e.to_string(),
+        })?;
+    Ok((metadata, spec))
 }
 
-fn endpoint(e: &crd::Endpoint) -> Option<pb::Endpoint> {
-    Some(pb::Endpoint {
-        address: e.address.clone(),
-        port: u32::from(e.port),
-    })
+/// Marks the API message as this object's copy, at its generation.
+fn owned<K: kube::Resource>(obj: &K, meta: &mut Option<pb::ObjectMeta>) {
+    let k = obj.meta();
+    meta.get_or_insert_with(Default::default).external_id = external_id(
+        k.uid.as_deref().unwrap_or_default(),
+        k.generation.unwrap_or_default(),
+    );
 }
 
 /// The Site as the control plane's API wants it.
-pub fn site(obj: &crd::Site) -> pb::Site {
-    let spec = &obj.spec;
-    pb::Site {
-        metadata: Some(object_meta(obj)),
-        spec: Some(pb::SiteSpec {
-            site_id: spec.site_id.clone(),
-            display_name: spec.display_name.clone(),
-            region: spec.region.clone(),
-            tunnel_endpoint: endpoint(&spec.tunnel_endpoint),
-            peers: spec
-                .peers
-                .iter()
-                .map(|p| pb::SitePeer {
-                    site_id: p.site_id.clone(),
-                    address: p.address.clone(),
-                })
-                .collect(),
-        }),
+///
+/// # Errors
+/// A spec the manifest shape does not accept (the schema prevents it).
+pub fn site(obj: &crd::Site) -> Result<pb::Site, Error> {
+    let (metadata, spec) = document(obj, &obj.spec)?;
+    let mut site = manifest::site(&manifest::SiteDoc {
+        api_version: manifest::API_VERSION.into(),
+        metadata,
+        spec,
         status: None,
-    }
+    });
+    owned(obj, &mut site.metadata);
+    Ok(site)
 }
 
 /// The Peer as the control plane's API wants it.
-pub fn peer(obj: &crd::Peer) -> pb::Peer {
-    let spec = &obj.spec;
-    pb::Peer {
-        metadata: Some(object_meta(obj)),
-        spec: Some(pb::PeerSpec {
-            site_id: spec.site_id.clone(),
-            endpoint: endpoint(&spec.endpoint),
-            wireguard: Some(pb::WireGuard {
-                public_key: spec.wireguard.public_key.clone(),
-            }),
-            compression: spec.compression,
-            bfd_enabled: spec.bfd_enabled,
-        }),
+///
+/// # Errors
+/// A spec the manifest shape does not accept (the schema prevents it).
+pub fn peer(obj: &crd::Peer) -> Result<pb::Peer, Error> {
+    let (metadata, spec) = document(obj, &obj.spec)?;
+    let mut peer = manifest::peer(&manifest::PeerDoc {
+        api_version: manifest::API_VERSION.into(),
+        metadata,
+        spec,
         status: None,
-    }
+    });
+    owned(obj, &mut peer.metadata);
+    Ok(peer)
 }
 
 /// The Policy as the control plane's API wants it.
-pub fn policy(obj: &crd::Policy) -> pb::Policy {
-    let rules = obj
-        .spec
-        .rules
-        .iter()
-        .map(|r| pb::PolicyRule {
-            action: match r.action {
-                crd::Action::Route => pb::RuleAction::Route,
-                crd::Action::Allow => pb::RuleAction::Allow,
-                crd::Action::Deny => pb::RuleAction::Deny,
-            } as i32,
-            priority: r.priority,
-            conditions: r
-                .conditions
-                .iter()
-                .map(|c| pb::Condition {
-                    r#type: match c.kind {
-                        crd::ConditionType::Application => pb::ConditionType::Application,
-                        crd::ConditionType::Category => pb::ConditionType::Category,
-                        crd::ConditionType::SourcePrefix => pb::ConditionType::SourcePrefix,
-                        crd::ConditionType::DestinationPrefix => {
-                            pb::ConditionType::DestinationPrefix
-                        }
-                        crd::ConditionType::DestinationPort => pb::ConditionType::DestinationPort,
-                        crd::ConditionType::Dscp => pb::ConditionType::Dscp,
-                    } as i32,
-                    value: c.value.clone(),
-                })
-                .collect(),
-            path_selection: r.path_selection.as_ref().map(|ps| pb::PathSelection {
-                strategy: match ps.strategy {
-                    crd::Strategy::LowestLatency => pb::PathSelectionStrategy::LowestLatency,
-                    crd::Strategy::HighestBandwidth => pb::PathSelectionStrategy::HighestBandwidth,
-                    crd::Strategy::LeastCost => pb::PathSelectionStrategy::LeastCost,
-                } as i32,
-                // The API's zero means "no limit", as an absent threshold does here.
-                thresholds: ps.thresholds.as_ref().map(|t| pb::Thresholds {
-                    max_latency_ms: t.max_latency_ms.unwrap_or_default(),
-                    max_packet_loss_pct: t.max_packet_loss_pct.unwrap_or_default(),
-                    max_jitter_ms: t.max_jitter_ms.unwrap_or_default(),
-                    min_bandwidth_mbps: t.min_bandwidth_mbps.unwrap_or_default(),
-                }),
-            }),
-        })
-        .collect();
-    pb::Policy {
-        metadata: Some(object_meta(obj)),
-        spec: Some(pb::PolicySpec {
-            site_selector: Some(pb::LabelSelector {
-                match_labels: obj
-                    .spec
-                    .site_selector
-                    .match_labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            }),
-            rules,
-        }),
+///
+/// # Errors
+/// A spec the manifest shape does not accept, or an unknown enum spelling
+/// (the schema prevents both).
+pub fn policy(obj: &crd::Policy) -> Result<pb::Policy, Error> {
+    let (metadata, spec) = document(obj, &obj.spec)?;
+    let mut policy = manifest::policy(&manifest::PolicyDoc {
+        api_version: manifest::API_VERSION.into(),
+        metadata,
+        spec,
         status: None,
-    }
+    })
+    .map_err(|e| Error::Invalid {
+        field: e.field,
+        message: e.message,
+    })?;
+    owned(obj, &mut policy.metadata);
+    Ok(policy)
 }
 
 /// A kind the operator mirrors into the control plane.

@@ -89,7 +89,7 @@ fn the_examples_validate_and_deserialize() {
         assert!(typed.is_ok(), "{}: {typed:?}", file.display());
         // The same document is one patronusctl applies.
         let text = serde_yaml_ng::to_string(doc).unwrap();
-        patronus_controlplane::manifest::parse(&text)
+        patronus_proto::manifest::parse(&text)
             .unwrap_or_else(|e| panic!("{}: patronusctl refuses it: {e}", file.display()));
     }
 }

@@ -1,8 +1,10 @@
 //! The Patronus gRPC API, `patronus.v1`: messages and the client and server
 //! code tonic generates from `proto/patronus/v1/*.proto`, and
-//! the client connection set-up that patronusctl and the data plane share.
+//! the client connection set-up that patronusctl and the data plane share, and
+//! the CRD-shaped manifests that patronusctl and the operator convert to them.
 
 pub mod client;
+pub mod manifest;
 pub mod names;
 
 /// `patronus.v1`.

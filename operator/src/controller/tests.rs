@@ -272,7 +272,7 @@ async fn a_policys_status_lists_its_sites_with_a_ready_condition() {
     let mut cp = plane.client();
     // A labelled site for the selector to find.
     let site: Site = serde_json::from_value(site_json(1, "us-east-1", true)).unwrap();
-    <pb::Site as Mirror>::create(&mut cp, controlplane::site(&site))
+    <pb::Site as Mirror>::create(&mut cp, controlplane::site(&site).unwrap())
         .await
         .unwrap();
     let (client, mut api) = mock_client();
@@ -392,7 +392,7 @@ async fn deletion_removes_the_copy_then_the_finalizer() {
     let plane = ControlPlane::start();
     let mut cp = plane.client();
     let site: Site = serde_json::from_value(site_json(1, "us-east-1", true)).unwrap();
-    <pb::Site as Mirror>::create(&mut cp, controlplane::site(&site))
+    <pb::Site as Mirror>::create(&mut cp, controlplane::site(&site).unwrap())
         .await
         .unwrap();
     let (client, mut api) = mock_client();
@@ -422,7 +422,7 @@ async fn a_copy_managed_by_another_owner_is_never_overwritten_or_deleted() {
     let mut cp = plane.client();
     // Made by hand (patronusctl): no external id.
     let site: Site = serde_json::from_value(site_json(1, "eu-west-1", true)).unwrap();
-    let mut by_hand = controlplane::site(&site);
+    let mut by_hand = controlplane::site(&site).unwrap();
     by_hand.metadata.as_mut().unwrap().external_id.clear();
     <pb::Site as Mirror>::create(&mut cp, by_hand)
         .await
@@ -488,7 +488,7 @@ async fn the_event_feed_names_the_objects_to_requeue() {
     let (tx, mut rx) = mpsc::unbounded();
     let feed = tokio::spawn(follow_events(plane.client(), vec![tx]));
     let site: Site = serde_json::from_value(site_json(1, "us-east-1", true)).unwrap();
-    <pb::Site as Mirror>::create(&mut plane.client(), controlplane::site(&site))
+    <pb::Site as Mirror>::create(&mut plane.client(), controlplane::site(&site).unwrap())
         .await
         .unwrap();
     let change = tokio::time::timeout(Duration::from_secs(10), rx.next())
@@ -586,7 +586,7 @@ async fn the_running_controllers_reconcile_what_they_list_and_requeue_on_the_eve
     // Nothing changes in Kubernetes (the watches stay quiet); the control
     // plane announces a peer of the site, and the Site is looked at again.
     let peer: Peer = serde_json::from_value(peer_json()).unwrap();
-    <pb::Peer as Mirror>::create(&mut plane.client(), controlplane::peer(&peer))
+    <pb::Peer as Mirror>::create(&mut plane.client(), controlplane::peer(&peer).unwrap())
         .await
         .unwrap();
     let again = tokio::time::timeout(Duration::from_secs(15), patches.next())

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use patronus_proto::v1 as pb;
+use crate::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 /// The apiVersion of every document.
@@ -668,50 +668,5 @@ pub fn policy_doc(p: &pb::Policy) -> PolicyDoc {
         status: p.status.as_ref().map(|st| PolicyStatusDoc {
             selected_sites: st.selected_sites.clone(),
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EXAMPLE: &str = include_str!("../tests/data/production.yaml");
-
-    #[test]
-    fn parses_several_documents_and_round_trips() {
-        let docs = parse(EXAMPLE).unwrap();
-        assert_eq!(docs.len(), 3);
-        let Document::Site(s) = &docs[0] else {
-            panic!()
-        };
-        assert_eq!(site_doc(&site(s)), *s);
-        let Document::Peer(p) = &docs[1] else {
-            panic!()
-        };
-        assert_eq!(peer_doc(&peer(p)), *p);
-        let Document::Policy(p) = &docs[2] else {
-            panic!()
-        };
-        let api = policy(p).unwrap();
-        assert_eq!(
-            api.spec.as_ref().unwrap().rules[0].action,
-            pb::RuleAction::Route as i32
-        );
-        assert_eq!(policy_doc(&api), *p);
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let bad = EXAMPLE.replace("strategy: lowest-latency", "strategy: fastest");
-        let Document::Policy(p) = &parse(&bad).unwrap()[2] else {
-            panic!()
-        };
-        let e = policy(p).unwrap_err();
-        assert_eq!(e.field, "spec.rules[0].pathSelection.strategy");
-        let e = parse(&EXAMPLE.replace("region:", "regoin:")).unwrap_err();
-        assert!(e.to_string().contains("regoin"), "{e}");
-        let e =
-            parse(&EXAMPLE.replace("patronus.io/v1\nkind: Site", "v2\nkind: Site")).unwrap_err();
-        assert!(e.to_string().contains("apiVersion"), "{e}");
     }
 }
