@@ -196,6 +196,27 @@ keep() { # keep KEY "rate busy"...: min/median/max rate and the median busy shar
     echo "  $key: ${results[$key]} (packets/s min median max, busy share)" >&2
 }
 
+# Stops B, reroutes B's endpoint into A's net_null port (a reload: the
+# session stays, the peer's key being unchanged) and measures A encrypting
+# into the void. FEED in the environment picks A's LAN as for the start.
+measure_encrypt() { # measure_encrypt KEY INNER
+    stop b
+    config_a "$2" reroute >"$OUT/a.toml"
+    local generation
+    generation=$(metric 19470 patronus_config_generation)
+    kill -HUP "${pids[a]}"
+    for _ in $(seq 50); do
+        [[ $(metric 19470 patronus_config_generation) != "$generation" ]] && break
+        sleep 0.1
+    done
+    [[ $(metric 19470 patronus_config_generation) != "$generation" ]] || { echo "A did not reload ($1)" >&2; exit 1; }
+    sleep "$WARMUP"
+    local runs=()
+    for _ in $(seq "$RUNS"); do runs+=("$(sample ptun-a 1 opackets 19470)"); done
+    keep "$1/$2" "${runs[@]}"
+    [[ $(metric 19470 patronus_tunnel_status 'status="up"') == 1 ]] || { echo "A lost its session ($1)" >&2; exit 1; }
+}
+
 tsc_hz=$(measure_tsc_hz "$OUT/rxtx_anchor" ptun-hz)
 
 for inner in "${SIZES[@]}"; do
@@ -217,22 +238,7 @@ for inner in "${SIZES[@]}"; do
     keep "decrypt/$inner" "${runs[@]}"
     drops=$(metric 19471 patronus_tunnel_drops_total)
     [[ $drops == 0 ]] || echo "  B dropped $drops tunnel packets" >&2
-    # Reroute B's endpoint into net_null; the session stays (same peer key)
-    # for Reject-After-Time, and A encrypts into the void.
-    stop b
-    config_a "$inner" reroute >"$OUT/a.toml"
-    generation=$(metric 19470 patronus_config_generation)
-    kill -HUP "${pids[a]}"
-    for _ in $(seq 50); do
-        [[ $(metric 19470 patronus_config_generation) != "$generation" ]] && break
-        sleep 0.1
-    done
-    [[ $(metric 19470 patronus_config_generation) != "$generation" ]] || { echo "A did not reload" >&2; exit 1; }
-    sleep "$WARMUP"
-    runs=()
-    for _ in $(seq "$RUNS"); do runs+=("$(sample ptun-a 1 opackets 19470)"); done
-    keep "encrypt/$inner" "${runs[@]}"
-    [[ $(metric 19470 patronus_tunnel_status 'status="up"') == 1 ]] || { echo "A lost its session" >&2; exit 1; }
+    measure_encrypt encrypt "$inner"
     stop a
     # The harness alone: the same frames net_pcap -> net_null by a plain
     # rx->tx loop on A's CPU, no parsing, no crypto.
@@ -265,24 +271,11 @@ for inner in "${SIZES[@]}"; do
         sleep 0.2
     done
     [[ $(metric 19470 patronus_tunnel_status 'status="up"') == 1 ]] || { echo "no session between A and B (fed)" >&2; exit 1; }
-    stop b
-    FEED=ring config_a "$inner" reroute >"$OUT/a.toml"
-    generation=$(metric 19470 patronus_config_generation)
-    kill -HUP "${pids[a]}"
-    for _ in $(seq 50); do
-        [[ $(metric 19470 patronus_config_generation) != "$generation" ]] && break
-        sleep 0.1
-    done
-    [[ $(metric 19470 patronus_config_generation) != "$generation" ]] || { echo "A (fed) did not reload" >&2; exit 1; }
-    sleep "$WARMUP"
-    runs=()
-    for _ in $(seq "$RUNS"); do runs+=("$(sample ptun-a 1 opackets 19470)"); done
-    keep "fed/$inner" "${runs[@]}"
-    [[ $(metric 19470 patronus_tunnel_status 'status="up"') == 1 ]] || { echo "A (fed) lost its session" >&2; exit 1; }
+    FEED=ring measure_encrypt fed "$inner"
     stop feed
     stop a
     # Without --in-memory EAL leaves its hugepage files behind.
-    rm -f /dev/hugepages/ptun-amap_* /dev/hugepages/ptun-a*map_*
+    rm -f /dev/hugepages/ptun-a*map_*
 done
 
 echo "== ring ChaCha20-Poly1305 and the engine without DPDK (cargo bench --bench tunnel)" >&2

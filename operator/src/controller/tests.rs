@@ -2,7 +2,7 @@
 //! server and a real control plane whose state is checked after each step.
 
 use super::*;
-use crate::fixtures::{context, mock_client, ControlPlane};
+use crate::fixtures::{context, mock_client, ApiServer, ControlPlane};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -70,6 +70,22 @@ fn obj<K: DeserializeOwned>(v: &Value) -> Arc<K> {
 
 async fn cp_site(cp: &mut controlplane::Client) -> Option<pb::Site> {
     <pb::Site as Mirror>::get(cp, "us-east").await.unwrap()
+}
+
+/// A reconcile of the Site once its key exists: the key Secret read (and
+/// answered with `secret`), then its ConfigMap and Deployment applied.
+async fn existing_key_then_workload(api: &mut ApiServer, secret: Value) {
+    api.expect(
+        Method::GET,
+        "/api/v1/namespaces/sdwan/secrets/us-east-wireguard",
+        StatusCode::OK,
+        move |_| secret,
+    )
+    .await;
+    api.echo(Method::PATCH, "/api/v1/namespaces/sdwan/configmaps/")
+        .await;
+    api.echo(Method::PATCH, "/apis/apps/v1/namespaces/sdwan/deployments/")
+        .await;
 }
 
 #[tokio::test]
@@ -189,17 +205,7 @@ async fn a_site_is_created_deployed_and_given_status_then_updated_then_left_alon
     let secret_answer = secret.body.clone();
     let server = tokio::spawn(async move {
         assert_eq!(api.event(NS).await, "Updated");
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/sdwan/secrets/us-east-wireguard",
-            StatusCode::OK,
-            move |_| secret_answer,
-        )
-        .await;
-        api.echo(Method::PATCH, "/api/v1/namespaces/sdwan/configmaps/")
-            .await;
-        api.echo(Method::PATCH, "/apis/apps/v1/namespaces/sdwan/deployments/")
-            .await;
+        existing_key_then_workload(&mut api, secret_answer).await;
         // Same key, same phase: no status patch.
         api.quiet().await;
         api
@@ -216,17 +222,7 @@ async fn a_site_is_created_deployed_and_given_status_then_updated_then_left_alon
     let version_before = meta.resource_version;
     let secret_answer = secret.body.clone();
     let server = tokio::spawn(async move {
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/sdwan/secrets/us-east-wireguard",
-            StatusCode::OK,
-            move |_| secret_answer,
-        )
-        .await;
-        api.echo(Method::PATCH, "/api/v1/namespaces/sdwan/configmaps/")
-            .await;
-        api.echo(Method::PATCH, "/apis/apps/v1/namespaces/sdwan/deployments/")
-            .await;
+        existing_key_then_workload(&mut api, secret_answer).await;
         api.quiet().await;
     });
     reconcile_site(obj(&updated), ctx.clone()).await.unwrap();
