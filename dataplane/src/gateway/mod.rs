@@ -1013,13 +1013,26 @@ fn decrement_ttl(data: &mut [u8], meta: &PacketMeta) {
     let l3 = usize::from(meta.l3_offset);
     match meta.l3 {
         L3::Ipv4(_) => {
-            let old = u16::from_be_bytes([data[l3 + 8], data[l3 + 9]]);
-            data[l3 + 8] -= 1;
-            let new = u16::from_be_bytes([data[l3 + 8], data[l3 + 9]]);
-            let csum = u16::from_be_bytes([data[l3 + 10], data[l3 + 11]]);
-            data[l3 + 10..l3 + 12].copy_from_slice(&checksum_adjust(csum, old, new).to_be_bytes());
+            // TTL, protocol and checksum as one 4-byte window: one bounds check.
+            let Some(window) = data.get_mut(l3 + 8..l3 + 12) else {
+                return;
+            };
+            let [ttl, protocol, csum_hi, csum_lo] = *window else {
+                return;
+            };
+            // Forwarding checked TTL > 1 before; wrapping keeps this total anyway.
+            let ttl = ttl.wrapping_sub(1);
+            let old = u16::from_be_bytes([window[0], protocol]);
+            let new = u16::from_be_bytes([ttl, protocol]);
+            let csum = checksum_adjust(u16::from_be_bytes([csum_hi, csum_lo]), old, new);
+            window[0] = ttl;
+            window[2..4].copy_from_slice(&csum.to_be_bytes());
         }
-        L3::Ipv6(_) => data[l3 + 7] -= 1,
+        L3::Ipv6(_) => {
+            if let Some(hop_limit) = data.get_mut(l3 + 7) {
+                *hop_limit = hop_limit.wrapping_sub(1);
+            }
+        }
         L3::Arp(_) => {}
     }
 }

@@ -99,14 +99,10 @@ impl FlowKey {
         dst_port: u16,
         proto: u8,
     ) -> (Self, Direction) {
-        Self::new(
-            4,
-            src.to_ipv6_mapped().octets(),
-            dst.to_ipv6_mapped().octets(),
-            src_port,
-            dst_port,
-            proto,
-        )
+        // The IPv4-mapped form (::ffff:a.b.c.d) computed as one number, not
+        // assembled byte by byte: the table reads keys back in wide words.
+        let mapped = |a: Ipv4Addr| (0xffff_u128 << 32 | u128::from(a.to_bits())).to_be_bytes();
+        Self::new(4, mapped(src), mapped(dst), src_port, dst_port, proto)
     }
 
     /// Key for an IPv6 packet.
