@@ -49,7 +49,10 @@ measure_tsc_hz() { # measure_tsc_hz ANCHOR PREFIX: the TSC rate DPDK reports, fr
         "$1" $(eal "$2" net_null0,no-rx=1 net_null1,no-rx=1) 2>/dev/null &
         pid=$!
         sleep 2
-        kill -INT $pid 2>/dev/null
+        # SIGTERM, not SIGINT: a background job starts with SIGINT ignored,
+        # so an interrupt that beat the anchor's handler (a slow EAL start)
+        # was lost and left it spinning for good.
+        kill -TERM $pid 2>/dev/null
         wait $pid 2>/dev/null
     ) || true
     rm -rf "/var/run/dpdk/$2"
