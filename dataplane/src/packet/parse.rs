@@ -724,6 +724,18 @@ mod tests {
     fn ipv4_udp() -> Vec<u8> {
         build!(eth().ipv4(A4, B4, 64).udp(5353, 53), &[1, 2, 3, 4])
     }
+    /// An empty TCP RST behind a 28-byte IPv4 header: NOPs, EOL and Router Alert.
+    fn ipv4_tcp_with_options() -> Vec<u8> {
+        let mut hdr = etherparse::Ipv4Header::new(0, 64, IpNumber(0), A4, B4).unwrap();
+        hdr.options = [1u8, 1, 1, 0, 0x94, 4, 0, 0][..].try_into().unwrap();
+        build!(
+            eth()
+                .ip(IpHeaders::Ipv4(hdr, Default::default()))
+                .tcp(1, 2, 3, 4)
+                .rst(),
+            &[]
+        )
+    }
     fn ipv4_icmp_echo() -> Vec<u8> {
         build!(
             eth().ipv4(A4, B4, 64).icmpv4_echo_request(0x1234, 7),
@@ -1021,16 +1033,7 @@ mod tests {
 
     #[test]
     fn the_ipv4_checksum_covers_every_header_byte_with_and_without_options() {
-        let mut hdr = etherparse::Ipv4Header::new(0, 64, IpNumber(0), A4, B4).unwrap();
-        hdr.options = [1u8, 1, 1, 0, 0x94, 4, 0, 0][..].try_into().unwrap();
-        let with_options = build!(
-            eth()
-                .ip(IpHeaders::Ipv4(hdr, Default::default()))
-                .tcp(1, 2, 3, 4)
-                .rst(),
-            &[]
-        );
-        for (frame, header_len) in [(ipv4_tcp(), 20), (with_options, 28)] {
+        for (frame, header_len) in [(ipv4_tcp(), 20), (ipv4_tcp_with_options(), 28)] {
             assert!(parse(&frame).is_ok());
             // Identification, flags and fragment offset, TTL, and from the
             // addresses on: bytes whose change no other check notices.
@@ -1488,15 +1491,7 @@ mod tests {
 
     #[test]
     fn parses_ipv4_with_options() {
-        let mut hdr = etherparse::Ipv4Header::new(0, 64, IpNumber(0), A4, B4).unwrap();
-        hdr.options = [1u8, 1, 1, 0, 0x94, 4, 0, 0][..].try_into().unwrap(); // NOPs/EOL + Router Alert
-        let f = build!(
-            eth()
-                .ip(IpHeaders::Ipv4(hdr, Default::default()))
-                .tcp(1, 2, 3, 4)
-                .rst(),
-            &[]
-        );
+        let f = ipv4_tcp_with_options();
         let m = parse(&f).unwrap();
         let mut info = v4_info(ip_proto::TCP, 48);
         info.header_len = 28;
