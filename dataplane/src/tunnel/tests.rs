@@ -21,6 +21,19 @@ struct Side {
     host: MemoryIo,
 }
 
+impl Side {
+    /// Sends `packet` from the inside to peer 0, the only peer in most tests.
+    fn send(&mut self, packet: VecFrame, now: u64) {
+        self.engine.send(&self.cfg, 0, packet, now, &mut self.host);
+    }
+
+    /// Hands a datagram that arrived from `from` to the engine.
+    fn receive(&mut self, from: SocketAddr, datagram: VecFrame, now: u64) {
+        self.engine
+            .receive(&self.cfg, from, datagram, now, &mut self.host);
+    }
+}
+
 fn secret(name: &str) -> [u8; 32] {
     hash(&[name.as_bytes()])
 }
@@ -116,13 +129,13 @@ fn pump(a: &mut Side, b: &mut Side, now: u64) -> usize {
         for (to, frame) in from_a {
             moved += 1;
             if to == b.addr {
-                b.engine.receive(&b.cfg, a.addr, frame, now, &mut b.host);
+                b.receive(a.addr, frame, now);
             }
         }
         for (to, frame) in from_b {
             moved += 1;
             if to == a.addr {
-                a.engine.receive(&a.cfg, b.addr, frame, now, &mut a.host);
+                a.receive(b.addr, frame, now);
             }
         }
     }
@@ -147,13 +160,7 @@ fn drops(side: &Side, d: TunnelDrop) -> u64 {
 #[test]
 fn the_first_packet_starts_a_handshake_and_is_delivered_after_it() {
     let (mut a, mut b) = pair(TimerSettings::default());
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"hello"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"hello"), S);
     assert_eq!(a.host.sent.len(), 1, "an initiation, the packet waits");
     assert_eq!(a.host.sent[0].1.data()[0], 1);
     pump(&mut a, &mut b, S);
@@ -167,13 +174,7 @@ fn the_first_packet_starts_a_handshake_and_is_delivered_after_it() {
     );
 
     // Both directions now, without another handshake.
-    b.engine.send(
-        &b.cfg,
-        0,
-        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"back"),
-        2 * S,
-        &mut b.host,
-    );
+    b.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"back"), 2 * S);
     pump(&mut a, &mut b, 2 * S);
     assert_eq!(delivered_payloads(&mut a), vec![b"back".to_vec()]);
     assert_eq!(events(&b, TunnelEvent::InitiationsSent), 0);
@@ -187,24 +188,12 @@ fn a_responder_without_data_gets_a_keepalive_that_confirms_its_keypair() {
     let (mut a, mut b) = pair(TimerSettings::default());
     // Bob starts, but sends nothing afterwards: Alice's data confirms nothing
     // until it flows, so Bob (initiator) sends a keepalive after the response.
-    b.engine.send(
-        &b.cfg,
-        0,
-        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"x"),
-        S,
-        &mut b.host,
-    );
+    b.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"x"), S);
     pump(&mut a, &mut b, S);
     assert_eq!(delivered_payloads(&mut a), vec![b"x".to_vec()]);
     assert!(a.engine.peer_stats(0, &a.cfg, S).session_up);
     // Now Alice can send on the confirmed keypair at once.
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"y"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"y"), S);
     assert_eq!(a.host.sent.len(), 1);
     assert_eq!(a.host.sent[0].1.data()[0], 4, "data, no initiation");
 }
@@ -213,13 +202,7 @@ fn a_responder_without_data_gets_a_keepalive_that_confirms_its_keypair() {
 fn packets_queue_while_the_handshake_runs_and_all_arrive_in_order() {
     let (mut a, mut b) = pair(TimerSettings::default());
     for i in 0..10u8 {
-        a.engine.send(
-            &a.cfg,
-            0,
-            ipv4([10, 1, 0, 5], [10, 2, 0, 9], &[i]),
-            S,
-            &mut a.host,
-        );
+        a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], &[i]), S);
     }
     assert_eq!(a.host.sent.len(), 1, "one initiation for ten packets");
     pump(&mut a, &mut b, S);
@@ -233,30 +216,17 @@ fn packets_queue_while_the_handshake_runs_and_all_arrive_in_order() {
 #[test]
 fn replayed_data_and_handshakes_are_counted_and_dropped() {
     let (mut a, mut b) = pair(TimerSettings::default());
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"), S);
     let initiation = a.host.sent[0].1.clone();
     pump(&mut a, &mut b, S);
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"), S);
     let data = a.host.sent[0].1.clone();
     pump(&mut a, &mut b, S);
     assert_eq!(delivered_payloads(&mut b).len(), 2);
 
-    b.engine.receive(&b.cfg, a.addr, data, 2 * S, &mut b.host);
+    b.receive(a.addr, data, 2 * S);
     assert_eq!(drops(&b, TunnelDrop::Replay), 1);
-    b.engine
-        .receive(&b.cfg, a.addr, initiation, 2 * S, &mut b.host);
+    b.receive(a.addr, initiation, 2 * S);
     assert_eq!(drops(&b, TunnelDrop::Replay), 2, "an old timestamp");
     assert!(
         b.host.sent.is_empty(),
@@ -268,22 +238,10 @@ fn replayed_data_and_handshakes_are_counted_and_dropped() {
 #[test]
 fn garbage_truncation_and_forgery_never_reach_the_inside() {
     let (mut a, mut b) = pair(TimerSettings::default());
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"), S);
     let initiation = a.host.sent[0].1.clone();
     pump(&mut a, &mut b, S);
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"), S);
     let data = a.host.sent.pop().unwrap().1;
     b.host.delivered.clear();
 
@@ -299,18 +257,16 @@ fn garbage_truncation_and_forgery_never_reach_the_inside() {
         ],
     ];
     for input in &inputs {
-        b.engine
-            .receive(&b.cfg, a.addr, VecFrame::new(input), 2 * S, &mut b.host);
+        b.receive(a.addr, VecFrame::new(input), 2 * S);
     }
     // Bad MAC1: one bit of the initiation flipped.
     let mut bad = initiation.clone();
     bad.data_mut()[120] ^= 1;
-    b.engine.receive(&b.cfg, a.addr, bad, 2 * S, &mut b.host);
+    b.receive(a.addr, bad, 2 * S);
     // Tampered ciphertext.
     let mut tampered = data.clone();
     tampered.data_mut()[20] ^= 1;
-    b.engine
-        .receive(&b.cfg, a.addr, tampered, 2 * S, &mut b.host);
+    b.receive(a.addr, tampered, 2 * S);
 
     assert_eq!(drops(&b, TunnelDrop::Malformed), 5);
     assert_eq!(
@@ -322,7 +278,7 @@ fn garbage_truncation_and_forgery_never_reach_the_inside() {
     assert_eq!(drops(&b, TunnelDrop::DecryptFailed), 1);
     assert!(b.host.delivered.is_empty() && b.host.sent.is_empty());
     // The genuine message still gets through afterwards.
-    b.engine.receive(&b.cfg, a.addr, data, 2 * S, &mut b.host);
+    b.receive(a.addr, data, 2 * S);
     assert_eq!(delivered_payloads(&mut b), vec![b"2".to_vec()]);
 }
 
@@ -337,16 +293,9 @@ fn a_peer_with_the_wrong_key_never_gets_a_session() {
         TimerSettings::default(),
     );
     for t in 1..4 {
-        mallory.engine.send(
-            &mallory.cfg,
-            0,
-            ipv4([10, 9, 0, 1], [10, 2, 0, 9], b"x"),
-            t * 6 * S,
-            &mut mallory.host,
-        );
+        mallory.send(ipv4([10, 9, 0, 1], [10, 2, 0, 9], b"x"), t * 6 * S);
         for (_, f) in mallory.host.sent.drain(..) {
-            b.engine
-                .receive(&b.cfg, mallory.addr, f, t * 6 * S, &mut b.host);
+            b.receive(mallory.addr, f, t * 6 * S);
         }
     }
     assert_eq!(drops(&b, TunnelDrop::UnknownPeer), 1);
@@ -362,15 +311,9 @@ fn a_peer_with_the_wrong_key_never_gets_a_session() {
         }],
         TimerSettings::default(),
     );
-    alice.engine.send(
-        &alice.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"),
-        S,
-        &mut alice.host,
-    );
+    alice.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), S);
     let (_, f) = alice.host.sent.pop().unwrap();
-    b.engine.receive(&b.cfg, alice.addr, f, S, &mut b.host);
+    b.receive(alice.addr, f, S);
     assert_eq!(
         drops(&b, TunnelDrop::BadMac),
         1,
@@ -391,13 +334,7 @@ fn preshared_keys_that_differ_fail_the_handshake() {
         }],
         TimerSettings::default(),
     );
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), S);
     pump(&mut a, &mut b, S);
     assert_eq!(drops(&a, TunnelDrop::HandshakeFailed), 1);
     assert!(b.host.delivered.is_empty());
@@ -406,20 +343,8 @@ fn preshared_keys_that_differ_fail_the_handshake() {
 #[test]
 fn packets_from_outside_the_allowed_ips_are_dropped() {
     let (mut a, mut b) = pair(TimerSettings::default());
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"ok"),
-        S,
-        &mut a.host,
-    );
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 7, 0, 5], [10, 2, 0, 9], b"spoofed"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"ok"), S);
+    a.send(ipv4([10, 7, 0, 5], [10, 2, 0, 9], b"spoofed"), S);
     pump(&mut a, &mut b, S);
     assert_eq!(delivered_payloads(&mut b), vec![b"ok".to_vec()]);
     assert_eq!(drops(&b, TunnelDrop::AllowedIps), 1);
@@ -447,13 +372,7 @@ fn a_handshake_flood_engages_cookies_and_a_real_peer_still_gets_its_session() {
         .unwrap();
         jar.stamp(&bob_for_flooder, &mut m, 0);
         let from = SocketAddr::from(([198, 51, 100, (i % 250) as u8], 1000 + i as u16));
-        b.engine.receive(
-            &b.cfg,
-            from,
-            VecFrame::new(&m),
-            S + u64::from(i) * 10_000,
-            &mut b.host,
-        );
+        b.receive(from, VecFrame::new(&m), S + u64::from(i) * 10_000);
         cookies += b
             .host
             .sent
@@ -474,13 +393,7 @@ fn a_handshake_flood_engages_cookies_and_a_real_peer_still_gets_its_session() {
     // Alice, still under load: her first initiation earns a cookie, the
     // retransmission carries MAC2 and is answered.
     let t = S + 3_000_000;
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"hi"),
-        t,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"hi"), t);
     pump(&mut a, &mut b, t);
     assert_eq!(events(&a, TunnelEvent::CookieRepliesReceived), 1);
     assert!(b.host.delivered.is_empty());
@@ -490,12 +403,10 @@ fn a_handshake_flood_engages_cookies_and_a_real_peer_still_gets_its_session() {
         let mut m = [0u8; messages::INITIATION_LEN];
         noise::initiate(&flooder, &bob_for_flooder, i, secret("f"), &[0; 12], &mut m).unwrap();
         jar.stamp(&bob_for_flooder, &mut m, 0);
-        b.engine.receive(
-            &b.cfg,
+        b.receive(
             SocketAddr::from(([198, 51, 100, 1], 9)),
             VecFrame::new(&m),
             t + 6 * S,
-            &mut b.host,
         );
     }
     b.host.sent.retain(|(to, _)| *to == a.addr);
@@ -522,13 +433,7 @@ fn an_initiator_rekeys_after_rekey_after_time_without_losing_packets() {
                 ([10, 2, 0, 9], [10, 1, 0, 5])
             };
             side.host.now_ns = now;
-            side.engine.send(
-                &side.cfg,
-                0,
-                ipv4(src, dst, &sent.to_be_bytes()),
-                now,
-                &mut side.host,
-            );
+            side.send(ipv4(src, dst, &sent.to_be_bytes()), now);
             sent += 1;
             side.engine.poll(&side.cfg, now, 8, &mut side.host);
         }
@@ -551,13 +456,7 @@ fn an_initiator_rekeys_after_rekey_after_time_without_losing_packets() {
 #[test]
 fn received_data_without_an_answer_gets_a_keepalive_and_silence_a_new_handshake() {
     let (mut a, mut b) = pair(TimerSettings::default());
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"), S);
     pump(&mut a, &mut b, S);
     // Bob received data and sent nothing: a keepalive after 10 s.
     b.engine.poll(&b.cfg, 11 * S + 1, 8, &mut b.host);
@@ -566,13 +465,7 @@ fn received_data_without_an_answer_gets_a_keepalive_and_silence_a_new_handshake(
     assert_eq!(events(&a, TunnelEvent::KeepalivesReceived), 1);
 
     // Alice sends into the void: after 15 s (and jitter) she starts over.
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
-        20 * S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"), 20 * S);
     a.host.sent.clear();
     a.engine.poll(&a.cfg, 36 * S, 8, &mut a.host);
     assert_eq!(events(&a, TunnelEvent::InitiationsSent), 2);
@@ -582,13 +475,7 @@ fn received_data_without_an_answer_gets_a_keepalive_and_silence_a_new_handshake(
 fn an_unanswered_initiation_is_retransmitted_then_abandoned() {
     let (mut a, _) = pair(TimerSettings::default());
     for i in 0..3u8 {
-        a.engine.send(
-            &a.cfg,
-            0,
-            ipv4([10, 1, 0, 5], [10, 2, 0, 9], &[i]),
-            S,
-            &mut a.host,
-        );
+        a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], &[i]), S);
     }
     let mut now = S;
     for _ in 0..40 {
@@ -611,45 +498,21 @@ fn an_unanswered_initiation_is_retransmitted_then_abandoned() {
 #[test]
 fn the_endpoint_follows_a_roaming_peer() {
     let (mut a, mut b) = pair(TimerSettings::default());
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"), S);
     pump(&mut a, &mut b, S);
     // Bob moves to a new address and sends from there.
     b.addr = "203.0.113.9:40000".parse().unwrap();
-    b.engine.send(
-        &b.cfg,
-        0,
-        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"moved"),
-        2 * S,
-        &mut b.host,
-    );
+    b.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"moved"), 2 * S);
     pump(&mut a, &mut b, 2 * S);
     assert_eq!(delivered_payloads(&mut a), vec![b"moved".to_vec()]);
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"reply"),
-        3 * S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"reply"), 3 * S);
     assert_eq!(a.host.sent[0].0, b.addr, "answers go to where Bob is now");
 }
 
 #[test]
 fn sessions_expire_and_keys_are_erased_after_silence() {
     let (mut a, mut b) = pair(TimerSettings::default());
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"), S);
     pump(&mut a, &mut b, S);
     assert!(a.engine.peer_stats(0, &a.cfg, 100 * S).session_up);
     assert!(
@@ -681,30 +544,12 @@ fn a_peer_without_an_endpoint_can_call_in() {
         vec![peer_spec("alice", "192.0.2.1:51820", &["10.1.0.0/24"])],
         TimerSettings::default(),
     );
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"lost"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"lost"), S);
     assert_eq!(drops(&a, TunnelDrop::NoEndpoint), 1);
-    b.engine.send(
-        &b.cfg,
-        0,
-        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"hi"),
-        S,
-        &mut b.host,
-    );
+    b.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"hi"), S);
     pump(&mut a, &mut b, S);
     assert_eq!(delivered_payloads(&mut a), vec![b"hi".to_vec()]);
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"now"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"now"), S);
     pump(&mut a, &mut b, S);
     assert_eq!(delivered_payloads(&mut b), vec![b"now".to_vec()]);
 }
@@ -758,18 +603,16 @@ fn work_for_another_workers_peer_is_handed_over_and_indices_steer_data() {
     assert_eq!(initiation.data()[7], 1, "worker 1's index");
 
     // Bob's response arrives at worker 0 (the NIC's hash chose it): steered by its receiver index.
-    b.engine
-        .receive(&b.cfg, a1.addr, initiation, S, &mut b.host);
+    b.receive(a1.addr, initiation, S);
     let (_, response) = b.host.sent.pop().unwrap();
-    a0.engine
-        .receive(&a0.cfg, b.addr, response, S, &mut a0.host);
+    a0.receive(b.addr, response, S);
     let (worker, Work::Receive { frame, .. }) = a0.host.handoffs.pop().unwrap() else {
         panic!("a receive")
     };
     assert_eq!(worker, 1);
-    a1.engine.receive(&a1.cfg, b.addr, frame, S, &mut a1.host);
+    a1.receive(b.addr, frame, S);
     for (_, f) in a1.host.sent.drain(..) {
-        b.engine.receive(&b.cfg, a1.addr, f, S, &mut b.host);
+        b.receive(a1.addr, f, S);
     }
     assert_eq!(delivered_payloads(&mut b), vec![b"x".to_vec()]);
 
@@ -780,21 +623,14 @@ fn work_for_another_workers_peer_is_handed_over_and_indices_steer_data() {
         vec![peer_spec("alice", "192.0.2.1:51820", &["10.1.0.0/24"])],
         timers,
     );
-    b2.engine.send(
-        &b2.cfg,
-        0,
-        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"y"),
-        2 * S,
-        &mut b2.host,
-    );
+    b2.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"y"), 2 * S);
     let (_, init) = b2.host.sent.pop().unwrap();
-    a0.engine
-        .receive(&a0.cfg, b2.addr, init, 2 * S, &mut a0.host);
+    a0.receive(b2.addr, init, 2 * S);
     let (worker, Work::Receive { from, frame }) = a0.host.handoffs.pop().unwrap() else {
         panic!("a receive")
     };
     assert_eq!(worker, 1);
-    a1.engine.receive(&a1.cfg, from, frame, 2 * S, &mut a1.host);
+    a1.receive(from, frame, 2 * S);
     assert_eq!(events(&a1, TunnelEvent::ResponsesSent), 1);
     assert_eq!(events(&a0, TunnelEvent::ResponsesSent), 0);
 }
@@ -802,13 +638,7 @@ fn work_for_another_workers_peer_is_handed_over_and_indices_steer_data() {
 #[test]
 fn reconfiguration_keeps_sessions_of_unchanged_peers() {
     let (mut a, mut b) = pair(TimerSettings::default());
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"), S);
     pump(&mut a, &mut b, S);
     // Alice adds Carol in front of Bob: Bob is now peer 1 and keeps his session.
     let keys = std::sync::Arc::new(StaticKeys::new(secret("alice")));
@@ -840,13 +670,7 @@ fn reconfiguration_keeps_sessions_of_unchanged_peers() {
         &mut a.host,
     );
     assert_eq!(a.host.sent[0].1.data()[0], 4, "data on the kept session");
-    b.engine.send(
-        &b.cfg,
-        0,
-        ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"3"),
-        2 * S,
-        &mut b.host,
-    );
+    b.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"3"), 2 * S);
     pump(&mut a, &mut b, 2 * S);
     let from: Vec<PeerId> = a.host.delivered.iter().map(|(p, _)| *p).collect();
     assert_eq!(from, vec![1]);
@@ -856,22 +680,10 @@ fn reconfiguration_keeps_sessions_of_unchanged_peers() {
 fn no_buffer_for_a_handshake_is_counted_not_fatal() {
     let (mut a, _) = pair(TimerSettings::default());
     a.host.no_buffers = true;
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"),
-        S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"), S);
     assert_eq!(drops(&a, TunnelDrop::NoBuffer), 1);
     a.host.no_buffers = false;
-    a.engine.send(
-        &a.cfg,
-        0,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
-        2 * S,
-        &mut a.host,
-    );
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"), 2 * S);
     assert_eq!(events(&a, TunnelEvent::InitiationsSent), 1);
 }
 
@@ -901,13 +713,7 @@ fn compression_shrinks_what_it_can_and_a_peer_without_it_still_reads_it() {
     let text = b"SELECT * FROM orders WHERE region = 'us-east-1';\n".repeat(24);
     let noise = super::compress::tests::noise(1200);
     for payload in [&text[..], &noise[..]] {
-        a.engine.send(
-            &a.cfg,
-            0,
-            ipv4([10, 1, 0, 5], [10, 2, 0, 9], payload),
-            S,
-            &mut a.host,
-        );
+        a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], payload), S);
         pump(&mut a, &mut b, S);
         assert_eq!(delivered_payloads(&mut b), vec![payload.to_vec()]);
     }
@@ -917,13 +723,7 @@ fn compression_shrinks_what_it_can_and_a_peer_without_it_still_reads_it() {
     // The noise went uncompressed: it counts in and out alike.
     assert!(stats.compress_out_bytes > noise.len() as u64);
     // Bob does not compress toward Alice.
-    b.engine.send(
-        &b.cfg,
-        0,
-        ipv4([10, 2, 0, 9], [10, 1, 0, 5], &text),
-        S,
-        &mut b.host,
-    );
+    b.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], &text), S);
     assert!(b.host.sent[0].1.len() > text.len());
     pump(&mut a, &mut b, S);
     assert_eq!(delivered_payloads(&mut a), vec![text.to_vec()]);
