@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Patronus needs on Debian 12 and gives DPDK its memory.
 # Idempotent: installs only what is missing, reserves hugepages only when
-# fewer are reserved. Run as root. Prints the EAL memory mode it settled on.
+# fewer are reserved. Run as root. Prints the EAL memory mode it settled on,
+# and nothing else, on stdout: callers capture it (mode=$(scripts/setup.sh)).
+# Usage: scripts/setup.sh [EXTRA_PACKAGE...]   (packages one script alone needs)
 set -euo pipefail
 
 PACKAGES=(
@@ -11,6 +13,7 @@ PACKAGES=(
     wireguard-go wireguard-tools
     iproute2 iputils-ping ethtool iperf3 procps
     prometheus
+    "$@"
 )
 HUGEPAGES_WANTED=${PATRONUS_HUGEPAGES:-512}
 
@@ -30,8 +33,8 @@ done
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=300 update -q
-    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}"
+    apt-get -o DPkg::Lock::Timeout=300 update -q >&2
+    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

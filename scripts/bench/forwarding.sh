@@ -24,19 +24,13 @@ OUT=target/bench
 PCAP_MAC=02:70:63:61:70:00 # what net_pcap reports as its address
 NEXT_HOP_MAC=02:00:00:00:00:02
 
-mode=$(scripts/setup.sh)
+# dpdk-doc: l3fwd's sources come with Debian's DPDK documentation.
+mode=$(scripts/setup.sh dpdk-doc)
 if [[ $mode != hugepages ]]; then
     echo "forwarding.sh: hugepages are needed for meaningful figures (see hugepages.md)" >&2
     exit 1
 fi
 mkdir -p "$OUT"
-# l3fwd's sources come with Debian's DPDK documentation; only this benchmark needs them.
-if ! dpkg-query -W -f='${Status}' dpdk-doc 2>/dev/null | grep -q "ok installed"; then
-    echo "== installing dpdk-doc (the sources of DPDK's examples)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=300 update -q >&2
-    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends dpdk-doc >&2
-fi
 
 echo "== building (release)" >&2
 cargo build -q --release --bin patronus-dataplane --example bench_pcap
