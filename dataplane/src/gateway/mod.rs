@@ -566,10 +566,10 @@ impl Gateway {
         if fragment {
             self.counters.add(Counter::Fragments, 1);
         }
+        if let Step::Forward { dst, ip_len } = step {
+            return self.forward(ctx, in_port, frame, meta, dst, ip_len, flow, out);
+        }
         *out = match (step, meta.l3) {
-            (Step::Forward { dst, ip_len }, _) => {
-                return self.forward(ctx, in_port, frame, meta, dst, ip_len, flow, out);
-            }
             (Step::Drop(reason), _) => self.drop(reason),
             (Step::Reject(kind, reason), _) => self.reject(ctx, in_port, frame, meta, kind, reason),
             (Step::Arp, L3::Arp(arp)) => self.arp(ctx, in_port, frame, &arp),
@@ -1039,19 +1039,22 @@ fn decrement_ttl(data: &mut [u8], meta: &PacketMeta) {
     match meta.l3 {
         L3::Ipv4(_) => {
             // TTL, protocol and checksum as one 4-byte window: one bounds check.
-            let Some(window) = data.get_mut(l3 + 8..l3 + 12) else {
+            let Some(window) = data
+                .get_mut(l3 + 8..l3 + 12)
+                .and_then(|w| <&mut [u8; 4]>::try_from(w).ok())
+            else {
                 return;
             };
-            let [ttl, protocol, csum_hi, csum_lo] = *window else {
-                return;
-            };
+            let [ttl, protocol, csum_hi, csum_lo] = *window;
             // Forwarding checked TTL > 1 before; wrapping keeps this total anyway.
-            let ttl = ttl.wrapping_sub(1);
-            let old = u16::from_be_bytes([window[0], protocol]);
-            let new = u16::from_be_bytes([ttl, protocol]);
-            let csum = checksum_adjust(u16::from_be_bytes([csum_hi, csum_lo]), old, new);
-            window[0] = ttl;
-            window[2..4].copy_from_slice(&csum.to_be_bytes());
+            let new_ttl = ttl.wrapping_sub(1);
+            let csum = checksum_adjust(
+                u16::from_be_bytes([csum_hi, csum_lo]),
+                u16::from_be_bytes([ttl, protocol]),
+                u16::from_be_bytes([new_ttl, protocol]),
+            );
+            let [new_hi, new_lo] = csum.to_be_bytes();
+            *window = [new_ttl, protocol, new_hi, new_lo];
         }
         L3::Ipv6(_) => {
             if let Some(hop_limit) = data.get_mut(l3 + 7) {

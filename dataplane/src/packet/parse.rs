@@ -397,12 +397,9 @@ fn parse_ipv4(data: &[u8]) -> Result<(Ipv4Info, L4), ParseError> {
     // included, must be 0xffff, i.e. its complement must be 0.
     let sum = match <&[u8; 20]>::try_from(header) {
         // The usual header without options, in two wide additions.
-        Ok(h) => {
-            let (words, last) = h.split_at(16);
-            let mut sum = Sum16BitWords::new();
-            sum.add_16bytes(words.try_into().unwrap_or_default())
-                .add_4bytes(last.try_into().unwrap_or_default())
-        }
+        Ok([words @ .., a, b, c, d]) => Sum16BitWords::new()
+            .add_16bytes(*words)
+            .add_4bytes([*a, *b, *c, *d]),
         Err(_) => Sum16BitWords::new().add_slice(header),
     };
     if sum.ones_complement() != 0 {
