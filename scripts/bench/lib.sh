@@ -43,18 +43,24 @@ measure() { # measure KEY CMD...: RUNS runs, keeps "min median max"
 }
 
 measure_tsc_hz() { # measure_tsc_hz ANCHOR PREFIX: the TSC rate DPDK reports, from rxtx_anchor
-    local out
+    local out pid hz
+    out=$(mktemp)
     # shellcheck disable=SC2046
-    out=$(
-        "$1" $(eal "$2" net_null0,no-rx=1 net_null1,no-rx=1) 2>/dev/null &
-        pid=$!
-        sleep 2
-        # SIGTERM, not SIGINT: a background job starts with SIGINT ignored,
-        # so an interrupt that beat the anchor's handler (a slow EAL start)
-        # was lost and left it spinning for good.
-        kill -TERM $pid 2>/dev/null
-        wait $pid 2>/dev/null
-    ) || true
+    "$1" $(eal "$2" net_null0,no-rx=1 net_null1,no-rx=1) >"$out" 2>/dev/null &
+    pid=$!
+    # Stopped only once it has started: killed during a slow EAL start (a
+    # busy machine), it died before printing anything.
+    for _ in $(seq 300); do
+        grep -qs '^running' "$out" && break
+        kill -0 $pid 2>/dev/null || break
+        sleep 0.1
+    done
+    # SIGTERM, not SIGINT: a background job starts with SIGINT ignored.
+    kill -TERM $pid 2>/dev/null || true
+    wait $pid 2>/dev/null || true
     rm -rf "/var/run/dpdk/$2"
-    grep -o 'tsc_hz=[0-9]*' <<<"$out" | cut -d= -f2
+    hz=$(sed -n 's/^tsc_hz=\([0-9]*\)$/\1/p' "$out")
+    rm -f "$out"
+    [[ -n $hz ]] || echo "measure_tsc_hz: $1 did not report the TSC rate; cycles per packet are left out" >&2
+    echo "$hz"
 }
