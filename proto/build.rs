@@ -1,9 +1,15 @@
 //! Generates the patronus.v1 messages and services with tonic/prost at build
 //! time, with Debian's `protoc` (scripts/setup.sh installs protobuf-compiler),
-//! plus the file descriptor set that server reflection serves.
+//! plus the file descriptor set that server reflection serves. Without the
+//! `grpc` feature there is nothing to generate.
 
+#[cfg(feature = "grpc")]
 use std::path::PathBuf;
 
+#[cfg(not(feature = "grpc"))]
+fn main() {}
+
+#[cfg(feature = "grpc")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "patronus/v1/resources.proto",
@@ -28,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+#[cfg(feature = "grpc")]
 fn which_protoc() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

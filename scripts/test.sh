@@ -48,6 +48,16 @@ grep -q "were not found through \`pkg-config libdpdk\`" "$nodpdk/log" && grep -q
 echo "ok: $(grep -m1 'were not found' "$nodpdk/log" | sed 's/^ *//')"
 rm -rf "$nodpdk"
 
+step "the sans-IO cores and the fuzz targets depend on no DPDK, async runtime or gRPC"
+for manifest in dataplane/core/Cargo.toml fuzz/Cargo.toml; do
+    if cargo tree -q --manifest-path "$manifest" -e normal,build --prefix none |
+        grep -E '^(dpdk-sys|tokio|tonic|prost) '; then
+        echo "$manifest depends on the crates above"
+        exit 1
+    fi
+done
+echo "ok: patronus-core and patronus-fuzz"
+
 step "Helm chart, alert rules and dashboards"
 scripts/check-chart.sh
 

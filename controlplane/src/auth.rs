@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
-pub use patronus_proto::client::{read_secret, Readers};
+pub use patronus_proto::secrets::{read_secret, Readers};
 
 /// Shortest token accepted (bytes).
 pub const MIN_TOKEN_LEN: usize = 16;

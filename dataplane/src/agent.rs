@@ -27,11 +27,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use crate::config::{ControlPlaneSection, Snapshot};
-use crate::dpi::apps::AppSpec;
-use crate::dpi::Classifier;
-use crate::published::Published;
-use crate::site::{classifier_with, SiteSections};
+use patronus_core::config::site::{classifier_with, SiteSections};
+use patronus_core::config::{ControlPlaneSection, Snapshot};
+use patronus_core::dpi::apps::AppSpec;
+use patronus_core::dpi::Classifier;
+use patronus_core::published::Published;
+use patronus_proto::client::ClientOptions;
+
+use crate::site_sync::sections_from_snapshot;
 
 /// A snapshot for the control loop to apply, and where to say how it went.
 #[derive(Debug)]
@@ -171,6 +174,17 @@ impl Backoff {
     }
 }
 
+/// The `[controlplane]` section as the gRPC client's connection settings.
+fn client_options(section: &ControlPlaneSection) -> ClientOptions {
+    ClientOptions {
+        server: section.server.clone(),
+        token_file: section.token_file.clone(),
+        tls_ca: section.tls_ca.clone(),
+        tls_cert: section.tls_cert.clone(),
+        tls_key: section.tls_key.clone(),
+    }
+}
+
 impl Agent {
     /// Starts the agent: reads the credentials now (a missing or too widely
     /// readable token file fails the start) and connects in the background.
@@ -178,10 +192,7 @@ impl Agent {
     /// # Errors
     /// When the connection settings are unusable.
     pub fn start(section: &ControlPlaneSection, setup: AgentSetup) -> anyhow::Result<Agent> {
-        let (endpoint, auth) = section
-            .client_options()
-            .endpoint()
-            .context("controlplane")?;
+        let (endpoint, auth) = client_options(section).endpoint().context("controlplane")?;
         let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -405,7 +416,7 @@ impl Session {
         &self,
         snapshot: SiteSnapshot,
     ) -> anyhow::Result<Result<Option<Vec<AppSpec>>, String>> {
-        let sections = match SiteSections::from_snapshot(&snapshot) {
+        let sections = match sections_from_snapshot(&snapshot) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.to_string())),
         };

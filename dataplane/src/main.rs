@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use patronus_dataplane::config::{Config, EMBEDDED_DEFAULT};
-use patronus_dataplane::dpi::{self, Limits};
+use patronus_core::config::{Config, EMBEDDED_DEFAULT};
+use patronus_core::dpi::{self, Limits};
 use patronus_dataplane::runtime::{self, RunOptions};
 use tracing_subscriber::EnvFilter;
 

@@ -24,17 +24,17 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::agent::AgentStatus;
-use crate::config::Snapshot;
 use crate::dpdk::{Mempool, Port};
-use crate::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUCKETS};
-use crate::dpi::Category;
-use crate::neighbor::NeighborShared;
-use crate::packet::parse::ParseError;
-use crate::published::Published;
-use crate::stats::{
+use patronus_core::config::Snapshot;
+use patronus_core::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUCKETS};
+use patronus_core::dpi::Category;
+use patronus_core::neighbor::NeighborShared;
+use patronus_core::packet::parse::ParseError;
+use patronus_core::published::Published;
+use patronus_core::stats::{
     peer_total, Counter, Counters, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS,
 };
-use crate::tunnel::{TunnelDrop, TunnelEvent};
+use patronus_core::tunnel::{TunnelDrop, TunnelEvent};
 
 /// Whether the data plane is serving traffic, for `/healthz`.
 #[derive(Debug, Default)]
@@ -124,7 +124,7 @@ impl DataplaneCollector {
         let Some(t) = cfg.tunnel.as_deref() else {
             return Ok(());
         };
-        let peers: Vec<(String, crate::tunnel::PeerStats)> = t
+        let peers: Vec<(String, patronus_core::tunnel::PeerStats)> = t
             .config
             .peers
             .iter()
@@ -145,7 +145,7 @@ impl DataplaneCollector {
                 })
             }),
         )?;
-        let per_peer = |f: fn(&crate::tunnel::PeerStats) -> u64| -> Vec<(L1, u64)> {
+        let per_peer = |f: fn(&patronus_core::tunnel::PeerStats) -> u64| -> Vec<(L1, u64)> {
             peers
                 .iter()
                 .map(|(n, s)| ([("peer", n.clone())], f(s)))
@@ -155,7 +155,7 @@ impl DataplaneCollector {
             (
                 "patronus_tunnel_tx_packets",
                 "Packets sent into the peer's tunnel (keepalives excluded).",
-                (|s| s.tx_packets) as fn(&crate::tunnel::PeerStats) -> u64,
+                (|s| s.tx_packets) as fn(&patronus_core::tunnel::PeerStats) -> u64,
             ),
             (
                 "patronus_tunnel_tx_bytes",

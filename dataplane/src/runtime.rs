@@ -20,17 +20,17 @@ use anyhow::{bail, Context as _};
 use crate::agent::{
     Agent, AgentSetup, AgentStatus, ApplyRequest, Telemetry, TelemetrySource, EVENT_QUEUE,
 };
-use crate::config::{Config, Snapshot};
 use crate::dpdk::{
     self, launch_on_lcore, worker_lcores, Eal, Mempool, Port, PortConfig, BURST_SIZE,
 };
 use crate::metrics::{DataplaneCollector, Health, HttpServer};
-use crate::neighbor::{NeighborManager, NeighborShared};
-use crate::published::Published;
-use crate::site::{classifier_with, Capabilities, SiteSections};
-use crate::stats::Counter;
-use crate::stats::SharedCounters;
 use crate::worker::{Clock, Worker, WorkerSetup};
+use patronus_core::config::site::{classifier_with, Capabilities, SiteSections};
+use patronus_core::config::{Config, Snapshot};
+use patronus_core::neighbor::{NeighborManager, NeighborShared};
+use patronus_core::published::Published;
+use patronus_core::stats::Counter;
+use patronus_core::stats::SharedCounters;
 use patronus_proto::v1::{
     DataplaneCounters, DataplaneEvent, EventType, PeerTelemetry, TunnelState,
 };
@@ -148,11 +148,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     let mut stats = Vec::with_capacity(lcores.len());
     let mut dpi_stats = Vec::with_capacity(lcores.len());
     let mut tunnel_stats = Vec::with_capacity(lcores.len());
-    if lcores.len() > crate::tunnel::MAX_WORKERS {
+    if lcores.len() > patronus_core::tunnel::MAX_WORKERS {
         bail!(
             "{} workers, but the tunnel engine supports at most {}; give EAL fewer lcores",
             lcores.len(),
-            crate::tunnel::MAX_WORKERS
+            patronus_core::tunnel::MAX_WORKERS
         );
     }
     let inboxes = crate::worker::tunnel_inboxes(lcores.len());
@@ -193,7 +193,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             workers: lcores.len(),
             inboxes: inboxes.clone(),
             tunnel_stats: {
-                let shared = Arc::new(crate::stats::SharedTunnelStats::default());
+                let shared = Arc::new(patronus_core::stats::SharedTunnelStats::default());
                 tunnel_stats.push(shared.clone());
                 shared
             },
@@ -448,7 +448,7 @@ fn apply_snapshot(
     request: &ApplyRequest,
     published: &Published<Snapshot>,
     managed: Option<&(SiteSections, u64)>,
-) -> Result<(), crate::config::ConfigError> {
+) -> Result<(), patronus_core::config::ConfigError> {
     let sections = &request.sections;
     let current = published.load();
     let running_apps = managed.map_or(&[][..], |(s, _)| s.applications.as_slice());
@@ -476,7 +476,7 @@ fn apply_snapshot(
 fn telemetry_source(
     ports: Vec<Port>,
     workers: Vec<Arc<SharedCounters>>,
-    tunnels: Vec<Arc<crate::stats::SharedTunnelStats>>,
+    tunnels: Vec<Arc<patronus_core::stats::SharedTunnelStats>>,
     config: Arc<Published<Snapshot>>,
 ) -> TelemetrySource {
     Arc::new(move || {
@@ -503,8 +503,8 @@ fn telemetry_source(
                 .enumerate()
                 .map(|(i, p)| {
                     // The tunnel's peers are the site's, in the same order.
-                    let up =
-                        cfg.tunnel.is_some() && crate::stats::peer_total(&tunnels, i).session_up;
+                    let up = cfg.tunnel.is_some()
+                        && patronus_core::stats::peer_total(&tunnels, i).session_up;
                     PeerTelemetry {
                         name: p.name.clone(),
                         tunnel: if up {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patronus_dataplane::dpi::dns::{question, question_tcp, MAX_NAME};
+use patronus_core::dpi::dns::{question, question_tcp, MAX_NAME};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = [0u8; MAX_NAME];

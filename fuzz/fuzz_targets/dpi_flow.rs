@@ -11,8 +11,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use patronus_dataplane::dpi::{Classifier, FlowInspection, Inspector, Limits, Packet};
-use patronus_dataplane::packet::flow_key::Direction;
+use patronus_core::dpi::{Classifier, FlowInspection, Inspector, Limits, Packet};
+use patronus_core::packet::flow_key::Direction;
 
 fn classifier() -> &'static Classifier {
     static C: OnceLock<Classifier> = OnceLock::new();

@@ -12,13 +12,13 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use patronus_dataplane::config::{Config, Snapshot};
-use patronus_dataplane::frame::{Frame, VecFrame};
-use patronus_dataplane::gateway::{Context, Gateway, Verdict};
-use patronus_dataplane::neighbor::{
+use patronus_core::config::{Config, Snapshot};
+use patronus_core::frame::{Frame, VecFrame};
+use patronus_core::gateway::{Context, Gateway, Verdict};
+use patronus_core::neighbor::{
     NeighborEvent, NeighborManager, NeighborShared, NeighborSnapshot,
 };
-use patronus_dataplane::packet::parse::parse;
+use patronus_core::packet::parse::parse;
 
 const CONFIG: &str = r#"
 [worker]

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patronus_dataplane::packet::parse::{parse, Fragment, PacketMeta, ParseError, L3, L4};
+use patronus_core::packet::parse::{parse, Fragment, PacketMeta, ParseError, L3, L4};
 
 fuzz_target!(|data: &[u8]| {
     let meta = match parse(data) {

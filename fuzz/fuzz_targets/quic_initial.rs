@@ -6,10 +6,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patronus_dataplane::dpi::quic::{
+use patronus_core::dpi::quic::{
     crypto_frames, gquic_server_name, open_client_initial, version, Initial, MAX_DATAGRAM,
 };
-use patronus_dataplane::dpi::tls::host_name;
+use patronus_core::dpi::tls::host_name;
 
 fuzz_target!(|data: &[u8]| {
     let mut scratch = [0u8; MAX_DATAGRAM];

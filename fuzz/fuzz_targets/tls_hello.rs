@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patronus_dataplane::dpi::tls::{
+use patronus_core::dpi::tls::{
     client_hello, client_hello_from_records, host_name, Hello, MAX_HELLO_LEN,
 };
 

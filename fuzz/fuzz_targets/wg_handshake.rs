@@ -16,11 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use patronus_dataplane::frame::{Frame, VecFrame};
-use patronus_dataplane::tunnel::noise::{PeerKeys, StaticKeys};
-use patronus_dataplane::tunnel::timers::TimerSettings;
-use patronus_dataplane::tunnel::memory::MemoryIo;
-use patronus_dataplane::tunnel::{PeerConfig, TunnelConfig, Tunnels};
+use patronus_core::frame::{Frame, VecFrame};
+use patronus_core::tunnel::noise::{PeerKeys, StaticKeys};
+use patronus_core::tunnel::timers::TimerSettings;
+use patronus_core::tunnel::memory::MemoryIo;
+use patronus_core::tunnel::{PeerConfig, TunnelConfig, Tunnels};
 
 fn config(me: u8, peer: u8, allowed: &str, compression: bool) -> TunnelConfig {
     let keys = Arc::new(StaticKeys::new([me; 32]));

@@ -9,11 +9,11 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use patronus_dataplane::frame::{Frame, VecFrame};
-use patronus_dataplane::tunnel::compress::{decompress, SCRATCH_LEN};
-use patronus_dataplane::tunnel::cookie::CookieChecker;
-use patronus_dataplane::tunnel::messages::{self, Message};
-use patronus_dataplane::tunnel::noise::StaticKeys;
+use patronus_core::frame::{Frame, VecFrame};
+use patronus_core::tunnel::compress::{decompress, SCRATCH_LEN};
+use patronus_core::tunnel::cookie::CookieChecker;
+use patronus_core::tunnel::messages::{self, Message};
+use patronus_core::tunnel::noise::StaticKeys;
 
 fn keys() -> &'static StaticKeys {
     static K: OnceLock<StaticKeys> = OnceLock::new();

@@ -2,44 +2,14 @@
 //! agent share. Clear text or TLS (with a client certificate for servers
 //! that require mutual TLS), and the bearer token on every call.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
+
+use crate::secrets::{read_secret, Readers};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
-
-/// Who besides its owner may read a secret file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readers {
-    /// Nobody: mode 600 or 400. For private keys of long-lived identities.
-    OwnerOnly,
-    /// The file's group may read it too (440 or 640): Kubernetes mounts a
-    /// Secret that way for a pod that runs as non-root with an `fsGroup`.
-    OwnerAndGroup,
-}
-
-/// Reads a secret (a token, a private key) from a file that others may not
-/// read, nor, unless `readers` allows it, its group.
-pub fn read_secret(path: &Path, readers: Readers) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?
-        .permissions()
-        .mode();
-    let (forbidden, advice, whom) = match readers {
-        Readers::OwnerOnly => (0o077, "chmod 600 it", "group or others"),
-        Readers::OwnerAndGroup => (0o037, "chmod 640 it", "others (or writable by group)"),
-    };
-    if mode & forbidden != 0 {
-        bail!(
-            "{}: readable by {whom} (mode {:o}); {advice}",
-            path.display(),
-            mode & 0o777
-        );
-    }
-    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
-}
 
 /// Where the control plane is and how to prove who we are.
 #[derive(Debug, Clone, Default)]

@@ -2,12 +2,20 @@
 //! code tonic generates from `proto/patronus/v1/*.proto`, and
 //! the client connection set-up that patronusctl and the data plane share, and
 //! the CRD-shaped manifests that patronusctl and the operator convert to them.
+//!
+//! Without its default `grpc` feature the crate is only the naming rules
+//! and the secret-file rules ([`names`], [`secrets`]) that the data plane's
+//! cores share with the API, with no gRPC stack and no `protoc` at build time.
 
+#[cfg(feature = "grpc")]
 pub mod client;
+#[cfg(feature = "grpc")]
 pub mod manifest;
 pub mod names;
+pub mod secrets;
 
 /// `patronus.v1`.
+#[cfg(feature = "grpc")]
 pub mod v1 {
     #![allow(
         missing_docs,
@@ -18,5 +26,6 @@ pub mod v1 {
 }
 
 /// The encoded file descriptor set of `patronus.v1`, for gRPC server reflection.
+#[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("patronus_v1_descriptor");

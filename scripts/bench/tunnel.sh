@@ -279,7 +279,7 @@ for inner in "${SIZES[@]}"; do
 done
 
 echo "== ring ChaCha20-Poly1305 and the engine without DPDK (cargo bench --bench tunnel)" >&2
-cargo bench -q -p patronus-dataplane --bench tunnel -- --warm-up-time 1 --measurement-time 3 >"$OUT/criterion.log" 2>&1
+cargo bench -q -p patronus-core --bench tunnel -- --warm-up-time 1 --measurement-time 3 >"$OUT/criterion.log" 2>&1
 estimate() { # estimate GROUP/ID/SIZE -> median ns per packet
     local group=${1%%/*} id=${1#*/}
     python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['median']['point_estimate'])" \

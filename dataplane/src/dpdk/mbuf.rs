@@ -2,10 +2,10 @@
 
 use std::ptr::NonNull;
 
-use super::Mempool;
+use patronus_core::frame::Frame;
+pub use patronus_core::BURST_SIZE;
 
-/// How many packets one rx or tx burst moves at most.
-pub const BURST_SIZE: usize = 32;
+use super::Mempool;
 
 /// An owned packet buffer (`rte_mbuf`), freed back to its pool on drop.
 ///
@@ -259,5 +259,29 @@ impl RxBurst {
 impl Drop for RxBurst {
     fn drop(&mut self) {
         self.free_remaining();
+    }
+}
+
+/// The cores' packet buffer interface, on mbufs.
+impl Frame for Mbuf {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        Mbuf::data(self)
+    }
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        Mbuf::data_mut(self)
+    }
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        Mbuf::prepend(self, n)
+    }
+    #[inline]
+    fn set_len(&mut self, len: usize) -> bool {
+        Mbuf::set_len(self, len)
+    }
+    #[inline]
+    fn trim_front(&mut self, n: usize) -> bool {
+        Mbuf::adj(self, n)
     }
 }

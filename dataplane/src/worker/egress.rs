@@ -9,14 +9,14 @@ use std::time::{Duration, SystemTime};
 use crossbeam_queue::ArrayQueue;
 use ring::rand::SecureRandom;
 
-use crate::config::{Snapshot, TUNNEL_MAC};
 use crate::dpdk::{Mbuf, Mempool, TxQueue};
-use crate::gateway::Verdict;
-use crate::neighbor::NeighborSnapshot;
-use crate::pending::{Held, PendingQueue};
-use crate::stats::{Counter, Counters, DropReason};
-use crate::tunnel::outer::{self, OuterHeaders, ETHERNET_LEN};
-use crate::tunnel::{PeerId, TunnelIo, Tunnels, Work};
+use patronus_core::config::{Snapshot, TUNNEL_MAC};
+use patronus_core::gateway::Verdict;
+use patronus_core::neighbor::NeighborSnapshot;
+use patronus_core::pending::{Held, PendingQueue};
+use patronus_core::stats::{Counter, Counters, DropReason};
+use patronus_core::tunnel::outer::{self, OuterHeaders, ETHERNET_LEN};
+use patronus_core::tunnel::{PeerId, TunnelIo, Tunnels, Work};
 
 /// Most next hops a worker asks for in one round; the rest are asked by the
 /// pending queue's retransmission timer.

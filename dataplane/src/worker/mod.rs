@@ -20,15 +20,17 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 
-use crate::config::Snapshot;
 use crate::dpdk::{rdtsc, Mbuf, Mempool, RxBurst, RxQueue, TxQueue, BURST_SIZE};
-use crate::gateway::{Context, Gateway, Verdict};
-use crate::neighbor::{NeighborEvent, NeighborShared};
-use crate::pending::PendingQueue;
-use crate::published::Published;
-use crate::stats::{Counter, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS};
-use crate::tunnel::{PeerId, PeerStats, Tunnels, Work};
 use egress::{Egress, EndpointCache, PROBES_PER_ROUND};
+use patronus_core::config::Snapshot;
+use patronus_core::gateway::{Context, Gateway, Verdict};
+use patronus_core::neighbor::{NeighborEvent, NeighborShared};
+use patronus_core::pending::PendingQueue;
+use patronus_core::published::Published;
+use patronus_core::stats::{
+    Counter, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS,
+};
+use patronus_core::tunnel::{PeerId, PeerStats, Tunnels, Work};
 
 /// The worker's [`Egress`], borrowing only the fields it needs, so that
 /// the gateway and the tunnel engine stay usable beside it.
@@ -176,7 +178,7 @@ pub struct WorkerSetup {
 
 impl Worker {
     /// The worker's classification counters (shared with the metrics endpoint).
-    pub fn dpi_counters(&self) -> Arc<crate::dpi::counters::DpiCounters> {
+    pub fn dpi_counters(&self) -> Arc<patronus_core::dpi::counters::DpiCounters> {
         self.gateway.dpi_counters()
     }
 

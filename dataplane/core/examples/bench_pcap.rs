@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use etherparse::PacketBuilder;
-use patronus_dataplane::config::parse_mac;
+use patronus_core::config::parse_mac;
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 
 /// Benchmark capture generator.

@@ -21,6 +21,7 @@ pub mod compress;
 pub mod config;
 pub mod cookie;
 pub mod crypto;
+#[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 pub mod messages;
 pub mod noise;

@@ -11,9 +11,9 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::site::{Peer, SiteState};
 use super::ConfigError;
 use crate::route::{Route, RouteTable};
-use crate::site::{Peer, SiteState};
 use crate::tunnel::noise::{PeerKeys, StaticKeys};
 use crate::tunnel::timers::TimerSettings;
 use crate::tunnel::{PeerConfig, TunnelConfig};
@@ -96,7 +96,7 @@ pub struct TunnelSnapshot {
 /// Reads a base64 key of 32 bytes from a file that only its owner may read.
 fn read_key(path: &std::path::Path, field: &str) -> Result<[u8; 32], ConfigError> {
     let text =
-        patronus_proto::client::read_secret(path, patronus_proto::client::Readers::OwnerOnly)
+        patronus_proto::secrets::read_secret(path, patronus_proto::secrets::Readers::OwnerOnly)
             .map_err(|e| ConfigError::new(field, format!("{e:#}")))?;
     base64::engine::general_purpose::STANDARD
         .decode(text.trim())

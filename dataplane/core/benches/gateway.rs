@@ -3,7 +3,7 @@
 //! the steady state of the forwarding benchmark. Frames are copied in fresh
 //! outside the timed part.
 //!
-//! Run with `cargo bench -p patronus-dataplane --bench gateway`.
+//! Run with `cargo bench -p patronus-core --bench gateway`.
 
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -12,12 +12,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use etherparse::PacketBuilder;
-use patronus_dataplane::config::{Config, Snapshot};
-use patronus_dataplane::frame::VecFrame;
-use patronus_dataplane::gateway::{Context, Gateway, Verdict};
-use patronus_dataplane::neighbor::{
-    NeighborEvent, NeighborManager, NeighborShared, NeighborSnapshot,
-};
+use patronus_core::config::{Config, Snapshot};
+use patronus_core::frame::VecFrame;
+use patronus_core::gateway::{Context, Gateway, Verdict};
+use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared, NeighborSnapshot};
 
 const CONFIG: &str = r#"
 [worker]

@@ -2,7 +2,7 @@
 //! memory bound) and 1k resident flows (cache hot), one key at a time and in
 //! bursts of 32; misses; and insert+expire churn.
 //!
-//! Run with `cargo bench -p patronus-dataplane --bench flow_table`.
+//! Run with `cargo bench -p patronus-core --bench flow_table`.
 
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -11,8 +11,8 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use patronus_dataplane::flow::table::{FlowTable, TableFull};
-use patronus_dataplane::packet::flow_key::{ip_proto, Direction, FlowKey};
+use patronus_core::flow::table::{FlowTable, TableFull};
+use patronus_core::packet::flow_key::{ip_proto, Direction, FlowKey};
 
 const CAPACITY: usize = 1 << 20;
 const SEED: u64 = 0x5EED_F10E;

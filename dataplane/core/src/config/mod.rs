@@ -6,7 +6,6 @@
 //! [`ConfigError`] naming the offending field (`port[1].addresses[0]`).
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -14,42 +13,19 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::route::{Route, RouteTable};
-use crate::site::{Capabilities, PeerSection, PolicySection, SiteSection, SiteSections, SiteState};
+use site::{Capabilities, PeerSection, PolicySection, SiteSection, SiteSections, SiteState};
 use std::sync::Arc;
 
+mod error;
+pub mod site;
 mod tunnel;
+
+pub use error::ConfigError;
 
 pub use tunnel::{TunnelLocal, TunnelSection, TunnelSnapshot, TUNNEL_MAC, TUNNEL_PORT_NAME};
 
 /// The configuration compiled into the binary, used when no file is given.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
-
-/// A configuration that failed to load or validate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted path of the field at fault (`worker.flow_capacity`), or `<file>`
-    /// when the file itself could not be read or parsed.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid config: {}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/default.toml");
 
 /// The file as written (TOML). Unknown keys are rejected.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -214,17 +190,6 @@ impl ControlPlaneSection {
             }
         }
         Ok(())
-    }
-
-    /// The connection settings for the gRPC client.
-    pub fn client_options(&self) -> patronus_proto::client::ClientOptions {
-        patronus_proto::client::ClientOptions {
-            server: self.server.clone(),
-            token_file: self.token_file.clone(),
-            tls_ca: self.tls_ca.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-        }
     }
 }
 
@@ -1220,7 +1185,7 @@ impl Config {
                 "must be at most 1048576",
             ));
         }
-        let classifier = crate::site::classifier_with(&d.applications, &[])?;
+        let classifier = site::classifier_with(&d.applications, &[])?;
         Ok(DpiSnapshot {
             enabled: d.enabled,
             limits: crate::dpi::Limits {

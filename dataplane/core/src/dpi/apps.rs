@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::Category;
 
 /// The built-in catalogue (data, not code): host-name lists and payload signatures.
-pub const BUILTIN: &str = include_str!("../../dpi/applications.toml");
+pub const BUILTIN: &str = include_str!("../../../dpi/applications.toml");
 
 /// One application as users write it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

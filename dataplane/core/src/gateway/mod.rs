@@ -20,7 +20,6 @@ use crossbeam_channel::Sender;
 use std::sync::Arc;
 
 use crate::config::Snapshot;
-use crate::dpdk::BURST_SIZE;
 use crate::dpi::counters::DpiCounters;
 use crate::dpi::{self, Classification, FlowInspection, Inspector};
 use crate::flow::table::{FlowId, FlowTable, ForwardCache, TableFull};
@@ -29,6 +28,7 @@ use crate::neighbor::{NeighborEvent, NeighborSnapshot};
 use crate::packet::flow_key::{Direction, FlowKey};
 use crate::packet::parse::{self, Fragment, Ipv4Info, Ipv6Info, PacketMeta, L3, L4};
 use crate::stats::{Counter, Counters, DropReason};
+use crate::BURST_SIZE;
 
 pub use neighbor_msgs::write_solicitation;
 

@@ -1,7 +1,7 @@
 //! Parser and flow-key cost per frame: 64-byte IPv4/TCP, IPv6/UDP, and a
 //! VLAN-tagged IPv4 frame with options.
 //!
-//! Run with `cargo bench -p patronus-dataplane --bench parse`.
+//! Run with `cargo bench -p patronus-core --bench parse`.
 
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use etherparse::PacketBuilder;
-use patronus_dataplane::packet::parse::parse;
+use patronus_core::packet::parse::parse;
 
 fn frames() -> Vec<(&'static str, Vec<u8>)> {
     let mac = [2, 0, 0, 0, 0, 1];

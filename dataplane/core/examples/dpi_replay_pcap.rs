@@ -15,9 +15,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use etherparse::Ipv4HeaderSlice;
-use patronus_dataplane::config::parse_mac;
-use patronus_dataplane::dpi::offline::{read_capture, to_ethernet};
-use patronus_dataplane::packet::parse::{parse, L3, L4};
+use patronus_core::config::parse_mac;
+use patronus_core::dpi::offline::{read_capture, to_ethernet};
+use patronus_core::packet::parse::{parse, L3, L4};
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 
 /// DPI benchmark capture generator.

@@ -16,11 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use patronus_dataplane::frame::VecFrame;
-use patronus_dataplane::tunnel::memory::MemoryIo;
-use patronus_dataplane::tunnel::noise::{PeerKeys, StaticKeys};
-use patronus_dataplane::tunnel::timers::TimerSettings;
-use patronus_dataplane::tunnel::{PeerConfig, TunnelConfig, TunnelDrop, Tunnels};
+use patronus_core::frame::VecFrame;
+use patronus_core::tunnel::memory::MemoryIo;
+use patronus_core::tunnel::noise::{PeerKeys, StaticKeys};
+use patronus_core::tunnel::timers::TimerSettings;
+use patronus_core::tunnel::{PeerConfig, TunnelConfig, TunnelDrop, Tunnels};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 /// Inner packet sizes of the benchmark.

@@ -1,7 +1,8 @@
 //! The packet buffer interface the forwarding logic works on.
 //!
 //! The gateway logic is generic over [`Frame`] so that it runs on DPDK
-//! mbufs in the workers and on plain vectors in unit tests.
+//! mbufs in the workers and, with the `test-support` feature, on heap
+//! buffers ([`VecFrame`]) in tests, benchmarks and fuzz targets.
 
 /// A mutable packet buffer with room to grow at the front.
 pub trait Frame {
@@ -25,29 +26,7 @@ pub trait Frame {
     }
 }
 
-impl Frame for crate::dpdk::Mbuf {
-    #[inline]
-    fn data(&self) -> &[u8] {
-        crate::dpdk::Mbuf::data(self)
-    }
-    #[inline]
-    fn data_mut(&mut self) -> &mut [u8] {
-        crate::dpdk::Mbuf::data_mut(self)
-    }
-    #[inline]
-    fn prepend(&mut self, n: usize) -> bool {
-        crate::dpdk::Mbuf::prepend(self, n)
-    }
-    #[inline]
-    fn set_len(&mut self, len: usize) -> bool {
-        crate::dpdk::Mbuf::set_len(self, len)
-    }
-    #[inline]
-    fn trim_front(&mut self, n: usize) -> bool {
-        crate::dpdk::Mbuf::adj(self, n)
-    }
-}
-
+#[cfg(any(test, feature = "test-support"))]
 /// A heap frame with fixed headroom and capacity, like an mbuf, for tests
 /// and offline tools.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +36,7 @@ pub struct VecFrame {
     end: usize,
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl VecFrame {
     /// Headroom of a new frame, as in DPDK (RTE_PKTMBUF_HEADROOM).
     pub const HEADROOM: usize = 128;
@@ -93,6 +73,7 @@ impl VecFrame {
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl Frame for VecFrame {
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]

@@ -1,0 +1,206 @@
+use std::sync::OnceLock;
+
+use super::*;
+
+fn classifier() -> &'static Classifier {
+    static C: OnceLock<Classifier> = OnceLock::new();
+    C.get_or_init(|| Classifier::with_user_apps(&[]).expect("the built-in catalogue compiles"))
+}
+
+fn caps(has_v6: bool) -> Capabilities<'static> {
+    Capabilities {
+        classifier: classifier(),
+        has_v4: true,
+        has_v6,
+    }
+}
+
+const KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+fn sections(toml_text: &str) -> SiteSections {
+    #[derive(Deserialize)]
+    struct File {
+        site: Option<SiteSection>,
+        #[serde(default, rename = "peer")]
+        peers: Vec<PeerSection>,
+        #[serde(default, rename = "policy")]
+        policies: Vec<PolicySection>,
+    }
+    let f: File = toml::from_str(toml_text).expect("test TOML parses");
+    SiteSections {
+        site: f.site,
+        peers: f.peers,
+        policies: f.policies,
+        applications: Vec::new(),
+    }
+}
+
+fn file() -> String {
+    format!(
+        r#"
+[site]
+site_id = "branch-1"
+region = "eu-west-1"
+tunnel_endpoint = {{ address = "198.51.100.1", port = 51820 }}
+peers = [{{ site_id = "hq", address = "203.0.113.1" }}]
+
+[[peer]]
+name = "hq"
+endpoint = {{ address = "203.0.113.1", port = 51820 }}
+wireguard = {{ public_key = "{KEY}" }}
+bfd_enabled = true
+
+[[policy]]
+name = "video"
+[[policy.rule]]
+action = "route"
+priority = 100
+conditions = [{{ type = "category", value = "Video" }}]
+path_selection = {{ strategy = "lowest-latency", thresholds = {{ max_latency_ms = 80 }} }}
+[[policy.rule]]
+action = "deny"
+priority = 200
+conditions = [{{ type = "application", value = "BitTorrent" }}, {{ type = "destination-port", value = "6881" }}]
+"#
+    )
+}
+
+fn error(s: &SiteSections, has_v6: bool) -> ConfigError {
+    s.compile(caps(has_v6))
+        .expect_err("the sections are refused")
+}
+
+#[test]
+fn a_file_compiles_with_rules_highest_priority_first() {
+    let state = sections(&file()).compile(caps(false)).unwrap();
+    assert_eq!(state.peers.len(), 1);
+    assert_eq!(
+        state.peers[0].endpoint,
+        Some(("203.0.113.1".to_owned(), 51820))
+    );
+    assert!(state.peers[0].bfd_enabled);
+    let priorities: Vec<u32> = state.rules.iter().map(|r| r.priority).collect();
+    assert_eq!(priorities, [200, 100]);
+    assert_eq!(
+        state.rules[0].conditions,
+        [
+            Match::Application("BitTorrent".into()),
+            Match::DestinationPort(6881)
+        ]
+    );
+    assert_eq!(
+        state.rules[1].conditions,
+        [Match::Category(Category::Video)]
+    );
+}
+
+#[test]
+fn peer_debug_leaves_the_key_out() {
+    let state = sections(&file()).compile(caps(false)).unwrap();
+    let shown = format!("{:?}", state.peers[0]);
+    assert!(
+        shown.contains("hq") && !shown.contains("public_key"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn every_refusal_names_its_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "value = \"BitTorrent\"",
+            "value = \"NoSuchApp\"",
+            "policy[video].rule[1].conditions[0].value",
+        ),
+        (
+            "value = \"Video\"",
+            "value = \"Movies\"",
+            "policy[video].rule[0].conditions[0].value",
+        ),
+        (
+            "value = \"6881\"",
+            "value = \"0\"",
+            "policy[video].rule[1].conditions[1].value",
+        ),
+        (
+            "priority = 200",
+            "priority = 100",
+            "policy[video].rule[1].priority",
+        ),
+        (
+            "max_latency_ms = 80",
+            "max_packet_loss_pct = 101",
+            "policy[video].rule[0].path_selection.thresholds.max_packet_loss_pct",
+        ),
+        (KEY, "c2hvcnQ=", "peer[hq].wireguard.public_key"),
+        (
+            "port = 51820 }\nwireguard",
+            "port = 0 }\nwireguard",
+            "peer[hq].endpoint.port",
+        ),
+        (
+            "address = \"203.0.113.1\", port = 51820 }\nwireguard",
+            "address = \"bad host\", port = 1 }\nwireguard",
+            "peer[hq].endpoint.address",
+        ),
+        ("name = \"hq\"", "name = \"HQ\"", "peer[0].name"),
+        ("site_id = \"branch-1\"", "site_id = \"\"", "site.site_id"),
+        (
+            "site_id = \"hq\", address",
+            "site_id = \"branch-1\", address",
+            "site.peers[0].site_id",
+        ),
+    ];
+    for (from, to, field) in cases {
+        let text = file();
+        assert!(text.contains(from), "{from}");
+        let err = error(&sections(&text.replacen(from, to, 1)), false);
+        assert_eq!(&err.field, field, "{to}: {err}");
+    }
+}
+
+#[test]
+fn route_rules_need_a_path_and_others_must_not_have_one() {
+    let text = file().replace("action = \"route\"", "action = \"allow\"");
+    assert_eq!(
+        error(&sections(&text), false).field,
+        "policy[video].rule[0].path_selection"
+    );
+    let text = file().replace(
+        "path_selection = { strategy = \"lowest-latency\", thresholds = { max_latency_ms = 80 } }",
+        "",
+    );
+    assert_eq!(
+        error(&sections(&text), false).field,
+        "policy[video].rule[0].path_selection"
+    );
+}
+
+#[test]
+fn a_peer_needs_an_address_family_the_gateway_has() {
+    let text = file().replace(
+        "address = \"203.0.113.1\", port = 51820 }\nwireguard",
+        "address = \"2001:db8::1\", port = 51820 }\nwireguard",
+    );
+    let err = error(&sections(&text), false);
+    assert_eq!(err.field, "peer[hq].endpoint.address");
+    assert!(err.message.contains("IPv6"), "{err}");
+    assert!(sections(&text).compile(caps(true)).is_ok());
+}
+
+#[test]
+fn application_names_follow_the_classifier() {
+    for name in [
+        "SSH",
+        "TLS",
+        "YouTube",
+        "TLS.YouTube",
+        "QUIC.YouTube",
+        "Unknown",
+    ] {
+        assert!(classifier().knows(name), "{name}");
+    }
+    for name in ["", "Youtube", "TLS.", "YouTube.TLS", "NoSuchApp"] {
+        assert!(!classifier().knows(name), "{name}");
+    }
+}

@@ -1,0 +1,30 @@
+//! Patronus data-plane cores: everything a worker does to a packet, as
+//! sans-IO code over byte slices and the [`frame::Frame`] trait, with no
+//! DPDK, no async runtime and no gRPC.
+//!
+//! Bytes and time go in, decisions and bytes come out: parsing
+//! ([`packet`]), the flow table ([`flow`]), classification ([`dpi`]), the
+//! tunnel engine ([`tunnel`]), forwarding ([`gateway`]) and the validated
+//! configuration they all read ([`config`]). The `patronus-dataplane` crate
+//! runs them on DPDK ports; tests, benchmarks and fuzz targets run them on
+//! heap buffers (the `test-support` feature).
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod dpi;
+pub mod flow;
+pub mod frame;
+pub mod gateway;
+mod labels;
+pub mod neighbor;
+pub mod packet;
+pub mod pending;
+pub mod published;
+pub mod route;
+pub mod stats;
+pub mod tunnel;
+
+/// How many packets one rx or tx burst, and so one pass of the pipeline,
+/// moves at most.
+pub const BURST_SIZE: usize = 32;

@@ -1,0 +1,200 @@
+//! The control plane's site snapshots as configuration sections: what
+//! [`SiteSections::compile`] validates, exactly as it validates a file's
+//! `[site]`, `[[peer]]` and `[[policy]]`, so that a snapshot the data plane
+//! cannot run is refused with the field at fault.
+
+use patronus_core::config::site::{
+    ConditionKind, ConditionSection, EndpointSection, PathSelection, PeerSection, PolicySection,
+    RuleAction, RuleSection, SitePeerSection, SiteSection, SiteSections, Strategy, Thresholds,
+    WireGuardSection,
+};
+use patronus_core::config::ConfigError;
+use patronus_core::dpi::apps::{AppSpec, Transport};
+use patronus_core::dpi::Category;
+use patronus_proto::v1 as pb;
+
+/// The sections a control-plane snapshot describes. Enumerations the
+/// data plane does not know (a newer control plane) are refused by name.
+///
+/// # Errors
+/// A field the sections cannot express.
+pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, ConfigError> {
+    let endpoint = |e: &Option<pb::Endpoint>| {
+        e.as_ref()
+            .map_or_else(EndpointSection::default, |e| EndpointSection {
+                address: e.address.clone(),
+                port: e.port,
+            })
+    };
+    let name = |m: &Option<pb::ObjectMeta>| m.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+    let site = s
+        .site
+        .as_ref()
+        .and_then(|site| site.spec.as_ref())
+        .map(|spec| SiteSection {
+            site_id: spec.site_id.clone(),
+            display_name: spec.display_name.clone(),
+            region: spec.region.clone(),
+            tunnel_endpoint: spec
+                .tunnel_endpoint
+                .as_ref()
+                .map(|_| endpoint(&spec.tunnel_endpoint)),
+            peers: spec
+                .peers
+                .iter()
+                .map(|p| SitePeerSection {
+                    site_id: p.site_id.clone(),
+                    address: p.address.clone(),
+                })
+                .collect(),
+        });
+    let peers = s
+        .peers
+        .iter()
+        .map(|p| {
+            let spec = p.spec.clone().unwrap_or_default();
+            PeerSection {
+                name: name(&p.metadata),
+                endpoint: spec.endpoint.as_ref().map(|_| endpoint(&spec.endpoint)),
+                wireguard: WireGuardSection {
+                    public_key: spec.wireguard.map(|w| w.public_key).unwrap_or_default(),
+                    preshared_key_file: None,
+                },
+                compression: spec.compression,
+                bfd_enabled: spec.bfd_enabled,
+                allowed_ips: Vec::new(),
+                persistent_keepalive_s: 0,
+            }
+        })
+        .collect();
+    let mut policies = Vec::with_capacity(s.policies.len());
+    for p in &s.policies {
+        let policy_name = name(&p.metadata);
+        let spec = p.spec.clone().unwrap_or_default();
+        let mut rules = Vec::with_capacity(spec.rules.len());
+        for (i, r) in spec.rules.iter().enumerate() {
+            let field = format!("policy[{policy_name}].rule[{i}]");
+            rules.push(rule_from_proto(r, &field)?);
+        }
+        policies.push(PolicySection {
+            name: policy_name,
+            rules,
+        });
+    }
+    let applications = s
+        .applications
+        .iter()
+        .map(app_from_proto)
+        .collect::<Result<_, _>>()?;
+    Ok(SiteSections {
+        site,
+        peers,
+        policies,
+        applications,
+    })
+}
+
+fn app_from_proto(a: &pb::Application) -> Result<AppSpec, ConfigError> {
+    let spec = a.spec.clone().unwrap_or_default();
+    let field = |f: &str| format!("application[{}].{f}", spec.app_name);
+    let category = Category::ALL
+        .iter()
+        .copied()
+        .find(|c| c.to_string() == spec.category)
+        .ok_or_else(|| {
+            ConfigError::new(
+                field("category"),
+                format!("{:?} is not a category", spec.category),
+            )
+        })?;
+    let transport = match spec.transport.as_str() {
+        "" => Transport::Any,
+        "tcp" => Transport::Tcp,
+        "udp" => Transport::Udp,
+        other => {
+            return Err(ConfigError::new(
+                field("transport"),
+                format!("{other:?} is not tcp or udp"),
+            ))
+        }
+    };
+    let ports = spec
+        .ports
+        .iter()
+        .map(|p| u16::try_from(*p).ok().filter(|p| *p != 0))
+        .collect::<Option<Vec<u16>>>()
+        .ok_or_else(|| ConfigError::new(field("ports"), "ports are 1-65535"))?;
+    Ok(AppSpec {
+        name: spec.app_name,
+        category,
+        hosts: spec.hosts,
+        patterns: spec.patterns,
+        transport,
+        ports,
+        tls_ports: Vec::new(),
+        alpn: Vec::new(),
+        host_patterns: Vec::new(),
+        certificate_names: Vec::new(),
+    })
+}
+
+fn rule_from_proto(r: &pb::PolicyRule, field: &str) -> Result<RuleSection, ConfigError> {
+    let unknown = |what: &str, value: i32| {
+        ConfigError::new(
+            format!("{field}.{what}"),
+            format!("value {value} is not one this data plane knows"),
+        )
+    };
+    let action = match pb::RuleAction::try_from(r.action) {
+        Ok(pb::RuleAction::Route) => RuleAction::Route,
+        Ok(pb::RuleAction::Allow) => RuleAction::Allow,
+        Ok(pb::RuleAction::Deny) => RuleAction::Deny,
+        _ => return Err(unknown("action", r.action)),
+    };
+    let mut conditions = Vec::with_capacity(r.conditions.len());
+    for (j, c) in r.conditions.iter().enumerate() {
+        let kind = match pb::ConditionType::try_from(c.r#type) {
+            Ok(pb::ConditionType::Application) => ConditionKind::Application,
+            Ok(pb::ConditionType::Category) => ConditionKind::Category,
+            Ok(pb::ConditionType::SourcePrefix) => ConditionKind::SourcePrefix,
+            Ok(pb::ConditionType::DestinationPrefix) => ConditionKind::DestinationPrefix,
+            Ok(pb::ConditionType::DestinationPort) => ConditionKind::DestinationPort,
+            Ok(pb::ConditionType::Dscp) => ConditionKind::Dscp,
+            _ => return Err(unknown(&format!("conditions[{j}].type"), c.r#type)),
+        };
+        conditions.push(ConditionSection {
+            kind,
+            value: c.value.clone(),
+        });
+    }
+    let path_selection = match &r.path_selection {
+        None => None,
+        Some(ps) => {
+            let strategy = match pb::PathSelectionStrategy::try_from(ps.strategy) {
+                Ok(pb::PathSelectionStrategy::LowestLatency) => Strategy::LowestLatency,
+                Ok(pb::PathSelectionStrategy::HighestBandwidth) => Strategy::HighestBandwidth,
+                Ok(pb::PathSelectionStrategy::LeastCost) => Strategy::LeastCost,
+                _ => return Err(unknown("path_selection.strategy", ps.strategy)),
+            };
+            let t = ps.thresholds.unwrap_or_default();
+            Some(PathSelection {
+                strategy,
+                thresholds: Thresholds {
+                    max_latency_ms: t.max_latency_ms,
+                    max_packet_loss_pct: t.max_packet_loss_pct,
+                    max_jitter_ms: t.max_jitter_ms,
+                    min_bandwidth_mbps: t.min_bandwidth_mbps,
+                },
+            })
+        }
+    };
+    Ok(RuleSection {
+        action,
+        priority: r.priority,
+        conditions,
+        path_selection,
+    })
+}
+
+#[cfg(test)]
+mod tests;
