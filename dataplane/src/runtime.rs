@@ -24,13 +24,14 @@ use crate::dpdk::{
     self, launch_on_lcore, worker_lcores, Eal, Mempool, Port, PortConfig, BURST_SIZE,
 };
 use crate::metrics::{DataplaneCollector, Health, HttpServer};
-use crate::worker::{Clock, Worker, WorkerSetup};
+use crate::worker::{Clock, DpdkHost, DpdkRx, DpdkWorker};
 use patronus_core::config::site::{classifier_with, Capabilities, SiteSections};
 use patronus_core::config::{Config, Snapshot};
 use patronus_core::neighbor::{NeighborManager, NeighborShared};
 use patronus_core::published::Published;
 use patronus_core::stats::Counter;
 use patronus_core::stats::SharedCounters;
+use patronus_core::worker::{tunnel_inboxes, WorkerSetup};
 use patronus_proto::v1::{
     DataplaneCounters, DataplaneEvent, EventType, PeerTelemetry, TunnelState,
 };
@@ -155,7 +156,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             patronus_core::tunnel::MAX_WORKERS
         );
     }
-    let inboxes = crate::worker::tunnel_inboxes(lcores.len());
+    let inboxes = tunnel_inboxes(lcores.len());
     // Every worker reports what it learns into one bounded channel that the
     // neighbour manager drains.
     let (events, event_receiver) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
@@ -168,10 +169,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                (
-                    i as u16,
-                    p.rx_queue(queue).expect("each rx queue is handed out once"),
-                )
+                let rxq = p.rx_queue(queue).expect("each rx queue is handed out once");
+                (i as u16, DpdkRx::new(rxq))
             })
             .collect();
         let tx = ports
@@ -182,15 +181,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             index,
             rx,
             tx,
-            pool: pool.clone(),
+            host: DpdkHost::new(pool.clone(), clock),
             config: config.clone(),
             neighbors: neighbors.clone(),
             events: events.clone(),
             stats: shared,
             stop: stop.clone(),
-            clock,
             seed: seed_for(index),
-            workers: lcores.len(),
             inboxes: inboxes.clone(),
             tunnel_stats: {
                 let shared = Arc::new(patronus_core::stats::SharedTunnelStats::default());
@@ -199,15 +196,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             },
         };
         // The flow table is allocated here, before the lcore starts polling.
-        let worker = Worker::new(setup);
-        dpi_stats.push(worker.dpi_counters());
+        let worker = DpdkWorker::new(setup);
+        dpi_stats.push(worker.pipeline().dpi_counters());
         let alive = health.clone();
         alive.workers_alive.fetch_add(1, Ordering::AcqRel);
         alive.workers_total.fetch_add(1, Ordering::AcqRel);
         let handle = launch_on_lcore(&eal, lcore, move || {
-            let code = worker.run();
+            tracing::info!(worker = index, "worker started");
+            worker.run();
+            tracing::info!(worker = index, "worker stopped");
             alive.workers_alive.fetch_sub(1, Ordering::AcqRel);
-            code
+            0
         })
         .with_context(|| format!("launching worker {index} on {lcore}"))?;
         handles.push(handle);

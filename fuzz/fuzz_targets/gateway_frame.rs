@@ -1,9 +1,10 @@
-//! Drives arbitrary frames through the whole forwarding logic (parse,
-//! classify, flow table, route, ICMP errors, echo replies, ARP and ND
-//! answers built in place, the tunnel port's routes and listen port) and
-//! checks that it never panics and that every frame it sends is a frame
-//! the parser accepts. The first byte also picks the tunnel port as the
-//! ingress, as for a decrypted packet.
+//! Drives arbitrary frames through the whole pipeline (parse, admit, the
+//! tunnel engine for datagrams to the listen port, local answers built in
+//! place, flow table, DPI, route, ICMP errors, encryption toward the
+//! tunnel's peer, neighbour rewrite) and checks that it never panics, that
+//! every packet ends sent, held for a next hop or gone, and that every
+//! frame it sends is a frame the parser accepts. The first byte also picks
+//! the tunnel port as the ingress, as for a decrypted packet.
 //!
 //! Run from the `fuzz/` directory: `cargo +nightly fuzz run gateway_frame`
 
@@ -14,11 +15,11 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use patronus_core::config::{Config, Snapshot};
 use patronus_core::frame::{Frame, VecFrame};
-use patronus_core::gateway::{Context, Gateway, Verdict};
-use patronus_core::neighbor::{
-    NeighborEvent, NeighborManager, NeighborShared, NeighborSnapshot,
-};
+use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared, NeighborSnapshot};
 use patronus_core::packet::parse::parse;
+use patronus_core::pipeline::{Burst, Context, Next, Pipeline, PipelineSetup};
+use patronus_core::tunnel::memory::MemoryIo;
+use patronus_core::worker::tunnel_inboxes;
 
 const CONFIG: &str = r#"
 [worker]
@@ -101,7 +102,17 @@ fuzz_target!(|data: &[u8]| {
     }
     let w = world();
     let (events, _rx) = crossbeam_channel::bounded(16);
-    let mut gateway = Gateway::new(&w.cfg, events, 1);
+    let mut pipeline = Pipeline::new(
+        &w.cfg,
+        PipelineSetup {
+            worker: 0,
+            inboxes: tunnel_inboxes(1),
+            events,
+            seed: 1,
+        },
+    );
+    let mut burst = Burst::<VecFrame>::boxed();
+    let mut env = MemoryIo::seeded(1);
     // The first byte picks the ingress port; the rest is the frame, sent
     // twice so that the second pass meets a cached forwarding decision.
     let tunnel = w.cfg.tunnel_port().expect("the fuzz world has a tunnel");
@@ -110,32 +121,30 @@ fuzz_target!(|data: &[u8]| {
         p => u16::from(p),
     };
     for round in 0..2u64 {
-        let mut frame = VecFrame::new(&data[1..]);
+        burst
+            .push_received(in_port, VecFrame::new(&data[1..]))
+            .expect("an empty burst has room");
         let ctx = Context {
             cfg: &w.cfg,
             neighbors: &w.neighbors,
             fwd_generation: 1,
             now_ns: round * 1_000_000_000,
         };
-        match gateway.process(&ctx, in_port, &mut frame) {
-            Verdict::Transmit(port) => {
-                assert!(port <= tunnel);
+        env.now_ns = ctx.now_ns;
+        pipeline.run(&ctx, &mut burst, &mut env);
+        burst.drain(|next, frame| match next {
+            // Out of a device: a frame the parser accepts (the tunnel port
+            // is never transmitted on; its packets leave encrypted).
+            Next::Transmit(port) => {
+                assert!(port < tunnel, "transmitted on port {port}");
                 assert!(
                     parse(frame.data()).is_ok(),
                     "sent a frame the parser rejects: {:02x?}",
                     frame.data()
                 );
             }
-            Verdict::Resolve { port, .. } => assert!(port < 2),
-            Verdict::Tunnel { peer } => {
-                assert_eq!(peer, 0);
-                // What the tunnel encrypts is an IP packet behind an Ethernet header.
-                assert!(parse(frame.data()).is_ok(), "into the tunnel: {:02x?}", frame.data());
-            }
-            Verdict::TunnelDatagram { payload, .. } => {
-                assert!(in_port < 2 && usize::from(payload) <= frame.len());
-            }
-            Verdict::Drop | Verdict::Consumed => {}
-        }
+            Next::Resolve { port, .. } => assert!(port < tunnel),
+            other => panic!("left at {other:?}"),
+        });
     }
 });

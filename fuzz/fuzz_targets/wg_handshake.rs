@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use patronus_core::frame::{Frame, VecFrame};
+use patronus_core::tunnel::memory::MemoryIo;
 use patronus_core::tunnel::noise::{PeerKeys, StaticKeys};
 use patronus_core::tunnel::timers::TimerSettings;
-use patronus_core::tunnel::memory::MemoryIo;
 use patronus_core::tunnel::{PeerConfig, TunnelConfig, Tunnels};
 
 fn config(me: u8, peer: u8, allowed: &str, compression: bool) -> TunnelConfig {
@@ -42,7 +42,9 @@ fn config(me: u8, peer: u8, allowed: &str, compression: bool) -> TunnelConfig {
 }
 
 fn packet(n: u16) -> VecFrame {
-    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 1, 0, 5, 10, 2, 0, 9];
+    let mut p = vec![
+        0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 1, 0, 5, 10, 2, 0, 9,
+    ];
     p.extend_from_slice(&n.to_be_bytes());
     p.extend(std::iter::repeat_n(b'x', usize::from(n % 200)));
     let len = p.len() as u16;
@@ -50,8 +52,53 @@ fn packet(n: u16) -> VecFrame {
     VecFrame::new(&p)
 }
 
+/// `engine` takes a datagram; `host` keeps what comes of it.
+fn receive(
+    engine: &mut Tunnels<VecFrame>,
+    cfg: &TunnelConfig,
+    from: SocketAddr,
+    frame: VecFrame,
+    now: u64,
+    host: &mut MemoryIo,
+) {
+    let outcome = engine.receive(cfg, from, frame, now, host);
+    host.record(outcome, engine);
+}
+
+/// `engine` takes an inner packet for peer 0; `host` keeps what comes of it.
+fn send(
+    engine: &mut Tunnels<VecFrame>,
+    cfg: &TunnelConfig,
+    peer: u32,
+    frame: VecFrame,
+    now: u64,
+    host: &mut MemoryIo,
+) {
+    let outcome = engine.send(cfg, peer, frame, now, host);
+    host.record(outcome, engine);
+}
+
+/// `engine` runs its due timers; `host` keeps what they send.
+fn timeouts(
+    engine: &mut Tunnels<VecFrame>,
+    cfg: &TunnelConfig,
+    now: u64,
+    budget: usize,
+    host: &mut MemoryIo,
+) {
+    engine.handle_timeouts(cfg, now, budget, host);
+    while let Some(datagram) = engine.poll_transmit() {
+        host.sent.push(datagram);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    let a_cfg = config(1, 2, "10.2.0.0/24", data.first().is_some_and(|b| b & 1 == 1));
+    let a_cfg = config(
+        1,
+        2,
+        "10.2.0.0/24",
+        data.first().is_some_and(|b| b & 1 == 1),
+    );
     let b_cfg = config(2, 1, "10.1.0.0/24", false);
     let mut alice = Tunnels::<VecFrame>::new(0, 1, &a_cfg, [1; 16]);
     let mut bob = Tunnels::<VecFrame>::new(0, 1, &b_cfg, [2; 16]);
@@ -70,22 +117,22 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 n = n.wrapping_add(1);
                 sent_payloads.insert(packet(n).data().to_vec());
-                alice.send(&a_cfg, 0, packet(n), now, &mut ha);
+                send(&mut alice, &a_cfg, 0, packet(n), now, &mut ha);
             }
             1 => now += u64::from(arg) * 50_000_000,
             2 => {
                 ha.now_ns = now;
                 hb.now_ns = now;
-                alice.poll(&a_cfg, now, 4, &mut ha);
-                bob.poll(&b_cfg, now, 4, &mut hb);
+                timeouts(&mut alice, &a_cfg, now, 4, &mut ha);
+                timeouts(&mut bob, &b_cfg, now, 4, &mut hb);
             }
             // What the network does to Alice's oldest datagram in flight.
             3..=6 if !ha.sent.is_empty() => {
                 let mut frame = ha.sent.remove(0).1;
                 match op % 8 {
-                    3 => bob.receive(&b_cfg, from_alice, frame, now, &mut hb),
+                    3 => receive(&mut bob, &b_cfg, from_alice, frame, now, &mut hb),
                     4 => {
-                        bob.receive(&b_cfg, from_alice, frame.clone(), now, &mut hb);
+                        receive(&mut bob, &b_cfg, from_alice, frame.clone(), now, &mut hb);
                         delayed.push(frame);
                     }
                     5 => {
@@ -93,7 +140,7 @@ fuzz_target!(|data: &[u8]| {
                         if len > 0 {
                             frame.data_mut()[usize::from(arg) % len] ^= 1 << (arg % 8);
                         }
-                        bob.receive(&b_cfg, from_alice, frame, now, &mut hb);
+                        receive(&mut bob, &b_cfg, from_alice, frame, now, &mut hb);
                     }
                     _ => drop(frame),
                 }
@@ -102,21 +149,34 @@ fuzz_target!(|data: &[u8]| {
             7 => {
                 let len = usize::from(arg);
                 let bytes: Vec<u8> = input.by_ref().take(len).collect();
-                bob.receive(&b_cfg, from_alice, VecFrame::new(&bytes), now, &mut hb);
+                receive(
+                    &mut bob,
+                    &b_cfg,
+                    from_alice,
+                    VecFrame::new(&bytes),
+                    now,
+                    &mut hb,
+                );
             }
             _ => {
                 if let Some(frame) = delayed.pop() {
-                    bob.receive(&b_cfg, from_alice, frame, now, &mut hb);
+                    receive(&mut bob, &b_cfg, from_alice, frame, now, &mut hb);
                 }
             }
         }
         // Bob's answers always reach Alice.
         for (_, frame) in hb.sent.drain(..) {
-            alice.receive(&a_cfg, from_bob, frame, now, &mut ha);
+            receive(&mut alice, &a_cfg, from_bob, frame, now, &mut ha);
         }
-        assert!(ha.handoffs.is_empty() && hb.handoffs.is_empty(), "one worker owns every peer");
+        assert!(
+            ha.handoffs.is_empty() && hb.handoffs.is_empty(),
+            "one worker owns every peer"
+        );
         for (_, got) in hb.delivered.drain(..) {
-            assert!(sent_payloads.contains(got.data()), "Bob delivered a packet Alice never sent");
+            assert!(
+                sent_payloads.contains(got.data()),
+                "Bob delivered a packet Alice never sent"
+            );
         }
         ha.delivered.clear();
     }

@@ -24,12 +24,22 @@ fuzz_target!(|data: &[u8]| {
     match messages::parse(data) {
         Ok(Message::Initiation(m)) => {
             assert_eq!(data.len(), messages::INITIATION_LEN);
-            let _ = (m.sender(), m.ephemeral(), m.encrypted_static(), m.encrypted_timestamp());
+            let _ = (
+                m.sender(),
+                m.ephemeral(),
+                m.encrypted_static(),
+                m.encrypted_timestamp(),
+            );
             let _ = CookieChecker::mac1_valid(keys(), data);
         }
         Ok(Message::Response(m)) => {
             assert_eq!(data.len(), messages::RESPONSE_LEN);
-            let _ = (m.sender(), m.receiver(), m.ephemeral(), m.encrypted_nothing());
+            let _ = (
+                m.sender(),
+                m.receiver(),
+                m.ephemeral(),
+                m.encrypted_nothing(),
+            );
             let _ = CookieChecker::mac1_valid(keys(), data);
         }
         Ok(Message::CookieReply(m)) => {

@@ -20,7 +20,7 @@ use patronus_core::frame::VecFrame;
 use patronus_core::tunnel::memory::MemoryIo;
 use patronus_core::tunnel::noise::{PeerKeys, StaticKeys};
 use patronus_core::tunnel::timers::TimerSettings;
-use patronus_core::tunnel::{PeerConfig, TunnelConfig, TunnelDrop, Tunnels};
+use patronus_core::tunnel::{Outcome, PeerConfig, TunnelConfig, TunnelDrop, Tunnels};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 /// Inner packet sizes of the benchmark.
@@ -64,13 +64,16 @@ fn pair() -> (
     let mut b = Tunnels::new(0, 1, &b_cfg, [2; 16]);
     let (mut ha, mut hb) = (MemoryIo::seeded(1), MemoryIo::seeded(2));
     let from: SocketAddr = "192.0.2.1:51820".parse().unwrap();
-    a.send(&a_cfg, 0, VecFrame::new(&packet(64)), 1, &mut ha);
+    let sent = a.send(&a_cfg, 0, VecFrame::new(&packet(64)), 1, &mut ha);
+    ha.record(sent, &mut a);
     for _ in 0..3 {
-        for (_, f) in ha.sent.drain(..) {
-            b.receive(&b_cfg, from, f, 1, &mut hb);
+        for (_, f) in std::mem::take(&mut ha.sent) {
+            let received = b.receive(&b_cfg, from, f, 1, &mut hb);
+            hb.record(received, &mut b);
         }
-        for (_, f) in hb.sent.drain(..) {
-            a.receive(&a_cfg, from, f, 1, &mut ha);
+        for (_, f) in std::mem::take(&mut hb.sent) {
+            let received = a.receive(&a_cfg, from, f, 1, &mut ha);
+            ha.record(received, &mut a);
         }
     }
     assert_eq!(hb.delivered.len(), 1, "the session is up");
@@ -104,10 +107,7 @@ fn bench(c: &mut Criterion) {
             // what the routine returns afterwards).
             bench.iter_batched(
                 || VecFrame::new(&inner),
-                |frame| {
-                    a.send(&a_cfg, 0, frame, 2, &mut ha);
-                    ha.sent.pop()
-                },
+                |frame| a.send(&a_cfg, 0, frame, 2, &mut ha),
                 BatchSize::SmallInput,
             )
         });
@@ -124,13 +124,12 @@ fn bench(c: &mut Criterion) {
             bench.iter_batched(
                 || {
                     // A fresh message each time: the replay window refuses repeats.
-                    a.send(&a_cfg, 0, VecFrame::new(&inner), 2, &mut ha);
-                    ha.sent.pop().expect("a data message").1
+                    match a.send(&a_cfg, 0, VecFrame::new(&inner), 2, &mut ha) {
+                        Outcome::Transmit { frame, .. } => frame,
+                        other => panic!("a data message, not {other:?}"),
+                    }
                 },
-                |message| {
-                    b.receive(&b_cfg, from, message, 2, &mut hb);
-                    hb.delivered.pop()
-                },
+                |message| b.receive(&b_cfg, from, message, 2, &mut hb),
                 BatchSize::SmallInput,
             )
         });

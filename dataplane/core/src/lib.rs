@@ -15,15 +15,18 @@ pub mod config;
 pub mod dpi;
 pub mod flow;
 pub mod frame;
-pub mod gateway;
 mod labels;
 pub mod neighbor;
 pub mod packet;
 pub mod pending;
+pub mod pipeline;
 pub mod published;
 pub mod route;
 pub mod stats;
+#[cfg(test)]
+mod testing;
 pub mod tunnel;
+pub mod worker;
 
 /// How many packets one rx or tx burst, and so one pass of the pipeline,
 /// moves at most.

@@ -475,19 +475,16 @@ impl RxQueue {
         self.queue
     }
 
-    /// Receives up to [`BURST_SIZE`] packets into `burst` (whose leftovers are freed first).
+    /// Receives up to `max` (at most [`BURST_SIZE`]) packets into `burst`
+    /// (whose leftovers are freed first).
     #[inline]
-    pub fn rx_burst(&mut self, burst: &mut RxBurst) -> usize {
+    pub fn rx_burst(&mut self, burst: &mut RxBurst, max: usize) -> usize {
         let slots = burst.refill_slots();
+        let max = max.min(BURST_SIZE) as u16;
         // SAFETY: `self` is the only handle to this queue (claimed once), the
-        // port outlives it (Arc), and `slots` has room for BURST_SIZE pointers.
+        // port outlives it (Arc), and `slots` has room for BURST_SIZE >= max pointers.
         let n = unsafe {
-            dpdk_sys::shim_rte_eth_rx_burst(
-                self.port.id.0,
-                self.queue,
-                slots.as_mut_ptr(),
-                BURST_SIZE as u16,
-            )
+            dpdk_sys::shim_rte_eth_rx_burst(self.port.id.0, self.queue, slots.as_mut_ptr(), max)
         };
         burst.set_received(usize::from(n));
         usize::from(n)

@@ -1,10 +1,15 @@
 //! Encrypted tunnels that speak the WireGuard protocol, as a sans-IO engine.
 //!
 //! [`Tunnels`] is one worker's share of the tunnels: packets and datagrams
-//! go in with the time, and everything it wants done (send a datagram to an
-//! endpoint, deliver a decrypted packet, hand work to the worker that owns a
-//! peer) goes out through [`TunnelIo`]. It never touches DPDK, a socket or
-//! the clock, so the whole protocol is tested on plain buffers.
+//! go in with the time, in the manner of quinn-proto's `Connection`. What
+//! becomes of the packet or datagram handed in is returned ([`Outcome`]:
+//! a datagram to send, a decrypted packet, work for the worker that owns
+//! the peer); messages the engine originates itself (handshake initiations,
+//! keepalives, packets that waited for a handshake) are queued and taken
+//! with [`Tunnels::poll_transmit`]; [`Tunnels::poll_timeout`] tells when
+//! [`Tunnels::handle_timeouts`] next has work. Buffers, entropy and the
+//! wall clock come from the host ([`TunnelEnv`]). It never touches DPDK, a
+//! socket or the clock, so the whole protocol is tested on plain buffers.
 //!
 //! Each peer is owned by one worker (`peer % workers`): its handshake,
 //! sessions, replay windows and timers live there and nowhere else, so
@@ -31,7 +36,7 @@ pub mod replay;
 pub mod session;
 pub mod timers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -51,6 +56,8 @@ pub type PeerId = u32;
 
 /// Packets waiting per peer for a session.
 const STAGED_PER_PEER: usize = 64;
+/// Room reserved for originated datagrams between two [`Tunnels::poll_transmit`] drains.
+const TRANSMIT_QUEUE: usize = 2 * STAGED_PER_PEER;
 /// Initiations from one peer closer together than this are refused (50 per second).
 const INITIATION_MIN_INTERVAL_NS: u64 = 20_000_000;
 /// How long the engine stays in cookie mode after the load threshold was crossed.
@@ -192,20 +199,47 @@ pub enum Work<F> {
     },
 }
 
-/// What the engine asks of the worker that runs it.
-pub trait TunnelIo<F: Frame> {
+/// What the engine needs from its host: buffers for the messages it
+/// originates, entropy, and the wall clock. Inputs only: everything the
+/// engine produces is returned or queued.
+pub trait TunnelEnv<F: Frame> {
     /// An empty buffer for a message the engine originates; `None` when none is free.
     fn alloc(&mut self) -> Option<F>;
-    /// Sends WireGuard message `frame` as a UDP payload to `to`.
-    fn send(&mut self, to: SocketAddr, frame: F);
-    /// Hands a decrypted IP packet from `peer` back to forwarding.
-    fn deliver(&mut self, peer: PeerId, frame: F);
-    /// Passes `work` to worker `worker`, which owns its peer.
-    fn handoff(&mut self, worker: usize, work: Work<F>);
     /// Fills `out` with cryptographically secure random bytes.
     fn random(&mut self, out: &mut [u8]);
     /// The wall-clock time since the Unix epoch (for handshake timestamps).
     fn unix_time(&mut self) -> Duration;
+}
+
+/// What became of a packet or datagram handed to the engine.
+#[derive(Debug)]
+pub enum Outcome<F> {
+    /// Send this WireGuard message as a UDP payload to `to`: the packet
+    /// sealed in place, or a handshake answer built in the datagram's buffer.
+    Transmit {
+        /// The endpoint.
+        to: SocketAddr,
+        /// The message.
+        frame: F,
+    },
+    /// A decrypted IP packet from `peer`, trimmed to its length, its source
+    /// checked against the peer's allowed IPs.
+    Deliver {
+        /// The peer it came from.
+        peer: PeerId,
+        /// The inner packet.
+        frame: F,
+    },
+    /// Another worker owns the peer: pass `work` to worker `worker`.
+    HandOff {
+        /// The owning worker.
+        worker: usize,
+        /// The packet or datagram, unchanged.
+        work: Work<F>,
+    },
+    /// Kept (queued until a handshake completes), or consumed: a handshake
+    /// message taken in, or a drop that the engine counted.
+    Done,
 }
 
 /// Cookie mode: entered when handshake messages arrive faster than the threshold.
@@ -250,6 +284,8 @@ pub struct Tunnels<F> {
     counters: TunnelCounters,
     /// Where packets are compressed into and restored from.
     scratch: Box<[u8]>,
+    /// Datagrams the engine originated, for [`Tunnels::poll_transmit`].
+    transmits: VecDeque<(SocketAddr, F)>,
 }
 
 impl<F> std::fmt::Debug for Tunnels<F> {
@@ -284,6 +320,7 @@ impl<F: Frame> Tunnels<F> {
             identity: *cfg.keys.public(),
             counters: TunnelCounters::default(),
             scratch: vec![0; compress::SCRATCH_LEN].into_boxed_slice(),
+            transmits: VecDeque::with_capacity(TRANSMIT_QUEUE),
         };
         t.reconfigure(cfg);
         t
@@ -334,6 +371,17 @@ impl<F: Frame> Tunnels<F> {
         &self.counters
     }
 
+    /// Counts a drop for `reason`; the packet's buffer goes with the caller's frame.
+    fn dropped(&mut self, reason: TunnelDrop) -> Outcome<F> {
+        self.counters.drop(reason);
+        Outcome::Done
+    }
+
+    /// Packets waiting for `peer`'s handshake (on its owner).
+    pub fn queued(&self, peer: PeerId) -> usize {
+        self.peers.get(peer as usize).map_or(0, |p| p.staged.len())
+    }
+
     /// Figures of `peer` (meaningful on its owner only).
     pub fn peer_stats(&self, peer: PeerId, cfg: &TunnelConfig, now: u64) -> PeerStats {
         self.peers
@@ -345,41 +393,80 @@ impl<F: Frame> Tunnels<F> {
             })
     }
 
-    /// Encrypts IP packet `frame` for `peer` and sends it, or queues it
-    /// while a handshake runs.
+    /// Encrypts IP packet `frame` for `peer`: the datagram to send, or
+    /// [`Outcome::Done`] when it waits for a handshake (or was dropped).
     pub fn send(
         &mut self,
         cfg: &TunnelConfig,
         peer: PeerId,
         frame: F,
         now: u64,
-        io: &mut impl TunnelIo<F>,
-    ) {
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
         if !self.owns(peer) {
-            io.handoff(self.owner(peer), Work::Send { peer, frame });
-            return;
+            return Outcome::HandOff {
+                worker: self.owner(peer),
+                work: Work::Send { peer, frame },
+            };
         }
-        self.send_owned(cfg, peer, frame, now, io);
+        match self.send_owned(cfg, peer, frame, now, env) {
+            Some((to, frame)) => Outcome::Transmit { to, frame },
+            None => Outcome::Done,
+        }
     }
 
+    /// Runs work another worker handed over (see [`Outcome::HandOff`]).
+    pub fn handle_work(
+        &mut self,
+        cfg: &TunnelConfig,
+        work: Work<F>,
+        now: u64,
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
+        match work {
+            Work::Send { peer, frame } => self.send(cfg, peer, frame, now, env),
+            Work::Receive { from, frame } => self.receive(cfg, from, frame, now, env),
+        }
+    }
+
+    /// The next datagram the engine originated (handshake messages,
+    /// keepalives, packets released by a completed handshake), with its
+    /// endpoint. Drain it after every call that may have queued one.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, F)> {
+        self.transmits.pop_front()
+    }
+
+    /// The earliest time at which a timer of a peer this worker owns is due
+    /// ([`Tunnels::handle_timeouts`] has work then), or `None` when none is
+    /// armed. Walks every owned peer: for tests and idle hosts, not per packet.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| self.owns(*id as PeerId))
+            .filter_map(|(_, p)| p.timers.next_deadline())
+            .min()
+    }
+
+    /// Seals `frame` for `peer` (owned here) and returns it with its
+    /// endpoint, or stages it for a handshake (`None`).
     fn send_owned(
         &mut self,
         cfg: &TunnelConfig,
         peer: PeerId,
         mut frame: F,
         now: u64,
-        io: &mut impl TunnelIo<F>,
-    ) {
+        env: &mut impl TunnelEnv<F>,
+    ) -> Option<(SocketAddr, F)> {
         let s = &cfg.timers;
-        let Some(state) = self.peers.get_mut(peer as usize) else {
-            return;
-        };
+        let state = self.peers.get_mut(peer as usize)?;
         let Some(endpoint) = state.endpoint else {
             self.counters.drop(TunnelDrop::NoEndpoint);
-            return;
+            return None;
         };
         let len = frame.len();
         let mut rekey = false;
+        let mut sealed = None;
         // Compressed only when it is about to be sealed: a queued packet is
         // compressed when it finally goes, and counted once.
         if cfg.peers[peer as usize].compression && len > 0 && state.usable(now, s).is_some() {
@@ -396,7 +483,7 @@ impl<F: Frame> Tunnels<F> {
                     if len > 0 {
                         state.stats.tx_packets += 1;
                         state.stats.tx_bytes += len as u64;
-                        state.timers.data_sent(now, s, || jitter(io));
+                        state.timers.data_sent(now, s, || jitter(env));
                     } else {
                         self.counters.event(TunnelEvent::KeepalivesSent);
                     }
@@ -404,7 +491,7 @@ impl<F: Frame> Tunnels<F> {
                     state
                         .timers
                         .any_traversal(now, persistent_ns(&cfg.peers[peer as usize]));
-                    io.send(endpoint, frame);
+                    sealed = Some((endpoint, frame));
                 }
                 Err(SealError::NoRoom) => self.counters.drop(TunnelDrop::NoBuffer),
                 Err(SealError::Exhausted) => {
@@ -418,8 +505,9 @@ impl<F: Frame> Tunnels<F> {
             }
         }
         if rekey {
-            self.initiate(cfg, peer, now, false, io);
+            self.initiate(cfg, peer, now, false, env);
         }
+        sealed
     }
 
     fn stage(&mut self, peer: PeerId, frame: F) {
@@ -438,13 +526,15 @@ impl<F: Frame> Tunnels<F> {
         cfg: &TunnelConfig,
         peer: PeerId,
         now: u64,
-        io: &mut impl TunnelIo<F>,
+        env: &mut impl TunnelEnv<F>,
     ) -> bool {
         let staged = std::mem::take(&mut self.peers[peer as usize].staged);
         let any = !staged.is_empty();
         let mut staged = staged;
         while let Some(frame) = staged.pop_front() {
-            self.send_owned(cfg, peer, frame, now, io);
+            if let Some(datagram) = self.send_owned(cfg, peer, frame, now, env) {
+                self.transmits.push_back(datagram);
+            }
         }
         // Keep the queue's allocation for next time.
         let queue = &mut self.peers[peer as usize].staged;
@@ -459,18 +549,20 @@ impl<F: Frame> Tunnels<F> {
         cfg: &TunnelConfig,
         peer: PeerId,
         now: u64,
-        io: &mut impl TunnelIo<F>,
+        env: &mut impl TunnelEnv<F>,
     ) {
-        match io.alloc() {
-            Some(frame) => self.send_owned(cfg, peer, frame, now, io),
-            None => self.counters.drop(TunnelDrop::NoBuffer),
+        let Some(frame) = env.alloc() else {
+            return self.counters.drop(TunnelDrop::NoBuffer);
+        };
+        if let Some(datagram) = self.send_owned(cfg, peer, frame, now, env) {
+            self.transmits.push_back(datagram);
         }
     }
 
-    fn new_index(&mut self, peer: PeerId, io: &mut impl TunnelIo<F>) -> u32 {
+    fn new_index(&mut self, peer: PeerId, env: &mut impl TunnelEnv<F>) -> u32 {
         loop {
             let mut r = [0u8; 4];
-            io.random(&mut r);
+            env.random(&mut r);
             let index = (self.worker << 24) | (u32::from_le_bytes(r) & 0x00ff_ffff);
             if let std::collections::hash_map::Entry::Vacant(slot) = self.indices.entry(index) {
                 slot.insert(peer);
@@ -487,7 +579,7 @@ impl<F: Frame> Tunnels<F> {
         peer: PeerId,
         now: u64,
         retransmit: bool,
-        io: &mut impl TunnelIo<F>,
+        env: &mut impl TunnelEnv<F>,
     ) {
         let s = &cfg.timers;
         let pc = &cfg.peers[peer as usize];
@@ -504,7 +596,7 @@ impl<F: Frame> Tunnels<F> {
             self.counters.drop(TunnelDrop::NoEndpoint);
             return;
         };
-        let Some(mut frame) = io.alloc() else {
+        let Some(mut frame) = env.alloc() else {
             self.counters.drop(TunnelDrop::NoBuffer);
             return;
         };
@@ -515,11 +607,11 @@ impl<F: Frame> Tunnels<F> {
         if let Some(old) = self.peers[peer as usize].handshake.take() {
             self.indices.remove(&old.local_index);
         }
-        let index = self.new_index(peer, io);
+        let index = self.new_index(peer, env);
         let mut ephemeral = zeroize::Zeroizing::new([0u8; 32]);
-        io.random(&mut ephemeral[..]);
-        let timestamp = tai64n(io.unix_time());
-        let jitter = jitter(io);
+        env.random(&mut ephemeral[..]);
+        let timestamp = tai64n(env.unix_time());
+        let jitter = jitter(env);
         let buf: &mut [u8; messages::INITIATION_LEN] =
             frame.data_mut().try_into().expect("length set above");
         let state = &mut self.peers[peer as usize];
@@ -545,7 +637,7 @@ impl<F: Frame> Tunnels<F> {
         state.timers.any_traversal(now, persistent_ns(pc));
         state.stats.handshakes_sent += 1;
         self.counters.event(TunnelEvent::InitiationsSent);
-        io.send(endpoint, frame);
+        self.transmits.push_back((endpoint, frame));
     }
 
     /// Handles a datagram that arrived on the listen port from `from`.
@@ -555,26 +647,23 @@ impl<F: Frame> Tunnels<F> {
         from: SocketAddr,
         frame: F,
         now: u64,
-        io: &mut impl TunnelIo<F>,
-    ) {
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
         let kind = match messages::parse(frame.data()) {
             Ok(Message::Initiation(_)) => messages::TYPE_INITIATION,
             Ok(Message::Response(r)) => {
-                return self.receive_indexed(cfg, r.receiver(), from, frame, now, io)
+                return self.receive_indexed(cfg, r.receiver(), from, frame, now, env)
             }
             Ok(Message::CookieReply(c)) => {
-                return self.receive_indexed(cfg, c.receiver(), from, frame, now, io)
+                return self.receive_indexed(cfg, c.receiver(), from, frame, now, env)
             }
             Ok(Message::Data(d)) => {
-                return self.receive_indexed(cfg, d.receiver(), from, frame, now, io)
+                return self.receive_indexed(cfg, d.receiver(), from, frame, now, env)
             }
-            Err(_) => {
-                self.counters.drop(TunnelDrop::Malformed);
-                return;
-            }
+            Err(_) => return self.dropped(TunnelDrop::Malformed),
         };
         debug_assert_eq!(kind, messages::TYPE_INITIATION);
-        self.receive_initiation(cfg, from, frame, now, io);
+        self.receive_initiation(cfg, from, frame, now, env)
     }
 
     /// Steers a message addressed to one of our indices to its worker and peer.
@@ -585,28 +674,28 @@ impl<F: Frame> Tunnels<F> {
         from: SocketAddr,
         frame: F,
         now: u64,
-        io: &mut impl TunnelIo<F>,
-    ) {
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
         let worker = (receiver >> 24) as usize;
         if worker != self.worker as usize {
             if worker < self.workers as usize {
-                io.handoff(worker, Work::Receive { from, frame });
-            } else {
-                self.counters.drop(TunnelDrop::NoSession);
+                return Outcome::HandOff {
+                    worker,
+                    work: Work::Receive { from, frame },
+                };
             }
-            return;
+            return self.dropped(TunnelDrop::NoSession);
         }
         let Some(&peer) = self.indices.get(&receiver) else {
-            self.counters.drop(TunnelDrop::NoSession);
-            return;
+            return self.dropped(TunnelDrop::NoSession);
         };
         match messages::parse(frame.data()) {
             Ok(Message::Data(d)) => {
                 let counter = d.counter();
-                self.receive_data(cfg, peer, receiver, counter, from, frame, now, io);
+                self.receive_data(cfg, peer, receiver, counter, from, frame, now, env)
             }
             Ok(Message::Response(_)) => {
-                self.receive_response(cfg, peer, receiver, from, frame, now, io)
+                self.receive_response(cfg, peer, receiver, from, frame, now, env)
             }
             Ok(Message::CookieReply(reply)) => {
                 let state = &mut self.peers[peer as usize];
@@ -614,57 +703,57 @@ impl<F: Frame> Tunnels<F> {
                     .jar
                     .consume(&cfg.peers[peer as usize].keys, &reply, now)
                 {
-                    Ok(()) => self.counters.event(TunnelEvent::CookieRepliesReceived),
-                    Err(_) => self.counters.drop(TunnelDrop::BadMac),
+                    Ok(()) => {
+                        self.counters.event(TunnelEvent::CookieRepliesReceived);
+                        Outcome::Done
+                    }
+                    Err(_) => self.dropped(TunnelDrop::BadMac),
                 }
             }
-            _ => self.counters.drop(TunnelDrop::Malformed),
+            _ => self.dropped(TunnelDrop::Malformed),
         }
     }
 
-    /// MAC checks of a handshake message, and cookie mode. `Some(frame)`
-    /// when processing may go on.
+    /// MAC checks of a handshake message, and cookie mode. `Ok(frame)`
+    /// when processing may go on, else what became of it (a cookie reply
+    /// to send, or a counted drop).
     fn admit_handshake(
         &mut self,
         cfg: &TunnelConfig,
         from: SocketAddr,
         mut frame: F,
         now: u64,
-        io: &mut impl TunnelIo<F>,
-    ) -> Option<F> {
+        env: &mut impl TunnelEnv<F>,
+    ) -> Result<F, Outcome<F>> {
         if !CookieChecker::mac1_valid(&cfg.keys, frame.data()) {
-            self.counters.drop(TunnelDrop::BadMac);
-            return None;
+            return Err(self.dropped(TunnelDrop::BadMac));
         }
         if !self
             .load
             .observe(now, cfg.cookie_threshold_per_s, &mut self.counters)
         {
-            return Some(frame);
+            return Ok(frame);
         }
         if !self.checker.mac2_valid(frame.data(), from, now) {
             let mut nonce = [0u8; 24];
-            io.random(&mut nonce);
+            env.random(&mut nonce);
             let mut secret = [0u8; 32];
-            io.random(&mut secret);
+            env.random(&mut secret);
             let reply = self
                 .checker
                 .reply(&cfg.keys, frame.data(), from, now, nonce, || secret);
             // The message's own buffer carries the reply back.
-            if frame.set_len(reply.len()) {
-                frame.data_mut().copy_from_slice(&reply);
-                self.counters.event(TunnelEvent::CookieRepliesSent);
-                io.send(from, frame);
-            } else {
-                self.counters.drop(TunnelDrop::NoBuffer);
+            if !frame.set_len(reply.len()) {
+                return Err(self.dropped(TunnelDrop::NoBuffer));
             }
-            return None;
+            frame.data_mut().copy_from_slice(&reply);
+            self.counters.event(TunnelEvent::CookieRepliesSent);
+            return Err(Outcome::Transmit { to: from, frame });
         }
         if !self.limiter.allow(from.ip(), now) {
-            self.counters.drop(TunnelDrop::RateLimited);
-            return None;
+            return Err(self.dropped(TunnelDrop::RateLimited));
         }
-        Some(frame)
+        Ok(frame)
     }
 
     fn receive_initiation(
@@ -673,14 +762,14 @@ impl<F: Frame> Tunnels<F> {
         from: SocketAddr,
         frame: F,
         now: u64,
-        io: &mut impl TunnelIo<F>,
-    ) {
-        let Some(mut frame) = self.admit_handshake(cfg, from, frame, now, io) else {
-            return;
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
+        let mut frame = match self.admit_handshake(cfg, from, frame, now, env) {
+            Ok(frame) => frame,
+            Err(outcome) => return outcome,
         };
         let Ok(Message::Initiation(msg)) = messages::parse(frame.data()) else {
-            self.counters.drop(TunnelDrop::Malformed);
-            return;
+            return self.dropped(TunnelDrop::Malformed);
         };
         let opened = noise::consume_initiation(&cfg.keys, &msg, |key| {
             cfg.peer_by_key(key)
@@ -689,17 +778,17 @@ impl<F: Frame> Tunnels<F> {
         let (peer, received) = match opened {
             Ok(found) => found,
             Err(HandshakeError::UnknownPeer) => {
-                self.counters.drop(TunnelDrop::UnknownPeer);
-                return;
+                return self.dropped(TunnelDrop::UnknownPeer);
             }
             Err(_) => {
-                self.counters.drop(TunnelDrop::HandshakeFailed);
-                return;
+                return self.dropped(TunnelDrop::HandshakeFailed);
             }
         };
         if !self.owns(peer) {
-            io.handoff(self.owner(peer), Work::Receive { from, frame });
-            return;
+            return Outcome::HandOff {
+                worker: self.owner(peer),
+                work: Work::Receive { from, frame },
+            };
         }
         let s = &cfg.timers;
         let pc = &cfg.peers[peer as usize];
@@ -707,29 +796,26 @@ impl<F: Frame> Tunnels<F> {
         // Timestamps are big-endian TAI64N: byte order is time order.
         if received.timestamp <= state.last_timestamp {
             state.stats.handshakes_failed += 1;
-            self.counters.drop(TunnelDrop::Replay);
-            return;
+            return self.dropped(TunnelDrop::Replay);
         }
         if state
             .last_initiation_received_ns
             .is_some_and(|t| now.saturating_sub(t) < INITIATION_MIN_INTERVAL_NS)
         {
             state.stats.handshakes_failed += 1;
-            self.counters.drop(TunnelDrop::RateLimited);
-            return;
+            return self.dropped(TunnelDrop::RateLimited);
         }
         state.last_timestamp = received.timestamp;
         state.last_initiation_received_ns = Some(now);
         state.stats.handshakes_received += 1;
         self.counters.event(TunnelEvent::InitiationsReceived);
 
-        let index = self.new_index(peer, io);
+        let index = self.new_index(peer, env);
         let mut ephemeral = zeroize::Zeroizing::new([0u8; 32]);
-        io.random(&mut ephemeral[..]);
+        env.random(&mut ephemeral[..]);
         if !frame.set_len(messages::RESPONSE_LEN) {
             self.indices.remove(&index);
-            self.counters.drop(TunnelDrop::NoBuffer);
-            return;
+            return self.dropped(TunnelDrop::NoBuffer);
         }
         let buf: &mut [u8; messages::RESPONSE_LEN] =
             frame.data_mut().try_into().expect("length set above");
@@ -739,8 +825,7 @@ impl<F: Frame> Tunnels<F> {
             Err(_) => {
                 self.indices.remove(&index);
                 state.stats.handshakes_failed += 1;
-                self.counters.drop(TunnelDrop::HandshakeFailed);
-                return;
+                return self.dropped(TunnelDrop::HandshakeFailed);
             }
         };
         state.jar.stamp(&pc.keys, buf, now);
@@ -755,7 +840,7 @@ impl<F: Frame> Tunnels<F> {
         state.timers.any_traversal(now, persistent_ns(pc));
         state.stats.handshakes_sent += 1;
         self.counters.event(TunnelEvent::ResponsesSent);
-        io.send(from, frame);
+        Outcome::Transmit { to: from, frame }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -767,22 +852,21 @@ impl<F: Frame> Tunnels<F> {
         from: SocketAddr,
         frame: F,
         now: u64,
-        io: &mut impl TunnelIo<F>,
-    ) {
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
         if self.peers[peer as usize]
             .handshake
             .as_ref()
             .is_none_or(|h| h.local_index != receiver)
         {
-            self.counters.drop(TunnelDrop::NoSession);
-            return;
+            return self.dropped(TunnelDrop::NoSession);
         }
-        let Some(frame) = self.admit_handshake(cfg, from, frame, now, io) else {
-            return;
+        let frame = match self.admit_handshake(cfg, from, frame, now, env) {
+            Ok(frame) => frame,
+            Err(outcome) => return outcome,
         };
         let Ok(Message::Response(msg)) = messages::parse(frame.data()) else {
-            self.counters.drop(TunnelDrop::Malformed);
-            return;
+            return self.dropped(TunnelDrop::Malformed);
         };
         let pc = &cfg.peers[peer as usize];
         let s = &cfg.timers;
@@ -792,8 +876,7 @@ impl<F: Frame> Tunnels<F> {
             Ok(keys) => keys,
             Err(_) => {
                 state.stats.handshakes_failed += 1;
-                self.counters.drop(TunnelDrop::HandshakeFailed);
-                return;
+                return self.dropped(TunnelDrop::HandshakeFailed);
             }
         };
         let sender = msg.sender();
@@ -806,16 +889,17 @@ impl<F: Frame> Tunnels<F> {
         }
         state.endpoint = Some(from);
         state.stats.handshakes_received += 1;
-        state.stats.last_handshake_unix_s = io.unix_time().as_secs();
+        state.stats.last_handshake_unix_s = env.unix_time().as_secs();
         state.timers.handshake_complete();
         state.timers.session_derived(now, s);
         state.timers.any_received();
         state.timers.any_traversal(now, persistent_ns(pc));
         self.counters.event(TunnelEvent::ResponsesReceived);
         // Confirm the session to the responder: with data if some waited, else a keepalive.
-        if !self.flush_staged(cfg, peer, now, io) {
-            self.send_keepalive(cfg, peer, now, io);
+        if !self.flush_staged(cfg, peer, now, env) {
+            self.send_keepalive(cfg, peer, now, env);
         }
+        Outcome::Done
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -828,28 +912,24 @@ impl<F: Frame> Tunnels<F> {
         from: SocketAddr,
         mut frame: F,
         now: u64,
-        io: &mut impl TunnelIo<F>,
-    ) {
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
         let s = &cfg.timers;
         let pc = &cfg.peers[peer as usize];
         let state = &mut self.peers[peer as usize];
         let Some((slot, session)) = state.session_by_index(receiver) else {
-            self.counters.drop(TunnelDrop::NoSession);
-            return;
+            return self.dropped(TunnelDrop::NoSession);
         };
         if now.saturating_sub(session.created_ns) >= s.reject_after_time() {
-            self.counters.drop(TunnelDrop::NoSession);
-            return;
+            return self.dropped(TunnelDrop::NoSession);
         }
         match session.open(&mut frame, counter) {
             Ok(()) => {}
             Err(OpenError::Replay) => {
-                self.counters.drop(TunnelDrop::Replay);
-                return;
+                return self.dropped(TunnelDrop::Replay);
             }
             Err(OpenError::Auth) => {
-                self.counters.drop(TunnelDrop::DecryptFailed);
-                return;
+                return self.dropped(TunnelDrop::DecryptFailed);
             }
         }
         let rekey =
@@ -865,6 +945,7 @@ impl<F: Frame> Tunnels<F> {
         state.endpoint = Some(from);
         state.timers.any_received();
         state.timers.any_traversal(now, persistent_ns(pc));
+        let mut outcome = Outcome::Done;
         if frame.is_empty() {
             self.counters.event(TunnelEvent::KeepalivesReceived);
         } else {
@@ -879,21 +960,29 @@ impl<F: Frame> Tunnels<F> {
                 Some(_) => {
                     state.stats.rx_packets += 1;
                     state.stats.rx_bytes += frame.len() as u64;
-                    io.deliver(peer, frame);
+                    outcome = Outcome::Deliver { peer, frame };
                 }
             }
         }
         if confirmed {
-            self.flush_staged(cfg, peer, now, io);
+            self.flush_staged(cfg, peer, now, env);
         }
         if rekey && !self.peers[peer as usize].timers.handshake_pending() {
-            self.initiate(cfg, peer, now, false, io);
+            self.initiate(cfg, peer, now, false, env);
         }
+        outcome
     }
 
-    /// Runs the timers of up to `budget` owned peers (round robin), so a
-    /// gateway with thousands of peers spreads the work over loop rounds.
-    pub fn poll(&mut self, cfg: &TunnelConfig, now: u64, budget: usize, io: &mut impl TunnelIo<F>) {
+    /// Runs the due timers of up to `budget` owned peers (round robin), so
+    /// a gateway with thousands of peers spreads the work over loop rounds.
+    /// What they send is queued for [`Tunnels::poll_transmit`].
+    pub fn handle_timeouts(
+        &mut self,
+        cfg: &TunnelConfig,
+        now: u64,
+        budget: usize,
+        env: &mut impl TunnelEnv<F>,
+    ) {
         let n = self.peers.len();
         if n == 0 {
             return;
@@ -905,7 +994,7 @@ impl<F: Frame> Tunnels<F> {
                 continue;
             }
             while let Some(timer) = self.peers[peer as usize].timers.take_due(now) {
-                self.fire(cfg, peer, timer, now, io);
+                self.fire(cfg, peer, timer, now, env);
             }
         }
     }
@@ -916,7 +1005,7 @@ impl<F: Frame> Tunnels<F> {
         peer: PeerId,
         timer: Timer,
         now: u64,
-        io: &mut impl TunnelIo<F>,
+        env: &mut impl TunnelEnv<F>,
     ) {
         let s = &cfg.timers;
         match timer {
@@ -932,24 +1021,24 @@ impl<F: Frame> Tunnels<F> {
                     state.timers.attempt_abandoned(now, s);
                     self.counters.drops[TunnelDrop::HandshakeTimeout.index()] += dropped;
                 } else {
-                    self.initiate(cfg, peer, now, true, io);
+                    self.initiate(cfg, peer, now, true, env);
                 }
             }
             Timer::SendKeepalive => {
                 if self.peers[peer as usize].usable(now, s).is_some() {
-                    self.send_keepalive(cfg, peer, now, io);
+                    self.send_keepalive(cfg, peer, now, env);
                 }
                 self.peers[peer as usize]
                     .timers
                     .rearm_keepalive_if_wanted(now, s);
             }
-            Timer::NewHandshake => self.initiate(cfg, peer, now, false, io),
+            Timer::NewHandshake => self.initiate(cfg, peer, now, false, env),
             Timer::ZeroKeys => {
                 for retired in self.peers[peer as usize].erase() {
                     self.indices.remove(&retired);
                 }
             }
-            Timer::PersistentKeepalive => self.send_keepalive(cfg, peer, now, io),
+            Timer::PersistentKeepalive => self.send_keepalive(cfg, peer, now, env),
         }
     }
 }
@@ -958,9 +1047,9 @@ fn persistent_ns(pc: &PeerConfig) -> u64 {
     u64::from(pc.persistent_keepalive_s) * 1_000_000_000
 }
 
-fn jitter<F: Frame>(io: &mut impl TunnelIo<F>) -> u64 {
+fn jitter<F: Frame>(env: &mut impl TunnelEnv<F>) -> u64 {
     let mut r = [0u8; 8];
-    io.random(&mut r);
+    env.random(&mut r);
     u64::from_le_bytes(r) % JITTER_MAX_NS
 }
 

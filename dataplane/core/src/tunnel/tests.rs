@@ -24,13 +24,30 @@ struct Side {
 impl Side {
     /// Sends `packet` from the inside to peer 0, the only peer in most tests.
     fn send(&mut self, packet: VecFrame, now: u64) {
-        self.engine.send(&self.cfg, 0, packet, now, &mut self.host);
+        self.send_to(0, packet, now);
+    }
+
+    /// Sends `packet` from the inside to `peer`.
+    fn send_to(&mut self, peer: PeerId, packet: VecFrame, now: u64) {
+        let outcome = self
+            .engine
+            .send(&self.cfg, peer, packet, now, &mut self.host);
+        self.host.record(outcome, &mut self.engine);
     }
 
     /// Hands a datagram that arrived from `from` to the engine.
     fn receive(&mut self, from: SocketAddr, datagram: VecFrame, now: u64) {
-        self.engine
+        let outcome = self
+            .engine
             .receive(&self.cfg, from, datagram, now, &mut self.host);
+        self.host.record(outcome, &mut self.engine);
+    }
+
+    /// Runs the due timers of up to `budget` peers.
+    fn poll(&mut self, now: u64, budget: usize) {
+        self.engine
+            .handle_timeouts(&self.cfg, now, budget, &mut self.host);
+        self.host.record(Outcome::Done, &mut self.engine);
     }
 }
 
@@ -397,8 +414,8 @@ fn a_handshake_flood_engages_cookies_and_a_real_peer_still_gets_its_session() {
     pump(&mut a, &mut b, t);
     assert_eq!(events(&a, TunnelEvent::CookieRepliesReceived), 1);
     assert!(b.host.delivered.is_empty());
-    a.engine.poll(&a.cfg, t + 6 * S, 16, &mut a.host); // retransmit
-                                                       // Keep Bob under load while the retransmission arrives.
+    a.poll(t + 6 * S, 16); // retransmit
+                           // Keep Bob under load while the retransmission arrives.
     for i in 0..30u32 {
         let mut m = [0u8; messages::INITIATION_LEN];
         noise::initiate(&flooder, &bob_for_flooder, i, secret("f"), &[0; 12], &mut m).unwrap();
@@ -435,7 +452,7 @@ fn an_initiator_rekeys_after_rekey_after_time_without_losing_packets() {
             side.host.now_ns = now;
             side.send(ipv4(src, dst, &sent.to_be_bytes()), now);
             sent += 1;
-            side.engine.poll(&side.cfg, now, 8, &mut side.host);
+            side.poll(now, 8);
         }
         pump(&mut a, &mut b, now);
         got += a.host.delivered.drain(..).count() + b.host.delivered.drain(..).count();
@@ -459,7 +476,7 @@ fn received_data_without_an_answer_gets_a_keepalive_and_silence_a_new_handshake(
     a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"1"), S);
     pump(&mut a, &mut b, S);
     // Bob received data and sent nothing: a keepalive after 10 s.
-    b.engine.poll(&b.cfg, 11 * S + 1, 8, &mut b.host);
+    b.poll(11 * S + 1, 8);
     assert_eq!(events(&b, TunnelEvent::KeepalivesSent), 1);
     pump(&mut a, &mut b, 11 * S + 1);
     assert_eq!(events(&a, TunnelEvent::KeepalivesReceived), 1);
@@ -467,7 +484,7 @@ fn received_data_without_an_answer_gets_a_keepalive_and_silence_a_new_handshake(
     // Alice sends into the void: after 15 s (and jitter) she starts over.
     a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"), 20 * S);
     a.host.sent.clear();
-    a.engine.poll(&a.cfg, 36 * S, 8, &mut a.host);
+    a.poll(36 * S, 8);
     assert_eq!(events(&a, TunnelEvent::InitiationsSent), 2);
 }
 
@@ -480,7 +497,7 @@ fn an_unanswered_initiation_is_retransmitted_then_abandoned() {
     let mut now = S;
     for _ in 0..40 {
         now += 5_400_000_000;
-        a.engine.poll(&a.cfg, now, 8, &mut a.host);
+        a.poll(now, 8);
     }
     assert_eq!(
         events(&a, TunnelEvent::InitiationsSent),
@@ -519,7 +536,7 @@ fn sessions_expire_and_keys_are_erased_after_silence() {
         !a.engine.peer_stats(0, &a.cfg, 181 * S + 1).session_up,
         "past Reject-After-Time"
     );
-    a.engine.poll(&a.cfg, 600 * S, 8, &mut a.host);
+    a.poll(600 * S, 8);
     assert_eq!(
         a.engine.indices.len(),
         0,
@@ -586,19 +603,13 @@ fn work_for_another_workers_peer_is_handed_over_and_indices_steer_data() {
     );
 
     // A LAN packet for Bob lands on worker 0: it goes to worker 1.
-    a0.engine.send(
-        &a0.cfg,
-        1,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"),
-        S,
-        &mut a0.host,
-    );
+    a0.send_to(1, ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), S);
     let (worker, work) = a0.host.handoffs.pop().unwrap();
     assert_eq!(worker, 1);
     let Work::Send { peer, frame } = work else {
         panic!("a send")
     };
-    a1.engine.send(&a1.cfg, peer, frame, S, &mut a1.host);
+    a1.send_to(peer, frame, S);
     let (_, initiation) = a1.host.sent.pop().unwrap();
     assert_eq!(initiation.data()[7], 1, "worker 1's index");
 
@@ -662,13 +673,7 @@ fn reconfiguration_keeps_sessions_of_unchanged_peers() {
     ];
     a.cfg = TunnelConfig::new(keys, 51820, 1420, TimerSettings::default(), 200, peers).unwrap();
     a.engine.reconfigure(&a.cfg);
-    a.engine.send(
-        &a.cfg,
-        1,
-        ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"),
-        2 * S,
-        &mut a.host,
-    );
+    a.send_to(1, ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"2"), 2 * S);
     assert_eq!(a.host.sent[0].1.data()[0], 4, "data on the kept session");
     b.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"3"), 2 * S);
     pump(&mut a, &mut b, 2 * S);
@@ -727,4 +732,35 @@ fn compression_shrinks_what_it_can_and_a_peer_without_it_still_reads_it() {
     assert!(b.host.sent[0].1.len() > text.len());
     pump(&mut a, &mut b, S);
     assert_eq!(delivered_payloads(&mut a), vec![text.to_vec()]);
+}
+
+#[test]
+fn the_clock_jumps_to_each_deadline_poll_timeout_names() {
+    // Bob never answers: each retransmission is due exactly when
+    // `poll_timeout` says (Rekey-Timeout plus the drawn jitter), nothing
+    // fires a nanosecond before it, and after Rekey-Attempt-Time the
+    // attempt is given up with the waiting packet counted.
+    let (mut a, _b) = pair(TimerSettings::default());
+    a.send(ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"lost"), 0);
+    assert_eq!(a.host.sent.drain(..).count(), 1, "the first initiation");
+    let mut now = 0;
+    let mut initiations = 1;
+    while let Some(deadline) = a.engine.poll_timeout() {
+        assert!(deadline > now, "deadlines move forward");
+        a.poll(deadline - 1, 16);
+        assert!(a.host.sent.is_empty(), "nothing before {deadline}");
+        a.poll(deadline, 16);
+        now = deadline;
+        initiations += a.host.sent.drain(..).count();
+        if drops(&a, TunnelDrop::HandshakeTimeout) > 0 {
+            break;
+        }
+    }
+    let s = TimerSettings::default();
+    assert_eq!(initiations, s.max_attempts() as usize);
+    assert_eq!(drops(&a, TunnelDrop::HandshakeTimeout), 1);
+    assert!(
+        now >= s.rekey_timeout() * u64::from(s.max_attempts()),
+        "given up after {now} ns"
+    );
 }

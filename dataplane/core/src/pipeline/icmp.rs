@@ -6,9 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use etherparse::checksum::Sum16BitWords;
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
 
+use super::{Burst, Context, Next, NS_PER_S};
 use crate::config::Snapshot;
 use crate::frame::Frame;
 use crate::packet::parse::{Fragment, PacketMeta, L3, L4};
+use crate::stats::{Counter, Counters, DropReason};
 
 /// How much of the offending packet an ICMPv4 error quotes: RFC 1812
 /// 4.3.2.3 allows up to 576 bytes in all.
@@ -296,4 +298,105 @@ pub fn echo_reply_v6<F: Frame>(
     let csum = checksum_v6(ip.dst, ip.src, msg);
     msg[2..4].copy_from_slice(&csum.to_be_bytes());
     true
+}
+
+/// The ICMP errors a worker sends: their rate limit (RFC 1812 4.3.2.8) and
+/// IPv4 identification.
+#[derive(Debug, Clone)]
+pub(super) struct Errors {
+    bucket: TokenBucket,
+    ip_id: u16,
+}
+
+impl Errors {
+    pub(super) fn new(cfg: &Snapshot, seed: u64) -> Self {
+        Errors {
+            bucket: TokenBucket::new(cfg.icmp.errors_per_s, cfg.icmp.errors_burst),
+            ip_id: (seed as u16) | 1,
+        }
+    }
+
+    pub(super) fn reconfigure(&mut self, cfg: &Snapshot) {
+        self.bucket = TokenBucket::new(cfg.icmp.errors_per_s, cfg.icmp.errors_burst);
+    }
+
+    /// Drops slot `i` for `reason` and, when the RFCs allow an ICMP error
+    /// and the rate limit has a token, rewrites it into that error back to
+    /// its sender: out of the port it came in by, or, for a packet that came
+    /// out of the tunnel, routed back into it.
+    pub(super) fn reject<F: Frame>(
+        &mut self,
+        counters: &mut Counters,
+        ctx: &Context<'_>,
+        burst: &mut Burst<F>,
+        i: usize,
+        kind: ErrorKind,
+        reason: DropReason,
+    ) {
+        counters.drop(reason);
+        let in_port = burst.meta[i].in_port;
+        let (frame, meta) = burst.frame_and_headers(i);
+        if !error_allowed(meta) {
+            return burst.discard(i);
+        }
+        if !self.bucket.take(ctx.now_ns) {
+            counters.add(Counter::IcmpRateLimited, 1);
+            return burst.discard(i);
+        }
+        self.ip_id = self.ip_id.wrapping_add(1);
+        let meta = *meta;
+        if !error_in_place(ctx.cfg, in_port, frame, &meta, kind, self.ip_id) {
+            return burst.discard(i);
+        }
+        counters.add(Counter::IcmpErrors, 1);
+        burst.meta[i].next = reply_to(ctx, in_port);
+    }
+}
+
+/// Where a reply built in place goes: straight back out of the Ethernet
+/// port the request came in by, or, for a request from the tunnel, through
+/// the route stage (into the tunnel, to the peer that owns the address).
+pub(super) fn reply_to(ctx: &Context<'_>, in_port: u16) -> Next {
+    if Some(in_port) == ctx.cfg.tunnel_port() {
+        Next::Route
+    } else {
+        Next::Transmit(in_port)
+    }
+}
+
+/// A token bucket for ICMP error generation.
+#[derive(Debug, Clone)]
+struct TokenBucket {
+    per_s: u64,
+    burst_nano: u64,
+    nano_tokens: u64,
+    last_ns: u64,
+}
+
+impl TokenBucket {
+    fn new(per_s: u32, burst: u32) -> Self {
+        let burst_nano = u64::from(burst) * NS_PER_S;
+        TokenBucket {
+            per_s: u64::from(per_s),
+            burst_nano,
+            nano_tokens: burst_nano,
+            last_ns: 0,
+        }
+    }
+
+    fn take(&mut self, now_ns: u64) -> bool {
+        // A clock that steps backwards earns nothing rather than underflowing.
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        self.last_ns = self.last_ns.max(now_ns);
+        self.nano_tokens = self
+            .nano_tokens
+            .saturating_add(elapsed.saturating_mul(self.per_s))
+            .min(self.burst_nano);
+        if self.nano_tokens >= NS_PER_S {
+            self.nano_tokens -= NS_PER_S;
+            true
+        } else {
+            false
+        }
+    }
 }

@@ -1,0 +1,265 @@
+//! A burst: the frames of one pass of the pipeline with a record each.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::flow::table::FlowId;
+use crate::packet::flow_key::{Direction, FlowKey};
+use crate::packet::parse::{PacketMeta, ParseError};
+use crate::BURST_SIZE;
+
+/// Where a packet goes next: the stage that takes it, or, once the stages
+/// are done, what the worker does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A frame from a port: to be parsed.
+    Parse,
+    /// Parsed: to be judged on its headers alone.
+    Admit,
+    /// A WireGuard message for the tunnel's listen port: the UDP payload
+    /// starts at `payload`; its source is the slot's address.
+    Decrypt {
+        /// Offset of the UDP payload in the frame.
+        payload: u16,
+    },
+    /// Addressed to the gateway itself.
+    Local,
+    /// To be forwarded: flow, classification, route.
+    Forward,
+    /// A packet the gateway built (a reply or an error) for a destination
+    /// that needs a route: routed like a forwarded packet, without a flow.
+    Route,
+    /// An IP packet behind its Ethernet header, to be encrypted for `peer`.
+    Encrypt {
+        /// The tunnel peer cryptokey routing chose.
+        peer: u32,
+    },
+    /// A WireGuard message (no headers) to the slot's address: outer
+    /// headers and a way out still to be found.
+    Datagram,
+    /// Routed out of `port` to the next hop `dst_mac`: MACs and padding still
+    /// to be written.
+    Rewrite {
+        /// Outgoing port.
+        port: u16,
+        /// Next hop's MAC.
+        dst_mac: [u8; 6],
+    },
+    /// Headers complete: send out of `port`.
+    Transmit(u16),
+    /// Ready but for the MAC of `next_hop` on `port`: hold it until that resolves.
+    Resolve {
+        /// Outgoing port.
+        port: u16,
+        /// The address to resolve.
+        next_hop: IpAddr,
+    },
+    /// Left the burst: consumed, handed to another worker, or dropped and counted.
+    Gone,
+}
+
+/// A packet's flow, once the flow stage has found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRef {
+    /// The flow table entry.
+    pub id: FlowId,
+    /// Which way this packet travels in it.
+    pub dir: Direction,
+}
+
+/// The small per-packet record the stages write.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Meta {
+    pub next: Next,
+    /// The port it arrived on (the tunnel port for decrypted packets).
+    pub in_port: u16,
+    /// Length of its IP packet, for the MTU check and flow accounting.
+    pub ip_len: u16,
+    pub flow: Option<FlowRef>,
+}
+
+const EMPTY_META: Meta = Meta {
+    next: Next::Gone,
+    in_port: 0,
+    ip_len: 0,
+    flow: None,
+};
+
+/// Up to [`BURST_SIZE`] frames and their records, reused pass after pass:
+/// allocated once per worker, never per packet.
+pub struct Burst<F> {
+    len: usize,
+    pub(super) frames: [Option<F>; BURST_SIZE],
+    pub(super) meta: [Meta; BURST_SIZE],
+    /// What `parse` found (for a decrypted packet: in the inner packet).
+    pub(super) headers: [Result<PacketMeta, ParseError>; BURST_SIZE],
+    /// The far end of a datagram: its source for `Decrypt`, its destination for `Datagram`.
+    pub(super) addr: [SocketAddr; BURST_SIZE],
+    /// The flow stage's scratch: the keys it looks up and whose they are.
+    pub(super) keys: [FlowKey; BURST_SIZE],
+    pub(super) keyed: [u8; BURST_SIZE],
+}
+
+impl<F> std::fmt::Debug for Burst<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Burst")
+            .field("len", &self.len)
+            .field("next", &self.next_all().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> Default for Burst<F> {
+    fn default() -> Self {
+        Burst {
+            len: 0,
+            frames: std::array::from_fn(|_| None),
+            meta: [EMPTY_META; BURST_SIZE],
+            headers: [Err(ParseError::TruncatedEthernet); BURST_SIZE],
+            addr: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); BURST_SIZE],
+            keys: [FlowKey::default(); BURST_SIZE],
+            keyed: [0; BURST_SIZE],
+        }
+    }
+}
+
+impl<F> Burst<F> {
+    /// An empty burst, on the heap (it is a few kilobytes).
+    pub fn boxed() -> Box<Self> {
+        Box::default()
+    }
+
+    /// Frames in the burst.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the burst holds no frame.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when no more frames fit.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.len == BURST_SIZE
+    }
+
+    /// Adds a frame received on `port`. Gives it back when the burst is full.
+    #[inline]
+    pub fn push_received(&mut self, port: u16, frame: F) -> Result<(), F> {
+        self.push(frame, Next::Parse, port)
+    }
+
+    /// Adds an IP packet (behind an Ethernet header) to be encrypted for
+    /// `peer`, as another worker handed it over.
+    pub fn push_encrypt(&mut self, peer: u32, frame: F) -> Result<(), F> {
+        self.push(frame, Next::Encrypt { peer }, 0)
+    }
+
+    /// Adds a WireGuard message that arrived from `from` (the UDP payload
+    /// alone), as another worker handed it over.
+    pub fn push_decrypt(&mut self, from: SocketAddr, frame: F) -> Result<(), F> {
+        let i = self.len;
+        self.push(frame, Next::Decrypt { payload: 0 }, 0)?;
+        self.addr[i] = from;
+        Ok(())
+    }
+
+    /// Adds a WireGuard message to send to `to`.
+    pub fn push_datagram(&mut self, to: SocketAddr, frame: F) -> Result<(), F> {
+        let i = self.len;
+        self.push(frame, Next::Datagram, 0)?;
+        self.addr[i] = to;
+        Ok(())
+    }
+
+    #[inline]
+    fn push(&mut self, frame: F, next: Next, in_port: u16) -> Result<(), F> {
+        if self.is_full() {
+            return Err(frame);
+        }
+        let i = self.len;
+        self.frames[i] = Some(frame);
+        self.meta[i] = Meta {
+            next,
+            in_port,
+            ip_len: 0,
+            flow: None,
+        };
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Each frame's next step, in order (after [`super::Pipeline::run`]: what
+    /// the worker does with it).
+    pub fn next_all(&self) -> impl Iterator<Item = Next> + '_ {
+        self.meta[..self.len].iter().map(|m| m.next)
+    }
+
+    /// Empties the burst, handing each remaining frame and its final step
+    /// to `out` in order. Frames that left ([`Next::Gone`]) are skipped.
+    pub fn drain(&mut self, mut out: impl FnMut(Next, F)) {
+        for i in 0..self.len {
+            if let Some(frame) = self.frames[i].take() {
+                out(self.meta[i].next, frame);
+            }
+        }
+        self.len = 0;
+    }
+
+    /// Takes slot `i`'s frame out of the burst, marking it gone.
+    #[inline]
+    pub(super) fn take(&mut self, i: usize) -> Option<F> {
+        self.meta[i].next = Next::Gone;
+        self.frames[i].take()
+    }
+
+    /// Drops slot `i`'s frame (the caller has counted why).
+    #[inline]
+    pub(super) fn discard(&mut self, i: usize) {
+        drop(self.take(i));
+    }
+
+    /// Slot `i`'s frame. Only for slots that hold one.
+    #[inline]
+    pub(super) fn frame(&self, i: usize) -> &F {
+        self.frames[i]
+            .as_ref()
+            .expect("every slot a stage works on holds its frame")
+    }
+
+    /// Slot `i`'s frame, writable. Only for slots that hold one.
+    #[inline]
+    pub(super) fn frame_mut(&mut self, i: usize) -> &mut F {
+        self.frames[i]
+            .as_mut()
+            .expect("every slot a stage works on holds its frame")
+    }
+
+    /// Slot `i`'s frame and parsed headers together.
+    #[inline]
+    pub(super) fn frame_and_headers(&mut self, i: usize) -> (&mut F, &PacketMeta) {
+        let frame = self.frames[i]
+            .as_mut()
+            .expect("every slot a stage works on holds its frame");
+        let headers = self.headers[i]
+            .as_ref()
+            .expect("only parsed packets get past parse");
+        (frame, headers)
+    }
+
+    /// Slots of a pass that a stage may look at.
+    #[inline]
+    pub(super) fn slots(&self) -> std::ops::Range<usize> {
+        0..self.len
+    }
+
+    /// Puts `frame` back into slot `i` with a new next step.
+    #[inline]
+    pub(super) fn put(&mut self, i: usize, frame: F, next: Next) {
+        self.frames[i] = Some(frame);
+        self.meta[i].next = next;
+    }
+}

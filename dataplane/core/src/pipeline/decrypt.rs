@@ -1,0 +1,73 @@
+//! Stage `decrypt`: datagrams for the tunnel's listen port go through the
+//! tunnel engine. A data message opens into an inner packet that continues
+//! in the same pass: it is given an Ethernet header, parsed and admitted
+//! as a packet arriving on the tunnel port, then goes on to `local` or
+//! `flow` like any other. A handshake answer built in the datagram's buffer
+//! goes on to `encrypt` for its outer headers; a message for a session of
+//! another worker goes to that worker.
+
+use super::encrypt::{hand_off, Tunnel};
+use super::icmp::Errors;
+use super::{admit, Burst, Context, Inboxes, Next};
+use crate::config::TUNNEL_MAC;
+use crate::frame::Frame;
+use crate::packet::parse;
+use crate::stats::{Counter, Counters, DropReason};
+use crate::tunnel::outer::add_ethernet;
+use crate::tunnel::{Outcome, TunnelEnv};
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run<F: Frame>(
+    tunnel: &mut Tunnel<F>,
+    inboxes: &Inboxes<F>,
+    errors: &mut Errors,
+    counters: &mut Counters,
+    ctx: &Context<'_>,
+    burst: &mut Burst<F>,
+    env: &mut impl TunnelEnv<F>,
+) {
+    let (mut packets, mut bytes) = (0, 0);
+    for i in burst.slots() {
+        let Next::Decrypt { payload } = burst.meta[i].next else {
+            continue;
+        };
+        let (Some(mut frame), Some(t)) = (burst.take(i), ctx.cfg.tunnel.as_deref()) else {
+            counters.drop(DropReason::LocalUnsupported);
+            continue;
+        };
+        if !frame.trim_front(usize::from(payload)) {
+            counters.drop(DropReason::LocalUnsupported);
+            continue;
+        }
+        let from = burst.addr[i];
+        match tunnel
+            .engine
+            .receive(&t.config, from, frame, ctx.now_ns, env)
+        {
+            Outcome::Deliver { mut frame, .. } => {
+                if !add_ethernet(&mut frame, TUNNEL_MAC) {
+                    counters.drop(DropReason::NoBuffer);
+                    continue;
+                }
+                packets += 1;
+                bytes += frame.len() as u64;
+                parse::parse_into(frame.data(), &mut burst.headers[i]);
+                if let Err(err) = burst.headers[i] {
+                    counters.parse_drop(err);
+                    continue;
+                }
+                burst.put(i, frame, Next::Admit);
+                burst.meta[i].in_port = t.port;
+                admit::run(counters, errors, ctx, burst, i..i + 1);
+            }
+            Outcome::Transmit { to, frame } => {
+                burst.addr[i] = to;
+                burst.put(i, frame, Next::Datagram);
+            }
+            Outcome::HandOff { worker, work } => hand_off(inboxes, counters, worker, work),
+            Outcome::Done => {}
+        }
+    }
+    counters.add(Counter::RxPackets, packets);
+    counters.add(Counter::RxBytes, bytes);
+}

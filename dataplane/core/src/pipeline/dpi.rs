@@ -1,0 +1,102 @@
+//! Stage `dpi`: while a flow is unclassified, each of its packets goes
+//! through the inspector; once it has a verdict, its bytes are counted
+//! under the flow's application.
+
+use std::sync::Arc;
+
+use super::{Burst, Context, Next};
+use crate::config::Snapshot;
+use crate::dpi::counters::DpiCounters;
+use crate::dpi::{self, Classification, FlowInspection, Inspector};
+use crate::flow::table::{FlowId, FlowTable};
+use crate::frame::Frame;
+use crate::packet::parse::L4;
+
+/// Per-worker classification state: the inspector and one inspection
+/// state per flow-table entry.
+#[derive(Debug)]
+pub(super) struct State {
+    inspector: Inspector,
+    /// Indexed by [`FlowId::index`]; reset when the entry starts a new flow.
+    flows: Vec<FlowInspection>,
+    pub counters: Arc<DpiCounters>,
+}
+
+impl State {
+    pub(super) fn new(cfg: &Snapshot) -> Self {
+        // Reassembly buffers as configured, but never more than flows the worker can hold.
+        let buffers = (cfg.dpi.reassembly_buffers as usize).min(cfg.worker.flow_capacity as usize);
+        State {
+            inspector: Inspector::new(cfg.dpi.limits, buffers),
+            flows: vec![FlowInspection::default(); cfg.worker.flow_capacity as usize],
+            counters: Arc::default(),
+        }
+    }
+
+    pub(super) fn reconfigure(&mut self, cfg: &Snapshot) {
+        self.inspector.set_limits(cfg.dpi.limits);
+    }
+
+    /// A new flow took entry `id`: its inspection starts over.
+    pub(super) fn start(&mut self, id: FlowId) {
+        self.flows[id.index()] = FlowInspection::default();
+    }
+}
+
+pub(super) fn run<F: Frame>(
+    state: &mut State,
+    flows: &mut FlowTable,
+    ctx: &Context<'_>,
+    burst: &mut Burst<F>,
+) {
+    let settings = &ctx.cfg.dpi;
+    if !settings.enabled {
+        return;
+    }
+    let classifier = &*settings.classifier;
+    for i in burst.slots() {
+        let meta = &burst.meta[i];
+        let (Next::Forward, Some(flow)) = (meta.next, meta.flow) else {
+            continue;
+        };
+        let ip_len = u64::from(meta.ip_len);
+        let entry = flows.get_mut(flow.id);
+        if let Some(done) = Classification::from_flow_app(entry.app) {
+            let (label, category) = (classifier.label(&done), classifier.category(&done));
+            state.counters.bytes(label, category, ip_len);
+            continue;
+        }
+        let Ok(headers) = &burst.headers[i] else {
+            unreachable!("only parsed packets are forwarded")
+        };
+        let (tcp, src_port, dst_port) = match headers.l4 {
+            L4::Tcp {
+                src_port, dst_port, ..
+            } => (true, src_port, dst_port),
+            L4::Udp { src_port, dst_port } => (false, src_port, dst_port),
+            _ => continue,
+        };
+        let data = burst.frame(i).data();
+        let packet = dpi::Packet {
+            seq: dpi::tcp_seq(data, headers),
+            tcp,
+            src_port,
+            dst_port,
+            dir: flow.dir,
+            payload: dpi::l4_payload(data, headers).unwrap_or(&[]),
+        };
+        let inspection = &mut state.flows[flow.id.index()];
+        if let Some(verdict) = state.inspector.inspect(classifier, inspection, &packet) {
+            entry.app = verdict.to_flow_app();
+            // The flow's bytes so far, this packet's included (the flow stage counted it).
+            let bytes = entry.bytes[0] + entry.bytes[1];
+            let (label, category) = (classifier.label(&verdict), classifier.category(&verdict));
+            state
+                .counters
+                .classified(label, category, bytes, inspection.packets());
+            state
+                .counters
+                .set_reassembly_exhausted(state.inspector.pool_exhausted());
+        }
+    }
+}

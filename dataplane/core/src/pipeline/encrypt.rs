@@ -1,0 +1,261 @@
+//! Stage `encrypt`: packets routed into the tunnel are sealed for their
+//! peer by the tunnel engine, and every WireGuard datagram (sealed packets,
+//! handshake answers from `decrypt`, messages the engine originated) gets
+//! its outer Ethernet, IP and UDP headers and the uplink toward its
+//! endpoint. A packet of a peer another worker owns goes to that worker.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::route::{self, Hop};
+use super::{Burst, Context, Inboxes, Next};
+use crate::frame::Frame;
+use crate::stats::{Counter, Counters, DropReason};
+use crate::tunnel::outer::{OuterHeaders, ETHERNET_LEN};
+use crate::tunnel::{Outcome, TunnelConfig, TunnelEnv, Tunnels, Work};
+
+/// Endpoints whose outer headers a worker remembers.
+const ENDPOINT_SLOTS: usize = 256;
+
+/// The tunnel's share of a worker: the engine and how its datagrams leave.
+pub(super) struct Tunnel<F> {
+    pub engine: Tunnels<F>,
+    endpoints: EndpointCache,
+    /// IPv4 identification of the next datagram.
+    ip_id: u16,
+}
+
+impl<F: Frame> Tunnel<F> {
+    pub(super) fn new(engine: Tunnels<F>, ip_id: u16) -> Self {
+        Tunnel {
+            engine,
+            endpoints: EndpointCache::default(),
+            ip_id,
+        }
+    }
+
+    /// Moves originated datagrams into `burst` while it has room; true
+    /// when some remain queued.
+    pub(super) fn take_originated(&mut self, burst: &mut Burst<F>) -> bool {
+        while !burst.is_full() {
+            let Some((to, frame)) = self.engine.poll_transmit() else {
+                return false;
+            };
+            if let Err(frame) = burst.push_datagram(to, frame) {
+                unreachable!("room was checked: {}", frame.len());
+            }
+        }
+        true
+    }
+}
+
+/// Hands `work` to the worker that owns its peer; a full queue drops it, counted.
+pub(super) fn hand_off<F>(
+    inboxes: &Inboxes<F>,
+    counters: &mut Counters,
+    worker: usize,
+    work: Work<F>,
+) {
+    let accepted = inboxes.get(worker).map(|inbox| inbox.push(work));
+    if !matches!(accepted, Some(Ok(()))) {
+        counters.drop(DropReason::TunnelHandoffFull);
+    }
+}
+
+pub(super) fn run<F: Frame>(
+    tunnel: &mut Tunnel<F>,
+    stale: &mut route::StaleProbes,
+    inboxes: &Inboxes<F>,
+    counters: &mut Counters,
+    ctx: &Context<'_>,
+    burst: &mut Burst<F>,
+    env: &mut impl TunnelEnv<F>,
+) {
+    let Some(t) = ctx.cfg.tunnel.as_deref() else {
+        return refuse(counters, burst);
+    };
+    let mut i = 0;
+    loop {
+        if i == burst.len() {
+            // Handshake messages and packets a handshake released leave in
+            // this pass too, as far as the burst has room.
+            tunnel.take_originated(burst);
+            if i == burst.len() {
+                break;
+            }
+        }
+        if let Next::Encrypt { peer } = burst.meta[i].next {
+            tunnel.seal(inboxes, counters, ctx, &t.config, burst, i, peer, env);
+        }
+        if burst.meta[i].next == Next::Datagram {
+            tunnel.outer_headers(stale, counters, ctx, burst, i);
+        }
+        i += 1;
+    }
+}
+
+/// Without a tunnel, nothing can be encrypted (a tunnel removed by a
+/// reload leaves such packets behind).
+pub(super) fn refuse<F: Frame>(counters: &mut Counters, burst: &mut Burst<F>) {
+    for i in burst.slots() {
+        if let Next::Encrypt { .. } | Next::Datagram = burst.meta[i].next {
+            counters.drop(DropReason::NoRoute);
+            burst.discard(i);
+        }
+    }
+}
+
+impl<F: Frame> Tunnel<F> {
+    /// Seals packet `i` for `peer`: it becomes the datagram to send, waits
+    /// for a handshake, or goes to the worker that owns the peer.
+    #[allow(clippy::too_many_arguments)]
+    fn seal(
+        &mut self,
+        inboxes: &Inboxes<F>,
+        counters: &mut Counters,
+        ctx: &Context<'_>,
+        cfg: &TunnelConfig,
+        burst: &mut Burst<F>,
+        i: usize,
+        peer: u32,
+        env: &mut impl TunnelEnv<F>,
+    ) {
+        let Some(mut frame) = burst.take(i) else {
+            unreachable!("a slot to encrypt holds its frame")
+        };
+        if !frame.trim_front(ETHERNET_LEN) {
+            return counters.drop(DropReason::NoRoute);
+        }
+        match self.engine.send(cfg, peer, frame, ctx.now_ns, env) {
+            Outcome::Transmit { to, frame } => {
+                burst.addr[i] = to;
+                burst.put(i, frame, Next::Datagram);
+            }
+            Outcome::HandOff { worker, work } => hand_off(inboxes, counters, worker, work),
+            // Sending never delivers; `Done`: staged for a handshake, or dropped and counted.
+            Outcome::Deliver { .. } | Outcome::Done => {}
+        }
+    }
+
+    /// Puts the outer headers on datagram `i` (to `burst.addr[i]`) and
+    /// finds its way out.
+    fn outer_headers(
+        &mut self,
+        stale: &mut route::StaleProbes,
+        counters: &mut Counters,
+        ctx: &Context<'_>,
+        burst: &mut Burst<F>,
+        i: usize,
+    ) {
+        let to = burst.addr[i];
+        self.ip_id = self.ip_id.wrapping_add(1);
+        let ip_id = self.ip_id;
+        if let Some((port, headers)) = self.endpoints.get(to, ctx.fwd_generation) {
+            let frame = burst.frame_mut(i);
+            if !headers.apply(frame, ip_id) {
+                counters.drop(DropReason::NoBuffer);
+                return burst.discard(i);
+            }
+            counters.add(Counter::Forwarded, 1);
+            counters.add(Counter::ForwardedBytes, frame.len() as u64);
+            burst.meta[i].next = Next::Transmit(port);
+            return;
+        }
+        let (port, next_hop_mac, next) = match route::decide_underlay(ctx, stale, to) {
+            Hop::Port { port, mac } => (port, Some(mac), Next::Transmit(port)),
+            Hop::Unresolved { port, next_hop } => (port, None, Next::Resolve { port, next_hop }),
+            Hop::Peer { .. } | Hop::Unreachable => {
+                counters.drop(DropReason::TunnelEndpointUnreachable);
+                return burst.discard(i);
+            }
+        };
+        let Some(headers) = self.headers_toward(ctx, port, to, next_hop_mac) else {
+            counters.drop(DropReason::TunnelEndpointUnreachable);
+            return burst.discard(i);
+        };
+        let frame = burst.frame_mut(i);
+        if !headers.apply(frame, ip_id) {
+            counters.drop(DropReason::NoBuffer);
+            return burst.discard(i);
+        }
+        if next_hop_mac.is_some() {
+            self.endpoints.put(to, ctx.fwd_generation, port, headers);
+            counters.add(Counter::Forwarded, 1);
+            counters.add(Counter::ForwardedBytes, frame.len() as u64);
+        }
+        // Unresolved: the MACs are filled in when the next hop answers.
+        burst.meta[i].next = next;
+    }
+
+    /// The outer headers from our address on `port` to `to`.
+    fn headers_toward(
+        &self,
+        ctx: &Context<'_>,
+        port: u16,
+        to: SocketAddr,
+        next_hop_mac: Option<[u8; 6]>,
+    ) -> Option<OuterHeaders> {
+        let info = ctx.cfg.ports.get(usize::from(port))?;
+        let source = match to.ip() {
+            IpAddr::V4(d) => IpAddr::V4(info.v4_source(d)?),
+            IpAddr::V6(d) => IpAddr::V6(info.v6_source(d)?),
+        };
+        let listen_port = ctx.cfg.tunnel.as_ref()?.config.listen_port;
+        let from = SocketAddr::new(source, listen_port);
+        OuterHeaders::new(from, to, info.mac, next_hop_mac.unwrap_or_default())
+    }
+}
+
+/// How tunnel datagrams leave for each endpoint (port, headers with the
+/// next hop's MAC), worked out once per endpoint and forwarding generation
+/// instead of a route and neighbour lookup per datagram. Direct-mapped: an
+/// endpoint that collides with another is just looked up again.
+struct EndpointCache {
+    slots: Box<[Option<EndpointRoute>]>,
+}
+
+/// One endpoint's way out.
+#[derive(Clone, Copy)]
+struct EndpointRoute {
+    to: SocketAddr,
+    generation: u32,
+    port: u16,
+    headers: OuterHeaders,
+}
+
+impl Default for EndpointCache {
+    fn default() -> Self {
+        EndpointCache {
+            slots: vec![None; ENDPOINT_SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl EndpointCache {
+    fn slot(to: SocketAddr) -> usize {
+        let ip = match to.ip() {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                (v as u64) ^ ((v >> 64) as u64)
+            }
+        };
+        let h = (ip ^ u64::from(to.port())).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 56) as usize % ENDPOINT_SLOTS
+    }
+
+    fn get(&self, to: SocketAddr, generation: u32) -> Option<(u16, &OuterHeaders)> {
+        match &self.slots[Self::slot(to)] {
+            Some(r) if r.to == to && r.generation == generation => Some((r.port, &r.headers)),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, to: SocketAddr, generation: u32, port: u16, headers: OuterHeaders) {
+        self.slots[Self::slot(to)] = Some(EndpointRoute {
+            to,
+            generation,
+            port,
+            headers,
+        });
+    }
+}

@@ -1,0 +1,293 @@
+//! The packet path: one fixed sequence of stages over a burst.
+//!
+//! A worker hands [`Pipeline::run`] a [`Burst`]: up to [`BURST_SIZE`]
+//! frames, each with a small record whose [`Next`] names the stage that
+//! takes it next. The stages run in one fixed order; each looks only at the
+//! packets marked for it, does its work for all of them, and writes its
+//! decision back into their records. No stage calls back into an earlier
+//! one, and none has another way out than the records (and the counters).
+//!
+//! ```text
+//!  parse ─► admit ─► decrypt ─► local ─► flow ─► dpi ─► route ─► encrypt ─► rewrite ─► out
+//!             │         │         │                       │         │
+//!             │         │         └─ replies ─────────────┤         └─ datagrams to their uplink
+//!             │         └─ inner packets, parsed and admitted again, in the same pass
+//!             └─ tunnel datagrams
+//! ```
+//!
+//! Packets enter where they belong: frames from a port at `parse`; inner
+//! packets another worker handed over at `encrypt`, datagrams at `decrypt`;
+//! datagrams the tunnel engine originated at `encrypt`'s outer headers. What
+//! leaves is in each slot's final [`Next`]: [`Next::Transmit`] (headers
+//! ready), [`Next::Resolve`] (waiting for a next hop's MAC) or [`Next::Gone`]
+//! (consumed, handed to another worker, or dropped and counted); the worker
+//! carries that out.
+//!
+//! Read before editing: RFC 1812 (IPv4 routers), RFC 826 (ARP), RFC 4861
+//! (Neighbor Discovery), RFC 4443 (ICMPv6), RFC 1624 (incremental checksum).
+
+mod admit;
+mod burst;
+mod decrypt;
+mod dpi;
+mod encrypt;
+mod flow;
+mod icmp;
+mod local;
+mod neighbor_msgs;
+mod parse;
+mod rewrite;
+mod route;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use crossbeam_queue::ArrayQueue;
+
+use crate::config::Snapshot;
+use crate::dpi::counters::DpiCounters;
+use crate::flow::table::FlowTable;
+use crate::frame::Frame;
+use crate::neighbor::{NeighborEvent, NeighborSnapshot};
+use crate::stats::{Counter, Counters};
+use crate::tunnel::{TunnelEnv, Tunnels, Work};
+
+pub use burst::{Burst, Next};
+pub use neighbor_msgs::write_solicitation;
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// What one pass over a burst reads besides the burst.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The configuration in force.
+    pub cfg: &'a Snapshot,
+    /// The neighbour table in force.
+    pub neighbors: &'a NeighborSnapshot,
+    /// Changes whenever either of the above does; cached forwarding decisions
+    /// from another generation are ignored. Never 0.
+    pub fwd_generation: u32,
+    /// The time now (ns on the data-plane clock).
+    pub now_ns: u64,
+}
+
+/// Every worker's queue of tunnel work: a worker that meets a packet of a
+/// peer another worker owns pushes it onto that worker's queue.
+pub type Inboxes<F> = Arc<[ArrayQueue<Work<F>>]>;
+
+/// One worker's packet-path state: its flow table, classification state,
+/// rate limits, tunnel engine and counters. Nothing in it is shared.
+pub struct Pipeline<F> {
+    /// What this worker counted.
+    pub counters: Counters,
+    worker: usize,
+    flows: FlowTable,
+    dpi: dpi::State,
+    errors: icmp::Errors,
+    learned: local::Learned,
+    route: route::State,
+    tunnel: Option<encrypt::Tunnel<F>>,
+    inboxes: Inboxes<F>,
+    seed: u64,
+}
+
+impl<F> std::fmt::Debug for Pipeline<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("worker", &self.worker)
+            .field("flows", &self.flows.len())
+            .field("tunnel", &self.tunnel.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a pipeline is built from.
+#[derive(Debug)]
+pub struct PipelineSetup<F> {
+    /// This worker's number.
+    pub worker: usize,
+    /// Every worker's queue of tunnel work, by worker (its length is the
+    /// number of workers).
+    pub inboxes: Inboxes<F>,
+    /// Where neighbours learned from ARP and ND go.
+    pub events: Sender<NeighborEvent>,
+    /// Keys the flow table's hash and seeds the tunnel engine's limiter.
+    pub seed: u64,
+}
+
+impl<F: Frame> Pipeline<F> {
+    /// A pipeline with its tables sized from `cfg`. All memory is allocated here.
+    pub fn new(cfg: &Snapshot, setup: PipelineSetup<F>) -> Self {
+        let mut pipeline = Pipeline {
+            counters: Counters::default(),
+            worker: setup.worker,
+            flows: FlowTable::new(
+                cfg.worker.flow_capacity as usize,
+                u64::from(cfg.worker.flow_idle_timeout_s) * NS_PER_S,
+                setup.seed,
+            ),
+            dpi: dpi::State::new(cfg),
+            errors: icmp::Errors::new(cfg, setup.seed),
+            learned: local::Learned {
+                events: setup.events,
+            },
+            route: route::State::default(),
+            tunnel: None,
+            inboxes: setup.inboxes,
+            seed: setup.seed,
+        };
+        pipeline.sync_tunnel(cfg);
+        pipeline
+    }
+
+    /// Applies a new snapshot: the settings that can change at run time,
+    /// and the tunnel engine started, reconfigured or stopped to match.
+    pub fn reconfigure(&mut self, cfg: &Snapshot) {
+        self.dpi.reconfigure(cfg);
+        self.errors.reconfigure(cfg);
+        self.flows
+            .set_idle_timeout(u64::from(cfg.worker.flow_idle_timeout_s) * NS_PER_S);
+        self.sync_tunnel(cfg);
+    }
+
+    fn sync_tunnel(&mut self, cfg: &Snapshot) {
+        match (&cfg.tunnel, &mut self.tunnel) {
+            (None, tunnel) => *tunnel = None,
+            (Some(t), Some(tunnel)) => tunnel.engine.reconfigure(&t.config),
+            (Some(t), tunnel @ None) => {
+                let mut seed = [0u8; 16];
+                seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+                seed[8..].copy_from_slice(&(self.worker as u64).to_le_bytes());
+                let engine = Tunnels::new(self.worker, self.inboxes.len(), &t.config, seed);
+                *tunnel = Some(encrypt::Tunnel::new(engine, self.seed as u16));
+            }
+        }
+    }
+
+    /// Runs every stage, in order, over `burst`. Afterwards each slot is
+    /// [`Next::Transmit`], [`Next::Resolve`] or [`Next::Gone`].
+    pub fn run(&mut self, ctx: &Context<'_>, burst: &mut Burst<F>, env: &mut impl TunnelEnv<F>) {
+        let counters = &mut self.counters;
+        parse::run(counters, burst);
+        admit::run(counters, &mut self.errors, ctx, burst, burst.slots());
+        if let Some(tunnel) = &mut self.tunnel {
+            decrypt::run(
+                tunnel,
+                &self.inboxes,
+                &mut self.errors,
+                counters,
+                ctx,
+                burst,
+                env,
+            );
+        }
+        local::run(&self.learned, &mut self.errors, counters, ctx, burst);
+        flow::run(&mut self.flows, &mut self.dpi, counters, ctx, burst);
+        dpi::run(&mut self.dpi, &mut self.flows, ctx, burst);
+        let route = &mut self.route;
+        route::run(
+            route,
+            &mut self.errors,
+            &mut self.flows,
+            counters,
+            ctx,
+            burst,
+        );
+        match &mut self.tunnel {
+            Some(tunnel) => {
+                let stale = &mut route.stale;
+                encrypt::run(tunnel, stale, &self.inboxes, counters, ctx, burst, env)
+            }
+            None => encrypt::refuse(counters, burst),
+        }
+        rewrite::run(counters, ctx, burst);
+    }
+
+    /// Moves the engine's originated datagrams (handshake messages,
+    /// keepalives, packets a completed handshake released) into `burst`, as
+    /// many as fit, entering at the outer headers. True when some remain.
+    pub fn take_originated(&mut self, burst: &mut Burst<F>) -> bool {
+        self.tunnel
+            .as_mut()
+            .is_some_and(|tunnel| tunnel.take_originated(burst))
+    }
+
+    /// Runs the tunnel peers' due timers (up to `budget` peers); what they
+    /// send is taken with [`Pipeline::take_originated`].
+    pub fn handle_timeouts(
+        &mut self,
+        ctx: &Context<'_>,
+        budget: usize,
+        env: &mut impl TunnelEnv<F>,
+    ) {
+        if let (Some(tunnel), Some(t)) = (&mut self.tunnel, ctx.cfg.tunnel.as_deref()) {
+            tunnel
+                .engine
+                .handle_timeouts(&t.config, ctx.now_ns, budget, env);
+        }
+    }
+
+    /// The earliest time a tunnel timer of this worker is due, if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.tunnel.as_ref().and_then(|t| t.engine.poll_timeout())
+    }
+
+    /// The next neighbour that went stale under traffic and should be
+    /// re-probed now (a few per pass; the rest when they are met again).
+    pub fn poll_probe(&mut self) -> Option<(u16, IpAddr)> {
+        self.route.stale.pop()
+    }
+
+    /// Builds an ARP request or Neighbor Solicitation for `target` out of
+    /// `port` into an empty frame. False when the port has no address of the
+    /// family to ask from.
+    pub fn solicit(&mut self, cfg: &Snapshot, port: u16, target: IpAddr, frame: &mut F) -> bool {
+        let Some(info) = cfg.ports.get(usize::from(port)) else {
+            return false;
+        };
+        let ok = write_solicitation(info, target, frame);
+        if ok {
+            let counter = if target.is_ipv4() {
+                Counter::ArpRequests
+            } else {
+                Counter::NdSolicitations
+            };
+            self.counters.add(counter, 1);
+        }
+        ok
+    }
+
+    /// Ages out idle flows, examining at most `budget` entries.
+    pub fn expire_flows(&mut self, now_ns: u64, budget: usize) {
+        self.flows.expire(now_ns, budget);
+        let stats = self.flows.stats();
+        self.counters.set(Counter::FlowsCreated, stats.inserted);
+        self.counters.set(Counter::FlowsExpired, stats.expired);
+        self.counters
+            .set(Counter::FlowsActive, self.flows.len() as u64);
+    }
+
+    /// The flow table, for inspection.
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
+    /// This worker's classification counters (shared with the metrics endpoint).
+    pub fn dpi_counters(&self) -> Arc<DpiCounters> {
+        self.dpi.counters.clone()
+    }
+
+    /// The tunnel engine, when a tunnel is configured.
+    pub fn tunnels(&self) -> Option<&Tunnels<F>> {
+        self.tunnel.as_ref().map(|t| &t.engine)
+    }
+
+    /// Gives up the tunnel engine's state (queued packets included), as at shutdown.
+    pub fn stop_tunnel(&mut self) {
+        self.tunnel = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

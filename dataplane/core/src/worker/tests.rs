@@ -1,0 +1,561 @@
+//! The whole worker loop on memory queues: sites joined by tunnels across
+//! an in-memory WAN switch, driven round by round on a hand-moved clock.
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+use super::memory::{ManualClock, MemoryHost, MemoryQueue, MemoryRx, MemoryTx};
+use super::*;
+use crate::config::Config;
+use crate::frame::VecFrame;
+use crate::neighbor::NeighborManager;
+use crate::testing::key_file;
+use crate::tunnel::crypto::hash;
+use crate::tunnel::noise::StaticKeys;
+
+const MS: u64 = 1_000_000;
+const LAN: usize = 0;
+const WAN: usize = 1;
+
+type TestWorker = Worker<MemoryHost, MemoryRx, MemoryTx>;
+
+/// Site `n`'s MACs: its LAN port, its WAN port, and its LAN host.
+fn lan_mac(n: u8) -> [u8; 6] {
+    [2, 0, 0, 0, n, 1]
+}
+fn wan_mac(n: u8) -> [u8; 6] {
+    [2, 0, 0, 0, n, 2]
+}
+fn host_mac(n: u8) -> [u8; 6] {
+    [2, 0, 0, 0, n, 0x0a]
+}
+fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Site `n`'s WireGuard identity.
+fn secret(n: u8) -> [u8; 32] {
+    hash(&[b"site", &[n]])
+}
+fn public_b64(n: u8) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(StaticKeys::new(secret(n)).public())
+}
+
+/// One port of one worker, as the test sees it.
+#[derive(Debug, Clone, Default)]
+struct Link {
+    /// What arrives at the gateway.
+    to_gateway: MemoryQueue,
+    /// What the gateway sent.
+    from_gateway: MemoryQueue,
+}
+
+/// A gateway: site `n` with LAN 10.n.0.0/24 (its host 10.n.0.5 known
+/// statically), WAN address 192.0.2.n, tunnel address 10.99.0.n, and its
+/// tunnel peers (site, allowed prefixes).
+struct Site {
+    n: u8,
+    /// Per worker, per port.
+    links: Vec<[Link; 2]>,
+    workers: Vec<TestWorker>,
+    config: Arc<Published<Snapshot>>,
+    manager: NeighborManager,
+    stats: Vec<Arc<SharedCounters>>,
+}
+
+fn config_text(n: u8, peers: &[(u8, &[&str])], extra: &str) -> String {
+    let key = key_file(&format!("worker-site-{n}"), secret(n));
+    let mut text = format!(
+        r#"
+        [worker]
+        flow_capacity = 1024
+        [[port]]
+        name = "lan"
+        device = "mem0"
+        addresses = ["10.{n}.0.1/24"]
+        [[port]]
+        name = "wan"
+        device = "mem1"
+        addresses = ["192.0.2.{n}/24"]
+        [tunnel]
+        private_key_file = "{key}"
+        addresses = ["10.99.0.{n}/24"]
+        [[neighbor]]
+        ip = "10.{n}.0.5"
+        mac = "{host}"
+        port = "lan"
+        {extra}
+        "#,
+        key = key.display(),
+        host = mac_text(host_mac(n)),
+    );
+    for (m, allowed) in peers {
+        let allowed: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+        text += &format!(
+            r#"
+            [[peer]]
+            name = "site-{m}"
+            endpoint = {{ address = "192.0.2.{m}", port = 51820 }}
+            wireguard = {{ public_key = "{key}" }}
+            allowed_ips = [{allowed}]
+            [[neighbor]]
+            ip = "192.0.2.{m}"
+            mac = "{mac}"
+            port = "wan"
+            "#,
+            key = public_b64(*m),
+            allowed = allowed.join(", "),
+            mac = mac_text(wan_mac(*m)),
+        );
+    }
+    text
+}
+
+fn snapshot(text: &str, n: u8) -> Snapshot {
+    let mut cfg = Config::from_toml(text)
+        .expect("test config parses")
+        .validate(1)
+        .expect("test config is valid");
+    cfg.set_port_macs(&[lan_mac(n), wan_mac(n)]);
+    cfg
+}
+
+fn site(n: u8, workers: usize, peers: &[(u8, &[&str])], clock: &ManualClock) -> Site {
+    site_with(n, workers, peers, "", clock)
+}
+
+fn site_with(
+    n: u8,
+    workers: usize,
+    peers: &[(u8, &[&str])],
+    extra: &str,
+    clock: &ManualClock,
+) -> Site {
+    let cfg = snapshot(&config_text(n, peers, extra), n);
+    let neighbors = Arc::new(NeighborShared::default());
+    let (events, learned) = crossbeam_channel::bounded(64);
+    let mut manager = NeighborManager::new(cfg.neighbors.clone(), neighbors.clone(), learned);
+    manager.configure(&cfg.neighbors, &cfg.static_neighbors);
+    manager.tick(clock.now());
+    let config = Arc::new(Published::new(cfg));
+    let inboxes = tunnel_inboxes(workers);
+    let mut site = Site {
+        n,
+        links: Vec::new(),
+        workers: Vec::new(),
+        config: config.clone(),
+        manager,
+        stats: Vec::new(),
+    };
+    for index in 0..workers {
+        let links: [Link; 2] = Default::default();
+        let stats = Arc::new(SharedCounters::default());
+        let worker = Worker::new(WorkerSetup {
+            index,
+            rx: (0..2)
+                .map(|p| (p as u16, MemoryRx(links[p].to_gateway.clone())))
+                .collect(),
+            tx: (0..2)
+                .map(|p| MemoryTx::new(links[p].from_gateway.clone()))
+                .collect(),
+            host: MemoryHost::new(clock.clone(), u64::from(n) * 100 + index as u64),
+            config: config.clone(),
+            neighbors: neighbors.clone(),
+            events: events.clone(),
+            stats: stats.clone(),
+            tunnel_stats: Arc::default(),
+            inboxes: inboxes.clone(),
+            stop: Arc::default(),
+            seed: u64::from(n),
+        });
+        site.links.push(links);
+        site.workers.push(worker);
+        site.stats.push(stats);
+    }
+    site
+}
+
+impl Site {
+    /// A frame from the LAN host to `dst` arriving at worker `w`.
+    fn host_sends(&self, w: usize, frame: VecFrame) {
+        self.links[w][LAN].to_gateway.push(frame);
+    }
+
+    /// What the gateway sent to its LAN, from every worker.
+    fn to_hosts(&self) -> Vec<VecFrame> {
+        self.links
+            .iter()
+            .flat_map(|l| l[LAN].from_gateway.drain())
+            .collect()
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.pipeline().counters.get(c))
+            .sum()
+    }
+
+    fn drops(&self, r: DropReason) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.pipeline().counters.drops(r))
+            .sum()
+    }
+
+    fn round(&mut self) -> usize {
+        self.workers.iter_mut().map(Worker::round).sum()
+    }
+}
+
+/// A UDP datagram from site `from`'s host to `dst`, as the host sends it.
+fn udp_from_host(from: u8, dst: [u8; 4], payload: &[u8]) -> VecFrame {
+    let b = PacketBuilder::ethernet2(host_mac(from), lan_mac(from))
+        .ipv4([10, from, 0, 5], dst, 64)
+        .udp(4000, 5000);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    VecFrame::new(&out)
+}
+
+/// What a test reads of an IPv4 UDP frame.
+#[derive(Debug)]
+struct Udp {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    payload: Vec<u8>,
+}
+
+/// An IPv4 UDP frame read back (its IPv4 header checksum checked).
+fn udp_of(frame: &VecFrame) -> Udp {
+    let p = SlicedPacket::from_ethernet(frame.data()).expect("an Ethernet frame");
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else {
+        panic!("not Ethernet")
+    };
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not IPv4")
+    };
+    let h = ip.header();
+    assert_eq!(
+        h.to_header().header_checksum,
+        h.to_header().calc_header_checksum(),
+        "a valid IPv4 header checksum"
+    );
+    let Some(TransportSlice::Udp(udp)) = p.transport else {
+        panic!("not UDP")
+    };
+    Udp {
+        src_mac: eth.source(),
+        dst_mac: eth.destination(),
+        src: h.source(),
+        dst: h.destination(),
+        ttl: h.ttl(),
+        payload: udp.payload().to_vec(),
+    }
+}
+
+/// Moves frames between the sites' WAN ports by destination MAC, into the
+/// worker `pick` chooses; runs rounds until nothing moves.
+fn settle_with(sites: &mut [&mut Site], clock: &ManualClock, pick: impl Fn(u8, usize) -> usize) {
+    for _ in 0..64 {
+        let mut busy = 0;
+        for site in sites.iter_mut() {
+            busy += site.round();
+        }
+        let mut moved = 0;
+        for from in 0..sites.len() {
+            let frames: Vec<VecFrame> = sites[from]
+                .links
+                .iter()
+                .flat_map(|l| l[WAN].from_gateway.drain())
+                .collect();
+            for frame in frames {
+                let dst: [u8; 6] = frame.data()[..6].try_into().unwrap();
+                let Some(to) = sites.iter().position(|s| wan_mac(s.n) == dst) else {
+                    continue; // a next hop nobody is: lost on the wire
+                };
+                let w = pick(sites[to].n, sites[to].workers.len());
+                sites[to].links[w][WAN].to_gateway.push(frame);
+                moved += 1;
+            }
+        }
+        clock.advance(MS);
+        if moved == 0 && busy == 0 {
+            return;
+        }
+    }
+    panic!("the sites never settled");
+}
+
+fn settle(sites: &mut [&mut Site], clock: &ManualClock) {
+    settle_with(sites, clock, |_, _| 0);
+}
+
+#[test]
+fn lan_packets_cross_the_tunnel_both_ways() {
+    let clock = ManualClock::default();
+    let mut a = site(1, 1, &[(2, &["10.2.0.0/24"])], &clock);
+    let mut b = site(2, 1, &[(1, &["10.1.0.0/24"])], &clock);
+
+    a.host_sends(0, udp_from_host(1, [10, 2, 0, 5], b"hello"));
+    settle(&mut [&mut a, &mut b], &clock);
+    let got = b.to_hosts();
+    assert_eq!(got.len(), 1, "delivered once, after the handshake");
+    let udp = udp_of(&got[0]);
+    assert_eq!((udp.src_mac, udp.dst_mac), (lan_mac(2), host_mac(2)));
+    assert_eq!((udp.src, udp.dst), ([10, 1, 0, 5], [10, 2, 0, 5]));
+    assert_eq!(udp.ttl, 62, "one hop at each gateway");
+    assert_eq!(udp.payload, b"hello");
+
+    // The answer goes back on the session the first packet made.
+    b.host_sends(0, udp_from_host(2, [10, 1, 0, 5], b"hello back"));
+    settle(&mut [&mut a, &mut b], &clock);
+    let got = a.to_hosts();
+    assert_eq!(got.len(), 1);
+    let udp = udp_of(&got[0]);
+    assert_eq!(
+        (udp.dst_mac, udp.src, udp.ttl),
+        (host_mac(1), [10, 2, 0, 5], 62)
+    );
+    assert_eq!(udp.payload, b"hello back");
+    for s in [&a, &b] {
+        let engine = s.workers[0].pipeline().tunnels().unwrap();
+        assert_eq!(engine.queued(0), 0);
+        assert!(
+            engine
+                .peer_stats(
+                    0,
+                    &s.config.load().tunnel.as_ref().unwrap().config,
+                    clock.now()
+                )
+                .session_up
+        );
+        assert_eq!(s.counter(Counter::FlowInsertFailed), 0);
+        let dropped: u64 = DropReason::ALL.iter().map(|r| s.drops(*r)).sum();
+        assert_eq!(dropped, 0, "site {} dropped nothing", s.n);
+    }
+}
+
+#[test]
+fn a_hub_forwards_between_two_tunnels_in_one_pass() {
+    // B and C reach each other only through A: B's packet is decrypted at
+    // A and, in the same pass, routed and encrypted for C.
+    let clock = ManualClock::default();
+    let mut a = site(
+        1,
+        1,
+        &[(2, &["10.2.0.0/24"]), (3, &["10.3.0.0/24"])],
+        &clock,
+    );
+    let mut b = site(2, 1, &[(1, &["10.1.0.0/24", "10.3.0.0/24"])], &clock);
+    let mut c = site(3, 1, &[(1, &["10.1.0.0/24", "10.2.0.0/24"])], &clock);
+
+    b.host_sends(0, udp_from_host(2, [10, 3, 0, 5], b"via the hub"));
+    settle(&mut [&mut a, &mut b, &mut c], &clock);
+    let got = c.to_hosts();
+    assert_eq!(got.len(), 1);
+    let udp = udp_of(&got[0]);
+    assert_eq!(
+        (udp.dst_mac, udp.src, udp.dst),
+        (host_mac(3), [10, 2, 0, 5], [10, 3, 0, 5])
+    );
+    assert_eq!(udp.ttl, 61, "three gateways");
+    assert_eq!(udp.payload, b"via the hub");
+    assert!(a.to_hosts().is_empty(), "nothing for the hub's own LAN");
+    let engine = a.workers[0].pipeline().tunnels().unwrap();
+    assert_eq!(
+        engine
+            .peer_stats(
+                0,
+                &a.config.load().tunnel.as_ref().unwrap().config,
+                clock.now()
+            )
+            .rx_packets,
+        1
+    );
+    assert_eq!(
+        engine
+            .peer_stats(
+                1,
+                &a.config.load().tunnel.as_ref().unwrap().config,
+                clock.now()
+            )
+            .tx_packets,
+        1
+    );
+}
+
+#[test]
+fn a_peers_packets_are_handed_to_the_worker_that_owns_it() {
+    // A has two workers; its only peer (B, peer 0) belongs to worker 0, but
+    // the LAN packet and every datagram from B arrive at worker 1.
+    let clock = ManualClock::default();
+    let mut a = site(1, 2, &[(2, &["10.2.0.0/24"])], &clock);
+    let mut b = site(2, 1, &[(1, &["10.1.0.0/24"])], &clock);
+    let to_worker_1 = |n: u8, _: usize| usize::from(n == 1);
+
+    a.host_sends(1, udp_from_host(1, [10, 2, 0, 5], b"handed over"));
+    settle_with(&mut [&mut a, &mut b], &clock, to_worker_1);
+    let got = b.to_hosts();
+    assert_eq!(got.len(), 1);
+    assert_eq!(udp_of(&got[0]).payload, b"handed over");
+
+    b.host_sends(0, udp_from_host(2, [10, 1, 0, 5], b"and back"));
+    settle_with(&mut [&mut a, &mut b], &clock, to_worker_1);
+    // Decrypted by the owner, so sent to the LAN by worker 0.
+    assert!(a.links[1][LAN].from_gateway.is_empty());
+    let got = a.links[0][LAN].from_gateway.drain();
+    assert_eq!(got.len(), 1);
+    assert_eq!(udp_of(&got[0]).payload, b"and back");
+    // Worker 1 never sealed or opened anything: it has no session.
+    let w1 = a.workers[1].pipeline().tunnels().unwrap();
+    assert_eq!(
+        w1.peer_stats(
+            0,
+            &a.config.load().tunnel.as_ref().unwrap().config,
+            clock.now()
+        ),
+        Default::default()
+    );
+    assert_eq!(a.drops(DropReason::TunnelHandoffFull), 0);
+}
+
+#[test]
+fn packets_wait_for_their_next_hop_and_leave_when_it_answers() {
+    // Host 10.1.0.7 on A's LAN is not known yet: B's packet for it is held
+    // and A asks for it with ARP.
+    let clock = ManualClock::default();
+    let mut a = site(1, 1, &[(2, &["10.2.0.0/24"])], &clock);
+    let mut b = site(2, 1, &[(1, &["10.1.0.0/24"])], &clock);
+    b.host_sends(0, udp_from_host(2, [10, 1, 0, 7], b"for a stranger"));
+    settle(&mut [&mut a, &mut b], &clock);
+    let asked = a.to_hosts();
+    assert_eq!(asked.len(), 1, "one ARP request");
+    let arp = SlicedPacket::from_ethernet(asked[0].data()).unwrap();
+    let Some(NetSlice::Arp(arp)) = arp.net else {
+        panic!("not ARP")
+    };
+    assert_eq!(arp.target_protocol_addr(), [10, 1, 0, 7]);
+    assert_eq!(a.workers[0].pending.packets(), 1);
+
+    // The host answers; the control thread publishes what the worker learned.
+    let stranger = [2, 0, 0, 0, 1, 0x77];
+    let b_ = PacketBuilder::ethernet2(stranger, lan_mac(1)).arp(
+        etherparse::ArpPacket::new(
+            etherparse::ArpHardwareId::ETHERNET,
+            etherparse::EtherType::IPV4,
+            etherparse::ArpOperation::REPLY,
+            &stranger,
+            &[10, 1, 0, 7],
+            &lan_mac(1),
+            &[10, 1, 0, 1],
+        )
+        .unwrap(),
+    );
+    let mut out = Vec::new();
+    b_.write(&mut out).unwrap();
+    a.host_sends(0, VecFrame::new(&out));
+    a.round();
+    assert!(a.manager.tick(clock.now()), "the reply was learned");
+    a.round();
+    let got = a.to_hosts();
+    assert_eq!(got.len(), 1, "released");
+    let udp = udp_of(&got[0]);
+    assert_eq!(
+        (udp.src_mac, udp.dst_mac, udp.dst),
+        (lan_mac(1), stranger, [10, 1, 0, 7])
+    );
+    assert_eq!(udp.payload, b"for a stranger");
+    assert_eq!(a.workers[0].pending.packets(), 0);
+}
+
+#[test]
+fn a_new_snapshot_applies_from_the_next_burst_and_voids_cached_routes() {
+    let clock = ManualClock::default();
+    let route = r#"
+        [[route]]
+        prefix = "203.0.113.0/24"
+        via = "192.0.2.254"
+        [[neighbor]]
+        ip = "192.0.2.254"
+        mac = "02:00:00:00:00:fe"
+        port = "wan"
+    "#;
+    let mut a = site_with(1, 1, &[], route, &clock);
+    let packet = || udp_from_host(1, [203, 0, 113, 9], b"out");
+    a.host_sends(0, packet());
+    a.round();
+    assert_eq!(a.links[0][WAN].from_gateway.drain().len(), 1, "routed");
+
+    // The route goes; the flow's cached decision must go with it.
+    let without = snapshot(&config_text(1, &[], ""), 1);
+    a.config.store(without);
+    a.host_sends(0, packet());
+    a.round();
+    assert!(a.links[0][WAN].from_gateway.is_empty());
+    let back = a.to_hosts();
+    assert_eq!(back.len(), 1, "net unreachable, to the host");
+    assert_eq!(a.drops(DropReason::NoRoute), 1);
+    assert_eq!(a.workers[0].pipeline().flows().len(), 1, "the same flow");
+}
+
+#[test]
+fn handshake_retransmissions_follow_the_engines_deadlines() {
+    // B never answers: the worker sends each retransmission when the
+    // engine's next deadline comes, not before.
+    let clock = ManualClock::default();
+    let mut a = site(1, 1, &[(2, &["10.2.0.0/24"])], &clock);
+    a.host_sends(0, udp_from_host(1, [10, 2, 0, 5], b"lost"));
+    a.round();
+    assert_eq!(
+        a.links[0][WAN].from_gateway.drain().len(),
+        1,
+        "the first initiation"
+    );
+    for attempt in 2..=4 {
+        let deadline = a.workers[0]
+            .pipeline()
+            .poll_timeout()
+            .expect("a retransmission is armed");
+        clock.set(deadline - 1);
+        a.round();
+        assert!(
+            a.links[0][WAN].from_gateway.is_empty(),
+            "not before the deadline"
+        );
+        clock.set(deadline);
+        a.round();
+        let sent = a.links[0][WAN].from_gateway.drain();
+        assert_eq!(sent.len(), 1, "initiation {attempt}");
+        assert_eq!(sent[0].data()[42], 1, "a handshake initiation");
+    }
+}
+
+#[test]
+fn stopping_frees_what_waits_and_publishes_the_final_counters() {
+    let clock = ManualClock::default();
+    let mut a = site(1, 1, &[(2, &["10.2.0.0/24"])], &clock);
+    // One packet waits for an unknown LAN host (routed out of the LAN to
+    // 10.1.0.8), one for a handshake that never completes.
+    let mut tunnel_packet = udp_from_host(1, [10, 2, 0, 5], b"staged");
+    a.host_sends(0, std::mem::replace(&mut tunnel_packet, VecFrame::empty()));
+    let b = PacketBuilder::ethernet2(wan_mac(9), wan_mac(1))
+        .ipv4([192, 0, 2, 9], [10, 1, 0, 8], 64)
+        .udp(1, 2);
+    let mut out = Vec::new();
+    b.write(&mut out, b"pending").unwrap();
+    a.links[0][WAN].to_gateway.push(VecFrame::new(&out));
+    a.round();
+    assert_eq!(a.workers[0].pending.packets(), 1);
+    assert_eq!(a.workers[0].pipeline().tunnels().unwrap().queued(0), 1);
+
+    let w = a.workers.pop().unwrap();
+    w.stop.store(true, Ordering::Relaxed);
+    w.run();
+    let published = a.stats[0].read();
+    assert_eq!(published.drops(DropReason::NeighborUnresolved), 1);
+    assert_eq!(published.get(Counter::RxPackets), 2);
+}
