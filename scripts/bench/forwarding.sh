@@ -5,13 +5,45 @@
 # Contenders, measured in the same run on the same virtual devices:
 #   patronus   the full forwarding path (parse, flow table, route, neighbour rewrite)
 #   l3fwd      DPDK's own example (LPM), built from the dpdk-doc sources here
+#   l3fwd-em   the same l3fwd in exact-match mode (--lookup=em), see below
+#   ovs        Open vSwitch with DPDK (userspace datapath), see below
 #   rxtx       a minimal C rx->tx loop: the ceiling of this harness
-# plus net_null -> net_null runs for the framework cost alone.
+# plus net_null -> net_null runs for the framework cost alone (rxtx, patronus).
+# CONTENDERS="l3fwd-em ovs" (any of the names above) measures a subset; the
+# cargo build is skipped when patronus is not among them and the captures
+# of an earlier run exist.
 #
-# Rates come from DPDK telemetry (/ethdev/stats) of each process, so all
-# three are counted the same way. Cycles per packet = TSC Hz / rate (the
-# worker lcore spins at 100%). Prints min/median/max of RUNS runs and the
-# ratio patronus / l3fwd at 64 B last. Do not build anything meanwhile.
+# l3fwd-em, per packet: --parse-ptype's rx callback reads the Ethernet type,
+# IHL and protocol to set the packet type; then, 8 packets at a time, the
+# 16 bytes from the IPv4 TTL on are masked down to the 5-tuple (protocol,
+# addresses, ports) and looked up with rte_hash_lookup_bulk (CRC32 hash) in
+# a table created for 4 Mi entries, whose hit gives the output port; then
+# both MAC addresses are rewritten, the TTL decremented and the checksum
+# patched (RFC 1812 checks), and packets are sent in bursts per port. The
+# table holds one rule per flow of the capture (scripts/bench/pcap_rules.py
+# writes them from the pcap itself, l3fwd loads them with --rule_ipv4), each
+# to port 1, so every lookup hits and packets leave by net_null like the
+# others'. A miss would go back out of port 0: its tx counter is checked
+# after every run and should stay 0.
+#
+# ovs: a private ovsdb-server and ovs-vswitchd-dpdk (Debian's
+# openvswitch-switch-dpdk, installed when missing) under $OUT/ovs, with its
+# own DPDK file prefix (--in-memory, 512 MiB of hugepages, mempools per
+# port) and one PMD thread on the core the other contenders forward on; the
+# daemon's other threads run on the other core. A netdev bridge in
+# fail_mode=secure holds two dpdk ports, the same net_pcap and net_null
+# vdevs, and one OpenFlow route per destination of the capture, as a router
+# would: ip,nw_dst=D/32 -> set both MACs, dec_ttl, output to net_null.
+# OVS's defaults otherwise (EMC on, SMC off): the flows settle in its EMC
+# and megaflow cache, which the run reports from pmd-stats-show. Unlike
+# l3fwd, its PMD also polls net_null's (empty) rx queue.
+#
+# Rates come from DPDK telemetry (/ethdev/stats) of each process, so that
+# they are counted the same way; for OVS, from its own port counters
+# (ovs-ofctl dump-ports: the same ethdev counter of net_null). Cycles per
+# packet = TSC Hz / rate (the worker lcore spins at 100%). Prints
+# min/median/max of RUNS runs and the ratios patronus / l3fwd, / l3fwd-em
+# and / ovs at 64 B last. Do not build anything meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -20,38 +52,75 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 FLOWS=${FLOWS:-4096}
+CONTENDERS=${CONTENDERS:-rxtx l3fwd l3fwd-em ovs patronus}
 OUT=target/bench
 PCAP_MAC=02:70:63:61:70:00 # what net_pcap reports as its address
 NEXT_HOP_MAC=02:00:00:00:00:02
 
+for c in $CONTENDERS; do
+    case $c in
+    rxtx | l3fwd | l3fwd-em | ovs | patronus) ;;
+    *)
+        echo "forwarding.sh: unknown contender '$c' (CONTENDERS: rxtx l3fwd l3fwd-em ovs patronus)" >&2
+        exit 1
+        ;;
+    esac
+done
+wants() { [[ " $CONTENDERS " == *" $1 "* ]]; }
+
 # dpdk-doc: l3fwd's sources come with Debian's DPDK documentation.
-mode=$(scripts/setup.sh dpdk-doc)
+packages=()
+if wants l3fwd || wants l3fwd-em; then packages+=(dpdk-doc); fi
+if wants ovs; then packages+=(openvswitch-switch-dpdk); fi
+mode=$(scripts/setup.sh "${packages[@]}")
 if [[ $mode != hugepages ]]; then
     echo "forwarding.sh: hugepages are needed for meaningful figures (see hugepages.md)" >&2
     exit 1
 fi
 mkdir -p "$OUT"
 
-echo "== building (release)" >&2
-cargo build -q --release --bin patronus-dataplane --example bench_pcap
+pcap_of() { echo "$PWD/$OUT/flows-$FLOWS-$1.pcap"; } # pcap_of SIZE (frame bytes without FCS)
+have_pcaps=true
+for size in 60 1396; do [[ -s $(pcap_of "$size") ]] || have_pcaps=false; done
+if wants patronus || ! $have_pcaps; then
+    echo "== building (release)" >&2
+    if wants patronus; then
+        cargo build -q --release --bin patronus-dataplane --example bench_pcap
+    else
+        cargo build -q --release --example bench_pcap
+    fi
+    for size in 60 1396; do
+        target/release/examples/bench_pcap --flows "$FLOWS" --size "$size" --dst-mac "$PCAP_MAC" --out "$(pcap_of "$size")"
+    done
+else
+    echo "== no cargo build: patronus is not measured; reusing $OUT/flows-$FLOWS-*.pcap" >&2
+fi
+# shellcheck disable=SC2046
 cc -O3 $(pkg-config --cflags libdpdk) scripts/bench/rxtx_anchor.c -o "$OUT/rxtx_anchor" $(pkg-config --libs libdpdk)
-rm -rf "$OUT/l3fwd-src"
-mkdir -p "$OUT/l3fwd-src"
-cp -r /usr/share/dpdk/examples/l3fwd /usr/share/dpdk/examples/common "$OUT/l3fwd-src/"
-# l3fwd asks virtual PMDs for Rx checksum offloads they lack; mask its
-# requests with the device's capabilities so that it starts.
-sed -i 's/^\(\s*\)local_port_conf.rx_adv_conf.rss_conf.rss_hf &=$/\1local_port_conf.rxmode.offloads \&= dev_info.rx_offload_capa;\n&/' "$OUT/l3fwd-src/l3fwd/main.c"
-sed -i 's/rxq_conf.offloads = port_conf.rxmode.offloads;/rxq_conf.offloads = port_conf.rxmode.offloads \& dev_info.rx_offload_capa;/' "$OUT/l3fwd-src/l3fwd/main.c"
-make -s -C "$OUT/l3fwd-src/l3fwd" >/dev/null
+if wants l3fwd || wants l3fwd-em; then
+    rm -rf "$OUT/l3fwd-src"
+    mkdir -p "$OUT/l3fwd-src"
+    cp -r /usr/share/dpdk/examples/l3fwd /usr/share/dpdk/examples/common "$OUT/l3fwd-src/"
+    # l3fwd asks virtual PMDs for Rx checksum offloads they lack; mask its
+    # requests with the device's capabilities so that it starts.
+    sed -i 's/^\(\s*\)local_port_conf.rx_adv_conf.rss_conf.rss_hf &=$/\1local_port_conf.rxmode.offloads \&= dev_info.rx_offload_capa;\n&/' "$OUT/l3fwd-src/l3fwd/main.c"
+    sed -i 's/rxq_conf.offloads = port_conf.rxmode.offloads;/rxq_conf.offloads = port_conf.rxmode.offloads \& dev_info.rx_offload_capa;/' "$OUT/l3fwd-src/l3fwd/main.c"
+    make -s -C "$OUT/l3fwd-src/l3fwd" >/dev/null
+fi
 L3FWD="$OUT/l3fwd-src/l3fwd/build/l3fwd"
-
-for size in 60 1396; do
-    target/release/examples/bench_pcap --flows "$FLOWS" --size "$size" --dst-mac "$PCAP_MAC" --out "$OUT/flows-$size.pcap"
-done
 
 tsc_hz=
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
+# shellcheck source=scripts/bench/ovs_dpdk.sh
+source scripts/bench/ovs_dpdk.sh
+if wants ovs; then
+    # ovs_dpdk cleans up after itself, also when it fails; this is for a
+    # run stopped between its steps.
+    trap 'ovs_stop "$PWD/$OUT/ovs"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+fi
 patronus_config() { # patronus_config IN_VDEV OUT_VDEV PREFIX
     cat <<TOML
 [dpdk]
@@ -94,27 +163,47 @@ l3fwd() { # l3fwd IN OUT
     run l3fwd pbench-l3fwd 1 opackets "$L3FWD" $(LCORES=1 eal pbench-l3fwd "$1" "$2") -- \
         -p 0x3 --config="(0,0,1)" --parse-ptype --eth-dest=1,$NEXT_HOP_MAC
 }
+l3fwd_em() { # l3fwd_em IN OUT RULES
+    # As l3fwd, with the exact-match table loaded from RULES. l3fwd reads rule
+    # files only in pairs: the IPv6 one is its stock table (parsed, not
+    # inserted: the IPv6 table is filled only with --ipv6). Misses would go
+    # out of port 0 again.
+    # shellcheck disable=SC2046
+    MISS_COUNTER="0 opackets" run l3fwd-em pbench-l3fwd-em 1 opackets "$L3FWD" $(LCORES=1 eal pbench-l3fwd-em "$1" "$2") -- \
+        -p 0x3 --config="(0,0,1)" --parse-ptype --eth-dest=1,$NEXT_HOP_MAC \
+        --lookup=em --rule_ipv4="$3" --rule_ipv6="$OUT/l3fwd-src/l3fwd/em_default_v6.cfg"
+}
 
 tsc_hz=$(measure_tsc_hz "$OUT/rxtx_anchor" pbench-hz)
 
 for size in 60 1396; do
     wire=$((size + 4))
-    in="net_pcap0,rx_pcap=$OUT/flows-$size.pcap,infinite_rx=1"
+    pcap=$(pcap_of "$size")
+    in="net_pcap0,rx_pcap=$pcap,infinite_rx=1"
     out="net_null0,no-rx=1"
     echo "== ${wire} B frames, $FLOWS flows" >&2
-    measure "rxtx/$wire" anchor "$in" "$out" 1 opackets
-    measure "l3fwd/$wire" l3fwd "$in" "$out"
-    measure "patronus/$wire" ours "$in" "$out" 1 opackets
+    if wants rxtx; then measure "rxtx/$wire" anchor "$in" "$out" 1 opackets; fi
+    if wants l3fwd; then measure "l3fwd/$wire" l3fwd "$in" "$out"; fi
+    if wants l3fwd-em; then
+        python3 scripts/bench/pcap_rules.py em "$pcap" 1 >"$OUT/l3fwd-em-$size.rules"
+        measure "l3fwd-em/$wire" l3fwd_em "$in" "$out" "$OUT/l3fwd-em-$size.rules"
+    fi
+    if wants ovs; then measure "ovs/$wire" ovs_dpdk "$in" "$out" "$pcap"; fi
+    if wants patronus; then measure "patronus/$wire" ours "$in" "$out" 1 opackets; fi
 done
-echo "== net_null -> net_null (framework cost; patronus parses and drops the all-zero frames)" >&2
-measure "rxtx/null" anchor "net_null0" "net_null1,no-rx=1" 1 opackets
-measure "patronus/null" ours "net_null0" "net_null1,no-rx=1" 0 ipackets
+if wants rxtx || wants patronus; then
+    echo "== net_null -> net_null (framework cost; patronus parses and drops the all-zero frames)" >&2
+fi
+if wants rxtx; then measure "rxtx/null" anchor "net_null0" "net_null1,no-rx=1" 1 opackets; fi
+if wants patronus; then measure "patronus/null" ours "net_null0" "net_null1,no-rx=1" 0 ipackets; fi
 
 echo
 printf 'machine: %s, %s vCPU; DPDK %s; %s; TSC %s Hz; %s runs x %s s, %s flows\n' \
     "$(uname -r)" "$(nproc)" "$(pkg-config --modversion libdpdk)" "$(date -u +%F)" "${tsc_hz:-?}" "$RUNS" "$DURATION" "$FLOWS"
 printf '%-16s %14s %14s %14s %10s %12s\n' contender "Mpps min" "Mpps median" "Mpps max" "Gbit/s" "cycles/pkt"
-for key in rxtx/64 l3fwd/64 patronus/64 rxtx/1400 l3fwd/1400 patronus/1400 rxtx/null patronus/null; do
+for key in rxtx/64 l3fwd/64 l3fwd-em/64 ovs/64 patronus/64 \
+    rxtx/1400 l3fwd/1400 l3fwd-em/1400 ovs/1400 patronus/1400 rxtx/null patronus/null; do
+    [[ -n ${results[$key]:-} ]] || continue
     read -r lo med hi <<<"${results[$key]}"
     wire=${key#*/}
     [[ $wire == null ]] && wire=64
@@ -126,6 +215,9 @@ cycles = hz / med if med and hz else float("nan")
 print(f"{key:<16} {lo/1e6:14.3f} {med/1e6:14.3f} {hi/1e6:14.3f} {gbps:10.2f} {cycles:12.0f}")
 PY
 done
-read -r _ ours_med _ <<<"${results[patronus/64]}"
-read -r _ l3_med _ <<<"${results[l3fwd/64]}"
-python3 -c "print(f'patronus / l3fwd at 64 B (median): {$ours_med / $l3_med:.2f}x')"
+for other in l3fwd l3fwd-em ovs; do
+    [[ -n ${results[patronus/64]:-} && -n ${results[$other/64]:-} ]] || continue
+    read -r _ ours_med _ <<<"${results[patronus/64]}"
+    read -r _ their_med _ <<<"${results[$other/64]}"
+    python3 -c "print(f'patronus / $other at 64 B (median): {$ours_med / $their_med:.2f}x')"
+done

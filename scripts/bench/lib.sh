@@ -1,8 +1,12 @@
+# shellcheck shell=bash
 # Shared by the benchmarks that run DPDK processes on virtual devices and
 # read their rates from DPDK telemetry. Source it from the repository root
 # with OUT, RUNS, DURATION and WARMUP set.
 
-# run NAME PREFIX COUNTER_PORT COUNTER CMD... : one measurement, prints packets/s
+# run NAME PREFIX COUNTER_PORT COUNTER CMD... : one measurement, prints packets/s.
+# With MISS_COUNTER="PORT FIELD" set, that counter too is read once the
+# window is over and shown on stderr: packets that went the wrong way since
+# the start (e.g. lookups that missed), which should be none.
 run() {
     local name=$1 prefix=$2 port=$3 field=$4
     shift 4
@@ -19,6 +23,16 @@ run() {
     c1=$(python3 scripts/bench/telemetry.py "$prefix" "$port" "$field"); t1=$(date +%s.%N)
     sleep "$DURATION"
     c2=$(python3 scripts/bench/telemetry.py "$prefix" "$port" "$field"); t2=$(date +%s.%N)
+    if [[ -n ${MISS_COUNTER:-} ]]; then
+        local missed
+        # shellcheck disable=SC2086 # "PORT FIELD": two arguments
+        missed=$(python3 scripts/bench/telemetry.py "$prefix" $MISS_COUNTER)
+        if [[ $missed == 0 ]]; then
+            echo "    $name: port/counter $MISS_COUNTER = 0 (no misses)" >&2
+        else
+            echo "    $name: port/counter $MISS_COUNTER = $missed: packets went the wrong way" >&2
+        fi
+    fi
     kill -INT "$pid"
     wait "$pid" || true
     rm -rf "/var/run/dpdk/$prefix"
