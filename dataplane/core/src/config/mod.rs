@@ -16,10 +16,12 @@ use crate::route::{Route, RouteTable};
 use site::{Capabilities, PeerSection, PolicySection, SiteSection, SiteSections, SiteState};
 use std::sync::Arc;
 
+mod addresses;
 mod error;
 pub mod site;
 mod tunnel;
 
+pub use addresses::AddressSet;
 pub use error::ConfigError;
 
 pub use tunnel::{TunnelLocal, TunnelSection, TunnelSnapshot, TUNNEL_MAC, TUNNEL_PORT_NAME};
@@ -515,30 +517,32 @@ pub struct Snapshot {
     /// The file's routes (connected and static), before the tunnel's are added.
     base_routes: RouteTable,
     /// Every IPv4 address of the gateway, for the per-packet "is it ours?" test.
-    local_v4: Vec<Ipv4Addr>,
+    local_v4: AddressSet<Ipv4Addr>,
     /// Every IPv6 address of the gateway, link-local ones included once known.
-    local_v6: Vec<Ipv6Addr>,
+    local_v6: AddressSet<Ipv6Addr>,
     /// Broadcast addresses of the connected IPv4 subnets (never forwarded).
-    directed_broadcasts: Vec<Ipv4Addr>,
+    directed_broadcasts: AddressSet<Ipv4Addr>,
+    /// The tunnel interface's port index, when there is one.
+    tunnel_port: Option<u16>,
 }
 
 impl Snapshot {
     /// Whether `addr` is one of the gateway's IPv4 addresses.
     #[inline]
     pub fn is_local_v4(&self, addr: Ipv4Addr) -> bool {
-        self.local_v4.contains(&addr)
+        self.local_v4.contains(addr)
     }
 
     /// Whether `addr` is one of the gateway's IPv6 addresses.
     #[inline]
     pub fn is_local_v6(&self, addr: Ipv6Addr) -> bool {
-        self.local_v6.contains(&addr)
+        self.local_v6.contains(addr)
     }
 
     /// Whether `addr` is the broadcast address of a connected IPv4 subnet.
     #[inline]
     pub fn is_directed_broadcast(&self, addr: Ipv4Addr) -> bool {
-        self.directed_broadcasts.contains(&addr)
+        self.directed_broadcasts.contains(addr)
     }
 
     /// Rebuilds the address lists above from the ports; called whenever the
@@ -555,6 +559,11 @@ impl Snapshot {
             .iter()
             .flat_map(|p| p.v6.iter().map(Ipv6Net::addr))
             .collect();
+        self.tunnel_port = self
+            .ports
+            .last()
+            .filter(|p| p.kind == PortKind::Tunnel)
+            .map(|p| p.index);
     }
 
     /// Puts `site` in force: its peers become the tunnel's (when there is
@@ -578,10 +587,7 @@ impl Snapshot {
     /// The tunnel interface's port index, when there is one.
     #[inline]
     pub fn tunnel_port(&self) -> Option<u16> {
-        self.ports
-            .last()
-            .filter(|p| p.kind == PortKind::Tunnel)
-            .map(|p| p.index)
+        self.tunnel_port
     }
 
     /// The port owning `addr`, if the address is one of ours.
@@ -601,6 +607,7 @@ impl Snapshot {
                 Ipv6Net::new(ll, 64).expect("64 is a valid prefix length"),
             );
         }
+        self.index_addresses();
     }
 }
 
@@ -1145,9 +1152,10 @@ impl Config {
             worker: self.worker.clone(),
             neighbors: self.neighbors.clone(),
             icmp: self.icmp.clone(),
-            local_v4: Vec::new(),
-            local_v6: Vec::new(),
-            directed_broadcasts: Vec::new(),
+            local_v4: AddressSet::default(),
+            local_v6: AddressSet::default(),
+            directed_broadcasts: AddressSet::default(),
+            tunnel_port: None,
         };
         snapshot.index_addresses();
         snapshot.set_site(site)?;

@@ -167,6 +167,8 @@ impl<F: Frame> Pipeline<F> {
 
     /// Runs every stage, in order, over `burst`. Afterwards each slot is
     /// [`Next::Transmit`], [`Next::Resolve`] or [`Next::Gone`].
+    // Out of line (one call per burst), so that profiles attribute the pass to it.
+    #[inline(never)]
     pub fn run(&mut self, ctx: &Context<'_>, burst: &mut Burst<F>, env: &mut impl TunnelEnv<F>) {
         let counters = &mut self.counters;
         parse::run(counters, burst);

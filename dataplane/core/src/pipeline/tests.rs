@@ -578,6 +578,23 @@ fn forwards_ipv6_and_answers_hop_limit_exceeded() {
 }
 
 #[test]
+fn answers_echo_to_its_link_local_address() {
+    // The link-local address comes from the port's MAC, known only once the
+    // device has started: it must count as ours from then on.
+    let mut r = rig();
+    let src: Ipv6Addr = "fe80::2".parse().unwrap();
+    let dst = crate::config::link_local_from_mac(LAN_MAC);
+    let b = PacketBuilder::ethernet2(HOST_A, LAN_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .icmpv6_echo_request(5, 6);
+    let mut out = Vec::new();
+    b.write(&mut out, b"abc").unwrap();
+    let mut f = VecFrame::new(&out);
+    assert_eq!(r.run(0, &mut f, 1, S), Verdict::Transmit(0));
+    assert_eq!(r.pipeline.counters.get(Counter::EchoReplies), 1);
+}
+
+#[test]
 fn answers_ipv6_echo() {
     let mut r = rig();
     let src: Ipv6Addr = "fd00:1::2".parse().unwrap();
