@@ -17,6 +17,8 @@ use crate::tunnel::outer::add_ethernet;
 use crate::tunnel::{Outcome, TunnelEnv};
 
 #[allow(clippy::too_many_arguments)]
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
 pub(super) fn run<F: Frame>(
     tunnel: &mut Tunnel<F>,
     inboxes: &Inboxes<F>,

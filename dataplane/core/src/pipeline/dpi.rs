@@ -43,6 +43,8 @@ impl State {
     }
 }
 
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
 pub(super) fn run<F: Frame>(
     state: &mut State,
     flows: &mut FlowTable,

@@ -61,6 +61,8 @@ pub(super) fn hand_off<F>(
     }
 }
 
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
 pub(super) fn run<F: Frame>(
     tunnel: &mut Tunnel<F>,
     stale: &mut route::StaleProbes,
@@ -86,7 +88,7 @@ pub(super) fn run<F: Frame>(
         if let Next::Encrypt { peer } = burst.meta[i].next {
             tunnel.seal(inboxes, counters, ctx, &t.config, burst, i, peer, env);
         }
-        if burst.meta[i].next == Next::Datagram {
+        if matches!(burst.meta[i].next, Next::Datagram) {
             tunnel.outer_headers(stale, counters, ctx, burst, i);
         }
         i += 1;

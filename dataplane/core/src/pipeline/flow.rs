@@ -12,6 +12,8 @@ use crate::BURST_SIZE;
 
 use super::burst::FlowRef;
 
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
 pub(super) fn run<F: Frame>(
     flows: &mut FlowTable,
     dpi: &mut dpi::State,
@@ -22,7 +24,7 @@ pub(super) fn run<F: Frame>(
     let mut dirs = [Direction::LoToHi; BURST_SIZE];
     let mut n = 0;
     for i in burst.slots() {
-        if burst.meta[i].next != Next::Forward {
+        if !matches!(burst.meta[i].next, Next::Forward) {
             continue;
         }
         let Ok(meta) = &burst.headers[i] else {

@@ -58,6 +58,8 @@ enum Done {
     Reject(icmp::ErrorKind, DropReason),
 }
 
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
 pub(super) fn run<F: Frame>(
     learned: &Learned,
     errors: &mut Errors,
@@ -66,7 +68,7 @@ pub(super) fn run<F: Frame>(
     burst: &mut Burst<F>,
 ) {
     for i in burst.slots() {
-        if burst.meta[i].next != Next::Local {
+        if !matches!(burst.meta[i].next, Next::Local) {
             continue;
         }
         let in_port = burst.meta[i].in_port;

@@ -6,10 +6,12 @@ use crate::frame::Frame;
 use crate::packet::parse;
 use crate::stats::{Counter, Counters};
 
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
 pub(super) fn run<F: Frame>(counters: &mut Counters, burst: &mut Burst<F>) {
     let (mut packets, mut bytes) = (0, 0);
     for i in burst.slots() {
-        if burst.meta[i].next != Next::Parse {
+        if !matches!(burst.meta[i].next, Next::Parse) {
             continue;
         }
         let Some(frame) = &burst.frames[i] else {

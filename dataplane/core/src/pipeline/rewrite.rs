@@ -5,6 +5,8 @@ use super::{Burst, Context, Next};
 use crate::frame::Frame;
 use crate::stats::{Counter, Counters, DropReason};
 
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
 pub(super) fn run<F: Frame>(counters: &mut Counters, ctx: &Context<'_>, burst: &mut Burst<F>) {
     let (mut packets, mut bytes) = (0, 0);
     for i in burst.slots() {

@@ -136,6 +136,8 @@ pub(super) struct State {
     pub stale: StaleProbes,
 }
 
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
 pub(super) fn run<F: Frame>(
     state: &mut State,
     errors: &mut Errors,
@@ -145,12 +147,12 @@ pub(super) fn run<F: Frame>(
     burst: &mut Burst<F>,
 ) {
     for i in burst.slots() {
-        if burst.meta[i].next == Next::Forward {
+        if matches!(burst.meta[i].next, Next::Forward) {
             forward(state, errors, flows, counters, ctx, burst, i);
         }
         // The gateway's replies to the tunnel's packets, and errors about
         // forwarded packets that came out of it.
-        if burst.meta[i].next == Next::Route {
+        if matches!(burst.meta[i].next, Next::Route) {
             reply(state, counters, ctx, burst, i);
         }
     }
