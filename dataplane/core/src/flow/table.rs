@@ -504,9 +504,18 @@ impl FlowTable {
     pub fn hash(&self, key: &FlowKey) -> u64 {
         let mut h = self.hasher.build_hasher();
         let w = addr_words(key);
-        h.write_u128(u128::from(w[0]) | u128::from(w[1]) << 64);
-        h.write_u128(u128::from(w[2]) | u128::from(w[3]) << 64);
-        h.write_u64(tail_word(key));
+        if key.family == 4 {
+            // IPv4 addresses are stored IPv4-mapped: only their last four
+            // bytes (the high halves of words 1 and 3) vary, and one
+            // 16-byte write carries both and the rest of the key. The key
+            // compare still reads every byte.
+            let addrs = w[1] >> 32 | (w[3] & 0xffff_ffff_0000_0000);
+            h.write_u128(u128::from(addrs) | u128::from(tail_word(key)) << 64);
+        } else {
+            h.write_u128(u128::from(w[0]) | u128::from(w[1]) << 64);
+            h.write_u128(u128::from(w[2]) | u128::from(w[3]) << 64);
+            h.write_u64(tail_word(key));
+        }
         h.finish()
     }
 

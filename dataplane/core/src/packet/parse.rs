@@ -238,6 +238,27 @@ pub struct PacketMeta {
 }
 
 impl PacketMeta {
+    /// A placeholder for a slot about to be filled.
+    const EMPTY: PacketMeta = PacketMeta {
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        vlan: None,
+        l3_offset: 0,
+        l4_offset: 0,
+        l3: L3::Ipv4(Ipv4Info {
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            ttl: 0,
+            protocol: 0,
+            header_len: 0,
+            total_len: 0,
+            fragment: Fragment::None,
+        }),
+        l4: L4::None,
+        frame_len: 0,
+        ip_end: 0,
+    };
+
     /// Canonical flow key and direction; None for ARP. ICMP echo uses ident as both ports; other ICMP and non-first fragments use ports 0.
     #[inline]
     pub fn flow_key(&self) -> Option<(FlowKey, Direction)> {
@@ -300,38 +321,34 @@ const COMMON_LEN: usize = 14 + 20 + 8;
 /// other frame, and any frame where one of those checks fails, is left to
 /// the general parser (false, `out` untouched), which then decides and
 /// names what is wrong. On every frame it takes, the result is exactly the
-/// general parser's. Written straight into `out`: no copy of the result.
+/// general parser's.
+///
+/// The result is stored field by field into the slot (a burst's slots hold
+/// a parsed frame from the last pass), never built aside and copied: the
+/// copy's wide loads would wait for the narrow stores that built it.
 #[inline(always)]
 fn common_ipv4(frame: &[u8], out: &mut Result<PacketMeta, ParseError>) -> bool {
-    common_ipv4_meta(frame).is_some_and(|meta| {
-        *out = Ok(meta);
-        true
-    })
-}
-
-#[inline(always)]
-fn common_ipv4_meta(frame: &[u8]) -> Option<PacketMeta> {
-    let h: &[u8; COMMON_LEN] = frame.get(..COMMON_LEN)?.try_into().ok()?;
-    let frame_len = u16::try_from(frame.len()).ok()?;
+    let Some(h) = frame.first_chunk::<COMMON_LEN>() else {
+        return false;
+    };
+    let Ok(frame_len) = u16::try_from(frame.len()) else {
+        return false;
+    };
     // IPv4, version 4 and IHL 5.
     if h[12..14] != [0x08, 0x00] || h[14] != 0x45 {
-        return None;
+        return false;
     }
-    let [ip @ .., a, b, c, d] = <[u8; 20]>::try_from(&h[14..34]).ok()?;
+    let [ip @ .., a, b, c, d] = *h[14..34].first_chunk::<20>().expect("20 of 42 bytes");
     let ip: [u8; 16] = ip;
-    if Sum16BitWords::new()
+    let sum = Sum16BitWords::new()
         .add_16bytes(ip)
-        .add_4bytes([a, b, c, d])
-        .ones_complement()
-        != 0
-    {
-        return None;
-    }
+        .add_4bytes([a, b, c, d]);
     let total_len = u16::from_be_bytes([h[16], h[17]]);
     let ip_end = 14 + u32::from(total_len);
     // More fragments, or an offset: a fragment.
-    if total_len < 20 || ip_end > u32::from(frame_len) || h[20] & 0x3f != 0 || h[21] != 0 {
-        return None;
+    let fragment = h[20] & 0x3f != 0 || h[21] != 0;
+    if sum.ones_complement() != 0 || total_len < 20 || ip_end > u32::from(frame_len) || fragment {
+        return false;
     }
     let l4_len = total_len - 20;
     let src_port = u16::from_be_bytes([h[34], h[35]]);
@@ -341,16 +358,18 @@ fn common_ipv4_meta(frame: &[u8]) -> Option<PacketMeta> {
         ip_proto::UDP => {
             let udp_len = u16::from_be_bytes([h[38], h[39]]);
             if l4_len < 8 || udp_len < 8 || udp_len > l4_len {
-                return None;
+                return false;
             }
             L4::Udp { src_port, dst_port }
         }
         ip_proto::TCP => {
             // Data offset and flags are bytes 12 and 13 of the TCP header.
-            let [offset, flags] = *frame.get(46..48)?.first_chunk()?;
+            let Some(&[offset, flags]) = frame.get(46..48).and_then(|b| b.first_chunk()) else {
+                return false;
+            };
             let header_len = u16::from(offset >> 4) * 4;
             if header_len < 20 || header_len > l4_len {
-                return None;
+                return false;
             }
             L4::Tcp {
                 src_port,
@@ -358,27 +377,33 @@ fn common_ipv4_meta(frame: &[u8]) -> Option<PacketMeta> {
                 flags,
             }
         }
-        _ => return None,
+        _ => return false,
     };
-    Some(PacketMeta {
-        dst_mac: h[0..6].try_into().ok()?,
-        src_mac: h[6..12].try_into().ok()?,
-        vlan: None,
-        l3_offset: 14,
-        l4_offset: 34,
-        l3: L3::Ipv4(Ipv4Info {
-            src: Ipv4Addr::new(h[26], h[27], h[28], h[29]),
-            dst: Ipv4Addr::new(h[30], h[31], h[32], h[33]),
-            ttl: h[22],
-            protocol,
-            header_len: 20,
-            total_len,
-            fragment: Fragment::None,
-        }),
-        l4,
-        frame_len,
-        ip_end: ip_end as u16,
-    })
+    if out.is_err() {
+        // The slot held an error: give it a packet to overwrite.
+        *out = Ok(PacketMeta::EMPTY);
+    }
+    let Ok(meta) = out else {
+        unreachable!("made a packet just above")
+    };
+    meta.dst_mac = *h[0..6].first_chunk().expect("6 of 42 bytes");
+    meta.src_mac = *h[6..12].first_chunk().expect("6 of 42 bytes");
+    meta.vlan = None;
+    meta.l3_offset = 14;
+    meta.l4_offset = 34;
+    meta.l3 = L3::Ipv4(Ipv4Info {
+        src: Ipv4Addr::new(h[26], h[27], h[28], h[29]),
+        dst: Ipv4Addr::new(h[30], h[31], h[32], h[33]),
+        ttl: h[22],
+        protocol,
+        header_len: 20,
+        total_len,
+        fragment: Fragment::None,
+    });
+    meta.l4 = l4;
+    meta.frame_len = frame_len;
+    meta.ip_end = ip_end as u16;
+    true
 }
 
 #[inline(always)]
