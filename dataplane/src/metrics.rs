@@ -24,8 +24,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::agent::AgentStatus;
-use crate::dpdk::{Mempool, Port};
-use patronus_core::config::Snapshot;
+use crate::dpdk::{Mempool, Port, PortStats};
+use patronus_core::config::{Snapshot, TunnelSnapshot};
 use patronus_core::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUCKETS};
 use patronus_core::dpi::Category;
 use patronus_core::neighbor::NeighborShared;
@@ -34,7 +34,7 @@ use patronus_core::published::Published;
 use patronus_core::stats::{
     peer_total, Counter, Counters, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS,
 };
-use patronus_core::tunnel::{TunnelDrop, TunnelEvent};
+use patronus_core::tunnel::{PeerStats, TunnelDrop, TunnelEvent};
 
 /// Whether the data plane is serving traffic, for `/healthz`.
 #[derive(Debug, Default)]
@@ -117,20 +117,470 @@ type L1 = [(&'static str, String); 1];
 const NO_LABELS: L0 = [];
 type L2 = [(&'static str, String); 2];
 
-impl DataplaneCollector {
-    /// Tunnel figures: per peer (summed over workers; each peer's owner has
-    /// them all) and engine-wide drops and events.
-    fn encode_tunnels(&self, cfg: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let Some(t) = cfg.tunnel.as_deref() else {
-            return Ok(());
-        };
-        let peers: Vec<(String, patronus_core::tunnel::PeerStats)> = t
+/// What reads one figure of a port's DPDK counters.
+type PortField = fn(&PortStats) -> u64;
+/// What reads one per-queue array of a port's DPDK counters.
+type QueueField = fn(&PortStats) -> &Vec<u64>;
+/// What reads one figure of a peer's tunnel totals.
+type PeerField = fn(&PeerStats) -> u64;
+
+/// The port counters written from the driver's statistics: (metric, help, figure).
+const PORT_COUNTERS: [(&str, &str, PortField); 7] = [
+    (
+        "patronus_port_rx_packets",
+        "Packets received by the port.",
+        |s| s.rx_packets,
+    ),
+    (
+        "patronus_port_tx_packets",
+        "Packets sent by the port.",
+        |s| s.tx_packets,
+    ),
+    (
+        "patronus_port_rx_bytes",
+        "Bytes received by the port.",
+        |s| s.rx_bytes,
+    ),
+    ("patronus_port_tx_bytes", "Bytes sent by the port.", |s| {
+        s.tx_bytes
+    }),
+    (
+        "patronus_port_rx_dropped_packets",
+        "Packets the port dropped on receive: rx ring full or no buffer.",
+        |s| s.rx_missed + s.rx_nombuf,
+    ),
+    (
+        "patronus_port_rx_errors",
+        "Receive errors reported by the driver.",
+        |s| s.rx_errors,
+    ),
+    (
+        "patronus_port_tx_errors",
+        "Transmit errors reported by the driver.",
+        |s| s.tx_errors,
+    ),
+];
+
+/// The queue counters written from the driver's statistics: (metric, help, per-queue figures).
+const QUEUE_COUNTERS: [(&str, &str, QueueField); 4] = [
+    (
+        "patronus_queue_rx_packets",
+        "Packets received per rx queue.",
+        |s| &s.queue_rx_packets,
+    ),
+    (
+        "patronus_queue_tx_packets",
+        "Packets sent per tx queue.",
+        |s| &s.queue_tx_packets,
+    ),
+    (
+        "patronus_queue_rx_bytes",
+        "Bytes received per rx queue.",
+        |s| &s.queue_rx_bytes,
+    ),
+    ("patronus_queue_tx_bytes", "Bytes sent per tx queue.", |s| {
+        &s.queue_tx_bytes
+    }),
+];
+
+/// The worker counters written one series per worker: (counter, metric, help).
+const WORKER_COUNTERS: [(Counter, &str, &str); 18] = [
+    (
+        Counter::RxPackets,
+        "patronus_worker_rx_packets",
+        "Frames the worker received.",
+    ),
+    (
+        Counter::RxBytes,
+        "patronus_worker_rx_bytes",
+        "Bytes the worker received.",
+    ),
+    (
+        Counter::Forwarded,
+        "patronus_worker_forwarded_packets",
+        "Packets the worker forwarded.",
+    ),
+    (
+        Counter::ForwardedBytes,
+        "patronus_worker_forwarded_bytes",
+        "Bytes the worker forwarded.",
+    ),
+    (
+        Counter::Fragments,
+        "patronus_worker_ip_fragments",
+        "IP fragments seen (forwarded without reassembly).",
+    ),
+    (
+        Counter::EchoReplies,
+        "patronus_worker_echo_replies",
+        "ICMP and ICMPv6 echo replies sent.",
+    ),
+    (
+        Counter::IcmpErrors,
+        "patronus_worker_icmp_errors_sent",
+        "ICMP and ICMPv6 errors sent.",
+    ),
+    (
+        Counter::IcmpRateLimited,
+        "patronus_worker_icmp_errors_rate_limited",
+        "ICMP errors suppressed by the rate limit.",
+    ),
+    (
+        Counter::ArpReplies,
+        "patronus_worker_arp_replies_sent",
+        "ARP replies sent.",
+    ),
+    (
+        Counter::ArpRequests,
+        "patronus_worker_arp_requests_sent",
+        "ARP requests sent.",
+    ),
+    (
+        Counter::NdAdvertisements,
+        "patronus_worker_nd_advertisements_sent",
+        "IPv6 Neighbor Advertisements sent.",
+    ),
+    (
+        Counter::NdSolicitations,
+        "patronus_worker_nd_solicitations_sent",
+        "IPv6 Neighbor Solicitations sent.",
+    ),
+    (
+        Counter::LearnEventsLost,
+        "patronus_worker_neighbor_events_lost",
+        "Neighbour observations lost to a full channel.",
+    ),
+    (
+        Counter::BusyCycles,
+        "patronus_worker_busy_cycles",
+        "TSC cycles spent in loop rounds that moved packets.",
+    ),
+    (
+        Counter::TotalCycles,
+        "patronus_worker_cycles",
+        "TSC cycles spent in the worker loop.",
+    ),
+    (
+        Counter::FlowsCreated,
+        "patronus_flows_created",
+        "Flows created.",
+    ),
+    (
+        Counter::FlowsExpired,
+        "patronus_flows_expired",
+        "Flows evicted after their idle timeout.",
+    ),
+    (
+        Counter::FlowInsertFailed,
+        "patronus_flow_insert_failures",
+        "Packets whose flow could not be created because the table was full.",
+    ),
+];
+
+/// The tunnel counters written one series per peer: (metric, help, figure).
+const TUNNEL_PEER_COUNTERS: [(&str, &str, PeerField); 7] = [
+    (
+        "patronus_tunnel_tx_packets",
+        "Packets sent into the peer's tunnel (keepalives excluded).",
+        |s| s.tx_packets,
+    ),
+    (
+        "patronus_tunnel_tx_bytes",
+        "Inner bytes sent into the peer's tunnel.",
+        |s| s.tx_bytes,
+    ),
+    (
+        "patronus_tunnel_rx_packets",
+        "Packets received from the peer's tunnel and forwarded.",
+        |s| s.rx_packets,
+    ),
+    (
+        "patronus_tunnel_rx_bytes",
+        "Inner bytes received from the peer's tunnel.",
+        |s| s.rx_bytes,
+    ),
+    (
+        "patronus_tunnel_handshakes_sent",
+        "Handshake initiations and responses sent to the peer.",
+        |s| s.handshakes_sent,
+    ),
+    (
+        "patronus_tunnel_handshakes_received",
+        "Handshake initiations and responses accepted from the peer.",
+        |s| s.handshakes_received,
+    ),
+    (
+        "patronus_tunnel_handshakes_failed",
+        "Handshake messages from the peer refused, and attempts given up.",
+        |s| s.handshakes_failed,
+    ),
+];
+
+/// What the devices report at scrape time. It is the only part of a scrape
+/// that needs DPDK, read apart from the encoding so that the exposition can
+/// be tested on plain values.
+#[derive(Debug, Clone)]
+struct DeviceReadings {
+    /// Each started port's counters, in config order; `None` when its driver
+    /// could not report them (its port and queue series are left out).
+    port_stats: Vec<Option<PortStats>>,
+    /// Each started port's link state, in config order.
+    link_up: Vec<bool>,
+    /// The packet buffer pool's name.
+    pool_name: String,
+    /// Packet buffers taken from the pool.
+    pool_in_use: u32,
+    /// Packet buffers in the pool.
+    pool_size: u32,
+}
+
+impl DeviceReadings {
+    /// Reads the ports' statistics and links and the pool's fill.
+    fn read(ports: &[Port], pool: &Mempool) -> DeviceReadings {
+        DeviceReadings {
+            port_stats: ports.iter().map(|p| p.stats().ok()).collect(),
+            link_up: ports.iter().map(|p| p.link().up).collect(),
+            pool_name: pool.name().to_owned(),
+            pool_in_use: pool.in_use(),
+            pool_size: pool.size(),
+        }
+    }
+}
+
+/// Everything one scrape writes from, with the workers' counters read once
+/// so that their families agree with each other. Each method writes one group
+/// of families; [`Scrape::encode`] fixes their order.
+struct Scrape<'a> {
+    /// The configuration in force: port and peer names, capacities, versions.
+    cfg: &'a Snapshot,
+    /// The ports' and the pool's readings.
+    devices: DeviceReadings,
+    /// Each worker's published counters (their per-port tx drops are read here).
+    shared: &'a [Arc<SharedCounters>],
+    /// Each worker's counters, read once.
+    workers: Vec<Counters>,
+    /// Each worker's tunnel figures.
+    tunnels: &'a [Arc<SharedTunnelStats>],
+    /// The neighbour table.
+    neighbors: &'a NeighborShared,
+    /// Each worker's classification counters.
+    dpi: &'a [Arc<DpiCounters>],
+    /// The control-plane agent, when the data plane is managed.
+    agent: Option<&'a AgentStatus>,
+}
+
+impl Scrape<'_> {
+    /// Writes every family, in the order dashboards, alerts and the tests
+    /// have always seen them.
+    fn encode(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        self.ports(enc)?;
+        self.queues(enc)?;
+        self.links(enc)?;
+        self.worker_drops(enc)?;
+        self.worker_counters(enc)?;
+        self.worker_gauges(enc)?;
+        if let Some(tunnel) = self.cfg.tunnel.as_deref() {
+            self.tunnel_peers(tunnel, enc)?;
+            self.tunnel_engine(enc)?;
+        }
+        self.neighbor_table(enc)?;
+        self.pool(enc)?;
+        self.config(enc)?;
+        if let Some(agent) = self.agent {
+            encode_agent(agent, enc)?;
+        }
+        self.dpi_applications(enc)?;
+        self.dpi_categories(enc)?;
+        self.dpi_inspection(enc)
+    }
+
+    /// A port's label: its configured name, or its index for a port the
+    /// configuration does not name.
+    fn port_name(&self, port: usize) -> String {
+        self.cfg
+            .ports
+            .get(port)
+            .map_or_else(|| port.to_string(), |p| p.name.clone())
+    }
+
+    /// The ports whose driver reported statistics, with their labels.
+    fn port_stats(&self) -> impl Iterator<Item = (String, &PortStats)> {
+        self.devices
+            .port_stats
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((self.port_name(i), s.as_ref()?)))
+    }
+
+    /// Per port: the driver's counters and the tx drops the workers counted.
+    fn ports(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        for (metric, help, field) in PORT_COUNTERS {
+            let samples: Vec<(L1, u64)> = self
+                .port_stats()
+                .map(|(name, s)| ([("port", name)], field(s)))
+                .collect();
+            counter(enc, metric, help, samples)?;
+        }
+        let tx_dropped: Vec<(L1, u64)> = (0..self.devices.port_stats.len())
+            .map(|i| {
+                (
+                    [("port", self.port_name(i))],
+                    self.shared.iter().map(|w| w.port_tx_dropped(i)).sum(),
+                )
+            })
+            .collect();
+        counter(
+            enc,
+            "patronus_port_tx_dropped_packets",
+            "Packets dropped because the port's tx ring was full.",
+            tx_dropped,
+        )
+    }
+
+    /// Per port and queue: the driver's counters and each worker's tx drops
+    /// (worker *i* owns queue *i*).
+    fn queues(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        for (metric, help, field) in QUEUE_COUNTERS {
+            let samples: Vec<(L2, u64)> =
+                self.port_stats()
+                    .flat_map(|(name, s)| {
+                        field(s).iter().enumerate().map(move |(q, v)| {
+                            ([("port", name.clone()), ("queue", q.to_string())], *v)
+                        })
+                    })
+                    .collect();
+            counter(enc, metric, help, samples)?;
+        }
+        let queue_drops: Vec<(L2, u64)> = (0..self.devices.port_stats.len())
+            .flat_map(|i| {
+                self.shared.iter().enumerate().map(move |(q, w)| {
+                    (
+                        [("port", self.port_name(i)), ("queue", q.to_string())],
+                        w.port_tx_dropped(i),
+                    )
+                })
+            })
+            .collect();
+        counter(
+            enc,
+            "patronus_queue_tx_dropped_packets",
+            "Packets dropped per tx queue because its ring was full.",
+            queue_drops,
+        )
+    }
+
+    /// Per port: whether its link is up.
+    fn links(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        gauge(
+            enc,
+            "patronus_port_link_up",
+            "1 when the port's link is up.",
+            self.devices
+                .link_up
+                .iter()
+                .enumerate()
+                .map(|(i, up)| ([("port", self.port_name(i))], i64::from(*up))),
+        )
+    }
+
+    /// One series per worker of counter `c`.
+    fn by_worker(&self, c: Counter) -> Vec<(L1, u64)> {
+        self.workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| ([("worker", i.to_string())], w.get(c)))
+            .collect()
+    }
+
+    /// Per worker: packets dropped, by the parser's and the forwarding
+    /// stages' reasons.
+    fn worker_drops(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        counter(
+            enc,
+            "patronus_parse_drops",
+            "Frames dropped by the parser, by reason.",
+            self.workers.iter().enumerate().flat_map(|(i, w)| {
+                ParseError::ALL.iter().map(move |e| {
+                    (
+                        [("worker", i.to_string()), ("reason", e.as_str().to_owned())],
+                        w.parse_drops(*e),
+                    )
+                })
+            }),
+        )?;
+        counter(
+            enc,
+            "patronus_forward_drops",
+            "Well-formed packets dropped by the forwarding stage, by reason.",
+            self.workers.iter().enumerate().flat_map(|(i, w)| {
+                DropReason::ALL.iter().map(move |r| {
+                    (
+                        [("worker", i.to_string()), ("reason", r.as_str().to_owned())],
+                        w.drops(*r),
+                    )
+                })
+            }),
+        )
+    }
+
+    /// Per worker: what it received, forwarded and answered, its cycles and
+    /// its flows created and lost ([`WORKER_COUNTERS`]).
+    fn worker_counters(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        for (c, metric, help) in WORKER_COUNTERS {
+            counter(enc, metric, help, self.by_worker(c))?;
+        }
+        Ok(())
+    }
+
+    /// Per worker: how busy it is, how full its flow table is and how many
+    /// packets wait for a next hop.
+    fn worker_gauges(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        gauge(
+            enc,
+            "patronus_worker_busy_ratio",
+            "Share of the last second the worker spent moving packets (0 to 1).",
+            self.workers.iter().enumerate().map(|(i, w)| {
+                (
+                    [("worker", i.to_string())],
+                    w.get(Counter::BusyRatioPpm) as f64 / 1e6,
+                )
+            }),
+        )?;
+        gauge(
+            enc,
+            "patronus_flows_active",
+            "Flows in the worker's flow table.",
+            self.by_worker(Counter::FlowsActive),
+        )?;
+        gauge(
+            enc,
+            "patronus_flow_table_capacity",
+            "Flows the worker's table can hold.",
+            (0..self.workers.len()).map(|i| {
+                (
+                    [("worker", i.to_string())],
+                    u64::from(self.cfg.worker.flow_capacity),
+                )
+            }),
+        )?;
+        gauge(
+            enc,
+            "patronus_neighbor_pending_packets",
+            "Packets waiting for next-hop resolution.",
+            self.by_worker(Counter::PendingPackets),
+        )
+    }
+
+    /// Per peer (summed over workers; each peer's owner has them all): its
+    /// tunnel's state, traffic, handshakes and compression.
+    fn tunnel_peers(&self, tunnel: &TunnelSnapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let peers: Vec<(String, PeerStats)> = tunnel
             .config
             .peers
             .iter()
             .take(MAX_TUNNEL_PEERS)
             .enumerate()
-            .map(|(i, p)| (p.name.clone(), peer_total(&self.tunnels, i)))
+            .map(|(i, p)| (p.name.clone(), peer_total(self.tunnels, i)))
             .collect();
         gauge(
             enc,
@@ -145,56 +595,21 @@ impl DataplaneCollector {
                 })
             }),
         )?;
-        let per_peer = |f: fn(&patronus_core::tunnel::PeerStats) -> u64| -> Vec<(L1, u64)> {
+        let per_peer = |f: PeerField| -> Vec<(L1, u64)> {
             peers
                 .iter()
                 .map(|(n, s)| ([("peer", n.clone())], f(s)))
                 .collect()
         };
-        for (metric, help, f) in [
-            (
-                "patronus_tunnel_tx_packets",
-                "Packets sent into the peer's tunnel (keepalives excluded).",
-                (|s| s.tx_packets) as fn(&patronus_core::tunnel::PeerStats) -> u64,
-            ),
-            (
-                "patronus_tunnel_tx_bytes",
-                "Inner bytes sent into the peer's tunnel.",
-                |s| s.tx_bytes,
-            ),
-            (
-                "patronus_tunnel_rx_packets",
-                "Packets received from the peer's tunnel and forwarded.",
-                |s| s.rx_packets,
-            ),
-            (
-                "patronus_tunnel_rx_bytes",
-                "Inner bytes received from the peer's tunnel.",
-                |s| s.rx_bytes,
-            ),
-            (
-                "patronus_tunnel_handshakes_sent",
-                "Handshake initiations and responses sent to the peer.",
-                |s| s.handshakes_sent,
-            ),
-            (
-                "patronus_tunnel_handshakes_received",
-                "Handshake initiations and responses accepted from the peer.",
-                |s| s.handshakes_received,
-            ),
-            (
-                "patronus_tunnel_handshakes_failed",
-                "Handshake messages from the peer refused, and attempts given up.",
-                |s| s.handshakes_failed,
-            ),
-        ] {
+        for (metric, help, f) in TUNNEL_PEER_COUNTERS {
             counter(enc, metric, help, per_peer(f))?;
         }
         gauge(
             enc,
             "patronus_compression_ratio",
             "Bytes before compression over bytes sent, for peers with compression on (1: nothing saved yet).",
-            t.config
+            tunnel
+                .config
                 .peers
                 .iter()
                 .zip(&peers)
@@ -213,7 +628,12 @@ impl DataplaneCollector {
             "patronus_tunnel_last_handshake_timestamp_seconds",
             "Unix time of the peer's last completed handshake we initiated (0: never).",
             per_peer(|s| s.last_handshake_unix_s),
-        )?;
+        )
+    }
+
+    /// Engine-wide, summed over workers: tunnel drops by reason and protocol
+    /// events.
+    fn tunnel_engine(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         counter(
             enc,
             "patronus_tunnel_drops",
@@ -237,310 +657,11 @@ impl DataplaneCollector {
             }),
         )
     }
-}
 
-impl Collector for DataplaneCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let cfg = self.config.load();
-        let name = |i: usize| {
-            cfg.ports
-                .get(i)
-                .map_or_else(|| i.to_string(), |p| p.name.clone())
-        };
-        let port_stats: Vec<(String, crate::dpdk::PortStats)> = self
-            .ports
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.stats().ok().map(|s| (name(i), s)))
-            .collect();
-        let per_port = |f: fn(&crate::dpdk::PortStats) -> u64| -> Vec<(L1, u64)> {
-            port_stats
-                .iter()
-                .map(|(n, s)| ([("port", n.clone())], f(s)))
-                .collect()
-        };
-        counter(
-            &mut enc,
-            "patronus_port_rx_packets",
-            "Packets received by the port.",
-            per_port(|s| s.rx_packets),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_port_tx_packets",
-            "Packets sent by the port.",
-            per_port(|s| s.tx_packets),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_port_rx_bytes",
-            "Bytes received by the port.",
-            per_port(|s| s.rx_bytes),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_port_tx_bytes",
-            "Bytes sent by the port.",
-            per_port(|s| s.tx_bytes),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_port_rx_dropped_packets",
-            "Packets the port dropped on receive: rx ring full or no buffer.",
-            per_port(|s| s.rx_missed + s.rx_nombuf),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_port_rx_errors",
-            "Receive errors reported by the driver.",
-            per_port(|s| s.rx_errors),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_port_tx_errors",
-            "Transmit errors reported by the driver.",
-            per_port(|s| s.tx_errors),
-        )?;
-        let tx_dropped: Vec<(L1, u64)> = (0..self.ports.len())
-            .map(|i| {
-                (
-                    [("port", name(i))],
-                    self.workers.iter().map(|w| w.port_tx_dropped(i)).sum(),
-                )
-            })
-            .collect();
-        counter(
-            &mut enc,
-            "patronus_port_tx_dropped_packets",
-            "Packets dropped because the port's tx ring was full.",
-            tx_dropped,
-        )?;
-
-        let per_queue = |f: fn(&crate::dpdk::PortStats) -> &Vec<u64>| -> Vec<(L2, u64)> {
-            port_stats
-                .iter()
-                .flat_map(|(n, s)| {
-                    f(s).iter()
-                        .enumerate()
-                        .map(move |(q, v)| ([("port", n.clone()), ("queue", q.to_string())], *v))
-                })
-                .collect()
-        };
-        counter(
-            &mut enc,
-            "patronus_queue_rx_packets",
-            "Packets received per rx queue.",
-            per_queue(|s| &s.queue_rx_packets),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_queue_tx_packets",
-            "Packets sent per tx queue.",
-            per_queue(|s| &s.queue_tx_packets),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_queue_rx_bytes",
-            "Bytes received per rx queue.",
-            per_queue(|s| &s.queue_rx_bytes),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_queue_tx_bytes",
-            "Bytes sent per tx queue.",
-            per_queue(|s| &s.queue_tx_bytes),
-        )?;
-        let queue_drops: Vec<(L2, u64)> = (0..self.ports.len())
-            .flat_map(|i| {
-                self.workers.iter().enumerate().map(move |(q, w)| {
-                    (
-                        [("port", name(i)), ("queue", q.to_string())],
-                        w.port_tx_dropped(i),
-                    )
-                })
-            })
-            .collect();
-        counter(
-            &mut enc,
-            "patronus_queue_tx_dropped_packets",
-            "Packets dropped per tx queue because its ring was full.",
-            queue_drops,
-        )?;
+    /// The neighbour table's size and the entries it had no room for.
+    fn neighbor_table(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         gauge(
-            &mut enc,
-            "patronus_port_link_up",
-            "1 when the port's link is up.",
-            self.ports
-                .iter()
-                .enumerate()
-                .map(|(i, p)| ([("port", name(i))], i64::from(p.link().up))),
-        )?;
-
-        let workers: Vec<Counters> = self.workers.iter().map(|w| w.read()).collect();
-        let by_worker = |c: Counter| -> Vec<(L1, u64)> {
-            workers
-                .iter()
-                .enumerate()
-                .map(|(i, w)| ([("worker", i.to_string())], w.get(c)))
-                .collect()
-        };
-        counter(
-            &mut enc,
-            "patronus_parse_drops",
-            "Frames dropped by the parser, by reason.",
-            workers.iter().enumerate().flat_map(|(i, w)| {
-                ParseError::ALL.iter().map(move |e| {
-                    (
-                        [("worker", i.to_string()), ("reason", e.as_str().to_owned())],
-                        w.parse_drops(*e),
-                    )
-                })
-            }),
-        )?;
-        counter(
-            &mut enc,
-            "patronus_forward_drops",
-            "Well-formed packets dropped by the forwarding stage, by reason.",
-            workers.iter().enumerate().flat_map(|(i, w)| {
-                DropReason::ALL.iter().map(move |r| {
-                    (
-                        [("worker", i.to_string()), ("reason", r.as_str().to_owned())],
-                        w.drops(*r),
-                    )
-                })
-            }),
-        )?;
-        for (c, metric, help) in [
-            (
-                Counter::RxPackets,
-                "patronus_worker_rx_packets",
-                "Frames the worker received.",
-            ),
-            (
-                Counter::RxBytes,
-                "patronus_worker_rx_bytes",
-                "Bytes the worker received.",
-            ),
-            (
-                Counter::Forwarded,
-                "patronus_worker_forwarded_packets",
-                "Packets the worker forwarded.",
-            ),
-            (
-                Counter::ForwardedBytes,
-                "patronus_worker_forwarded_bytes",
-                "Bytes the worker forwarded.",
-            ),
-            (
-                Counter::Fragments,
-                "patronus_worker_ip_fragments",
-                "IP fragments seen (forwarded without reassembly).",
-            ),
-            (
-                Counter::EchoReplies,
-                "patronus_worker_echo_replies",
-                "ICMP and ICMPv6 echo replies sent.",
-            ),
-            (
-                Counter::IcmpErrors,
-                "patronus_worker_icmp_errors_sent",
-                "ICMP and ICMPv6 errors sent.",
-            ),
-            (
-                Counter::IcmpRateLimited,
-                "patronus_worker_icmp_errors_rate_limited",
-                "ICMP errors suppressed by the rate limit.",
-            ),
-            (
-                Counter::ArpReplies,
-                "patronus_worker_arp_replies_sent",
-                "ARP replies sent.",
-            ),
-            (
-                Counter::ArpRequests,
-                "patronus_worker_arp_requests_sent",
-                "ARP requests sent.",
-            ),
-            (
-                Counter::NdAdvertisements,
-                "patronus_worker_nd_advertisements_sent",
-                "IPv6 Neighbor Advertisements sent.",
-            ),
-            (
-                Counter::NdSolicitations,
-                "patronus_worker_nd_solicitations_sent",
-                "IPv6 Neighbor Solicitations sent.",
-            ),
-            (
-                Counter::LearnEventsLost,
-                "patronus_worker_neighbor_events_lost",
-                "Neighbour observations lost to a full channel.",
-            ),
-            (
-                Counter::BusyCycles,
-                "patronus_worker_busy_cycles",
-                "TSC cycles spent in loop rounds that moved packets.",
-            ),
-            (
-                Counter::TotalCycles,
-                "patronus_worker_cycles",
-                "TSC cycles spent in the worker loop.",
-            ),
-            (
-                Counter::FlowsCreated,
-                "patronus_flows_created",
-                "Flows created.",
-            ),
-            (
-                Counter::FlowsExpired,
-                "patronus_flows_expired",
-                "Flows evicted after their idle timeout.",
-            ),
-            (
-                Counter::FlowInsertFailed,
-                "patronus_flow_insert_failures",
-                "Packets whose flow could not be created because the table was full.",
-            ),
-        ] {
-            counter(&mut enc, metric, help, by_worker(c))?;
-        }
-        gauge(
-            &mut enc,
-            "patronus_worker_busy_ratio",
-            "Share of the last second the worker spent moving packets (0 to 1).",
-            workers.iter().enumerate().map(|(i, w)| {
-                (
-                    [("worker", i.to_string())],
-                    w.get(Counter::BusyRatioPpm) as f64 / 1e6,
-                )
-            }),
-        )?;
-        gauge(
-            &mut enc,
-            "patronus_flows_active",
-            "Flows in the worker's flow table.",
-            by_worker(Counter::FlowsActive),
-        )?;
-        gauge(
-            &mut enc,
-            "patronus_flow_table_capacity",
-            "Flows the worker's table can hold.",
-            (0..workers.len()).map(|i| {
-                (
-                    [("worker", i.to_string())],
-                    u64::from(cfg.worker.flow_capacity),
-                )
-            }),
-        )?;
-        gauge(
-            &mut enc,
-            "patronus_neighbor_pending_packets",
-            "Packets waiting for next-hop resolution.",
-            by_worker(Counter::PendingPackets),
-        )?;
-        self.encode_tunnels(&cfg, &mut enc)?;
-        gauge(
-            &mut enc,
+            enc,
             "patronus_neighbors",
             "Entries in the neighbour table (ARP and IPv6 ND).",
             [(
@@ -549,185 +670,225 @@ impl Collector for DataplaneCollector {
             )],
         )?;
         counter(
-            &mut enc,
+            enc,
             "patronus_neighbor_learn_refused",
             "Neighbour entries not created because the table was full.",
             [(
                 [("table", "neighbors".to_owned())],
                 self.neighbors.refused(),
             )],
-        )?;
-        let pool: L1 = [("pool", self.pool.name().to_owned())];
+        )
+    }
+
+    /// The packet buffer pool's fill, which a leak shows in.
+    fn pool(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let pool: L1 = [("pool", self.devices.pool_name.clone())];
         gauge(
-            &mut enc,
+            enc,
             "patronus_mempool_in_use",
             "Packet buffers taken from the pool.",
-            [(pool.clone(), u64::from(self.pool.in_use()))],
+            [(pool.clone(), u64::from(self.devices.pool_in_use))],
         )?;
         gauge(
-            &mut enc,
+            enc,
             "patronus_mempool_size",
             "Packet buffers in the pool.",
-            [(pool, u64::from(self.pool.size()))],
-        )?;
+            [(pool, u64::from(self.devices.pool_size))],
+        )
+    }
+
+    /// Which configuration is in force: its generation, the site snapshot's
+    /// version, and the size of the site's part.
+    fn config(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let cfg = self.cfg;
         gauge(
-            &mut enc,
+            enc,
             "patronus_config_generation",
             "Generation of the configuration in force.",
             [([("source", "file".to_owned())], u64::from(cfg.generation))],
         )?;
         gauge(
-            &mut enc,
+            enc,
             "patronus_config_site_version",
             "Version of the control plane's site snapshot in force (0: standalone or none yet).",
             [(NO_LABELS, cfg.site.version)],
         )?;
         gauge(
-            &mut enc,
+            enc,
             "patronus_config_peers",
             "WireGuard peers configured for the site.",
             [(NO_LABELS, cfg.site.peers.len() as u64)],
         )?;
         gauge(
-            &mut enc,
+            enc,
             "patronus_config_policy_rules",
             "Policy rules in force.",
             [(NO_LABELS, cfg.site.rules.len() as u64)],
+        )
+    }
+
+    /// Per application and category (summed over workers), flows and bytes
+    /// of the labels that counted something.
+    fn dpi_applications(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let labels = dpi_counters::labels();
+        let per_app = |f: fn(&DpiCounters, u32) -> u64| -> Vec<(L2, u64)> {
+            labels
+                .iter()
+                .enumerate()
+                .filter_map(|(id, (name, category))| {
+                    let v: u64 = self.dpi.iter().map(|w| f(w, id as u32)).sum();
+                    (v > 0).then(|| {
+                        (
+                            [
+                                ("category", category.to_string()),
+                                ("application", name.clone()),
+                            ],
+                            v,
+                        )
+                    })
+                })
+                .collect()
+        };
+        counter(
+            enc,
+            "patronus_dpi_application_flows",
+            "Flows classified, by category and application.",
+            per_app(DpiCounters::app_flows),
         )?;
-        if let Some(agent) = &self.agent {
-            gauge(
-                &mut enc,
-                "patronus_controlplane_connected",
-                "1 while subscribed to the control plane.",
-                [(
-                    NO_LABELS,
-                    u64::from(agent.connected.load(Ordering::Acquire)),
-                )],
-            )?;
-            counter(
-                &mut enc,
-                "patronus_controlplane_snapshots_refused",
-                "Control-plane snapshots refused (NACKed); the previous one stayed in force.",
-                [(NO_LABELS, agent.refused.load(Ordering::Relaxed))],
-            )?;
-            counter(
-                &mut enc,
-                "patronus_controlplane_disconnects",
-                "Subscriptions to the control plane that ended.",
-                [(NO_LABELS, agent.disconnects.load(Ordering::Relaxed))],
-            )?;
+        counter(
+            enc,
+            "patronus_dpi_application_bytes",
+            "IP bytes of classified flows, by category and application.",
+            per_app(DpiCounters::app_bytes),
+        )
+    }
+
+    /// Per category (summed over workers), flows and bytes, and the flows
+    /// inspection could not identify.
+    fn dpi_categories(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let per_category = |f: fn(&DpiCounters, Category) -> u64| -> Vec<(L1, u64)> {
+            Category::ALL
+                .iter()
+                .map(|&c| {
+                    (
+                        [("category", c.to_string())],
+                        self.dpi.iter().map(|w| f(w, c)).sum(),
+                    )
+                })
+                .collect()
+        };
+        counter(
+            enc,
+            "patronus_dpi_category_flows",
+            "Flows classified, by category (Unknown: not identified within the inspection bounds).",
+            per_category(DpiCounters::category_flows),
+        )?;
+        counter(
+            enc,
+            "patronus_dpi_category_bytes",
+            "IP bytes of classified flows, by category.",
+            per_category(DpiCounters::category_bytes),
+        )?;
+        counter(
+            enc,
+            "patronus_dpi_unknown_flows",
+            "Flows left Unknown when inspection ended.",
+            [(
+                NO_LABELS,
+                self.dpi
+                    .iter()
+                    .map(|w| w.category_flows(Category::Unknown))
+                    .sum::<u64>(),
+            )],
+        )
+    }
+
+    /// What inspection cost (summed over workers): hellos it could not
+    /// reassemble, and the packets flows needed before their verdict.
+    fn dpi_inspection(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        counter(
+            enc,
+            "patronus_dpi_reassembly_exhausted",
+            "TLS/QUIC hellos not reassembled because every reassembly buffer was in use.",
+            [(
+                NO_LABELS,
+                self.dpi
+                    .iter()
+                    .map(|w| w.reassembly_exhausted())
+                    .sum::<u64>(),
+            )],
+        )?;
+        let mut buckets = [0u64; PACKET_BUCKETS.len() + 1];
+        let mut sum = 0u64;
+        for w in self.dpi {
+            let (b, s) = w.packets_histogram();
+            for (total, v) in buckets.iter_mut().zip(b) {
+                *total += v;
+            }
+            sum += s;
         }
-        encode_dpi(&mut enc, &self.dpi)
+        let bounds: Vec<(f64, u64)> = PACKET_BUCKETS
+            .iter()
+            .map(|&le| le as f64)
+            .chain([f64::INFINITY])
+            .zip(buckets)
+            .collect();
+        let mut family = enc.encode_descriptor(
+            "patronus_dpi_classification_packets",
+            "Packets with payload a flow needed before its classification was final.",
+            None,
+            MetricType::Histogram,
+        )?;
+        family.encode_family(&NO_LABELS)?.encode_histogram::<L0>(
+            sum as f64,
+            buckets.iter().sum(),
+            &bounds,
+            None,
+        )
     }
 }
 
-/// The classification metrics, summed over workers (only series that counted something).
-fn encode_dpi(enc: &mut DescriptorEncoder, workers: &[Arc<DpiCounters>]) -> fmt::Result {
-    let labels = dpi_counters::labels();
-    let per_app = |f: fn(&DpiCounters, u32) -> u64| -> Vec<(L2, u64)> {
-        labels
-            .iter()
-            .enumerate()
-            .filter_map(|(id, (name, category))| {
-                let v: u64 = workers.iter().map(|w| f(w, id as u32)).sum();
-                (v > 0).then(|| {
-                    (
-                        [
-                            ("category", category.to_string()),
-                            ("application", name.clone()),
-                        ],
-                        v,
-                    )
-                })
-            })
-            .collect()
-    };
-    counter(
+/// The control-plane agent's connection: written only when the data plane is
+/// managed.
+fn encode_agent(agent: &AgentStatus, enc: &mut DescriptorEncoder) -> fmt::Result {
+    gauge(
         enc,
-        "patronus_dpi_application_flows",
-        "Flows classified, by category and application.",
-        per_app(DpiCounters::app_flows),
-    )?;
-    counter(
-        enc,
-        "patronus_dpi_application_bytes",
-        "IP bytes of classified flows, by category and application.",
-        per_app(DpiCounters::app_bytes),
-    )?;
-    let per_category = |f: fn(&DpiCounters, Category) -> u64| -> Vec<(L1, u64)> {
-        Category::ALL
-            .iter()
-            .map(|&c| {
-                (
-                    [("category", c.to_string())],
-                    workers.iter().map(|w| f(w, c)).sum(),
-                )
-            })
-            .collect()
-    };
-    counter(
-        enc,
-        "patronus_dpi_category_flows",
-        "Flows classified, by category (Unknown: not identified within the inspection bounds).",
-        per_category(DpiCounters::category_flows),
-    )?;
-    counter(
-        enc,
-        "patronus_dpi_category_bytes",
-        "IP bytes of classified flows, by category.",
-        per_category(DpiCounters::category_bytes),
-    )?;
-    counter(
-        enc,
-        "patronus_dpi_unknown_flows",
-        "Flows left Unknown when inspection ended.",
+        "patronus_controlplane_connected",
+        "1 while subscribed to the control plane.",
         [(
             NO_LABELS,
-            workers
-                .iter()
-                .map(|w| w.category_flows(Category::Unknown))
-                .sum::<u64>(),
+            u64::from(agent.connected.load(Ordering::Acquire)),
         )],
     )?;
     counter(
         enc,
-        "patronus_dpi_reassembly_exhausted",
-        "TLS/QUIC hellos not reassembled because every reassembly buffer was in use.",
-        [(
-            NO_LABELS,
-            workers
-                .iter()
-                .map(|w| w.reassembly_exhausted())
-                .sum::<u64>(),
-        )],
+        "patronus_controlplane_snapshots_refused",
+        "Control-plane snapshots refused (NACKed); the previous one stayed in force.",
+        [(NO_LABELS, agent.refused.load(Ordering::Relaxed))],
     )?;
-    let mut buckets = [0u64; PACKET_BUCKETS.len() + 1];
-    let mut sum = 0u64;
-    for w in workers {
-        let (b, s) = w.packets_histogram();
-        for (total, v) in buckets.iter_mut().zip(b) {
-            *total += v;
-        }
-        sum += s;
-    }
-    let bounds: Vec<(f64, u64)> = PACKET_BUCKETS
-        .iter()
-        .map(|&le| le as f64)
-        .chain([f64::INFINITY])
-        .zip(buckets)
-        .collect();
-    let mut family = enc.encode_descriptor(
-        "patronus_dpi_classification_packets",
-        "Packets with payload a flow needed before its classification was final.",
-        None,
-        MetricType::Histogram,
-    )?;
-    family.encode_family(&NO_LABELS)?.encode_histogram::<L0>(
-        sum as f64,
-        buckets.iter().sum(),
-        &bounds,
-        None,
+    counter(
+        enc,
+        "patronus_controlplane_disconnects",
+        "Subscriptions to the control plane that ended.",
+        [(NO_LABELS, agent.disconnects.load(Ordering::Relaxed))],
     )
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let cfg = self.config.load();
+        Scrape {
+            cfg: &cfg,
+            devices: DeviceReadings::read(&self.ports, &self.pool),
+            shared: &self.workers,
+            workers: self.workers.iter().map(|w| w.read()).collect(),
+            tunnels: &self.tunnels,
+            neighbors: &self.neighbors,
+            dpi: &self.dpi,
+            agent: self.agent.as_deref(),
+        }
+        .encode(&mut enc)
+    }
 }
 
 #[derive(Debug)]
@@ -846,5 +1007,265 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.shutdown_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patronus_core::config::Config;
+    use patronus_core::neighbor::NeighborManager;
+
+    /// The tunnel's private key, written once per test process (tests run
+    /// in parallel and must not rewrite it under each other).
+    fn key_file() -> &'static std::path::Path {
+        static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = std::env::temp_dir().join(format!("patronus-metrics-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let key = dir.join("private.key");
+            std::fs::write(&key, "YBkW7zHbwkKwTF0EGjh7Ezli3Kjp6jFCTbDyUKCXnXU=").unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            key
+        })
+    }
+
+    /// A site with two ports, a static neighbour, a tunnel to two peers (one
+    /// compressing) and a policy: every family group has series to write.
+    fn snapshot() -> Snapshot {
+        let text = format!(
+            r#"
+[[port]]
+name = "lan"
+device = "net_null0"
+addresses = ["10.0.0.1/24", "fd00::1/64"]
+[[port]]
+name = "wan"
+device = "net_null1"
+addresses = ["10.0.1.1/24"]
+[[neighbor]]
+ip = "10.0.1.254"
+mac = "02:00:00:00:00:fe"
+port = "wan"
+[tunnel]
+private_key_file = "{}"
+addresses = ["10.99.0.1/24"]
+[[peer]]
+name = "hq"
+endpoint = {{ address = "10.0.1.50", port = 51820 }}
+wireguard = {{ public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }}
+allowed_ips = ["10.9.0.0/24"]
+compression = true
+[[peer]]
+name = "dc"
+endpoint = {{ address = "10.0.1.51", port = 51820 }}
+wireguard = {{ public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=" }}
+allowed_ips = ["10.10.0.0/24"]
+[[policy]]
+name = "video"
+[[policy.rule]]
+action = "deny"
+priority = 100
+conditions = [{{ type = "category", value = "Video" }}]
+"#,
+            key_file().display()
+        );
+        Config::from_toml(&text).unwrap().validate(4).unwrap()
+    }
+
+    /// What a scrape reads besides the devices, with distinct values
+    /// everywhere so that a value landing in the wrong series shows.
+    #[derive(Debug)]
+    struct Sources {
+        config: Arc<Published<Snapshot>>,
+        workers: Vec<Arc<SharedCounters>>,
+        neighbors: Arc<NeighborShared>,
+        dpi: Vec<Arc<DpiCounters>>,
+        agent: Arc<AgentStatus>,
+        tunnels: Vec<Arc<SharedTunnelStats>>,
+    }
+
+    /// [`Sources`] of two workers, each peer's figures held by one of them.
+    fn sources() -> Sources {
+        let snapshot = snapshot();
+        let workers: Vec<Arc<SharedCounters>> = (0..2u64)
+            .map(|w| {
+                let mut c = Counters::default();
+                for (i, counter) in Counter::ALL.iter().enumerate() {
+                    c.set(*counter, 1000 * (w + 1) + i as u64);
+                }
+                c.set(Counter::BusyRatioPpm, 250_000 * (w + 1));
+                for (i, e) in ParseError::ALL.iter().enumerate() {
+                    for _ in 0..=(i as u64 + w) {
+                        c.parse_drop(*e);
+                    }
+                }
+                for (i, r) in DropReason::ALL.iter().enumerate() {
+                    c.drop_n(*r, 10 * (w + 1) + i as u64);
+                }
+                let shared = SharedCounters::default();
+                shared.publish(&c);
+                shared.set_port_tx_dropped(0, 7 + w);
+                shared.set_port_tx_dropped(1, 70 + w);
+                Arc::new(shared)
+            })
+            .collect();
+        let neighbors = Arc::new(NeighborShared::default());
+        let (_events, receiver) = crossbeam_channel::bounded(1);
+        let mut manager =
+            NeighborManager::new(snapshot.neighbors.clone(), neighbors.clone(), receiver);
+        manager.configure(&snapshot.neighbors, &snapshot.static_neighbors);
+        manager.tick(1);
+        let dpi: Vec<Arc<DpiCounters>> = (0..2u64)
+            .map(|w| {
+                let d = DpiCounters::default();
+                let video = dpi_counters::label_id("MetricsTest.Video", Category::Video);
+                let dns = dpi_counters::label_id("MetricsTest.DNS", Category::DNS);
+                d.classified(video, Category::Video, 1500 + w, 3);
+                d.classified(dns, Category::DNS, 80, 1);
+                d.classified(video, Category::Video, 9000, 20);
+                d.bytes(video, Category::Video, 100 * (w + 1));
+                d.classified(0, Category::Unknown, 40, 12);
+                d.set_reassembly_exhausted(5 + w);
+                Arc::new(d)
+            })
+            .collect();
+        let agent = Arc::new(AgentStatus::default());
+        agent.connected.store(true, Ordering::Release);
+        agent.refused.store(2, Ordering::Relaxed);
+        agent.disconnects.store(3, Ordering::Relaxed);
+        let tunnels: Vec<Arc<SharedTunnelStats>> = (0..2).map(|_| Arc::default()).collect();
+        tunnels[0].publish_peer(
+            0,
+            &PeerStats {
+                tx_packets: 11,
+                tx_bytes: 1100,
+                rx_packets: 12,
+                rx_bytes: 1200,
+                handshakes_sent: 2,
+                handshakes_received: 3,
+                handshakes_failed: 1,
+                last_handshake_unix_s: 1_700_000_000,
+                session_up: true,
+                compress_in_bytes: 3000,
+                compress_out_bytes: 1200,
+            },
+        );
+        tunnels[1].publish_peer(
+            1,
+            &PeerStats {
+                tx_packets: 21,
+                handshakes_sent: 4,
+                handshakes_failed: 4,
+                ..PeerStats::default()
+            },
+        );
+        Sources {
+            config: Arc::new(Published::new(snapshot)),
+            workers,
+            neighbors,
+            dpi,
+            agent,
+            tunnels,
+        }
+    }
+
+    /// The text `/metrics` serves for `collector`.
+    fn exposition(collector: impl Collector) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(collector));
+        let mut body = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut body, &registry).unwrap();
+        body
+    }
+
+    /// Two ports with two queues each, the second's counters different from
+    /// the first's, and a pool with buffers in use.
+    fn devices() -> DeviceReadings {
+        let port = |base: u64| PortStats {
+            rx_packets: base + 1,
+            tx_packets: base + 2,
+            rx_bytes: base + 3,
+            tx_bytes: base + 4,
+            rx_missed: base + 5,
+            rx_errors: base + 6,
+            tx_errors: base + 7,
+            rx_nombuf: base + 8,
+            queue_rx_packets: vec![base + 10, base + 11],
+            queue_tx_packets: vec![base + 20, base + 21],
+            queue_rx_bytes: vec![base + 30, base + 31],
+            queue_tx_bytes: vec![base + 40, base + 41],
+        };
+        DeviceReadings {
+            port_stats: vec![Some(port(100)), Some(port(200))],
+            link_up: vec![true, false],
+            pool_name: "patronus_mbufs".to_owned(),
+            pool_in_use: 1234,
+            pool_size: 8191,
+        }
+    }
+
+    /// Serves [`Sources`] and made-up device readings the way
+    /// [`DataplaneCollector`] serves the real ones.
+    #[derive(Debug)]
+    struct Fixture {
+        sources: Sources,
+        devices: DeviceReadings,
+    }
+
+    impl Collector for Fixture {
+        fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+            let s = &self.sources;
+            let cfg = s.config.load();
+            Scrape {
+                cfg: &cfg,
+                devices: self.devices.clone(),
+                shared: &s.workers,
+                workers: s.workers.iter().map(|w| w.read()).collect(),
+                tunnels: &s.tunnels,
+                neighbors: &s.neighbors,
+                dpi: &s.dpi,
+                agent: Some(&s.agent),
+            }
+            .encode(&mut enc)
+        }
+    }
+
+    /// Dashboards, alerts and `promtool` read these names, labels, HELP and
+    /// TYPE lines in this order: the exposition must not change by accident
+    /// (after an intended change, `metrics_exposition.txt` is rewritten with
+    /// the new output, reviewed line by line).
+    #[test]
+    fn exposition_is_unchanged() {
+        let text = exposition(Fixture {
+            sources: sources(),
+            devices: devices(),
+        });
+        let expected = include_str!("metrics_exposition.txt");
+        for (i, (got, want)) in text.lines().zip(expected.lines()).enumerate() {
+            assert_eq!(got, want, "line {}", i + 1);
+        }
+        assert_eq!(text, expected);
+    }
+
+    /// A port whose driver reports nothing has no port or queue counters, but
+    /// keeps the drops the workers counted and its link state.
+    #[test]
+    fn a_port_without_statistics_keeps_its_drops_and_link() {
+        let mut devices = devices();
+        devices.port_stats[1] = None;
+        let text = exposition(Fixture {
+            sources: sources(),
+            devices,
+        });
+        assert!(text.contains("patronus_port_rx_packets_total{port=\"lan\"} 101\n"));
+        assert!(!text.contains("patronus_port_rx_packets_total{port=\"wan\"}"));
+        assert!(!text.contains("patronus_queue_rx_packets_total{port=\"wan\""));
+        assert!(text.contains("patronus_port_tx_dropped_packets_total{port=\"wan\"} 141\n"));
+        assert!(
+            text.contains("patronus_queue_tx_dropped_packets_total{port=\"wan\",queue=\"1\"} 71\n")
+        );
+        assert!(text.contains("patronus_port_link_up{port=\"wan\"} 0\n"));
     }
 }

@@ -21,16 +21,17 @@ use crate::agent::{
     Agent, AgentSetup, AgentStatus, ApplyRequest, Telemetry, TelemetrySource, EVENT_QUEUE,
 };
 use crate::dpdk::{
-    self, launch_on_lcore, worker_lcores, Eal, Mempool, Port, PortConfig, BURST_SIZE,
+    self, launch_on_lcore, worker_lcores, Eal, LaunchHandle, LcoreId, Mempool, Port, PortConfig,
+    TxQueue, BURST_SIZE,
 };
 use crate::metrics::{DataplaneCollector, Health, HttpServer};
 use crate::worker::{Clock, DpdkHost, DpdkRx, DpdkWorker};
 use patronus_core::config::site::{classifier_with, Capabilities, SiteSections};
 use patronus_core::config::{Config, Snapshot};
-use patronus_core::neighbor::{NeighborManager, NeighborShared};
+use patronus_core::dpi::counters::DpiCounters;
+use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared};
 use patronus_core::published::Published;
-use patronus_core::stats::Counter;
-use patronus_core::stats::SharedCounters;
+use patronus_core::stats::{Counter, SharedCounters, SharedTunnelStats};
 use patronus_core::worker::{tunnel_inboxes, WorkerSetup};
 use patronus_proto::v1::{
     DataplaneCounters, DataplaneEvent, EventType, PeerTelemetry, TunnelState,
@@ -78,47 +79,156 @@ fn auto_pool_size(cfg: &Config, workers: u32) -> u32 {
 /// metrics address cannot be bound.
 pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     let mut snapshot = opts.config.validate(1)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .context("installing signal handlers")?;
+    let signals = Signals::install()?;
+    let devices = Devices::start(&opts)?;
+    let macs: Vec<[u8; 6]> = devices.ports.iter().map(Port::mac).collect();
+    snapshot.set_port_macs(&macs);
+    let shared = Shared {
+        config: Arc::new(Published::new(snapshot.clone())),
+        neighbors: Arc::new(NeighborShared::default()),
+        health: Arc::new(Health::default()),
+        stop: signals.stop.clone(),
+        clock: Clock::new(dpdk::tsc_hz()),
+    };
+    let (workers, learned) = Workers::start(&devices, &shared)?;
+    let manager = start_neighbor_manager(&snapshot, &shared, learned);
+    let services = AgentLink::start(&opts.config, &devices, &workers, &shared).and_then(|agent| {
+        let http = start_metrics(&opts.config, &devices, &workers, &shared, &agent)?;
+        Ok((agent, http))
+    });
+    let (agent, http) = match services {
+        Ok(started) => started,
+        Err(e) => {
+            // The workers poll the ports: they stop before the devices close.
+            shared.stop.store(true, Ordering::Relaxed);
+            workers.join();
+            return Err(e);
+        }
+    };
+    shared.health.running.store(true, Ordering::Release);
+    tracing::info!(
+        workers = devices.lcores.len(),
+        lcores = ?devices.lcores,
+        "data plane running"
+    );
 
+    let mut control = Control {
+        config_path: opts.config_path,
+        running_config: opts.config,
+        macs,
+        manager,
+        apply: agent.apply,
+        events: agent.events,
+        managed: None,
+        link_up: devices.ports.iter().map(|p| p.link().up).collect(),
+        republish_at: 0,
+    };
+    control.run(&signals, &shared, &devices.ports, devices.lcores.len());
+    Ok(shut_down(&shared, agent.agent, workers, http, devices))
+}
+
+/// The flags the signal handlers set; the control loop polls them.
+struct Signals {
+    /// Set by SIGINT and SIGTERM (and by the control loop when a worker dies).
+    stop: Arc<AtomicBool>,
+    /// Set by SIGHUP: re-read the configuration file.
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Installs the handlers before anything starts, so that a signal during
+    /// start-up is not lost.
+    fn install() -> anyhow::Result<Signals> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reload = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, stop.clone())
+                .context("installing signal handlers")?;
+        }
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+            .context("installing signal handlers")?;
+        Ok(Signals { stop, reload })
+    }
+}
+
+/// The DPDK side of the process. The fields drop in the order DPDK needs:
+/// the ports (returning their ring buffers), then the pool, then EAL, so
+/// that an error after start-up releases them in that order too.
+struct Devices {
+    /// Started ports, in config order.
+    ports: Vec<Port>,
+    /// The packet buffer pool.
+    pool: Arc<Mempool>,
+    /// One worker per EAL worker lcore.
+    lcores: Vec<LcoreId>,
+    /// Dropped last: `rte_eal_cleanup`.
+    eal: Eal,
+}
+
+impl Devices {
+    /// Starts EAL, creates the buffer pool and starts every port with one
+    /// queue pair per worker lcore.
+    fn start(opts: &RunOptions) -> anyhow::Result<Devices> {
+        let cfg = &opts.config;
+        let eal = start_eal(cfg, &opts.extra_eal_args)?;
+        let lcores = worker_lcores(&eal);
+        if lcores.is_empty() {
+            bail!(
+                "EAL has no worker lcore: give at least two lcores, e.g. `-l 0-1` in dpdk.eal_args"
+            );
+        }
+        let workers = lcores.len() as u16;
+        let socket = i32::try_from(eal.lcore_socket(lcores[0])).unwrap_or(-1);
+        let pool = create_pool(&eal, cfg, workers, socket)?;
+        let ports = start_ports(&eal, cfg, workers, &pool)?;
+        Ok(Devices {
+            ports,
+            pool,
+            lcores,
+            eal,
+        })
+    }
+}
+
+/// EAL with the config's arguments followed by the command line's.
+fn start_eal(cfg: &Config, extra_args: &[String]) -> anyhow::Result<Eal> {
     let mut eal_args = vec!["patronus-dataplane".to_owned()];
-    eal_args.extend(opts.config.dpdk.eal_args.iter().cloned());
-    eal_args.extend(opts.extra_eal_args.iter().cloned());
+    eal_args.extend(cfg.dpdk.eal_args.iter().cloned());
+    eal_args.extend(extra_args.iter().cloned());
     tracing::info!(args = ?&eal_args[1..], dpdk = dpdk_sys::DPDK_PKG_VERSION, "starting EAL");
-    let eal = Eal::init(&eal_args)
-        .context("EAL initialisation failed (check dpdk.eal_args and hugepages.md)")?;
-    let lcores = worker_lcores(&eal);
-    if lcores.is_empty() {
-        bail!("EAL has no worker lcore: give at least two lcores, e.g. `-l 0-1` in dpdk.eal_args");
-    }
-    let workers = lcores.len() as u16;
+    Eal::init(&eal_args).context("EAL initialisation failed (check dpdk.eal_args and hugepages.md)")
+}
 
-    let pool_size = match opts.config.dpdk.mempool_size {
-        0 => auto_pool_size(&opts.config, u32::from(workers)),
+/// The packet buffer pool, on the NUMA socket of the first worker, sized by
+/// `dpdk.mempool_size` or, when that is 0, by [`auto_pool_size`].
+fn create_pool(eal: &Eal, cfg: &Config, workers: u16, socket: i32) -> anyhow::Result<Arc<Mempool>> {
+    let pool_size = match cfg.dpdk.mempool_size {
+        0 => auto_pool_size(cfg, u32::from(workers)),
         n => n,
     };
-    let socket = i32::try_from(eal.lcore_socket(lcores[0])).unwrap_or(-1);
-    let pool = Arc::new(
-        Mempool::new(
-            &eal,
-            "patronus_mbufs",
-            pool_size,
-            opts.config.dpdk.mempool_cache,
-            2048 + 128,
-            socket,
-        )
-        .context("creating the packet buffer pool (see hugepages.md)")?,
-    );
+    let pool = Mempool::new(
+        eal,
+        "patronus_mbufs",
+        pool_size,
+        cfg.dpdk.mempool_cache,
+        2048 + 128,
+        socket,
+    )
+    .context("creating the packet buffer pool (see hugepages.md)")?;
     tracing::info!(buffers = pool_size, "packet buffer pool created");
+    Ok(Arc::new(pool))
+}
 
-    let mut ports = Vec::with_capacity(opts.config.ports.len());
-    for p in &opts.config.ports {
-        let id = Port::id_by_name(&eal, &p.device)
+/// Starts every configured port with a receive and a transmit queue per worker.
+fn start_ports(
+    eal: &Eal,
+    cfg: &Config,
+    workers: u16,
+    pool: &Arc<Mempool>,
+) -> anyhow::Result<Vec<Port>> {
+    let mut ports = Vec::with_capacity(cfg.ports.len());
+    for p in &cfg.ports {
+        let id = Port::id_by_name(eal, &p.device)
             .with_context(|| format!("port {:?}: no DPDK device named {:?} (add it with --vdev or check the PCI address)", p.name, p.device))?;
         let port_config = PortConfig {
             rx_queues: workers,
@@ -128,7 +238,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
             promiscuous: p.promiscuous,
             mtu: None,
         };
-        let port = Port::start(&eal, id, &p.name, &port_config, pool.clone())
+        let port = Port::start(eal, id, &p.name, &port_config, pool.clone())
             .with_context(|| format!("starting port {:?}", p.name))?;
         tracing::info!(
             port = %p.name, id = %port.id(), driver = port.driver(), mac = %format_mac(port.mac()),
@@ -137,170 +247,308 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         );
         ports.push(port);
     }
-    let macs: Vec<[u8; 6]> = ports.iter().map(Port::mac).collect();
-    snapshot.set_port_macs(&macs);
-    let config = Arc::new(Published::new(snapshot.clone()));
-    let mut running_config = opts.config.clone();
+    Ok(ports)
+}
 
-    let neighbors = Arc::new(NeighborShared::default());
-    let hz = dpdk::tsc_hz();
-    let clock = Clock::new(hz);
-    let health = Arc::new(Health::default());
-    let mut stats = Vec::with_capacity(lcores.len());
-    let mut dpi_stats = Vec::with_capacity(lcores.len());
-    let mut tunnel_stats = Vec::with_capacity(lcores.len());
-    if lcores.len() > patronus_core::tunnel::MAX_WORKERS {
-        bail!(
-            "{} workers, but the tunnel engine supports at most {}; give EAL fewer lcores",
-            lcores.len(),
-            patronus_core::tunnel::MAX_WORKERS
-        );
-    }
-    let inboxes = tunnel_inboxes(lcores.len());
-    // Every worker reports what it learns into one bounded channel that the
-    // neighbour manager drains.
-    let (events, event_receiver) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
-    let mut handles = Vec::with_capacity(lcores.len());
-    for (index, &lcore) in lcores.iter().enumerate() {
-        let shared = Arc::new(SharedCounters::default());
-        stats.push(shared.clone());
-        let queue = index as u16;
-        let rx = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let rxq = p.rx_queue(queue).expect("each rx queue is handed out once");
-                (i as u16, DpdkRx::new(rxq))
-            })
-            .collect();
-        let tx = ports
-            .iter()
-            .map(|p| p.tx_queue(queue).expect("each tx queue is handed out once"))
-            .collect();
-        let setup = WorkerSetup {
-            index,
-            rx,
-            tx,
-            host: DpdkHost::new(pool.clone(), clock),
-            config: config.clone(),
-            neighbors: neighbors.clone(),
-            events: events.clone(),
-            stats: shared,
-            stop: stop.clone(),
-            seed: seed_for(index),
-            inboxes: inboxes.clone(),
-            tunnel_stats: {
-                let shared = Arc::new(patronus_core::stats::SharedTunnelStats::default());
-                tunnel_stats.push(shared.clone());
-                shared
-            },
+/// What the workers, the control loop, the agent and the metrics endpoint
+/// share.
+struct Shared {
+    /// The configuration in force.
+    config: Arc<Published<Snapshot>>,
+    /// The neighbour table in force.
+    neighbors: Arc<NeighborShared>,
+    /// What `/healthz` reports.
+    health: Arc<Health>,
+    /// Set to make every worker and the control loop finish.
+    stop: Arc<AtomicBool>,
+    /// The data-plane clock, shared so that workers and the neighbour
+    /// manager agree on time.
+    clock: Clock,
+}
+
+/// The running workers and the figures they publish.
+struct Workers {
+    /// One per worker lcore, to wait for at shutdown.
+    handles: Vec<LaunchHandle>,
+    /// Each worker's counters.
+    stats: Vec<Arc<SharedCounters>>,
+    /// Each worker's classification counters.
+    dpi: Vec<Arc<DpiCounters>>,
+    /// Each worker's tunnel figures.
+    tunnels: Vec<Arc<SharedTunnelStats>>,
+}
+
+impl Workers {
+    /// Builds a worker per worker lcore on queue pair *i* of every port and
+    /// launches it. Returns the workers and the channel their neighbour
+    /// observations arrive on.
+    fn start(
+        devices: &Devices,
+        shared: &Shared,
+    ) -> anyhow::Result<(Workers, crossbeam_channel::Receiver<NeighborEvent>)> {
+        let lcores = &devices.lcores;
+        if lcores.len() > patronus_core::tunnel::MAX_WORKERS {
+            bail!(
+                "{} workers, but the tunnel engine supports at most {}; give EAL fewer lcores",
+                lcores.len(),
+                patronus_core::tunnel::MAX_WORKERS
+            );
+        }
+        let mut workers = Workers {
+            handles: Vec::with_capacity(lcores.len()),
+            stats: Vec::with_capacity(lcores.len()),
+            dpi: Vec::with_capacity(lcores.len()),
+            tunnels: Vec::with_capacity(lcores.len()),
         };
-        // The flow table is allocated here, before the lcore starts polling.
-        let worker = DpdkWorker::new(setup);
-        dpi_stats.push(worker.pipeline().dpi_counters());
-        let alive = health.clone();
-        alive.workers_alive.fetch_add(1, Ordering::AcqRel);
-        alive.workers_total.fetch_add(1, Ordering::AcqRel);
-        let handle = launch_on_lcore(&eal, lcore, move || {
-            tracing::info!(worker = index, "worker started");
-            worker.run();
-            tracing::info!(worker = index, "worker stopped");
-            alive.workers_alive.fetch_sub(1, Ordering::AcqRel);
-            0
-        })
-        .with_context(|| format!("launching worker {index} on {lcore}"))?;
-        handles.push(handle);
+        let inboxes = tunnel_inboxes(lcores.len());
+        // Every worker reports what it learns into one bounded channel that the
+        // neighbour manager drains.
+        let (events, learned) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
+        for (index, &lcore) in lcores.iter().enumerate() {
+            let stats = Arc::new(SharedCounters::default());
+            let tunnel_stats = Arc::new(SharedTunnelStats::default());
+            workers.stats.push(stats.clone());
+            workers.tunnels.push(tunnel_stats.clone());
+            let (rx, tx) = worker_queues(&devices.ports, index as u16);
+            let setup = WorkerSetup {
+                index,
+                rx,
+                tx,
+                host: DpdkHost::new(devices.pool.clone(), shared.clock),
+                config: shared.config.clone(),
+                neighbors: shared.neighbors.clone(),
+                events: events.clone(),
+                stats,
+                stop: shared.stop.clone(),
+                seed: seed_for(index),
+                inboxes: inboxes.clone(),
+                tunnel_stats,
+            };
+            // The flow table is allocated here, before the lcore starts polling.
+            let worker = DpdkWorker::new(setup);
+            workers.dpi.push(worker.pipeline().dpi_counters());
+            let handle = launch_worker(&devices.eal, lcore, worker, &shared.health)?;
+            workers.handles.push(handle);
+        }
+        // Queued work holds packet buffers: only workers keep the queues, so
+        // they go (and free what they hold) when the last worker exits.
+        drop(inboxes);
+        Ok((workers, learned))
     }
 
-    // Queued work holds packet buffers: only workers keep the queues, so
-    // they go (and free what they hold) when the last worker exits.
-    drop(inboxes);
+    /// Waits for every worker to finish (they free what they hold on the
+    /// way out). Returns whether one of them failed.
+    fn join(self) -> bool {
+        let mut failed = false;
+        for handle in self.handles {
+            let lcore = handle.lcore();
+            let code = handle.wait();
+            if code != 0 {
+                tracing::error!(%lcore, code, "worker failed");
+                failed = true;
+            }
+        }
+        failed
+    }
+}
 
+/// Worker `queue`'s receive queue on every port (with the port index) and
+/// its transmit queue on every port.
+fn worker_queues(ports: &[Port], queue: u16) -> (Vec<(u16, DpdkRx)>, Vec<TxQueue>) {
+    let rx = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let rxq = p.rx_queue(queue).expect("each rx queue is handed out once");
+            (i as u16, DpdkRx::new(rxq))
+        })
+        .collect();
+    let tx = ports
+        .iter()
+        .map(|p| p.tx_queue(queue).expect("each tx queue is handed out once"))
+        .collect();
+    (rx, tx)
+}
+
+/// Runs `worker` on `lcore`, counted in `health` as alive until it returns.
+fn launch_worker(
+    eal: &Eal,
+    lcore: LcoreId,
+    worker: DpdkWorker,
+    health: &Arc<Health>,
+) -> anyhow::Result<LaunchHandle> {
+    let index = worker.index;
+    let alive = health.clone();
+    alive.workers_alive.fetch_add(1, Ordering::AcqRel);
+    alive.workers_total.fetch_add(1, Ordering::AcqRel);
+    launch_on_lcore(eal, lcore, move || {
+        tracing::info!(worker = index, "worker started");
+        worker.run();
+        tracing::info!(worker = index, "worker stopped");
+        alive.workers_alive.fetch_sub(1, Ordering::AcqRel);
+        0
+    })
+    .with_context(|| format!("launching worker {index} on {lcore}"))
+}
+
+/// The neighbour table's owner, fed by what the workers learn: it starts
+/// with the static entries, published before any packet needs them.
+fn start_neighbor_manager(
+    snapshot: &Snapshot,
+    shared: &Shared,
+    learned: crossbeam_channel::Receiver<NeighborEvent>,
+) -> NeighborManager {
     let mut manager = NeighborManager::new(
         snapshot.neighbors.clone(),
-        neighbors.clone(),
-        event_receiver,
+        shared.neighbors.clone(),
+        learned,
     );
     manager.configure(&snapshot.neighbors, &snapshot.static_neighbors);
-    manager.tick(clock.now_ns());
+    manager.tick(shared.clock.now_ns());
+    manager
+}
 
-    let agent_status = Arc::new(AgentStatus::default());
-    let (apply_tx, mut apply_rx) = tokio::sync::mpsc::channel::<ApplyRequest>(1);
-    let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-    let agent = if opts.config.controlplane.is_managed() {
-        let setup = AgentSetup {
-            apply: apply_tx,
-            status: agent_status.clone(),
-            telemetry: telemetry_source(
-                ports.clone(),
-                stats.clone(),
-                tunnel_stats.clone(),
-                config.clone(),
-            ),
-            events: events_rx,
-            config: config.clone(),
-        };
-        let agent = Agent::start(&opts.config.controlplane, setup)?;
-        tracing::info!(
-            server = opts.config.controlplane.server,
-            site = opts.config.controlplane.site_id,
-            "the site's configuration comes from the control plane"
-        );
-        Some(agent)
-    } else {
-        drop((apply_tx, events_rx));
-        None
-    };
-    // Reports an event to the control plane, if there is one; never blocks.
-    let report = |kind: EventType, subject: &str, message: String| {
-        let _ = events_tx.try_send(DataplaneEvent {
-            time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-            r#type: kind as i32,
-            subject: subject.to_owned(),
-            message,
-        });
-    };
-    // The control plane's sections in force, re-checked when the file is reloaded.
-    let mut managed: Option<(SiteSections, u64)> = None;
+/// The control-plane agent, when the configuration names a control plane,
+/// and the channels the control loop shares with it (idle without one).
+struct AgentLink {
+    /// The running agent; `None` when the data plane is standalone.
+    agent: Option<Agent>,
+    /// What the agent reports in the metrics.
+    status: Arc<AgentStatus>,
+    /// Control-plane snapshots for the control loop to apply.
+    apply: tokio::sync::mpsc::Receiver<ApplyRequest>,
+    /// Events for the agent to report.
+    events: tokio::sync::mpsc::Sender<DataplaneEvent>,
+}
 
-    let http = match opts.config.metrics.listen.as_str() {
-        "" => None,
-        addr => {
-            let addr: SocketAddr = addr.parse().context("metrics.listen")?;
-            let collector = DataplaneCollector {
-                ports: ports.clone(),
-                workers: stats.clone(),
-                pool: pool.clone(),
-                neighbors: neighbors.clone(),
-                config: config.clone(),
-                dpi: dpi_stats.clone(),
-                agent: agent.is_some().then(|| agent_status.clone()),
-                tunnels: tunnel_stats.clone(),
+impl AgentLink {
+    /// Starts the agent when `controlplane.server` is set.
+    fn start(
+        cfg: &Config,
+        devices: &Devices,
+        workers: &Workers,
+        shared: &Shared,
+    ) -> anyhow::Result<AgentLink> {
+        let status = Arc::new(AgentStatus::default());
+        let (apply_tx, apply) = tokio::sync::mpsc::channel::<ApplyRequest>(1);
+        let (events, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        let agent = if cfg.controlplane.is_managed() {
+            let setup = AgentSetup {
+                apply: apply_tx,
+                status: status.clone(),
+                telemetry: telemetry_source(
+                    devices.ports.clone(),
+                    workers.stats.clone(),
+                    workers.tunnels.clone(),
+                    shared.config.clone(),
+                ),
+                events: events_rx,
+                config: shared.config.clone(),
             };
-            let server = HttpServer::start(addr, collector, health.clone())
-                .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
-            tracing::info!(addr = %server.local_addr(), "metrics and health endpoint listening");
-            Some(server)
-        }
-    };
-    health.running.store(true, Ordering::Release);
-    tracing::info!(workers, lcores = ?lcores, "data plane running");
+            let agent = Agent::start(&cfg.controlplane, setup)?;
+            tracing::info!(
+                server = cfg.controlplane.server,
+                site = cfg.controlplane.site_id,
+                "the site's configuration comes from the control plane"
+            );
+            Some(agent)
+        } else {
+            drop((apply_tx, events_rx));
+            None
+        };
+        Ok(AgentLink {
+            agent,
+            status,
+            apply,
+            events,
+        })
+    }
+}
 
-    let mut link_up: Vec<bool> = ports.iter().map(|p| p.link().up).collect();
-    let mut republish_at = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(CONTROL_PERIOD);
-        let now = clock.now_ns();
-        // Republish periodically so that entries going stale are noticed by
-        // cached flows (their generation changes, they look the entry up).
-        let force = now >= republish_at;
-        if force {
-            republish_at = now + u64::from(config.load().neighbors.reachable_s) * 500_000_000;
+/// Serves `/metrics` and `/healthz` on `metrics.listen`, unless it is empty.
+fn start_metrics(
+    cfg: &Config,
+    devices: &Devices,
+    workers: &Workers,
+    shared: &Shared,
+    agent: &AgentLink,
+) -> anyhow::Result<Option<HttpServer>> {
+    let addr = match cfg.metrics.listen.as_str() {
+        "" => return Ok(None),
+        addr => addr,
+    };
+    let addr: SocketAddr = addr.parse().context("metrics.listen")?;
+    let collector = DataplaneCollector {
+        ports: devices.ports.clone(),
+        workers: workers.stats.clone(),
+        pool: devices.pool.clone(),
+        neighbors: shared.neighbors.clone(),
+        config: shared.config.clone(),
+        dpi: workers.dpi.clone(),
+        agent: agent.agent.is_some().then(|| agent.status.clone()),
+        tunnels: workers.tunnels.clone(),
+    };
+    let server = HttpServer::start(addr, collector, shared.health.clone())
+        .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+    tracing::info!(addr = %server.local_addr(), "metrics and health endpoint listening");
+    Ok(Some(server))
+}
+
+/// What the control loop keeps between rounds.
+struct Control {
+    /// Where the configuration came from (re-read on SIGHUP).
+    config_path: Option<PathBuf>,
+    /// The file's configuration in force, which a reload is checked against.
+    running_config: Config,
+    /// The ports' MACs, for reloaded snapshots.
+    macs: Vec<[u8; 6]>,
+    /// Owns the neighbour table.
+    manager: NeighborManager,
+    /// Control-plane snapshots to apply.
+    apply: tokio::sync::mpsc::Receiver<ApplyRequest>,
+    /// Events for the control plane.
+    events: tokio::sync::mpsc::Sender<DataplaneEvent>,
+    /// The control plane's sections in force, re-checked when the file is reloaded.
+    managed: Option<(SiteSections, u64)>,
+    /// Each port's link state as last reported.
+    link_up: Vec<bool>,
+    /// When the neighbour table is next republished whether or not it changed.
+    republish_at: u64,
+}
+
+impl Control {
+    /// Runs on the main lcore until the stop flag is set.
+    fn run(&mut self, signals: &Signals, shared: &Shared, ports: &[Port], workers: usize) {
+        while !signals.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(CONTROL_PERIOD);
+            self.tend_neighbors(shared);
+            self.apply_snapshots(&shared.config);
+            if signals.reload.swap(false, Ordering::Relaxed) {
+                self.reload(&shared.config);
+            }
+            self.watch_links(ports);
+            self.watch_workers(shared, workers);
         }
-        manager.tick_with(now, force);
-        while let Ok(request) = apply_rx.try_recv() {
+    }
+
+    /// Merges what the workers learned and ages the table. Republishes
+    /// periodically so that entries going stale are noticed by cached flows
+    /// (their generation changes, they look the entry up).
+    fn tend_neighbors(&mut self, shared: &Shared) {
+        let now = shared.clock.now_ns();
+        let force = now >= self.republish_at;
+        if force {
+            self.republish_at =
+                now + u64::from(shared.config.load().neighbors.reachable_s) * 500_000_000;
+        }
+        self.manager.tick_with(now, force);
+    }
+
+    /// Applies the control plane's snapshots and answers each with the outcome.
+    fn apply_snapshots(&mut self, config: &Published<Snapshot>) {
+        while let Ok(request) = self.apply.try_recv() {
             let version = request.version;
-            let outcome = apply_snapshot(&request, &config, managed.as_ref());
+            let outcome = apply_snapshot(&request, config, self.managed.as_ref());
             match &outcome {
                 Ok(()) => {
                     tracing::info!(
@@ -308,88 +556,126 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
                         generation = config.load().generation,
                         "control-plane snapshot applied"
                     );
-                    managed = Some((request.sections, version));
+                    self.managed = Some((request.sections, version));
                 }
                 Err(err) => tracing::warn!(version, "control-plane snapshot refused: {err}"),
             }
             let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
         }
-        if reload.swap(false, Ordering::Relaxed) {
-            match reload_config(
-                opts.config_path.as_deref(),
-                &running_config,
-                &config,
-                &macs,
-                managed.as_ref(),
-            ) {
-                Ok((new_config, new_snapshot)) => {
-                    manager.configure(&new_snapshot.neighbors, &new_snapshot.static_neighbors);
-                    tracing::info!(
-                        generation = new_snapshot.generation,
-                        "configuration reloaded"
-                    );
-                    report(
-                        EventType::ConfigReloaded,
-                        "",
-                        format!("generation {}", new_snapshot.generation),
-                    );
-                    running_config = new_config;
-                }
-                Err(err) => {
-                    tracing::error!(
-                        "reload refused, the running configuration stays in force: {err:#}"
-                    );
-                    report(EventType::ConfigRefused, "", format!("{err:#}"));
-                }
+    }
+
+    /// Re-reads the file (SIGHUP); a refused file leaves the running
+    /// configuration in force.
+    fn reload(&mut self, config: &Published<Snapshot>) {
+        match reload_config(
+            self.config_path.as_deref(),
+            &self.running_config,
+            config,
+            &self.macs,
+            self.managed.as_ref(),
+        ) {
+            Ok((new_config, new_snapshot)) => {
+                self.manager
+                    .configure(&new_snapshot.neighbors, &new_snapshot.static_neighbors);
+                tracing::info!(
+                    generation = new_snapshot.generation,
+                    "configuration reloaded"
+                );
+                self.report(
+                    EventType::ConfigReloaded,
+                    "",
+                    format!("generation {}", new_snapshot.generation),
+                );
+                self.running_config = new_config;
+            }
+            Err(err) => {
+                tracing::error!(
+                    "reload refused, the running configuration stays in force: {err:#}"
+                );
+                self.report(EventType::ConfigRefused, "", format!("{err:#}"));
             }
         }
+    }
+
+    /// Logs and reports every link that went up or down since the last round.
+    fn watch_links(&mut self, ports: &[Port]) {
         for (i, port) in ports.iter().enumerate() {
             let up = port.link().up;
-            if up != link_up[i] {
-                let name = &running_config.ports[i].name;
+            if up != self.link_up[i] {
+                let name = &self.running_config.ports[i].name;
                 tracing::warn!(port = %name, up, "link state changed");
                 let kind = if up {
                     EventType::LinkUp
                 } else {
                     EventType::LinkDown
                 };
-                report(kind, name, String::new());
-                link_up[i] = up;
+                self.report(kind, name, String::new());
+                self.link_up[i] = up;
             }
         }
-        // Workers also leave when the stop flag is set by a signal; only an
-        // exit without one is a failure.
-        if health.workers_alive.load(Ordering::Acquire) < lcores.len()
-            && !stop.load(Ordering::Relaxed)
+    }
+
+    /// Shuts the data plane down when a worker exited on its own. Workers
+    /// also leave when the stop flag is set by a signal; only an exit
+    /// without one is a failure.
+    fn watch_workers(&self, shared: &Shared, workers: usize) {
+        if shared.health.workers_alive.load(Ordering::Acquire) < workers
+            && !shared.stop.load(Ordering::Relaxed)
         {
             tracing::error!("a worker exited unexpectedly; shutting down");
-            report(
+            self.report(
                 EventType::WorkerFailed,
                 "",
                 "a worker exited unexpectedly; the data plane is shutting down".into(),
             );
-            stop.store(true, Ordering::Relaxed);
+            shared.stop.store(true, Ordering::Relaxed);
         }
     }
 
+    /// Reports an event to the control plane, if there is one; never blocks.
+    fn report(&self, kind: EventType, subject: &str, message: String) {
+        let _ = self.events.try_send(DataplaneEvent {
+            time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            r#type: kind as i32,
+            subject: subject.to_owned(),
+            message,
+        });
+    }
+}
+
+/// Stops everything in the order the module documentation gives and
+/// returns the exit status: the workers free what they hold, the metrics
+/// server lets go of its port handles, the ports close and return their
+/// ring buffers, and only then is the pool checked for leaks.
+fn shut_down(
+    shared: &Shared,
+    agent: Option<Agent>,
+    workers: Workers,
+    http: Option<HttpServer>,
+    devices: Devices,
+) -> u8 {
     tracing::info!("shutting down");
     if let Some(agent) = agent {
         agent.stop();
     }
-    health.running.store(false, Ordering::Release);
-    stop.store(true, Ordering::Relaxed);
-    let mut worker_failed = false;
-    for handle in handles {
-        let lcore = handle.lcore();
-        let code = handle.wait();
-        if code != 0 {
-            tracing::error!(%lcore, code, "worker failed");
-            worker_failed = true;
-        }
-    }
+    shared.health.running.store(false, Ordering::Release);
+    shared.stop.store(true, Ordering::Relaxed);
+    let worker_failed = workers.join();
     if let Some(server) = http {
         server.stop();
     }
+    if close_devices(devices) != 0 {
+        return EXIT_LEAK;
+    }
+    u8::from(worker_failed)
+}
+
+/// Closes the ports, then counts the packet buffers still in use before
+/// the pool and EAL go. Returns that count (a leak when not zero).
+fn close_devices(devices: Devices) -> u32 {
+    let Devices {
+        ports, pool, eal, ..
+    } = devices;
     drop(ports);
     let in_use = pool.in_use();
     tracing::info!(
@@ -400,9 +686,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     drop(eal);
     if in_use != 0 {
         tracing::error!(in_use, "packet buffers leaked");
-        return Ok(EXIT_LEAK);
     }
-    Ok(u8::from(worker_failed))
+    in_use
 }
 
 /// Re-reads the config file and publishes it if valid and reloadable. A
@@ -475,7 +760,7 @@ fn apply_snapshot(
 fn telemetry_source(
     ports: Vec<Port>,
     workers: Vec<Arc<SharedCounters>>,
-    tunnels: Vec<Arc<patronus_core::stats::SharedTunnelStats>>,
+    tunnels: Vec<Arc<SharedTunnelStats>>,
     config: Arc<Published<Snapshot>>,
 ) -> TelemetrySource {
     Arc::new(move || {

@@ -98,3 +98,25 @@ fn missing_device_fails_at_start_naming_the_port() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_metrics_address_in_use_stops_the_workers_and_fails_naming_it() {
+    // The metrics endpoint starts after the workers: when it cannot, the
+    // workers stop before the ports close, and the process says why.
+    if need_root() {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let prefix = format!("ptc{}", unique_id());
+    let config = format!(
+        "[dpdk]\neal_args = [\"-l\", \"0-1\", \"--no-pci\", {}, \"--vdev\", \"net_null0\"]\n\
+         [metrics]\nlisten = \"{address}\"\n{PORTS}",
+        eal_memory(&prefix)
+    );
+    let (code, stderr) = run_with(&config, &[]);
+    remove_runtime_dir(&prefix);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&address.to_string()), "{stderr}");
+    assert!(stderr.contains("worker stopped"), "{stderr}");
+}

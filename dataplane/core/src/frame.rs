@@ -2,7 +2,7 @@
 //!
 //! The gateway logic is generic over [`Frame`] so that it runs on DPDK
 //! mbufs in the workers and, with the `test-support` feature, on heap
-//! buffers ([`VecFrame`]) in tests, benchmarks and fuzz targets.
+//! buffers (`VecFrame`) in tests, benchmarks and fuzz targets.
 
 /// A mutable packet buffer with room to grow at the front.
 pub trait Frame {

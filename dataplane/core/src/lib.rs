@@ -4,8 +4,8 @@
 //!
 //! Bytes and time go in, decisions and bytes come out: parsing
 //! ([`packet`]), the flow table ([`flow`]), classification ([`dpi`]), the
-//! tunnel engine ([`tunnel`]), forwarding ([`gateway`]) and the validated
-//! configuration they all read ([`config`]). The `patronus-dataplane` crate
+//! tunnel engine ([`tunnel`]), the packet path ([`pipeline`], run by
+//! [`worker`]) and the validated configuration they all read ([`config`]). The `patronus-dataplane` crate
 //! runs them on DPDK ports; tests, benchmarks and fuzz targets run them on
 //! heap buffers (the `test-support` feature).
 

@@ -217,6 +217,25 @@ impl Default for DpdkSection {
     }
 }
 
+impl DpdkSection {
+    /// A pool DPDK can create: big enough to start, a cache within DPDK's limit.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.mempool_size != 0 && self.mempool_size < 1024 {
+            return Err(ConfigError::new(
+                "dpdk.mempool_size",
+                "must be 0 (automatic) or at least 1024",
+            ));
+        }
+        if self.mempool_cache > 512 {
+            return Err(ConfigError::new(
+                "dpdk.mempool_cache",
+                "must be at most 512 (RTE_MEMPOOL_CACHE_MAX_SIZE)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[worker]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -236,6 +255,32 @@ impl Default for WorkerSection {
             flow_idle_timeout_s: 120,
             idle_sleep_us: 0,
         }
+    }
+}
+
+impl WorkerSection {
+    /// A flow table that can be allocated and flows that live at least a
+    /// second; an idle sleep short enough not to overflow the rx rings.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.flow_capacity == 0 || self.flow_capacity > 1 << 24 {
+            return Err(ConfigError::new(
+                "worker.flow_capacity",
+                "must be between 1 and 16777216",
+            ));
+        }
+        if self.flow_idle_timeout_s == 0 {
+            return Err(ConfigError::new(
+                "worker.flow_idle_timeout_s",
+                "must be at least 1",
+            ));
+        }
+        if self.idle_sleep_us > 100_000 {
+            return Err(ConfigError::new(
+                "worker.idle_sleep_us",
+                "must be at most 100000 (0.1 s)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +315,34 @@ impl Default for NeighborSection {
     }
 }
 
+impl NeighborSection {
+    /// Timers and queue sizes within what the neighbour manager and the
+    /// workers' pending queues are sized for.
+    fn check(&self) -> Result<(), ConfigError> {
+        for (field, value, min, max) in [
+            ("neighbors.reachable_s", self.reachable_s, 1, 86_400),
+            ("neighbors.stale_s", self.stale_s, 0, 86_400),
+            ("neighbors.retransmit_ms", self.retransmit_ms, 10, 60_000),
+            ("neighbors.max_probes", self.max_probes, 1, 100),
+            (
+                "neighbors.pending_per_neighbor",
+                self.pending_per_neighbor,
+                1,
+                256,
+            ),
+            (
+                "neighbors.pending_neighbors",
+                self.pending_neighbors,
+                1,
+                4096,
+            ),
+        ] {
+            check_range(field, value, min, max)?;
+        }
+        Ok(())
+    }
+}
+
 /// `[icmp]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -287,6 +360,25 @@ impl Default for IcmpSection {
             errors_burst: 50,
         }
     }
+}
+
+impl IcmpSection {
+    /// Rates a token bucket can hold (0 turns ICMP errors off).
+    fn check(&self) -> Result<(), ConfigError> {
+        check_range("icmp.errors_per_s", self.errors_per_s, 0, 1_000_000)?;
+        check_range("icmp.errors_burst", self.errors_burst, 0, 1_000_000)
+    }
+}
+
+/// `value` within `min..=max`, or an error naming `field` and the range.
+fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            field,
+            format!("{value} is out of range {min}..={max}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `[dpi]`: application classification of each flow's first packets.
@@ -351,6 +443,22 @@ impl Default for MetricsSection {
     }
 }
 
+impl MetricsSection {
+    /// An address the endpoint can bind, or none.
+    fn check(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::new(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address:port (use \"\" to disable)",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[[port]]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -376,6 +484,67 @@ pub struct PortSection {
     pub promiscuous: bool,
 }
 
+impl PortSection {
+    /// The port's own settings, at `field`: a name routes and metrics can
+    /// use, a device, an MTU and rings DPDK accepts; neither name nor device
+    /// taken by an earlier port (`names`, `devices`).
+    fn check<'a>(
+        &'a self,
+        field: &str,
+        names: &mut HashSet<&'a str>,
+        devices: &mut HashSet<&'a str>,
+    ) -> Result<(), ConfigError> {
+        if self.name.is_empty()
+            || self.name.len() > 32
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!(
+                    "{:?} must be 1-32 characters of letters, digits, '-' or '_'",
+                    self.name
+                ),
+            ));
+        }
+        if !names.insert(self.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("{:?} is used by another port", self.name),
+            ));
+        }
+        if self.device.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.device"),
+                "must name a DPDK device",
+            ));
+        }
+        if !devices.insert(self.device.as_str()) {
+            return Err(ConfigError::new(
+                format!("{field}.device"),
+                format!("{:?} is used by another port", self.device),
+            ));
+        }
+        if !(576..=9000).contains(&self.mtu) {
+            return Err(ConfigError::new(
+                format!("{field}.mtu"),
+                format!("{} is out of range 576..=9000", self.mtu),
+            ));
+        }
+        for (ring, value) in [("rx_ring", self.rx_ring), ("tx_ring", self.tx_ring)] {
+            if !(64..=16384).contains(&value) || !value.is_power_of_two() {
+                return Err(ConfigError::new(
+                    format!("{field}.{ring}"),
+                    format!("{value} must be a power of two in 64..=16384"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn default_mtu() -> u16 {
     1500
 }
@@ -398,6 +567,82 @@ pub struct RouteSection {
     pub port: Option<String>,
 }
 
+impl RouteSection {
+    /// The destination, written as a network (no host bits set).
+    fn parse_prefix(&self, field: &str) -> Result<IpNet, ConfigError> {
+        let prefix: IpNet = self.prefix.parse().map_err(|_| {
+            ConfigError::new(
+                format!("{field}.prefix"),
+                format!("{:?} is not a prefix (10.1.0.0/16)", self.prefix),
+            )
+        })?;
+        if prefix.trunc() != prefix {
+            return Err(ConfigError::new(
+                format!("{field}.prefix"),
+                format!(
+                    "{prefix} has host bits set; did you mean {}?",
+                    prefix.trunc()
+                ),
+            ));
+        }
+        Ok(prefix)
+    }
+
+    /// The next hop, if given: of the prefix's family and not one of the
+    /// gateway's own addresses (`owned`).
+    fn parse_via(
+        &self,
+        field: &str,
+        prefix: IpNet,
+        owned: &[IpAddr],
+    ) -> Result<Option<IpAddr>, ConfigError> {
+        let Some(text) = &self.via else {
+            return Ok(None);
+        };
+        let via: IpAddr = text.parse().map_err(|_| {
+            ConfigError::new(
+                format!("{field}.via"),
+                format!("{text:?} is not an IP address"),
+            )
+        })?;
+        if via.is_ipv4() != prefix.addr().is_ipv4() {
+            return Err(ConfigError::new(
+                format!("{field}.via"),
+                format!("{via} is not of the same family as {prefix}"),
+            ));
+        }
+        if owned.contains(&via) {
+            return Err(ConfigError::new(
+                format!("{field}.via"),
+                format!("{via} is one of the gateway's own addresses"),
+            ));
+        }
+        Ok(Some(via))
+    }
+
+    /// The port the route leaves by: the one named, else the one whose
+    /// connected subnet in `routes` holds the next hop.
+    fn out_port(
+        &self,
+        field: &str,
+        via: Option<IpAddr>,
+        ports: &[PortInfo],
+        routes: &RouteTable,
+    ) -> Result<u16, ConfigError> {
+        match (&self.port, via) {
+            (Some(name), _) => port_index(ports, format!("{field}.port"), name),
+            (None, Some(via)) => match routes.lookup(via) {
+                Some(connected) if connected.via.is_none() => Ok(connected.port),
+                _ => Err(ConfigError::new(
+                    format!("{field}.via"),
+                    format!("{via} is not in a connected subnet; give `port` as well"),
+                )),
+            },
+            (None, None) => Err(ConfigError::new(field, "needs `via`, `port`, or both")),
+        }
+    }
+}
+
 /// `[[neighbor]]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -408,6 +653,38 @@ pub struct StaticNeighborSection {
     pub mac: String,
     /// The port it is reached on.
     pub port: String,
+}
+
+impl StaticNeighborSection {
+    /// The entry as the neighbour table holds it, checked at `field`: a
+    /// unicast MAC on a port that exists.
+    fn compile(&self, field: &str, ports: &[PortInfo]) -> Result<StaticNeighbor, ConfigError> {
+        let ip: IpAddr = self.ip.parse().map_err(|_| {
+            ConfigError::new(
+                format!("{field}.ip"),
+                format!("{:?} is not an IP address", self.ip),
+            )
+        })?;
+        let mac = parse_mac(&self.mac)
+            .filter(|m| m[0] & 1 == 0 && *m != [0; 6])
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.mac"),
+                    format!("{:?} is not a unicast MAC (02:00:00:00:00:01)", self.mac),
+                )
+            })?;
+        let port = port_index(ports, format!("{field}.port"), &self.port)?;
+        Ok(StaticNeighbor { port, ip, mac })
+    }
+}
+
+/// The index of the port named `name`, or an error at `field`.
+fn port_index(ports: &[PortInfo], field: String, name: &str) -> Result<u16, ConfigError> {
+    ports
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.index)
+        .ok_or_else(|| ConfigError::new(field, format!("no port is named {name:?}")))
 }
 
 /// What is behind a port.
@@ -608,6 +885,17 @@ impl Snapshot {
             );
         }
         self.index_addresses();
+    }
+}
+
+/// Routes a port's subnets (`v4`, `v6`) out of it, with no next hop.
+fn route_connected(routes: &mut RouteTable, port: u16, v4: &[Ipv4Net], v6: &[Ipv6Net]) {
+    for net in v4
+        .iter()
+        .map(|n| IpNet::V4(*n))
+        .chain(v6.iter().map(|n| IpNet::V6(*n)))
+    {
+        routes.insert(net.trunc(), Route { port, via: None });
     }
 }
 
@@ -826,319 +1114,28 @@ impl Config {
         Self::from_toml(&expand_devices(&text, |name| std::env::var(name).ok())?)
     }
 
-    /// Checks every field and compiles the snapshot workers use.
+    /// Checks every field and compiles the snapshot workers use. The
+    /// sections are checked in a fixed order, so that of several mistakes
+    /// the same one is always reported.
     ///
     /// # Errors
     /// The first invalid field, by path.
     pub fn validate(&self, generation: u32) -> Result<Snapshot, ConfigError> {
-        let w = &self.worker;
-        if w.flow_capacity == 0 || w.flow_capacity > 1 << 24 {
-            return Err(ConfigError::new(
-                "worker.flow_capacity",
-                "must be between 1 and 16777216",
-            ));
-        }
-        if w.flow_idle_timeout_s == 0 {
-            return Err(ConfigError::new(
-                "worker.flow_idle_timeout_s",
-                "must be at least 1",
-            ));
-        }
-        if w.idle_sleep_us > 100_000 {
-            return Err(ConfigError::new(
-                "worker.idle_sleep_us",
-                "must be at most 100000 (0.1 s)",
-            ));
-        }
-        let n = &self.neighbors;
-        for (field, value, min, max) in [
-            ("neighbors.reachable_s", n.reachable_s, 1, 86_400),
-            ("neighbors.stale_s", n.stale_s, 0, 86_400),
-            ("neighbors.retransmit_ms", n.retransmit_ms, 10, 60_000),
-            ("neighbors.max_probes", n.max_probes, 1, 100),
-            (
-                "neighbors.pending_per_neighbor",
-                n.pending_per_neighbor,
-                1,
-                256,
-            ),
-            ("neighbors.pending_neighbors", n.pending_neighbors, 1, 4096),
-            ("icmp.errors_per_s", self.icmp.errors_per_s, 0, 1_000_000),
-            ("icmp.errors_burst", self.icmp.errors_burst, 0, 1_000_000),
-        ] {
-            if value < min || value > max {
-                return Err(ConfigError::new(
-                    field,
-                    format!("{value} is out of range {min}..={max}"),
-                ));
-            }
-        }
-        if self.dpdk.mempool_size != 0 && self.dpdk.mempool_size < 1024 {
-            return Err(ConfigError::new(
-                "dpdk.mempool_size",
-                "must be 0 (automatic) or at least 1024",
-            ));
-        }
-        if self.dpdk.mempool_cache > 512 {
-            return Err(ConfigError::new(
-                "dpdk.mempool_cache",
-                "must be at most 512 (RTE_MEMPOOL_CACHE_MAX_SIZE)",
-            ));
-        }
-        if !self.metrics.listen.is_empty()
-            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(ConfigError::new(
-                "metrics.listen",
-                format!(
-                    "{:?} is not an address:port (use \"\" to disable)",
-                    self.metrics.listen
-                ),
-            ));
-        }
-
-        if self.ports.is_empty() {
-            return Err(ConfigError::new(
-                "port",
-                "at least one [[port]] is required",
-            ));
-        }
-        if self.ports.len() > 32 {
-            return Err(ConfigError::new(
-                "port",
-                "at most 32 ports are supported (RTE_MAX_ETHPORTS)",
-            ));
-        }
-        let mut names = HashSet::new();
-        let mut devices = HashSet::new();
-        let mut ports = Vec::with_capacity(self.ports.len());
-        let mut owned: Vec<IpAddr> = Vec::new();
+        self.worker.check()?;
+        self.neighbors.check()?;
+        self.icmp.check()?;
+        self.dpdk.check()?;
+        self.metrics.check()?;
+        // Every address the gateway has: none is assigned twice, none is a next hop.
+        let mut owned = Vec::new();
         let mut routes = RouteTable::default();
-        for (i, p) in self.ports.iter().enumerate() {
-            let field = format!("port[{i}]");
-            if p.name.is_empty()
-                || p.name.len() > 32
-                || !p
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(ConfigError::new(
-                    format!("{field}.name"),
-                    format!(
-                        "{:?} must be 1-32 characters of letters, digits, '-' or '_'",
-                        p.name
-                    ),
-                ));
-            }
-            if !names.insert(p.name.as_str()) {
-                return Err(ConfigError::new(
-                    format!("{field}.name"),
-                    format!("{:?} is used by another port", p.name),
-                ));
-            }
-            if p.device.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{field}.device"),
-                    "must name a DPDK device",
-                ));
-            }
-            if !devices.insert(p.device.as_str()) {
-                return Err(ConfigError::new(
-                    format!("{field}.device"),
-                    format!("{:?} is used by another port", p.device),
-                ));
-            }
-            if !(576..=9000).contains(&p.mtu) {
-                return Err(ConfigError::new(
-                    format!("{field}.mtu"),
-                    format!("{} is out of range 576..=9000", p.mtu),
-                ));
-            }
-            for (ring, value) in [("rx_ring", p.rx_ring), ("tx_ring", p.tx_ring)] {
-                if !(64..=16384).contains(&value) || !value.is_power_of_two() {
-                    return Err(ConfigError::new(
-                        format!("{field}.{ring}"),
-                        format!("{value} must be a power of two in 64..=16384"),
-                    ));
-                }
-            }
-            let (v4, v6) = interface_addresses(&field, &p.addresses, &mut owned)?;
-            for net in v4
-                .iter()
-                .map(|n| IpNet::V4(*n))
-                .chain(v6.iter().map(|n| IpNet::V6(*n)))
-            {
-                routes.insert(
-                    net.trunc(),
-                    Route {
-                        port: i as u16,
-                        via: None,
-                    },
-                );
-            }
-            if p.name == TUNNEL_PORT_NAME {
-                return Err(ConfigError::new(
-                    format!("{field}.name"),
-                    format!("{TUNNEL_PORT_NAME:?} names the [tunnel] interface"),
-                ));
-            }
-            ports.push(PortInfo {
-                index: i as u16,
-                kind: PortKind::Ethernet,
-                name: p.name.clone(),
-                device: p.device.clone(),
-                mac: [0; 6],
-                mtu: p.mtu,
-                v4,
-                v6,
-            });
-        }
-
-        let tunnel_local = match &self.tunnel {
-            None => None,
-            Some(section) => {
-                let local = section.load()?;
-                let (v4, v6) = interface_addresses("tunnel", &section.addresses, &mut owned)?;
-                let index = ports.len() as u16;
-                for net in v4
-                    .iter()
-                    .map(|n| IpNet::V4(*n))
-                    .chain(v6.iter().map(|n| IpNet::V6(*n)))
-                {
-                    routes.insert(
-                        net.trunc(),
-                        Route {
-                            port: index,
-                            via: None,
-                        },
-                    );
-                }
-                ports.push(PortInfo {
-                    index,
-                    kind: PortKind::Tunnel,
-                    name: TUNNEL_PORT_NAME.to_owned(),
-                    device: String::new(),
-                    mac: TUNNEL_MAC,
-                    mtu: section.mtu,
-                    v4,
-                    v6,
-                });
-                Some(Arc::new(local))
-            }
-        };
-
-        let port_index = |field: String, name: &str| -> Result<u16, ConfigError> {
-            ports
-                .iter()
-                .find(|p| p.name == name)
-                .map(|p| p.index)
-                .ok_or_else(|| ConfigError::new(field, format!("no port is named {name:?}")))
-        };
-        let mut seen_prefixes = HashSet::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            let field = format!("route[{i}]");
-            let prefix: IpNet = r.prefix.parse().map_err(|_| {
-                ConfigError::new(
-                    format!("{field}.prefix"),
-                    format!("{:?} is not a prefix (10.1.0.0/16)", r.prefix),
-                )
-            })?;
-            if prefix.trunc() != prefix {
-                return Err(ConfigError::new(
-                    format!("{field}.prefix"),
-                    format!(
-                        "{prefix} has host bits set; did you mean {}?",
-                        prefix.trunc()
-                    ),
-                ));
-            }
-            if !seen_prefixes.insert(prefix) {
-                return Err(ConfigError::new(
-                    format!("{field}.prefix"),
-                    format!("{prefix} is routed twice"),
-                ));
-            }
-            let via: Option<IpAddr> = match &r.via {
-                None => None,
-                Some(text) => Some(text.parse().map_err(|_| {
-                    ConfigError::new(
-                        format!("{field}.via"),
-                        format!("{text:?} is not an IP address"),
-                    )
-                })?),
-            };
-            if let Some(via) = via {
-                if via.is_ipv4() != prefix.addr().is_ipv4() {
-                    return Err(ConfigError::new(
-                        format!("{field}.via"),
-                        format!("{via} is not of the same family as {prefix}"),
-                    ));
-                }
-                if owned.contains(&via) {
-                    return Err(ConfigError::new(
-                        format!("{field}.via"),
-                        format!("{via} is one of the gateway's own addresses"),
-                    ));
-                }
-            }
-            let port = match (&r.port, via) {
-                (Some(name), _) => port_index(format!("{field}.port"), name)?,
-                (None, Some(via)) => match routes.lookup(via) {
-                    Some(connected) if connected.via.is_none() => connected.port,
-                    _ => {
-                        return Err(ConfigError::new(
-                            format!("{field}.via"),
-                            format!("{via} is not in a connected subnet; give `port` as well"),
-                        ))
-                    }
-                },
-                (None, None) => {
-                    return Err(ConfigError::new(field, "needs `via`, `port`, or both"))
-                }
-            };
-            routes.insert(prefix, Route { port, via });
-        }
-
-        let mut static_neighbors = Vec::with_capacity(self.static_neighbors.len());
-        for (i, n) in self.static_neighbors.iter().enumerate() {
-            let field = format!("neighbor[{i}]");
-            let ip: IpAddr = n.ip.parse().map_err(|_| {
-                ConfigError::new(
-                    format!("{field}.ip"),
-                    format!("{:?} is not an IP address", n.ip),
-                )
-            })?;
-            let mac = parse_mac(&n.mac)
-                .filter(|m| m[0] & 1 == 0 && *m != [0; 6])
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{field}.mac"),
-                        format!("{:?} is not a unicast MAC (02:00:00:00:00:01)", n.mac),
-                    )
-                })?;
-            let port = port_index(format!("{field}.port"), &n.port)?;
-            static_neighbors.push(StaticNeighbor { port, ip, mac });
-        }
-
+        let mut ports = self.validate_ports(&mut owned, &mut routes)?;
+        let tunnel_local = self.validate_tunnel(&mut ports, &mut owned, &mut routes)?;
+        self.validate_routes(&ports, &owned, &mut routes)?;
+        let static_neighbors = self.validate_static_neighbors(&ports)?;
         let dpi = self.validate_dpi()?;
         self.controlplane.check()?;
-        let sections = self.site_sections();
-        if self.controlplane.is_managed() && !sections.is_empty() {
-            return Err(ConfigError::new(
-                if self.site.is_some() { "site" } else if self.peers.is_empty() { "policy" } else { "peer" },
-                "comes from the control plane when controlplane.server is set; remove it from the file",
-            ));
-        }
-        if self.tunnel.is_none() {
-            if let Some(p) = self.peers.iter().find(|p| !p.allowed_ips.is_empty()) {
-                return Err(ConfigError::new(
-                    format!("peer[{}].allowed_ips", p.name),
-                    "routes into a tunnel, but no [tunnel] section configures one",
-                ));
-            }
-        }
-        let site = sections.compile(Capabilities::of(&ports, &dpi.classifier))?;
+        let site = self.validate_site(&ports, &dpi)?;
         let mut snapshot = Snapshot {
             generation,
             dpi,
@@ -1160,6 +1157,144 @@ impl Config {
         snapshot.index_addresses();
         snapshot.set_site(site)?;
         Ok(snapshot)
+    }
+
+    /// `[[port]]`: every port, its addresses added to `owned` and its
+    /// subnets routed to it in `routes`.
+    fn validate_ports(
+        &self,
+        owned: &mut Vec<IpAddr>,
+        routes: &mut RouteTable,
+    ) -> Result<Vec<PortInfo>, ConfigError> {
+        if self.ports.is_empty() {
+            return Err(ConfigError::new(
+                "port",
+                "at least one [[port]] is required",
+            ));
+        }
+        if self.ports.len() > 32 {
+            return Err(ConfigError::new(
+                "port",
+                "at most 32 ports are supported (RTE_MAX_ETHPORTS)",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut devices = HashSet::new();
+        let mut ports = Vec::with_capacity(self.ports.len());
+        for (i, p) in self.ports.iter().enumerate() {
+            let field = format!("port[{i}]");
+            p.check(&field, &mut names, &mut devices)?;
+            let (v4, v6) = interface_addresses(&field, &p.addresses, owned)?;
+            route_connected(routes, i as u16, &v4, &v6);
+            if p.name == TUNNEL_PORT_NAME {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("{TUNNEL_PORT_NAME:?} names the [tunnel] interface"),
+                ));
+            }
+            ports.push(PortInfo {
+                index: i as u16,
+                kind: PortKind::Ethernet,
+                name: p.name.clone(),
+                device: p.device.clone(),
+                mac: [0; 6],
+                mtu: p.mtu,
+                v4,
+                v6,
+            });
+        }
+        Ok(ports)
+    }
+
+    /// `[tunnel]`, when present: its key is loaded and it becomes the last
+    /// port, its addresses added to `owned` and its subnets routed into it.
+    fn validate_tunnel(
+        &self,
+        ports: &mut Vec<PortInfo>,
+        owned: &mut Vec<IpAddr>,
+        routes: &mut RouteTable,
+    ) -> Result<Option<Arc<TunnelLocal>>, ConfigError> {
+        let Some(section) = &self.tunnel else {
+            return Ok(None);
+        };
+        let local = section.load()?;
+        let (v4, v6) = interface_addresses("tunnel", &section.addresses, owned)?;
+        let index = ports.len() as u16;
+        route_connected(routes, index, &v4, &v6);
+        ports.push(PortInfo {
+            index,
+            kind: PortKind::Tunnel,
+            name: TUNNEL_PORT_NAME.to_owned(),
+            device: String::new(),
+            mac: TUNNEL_MAC,
+            mtu: section.mtu,
+            v4,
+            v6,
+        });
+        Ok(Some(Arc::new(local)))
+    }
+
+    /// `[[route]]`: static routes added to `routes`, in file order (a next
+    /// hop given without a port must lie in a connected subnet).
+    fn validate_routes(
+        &self,
+        ports: &[PortInfo],
+        owned: &[IpAddr],
+        routes: &mut RouteTable,
+    ) -> Result<(), ConfigError> {
+        let mut seen_prefixes = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = format!("route[{i}]");
+            let prefix = r.parse_prefix(&field)?;
+            if !seen_prefixes.insert(prefix) {
+                return Err(ConfigError::new(
+                    format!("{field}.prefix"),
+                    format!("{prefix} is routed twice"),
+                ));
+            }
+            let via = r.parse_via(&field, prefix, owned)?;
+            let port = r.out_port(&field, via, ports, routes)?;
+            routes.insert(prefix, Route { port, via });
+        }
+        Ok(())
+    }
+
+    /// `[[neighbor]]`: the static entries, on ports that exist.
+    fn validate_static_neighbors(
+        &self,
+        ports: &[PortInfo],
+    ) -> Result<Vec<StaticNeighbor>, ConfigError> {
+        self.static_neighbors
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.compile(&format!("neighbor[{i}]"), ports))
+            .collect()
+    }
+
+    /// The file's site part (`[site]`, `[[peer]]`, `[[policy]]`): none when
+    /// a control plane provides it, peers routed into a tunnel only when
+    /// there is one, and compiled against the ports and the catalogue.
+    fn validate_site(
+        &self,
+        ports: &[PortInfo],
+        dpi: &DpiSnapshot,
+    ) -> Result<SiteState, ConfigError> {
+        let sections = self.site_sections();
+        if self.controlplane.is_managed() && !sections.is_empty() {
+            return Err(ConfigError::new(
+                if self.site.is_some() { "site" } else if self.peers.is_empty() { "policy" } else { "peer" },
+                "comes from the control plane when controlplane.server is set; remove it from the file",
+            ));
+        }
+        if self.tunnel.is_none() {
+            if let Some(p) = self.peers.iter().find(|p| !p.allowed_ips.is_empty()) {
+                return Err(ConfigError::new(
+                    format!("peer[{}].allowed_ips", p.name),
+                    "routes into a tunnel, but no [tunnel] section configures one",
+                ));
+            }
+        }
+        sections.compile(Capabilities::of(ports, &dpi.classifier))
     }
 
     /// The file's `[site]`, `[[peer]]` and `[[policy]]`.

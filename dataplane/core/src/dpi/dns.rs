@@ -1,7 +1,7 @@
 //! DNS messages (RFC 1035): validates the header and reads the first question's name.
 //!
 //! Used for DNS, mDNS and LLMNR, which share the format. Name decoding
-//! follows compression pointers at most [`MAX_POINTERS`] times and never
+//! follows compression pointers at most `MAX_POINTERS` times and never
 //! writes past the caller's buffer.
 
 /// Compression pointers followed per name before the message counts as malformed.

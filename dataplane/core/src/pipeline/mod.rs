@@ -1,6 +1,6 @@
 //! The packet path: one fixed sequence of stages over a burst.
 //!
-//! A worker hands [`Pipeline::run`] a [`Burst`]: up to [`BURST_SIZE`]
+//! A worker hands [`Pipeline::run`] a [`Burst`]: up to [`BURST_SIZE`](crate::BURST_SIZE)
 //! frames, each with a small record whose [`Next`] names the stage that
 //! takes it next. The stages run in one fixed order; each looks only at the
 //! packets marked for it, does its work for all of them, and writes its

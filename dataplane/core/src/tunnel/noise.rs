@@ -1,7 +1,7 @@
 //! The `Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s` handshake as WireGuard
 //! specifies it (whitepaper section 5.4.2 to 5.4.4): message construction
 //! and consumption, nothing else. Indices, timestamps' monotonicity, MACs
-//! and timers are the caller's ([`super::peer`], [`super::cookie`]).
+//! and timers are the caller's (`peer`, [`super::cookie`]).
 //!
 //! Every intermediate secret (chaining keys, AEAD keys, DH results,
 //! ephemeral keys) lives in a wiping container and is gone when the

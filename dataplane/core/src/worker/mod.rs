@@ -5,7 +5,7 @@
 //! so no queue, flow table or counter is ever shared. It reaches them
 //! through [`PacketRx`] and [`PacketTx`], and buffers, the clock and entropy
 //! through [`Host`]: DPDK's queues, mempool and TSC in the gateway, memory
-//! queues and a hand-driven clock in tests ([`memory`], with the
+//! queues and a hand-driven clock in tests (`memory`, with the
 //! `test-support` feature). Each [`Worker::round`]:
 //!
 //! 1. picks up a new configuration or neighbour snapshot if one was

@@ -1,0 +1,267 @@
+//! The compiled application catalogue, shared by all workers: Hyperscan
+//! databases of payload signatures and server-name patterns, and the indexes
+//! (host names, ALPN, ports, certificate names) the dissectors' findings are
+//! looked up in.
+
+use std::fmt;
+
+use hyperscan::prelude::*;
+
+use super::apps::{self, AppError, AppSpec, Transport};
+use super::{counters, dns, tls, Category, Classification, Packet, Protocol};
+
+/// The compiled catalogue, shared by all workers.
+pub struct Classifier {
+    compiled: apps::Compiled,
+    /// Unique per compiled classifier, so workers know when their scratch is stale.
+    id: u64,
+    /// Counter label id of every (protocol, application) pair; see [`Classifier::label`].
+    labels: Vec<u32>,
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field("applications", &self.compiled.names.len())
+            .field("signatures", &self.compiled.rules.len())
+            .field("hosts", &self.compiled.hosts.len())
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// The built-in catalogue followed by `user` definitions (whose names must
+    /// not clash with it). Errors index into `user`.
+    pub fn with_user_apps(user: &[AppSpec]) -> Result<Classifier, AppError> {
+        let mut specs = apps::parse(apps::BUILTIN)?;
+        let builtin = specs.len();
+        specs.extend_from_slice(user);
+        Classifier::new(&specs).map_err(|e| match e {
+            AppError::Field {
+                index,
+                name,
+                field,
+                message,
+            } if index >= builtin => AppError::Field {
+                index: index - builtin,
+                name,
+                field,
+                message,
+            },
+            AppError::Pattern {
+                index,
+                name,
+                pattern,
+                message,
+            } if index >= builtin => AppError::Pattern {
+                index: index - builtin,
+                name,
+                pattern,
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Compiles exactly `specs`.
+    pub fn new(specs: &[AppSpec]) -> Result<Classifier, AppError> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut classifier = Classifier {
+            compiled: apps::compile(specs)?,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            labels: Vec::new(),
+        };
+        let apps = classifier.compiled.names.len();
+        let protocols = std::iter::once(None).chain(Protocol::ALL.iter().copied().map(Some));
+        for protocol in protocols {
+            let combos = std::iter::once(None).chain((0..apps as u16).map(Some));
+            for app in combos {
+                let c = Classification { protocol, app };
+                let label = counters::label_id(&classifier.name(&c), classifier.category(&c));
+                classifier.labels.push(label);
+            }
+        }
+        Ok(classifier)
+    }
+
+    /// The counter label id of a classification (stable across catalogue reloads).
+    #[inline]
+    pub fn label(&self, c: &Classification) -> u32 {
+        let apps = self.compiled.names.len() + 1;
+        let p = c.protocol.map_or(0, |p| p.index() + 1);
+        let a = c.app.map_or(0, |a| usize::from(a) + 1);
+        self.labels
+            .get(p * apps + a)
+            .copied()
+            .unwrap_or(counters::OVERFLOW_LABEL)
+    }
+
+    /// The category of a classification.
+    pub fn category(&self, c: &Classification) -> Category {
+        let app = c
+            .app
+            .and_then(|a| self.compiled.categories.get(usize::from(a)).copied());
+        match (c.protocol, app) {
+            (Some(p), Some(cat)) if p.is_carrier() && cat != Category::Unknown => cat,
+            (Some(p), _) => p.category(),
+            (None, Some(cat)) => cat,
+            (None, None) => Category::Unknown,
+        }
+    }
+
+    /// The application's name in `Protocol.App` form (`TLS.YouTube`, `DNS`, `BitTorrent`, `Unknown`).
+    pub fn name(&self, c: &Classification) -> String {
+        let app = c.app.and_then(|a| self.compiled.names.get(usize::from(a)));
+        match (c.protocol, app) {
+            (Some(p), Some(a)) => format!("{p}.{a}"),
+            (Some(p), None) => p.to_string(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => "Unknown".to_owned(),
+        }
+    }
+
+    /// Whether policies may name `name`: an application of the catalogue, a
+    /// protocol, `Protocol.Application` (as [`Classifier::name`] writes them)
+    /// or `Unknown`.
+    pub fn knows(&self, name: &str) -> bool {
+        let is_protocol = |p: &str| Protocol::ALL.iter().any(|q| q.to_string() == p);
+        let is_app = |a: &str| self.compiled.names.iter().any(|n| n == a);
+        match name.split_once('.') {
+            _ if name == "Unknown" || is_protocol(name) || is_app(name) => true,
+            Some((protocol, app)) => is_protocol(protocol) && is_app(app),
+            None => false,
+        }
+    }
+
+    /// The application a certificate common name or DNS name belongs to.
+    fn certificate_app(&self, name: &str) -> Option<u16> {
+        if name.len() <= 64 {
+            let mut lower = [0u8; 64];
+            lower[..name.len()].copy_from_slice(name.as_bytes());
+            lower[..name.len()].make_ascii_lowercase();
+            let by_name = std::str::from_utf8(&lower[..name.len()])
+                .ok()
+                .and_then(|n| self.compiled.certificate_names.get(n).copied());
+            if by_name.is_some() {
+                return by_name;
+            }
+        }
+        tls::host_name(name.as_bytes()).and_then(|h| self.host_app(h))
+    }
+
+    /// The application a host name belongs to: the longest listed suffix on a label boundary.
+    pub fn host_app(&self, host: &str) -> Option<u16> {
+        let host = host.trim_end_matches('.');
+        let mut lower = [0u8; dns::MAX_NAME];
+        let bytes = host.as_bytes();
+        if bytes.len() > lower.len() {
+            return None;
+        }
+        for (d, s) in lower.iter_mut().zip(bytes) {
+            *d = s.to_ascii_lowercase();
+        }
+        let lower = std::str::from_utf8(&lower[..bytes.len()]).ok()?;
+        let mut suffix = lower;
+        loop {
+            if let Some(&app) = self.compiled.hosts.get(suffix) {
+                return Some(app);
+            }
+            suffix = &suffix[suffix.find('.')? + 1..];
+        }
+    }
+
+    /// The application of a TLS or QUIC session: by ALPN or server port first
+    /// (the port says what the session is for), then by server name.
+    pub(super) fn session_app(
+        &self,
+        pkt: &Packet<'_>,
+        hello: &tls::ClientHello<'_>,
+        scratch: Option<&Scratch>,
+    ) -> Option<u16> {
+        let by_alpn = hello.alpn.and_then(|a| self.compiled.alpn.get(a).copied());
+        let by_port = || {
+            let port = |p| self.compiled.tls_ports.get(&p).copied();
+            port(pkt.dst_port).or_else(|| port(pkt.src_port))
+        };
+        let by_name = |name: &str| {
+            self.host_app(name)
+                .or_else(|| self.host_pattern_app(name, scratch?))
+        };
+        by_alpn
+            .or_else(by_port)
+            .or_else(|| hello.server_name.and_then(by_name))
+    }
+
+    /// The first application whose server-name pattern matches `name`.
+    fn host_pattern_app(&self, name: &str, scratch: &Scratch) -> Option<u16> {
+        let db = self.compiled.host_database.as_ref()?;
+        let mut lower = [0u8; dns::MAX_NAME];
+        let lower = lower.get_mut(..name.len())?;
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        let apps = &self.compiled.host_pattern_apps;
+        let mut best: Option<u16> = None;
+        let _ = db.scan(&*lower, scratch, |id: u32, _, _, _| {
+            if let Some(&app) = apps.get(id as usize) {
+                best = Some(best.map_or(app, |b| b.min(app)));
+            }
+            Matching::Continue
+        });
+        best
+    }
+
+    /// A scratch large enough for both of this classifier's databases.
+    pub(super) fn scratch(&self) -> Option<Scratch> {
+        let dbs = [&self.compiled.database, &self.compiled.host_database];
+        let mut scratch: Option<Scratch> = None;
+        for db in dbs.into_iter().flatten() {
+            match scratch.as_mut() {
+                None => scratch = db.alloc_scratch().ok(),
+                Some(s) => {
+                    db.realloc_scratch(s).ok()?;
+                }
+            }
+        }
+        scratch
+    }
+
+    /// Identifies this compilation: an inspector whose scratch was made for
+    /// another one makes a new scratch.
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The highest-priority catalogue signature matching this payload.
+    pub(super) fn signature(&self, pkt: &Packet<'_>, scratch: Option<&Scratch>) -> Option<u16> {
+        let db = self.compiled.database.as_ref()?;
+        let scratch = scratch?;
+        let rules = &self.compiled.rules;
+        let mut best: Option<u16> = None;
+        let _ = db.scan(pkt.payload, scratch, |id: u32, _from, _to, _flags| {
+            let Some(rule) = rules.get(id as usize) else {
+                return Matching::Continue;
+            };
+            let transport_ok = match rule.transport {
+                Transport::Any => true,
+                Transport::Tcp => pkt.tcp,
+                Transport::Udp => !pkt.tcp,
+            };
+            let ports_ok = rule.ports.is_empty() || rule.ports.iter().any(|&p| pkt.has_port(p));
+            if transport_ok && ports_ok && best.is_none_or(|b| rule.app < b) {
+                best = Some(rule.app);
+            }
+            Matching::Continue
+        });
+        best
+    }
+
+    /// The application named by the server certificate in `records`, if any.
+    pub(super) fn certificate(&self, records: &[u8]) -> (tls::CertificateSearch, Option<u16>) {
+        let mut app = None;
+        let search = tls::server_certificate_names(records, |name| {
+            app = self.certificate_app(name);
+            app.is_some()
+        });
+        (search, app)
+    }
+}

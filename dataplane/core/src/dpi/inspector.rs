@@ -1,0 +1,436 @@
+//! Per-worker inspection: the [`Inspector`] runs a flow's packets through
+//! the catalogue's signatures and the protocol dissectors, keeping each
+//! flow's evidence in its [`FlowInspection`] until the verdict is final.
+
+use std::fmt;
+
+use hyperscan::prelude::*;
+
+use super::numbered::{numbered_stream, Numbered};
+use super::reassembly::{Collecting, Reassembly};
+use super::{dns, http, quic, stun, tls};
+use super::{Classification, Classifier, Limits, Packet, Protocol};
+
+/// Per-flow inspection state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowInspection {
+    packets: u16,
+    bytes: u32,
+    /// The best evidence so far (a TLS record without a hello, a QUIC packet not opened).
+    tentative: Classification,
+    /// Reassembly buffer index + 1; 0 = none.
+    buffer: u32,
+    /// Set once the verdict is final.
+    done: bool,
+    /// The last packet of a numbered datagram stream (RTP, RakNet).
+    numbered: Option<Numbered>,
+}
+
+impl FlowInspection {
+    /// Packets with payload inspected so far.
+    pub fn packets(&self) -> u16 {
+        self.packets
+    }
+
+    /// True once the verdict is final.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// Per-worker inspection machinery.
+pub struct Inspector {
+    limits: Limits,
+    scratch: Option<Scratch>,
+    /// Id of the classifier the scratch was allocated for (0: none yet).
+    scratch_for: u64,
+    decrypt: Box<[u8; quic::MAX_DATAGRAM]>,
+    pool: Vec<Reassembly>,
+    /// Indexes of the buffers not lent to a flow (seen by the module's tests,
+    /// which check that every flow gives its buffer back).
+    pub(super) free: Vec<u32>,
+    /// Hellos that could not be reassembled because the pool was empty.
+    pool_exhausted: u64,
+}
+
+impl fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inspector")
+            .field("limits", &self.limits)
+            .field("buffers", &self.pool.len())
+            .field("free", &self.free.len())
+            .finish()
+    }
+}
+
+impl Inspector {
+    /// An inspector with `buffers` reassembly buffers (hellos in progress at once).
+    pub fn new(limits: Limits, buffers: usize) -> Inspector {
+        Inspector {
+            limits,
+            scratch: None,
+            scratch_for: 0,
+            decrypt: Box::new([0; quic::MAX_DATAGRAM]),
+            pool: (0..buffers).map(|_| Reassembly::new()).collect(),
+            free: (0..buffers as u32).rev().collect(),
+            pool_exhausted: 0,
+        }
+    }
+
+    /// Changes the inspection bounds (for flows inspected from now on).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Reassembly buffers not lent to a flow.
+    pub fn free_buffers(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Hellos left unreassembled because every buffer was in use.
+    pub fn pool_exhausted(&self) -> u64 {
+        self.pool_exhausted
+    }
+
+    /// Inspects one packet of a flow; returns the verdict once it is final.
+    pub fn inspect(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        pkt: &Packet<'_>,
+    ) -> Option<Classification> {
+        if flow.done {
+            return None;
+        }
+        if pkt.payload.is_empty() {
+            return None;
+        }
+        if self.scratch_for != classifier.id() {
+            // A new catalogue: a scratch for its databases (off the steady-state path).
+            self.scratch = classifier.scratch();
+            self.scratch_for = classifier.id();
+        }
+        flow.packets = flow.packets.saturating_add(1);
+        flow.bytes = flow.bytes.saturating_add(pkt.payload.len() as u32);
+        let verdict = classifier
+            .signature(pkt, self.scratch.as_ref())
+            .map(|app| Classification {
+                protocol: None,
+                app: Some(app),
+            })
+            .or_else(|| self.dissect(classifier, flow, pkt));
+        match verdict {
+            Some(v) => Some(self.finish_with(flow, v)),
+            None if flow.packets >= self.limits.max_packets
+                || flow.bytes >= self.limits.max_bytes =>
+            {
+                Some(self.finish(flow))
+            }
+            None => None,
+        }
+    }
+
+    /// Ends inspection (limits reached, flow expired or capture over) with the best evidence.
+    pub fn finish(&mut self, flow: &mut FlowInspection) -> Classification {
+        let tentative = flow.tentative;
+        self.finish_with(flow, tentative)
+    }
+
+    fn finish_with(
+        &mut self,
+        flow: &mut FlowInspection,
+        verdict: Classification,
+    ) -> Classification {
+        self.release(flow);
+        flow.done = true;
+        flow.tentative = verdict;
+        verdict
+    }
+
+    fn release(&mut self, flow: &mut FlowInspection) {
+        if flow.buffer != 0 {
+            self.free.push(flow.buffer - 1);
+            flow.buffer = 0;
+        }
+    }
+
+    /// Runs the protocol dissectors.
+    fn dissect(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        pkt: &Packet<'_>,
+    ) -> Option<Classification> {
+        let found = |protocol, app| {
+            Some(Classification {
+                protocol: Some(protocol),
+                app,
+            })
+        };
+        let payload = pkt.payload;
+        if !pkt.tcp {
+            if let Some(protocol) = dns_protocol(pkt) {
+                let mut name = [0u8; dns::MAX_NAME];
+                if let Some(q) = dns::question(payload, &mut name) {
+                    return found(protocol, classifier.host_app(q.name));
+                }
+            }
+            if let Some(c) = self.quic(classifier, flow, pkt) {
+                return Some(c);
+            }
+            if stun::message(payload).is_some() {
+                return found(Protocol::Stun, None);
+            }
+            return numbered_stream(&mut flow.numbered, pkt).and_then(|p| found(p, None));
+        }
+        if pkt.has_port(53) {
+            let mut name = [0u8; dns::MAX_NAME];
+            if let Some(q) = dns::question_tcp(payload, &mut name) {
+                return found(Protocol::Dns, classifier.host_app(q.name));
+            }
+        }
+        if let Some(c) = self.tls(classifier, flow, pkt) {
+            return Some(c);
+        }
+        if stun::stream_message(payload).is_some() {
+            return found(Protocol::Stun, None);
+        }
+        if let Some(req) = http::request(payload) {
+            return found(
+                Protocol::Http,
+                req.host.and_then(|h| classifier.host_app(h)),
+            );
+        }
+        if http::is_response(payload) && flow.tentative.is_unknown() {
+            flow.tentative = Classification {
+                protocol: Some(Protocol::Http),
+                app: None,
+            };
+        }
+        None
+    }
+
+    /// TLS: reads the ClientHello (reassembled across segments when needed);
+    /// when it names no server, reads the server's certificate instead.
+    fn tls(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        pkt: &Packet<'_>,
+    ) -> Option<Classification> {
+        let tls_found = |app| Classification {
+            protocol: Some(Protocol::Tls),
+            app,
+        };
+        // A reassembly under way in this direction gets the packet appended.
+        let collecting = (flow.buffer as usize)
+            .checked_sub(1)
+            .map(|b| (b, self.pool[b].what))
+            .filter(|&(_, what)| matches!(what, Collecting::Tls(d) | Collecting::TlsCertificate(d) if d == pkt.dir));
+        let data = match collecting {
+            Some((b, _)) => {
+                let buf = &mut self.pool[b];
+                // Bytes go where their sequence number says: retransmitted
+                // and reordered segments land in place; anything from before
+                // the start (a wrapped difference) falls outside the buffer.
+                buf.put(u64::from(pkt.seq.wrapping_sub(buf.base_seq)), pkt.payload);
+                buf.prefix()
+            }
+            None => pkt.payload,
+        };
+        if let Some((_, Collecting::TlsCertificate(_))) = collecting {
+            let found = classifier.certificate(data);
+            return self.after_certificate(flow, found, None);
+        }
+        // What the records say, with nothing borrowed from the buffer.
+        enum Seen {
+            Hello { named: bool, app: Option<u16> },
+            Server((tls::CertificateSearch, Option<u16>)),
+            Certificate((tls::CertificateSearch, Option<u16>)),
+            Other(tls::Hello<'static>),
+        }
+        let seen = match tls::client_hello_from_records(data) {
+            tls::Hello::Client(h) => Seen::Hello {
+                named: h.server_name.is_some(),
+                app: classifier.session_app(pkt, &h, self.scratch.as_ref()),
+            },
+            tls::Hello::Server => Seen::Server(classifier.certificate(data)),
+            // A later handshake record may be a client's certificate.
+            tls::Hello::OtherRecord => Seen::Certificate(classifier.certificate(data)),
+            tls::Hello::Incomplete { needed } => Seen::Other(tls::Hello::Incomplete { needed }),
+            tls::Hello::NotTls => Seen::Other(tls::Hello::NotTls),
+        };
+        let seen = match seen {
+            Seen::Hello { named, app } => {
+                if collecting.is_some() {
+                    self.release(flow);
+                }
+                if named || app.is_some() {
+                    return Some(tls_found(app));
+                }
+                // No server name: the server's certificate may tell.
+                flow.tentative = tls_found(None);
+                return None;
+            }
+            Seen::Server(found) => {
+                if flow.tentative.is_unknown() {
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default(), None);
+                    flow.tentative = tls_found(app);
+                }
+                return self.after_certificate(
+                    flow,
+                    found,
+                    Some((Collecting::TlsCertificate(pkt.dir), pkt.payload, pkt.seq)),
+                );
+            }
+            Seen::Certificate(found) => {
+                if flow.tentative.is_unknown() {
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default(), None);
+                    flow.tentative = tls_found(app);
+                }
+                return match found {
+                    (tls::CertificateSearch::Accepted, _) => {
+                        self.after_certificate(flow, found, None)
+                    }
+                    _ => None,
+                };
+            }
+            Seen::Other(hello) => hello,
+        };
+        match seen {
+            tls::Hello::Client(_) | tls::Hello::Server | tls::Hello::OtherRecord => None,
+            tls::Hello::Incomplete { .. } => {
+                if flow.tentative.is_unknown() {
+                    let app = classifier.session_app(pkt, &tls::ClientHello::default(), None);
+                    flow.tentative = tls_found(app);
+                }
+                if collecting.is_none() {
+                    self.start_collecting(flow, Collecting::Tls(pkt.dir), pkt.payload, pkt.seq);
+                }
+                None
+            }
+            tls::Hello::NotTls => {
+                if collecting.is_some() {
+                    self.release(flow);
+                }
+                None
+            }
+        }
+    }
+
+    /// Acts on a certificate search: a verdict when it named an application,
+    /// reassembly (`start`) when it needs more, else nothing more to learn here.
+    fn after_certificate(
+        &mut self,
+        flow: &mut FlowInspection,
+        (search, app): (tls::CertificateSearch, Option<u16>),
+        start: Option<(Collecting, &[u8], u32)>,
+    ) -> Option<Classification> {
+        match search {
+            tls::CertificateSearch::Accepted => {
+                self.release(flow);
+                Some(Classification {
+                    protocol: Some(Protocol::Tls),
+                    app,
+                })
+            }
+            tls::CertificateSearch::Incomplete => {
+                if let (Some((what, first, seq)), 0) = (start, flow.buffer) {
+                    self.start_collecting(flow, what, first, seq);
+                }
+                None
+            }
+            tls::CertificateSearch::Rejected | tls::CertificateSearch::Absent => {
+                self.release(flow);
+                None
+            }
+        }
+    }
+
+    /// QUIC: opens client Initials and reads the ClientHello from their CRYPTO frames.
+    fn quic(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        pkt: &Packet<'_>,
+    ) -> Option<Classification> {
+        let Some(version) = quic::version(pkt.payload) else {
+            // A short-header packet to or from UDP 443 is QUIC in all
+            // likelihood (a capture that missed the handshake); keep it as
+            // the fallback, not as a verdict.
+            let short_header = pkt.payload.first().is_some_and(|b| b & 0xc0 == 0x40);
+            if short_header && pkt.has_port(443) && flow.tentative.is_unknown() {
+                flow.tentative = Classification {
+                    protocol: Some(Protocol::Quic),
+                    app: None,
+                };
+            }
+            return None;
+        };
+        let quic_found = |app| Classification {
+            protocol: Some(Protocol::Quic),
+            app,
+        };
+        if version == quic::Version::GoogleQ {
+            let app = quic::gquic_server_name(pkt.payload).and_then(|n| classifier.host_app(n));
+            return Some(quic_found(app));
+        }
+        if flow.tentative.is_unknown() {
+            flow.tentative = quic_found(None);
+        }
+        let quic::Initial::Opened(_, plain) =
+            quic::open_client_initial(pkt.payload, &mut self.decrypt[..])
+        else {
+            return None;
+        };
+        if flow.buffer == 0 {
+            self.start_collecting(flow, Collecting::Quic(pkt.dir), &[], 0);
+        }
+        let buf = self.pool.get_mut((flow.buffer as usize).checked_sub(1)?)?;
+        if buf.what != Collecting::Quic(pkt.dir) {
+            return None;
+        }
+        quic::crypto_frames(&self.decrypt[plain], |offset, data| buf.put(offset, data));
+        match tls::client_hello(buf.prefix()) {
+            tls::Hello::Client(h) => Some(quic_found(classifier.session_app(
+                pkt,
+                &h,
+                self.scratch.as_ref(),
+            ))),
+            tls::Hello::Incomplete { .. } => None,
+            _ => Some(quic_found(None)),
+        }
+    }
+
+    /// Lends the flow a buffer for `what`, starting with `first`; a buffer the
+    /// flow held for something else (the other direction) goes back first.
+    fn start_collecting(
+        &mut self,
+        flow: &mut FlowInspection,
+        what: Collecting,
+        first: &[u8],
+        seq: u32,
+    ) {
+        self.release(flow);
+        match self.free.pop() {
+            Some(b) => {
+                flow.buffer = b + 1;
+                self.pool[b as usize].start(what, seq, first);
+            }
+            None => self.pool_exhausted += 1,
+        }
+    }
+}
+
+/// The name-resolution protocol a UDP packet's ports suggest.
+fn dns_protocol(pkt: &Packet<'_>) -> Option<Protocol> {
+    if pkt.has_port(5353) {
+        Some(Protocol::Mdns)
+    } else if pkt.has_port(5355) {
+        Some(Protocol::Llmnr)
+    } else if pkt.has_port(53) {
+        Some(Protocol::Dns)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,147 @@
+//! What classification says about a flow ([`Category`], [`Protocol`],
+//! [`Classification`]) and how much of a flow it looks at ([`Limits`]): the
+//! vocabulary the classifier, the inspector, the counters and the policies
+//! share.
+
+use serde::Deserialize;
+
+use crate::labels::labelled_enum;
+
+labelled_enum! {
+    /// Application category: what policy and QoS act on.
+    #[derive(Deserialize)]
+    Category {
+        /// Web browsing and app APIs over HTTP, TLS and QUIC.
+        Web => "Web";
+        /// Video streaming.
+        Video => "Video";
+        /// Real-time voice and video calls.
+        VoIP => "VoIP";
+        /// Games.
+        Gaming => "Gaming";
+        /// File transfer and remote file access.
+        FileTransfer => "FileTransfer";
+        /// Database protocols.
+        Database => "Database";
+        /// Name resolution.
+        DNS => "DNS";
+        /// Remote shells and desktops.
+        RemoteAccess => "RemoteAccess";
+        /// Mail.
+        Email => "Email";
+        /// Anything else, and flows not (yet) identified.
+        Unknown => "Unknown";
+    }
+}
+
+labelled_enum! {
+    /// Protocols recognised by a dissector in code (the rest are catalogue signatures).
+    Protocol {
+        /// TLS over TCP.
+        Tls => "TLS";
+        /// QUIC.
+        Quic => "QUIC";
+        /// HTTP/1.x.
+        Http => "HTTP";
+        /// DNS.
+        Dns => "DNS";
+        /// Multicast DNS.
+        Mdns => "MDNS";
+        /// Link-Local Multicast Name Resolution.
+        Llmnr => "LLMNR";
+        /// STUN/TURN.
+        Stun => "STUN";
+        /// RTP media (two packets of one stream in a row).
+        Rtp => "RTP";
+        /// RTCP media control.
+        Rtcp => "RTCP";
+        /// RakNet, the game-networking transport (its data datagrams).
+        RakNet => "RakNet";
+    }
+}
+
+impl Protocol {
+    /// The category of the protocol itself, before the application it carries is known.
+    pub(super) fn category(self) -> Category {
+        match self {
+            Protocol::Tls | Protocol::Quic | Protocol::Http => Category::Web,
+            Protocol::Dns | Protocol::Mdns | Protocol::Llmnr => Category::DNS,
+            Protocol::Stun | Protocol::Rtp | Protocol::Rtcp => Category::VoIP,
+            Protocol::RakNet => Category::Gaming,
+        }
+    }
+
+    /// True when the protocol carries another application, whose category then wins.
+    pub(super) fn is_carrier(self) -> bool {
+        !matches!(self, Protocol::Dns | Protocol::Mdns | Protocol::Llmnr)
+    }
+}
+
+/// A flow's identification: a dissected protocol, a catalogue application, or both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Classification {
+    /// The protocol found by a dissector.
+    pub protocol: Option<Protocol>,
+    /// Index of the catalogue application in the classifier that produced it.
+    pub app: Option<u16>,
+}
+
+impl Classification {
+    /// True when nothing was identified.
+    pub fn is_unknown(&self) -> bool {
+        self.protocol.is_none() && self.app.is_none()
+    }
+
+    /// Packs a final classification into a flow entry's `app` field (never 0,
+    /// which means "not classified yet").
+    #[inline]
+    pub fn to_flow_app(&self) -> u32 {
+        let p = self.protocol.map_or(0, |p| p.index() as u32 + 1);
+        let a = self.app.map_or(0, |a| u32::from(a) + 1);
+        1 << 31 | p << 16 | a
+    }
+
+    /// Unpacks [`Classification::to_flow_app`]; None for 0 (not classified yet).
+    #[inline]
+    pub fn from_flow_app(v: u32) -> Option<Classification> {
+        if v == 0 {
+            return None;
+        }
+        let p = ((v >> 16) & 0xff) as usize;
+        let a = v & 0xffff;
+        Some(Classification {
+            protocol: p.checked_sub(1).and_then(|i| Protocol::ALL.get(i).copied()),
+            app: a.checked_sub(1).map(|a| a as u16),
+        })
+    }
+}
+
+/// How much of each flow is inspected.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Packets with payload inspected per flow (both directions together).
+    #[serde(default = "Limits::default_packets")]
+    pub max_packets: u16,
+    /// Payload bytes inspected per flow.
+    #[serde(default = "Limits::default_bytes")]
+    pub max_bytes: u32,
+}
+
+impl Limits {
+    fn default_packets() -> u16 {
+        Limits::default().max_packets
+    }
+    fn default_bytes() -> u32 {
+        Limits::default().max_bytes
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packets: 12,
+            max_bytes: 16 * 1024,
+        }
+    }
+}
