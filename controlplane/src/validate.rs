@@ -321,7 +321,7 @@ pub fn application(a: &Application, v: &mut Violations) {
 fn condition(kind: i32, value: &str, field: &str, v: &mut Violations) {
     let ok = match ConditionType::try_from(kind).unwrap_or(ConditionType::Unspecified) {
         ConditionType::Unspecified => {
-            v.add(format!("{field}.type"), "must be APPLICATION, CATEGORY, SOURCE_PREFIX, DESTINATION_PREFIX, DESTINATION_PORT or DSCP");
+            v.add(format!("{field}.type"), "must be APPLICATION, CATEGORY, SOURCE_PREFIX, DESTINATION_PREFIX, DESTINATION_PORT, DSCP or PROTOCOL");
             return;
         }
         ConditionType::Application => {
@@ -337,6 +337,7 @@ fn condition(kind: i32, value: &str, field: &str, v: &mut Violations) {
         }
         ConditionType::DestinationPort => value.parse::<u16>().is_ok_and(|p| p > 0),
         ConditionType::Dscp => value.parse::<u8>().is_ok_and(|d| d < 64),
+        ConditionType::Protocol => patronus_proto::names::ip_protocol(value).is_some(),
     };
     if !ok {
         v.add(

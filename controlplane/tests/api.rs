@@ -452,6 +452,13 @@ async fn invalid_requests_name_every_field() {
             "policy.spec.rules[0].conditions[0].value",
         ),
         (
+            |p| {
+                rule(p).conditions[0].r#type = ConditionType::Protocol as i32;
+                rule(p).conditions[0].value = "sctp".into();
+            },
+            "policy.spec.rules[0].conditions[0].value",
+        ),
+        (
             |p| rule(p).path_selection = None,
             "policy.spec.rules[0].path_selection",
         ),
@@ -489,6 +496,17 @@ async fn invalid_requests_name_every_field() {
             .unwrap_err();
         assert_eq!(violated_fields(&e), [*field], "{}", e.message());
     }
+    // A protocol by name or number is a condition like the others.
+    let mut p = policy("by-protocol");
+    rule(&mut p).conditions = ["udp", "132"]
+        .map(|value| Condition {
+            r#type: ConditionType::Protocol as i32,
+            value: value.into(),
+        })
+        .to_vec();
+    c.create_policy(CreatePolicyRequest { policy: Some(p) })
+        .await
+        .expect("protocol conditions are accepted");
     fn app_spec(a: &mut Application) -> &mut ApplicationSpec {
         a.spec.as_mut().unwrap()
     }

@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 
 use crate::agent::AgentStatus;
 use crate::dpdk::{Mempool, Port, PortStats};
+use patronus_core::config::site::RuleAction;
 use patronus_core::config::{Snapshot, TunnelSnapshot};
 use patronus_core::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUCKETS};
 use patronus_core::dpi::Category;
@@ -32,7 +33,8 @@ use patronus_core::neighbor::NeighborShared;
 use patronus_core::packet::parse::ParseError;
 use patronus_core::published::Published;
 use patronus_core::stats::{
-    peer_total, Counter, Counters, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS,
+    peer_total, Counter, Counters, DropReason, PolicyCounters, SharedCounters, SharedTunnelStats,
+    MAX_TUNNEL_PEERS,
 };
 use patronus_core::tunnel::{PeerStats, TunnelDrop, TunnelEvent};
 
@@ -76,6 +78,8 @@ pub struct DataplaneCollector {
     pub config: Arc<Published<Snapshot>>,
     /// Each worker's classification counters.
     pub dpi: Vec<Arc<DpiCounters>>,
+    /// Each worker's drops per policy rule.
+    pub policy: Vec<Arc<PolicyCounters>>,
     /// The control-plane agent, when the data plane is managed.
     pub agent: Option<Arc<AgentStatus>>,
     /// Each worker's tunnel figures.
@@ -365,6 +369,8 @@ struct Scrape<'a> {
     neighbors: &'a NeighborShared,
     /// Each worker's classification counters.
     dpi: &'a [Arc<DpiCounters>],
+    /// Each worker's drops per policy rule.
+    policy: &'a [Arc<PolicyCounters>],
     /// The control-plane agent, when the data plane is managed.
     agent: Option<&'a AgentStatus>,
 }
@@ -386,6 +392,7 @@ impl Scrape<'_> {
         self.neighbor_table(enc)?;
         self.pool(enc)?;
         self.config(enc)?;
+        self.policy_drops(enc)?;
         if let Some(agent) = self.agent {
             encode_agent(agent, enc)?;
         }
@@ -727,6 +734,32 @@ impl Scrape<'_> {
         )
     }
 
+    /// Packets each deny rule in force dropped (summed over workers). A
+    /// rule keeps its counter while the process runs, so a rule removed and
+    /// put back continues where it stopped.
+    fn policy_drops(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let samples: Vec<(L2, u64)> = self
+            .cfg
+            .site
+            .rules
+            .iter()
+            .filter(|r| r.action == RuleAction::Deny)
+            .map(|r| {
+                let v = self.policy.iter().map(|w| w.drops(r.slot)).sum();
+                (
+                    [("policy", r.policy.clone()), ("rule", r.index.to_string())],
+                    v,
+                )
+            })
+            .collect();
+        counter(
+            enc,
+            "patronus_policy_drops",
+            "Packets dropped by a deny rule, by policy and rule (its position in the policy, from 0).",
+            samples,
+        )
+    }
+
     /// Per application and category (summed over workers), flows and bytes
     /// of the labels that counted something.
     fn dpi_applications(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
@@ -885,6 +918,7 @@ impl Collector for DataplaneCollector {
             tunnels: &self.tunnels,
             neighbors: &self.neighbors,
             dpi: &self.dpi,
+            policy: &self.policy,
             agent: self.agent.as_deref(),
         }
         .encode(&mut enc)
@@ -1082,6 +1116,7 @@ conditions = [{{ type = "category", value = "Video" }}]
         workers: Vec<Arc<SharedCounters>>,
         neighbors: Arc<NeighborShared>,
         dpi: Vec<Arc<DpiCounters>>,
+        policy: Vec<Arc<PolicyCounters>>,
         agent: Arc<AgentStatus>,
         tunnels: Vec<Arc<SharedTunnelStats>>,
     }
@@ -1161,11 +1196,24 @@ conditions = [{{ type = "category", value = "Video" }}]
                 ..PeerStats::default()
             },
         );
+        // The video rule dropped 7 packets on one worker, 5 on the other.
+        let slot = snapshot.site.rules[0].slot;
+        let policy: Vec<Arc<PolicyCounters>> = [7, 5]
+            .iter()
+            .map(|&n| {
+                let c = Arc::new(PolicyCounters::default());
+                for _ in 0..n {
+                    c.dropped(slot);
+                }
+                c
+            })
+            .collect();
         Sources {
             config: Arc::new(Published::new(snapshot)),
             workers,
             neighbors,
             dpi,
+            policy,
             agent,
             tunnels,
         }
@@ -1226,6 +1274,7 @@ conditions = [{{ type = "category", value = "Video" }}]
                 tunnels: &s.tunnels,
                 neighbors: &s.neighbors,
                 dpi: &s.dpi,
+                policy: &s.policy,
                 agent: Some(&s.agent),
             }
             .encode(&mut enc)
@@ -1234,14 +1283,19 @@ conditions = [{{ type = "category", value = "Video" }}]
 
     /// Dashboards, alerts and `promtool` read these names, labels, HELP and
     /// TYPE lines in this order: the exposition must not change by accident
-    /// (after an intended change, `metrics_exposition.txt` is rewritten with
-    /// the new output, reviewed line by line).
+    /// (after an intended change, `PATRONUS_BLESS=1 cargo test` rewrites
+    /// `metrics_exposition.txt` with the new output, to be reviewed line by
+    /// line in the diff).
     #[test]
     fn exposition_is_unchanged() {
         let text = exposition(Fixture {
             sources: sources(),
             devices: devices(),
         });
+        if std::env::var_os("PATRONUS_BLESS").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics_exposition.txt");
+            std::fs::write(path, &text).unwrap();
+        }
         let expected = include_str!("metrics_exposition.txt");
         for (i, (got, want)) in text.lines().zip(expected.lines()).enumerate() {
             assert_eq!(got, want, "line {}", i + 1);

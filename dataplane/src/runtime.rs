@@ -31,6 +31,7 @@ use patronus_core::config::{Config, Snapshot};
 use patronus_core::dpi::counters::DpiCounters;
 use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared};
 use patronus_core::published::Published;
+use patronus_core::stats::PolicyCounters;
 use patronus_core::stats::{Counter, SharedCounters, SharedTunnelStats};
 use patronus_core::worker::{tunnel_inboxes, WorkerSetup};
 use patronus_proto::v1::{
@@ -274,6 +275,8 @@ struct Workers {
     stats: Vec<Arc<SharedCounters>>,
     /// Each worker's classification counters.
     dpi: Vec<Arc<DpiCounters>>,
+    /// Each worker's drops per policy rule.
+    policy: Vec<Arc<PolicyCounters>>,
     /// Each worker's tunnel figures.
     tunnels: Vec<Arc<SharedTunnelStats>>,
 }
@@ -298,6 +301,7 @@ impl Workers {
             handles: Vec::with_capacity(lcores.len()),
             stats: Vec::with_capacity(lcores.len()),
             dpi: Vec::with_capacity(lcores.len()),
+            policy: Vec::with_capacity(lcores.len()),
             tunnels: Vec::with_capacity(lcores.len()),
         };
         let inboxes = tunnel_inboxes(lcores.len());
@@ -327,6 +331,7 @@ impl Workers {
             // The flow table is allocated here, before the lcore starts polling.
             let worker = DpdkWorker::new(setup);
             workers.dpi.push(worker.pipeline().dpi_counters());
+            workers.policy.push(worker.pipeline().policy_counters());
             let handle = launch_worker(&devices.eal, lcore, worker, &shared.health)?;
             workers.handles.push(handle);
         }
@@ -485,6 +490,7 @@ fn start_metrics(
         neighbors: shared.neighbors.clone(),
         config: shared.config.clone(),
         dpi: workers.dpi.clone(),
+        policy: workers.policy.clone(),
         agent: agent.agent.is_some().then(|| agent.status.clone()),
         tunnels: workers.tunnels.clone(),
     };

@@ -160,6 +160,7 @@ fn rule_from_proto(r: &pb::PolicyRule, field: &str) -> Result<RuleSection, Confi
             Ok(pb::ConditionType::DestinationPrefix) => ConditionKind::DestinationPrefix,
             Ok(pb::ConditionType::DestinationPort) => ConditionKind::DestinationPort,
             Ok(pb::ConditionType::Dscp) => ConditionKind::Dscp,
+            Ok(pb::ConditionType::Protocol) => ConditionKind::Protocol,
             _ => return Err(unknown(&format!("conditions[{j}].type"), c.r#type)),
         };
         conditions.push(ConditionSection {

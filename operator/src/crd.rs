@@ -191,6 +191,8 @@ pub enum ConditionType {
     DestinationPort,
     /// The DSCP value.
     Dscp,
+    /// The IP protocol: tcp, udp, icmp, icmpv6 or its number.
+    Protocol,
 }
 
 /// One condition of a rule.

@@ -250,7 +250,7 @@ pub struct RuleDoc {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConditionDoc {
-    /// application, category, source-prefix, destination-prefix, destination-port, dscp.
+    /// application, category, source-prefix, destination-prefix, destination-port, dscp, protocol.
     #[serde(rename = "type")]
     pub kind: String,
     /// The value to match.
@@ -307,6 +307,7 @@ const CONDITIONS: &[(&str, pb::ConditionType)] = &[
     ("destination-prefix", pb::ConditionType::DestinationPrefix),
     ("destination-port", pb::ConditionType::DestinationPort),
     ("dscp", pb::ConditionType::Dscp),
+    ("protocol", pb::ConditionType::Protocol),
 ];
 const STRATEGIES: &[(&str, pb::PathSelectionStrategy)] = &[
     ("lowest-latency", pb::PathSelectionStrategy::LowestLatency),

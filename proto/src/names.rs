@@ -29,6 +29,18 @@ pub fn is_host_name(s: &str) -> bool {
         })
 }
 
+/// An IP protocol as policies name it: `tcp`, `udp`, `icmp`, `icmpv6` (any
+/// case), or its number, 0-255.
+pub fn ip_protocol(s: &str) -> Option<u8> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "icmp" => Some(1),
+        "icmpv6" => Some(58),
+        n => n.parse().ok(),
+    }
+}
+
 /// An IP address (v4 or v6 text form) or a host name.
 pub fn is_host(s: &str) -> bool {
     s.parse::<IpAddr>().is_ok() || is_host_name(s)
@@ -51,5 +63,21 @@ mod tests {
         assert!(is_host("203.0.113.7") && is_host("2001:db8::1") && is_host("gw.example.com"));
         assert!(!is_host("") && !is_host("bad host") && !is_host("-x.example"));
         assert!(!is_host_name("203.0.113.7:80"));
+    }
+
+    #[test]
+    fn ip_protocols() {
+        for (name, number) in [
+            ("tcp", 6),
+            ("UDP", 17),
+            ("icmp", 1),
+            ("icmpv6", 58),
+            ("132", 132),
+        ] {
+            assert_eq!(ip_protocol(name), Some(number), "{name}");
+        }
+        for bad in ["", "256", "-1", "sctp", "tcp "] {
+            assert_eq!(ip_protocol(bad), None, "{bad:?}");
+        }
     }
 }

@@ -45,6 +45,8 @@ labelled_enum! {
         TunnelEndpointUnreachable => "tunnel_endpoint_unreachable";
         /// Tunnel work for another worker found its queue full.
         TunnelHandoffFull => "tunnel_handoff_full";
+        /// A policy rule denies the flow (also counted per rule).
+        PolicyDenied => "policy_denied";
     }
 }
 
@@ -374,5 +376,70 @@ mod tests {
             assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{l}");
             assert!(seen.insert(l), "duplicate label {l}");
         }
+    }
+}
+
+/// Rules whose drops are counted apart; rules beyond share the last slot.
+pub const MAX_RULE_SLOTS: usize = 4096;
+
+/// The rules counters have been kept for, by slot: (policy, index of the rule in it).
+fn rule_registry() -> &'static std::sync::Mutex<Vec<(String, u32)>> {
+    static REGISTRY: std::sync::OnceLock<std::sync::Mutex<Vec<(String, u32)>>> =
+        std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// The counter slot of rule `index` of `policy`, the same for the life of
+/// the process however often the rule is recompiled, so that its counters
+/// only ever grow.
+pub fn rule_slot(policy: &str, index: u32) -> u32 {
+    let mut slots = rule_registry().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(slot) = slots.iter().position(|(p, i)| p == policy && *i == index) {
+        return slot as u32;
+    }
+    if slots.len() == MAX_RULE_SLOTS - 1 {
+        return (MAX_RULE_SLOTS - 1) as u32;
+    }
+    slots.push((policy.to_owned(), index));
+    (slots.len() - 1) as u32
+}
+
+/// Every rule slot handed out so far, by slot, for labelling the counters.
+pub fn rule_slots() -> Vec<(String, u32)> {
+    rule_registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// One worker's policy counters: packets each rule dropped, by slot
+/// ([`rule_slot`]). One writer (the worker), read by the metrics endpoint.
+#[derive(Debug)]
+pub struct PolicyCounters {
+    drops: Box<[AtomicU64]>,
+}
+
+impl Default for PolicyCounters {
+    fn default() -> Self {
+        PolicyCounters {
+            drops: (0..MAX_RULE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl PolicyCounters {
+    /// Counts a packet rule `slot` dropped (single writer: no read-modify-write).
+    #[inline]
+    pub fn dropped(&self, slot: u32) {
+        if let Some(c) = self.drops.get(slot as usize) {
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Packets rule `slot` dropped.
+    pub fn drops(&self, slot: u32) -> u64 {
+        self.drops
+            .get(slot as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 mod addresses;
 mod error;
+pub mod policy;
 pub mod site;
 mod tunnel;
 

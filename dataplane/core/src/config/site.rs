@@ -13,9 +13,10 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use ipnet::IpNet;
-use patronus_proto::names::{is_dns_label, is_host};
+use patronus_proto::names::{ip_protocol, is_dns_label, is_host};
 use serde::Deserialize;
 
+use super::policy::{Match, Rule};
 use super::ConfigError;
 use crate::dpi::apps::{AppError, AppSpec};
 use crate::dpi::{Category, Classifier};
@@ -166,6 +167,8 @@ pub enum ConditionKind {
     DestinationPort,
     /// The DSCP value, 0-63.
     Dscp,
+    /// The IP protocol: `tcp`, `udp`, `icmp`, `icmpv6` or a number, 0-255.
+    Protocol,
 }
 
 /// How a `route` rule picks its path.
@@ -247,38 +250,6 @@ impl std::fmt::Debug for Peer {
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
-}
-
-/// A compiled condition.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Match {
-    /// Application name (`YouTube` or `TLS.YouTube`).
-    Application(String),
-    /// Category.
-    Category(Category),
-    /// Source prefix.
-    SourcePrefix(IpNet),
-    /// Destination prefix.
-    DestinationPrefix(IpNet),
-    /// Destination port.
-    DestinationPort(u16),
-    /// DSCP.
-    Dscp(u8),
-}
-
-/// A compiled rule.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    /// The policy it belongs to.
-    pub policy: String,
-    /// Its priority.
-    pub priority: u32,
-    /// Its action.
-    pub action: RuleAction,
-    /// All must match.
-    pub conditions: Vec<Match>,
-    /// For `route` rules.
-    pub path_selection: Option<PathSelection>,
 }
 
 /// The site configuration in force.
@@ -558,6 +529,8 @@ fn compile_policy(
         }
         rules.push(Rule {
             policy: policy.name.clone(),
+            index: i as u32,
+            slot: crate::stats::rule_slot(&policy.name, i as u32),
             priority: r.priority,
             action: r.action,
             conditions,
@@ -588,12 +561,12 @@ fn compile_condition(c: &ConditionSection, classifier: &Classifier) -> Result<Ma
     let v = c.value.trim();
     let invalid = |what: &str| format!("{v:?} is not {what}");
     Ok(match c.kind {
-        ConditionKind::Application if classifier.knows(v) => Match::Application(v.to_owned()),
-        ConditionKind::Application => {
-            return Err(format!(
+        ConditionKind::Application => match classifier.pattern(v) {
+            Some(pattern) => Match::Application(v.to_owned(), pattern),
+            None => return Err(format!(
                 "{v:?} is not an application of this data plane's catalogue (built-in plus dpi.application)"
-            ))
-        }
+            )),
+        },
         ConditionKind::Category => Category::ALL
             .iter()
             .copied()
@@ -609,6 +582,9 @@ fn compile_condition(c: &ConditionSection, classifier: &Classifier) -> Result<Ma
         ),
         ConditionKind::Dscp => Match::Dscp(
             v.parse().ok().filter(|d| *d < 64).ok_or_else(|| invalid("a DSCP value, 0-63"))?,
+        ),
+        ConditionKind::Protocol => Match::Protocol(
+            ip_protocol(v).ok_or_else(|| invalid("tcp, udp, icmp, icmpv6 or a protocol number, 0-255"))?,
         ),
     })
 }

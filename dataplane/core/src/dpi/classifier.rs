@@ -8,7 +8,7 @@ use std::fmt;
 use hyperscan::prelude::*;
 
 use super::apps::{self, AppError, AppSpec, Transport};
-use super::{counters, dns, tls, Category, Classification, Packet, Protocol};
+use super::{counters, dns, tls, AppPattern, Category, Classification, Packet, Protocol};
 
 /// The compiled catalogue, shared by all workers.
 pub struct Classifier {
@@ -124,13 +124,35 @@ impl Classifier {
     /// protocol, `Protocol.Application` (as [`Classifier::name`] writes them)
     /// or `Unknown`.
     pub fn knows(&self, name: &str) -> bool {
-        let is_protocol = |p: &str| Protocol::ALL.iter().any(|q| q.to_string() == p);
-        let is_app = |a: &str| self.compiled.names.iter().any(|n| n == a);
-        match name.split_once('.') {
-            _ if name == "Unknown" || is_protocol(name) || is_app(name) => true,
-            Some((protocol, app)) => is_protocol(protocol) && is_app(app),
-            None => false,
+        self.pattern(name).is_some()
+    }
+
+    /// What `name` (as [`Classifier::knows`] accepts it) stands for in this
+    /// classifier's numbering.
+    pub fn pattern(&self, name: &str) -> Option<AppPattern> {
+        let protocol = |p: &str| Protocol::ALL.iter().copied().find(|q| q.to_string() == p);
+        let app = |a: &str| {
+            self.compiled
+                .names
+                .iter()
+                .position(|n| n == a)
+                .and_then(|i| u16::try_from(i).ok())
+        };
+        if name == "Unknown" {
+            return Some(AppPattern::Unknown);
         }
+        let (p, a) = (protocol(name), app(name));
+        if p.is_some() || a.is_some() {
+            return Some(AppPattern::Either {
+                protocol: p,
+                app: a,
+            });
+        }
+        let (p, a) = name.split_once('.')?;
+        Some(AppPattern::Both {
+            protocol: protocol(p)?,
+            app: app(a)?,
+        })
     }
 
     /// The application a certificate common name or DNS name belongs to.

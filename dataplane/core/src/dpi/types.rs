@@ -145,3 +145,41 @@ impl Default for Limits {
         }
     }
 }
+
+/// What a policy's `application` condition names, resolved against one
+/// classifier: an application of the catalogue, a protocol, both as
+/// `Protocol.Application`, or `Unknown` (a flow inspected and not identified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppPattern {
+    /// Identified as nothing.
+    Unknown,
+    /// This protocol, or this application (a name can be both).
+    Either {
+        /// The protocol of that name, if one is.
+        protocol: Option<Protocol>,
+        /// The catalogue application of that name, if one is.
+        app: Option<u16>,
+    },
+    /// This application carried by this protocol (`TLS.YouTube`).
+    Both {
+        /// The carrying protocol.
+        protocol: Protocol,
+        /// The catalogue application.
+        app: u16,
+    },
+}
+
+impl AppPattern {
+    /// Whether a flow classified as `c` is what the pattern names.
+    pub fn matches(&self, c: &Classification) -> bool {
+        match *self {
+            AppPattern::Unknown => c.is_unknown(),
+            AppPattern::Either { protocol, app } => {
+                (protocol.is_some() && c.protocol == protocol) || (app.is_some() && c.app == app)
+            }
+            AppPattern::Both { protocol, app } => {
+                c.protocol == Some(protocol) && c.app == Some(app)
+            }
+        }
+    }
+}

@@ -1,9 +1,10 @@
 //! Stage `flow`: every packet to be forwarded finds its flow, or makes
 //! one. The keys of the whole burst are looked up together so that their
 //! cache misses overlap ([`FlowTable::lookup_or_insert_burst`]); each entry
-//! then counts its packet. A new flow's classification starts afresh.
+//! then counts its packet. A new flow's classification and policy decision
+//! start afresh.
 
-use super::{dpi, Burst, Context, Next};
+use super::{dpi, policy, Burst, Context, Next};
 use crate::flow::table::{FlowTable, TableFull};
 use crate::frame::Frame;
 use crate::packet::flow_key::Direction;
@@ -17,6 +18,7 @@ use super::burst::FlowRef;
 pub(super) fn run<F: Frame>(
     flows: &mut FlowTable,
     dpi: &mut dpi::State,
+    policy: &mut policy::State,
     counters: &mut Counters,
     ctx: &Context<'_>,
     burst: &mut Burst<F>,
@@ -50,9 +52,11 @@ pub(super) fn run<F: Frame>(
             continue;
         };
         if created {
-            // A new flow in this entry: inspection starts over. Later
-            // packets of the burst find it already made (`created` false).
+            // A new flow in this entry: inspection and the policy decision
+            // start over. Later packets of the burst find it already made
+            // (`created` false).
             dpi.start(id);
+            policy.start(id, dirs[k]);
         }
         let meta = &mut burst.meta[i];
         flows

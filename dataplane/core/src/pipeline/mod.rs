@@ -8,9 +8,9 @@
 //! one, and none has another way out than the records (and the counters).
 //!
 //! ```text
-//!  parse ─► admit ─► decrypt ─► local ─► flow ─► dpi ─► route ─► encrypt ─► rewrite ─► out
-//!             │         │         │                       │         │
-//!             │         │         └─ replies ─────────────┤         └─ datagrams to their uplink
+//!  parse ─► admit ─► decrypt ─► local ─► flow ─► dpi ─► policy ─► route ─► encrypt ─► rewrite ─► out
+//!             │         │         │                                 │         │
+//!             │         │         └─ replies ───────────────────────┤         └─ datagrams to their uplink
 //!             │         └─ inner packets, parsed and admitted again, in the same pass
 //!             └─ tunnel datagrams
 //! ```
@@ -36,6 +36,7 @@ mod icmp;
 mod local;
 mod neighbor_msgs;
 mod parse;
+mod policy;
 mod rewrite;
 mod route;
 
@@ -50,7 +51,7 @@ use crate::dpi::counters::DpiCounters;
 use crate::flow::table::FlowTable;
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborSnapshot};
-use crate::stats::{Counter, Counters};
+use crate::stats::{Counter, Counters, PolicyCounters};
 use crate::tunnel::{TunnelEnv, Tunnels, Work};
 
 pub use burst::{Burst, Next};
@@ -84,6 +85,7 @@ pub struct Pipeline<F> {
     worker: usize,
     flows: FlowTable,
     dpi: dpi::State,
+    policy: policy::State,
     errors: icmp::Errors,
     learned: local::Learned,
     route: route::State,
@@ -128,6 +130,7 @@ impl<F: Frame> Pipeline<F> {
                 setup.seed,
             ),
             dpi: dpi::State::new(cfg),
+            policy: policy::State::new(cfg),
             errors: icmp::Errors::new(cfg, setup.seed),
             learned: local::Learned {
                 events: setup.events,
@@ -185,8 +188,16 @@ impl<F: Frame> Pipeline<F> {
             );
         }
         local::run(&self.learned, &mut self.errors, counters, ctx, burst);
-        flow::run(&mut self.flows, &mut self.dpi, counters, ctx, burst);
+        flow::run(
+            &mut self.flows,
+            &mut self.dpi,
+            &mut self.policy,
+            counters,
+            ctx,
+            burst,
+        );
         dpi::run(&mut self.dpi, &mut self.flows, ctx, burst);
+        policy::run(&mut self.policy, &self.flows, counters, ctx, burst);
         let route = &mut self.route;
         route::run(
             route,
@@ -278,6 +289,11 @@ impl<F: Frame> Pipeline<F> {
     /// This worker's classification counters (shared with the metrics endpoint).
     pub fn dpi_counters(&self) -> Arc<DpiCounters> {
         self.dpi.counters.clone()
+    }
+
+    /// This worker's drops per policy rule (shared with the metrics endpoint).
+    pub fn policy_counters(&self) -> Arc<PolicyCounters> {
+        self.policy.counters.clone()
     }
 
     /// The tunnel engine, when a tunnel is configured.

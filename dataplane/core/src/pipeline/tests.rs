@@ -1042,3 +1042,143 @@ fn tunnel_allowed_ips_by_peer_name_route_like_the_peers_own() {
     let e = Config::from_toml(&bad).unwrap().validate(1).unwrap_err();
     assert_eq!(e.field, "tunnel.allowed_ips.branch[0]");
 }
+
+/// A UDP datagram between the given endpoints, as `port`'s neighbour sends it.
+fn udp4_between(port: u16, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> VecFrame {
+    let (from, to) = if port == 0 {
+        (HOST_A, LAN_MAC)
+    } else {
+        (HOST_B, WAN_MAC)
+    };
+    let b = PacketBuilder::ethernet2(from, to)
+        .ipv4(src.0, dst.0, 64)
+        .udp(src.1, dst.1);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    VecFrame::new(&out)
+}
+
+/// A DNS query for `name`.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+const DENY_DNS_PORT: &str = r#"
+    [[policy]]
+    name = "no-dns"
+    [[policy.rule]]
+    action = "deny"
+    priority = 10
+    conditions = [{ type = "destination-port", value = "53" }, { type = "protocol", value = "udp" }]
+"#;
+
+#[test]
+fn a_deny_rule_drops_both_directions_of_its_flows_and_counts_them_per_rule() {
+    let mut r = rig_with(DENY_DNS_PORT);
+    r.learn(1, "10.0.2.254", HOST_B);
+    r.learn(0, "10.0.1.2", HOST_A);
+    let slot = r.cfg.site.rules[0].slot;
+    let query = udp4_between(0, ([10, 0, 1, 2], 4000), ([192, 168, 7, 7], 53), b"q");
+    let answer = udp4_between(1, ([192, 168, 7, 7], 53), ([10, 0, 1, 2], 4000), b"a");
+    let other = udp4_between(0, ([10, 0, 1, 2], 4000), ([192, 168, 7, 7], 54), b"x");
+    for (port, mut f, expected) in [
+        (0, query, Verdict::Gone),
+        (1, answer, Verdict::Gone),
+        (0, other, Verdict::Transmit(1)),
+    ] {
+        assert_eq!(r.run(port, &mut f, 1, S), expected);
+    }
+    assert_eq!(r.pipeline.counters.drops(DropReason::PolicyDenied), 2);
+    assert_eq!(r.pipeline.policy_counters().drops(slot), 2);
+}
+
+#[test]
+fn the_highest_priority_rule_that_matches_decides() {
+    let mut r = rig_with(&format!(
+        r#"{DENY_DNS_PORT}
+        [[policy]]
+        name = "resolver"
+        [[policy.rule]]
+        action = "allow"
+        priority = 20
+        conditions = [{{ type = "source-prefix", value = "10.0.1.2/32" }}]
+        "#
+    ));
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut allowed = udp4_between(0, ([10, 0, 1, 2], 4000), ([192, 168, 7, 7], 53), b"q");
+    let mut denied = udp4_between(0, ([10, 0, 1, 3], 4000), ([192, 168, 7, 7], 53), b"q");
+    assert_eq!(r.run(0, &mut allowed, 1, S), Verdict::Transmit(1));
+    assert_eq!(r.run(0, &mut denied, 1, S), Verdict::Gone);
+    assert_eq!(r.pipeline.counters.drops(DropReason::PolicyDenied), 1);
+}
+
+#[test]
+fn a_category_rule_applies_once_the_flow_is_classified() {
+    let mut r = rig_with(
+        r#"
+        [[policy]]
+        name = "no-name-lookups"
+        [[policy.rule]]
+        action = "deny"
+        priority = 10
+        conditions = [{ type = "category", value = "DNS" }]
+        "#,
+    );
+    r.learn(1, "10.0.2.254", HOST_B);
+    // No payload yet: nothing to classify, the flow passes.
+    let mut first = udp4_between(0, ([10, 0, 1, 2], 4000), ([192, 168, 7, 7], 5353), b"");
+    assert_eq!(r.run(0, &mut first, 1, S), Verdict::Transmit(1));
+    // Its first query classifies it as DNS: from then on it is denied.
+    let query = dns_query("www.example.com");
+    for _ in 0..2 {
+        let mut f = udp4_between(0, ([10, 0, 1, 2], 4000), ([192, 168, 7, 7], 5353), &query);
+        assert_eq!(r.run(0, &mut f, 1, S), Verdict::Gone);
+    }
+    assert_eq!(r.pipeline.counters.drops(DropReason::PolicyDenied), 2);
+}
+
+#[test]
+fn a_new_configuration_decides_the_flows_again() {
+    let mut r = rig();
+    r.learn(1, "10.0.2.254", HOST_B);
+    let packet = || udp4_between(0, ([10, 0, 1, 2], 4000), ([192, 168, 7, 7], 53), b"q");
+    assert_eq!(r.run(0, &mut packet(), 1, S), Verdict::Transmit(1));
+    // The same flow under a configuration that denies it.
+    let mut denying = rig_with(DENY_DNS_PORT).cfg;
+    denying.generation = r.cfg.generation + 1;
+    r.cfg = denying;
+    assert_eq!(r.run(0, &mut packet(), 2, S), Verdict::Gone);
+    // And allowed again without the rule.
+    let mut allowing = rig().cfg;
+    allowing.generation = r.cfg.generation + 1;
+    r.cfg = allowing;
+    assert_eq!(r.run(0, &mut packet(), 3, S), Verdict::Transmit(1));
+    assert_eq!(r.pipeline.flows().len(), 1, "one flow throughout");
+}
+
+#[test]
+fn dscp_conditions_read_the_packet() {
+    let mut r = rig_with(
+        r#"
+        [[policy]]
+        name = "no-scavenger"
+        [[policy.rule]]
+        action = "deny"
+        priority = 10
+        conditions = [{ type = "dscp", value = "8" }]
+        "#,
+    );
+    r.learn(1, "10.0.2.254", HOST_B);
+    let mut cs1 = udp4_between(0, ([10, 0, 1, 2], 4000), ([192, 168, 7, 7], 9), b"bulk");
+    cs1.data_mut()[15] = 8 << 2;
+    fix_ipv4_checksum(&mut cs1);
+    let mut best_effort = udp4_between(0, ([10, 0, 1, 3], 4000), ([192, 168, 7, 7], 9), b"web");
+    assert_eq!(r.run(0, &mut cs1, 1, S), Verdict::Gone);
+    assert_eq!(r.run(0, &mut best_effort, 1, S), Verdict::Transmit(1));
+}

@@ -84,7 +84,10 @@ fn a_file_compiles_with_rules_highest_priority_first() {
     assert_eq!(
         state.rules[0].conditions,
         [
-            Match::Application("BitTorrent".into()),
+            Match::Application(
+                "BitTorrent".into(),
+                classifier().pattern("BitTorrent").unwrap()
+            ),
             Match::DestinationPort(6881)
         ]
     );

@@ -1,0 +1,161 @@
+//! Stage `policy`: each forwarded flow is matched against the site's rules,
+//! highest priority first, when its first packet passes and again when the
+//! flow's classification changes (DPI's verdict), and whenever a new
+//! configuration is in force; the decision is kept per flow in between, so
+//! a packet of a decided flow costs one comparison. `deny` drops (counted
+//! per rule), `allow` and `route` forward (a `route` rule's path selection
+//! has one path to choose from per peer until a site has several uplinks).
+//!
+//! A flow is matched on its addresses, protocol and destination port as its
+//! first packet carried them (the side that started it is the source),
+//! on the DSCP of the packet being evaluated, and, for application and
+//! category conditions, on DPI's verdict once there is one: until then such
+//! conditions are not met, so the first packets of a flow a rule denies by
+//! application pass until the flow is identified (usually its first packet
+//! with payload).
+
+use std::sync::Arc;
+
+use super::{Burst, Context, Next};
+use crate::config::policy::{first_match, FlowFacts};
+use crate::config::site::RuleAction;
+use crate::config::Snapshot;
+use crate::dpi::Classification;
+use crate::flow::table::{FlowId, FlowTable};
+use crate::frame::Frame;
+use crate::packet::flow_key::{Direction, FlowKey};
+use crate::packet::parse::{PacketMeta, L3};
+use crate::stats::{Counters, DropReason, PolicyCounters};
+
+/// A flow's standing with the rules.
+#[derive(Debug, Clone, Copy)]
+struct Decision {
+    /// The configuration generation it was taken under; 0: not yet.
+    generation: u32,
+    /// The flow's classification (as the flow entry packs it) at the time.
+    app: u32,
+    /// 1 + the index of the matching rule in the snapshot's rules; 0: none.
+    rule: u32,
+    /// Which way the flow's first packet travelled.
+    initiator: Direction,
+}
+
+const UNDECIDED: Decision = Decision {
+    generation: 0,
+    app: 0,
+    rule: 0,
+    initiator: Direction::LoToHi,
+};
+
+/// Per-worker policy state: one decision per flow-table entry.
+#[derive(Debug)]
+pub(super) struct State {
+    decisions: Vec<Decision>,
+    /// Drops per rule, shared with the metrics endpoint.
+    pub counters: Arc<PolicyCounters>,
+}
+
+impl State {
+    pub(super) fn new(cfg: &Snapshot) -> Self {
+        State {
+            decisions: vec![UNDECIDED; cfg.worker.flow_capacity as usize],
+            counters: Arc::default(),
+        }
+    }
+
+    /// A new flow took entry `id`, started by a packet travelling `dir`.
+    pub(super) fn start(&mut self, id: FlowId, dir: Direction) {
+        self.decisions[id.index()] = Decision {
+            initiator: dir,
+            ..UNDECIDED
+        };
+    }
+}
+
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
+pub(super) fn run<F: Frame>(
+    state: &mut State,
+    flows: &FlowTable,
+    counters: &mut Counters,
+    ctx: &Context<'_>,
+    burst: &mut Burst<F>,
+) {
+    let rules = &ctx.cfg.site.rules;
+    if rules.is_empty() {
+        return;
+    }
+    let generation = ctx.cfg.generation;
+    for i in burst.slots() {
+        let (Next::Forward, Some(flow)) = (burst.meta[i].next, burst.meta[i].flow) else {
+            continue;
+        };
+        let entry = flows.get(flow.id);
+        let decision = &mut state.decisions[flow.id.index()];
+        if decision.generation != generation || decision.app != entry.app {
+            let Ok(headers) = &burst.headers[i] else {
+                unreachable!("only parsed packets are forwarded")
+            };
+            let facts = facts(
+                ctx,
+                &entry.key,
+                decision.initiator,
+                entry.app,
+                headers,
+                burst.frame(i).data(),
+            );
+            decision.rule = first_match(rules, &facts).map_or(0, |r| r as u32 + 1);
+            decision.generation = generation;
+            decision.app = entry.app;
+        }
+        let Some(rule) = decision
+            .rule
+            .checked_sub(1)
+            .and_then(|r| rules.get(r as usize))
+        else {
+            continue;
+        };
+        if rule.action == RuleAction::Deny {
+            state.counters.dropped(rule.slot);
+            counters.drop(DropReason::PolicyDenied);
+            burst.discard(i);
+        }
+    }
+}
+
+/// What the rules see of a flow.
+fn facts(
+    ctx: &Context<'_>,
+    key: &FlowKey,
+    initiator: Direction,
+    app: u32,
+    headers: &PacketMeta,
+    data: &[u8],
+) -> FlowFacts {
+    let (lo, hi) = (key.lo_addr(), key.hi_addr());
+    let (src, dst, dst_port) = match initiator {
+        Direction::LoToHi => (lo, hi, key.port_hi),
+        Direction::HiToLo => (hi, lo, key.port_lo),
+    };
+    let classification = Classification::from_flow_app(app);
+    let classifier = &ctx.cfg.dpi.classifier;
+    FlowFacts {
+        src,
+        dst,
+        protocol: key.proto,
+        dst_port,
+        dscp: dscp(headers, data),
+        category: classification.map(|c| classifier.category(&c)),
+        classification,
+    }
+}
+
+/// The packet's DSCP: the top six bits of the IPv4 TOS or IPv6 traffic class.
+fn dscp(headers: &PacketMeta, data: &[u8]) -> u8 {
+    let l3 = usize::from(headers.l3_offset);
+    match (headers.l3, data.get(l3..l3 + 2)) {
+        (L3::Ipv4(_), Some(&[_, tos])) => tos >> 2,
+        (L3::Ipv6(_), Some(&[b0, b1])) => ((b0 & 0x0f) << 4 | b1 >> 4) >> 2,
+        _ => 0,
+    }
+}
