@@ -18,6 +18,7 @@ pub mod frame;
 mod labels;
 pub mod neighbor;
 pub mod packet;
+pub mod paths;
 pub mod pending;
 pub mod pipeline;
 pub mod published;
