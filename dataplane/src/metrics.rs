@@ -31,10 +31,12 @@ use patronus_core::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUC
 use patronus_core::dpi::Category;
 use patronus_core::neighbor::NeighborShared;
 use patronus_core::packet::parse::ParseError;
+use patronus_core::paths::sla::PathFigures;
+use patronus_core::paths::Path;
 use patronus_core::published::Published;
 use patronus_core::stats::{
-    peer_total, Counter, Counters, DropReason, PolicyCounters, SharedCounters, SharedTunnelStats,
-    MAX_TUNNEL_PEERS,
+    peer_total, Counter, Counters, DropReason, FailoverReason, PathReport, PolicyCounters,
+    SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS,
 };
 use patronus_core::tunnel::{PeerStats, TunnelDrop, TunnelEvent};
 
@@ -388,6 +390,9 @@ impl Scrape<'_> {
         if let Some(tunnel) = self.cfg.tunnel.as_deref() {
             self.tunnel_peers(tunnel, enc)?;
             self.tunnel_engine(enc)?;
+            if !tunnel.paths.is_empty() {
+                self.paths(tunnel, enc)?;
+            }
         }
         self.neighbor_table(enc)?;
         self.pool(enc)?;
@@ -660,6 +665,175 @@ impl Scrape<'_> {
                 (
                     [("event", e.as_str().to_owned())],
                     self.tunnels.iter().map(|w| w.events(*e)).sum::<u64>(),
+                )
+            }),
+        )
+    }
+
+    /// Each path: what it is, whether its peer's packets take it, what its
+    /// probes measure (probed paths only: "not measured" is no series, not
+    /// a zero), its traffic; and the failovers.
+    fn paths(&self, tunnel: &TunnelSnapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let reports: Vec<_> = self.tunnels.iter().map(|w| w.paths()).collect();
+        let mut by_path: Vec<Option<&PathReport>> = vec![None; tunnel.paths.paths.len()];
+        for r in reports.iter().flat_map(|w| &w.paths) {
+            let i = usize::from(r.index);
+            if tunnel.paths.paths.get(i).is_some_and(|p| p.tag == r.tag) {
+                by_path[i] = Some(r);
+            }
+        }
+        let paths: Vec<(&Path, &PathReport)> = tunnel
+            .paths
+            .paths
+            .iter()
+            .zip(&by_path)
+            .filter_map(|(p, r)| Some((p, (*r)?)))
+            .collect();
+        let id = |p: &Path| [("path_id", p.id.to_string())];
+        gauge(
+            enc,
+            "patronus_path_info",
+            "1 for each path: its peer, uplink, colour, and how it is measured (probes, or none).",
+            paths.iter().map(|(p, r)| {
+                let uplink = &tunnel.paths.uplinks[usize::from(p.uplink)];
+                let peer = tunnel.config.peers.get(p.peer as usize);
+                (
+                    [
+                        ("path_id", p.id.to_string()),
+                        ("peer", peer.map(|c| c.name.clone()).unwrap_or_default()),
+                        ("uplink", uplink.name.clone()),
+                        ("color", uplink.color.clone()),
+                        (
+                            "measured",
+                            if r.figures.is_some() {
+                                "probes"
+                            } else {
+                                "none"
+                            }
+                            .to_owned(),
+                        ),
+                    ],
+                    1i64,
+                )
+            }),
+        )?;
+        gauge(
+            enc,
+            "patronus_path_active",
+            "1 when the peer's packets take this path now.",
+            paths.iter().map(|(p, r)| (id(p), i64::from(r.active))),
+        )?;
+        let measured: Vec<(&Path, PathFigures)> = paths
+            .iter()
+            .filter_map(|(p, r)| Some((*p, r.figures?)))
+            .collect();
+        gauge(
+            enc,
+            "patronus_path_up",
+            "1 while the path answers its probes, 0 once it missed paths.down_after in a row.",
+            measured.iter().map(|(p, f)| (id(p), i64::from(f.up))),
+        )?;
+        gauge(
+            enc,
+            "patronus_path_health_score",
+            "Path quality 0-100 from latency, jitter and loss (an E-model R factor; see docs/paths.md).",
+            measured
+                .iter()
+                .filter_map(|(p, f)| Some((id(p), f.health?))),
+        )?;
+        gauge(
+            enc,
+            "patronus_path_packet_loss_pct",
+            "Probes lost over the window, percent.",
+            measured
+                .iter()
+                .filter_map(|(p, f)| Some((id(p), f.loss_pct?))),
+        )?;
+        gauge(
+            enc,
+            "patronus_path_latency_seconds",
+            "Probe round-trip time over the window, by percentile (50, 95, 99).",
+            measured.iter().flat_map(|(p, f)| {
+                f.rtt_ms.into_iter().flat_map(move |rtt| {
+                    ["50", "95", "99"].into_iter().zip(rtt).map(move |(q, ms)| {
+                        (
+                            [("path_id", p.id.to_string()), ("percentile", q.to_owned())],
+                            ms / 1000.0,
+                        )
+                    })
+                })
+            }),
+        )?;
+        gauge(
+            enc,
+            "patronus_path_jitter_seconds",
+            "Round-trip jitter (RFC 3550's estimator).",
+            measured
+                .iter()
+                .filter(|(_, f)| f.rtt_ms.is_some())
+                .map(|(p, f)| (id(p), f.jitter_ms / 1000.0)),
+        )?;
+        gauge(
+            enc,
+            "patronus_path_availability_ratio",
+            "Share of the time since the path was configured that it was up, 0-1.",
+            measured.iter().map(|(p, f)| (id(p), f.availability)),
+        )?;
+        counter(
+            enc,
+            "patronus_path_probes_sent",
+            "Probes sent on the path.",
+            measured.iter().map(|(p, f)| (id(p), f.sent)),
+        )?;
+        counter(
+            enc,
+            "patronus_path_probes_answered",
+            "Echoes of the path's probes received.",
+            measured.iter().map(|(p, f)| (id(p), f.received)),
+        )?;
+        for (metric, help, value) in [
+            (
+                "patronus_path_tx_packets",
+                "Tunnel datagrams sent over the path (probes included).",
+                (|r: &PathReport| r.tx_packets) as fn(&PathReport) -> u64,
+            ),
+            (
+                "patronus_path_tx_bytes",
+                "Bytes of those datagrams (WireGuard messages, before outer headers).",
+                |r| r.tx_bytes,
+            ),
+            (
+                "patronus_path_rx_packets",
+                "Packets received over the path (decrypted).",
+                |r| r.rx_packets,
+            ),
+            (
+                "patronus_path_rx_bytes",
+                "Bytes of those packets (inner).",
+                |r| r.rx_bytes,
+            ),
+        ] {
+            counter(
+                enc,
+                metric,
+                help,
+                paths.iter().map(|(p, r)| (id(p), value(r))),
+            )?;
+        }
+        counter(
+            enc,
+            "patronus_failover_events",
+            "Times a peer's packets moved to another path, by policy (default: the site's path order) and reason.",
+            FailoverReason::ALL.iter().map(|reason| {
+                (
+                    [
+                        ("policy_id", "default".to_owned()),
+                        ("reason", reason.as_str().to_owned()),
+                    ],
+                    reports
+                        .iter()
+                        .map(|w| w.failovers[reason.index()])
+                        .sum::<u64>(),
                 )
             }),
         )
@@ -1049,6 +1223,7 @@ mod tests {
     use super::*;
     use patronus_core::config::Config;
     use patronus_core::neighbor::NeighborManager;
+    use patronus_core::stats::PathsReport;
 
     /// The tunnel's private key, written once per test process (tests run
     /// in parallel and must not rewrite it under each other).
@@ -1085,12 +1260,21 @@ port = "wan"
 [tunnel]
 private_key_file = "{}"
 addresses = ["10.99.0.1/24"]
+[[uplink]]
+name = "mpls"
+port = "wan"
+color = "mpls"
+[[uplink]]
+name = "inet"
+port = "lan"
+color = "internet"
 [[peer]]
 name = "hq"
 endpoint = {{ address = "10.0.1.50", port = 51820 }}
 wireguard = {{ public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }}
 allowed_ips = ["10.9.0.0/24"]
 compression = true
+sla_probes = true
 [[peer]]
 name = "dc"
 endpoint = {{ address = "10.0.1.51", port = 51820 }}
@@ -1196,6 +1380,50 @@ conditions = [{{ type = "category", value = "Video" }}]
                 ..PeerStats::default()
             },
         );
+        // hq's paths (0, 1) are probed by worker 0: mpls measured and
+        // active, inet down; dc's (2, 3) are worker 1's, unprobed.
+        let paths = &snapshot.tunnel.as_ref().unwrap().paths.paths;
+        let report = |i: usize, active: bool, figures: Option<PathFigures>| PathReport {
+            index: i as u16,
+            tag: paths[i].tag,
+            active,
+            figures,
+            tx_packets: 100 + i as u64,
+            tx_bytes: 10_000 + i as u64,
+            rx_packets: 200 + i as u64,
+            rx_bytes: 20_000 + i as u64,
+        };
+        let measured = PathFigures {
+            up: true,
+            rtt_ms: Some([10.5, 12.0, 15.25]),
+            jitter_ms: 0.75,
+            loss_pct: Some(1.0),
+            availability: 0.999,
+            health: Some(92.5),
+            sent: 1000,
+            received: 990,
+        };
+        let silent = PathFigures {
+            up: false,
+            rtt_ms: None,
+            jitter_ms: 0.0,
+            loss_pct: Some(100.0),
+            availability: 0.25,
+            health: None,
+            sent: 40,
+            received: 0,
+        };
+        tunnels[0].publish_paths(PathsReport {
+            paths: vec![
+                report(0, true, Some(measured)),
+                report(1, false, Some(silent)),
+            ],
+            failovers: [3, 2],
+        });
+        tunnels[1].publish_paths(PathsReport {
+            paths: vec![report(2, true, None), report(3, false, None)],
+            failovers: [1, 0],
+        });
         // The video rule dropped 7 packets on one worker, 5 on the other.
         let slot = snapshot.site.rules[0].slot;
         let policy: Vec<Arc<PolicyCounters>> = [7, 5]

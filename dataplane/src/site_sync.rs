@@ -56,6 +56,9 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
             PeerSection {
                 name: name(&p.metadata),
                 endpoint: spec.endpoint.as_ref().map(|_| endpoint(&spec.endpoint)),
+                // The API carries one endpoint per peer so far.
+                endpoints: Vec::new(),
+                sla_probes: false,
                 wireguard: WireGuardSection {
                     public_key: spec.wireguard.map(|w| w.public_key).unwrap_or_default(),
                     preshared_key_file: None,

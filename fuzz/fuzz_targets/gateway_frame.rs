@@ -109,6 +109,7 @@ fuzz_target!(|data: &[u8]| {
             inboxes: tunnel_inboxes(1),
             events,
             seed: 1,
+            now_ns: 0,
         },
     );
     let mut burst = Burst::<VecFrame>::boxed();

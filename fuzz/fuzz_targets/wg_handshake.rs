@@ -87,8 +87,8 @@ fn timeouts(
     host: &mut MemoryIo,
 ) {
     engine.handle_timeouts(cfg, now, budget, host);
-    while let Some(datagram) = engine.poll_transmit() {
-        host.sent.push(datagram);
+    while let Some((_, to, frame)) = engine.poll_transmit() {
+        host.sent.push((to, frame));
     }
 }
 

@@ -1,6 +1,6 @@
 //! Fuzzes the readers of untrusted tunnel bytes: WireGuard message parsing
-//! and its accessors, the MAC1 check, and decompression of a peer's
-//! compressed packets.
+//! and its accessors, the MAC1 check, decompression of a peer's
+//! compressed packets, and path probes.
 //!
 //! `cargo +nightly fuzz run wg_message corpus/wg_message seeds/wg_message`
 
@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use patronus_core::frame::{Frame, VecFrame};
+use patronus_core::paths::probe::{echo_in_place, Kind, ProbeMessage, PROBE_LEN};
 use patronus_core::tunnel::compress::{decompress, SCRATCH_LEN};
 use patronus_core::tunnel::cookie::CookieChecker;
 use patronus_core::tunnel::messages::{self, Message};
@@ -58,5 +59,17 @@ fuzz_target!(|data: &[u8]| {
     let mut scratch = vec![0u8; SCRATCH_LEN];
     if let Ok(true) = decompress(&mut frame, &mut scratch, 1500) {
         assert!(frame.len() <= 1500);
+    }
+    // ...and as a path probe or echo: what decodes encodes back the same,
+    // and echoing changes the kind alone.
+    if let Ok(m) = ProbeMessage::parse(data) {
+        let mut out = [0u8; PROBE_LEN];
+        m.write(&mut out);
+        assert_eq!(&out[..], &data[..PROBE_LEN]);
+        let mut echoed = data.to_vec();
+        if echo_in_place(&mut echoed) {
+            assert_eq!(ProbeMessage::parse(&echoed).unwrap().kind, Kind::Echo);
+            assert_eq!(echoed[1..], data[1..]);
+        }
     }
 });

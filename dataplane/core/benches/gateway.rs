@@ -105,6 +105,7 @@ fn bench(c: &mut Criterion) {
         inboxes: tunnel_inboxes(1),
         events,
         seed: 7,
+        now_ns: 0,
     };
     let mut pipeline = Pipeline::new(&cfg, setup);
     let mut env = MemoryIo::seeded(7);

@@ -47,6 +47,8 @@ labelled_enum! {
         TunnelHandoffFull => "tunnel_handoff_full";
         /// A policy rule denies the flow (also counted per rule).
         PolicyDenied => "policy_denied";
+        /// A message of the tunnel's extension that is no probe or echo this version knows.
+        ExtensionUnknown => "extension_unknown";
     }
 }
 
@@ -232,6 +234,46 @@ impl SharedCounters {
 pub const MAX_TUNNEL_PEERS: usize = 16384;
 const PEER_FIELDS: usize = 11;
 
+labelled_enum! {
+    /// Why a peer's packets moved to another path.
+    FailoverReason {
+        /// The path they took went down (probes unanswered).
+        PathDown => "path_down";
+        /// A path earlier in the site's order came back up.
+        Recovered => "recovered";
+    }
+}
+
+/// One path's figures as its worker last published them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathReport {
+    /// Its index in the path table in force when published.
+    pub index: u16,
+    /// Its tag, to check it is still that path.
+    pub tag: u32,
+    /// Whether its peer's packets take it now.
+    pub active: bool,
+    /// What its meter says; `None` for an unprobed path.
+    pub figures: Option<crate::paths::sla::PathFigures>,
+    /// Datagrams sent over it (probes included).
+    pub tx_packets: u64,
+    /// Their bytes (WireGuard messages, before the outer headers).
+    pub tx_bytes: u64,
+    /// Packets received over it (decrypted).
+    pub rx_packets: u64,
+    /// Their bytes (inner).
+    pub rx_bytes: u64,
+}
+
+/// A worker's paths: the peers it owns, as last published.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathsReport {
+    /// Every path of the peers it owns.
+    pub paths: Vec<PathReport>,
+    /// Failovers by [`FailoverReason`].
+    pub failovers: [u64; FailoverReason::COUNT],
+}
+
 /// The published copy of one worker's tunnel figures: engine-wide drops and
 /// events, and per-peer figures indexed by the peer's position in the
 /// configuration in force (zero for peers the worker does not own).
@@ -240,6 +282,7 @@ pub struct SharedTunnelStats {
     drops: Box<[AtomicU64]>,
     events: Box<[AtomicU64]>,
     peers: Box<[AtomicU64]>,
+    paths: arc_swap::ArcSwap<PathsReport>,
 }
 
 impl Default for SharedTunnelStats {
@@ -249,6 +292,7 @@ impl Default for SharedTunnelStats {
             drops: zeros(TunnelDrop::COUNT),
             events: zeros(TunnelEvent::COUNT),
             peers: zeros(MAX_TUNNEL_PEERS * PEER_FIELDS),
+            paths: arc_swap::ArcSwap::default(),
         }
     }
 }
@@ -262,6 +306,16 @@ impl SharedTunnelStats {
         for e in TunnelEvent::ALL {
             self.events[e.index()].store(c.events(*e), Ordering::Relaxed);
         }
+    }
+
+    /// Publishes the worker's paths (a few times a second: it allocates).
+    pub fn publish_paths(&self, report: PathsReport) {
+        self.paths.store(Arc::new(report));
+    }
+
+    /// The worker's paths as last published.
+    pub fn paths(&self) -> Arc<PathsReport> {
+        self.paths.load_full()
     }
 
     /// Publishes `peer`'s figures (ignored past [`MAX_TUNNEL_PEERS`]).

@@ -21,6 +21,7 @@ mod error;
 pub mod policy;
 pub mod site;
 mod tunnel;
+pub mod uplinks;
 
 pub use addresses::AddressSet;
 pub use error::ConfigError;
@@ -76,6 +77,12 @@ pub struct Config {
     /// The WireGuard interface that carries traffic to the peers.
     #[serde(default)]
     pub tunnel: Option<TunnelSection>,
+    /// The site's WAN uplinks (absent: tunnel datagrams follow the routes).
+    #[serde(default, rename = "uplink")]
+    pub uplinks: Vec<uplinks::UplinkSection>,
+    /// How paths are probed.
+    #[serde(default)]
+    pub paths: uplinks::PathsSection,
 }
 
 /// `[controlplane]`: where the site's configuration comes from when the data
@@ -1133,6 +1140,7 @@ impl Config {
         let mut ports = self.validate_ports(&mut owned, &mut routes)?;
         let tunnel_local = self.validate_tunnel(&mut ports, &mut owned, &mut routes)?;
         self.validate_routes(&ports, &owned, &mut routes)?;
+        let tunnel_local = self.validate_uplinks(tunnel_local, &ports, &routes)?;
         let static_neighbors = self.validate_static_neighbors(&ports)?;
         let dpi = self.validate_dpi()?;
         self.controlplane.check()?;
@@ -1214,7 +1222,7 @@ impl Config {
         ports: &mut Vec<PortInfo>,
         owned: &mut Vec<IpAddr>,
         routes: &mut RouteTable,
-    ) -> Result<Option<Arc<TunnelLocal>>, ConfigError> {
+    ) -> Result<Option<TunnelLocal>, ConfigError> {
         let Some(section) = &self.tunnel else {
             return Ok(None);
         };
@@ -1232,7 +1240,30 @@ impl Config {
             v4,
             v6,
         });
-        Ok(Some(Arc::new(local)))
+        Ok(Some(local))
+    }
+
+    /// `[[uplink]]` and `[paths]`, kept with the tunnel whose paths they make.
+    fn validate_uplinks(
+        &self,
+        local: Option<TunnelLocal>,
+        ports: &[PortInfo],
+        routes: &RouteTable,
+    ) -> Result<Option<Arc<TunnelLocal>>, ConfigError> {
+        let meter = self.paths.compile()?;
+        let uplinks = uplinks::compile(&self.uplinks, ports, routes)?;
+        match local {
+            None if !uplinks.is_empty() => Err(ConfigError::new(
+                "uplink",
+                "uplinks carry the tunnel's paths, but no [tunnel] section configures one",
+            )),
+            None => Ok(None),
+            Some(mut local) => {
+                local.uplinks = uplinks;
+                local.meter = meter;
+                Ok(Some(Arc::new(local)))
+            }
+        }
     }
 
     /// `[[route]]`: static routes added to `routes`, in file order (a next

@@ -51,6 +51,18 @@ pub struct EndpointSection {
     pub port: u32,
 }
 
+/// One of a peer's `endpoints`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamedEndpointSection {
+    /// Unique among the peer's endpoints, a DNS label (the remote uplink's name).
+    pub name: String,
+    /// IPv4 or IPv6 address, or a host name.
+    pub address: String,
+    /// 1-65535.
+    pub port: u32,
+}
+
 /// One entry of `site.peers`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +83,15 @@ pub struct PeerSection {
     /// in (a road warrior), whose endpoint is learnt from its handshake.
     #[serde(default)]
     pub endpoint: Option<EndpointSection>,
+    /// Every endpoint of a peer with several (one per remote uplink), by
+    /// name; `endpoint`, if given too, must be one of them and is the
+    /// primary. Each makes a path with each of this site's uplinks.
+    #[serde(default)]
+    pub endpoints: Vec<NamedEndpointSection>,
+    /// The peer is a Patronus gateway that answers path probes: measure
+    /// every path to it in band (needs `[[uplink]]`).
+    #[serde(default)]
+    pub sla_probes: bool,
     /// The peer's WireGuard identity.
     pub wireguard: WireGuardSection,
     /// Compress tunnel payloads (Patronus peers only).
@@ -227,8 +248,13 @@ pub struct SiteSections {
 pub struct Peer {
     /// Its name.
     pub name: String,
-    /// Address (IP or host name) and port of its tunnel; `None` when it only calls in.
+    /// Address (IP or host name) and port of its tunnel (the primary one);
+    /// `None` when it only calls in.
     pub endpoint: Option<(String, u16)>,
+    /// Its named endpoints, when it has several: name, address, port.
+    pub endpoints: Vec<(String, String, u16)>,
+    /// Measure its paths with in-band probes.
+    pub sla_probes: bool,
     /// Its Curve25519 public key.
     pub public_key: [u8; 32],
     /// Where its preshared key is, if it has one.
@@ -330,23 +356,24 @@ impl SiteSections {
             }
             let endpoint = match &p.endpoint {
                 None => None,
-                Some(e) => {
-                    let port = check_endpoint(e, &format!("{field}.endpoint"))?;
-                    match e.address.parse::<IpAddr>() {
-                        Ok(IpAddr::V4(_)) if !caps.has_v4 => {
-                            return Err(ConfigError::new(
-                                format!("{field}.endpoint.address"),
-                                "an IPv4 peer, but no port has an IPv4 address to reach it from",
-                            ))
-                        }
-                        Ok(IpAddr::V6(_)) if !caps.has_v6 => return Err(ConfigError::new(
-                            format!("{field}.endpoint.address"),
-                            "an IPv6 peer, but no port has a global IPv6 address to reach it from",
-                        )),
-                        _ => {}
+                Some(e) => Some(peer_endpoint(e, &format!("{field}.endpoint"), caps)?),
+            };
+            let endpoints = named_endpoints(p, &field, caps)?;
+            let endpoint = match (endpoint, endpoints.first()) {
+                (None, Some((_, host, port))) => Some((host.clone(), *port)),
+                (Some(primary), Some(_)) => {
+                    if !endpoints
+                        .iter()
+                        .any(|(_, h, p)| (h, p) == (&primary.0, &primary.1))
+                    {
+                        return Err(ConfigError::new(
+                            format!("{field}.endpoint"),
+                            "must be one of `endpoints` (the primary one) when both are given",
+                        ));
                     }
-                    Some((e.address.clone(), port))
+                    Some(primary)
                 }
+                (endpoint, None) => endpoint,
             };
             let mut allowed_ips = Vec::with_capacity(p.allowed_ips.len());
             for (j, text) in p.allowed_ips.iter().enumerate() {
@@ -375,6 +402,8 @@ impl SiteSections {
             peers.push(Peer {
                 name: p.name.clone(),
                 endpoint,
+                endpoints,
+                sla_probes: p.sla_probes,
                 public_key: key,
                 preshared_key_file: p.wireguard.preshared_key_file.clone(),
                 compression: p.compression,
@@ -444,6 +473,62 @@ pub fn classifier_with(file: &[AppSpec], managed: &[AppSpec]) -> Result<Classifi
         ),
         AppError::Syntax(message) => ConfigError::new("dpi.application", message),
     })
+}
+
+/// An endpoint's address and port, checked at `field`: a family some port
+/// can reach.
+fn peer_endpoint(
+    e: &EndpointSection,
+    field: &str,
+    caps: Capabilities<'_>,
+) -> Result<(String, u16), ConfigError> {
+    let port = check_endpoint(e, field)?;
+    match e.address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) if !caps.has_v4 => Err(ConfigError::new(
+            format!("{field}.address"),
+            "an IPv4 peer, but no port has an IPv4 address to reach it from",
+        )),
+        Ok(IpAddr::V6(_)) if !caps.has_v6 => Err(ConfigError::new(
+            format!("{field}.address"),
+            "an IPv6 peer, but no port has a global IPv6 address to reach it from",
+        )),
+        _ => Ok((e.address.clone(), port)),
+    }
+}
+
+/// A peer's `endpoints`: named uniquely, each reachable.
+fn named_endpoints(
+    p: &PeerSection,
+    field: &str,
+    caps: Capabilities<'_>,
+) -> Result<Vec<(String, String, u16)>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(p.endpoints.len());
+    for (j, e) in p.endpoints.iter().enumerate() {
+        let efield = format!("{field}.endpoints[{j}]");
+        if !is_dns_label(&e.name) || !names.insert(e.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("{efield}.name"),
+                format!(
+                    "{:?} must be a DNS label used by no other endpoint of the peer",
+                    e.name
+                ),
+            ));
+        }
+        let section = EndpointSection {
+            address: e.address.clone(),
+            port: e.port,
+        };
+        let (host, port) = peer_endpoint(&section, &efield, caps)?;
+        if out.iter().any(|(_, h, p)| (h, p) == (&host, &port)) {
+            return Err(ConfigError::new(
+                format!("{efield}.address"),
+                format!("{host} port {port} is listed twice"),
+            ));
+        }
+        out.push((e.name.clone(), host, port));
+    }
+    Ok(out)
 }
 
 fn check_endpoint(e: &EndpointSection, field: &str) -> Result<u16, ConfigError> {

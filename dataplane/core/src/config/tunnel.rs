@@ -11,8 +11,10 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::site::{Peer, SiteState};
+use super::site::{Peer, RuleAction, SiteState};
 use super::ConfigError;
+use crate::paths::sla::MeterSettings;
+use crate::paths::{path_tag, Path, PathTable, Uplink, MAX_PATHS};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::noise::{PeerKeys, StaticKeys};
 use crate::tunnel::timers::TimerSettings;
@@ -73,6 +75,10 @@ pub struct TunnelLocal {
     pub keys: Arc<StaticKeys>,
     /// `allowed_ips`, parsed.
     pub routes: BTreeMap<String, Vec<IpNet>>,
+    /// The site's uplinks (`[[uplink]]`), validated against the ports.
+    pub uplinks: Vec<Uplink>,
+    /// How paths are probed (`[paths]`).
+    pub meter: MeterSettings,
 }
 
 impl std::fmt::Debug for TunnelLocal {
@@ -91,6 +97,8 @@ pub struct TunnelSnapshot {
     pub port: u16,
     /// Keys, peers and cryptokey routes.
     pub config: TunnelConfig,
+    /// The ways to the peers (empty without `[[uplink]]`).
+    pub paths: PathTable,
 }
 
 /// Reads a base64 key of 32 bytes from a file that only its owner may read.
@@ -160,26 +168,97 @@ impl TunnelSection {
             section: self.clone(),
             keys: Arc::new(StaticKeys::new(secret)),
             routes,
+            uplinks: Vec::new(),
+            meter: MeterSettings::default(),
         })
     }
 }
 
-/// Where a peer's endpoint is: its address, or its host name resolved now
-/// (off the packet path, when the configuration is applied).
-fn resolve(peer: &Peer) -> Result<Option<SocketAddr>, ConfigError> {
-    let Some((host, port)) = &peer.endpoint else {
-        return Ok(None);
-    };
+/// Where an endpoint is: its address, or its host name resolved now (off
+/// the packet path, when the configuration is applied).
+fn resolve(host: &str, port: u16, field: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(Some(SocketAddr::new(ip, *port)));
+        return Ok(SocketAddr::new(ip, port));
     }
-    let field = format!("peer[{}].endpoint.address", peer.name);
-    (host.as_str(), *port)
+    (host, port)
         .to_socket_addrs()
-        .map_err(|e| ConfigError::new(&field, format!("cannot resolve {host:?}: {e}")))?
+        .map_err(|e| ConfigError::new(field, format!("cannot resolve {host:?}: {e}")))?
         .next()
-        .map(Some)
         .ok_or_else(|| ConfigError::new(field, format!("{host:?} has no address")))
+}
+
+/// The site's paths: each peer's endpoints over each uplink, in that order.
+fn paths(local: &TunnelLocal, site: &SiteState) -> Result<PathTable, ConfigError> {
+    let site_id = site.site.as_ref().map_or("local", |s| s.site_id.as_str());
+    if !local.uplinks.is_empty() {
+        if let Some(r) = site.rules.iter().find(|r| r.action == RuleAction::Route) {
+            return Err(ConfigError::new(
+                format!("policy[{}].rule[{}].path_selection", r.policy, r.index),
+                "choosing a path per flow among several uplinks is not enforced yet: \
+                 with [[uplink]], peers' packets take the first path that is up; \
+                 use allow, or remove the uplinks",
+            ));
+        }
+    }
+    let mut paths = Vec::new();
+    for (peer, p) in site.peers.iter().enumerate() {
+        let field = format!("peer[{}]", p.name);
+        if local.uplinks.is_empty() {
+            if p.endpoints.len() > 1 {
+                return Err(ConfigError::new(
+                    format!("{field}.endpoints"),
+                    "several endpoints make several paths, which need [[uplink]] sections",
+                ));
+            }
+            if p.sla_probes {
+                return Err(ConfigError::new(
+                    format!("{field}.sla_probes"),
+                    "paths are probed per uplink; configure [[uplink]] sections",
+                ));
+            }
+            continue;
+        }
+        // A peer with one endpoint (or none) roams: its paths follow it.
+        let mut ends: Vec<(Option<&str>, Option<SocketAddr>)> = Vec::new();
+        match p.endpoints.as_slice() {
+            [] => ends.push((None, None)),
+            [(name, _, _)] => ends.push((Some(name), None)),
+            several => {
+                for (j, (name, host, port)) in several.iter().enumerate() {
+                    let at = format!("{field}.endpoints[{j}].address");
+                    ends.push((Some(name), Some(resolve(host, *port, &at)?)));
+                }
+            }
+        }
+        for (u, uplink) in local.uplinks.iter().enumerate() {
+            for (name, endpoint) in &ends {
+                let id = match name {
+                    Some(e) => format!("{site_id}:{}->{}:{e}", uplink.name, p.name),
+                    None => format!("{site_id}:{}->{}", uplink.name, p.name),
+                };
+                if paths.len() == MAX_PATHS {
+                    return Err(ConfigError::new(
+                        format!("{field}.endpoints"),
+                        format!("more than {MAX_PATHS} paths (uplinks × endpoints of every peer)"),
+                    ));
+                }
+                paths.push(Path {
+                    tag: path_tag(&id, *endpoint),
+                    id: id.into(),
+                    peer: peer as u32,
+                    uplink: u as u8,
+                    endpoint: *endpoint,
+                    probed: p.sla_probes,
+                });
+            }
+        }
+    }
+    Ok(PathTable::new(
+        local.uplinks.clone(),
+        paths,
+        site.peers.len(),
+        local.meter,
+    ))
 }
 
 /// Builds what workers run from the local settings and the site's peers,
@@ -209,7 +288,14 @@ pub fn compile(
         configs.push(PeerConfig {
             name: p.name.clone(),
             keys: PeerKeys::new(&local.keys, p.public_key, psk),
-            endpoint: resolve(p)?,
+            endpoint: match &p.endpoint {
+                None => None,
+                Some((host, port)) => Some(resolve(
+                    host,
+                    *port,
+                    &format!("peer[{}].endpoint.address", p.name),
+                )?),
+            },
             allowed_ips: allowed(p),
             persistent_keepalive_s: p.persistent_keepalive_s,
             compression: p.compression,
@@ -241,5 +327,13 @@ pub fn compile(
             routes.insert(*prefix, Route { port, via: None });
         }
     }
-    Ok((TunnelSnapshot { port, config }, routes))
+    let paths = paths(local, peers)?;
+    Ok((
+        TunnelSnapshot {
+            port,
+            config,
+            paths,
+        },
+        routes,
+    ))
 }

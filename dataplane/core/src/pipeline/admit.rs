@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
 use super::icmp::{self, Errors};
+use super::paths::NO_UPLINK;
 use super::{Burst, Context, Next};
 use crate::config::Snapshot;
 use crate::frame::Frame;
@@ -56,7 +57,7 @@ pub(super) fn run<F: Frame>(
             Step::Reject(kind, reason) => errors.reject(counters, ctx, burst, i, kind, reason),
             Step::Local => match tunnel_datagram(ctx, in_port, meta) {
                 None => burst.meta[i].next = Next::Local,
-                Some((from, payload)) => {
+                Some((from, payload, uplink)) => {
                     let ip_end = usize::from(meta.ip_end);
                     if usize::from(payload) > ip_end || !burst.frame_mut(i).set_len(ip_end) {
                         counters.drop(DropReason::LocalUnsupported);
@@ -64,6 +65,7 @@ pub(super) fn run<F: Frame>(
                         continue;
                     }
                     burst.addr[i] = from;
+                    burst.uplink[i] = uplink;
                     burst.meta[i].next = Next::Decrypt { payload };
                 }
             },
@@ -79,7 +81,7 @@ fn tunnel_datagram(
     ctx: &Context<'_>,
     in_port: u16,
     meta: &PacketMeta,
-) -> Option<(SocketAddr, u16)> {
+) -> Option<(SocketAddr, u16, u8)> {
     let L4::Udp { src_port, dst_port } = meta.l4 else {
         return None;
     };
@@ -87,14 +89,18 @@ fn tunnel_datagram(
     if dst_port != tunnel.config.listen_port || in_port == tunnel.port {
         return None;
     }
-    let src = match meta.l3 {
-        L3::Ipv4(ip) if ip.fragment == Fragment::None => IpAddr::V4(ip.src),
+    let (src, dst) = match meta.l3 {
+        L3::Ipv4(ip) if ip.fragment == Fragment::None => (IpAddr::V4(ip.src), IpAddr::V4(ip.dst)),
         L3::Ipv6(ip) if ip.fragment == Fragment::None && !ip.dst.is_multicast() => {
-            IpAddr::V6(ip.src)
+            (IpAddr::V6(ip.src), IpAddr::V6(ip.dst))
         }
         _ => return None,
     };
-    Some((SocketAddr::new(src, src_port), meta.l4_offset + 8))
+    let uplink = tunnel
+        .paths
+        .arrival_uplink(in_port, dst)
+        .unwrap_or(NO_UPLINK);
+    Some((SocketAddr::new(src, src_port), meta.l4_offset + 8, uplink))
 }
 
 /// What the packet needs, and whether it is a fragment.

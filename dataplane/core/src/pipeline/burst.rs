@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use super::paths::NO_UPLINK;
 use crate::flow::table::FlowId;
 use crate::packet::flow_key::{Direction, FlowKey};
 use crate::packet::parse::{PacketMeta, ParseError};
@@ -94,6 +95,9 @@ pub struct Burst<F> {
     pub(super) headers: [Result<PacketMeta, ParseError>; BURST_SIZE],
     /// The far end of a datagram: its source for `Decrypt`, its destination for `Datagram`.
     pub(super) addr: [SocketAddr; BURST_SIZE],
+    /// The uplink a datagram came in by (`Decrypt`) or leaves by
+    /// (`Datagram`); [`NO_UPLINK`]: unknown, or follow the routes.
+    pub(super) uplink: [u8; BURST_SIZE],
     /// The flow stage's scratch: the keys it looks up and whose they are.
     pub(super) keys: [FlowKey; BURST_SIZE],
     pub(super) keyed: [u8; BURST_SIZE],
@@ -116,6 +120,7 @@ impl<F> Default for Burst<F> {
             meta: [EMPTY_META; BURST_SIZE],
             headers: [Err(ParseError::TruncatedEthernet); BURST_SIZE],
             addr: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); BURST_SIZE],
+            uplink: [NO_UPLINK; BURST_SIZE],
             keys: [FlowKey::default(); BURST_SIZE],
             keyed: [0; BURST_SIZE],
         }
@@ -167,11 +172,13 @@ impl<F> Burst<F> {
         Ok(())
     }
 
-    /// Adds a WireGuard message to send to `to`.
-    pub fn push_datagram(&mut self, to: SocketAddr, frame: F) -> Result<(), F> {
+    /// Adds a WireGuard message to send to `to` over `uplink` (an index
+    /// of the path table's uplinks, or [`NO_UPLINK`] to follow the routes).
+    pub(super) fn push_datagram(&mut self, to: SocketAddr, uplink: u8, frame: F) -> Result<(), F> {
         let i = self.len;
         self.push(frame, Next::Datagram, 0)?;
         self.addr[i] = to;
+        self.uplink[i] = uplink;
         Ok(())
     }
 
@@ -182,6 +189,7 @@ impl<F> Burst<F> {
         }
         let i = self.len;
         self.frames[i] = Some(frame);
+        self.uplink[i] = NO_UPLINK;
         self.meta[i] = Meta {
             next,
             in_port,

@@ -8,13 +8,15 @@
 
 use super::encrypt::{hand_off, Tunnel};
 use super::icmp::Errors;
+use super::paths::NO_UPLINK;
 use super::{admit, Burst, Context, Inboxes, Next};
 use crate::config::TUNNEL_MAC;
 use crate::frame::Frame;
 use crate::packet::parse;
+use crate::paths::probe::{echo_in_place, Kind, ProbeMessage};
 use crate::stats::{Counter, Counters, DropReason};
 use crate::tunnel::outer::add_ethernet;
-use crate::tunnel::{Outcome, TunnelEnv};
+use crate::tunnel::{Outcome, TunnelConfig, TunnelEnv};
 
 #[allow(clippy::too_many_arguments)]
 // Out of line, so that profiles attribute the pass to its stage.
@@ -46,7 +48,10 @@ pub(super) fn run<F: Frame>(
             .engine
             .receive(&t.config, from, frame, ctx.now_ns, env)
         {
-            Outcome::Deliver { mut frame, .. } => {
+            Outcome::Deliver { peer, mut frame } => {
+                tunnel
+                    .paths
+                    .count_rx(peer, burst.uplink[i], from, frame.len());
                 if !add_ethernet(&mut frame, TUNNEL_MAC) {
                     counters.drop(DropReason::NoBuffer);
                     continue;
@@ -62,9 +67,13 @@ pub(super) fn run<F: Frame>(
                 burst.meta[i].in_port = t.port;
                 admit::run(counters, errors, ctx, burst, i..i + 1);
             }
+            // A handshake answer goes back the way the message came.
             Outcome::Transmit { to, frame } => {
                 burst.addr[i] = to;
                 burst.put(i, frame, Next::Datagram);
+            }
+            Outcome::Extension { peer, frame } => {
+                extension(tunnel, &t.config, counters, ctx, burst, i, peer, frame, env);
             }
             Outcome::HandOff { worker, work } => hand_off(inboxes, counters, worker, work),
             Outcome::Done => {}
@@ -72,4 +81,42 @@ pub(super) fn run<F: Frame>(
     }
     counters.add(Counter::RxPackets, packets);
     counters.add(Counter::RxBytes, bytes);
+}
+
+/// A path probe is echoed back over the path it came by (the uplink it
+/// arrived on, to its source); an echo of ours goes to the path's meter.
+#[allow(clippy::too_many_arguments)]
+fn extension<F: Frame>(
+    tunnel: &mut Tunnel<F>,
+    cfg: &TunnelConfig,
+    counters: &mut Counters,
+    ctx: &Context<'_>,
+    burst: &mut Burst<F>,
+    i: usize,
+    peer: u32,
+    mut frame: F,
+    env: &mut impl TunnelEnv<F>,
+) {
+    match ProbeMessage::parse(frame.data()) {
+        Ok(m) if m.kind == Kind::Echo => tunnel.paths.handle_echo(peer, &m, ctx.now_ns),
+        Ok(_) => {
+            echo_in_place(frame.data_mut());
+            // Handed over by another worker, it lost where it arrived: the
+            // echo takes the peer's current path.
+            if burst.uplink[i] == NO_UPLINK {
+                if let Some((_, uplink, _)) = tunnel.paths.route(peer) {
+                    burst.uplink[i] = uplink;
+                }
+            }
+            if let Some((_, frame)) = tunnel
+                .engine
+                .send_extension(cfg, peer, frame, ctx.now_ns, env)
+            {
+                // burst.addr[i] (the probe's source) and burst.uplink[i]
+                // (where it arrived) stay: the echo retraces the path.
+                burst.put(i, frame, Next::Datagram);
+            }
+        }
+        Err(_) => counters.drop(DropReason::ExtensionUnknown),
+    }
 }

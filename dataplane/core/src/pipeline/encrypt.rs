@@ -4,8 +4,10 @@
 //! its outer Ethernet, IP and UDP headers and the uplink toward its
 //! endpoint. A packet of a peer another worker owns goes to that worker.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
+use super::paths::{Paths, NO_UPLINK};
 use super::route::{self, Hop};
 use super::{Burst, Context, Inboxes, Next};
 use crate::frame::Frame;
@@ -16,9 +18,13 @@ use crate::tunnel::{Outcome, TunnelConfig, TunnelEnv, Tunnels, Work};
 /// Endpoints whose outer headers a worker remembers.
 const ENDPOINT_SLOTS: usize = 256;
 
-/// The tunnel's share of a worker: the engine and how its datagrams leave.
+/// The tunnel's share of a worker: the engine, its peers' paths, and how
+/// its datagrams leave.
 pub(super) struct Tunnel<F> {
     pub engine: Tunnels<F>,
+    pub paths: Paths,
+    /// Sealed path probes waiting for a burst: uplink, endpoint, message.
+    pub probes: VecDeque<(u8, SocketAddr, F)>,
     endpoints: EndpointCache,
     /// IPv4 identification of the next datagram.
     ip_id: u16,
@@ -28,23 +34,47 @@ impl<F: Frame> Tunnel<F> {
     pub(super) fn new(engine: Tunnels<F>, ip_id: u16) -> Self {
         Tunnel {
             engine,
+            paths: Paths::default(),
+            probes: VecDeque::new(),
             endpoints: EndpointCache::default(),
             ip_id,
         }
     }
 
-    /// Moves originated datagrams into `burst` while it has room; true
-    /// when some remain queued.
+    /// Moves originated datagrams (the engine's, then path probes) into
+    /// `burst` while it has room, each over its peer's path; true when some
+    /// remain queued.
     pub(super) fn take_originated(&mut self, burst: &mut Burst<F>) -> bool {
         while !burst.is_full() {
-            let Some((to, frame)) = self.engine.poll_transmit() else {
-                return false;
+            let (uplink, to, frame) = match self.engine.poll_transmit() {
+                Some((peer, to, frame)) => {
+                    let (uplink, to) = self.over_path(peer, to, frame.len());
+                    (uplink, to, frame)
+                }
+                None => match self.probes.pop_front() {
+                    Some(probe) => probe,
+                    None => return false,
+                },
             };
-            if let Err(frame) = burst.push_datagram(to, frame) {
+            if let Err(frame) = burst.push_datagram(to, uplink, frame) {
                 unreachable!("room was checked: {}", frame.len());
             }
         }
         true
+    }
+
+    /// The uplink and endpoint of a datagram of `len` bytes for `peer`,
+    /// which the engine would send to `to`: over the peer's path when it has
+    /// paths (counted there), else by the routes.
+    #[inline]
+    fn over_path(&mut self, peer: u32, to: SocketAddr, len: usize) -> (u8, SocketAddr) {
+        match self.paths.route(peer) {
+            Some((path, uplink, endpoint)) => {
+                self.paths.count_tx(path, len);
+                (uplink, endpoint.unwrap_or(to))
+            }
+            None => (NO_UPLINK, to),
+        }
     }
 }
 
@@ -129,12 +159,14 @@ impl<F: Frame> Tunnel<F> {
         }
         match self.engine.send(cfg, peer, frame, ctx.now_ns, env) {
             Outcome::Transmit { to, frame } => {
+                let (uplink, to) = self.over_path(peer, to, frame.len());
                 burst.addr[i] = to;
+                burst.uplink[i] = uplink;
                 burst.put(i, frame, Next::Datagram);
             }
             Outcome::HandOff { worker, work } => hand_off(inboxes, counters, worker, work),
             // Sending never delivers; `Done`: staged for a handshake, or dropped and counted.
-            Outcome::Deliver { .. } | Outcome::Done => {}
+            Outcome::Deliver { .. } | Outcome::Extension { .. } | Outcome::Done => {}
         }
     }
 
@@ -149,9 +181,10 @@ impl<F: Frame> Tunnel<F> {
         i: usize,
     ) {
         let to = burst.addr[i];
+        let uplink = burst.uplink[i];
         self.ip_id = self.ip_id.wrapping_add(1);
         let ip_id = self.ip_id;
-        if let Some((port, headers)) = self.endpoints.get(to, ctx.fwd_generation) {
+        if let Some((port, headers)) = self.endpoints.get(to, uplink, ctx.fwd_generation) {
             let frame = burst.frame_mut(i);
             if !headers.apply(frame, ip_id) {
                 counters.drop(DropReason::NoBuffer);
@@ -162,7 +195,16 @@ impl<F: Frame> Tunnel<F> {
             burst.meta[i].next = Next::Transmit(port);
             return;
         }
-        let (port, next_hop_mac, next) = match route::decide_underlay(ctx, stale, to) {
+        let via = ctx
+            .cfg
+            .tunnel
+            .as_ref()
+            .and_then(|t| t.paths.uplinks.get(usize::from(uplink)));
+        let hop = match via {
+            Some(u) => route::decide_uplink(ctx, stale, u, to),
+            None => route::decide_underlay(ctx, stale, to),
+        };
+        let (port, next_hop_mac, next) = match hop {
             Hop::Port { port, mac } => (port, Some(mac), Next::Transmit(port)),
             Hop::Unresolved { port, next_hop } => (port, None, Next::Resolve { port, next_hop }),
             Hop::Peer { .. } | Hop::Unreachable => {
@@ -170,7 +212,8 @@ impl<F: Frame> Tunnel<F> {
                 return burst.discard(i);
             }
         };
-        let Some(headers) = self.headers_toward(ctx, port, to, next_hop_mac) else {
+        let source = via.and_then(|u| u.address);
+        let Some(headers) = self.headers_toward(ctx, port, source, to, next_hop_mac) else {
             counters.drop(DropReason::TunnelEndpointUnreachable);
             return burst.discard(i);
         };
@@ -180,7 +223,8 @@ impl<F: Frame> Tunnel<F> {
             return burst.discard(i);
         }
         if next_hop_mac.is_some() {
-            self.endpoints.put(to, ctx.fwd_generation, port, headers);
+            self.endpoints
+                .put(to, uplink, ctx.fwd_generation, port, headers);
             counters.add(Counter::Forwarded, 1);
             counters.add(Counter::ForwardedBytes, frame.len() as u64);
         }
@@ -188,18 +232,23 @@ impl<F: Frame> Tunnel<F> {
         burst.meta[i].next = next;
     }
 
-    /// The outer headers from our address on `port` to `to`.
+    /// The outer headers from our address on `port` (`source` when given
+    /// and of the family) to `to`.
     fn headers_toward(
         &self,
         ctx: &Context<'_>,
         port: u16,
+        source: Option<IpAddr>,
         to: SocketAddr,
         next_hop_mac: Option<[u8; 6]>,
     ) -> Option<OuterHeaders> {
         let info = ctx.cfg.ports.get(usize::from(port))?;
-        let source = match to.ip() {
-            IpAddr::V4(d) => IpAddr::V4(info.v4_source(d)?),
-            IpAddr::V6(d) => IpAddr::V6(info.v6_source(d)?),
+        let source = match (to.ip(), source) {
+            (IpAddr::V4(_), Some(s @ IpAddr::V4(_))) | (IpAddr::V6(_), Some(s @ IpAddr::V6(_))) => {
+                s
+            }
+            (IpAddr::V4(d), _) => IpAddr::V4(info.v4_source(d)?),
+            (IpAddr::V6(d), _) => IpAddr::V6(info.v6_source(d)?),
         };
         let listen_port = ctx.cfg.tunnel.as_ref()?.config.listen_port;
         let from = SocketAddr::new(source, listen_port);
@@ -207,10 +256,11 @@ impl<F: Frame> Tunnel<F> {
     }
 }
 
-/// How tunnel datagrams leave for each endpoint (port, headers with the
-/// next hop's MAC), worked out once per endpoint and forwarding generation
-/// instead of a route and neighbour lookup per datagram. Direct-mapped: an
-/// endpoint that collides with another is just looked up again.
+/// How tunnel datagrams leave for each endpoint and uplink (port, headers
+/// with the next hop's MAC), worked out once per endpoint, uplink and
+/// forwarding generation instead of a route and neighbour lookup per
+/// datagram. Direct-mapped: one that collides with another is just looked
+/// up again.
 struct EndpointCache {
     slots: Box<[Option<EndpointRoute>]>,
 }
@@ -219,6 +269,7 @@ struct EndpointCache {
 #[derive(Clone, Copy)]
 struct EndpointRoute {
     to: SocketAddr,
+    uplink: u8,
     generation: u32,
     port: u16,
     headers: OuterHeaders,
@@ -233,7 +284,7 @@ impl Default for EndpointCache {
 }
 
 impl EndpointCache {
-    fn slot(to: SocketAddr) -> usize {
+    fn slot(to: SocketAddr, uplink: u8) -> usize {
         let ip = match to.ip() {
             IpAddr::V4(a) => u64::from(u32::from(a)),
             IpAddr::V6(a) => {
@@ -241,20 +292,31 @@ impl EndpointCache {
                 (v as u64) ^ ((v >> 64) as u64)
             }
         };
-        let h = (ip ^ u64::from(to.port())).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h = (ip ^ u64::from(to.port()) ^ u64::from(uplink) << 16)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (h >> 56) as usize % ENDPOINT_SLOTS
     }
 
-    fn get(&self, to: SocketAddr, generation: u32) -> Option<(u16, &OuterHeaders)> {
-        match &self.slots[Self::slot(to)] {
-            Some(r) if r.to == to && r.generation == generation => Some((r.port, &r.headers)),
+    fn get(&self, to: SocketAddr, uplink: u8, generation: u32) -> Option<(u16, &OuterHeaders)> {
+        match &self.slots[Self::slot(to, uplink)] {
+            Some(r) if r.to == to && r.uplink == uplink && r.generation == generation => {
+                Some((r.port, &r.headers))
+            }
             _ => None,
         }
     }
 
-    fn put(&mut self, to: SocketAddr, generation: u32, port: u16, headers: OuterHeaders) {
-        self.slots[Self::slot(to)] = Some(EndpointRoute {
+    fn put(
+        &mut self,
+        to: SocketAddr,
+        uplink: u8,
+        generation: u32,
+        port: u16,
+        headers: OuterHeaders,
+    ) {
+        self.slots[Self::slot(to, uplink)] = Some(EndpointRoute {
             to,
+            uplink,
             generation,
             port,
             headers,

@@ -36,6 +36,7 @@ mod icmp;
 mod local;
 mod neighbor_msgs;
 mod parse;
+mod paths;
 mod policy;
 mod rewrite;
 mod route;
@@ -51,7 +52,7 @@ use crate::dpi::counters::DpiCounters;
 use crate::flow::table::FlowTable;
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborSnapshot};
-use crate::stats::{Counter, Counters, PolicyCounters};
+use crate::stats::{Counter, Counters, PathsReport, PolicyCounters};
 use crate::tunnel::{TunnelEnv, Tunnels, Work};
 
 pub use burst::{Burst, Next};
@@ -116,6 +117,8 @@ pub struct PipelineSetup<F> {
     pub events: Sender<NeighborEvent>,
     /// Keys the flow table's hash and seeds the tunnel engine's limiter.
     pub seed: u64,
+    /// The time now (ns on the data-plane clock): path meters start then.
+    pub now_ns: u64,
 }
 
 impl<F: Frame> Pipeline<F> {
@@ -140,21 +143,22 @@ impl<F: Frame> Pipeline<F> {
             inboxes: setup.inboxes,
             seed: setup.seed,
         };
-        pipeline.sync_tunnel(cfg);
+        pipeline.sync_tunnel(cfg, setup.now_ns);
         pipeline
     }
 
-    /// Applies a new snapshot: the settings that can change at run time,
-    /// and the tunnel engine started, reconfigured or stopped to match.
-    pub fn reconfigure(&mut self, cfg: &Snapshot) {
+    /// Applies a new snapshot at `now_ns`: the settings that can change at
+    /// run time, and the tunnel engine and its paths started, reconfigured
+    /// or stopped to match.
+    pub fn reconfigure(&mut self, cfg: &Snapshot, now_ns: u64) {
         self.dpi.reconfigure(cfg);
         self.errors.reconfigure(cfg);
         self.flows
             .set_idle_timeout(u64::from(cfg.worker.flow_idle_timeout_s) * NS_PER_S);
-        self.sync_tunnel(cfg);
+        self.sync_tunnel(cfg, now_ns);
     }
 
-    fn sync_tunnel(&mut self, cfg: &Snapshot) {
+    fn sync_tunnel(&mut self, cfg: &Snapshot, now_ns: u64) {
         match (&cfg.tunnel, &mut self.tunnel) {
             (None, tunnel) => *tunnel = None,
             (Some(t), Some(tunnel)) => tunnel.engine.reconfigure(&t.config),
@@ -165,6 +169,10 @@ impl<F: Frame> Pipeline<F> {
                 let engine = Tunnels::new(self.worker, self.inboxes.len(), &t.config, seed);
                 *tunnel = Some(encrypt::Tunnel::new(engine, self.seed as u16));
             }
+        }
+        if let Some(tunnel) = &mut self.tunnel {
+            let workers = self.inboxes.len();
+            tunnel.paths.reconfigure(cfg, self.worker, workers, now_ns);
         }
     }
 
@@ -226,8 +234,9 @@ impl<F: Frame> Pipeline<F> {
             .is_some_and(|tunnel| tunnel.take_originated(burst))
     }
 
-    /// Runs the tunnel peers' due timers (up to `budget` peers); what they
-    /// send is taken with [`Pipeline::take_originated`].
+    /// Runs the tunnel peers' due timers (up to `budget` peers) and the
+    /// path meters that are due; what they send is taken with
+    /// [`Pipeline::take_originated`].
     pub fn handle_timeouts(
         &mut self,
         ctx: &Context<'_>,
@@ -238,12 +247,29 @@ impl<F: Frame> Pipeline<F> {
             tunnel
                 .engine
                 .handle_timeouts(&t.config, ctx.now_ns, budget, env);
+            let probes = &mut tunnel.probes;
+            tunnel.paths.handle_timeouts(
+                &mut tunnel.engine,
+                env,
+                ctx.now_ns,
+                |uplink, to, frame| probes.push_back((uplink, to, frame)),
+            );
         }
     }
 
-    /// The earliest time a tunnel timer of this worker is due, if any.
+    /// This worker's paths and failovers, for the metrics endpoint.
+    pub fn path_report(&mut self, now_ns: u64) -> PathsReport {
+        self.tunnel
+            .as_mut()
+            .map(|t| t.paths.report(now_ns))
+            .unwrap_or_default()
+    }
+
+    /// The earliest time a tunnel timer or path meter of this worker is due, if any.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.tunnel.as_ref().and_then(|t| t.engine.poll_timeout())
+        let t = self.tunnel.as_ref()?;
+        let paths = t.paths.poll_timeout();
+        t.engine.poll_timeout().into_iter().chain(paths).min()
     }
 
     /// The next neighbour that went stale under traffic and should be

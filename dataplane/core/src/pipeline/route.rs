@@ -18,6 +18,7 @@ use super::{Burst, Context, Next, NS_PER_S};
 use crate::flow::table::{FlowTable, ForwardCache};
 use crate::frame::Frame;
 use crate::packet::parse::{PacketMeta, L3};
+use crate::paths::Uplink;
 use crate::stats::{Counters, DropReason};
 
 /// Where a packet to some address goes.
@@ -105,6 +106,21 @@ pub(super) fn decide_underlay(ctx: &Context<'_>, stale: &mut StaleProbes, to: So
         }
         _ => Hop::Unreachable,
     }
+}
+
+/// The way out for a datagram to `to` over `uplink`: its port, to its
+/// next hop (or to `to` itself on the link).
+pub(super) fn decide_uplink(
+    ctx: &Context<'_>,
+    stale: &mut StaleProbes,
+    uplink: &Uplink,
+    to: SocketAddr,
+) -> Hop {
+    let next_hop = uplink
+        .next_hop
+        .filter(|hop| hop.is_ipv4() == to.is_ipv4())
+        .unwrap_or(to.ip());
+    neighbor(ctx, stale, uplink.port, next_hop)
 }
 
 /// The next hop `addr` on `port`, resolved or not; a stale entry is used

@@ -87,6 +87,7 @@ fn rig_with(extra: &str) -> Rig {
         inboxes: crate::worker::tunnel_inboxes(1),
         events: tx,
         seed: 7,
+        now_ns: 0,
     };
     Rig {
         pipeline: Pipeline::new(&cfg, setup),

@@ -18,6 +18,8 @@ pub struct MemoryIo {
     pub sent: Vec<(SocketAddr, VecFrame)>,
     /// Decrypted packets, with their peer.
     pub delivered: Vec<(PeerId, VecFrame)>,
+    /// Extension messages received, with their peer.
+    pub extensions: Vec<(PeerId, VecFrame)>,
     /// Work handed to other workers.
     pub handoffs: Vec<(usize, Work<VecFrame>)>,
     /// The generator's state.
@@ -45,11 +47,13 @@ impl MemoryIo {
         match outcome {
             Outcome::Transmit { to, frame } => self.sent.push((to, frame)),
             Outcome::Deliver { peer, frame } => self.delivered.push((peer, frame)),
+            Outcome::Extension { peer, frame } => self.extensions.push((peer, frame)),
             Outcome::HandOff { worker, work } => self.handoffs.push((worker, work)),
             Outcome::Done => {}
         }
-        self.sent
-            .extend(std::iter::from_fn(|| engine.poll_transmit()));
+        self.sent.extend(std::iter::from_fn(|| {
+            engine.poll_transmit().map(|(_, to, frame)| (to, frame))
+        }));
     }
 }
 

@@ -154,6 +154,21 @@ pub struct PeerStats {
     pub compress_out_bytes: u64,
 }
 
+/// The high nibble of the first plaintext byte of a message of Patronus's
+/// own extension (path probes): no IP version, so a stock WireGuard peer,
+/// which is never sent one, would drop it as not-IP; the compression format
+/// uses nibble 1.
+pub const EXTENSION_VERSION: u8 = 2;
+
+/// What a sealed plaintext is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Payload {
+    /// An IP packet (or a keepalive, when empty).
+    Packet,
+    /// A message of the extension.
+    Extension,
+}
+
 /// Counters of one worker's engine.
 #[derive(Clone, Debug, Default)]
 pub struct TunnelCounters {
@@ -230,6 +245,14 @@ pub enum Outcome<F> {
         /// The inner packet.
         frame: F,
     },
+    /// A message of Patronus's extension (see [`EXTENSION_VERSION`]) from
+    /// `peer`: authenticated and decrypted, for the host to interpret.
+    Extension {
+        /// The peer it came from.
+        peer: PeerId,
+        /// The message, from its first byte.
+        frame: F,
+    },
     /// Another worker owns the peer: pass `work` to worker `worker`.
     HandOff {
         /// The owning worker.
@@ -285,7 +308,7 @@ pub struct Tunnels<F> {
     /// Where packets are compressed into and restored from.
     scratch: Box<[u8]>,
     /// Datagrams the engine originated, for [`Tunnels::poll_transmit`].
-    transmits: VecDeque<(SocketAddr, F)>,
+    transmits: VecDeque<(PeerId, SocketAddr, F)>,
 }
 
 impl<F> std::fmt::Debug for Tunnels<F> {
@@ -409,10 +432,33 @@ impl<F: Frame> Tunnels<F> {
                 work: Work::Send { peer, frame },
             };
         }
-        match self.send_owned(cfg, peer, frame, now, env) {
+        match self.send_owned(cfg, peer, frame, now, Payload::Packet, env) {
             Some((to, frame)) => Outcome::Transmit { to, frame },
             None => Outcome::Done,
         }
+    }
+
+    /// Seals a message of Patronus's extension (its first byte's high
+    /// nibble [`EXTENSION_VERSION`]) for `peer`, which this worker must own.
+    /// Never queued: without a usable session it is dropped (a handshake is
+    /// started), since a late probe measures nothing. `None` then.
+    pub fn send_extension(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        frame: F,
+        now: u64,
+        env: &mut impl TunnelEnv<F>,
+    ) -> Option<(SocketAddr, F)> {
+        debug_assert!(
+            self.owns(peer),
+            "extension messages leave from the peer's owner"
+        );
+        debug_assert_eq!(
+            frame.data().first().map(|b| b >> 4),
+            Some(EXTENSION_VERSION)
+        );
+        self.send_owned(cfg, peer, frame, now, Payload::Extension, env)
     }
 
     /// Runs work another worker handed over (see [`Outcome::HandOff`]).
@@ -430,9 +476,10 @@ impl<F: Frame> Tunnels<F> {
     }
 
     /// The next datagram the engine originated (handshake messages,
-    /// keepalives, packets released by a completed handshake), with its
-    /// endpoint. Drain it after every call that may have queued one.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, F)> {
+    /// keepalives, packets released by a completed handshake), with the
+    /// peer it is for and its endpoint. Drain it after every call that may
+    /// have queued one.
+    pub fn poll_transmit(&mut self) -> Option<(PeerId, SocketAddr, F)> {
         self.transmits.pop_front()
     }
 
@@ -456,6 +503,7 @@ impl<F: Frame> Tunnels<F> {
         peer: PeerId,
         mut frame: F,
         now: u64,
+        payload: Payload,
         env: &mut impl TunnelEnv<F>,
     ) -> Option<(SocketAddr, F)> {
         let s = &cfg.timers;
@@ -469,7 +517,11 @@ impl<F: Frame> Tunnels<F> {
         let mut sealed = None;
         // Compressed only when it is about to be sealed: a queued packet is
         // compressed when it finally goes, and counted once.
-        if cfg.peers[peer as usize].compression && len > 0 && state.usable(now, s).is_some() {
+        if payload == Payload::Packet
+            && cfg.peers[peer as usize].compression
+            && len > 0
+            && state.usable(now, s).is_some()
+        {
             compress::compress(&mut frame, &mut self.scratch);
             state.stats.compress_in_bytes += len as u64;
             state.stats.compress_out_bytes += frame.len() as u64;
@@ -480,7 +532,11 @@ impl<F: Frame> Tunnels<F> {
                     rekey = session.sent() >= s.rekey_after_messages
                         || (session.initiator
                             && now.saturating_sub(session.created_ns) >= s.rekey_after_time());
-                    if len > 0 {
+                    // Extension messages expect an answer, as data does,
+                    // but are counted by whoever sent them.
+                    if payload == Payload::Extension {
+                        state.timers.data_sent(now, s, || jitter(env));
+                    } else if len > 0 {
                         state.stats.tx_packets += 1;
                         state.stats.tx_bytes += len as u64;
                         state.timers.data_sent(now, s, || jitter(env));
@@ -495,12 +551,16 @@ impl<F: Frame> Tunnels<F> {
                 }
                 Err(SealError::NoRoom) => self.counters.drop(TunnelDrop::NoBuffer),
                 Err(SealError::Exhausted) => {
-                    self.stage(peer, frame);
+                    if payload == Payload::Packet {
+                        self.stage(peer, frame);
+                    }
                     rekey = true;
                 }
             },
             None => {
-                self.stage(peer, frame);
+                if payload == Payload::Packet {
+                    self.stage(peer, frame);
+                }
                 rekey = true;
             }
         }
@@ -532,8 +592,9 @@ impl<F: Frame> Tunnels<F> {
         let any = !staged.is_empty();
         let mut staged = staged;
         while let Some(frame) = staged.pop_front() {
-            if let Some(datagram) = self.send_owned(cfg, peer, frame, now, env) {
-                self.transmits.push_back(datagram);
+            if let Some((to, frame)) = self.send_owned(cfg, peer, frame, now, Payload::Packet, env)
+            {
+                self.transmits.push_back((peer, to, frame));
             }
         }
         // Keep the queue's allocation for next time.
@@ -554,8 +615,8 @@ impl<F: Frame> Tunnels<F> {
         let Some(frame) = env.alloc() else {
             return self.counters.drop(TunnelDrop::NoBuffer);
         };
-        if let Some(datagram) = self.send_owned(cfg, peer, frame, now, env) {
-            self.transmits.push_back(datagram);
+        if let Some((to, frame)) = self.send_owned(cfg, peer, frame, now, Payload::Packet, env) {
+            self.transmits.push_back((peer, to, frame));
         }
     }
 
@@ -637,7 +698,7 @@ impl<F: Frame> Tunnels<F> {
         state.timers.any_traversal(now, persistent_ns(pc));
         state.stats.handshakes_sent += 1;
         self.counters.event(TunnelEvent::InitiationsSent);
-        self.transmits.push_back((endpoint, frame));
+        self.transmits.push_back((peer, endpoint, frame));
     }
 
     /// Handles a datagram that arrived on the listen port from `from`.
@@ -952,7 +1013,12 @@ impl<F: Frame> Tunnels<F> {
             state.timers.data_received(now, s);
             let restored =
                 compress::decompress(&mut frame, &mut self.scratch, usize::from(cfg.mtu));
+            let extension = frame.data().first().map(|b| b >> 4) == Some(EXTENSION_VERSION);
             match restored.ok().and_then(|_| inner_packet(&mut frame)) {
+                // Counted by whoever interprets it (the path meters).
+                None if extension => {
+                    outcome = Outcome::Extension { peer, frame };
+                }
                 None => self.counters.drop(TunnelDrop::InvalidInner),
                 Some(src) if cfg.route(src) != Some(peer) => {
                     self.counters.drop(TunnelDrop::AllowedIps)

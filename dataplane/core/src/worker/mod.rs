@@ -222,6 +222,7 @@ where
                 inboxes: setup.inboxes.clone(),
                 events: setup.events,
                 seed: setup.seed,
+                now_ns: setup.host.ns_at(setup.host.ticks()),
             },
         );
         let pending = PendingQueue::new(
@@ -347,12 +348,12 @@ where
     }
 
     /// Takes a new configuration or neighbour table if one was published.
-    fn pick_up_snapshots(&mut self, _now_ns: u64) {
+    fn pick_up_snapshots(&mut self, now_ns: u64) {
         let s = &mut self.state;
         if self.config.generation() != s.cfg_generation {
             s.cfg_generation = self.config.generation();
             s.cfg = self.config.load();
-            self.pipeline.reconfigure(&s.cfg);
+            self.pipeline.reconfigure(&s.cfg, now_ns);
             s.fwd_generation = next_generation(s.fwd_generation);
         }
         if self.neighbors.generation() != s.neigh_generation {
@@ -531,8 +532,10 @@ where
         self.publish();
     }
 
-    /// Copies the tunnel engine's figures out for the metrics endpoint.
-    fn publish_tunnels(&self, cfg: &Snapshot, now_ns: u64) {
+    /// Copies the tunnel engine's and the paths' figures out for the metrics endpoint.
+    fn publish_tunnels(&mut self, cfg: &Snapshot, now_ns: u64) {
+        self.tunnel_stats
+            .publish_paths(self.pipeline.path_report(now_ns));
         let (Some(engine), Some(t)) = (self.pipeline.tunnels(), cfg.tunnel.as_deref()) else {
             return;
         };

@@ -61,6 +61,7 @@ struct Site {
     config: Arc<Published<Snapshot>>,
     manager: NeighborManager,
     stats: Vec<Arc<SharedCounters>>,
+    tunnel_stats: Vec<Arc<SharedTunnelStats>>,
 }
 
 fn config_text(n: u8, peers: &[(u8, &[&str])], extra: &str) -> String {
@@ -131,7 +132,11 @@ fn site_with(
     extra: &str,
     clock: &ManualClock,
 ) -> Site {
-    let cfg = snapshot(&config_text(n, peers, extra), n);
+    site_from(n, workers, &config_text(n, peers, extra), clock)
+}
+
+fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
+    let cfg = snapshot(text, n);
     let neighbors = Arc::new(NeighborShared::default());
     let (events, learned) = crossbeam_channel::bounded(64);
     let mut manager = NeighborManager::new(cfg.neighbors.clone(), neighbors.clone(), learned);
@@ -146,10 +151,12 @@ fn site_with(
         config: config.clone(),
         manager,
         stats: Vec::new(),
+        tunnel_stats: Vec::new(),
     };
     for index in 0..workers {
         let links: [Link; 2] = Default::default();
         let stats = Arc::new(SharedCounters::default());
+        let tunnel_stats = Arc::new(SharedTunnelStats::default());
         let worker = Worker::new(WorkerSetup {
             index,
             rx: (0..2)
@@ -163,7 +170,7 @@ fn site_with(
             neighbors: neighbors.clone(),
             events: events.clone(),
             stats: stats.clone(),
-            tunnel_stats: Arc::default(),
+            tunnel_stats: tunnel_stats.clone(),
             inboxes: inboxes.clone(),
             stop: Arc::default(),
             seed: u64::from(n),
@@ -171,6 +178,7 @@ fn site_with(
         site.links.push(links);
         site.workers.push(worker);
         site.stats.push(stats);
+        site.tunnel_stats.push(tunnel_stats);
     }
     site
 }
@@ -558,4 +566,207 @@ fn stopping_frees_what_waits_and_publishes_the_final_counters() {
     let published = a.stats[0].read();
     assert_eq!(published.drops(DropReason::NeighborUnresolved), 1);
     assert_eq!(published.get(Counter::RxPackets), 2);
+}
+
+/// Site `n` with two uplinks on its WAN port, "mpls" (192.0.2.n) and
+/// "inet" (198.51.100.n), and peer site `m` reachable at both, probed.
+fn multipath_text(n: u8, m: u8) -> String {
+    let key = key_file(&format!("worker-site-{n}"), secret(n));
+    format!(
+        r#"
+        [worker]
+        flow_capacity = 1024
+        [[port]]
+        name = "lan"
+        device = "mem0"
+        addresses = ["10.{n}.0.1/24"]
+        [[port]]
+        name = "wan"
+        device = "mem1"
+        addresses = ["192.0.2.{n}/24", "198.51.100.{n}/24"]
+        [tunnel]
+        private_key_file = "{key}"
+        addresses = ["10.99.0.{n}/24"]
+        [[uplink]]
+        name = "mpls"
+        port = "wan"
+        address = "192.0.2.{n}"
+        color = "mpls"
+        [[uplink]]
+        name = "inet"
+        port = "wan"
+        address = "198.51.100.{n}"
+        color = "internet"
+        [paths]
+        probe_interval_ms = 20
+        down_after = 5
+        up_after = 3
+        [[neighbor]]
+        ip = "10.{n}.0.5"
+        mac = "{host}"
+        port = "lan"
+        [[peer]]
+        name = "site-{m}"
+        endpoints = [
+            {{ name = "mpls", address = "192.0.2.{m}", port = 51820 }},
+            {{ name = "inet", address = "198.51.100.{m}", port = 51820 }},
+        ]
+        sla_probes = true
+        wireguard = {{ public_key = "{peer_key}" }}
+        allowed_ips = ["10.{m}.0.0/24"]
+        [[neighbor]]
+        ip = "192.0.2.{m}"
+        mac = "{peer_mac}"
+        port = "wan"
+        [[neighbor]]
+        ip = "198.51.100.{m}"
+        mac = "{peer_mac}"
+        port = "wan"
+        "#,
+        key = key.display(),
+        host = mac_text(host_mac(n)),
+        peer_key = public_b64(m),
+        peer_mac = mac_text(wan_mac(m)),
+    )
+}
+
+/// Runs the sites for `duration`, a millisecond a step, moving WAN frames
+/// between them (each takes one step) unless `lost` says the wire ate it.
+fn run_for(
+    sites: &mut [&mut Site],
+    clock: &ManualClock,
+    duration: u64,
+    mut lost: impl FnMut(&Udp) -> bool,
+) -> u64 {
+    let mut eaten = 0;
+    for _ in 0..duration / MS {
+        for site in sites.iter_mut() {
+            site.round();
+        }
+        for from in 0..sites.len() {
+            let frames: Vec<VecFrame> = sites[from]
+                .links
+                .iter()
+                .flat_map(|l| l[WAN].from_gateway.drain())
+                .collect();
+            for frame in frames {
+                if lost(&udp_of(&frame)) {
+                    eaten += 1;
+                    continue;
+                }
+                let dst: [u8; 6] = frame.data()[..6].try_into().unwrap();
+                if let Some(to) = sites.iter().position(|s| wan_mac(s.n) == dst) {
+                    sites[to].links[0][WAN].to_gateway.push(frame);
+                }
+            }
+        }
+        clock.advance(MS);
+    }
+    eaten
+}
+
+impl Site {
+    /// Worker 0's paths as it last published them, by path id.
+    fn paths(&self) -> Vec<(String, crate::stats::PathReport)> {
+        let cfg = self.config.load();
+        let table = &cfg.tunnel.as_ref().unwrap().paths;
+        self.tunnel_stats[0]
+            .paths()
+            .paths
+            .iter()
+            .map(|r| (table.paths[usize::from(r.index)].id.to_string(), r.clone()))
+            .collect()
+    }
+
+    fn active_path(&self) -> String {
+        let paths = self.paths();
+        let active: Vec<_> = paths.iter().filter(|(_, r)| r.active).collect();
+        assert_eq!(active.len(), 1, "one active path: {paths:?}");
+        active[0].0.clone()
+    }
+
+    fn failovers(&self) -> [u64; 2] {
+        self.tunnel_stats[0].paths().failovers
+    }
+}
+
+#[test]
+fn every_path_is_probed_and_a_dead_one_fails_over_and_back() {
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &multipath_text(1, 2), &clock);
+    let mut b = site_from(2, 1, &multipath_text(2, 1), &clock);
+    let mpls = |u: &Udp| u.src[..3] == [192, 0, 2] || u.dst[..3] == [192, 0, 2];
+
+    // Two uplinks × two endpoints: four paths, all answering.
+    run_for(&mut [&mut a, &mut b], &clock, 1_000 * MS, |_| false);
+    let paths = a.paths();
+    let ids: Vec<&str> = paths.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "local:mpls->site-2:mpls",
+            "local:mpls->site-2:inet",
+            "local:inet->site-2:mpls",
+            "local:inet->site-2:inet"
+        ]
+    );
+    for (id, r) in &paths {
+        let f = r.figures.expect("probed");
+        assert!(f.up, "{id} is up");
+        assert!(f.sent >= 45, "{id}: a probe every 20 ms ({})", f.sent);
+        // One millisecond on the wire each way, and up to one more waiting
+        // for the next round.
+        let [p50, _, p99] = f.rtt_ms.expect("measured");
+        assert!(
+            (1.9..=4.1).contains(&p50) && p99 <= 4.1,
+            "{id}: {p50} / {p99} ms"
+        );
+        assert!(
+            f.received + 3 >= f.sent,
+            "{id}: nothing lost but the first few"
+        );
+    }
+    assert_eq!(a.active_path(), "local:mpls->site-2:mpls");
+
+    // Host traffic takes the active path (probes are far shorter).
+    a.host_sends(0, udp_from_host(1, [10, 2, 0, 5], &[b'm'; 300]));
+    let mut outer = Vec::new();
+    run_for(&mut [&mut a, &mut b], &clock, 5 * MS, |u| {
+        if u.payload.len() > 300 {
+            outer.push((u.src, u.dst));
+        }
+        false
+    });
+    assert_eq!(outer, [([192, 0, 2, 1], [192, 0, 2, 2])]);
+    assert_eq!(b.to_hosts().len(), 1);
+
+    // The MPLS network goes dark: every path touching it goes down within
+    // down_after intervals and traffic moves to inet->inet.
+    run_for(&mut [&mut a, &mut b], &clock, 200 * MS, mpls);
+    assert_eq!(a.active_path(), "local:inet->site-2:inet");
+    assert_eq!(a.failovers(), [1, 0]);
+    for (id, r) in a.paths() {
+        assert_eq!(
+            r.figures.unwrap().up,
+            id == "local:inet->site-2:inet",
+            "{id}"
+        );
+    }
+    a.host_sends(0, udp_from_host(1, [10, 2, 0, 5], &[b'i'; 300]));
+    let mut outer = Vec::new();
+    run_for(&mut [&mut a, &mut b], &clock, 5 * MS, |u| {
+        if u.payload.len() > 300 {
+            outer.push((u.src, u.dst));
+        }
+        mpls(u)
+    });
+    assert_eq!(outer, [([198, 51, 100, 1], [198, 51, 100, 2])]);
+    assert_eq!(b.to_hosts().len(), 1);
+
+    // It comes back: after up_after echoes the first path is chosen again.
+    run_for(&mut [&mut a, &mut b], &clock, 200 * MS, |_| false);
+    assert_eq!(a.active_path(), "local:mpls->site-2:mpls");
+    assert_eq!(a.failovers(), [1, 1]);
+    let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
+    assert_eq!(dropped, 0, "nothing dropped at the gateway");
 }

@@ -1,0 +1,378 @@
+//! `[[uplink]]` and `[paths]`: the site's WAN uplinks and how its paths
+//! are probed. The paths themselves (uplinks × each peer's endpoints) are
+//! built with the tunnel's peers ([`super::tunnel::compile`]).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use patronus_proto::names::is_dns_label;
+use serde::Deserialize;
+
+use super::{port_index, ConfigError, PortInfo, PortKind};
+use crate::paths::sla::{MeterSettings, MAX_WINDOW};
+use crate::paths::{Uplink, MAX_UPLINKS};
+use crate::route::RouteTable;
+
+/// `[[uplink]]`: one WAN uplink of the site.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    /// Unique among uplinks, a DNS label: it names the paths over it.
+    pub name: String,
+    /// The `[[port]]` it leaves by.
+    pub port: String,
+    /// The outer source address (one of the port's); absent: the port's
+    /// address of the endpoint's family.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The router its datagrams go to, in one of the port's subnets;
+    /// absent: endpoints are on the port's link.
+    #[serde(default)]
+    pub next_hop: Option<String>,
+    /// What a GB over it costs (any currency; only compared).
+    #[serde(default)]
+    pub cost_per_gb: f64,
+    /// Nominal bandwidth in Mbit/s (0: unknown).
+    #[serde(default)]
+    pub bandwidth_mbps: u32,
+    /// A label: mpls, internet, lte... (a DNS label, or empty).
+    #[serde(default)]
+    pub color: String,
+}
+
+/// `[paths]`: how paths to Patronus peers are probed and judged.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsSection {
+    /// Time between probes on each path (ms), 10-10000.
+    pub probe_interval_ms: u32,
+    /// A probe unanswered this long is lost (ms); at least the interval.
+    pub probe_timeout_ms: u32,
+    /// Probes unanswered in a row that take a path down, 1-100.
+    pub down_after: u32,
+    /// Probes answered in a row that bring it back, 1-100.
+    pub up_after: u32,
+    /// Probes the figures are computed over, 10-4096.
+    pub window: u32,
+}
+
+impl Default for PathsSection {
+    fn default() -> Self {
+        let d = MeterSettings::default();
+        PathsSection {
+            probe_interval_ms: (d.interval_ns / 1_000_000) as u32,
+            probe_timeout_ms: (d.timeout_ns / 1_000_000) as u32,
+            down_after: d.down_after,
+            up_after: d.up_after,
+            window: d.window as u32,
+        }
+    }
+}
+
+impl PathsSection {
+    /// The meters' settings.
+    ///
+    /// # Errors
+    /// A value out of range, by field.
+    pub fn compile(&self) -> Result<MeterSettings, ConfigError> {
+        super::check_range(
+            "paths.probe_interval_ms",
+            self.probe_interval_ms,
+            10,
+            10_000,
+        )?;
+        super::check_range(
+            "paths.probe_timeout_ms",
+            self.probe_timeout_ms,
+            self.probe_interval_ms,
+            60_000,
+        )?;
+        super::check_range("paths.down_after", self.down_after, 1, 100)?;
+        super::check_range("paths.up_after", self.up_after, 1, 100)?;
+        super::check_range("paths.window", self.window, 10, MAX_WINDOW as u32)?;
+        Ok(MeterSettings {
+            interval_ns: u64::from(self.probe_interval_ms) * 1_000_000,
+            timeout_ns: u64::from(self.probe_timeout_ms) * 1_000_000,
+            down_after: self.down_after,
+            up_after: self.up_after,
+            window: self.window as usize,
+        })
+    }
+}
+
+/// Validates the uplinks against the ports and their connected subnets.
+///
+/// # Errors
+/// The first invalid field (`uplink[1].next_hop`).
+pub fn compile(
+    sections: &[UplinkSection],
+    ports: &[PortInfo],
+    connected: &RouteTable,
+) -> Result<Vec<Uplink>, ConfigError> {
+    if sections.len() > MAX_UPLINKS {
+        return Err(ConfigError::new(
+            "uplink",
+            format!("at most {MAX_UPLINKS} uplinks"),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut uplinks = Vec::with_capacity(sections.len());
+    for (i, u) in sections.iter().enumerate() {
+        let field = format!("uplink[{i}]");
+        if !is_dns_label(&u.name) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("{:?} must be a DNS label (a-z, 0-9, '-')", u.name),
+            ));
+        }
+        if !names.insert(u.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                "used by another uplink",
+            ));
+        }
+        let port = port_index(ports, format!("{field}.port"), &u.port)?;
+        let info = &ports[usize::from(port)];
+        if info.kind != PortKind::Ethernet {
+            return Err(ConfigError::new(
+                format!("{field}.port"),
+                "an uplink leaves by a device port, not the tunnel",
+            ));
+        }
+        let address = match &u.address {
+            None => None,
+            Some(text) => {
+                let a: IpAddr = text.parse().map_err(|_| {
+                    ConfigError::new(
+                        format!("{field}.address"),
+                        format!("{text:?} is not an IP address"),
+                    )
+                })?;
+                if !info.owns(a) {
+                    return Err(ConfigError::new(
+                        format!("{field}.address"),
+                        format!("{a} is not an address of port {:?}", info.name),
+                    ));
+                }
+                Some(a)
+            }
+        };
+        let next_hop = match &u.next_hop {
+            None => None,
+            Some(text) => {
+                let a: IpAddr = text.parse().map_err(|_| {
+                    ConfigError::new(
+                        format!("{field}.next_hop"),
+                        format!("{text:?} is not an IP address"),
+                    )
+                })?;
+                let on_link = connected
+                    .lookup(a)
+                    .is_some_and(|r| r.port == port && r.via.is_none());
+                if !on_link || info.owns(a) {
+                    return Err(ConfigError::new(
+                        format!("{field}.next_hop"),
+                        format!("{a} is not a neighbour in a subnet of port {:?}", info.name),
+                    ));
+                }
+                Some(a)
+            }
+        };
+        if !u.cost_per_gb.is_finite() || u.cost_per_gb < 0.0 {
+            return Err(ConfigError::new(
+                format!("{field}.cost_per_gb"),
+                format!("{} must be 0 or more", u.cost_per_gb),
+            ));
+        }
+        if !u.color.is_empty() && !is_dns_label(&u.color) {
+            return Err(ConfigError::new(
+                format!("{field}.color"),
+                format!("{:?} must be a DNS label (mpls, internet, lte)", u.color),
+            ));
+        }
+        uplinks.push(Uplink {
+            name: u.name.clone(),
+            port,
+            address,
+            next_hop,
+            cost_per_gb: u.cost_per_gb,
+            bandwidth_mbps: u.bandwidth_mbps,
+            color: u.color.clone(),
+        });
+    }
+    Ok(uplinks)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::testing::key_file;
+
+    const PORTS: &str = r#"
+        [[port]]
+        name = "wan0"
+        device = "net_ring0"
+        addresses = ["192.0.2.2/24"]
+        [[port]]
+        name = "wan1"
+        device = "net_ring1"
+        addresses = ["198.51.100.2/24", "203.0.113.2/24"]
+    "#;
+
+    const PEER: &str = r#"
+        [[peer]]
+        name = "hq"
+        endpoints = [
+            { name = "mpls", address = "192.0.2.50", port = 51820 },
+            { name = "inet", address = "198.51.100.50", port = 51820 },
+        ]
+        sla_probes = true
+        wireguard = { public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }
+        allowed_ips = ["10.9.0.0/24"]
+    "#;
+
+    fn text(name: &str, uplinks: &str, peer: &str) -> String {
+        let key = key_file(name, [7; 32]);
+        format!(
+            "{PORTS}[tunnel]\nprivate_key_file = \"{}\"\n{uplinks}\n{peer}",
+            key.display()
+        )
+    }
+
+    fn uplinks(second: &str) -> String {
+        format!(
+            r#"
+            [[uplink]]
+            name = "mpls"
+            port = "wan0"
+            next_hop = "192.0.2.1"
+            cost_per_gb = 0.5
+            bandwidth_mbps = 50
+            color = "mpls"
+            [[uplink]]
+            {second}
+            "#
+        )
+    }
+
+    const INET: &str = r#"name = "inet"
+            port = "wan1"
+            address = "203.0.113.2""#;
+
+    fn err(text: String) -> (String, String) {
+        let e = Config::from_toml(&text).unwrap().validate(1).unwrap_err();
+        (e.field, e.message)
+    }
+
+    #[test]
+    fn uplinks_times_endpoints_make_the_paths() {
+        let cfg = Config::from_toml(&text("paths-ok", &uplinks(INET), PEER))
+            .unwrap()
+            .validate(1)
+            .unwrap();
+        let paths = &cfg.tunnel.as_ref().unwrap().paths;
+        let ids: Vec<&str> = paths.paths.iter().map(|p| &*p.id).collect();
+        assert_eq!(
+            ids,
+            [
+                "local:mpls->hq:mpls",
+                "local:mpls->hq:inet",
+                "local:inet->hq:mpls",
+                "local:inet->hq:inet"
+            ]
+        );
+        assert!(paths.paths.iter().all(|p| p.probed && p.endpoint.is_some()));
+        assert_eq!(
+            paths.uplinks[0].next_hop,
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            paths.uplinks[1].address,
+            Some("203.0.113.2".parse().unwrap())
+        );
+        // The first endpoint is the primary one the handshake starts with.
+        let peer = &cfg.tunnel.as_ref().unwrap().config.peers[0];
+        assert_eq!(peer.endpoint, Some("192.0.2.50:51820".parse().unwrap()));
+    }
+
+    #[test]
+    fn invalid_paths_are_refused_by_field() {
+        let cases = [
+            (
+                uplinks(&INET.replace("wan1", "wan9")),
+                PEER.to_owned(),
+                "uplink[1].port",
+            ),
+            (
+                uplinks(&INET.replace("inet", "mpls")),
+                PEER.to_owned(),
+                "uplink[1].name",
+            ),
+            (
+                uplinks(&INET.replace("203.0.113.2", "192.0.2.2")),
+                PEER.to_owned(),
+                "uplink[1].address",
+            ),
+            (
+                uplinks(&format!("{INET}\nnext_hop = \"192.0.2.1\"")),
+                PEER.to_owned(),
+                "uplink[1].next_hop",
+            ),
+            (
+                uplinks(&format!("{INET}\ncost_per_gb = -1")),
+                PEER.to_owned(),
+                "uplink[1].cost_per_gb",
+            ),
+            (
+                uplinks(INET),
+                PEER.replace("name = \"inet\"", "name = \"mpls\""),
+                "peer[hq].endpoints[1].name",
+            ),
+            (
+                uplinks(INET),
+                PEER.replace(
+                    "sla_probes",
+                    "endpoint = { address = \"192.0.2.99\", port = 51820 }\nsla_probes",
+                ),
+                "peer[hq].endpoint",
+            ),
+            (String::new(), PEER.to_owned(), "peer[hq].endpoints"),
+            (
+                String::new(),
+                PEER.replace(
+                    "{ name = \"inet\", address = \"198.51.100.50\", port = 51820 },",
+                    "",
+                ),
+                "peer[hq].sla_probes",
+            ),
+            (
+                uplinks(INET),
+                format!(
+                    "{PEER}\n[[policy]]\nname = \"voice\"\n[[policy.rule]]\naction = \"route\"\n\
+                     priority = 1\npath_selection = {{ strategy = \"lowest-latency\" }}"
+                ),
+                "policy[voice].rule[0].path_selection",
+            ),
+            (
+                format!("{}\n[paths]\nprobe_interval_ms = 5", uplinks(INET)),
+                PEER.to_owned(),
+                "paths.probe_interval_ms",
+            ),
+            (
+                format!("{}\n[paths]\nprobe_timeout_ms = 50", uplinks(INET)),
+                PEER.to_owned(),
+                "paths.probe_timeout_ms",
+            ),
+        ];
+        for (i, (uplinks, peer, field)) in cases.into_iter().enumerate() {
+            let (got, message) = err(text(&format!("paths-bad-{i}"), &uplinks, &peer));
+            assert_eq!(got, field, "case {i}: {message}");
+        }
+        // Without a tunnel, uplinks have nothing to carry.
+        let e = Config::from_toml(&format!("{PORTS}{}", uplinks(INET)))
+            .unwrap()
+            .validate(1)
+            .unwrap_err();
+        assert_eq!(e.field, "uplink");
+    }
+}
