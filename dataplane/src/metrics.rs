@@ -36,7 +36,7 @@ use patronus_core::paths::Path;
 use patronus_core::published::Published;
 use patronus_core::stats::{
     peer_total, Counter, Counters, DropReason, FailoverReason, PathReport, PolicyCounters,
-    SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS,
+    RecoveryHistogram, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS, RECOVERY_BUCKETS,
 };
 use patronus_core::tunnel::{PeerStats, TunnelDrop, TunnelEvent};
 
@@ -820,22 +820,56 @@ impl Scrape<'_> {
                 paths.iter().map(|(p, r)| (id(p), value(r))),
             )?;
         }
+        let mut failovers: std::collections::BTreeMap<&str, [u64; FailoverReason::COUNT]> =
+            std::collections::BTreeMap::new();
+        failovers.insert("default", [0; FailoverReason::COUNT]);
+        for (policy, counts) in reports.iter().flat_map(|w| &w.failovers) {
+            let total = failovers.entry(policy).or_default();
+            for (t, c) in total.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
         counter(
             enc,
             "patronus_failover_events",
-            "Times a peer's packets moved to another path, by policy (default: the site's path order) and reason.",
-            FailoverReason::ALL.iter().map(|reason| {
-                (
-                    [
-                        ("policy_id", "default".to_owned()),
-                        ("reason", reason.as_str().to_owned()),
-                    ],
-                    reports
-                        .iter()
-                        .map(|w| w.failovers[reason.index()])
-                        .sum::<u64>(),
-                )
+            "Times traffic moved to another path, by policy (default: the site's path order) and reason.",
+            failovers.iter().flat_map(|(policy, counts)| {
+                FailoverReason::ALL.iter().map(move |reason| {
+                    (
+                        [
+                            ("policy_id", (*policy).to_owned()),
+                            ("reason", reason.as_str().to_owned()),
+                        ],
+                        counts[reason.index()],
+                    )
+                })
             }),
+        )?;
+        let mut recovery = RecoveryHistogram::default();
+        for w in &reports {
+            for (t, c) in recovery.buckets.iter_mut().zip(w.recovery.buckets) {
+                *t += c;
+            }
+            recovery.over += w.recovery.over;
+            recovery.sum_s += w.recovery.sum_s;
+        }
+        let bounds: Vec<(f64, u64)> = RECOVERY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(recovery.buckets.iter().copied().chain([recovery.over]))
+            .collect();
+        let mut family = enc.encode_descriptor(
+            "patronus_failover_recovery_seconds",
+            "Time from a failover to the first packet that took the new path.",
+            None,
+            MetricType::Histogram,
+        )?;
+        family.encode_family(&NO_LABELS)?.encode_histogram::<L0>(
+            recovery.sum_s,
+            recovery.count(),
+            &bounds,
+            None,
         )
     }
 
@@ -1418,11 +1452,17 @@ conditions = [{{ type = "category", value = "Video" }}]
                 report(0, true, Some(measured)),
                 report(1, false, Some(silent)),
             ],
-            failovers: [3, 2],
+            failovers: vec![("default".into(), [3, 0, 2]), ("voice".into(), [1, 1, 0])],
+            recovery: RecoveryHistogram {
+                buckets: [0, 1, 2, 0, 0, 0, 0, 0, 0, 0],
+                over: 0,
+                sum_s: 0.0185,
+            },
         });
         tunnels[1].publish_paths(PathsReport {
             paths: vec![report(2, true, None), report(3, false, None)],
-            failovers: [1, 0],
+            failovers: vec![("default".into(), [1, 0, 0])],
+            recovery: RecoveryHistogram::default(),
         });
         // The video rule dropped 7 packets on one worker, 5 on the other.
         let slot = snapshot.site.rules[0].slot;

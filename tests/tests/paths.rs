@@ -235,7 +235,7 @@ fn four_paths_are_measured_and_a_blackholed_uplink_fails_over_and_back() {
     });
     let m = one.scrape();
     assert!(back, "{}", m.text);
-    assert!(m.sum("patronus_failover_events_total", &[("reason", "recovered")]) >= 1.0);
+    assert!(m.sum("patronus_failover_events_total", &[("reason", "better_path")]) >= 1.0);
     assert!(
         ping(&sites.hosts[1], "10.1.0.2"),
         "ping back across the tunnel"

@@ -239,8 +239,42 @@ labelled_enum! {
     FailoverReason {
         /// The path they took went down (probes unanswered).
         PathDown => "path_down";
-        /// A path earlier in the site's order came back up.
-        Recovered => "recovered";
+        /// The path they took broke the policy's thresholds.
+        SlaViolation => "sla_violation";
+        /// A clearly better path (or, for the site's order, an earlier one
+        /// that came back) stayed so for the hold time.
+        BetterPath => "better_path";
+    }
+}
+
+/// Bounds (seconds) of the buckets of [`RecoveryHistogram`].
+pub const RECOVERY_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Time from a failover to the first packet on the new path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecoveryHistogram {
+    /// Observations at or below each bound of [`RECOVERY_BUCKETS`] (not cumulative).
+    pub buckets: [u64; RECOVERY_BUCKETS.len()],
+    /// Observations above the last bound.
+    pub over: u64,
+    /// Sum of the observations (s).
+    pub sum_s: f64,
+}
+
+impl RecoveryHistogram {
+    /// Records one recovery of `ns` nanoseconds.
+    pub fn observe(&mut self, ns: u64) {
+        let s = ns as f64 / 1e9;
+        match RECOVERY_BUCKETS.iter().position(|b| s <= *b) {
+            Some(i) => self.buckets[i] += 1,
+            None => self.over += 1,
+        }
+        self.sum_s += s;
+    }
+
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum::<u64>() + self.over
     }
 }
 
@@ -270,8 +304,10 @@ pub struct PathReport {
 pub struct PathsReport {
     /// Every path of the peers it owns.
     pub paths: Vec<PathReport>,
-    /// Failovers by [`FailoverReason`].
-    pub failovers: [u64; FailoverReason::COUNT],
+    /// Failovers by policy (`default` for the site's order), by [`FailoverReason`].
+    pub failovers: Vec<(String, [u64; FailoverReason::COUNT])>,
+    /// Time from each failover to the first packet on the new path.
+    pub recovery: RecoveryHistogram,
 }
 
 /// The published copy of one worker's tunnel figures: engine-wide drops and

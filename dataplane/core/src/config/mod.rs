@@ -1250,7 +1250,7 @@ impl Config {
         ports: &[PortInfo],
         routes: &RouteTable,
     ) -> Result<Option<Arc<TunnelLocal>>, ConfigError> {
-        let meter = self.paths.compile()?;
+        let choosing = self.paths.compile()?;
         let uplinks = uplinks::compile(&self.uplinks, ports, routes)?;
         match local {
             None if !uplinks.is_empty() => Err(ConfigError::new(
@@ -1260,7 +1260,7 @@ impl Config {
             None => Ok(None),
             Some(mut local) => {
                 local.uplinks = uplinks;
-                local.meter = meter;
+                local.choosing = choosing;
                 Ok(Some(Arc::new(local)))
             }
         }

@@ -20,6 +20,7 @@ use super::policy::{Match, Rule};
 use super::ConfigError;
 use crate::dpi::apps::{AppError, AppSpec};
 use crate::dpi::{Category, Classifier};
+pub use crate::paths::select::{Strategy, Thresholds};
 
 /// `[site]`: who this gateway is.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -201,32 +202,6 @@ pub struct PathSelection {
     /// Limits a path must stay within.
     #[serde(default)]
     pub thresholds: Thresholds,
-}
-
-/// Path-selection strategies.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// The path with the lowest latency.
-    LowestLatency,
-    /// The path with the most bandwidth.
-    HighestBandwidth,
-    /// The cheapest path.
-    LeastCost,
-}
-
-/// Limits a path must stay within to be chosen; zero means no limit.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Thresholds {
-    /// Milliseconds.
-    pub max_latency_ms: f64,
-    /// Percent, 0-100.
-    pub max_packet_loss_pct: f64,
-    /// Milliseconds.
-    pub max_jitter_ms: f64,
-    /// Mbit/s.
-    pub min_bandwidth_mbps: f64,
 }
 
 /// The site's sections as written (in the file or by the control plane).

@@ -11,10 +11,9 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::site::{Peer, RuleAction, SiteState};
+use super::site::{Peer, SiteState};
 use super::ConfigError;
-use crate::paths::sla::MeterSettings;
-use crate::paths::{path_tag, Path, PathTable, Uplink, MAX_PATHS};
+use crate::paths::{path_tag, Choosing, Path, PathTable, Uplink, MAX_PATHS, MAX_PATHS_PER_PEER};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::noise::{PeerKeys, StaticKeys};
 use crate::tunnel::timers::TimerSettings;
@@ -77,8 +76,8 @@ pub struct TunnelLocal {
     pub routes: BTreeMap<String, Vec<IpNet>>,
     /// The site's uplinks (`[[uplink]]`), validated against the ports.
     pub uplinks: Vec<Uplink>,
-    /// How paths are probed (`[paths]`).
-    pub meter: MeterSettings,
+    /// How paths are probed and chosen between (`[paths]`).
+    pub choosing: Choosing,
 }
 
 impl std::fmt::Debug for TunnelLocal {
@@ -169,7 +168,7 @@ impl TunnelSection {
             keys: Arc::new(StaticKeys::new(secret)),
             routes,
             uplinks: Vec::new(),
-            meter: MeterSettings::default(),
+            choosing: Choosing::default(),
         })
     }
 }
@@ -190,16 +189,6 @@ fn resolve(host: &str, port: u16, field: &str) -> Result<SocketAddr, ConfigError
 /// The site's paths: each peer's endpoints over each uplink, in that order.
 fn paths(local: &TunnelLocal, site: &SiteState) -> Result<PathTable, ConfigError> {
     let site_id = site.site.as_ref().map_or("local", |s| s.site_id.as_str());
-    if !local.uplinks.is_empty() {
-        if let Some(r) = site.rules.iter().find(|r| r.action == RuleAction::Route) {
-            return Err(ConfigError::new(
-                format!("policy[{}].rule[{}].path_selection", r.policy, r.index),
-                "choosing a path per flow among several uplinks is not enforced yet: \
-                 with [[uplink]], peers' packets take the first path that is up; \
-                 use allow, or remove the uplinks",
-            ));
-        }
-    }
     let mut paths = Vec::new();
     for (peer, p) in site.peers.iter().enumerate() {
         let field = format!("peer[{}]", p.name);
@@ -230,6 +219,12 @@ fn paths(local: &TunnelLocal, site: &SiteState) -> Result<PathTable, ConfigError
                 }
             }
         }
+        if local.uplinks.len() * ends.len() > MAX_PATHS_PER_PEER {
+            return Err(ConfigError::new(
+                format!("{field}.endpoints"),
+                format!("more than {MAX_PATHS_PER_PEER} paths to one peer (uplinks × endpoints)"),
+            ));
+        }
         for (u, uplink) in local.uplinks.iter().enumerate() {
             for (name, endpoint) in &ends {
                 let id = match name {
@@ -257,7 +252,7 @@ fn paths(local: &TunnelLocal, site: &SiteState) -> Result<PathTable, ConfigError
         local.uplinks.clone(),
         paths,
         site.peers.len(),
-        local.meter,
+        local.choosing,
     ))
 }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{port_index, ConfigError, PortInfo, PortKind};
 use crate::paths::sla::{MeterSettings, MAX_WINDOW};
-use crate::paths::{Uplink, MAX_UPLINKS};
+use crate::paths::{Choosing, Uplink, MAX_UPLINKS};
 use crate::route::RouteTable;
 
 /// `[[uplink]]`: one WAN uplink of the site.
@@ -54,6 +54,12 @@ pub struct PathsSection {
     pub up_after: u32,
     /// Probes the figures are computed over, 10-4096.
     pub window: u32,
+    /// How long a better path must stay better before traffic moves to it
+    /// (ms, 0-600000), so that a flapping path is not followed.
+    pub hold_ms: u32,
+    /// Whether the default order moves traffic back to an earlier path that
+    /// recovered (after `hold_ms`).
+    pub revertive: bool,
 }
 
 impl Default for PathsSection {
@@ -65,16 +71,18 @@ impl Default for PathsSection {
             down_after: d.down_after,
             up_after: d.up_after,
             window: d.window as u32,
+            hold_ms: 2_000,
+            revertive: true,
         }
     }
 }
 
 impl PathsSection {
-    /// The meters' settings.
+    /// The meters' settings and how paths are chosen between.
     ///
     /// # Errors
     /// A value out of range, by field.
-    pub fn compile(&self) -> Result<MeterSettings, ConfigError> {
+    pub fn compile(&self) -> Result<Choosing, ConfigError> {
         super::check_range(
             "paths.probe_interval_ms",
             self.probe_interval_ms,
@@ -90,12 +98,17 @@ impl PathsSection {
         super::check_range("paths.down_after", self.down_after, 1, 100)?;
         super::check_range("paths.up_after", self.up_after, 1, 100)?;
         super::check_range("paths.window", self.window, 10, MAX_WINDOW as u32)?;
-        Ok(MeterSettings {
-            interval_ns: u64::from(self.probe_interval_ms) * 1_000_000,
-            timeout_ns: u64::from(self.probe_timeout_ms) * 1_000_000,
-            down_after: self.down_after,
-            up_after: self.up_after,
-            window: self.window as usize,
+        super::check_range("paths.hold_ms", self.hold_ms, 0, 600_000)?;
+        Ok(Choosing {
+            meter: MeterSettings {
+                interval_ns: u64::from(self.probe_interval_ms) * 1_000_000,
+                timeout_ns: u64::from(self.probe_timeout_ms) * 1_000_000,
+                down_after: self.down_after,
+                up_after: self.up_after,
+                window: self.window as usize,
+            },
+            hold_ns: u64::from(self.hold_ms) * 1_000_000,
+            revertive: self.revertive,
         })
     }
 }
@@ -344,14 +357,6 @@ mod tests {
                     "",
                 ),
                 "peer[hq].sla_probes",
-            ),
-            (
-                uplinks(INET),
-                format!(
-                    "{PEER}\n[[policy]]\nname = \"voice\"\n[[policy.rule]]\naction = \"route\"\n\
-                     priority = 1\npath_selection = {{ strategy = \"lowest-latency\" }}"
-                ),
-                "policy[voice].rule[0].path_selection",
             ),
             (
                 format!("{}\n[paths]\nprobe_interval_ms = 5", uplinks(INET)),

@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 pub mod probe;
+pub mod select;
 pub mod sla;
 
 use sla::MeterSettings;
@@ -74,6 +75,11 @@ pub struct PathTable {
     by_peer: Vec<Range<u16>>,
     /// How probed paths are probed and judged.
     pub meter: MeterSettings,
+    /// How long a better path must stay so before traffic moves to it.
+    pub hold_ns: u64,
+    /// Whether the site's default order moves back to an earlier path that
+    /// recovered (after the hold time).
+    pub revertive: bool,
 }
 
 impl PathTable {
@@ -82,7 +88,7 @@ impl PathTable {
     ///
     /// # Panics
     /// When more than [`MAX_PATHS`] paths are given (validation refuses them).
-    pub fn new(uplinks: Vec<Uplink>, paths: Vec<Path>, peers: usize, meter: MeterSettings) -> Self {
+    pub fn new(uplinks: Vec<Uplink>, paths: Vec<Path>, peers: usize, choosing: Choosing) -> Self {
         assert!(paths.len() <= MAX_PATHS, "validation bounds the paths");
         let mut by_peer = vec![0..0; peers];
         for (i, p) in paths.iter().enumerate() {
@@ -97,7 +103,9 @@ impl PathTable {
             uplinks,
             paths,
             by_peer,
-            meter,
+            meter: choosing.meter,
+            hold_ns: choosing.hold_ns,
+            revertive: choosing.revertive,
         }
     }
 
@@ -139,6 +147,20 @@ impl PathTable {
         })
     }
 }
+
+/// How paths are measured and chosen between (`[paths]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Choosing {
+    /// The meters' settings.
+    pub meter: MeterSettings,
+    /// See [`PathTable::hold_ns`].
+    pub hold_ns: u64,
+    /// See [`PathTable::revertive`].
+    pub revertive: bool,
+}
+
+/// Most paths one peer has (uplinks × its endpoints).
+pub const MAX_PATHS_PER_PEER: usize = 64;
 
 /// A stable 32-bit tag for a path (FNV-1a of its id and endpoint).
 pub fn path_tag(id: &str, endpoint: Option<SocketAddr>) -> u32 {
@@ -191,7 +213,7 @@ mod tests {
                 path(2, 1, None),
             ],
             3,
-            MeterSettings::default(),
+            Choosing::default(),
         );
         assert_eq!(t.of_peer(0), 0..0);
         assert_eq!(t.of_peer(1), 0..3);
@@ -213,7 +235,7 @@ mod tests {
             ],
             vec![],
             0,
-            MeterSettings::default(),
+            Choosing::default(),
         );
         assert_eq!(t.arrival_uplink(0, "192.0.2.3".parse().unwrap()), Some(1));
         assert_eq!(t.arrival_uplink(0, "192.0.2.9".parse().unwrap()), Some(0));

@@ -95,6 +95,9 @@ pub struct Burst<F> {
     pub(super) headers: [Result<PacketMeta, ParseError>; BURST_SIZE],
     /// The far end of a datagram: its source for `Decrypt`, its destination for `Datagram`.
     pub(super) addr: [SocketAddr; BURST_SIZE],
+    /// How `encrypt` steers a packet over its peer's paths: the policy rule
+    /// that routes its flow and the flow's hash; 0 for the default path.
+    pub(super) steer: [u64; BURST_SIZE],
     /// The uplink a datagram came in by (`Decrypt`) or leaves by
     /// (`Datagram`); [`NO_UPLINK`]: unknown, or follow the routes.
     pub(super) uplink: [u8; BURST_SIZE],
@@ -121,6 +124,7 @@ impl<F> Default for Burst<F> {
             headers: [Err(ParseError::TruncatedEthernet); BURST_SIZE],
             addr: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); BURST_SIZE],
             uplink: [NO_UPLINK; BURST_SIZE],
+            steer: [0; BURST_SIZE],
             keys: [FlowKey::default(); BURST_SIZE],
             keyed: [0; BURST_SIZE],
         }
@@ -158,17 +162,21 @@ impl<F> Burst<F> {
     }
 
     /// Adds an IP packet (behind an Ethernet header) to be encrypted for
-    /// `peer`, as another worker handed it over.
-    pub fn push_encrypt(&mut self, peer: u32, frame: F) -> Result<(), F> {
-        self.push(frame, Next::Encrypt { peer }, 0)
+    /// `peer` and steered by `steer`, as another worker handed it over.
+    pub fn push_encrypt(&mut self, peer: u32, steer: u64, frame: F) -> Result<(), F> {
+        let i = self.len;
+        self.push(frame, Next::Encrypt { peer }, 0)?;
+        self.steer[i] = steer;
+        Ok(())
     }
 
-    /// Adds a WireGuard message that arrived from `from` (the UDP payload
-    /// alone), as another worker handed it over.
-    pub fn push_decrypt(&mut self, from: SocketAddr, frame: F) -> Result<(), F> {
+    /// Adds a WireGuard message that arrived from `from` over `uplink` (the
+    /// UDP payload alone), as another worker handed it over.
+    pub fn push_decrypt(&mut self, from: SocketAddr, uplink: u8, frame: F) -> Result<(), F> {
         let i = self.len;
         self.push(frame, Next::Decrypt { payload: 0 }, 0)?;
         self.addr[i] = from;
+        self.uplink[i] = uplink;
         Ok(())
     }
 
@@ -190,6 +198,7 @@ impl<F> Burst<F> {
         let i = self.len;
         self.frames[i] = Some(frame);
         self.uplink[i] = NO_UPLINK;
+        self.steer[i] = 0;
         self.meta[i] = Meta {
             next,
             in_port,

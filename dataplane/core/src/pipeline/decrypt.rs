@@ -75,7 +75,9 @@ pub(super) fn run<F: Frame>(
             Outcome::Extension { peer, frame } => {
                 extension(tunnel, &t.config, counters, ctx, burst, i, peer, frame, env);
             }
-            Outcome::HandOff { worker, work } => hand_off(inboxes, counters, worker, work),
+            Outcome::HandOff { worker, work } => {
+                hand_off(inboxes, counters, worker, work, 0, burst.uplink[i])
+            }
             Outcome::Done => {}
         }
     }
@@ -104,7 +106,7 @@ fn extension<F: Frame>(
             // Handed over by another worker, it lost where it arrived: the
             // echo takes the peer's current path.
             if burst.uplink[i] == NO_UPLINK {
-                if let Some((_, uplink, _)) = tunnel.paths.route(peer) {
+                if let Some((_, uplink, _)) = tunnel.paths.route(peer, 0, ctx.now_ns) {
                     burst.uplink[i] = uplink;
                 }
             }

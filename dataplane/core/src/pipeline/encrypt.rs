@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::paths::{Paths, NO_UPLINK};
 use super::route::{self, Hop};
-use super::{Burst, Context, Inboxes, Next};
+use super::{Burst, Context, Handoff, Inboxes, Next};
 use crate::frame::Frame;
 use crate::stats::{Counter, Counters, DropReason};
 use crate::tunnel::outer::{OuterHeaders, ETHERNET_LEN};
@@ -44,11 +44,11 @@ impl<F: Frame> Tunnel<F> {
     /// Moves originated datagrams (the engine's, then path probes) into
     /// `burst` while it has room, each over its peer's path; true when some
     /// remain queued.
-    pub(super) fn take_originated(&mut self, burst: &mut Burst<F>) -> bool {
+    pub(super) fn take_originated(&mut self, burst: &mut Burst<F>, now: u64) -> bool {
         while !burst.is_full() {
             let (uplink, to, frame) = match self.engine.poll_transmit() {
                 Some((peer, to, frame)) => {
-                    let (uplink, to) = self.over_path(peer, to, frame.len());
+                    let (uplink, to) = self.over_path(peer, 0, to, frame.len(), now);
                     (uplink, to, frame)
                 }
                 None => match self.probes.pop_front() {
@@ -64,11 +64,19 @@ impl<F: Frame> Tunnel<F> {
     }
 
     /// The uplink and endpoint of a datagram of `len` bytes for `peer`,
-    /// which the engine would send to `to`: over the peer's path when it has
-    /// paths (counted there), else by the routes.
+    /// steered by `steer`, which the engine would send to `to`: over the
+    /// path its selection gives when the peer has paths (counted there),
+    /// else by the routes.
     #[inline]
-    fn over_path(&mut self, peer: u32, to: SocketAddr, len: usize) -> (u8, SocketAddr) {
-        match self.paths.route(peer) {
+    fn over_path(
+        &mut self,
+        peer: u32,
+        steer: u64,
+        to: SocketAddr,
+        len: usize,
+        now: u64,
+    ) -> (u8, SocketAddr) {
+        match self.paths.route(peer, steer, now) {
             Some((path, uplink, endpoint)) => {
                 self.paths.count_tx(path, len);
                 (uplink, endpoint.unwrap_or(to))
@@ -78,14 +86,22 @@ impl<F: Frame> Tunnel<F> {
     }
 }
 
-/// Hands `work` to the worker that owns its peer; a full queue drops it, counted.
+/// Hands `work` to the worker that owns its peer, with a packet's steering
+/// or a datagram's arrival uplink; a full queue drops it, counted.
 pub(super) fn hand_off<F>(
     inboxes: &Inboxes<F>,
     counters: &mut Counters,
     worker: usize,
     work: Work<F>,
+    steer: u64,
+    uplink: u8,
 ) {
-    let accepted = inboxes.get(worker).map(|inbox| inbox.push(work));
+    let handoff = Handoff {
+        work,
+        steer,
+        uplink,
+    };
+    let accepted = inboxes.get(worker).map(|inbox| inbox.push(handoff));
     if !matches!(accepted, Some(Ok(()))) {
         counters.drop(DropReason::TunnelHandoffFull);
     }
@@ -110,7 +126,7 @@ pub(super) fn run<F: Frame>(
         if i == burst.len() {
             // Handshake messages and packets a handshake released leave in
             // this pass too, as far as the burst has room.
-            tunnel.take_originated(burst);
+            tunnel.take_originated(burst, ctx.now_ns);
             if i == burst.len() {
                 break;
             }
@@ -157,14 +173,17 @@ impl<F: Frame> Tunnel<F> {
         if !frame.trim_front(ETHERNET_LEN) {
             return counters.drop(DropReason::NoRoute);
         }
+        let steer = burst.steer[i];
         match self.engine.send(cfg, peer, frame, ctx.now_ns, env) {
             Outcome::Transmit { to, frame } => {
-                let (uplink, to) = self.over_path(peer, to, frame.len());
+                let (uplink, to) = self.over_path(peer, steer, to, frame.len(), ctx.now_ns);
                 burst.addr[i] = to;
                 burst.uplink[i] = uplink;
                 burst.put(i, frame, Next::Datagram);
             }
-            Outcome::HandOff { worker, work } => hand_off(inboxes, counters, worker, work),
+            Outcome::HandOff { worker, work } => {
+                hand_off(inboxes, counters, worker, work, steer, NO_UPLINK)
+            }
             // Sending never delivers; `Done`: staged for a handshake, or dropped and counted.
             Outcome::Deliver { .. } | Outcome::Extension { .. } | Outcome::Done => {}
         }

@@ -76,7 +76,20 @@ pub struct Context<'a> {
 
 /// Every worker's queue of tunnel work: a worker that meets a packet of a
 /// peer another worker owns pushes it onto that worker's queue.
-pub type Inboxes<F> = Arc<[ArrayQueue<Work<F>>]>;
+pub type Inboxes<F> = Arc<[ArrayQueue<Handoff<F>>]>;
+
+/// Tunnel work for the worker that owns its peer, with what the pipeline
+/// knew of it that the engine does not carry.
+#[derive(Debug)]
+pub struct Handoff<F> {
+    /// The packet to send or the datagram received.
+    pub work: Work<F>,
+    /// A packet's steering: the policy rule that routes its flow and the
+    /// flow's hash ([`Burst::push_encrypt`]); 0 for none.
+    pub steer: u64,
+    /// The uplink a datagram arrived by; `u8::MAX` when unknown.
+    pub uplink: u8,
+}
 
 /// One worker's packet-path state: its flow table, classification state,
 /// rate limits, tunnel engine and counters. Nothing in it is shared.
@@ -228,10 +241,10 @@ impl<F: Frame> Pipeline<F> {
     /// Moves the engine's originated datagrams (handshake messages,
     /// keepalives, packets a completed handshake released) into `burst`, as
     /// many as fit, entering at the outer headers. True when some remain.
-    pub fn take_originated(&mut self, burst: &mut Burst<F>) -> bool {
+    pub fn take_originated(&mut self, burst: &mut Burst<F>, now_ns: u64) -> bool {
         self.tunnel
             .as_mut()
-            .is_some_and(|tunnel| tunnel.take_originated(burst))
+            .is_some_and(|tunnel| tunnel.take_originated(burst, now_ns))
     }
 
     /// Runs the tunnel peers' due timers (up to `budget` peers) and the

@@ -1,29 +1,41 @@
 //! A worker's share of the site's paths: a meter for each probed path of
-//! the peers it owns, the path each of those peers' packets take now, and
-//! per-path traffic counters.
+//! the peers it owns, the path each of those peers' packets take now, by
+//! selection, and per-path traffic counters.
 //!
-//! The choice is the site's default order (uplinks in configuration order,
-//! then the peer's endpoints): the first path that is up, or that is not
-//! probed; when every probed path is down, the first one (nothing better is
-//! known, and its probes tell when it is back). A path that goes down moves
-//! the peer's packets to the next at the next burst; when an earlier path
-//! comes back (`up_after` echoes in a row), they move back. Each move is a
-//! failover, counted by reason.
+//! A *selection* is how one kind of traffic picks among a peer's paths: the
+//! site's default order (the first path that is up), or a `route` rule's
+//! strategy and thresholds ([`select`]). Each (peer, selection) has a
+//! current choice, re-evaluated whenever the meters ran: it moves at once
+//! when the path it holds goes down or breaks the thresholds (a failover),
+//! and to a clearly better path only after that one stayed better for
+//! `hold` (so a flapping path is not followed back and forth). Flows of a
+//! `route` rule are pinned to the path they started on while it stays
+//! eligible; the rest follow the default choice. Each move is counted by
+//! policy and reason, and the time from the move to the first packet that
+//! takes the new path is recorded.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::site::{RuleAction, Strategy, Thresholds};
 use crate::config::{Snapshot, TunnelSnapshot};
 use crate::frame::Frame;
 use crate::paths::probe::{Kind, ProbeMessage, PROBE_LEN};
+use crate::paths::select::{self, Candidate};
 use crate::paths::sla::PathMeter;
 use crate::paths::PathTable;
-use crate::stats::{FailoverReason, PathReport, PathsReport};
+use crate::stats::{FailoverReason, PathReport, PathsReport, RecoveryHistogram};
 use crate::tunnel::{TunnelEnv, Tunnels};
 
 /// No uplink chosen: the datagram follows the route table.
 pub(super) const NO_UPLINK: u8 = u8::MAX;
 const NO_PATH: u16 = u16::MAX;
+/// Flows pinned to paths, direct-mapped by flow hash (a collision re-pins
+/// a flow to its selection's current choice).
+const PIN_SLOTS: usize = 1 << 14;
+/// The policy id of the site's default order in metrics and events.
+pub(super) const DEFAULT_POLICY: &str = "default";
 
 /// One path's state on the worker that owns its peer.
 #[derive(Debug)]
@@ -33,71 +45,178 @@ struct PathState {
     tx_bytes: u64,
     rx_packets: u64,
     rx_bytes: u64,
+    /// Bytes sent at the last evaluation, for the load estimate.
+    tx_bytes_seen: u64,
+}
+
+impl PathState {
+    fn new(meter: Option<PathMeter>) -> Self {
+        PathState {
+            meter,
+            tx_packets: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_bytes_seen: 0,
+        }
+    }
+}
+
+/// How one kind of traffic picks a path.
+#[derive(Debug, Clone)]
+struct Selection {
+    /// The policy it comes from ([`DEFAULT_POLICY`] for the site's order).
+    policy: Arc<str>,
+    /// `None`: the site's order.
+    strategy: Option<Strategy>,
+    thresholds: Thresholds,
+}
+
+/// A selection's current path for one peer.
+#[derive(Debug, Clone, Copy)]
+struct Choice {
+    /// The path new (and unpinned) flows take; [`NO_PATH`] before the first evaluation.
+    path: u16,
+    /// The peer's paths that are eligible now, by position among them.
+    eligible: u64,
+    /// A clearly better path, and since when it has been.
+    candidate: u16,
+    since_ns: u64,
+    /// When the choice last moved, until a packet takes the new path.
+    moved_ns: Option<u64>,
+}
+
+const UNCHOSEN: Choice = Choice {
+    path: NO_PATH,
+    eligible: 0,
+    candidate: NO_PATH,
+    since_ns: 0,
+    moved_ns: None,
+};
+
+/// A flow pinned to a path.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pin {
+    /// The peer and the steering of the flow (rule and hash).
+    key: (u32, u64),
+    path: u16,
+    /// The path table generation it was pinned under.
+    generation: u16,
 }
 
 /// The worker's paths.
 #[derive(Debug, Default)]
 pub(super) struct Paths {
+    /// This worker's number and how many there are: it owns peer `p` when
+    /// `p % workers == worker`.
+    worker: usize,
+    workers: usize,
     /// The tunnel snapshot whose path table this follows.
     tunnel: Option<Arc<TunnelSnapshot>>,
+    /// Bumped when the path table changes: older pins are void.
+    generation: u16,
     /// By path index; meters only for probed paths of owned peers.
     state: Vec<PathState>,
-    /// By peer: the path its packets take (owned peers with paths only).
-    active: Vec<u16>,
+    /// Selection 0 is the site's order; then one per `route` rule.
+    selections: Vec<Selection>,
+    /// By snapshot rule index: its selection (0 for other rules).
+    rule_selection: Vec<u16>,
+    /// By peer × selection; chosen only for owned peers with paths.
+    choices: Vec<Choice>,
+    pins: Vec<Pin>,
+    /// Nominal bandwidth less measured load, by uplink (Mbit/s).
+    spare_mbps: Vec<Option<f64>>,
+    load_mbps: Vec<f64>,
+    last_evaluation_ns: u64,
     /// Earliest time a meter has work.
     next_due_ns: u64,
-    failovers: [u64; FailoverReason::COUNT],
+    /// Where the candidates of one peer are gathered.
+    scratch: Vec<Candidate>,
+    failovers: BTreeMap<Arc<str>, [u64; FailoverReason::COUNT]>,
+    recovery: RecoveryHistogram,
 }
 
 impl Paths {
-    /// Follows `cfg`'s path table: meters of paths that are still there
-    /// (same id and endpoint) keep their history, new ones start now.
+    /// Follows `cfg`'s path table and rules: meters of paths that are still
+    /// there (same id and endpoint, same probe settings) keep their history,
+    /// new ones start now; choices are made afresh.
     pub(super) fn reconfigure(&mut self, cfg: &Snapshot, worker: usize, workers: usize, now: u64) {
+        self.worker = worker;
+        self.workers = workers.max(1);
         let Some(t) = cfg.tunnel.as_ref() else {
-            *self = Paths::default();
+            self.tunnel = None;
+            self.state.clear();
+            self.choices.clear();
             return;
         };
-        if self
-            .tunnel
-            .as_ref()
-            .is_some_and(|old| Arc::ptr_eq(old, t) || old.paths == t.paths)
-        {
-            self.tunnel = Some(t.clone());
-            return;
+        let same_table = self.tunnel.as_ref().is_some_and(|old| old.paths == t.paths);
+        if !same_table {
+            self.rebuild_state(t, now);
         }
+        self.tunnel = Some(t.clone());
+        self.selections = vec![Selection {
+            policy: DEFAULT_POLICY.into(),
+            strategy: None,
+            thresholds: Thresholds::default(),
+        }];
+        self.rule_selection = vec![0; cfg.site.rules.len()];
+        for (i, rule) in cfg.site.rules.iter().enumerate() {
+            if let (RuleAction::Route, Some(ps)) = (rule.action, &rule.path_selection) {
+                self.rule_selection[i] = self.selections.len() as u16;
+                self.selections.push(Selection {
+                    policy: rule.policy.as_str().into(),
+                    strategy: Some(ps.strategy),
+                    thresholds: ps.thresholds.clone(),
+                });
+            }
+        }
+        let peers = t.config.peers.len();
+        self.choices = vec![UNCHOSEN; peers * self.selections.len()];
+        if self.pins.is_empty() && !t.paths.is_empty() {
+            self.pins = vec![Pin::default(); PIN_SLOTS];
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.spare_mbps = t
+            .paths
+            .uplinks
+            .iter()
+            .map(|u| nominal(u.bandwidth_mbps))
+            .collect();
+        self.load_mbps = vec![0.0; t.paths.uplinks.len()];
+        self.last_evaluation_ns = now;
+        for peer in 0..peers as u32 {
+            self.evaluate(peer, now);
+        }
+        self.next_due_ns = now;
+    }
+
+    fn owns(&self, peer: u32) -> bool {
+        peer as usize % self.workers == self.worker
+    }
+
+    fn rebuild_state(&mut self, t: &TunnelSnapshot, now: u64) {
         let old_table = self.tunnel.as_ref().map(|o| &o.paths);
+        let same_meter = old_table.is_some_and(|o| o.meter == t.paths.meter);
         let mut old_state: Vec<Option<PathState>> = std::mem::take(&mut self.state)
             .into_iter()
             .map(Some)
             .collect();
-        let table = &t.paths;
-        let owned = |peer: u32| peer as usize % workers.max(1) == worker;
-        for p in &table.paths {
+        for p in &t.paths.paths {
+            let probed = p.probed && self.owns(p.peer);
             let kept = old_table
+                .filter(|_| same_meter)
                 .and_then(|old| old.paths.iter().position(|o| o.tag == p.tag))
-                .filter(|_| old_table.is_some_and(|o| o.meter == table.meter))
-                .and_then(|i| old_state.get_mut(i).and_then(Option::take));
-            let state = match kept {
-                Some(s) if s.meter.is_some() == (p.probed && owned(p.peer)) => s,
-                _ => PathState {
-                    meter: (p.probed && owned(p.peer)).then(|| PathMeter::new(table.meter, now)),
-                    tx_packets: 0,
-                    tx_bytes: 0,
-                    rx_packets: 0,
-                    rx_bytes: 0,
-                },
-            };
+                .and_then(|i| old_state.get_mut(i).and_then(Option::take))
+                .filter(|s| s.meter.is_some() == probed);
+            let state = kept.unwrap_or_else(|| {
+                PathState::new(probed.then(|| PathMeter::new(t.paths.meter, now)))
+            });
             self.state.push(state);
         }
-        let peers = t.config.peers.len();
-        self.active = vec![NO_PATH; peers];
-        self.tunnel = Some(t.clone());
-        for peer in 0..peers as u32 {
-            if owned(peer) {
-                self.choose(peer);
-            }
-        }
-        self.next_due_ns = now;
+    }
+
+    fn table(&self) -> Option<&PathTable> {
+        self.tunnel.as_deref().map(|t| &t.paths)
     }
 
     /// The earliest time a meter has work, if any path is probed.
@@ -108,17 +227,59 @@ impl Paths {
             .min()
     }
 
-    fn table(&self) -> Option<&PathTable> {
-        self.tunnel.as_deref().map(|t| &t.paths)
-    }
-
-    /// The path `peer`'s packets take now: its uplink and, for a peer with
-    /// several endpoints, the endpoint (else wherever the peer is).
+    /// The path a packet for `peer` with steering `steer` takes: its index,
+    /// uplink and, for a peer with several endpoints, the endpoint (else
+    /// wherever the peer is). `None` when the peer has no paths.
     #[inline]
-    pub(super) fn route(&self, peer: u32) -> Option<(usize, u8, Option<SocketAddr>)> {
-        let i = *self.active.get(peer as usize)?;
-        let p = self.table()?.paths.get(usize::from(i))?;
-        Some((usize::from(i), p.uplink, p.endpoint))
+    pub(super) fn route(
+        &mut self,
+        peer: u32,
+        steer: u64,
+        now: u64,
+    ) -> Option<(usize, u8, Option<SocketAddr>)> {
+        let selections = self.selections.len();
+        let rule = (steer >> 32) as usize;
+        let selection = match rule.checked_sub(1) {
+            Some(r) => usize::from(*self.rule_selection.get(r).unwrap_or(&0)),
+            None => 0,
+        };
+        let choice = self
+            .choices
+            .get_mut(peer as usize * selections + selection)?;
+        if choice.path == NO_PATH {
+            return None;
+        }
+        let mut path = choice.path;
+        if selection != 0 {
+            // A flow keeps its path while the path stays eligible.
+            let start = self.tunnel.as_ref()?.paths.of_peer(peer).start as u16;
+            let slot = (steer as usize ^ peer as usize) % PIN_SLOTS;
+            let pin = &mut self.pins[slot];
+            let key = (peer, steer);
+            let bit = pin
+                .path
+                .checked_sub(start)
+                .and_then(|i| 1u64.checked_shl(u32::from(i)))
+                .unwrap_or(0);
+            let kept =
+                pin.key == key && pin.generation == self.generation && choice.eligible & bit != 0;
+            if kept {
+                path = pin.path;
+            } else {
+                *pin = Pin {
+                    key,
+                    path,
+                    generation: self.generation,
+                };
+            }
+        }
+        if path == choice.path {
+            if let Some(moved) = choice.moved_ns.take() {
+                self.recovery.observe(now.saturating_sub(moved));
+            }
+        }
+        let p = self.tunnel.as_ref()?.paths.paths.get(usize::from(path))?;
+        Some((usize::from(path), p.uplink, p.endpoint))
     }
 
     /// Counts a datagram sent over path `i`.
@@ -141,7 +302,7 @@ impl Paths {
     }
 
     /// Takes an echo of one of our probes (from `peer`); anything else
-    /// is ignored.
+    /// is ignored. A path that comes back or goes down is acted on at once.
     pub(super) fn handle_echo(&mut self, peer: u32, m: &ProbeMessage, now: u64) {
         debug_assert_eq!(m.kind, Kind::Echo);
         let i = usize::from(m.path);
@@ -154,13 +315,15 @@ impl Paths {
         }
         if let Some(meter) = self.state[i].meter.as_mut() {
             meter.handle_echo(m.seq, m.sent_ns, now);
-            self.settle(i);
+            if std::iter::from_fn(|| meter.poll_event()).count() > 0 {
+                self.evaluate(peer, now);
+            }
         }
     }
 
     /// Runs the meters that are due: timeouts, then probes, sealed by
     /// `engine` for their peer and handed to `out` with their uplink and
-    /// endpoint.
+    /// endpoint; then re-evaluates every choice.
     pub(super) fn handle_timeouts<F: Frame>(
         &mut self,
         engine: &mut Tunnels<F>,
@@ -175,15 +338,7 @@ impl Paths {
             return;
         };
         let mut next = u64::MAX;
-        // Peers are re-chosen after the walk, so that paths that fail in
-        // the same pass make one failover, not one per path.
-        let mut changed: Option<u32> = None;
         for (i, path) in t.paths.paths.iter().enumerate() {
-            // A peer's paths are adjacent: choose once the walk leaves it.
-            if let Some(peer) = changed.filter(|p| *p != path.peer) {
-                self.choose(peer);
-                changed = None;
-            }
             let Some(meter) = self.state[i].meter.as_mut() else {
                 continue;
             };
@@ -205,86 +360,165 @@ impl Paths {
             }
             let meter = self.state[i].meter.as_mut().expect("checked above");
             next = next.min(meter.poll_timeout());
-            if std::iter::from_fn(|| meter.poll_event()).count() > 0 {
-                changed = Some(path.peer);
-            }
+            // Events are read back from the figures at the evaluation.
+            while meter.poll_event().is_some() {}
         }
-        if let Some(peer) = changed {
-            self.choose(peer);
+        self.measure_load(&t.paths, now);
+        // Every owned peer at once, after the walk: paths that fail in the
+        // same pass make one failover, not one per path.
+        for peer in 0..t.config.peers.len() as u32 {
+            self.evaluate(peer, now);
         }
         self.next_due_ns = next;
     }
 
-    /// Applies path `i`'s state changes to its peer's choice (after an echo).
-    fn settle(&mut self, i: usize) {
-        let Some(meter) = self.state[i].meter.as_mut() else {
+    /// Updates each uplink's spare bandwidth from what was sent since the
+    /// last evaluation (an exponentially weighted average over about a second).
+    fn measure_load(&mut self, table: &PathTable, now: u64) {
+        let elapsed = now.saturating_sub(self.last_evaluation_ns);
+        if elapsed < 100_000_000 {
+            return;
+        }
+        self.last_evaluation_ns = now;
+        let mut sent = vec![0u64; table.uplinks.len()];
+        for (p, s) in table.paths.iter().zip(&mut self.state) {
+            sent[usize::from(p.uplink)] += s.tx_bytes - s.tx_bytes_seen;
+            s.tx_bytes_seen = s.tx_bytes;
+        }
+        let weight = (elapsed as f64 / 1e9).min(1.0);
+        for (u, bytes) in sent.iter().enumerate() {
+            let mbps = *bytes as f64 * 8.0 / (elapsed as f64 / 1e9) / 1e6;
+            self.load_mbps[u] += (mbps - self.load_mbps[u]) * weight;
+            self.spare_mbps[u] =
+                nominal(table.uplinks[u].bandwidth_mbps).map(|n| (n - self.load_mbps[u]).max(0.0));
+        }
+    }
+
+    /// Re-makes `peer`'s choices (only peers with paths whose choices this
+    /// worker keeps: owned ones).
+    fn evaluate(&mut self, peer: u32, now: u64) {
+        let Some(t) = self.tunnel.clone() else {
             return;
         };
-        if std::iter::from_fn(|| meter.poll_event()).count() > 0 {
-            let peer = self.table().map(|t| t.paths[i].peer);
-            if let Some(peer) = peer {
-                self.choose(peer);
+        let range = t.paths.of_peer(peer);
+        if range.is_empty() || !self.owns(peer) {
+            return;
+        }
+        self.scratch.clear();
+        for i in range.clone() {
+            let p = &t.paths.paths[i];
+            let figures = self.state[i].meter.as_mut().map(|m| m.figures(now));
+            let uplink = &t.paths.uplinks[usize::from(p.uplink)];
+            self.scratch.push(Candidate {
+                up: figures.is_none_or(|f| f.up),
+                figures,
+                cost_per_gb: uplink.cost_per_gb,
+                spare_mbps: self.spare_mbps[usize::from(p.uplink)],
+            });
+        }
+        let hold = t.paths.hold_ns;
+        let revertive = t.paths.revertive;
+        for s in 0..self.selections.len() {
+            let selection = &self.selections[s];
+            let candidates = &self.scratch;
+            let ok = |c: &Candidate| match selection.strategy {
+                None => c.up,
+                Some(_) => select::eligible(c, &selection.thresholds),
+            };
+            let best = match selection.strategy {
+                None => candidates.iter().position(|c| c.up).unwrap_or(0),
+                Some(strategy) => select::best(strategy, &selection.thresholds, candidates)
+                    .expect("the peer has paths"),
+            };
+            let better = |a: usize, b: usize| match selection.strategy {
+                None => revertive && a < b,
+                Some(strategy) => select::clearly_better(strategy, &candidates[a], &candidates[b]),
+            };
+            let eligible = candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| ok(c))
+                .fold(0u64, |m, (i, _)| m | 1 << i);
+            let choice = &mut self.choices[peer as usize * self.selections.len() + s];
+            choice.eligible = eligible;
+            let start = range.start as u16;
+            let best_path = start + best as u16;
+            if choice.path == NO_PATH {
+                choice.path = best_path;
+                continue;
+            }
+            let current = usize::from(choice.path - start);
+            let moved = if !ok(&candidates[current]) {
+                (best != current).then(|| {
+                    if candidates[current].up {
+                        FailoverReason::SlaViolation
+                    } else {
+                        FailoverReason::PathDown
+                    }
+                })
+            } else if best != current && ok(&candidates[best]) && better(best, current) {
+                if choice.candidate != best_path {
+                    choice.candidate = best_path;
+                    choice.since_ns = now;
+                }
+                (now.saturating_sub(choice.since_ns) >= hold).then_some(FailoverReason::BetterPath)
+            } else {
+                choice.candidate = NO_PATH;
+                None
+            };
+            if let Some(reason) = moved {
+                choice.path = best_path;
+                choice.candidate = NO_PATH;
+                choice.moved_ns = Some(now);
+                let counts = self
+                    .failovers
+                    .entry(selection.policy.clone())
+                    .or_insert([0; FailoverReason::COUNT]);
+                counts[reason.index()] += 1;
             }
         }
     }
 
-    /// Re-chooses `peer`'s path after a change; counts a failover when
-    /// the choice moves.
-    fn choose(&mut self, peer: u32) {
-        let Some(table) = self.table() else {
-            return;
-        };
-        let range = table.of_peer(peer);
-        if range.is_empty() {
-            return;
-        }
-        let usable = |i: &usize| self.state[*i].meter.as_ref().is_none_or(PathMeter::is_up);
-        let chosen = range.clone().find(usable).unwrap_or(range.start) as u16;
-        let before = self.active[peer as usize];
-        if before != NO_PATH && before != chosen {
-            let reason = if chosen < before {
-                FailoverReason::Recovered
-            } else {
-                FailoverReason::PathDown
-            };
-            self.failovers[reason as usize] += 1;
-        }
-        self.active[peer as usize] = chosen;
-    }
-
     /// What the metrics endpoint shows of this worker's paths.
     pub(super) fn report(&mut self, now: u64) -> PathsReport {
-        let active = &self.active;
-        let paths = self
-            .tunnel
-            .as_ref()
-            .map(|t| {
-                t.paths
-                    .paths
-                    .iter()
-                    .zip(self.state.iter_mut())
-                    .enumerate()
-                    .filter(|(_, (p, _))| {
-                        active.get(p.peer as usize).is_some_and(|a| *a != NO_PATH)
-                    })
-                    .map(|(i, (p, s))| PathReport {
-                        index: i as u16,
-                        tag: p.tag,
-                        active: active[p.peer as usize] == i as u16,
-                        figures: s.meter.as_mut().map(|m| m.figures(now)),
-                        tx_packets: s.tx_packets,
-                        tx_bytes: s.tx_bytes,
-                        rx_packets: s.rx_packets,
-                        rx_bytes: s.rx_bytes,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut paths = Vec::new();
+        if let Some(t) = self.tunnel.clone() {
+            let selections = self.selections.len();
+            for (i, p) in t.paths.paths.iter().enumerate() {
+                let Some(choice) = self.choices.get(p.peer as usize * selections) else {
+                    continue;
+                };
+                if choice.path == NO_PATH {
+                    continue; // another worker's peer
+                }
+                let s = &mut self.state[i];
+                paths.push(PathReport {
+                    index: i as u16,
+                    tag: p.tag,
+                    active: usize::from(choice.path) == i,
+                    figures: s.meter.as_mut().map(|m| m.figures(now)),
+                    tx_packets: s.tx_packets,
+                    tx_bytes: s.tx_bytes,
+                    rx_packets: s.rx_packets,
+                    rx_bytes: s.rx_bytes,
+                });
+            }
+        }
         PathsReport {
             paths,
-            failovers: self.failovers,
+            failovers: self
+                .failovers
+                .iter()
+                .map(|(policy, counts)| (policy.to_string(), *counts))
+                .collect(),
+            recovery: self.recovery.clone(),
         }
     }
+}
+
+/// A nominal bandwidth, when known.
+fn nominal(mbps: u32) -> Option<f64> {
+    (mbps > 0).then_some(f64::from(mbps))
 }
 
 /// `message` in a buffer of its own, sealed for `peer`.

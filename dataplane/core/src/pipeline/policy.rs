@@ -3,8 +3,8 @@
 //! flow's classification changes (DPI's verdict), and whenever a new
 //! configuration is in force; the decision is kept per flow in between, so
 //! a packet of a decided flow costs one comparison. `deny` drops (counted
-//! per rule), `allow` and `route` forward (a `route` rule's path selection
-//! has one path to choose from per peer until a site has several uplinks).
+//! per rule), `allow` and `route` forward; a `route` rule's flows carry its
+//! steering to `encrypt`, which picks their path by the rule's selection.
 //!
 //! A flow is matched on its addresses, protocol and destination port as its
 //! first packet carried them (the side that started it is the source),
@@ -38,6 +38,9 @@ struct Decision {
     rule: u32,
     /// Which way the flow's first packet travelled.
     initiator: Direction,
+    /// How `encrypt` steers the flow's packets when a `route` rule decided
+    /// ([`steering`]); 0 otherwise.
+    steer: u64,
 }
 
 const UNDECIDED: Decision = Decision {
@@ -45,7 +48,15 @@ const UNDECIDED: Decision = Decision {
     app: 0,
     rule: 0,
     initiator: Direction::LoToHi,
+    steer: 0,
 };
+
+/// A route rule's steering of a flow: the rule (1 + its index in the
+/// snapshot's rules) in the high half, the flow's hash in the low half, so
+/// that the worker owning the peer can pin the flow to a path.
+pub(super) fn steering(rule: u32, flow_hash: u64) -> u64 {
+    u64::from(rule) << 32 | (flow_hash & 0xffff_ffff)
+}
 
 /// Per-worker policy state: one decision per flow-table entry.
 #[derive(Debug)]
@@ -107,7 +118,18 @@ pub(super) fn run<F: Frame>(
             decision.rule = first_match(rules, &facts).map_or(0, |r| r as u32 + 1);
             decision.generation = generation;
             decision.app = entry.app;
+            let matched = decision
+                .rule
+                .checked_sub(1)
+                .and_then(|r| rules.get(r as usize));
+            decision.steer = match matched {
+                Some(r) if r.action == RuleAction::Route => {
+                    steering(decision.rule, flows.hash(&entry.key))
+                }
+                _ => 0,
+            };
         }
+        burst.steer[i] = decision.steer;
         let Some(rule) = decision
             .rule
             .checked_sub(1)

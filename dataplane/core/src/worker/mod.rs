@@ -321,7 +321,7 @@ where
             received += self.take_inbox(&ctx);
             let mut env = Env(&mut self.host);
             self.pipeline.handle_timeouts(&ctx, TIMER_BUDGET, &mut env);
-            while self.pipeline.take_originated(&mut self.burst) {
+            while self.pipeline.take_originated(&mut self.burst, now_ns) {
                 self.run_burst(&ctx);
             }
             self.run_burst(&ctx);
@@ -417,21 +417,25 @@ where
     fn take_inbox(&mut self, ctx: &Context<'_>) -> usize {
         let mut taken = 0;
         while taken < BURST_SIZE {
-            let Some(work) = self.inboxes[self.index].pop() else {
+            let Some(handoff) = self.inboxes[self.index].pop() else {
                 break;
             };
             taken += 1;
-            let refused = match work {
+            let refused = match handoff.work {
                 // The inner packet left its Ethernet header behind; the
                 // burst's encrypt entry expects room for one.
                 Work::Send { peer, mut frame } => {
                     if frame.prepend(ETHERNET_LEN) {
-                        self.burst.push_encrypt(peer, frame).is_err()
+                        let steer = handoff.steer;
+                        self.burst.push_encrypt(peer, steer, frame).is_err()
                     } else {
                         true
                     }
                 }
-                Work::Receive { from, frame } => self.burst.push_decrypt(from, frame).is_err(),
+                Work::Receive { from, frame } => {
+                    let uplink = handoff.uplink;
+                    self.burst.push_decrypt(from, uplink, frame).is_err()
+                }
             };
             if refused {
                 self.pipeline.counters.drop(DropReason::NoBuffer);

@@ -601,6 +601,7 @@ fn multipath_text(n: u8, m: u8) -> String {
         probe_interval_ms = 20
         down_after = 5
         up_after = 3
+        hold_ms = 100
         [[neighbor]]
         ip = "10.{n}.0.5"
         mac = "{host}"
@@ -630,15 +631,25 @@ fn multipath_text(n: u8, m: u8) -> String {
     )
 }
 
+/// What the WAN does with a frame.
+enum Wire {
+    /// Delivers it at the next step.
+    Pass,
+    /// Delivers it after this many more milliseconds.
+    Delay(u64),
+    /// Eats it.
+    Lost,
+}
+
 /// Runs the sites for `duration`, a millisecond a step, moving WAN frames
-/// between them (each takes one step) unless `lost` says the wire ate it.
-fn run_for(
+/// between them as `wire` says (a frame takes at least one step).
+fn run_wan(
     sites: &mut [&mut Site],
     clock: &ManualClock,
     duration: u64,
-    mut lost: impl FnMut(&Udp) -> bool,
-) -> u64 {
-    let mut eaten = 0;
+    mut wire: impl FnMut(&Udp) -> Wire,
+) {
+    let mut in_flight: Vec<(u64, usize, VecFrame)> = Vec::new();
     for _ in 0..duration / MS {
         for site in sites.iter_mut() {
             site.round();
@@ -650,19 +661,39 @@ fn run_for(
                 .flat_map(|l| l[WAN].from_gateway.drain())
                 .collect();
             for frame in frames {
-                if lost(&udp_of(&frame)) {
-                    eaten += 1;
-                    continue;
-                }
+                let due = match wire(&udp_of(&frame)) {
+                    Wire::Pass => clock.now(),
+                    Wire::Delay(ms) => clock.now() + ms * MS,
+                    Wire::Lost => continue,
+                };
                 let dst: [u8; 6] = frame.data()[..6].try_into().unwrap();
                 if let Some(to) = sites.iter().position(|s| wan_mac(s.n) == dst) {
-                    sites[to].links[0][WAN].to_gateway.push(frame);
+                    in_flight.push((due, to, frame));
                 }
             }
         }
+        let now = clock.now();
+        for (_, to, frame) in in_flight.extract_if(.., |(due, _, _)| *due <= now) {
+            sites[to].links[0][WAN].to_gateway.push(frame);
+        }
         clock.advance(MS);
     }
-    eaten
+}
+
+/// [`run_wan`] with a wire that passes or loses frames.
+fn run_for(
+    sites: &mut [&mut Site],
+    clock: &ManualClock,
+    duration: u64,
+    mut lost: impl FnMut(&Udp) -> bool,
+) {
+    run_wan(sites, clock, duration, |u| {
+        if lost(u) {
+            Wire::Lost
+        } else {
+            Wire::Pass
+        }
+    });
 }
 
 impl Site {
@@ -685,8 +716,11 @@ impl Site {
         active[0].0.clone()
     }
 
-    fn failovers(&self) -> [u64; 2] {
-        self.tunnel_stats[0].paths().failovers
+    /// Failovers of `policy` by reason: path down, SLA broken, better path.
+    fn failovers(&self, policy: &str) -> [u64; 3] {
+        let report = self.tunnel_stats[0].paths();
+        let found = report.failovers.iter().find(|(p, _)| p == policy);
+        found.map_or([0; 3], |(_, counts)| *counts)
     }
 }
 
@@ -744,7 +778,7 @@ fn every_path_is_probed_and_a_dead_one_fails_over_and_back() {
     // down_after intervals and traffic moves to inet->inet.
     run_for(&mut [&mut a, &mut b], &clock, 200 * MS, mpls);
     assert_eq!(a.active_path(), "local:inet->site-2:inet");
-    assert_eq!(a.failovers(), [1, 0]);
+    assert_eq!(a.failovers("default"), [1, 0, 0]);
     for (id, r) in a.paths() {
         assert_eq!(
             r.figures.unwrap().up,
@@ -763,10 +797,141 @@ fn every_path_is_probed_and_a_dead_one_fails_over_and_back() {
     assert_eq!(outer, [([198, 51, 100, 1], [198, 51, 100, 2])]);
     assert_eq!(b.to_hosts().len(), 1);
 
-    // It comes back: after up_after echoes the first path is chosen again.
-    run_for(&mut [&mut a, &mut b], &clock, 200 * MS, |_| false);
+    // It comes back: up after up_after echoes, chosen again once it stayed
+    // up for the hold time.
+    run_for(&mut [&mut a, &mut b], &clock, 100 * MS, |_| false);
+    assert_eq!(a.active_path(), "local:inet->site-2:inet", "held");
+    run_for(&mut [&mut a, &mut b], &clock, 100 * MS, |_| false);
     assert_eq!(a.active_path(), "local:mpls->site-2:mpls");
-    assert_eq!(a.failovers(), [1, 1]);
+    assert_eq!(a.failovers("default"), [1, 0, 1]);
     let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
     assert_eq!(dropped, 0, "nothing dropped at the gateway");
+}
+
+/// A UDP datagram from site `from`'s host, between the given ports.
+fn udp_between(from: u8, dst: [u8; 4], ports: (u16, u16), payload: &[u8]) -> VecFrame {
+    let b = PacketBuilder::ethernet2(host_mac(from), lan_mac(from))
+        .ipv4([10, from, 0, 5], dst, 64)
+        .udp(ports.0, ports.1);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    VecFrame::new(&out)
+}
+
+#[test]
+fn route_rules_pick_paths_by_strategy_and_keep_flows_on_them() {
+    let rules = r#"
+        [[policy]]
+        name = "voice"
+        [[policy.rule]]
+        action = "route"
+        priority = 20
+        conditions = [{ type = "destination-port", value = "5060" }]
+        path_selection = { strategy = "lowest-latency" }
+        [[policy]]
+        name = "bulk"
+        [[policy.rule]]
+        action = "route"
+        priority = 10
+        conditions = [{ type = "destination-port", value = "6000" }]
+        path_selection = { strategy = "least-cost" }
+    "#;
+    let costs = |text: String| {
+        text.replacen(
+            "color = \"mpls\"",
+            "color = \"mpls\"\n        cost_per_gb = 1.0",
+            1,
+        )
+        .replacen(
+            "color = \"internet\"",
+            "color = \"internet\"\n        cost_per_gb = 0.1",
+            1,
+        )
+    };
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &(costs(multipath_text(1, 2)) + rules), &clock);
+    let mut b = site_from(2, 1, &multipath_text(2, 1), &clock);
+    let inet = |u: &Udp| u.src[..3] == [198, 51, 100] || u.dst[..3] == [198, 51, 100];
+    // The internet is 10 ms slower each way than MPLS.
+    let slow_inet = |u: &Udp| if inet(u) { Wire::Delay(10) } else { Wire::Pass };
+    run_wan(&mut [&mut a, &mut b], &clock, 1_000 * MS, slow_inet);
+
+    // Where each kind of traffic goes, read from the outer headers.
+    let send = |a: &mut Site, b: &mut Site, ports: (u16, u16), wire: &dyn Fn(&Udp) -> Wire| {
+        a.host_sends(0, udp_between(1, [10, 2, 0, 5], ports, &[7; 300]));
+        let mut outer = Vec::new();
+        run_wan(&mut [a, b], &clock, 30 * MS, |u| {
+            if u.payload.len() > 300 && u.src[3] == 1 {
+                outer.push((u.src, u.dst));
+            }
+            wire(u)
+        });
+        assert_eq!(b.to_hosts().len(), 1, "delivered");
+        outer
+    };
+    let mpls_mpls = ([192, 0, 2, 1], [192, 0, 2, 2]);
+    let inet_mpls = ([198, 51, 100, 1], [192, 0, 2, 2]);
+    let inet_inet = ([198, 51, 100, 1], [198, 51, 100, 2]);
+    assert_eq!(
+        send(&mut a, &mut b, (4000, 5060), &slow_inet),
+        [mpls_mpls],
+        "voice: fastest"
+    );
+    assert_eq!(
+        send(&mut a, &mut b, (4000, 6000), &slow_inet),
+        [inet_mpls],
+        "bulk: cheapest uplink"
+    );
+    assert_eq!(
+        send(&mut a, &mut b, (4000, 7000), &slow_inet),
+        [mpls_mpls],
+        "the rest: site order"
+    );
+
+    // Now MPLS is the slow one. After the hold time new voice flows take
+    // the internet; the voice flow already running stays where it is, as
+    // its path is still eligible.
+    let mpls = |u: &Udp| u.src[..3] == [192, 0, 2] || u.dst[..3] == [192, 0, 2];
+    let slow_mpls = |u: &Udp| if mpls(u) { Wire::Delay(10) } else { Wire::Pass };
+    run_wan(&mut [&mut a, &mut b], &clock, 3_000 * MS, slow_mpls);
+    assert_eq!(
+        send(&mut a, &mut b, (4000, 5060), &slow_mpls),
+        [mpls_mpls],
+        "sticky"
+    );
+    assert_eq!(
+        send(&mut a, &mut b, (4001, 5060), &slow_mpls),
+        [inet_inet],
+        "a new flow moves"
+    );
+    assert_eq!(a.failovers("voice"), [0, 0, 1]);
+    assert_eq!(a.failovers("bulk"), [0, 0, 0]);
+    let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
+    assert_eq!(dropped, 0, "nothing dropped at the gateway");
+}
+
+#[test]
+fn a_flapping_path_is_left_once_not_followed_back_and_forth() {
+    // MPLS flaps 2 s down / 2 s up for 20 s; with a 3 s hold, traffic
+    // leaves it at the first flap and returns only once it stays up.
+    let text = |n, m| multipath_text(n, m).replace("hold_ms = 100", "hold_ms = 3000");
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &text(1, 2), &clock);
+    let mut b = site_from(2, 1, &text(2, 1), &clock);
+    let mpls = |u: &Udp| u.src[..3] == [192, 0, 2] || u.dst[..3] == [192, 0, 2];
+    run_for(&mut [&mut a, &mut b], &clock, 1_000 * MS, |_| false);
+    assert_eq!(a.active_path(), "local:mpls->site-2:mpls");
+    for _ in 0..5 {
+        run_for(&mut [&mut a, &mut b], &clock, 2_000 * MS, mpls);
+        run_for(&mut [&mut a, &mut b], &clock, 2_000 * MS, |_| false);
+    }
+    assert_eq!(a.failovers("default"), [1, 0, 0], "one move for five flaps");
+    assert_eq!(a.active_path(), "local:inet->site-2:inet");
+    run_for(&mut [&mut a, &mut b], &clock, 3_500 * MS, |_| false);
+    assert_eq!(
+        a.active_path(),
+        "local:mpls->site-2:mpls",
+        "back once stable"
+    );
+    assert_eq!(a.failovers("default"), [1, 0, 1]);
 }
