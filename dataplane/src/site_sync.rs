@@ -197,6 +197,8 @@ fn rule_from_proto(r: &pb::PolicyRule, field: &str) -> Result<RuleSection, Confi
         priority: r.priority,
         conditions,
         path_selection,
+        // The API has no duplication yet.
+        duplicate: false,
     })
 }
 

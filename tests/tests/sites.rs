@@ -244,6 +244,7 @@ fn check_and_stop(mut gw: Dataplane, peer: &str) -> Metrics {
     for reason in [
         "decrypt_failed",
         "replay",
+        "duplicate",
         "allowed_ips",
         "invalid_inner",
         "no_session",

@@ -298,6 +298,7 @@ fn wireguard_go_and_patronus_carry_ping_and_tcp_with_handshakes_from_either_side
         "allowed_ips",
         "invalid_inner",
         "replay",
+        "duplicate",
     ] {
         assert_eq!(
             m.sum("patronus_tunnel_drops_total", &[("reason", reason)]),
@@ -464,7 +465,7 @@ fn hostile_input_is_counted_and_dropped_and_a_flood_engages_cookies() {
         let m = r.dp.scrape();
         drops(&m, "malformed") >= kinds
             && drops(&m, "bad_mac") >= 50.0
-            && drops(&m, "replay") >= 10.0
+            && drops(&m, "duplicate") >= 10.0
     }));
     let m = r.dp.scrape();
     assert!(

@@ -46,6 +46,8 @@ pub struct Rule {
     pub conditions: Vec<Match>,
     /// For `route` rules.
     pub path_selection: Option<PathSelection>,
+    /// For `route` rules: each packet over the two best paths.
+    pub duplicate: bool,
 }
 
 /// What a flow is matched on: its addresses and ports as its first packet

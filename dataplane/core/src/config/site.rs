@@ -148,6 +148,10 @@ pub struct RuleSection {
     /// Required for `route`, not allowed otherwise.
     #[serde(default)]
     pub path_selection: Option<PathSelection>,
+    /// `route` only: send each packet over the two best paths, so that a
+    /// loss on one does not lose it (the receiver keeps the first copy).
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 /// What a rule does with a matching flow.
@@ -581,6 +585,12 @@ fn compile_policy(
             (_, Some(ps)) => check_thresholds(&ps.thresholds, &field)?,
             _ => {}
         }
+        if r.duplicate && r.action != RuleAction::Route {
+            return Err(ConfigError::new(
+                format!("{field}.duplicate"),
+                "only route rules send over two paths",
+            ));
+        }
         let mut conditions = Vec::with_capacity(r.conditions.len());
         for (j, c) in r.conditions.iter().enumerate() {
             conditions.push(compile_condition(c, classifier).map_err(|message| {
@@ -595,6 +605,7 @@ fn compile_policy(
             action: r.action,
             conditions,
             path_selection: r.path_selection.clone(),
+            duplicate: r.duplicate,
         });
     }
     Ok(rules)

@@ -359,6 +359,14 @@ mod tests {
                 "peer[hq].sla_probes",
             ),
             (
+                uplinks(INET),
+                format!(
+                    "{PEER}\n[[policy]]\nname = \"voice\"\n[[policy.rule]]\naction = \"allow\"\n\
+                     priority = 1\nduplicate = true"
+                ),
+                "policy[voice].rule[0].duplicate",
+            ),
+            (
                 format!("{}\n[paths]\nprobe_interval_ms = 5", uplinks(INET)),
                 PEER.to_owned(),
                 "paths.probe_interval_ms",

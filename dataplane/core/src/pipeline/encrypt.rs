@@ -23,8 +23,9 @@ const ENDPOINT_SLOTS: usize = 256;
 pub(super) struct Tunnel<F> {
     pub engine: Tunnels<F>,
     pub paths: Paths,
-    /// Sealed path probes waiting for a burst: uplink, endpoint, message.
-    pub probes: VecDeque<(u8, SocketAddr, F)>,
+    /// Datagrams of ours waiting for a burst (path probes, second copies
+    /// of duplicated packets): uplink, endpoint, message.
+    pub queued: VecDeque<(u8, SocketAddr, F)>,
     endpoints: EndpointCache,
     /// IPv4 identification of the next datagram.
     ip_id: u16,
@@ -35,23 +36,23 @@ impl<F: Frame> Tunnel<F> {
         Tunnel {
             engine,
             paths: Paths::default(),
-            probes: VecDeque::new(),
+            queued: VecDeque::new(),
             endpoints: EndpointCache::default(),
             ip_id,
         }
     }
 
-    /// Moves originated datagrams (the engine's, then path probes) into
+    /// Moves originated datagrams (the engine's, then our own) into
     /// `burst` while it has room, each over its peer's path; true when some
     /// remain queued.
     pub(super) fn take_originated(&mut self, burst: &mut Burst<F>, now: u64) -> bool {
         while !burst.is_full() {
             let (uplink, to, frame) = match self.engine.poll_transmit() {
                 Some((peer, to, frame)) => {
-                    let (uplink, to) = self.over_path(peer, 0, to, frame.len(), now);
+                    let (_, uplink, to) = self.over_path(peer, 0, to, frame.len(), now);
                     (uplink, to, frame)
                 }
-                None => match self.probes.pop_front() {
+                None => match self.queued.pop_front() {
                     Some(probe) => probe,
                     None => return false,
                 },
@@ -63,7 +64,7 @@ impl<F: Frame> Tunnel<F> {
         true
     }
 
-    /// The uplink and endpoint of a datagram of `len` bytes for `peer`,
+    /// The path, uplink and endpoint of a datagram of `len` bytes for `peer`,
     /// steered by `steer`, which the engine would send to `to`: over the
     /// path its selection gives when the peer has paths (counted there),
     /// else by the routes.
@@ -75,13 +76,13 @@ impl<F: Frame> Tunnel<F> {
         to: SocketAddr,
         len: usize,
         now: u64,
-    ) -> (u8, SocketAddr) {
+    ) -> (Option<usize>, u8, SocketAddr) {
         match self.paths.route(peer, steer, now) {
             Some((path, uplink, endpoint)) => {
                 self.paths.count_tx(path, len);
-                (uplink, endpoint.unwrap_or(to))
+                (Some(path), uplink, endpoint.unwrap_or(to))
             }
-            None => (NO_UPLINK, to),
+            None => (None, NO_UPLINK, to),
         }
     }
 }
@@ -176,8 +177,16 @@ impl<F: Frame> Tunnel<F> {
         let steer = burst.steer[i];
         match self.engine.send(cfg, peer, frame, ctx.now_ns, env) {
             Outcome::Transmit { to, frame } => {
-                let (uplink, to) = self.over_path(peer, steer, to, frame.len(), ctx.now_ns);
-                burst.addr[i] = to;
+                let (path, uplink, first) =
+                    self.over_path(peer, steer, to, frame.len(), ctx.now_ns);
+                if let Some((second, uplink2, endpoint)) = self.paths.second_route(peer, steer) {
+                    // A pinned flow may be on the path that is second for new ones.
+                    if Some(second) != path {
+                        let copy_to = (second, uplink2, endpoint.unwrap_or(to));
+                        self.duplicate(&frame, copy_to, counters, env);
+                    }
+                }
+                burst.addr[i] = first;
                 burst.uplink[i] = uplink;
                 burst.put(i, frame, Next::Datagram);
             }
@@ -187,6 +196,25 @@ impl<F: Frame> Tunnel<F> {
             // Sending never delivers; `Done`: staged for a handshake, or dropped and counted.
             Outcome::Deliver { .. } | Outcome::Extension { .. } | Outcome::Done => {}
         }
+    }
+
+    /// Queues a copy of the sealed `frame` for `path` (its uplink and endpoint).
+    fn duplicate(
+        &mut self,
+        frame: &F,
+        (path, uplink, to): (usize, u8, SocketAddr),
+        counters: &mut Counters,
+        env: &mut impl TunnelEnv<F>,
+    ) {
+        let Some(mut copy) = env.alloc() else {
+            return counters.drop(DropReason::NoBuffer);
+        };
+        if !copy.set_len(frame.len()) {
+            return counters.drop(DropReason::NoBuffer);
+        }
+        copy.data_mut().copy_from_slice(frame.data());
+        self.paths.count_tx(path, copy.len());
+        self.queued.push_back((uplink, to, copy));
     }
 
     /// Puts the outer headers on datagram `i` (to `burst.addr[i]`) and

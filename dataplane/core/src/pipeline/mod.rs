@@ -260,12 +260,12 @@ impl<F: Frame> Pipeline<F> {
             tunnel
                 .engine
                 .handle_timeouts(&t.config, ctx.now_ns, budget, env);
-            let probes = &mut tunnel.probes;
+            let queued = &mut tunnel.queued;
             tunnel.paths.handle_timeouts(
                 &mut tunnel.engine,
                 env,
                 ctx.now_ns,
-                |uplink, to, frame| probes.push_back((uplink, to, frame)),
+                |uplink, to, frame| queued.push_back((uplink, to, frame)),
             );
         }
     }

@@ -70,6 +70,8 @@ struct Selection {
     /// `None`: the site's order.
     strategy: Option<Strategy>,
     thresholds: Thresholds,
+    /// Send each packet over the second-best path too.
+    duplicate: bool,
 }
 
 /// A selection's current path for one peer.
@@ -77,6 +79,9 @@ struct Selection {
 struct Choice {
     /// The path new (and unpinned) flows take; [`NO_PATH`] before the first evaluation.
     path: u16,
+    /// For a duplicating selection: the best other path that is up
+    /// ([`NO_PATH`] when there is none).
+    second: u16,
     /// The peer's paths that are eligible now, by position among them.
     eligible: u64,
     /// A clearly better path, and since when it has been.
@@ -88,6 +93,7 @@ struct Choice {
 
 const UNCHOSEN: Choice = Choice {
     path: NO_PATH,
+    second: NO_PATH,
     eligible: 0,
     candidate: NO_PATH,
     since_ns: 0,
@@ -158,6 +164,7 @@ impl Paths {
             policy: DEFAULT_POLICY.into(),
             strategy: None,
             thresholds: Thresholds::default(),
+            duplicate: false,
         }];
         self.rule_selection = vec![0; cfg.site.rules.len()];
         for (i, rule) in cfg.site.rules.iter().enumerate() {
@@ -167,6 +174,7 @@ impl Paths {
                     policy: rule.policy.as_str().into(),
                     strategy: Some(ps.strategy),
                     thresholds: ps.thresholds.clone(),
+                    duplicate: rule.duplicate,
                 });
             }
         }
@@ -280,6 +288,35 @@ impl Paths {
         }
         let p = self.tunnel.as_ref()?.paths.paths.get(usize::from(path))?;
         Some((usize::from(path), p.uplink, p.endpoint))
+    }
+
+    /// The selection a packet's steering names (0: the site's order).
+    #[inline]
+    fn selection_of(&self, steer: u64) -> usize {
+        let rule = (steer >> 32) as usize;
+        match rule.checked_sub(1) {
+            Some(r) => usize::from(*self.rule_selection.get(r).unwrap_or(&0)),
+            None => 0,
+        }
+    }
+
+    /// The second path of a packet whose selection duplicates, when there
+    /// is one: its index, uplink and endpoint, as [`Paths::route`] gives.
+    #[inline]
+    pub(super) fn second_route(
+        &self,
+        peer: u32,
+        steer: u64,
+    ) -> Option<(usize, u8, Option<SocketAddr>)> {
+        let selection = self.selection_of(steer);
+        if selection == 0 || !self.selections[selection].duplicate {
+            return None;
+        }
+        let choice = self
+            .choices
+            .get(peer as usize * self.selections.len() + selection)?;
+        let p = self.table()?.paths.get(usize::from(choice.second))?;
+        Some((usize::from(choice.second), p.uplink, p.endpoint))
     }
 
     /// Counts a datagram sent over path `i`.
@@ -443,12 +480,14 @@ impl Paths {
             choice.eligible = eligible;
             let start = range.start as u16;
             let best_path = start + best as u16;
-            if choice.path == NO_PATH {
+            let first = choice.path == NO_PATH;
+            if first {
                 choice.path = best_path;
-                continue;
             }
             let current = usize::from(choice.path - start);
-            let moved = if !ok(&candidates[current]) {
+            let moved = if first {
+                None
+            } else if !ok(&candidates[current]) {
                 (best != current).then(|| {
                     if candidates[current].up {
                         FailoverReason::SlaViolation
@@ -475,6 +514,29 @@ impl Paths {
                     .entry(selection.policy.clone())
                     .or_insert([0; FailoverReason::COUNT]);
                 counts[reason.index()] += 1;
+            }
+            if selection.duplicate {
+                // The best other path that is up, by the strategy, one that
+                // shares neither the uplink nor the endpoint if there is one:
+                // a copy on the same network is lost with the original.
+                let path = |i: usize| &t.paths.paths[range.start + i];
+                let current = usize::from(choice.path - start);
+                let disjoint = |i: usize| {
+                    path(i).uplink != path(current).uplink
+                        && (path(i).endpoint.is_none()
+                            || path(i).endpoint != path(current).endpoint)
+                };
+                let strategy = selection.strategy.unwrap_or(Strategy::LowestLatency);
+                choice.second = candidates
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, c)| *i != current && c.up)
+                    .min_by(|(i, a), (j, b)| {
+                        disjoint(*j)
+                            .cmp(&disjoint(*i))
+                            .then_with(|| select::rank(strategy, a, b))
+                    })
+                    .map_or(NO_PATH, |(i, _)| start + i as u16);
             }
         }
     }

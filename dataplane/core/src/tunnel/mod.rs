@@ -76,8 +76,13 @@ labelled_enum! {
         Malformed => "malformed";
         /// A handshake message whose MAC1 is wrong, or a cookie reply that does not open.
         BadMac => "bad_mac";
-        /// A data counter or initiation timestamp seen before.
+        /// A data counter behind the replay window, or an initiation
+        /// timestamp seen before.
         Replay => "replay";
+        /// A data message whose counter the window already holds: the
+        /// second copy of a packet duplicated over two paths, or a replay of
+        /// a recent one.
+        Duplicate => "duplicate";
         /// An initiation from a static key that is not a configured peer.
         UnknownPeer => "unknown_peer";
         /// A decrypted packet whose source is outside the peer's allowed IPs.
@@ -988,6 +993,9 @@ impl<F: Frame> Tunnels<F> {
             Ok(()) => {}
             Err(OpenError::Replay) => {
                 return self.dropped(TunnelDrop::Replay);
+            }
+            Err(OpenError::Duplicate) => {
+                return self.dropped(TunnelDrop::Duplicate);
             }
             Err(OpenError::Auth) => {
                 return self.dropped(TunnelDrop::DecryptFailed);

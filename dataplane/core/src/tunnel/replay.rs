@@ -54,6 +54,18 @@ impl ReplayWindow {
         self.ring[block] & (1 << bit) == 0
     }
 
+    /// Whether `counter` is inside the window and was already received: a
+    /// second copy (the same packet sent over two paths, or a replay of a
+    /// recent one), as opposed to one too old to tell.
+    #[inline]
+    pub fn seen(&self, counter: u64) -> bool {
+        if counter > self.highest || self.highest - counter > WINDOW {
+            return false;
+        }
+        let (block, bit) = Self::position(counter);
+        self.ring[block] & (1 << bit) != 0
+    }
+
     /// Records `counter` of an authenticated packet; false when it was
     /// already seen or is too old (the packet must then be dropped).
     #[inline]

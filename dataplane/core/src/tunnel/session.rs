@@ -26,8 +26,10 @@ pub enum SealError {
 /// Why a received data message was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenError {
-    /// Its counter was seen before or is behind the window.
+    /// Its counter is behind the window.
     Replay,
+    /// Its counter is in the window and was already received.
+    Duplicate,
     /// It failed authentication.
     Auth,
 }
@@ -131,7 +133,7 @@ impl Session {
     /// leaving only the plaintext (possibly empty: a keepalive).
     pub fn open<F: Frame>(&mut self, frame: &mut F, counter: u64) -> Result<(), OpenError> {
         if !self.replay.may_accept(counter) {
-            return Err(OpenError::Replay);
+            return Err(self.refusal(counter));
         }
         let data = frame.data_mut();
         let plain_len = self
@@ -145,11 +147,20 @@ impl Session {
             .len();
         // Authenticated: only now may the counter move the window.
         if !self.replay.accept(counter) {
-            return Err(OpenError::Replay);
+            return Err(self.refusal(counter));
         }
         frame.trim_front(DATA_HEADER_LEN);
         frame.set_len(plain_len);
         Ok(())
+    }
+
+    /// Why a message with `counter` cannot be accepted.
+    fn refusal(&self, counter: u64) -> OpenError {
+        if self.replay.seen(counter) {
+            OpenError::Duplicate
+        } else {
+            OpenError::Replay
+        }
     }
 }
 
@@ -190,7 +201,7 @@ mod tests {
         assert_eq!(&frame.data()[..37], &packet[..]);
         assert!(frame.data()[37..].iter().all(|&b| b == 0));
         let mut again = sealed;
-        assert_eq!(rx.open(&mut again, 0), Err(OpenError::Replay));
+        assert_eq!(rx.open(&mut again, 0), Err(OpenError::Duplicate));
     }
 
     #[test]

@@ -935,3 +935,60 @@ fn a_flapping_path_is_left_once_not_followed_back_and_forth() {
     );
     assert_eq!(a.failovers("default"), [1, 0, 1]);
 }
+
+#[test]
+fn duplicated_packets_survive_independent_loss_on_two_paths() {
+    let rules = r#"
+        [[policy]]
+        name = "voice"
+        [[policy.rule]]
+        action = "route"
+        priority = 20
+        conditions = [{ type = "destination-port", value = "5060" }]
+        path_selection = { strategy = "lowest-latency" }
+        duplicate = true
+    "#;
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &(multipath_text(1, 2) + rules), &clock);
+    let mut b = site_from(2, 1, &multipath_text(2, 1), &clock);
+    run_for(&mut [&mut a, &mut b], &clock, 1_000 * MS, |_| false);
+
+    // Every frame on the WAN is lost with a probability of 5%, each on its own.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut lossy = move |_: &Udp| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % 100 < 5
+    };
+    let packets = 2_000;
+    for _ in 0..packets {
+        a.host_sends(0, udp_between(1, [10, 2, 0, 5], (4000, 5060), b"voice"));
+        a.host_sends(0, udp_between(1, [10, 2, 0, 5], (4000, 7000), b"other"));
+        run_for(&mut [&mut a, &mut b], &clock, MS, &mut lossy);
+    }
+    run_for(&mut [&mut a, &mut b], &clock, 10 * MS, |_| false);
+    let got = b.to_hosts();
+    let voice = got.iter().filter(|f| udp_of(f).payload == b"voice").count();
+    let other = got.iter().filter(|f| udp_of(f).payload == b"other").count();
+    let lost = |n: usize| 100.0 * (packets - n) as f64 / packets as f64;
+    assert!(voice <= packets, "the receiver keeps one copy");
+    assert!(lost(voice) <= 0.5, "duplicated: {}% lost", lost(voice));
+    assert!(
+        (3.0..=7.0).contains(&lost(other)),
+        "single: {}% lost",
+        lost(other)
+    );
+    let engine = b.workers[0].pipeline().tunnels().unwrap();
+    let duplicates = engine
+        .counters()
+        .drops(crate::tunnel::TunnelDrop::Duplicate);
+    assert!(
+        duplicates as usize >= packets * 8 / 10,
+        "{duplicates} second copies discarded"
+    );
+    assert_eq!(
+        engine.counters().drops(crate::tunnel::TunnelDrop::Replay),
+        0
+    );
+}

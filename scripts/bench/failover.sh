@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Failover: packets lost and the blackout of a paced UDP stream when the
+# path it takes is blackholed, for probe intervals of 10, 20 and 100 ms and
+# streams of 1 000 and 10 000 packets a second (tests/tests/failover.rs).
+# Needs root (namespaces, DPDK on af_packet). FAILOVER_RUNS=5 by default.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --bin patronus-dataplane
+PATRONUS_DATAPLANE_BIN="$PWD/target/release/patronus-dataplane" \
+    cargo test --release -p patronus-e2e --test failover -- --ignored --nocapture --test-threads=1

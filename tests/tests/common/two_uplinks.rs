@@ -1,0 +1,150 @@
+//! Two sites with two uplinks each, joined across a router namespace:
+//!
+//! ```text
+//!                      ┌ mpls 10.20.1.0/24 ─ router ─ 10.20.2.0/24 mpls ┐
+//! host 1 ─ [lan  GW1 ──┤                     (WAN)                      ├── GW2  lan] ─ host 2
+//!                      └ inet 10.30.1.0/24 ─        ─ 10.30.2.0/24 inet ┘
+//! ```
+//!
+//! The router forwards between all four subnets, so every uplink of one
+//! site reaches every endpoint of the other: four paths each way.
+
+use super::*;
+
+/// The namespaces and links of the topology, removed on drop.
+pub struct Sites {
+    id: String,
+    /// The WAN router (forwards between the four subnets).
+    pub router: Netns,
+    /// Host 1 (10.1.0.2) and host 2 (10.2.0.2).
+    pub hosts: Vec<Netns>,
+    links: Vec<[Link; 3]>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for n in 1..=2 {
+            remove_runtime_dir(&format!("pp{n}{}", self.id));
+        }
+    }
+}
+
+impl Sites {
+    /// Creates the namespaces and links.
+    pub fn new() -> Sites {
+        let id = unique_id();
+        let router = Netns::new(format!("ppr{id}"));
+        router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let mut hosts = Vec::new();
+        let mut links = Vec::new();
+        for n in 1..=2 {
+            let host = Netns::new(format!("pph{n}{id}"));
+            let lan = Link::new(format!("ppl{n}{id}"), format!("ppm{n}{id}"), &host);
+            let mpls = Link::new(format!("ppa{n}{id}"), format!("ppb{n}{id}"), &router);
+            let inet = Link::new(format!("ppc{n}{id}"), format!("ppd{n}{id}"), &router);
+            let lan_addr = format!("10.{n}.0.2/24");
+            host.exec(&["ip", "addr", "add", &lan_addr, "dev", &lan.host_side]);
+            let gw = format!("10.{n}.0.1");
+            host.exec(&["ip", "route", "add", "default", "via", &gw]);
+            for (net, link) in [(20, &mpls), (30, &inet)] {
+                let addr = format!("10.{net}.{n}.254/24");
+                router.exec(&["ip", "addr", "add", &addr, "dev", &link.host_side]);
+            }
+            hosts.push(host);
+            links.push([lan, mpls, inet]);
+        }
+        let dir = std::env::temp_dir().join(format!("patronus-paths-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Sites {
+            id,
+            router,
+            hosts,
+            links,
+            dir,
+        }
+    }
+
+    /// Gateway `n`'s configuration, its paths probed every `probe_ms`.
+    pub fn config(&self, n: u8, private: &str, peer_public: &str, probe_ms: u32) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let [lan, mpls, inet] = &self.links[usize::from(n) - 1];
+        let other = 3 - n;
+        let key = self.dir.join(format!("gw{n}.key"));
+        std::fs::write(&key, private).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        format!(
+            r#"
+[dpdk]
+eal_args = ["-l", "0-1", "--no-pci", {mem}, "--log-level", "lib.eal:warning",
+            "--vdev", "net_af_packet0,iface={lan},framecnt=4096",
+            "--vdev", "net_af_packet1,iface={mpls},framecnt=4096",
+            "--vdev", "net_af_packet2,iface={inet},framecnt=4096"]
+
+[worker]
+idle_sleep_us = 50
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[port]]
+name = "lan"
+device = "net_af_packet0"
+addresses = ["10.{n}.0.1/24"]
+
+[[port]]
+name = "mpls"
+device = "net_af_packet1"
+addresses = ["10.20.{n}.1/24"]
+
+[[port]]
+name = "inet"
+device = "net_af_packet2"
+addresses = ["10.30.{n}.1/24"]
+
+[tunnel]
+private_key_file = "{key}"
+
+[[uplink]]
+name = "mpls"
+port = "mpls"
+next_hop = "10.20.{n}.254"
+color = "mpls"
+
+[[uplink]]
+name = "inet"
+port = "inet"
+next_hop = "10.30.{n}.254"
+color = "internet"
+
+[paths]
+probe_interval_ms = {probe_ms}
+
+[[peer]]
+name = "site{other}"
+endpoints = [
+    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
+    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
+]
+sla_probes = true
+wireguard = {{ public_key = "{peer_public}" }}
+allowed_ips = ["10.{other}.0.0/24"]
+"#,
+            mem = eal_memory(&format!("pp{n}{}", self.id)),
+            lan = lan.gw_side,
+            mpls = mpls.gw_side,
+            inet = inet.gw_side,
+            key = key.display(),
+        )
+    }
+
+    /// Starts both gateways, paths probed every `probe_ms`.
+    pub fn start(&self, probe_ms: u32) -> (Dataplane, Dataplane) {
+        let (private1, public1) = wg_keypair();
+        let (private2, public2) = wg_keypair();
+        let one = Dataplane::start(&self.config(1, &private1, &public2, probe_ms));
+        let two = Dataplane::start(&self.config(2, &private2, &public1, probe_ms));
+        (one, two)
+    }
+}

@@ -1,0 +1,124 @@
+//! The failover benchmark (`scripts/bench/failover.sh` runs it): a paced
+//! UDP stream from host 1 to host 2 over the two-uplink topology; the
+//! remote MPLS endpoint is blackholed in the middle of it, and the receiver
+//! reports the packets lost and the longest silence (the blackout). Runs
+//! for each probe interval and stream rate, `FAILOVER_RUNS` times each
+//! (default 5), and prints the figures as a table.
+
+mod common;
+
+use std::time::Duration;
+
+use common::two_uplinks::Sites;
+use common::*;
+
+/// One run's figures.
+struct Outcome {
+    lost: u64,
+    blackout_ms: f64,
+}
+
+fn one_run(sites: &Sites, pps: u32) -> Outcome {
+    let seconds = 6.0;
+    let receiver = spawn_listening(
+        &sites.hosts[1],
+        &["udp_seq.py", "recv", "7000", &format!("{}", seconds - 0.5)],
+    );
+    let sender_args = [
+        "python3".to_owned(),
+        tools("udp_seq.py"),
+        "send".to_owned(),
+        "10.2.0.2".to_owned(),
+        "7000".to_owned(),
+        pps.to_string(),
+        seconds.to_string(),
+    ];
+    let args: Vec<&str> = sender_args.iter().map(String::as_str).collect();
+    let mut sender = sites.hosts[0].spawn(&args);
+    std::thread::sleep(Duration::from_secs(2));
+    sites
+        .router
+        .exec(&["ip", "route", "add", "blackhole", "10.20.2.1/32"]);
+    let status = sender.wait().unwrap();
+    assert!(status.success(), "the sender failed");
+    let out = receiver.wait_with_output().unwrap();
+    sites
+        .router
+        .exec(&["ip", "route", "del", "blackhole", "10.20.2.1/32"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "received R lost L max_gap_ms G"
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let at = |key: &str| {
+        let i = fields
+            .iter()
+            .position(|f| *f == key)
+            .unwrap_or_else(|| panic!("{text}"));
+        fields[i + 1].parse::<f64>().unwrap()
+    };
+    Outcome {
+        lost: at("lost") as u64,
+        blackout_ms: at("max_gap_ms"),
+    }
+}
+
+#[test]
+#[ignore = "a benchmark of several minutes: scripts/bench/failover.sh runs it"]
+fn failover_blackout_by_probe_interval_and_rate() {
+    if need_root() {
+        return;
+    }
+    let runs: usize = std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    println!("| probe interval × down_after | stream | lost min / median / max | blackout ms min / median / max | detection bound |");
+    println!("|---|---|---|---|---|");
+    for probe_ms in [10u32, 20, 100] {
+        for pps in [1_000u32, 10_000] {
+            let sites = Sites::new();
+            let (mut one, mut two) = sites.start(probe_ms);
+            let ready = eventually(Duration::from_secs(30), || {
+                let m = one.scrape();
+                m.sum("patronus_path_up", &[]) == 4.0
+                    && m.sum(
+                        "patronus_path_active",
+                        &[("path_id", "local:mpls->site2:mpls")],
+                    ) == 1.0
+            });
+            assert!(ready, "paths never came up:\n{}", one.scrape().text);
+            let mut outcomes = Vec::new();
+            for _ in 0..runs {
+                outcomes.push(one_run(&sites, pps));
+                // Back on the first path before the next run.
+                let back = eventually(Duration::from_secs(20), || {
+                    let m = one.scrape();
+                    m.sum(
+                        "patronus_path_active",
+                        &[("path_id", "local:mpls->site2:mpls")],
+                    ) == 1.0
+                });
+                assert!(back, "{}", one.scrape().text);
+            }
+            let mut lost: Vec<u64> = outcomes.iter().map(|o| o.lost).collect();
+            let mut blackout: Vec<f64> = outcomes.iter().map(|o| o.blackout_ms).collect();
+            lost.sort_unstable();
+            blackout.sort_by(f64::total_cmp);
+            let mid = runs / 2;
+            println!(
+                "| {probe_ms} ms × 5 | {pps} pps | {} / {} / {} | {:.0} / {:.0} / {:.0} | {}–{} ms |",
+                lost[0],
+                lost[mid],
+                lost[runs - 1],
+                blackout[0],
+                blackout[mid],
+                blackout[runs - 1],
+                5 * probe_ms,
+                6 * probe_ms,
+            );
+            for gw in [&mut one, &mut two] {
+                let status = gw.stop();
+                assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+            }
+        }
+    }
+}
