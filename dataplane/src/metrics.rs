@@ -1458,11 +1458,13 @@ conditions = [{{ type = "category", value = "Video" }}]
                 over: 0,
                 sum_s: 0.0185,
             },
+            moves: Vec::new(),
         });
         tunnels[1].publish_paths(PathsReport {
             paths: vec![report(2, true, None), report(3, false, None)],
             failovers: vec![("default".into(), [1, 0, 0])],
             recovery: RecoveryHistogram::default(),
+            moves: Vec::new(),
         });
         // The video rule dropped 7 packets on one worker, 5 on the other.
         let slot = snapshot.site.rules[0].slot;

@@ -35,7 +35,7 @@ use patronus_core::stats::PolicyCounters;
 use patronus_core::stats::{Counter, SharedCounters, SharedTunnelStats};
 use patronus_core::worker::{tunnel_inboxes, WorkerSetup};
 use patronus_proto::v1::{
-    DataplaneCounters, DataplaneEvent, EventType, PeerTelemetry, TunnelState,
+    DataplaneCounters, DataplaneEvent, EventType, PathMetrics, PeerTelemetry, TunnelState,
 };
 
 /// Exit status when packet buffers were still in use after shutdown.
@@ -123,6 +123,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         managed: None,
         link_up: devices.ports.iter().map(|p| p.link().up).collect(),
         republish_at: 0,
+        tunnels: workers.tunnels.clone(),
+        moves_seen: vec![0; workers.tunnels.len()],
     };
     control.run(&signals, &shared, &devices.ports, devices.lcores.len());
     Ok(shut_down(&shared, agent.agent, workers, http, devices))
@@ -520,6 +522,10 @@ struct Control {
     link_up: Vec<bool>,
     /// When the neighbour table is next republished whether or not it changed.
     republish_at: u64,
+    /// Each worker's tunnel and path figures, for the moves between paths.
+    tunnels: Vec<Arc<SharedTunnelStats>>,
+    /// The last move of each worker already reported.
+    moves_seen: Vec<u64>,
 }
 
 impl Control {
@@ -533,7 +539,27 @@ impl Control {
                 self.reload(&shared.config);
             }
             self.watch_links(ports);
+            self.watch_paths();
             self.watch_workers(shared, workers);
+        }
+    }
+
+    /// Logs and reports every move of traffic to another path that the
+    /// workers made since the last round.
+    fn watch_paths(&mut self) {
+        for (w, stats) in self.tunnels.iter().enumerate() {
+            let report = stats.paths();
+            let seen = self.moves_seen[w];
+            for m in report.moves.iter().filter(|m| m.seq > seen) {
+                let reason = m.reason.as_str();
+                tracing::warn!(policy = %m.policy, from = %m.from, to = %m.to, reason, "traffic moved to another path");
+                self.report(
+                    EventType::Failover,
+                    &m.policy,
+                    format!("{} -> {} ({reason})", m.from, m.to),
+                );
+                self.moves_seen[w] = m.seq;
+            }
         }
     }
 
@@ -783,6 +809,7 @@ fn telemetry_source(
             counters.active_flows += c.get(Counter::FlowsActive);
         }
         let cfg = config.load();
+        let measured = active_path_figures(&cfg, &tunnels);
         Telemetry {
             applied_version: cfg.site.version,
             counters,
@@ -802,12 +829,48 @@ fn telemetry_source(
                         } else {
                             TunnelState::Down
                         } as i32,
-                        path: None,
+                        path: measured.get(i).copied().flatten(),
                     }
                 })
                 .collect(),
         }
     })
+}
+
+/// For each peer, what the probes measure on the path its traffic takes
+/// now: `None` while nothing is measured (no uplinks, an unprobed peer, or
+/// no echo yet).
+fn active_path_figures(
+    cfg: &Snapshot,
+    tunnels: &[Arc<SharedTunnelStats>],
+) -> Vec<Option<PathMetrics>> {
+    let mut out = vec![None; cfg.site.peers.len()];
+    let Some(t) = cfg.tunnel.as_deref() else {
+        return out;
+    };
+    for report in tunnels.iter().map(|w| w.paths()) {
+        for r in report.paths.iter().filter(|r| r.active) {
+            let Some(path) = t
+                .paths
+                .paths
+                .get(usize::from(r.index))
+                .filter(|p| p.tag == r.tag)
+            else {
+                continue;
+            };
+            let (Some(f), Some(slot)) = (r.figures, out.get_mut(path.peer as usize)) else {
+                continue;
+            };
+            if let (Some(rtt), Some(loss)) = (f.rtt_ms, f.loss_pct) {
+                *slot = Some(PathMetrics {
+                    latency_ms: rtt[0],
+                    jitter_ms: f.jitter_ms,
+                    packet_loss_pct: loss,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// A per-process, per-worker seed for the flow tables' keyed hash, so that

@@ -99,6 +99,14 @@ fn four_paths_are_measured_and_a_blackholed_uplink_fails_over_and_back() {
         ping(&sites.hosts[0], "10.2.0.2"),
         "ping over the other path"
     );
+    let logged = one.wait_for_log("traffic moved to another path", Duration::from_secs(5));
+    for part in [
+        "local:mpls->site2:mpls",
+        "local:mpls->site2:inet",
+        "path_down",
+    ] {
+        assert!(logged.contains(part), "{part} in {logged}");
+    }
 
     // Restored: once the path answers again, packets move back.
     sites

@@ -299,6 +299,21 @@ pub struct PathReport {
     pub rx_bytes: u64,
 }
 
+/// One move of traffic to another path, as the worker that made it recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathMove {
+    /// Numbers this worker's moves from 1, so that a reader can tell new ones.
+    pub seq: u64,
+    /// The policy whose selection moved (`default`: the site's order).
+    pub policy: String,
+    /// The path it left and the one it took (path ids).
+    pub from: std::sync::Arc<str>,
+    /// See `from`.
+    pub to: std::sync::Arc<str>,
+    /// Why.
+    pub reason: FailoverReason,
+}
+
 /// A worker's paths: the peers it owns, as last published.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PathsReport {
@@ -308,6 +323,8 @@ pub struct PathsReport {
     pub failovers: Vec<(String, [u64; FailoverReason::COUNT])>,
     /// Time from each failover to the first packet on the new path.
     pub recovery: RecoveryHistogram,
+    /// The latest moves, oldest first (a few dozen at most).
+    pub moves: Vec<PathMove>,
 }
 
 /// The published copy of one worker's tunnel figures: engine-wide drops and

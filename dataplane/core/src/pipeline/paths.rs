@@ -14,7 +14,7 @@
 //! policy and reason, and the time from the move to the first packet that
 //! takes the new path is recorded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ use crate::paths::probe::{Kind, ProbeMessage, PROBE_LEN};
 use crate::paths::select::{self, Candidate};
 use crate::paths::sla::PathMeter;
 use crate::paths::PathTable;
-use crate::stats::{FailoverReason, PathReport, PathsReport, RecoveryHistogram};
+use crate::stats::{FailoverReason, PathMove, PathReport, PathsReport, RecoveryHistogram};
 use crate::tunnel::{TunnelEnv, Tunnels};
 
 /// No uplink chosen: the datagram follows the route table.
@@ -34,6 +34,8 @@ const NO_PATH: u16 = u16::MAX;
 /// Flows pinned to paths, direct-mapped by flow hash (a collision re-pins
 /// a flow to its selection's current choice).
 const PIN_SLOTS: usize = 1 << 14;
+/// Moves a worker remembers for the control loop to report.
+const MOVES_KEPT: usize = 32;
 /// The policy id of the site's default order in metrics and events.
 pub(super) const DEFAULT_POLICY: &str = "default";
 
@@ -140,6 +142,8 @@ pub(super) struct Paths {
     scratch: Vec<Candidate>,
     failovers: BTreeMap<Arc<str>, [u64; FailoverReason::COUNT]>,
     recovery: RecoveryHistogram,
+    moves: VecDeque<PathMove>,
+    moves_made: u64,
 }
 
 impl Paths {
@@ -506,6 +510,17 @@ impl Paths {
                 None
             };
             if let Some(reason) = moved {
+                self.moves_made += 1;
+                if self.moves.len() == MOVES_KEPT {
+                    self.moves.pop_front();
+                }
+                self.moves.push_back(PathMove {
+                    seq: self.moves_made,
+                    policy: selection.policy.to_string(),
+                    from: t.paths.paths[usize::from(choice.path)].id.clone(),
+                    to: t.paths.paths[usize::from(best_path)].id.clone(),
+                    reason,
+                });
                 choice.path = best_path;
                 choice.candidate = NO_PATH;
                 choice.moved_ns = Some(now);
@@ -574,6 +589,7 @@ impl Paths {
                 .map(|(policy, counts)| (policy.to_string(), *counts))
                 .collect(),
             recovery: self.recovery.clone(),
+            moves: self.moves.iter().cloned().collect(),
         }
     }
 }
