@@ -168,6 +168,37 @@ pub fn peer(p: &Peer, v: &mut Violations) {
         v.add("peer.spec.site_id", "must be a site id");
     }
     endpoint(spec.endpoint.as_ref(), "peer.spec.endpoint", v);
+    let mut names = Vec::new();
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        let field = format!("peer.spec.endpoints[{i}]");
+        if !is_dns_label(&e.name) || names.contains(&&e.name) {
+            v.add(
+                format!("{field}.name"),
+                "must be a DNS label used by no other endpoint of the peer",
+            );
+        }
+        names.push(&e.name);
+        let as_endpoint = Endpoint {
+            address: e.address.clone(),
+            port: e.port,
+        };
+        endpoint(Some(&as_endpoint), &field, v);
+    }
+    // A malformed primary endpoint is reported once, above.
+    let well_formed = |e: &&Endpoint| is_host(&e.address) && (1..=65535).contains(&e.port);
+    let primary = spec.endpoint.as_ref().filter(well_formed);
+    if let (Some(primary), false) = (primary, spec.endpoints.is_empty()) {
+        let listed = spec
+            .endpoints
+            .iter()
+            .any(|e| e.address == primary.address && e.port == primary.port);
+        if !listed {
+            v.add(
+                "peer.spec.endpoint",
+                "must be one of endpoints (the primary one) when both are given",
+            );
+        }
+    }
     let key_ok = spec.wireguard.as_ref().is_some_and(|w| {
         base64::engine::general_purpose::STANDARD
             .decode(&w.public_key)
@@ -253,6 +284,13 @@ pub fn policy(p: &Policy, v: &mut Violations) {
                 }
             }
             (None, _) => {}
+        }
+        // An unknown action is reported once, above.
+        if rule.duplicate && matches!(action, RuleAction::Allow | RuleAction::Deny) {
+            v.add(
+                format!("{field}.duplicate"),
+                "only ROUTE rules send over two paths",
+            );
         }
     }
 }

@@ -123,6 +123,19 @@ fn peer(name: &str) -> Peer {
             }),
             compression: true,
             bfd_enabled: true,
+            endpoints: vec![
+                NamedEndpoint {
+                    name: "inet".into(),
+                    address: "aws-gw.example.com".into(),
+                    port: 51820,
+                },
+                NamedEndpoint {
+                    name: "lte".into(),
+                    address: "203.0.113.7".into(),
+                    port: 51820,
+                },
+            ],
+            sla_probes: true,
         }),
         status: None,
     }
@@ -149,6 +162,7 @@ fn policy(name: &str) -> Policy {
                         ..Default::default()
                     }),
                 }),
+                duplicate: true,
             }],
         }),
         status: None,
@@ -423,6 +437,18 @@ async fn invalid_requests_name_every_field() {
             },
             "peer.spec.wireguard.public_key",
         ),
+        (
+            |p| p.spec.as_mut().unwrap().endpoints[1].name = "inet".into(),
+            "peer.spec.endpoints[1].name",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().endpoints[1].port = 0,
+            "peer.spec.endpoints[1].port",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().endpoints[0].address = "192.0.2.1".into(),
+            "peer.spec.endpoint",
+        ),
     ];
     for (edit, field) in peers {
         let mut p = peer("aws");
@@ -461,6 +487,13 @@ async fn invalid_requests_name_every_field() {
         (
             |p| rule(p).path_selection = None,
             "policy.spec.rules[0].path_selection",
+        ),
+        (
+            |p| {
+                rule(p).action = RuleAction::Allow as i32;
+                rule(p).path_selection = None;
+            },
+            "policy.spec.rules[0].duplicate",
         ),
         (
             |p| rule(p).path_selection.as_mut().unwrap().strategy = 0,

@@ -4,9 +4,9 @@
 //! cannot run is refused with the field at fault.
 
 use patronus_core::config::site::{
-    ConditionKind, ConditionSection, EndpointSection, PathSelection, PeerSection, PolicySection,
-    RuleAction, RuleSection, SitePeerSection, SiteSection, SiteSections, Strategy, Thresholds,
-    WireGuardSection,
+    ConditionKind, ConditionSection, EndpointSection, NamedEndpointSection, PathSelection,
+    PeerSection, PolicySection, RuleAction, RuleSection, SitePeerSection, SiteSection,
+    SiteSections, Strategy, Thresholds, WireGuardSection,
 };
 use patronus_core::config::ConfigError;
 use patronus_core::dpi::apps::{AppSpec, Transport};
@@ -56,9 +56,16 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
             PeerSection {
                 name: name(&p.metadata),
                 endpoint: spec.endpoint.as_ref().map(|_| endpoint(&spec.endpoint)),
-                // The API carries one endpoint per peer so far.
-                endpoints: Vec::new(),
-                sla_probes: false,
+                endpoints: spec
+                    .endpoints
+                    .iter()
+                    .map(|e| NamedEndpointSection {
+                        name: e.name.clone(),
+                        address: e.address.clone(),
+                        port: e.port,
+                    })
+                    .collect(),
+                sla_probes: spec.sla_probes,
                 wireguard: WireGuardSection {
                     public_key: spec.wireguard.map(|w| w.public_key).unwrap_or_default(),
                     preshared_key_file: None,
@@ -197,8 +204,7 @@ fn rule_from_proto(r: &pb::PolicyRule, field: &str) -> Result<RuleSection, Confi
         priority: r.priority,
         conditions,
         path_selection,
-        // The API has no duplication yet.
-        duplicate: false,
+        duplicate: r.duplicate,
     })
 }
 

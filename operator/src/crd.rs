@@ -140,6 +140,29 @@ pub struct PeerSpec {
     /// Run BFD over the tunnel.
     #[serde(default)]
     pub bfd_enabled: bool,
+    /// Every endpoint of a peer with several (one per remote uplink), by
+    /// name; `endpoint` must be one of them (the primary one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<NamedEndpoint>,
+    /// The peer is a Patronus gateway: measure each path to it with in-band
+    /// probes (its data plane needs uplinks).
+    #[serde(default)]
+    pub sla_probes: bool,
+}
+
+/// One of a peer's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedEndpoint {
+    /// The remote uplink's name.
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub name: String,
+    /// IP address or host name.
+    #[schemars(length(min = 1, max = 253))]
+    pub address: String,
+    /// UDP port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
 }
 
 /// What the control plane sees of a peer.
@@ -267,6 +290,9 @@ pub struct PolicyRule {
     /// For route rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_selection: Option<PathSelection>,
+    /// For route rules: send each packet over the two best paths.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// Rules for the flows of the sites a selector picks.

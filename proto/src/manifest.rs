@@ -172,6 +172,24 @@ pub struct PeerSpecDoc {
     /// Run BFD over the tunnel.
     #[serde(default)]
     pub bfd_enabled: bool,
+    /// Every endpoint of a peer with several, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<NamedEndpointDoc>,
+    /// Measure the paths to it with in-band probes (Patronus peers).
+    #[serde(default)]
+    pub sla_probes: bool,
+}
+
+/// One of a peer's `endpoints`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamedEndpointDoc {
+    /// The remote uplink's name.
+    pub name: String,
+    /// IP address or host name.
+    pub address: String,
+    /// UDP port.
+    pub port: u32,
 }
 
 /// `spec.wireguard` of a Peer.
@@ -244,6 +262,9 @@ pub struct RuleDoc {
     /// For route rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_selection: Option<PathSelectionDoc>,
+    /// For route rules: each packet over the two best paths.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// One condition of a rule.
@@ -483,6 +504,17 @@ pub fn peer(d: &PeerDoc) -> pb::Peer {
             }),
             compression: d.spec.compression,
             bfd_enabled: d.spec.bfd_enabled,
+            endpoints: d
+                .spec
+                .endpoints
+                .iter()
+                .map(|e| pb::NamedEndpoint {
+                    name: e.name.clone(),
+                    address: e.address.clone(),
+                    port: e.port,
+                })
+                .collect(),
+            sla_probes: d.spec.sla_probes,
         }),
         status: None,
     }
@@ -521,6 +553,7 @@ pub fn policy(d: &PolicyDoc) -> Result<pb::Policy, ManifestError> {
             priority: r.priority,
             conditions,
             path_selection,
+            duplicate: r.duplicate,
         });
     }
     Ok(pb::Policy {
@@ -616,6 +649,16 @@ pub fn peer_doc(p: &pb::Peer) -> PeerDoc {
             },
             compression: spec.compression,
             bfd_enabled: spec.bfd_enabled,
+            endpoints: spec
+                .endpoints
+                .into_iter()
+                .map(|e| NamedEndpointDoc {
+                    name: e.name,
+                    address: e.address,
+                    port: e.port,
+                })
+                .collect(),
+            sla_probes: spec.sla_probes,
         },
         status: p.status.as_ref().map(|st| PeerStatusDoc {
             connected: st.connected,
@@ -663,6 +706,7 @@ pub fn policy_doc(p: &pb::Policy) -> PolicyDoc {
                             min_bandwidth_mbps: t.min_bandwidth_mbps,
                         }),
                     }),
+                    duplicate: r.duplicate,
                 })
                 .collect(),
         },

@@ -57,6 +57,19 @@ fn snapshot() -> pb::SiteSnapshot {
                 }),
                 compression: true,
                 bfd_enabled: false,
+                endpoints: vec![
+                    pb::NamedEndpoint {
+                        name: "inet".into(),
+                        address: "203.0.113.1".into(),
+                        port: 51820,
+                    },
+                    pb::NamedEndpoint {
+                        name: "lte".into(),
+                        address: "198.51.100.9".into(),
+                        port: 51820,
+                    },
+                ],
+                sla_probes: true,
             }),
             status: None,
         }],
@@ -81,6 +94,7 @@ fn snapshot() -> pb::SiteSnapshot {
                             ..Default::default()
                         }),
                     }),
+                    duplicate: true,
                 }],
             }),
             status: None,
@@ -101,6 +115,11 @@ tunnel_endpoint = {{ address = "198.51.100.1", port = 51820 }}
 [[peer]]
 name = "hq"
 endpoint = {{ address = "203.0.113.1", port = 51820 }}
+endpoints = [
+    {{ name = "inet", address = "203.0.113.1", port = 51820 }},
+    {{ name = "lte", address = "198.51.100.9", port = 51820 }},
+]
+sla_probes = true
 wireguard = {{ public_key = "{KEY}" }}
 compression = true
 
@@ -111,6 +130,7 @@ action = "route"
 priority = 100
 conditions = [{{ type = "category", value = "Video" }}]
 path_selection = {{ strategy = "lowest-latency", thresholds = {{ max_latency_ms = 80 }} }}
+duplicate = true
 "#
     );
     let from_file = Config::from_toml(&file).unwrap().site_sections();
