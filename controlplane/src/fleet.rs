@@ -202,14 +202,32 @@ impl Hub {
                 continue;
             };
             for p in &report.peers {
-                out.push(PathHealth {
+                let peer = PathHealth {
                     site_id: site.clone(),
                     dataplane_id: dataplane.clone(),
                     peer: p.name.clone(),
                     state: p.tunnel,
                     metrics: p.path,
                     report_time: Some(timestamp(*at)),
-                });
+                    path_id: String::new(),
+                    active: true,
+                    up: true,
+                    health_score: None,
+                };
+                if p.paths.is_empty() {
+                    out.push(peer);
+                    continue;
+                }
+                for path in &p.paths {
+                    out.push(PathHealth {
+                        metrics: path.metrics,
+                        path_id: path.path_id.clone(),
+                        active: path.active,
+                        up: path.up,
+                        health_score: path.health_score,
+                        ..peer.clone()
+                    });
+                }
             }
         }
         out

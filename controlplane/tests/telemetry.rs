@@ -12,6 +12,14 @@ use patronus_proto::v1::*;
 use tokio_stream::StreamExt;
 
 fn report(tunnel: TunnelState, path: Option<PathMetrics>) -> TelemetryReport {
+    report_paths(tunnel, path, Vec::new())
+}
+
+fn report_paths(
+    tunnel: TunnelState,
+    path: Option<PathMetrics>,
+    paths: Vec<PathTelemetry>,
+) -> TelemetryReport {
     TelemetryReport {
         site_id: "us-east-prod".into(),
         dataplane_id: "gw-a".into(),
@@ -24,6 +32,7 @@ fn report(tunnel: TunnelState, path: Option<PathMetrics>) -> TelemetryReport {
             name: "aws-vpc".into(),
             tunnel: tunnel as i32,
             path,
+            paths,
         }],
         events: vec![DataplaneEvent {
             time: None,
@@ -155,6 +164,49 @@ async fn reports_become_status_topology_paths_and_events() {
     assert_eq!(
         (paths[0].peer.as_str(), paths[0].state, paths[0].metrics),
         ("aws-vpc", TunnelState::Up as i32, Some(measured))
+    );
+    assert_eq!(paths[0].path_id, "", "a peer reached by the routes");
+
+    // A data plane with uplinks reports each path: one row per path.
+    let per_path = vec![
+        PathTelemetry {
+            path_id: "us-east-prod:mpls->aws-vpc".into(),
+            active: false,
+            up: false,
+            metrics: None,
+            health_score: None,
+        },
+        PathTelemetry {
+            path_id: "us-east-prod:inet->aws-vpc".into(),
+            active: true,
+            up: true,
+            metrics: Some(measured),
+            health_score: Some(97.0),
+        },
+    ];
+    sync.report(tokio_stream::iter([report_paths(
+        TunnelState::Up,
+        Some(measured),
+        per_path,
+    )]))
+    .await
+    .unwrap();
+    let paths = api
+        .list_path_health(ListPathHealthRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .paths;
+    let rows: Vec<_> = paths
+        .iter()
+        .map(|p| (p.path_id.as_str(), p.active, p.up, p.health_score))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("us-east-prod:mpls->aws-vpc", false, false, None),
+            ("us-east-prod:inet->aws-vpc", true, true, Some(97.0))
+        ]
     );
     let topology = api
         .get_topology(GetTopologyRequest {})

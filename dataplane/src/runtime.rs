@@ -35,7 +35,8 @@ use patronus_core::stats::PolicyCounters;
 use patronus_core::stats::{Counter, SharedCounters, SharedTunnelStats};
 use patronus_core::worker::{tunnel_inboxes, WorkerSetup};
 use patronus_proto::v1::{
-    DataplaneCounters, DataplaneEvent, EventType, PathMetrics, PeerTelemetry, TunnelState,
+    DataplaneCounters, DataplaneEvent, EventType, PathMetrics, PathTelemetry, PeerTelemetry,
+    TunnelState,
 };
 
 /// Exit status when packet buffers were still in use after shutdown.
@@ -809,7 +810,7 @@ fn telemetry_source(
             counters.active_flows += c.get(Counter::FlowsActive);
         }
         let cfg = config.load();
-        let measured = active_path_figures(&cfg, &tunnels);
+        let (measured, mut per_path) = path_figures(&cfg, &tunnels);
         Telemetry {
             applied_version: cfg.site.version,
             counters,
@@ -830,6 +831,7 @@ fn telemetry_source(
                             TunnelState::Down
                         } as i32,
                         path: measured.get(i).copied().flatten(),
+                        paths: per_path.get_mut(i).map(std::mem::take).unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -837,40 +839,49 @@ fn telemetry_source(
     })
 }
 
-/// For each peer, what the probes measure on the path its traffic takes
-/// now: `None` while nothing is measured (no uplinks, an unprobed peer, or
-/// no echo yet).
-fn active_path_figures(
+/// For each peer: what the probes measure on the path its traffic takes
+/// now (`None` while nothing is measured: no uplinks, an unprobed peer, no
+/// echo yet), and each of its paths.
+fn path_figures(
     cfg: &Snapshot,
     tunnels: &[Arc<SharedTunnelStats>],
-) -> Vec<Option<PathMetrics>> {
-    let mut out = vec![None; cfg.site.peers.len()];
+) -> (Vec<Option<PathMetrics>>, Vec<Vec<PathTelemetry>>) {
+    let peers = cfg.site.peers.len();
+    let mut active = vec![None; peers];
+    let mut paths = vec![Vec::new(); peers];
     let Some(t) = cfg.tunnel.as_deref() else {
-        return out;
+        return (active, paths);
     };
     for report in tunnels.iter().map(|w| w.paths()) {
-        for r in report.paths.iter().filter(|r| r.active) {
+        for r in &report.paths {
             let Some(path) = t
                 .paths
                 .paths
                 .get(usize::from(r.index))
-                .filter(|p| p.tag == r.tag)
+                .filter(|p| p.tag == r.tag && (p.peer as usize) < peers)
             else {
                 continue;
             };
-            let (Some(f), Some(slot)) = (r.figures, out.get_mut(path.peer as usize)) else {
-                continue;
-            };
-            if let (Some(rtt), Some(loss)) = (f.rtt_ms, f.loss_pct) {
-                *slot = Some(PathMetrics {
-                    latency_ms: rtt[0],
+            let metrics = r.figures.and_then(|f| {
+                Some(PathMetrics {
+                    latency_ms: f.rtt_ms?[0],
                     jitter_ms: f.jitter_ms,
-                    packet_loss_pct: loss,
-                });
+                    packet_loss_pct: f.loss_pct?,
+                })
+            });
+            if r.active {
+                active[path.peer as usize] = metrics;
             }
+            paths[path.peer as usize].push(PathTelemetry {
+                path_id: path.id.to_string(),
+                active: r.active,
+                up: r.figures.is_none_or(|f| f.up),
+                metrics,
+                health_score: r.figures.and_then(|f| f.health),
+            });
         }
     }
-    out
+    (active, paths)
 }
 
 /// A per-process, per-worker seed for the flow tables' keyed hash, so that

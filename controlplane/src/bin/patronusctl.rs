@@ -282,23 +282,37 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     "SITE",
                     "DATAPLANE",
                     "PEER",
+                    "PATH",
+                    "ACTIVE",
+                    "UP",
                     "TUNNEL",
                     "LATENCY MS",
                     "JITTER MS",
                     "LOSS %",
+                    "HEALTH",
                 ],
                 paths
                     .paths
                     .iter()
                     .map(|p| {
+                        let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
                         vec![
                             p.site_id.clone(),
                             p.dataplane_id.clone(),
                             p.peer.clone(),
+                            if p.path_id.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                p.path_id.clone()
+                            },
+                            yes_no(p.active),
+                            yes_no(p.up),
                             tunnel(p.state),
                             measured(&p.metrics, |m| m.latency_ms),
                             measured(&p.metrics, |m| m.jitter_ms),
                             measured(&p.metrics, |m| m.packet_loss_pct),
+                            p.health_score
+                                .map_or_else(|| "-".to_owned(), |h| format!("{h:.0}")),
                         ]
                     })
                     .collect(),
