@@ -571,3 +571,128 @@ spec: {appName: Broken, category: Web, patterns: ["(unclosed"]}
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(token_file());
 }
+
+/// The Site and Peer documents of two sites with two uplinks each, whose
+/// peers come from the control plane with their endpoints and probes.
+fn path_documents(public: [&str; 2]) -> String {
+    let mut yaml = String::new();
+    for n in 1..=2 {
+        let other = 3 - n;
+        yaml += &format!(
+            r#"---
+apiVersion: patronus.io/v1
+kind: Site
+metadata: {{name: site{n}}}
+spec:
+  siteId: site{n}
+  tunnelEndpoint: {{address: 10.20.{n}.1, port: 51820}}
+---
+apiVersion: patronus.io/v1
+kind: Peer
+metadata: {{name: site{other}-of-{n}}}
+spec:
+  siteId: site{n}
+  endpoint: {{address: 10.20.{other}.1, port: 51820}}
+  endpoints:
+    - {{name: mpls, address: 10.20.{other}.1, port: 51820}}
+    - {{name: inet, address: 10.30.{other}.1, port: 51820}}
+  slaProbes: true
+  wireguard: {{publicKey: {key}}}
+"#,
+            key = public[other - 1],
+        );
+    }
+    yaml
+}
+
+#[test]
+fn managed_paths_are_measured_and_listed_by_the_control_plane() {
+    if need_root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("patronus-fleet-paths-{}", unique_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cp = ControlPlane::start(&dir.join("controlplane.redb"), "127.0.0.1:0");
+    let server = cp.server();
+    let sites = common::two_uplinks::Sites::new();
+    let keys = [wg_keypair(), wg_keypair()];
+    let mut gateways = Vec::new();
+    for n in 1..=2u8 {
+        let other = 3 - n;
+        // The file keeps what names the gateway's own ports and prefixes.
+        let tunnel_extra =
+            format!("allowed_ips = {{ \"site{other}-of-{n}\" = [\"10.{other}.0.0/24\"] }}");
+        let managed = format!(
+            r#"
+[controlplane]
+server = "{server}"
+token_file = "{token}"
+site_id = "site{n}"
+dataplane_id = "gw-{n}"
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+telemetry_interval_ms = 200
+"#,
+            token = token_file().display()
+        );
+        let private = &keys[usize::from(n) - 1].0;
+        let config = sites.base_config(n, private, 20, &tunnel_extra) + &managed;
+        gateways.push(Dataplane::start(&config));
+    }
+    apply(
+        &server,
+        &dir,
+        "paths.yaml",
+        &path_documents([&keys[0].1, &keys[1].1]),
+    );
+
+    // Four paths per site, each measured, listed by the control plane.
+    let rows = |site: &str| -> Vec<Vec<String>> {
+        ctl(&server, &["paths", "--site", site])
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    // SITE DATAPLANE PEER PATH ACTIVE UP TUNNEL LATENCY JITTER LOSS HEALTH
+    let measured = eventually(Duration::from_secs(30), || {
+        let r = rows("site1");
+        r.len() == 4 && r.iter().all(|row| row[5] == "yes" && row[7] != "-")
+    });
+    let table = ctl(&server, &["paths", "--site", "site1"]);
+    assert!(measured, "{table}");
+    let ids: Vec<String> = rows("site1").iter().map(|r| r[3].clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            "site1:mpls->site2-of-1:mpls",
+            "site1:mpls->site2-of-1:inet",
+            "site1:inet->site2-of-1:mpls",
+            "site1:inet->site2-of-1:inet"
+        ]
+    );
+    let active: Vec<String> = rows("site1")
+        .iter()
+        .filter(|r| r[4] == "yes")
+        .map(|r| r[3].clone())
+        .collect();
+    assert_eq!(active, ["site1:mpls->site2-of-1:mpls"]);
+
+    // The Peer's status carries the measured figures of the path in use.
+    let peer: serde_json::Value =
+        serde_json::from_str(&ctl(&server, &["get", "peer", "site2-of-1", "-o", "json"])).unwrap();
+    let latency = peer["status"]["latencyMs"].as_f64().unwrap();
+    assert!(latency > 0.0 && latency < 100.0, "{peer}");
+    assert!(
+        sites.hosts[0]
+            .try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.2"])
+            .status
+            .success(),
+        "hosts reach each other over the managed tunnel"
+    );
+    for gw in &mut gateways {
+        let status = gw.stop();
+        assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

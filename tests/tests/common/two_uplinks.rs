@@ -68,9 +68,28 @@ impl Sites {
 
     /// Gateway `n`'s configuration, its paths probed every `probe_ms`.
     pub fn config(&self, n: u8, private: &str, peer_public: &str, probe_ms: u32) -> String {
+        let other = 3 - n;
+        let peer = format!(
+            r#"
+[[peer]]
+name = "site{other}"
+endpoints = [
+    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
+    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
+]
+sla_probes = true
+wireguard = {{ public_key = "{peer_public}" }}
+allowed_ips = ["10.{other}.0.0/24"]
+"#
+        );
+        self.base_config(n, private, probe_ms, "") + &peer
+    }
+
+    /// Gateway `n`'s ports, tunnel (with `tunnel_extra` in its section) and
+    /// uplinks, without peers.
+    pub fn base_config(&self, n: u8, private: &str, probe_ms: u32, tunnel_extra: &str) -> String {
         use std::os::unix::fs::PermissionsExt;
         let [lan, mpls, inet] = &self.links[usize::from(n) - 1];
-        let other = 3 - n;
         let key = self.dir.join(format!("gw{n}.key"));
         std::fs::write(&key, private).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -105,6 +124,7 @@ addresses = ["10.30.{n}.1/24"]
 
 [tunnel]
 private_key_file = "{key}"
+{tunnel_extra}
 
 [[uplink]]
 name = "mpls"
@@ -120,16 +140,6 @@ color = "internet"
 
 [paths]
 probe_interval_ms = {probe_ms}
-
-[[peer]]
-name = "site{other}"
-endpoints = [
-    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
-    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
-]
-sla_probes = true
-wireguard = {{ public_key = "{peer_public}" }}
-allowed_ips = ["10.{other}.0.0/24"]
 "#,
             mem = eal_memory(&format!("pp{n}{}", self.id)),
             lan = lan.gw_side,
