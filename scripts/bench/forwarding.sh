@@ -4,6 +4,11 @@
 #
 # Contenders, measured in the same run on the same virtual devices:
 #   patronus   the full forwarding path (parse, flow table, route, neighbour rewrite)
+#   patronus-sdwan  the same with the SD-WAN configured: a tunnel with a peer
+#              of two endpoints over two uplinks (probed), and ten policy
+#              rules: nine deny rules no flow of the capture matches, the
+#              tenth routes every UDP flow by lowest latency; the difference
+#              to patronus is their cost per packet
 #   l3fwd      DPDK's own example (LPM), built from the dpdk-doc sources here
 #   l3fwd-em   the same l3fwd in exact-match mode (--lookup=em), see below
 #   ovs        Open vSwitch with DPDK (userspace datapath), see below
@@ -52,16 +57,16 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 FLOWS=${FLOWS:-4096}
-CONTENDERS=${CONTENDERS:-rxtx l3fwd l3fwd-em ovs patronus}
+CONTENDERS=${CONTENDERS:-rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan}
 OUT=target/bench
 PCAP_MAC=02:70:63:61:70:00 # what net_pcap reports as its address
 NEXT_HOP_MAC=02:00:00:00:00:02
 
 for c in $CONTENDERS; do
     case $c in
-    rxtx | l3fwd | l3fwd-em | ovs | patronus) ;;
+    rxtx | l3fwd | l3fwd-em | ovs | patronus | patronus-sdwan) ;;
     *)
-        echo "forwarding.sh: unknown contender '$c' (CONTENDERS: rxtx l3fwd l3fwd-em ovs patronus)" >&2
+        echo "forwarding.sh: unknown contender '$c' (CONTENDERS: rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan)" >&2
         exit 1
         ;;
     esac
@@ -82,9 +87,9 @@ mkdir -p "$OUT"
 pcap_of() { echo "$PWD/$OUT/flows-$FLOWS-$1.pcap"; } # pcap_of SIZE (frame bytes without FCS)
 have_pcaps=true
 for size in 60 1396; do [[ -s $(pcap_of "$size") ]] || have_pcaps=false; done
-if wants patronus || ! $have_pcaps; then
+if wants patronus || wants patronus-sdwan || ! $have_pcaps; then
     echo "== building (release)" >&2
-    if wants patronus; then
+    if wants patronus || wants patronus-sdwan; then
         cargo build -q --release --bin patronus-dataplane --example bench_pcap
     else
         cargo build -q --release --example bench_pcap
@@ -152,6 +157,41 @@ ours() { # ours IN OUT PORT FIELD
     patronus_config "$1" "$2" pbench-ours >"$OUT/patronus.toml"
     run patronus pbench-ours "$3" "$4" target/release/patronus-dataplane --config "$OUT/patronus.toml"
 }
+sdwan_config() { # the SD-WAN part of patronus-sdwan's configuration
+    local key=$OUT/sdwan.key
+    [[ -f $key ]] || { python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' >"$key"; chmod 600 "$key"; }
+    cat <<TOML
+[tunnel]
+private_key_file = "$PWD/$key"
+[[uplink]]
+name = "mpls"
+port = "out"
+next_hop = "192.0.2.2"
+cost_per_gb = 1.0
+[[uplink]]
+name = "inet"
+port = "out"
+next_hop = "192.0.2.2"
+cost_per_gb = 0.1
+[[peer]]
+name = "hq"
+endpoints = [
+    { name = "mpls", address = "192.0.2.50", port = 51820 },
+    { name = "inet", address = "192.0.2.51", port = 51820 },
+]
+sla_probes = true
+wireguard = { public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }
+allowed_ips = ["10.9.0.0/24"]
+TOML
+    for i in $(seq 1 9); do
+        printf '[[policy]]\nname = "p%s"\n[[policy.rule]]\naction = "deny"\npriority = %s\nconditions = [{ type = "source-prefix", value = "203.0.113.%s/32" }]\n' "$i" "$((100 + i))" "$i"
+    done
+    printf '[[policy]]\nname = "voice"\n[[policy.rule]]\naction = "route"\npriority = 1\nconditions = [{ type = "protocol", value = "udp" }]\npath_selection = { strategy = "lowest-latency" }\n'
+}
+ours_sdwan() { # ours_sdwan IN OUT PORT FIELD
+    { patronus_config "$1" "$2" pbench-sdwan; sdwan_config; } >"$OUT/patronus-sdwan.toml"
+    run patronus-sdwan pbench-sdwan "$3" "$4" target/release/patronus-dataplane --config "$OUT/patronus-sdwan.toml"
+}
 anchor() { # anchor IN OUT PORT FIELD
     # shellcheck disable=SC2046
     run rxtx pbench-rxtx "$3" "$4" "$OUT/rxtx_anchor" $(eal pbench-rxtx "$1" "$2")
@@ -190,6 +230,7 @@ for size in 60 1396; do
     fi
     if wants ovs; then measure "ovs/$wire" ovs_dpdk "$in" "$out" "$pcap"; fi
     if wants patronus; then measure "patronus/$wire" ours "$in" "$out" 1 opackets; fi
+    if wants patronus-sdwan; then measure "patronus-sdwan/$wire" ours_sdwan "$in" "$out" 1 opackets; fi
 done
 if wants rxtx || wants patronus; then
     echo "== net_null -> net_null (framework cost; patronus parses and drops the all-zero frames)" >&2
@@ -200,9 +241,10 @@ if wants patronus; then measure "patronus/null" ours "net_null0" "net_null1,no-r
 echo
 printf 'machine: %s, %s vCPU; DPDK %s; %s; TSC %s Hz; %s runs x %s s, %s flows\n' \
     "$(uname -r)" "$(nproc)" "$(pkg-config --modversion libdpdk)" "$(date -u +%F)" "${tsc_hz:-?}" "$RUNS" "$DURATION" "$FLOWS"
-printf '%-16s %14s %14s %14s %10s %12s\n' contender "Mpps min" "Mpps median" "Mpps max" "Gbit/s" "cycles/pkt"
-for key in rxtx/64 l3fwd/64 l3fwd-em/64 ovs/64 patronus/64 \
-    rxtx/1400 l3fwd/1400 l3fwd-em/1400 ovs/1400 patronus/1400 rxtx/null patronus/null; do
+printf '%-20s %14s %14s %14s %10s %12s\n' contender "Mpps min" "Mpps median" "Mpps max" "Gbit/s" "cycles/pkt"
+for key in rxtx/64 l3fwd/64 l3fwd-em/64 ovs/64 patronus/64 patronus-sdwan/64 \
+    rxtx/1400 l3fwd/1400 l3fwd-em/1400 ovs/1400 patronus/1400 patronus-sdwan/1400 \
+    rxtx/null patronus/null; do
     [[ -n ${results[$key]:-} ]] || continue
     read -r lo med hi <<<"${results[$key]}"
     wire=${key#*/}
@@ -212,7 +254,7 @@ import sys
 key, lo, med, hi, wire, hz = sys.argv[1], *map(float, sys.argv[2:])
 gbps = med * wire * 8 / 1e9
 cycles = hz / med if med and hz else float("nan")
-print(f"{key:<16} {lo/1e6:14.3f} {med/1e6:14.3f} {hi/1e6:14.3f} {gbps:10.2f} {cycles:12.0f}")
+print(f"{key:<20} {lo/1e6:14.3f} {med/1e6:14.3f} {hi/1e6:14.3f} {gbps:10.2f} {cycles:12.0f}")
 PY
 done
 for other in l3fwd l3fwd-em ovs; do
@@ -220,4 +262,10 @@ for other in l3fwd l3fwd-em ovs; do
     read -r _ ours_med _ <<<"${results[patronus/64]}"
     read -r _ their_med _ <<<"${results[$other/64]}"
     python3 -c "print(f'patronus / $other at 64 B (median): {$ours_med / $their_med:.2f}x')"
+done
+for wire in 64 1400; do
+    [[ -n ${results[patronus/$wire]:-} && -n ${results[patronus-sdwan/$wire]:-} && -n ${tsc_hz:-} ]] || continue
+    read -r _ plain _ <<<"${results[patronus/$wire]}"
+    read -r _ sdwan _ <<<"${results[patronus-sdwan/$wire]}"
+    python3 -c "print(f'SD-WAN configured (policy of ten rules, two paths) at $wire B: {$tsc_hz / $sdwan - $tsc_hz / $plain:+.0f} cycles per packet (median against median)')"
 done
