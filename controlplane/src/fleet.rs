@@ -119,8 +119,8 @@ impl Hub {
             if is_up(p.tunnel) && !status.connected {
                 status.connected = true;
                 if let Some(m) = &p.path {
-                    status.latency_ms = m.latency_ms;
-                    status.packet_loss = m.packet_loss_pct;
+                    status.latency_ms = Some(m.latency_ms);
+                    status.packet_loss = Some(m.packet_loss_pct);
                 }
             }
         }

@@ -150,8 +150,8 @@ async fn reports_become_status_topology_paths_and_events() {
         peer.status.unwrap(),
         PeerStatus {
             connected: true,
-            latency_ms: 12.5,
-            packet_loss: 0.2
+            latency_ms: Some(12.5),
+            packet_loss: Some(0.2)
         }
     );
     let paths = api

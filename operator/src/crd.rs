@@ -171,10 +171,12 @@ pub struct NamedEndpoint {
 pub struct PeerStatus {
     /// A tunnel to the peer is up.
     pub connected: bool,
-    /// Measured latency.
-    pub latency_ms: f64,
-    /// Percent of probes lost.
-    pub packet_loss: f64,
+    /// Round trip (ms) of the path the peer's traffic takes; absent until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Percent of probes lost on that path; absent until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_loss: Option<f64>,
 }
 
 /// Which sites a policy applies to.

@@ -206,10 +206,12 @@ pub struct WireGuardDoc {
 pub struct PeerStatusDoc {
     /// Tunnel up.
     pub connected: bool,
-    /// Latency in milliseconds.
-    pub latency_ms: f64,
-    /// Probe loss in percent.
-    pub packet_loss: f64,
+    /// Latency in milliseconds; absent until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Probe loss in percent; absent until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_loss: Option<f64>,
 }
 
 /// A Policy document.
