@@ -131,6 +131,8 @@ pub(super) struct Paths {
     rule_selection: Vec<u16>,
     /// By peer × selection; chosen only for owned peers with paths.
     choices: Vec<Choice>,
+    /// By peer: the uplink its last packet arrived on ([`NO_UPLINK`]: none yet).
+    heard_on: Vec<u8>,
     pins: Vec<Pin>,
     /// Nominal bandwidth less measured load, by uplink (Mbit/s).
     spare_mbps: Vec<Option<f64>>,
@@ -184,6 +186,7 @@ impl Paths {
         }
         let peers = t.config.peers.len();
         self.choices = vec![UNCHOSEN; peers * self.selections.len()];
+        self.heard_on.resize(peers, NO_UPLINK);
         if self.pins.is_empty() && !t.paths.is_empty() {
             self.pins = vec![Pin::default(); PIN_SLOTS];
         }
@@ -249,12 +252,11 @@ impl Paths {
         steer: u64,
         now: u64,
     ) -> Option<(usize, u8, Option<SocketAddr>)> {
+        if !self.probed(peer)? {
+            return self.heard_route(peer);
+        }
         let selections = self.selections.len();
-        let rule = (steer >> 32) as usize;
-        let selection = match rule.checked_sub(1) {
-            Some(r) => usize::from(*self.rule_selection.get(r).unwrap_or(&0)),
-            None => 0,
-        };
+        let selection = self.selection_of(steer);
         let choice = self
             .choices
             .get_mut(peer as usize * selections + selection)?;
@@ -292,6 +294,23 @@ impl Paths {
         }
         let p = self.tunnel.as_ref()?.paths.paths.get(usize::from(path))?;
         Some((usize::from(path), p.uplink, p.endpoint))
+    }
+
+    /// Whether `peer`'s paths are probed; `None` when it has none.
+    #[inline]
+    fn probed(&self, peer: u32) -> Option<bool> {
+        let t = self.table()?;
+        Some(t.paths.get(t.of_peer(peer).start)?.probed)
+    }
+
+    /// The path of an unprobed peer (a stock WireGuard peer): nothing tells
+    /// its paths apart, so its traffic follows the routes until it speaks,
+    /// then goes back over the uplink it last spoke on.
+    fn heard_route(&self, peer: u32) -> Option<(usize, u8, Option<SocketAddr>)> {
+        let uplink = *self.heard_on.get(peer as usize)?;
+        let t = self.table()?;
+        let i = t.of_peer(peer).find(|&i| t.paths[i].uplink == uplink)?;
+        Some((i, uplink, t.paths[i].endpoint))
     }
 
     /// The selection a packet's steering names (0: the site's order).
@@ -337,6 +356,9 @@ impl Paths {
         let Some(i) = self.table().and_then(|t| t.find(peer, uplink, from)) else {
             return;
         };
+        if let Some(heard) = self.heard_on.get_mut(peer as usize) {
+            *heard = uplink;
+        }
         let s = &mut self.state[i];
         s.rx_packets += 1;
         s.rx_bytes += bytes as u64;
@@ -568,11 +590,16 @@ impl Paths {
                 if choice.path == NO_PATH {
                     continue; // another worker's peer
                 }
+                let active = if p.probed {
+                    usize::from(choice.path) == i
+                } else {
+                    self.heard_on.get(p.peer as usize) == Some(&p.uplink)
+                };
                 let s = &mut self.state[i];
                 paths.push(PathReport {
                     index: i as u16,
                     tag: p.tag,
-                    active: usize::from(choice.path) == i,
+                    active,
                     figures: s.meter.as_mut().map(|m| m.figures(now)),
                     tx_packets: s.tx_packets,
                     tx_bytes: s.tx_bytes,

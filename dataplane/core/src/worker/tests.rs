@@ -992,3 +992,53 @@ fn duplicated_packets_survive_independent_loss_on_two_paths() {
         0
     );
 }
+
+#[test]
+fn a_stock_peer_gets_no_probes_and_is_answered_on_the_uplink_it_spoke_on() {
+    // Each site knows the other by one endpoint and without sla_probes, as
+    // it would a stock WireGuard peer.
+    let stock = |n: u8, m: u8| {
+        multipath_text(n, m)
+            .replace(
+                &format!(
+                    "endpoints = [\n            {{ name = \"mpls\", address = \"192.0.2.{m}\", port = 51820 }},\n            {{ name = \"inet\", address = \"198.51.100.{m}\", port = 51820 }},\n        ]"
+                ),
+                &format!("endpoint = {{ address = \"198.51.100.{m}\", port = 51820 }}"),
+            )
+            .replace("sla_probes = true", "sla_probes = false")
+    };
+    assert!(
+        !stock(1, 2).contains("endpoints"),
+        "the peer has one endpoint"
+    );
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &stock(1, 2), &clock);
+    let mut b = site_from(2, 1, &stock(2, 1), &clock);
+    let mut probe_sized = 0;
+    let mut outer = Vec::new();
+    a.host_sends(0, udp_from_host(1, [10, 2, 0, 5], &[1; 300]));
+    run_for(&mut [&mut a, &mut b], &clock, 1_000 * MS, |u| {
+        // A probe is 64 bytes of WireGuard message; nothing else here is.
+        probe_sized += usize::from(u.payload.len() == 64);
+        if u.payload.len() > 300 {
+            outer.push((u.src, u.dst));
+        }
+        false
+    });
+    assert_eq!(probe_sized, 0, "no probe to a peer without sla_probes");
+    assert_eq!(b.to_hosts().len(), 1);
+    // Before B spoke, A followed the routes: out of the port's address on
+    // the endpoint's subnet.
+    assert_eq!(outer, [([198, 51, 100, 1], [198, 51, 100, 2])]);
+    // B answers on the uplink A's packet arrived by; A then answers there too.
+    b.host_sends(0, udp_from_host(2, [10, 1, 0, 5], &[2; 300]));
+    // Long enough for the workers to publish their paths again.
+    run_for(&mut [&mut a, &mut b], &clock, 200 * MS, |_| false);
+    assert_eq!(a.to_hosts().len(), 1);
+    let paths = a.paths();
+    assert!(
+        paths.iter().all(|(_, r)| r.figures.is_none()),
+        "not measured"
+    );
+    assert_eq!(a.active_path(), "local:inet->site-2");
+}
