@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# The Patronus demo: two sites joined by an encrypted tunnel, a road warrior
-# running stock WireGuard, and the control plane managing both gateways.
+# The Patronus demo: two sites joined by encrypted tunnels over two WAN
+# uplinks each, a road warrior running stock WireGuard, and the control
+# plane managing both gateways.
 #
-#   host A              gateway "branch"                 WAN router                 gateway "hq"                host B
-#   10.0.1.2 ─veth─ [lan 10.0.1.1 | wan 203.0.113.1] ─── 203.0.113.254 ─┬─ 198.51.100.254 ─── [wan 198.51.100.1 | lan 10.0.2.1] ─veth─ 10.0.2.2
-#   fd00:1::2                                                            │                                                              fd00:2::2
-#                                                                 192.0.2.254
-#                                                                        │
-#                                                       road warrior 192.0.2.10 (wireguard-go),
-#                                                       tunnel address 10.99.0.10
+#                          ┌──────── MPLS 172.16.0.0/24 (impaired: 5 ms) ────────┐
+#   host A          [mpls 172.16.0.1]                                   [mpls 172.16.0.2]          host B
+#   10.0.1.2 ─ [lan  gateway "branch"                                      gateway "hq"  lan] ─ 10.0.2.2
+#   fd00:1::2       [wan 203.0.113.1] ─ internet (impaired: 15 ms, 1% loss) ─ 203.0.113.254  WAN     fd00:2::2
+#                                                                            router ─ 198.51.100.254 ─ [wan 198.51.100.1]
+#                                                                              │
+#                                                                         192.0.2.254 ─ road warrior 192.0.2.10
+#                                                                                       (wireguard-go, 10.99.0.10)
 #
 # Every host is a network namespace; each gateway is a patronus-dataplane
-# on net_af_packet ports. The sites, their peers (with WireGuard keys made
-# here) and a policy are applied with patronusctl; each gateway takes its
-# part from the control plane. Host A reaches host B through the
-# branch-hq tunnel (compressed), and the road warrior reaches host A
-# through hq, which forwards between its two tunnels. Cleans up on exit
-# (also on Ctrl-C). Run as root on Debian 12. `--keep` leaves it running
-# until Ctrl-C.
+# on net_af_packet ports; the MPLS link and branch's internet link pass
+# through patronus-wan, which delays, loses or cuts their frames on
+# command. The sites, their peers (two endpoints each, probed) and the
+# policies are applied with patronusctl; each gateway takes its part from
+# the control plane. The demo shows the paths and their measured figures,
+# then degrades and cuts MPLS while a ping and a VoIP-like stream run, and
+# prints the failovers and what the stream lost. The road warrior reaches
+# host A through hq, which forwards between its two tunnels. Cleans up on
+# exit (also on Ctrl-C). Run as root on Debian 12. `--keep` leaves it
+# running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -25,12 +30,12 @@ source scripts/lib/eal.sh
 
 KEEP=0
 [[ ${1:-} == --keep ]] && KEEP=1
-NS_A=pdemo-a NS_B=pdemo-b NS_WAN=pdemo-wan NS_RW=pdemo-rw
+NS_A=pdemo-a NS_B=pdemo-b NS_WAN=pdemo-wan NS_RW=pdemo-rw NS_INET=pdemo-inet NS_MPLS=pdemo-mpls
 CP=127.0.0.1:50151 CP_METRICS=127.0.0.1:9470
 declare -A METRICS=([branch]=127.0.0.1:9469 [hq]=127.0.0.1:9471)
 RW_IF=pdemo-wg
 WORK=
-declare -A GW_PID=()
+declare -A GW_PID=() WAN_PID=()
 CP_PID= RW_PID=
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -46,14 +51,14 @@ wait_for_log() {
 }
 
 cleanup() {
-    for pid in "${GW_PID[@]}" $CP_PID $RW_PID; do
+    for pid in "${GW_PID[@]}" "${WAN_PID[@]}" $CP_PID $RW_PID; do
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
         fi
     done
-    for ns in $NS_A $NS_B $NS_WAN $NS_RW; do ip netns del "$ns" 2>/dev/null || true; done
-    for link in pdemo-la pdemo-wa pdemo-lb pdemo-wb; do ip link del "$link" 2>/dev/null || true; done
+    for ns in $NS_A $NS_B $NS_WAN $NS_RW $NS_INET $NS_MPLS; do ip netns del "$ns" 2>/dev/null || true; done
+    for link in pdemo-la pdemo-wa pdemo-lb pdemo-wb pdemo-ma pdemo-mb; do ip link del "$link" 2>/dev/null || true; done
     rm -f "/var/run/wireguard/$RW_IF.sock"
     [[ -n $WORK ]] && rm -rf "$WORK"
     rm -rf /var/run/dpdk/pdemo-branch /var/run/dpdk/pdemo-hq
@@ -63,8 +68,8 @@ cleanup # leftovers of an interrupted run
 WORK=$(mktemp -d /tmp/patronus-demo.XXXXXX)
 
 mode=$(scripts/setup.sh)
-say "building patronus-dataplane, patronus-controlplane and patronusctl (release)"
-cargo build --release --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl
+say "building patronus-dataplane, patronus-controlplane, patronusctl and patronus-wan (release)"
+cargo build --release --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl --bin patronus-wan
 ctl() { target/release/patronusctl --server "http://$CP" "$@"; }
 scrape() { # scrape SITE: the gateway's /metrics
     local host=${METRICS[$1]%:*} port=${METRICS[$1]#*:}
@@ -101,7 +106,25 @@ for side in a b; do
     ip netns exec "$ns" ip route add default via "10.0.$net.1"
     ip netns exec "$ns" ip -6 route add default via "fd00:$net::1"
 done
-veth pdemo-wa "$NS_WAN" to-branch
+# Branch's internet link passes through patronus-wan in its own namespace.
+ip netns add "$NS_INET"
+ip netns add "$NS_MPLS"
+veth pdemo-wa "$NS_INET" gw
+ip link add rt netns "$NS_INET" type veth peer name to-branch netns "$NS_WAN"
+quiet_bridge_side() { # quiet_bridge_side NS IF: up, offloads off, no stack of its own
+    ip netns exec "$1" sysctl -qw "net.ipv6.conf.$2.disable_ipv6=1"
+    ip netns exec "$1" ethtool -K "$2" tx off tso off gso off gro off >/dev/null
+    ip netns exec "$1" ip link set "$2" up
+}
+quiet_bridge_side "$NS_INET" gw
+quiet_bridge_side "$NS_INET" rt
+ip netns exec "$NS_WAN" ethtool -K to-branch tx off tso off gso off gro off >/dev/null
+ip netns exec "$NS_WAN" ip link set to-branch up
+# The MPLS link joins the gateways directly, through patronus-wan.
+veth pdemo-ma "$NS_MPLS" branch
+veth pdemo-mb "$NS_MPLS" hq
+quiet_bridge_side "$NS_MPLS" branch
+quiet_bridge_side "$NS_MPLS" hq
 veth pdemo-wb "$NS_WAN" to-hq
 ip netns exec "$NS_WAN" ip addr add 203.0.113.254/24 dev to-branch
 ip netns exec "$NS_WAN" ip addr add 198.51.100.254/24 dev to-hq
@@ -114,6 +137,26 @@ ip netns exec "$NS_RW" ip addr add 192.0.2.10/24 dev eth0
 ip netns exec "$NS_RW" ip link set eth0 up
 ip netns exec "$NS_RW" ip route add default via 192.0.2.254
 
+say "impairing the WAN: MPLS 5 ms each way; internet 15 ms ± 2 ms and 1% loss each way"
+ip netns exec "$NS_MPLS" target/release/patronus-wan --a branch --b hq --seed 1 \
+    --control "$WORK/mpls.sock" --both "delay=5ms" 2>"$WORK/wan-mpls.log" &
+WAN_PID[mpls]=$!
+ip netns exec "$NS_INET" target/release/patronus-wan --a gw --b rt --seed 2 \
+    --control "$WORK/inet.sock" --both "delay=15ms jitter=2ms loss=1%" 2>"$WORK/wan-inet.log" &
+WAN_PID[inet]=$!
+wan() { # wan LINK COMMAND: a command to that link's patronus-wan
+    python3 - "$WORK/$1.sock" "$2" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall((sys.argv[2] + "\n").encode())
+print("  wan:", s.makefile().readline().strip())
+PY
+}
+for link in mpls inet; do
+    for _ in $(seq 100); do [[ -S $WORK/$link.sock ]] && break; sleep 0.1; done
+done
+
 say "making WireGuard keys"
 umask 077
 for who in branch hq rw; do wg genkey >"$WORK/$who.key"; done
@@ -121,12 +164,13 @@ umask 022
 declare -A PUB
 for who in branch hq rw; do PUB[$who]=$(wg pubkey <"$WORK/$who.key"); echo "  $who: ${PUB[$who]}"; done
 
-gateway_config() { # gateway_config SITE LAN_IF WAN_IF N WAN_ADDR WAN_ROUTER
-    local site=$1 lan=$2 wan=$3 n=$4
+gateway_config() { # gateway_config SITE LAN_IF WAN_IF N WAN_ADDR WAN_ROUTER MPLS_IF
+    local site=$1 lan=$2 wan=$3 n=$4 mpls=$7
     cat <<TOML
 [dpdk]
 eal_args = ["-l", "0-1", "--no-pci", $(eal_memory_args "$mode" "pdemo-$site"), "--log-level", "lib.eal:warning",
-            "--vdev", "net_af_packet0,iface=$lan", "--vdev", "net_af_packet1,iface=$wan"]
+            "--vdev", "net_af_packet0,iface=$lan", "--vdev", "net_af_packet1,iface=$wan",
+            "--vdev", "net_af_packet2,iface=$mpls"]
 
 [worker]
 flow_capacity = 65536
@@ -151,16 +195,42 @@ name = "wan"
 device = "net_af_packet1"
 addresses = ["$5/24"]
 
+[[port]]
+name = "mpls"
+device = "net_af_packet2"
+addresses = ["172.16.0.$n/24"]
+
 [[route]]
 prefix = "0.0.0.0/0"
 via = "$6"
+
+# Two uplinks, in order of preference; paths to probed peers are measured
+# every 20 ms and a path is down after 5 unanswered probes.
+[[uplink]]
+name = "mpls"
+port = "mpls"
+color = "mpls"
+cost_per_gb = 2.0
+bandwidth_mbps = 20
+
+[[uplink]]
+name = "inet"
+port = "wan"
+next_hop = "$6"
+color = "internet"
+cost_per_gb = 0.1
+bandwidth_mbps = 100
+
+[paths]
+probe_interval_ms = 20
+hold_ms = 2000
 
 [tunnel]
 private_key_file = "$WORK/$site.key"
 TOML
 }
 {
-    gateway_config branch pdemo-la pdemo-wa 1 203.0.113.1 203.0.113.254
+    gateway_config branch pdemo-la pdemo-wa 1 203.0.113.1 203.0.113.254 pdemo-ma
     cat <<TOML
 
 # Which prefixes each control-plane peer carries.
@@ -169,7 +239,7 @@ hq = ["10.0.2.0/24", "fd00:2::/64", "10.99.0.0/24"]
 TOML
 } >"$WORK/branch.toml"
 {
-    gateway_config hq pdemo-lb pdemo-wb 2 198.51.100.1 198.51.100.254
+    gateway_config hq pdemo-lb pdemo-wb 2 198.51.100.1 198.51.100.254 pdemo-mb
     cat <<TOML
 addresses = ["10.99.0.1/24"]
 
@@ -212,7 +282,11 @@ kind: Peer
 metadata: {name: hq}
 spec:
   siteId: branch
-  endpoint: {address: 198.51.100.1, port: 51820}
+  endpoint: {address: 172.16.0.2, port: 51820}
+  endpoints:
+    - {name: mpls, address: 172.16.0.2, port: 51820}
+    - {name: inet, address: 198.51.100.1, port: 51820}
+  slaProbes: true
   wireguard: {publicKey: ${PUB[hq]}}
   compression: true
 ---
@@ -221,7 +295,11 @@ kind: Peer
 metadata: {name: branch}
 spec:
   siteId: hq
-  endpoint: {address: 203.0.113.1, port: 51820}
+  endpoint: {address: 172.16.0.1, port: 51820}
+  endpoints:
+    - {name: mpls, address: 172.16.0.1, port: 51820}
+    - {name: inet, address: 203.0.113.1, port: 51820}
+  slaProbes: true
   wireguard: {publicKey: ${PUB[branch]}}
   compression: true
 ---
@@ -243,6 +321,17 @@ spec:
       priority: 100
       conditions: [{type: category, value: Video}]
       pathSelection: {strategy: lowest-latency, thresholds: {maxLatencyMs: 80}}
+---
+apiVersion: patronus.io/v1
+kind: Policy
+metadata: {name: voice}
+spec:
+  siteSelector: {matchLabels: {tier: branch}}
+  rules:
+    - action: route
+      priority: 200
+      conditions: [{type: protocol, value: udp}, {type: destination-port, value: "5004"}]
+      pathSelection: {strategy: lowest-latency, thresholds: {maxPacketLossPct: 5}}
 YAML
 ctl apply -f "$WORK/sites.yaml"
 # Converged once every gateway runs the version its site should run.
@@ -296,6 +385,46 @@ sleep 1.5 # one telemetry report
 ctl topology
 echo
 ctl events | tail -8
+
+say "the paths, as the gateways measure them (patronusctl paths)"
+sleep 2.5 # a window of probes, and a telemetry report
+ctl paths
+echo "  (the crossed paths, MPLS to the internet endpoint and back, are down: the two"
+echo "   networks do not meet, as an MPLS VPN and the internet usually do not)"
+
+say "failover: a ping and a VoIP-like stream (50 packets/s to UDP 5004) from host A to host B while MPLS degrades, fails and comes back"
+ip netns exec "$NS_B" python3 tests/tools/udp_seq.py recv 5004 11.5 >"$WORK/voice.out" &
+VOICE_RX=$!
+for _ in $(seq 50); do grep -q listening "$WORK/voice.out" && break; sleep 0.1; done
+ip netns exec "$NS_A" ping -i 0.05 -w 12 -q 10.0.2.2 >"$WORK/ping.out" &
+PING=$!
+ip netns exec "$NS_A" python3 tests/tools/udp_seq.py send 10.0.2.2 5004 50 12 >/dev/null &
+VOICE_TX=$!
+sleep 3
+echo "t=3 s: MPLS starts losing 20% of its frames (the voice policy allows 5%)"
+wan mpls "set both loss=20%"
+sleep 3
+echo "t=6 s: MPLS goes dark"
+wan mpls "set both blackhole=on"
+sleep 3
+echo "t=9 s: MPLS is back, clean (traffic returns after the 2 s hold time)"
+wan mpls "set both clear delay=5ms"
+wait "$VOICE_TX"
+wait "$VOICE_RX" || true
+wait "$PING" || true
+echo "VoIP-like stream (600 packets): $(tail -1 "$WORK/voice.out")"
+echo "ping every 50 ms: $(grep -E 'packets transmitted' "$WORK/ping.out")"
+echo "  (pings follow the site's default order, which has no loss limit: they stay on MPLS"
+echo "   through its 20% loss and move only when it goes dark; the voice policy's 5% limit"
+echo "   moved the stream at the first window over it)"
+
+say "the moves between paths (patronusctl events)"
+sleep 1.5 # one telemetry report
+ctl events | grep -i failover || echo "(none reported)"
+for site in branch hq; do
+    echo "  $site: $(scrape "$site" | grep -E '^patronus_failover_events_total' | grep -v ' 0$' | tr '\n' ' ')"
+done
+ctl paths
 
 if ((KEEP)); then
     say "running; metrics at http://${METRICS[branch]}/metrics and http://${METRICS[hq]}/metrics — Ctrl-C to stop"

@@ -8,7 +8,9 @@
 //! - round-trip time percentiles (p50, p95, p99 of the answered probes);
 //! - jitter: RFC 3550 6.4.1's estimator, `J += (|D| - J) / 16`, applied to
 //!   the difference `D` between successive round trips;
-//! - loss: the share of probes not answered within `timeout`;
+//! - loss: the share of probes not answered within `timeout` (those sent
+//!   before the first probe that was ever answered excepted: the peer or
+//!   its session was not there yet, which is no loss of the path);
 //! - availability: the share of the time since the meter started that the
 //!   path was up;
 //! - a health score, 0-100 (see [`health_score`]).
@@ -133,6 +135,9 @@ pub struct PathMeter {
     up_ns: u64,
     sent: u64,
     received: u64,
+    /// When the first probe that was ever answered left: probes lost
+    /// before it (the peer not there yet, no session) measure no path.
+    measured_from_ns: Option<u64>,
     events: Option<PathEvent>,
     /// Where percentiles are computed, kept to allocate nothing then.
     scratch: Box<[u32]>,
@@ -165,6 +170,7 @@ impl PathMeter {
             up_ns: 0,
             sent: 0,
             received: 0,
+            measured_from_ns: None,
             events: None,
             scratch: vec![0; window].into_boxed_slice(),
         }
@@ -196,10 +202,10 @@ impl PathMeter {
             seq: self.next_seq,
             sent_ns: now_ns,
         };
-        let slot = &mut self.flight[probe.seq as usize % MAX_WINDOW];
+        let slot = self.flight[probe.seq as usize % MAX_WINDOW];
         if slot.live {
             // Never answered, and the ring came round: lost long ago.
-            self.resolve(true);
+            self.lost(slot.sent_ns);
         }
         self.flight[probe.seq as usize % MAX_WINDOW] = Outstanding {
             seq: probe.seq,
@@ -231,6 +237,7 @@ impl PathMeter {
         }
         slot.live = false;
         self.received += 1;
+        self.measured_from_ns.get_or_insert(sent_ns);
         let rtt = now_ns - sent_ns;
         let at = self.rtt_count % self.rtts.len();
         self.rtts[at] = u32::try_from(rtt / 1_000).unwrap_or(u32::MAX);
@@ -258,7 +265,7 @@ impl PathMeter {
             let o = self.flight[i];
             if o.live && now_ns.saturating_sub(o.sent_ns) >= timeout {
                 self.flight[i].live = false;
-                self.resolve(true);
+                self.lost(o.sent_ns);
             }
         }
         let silent_ns = u64::from(self.settings.down_after) * self.settings.interval_ns;
@@ -287,6 +294,14 @@ impl PathMeter {
         } else {
             PathEvent::Down { at_ns: now_ns }
         });
+    }
+
+    /// Records the loss of the probe sent at `sent_ns`, unless it left
+    /// before the first probe that was ever answered.
+    fn lost(&mut self, sent_ns: u64) {
+        if self.measured_from_ns.is_some_and(|from| sent_ns >= from) {
+            self.resolve(true);
+        }
     }
 
     /// Records whether probe `seq` was lost, in the window of outcomes.
@@ -443,11 +458,15 @@ mod tests {
         // A late echo (after the timeout) is neither a round trip nor a
         // second resolution of its probe.
         let mut m = meter(MeterSettings::default());
-        let p = m.poll_probe(NOW).unwrap();
-        m.handle_timeout(NOW + 1_000 * MS);
-        m.handle_echo(p.seq, p.sent_ns, NOW + 1_100 * MS);
-        let f = m.figures(NOW + 1_100 * MS);
-        assert_eq!((f.received, f.rtt_ms, f.loss_pct), (0, None, Some(100.0)));
+        let first = m.poll_probe(NOW).unwrap();
+        m.handle_echo(first.seq, first.sent_ns, NOW + 10 * MS);
+        let later = NOW + 100 * MS;
+        let p = m.poll_probe(later).unwrap();
+        m.handle_timeout(later + 1_000 * MS);
+        m.handle_echo(p.seq, p.sent_ns, later + 1_100 * MS);
+        let f = m.figures(later + 1_100 * MS);
+        assert_eq!((f.received, f.loss_pct), (1, Some(50.0)));
+        assert_eq!(f.rtt_ms, Some([10.0; 3]));
     }
 
     #[test]
@@ -493,6 +512,21 @@ mod tests {
         assert!(matches!(m.poll_event(), Some(PathEvent::Up { .. })));
         let f = m.figures(now);
         assert!((0.55..0.75).contains(&f.availability), "{}", f.availability);
+    }
+
+    #[test]
+    fn probes_lost_before_the_first_answer_are_no_loss() {
+        let mut m = meter(MeterSettings::default());
+        // The peer answers from the 11th probe on (no session before).
+        let end = drive(&mut m, NOW, 60, |i| (i >= 10).then_some(20 * MS));
+        let f = m.figures(end + 2_000 * MS);
+        assert_eq!(f.loss_pct, Some(0.0));
+        assert_eq!((f.sent, f.received), (60, 50));
+        // Losses after it count.
+        let end = drive(&mut m, end, 10, |i| (i % 2 == 0).then_some(20 * MS));
+        m.handle_timeout(end + 2_000 * MS);
+        let f = m.figures(end + 2_000 * MS);
+        assert_eq!(f.loss_pct, Some(100.0 * 5.0 / 60.0));
     }
 
     #[test]
