@@ -132,3 +132,94 @@ fn four_paths_are_measured_and_a_blackholed_uplink_fails_over_and_back() {
         assert!(status.success(), "exit {status}:\n{}", gw.log_text());
     }
 }
+
+/// A path's figure from a scrape.
+fn figure(m: &Metrics, name: &str, path: &str) -> f64 {
+    m.sum(name, &[("path_id", path)])
+}
+
+#[test]
+fn probes_measure_the_delay_loss_and_jitter_the_wan_imposes() {
+    if need_root() {
+        return;
+    }
+    // Site 1's MPLS uplink: 10 ms each way, 2 ms of jitter and 2% loss on
+    // the way out. Its internet uplink and site 2's are clean.
+    let wan = env!("CARGO_BIN_EXE_patronus-wan");
+    let sites = Sites::with_impaired_mpls(wan, "delay=10ms jitter=2ms loss=2%", "delay=10ms");
+    let (mut one, mut two) = sites.start(10);
+    let ready = eventually(Duration::from_secs(30), || {
+        let m = one.scrape();
+        PATHS
+            .iter()
+            .all(|p| figure(&m, "patronus_path_probes_answered_total", p) >= 100.0)
+    });
+    let before = one.scrape();
+    assert!(ready, "{}", before.text);
+    // 2 000 probes on each path.
+    let answered = eventually(Duration::from_secs(60), || {
+        let m = one.scrape();
+        PATHS.iter().all(|p| {
+            figure(&m, "patronus_path_probes_sent_total", p)
+                - figure(&before, "patronus_path_probes_sent_total", p)
+                >= 2_000.0
+        })
+    });
+    let after = one.scrape();
+    assert!(answered, "{}", after.text);
+    let delta = |name: &str, p: &str| figure(&after, name, p) - figure(&before, name, p);
+    let rtt = |p: &str| {
+        1000.0
+            * after.sum(
+                "patronus_path_latency_seconds",
+                &[("path_id", p), ("percentile", "50")],
+            )
+    };
+    let jitter = |p: &str| 1000.0 * figure(&after, "patronus_path_jitter_seconds", p);
+    let clean = "local:inet->site2:inet";
+    for p in PATHS {
+        let sent = delta("patronus_path_probes_sent_total", p);
+        let answered = delta("patronus_path_probes_answered_total", p);
+        eprintln!(
+            "{p}: {sent} probes, {:.2}% lost, round trip p50 {:.2} ms, jitter {:.2} ms",
+            100.0 * (1.0 - answered / sent),
+            rtt(p),
+            jitter(p)
+        );
+    }
+    for impaired in ["local:mpls->site2:mpls", "local:mpls->site2:inet"] {
+        let loss = 100.0
+            * (1.0
+                - delta("patronus_path_probes_answered_total", impaired)
+                    / delta("patronus_path_probes_sent_total", impaired));
+        assert!(
+            (1.0..=3.0).contains(&loss),
+            "{impaired}: {loss}% lost, 2% configured"
+        );
+        let added = rtt(impaired) - rtt(clean);
+        assert!(
+            (19.0..=21.0).contains(&added),
+            "{impaired}: {added} ms more than {clean}, 20 ms configured"
+        );
+        assert!(
+            jitter(impaired) > 0.3,
+            "{impaired}: jitter {} ms",
+            jitter(impaired)
+        );
+    }
+    for p in [clean, "local:inet->site2:mpls"] {
+        let lost = delta("patronus_path_probes_sent_total", p)
+            - delta("patronus_path_probes_answered_total", p);
+        // Probes in flight at the second scrape are not lost.
+        assert!(lost <= 2.0, "{p}: {lost} probes lost on a clean path");
+        assert!(
+            jitter(p) < 1.0,
+            "{p}: jitter {} ms on a clean path",
+            jitter(p)
+        );
+    }
+    for gw in [&mut one, &mut two] {
+        let status = gw.stop();
+        assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+    }
+}

@@ -20,10 +20,16 @@ pub struct Sites {
     pub hosts: Vec<Netns>,
     links: Vec<[Link; 3]>,
     dir: std::path::PathBuf,
+    /// `patronus-wan` on site 1's MPLS link, when impaired, and its namespace.
+    wan: Option<(std::process::Child, Netns)>,
 }
 
 impl Drop for Sites {
     fn drop(&mut self) {
+        if let Some((child, _)) = &mut self.wan {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         for n in 1..=2 {
             remove_runtime_dir(&format!("pp{n}{}", self.id));
@@ -63,7 +69,79 @@ impl Sites {
             hosts,
             links,
             dir,
+            wan: None,
         }
+    }
+
+    /// The same, with site 1's MPLS link passing through `patronus-wan`
+    /// (`wan` is the binary) in a namespace of its own, which starts with
+    /// `settings` in each direction: `a2b` is from the gateway to the router.
+    pub fn with_impaired_mpls(wan: &str, a2b: &str, b2a: &str) -> Sites {
+        let mut sites = Sites::new();
+        let id = sites.id.clone();
+        let imp = Netns::new(format!("ppw{id}"));
+        // Re-plumb site 1's MPLS link: gateway ─ [imp: g | patronus-wan | r] ─ router.
+        let gw_link = Link::new(format!("ppe1{id}"), "g".into(), &imp);
+        // The old link goes, and its end in the router with it.
+        drop(std::mem::replace(&mut sites.links[0][1], gw_link));
+        let router_side = format!("ppb1{id}");
+        must(&[
+            "ip",
+            "link",
+            "add",
+            "r",
+            "netns",
+            &imp.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &router_side,
+            "netns",
+            &sites.router.name,
+        ]);
+        for (ns, name) in [
+            (&imp, "g"),
+            (&imp, "r"),
+            (&sites.router, router_side.as_str()),
+        ] {
+            if ns.name == imp.name {
+                ns.exec(&[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{name}.disable_ipv6=1"),
+                ]);
+            }
+            ns.exec(&[
+                "ethtool", "-K", name, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ]);
+            ns.exec(&["ip", "link", "set", name, "up"]);
+        }
+        sites
+            .router
+            .exec(&["ip", "addr", "add", "10.20.1.254/24", "dev", &router_side]);
+        let control = sites.dir.join("wan.sock");
+        let child = imp.spawn(&[
+            wan,
+            "--a",
+            "g",
+            "--b",
+            "r",
+            "--seed",
+            "7",
+            "--control",
+            control.to_str().unwrap(),
+            "--a-to-b",
+            a2b,
+            "--b-to-a",
+            b2a,
+        ]);
+        assert!(
+            eventually(std::time::Duration::from_secs(10), || control.exists()),
+            "patronus-wan did not start"
+        );
+        sites.wan = Some((child, imp));
+        sites
     }
 
     /// Gateway `n`'s configuration, its paths probed every `probe_ms`.
