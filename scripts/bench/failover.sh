@@ -2,7 +2,9 @@
 # Failover: packets lost and the blackout of a paced UDP stream when the
 # path it takes is blackholed, for probe intervals of 10, 20 and 100 ms and
 # streams of 1 000 and 10 000 packets a second (tests/tests/failover.rs).
-# Needs root (namespaces, DPDK on af_packet). FAILOVER_RUNS=5 by default.
+# Then ten minutes of 1% random loss each way on the path in use, which must
+# cause no failover (FAILOVER_SOAK_S=600). Needs root (namespaces, DPDK on
+# af_packet). FAILOVER_RUNS=5 by default.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --bin patronus-dataplane

@@ -122,3 +122,47 @@ fn failover_blackout_by_probe_interval_and_rate() {
         }
     }
 }
+
+#[test]
+#[ignore = "a benchmark of ten minutes: scripts/bench/failover.sh runs it"]
+fn no_false_failover_at_one_percent_loss() {
+    if need_root() {
+        return;
+    }
+    let seconds: u64 = std::env::var("FAILOVER_SOAK_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    // 1% random loss each way on site 1's MPLS link, probes every 20 ms,
+    // down after 5 unanswered in a row.
+    let wan = env!("CARGO_BIN_EXE_patronus-wan");
+    let sites = Sites::with_impaired_mpls(wan, "loss=1%", "loss=1%");
+    let (mut one, mut two) = sites.start(20);
+    let ready = eventually(Duration::from_secs(30), || {
+        let m = one.scrape();
+        m.sum(
+            "patronus_path_active",
+            &[("path_id", "local:mpls->site2:mpls")],
+        ) == 1.0
+            && m.sum("patronus_path_probes_answered_total", &[]) > 400.0
+    });
+    assert!(ready, "{}", one.scrape().text);
+    let before = one.scrape();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let after = one.scrape();
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
+    let path = [("path_id", "local:mpls->site2:mpls")];
+    let sent = delta("patronus_path_probes_sent_total", &path);
+    let lost = sent - delta("patronus_path_probes_answered_total", &path);
+    let failovers = delta("patronus_failover_events_total", &[]);
+    println!(
+        "| {seconds} s at 1% loss each way, 20 ms × 5 | {sent} probes on the MPLS path, {:.2}% lost | {failovers} failovers |",
+        100.0 * lost / sent
+    );
+    assert_eq!(failovers, 0.0, "a false failover:\n{}", after.text);
+    for gw in [&mut one, &mut two] {
+        let status = gw.stop();
+        assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+    }
+}

@@ -196,9 +196,13 @@ fn probes_measure_the_delay_loss_and_jitter_the_wan_imposes() {
             (1.0..=3.0).contains(&loss),
             "{impaired}: {loss}% lost, 2% configured"
         );
+        // The clean path does not cross patronus-wan, so the impaired one
+        // also carries the bridge's own cost: two userspace hops and their
+        // wake-ups each way, well under a millisecond idle, more on a busy
+        // two-core machine. Well below the configured delay would be a measuring error.
         let added = rtt(impaired) - rtt(clean);
         assert!(
-            (19.0..=21.0).contains(&added),
+            (19.0..=23.0).contains(&added),
             "{impaired}: {added} ms more than {clean}, 20 ms configured"
         );
         assert!(

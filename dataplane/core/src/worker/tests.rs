@@ -818,24 +818,26 @@ fn udp_between(from: u8, dst: [u8; 4], ports: (u16, u16), payload: &[u8]) -> Vec
     VecFrame::new(&out)
 }
 
+/// A policy `name` of one route rule for UDP/TCP destination `port`.
+fn route_policy(name: &str, priority: u32, port: u16, strategy: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [[policy]]
+        name = "{name}"
+        [[policy.rule]]
+        action = "route"
+        priority = {priority}
+        conditions = [{{ type = "destination-port", value = "{port}" }}]
+        path_selection = {{ strategy = "{strategy}" }}
+        {extra}
+        "#
+    )
+}
+
 #[test]
 fn route_rules_pick_paths_by_strategy_and_keep_flows_on_them() {
-    let rules = r#"
-        [[policy]]
-        name = "voice"
-        [[policy.rule]]
-        action = "route"
-        priority = 20
-        conditions = [{ type = "destination-port", value = "5060" }]
-        path_selection = { strategy = "lowest-latency" }
-        [[policy]]
-        name = "bulk"
-        [[policy.rule]]
-        action = "route"
-        priority = 10
-        conditions = [{ type = "destination-port", value = "6000" }]
-        path_selection = { strategy = "least-cost" }
-    "#;
+    let rules = route_policy("voice", 20, 5060, "lowest-latency", "")
+        + &route_policy("bulk", 10, 6000, "least-cost", "");
     let costs = |text: String| {
         text.replacen(
             "color = \"mpls\"",
@@ -849,7 +851,7 @@ fn route_rules_pick_paths_by_strategy_and_keep_flows_on_them() {
         )
     };
     let clock = ManualClock::default();
-    let mut a = site_from(1, 1, &(costs(multipath_text(1, 2)) + rules), &clock);
+    let mut a = site_from(1, 1, &(costs(multipath_text(1, 2)) + &rules), &clock);
     let mut b = site_from(2, 1, &multipath_text(2, 1), &clock);
     let inet = |u: &Udp| u.src[..3] == [198, 51, 100] || u.dst[..3] == [198, 51, 100];
     // The internet is 10 ms slower each way than MPLS.
@@ -938,18 +940,9 @@ fn a_flapping_path_is_left_once_not_followed_back_and_forth() {
 
 #[test]
 fn duplicated_packets_survive_independent_loss_on_two_paths() {
-    let rules = r#"
-        [[policy]]
-        name = "voice"
-        [[policy.rule]]
-        action = "route"
-        priority = 20
-        conditions = [{ type = "destination-port", value = "5060" }]
-        path_selection = { strategy = "lowest-latency" }
-        duplicate = true
-    "#;
+    let rules = route_policy("voice", 20, 5060, "lowest-latency", "duplicate = true");
     let clock = ManualClock::default();
-    let mut a = site_from(1, 1, &(multipath_text(1, 2) + rules), &clock);
+    let mut a = site_from(1, 1, &(multipath_text(1, 2) + &rules), &clock);
     let mut b = site_from(2, 1, &multipath_text(2, 1), &clock);
     run_for(&mut [&mut a, &mut b], &clock, 1_000 * MS, |_| false);
 
