@@ -136,7 +136,7 @@ fn no_false_failover_at_one_percent_loss() {
     // 1% random loss each way on site 1's MPLS link, probes every 20 ms,
     // down after 5 unanswered in a row.
     let wan = env!("CARGO_BIN_EXE_patronus-wan");
-    let sites = Sites::with_impaired_mpls(wan, "loss=1%", "loss=1%");
+    let sites = Sites::with_impaired(wan, &[("mpls", "loss=1%", "loss=1%")]);
     let (mut one, mut two) = sites.start(20);
     let ready = eventually(Duration::from_secs(30), || {
         let m = one.scrape();

@@ -636,7 +636,8 @@ telemetry_interval_ms = 200
             token = token_file().display()
         );
         let private = &keys[usize::from(n) - 1].0;
-        let config = sites.base_config(n, private, 20, &tunnel_extra) + &managed;
+        let config =
+            sites.base_config(n, private, "probe_interval_ms = 20", &tunnel_extra) + &managed;
         gateways.push(Dataplane::start(&config));
     }
     apply(

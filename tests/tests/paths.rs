@@ -146,7 +146,10 @@ fn probes_measure_the_delay_loss_and_jitter_the_wan_imposes() {
     // Site 1's MPLS uplink: 10 ms each way, 2 ms of jitter and 2% loss on
     // the way out. Its internet uplink and site 2's are clean.
     let wan = env!("CARGO_BIN_EXE_patronus-wan");
-    let sites = Sites::with_impaired_mpls(wan, "delay=10ms jitter=2ms loss=2%", "delay=10ms");
+    let sites = Sites::with_impaired(
+        wan,
+        &[("mpls", "delay=10ms jitter=2ms loss=2%", "delay=10ms")],
+    );
     let (mut one, mut two) = sites.start(10);
     let ready = eventually(Duration::from_secs(30), || {
         let m = one.scrape();

@@ -1,13 +1,18 @@
 """A paced UDP stream with sequence numbers, and its receiver.
 
-send HOST PORT PPS SECONDS   send PPS datagrams a second for SECONDS, each
-                             carrying its sequence number; print the count sent
+send HOST PORT PPS SECONDS [--first TEXT] [--from-port N]
+                             send PPS datagrams a second for SECONDS, each
+                             carrying its sequence number; print the count sent.
+                             --first: one datagram of TEXT (escapes such as \r\n
+                             allowed) before the stream, for the classifier;
+                             --from-port: the source port (default: any)
 recv PORT SECONDS            receive for SECONDS after the first datagram; print
                              "received R lost L max_gap_ms G" where lost counts
                              the sequence numbers never seen up to the highest
                              one, and max_gap_ms is the longest silence between
                              two datagrams in a row (the blackout of a failover)
 """
+import argparse
 import socket
 import struct
 import sys
@@ -16,12 +21,15 @@ import time
 SIZE = 64
 
 
-def send(host, port, pps, seconds):
+def send(host, port, pps, seconds, first=None, from_port=0):
     total = int(pps * seconds)
     payload = bytearray(SIZE)
-    start = time.monotonic()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", from_port))
         s.connect((host, port))
+        if first is not None:
+            s.send(first)
+        start = time.monotonic()
         seq = 0
         while seq < total:
             # Catch up with the schedule in one go, then wait for the next
@@ -70,9 +78,22 @@ def recv(port, seconds):
     print(f"received {len(seen)} lost {lost} max_gap_ms {max_gap * 1000:.1f}", flush=True)
 
 
+def send_args(argv):
+    parser = argparse.ArgumentParser(prog="udp_seq.py send")
+    for name, kind in [("host", str), ("port", int), ("pps", float), ("seconds", float)]:
+        parser.add_argument(name, type=kind)
+    parser.add_argument("--first", type=str)
+    parser.add_argument("--from-port", type=int, default=0)
+    a = parser.parse_args(argv)
+    first = None
+    if a.first is not None:
+        first = a.first.encode("latin-1").decode("unicode_escape").encode("latin-1")
+    return a.host, a.port, a.pps, a.seconds, first, a.from_port
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "send":
-        send(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+        send(*send_args(sys.argv[2:]))
     elif sys.argv[1] == "recv":
         recv(int(sys.argv[2]), float(sys.argv[3]))
     else:

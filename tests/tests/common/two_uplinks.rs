@@ -20,15 +20,24 @@ pub struct Sites {
     pub hosts: Vec<Netns>,
     links: Vec<[Link; 3]>,
     dir: std::path::PathBuf,
-    /// `patronus-wan` on site 1's MPLS link, when impaired, and its namespace.
-    wan: Option<(std::process::Child, Netns)>,
+    /// `patronus-wan` on each of site 1's impaired uplinks.
+    wans: Vec<Wan>,
+}
+
+/// A `patronus-wan` between a gateway's uplink and the router.
+struct Wan {
+    uplink: String,
+    child: std::process::Child,
+    /// Its namespace, removed after the tool has stopped.
+    _ns: Netns,
+    control: std::path::PathBuf,
 }
 
 impl Drop for Sites {
     fn drop(&mut self) {
-        if let Some((child, _)) = &mut self.wan {
-            let _ = child.kill();
-            let _ = child.wait();
+        for wan in &mut self.wans {
+            let _ = wan.child.kill();
+            let _ = wan.child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         for n in 1..=2 {
@@ -69,83 +78,116 @@ impl Sites {
             hosts,
             links,
             dir,
-            wan: None,
+            wans: Vec::new(),
         }
     }
 
-    /// The same, with site 1's MPLS link passing through `patronus-wan`
-    /// (`wan` is the binary) in a namespace of its own, which starts with
-    /// `settings` in each direction: `a2b` is from the gateway to the router.
-    pub fn with_impaired_mpls(wan: &str, a2b: &str, b2a: &str) -> Sites {
+    /// The same, with some of site 1's uplinks passing through
+    /// `patronus-wan` (`wan` is the binary), each in a namespace of its own:
+    /// `(uplink, a2b, b2a)` names the uplink (`mpls` or `inet`) and the
+    /// settings it starts with in each direction, `a2b` from the gateway
+    /// to the router.
+    pub fn with_impaired(wan: &str, impaired: &[(&str, &str, &str)]) -> Sites {
         let mut sites = Sites::new();
-        let id = sites.id.clone();
-        let imp = Netns::new(format!("ppw{id}"));
-        // Re-plumb site 1's MPLS link: gateway ─ [imp: g | patronus-wan | r] ─ router.
-        let gw_link = Link::new(format!("ppe1{id}"), "g".into(), &imp);
-        // The old link goes, and its end in the router with it.
-        drop(std::mem::replace(&mut sites.links[0][1], gw_link));
-        let router_side = format!("ppb1{id}");
-        must(&[
-            "ip",
-            "link",
-            "add",
-            "r",
-            "netns",
-            &imp.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &router_side,
-            "netns",
-            &sites.router.name,
-        ]);
-        for (ns, name) in [
-            (&imp, "g"),
-            (&imp, "r"),
-            (&sites.router, router_side.as_str()),
-        ] {
-            if ns.name == imp.name {
-                ns.exec(&[
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{name}.disable_ipv6=1"),
-                ]);
-            }
-            ns.exec(&[
-                "ethtool", "-K", name, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+        for &(uplink, a2b, b2a) in impaired {
+            let (slot, net, gw_side, router_side) = match uplink {
+                "mpls" => (1, 20, "ppe1", "ppb1"),
+                "inet" => (2, 30, "ppf1", "ppd1"),
+                other => panic!("no uplink {other}"),
+            };
+            let id = sites.id.clone();
+            let imp = Netns::new(format!("ppw{slot}{id}"));
+            // Re-plumb the link: gateway ─ [imp: g | patronus-wan | r] ─ router.
+            let gw_link = Link::new(format!("{gw_side}{id}"), "g".into(), &imp);
+            // The old link goes, and its end in the router with it.
+            drop(std::mem::replace(&mut sites.links[0][slot], gw_link));
+            let router_side = format!("{router_side}{id}");
+            must(&[
+                "ip",
+                "link",
+                "add",
+                "r",
+                "netns",
+                &imp.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &router_side,
+                "netns",
+                &sites.router.name,
             ]);
-            ns.exec(&["ip", "link", "set", name, "up"]);
+            for (ns, name) in [
+                (&imp, "g"),
+                (&imp, "r"),
+                (&sites.router, router_side.as_str()),
+            ] {
+                if ns.name == imp.name {
+                    ns.exec(&[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{name}.disable_ipv6=1"),
+                    ]);
+                }
+                ns.exec(&[
+                    "ethtool", "-K", name, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ]);
+                ns.exec(&["ip", "link", "set", name, "up"]);
+            }
+            let address = format!("10.{net}.1.254/24");
+            sites
+                .router
+                .exec(&["ip", "addr", "add", &address, "dev", &router_side]);
+            let control = sites.dir.join(format!("wan-{uplink}.sock"));
+            let child = imp.spawn(&[
+                wan,
+                "--a",
+                "g",
+                "--b",
+                "r",
+                "--seed",
+                &(7 + slot).to_string(),
+                "--control",
+                control.to_str().unwrap(),
+                "--a-to-b",
+                a2b,
+                "--b-to-a",
+                b2a,
+            ]);
+            assert!(
+                eventually(std::time::Duration::from_secs(10), || control.exists()),
+                "patronus-wan did not start"
+            );
+            sites.wans.push(Wan {
+                uplink: uplink.to_owned(),
+                child,
+                _ns: imp,
+                control,
+            });
         }
-        sites
-            .router
-            .exec(&["ip", "addr", "add", "10.20.1.254/24", "dev", &router_side]);
-        let control = sites.dir.join("wan.sock");
-        let child = imp.spawn(&[
-            wan,
-            "--a",
-            "g",
-            "--b",
-            "r",
-            "--seed",
-            "7",
-            "--control",
-            control.to_str().unwrap(),
-            "--a-to-b",
-            a2b,
-            "--b-to-a",
-            b2a,
-        ]);
-        assert!(
-            eventually(std::time::Duration::from_secs(10), || control.exists()),
-            "patronus-wan did not start"
-        );
-        sites.wan = Some((child, imp));
         sites
     }
 
-    /// Gateway `n`'s configuration, its paths probed every `probe_ms`.
-    pub fn config(&self, n: u8, private: &str, peer_public: &str, probe_ms: u32) -> String {
+    /// Sends `command` (`set a2b|b2a|both SETTINGS`) to the `patronus-wan`
+    /// on site 1's `uplink`, and checks that it was taken.
+    pub fn impair(&self, uplink: &str, command: &str) {
+        use std::io::{BufRead, Write};
+        let wan = self
+            .wans
+            .iter()
+            .find(|w| w.uplink == uplink)
+            .unwrap_or_else(|| panic!("{uplink} is not impaired"));
+        let mut stream = std::os::unix::net::UnixStream::connect(&wan.control).unwrap();
+        writeln!(stream, "{command}").unwrap();
+        let mut reply = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut reply)
+            .unwrap();
+        assert_eq!(reply.trim(), "ok", "patronus-wan refused {command:?}");
+    }
+
+    /// Gateway `n`'s configuration, `paths` the body of its `[paths]`.
+    pub fn config(&self, n: u8, private: &str, peer_public: &str, paths: &str) -> String {
         let other = 3 - n;
         let peer = format!(
             r#"
@@ -160,12 +202,13 @@ wireguard = {{ public_key = "{peer_public}" }}
 allowed_ips = ["10.{other}.0.0/24"]
 "#
         );
-        self.base_config(n, private, probe_ms, "") + &peer
+        self.base_config(n, private, paths, "") + &peer
     }
 
-    /// Gateway `n`'s ports, tunnel (with `tunnel_extra` in its section) and
-    /// uplinks, without peers.
-    pub fn base_config(&self, n: u8, private: &str, probe_ms: u32, tunnel_extra: &str) -> String {
+    /// Gateway `n`'s ports, tunnel (with `tunnel_extra` in its section),
+    /// uplinks (MPLS costs 1.0 per GB, the internet 0.1) and `[paths]`
+    /// (`paths` its body), without peers.
+    pub fn base_config(&self, n: u8, private: &str, paths: &str, tunnel_extra: &str) -> String {
         use std::os::unix::fs::PermissionsExt;
         let [lan, mpls, inet] = &self.links[usize::from(n) - 1];
         let key = self.dir.join(format!("gw{n}.key"));
@@ -209,15 +252,17 @@ name = "mpls"
 port = "mpls"
 next_hop = "10.20.{n}.254"
 color = "mpls"
+cost_per_gb = 1.0
 
 [[uplink]]
 name = "inet"
 port = "inet"
 next_hop = "10.30.{n}.254"
 color = "internet"
+cost_per_gb = 0.1
 
 [paths]
-probe_interval_ms = {probe_ms}
+{paths}
 "#,
             mem = eal_memory(&format!("pp{n}{}", self.id)),
             lan = lan.gw_side,
@@ -229,10 +274,16 @@ probe_interval_ms = {probe_ms}
 
     /// Starts both gateways, paths probed every `probe_ms`.
     pub fn start(&self, probe_ms: u32) -> (Dataplane, Dataplane) {
+        self.start_with(&format!("probe_interval_ms = {probe_ms}"), "")
+    }
+
+    /// Starts both gateways with `paths` as the body of their `[paths]`
+    /// and `site1_extra` (policies, say) added to gateway 1's configuration.
+    pub fn start_with(&self, paths: &str, site1_extra: &str) -> (Dataplane, Dataplane) {
         let (private1, public1) = wg_keypair();
         let (private2, public2) = wg_keypair();
-        let one = Dataplane::start(&self.config(1, &private1, &public2, probe_ms));
-        let two = Dataplane::start(&self.config(2, &private2, &public1, probe_ms));
+        let one = Dataplane::start(&(self.config(1, &private1, &public2, paths) + site1_extra));
+        let two = Dataplane::start(&self.config(2, &private2, &public1, paths));
         (one, two)
     }
 }
