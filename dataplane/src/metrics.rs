@@ -671,8 +671,8 @@ impl Scrape<'_> {
     }
 
     /// Each path: what it is, whether its peer's packets take it, what its
-    /// probes measure (probed paths only: "not measured" is no series, not
-    /// a zero), its traffic; and the failovers.
+    /// probes or its peer's handshakes measure ("not measured" is no
+    /// series, not a zero), its traffic; and the failovers.
     fn paths(&self, tunnel: &TunnelSnapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         let reports: Vec<_> = self.tunnels.iter().map(|w| w.paths()).collect();
         let mut by_path: Vec<Option<&PathReport>> = vec![None; tunnel.paths.paths.len()];
@@ -693,8 +693,8 @@ impl Scrape<'_> {
         gauge(
             enc,
             "patronus_path_info",
-            "1 for each path: its peer, uplink, colour, and how it is measured (probes, or none).",
-            paths.iter().map(|(p, r)| {
+            "1 for each path: its peer, uplink, colour, and how it is measured (probes, or passive: from WireGuard handshakes).",
+            paths.iter().map(|(p, _)| {
                 let uplink = &tunnel.paths.uplinks[usize::from(p.uplink)];
                 let peer = tunnel.config.peers.get(p.peer as usize);
                 (
@@ -705,12 +705,7 @@ impl Scrape<'_> {
                         ("color", uplink.color.clone()),
                         (
                             "measured",
-                            if r.figures.is_some() {
-                                "probes"
-                            } else {
-                                "none"
-                            }
-                            .to_owned(),
+                            if p.probed { "probes" } else { "passive" }.to_owned(),
                         ),
                     ],
                     1i64,
@@ -730,7 +725,7 @@ impl Scrape<'_> {
         gauge(
             enc,
             "patronus_path_up",
-            "1 while the path answers its probes, 0 once it missed paths.down_after in a row.",
+            "1 while the path answers, 0 once it missed paths.down_after probes in a row (passive: two handshake initiations).",
             measured.iter().map(|(p, f)| (id(p), i64::from(f.up))),
         )?;
         gauge(
@@ -782,13 +777,13 @@ impl Scrape<'_> {
         counter(
             enc,
             "patronus_path_probes_sent",
-            "Probes sent on the path.",
+            "Probes sent on the path (passive paths: handshakes resolved, answered or not).",
             measured.iter().map(|(p, f)| (id(p), f.sent)),
         )?;
         counter(
             enc,
             "patronus_path_probes_answered",
-            "Echoes of the path's probes received.",
+            "Echoes of the path's probes received (passive paths: handshakes answered).",
             measured.iter().map(|(p, f)| (id(p), f.received)),
         )?;
         for (metric, help, value) in [

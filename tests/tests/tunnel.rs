@@ -176,10 +176,15 @@ impl Drop for TempDir {
     }
 }
 
-/// Host A, the gateway, and host B with wireguard-go. `gateway_knows` is
-/// the public key the gateway is configured with for host B (host B's own
-/// unless a test wants it wrong).
+/// Host A, the gateway, and host B with wireguard-go, `tunnel_extra` in the
+/// gateway's `[tunnel]`; with `wrong_key` the gateway knows host B by
+/// another public key than its own.
 fn rig(tunnel_extra: &str, wrong_key: bool) -> Option<Rig> {
+    rig_with(tunnel_extra, wrong_key, "")
+}
+
+/// The same, with `tables` (uplinks, say) added to the gateway's configuration.
+fn rig_with(tunnel_extra: &str, wrong_key: bool, tables: &str) -> Option<Rig> {
     if need_root() {
         return None;
     }
@@ -192,7 +197,7 @@ fn rig(tunnel_extra: &str, wrong_key: bool) -> Option<Rig> {
     } else {
         b_key.public.clone()
     };
-    let extra = tunnel_config(&dir.0, &gw_key, &configured, tunnel_extra);
+    let extra = tunnel_config(&dir.0, &gw_key, &configured, tunnel_extra) + tables;
     let dp = Dataplane::start(&topo.config(1, &extra));
     let wg = WireGuardGo::start(&topo.b, &b_key, &gw_key.public);
     Some(Rig {
@@ -310,6 +315,48 @@ fn wireguard_go_and_patronus_carry_ping_and_tcp_with_handshakes_from_either_side
 
     let status = r.dp.stop();
     assert!(status.success(), "exit {status}:\n{}", r.dp.log_text());
+}
+
+#[test]
+fn a_stock_peers_path_is_measured_from_its_handshakes() {
+    // The WAN port as an uplink: the road warrior gets a path, measured
+    // passively since it takes no probes.
+    let uplink = "\n[[uplink]]\nname = \"wan\"\nport = \"wan\"\n";
+    let Some(mut r) = rig_with("", false, uplink) else {
+        return;
+    };
+    let path = [("path_id", "local:wan->roadwarrior")];
+    assert!(ping(&r.topo.a, B_TUNNEL4), "{}", r.dp.log_text());
+    let measured = eventually(Duration::from_secs(5), || {
+        r.dp.scrape()
+            .sum("patronus_path_probes_answered_total", &path)
+            >= 1.0
+    });
+    let m = r.dp.scrape();
+    assert!(measured, "{}", m.text);
+    assert_eq!(
+        m.sum(
+            "patronus_path_info",
+            &[
+                ("path_id", "local:wan->roadwarrior"),
+                ("measured", "passive")
+            ]
+        ),
+        1.0
+    );
+    // One handshake, answered, over a veth: well under 50 ms.
+    assert_eq!(m.sum("patronus_path_probes_sent_total", &path), 1.0);
+    let p50 = m.sum(
+        "patronus_path_latency_seconds",
+        &[("path_id", "local:wan->roadwarrior"), ("percentile", "50")],
+    );
+    assert!(p50 > 0.0 && p50 < 0.05, "handshake round trip {p50} s");
+    assert_eq!(m.sum("patronus_path_up", &path), 1.0);
+    assert_eq!(m.sum("patronus_path_active", &path), 1.0);
+    // The worker test a_stock_peer_gets_no_probes... shows that no probe
+    // goes to such a peer; here the way back works over the path too.
+    assert!(ping(&r.topo.b, A4), "B pings A");
+    assert_eq!(r.dp.stop().code(), Some(0));
 }
 
 #[test]

@@ -6,13 +6,15 @@
 //! paths of a peer share its WireGuard session, so a path only decides the
 //! underlay: the outer source address, the egress port and next hop, and the
 //! outer destination. The [`PathTable`] is part of the configuration
-//! snapshot; the measurements ([`sla`]) and the choice live in the worker
+//! snapshot; the measurements ([`sla`] from probes, [`passive`] from
+//! WireGuard's handshakes for peers that take none) and the choice live in the worker
 //! that owns the peer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 
+pub mod passive;
 pub mod probe;
 pub mod select;
 pub mod sla;

@@ -321,9 +321,7 @@ impl PathMeter {
         let rtt_ms = (n > 0).then(|| {
             let s = &mut self.scratch[..n];
             s.copy_from_slice(&self.rtts[..n]);
-            s.sort_unstable();
-            let at = |q: f64| f64::from(s[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]) / 1e3;
-            [at(0.50), at(0.95), at(0.99)]
+            percentiles(s)
         });
         let resolved = self.outcome_count.min(self.outcomes.len());
         let loss_pct = (resolved > 0).then(|| self.lost_in_window as f64 * 100.0 / resolved as f64);
@@ -356,6 +354,15 @@ impl PathMeter {
             received: self.received,
         }
     }
+}
+
+/// The 50th, 95th and 99th percentiles (ms) of round trips in µs (nearest
+/// rank); sorts `samples`, which must not be empty.
+pub fn percentiles(samples: &mut [u32]) -> [f64; 3] {
+    samples.sort_unstable();
+    let n = samples.len();
+    let at = |q: f64| f64::from(samples[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]) / 1e3;
+    [at(0.50), at(0.95), at(0.99)]
 }
 
 /// A path's health, 0-100, from the simplified ITU-T G.107 E-model that VoIP

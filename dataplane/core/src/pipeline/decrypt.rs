@@ -80,6 +80,7 @@ pub(super) fn run<F: Frame>(
             }
             Outcome::Done => {}
         }
+        tunnel.measure_handshakes(Some((burst.uplink[i], from)), ctx.now_ns);
     }
     counters.add(Counter::RxPackets, packets);
     counters.add(Counter::RxBytes, bytes);

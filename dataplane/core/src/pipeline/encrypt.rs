@@ -42,10 +42,21 @@ impl<F: Frame> Tunnel<F> {
         }
     }
 
+    /// Gives the handshake round trips the engine measured to the passive
+    /// meters: `arrived` is the uplink and source of the datagram just
+    /// received, `None` after the timers ran.
+    #[inline]
+    pub(super) fn measure_handshakes(&mut self, arrived: Option<(u8, SocketAddr)>, now: u64) {
+        while let Some(rt) = self.engine.poll_round_trip() {
+            self.paths.handshake_round_trip(rt, arrived, now);
+        }
+    }
+
     /// Moves originated datagrams (the engine's, then our own) into
     /// `burst` while it has room, each over its peer's path; true when some
     /// remain queued.
     pub(super) fn take_originated(&mut self, burst: &mut Burst<F>, now: u64) -> bool {
+        self.measure_handshakes(None, now);
         while !burst.is_full() {
             let (uplink, to, frame) = match self.engine.poll_transmit() {
                 Some((peer, to, frame)) => {

@@ -21,12 +21,13 @@ use std::sync::Arc;
 use crate::config::site::{RuleAction, Strategy, Thresholds};
 use crate::config::{Snapshot, TunnelSnapshot};
 use crate::frame::Frame;
+use crate::paths::passive::PassiveMeter;
 use crate::paths::probe::{Kind, ProbeMessage, PROBE_LEN};
 use crate::paths::select::{self, Candidate};
 use crate::paths::sla::PathMeter;
 use crate::paths::PathTable;
 use crate::stats::{FailoverReason, PathMove, PathReport, PathsReport, RecoveryHistogram};
-use crate::tunnel::{TunnelEnv, Tunnels};
+use crate::tunnel::{HandshakeRoundTrip, TunnelEnv, Tunnels};
 
 /// No uplink chosen: the datagram follows the route table.
 pub(super) const NO_UPLINK: u8 = u8::MAX;
@@ -43,6 +44,8 @@ pub(super) const DEFAULT_POLICY: &str = "default";
 #[derive(Debug)]
 struct PathState {
     meter: Option<PathMeter>,
+    /// For the paths of an owned peer that takes no probes.
+    passive: Option<PassiveMeter>,
     tx_packets: u64,
     tx_bytes: u64,
     rx_packets: u64,
@@ -52,9 +55,10 @@ struct PathState {
 }
 
 impl PathState {
-    fn new(meter: Option<PathMeter>) -> Self {
+    fn new(meter: Option<PathMeter>, passive: Option<PassiveMeter>) -> Self {
         PathState {
             meter,
+            passive,
             tx_packets: 0,
             tx_bytes: 0,
             rx_packets: 0,
@@ -218,13 +222,17 @@ impl Paths {
             .collect();
         for p in &t.paths.paths {
             let probed = p.probed && self.owns(p.peer);
+            let passive = !p.probed && self.owns(p.peer);
             let kept = old_table
                 .filter(|_| same_meter)
                 .and_then(|old| old.paths.iter().position(|o| o.tag == p.tag))
                 .and_then(|i| old_state.get_mut(i).and_then(Option::take))
-                .filter(|s| s.meter.is_some() == probed);
+                .filter(|s| s.meter.is_some() == probed && s.passive.is_some() == passive);
             let state = kept.unwrap_or_else(|| {
-                PathState::new(probed.then(|| PathMeter::new(t.paths.meter, now)))
+                PathState::new(
+                    probed.then(|| PathMeter::new(t.paths.meter, now)),
+                    passive.then(|| PassiveMeter::new(now)),
+                )
             });
             self.state.push(state);
         }
@@ -362,6 +370,42 @@ impl Paths {
         let s = &mut self.state[i];
         s.rx_packets += 1;
         s.rx_bytes += bytes as u64;
+    }
+
+    /// Takes a handshake round trip of a peer that takes no probes, to the
+    /// passive meter of the path the answer `arrived` over (uplink, source),
+    /// else of the path the peer's traffic takes now.
+    pub(super) fn handshake_round_trip(
+        &mut self,
+        rt: HandshakeRoundTrip,
+        arrived: Option<(u8, SocketAddr)>,
+        now: u64,
+    ) {
+        let Some(t) = self.table() else {
+            return;
+        };
+        let path = match arrived {
+            Some((uplink, from)) if rt.rtt_ns.is_some() => {
+                let found = t.find(rt.peer, uplink, from);
+                // An authenticated handshake message says where the peer is,
+                // as a packet does.
+                if let (Some(_), Some(heard)) = (found, self.heard_on.get_mut(rt.peer as usize)) {
+                    *heard = uplink;
+                }
+                found
+            }
+            _ => self.heard_route(rt.peer).map(|(i, ..)| i),
+        };
+        let Some(meter) = path
+            .and_then(|i| self.state.get_mut(i))
+            .and_then(|s| s.passive.as_mut())
+        else {
+            return;
+        };
+        match rt.rtt_ns {
+            Some(rtt) => meter.answered(rtt, now),
+            None => meter.unanswered(now),
+        }
     }
 
     /// Takes an echo of one of our probes (from `peer`); anything else
@@ -600,7 +644,11 @@ impl Paths {
                     index: i as u16,
                     tag: p.tag,
                     active,
-                    figures: s.meter.as_mut().map(|m| m.figures(now)),
+                    figures: match (&mut s.meter, &s.passive) {
+                        (Some(m), _) => Some(m.figures(now)),
+                        (None, Some(p)) => p.figures(now),
+                        (None, None) => None,
+                    },
                     tx_packets: s.tx_packets,
                     tx_bytes: s.tx_bytes,
                     rx_packets: s.rx_packets,

@@ -270,6 +270,21 @@ pub enum Outcome<F> {
     Done,
 }
 
+/// A handshake's round trip, for passive path measurement: our initiation
+/// to its response, or our response to the first message on the session it
+/// made; `rtt_ns` is `None` for an initiation unanswered for `Rekey-Timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandshakeRoundTrip {
+    /// The peer.
+    pub peer: PeerId,
+    /// The round trip, or `None` when it went unanswered.
+    pub rtt_ns: Option<u64>,
+}
+
+/// Round trips kept for [`Tunnels::poll_round_trip`] before new ones are
+/// dropped (handshakes are rare: a host that never drains loses nothing else).
+const ROUND_TRIPS_KEPT: usize = 256;
+
 /// Cookie mode: entered when handshake messages arrive faster than the threshold.
 #[derive(Debug, Default)]
 struct LoadMeter {
@@ -314,6 +329,8 @@ pub struct Tunnels<F> {
     scratch: Box<[u8]>,
     /// Datagrams the engine originated, for [`Tunnels::poll_transmit`].
     transmits: VecDeque<(PeerId, SocketAddr, F)>,
+    /// Handshake round trips, for [`Tunnels::poll_round_trip`].
+    round_trips: VecDeque<HandshakeRoundTrip>,
 }
 
 impl<F> std::fmt::Debug for Tunnels<F> {
@@ -349,6 +366,7 @@ impl<F: Frame> Tunnels<F> {
             counters: TunnelCounters::default(),
             scratch: vec![0; compress::SCRATCH_LEN].into_boxed_slice(),
             transmits: VecDeque::with_capacity(TRANSMIT_QUEUE),
+            round_trips: VecDeque::new(),
         };
         t.reconfigure(cfg);
         t
@@ -486,6 +504,18 @@ impl<F: Frame> Tunnels<F> {
     /// have queued one.
     pub fn poll_transmit(&mut self) -> Option<(PeerId, SocketAddr, F)> {
         self.transmits.pop_front()
+    }
+
+    /// The next handshake round trip measured (or initiation unanswered).
+    pub fn poll_round_trip(&mut self) -> Option<HandshakeRoundTrip> {
+        self.round_trips.pop_front()
+    }
+
+    fn round_trip(&mut self, peer: PeerId, rtt_ns: Option<u64>) {
+        if self.round_trips.len() < ROUND_TRIPS_KEPT {
+            self.round_trips
+                .push_back(HandshakeRoundTrip { peer, rtt_ns });
+        }
     }
 
     /// The earliest time at which a timer of a peer this worker owns is due
@@ -956,11 +986,17 @@ impl<F: Frame> Tunnels<F> {
         state.endpoint = Some(from);
         state.stats.handshakes_received += 1;
         state.stats.last_handshake_unix_s = env.unix_time().as_secs();
+        let rtt = state
+            .last_initiation_sent_ns
+            .map(|sent| now.saturating_sub(sent));
         state.timers.handshake_complete();
         state.timers.session_derived(now, s);
         state.timers.any_received();
         state.timers.any_traversal(now, persistent_ns(pc));
         self.counters.event(TunnelEvent::ResponsesReceived);
+        if let Some(rtt) = rtt {
+            self.round_trip(peer, Some(rtt));
+        }
         // Confirm the session to the responder: with data if some waited, else a keepalive.
         if !self.flush_staged(cfg, peer, now, env) {
             self.send_keepalive(cfg, peer, now, env);
@@ -1004,7 +1040,11 @@ impl<F: Frame> Tunnels<F> {
         let rekey =
             session.initiator && now.saturating_sub(session.created_ns) >= s.rekey_on_receive_age();
         let mut confirmed = false;
+        let mut responded_ns = None;
         if slot == Slot::Next {
+            if !session.initiator {
+                responded_ns = Some(session.created_ns);
+            }
             for retired in state.confirm_next() {
                 self.indices.remove(&retired);
             }
@@ -1037,6 +1077,9 @@ impl<F: Frame> Tunnels<F> {
                     outcome = Outcome::Deliver { peer, frame };
                 }
             }
+        }
+        if let Some(responded) = responded_ns {
+            self.round_trip(peer, Some(now.saturating_sub(responded)));
         }
         if confirmed {
             self.flush_staged(cfg, peer, now, env);
@@ -1084,6 +1127,7 @@ impl<F: Frame> Tunnels<F> {
         let s = &cfg.timers;
         match timer {
             Timer::RetransmitHandshake => {
+                self.round_trip(peer, None);
                 let state = &mut self.peers[peer as usize];
                 if state.timers.attempts >= s.max_attempts() {
                     let dropped = state.staged.len() as u64;

@@ -986,20 +986,22 @@ fn duplicated_packets_survive_independent_loss_on_two_paths() {
     );
 }
 
+/// Site `n`'s configuration where the peer (site `m`) has one endpoint and
+/// takes no probes, as a stock WireGuard peer would.
+fn stock_text(n: u8, m: u8) -> String {
+    multipath_text(n, m)
+        .replace(
+            &format!(
+                "endpoints = [\n            {{ name = \"mpls\", address = \"192.0.2.{m}\", port = 51820 }},\n            {{ name = \"inet\", address = \"198.51.100.{m}\", port = 51820 }},\n        ]"
+            ),
+            &format!("endpoint = {{ address = \"198.51.100.{m}\", port = 51820 }}"),
+        )
+        .replace("sla_probes = true", "sla_probes = false")
+}
+
 #[test]
 fn a_stock_peer_gets_no_probes_and_is_answered_on_the_uplink_it_spoke_on() {
-    // Each site knows the other by one endpoint and without sla_probes, as
-    // it would a stock WireGuard peer.
-    let stock = |n: u8, m: u8| {
-        multipath_text(n, m)
-            .replace(
-                &format!(
-                    "endpoints = [\n            {{ name = \"mpls\", address = \"192.0.2.{m}\", port = 51820 }},\n            {{ name = \"inet\", address = \"198.51.100.{m}\", port = 51820 }},\n        ]"
-                ),
-                &format!("endpoint = {{ address = \"198.51.100.{m}\", port = 51820 }}"),
-            )
-            .replace("sla_probes = true", "sla_probes = false")
-    };
+    let stock = stock_text;
     assert!(
         !stock(1, 2).contains("endpoints"),
         "the peer has one endpoint"
@@ -1028,10 +1030,47 @@ fn a_stock_peer_gets_no_probes_and_is_answered_on_the_uplink_it_spoke_on() {
     // Long enough for the workers to publish their paths again.
     run_for(&mut [&mut a, &mut b], &clock, 200 * MS, |_| false);
     assert_eq!(a.to_hosts().len(), 1);
-    let paths = a.paths();
-    assert!(
-        paths.iter().all(|(_, r)| r.figures.is_none()),
-        "not measured"
-    );
     assert_eq!(a.active_path(), "local:inet->site-2");
+}
+
+#[test]
+fn a_stock_peers_paths_are_measured_from_its_handshakes() {
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &stock_text(1, 2), &clock);
+    let mut b = site_from(2, 1, &stock_text(2, 1), &clock);
+    let figures = |site: &Site, path: &str| {
+        let paths = site.paths();
+        let (_, report) = paths
+            .iter()
+            .find(|(id, _)| id == path)
+            .unwrap_or_else(|| panic!("{paths:?}"));
+        report.figures
+    };
+    run_for(&mut [&mut a, &mut b], &clock, 200 * MS, |_| false);
+    assert_eq!(
+        figures(&a, "local:inet->site-2"),
+        None,
+        "nothing measured yet"
+    );
+    // A initiates; B's response is A's round trip, A's first message on the
+    // session B's.
+    a.host_sends(0, udp_from_host(1, [10, 2, 0, 5], &[1; 300]));
+    run_for(&mut [&mut a, &mut b], &clock, 1_000 * MS, |_| false);
+    for (site, peer) in [(&a, "site-2"), (&b, "site-1")] {
+        let f = figures(site, &format!("local:inet->{peer}")).expect("measured");
+        assert!(f.up);
+        assert!(f.rtt_ms.is_some_and(|r| r[0] < 10.0), "{f:?}");
+        assert_eq!(f.loss_pct, Some(0.0));
+        assert_eq!(figures(site, &format!("local:mpls->{peer}")), None);
+    }
+    // Past Rekey-After-Time, A's next packet starts a handshake; the WAN
+    // is gone, so initiations go unanswered every Rekey-Timeout: two take
+    // the path down.
+    run_for(&mut [&mut a, &mut b], &clock, 121_000 * MS, |_| false);
+    a.host_sends(0, udp_from_host(1, [10, 2, 0, 5], &[1; 300]));
+    run_for(&mut [&mut a, &mut b], &clock, 12_000 * MS, |_| true);
+    let f = figures(&a, "local:inet->site-2").unwrap();
+    assert!(!f.up, "{f:?}");
+    assert_eq!((f.sent, f.received), (3, 1));
+    assert_eq!(f.health, Some(0.0));
 }
