@@ -80,12 +80,22 @@ fn finish(sender: Child) {
     );
 }
 
-/// Packets site 1 sent over the paths of one local uplink.
-fn sent_over(m: &Metrics, paths: [&str; 2]) -> f64 {
-    paths
-        .iter()
-        .map(|p| m.sum("patronus_path_tx_packets_total", &[("path_id", p)]))
-        .sum()
+/// Packets site 1 (`one`) sent over the paths of its MPLS and of its
+/// internet uplink while `run` ran.
+fn sent_during(one: &Dataplane, run: impl FnOnce()) -> (f64, f64) {
+    let sent_over = |m: &Metrics, paths: [&str; 2]| -> f64 {
+        paths
+            .iter()
+            .map(|p| m.sum("patronus_path_tx_packets_total", &[("path_id", p)]))
+            .sum()
+    };
+    let before = one.scrape();
+    run();
+    let after = one.scrape();
+    (
+        sent_over(&after, MPLS) - sent_over(&before, MPLS),
+        sent_over(&after, INET) - sent_over(&before, INET),
+    )
 }
 
 fn failovers(m: &Metrics, policy: &str, reason: &str) -> f64 {
@@ -139,21 +149,15 @@ fn voice_takes_the_fastest_uplink_bulk_the_cheapest_and_flows_stay_put() {
     let voice =
         |from_port, seconds| stream(&sites, 5060, from_port, 1_000, seconds, Some(SIP_INVITE));
 
-    let before = one.scrape();
-    finish(voice(5004, 3.0));
-    let after = one.scrape();
-    let mpls = sent_over(&after, MPLS) - sent_over(&before, MPLS);
-    let inet = sent_over(&after, INET) - sent_over(&before, INET);
+    let (mpls, inet) = sent_during(&one, || finish(voice(5004, 3.0)));
     assert!(
         mpls >= 3_000.0 && inet < quiet,
         "VoIP: {mpls} packets over MPLS, {inet} over the internet"
     );
 
-    let before = one.scrape();
-    finish(stream(&sites, 6881, 6881, 1_000, 3.0, Some(DHT_PING)));
-    let after = one.scrape();
-    let mpls = sent_over(&after, MPLS) - sent_over(&before, MPLS);
-    let inet = sent_over(&after, INET) - sent_over(&before, INET);
+    let (mpls, inet) = sent_during(&one, || {
+        finish(stream(&sites, 6881, 6881, 1_000, 3.0, Some(DHT_PING)))
+    });
     assert!(
         inet >= 3_000.0 && mpls < quiet,
         "FileTransfer: {mpls} packets over MPLS, {inet} over the internet"
@@ -169,11 +173,7 @@ fn voice_takes_the_fastest_uplink_bulk_the_cheapest_and_flows_stay_put() {
         failovers(&one.scrape(), "voice", "better_path") >= 1.0
     });
     assert!(moved, "new calls never moved:\n{}", one.scrape().text);
-    let before = one.scrape();
-    finish(voice(5006, 3.0));
-    let after = one.scrape();
-    let mpls = sent_over(&after, MPLS) - sent_over(&before, MPLS);
-    let inet = sent_over(&after, INET) - sent_over(&before, INET);
+    let (mpls, inet) = sent_during(&one, || finish(voice(5006, 3.0)));
     // Each uplink carries one call (3 000 packets in those 3 s) and little else.
     assert!(
         (2_700.0..4_000.0).contains(&mpls) && (2_700.0..4_000.0).contains(&inet),
@@ -185,7 +185,7 @@ fn voice_takes_the_fastest_uplink_bulk_the_cheapest_and_flows_stay_put() {
         "the first call ended before the second: the test ran too slowly to tell"
     );
     for reason in ["path_down", "sla_violation"] {
-        assert_eq!(failovers(&after, "voice", reason), 0.0, "{reason}");
+        assert_eq!(failovers(&one.scrape(), "voice", reason), 0.0, "{reason}");
     }
     stop([&mut one, &mut two]);
 }

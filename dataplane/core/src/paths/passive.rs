@@ -12,7 +12,7 @@
 //! (WireGuard retries every 5 s, so 10 s of silence while it tries) and
 //! comes back with the next answer. Sans-IO: time is passed in.
 
-use super::sla::{health_score, percentiles, PathFigures};
+use super::sla::{health_score, percentiles, PathFigures, Uptime};
 
 /// Round trips and outcomes the figures are computed over.
 pub const WINDOW: usize = 32;
@@ -31,10 +31,7 @@ pub struct PassiveMeter {
     last_rtt_ns: Option<u64>,
     jitter_ns: f64,
     unanswered: u32,
-    up: bool,
-    started_ns: u64,
-    since_ns: u64,
-    up_ns: u64,
+    uptime: Uptime,
     received: u64,
 }
 
@@ -50,10 +47,7 @@ impl PassiveMeter {
             last_rtt_ns: None,
             jitter_ns: 0.0,
             unanswered: 0,
-            up: true,
-            started_ns: now_ns,
-            since_ns: now_ns,
-            up_ns: 0,
+            uptime: Uptime::new(now_ns),
             received: 0,
         }
     }
@@ -70,8 +64,8 @@ impl PassiveMeter {
         self.received += 1;
         self.resolve(false);
         self.unanswered = 0;
-        if !self.up {
-            self.set_up(true, now_ns);
+        if !self.uptime.is_up() {
+            self.uptime.set(true, now_ns);
         }
     }
 
@@ -79,22 +73,14 @@ impl PassiveMeter {
     pub fn unanswered(&mut self, now_ns: u64) {
         self.resolve(true);
         self.unanswered += 1;
-        if self.up && self.unanswered >= DOWN_AFTER {
-            self.set_up(false, now_ns);
+        if self.uptime.is_up() && self.unanswered >= DOWN_AFTER {
+            self.uptime.set(false, now_ns);
         }
     }
 
     fn resolve(&mut self, lost: bool) {
         self.outcomes[self.outcome_count % WINDOW] = lost;
         self.outcome_count += 1;
-    }
-
-    fn set_up(&mut self, up: bool, now_ns: u64) {
-        if self.up {
-            self.up_ns += now_ns.saturating_sub(self.since_ns);
-        }
-        self.up = up;
-        self.since_ns = now_ns;
     }
 
     /// The figures at `now`; `None` until a handshake has been answered or
@@ -111,26 +97,15 @@ impl PassiveMeter {
         });
         let lost = self.outcomes[..resolved].iter().filter(|l| **l).count();
         let loss_pct = lost as f64 * 100.0 / resolved as f64;
-        let up_ns = self.up_ns
-            + if self.up {
-                now_ns.saturating_sub(self.since_ns)
-            } else {
-                0
-            };
-        let elapsed = now_ns.saturating_sub(self.started_ns);
-        let availability = if elapsed == 0 {
-            f64::from(u8::from(self.up))
-        } else {
-            up_ns as f64 / elapsed as f64
-        };
+        let up = self.uptime.is_up();
         let jitter_ms = self.jitter_ns / 1e6;
         Some(PathFigures {
-            up: self.up,
+            up,
             rtt_ms,
             jitter_ms,
             loss_pct: Some(loss_pct),
-            availability,
-            health: match (self.up, rtt_ms) {
+            availability: self.uptime.ratio(now_ns),
+            health: match (up, rtt_ms) {
                 (false, _) => Some(0.0),
                 (true, Some(rtt)) => Some(health_score(rtt[0], jitter_ms, loss_pct)),
                 (true, None) => None,

@@ -111,7 +111,6 @@ struct Outstanding {
 #[derive(Debug, Clone)]
 pub struct PathMeter {
     settings: MeterSettings,
-    started_ns: u64,
     next_probe_ns: u64,
     next_seq: u32,
     /// Probes in flight, by `seq % MAX_WINDOW`.
@@ -130,9 +129,7 @@ pub struct PathMeter {
     unanswered: u32,
     /// Echoes in a row while down.
     answered: u32,
-    up: bool,
-    since_ns: u64,
-    up_ns: u64,
+    uptime: Uptime,
     sent: u64,
     received: u64,
     /// When the first probe that was ever answered left: probes lost
@@ -151,7 +148,6 @@ impl PathMeter {
         let settings = MeterSettings { window, ..settings };
         PathMeter {
             settings,
-            started_ns: now_ns,
             next_probe_ns: now_ns,
             next_seq: 0,
             flight: vec![Outstanding::default(); MAX_WINDOW].into_boxed_slice(),
@@ -165,9 +161,7 @@ impl PathMeter {
             last_echo_ns: now_ns,
             unanswered: 0,
             answered: 0,
-            up: true,
-            since_ns: now_ns,
-            up_ns: 0,
+            uptime: Uptime::new(now_ns),
             sent: 0,
             received: 0,
             measured_from_ns: None,
@@ -183,7 +177,7 @@ impl PathMeter {
 
     /// Whether the path is up.
     pub fn is_up(&self) -> bool {
-        self.up
+        self.uptime.is_up()
     }
 
     /// When [`PathMeter::handle_timeout`] or [`PathMeter::poll_probe`] next has work.
@@ -250,7 +244,7 @@ impl PathMeter {
         self.resolve(false);
         self.last_echo_ns = now_ns;
         self.unanswered = 0;
-        if !self.up {
+        if !self.uptime.is_up() {
             self.answered += 1;
             if self.answered >= self.settings.up_after {
                 self.set_up(true, now_ns);
@@ -269,7 +263,7 @@ impl PathMeter {
             }
         }
         let silent_ns = u64::from(self.settings.down_after) * self.settings.interval_ns;
-        if self.up
+        if self.uptime.is_up()
             && self.unanswered >= self.settings.down_after
             && now_ns.saturating_sub(self.last_echo_ns) >= silent_ns
         {
@@ -284,11 +278,7 @@ impl PathMeter {
     }
 
     fn set_up(&mut self, up: bool, now_ns: u64) {
-        if self.up {
-            self.up_ns += now_ns.saturating_sub(self.since_ns);
-        }
-        self.up = up;
-        self.since_ns = now_ns;
+        self.uptime.set(up, now_ns);
         self.events = Some(if up {
             PathEvent::Up { at_ns: now_ns }
         } else {
@@ -325,33 +315,73 @@ impl PathMeter {
         });
         let resolved = self.outcome_count.min(self.outcomes.len());
         let loss_pct = (resolved > 0).then(|| self.lost_in_window as f64 * 100.0 / resolved as f64);
-        let up_ns = self.up_ns
-            + if self.up {
-                now_ns.saturating_sub(self.since_ns)
-            } else {
-                0
-            };
-        let elapsed = now_ns.saturating_sub(self.started_ns);
-        let availability = if elapsed == 0 {
-            f64::from(u8::from(self.up))
-        } else {
-            up_ns as f64 / elapsed as f64
-        };
+        let up = self.uptime.is_up();
         let jitter_ms = self.jitter_ns / 1e6;
-        let health = match (self.up, rtt_ms, loss_pct) {
+        let health = match (up, rtt_ms, loss_pct) {
             (false, ..) => Some(0.0),
             (true, Some(rtt), loss) => Some(health_score(rtt[0], jitter_ms, loss.unwrap_or(0.0))),
             (true, None, _) => None,
         };
         PathFigures {
-            up: self.up,
+            up,
             rtt_ms,
             jitter_ms,
             loss_pct,
-            availability,
+            availability: self.uptime.ratio(now_ns),
             health,
             sent: self.sent,
             received: self.received,
+        }
+    }
+}
+
+/// Whether a path is up, and the share of the time since it was first
+/// watched that it was: the availability every meter reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Uptime {
+    up: bool,
+    started_ns: u64,
+    since_ns: u64,
+    up_ns: u64,
+}
+
+impl Uptime {
+    /// Watched from `now`, up.
+    pub fn new(now_ns: u64) -> Self {
+        Uptime {
+            up: true,
+            started_ns: now_ns,
+            since_ns: now_ns,
+            up_ns: 0,
+        }
+    }
+
+    /// Whether the path is up.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// The path went up or down at `now`.
+    pub fn set(&mut self, up: bool, now_ns: u64) {
+        if self.up {
+            self.up_ns += now_ns.saturating_sub(self.since_ns);
+        }
+        self.up = up;
+        self.since_ns = now_ns;
+    }
+
+    /// Share of the time up, 0-1 (its state now, when no time has passed).
+    pub fn ratio(&self, now_ns: u64) -> f64 {
+        let current = if self.up {
+            now_ns.saturating_sub(self.since_ns)
+        } else {
+            0
+        };
+        let elapsed = now_ns.saturating_sub(self.started_ns);
+        if elapsed == 0 {
+            f64::from(u8::from(self.up))
+        } else {
+            (self.up_ns + current) as f64 / elapsed as f64
         }
     }
 }
