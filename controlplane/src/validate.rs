@@ -168,6 +168,13 @@ pub fn peer(p: &Peer, v: &mut Violations) {
         v.add("peer.spec.site_id", "must be a site id");
     }
     endpoint(spec.endpoint.as_ref(), "peer.spec.endpoint", v);
+    if spec.bfd_enabled {
+        // Accepted, it would promise a liveness check that nothing runs.
+        v.add(
+            "peer.spec.bfd_enabled",
+            "BFD does not run on tunnel paths yet; leave it false (path probes detect failures)",
+        );
+    }
     let mut names = Vec::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
         let field = format!("peer.spec.endpoints[{i}]");

@@ -122,7 +122,7 @@ fn peer(name: &str) -> Peer {
                 public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
             }),
             compression: true,
-            bfd_enabled: true,
+            bfd_enabled: false,
             endpoints: vec![
                 NamedEndpoint {
                     name: "inet".into(),
@@ -444,6 +444,10 @@ async fn invalid_requests_name_every_field() {
         (
             |p| p.spec.as_mut().unwrap().endpoints[1].port = 0,
             "peer.spec.endpoints[1].port",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().bfd_enabled = true,
+            "peer.spec.bfd_enabled",
         ),
         (
             |p| p.spec.as_mut().unwrap().endpoints[0].address = "192.0.2.1".into(),

@@ -271,7 +271,6 @@ spec:
   siteId: {site}
   endpoint: {{address: 10.10.2.2, port: 51820}}
   wireguard: {{publicKey: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=}}
-  bfdEnabled: true
 "#
         );
     }

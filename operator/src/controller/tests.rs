@@ -41,7 +41,7 @@ fn peer_json() -> Value {
             "siteId": "us-east-1",
             "endpoint": {"address": "198.51.100.7", "port": 51820},
             "wireguard": {"publicKey": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="},
-            "compression": true, "bfdEnabled": true,
+            "compression": true, "bfdEnabled": false,
             "endpoints": [
                 {"name": "inet", "address": "198.51.100.7", "port": 51820},
                 {"name": "lte", "address": "203.0.113.9", "port": 51820}
@@ -264,7 +264,7 @@ async fn a_peers_status_is_patched_from_the_control_planes_view() {
         .unwrap()
         .unwrap();
     let spec = copy.spec.unwrap();
-    assert!(spec.compression && spec.bfd_enabled && spec.sla_probes);
+    assert!(spec.compression && !spec.bfd_enabled && spec.sla_probes);
     assert_eq!(spec.endpoint.unwrap().address, "198.51.100.7");
     let names: Vec<&str> = spec.endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["inet", "lte"]);

@@ -98,7 +98,7 @@ pub struct PeerSection {
     /// Compress tunnel payloads (Patronus peers only).
     #[serde(default)]
     pub compression: bool,
-    /// Run BFD over the tunnel.
+    /// Run BFD over the tunnel: refused while BFD is not built.
     #[serde(default)]
     pub bfd_enabled: bool,
     /// Inner addresses the peer may send from and that are routed to it
@@ -240,8 +240,6 @@ pub struct Peer {
     pub preshared_key_file: Option<std::path::PathBuf>,
     /// Compress payloads.
     pub compression: bool,
-    /// Run BFD.
-    pub bfd_enabled: bool,
     /// Cryptokey routing prefixes.
     pub allowed_ips: Vec<IpNet>,
     /// Persistent keepalive interval (s; 0: off).
@@ -368,6 +366,12 @@ impl SiteSections {
                 }
                 allowed_ips.push(net);
             }
+            if p.bfd_enabled {
+                return Err(ConfigError::new(
+                    format!("{field}.bfd_enabled"),
+                    "BFD does not run on tunnel paths yet; leave it false (path probes detect failures)",
+                ));
+            }
             let key = base64::engine::general_purpose::STANDARD
                 .decode(p.wireguard.public_key.trim())
                 .ok()
@@ -386,7 +390,6 @@ impl SiteSections {
                 public_key: key,
                 preshared_key_file: p.wireguard.preshared_key_file.clone(),
                 compression: p.compression,
-                bfd_enabled: p.bfd_enabled,
                 allowed_ips,
                 persistent_keepalive_s: p.persistent_keepalive_s,
             });

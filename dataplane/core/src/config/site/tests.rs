@@ -48,7 +48,6 @@ peers = [{{ site_id = "hq", address = "203.0.113.1" }}]
 name = "hq"
 endpoint = {{ address = "203.0.113.1", port = 51820 }}
 wireguard = {{ public_key = "{KEY}" }}
-bfd_enabled = true
 
 [[policy]]
 name = "video"
@@ -78,7 +77,6 @@ fn a_file_compiles_with_rules_highest_priority_first() {
         state.peers[0].endpoint,
         Some(("203.0.113.1".to_owned(), 51820))
     );
-    assert!(state.peers[0].bfd_enabled);
     let priorities: Vec<u32> = state.rules.iter().map(|r| r.priority).collect();
     assert_eq!(priorities, [200, 100]);
     assert_eq!(
@@ -147,6 +145,11 @@ fn every_refusal_names_its_field() {
             "peer[hq].endpoint.address",
         ),
         ("name = \"hq\"", "name = \"HQ\"", "peer[0].name"),
+        (
+            "wireguard = { public_key",
+            "bfd_enabled = true\nwireguard = { public_key",
+            "peer[hq].bfd_enabled",
+        ),
         ("site_id = \"branch-1\"", "site_id = \"\"", "site.site_id"),
         (
             "site_id = \"hq\", address",
