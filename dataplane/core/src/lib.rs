@@ -11,6 +11,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod bfd;
 pub mod config;
 pub mod dpi;
 pub mod flow;
