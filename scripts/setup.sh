@@ -10,7 +10,7 @@ PACKAGES=(
     build-essential pkg-config clang libclang-dev
     dpdk libdpdk-dev libpcap-dev libhyperscan-dev
     libndpi-bin protobuf-compiler libprotobuf-dev
-    wireguard-go wireguard-tools
+    wireguard-go wireguard-tools frr
     iproute2 iputils-ping ethtool iperf3 procps
     prometheus
     "$@"
