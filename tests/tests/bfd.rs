@@ -21,11 +21,26 @@ const OURS: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 1);
 const THEIRS: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 2);
 const OUR_DISCRIMINATOR: u32 = 0x5a5a_0001;
 
-/// Our side: a session on its own thread, its state changes sent back with
-/// the instant they happened.
+/// What our side saw.
+enum Event {
+    /// Our session changed state; `last_heard` is when bfdd's last packet
+    /// before it arrived.
+    Changed {
+        change: StateChange,
+        at: Instant,
+        last_heard: Instant,
+    },
+    /// bfdd, up before, said it is down; `last_sent` is our last packet
+    /// before that.
+    RemoteDown { at: Instant, last_sent: Instant },
+}
+
+/// Our side: a session on its own thread, what it sees sent back with the
+/// instant it happened. Muted, it sends nothing.
 struct Driver {
-    changes: mpsc::Receiver<(StateChange, Instant)>,
+    events: mpsc::Receiver<Event>,
     stop: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -34,63 +49,131 @@ impl Driver {
         // RFC 5881: packets go to port 3784 from a port in 49152-65535,
         // with a TTL of 255.
         let rx = UdpSocket::bind((OURS, 3784)).expect("bind 3784");
+        rx.set_nonblocking(true).unwrap();
         let tx = UdpSocket::bind((OURS, 49_152)).expect("bind 49152");
         tx.set_ttl(255).unwrap();
         tx.connect((THEIRS, 3784)).unwrap();
-        let (send, changes) = mpsc::channel();
+        let (send, events) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let mute = Arc::new(AtomicBool::new(false));
+        let (stopping, muted) = (stop.clone(), mute.clone());
         let thread = std::thread::spawn(move || {
             let start = Instant::now();
             let now = || start.elapsed().as_nanos() as u64;
             let mut session = Session::new(timers, OUR_DISCRIMINATOR, 0x1234_5678, now());
             let mut buf = [0u8; 128];
             let mut out = [0u8; MAX_LEN];
+            let (mut last_sent, mut last_heard) = (Instant::now(), Instant::now());
+            let mut remote_was_up = false;
             while !stopping.load(Ordering::Relaxed) {
                 let t = now();
                 session.handle_timeout(t);
                 while let Some(p) = session.poll_transmit(t) {
-                    let len = p.encode(&mut out).unwrap();
-                    let _ = tx.send(&out[..len]);
-                }
-                while let Some(c) = session.poll_change() {
-                    let at = start + Duration::from_nanos(c.at_ns);
-                    let _ = send.send((c, at));
-                }
-                let wait = session
-                    .poll_timeout()
-                    .saturating_sub(now())
-                    .clamp(100_000, 20_000_000);
-                rx.set_read_timeout(Some(Duration::from_nanos(wait)))
-                    .unwrap();
-                if let Ok((n, from)) = rx.recv_from(&mut buf) {
-                    let expected: SocketAddr = (THEIRS, from.port()).into();
-                    if from == expected {
-                        if let Ok(p) = ControlPacket::parse(&buf[..n]) {
-                            let _ = session.handle_packet(&p, now());
-                        }
+                    if !muted.load(Ordering::Relaxed) {
+                        let len = p.encode(&mut out).unwrap();
+                        let _ = tx.send(&out[..len]);
+                        last_sent = Instant::now();
                     }
                 }
+                while let Some(change) = session.poll_change() {
+                    let at = start + Duration::from_nanos(change.at_ns);
+                    let _ = send.send(Event::Changed {
+                        change,
+                        at,
+                        last_heard,
+                    });
+                }
+                // A socket read timeout is rounded up to the kernel's tick
+                // (milliseconds), which would make our detection late by as
+                // much: poll instead, sleeping half a millisecond at most.
+                let Ok((n, from)) = rx.recv_from(&mut buf) else {
+                    let wait = session.poll_timeout().saturating_sub(now()).min(500_000);
+                    std::thread::sleep(Duration::from_nanos(wait));
+                    continue;
+                };
+                let expected: SocketAddr = (THEIRS, from.port()).into();
+                let Some(p) = (from == expected)
+                    .then(|| ControlPacket::parse(&buf[..n]).ok())
+                    .flatten()
+                else {
+                    continue;
+                };
+                let heard = Instant::now();
+                if remote_was_up && p.state == State::Down {
+                    let _ = send.send(Event::RemoteDown {
+                        at: heard,
+                        last_sent,
+                    });
+                }
+                remote_was_up = p.state == State::Up;
+                last_heard = heard;
+                let _ = session.handle_packet(&p, now());
             }
         });
         Driver {
-            changes,
+            events,
             stop,
+            mute,
             thread: Some(thread),
         }
     }
 
-    /// The next change to `to` within `timeout`, skipping others.
-    fn wait_for(&self, to: State, timeout: Duration) -> Option<(StateChange, Instant)> {
+    /// The next change of our session to `to` within `timeout`, skipping
+    /// other events: the change, when, and when bfdd was last heard.
+    fn wait_for(&self, to: State, timeout: Duration) -> Option<(StateChange, Instant, Instant)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
-            match self.changes.recv_timeout(left) {
-                Ok((c, at)) if c.to == to => return Some((c, at)),
+            match self.events.recv_timeout(left) {
+                Ok(Event::Changed {
+                    change,
+                    at,
+                    last_heard,
+                }) if change.to == to => return Some((change, at, last_heard)),
                 Ok(_) => {}
                 Err(_) => return None,
             }
         }
+    }
+
+    /// bfdd's next declaration that it is down, within `timeout`: when, and
+    /// when we last sent before it.
+    fn wait_for_remote_down(&self, timeout: Duration) -> Option<(Instant, Instant)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.events.recv_timeout(left) {
+                Ok(Event::RemoteDown { at, last_sent }) => return Some((at, last_sent)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Once up: waits until the session has stayed up for half a second
+    /// (the bring-up's Poll/Final done, nothing flapping).
+    fn settle_up(&self) {
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let last = std::iter::from_fn(|| self.events.try_recv().ok())
+                .filter_map(|e| match e {
+                    Event::Changed { change, .. } => Some(change.to),
+                    Event::RemoteDown { .. } => None,
+                })
+                .last();
+            match last {
+                None => return,
+                Some(State::Up) => {}
+                Some(_) => {
+                    self.wait_for(State::Up, Duration::from_secs(10))
+                        .expect("up again");
+                }
+            }
+        }
+    }
+
+    fn set_muted(&self, muted: bool) {
+        self.mute.store(muted, Ordering::Relaxed);
     }
 }
 
@@ -111,7 +194,8 @@ struct Bfdd {
 }
 
 impl Bfdd {
-    fn start(ns: &Netns, id: &str) -> Bfdd {
+    /// Peered with us at `interval_ms` × 3 both ways.
+    fn start(ns: &Netns, id: &str, interval_ms: u32) -> Bfdd {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("patronus-bfdd-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -121,7 +205,7 @@ impl Bfdd {
         std::fs::write(
             &conf,
             format!(
-                "bfd\n peer {OURS} local-address {THEIRS}\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n"
+                "bfd\n peer {OURS} local-address {THEIRS}\n  receive-interval {interval_ms}\n  transmit-interval {interval_ms}\n  detect-multiplier 3\n !\n!\n"
             ),
         )
         .unwrap();
@@ -185,35 +269,31 @@ impl Drop for Bfdd {
     }
 }
 
+/// A namespace for bfdd and a veth to it: our address in the root
+/// namespace, bfdd's inside.
+fn topology() -> (String, Netns, Link) {
+    assert!(
+        std::path::Path::new(BFDD).exists(),
+        "{BFDD} is missing: scripts/setup.sh installs Debian's frr"
+    );
+    let id = unique_id();
+    let ns = Netns::new(format!("pbf{id}"));
+    let link = Link::new(format!("pbo{id}"), format!("pbt{id}"), &ns);
+    let ours = format!("{OURS}/30");
+    must(&["ip", "addr", "add", &ours, "dev", &link.gw_side]);
+    let theirs = format!("{THEIRS}/30");
+    ns.exec(&["ip", "addr", "add", &theirs, "dev", &link.host_side]);
+    ns.exec(&["ip", "link", "set", &link.host_side, "up"]);
+    (id, ns, link)
+}
+
 #[test]
 fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death() {
     if need_root() {
         return;
     }
-    if !std::path::Path::new(BFDD).exists() {
-        panic!("{BFDD} is missing: scripts/setup.sh installs Debian's frr");
-    }
-    let id = unique_id();
-    let ns = Netns::new(format!("pbf{id}"));
-    let link = Link::new(format!("pbo{id}"), format!("pbt{id}"), &ns);
-    must(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{OURS}/30"),
-        "dev",
-        &link.gw_side,
-    ]);
-    ns.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{THEIRS}/30"),
-        "dev",
-        &link.host_side,
-    ]);
-    ns.exec(&["ip", "link", "set", &link.host_side, "up"]);
-    let mut bfdd = Bfdd::start(&ns, &id);
+    let (id, ns, _link) = topology();
+    let mut bfdd = Bfdd::start(&ns, &id, 100);
     let timers = Timers {
         desired_min_tx_us: 100_000,
         required_min_rx_us: 100_000,
@@ -256,7 +336,7 @@ fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death()
     // the neighbor's reason; back up when it is lifted.
     let peer = format!("peer {OURS} local-address {THEIRS}");
     bfdd.vtysh(&["configure terminal", "bfd", &peer, "shutdown"]);
-    let (down, _) = driver
+    let (down, ..) = driver
         .wait_for(State::Down, Duration::from_secs(5))
         .expect("down after the neighbor's shutdown");
     assert_eq!(down.diag, Diagnostic::NEIGHBOR_DOWN);
@@ -269,7 +349,7 @@ fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death()
     std::thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
     bfdd.kill();
-    let (down, at) = driver
+    let (down, at, _) = driver
         .wait_for(State::Down, Duration::from_secs(5))
         .expect("the silence is detected");
     assert_eq!(down.diag, Diagnostic::TIME_EXPIRED);
@@ -279,4 +359,64 @@ fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death()
         detection <= Duration::from_millis(1_000),
         "detected after {detection:?}"
     );
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench/bfd.sh runs it"]
+fn detection_against_bfdd_at_50_ms_times_3() {
+    if need_root() {
+        return;
+    }
+    let runs: usize = std::env::var("BFD_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let (id, ns, _link) = topology();
+    let timers = Timers {
+        desired_min_tx_us: 50_000,
+        required_min_rx_us: 50_000,
+        detect_mult: 3,
+    };
+    let driver = Driver::start(timers);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let mut bfdd = Bfdd::start(&ns, &format!("{id}-{run}"), 50);
+        driver
+            .wait_for(State::Up, Duration::from_secs(10))
+            .expect("up");
+        driver.settle_up();
+        // We fall silent: bfdd's detection, from our last packet to its Down.
+        driver.set_muted(true);
+        let (at, last_sent) = driver
+            .wait_for_remote_down(Duration::from_secs(5))
+            .expect("bfdd detects our silence");
+        theirs.push(at.duration_since(last_sent));
+        driver.set_muted(false);
+        driver
+            .wait_for(State::Up, Duration::from_secs(10))
+            .expect("up again");
+        driver.settle_up();
+        // bfdd dies: ours, from its last packet to our Down.
+        bfdd.kill();
+        let (down, at, last_heard) = driver
+            .wait_for(State::Down, Duration::from_secs(5))
+            .expect("we detect bfdd's death");
+        assert_eq!(down.diag, Diagnostic::TIME_EXPIRED);
+        ours.push(at.duration_since(last_heard));
+    }
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "| detector | configured | after the last packet heard, ms: min / median / max | runs |"
+    );
+    println!("|---|---|---|---|");
+    for (who, mut v) in [("patronus (bfd::session)", ours), ("FRR bfdd 8.4", theirs)] {
+        v.sort();
+        println!(
+            "| {who} | 50 ms × 3 = 150 ms | {:.1} / {:.1} / {:.1} | {} |",
+            ms(&v[0]),
+            ms(&v[v.len() / 2]),
+            ms(&v[v.len() - 1]),
+            v.len()
+        );
+    }
 }
