@@ -181,24 +181,14 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
-    use super::super::packet::{Diagnostic, State, MAX_LEN};
+    use super::super::packet::{example, State, MAX_LEN};
     use super::*;
 
     fn packet() -> ControlPacket {
         ControlPacket {
-            diag: Diagnostic::NONE,
-            state: State::Up,
-            poll: false,
-            fin: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
             my_discriminator: 1,
             your_discriminator: 2,
-            desired_min_tx_us: 50_000,
-            required_min_rx_us: 50_000,
-            required_min_echo_rx_us: 0,
-            auth: None,
+            ..example(State::Up)
         }
     }
 

@@ -253,6 +253,26 @@ impl ControlPacket {
     }
 }
 
+/// A packet from discriminator 9 to our 1 in `state`, at 50 ms × 3, for tests.
+#[cfg(test)]
+pub(crate) fn example(state: State) -> ControlPacket {
+    ControlPacket {
+        diag: Diagnostic::NONE,
+        state,
+        poll: false,
+        fin: false,
+        control_plane_independent: false,
+        demand: false,
+        detect_mult: 3,
+        my_discriminator: 9,
+        your_discriminator: 1,
+        desired_min_tx_us: 50_000,
+        required_min_rx_us: 50_000,
+        required_min_echo_rx_us: 0,
+        auth: None,
+    }
+}
+
 /// The authentication section (`section`: from its type to the packet's Length).
 fn parse_auth(section: &[u8]) -> Result<Sha1Auth, Malformed> {
     let meticulous = match section.first() {
@@ -277,19 +297,12 @@ mod tests {
 
     fn sample() -> ControlPacket {
         ControlPacket {
-            diag: Diagnostic::NONE,
-            state: State::Up,
             poll: true,
-            fin: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
             my_discriminator: 0x0102_0304,
             your_discriminator: 0x0a0b_0c0d,
             desired_min_tx_us: 300_000,
             required_min_rx_us: 300_000,
-            required_min_echo_rx_us: 0,
-            auth: None,
+            ..example(State::Up)
         }
     }
 

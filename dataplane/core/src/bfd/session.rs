@@ -341,6 +341,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use super::super::packet::example;
     use super::*;
 
     const MS: u64 = 1_000_000;
@@ -512,21 +513,7 @@ mod tests {
     #[test]
     fn the_down_is_declared_at_the_deadline_not_a_nanosecond_before() {
         let mut s = Session::new(fast(), 1, 3, 0);
-        let hello = ControlPacket {
-            diag: Diagnostic::NONE,
-            state: State::Init,
-            poll: false,
-            fin: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
-            my_discriminator: 9,
-            your_discriminator: 1,
-            desired_min_tx_us: 50_000,
-            required_min_rx_us: 50_000,
-            required_min_echo_rx_us: 0,
-            auth: None,
-        };
+        let hello = example(State::Init);
         s.handle_packet(&hello, 10 * MS).unwrap();
         assert_eq!(s.state(), State::Up);
         s.handle_packet(
@@ -549,21 +536,7 @@ mod tests {
 
     #[test]
     fn every_transition_of_the_state_diagram() {
-        let from_remote = |state: State| ControlPacket {
-            diag: Diagnostic::NONE,
-            state,
-            poll: false,
-            fin: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
-            my_discriminator: 9,
-            your_discriminator: 1,
-            desired_min_tx_us: 50_000,
-            required_min_rx_us: 50_000,
-            required_min_echo_rx_us: 0,
-            auth: None,
-        };
+        let from_remote = example;
         // A session in `start`, reached by what the remote says.
         let session_in = |start: State| {
             let mut s = Session::new(fast(), 1, 3, 0);
@@ -612,19 +585,10 @@ mod tests {
         let mut s = Session::new(fast(), 1, 3, 0);
         let _ = s.poll_transmit(0);
         let poll = ControlPacket {
-            diag: Diagnostic::NONE,
-            state: State::Down,
             poll: true,
-            fin: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
-            my_discriminator: 9,
             your_discriminator: 0,
             desired_min_tx_us: 1_000_000,
-            required_min_rx_us: 50_000,
-            required_min_echo_rx_us: 0,
-            auth: None,
+            ..example(State::Down)
         };
         s.handle_packet(&poll, 5 * MS).unwrap();
         let answer = s
@@ -690,19 +654,8 @@ mod tests {
     fn a_packet_for_another_discriminator_is_ignored() {
         let mut s = Session::new(fast(), 1, 3, 0);
         let other = ControlPacket {
-            diag: Diagnostic::NONE,
-            state: State::Up,
-            poll: false,
-            fin: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
-            my_discriminator: 9,
             your_discriminator: 77,
-            desired_min_tx_us: 50_000,
-            required_min_rx_us: 50_000,
-            required_min_echo_rx_us: 0,
-            auth: None,
+            ..example(State::Up)
         };
         assert_eq!(s.handle_packet(&other, 0), Err(Ignored::Discriminator));
         assert_eq!(s.remote_discriminator(), 0);
@@ -712,19 +665,10 @@ mod tests {
     fn a_remote_asking_for_no_packets_gets_none_but_its_finals() {
         let mut s = Session::new(fast(), 1, 3, 0);
         let quiet = ControlPacket {
-            diag: Diagnostic::NONE,
-            state: State::Down,
-            poll: false,
-            fin: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
-            my_discriminator: 9,
             your_discriminator: 0,
             desired_min_tx_us: 1_000_000,
             required_min_rx_us: 0,
-            required_min_echo_rx_us: 0,
-            auth: None,
+            ..example(State::Down)
         };
         s.handle_packet(&quiet, 0).unwrap();
         for t in 0..10 {
