@@ -289,9 +289,7 @@ fn topology() -> (String, Netns, Link) {
 
 #[test]
 fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let (id, ns, _link) = topology();
     let mut bfdd = Bfdd::start(&ns, &id, 100);
     let timers = Timers {
@@ -364,9 +362,7 @@ fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death()
 #[test]
 #[ignore = "a benchmark: scripts/bench/bfd.sh runs it"]
 fn detection_against_bfdd_at_50_ms_times_3() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let runs: usize = std::env::var("BFD_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

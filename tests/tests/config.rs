@@ -81,9 +81,7 @@ fn invalid_configs_are_rejected_naming_the_field() {
 
 #[test]
 fn missing_device_fails_at_start_naming_the_port() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let prefix = format!("ptc{}", unique_id());
     let config = format!(
         "[dpdk]\neal_args = [\"-l\", \"0-1\", \"--no-pci\", {}, \"--vdev\", \"net_null0\"]\n[metrics]\nlisten = \"\"\n\
@@ -103,9 +101,7 @@ fn missing_device_fails_at_start_naming_the_port() {
 fn a_metrics_address_in_use_stops_the_workers_and_fails_naming_it() {
     // The metrics endpoint starts after the workers: when it cannot, the
     // workers stop before the ports close, and the process says why.
-    if need_root() {
-        return;
-    }
+    require_root();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
     let prefix = format!("ptc{}", unique_id());

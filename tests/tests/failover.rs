@@ -64,9 +64,7 @@ fn one_run(sites: &Sites, pps: u32) -> Outcome {
 #[test]
 #[ignore = "a benchmark of several minutes: scripts/bench/failover.sh runs it"]
 fn failover_blackout_by_probe_interval_and_rate() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let runs: usize = std::env::var("FAILOVER_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -126,9 +124,7 @@ fn failover_blackout_by_probe_interval_and_rate() {
 #[test]
 #[ignore = "a benchmark of ten minutes: scripts/bench/failover.sh runs it"]
 fn no_false_failover_at_one_percent_loss() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let seconds: u64 = std::env::var("FAILOVER_SOAK_S")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -279,9 +279,7 @@ spec:
 
 #[test]
 fn two_data_planes_follow_the_control_plane_and_survive_its_crash() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let dir = std::env::temp_dir().join(format!("patronus-fleet-{}", unique_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("controlplane.redb");
@@ -606,9 +604,7 @@ spec:
 
 #[test]
 fn managed_paths_are_measured_and_listed_by_the_control_plane() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let dir = std::env::temp_dir().join(format!("patronus-fleet-paths-{}", unique_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cp = ControlPlane::start(&dir.join("controlplane.redb"), "127.0.0.1:0");

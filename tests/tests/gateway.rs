@@ -7,32 +7,25 @@ use std::time::Duration;
 
 use common::*;
 
-/// Two hosts and a gateway with `qpairs` queues per port; `None` (the test
-/// skips) without root.
-fn start_gateway(qpairs: u16) -> Option<(Topology, Dataplane)> {
-    if need_root() {
-        return None;
-    }
+/// Two hosts and a gateway with `qpairs` queues per port (root only).
+fn start_gateway(qpairs: u16) -> (Topology, Dataplane) {
+    require_root();
     let topo = Topology::new();
     let dp = Dataplane::start(&topo.config(qpairs, ""));
-    Some((topo, dp))
+    (topo, dp)
 }
 
 /// Like [`start_gateway`] with one queue and extra configuration.
-fn start_gateway_with(extra: &str) -> Option<(Topology, Dataplane)> {
-    if need_root() {
-        return None;
-    }
+fn start_gateway_with(extra: &str) -> (Topology, Dataplane) {
+    require_root();
     let topo = Topology::new();
     let dp = Dataplane::start(&topo.config(1, extra));
-    Some((topo, dp))
+    (topo, dp)
 }
 
 #[test]
 fn forwards_ping_and_tcp_both_ways_over_ipv4_and_ipv6() {
-    let Some((topo, mut dp)) = start_gateway(1) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(1);
     // Counters are compared as deltas from one moment, taken after the
     // hosts' start-up chatter (MLD reports, up to a second after addresses
     // appear) has settled, so that a frame sent between the gateway opening
@@ -119,9 +112,7 @@ fn forwards_ping_and_tcp_both_ways_over_ipv4_and_ipv6() {
 
 #[test]
 fn unknown_destinations_are_dropped_counted_and_answered() {
-    let Some((topo, mut dp)) = start_gateway(1) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(1);
     let out = topo
         .a
         .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "203.0.113.9"]);
@@ -238,9 +229,7 @@ fn parse_mac(text: &str) -> [u8; 6] {
 
 #[test]
 fn malformed_frames_are_counted_by_reason_and_forwarding_continues() {
-    let Some((topo, mut dp)) = start_gateway(1) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(1);
     // Resolve everything first so that every later frame meets the parser, not ARP.
     topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
     let gw_mac = root_mac(&topo.link_a.gw_side);
@@ -316,9 +305,7 @@ fn malformed_frames_are_counted_by_reason_and_forwarding_continues() {
 
 #[test]
 fn two_workers_both_carry_traffic_and_keep_each_flow_on_one_worker() {
-    let Some((topo, mut dp)) = start_gateway(2) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(2);
     topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
     topo.b.exec(&["ping", "-c", "1", "-W", "2", A4]);
     std::thread::sleep(Duration::from_millis(100));
@@ -381,9 +368,7 @@ fn two_workers_both_carry_traffic_and_keep_each_flow_on_one_worker() {
 
 #[test]
 fn shutdown_with_traffic_in_flight_returns_every_buffer() {
-    let Some((topo, mut dp)) = start_gateway(1) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(1);
     topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
     let mut server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
     std::thread::sleep(Duration::from_millis(300));
@@ -411,9 +396,7 @@ fn shutdown_with_traffic_in_flight_returns_every_buffer() {
 
 #[test]
 fn forwarded_flows_are_classified_by_application() {
-    let Some((topo, mut dp)) = start_gateway(1) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(1);
     let server = spawn_listening(&topo.b, &["stream.py", "serve", "5202"]);
     let sent = topo.a.exec(&[
         "python3",
@@ -462,9 +445,7 @@ fn forwarded_flows_are_classified_by_application() {
 
 #[test]
 fn user_applications_are_swapped_in_at_run_time_and_bad_ones_refused() {
-    let Some((topo, mut dp)) = start_gateway(1) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(1);
     let acme = |pattern: &str| {
         format!(
             "[[dpi.application]]\nname = \"AcmeSync\"\ncategory = \"FileTransfer\"\npatterns = ['{pattern}']\ntransport = \"tcp\"\n"
@@ -519,9 +500,7 @@ fn user_applications_are_swapped_in_at_run_time_and_bad_ones_refused() {
 
 #[test]
 fn metrics_pass_promtool_and_health_reports_ready() {
-    let Some((topo, mut dp)) = start_gateway(1) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(1);
     topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
     let (status, body) = dp.http_get("/healthz");
     assert_eq!((status, body.trim()), (200, "ok"));
@@ -544,9 +523,7 @@ fn metrics_pass_promtool_and_health_reports_ready() {
 
 #[test]
 fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
-    let Some((topo, mut dp)) = start_gateway(1) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway(1);
     // 198.18.0.0/15 is not routed yet: host A hears "net unreachable".
     let out = topo
         .a
@@ -586,9 +563,7 @@ fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
 #[test]
 fn unresolvable_next_hop_is_probed_then_its_packets_dropped_and_counted() {
     let extra = "[neighbors]\nretransmit_ms = 500\nmax_probes = 3\npending_per_neighbor = 8\n";
-    let Some((topo, mut dp)) = start_gateway_with(extra) else {
-        return;
-    };
+    let (topo, mut dp) = start_gateway_with(extra);
     // 10.10.2.77 is on the WAN subnet, but no host has it. 20 echo requests
     // within 200 ms: 8 wait for ARP, 12 find the queue full.
     let out = topo

@@ -39,9 +39,7 @@ fn active(m: &Metrics) -> Vec<&'static str> {
 
 #[test]
 fn four_paths_are_measured_and_a_blackholed_uplink_fails_over_and_back() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let sites = Sites::new();
     let (mut one, mut two) = sites.start(20);
 
@@ -140,9 +138,7 @@ fn figure(m: &Metrics, name: &str, path: &str) -> f64 {
 
 #[test]
 fn probes_measure_the_delay_loss_and_jitter_the_wan_imposes() {
-    if need_root() {
-        return;
-    }
+    require_root();
     // Site 1's MPLS uplink: 10 ms each way, 2 ms of jitter and 2% loss on
     // the way out. Its internet uplink and site 2's are clean.
     let wan = env!("CARGO_BIN_EXE_patronus-wan");

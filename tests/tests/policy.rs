@@ -52,9 +52,7 @@ fn drops(dp: &Dataplane, policy: &str) -> f64 {
 
 #[test]
 fn deny_rules_drop_exactly_their_traffic_and_a_reload_lifts_them() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let topo = Topology::new();
     let mut dp = Dataplane::start(&topo.config(1, NO_PING));
 

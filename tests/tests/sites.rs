@@ -263,9 +263,7 @@ fn check_and_stop(mut gw: Dataplane, peer: &str) -> Metrics {
 
 #[test]
 fn two_sites_tunnel_over_an_ipv4_underlay() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let sites = Sites::new();
     let (one, two) = sites.start(false, false);
     exercise(&sites);
@@ -276,9 +274,7 @@ fn two_sites_tunnel_over_an_ipv4_underlay() {
 
 #[test]
 fn two_sites_tunnel_over_an_ipv6_underlay_with_compression() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let sites = Sites::new();
     let (one, two) = sites.start(true, true);
     exercise(&sites);

@@ -127,9 +127,7 @@ fn stop(gateways: [&mut Dataplane; 2]) {
 
 #[test]
 fn voice_takes_the_fastest_uplink_bulk_the_cheapest_and_flows_stay_put() {
-    if need_root() {
-        return;
-    }
+    require_root();
     // MPLS: 10 ms round trip, 1.0 per GB; the internet: 30 ms, 0.1 per GB.
     let sites = Sites::with_impaired(
         WAN,
@@ -199,9 +197,7 @@ fn first_call_still_running(mut sender: Child) -> bool {
 
 #[test]
 fn a_flapping_uplink_is_left_once_and_not_followed_back_and_forth() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let sites = Sites::with_impaired(WAN, &[("mpls", "clear", "clear")]);
     // A recovered path takes traffic back only after 3 s of being up.
     let (mut one, mut two) = sites.start_with("probe_interval_ms = 20\nhold_ms = 3000", "");
@@ -240,9 +236,7 @@ fn a_flapping_uplink_is_left_once_and_not_followed_back_and_forth() {
 
 #[test]
 fn a_duplicated_stream_survives_independent_loss_on_both_uplinks() {
-    if need_root() {
-        return;
-    }
+    require_root();
     // 5% loss, drawn independently, on the way out of each of site 1's uplinks.
     let sites = Sites::with_impaired(
         WAN,

@@ -179,15 +179,13 @@ impl Drop for TempDir {
 /// Host A, the gateway, and host B with wireguard-go, `tunnel_extra` in the
 /// gateway's `[tunnel]`; with `wrong_key` the gateway knows host B by
 /// another public key than its own.
-fn rig(tunnel_extra: &str, wrong_key: bool) -> Option<Rig> {
+fn rig(tunnel_extra: &str, wrong_key: bool) -> Rig {
     rig_with(tunnel_extra, wrong_key, "")
 }
 
 /// The same, with `tables` (uplinks, say) added to the gateway's configuration.
-fn rig_with(tunnel_extra: &str, wrong_key: bool, tables: &str) -> Option<Rig> {
-    if need_root() {
-        return None;
-    }
+fn rig_with(tunnel_extra: &str, wrong_key: bool, tables: &str) -> Rig {
+    require_root();
     let topo = Topology::new();
     let dir = TempDir(std::env::temp_dir().join(format!("patronus-tunnel-{}", topo.id)));
     let gw_key = keypair();
@@ -200,14 +198,14 @@ fn rig_with(tunnel_extra: &str, wrong_key: bool, tables: &str) -> Option<Rig> {
     let extra = tunnel_config(&dir.0, &gw_key, &configured, tunnel_extra) + tables;
     let dp = Dataplane::start(&topo.config(1, &extra));
     let wg = WireGuardGo::start(&topo.b, &b_key, &gw_key.public);
-    Some(Rig {
+    Rig {
         topo,
         dp,
         wg,
         b_key,
         gw_key,
         _dir: dir,
-    })
+    }
 }
 
 fn ping(ns: &Netns, dst: &str) -> bool {
@@ -222,9 +220,7 @@ fn event(m: &Metrics, name: &str) -> f64 {
 
 #[test]
 fn wireguard_go_and_patronus_carry_ping_and_tcp_with_handshakes_from_either_side() {
-    let Some(mut r) = rig("", false) else {
-        return;
-    };
+    let mut r = rig("", false);
     // The gateway starts the first handshake: host A's ping needs the tunnel.
     assert!(
         ping(&r.topo.a, B_TUNNEL4),
@@ -322,9 +318,7 @@ fn a_stock_peers_path_is_measured_from_its_handshakes() {
     // The WAN port as an uplink: the road warrior gets a path, measured
     // passively since it takes no probes.
     let uplink = "\n[[uplink]]\nname = \"wan\"\nport = \"wan\"\n";
-    let Some(mut r) = rig_with("", false, uplink) else {
-        return;
-    };
+    let mut r = rig_with("", false, uplink);
     let path = [("path_id", "local:wan->roadwarrior")];
     assert!(ping(&r.topo.a, B_TUNNEL4), "{}", r.dp.log_text());
     let measured = eventually(Duration::from_secs(5), || {
@@ -362,9 +356,7 @@ fn a_stock_peers_path_is_measured_from_its_handshakes() {
 #[test]
 fn a_forced_rekey_loses_no_tcp_data() {
     let timers = "[tunnel.timers]\nrekey_after_time_s = 3\nreject_after_time_s = 6\n";
-    let Some(mut r) = rig(timers, false) else {
-        return;
-    };
+    let mut r = rig(timers, false);
     assert!(ping(&r.topo.a, B_TUNNEL4));
     // 10 s of traffic each way with sessions rotated every 3 s.
     let a = std::thread::scope(|s| {
@@ -429,9 +421,7 @@ fn a_forced_rekey_loses_no_tcp_data() {
 
 #[test]
 fn a_peer_with_the_wrong_public_key_never_gets_a_session() {
-    let Some(mut r) = rig("", true) else {
-        return;
-    };
+    let mut r = rig("", true);
     assert!(!ping(&r.topo.a, B_TUNNEL4), "no tunnel from A");
     assert!(!ping(&r.topo.b, A4), "no tunnel from B");
     // Workers publish tunnel figures every 100 ms, later when the machine is busy.
@@ -476,9 +466,7 @@ fn drops(m: &Metrics, reason: &str) -> f64 {
 #[test]
 fn hostile_input_is_counted_and_dropped_and_a_flood_engages_cookies() {
     // Cookie mode from 200 handshake messages a second.
-    let Some(mut r) = rig("cookie_threshold_per_s = 200", false) else {
-        return;
-    };
+    let mut r = rig("cookie_threshold_per_s = 200", false);
     assert!(ping(&r.topo.a, B_TUNNEL4));
     let gw = "10.10.2.1";
 

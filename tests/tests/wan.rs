@@ -139,9 +139,7 @@ fn ping_once(from: &Netns, to: &str) -> bool {
 
 #[test]
 fn delays_blackholes_and_restores_a_bridged_link() {
-    if need_root() {
-        return;
-    }
+    require_root();
     let id = unique_id();
     let h1 = Netns::new(format!("pwh1{id}"));
     let h2 = Netns::new(format!("pwh2{id}"));

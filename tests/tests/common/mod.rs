@@ -46,14 +46,17 @@ pub fn must(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Skips (returns true) unless we are root, which namespaces and DPDK need.
-pub fn need_root() -> bool {
+/// Fails with a clear message unless we are root, which namespaces and
+/// DPDK need: an end-to-end test never passes without having run. As an
+/// ordinary user, run the unit tests alone
+/// (`cargo test --workspace --exclude patronus-e2e`).
+pub fn require_root() {
     let uid = must(&["id", "-u"]);
-    if uid.trim() != "0" {
-        eprintln!("skipping: end-to-end tests need root");
-        return true;
-    }
-    false
+    assert!(
+        uid.trim() == "0",
+        "end-to-end tests need root (network namespaces, DPDK): run scripts/test.sh as root, \
+         or only the unit tests with --exclude patronus-e2e"
+    );
 }
 
 /// A network namespace, deleted on drop.
