@@ -15,7 +15,7 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// The token clients must present as `authorization: Bearer <token>`.
 /// Never logged or printed: Debug shows its length only.
 #[derive(Clone)]
-pub struct BearerToken(Arc<Vec<u8>>);
+pub struct BearerToken(Arc<zeroize::Zeroizing<Vec<u8>>>);
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,7 +30,9 @@ impl BearerToken {
         if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
             bail!("the token must be at least {MIN_TOKEN_LEN} printable characters without spaces");
         }
-        Ok(BearerToken(Arc::new(token.as_bytes().to_vec())))
+        Ok(BearerToken(Arc::new(zeroize::Zeroizing::new(
+            token.as_bytes().to_vec(),
+        ))))
     }
 
     /// Reads the token from a file only its owner (and group) can read.

@@ -95,8 +95,10 @@ pub fn tls_config(
     let cert_pem = std::fs::read_to_string(cert)
         .with_context(|| format!("{}: cannot read", cert.display()))?;
     let key_pem = crate::auth::read_secret(key, crate::auth::Readers::OwnerAndGroup)?;
-    let mut config =
-        ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    let mut config = ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+        cert_pem,
+        key_pem.as_bytes(),
+    ));
     if let Some(ca) = client_ca {
         let ca_pem = std::fs::read_to_string(ca)
             .with_context(|| format!("{}: cannot read", ca.display()))?;

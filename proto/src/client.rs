@@ -41,9 +41,13 @@ impl ClientOptions {
                 if token.is_empty() {
                     bail!("{}: the token file is empty", path.display());
                 }
-                Some(format!("Bearer {token}").parse().map_err(|_| {
+                let text = zeroize::Zeroizing::new(format!("Bearer {token}"));
+                let mut value: MetadataValue<Ascii> = text.parse().map_err(|_| {
                     anyhow::anyhow!("{}: the token is not a valid header value", path.display())
-                })?)
+                })?;
+                // Never indexed by HTTP/2 header compression (HPACK).
+                value.set_sensitive(true);
+                Some(value)
             }
             None => None,
         };
@@ -65,10 +69,8 @@ impl ClientOptions {
             if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
                 let cert = std::fs::read_to_string(cert)
                     .with_context(|| format!("{}: cannot read", cert.display()))?;
-                tls = tls.identity(Identity::from_pem(
-                    cert,
-                    read_secret(key, Readers::OwnerAndGroup)?,
-                ));
+                let key = read_secret(key, Readers::OwnerAndGroup)?;
+                tls = tls.identity(Identity::from_pem(cert, key.as_bytes()));
             }
             endpoint = endpoint.tls_config(tls)?;
         } else if self.tls_cert.is_some() {
@@ -102,5 +104,32 @@ impl tonic::service::Interceptor for Authorization {
             req.metadata_mut().insert("authorization", v.clone());
         }
         Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_goes_out_as_a_sensitive_header_and_never_in_debug() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("patronus-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "s3cret-token-0123456789\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let options = ClientOptions {
+            server: "http://127.0.0.1:1".into(),
+            token_file: Some(path),
+            ..ClientOptions::default()
+        };
+        let (_, mut auth) = options.endpoint().unwrap();
+        assert!(!format!("{auth:?}").contains("s3cret"));
+        let req = tonic::service::Interceptor::call(&mut auth, Request::new(())).unwrap();
+        let header = req.metadata().get("authorization").unwrap();
+        assert_eq!(header.to_str().unwrap(), "Bearer s3cret-token-0123456789");
+        assert!(header.is_sensitive(), "HPACK must not index it");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

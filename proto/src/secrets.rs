@@ -16,7 +16,7 @@ pub enum Readers {
 
 /// Reads a secret (a token, a private key) from a file that others may not
 /// read, nor, unless `readers` allows it, its group.
-pub fn read_secret(path: &Path, readers: Readers) -> anyhow::Result<String> {
+pub fn read_secret(path: &Path, readers: Readers) -> anyhow::Result<zeroize::Zeroizing<String>> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .with_context(|| format!("{}: cannot read", path.display()))?
@@ -33,5 +33,7 @@ pub fn read_secret(path: &Path, readers: Readers) -> anyhow::Result<String> {
             mode & 0o777
         );
     }
-    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+    std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .with_context(|| format!("{}: cannot read", path.display()))
 }

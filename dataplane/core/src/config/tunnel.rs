@@ -108,7 +108,8 @@ fn read_key(path: &std::path::Path, field: &str) -> Result<[u8; 32], ConfigError
     base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .ok()
-        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .map(zeroize::Zeroizing::new)
+        .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
         .ok_or_else(|| {
             ConfigError::new(
                 field,
