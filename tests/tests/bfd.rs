@@ -150,24 +150,19 @@ impl Driver {
         }
     }
 
-    /// Once up: waits until the session has stayed up for half a second
-    /// (the bring-up's Poll/Final done, nothing flapping).
+    /// Once up: waits until the session has stayed up with no change for
+    /// half a second (the bring-up's Poll/Final done, nothing flapping).
     fn settle_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut up = true;
         loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let last = std::iter::from_fn(|| self.events.try_recv().ok())
-                .filter_map(|e| match e {
-                    Event::Changed { change, .. } => Some(change.to),
-                    Event::RemoteDown { .. } => None,
-                })
-                .last();
-            match last {
-                None => return,
-                Some(State::Up) => {}
-                Some(_) => {
-                    self.wait_for(State::Up, Duration::from_secs(10))
-                        .expect("up again");
-                }
+            assert!(Instant::now() < deadline, "the session never settled up");
+            match self.events.recv_timeout(Duration::from_millis(500)) {
+                Ok(Event::Changed { change, .. }) => up = change.to == State::Up,
+                Ok(Event::RemoteDown { .. }) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) if up => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the driver stopped"),
             }
         }
     }
@@ -344,7 +339,7 @@ fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death()
         .expect("up again");
 
     // bfdd dies without a word: detected after 3 × 100 ms of silence.
-    std::thread::sleep(Duration::from_millis(500));
+    driver.settle_up();
     let killed = Instant::now();
     bfdd.kill();
     let (down, at, _) = driver

@@ -80,15 +80,17 @@ fn finish(sender: Child) {
     );
 }
 
+/// Packets site 1 sent over the paths of one local uplink.
+fn sent_over(m: &Metrics, paths: [&str; 2]) -> f64 {
+    paths
+        .iter()
+        .map(|p| m.sum("patronus_path_tx_packets_total", &[("path_id", p)]))
+        .sum()
+}
+
 /// Packets site 1 (`one`) sent over the paths of its MPLS and of its
 /// internet uplink while `run` ran.
 fn sent_during(one: &Dataplane, run: impl FnOnce()) -> (f64, f64) {
-    let sent_over = |m: &Metrics, paths: [&str; 2]| -> f64 {
-        paths
-            .iter()
-            .map(|p| m.sum("patronus_path_tx_packets_total", &[("path_id", p)]))
-            .sum()
-    };
     let before = one.scrape();
     run();
     let after = one.scrape();
@@ -164,8 +166,13 @@ fn voice_takes_the_fastest_uplink_bulk_the_cheapest_and_flows_stay_put() {
     // MPLS slows to 50 ms while a call runs on it: new calls move to the
     // internet after the hold time, the running one stays where it is (its
     // path is still eligible: the rule has no thresholds).
+    let before = one.scrape();
     let first_call = voice(5004, 15.0);
-    std::thread::sleep(Duration::from_secs(1));
+    // The call is on MPLS (and pinned there) before MPLS slows.
+    let flowing = eventually(Duration::from_secs(5), || {
+        sent_over(&one.scrape(), MPLS) - sent_over(&before, MPLS) >= 1_000.0
+    });
+    assert!(flowing, "the first call never reached MPLS");
     sites.impair("mpls", "set both delay=25ms");
     let moved = eventually(Duration::from_secs(8), || {
         failovers(&one.scrape(), "voice", "better_path") >= 1.0
