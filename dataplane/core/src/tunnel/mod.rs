@@ -366,7 +366,8 @@ impl<F: Frame> Tunnels<F> {
             counters: TunnelCounters::default(),
             scratch: vec![0; compress::SCRATCH_LEN].into_boxed_slice(),
             transmits: VecDeque::with_capacity(TRANSMIT_QUEUE),
-            round_trips: VecDeque::new(),
+            // Reserved now: the worker loop allocates nothing.
+            round_trips: VecDeque::with_capacity(ROUND_TRIPS_KEPT),
         };
         t.reconfigure(cfg);
         t
