@@ -386,11 +386,40 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Writes the config, starts the binary and waits until it is running.
+    ///
+    /// DPDK 22.11's af_packet PMD names its fanout group `pid ^ ifindex`:
+    /// when that collides with a group another data plane made on another
+    /// interface, the kernel refuses the socket and the start fails. That
+    /// is the harness's (see docs/testing.md), so such a start is retried,
+    /// with a new pid.
     pub fn start(config: &str) -> Dataplane {
         let dir = std::env::temp_dir().join(format!("patronus-e2e-{}", unique_id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("dataplane.toml");
         std::fs::write(&config_path, config).unwrap();
+        let listening = "metrics and health endpoint listening";
+        for attempt in 1..=3 {
+            let mut dp = Dataplane::spawn(config_path.clone());
+            let line = match dp.try_wait_for_log(listening, Duration::from_secs(60)) {
+                Ok(line) => line,
+                Err(log) if attempt < 3 && log.contains("could not set PACKET_FANOUT") => {
+                    eprintln!("fanout group collision (a DPDK af_packet limit): starting again");
+                    continue;
+                }
+                Err(log) => panic!("data plane exited before logging {listening:?}:\n{log}"),
+            };
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .expect("addr= in the listening line");
+            dp.metrics = addr.parse().expect("socket address");
+            dp.wait_for_log("data plane running", Duration::from_secs(30));
+            return dp;
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(config_path: PathBuf) -> Dataplane {
         let mut child = Command::new(dataplane_bin())
             .arg("--config")
             .arg(&config_path)
@@ -412,42 +441,35 @@ impl Dataplane {
                 }
             });
         }
-        let mut dp = Dataplane {
+        Dataplane {
             child: Some(child),
             log,
             metrics: "127.0.0.1:0".parse().unwrap(),
             config_path,
-        };
-        let line = dp.wait_for_log(
-            "metrics and health endpoint listening",
-            Duration::from_secs(60),
-        );
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .expect("addr= in the listening line");
-        dp.metrics = addr.parse().expect("socket address");
-        dp.wait_for_log("data plane running", Duration::from_secs(30));
-        dp
+        }
     }
 
     /// Waits until a log line contains `needle`; panics (with the log) on timeout or exit.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        self.try_wait_for_log(needle, timeout)
+            .unwrap_or_else(|log| panic!("data plane exited before logging {needle:?}:\n{log}"))
+    }
+
+    /// The same; `Err` with the log when the process exited first.
+    fn try_wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return line.clone();
+                return Ok(line.clone());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
+                // Let the log readers drain.
                 std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "data plane exited ({status}) before logging {needle:?}:\n{}",
-                    self.log_text()
-                );
+                return Err(format!("exit {status}\n{}", self.log_text()));
             }
             assert!(
                 Instant::now() < deadline,
