@@ -23,6 +23,7 @@ pub mod paths;
 pub mod pending;
 pub mod pipeline;
 pub mod published;
+pub mod qos;
 pub mod route;
 pub mod stats;
 #[cfg(test)]
