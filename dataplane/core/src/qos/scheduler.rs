@@ -135,9 +135,6 @@ struct FlowQueue {
     next: u32,
     bytes: u32,
     deficit: i32,
-    tag: u32,
-    /// On its class's new or old list (always so while it holds packets).
-    listed: bool,
     codel: Codel,
 }
 
@@ -203,6 +200,12 @@ pub struct Scheduler<H> {
     egress: TokenBucket,
     tunnels: Vec<Tunnel>,
     flows: Vec<FlowQueue>,
+    /// The flow hash of each flow queue, apart so that a set's eight are
+    /// one 32 B read.
+    tags: Vec<u32>,
+    /// Per set of eight flow queues, which are on their class's new or old
+    /// list (always so while they hold packets); the others are free.
+    listed: Vec<u8>,
     flow_queues: usize,
     slots: Vec<Slot<H>>,
     free: List,
@@ -239,14 +242,13 @@ impl<H> Scheduler<H> {
                 cursor: 0,
             })
             .collect();
-        let flows = (0..layout.tunnels * CLASSES * layout.flow_queues)
+        let flow_count = layout.tunnels * CLASSES * layout.flow_queues;
+        let flows = (0..flow_count)
             .map(|_| FlowQueue {
                 packets: List::EMPTY,
                 next: NIL,
                 bytes: 0,
                 deficit: 0,
-                tag: 0,
-                listed: false,
                 codel: Codel::default(),
             })
             .collect();
@@ -267,6 +269,8 @@ impl<H> Scheduler<H> {
             config,
             tunnels,
             flows,
+            tags: vec![0; flow_count],
+            listed: vec![0; flow_count / WAYS],
             flow_queues: layout.flow_queues,
             slots,
             free,
@@ -405,8 +409,9 @@ impl<H> Scheduler<H> {
         queue.packets.push_back(&mut self.slots, slot);
         queue.bytes += cost;
         let entry = &mut self.tunnels[tunnel];
-        if !queue.listed {
-            queue.listed = true;
+        let (set, way) = (flow as usize / WAYS, flow as usize % WAYS);
+        if self.listed[set] & (1 << way) == 0 {
+            self.listed[set] |= 1 << way;
             queue.deficit = FLOW_QUANTUM;
             entry.classes[c].new_flows.push_back(&mut self.flows, flow);
         }
@@ -426,25 +431,22 @@ impl<H> Scheduler<H> {
     /// its set that holds this flow, else a free one, else (every way busy
     /// with other flows) one it shares.
     fn flow_queue(&mut self, tunnel: usize, c: usize, flow_hash: u32) -> u32 {
-        let ways = WAYS.min(self.flow_queues);
-        let sets = self.flow_queues / ways;
-        let set = flow_hash as usize & (sets - 1);
-        let start = (tunnel * CLASSES + c) * self.flow_queues + set * ways;
-        let mut free = None;
-        for index in start..start + ways {
-            let queue = &self.flows[index];
-            if queue.listed {
-                if queue.tag == flow_hash {
-                    return index as u32;
-                }
-            } else if free.is_none() {
-                free = Some(index);
+        let sets = self.flow_queues / WAYS;
+        let start = (tunnel * CLASSES + c) * self.flow_queues
+            + (flow_hash as usize & (sets - 1)) * WAYS;
+        let listed = self.listed[start / WAYS];
+        let tags = &self.tags[start..start + WAYS];
+        for (way, &tag) in tags.iter().enumerate() {
+            if tag == flow_hash && listed & (1 << way) != 0 {
+                return (start + way) as u32;
             }
         }
-        let index = free.unwrap_or(start + (flow_hash >> 24) as usize % ways);
-        if free.is_some() {
-            self.flows[index].tag = flow_hash;
+        if listed == u8::MAX {
+            // Every way holds another flow: share one.
+            return (start + (flow_hash >> 24) as usize % WAYS) as u32;
         }
+        let index = start + listed.trailing_ones() as usize;
+        self.tags[index] = flow_hash;
         index as u32
     }
 
@@ -544,10 +546,10 @@ impl<H> Scheduler<H> {
         }
         for flow in &mut self.flows {
             flow.packets = List::EMPTY;
-            flow.listed = false;
             flow.bytes = 0;
             flow.codel = Codel::default();
         }
+        self.listed.fill(0);
         for counters in &mut self.counters {
             counters.queued_packets = 0;
         }
@@ -660,15 +662,20 @@ impl<H> Scheduler<H> {
             if from_new {
                 queue.new_flows.pop_front(&mut self.flows);
                 if queue.old_flows.is_empty() {
-                    self.flows[flow as usize].listed = false;
+                    self.unlist(flow);
                 } else {
                     queue.old_flows.push_back(&mut self.flows, flow);
                 }
             } else {
                 queue.old_flows.pop_front(&mut self.flows);
-                self.flows[flow as usize].listed = false;
+                self.unlist(flow);
             }
         }
+    }
+
+    /// Marks flow queue `flow` free.
+    fn unlist(&mut self, flow: u32) {
+        self.listed[flow as usize / WAYS] &= !(1 << (flow as usize % WAYS));
     }
 
     /// Frees `slot` and hands back its packet.
