@@ -189,6 +189,8 @@ args = op["spec"]["template"]["spec"]["containers"][0]["command"]
 assert args[args.index("--dataplane-token-secret") + 1] == "patronus-controlplane-token"
 assert args[args.index("--controlplane") + 1].startswith("http://")
 assert "--tls-ca" not in args and "--watch-namespace" not in args
+# Clear text without a TLS Secret, and said so: clients refuse it otherwise.
+assert "--insecure" in args
 assert args[args.index("--dataplane-cpus") + 1] == "2"
 assert args[args.index("--dataplane-hugepages") + 1] == "1Gi"
 assert "--dataplane-config-template" not in args and "--dataplane-networks" not in args
@@ -214,6 +216,7 @@ assert args[args.index("--dataplane-token-secret") + 1] == "sdwan-api-token"
 assert args[args.index("--watch-namespace") + 1] == "sites"
 assert args[args.index("--tls-ca") + 1] == "/var/run/patronus/tls/ca.crt"
 assert args[args.index("--dataplane-tls-ca-secret") + 1] == "sdwan-controlplane-tls"
+assert "--insecure" not in args
 assert args[args.index("--dataplane-cpus") + 1] == "4"
 assert args[args.index("--dataplane-networks") + 1] == "sriov-wan,sriov-lan"
 assert args[args.index("--dataplane-config-template") + 1] == "/etc/patronus-operator/dataplane.toml"

@@ -182,6 +182,7 @@ fn client_options(section: &ControlPlaneSection) -> ClientOptions {
         tls_ca: section.tls_ca.clone(),
         tls_cert: section.tls_cert.clone(),
         tls_key: section.tls_key.clone(),
+        insecure: section.insecure,
     }
 }
 

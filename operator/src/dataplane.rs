@@ -69,6 +69,9 @@ pub struct Settings {
     /// A Secret whose `ca.crt` the control plane's certificate chains to
     /// (for an `https://` control plane).
     pub tls_ca_secret: Option<String>,
+    /// Data planes send the token over clear text to an `http://` control
+    /// plane (`insecure = true` in their `[controlplane]`).
+    pub insecure: bool,
     /// Whole CPUs: guaranteed QoS gives each a core of its own.
     pub cpus: u32,
     /// Memory besides hugepages.
@@ -92,6 +95,7 @@ impl Default for Settings {
             controlplane: "http://patronus-controlplane:50051".into(),
             token_secret: None,
             tls_ca_secret: None,
+            insecure: false,
             cpus: 2,
             memory: "1Gi".into(),
             hugepages: "1Gi".into(),
@@ -240,6 +244,9 @@ pub fn config_toml(site: &Site, settings: &Settings) -> String {
     }
     if settings.tls_ca_secret.is_some() {
         controlplane.insert("tls_ca".into(), format!("{TLS_DIR}/{CA_FIELD}").into());
+    }
+    if settings.insecure {
+        controlplane.insert("insecure".into(), true.into());
     }
     config.insert("controlplane".into(), controlplane.into());
     let tunnel = config

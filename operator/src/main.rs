@@ -54,6 +54,10 @@ struct Cli {
     /// Secret (key `token`) with the control plane's bearer token, mounted into data planes.
     #[arg(long, value_name = "NAME")]
     dataplane_token_secret: Option<String>,
+    /// Send the token over clear text (http://) to a control plane off
+    /// loopback, from the operator and from the data planes it deploys.
+    #[arg(long)]
+    insecure: bool,
     /// Secret whose `ca.crt` data planes trust for an https control plane.
     #[arg(long, value_name = "NAME")]
     dataplane_tls_ca_secret: Option<String>,
@@ -128,6 +132,7 @@ fn settings(cli: &Cli) -> anyhow::Result<dataplane::Settings> {
             .unwrap_or_else(|| cli.controlplane.clone()),
         token_secret: cli.dataplane_token_secret.clone(),
         tls_ca_secret: cli.dataplane_tls_ca_secret.clone(),
+        insecure: cli.insecure,
         cpus: cli.dataplane_cpus,
         memory: cli.dataplane_memory.clone(),
         hugepages: cli.dataplane_hugepages.clone(),
@@ -150,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         server: cli.controlplane.clone(),
         token_file: cli.token_file.clone(),
         tls_ca: cli.tls_ca.clone(),
+        insecure: cli.insecure,
         ..ClientOptions::default()
     };
     let cp = controlplane::connect_lazy(&options)?;

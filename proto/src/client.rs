@@ -24,6 +24,9 @@ pub struct ClientOptions {
     pub tls_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM; mode 600).
     pub tls_key: Option<PathBuf>,
+    /// Sends the bearer token over clear text (`http://`) to a server that
+    /// is not on loopback, which is otherwise refused.
+    pub insecure: bool,
 }
 
 impl ClientOptions {
@@ -31,7 +34,8 @@ impl ClientOptions {
     /// reconnect) to, with the interceptor that authenticates each call.
     ///
     /// # Errors
-    /// A malformed address, an https server without a CA, or an unreadable
+    /// A malformed address, an https server without a CA, a token for a
+    /// clear-text server off loopback without `insecure`, or an unreadable
     /// or too widely readable secret file.
     pub fn endpoint(&self) -> anyhow::Result<(Endpoint, Authorization)> {
         let header = match &self.token_file {
@@ -78,9 +82,29 @@ impl ClientOptions {
                 "{}: a client certificate needs an https:// server",
                 self.server
             );
+        } else if header.is_some() && !self.insecure && !is_loopback(endpoint.uri().host()) {
+            bail!(
+                "{}: refusing to send the bearer token in clear text off this host; use an \
+                 https:// server, or allow it explicitly (--insecure, or `insecure = true` \
+                 in [controlplane])",
+                self.server
+            );
         }
         Ok((endpoint, Authorization(header)))
     }
+}
+
+/// Whether `host` (from a URI) is this host: `localhost` or a loopback
+/// address.
+fn is_loopback(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Adds the bearer token to every call. Debug never shows the token.
@@ -130,6 +154,47 @@ mod tests {
         let header = req.metadata().get("authorization").unwrap();
         assert_eq!(header.to_str().unwrap(), "Bearer s3cret-token-0123456789");
         assert!(header.is_sensitive(), "HPACK must not index it");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_token_goes_in_clear_text_only_to_loopback_unless_allowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("patronus-clear-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "t0ken\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let options = |server: &str, token: bool, insecure: bool| ClientOptions {
+            server: server.into(),
+            token_file: token.then(|| path.clone()),
+            insecure,
+            ..ClientOptions::default()
+        };
+        for server in [
+            "http://127.0.0.1:50051",
+            "http://127.9.9.9:50051",
+            "http://[::1]:50051",
+            "http://localhost:50051",
+        ] {
+            assert!(options(server, true, false).endpoint().is_ok(), "{server}");
+        }
+        for server in [
+            "http://10.0.0.1:50051",
+            "http://[fd00::1]:50051",
+            "http://patronus-controlplane:50051",
+        ] {
+            let error = options(server, true, false).endpoint().unwrap_err();
+            assert!(
+                error.to_string().contains("--insecure"),
+                "{server}: {error}"
+            );
+            assert!(options(server, true, true).endpoint().is_ok(), "{server}");
+            assert!(
+                options(server, false, false).endpoint().is_ok(),
+                "{server}: no token"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

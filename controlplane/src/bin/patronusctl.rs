@@ -48,6 +48,9 @@ struct Cli {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// Send the token over clear text (http://) to a server off loopback.
+    #[arg(long, env = "PATRONUS_INSECURE")]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -175,6 +178,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         tls_ca: cli.tls_ca.clone(),
         tls_cert: cli.tls_cert.clone(),
         tls_key: cli.tls_key.clone(),
+        insecure: cli.insecure,
     };
     let (endpoint, authorization) = options.endpoint()?;
     let channel = endpoint

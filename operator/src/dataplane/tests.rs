@@ -195,6 +195,16 @@ fn the_config_adds_the_control_plane_and_tunnel_to_the_template() {
         Some("/var/run/patronus/token/token")
     );
     assert_eq!(cp["tls_ca"].as_str(), Some("/var/run/patronus/tls/ca.crt"));
+    assert!(cp.get("insecure").is_none(), "clear text only when asked");
+    let insecure = config_toml(
+        &site,
+        &Settings {
+            insecure: true,
+            ..settings()
+        },
+    );
+    let insecure: toml::Table = toml::from_str(&insecure).unwrap();
+    assert_eq!(insecure["controlplane"]["insecure"].as_bool(), Some(true));
     let tunnel = config["tunnel"].as_table().unwrap();
     assert_eq!(tunnel["listen_port"].as_integer(), Some(51820));
     assert_eq!(

@@ -104,6 +104,9 @@ pub struct ControlPlaneSection {
     pub tls_cert: Option<std::path::PathBuf>,
     /// Its private key (PEM; mode 600).
     pub tls_key: Option<std::path::PathBuf>,
+    /// Sends the token over clear text (`http://`) to a server off loopback,
+    /// which is otherwise refused.
+    pub insecure: bool,
     /// First wait before reconnecting (doubles up to `reconnect_max_ms`).
     pub reconnect_min_ms: u32,
     /// Longest wait between reconnection attempts.
@@ -122,6 +125,7 @@ impl Default for ControlPlaneSection {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            insecure: false,
             reconnect_min_ms: 250,
             reconnect_max_ms: 30_000,
             telemetry_interval_ms: 5_000,

@@ -432,8 +432,8 @@ impl<H> Scheduler<H> {
     /// with other flows) one it shares.
     fn flow_queue(&mut self, tunnel: usize, c: usize, flow_hash: u32) -> u32 {
         let sets = self.flow_queues / WAYS;
-        let start = (tunnel * CLASSES + c) * self.flow_queues
-            + (flow_hash as usize & (sets - 1)) * WAYS;
+        let start =
+            (tunnel * CLASSES + c) * self.flow_queues + (flow_hash as usize & (sets - 1)) * WAYS;
         let listed = self.listed[start / WAYS];
         let tags = &self.tags[start..start + WAYS];
         for (way, &tag) in tags.iter().enumerate() {
