@@ -77,8 +77,9 @@ impl TokenBucket {
             .saturating_add(u64::try_from(wait).unwrap_or(u64::MAX))
     }
 
-    /// Credit held now (bytes; negative in debt), for gauges.
-    pub fn credit_bytes(&self) -> i64 {
+    /// Credit held now (bytes; negative in debt).
+    #[cfg(test)]
+    fn credit_bytes(&self) -> i64 {
         i64::try_from(self.tokens / NANOBITS_PER_BYTE).unwrap_or(i64::MAX)
     }
 

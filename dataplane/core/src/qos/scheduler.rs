@@ -298,11 +298,6 @@ impl<H> Scheduler<H> {
         &self.counters
     }
 
-    /// The egress bucket's credit (bytes; negative in debt).
-    pub fn egress_credit_bytes(&self) -> i64 {
-        self.egress.credit_bytes()
-    }
-
     /// Applies new settings at `now_ns` without dropping anything held:
     /// rates change from now, credit and debt carry over, smaller queue
     /// limits only refuse new packets. A refused config changes nothing.
