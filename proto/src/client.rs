@@ -135,14 +135,20 @@ impl tonic::service::Interceptor for Authorization {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_token_goes_out_as_a_sensitive_header_and_never_in_debug() {
+    /// A directory of its own holding a token file (mode 600) with `token`.
+    fn token_file(name: &str, token: &str) -> (PathBuf, PathBuf) {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("patronus-client-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("patronus-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
-        std::fs::write(&path, "s3cret-token-0123456789\n").unwrap();
+        std::fs::write(&path, token).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_token_goes_out_as_a_sensitive_header_and_never_in_debug() {
+        let (dir, path) = token_file("client", "s3cret-token-0123456789\n");
         let options = ClientOptions {
             server: "http://127.0.0.1:1".into(),
             token_file: Some(path),
@@ -159,12 +165,7 @@ mod tests {
 
     #[test]
     fn a_token_goes_in_clear_text_only_to_loopback_unless_allowed() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("patronus-clear-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("token");
-        std::fs::write(&path, "t0ken\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (dir, path) = token_file("clear", "t0ken\n");
         let options = |server: &str, token: bool, insecure: bool| ClientOptions {
             server: server.into(),
             token_file: token.then(|| path.clone()),
