@@ -34,9 +34,11 @@ use patronus_core::packet::parse::ParseError;
 use patronus_core::paths::sla::PathFigures;
 use patronus_core::paths::Path;
 use patronus_core::published::Published;
+use patronus_core::qos::{self, Class, ClassCounters};
 use patronus_core::stats::{
     peer_total, Counter, Counters, DropReason, FailoverReason, PathReport, PolicyCounters,
-    RecoveryHistogram, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS, RECOVERY_BUCKETS,
+    RecoveryHistogram, SharedCounters, SharedQosStats, SharedTunnelStats, SojournHistogram,
+    MAX_TUNNEL_PEERS, RECOVERY_BUCKETS, SOJOURN_BUCKETS_NS,
 };
 use patronus_core::tunnel::{PeerStats, TunnelDrop, TunnelEvent};
 
@@ -86,6 +88,8 @@ pub struct DataplaneCollector {
     pub agent: Option<Arc<AgentStatus>>,
     /// Each worker's tunnel figures.
     pub tunnels: Vec<Arc<SharedTunnelStats>>,
+    /// Each worker's shaped egresses.
+    pub qos: Vec<Arc<SharedQosStats>>,
 }
 
 fn counter<S: EncodeLabelSet, V: EncodeCounterValue>(
@@ -367,6 +371,8 @@ struct Scrape<'a> {
     workers: Vec<Counters>,
     /// Each worker's tunnel figures.
     tunnels: &'a [Arc<SharedTunnelStats>],
+    /// Each worker's shaped egresses.
+    qos: &'a [Arc<SharedQosStats>],
     /// The neighbour table.
     neighbors: &'a NeighborShared,
     /// Each worker's classification counters.
@@ -393,6 +399,9 @@ impl Scrape<'_> {
             if !tunnel.paths.is_empty() {
                 self.paths(tunnel, enc)?;
             }
+        }
+        if !self.cfg.shapers.is_empty() {
+            self.shapers(enc)?;
         }
         self.neighbor_table(enc)?;
         self.pool(enc)?;
@@ -868,6 +877,122 @@ impl Scrape<'_> {
         )
     }
 
+    /// Each shaped egress in force, per class: what it holds, sends and
+    /// drops, and how long packets wait.
+    fn shapers(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let published: Vec<_> = self.qos.iter().map(|w| w.egresses()).collect();
+        // Its owner's figures; two workers publish one egress only for the
+        // moment a reload moves it, and then the sum is what it did.
+        let egresses: Vec<(&str, [ClassCounters; Class::COUNT], Vec<SojournHistogram>)> = self
+            .cfg
+            .shapers
+            .iter()
+            .map(|shaper| {
+                let mut classes = [ClassCounters::default(); Class::COUNT];
+                let mut sojourn = vec![SojournHistogram::default(); Class::COUNT];
+                let reports = published.iter().flat_map(|w| w.iter());
+                for r in reports.filter(|r| r.name == shaper.name) {
+                    for (total, c) in classes.iter_mut().zip(&r.classes) {
+                        total.queued_packets += c.queued_packets;
+                        total.tx_packets += c.tx_packets;
+                        total.tx_bytes += c.tx_bytes;
+                        for (t, d) in total.drops.iter_mut().zip(c.drops) {
+                            *t += d;
+                        }
+                    }
+                    for (total, h) in sojourn.iter_mut().zip(&r.sojourn) {
+                        for (t, b) in total.buckets.iter_mut().zip(h.buckets) {
+                            *t += b;
+                        }
+                        total.over += h.over;
+                        total.sum_ns += h.sum_ns;
+                    }
+                }
+                (&*shaper.name, classes, sojourn)
+            })
+            .collect();
+        let by_class = |value: fn(&ClassCounters) -> u64| {
+            egresses.iter().flat_map(move |(name, classes, _)| {
+                Class::ALL.iter().zip(classes).map(move |(class, c)| {
+                    (
+                        [("egress", name.to_string()), ("class", class.to_string())],
+                        value(c),
+                    )
+                })
+            })
+        };
+        gauge(
+            enc,
+            "patronus_qos_rate_bytes_per_second",
+            "The rate each shaped egress is shaped to (its uplink's rate_mbps).",
+            self.cfg
+                .shapers
+                .iter()
+                .map(|s| ([("egress", s.name.to_string())], s.config.rate_bps / 8)),
+        )?;
+        gauge(
+            enc,
+            "patronus_qos_queue_packets",
+            "Packets a shaper holds, by class.",
+            by_class(|c| c.queued_packets),
+        )?;
+        counter(
+            enc,
+            "patronus_qos_tx_packets",
+            "Packets a shaper sent, by class.",
+            by_class(|c| c.tx_packets),
+        )?;
+        counter(
+            enc,
+            "patronus_qos_tx_bytes",
+            "Bytes a shaper sent, by class, as charged: IP packet and the egress's framing overhead.",
+            by_class(|c| c.tx_bytes),
+        )?;
+        counter(
+            enc,
+            "patronus_qos_drops",
+            "Packets a shaper dropped, by class and reason (queue_full: the class's queue, pool_full: the egress's buffers, codel: the AQM at the head of a standing queue).",
+            egresses.iter().flat_map(|(name, classes, _)| {
+                Class::ALL.iter().zip(classes).flat_map(move |(class, c)| {
+                    qos::DropReason::ALL.iter().map(move |reason| {
+                        (
+                            [
+                                ("egress", name.to_string()),
+                                ("class", class.to_string()),
+                                ("reason", reason.to_string()),
+                            ],
+                            c.drops[reason.index()],
+                        )
+                    })
+                })
+            }),
+        )?;
+        let mut family = enc.encode_descriptor(
+            "patronus_qos_queue_delay_seconds",
+            "Time packets waited in a shaper before they were sent, by class.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (name, _, sojourn) in &egresses {
+            for (class, h) in Class::ALL.iter().zip(sojourn) {
+                let bounds: Vec<(f64, u64)> = SOJOURN_BUCKETS_NS
+                    .iter()
+                    .map(|ns| *ns as f64 / 1e9)
+                    .chain([f64::INFINITY])
+                    .zip(h.buckets.iter().copied().chain([h.over]))
+                    .collect();
+                let labels: L2 = [("egress", name.to_string()), ("class", class.to_string())];
+                family.encode_family(&labels)?.encode_histogram::<L0>(
+                    h.sum_ns as f64 / 1e9,
+                    h.count(),
+                    &bounds,
+                    None,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// The neighbour table's size and the entries it had no room for.
     fn neighbor_table(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         gauge(
@@ -1119,6 +1244,7 @@ impl Collector for DataplaneCollector {
             shared: &self.workers,
             workers: self.workers.iter().map(|w| w.read()).collect(),
             tunnels: &self.tunnels,
+            qos: &self.qos,
             neighbors: &self.neighbors,
             dpi: &self.dpi,
             policy: &self.policy,
@@ -1252,7 +1378,7 @@ mod tests {
     use super::*;
     use patronus_core::config::Config;
     use patronus_core::neighbor::NeighborManager;
-    use patronus_core::stats::PathsReport;
+    use patronus_core::stats::{EgressReport, PathsReport};
 
     /// The tunnel's private key, written once per test process (tests run
     /// in parallel and must not rewrite it under each other).
@@ -1270,7 +1396,8 @@ mod tests {
     }
 
     /// A site with two ports, a static neighbour, a tunnel to two peers (one
-    /// compressing) and a policy: every family group has series to write.
+    /// compressing), a shaped uplink and a policy: every family group has
+    /// series to write.
     fn snapshot() -> Snapshot {
         let text = format!(
             r#"
@@ -1293,6 +1420,7 @@ addresses = ["10.99.0.1/24"]
 name = "mpls"
 port = "wan"
 color = "mpls"
+rate_mbps = 20
 [[uplink]]
 name = "inet"
 port = "lan"
@@ -1332,6 +1460,7 @@ conditions = [{{ type = "category", value = "Video" }}]
         policy: Vec<Arc<PolicyCounters>>,
         agent: Arc<AgentStatus>,
         tunnels: Vec<Arc<SharedTunnelStats>>,
+        qos: Vec<Arc<SharedQosStats>>,
     }
 
     /// [`Sources`] of two workers, each peer's figures held by one of them.
@@ -1473,6 +1602,25 @@ conditions = [{{ type = "category", value = "Video" }}]
                 c
             })
             .collect();
+        // Worker 0 shapes the uplink; each class's figures differ.
+        let qos: Vec<Arc<SharedQosStats>> = (0..2).map(|_| Arc::default()).collect();
+        let mut sojourn = SojournHistogram::default();
+        for ns in [50_000, 3_000_000, 3_000_000, 2_000_000_000] {
+            sojourn.observe(ns);
+        }
+        qos[0].publish(vec![EgressReport {
+            name: "mpls".into(),
+            classes: std::array::from_fn(|c| {
+                let c = c as u64;
+                ClassCounters {
+                    queued_packets: c,
+                    tx_packets: 100 + c,
+                    tx_bytes: 150_000 + c,
+                    drops: [10 + c, 20 + c, 30 + c],
+                }
+            }),
+            sojourn: std::array::from_fn(|_| sojourn.clone()),
+        }]);
         Sources {
             config: Arc::new(Published::new(snapshot)),
             workers,
@@ -1481,6 +1629,7 @@ conditions = [{{ type = "category", value = "Video" }}]
             policy,
             agent,
             tunnels,
+            qos,
         }
     }
 
@@ -1537,6 +1686,7 @@ conditions = [{{ type = "category", value = "Video" }}]
                 shared: &s.workers,
                 workers: s.workers.iter().map(|w| w.read()).collect(),
                 tunnels: &s.tunnels,
+                qos: &s.qos,
                 neighbors: &s.neighbors,
                 dpi: &s.dpi,
                 policy: &s.policy,

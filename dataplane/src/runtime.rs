@@ -32,8 +32,8 @@ use patronus_core::dpi::counters::DpiCounters;
 use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared};
 use patronus_core::published::Published;
 use patronus_core::stats::PolicyCounters;
-use patronus_core::stats::{Counter, SharedCounters, SharedTunnelStats};
-use patronus_core::worker::{tunnel_inboxes, WorkerSetup};
+use patronus_core::stats::{Counter, SharedCounters, SharedQosStats, SharedTunnelStats};
+use patronus_core::worker::{shaper_inboxes, tunnel_inboxes, WorkerSetup};
 use patronus_proto::v1::{
     DataplaneCounters, DataplaneEvent, EventType, PathMetrics, PathTelemetry, PeerTelemetry,
     TunnelState,
@@ -282,6 +282,8 @@ struct Workers {
     policy: Vec<Arc<PolicyCounters>>,
     /// Each worker's tunnel figures.
     tunnels: Vec<Arc<SharedTunnelStats>>,
+    /// Each worker's shaped egresses.
+    qos: Vec<Arc<SharedQosStats>>,
 }
 
 impl Workers {
@@ -306,16 +308,20 @@ impl Workers {
             dpi: Vec::with_capacity(lcores.len()),
             policy: Vec::with_capacity(lcores.len()),
             tunnels: Vec::with_capacity(lcores.len()),
+            qos: Vec::with_capacity(lcores.len()),
         };
         let inboxes = tunnel_inboxes(lcores.len());
+        let to_shape = shaper_inboxes(lcores.len());
         // Every worker reports what it learns into one bounded channel that the
         // neighbour manager drains.
         let (events, learned) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
         for (index, &lcore) in lcores.iter().enumerate() {
             let stats = Arc::new(SharedCounters::default());
             let tunnel_stats = Arc::new(SharedTunnelStats::default());
+            let qos_stats = Arc::new(SharedQosStats::default());
             workers.stats.push(stats.clone());
             workers.tunnels.push(tunnel_stats.clone());
+            workers.qos.push(qos_stats.clone());
             let (rx, tx) = worker_queues(&devices.ports, index as u16);
             let setup = WorkerSetup {
                 index,
@@ -329,7 +335,9 @@ impl Workers {
                 stop: shared.stop.clone(),
                 seed: seed_for(index),
                 inboxes: inboxes.clone(),
+                shaper_inboxes: to_shape.clone(),
                 tunnel_stats,
+                qos_stats,
             };
             // The flow table is allocated here, before the lcore starts polling.
             let worker = DpdkWorker::new(setup);
@@ -341,6 +349,7 @@ impl Workers {
         // Queued work holds packet buffers: only workers keep the queues, so
         // they go (and free what they hold) when the last worker exits.
         drop(inboxes);
+        drop(to_shape);
         Ok((workers, learned))
     }
 
@@ -496,6 +505,7 @@ fn start_metrics(
         policy: workers.policy.clone(),
         agent: agent.agent.is_some().then(|| agent.status.clone()),
         tunnels: workers.tunnels.clone(),
+        qos: workers.qos.clone(),
     };
     let server = HttpServer::start(addr, collector, shared.health.clone())
         .with_context(|| format!("binding the metrics endpoint on {addr}"))?;

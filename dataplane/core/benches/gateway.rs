@@ -90,7 +90,7 @@ impl Carousel {
         }
         pass(&mut self.burst);
         let spare = &mut self.spare;
-        self.burst.drain(|next, frame| {
+        self.burst.drain(|next, _, frame| {
             debug_assert_eq!(next, Next::Transmit(1));
             spare.push(frame);
         });

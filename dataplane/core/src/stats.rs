@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::labels::labelled_enum;
 use crate::packet::parse::ParseError;
+use crate::qos::{Class, ClassCounters};
 use crate::tunnel::{PeerStats, TunnelCounters, TunnelDrop, TunnelEvent};
 
 labelled_enum! {
@@ -49,6 +50,11 @@ labelled_enum! {
         PolicyDenied => "policy_denied";
         /// A message of the tunnel's extension that is no probe or echo this version knows.
         ExtensionUnknown => "extension_unknown";
+        /// An egress shaper refused or dropped it (counted by class and
+        /// reason with the shaper), or held it at shutdown.
+        Shaper => "shaper";
+        /// A packet for another worker's shaper found its queue full.
+        ShaperHandoffFull => "shaper_handoff_full";
     }
 }
 
@@ -275,6 +281,77 @@ impl RecoveryHistogram {
     /// Observations in all.
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum::<u64>() + self.over
+    }
+}
+
+/// Upper bounds (ns) of the buckets of [`SojournHistogram`].
+pub const SOJOURN_BUCKETS_NS: [u64; 12] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+];
+
+/// How long packets waited in a shaper.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SojournHistogram {
+    /// Observations at or below each bound of [`SOJOURN_BUCKETS_NS`] (not cumulative).
+    pub buckets: [u64; SOJOURN_BUCKETS_NS.len()],
+    /// Observations above the last bound.
+    pub over: u64,
+    /// Sum of the observations (ns).
+    pub sum_ns: u64,
+}
+
+impl SojournHistogram {
+    /// Records one wait of `ns` nanoseconds.
+    #[inline]
+    pub fn observe(&mut self, ns: u64) {
+        match SOJOURN_BUCKETS_NS.iter().position(|b| ns <= *b) {
+            Some(i) => self.buckets[i] += 1,
+            None => self.over += 1,
+        }
+        self.sum_ns = self.sum_ns.wrapping_add(ns);
+    }
+
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum::<u64>() + self.over
+    }
+}
+
+/// One shaped egress's figures, as its owner last published them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressReport {
+    /// The uplink's name.
+    pub name: Arc<str>,
+    /// Per class, in [`Class`] order.
+    pub classes: [ClassCounters; Class::COUNT],
+    /// How long packets of each class waited.
+    pub sojourn: [SojournHistogram; Class::COUNT],
+}
+
+/// The published copy of the egresses one worker shapes.
+#[derive(Debug, Default)]
+pub struct SharedQosStats(arc_swap::ArcSwap<Vec<EgressReport>>);
+
+impl SharedQosStats {
+    /// Publishes the worker's egresses (a few times a second: it allocates).
+    pub fn publish(&self, report: Vec<EgressReport>) {
+        self.0.store(Arc::new(report));
+    }
+
+    /// The worker's egresses as last published.
+    pub fn egresses(&self) -> Arc<Vec<EgressReport>> {
+        self.0.load_full()
     }
 }
 

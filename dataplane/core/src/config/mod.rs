@@ -801,6 +801,8 @@ pub struct Snapshot {
     pub site: Arc<SiteState>,
     /// The tunnel interface and its peers, when `[tunnel]` is configured.
     pub tunnel: Option<Arc<TunnelSnapshot>>,
+    /// The shaped egresses (uplinks with a rate), in uplink order.
+    pub shapers: Vec<uplinks::EgressShaper>,
     /// `[tunnel]` with its key, kept to rebuild the tunnel when the peers change.
     tunnel_local: Option<Arc<TunnelLocal>>,
     /// The file's routes (connected and static), before the tunnel's are added.
@@ -1144,7 +1146,7 @@ impl Config {
         let mut ports = self.validate_ports(&mut owned, &mut routes)?;
         let tunnel_local = self.validate_tunnel(&mut ports, &mut owned, &mut routes)?;
         self.validate_routes(&ports, &owned, &mut routes)?;
-        let tunnel_local = self.validate_uplinks(tunnel_local, &ports, &routes)?;
+        let (tunnel_local, shapers) = self.validate_uplinks(tunnel_local, &ports, &routes)?;
         let static_neighbors = self.validate_static_neighbors(&ports)?;
         let dpi = self.validate_dpi()?;
         self.controlplane.check()?;
@@ -1154,6 +1156,7 @@ impl Config {
             dpi,
             site: Arc::default(),
             tunnel: None,
+            shapers,
             tunnel_local,
             base_routes: routes.clone(),
             ports,
@@ -1247,25 +1250,30 @@ impl Config {
         Ok(Some(local))
     }
 
-    /// `[[uplink]]` and `[paths]`, kept with the tunnel whose paths they make.
+    /// `[[uplink]]` and `[paths]`: the uplinks kept with the tunnel whose
+    /// paths they make, and the shapers they ask for. Without a tunnel an
+    /// uplink can only shape its port.
     fn validate_uplinks(
         &self,
         local: Option<TunnelLocal>,
         ports: &[PortInfo],
         routes: &RouteTable,
-    ) -> Result<Option<Arc<TunnelLocal>>, ConfigError> {
+    ) -> Result<(Option<Arc<TunnelLocal>>, Vec<uplinks::EgressShaper>), ConfigError> {
         let choosing = self.paths.compile()?;
-        let uplinks = uplinks::compile(&self.uplinks, ports, routes)?;
+        let (uplinks, shapers) = uplinks::compile(&self.uplinks, ports, routes)?;
         match local {
-            None if !uplinks.is_empty() => Err(ConfigError::new(
-                "uplink",
-                "uplinks carry the tunnel's paths, but no [tunnel] section configures one",
-            )),
-            None => Ok(None),
+            None => match self.uplinks.iter().position(|u| u.rate_mbps.is_none()) {
+                Some(i) => Err(ConfigError::new(
+                    format!("uplink[{i}]"),
+                    "without a [tunnel] an uplink carries no paths and can only shape \
+                     its port: give it rate_mbps, or configure the tunnel",
+                )),
+                None => Ok((None, shapers)),
+            },
             Some(mut local) => {
                 local.uplinks = uplinks;
                 local.choosing = choosing;
-                Ok(Some(Arc::new(local)))
+                Ok((Some(Arc::new(local)), shapers))
             }
         }
     }

@@ -2,8 +2,9 @@
 //! are probed. The paths themselves (uplinks × each peer's endpoints) are
 //! built with the tunnel's peers ([`super::tunnel::compile`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use patronus_proto::names::is_dns_label;
 use serde::Deserialize;
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use super::{port_index, ConfigError, PortInfo, PortKind};
 use crate::paths::sla::{MeterSettings, MAX_WINDOW};
 use crate::paths::{Choosing, Uplink, MAX_UPLINKS};
+use crate::qos::ShaperConfig;
 use crate::route::RouteTable;
 
 /// `[[uplink]]`: one WAN uplink of the site.
@@ -38,6 +40,80 @@ pub struct UplinkSection {
     /// A label: mpls, internet, lte... (a DNS label, or empty).
     #[serde(default)]
     pub color: String,
+    /// Shape everything that leaves by the uplink's port to this rate
+    /// (Mbit/s, 0.008-400000; absent: not shaped).
+    #[serde(default)]
+    pub rate_mbps: Option<f64>,
+    /// The shaper's burst at line rate (bytes; absent: 1 ms at the rate,
+    /// at least two full-size frames).
+    #[serde(default)]
+    pub burst_bytes: Option<u32>,
+    /// Framing bytes each packet costs on the link beyond its IP packet
+    /// (absent: 38, Ethernet's header, FCS, preamble and gap).
+    #[serde(default)]
+    pub overhead_bytes: Option<u16>,
+}
+
+/// Highest shaped rate (Mbit/s): 400 Gbit/s.
+const MAX_RATE_MBPS: f64 = 400_000.0;
+
+/// A shaped egress: the port an uplink leaves by, shaped to the uplink's rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressShaper {
+    /// The uplink's name: the metrics' `egress` label.
+    pub name: Arc<str>,
+    /// The port it shapes.
+    pub port: u16,
+    /// The shaper's settings.
+    pub config: ShaperConfig,
+}
+
+impl UplinkSection {
+    /// The shaper `rate_mbps` asks for, if any; `field` names the uplink.
+    fn shaper(&self, field: &str) -> Result<Option<ShaperConfig>, ConfigError> {
+        let Some(rate) = self.rate_mbps else {
+            for (name, set) in [
+                ("burst_bytes", self.burst_bytes.is_some()),
+                ("overhead_bytes", self.overhead_bytes.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::new(
+                        format!("{field}.{name}"),
+                        "shapes nothing without rate_mbps",
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        if !(0.008..=MAX_RATE_MBPS).contains(&rate) {
+            return Err(ConfigError::new(
+                format!("{field}.rate_mbps"),
+                format!("{rate} is outside 0.008-{MAX_RATE_MBPS}"),
+            ));
+        }
+        let mut config = ShaperConfig::new((rate * 1e6).round() as u64);
+        if let Some(burst) = self.burst_bytes {
+            if burst < 1_514 {
+                return Err(ConfigError::new(
+                    format!("{field}.burst_bytes"),
+                    format!("{burst} is less than one full-size frame (1514)"),
+                ));
+            }
+            config.burst_bytes = burst;
+        }
+        if let Some(overhead) = self.overhead_bytes {
+            check_range_u16(&format!("{field}.overhead_bytes"), overhead, 0, 256)?;
+            config.overhead_bytes = overhead;
+        }
+        config
+            .validate()
+            .map_err(|e| ConfigError::new(format!("{field}.rate_mbps"), e))?;
+        Ok(Some(config))
+    }
+}
+
+fn check_range_u16(field: &str, value: u16, min: u16, max: u16) -> Result<(), ConfigError> {
+    super::check_range(field, u32::from(value), u32::from(min), u32::from(max))
 }
 
 /// `[paths]`: how paths to Patronus peers are probed and judged.
@@ -113,7 +189,8 @@ impl PathsSection {
     }
 }
 
-/// Validates the uplinks against the ports and their connected subnets.
+/// Validates the uplinks against the ports and their connected subnets;
+/// returns them and the shapers they ask for.
 ///
 /// # Errors
 /// The first invalid field (`uplink[1].next_hop`).
@@ -121,7 +198,7 @@ pub fn compile(
     sections: &[UplinkSection],
     ports: &[PortInfo],
     connected: &RouteTable,
-) -> Result<Vec<Uplink>, ConfigError> {
+) -> Result<(Vec<Uplink>, Vec<EgressShaper>), ConfigError> {
     if sections.len() > MAX_UPLINKS {
         return Err(ConfigError::new(
             "uplink",
@@ -130,6 +207,8 @@ pub fn compile(
     }
     let mut names = HashSet::new();
     let mut uplinks = Vec::with_capacity(sections.len());
+    let mut shapers = Vec::new();
+    let mut shaped_ports = HashMap::new();
     for (i, u) in sections.iter().enumerate() {
         let field = format!("uplink[{i}]");
         if !is_dns_label(&u.name) {
@@ -203,6 +282,23 @@ pub fn compile(
                 format!("{:?} must be a DNS label (mpls, internet, lte)", u.color),
             ));
         }
+        if let Some(config) = u.shaper(&field)? {
+            // One shaper per port: two would each let the full rate through.
+            if let Some(other) = shaped_ports.insert(port, u.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.rate_mbps"),
+                    format!(
+                        "port {:?} is shaped already by uplink {other:?}; a port has one shaper",
+                        info.name
+                    ),
+                ));
+            }
+            shapers.push(EgressShaper {
+                name: Arc::from(u.name.as_str()),
+                port,
+                config,
+            });
+        }
         uplinks.push(Uplink {
             name: u.name.clone(),
             port,
@@ -213,7 +309,7 @@ pub fn compile(
             color: u.color.clone(),
         });
     }
-    Ok(uplinks)
+    Ok((uplinks, shapers))
 }
 
 #[cfg(test)]
@@ -381,11 +477,79 @@ mod tests {
             let (got, message) = err(text(&format!("paths-bad-{i}"), &uplinks, &peer));
             assert_eq!(got, field, "case {i}: {message}");
         }
-        // Without a tunnel, uplinks have nothing to carry.
+        // Without a tunnel, an uplink can only shape.
         let e = Config::from_toml(&format!("{PORTS}{}", uplinks(INET)))
             .unwrap()
             .validate(1)
             .unwrap_err();
-        assert_eq!(e.field, "uplink");
+        assert_eq!(e.field, "uplink[0]");
+    }
+
+    const SHAPED: &str = r#"
+        [[uplink]]
+        name = "branch"
+        port = "wan0"
+        rate_mbps = 20
+        burst_bytes = 30000
+        overhead_bytes = 44
+        [[uplink]]
+        name = "lte"
+        port = "wan1"
+        rate_mbps = 0.064
+    "#;
+
+    #[test]
+    fn an_uplink_with_a_rate_shapes_its_port_with_or_without_a_tunnel() {
+        let with_tunnel = text("shaped", SHAPED, PEER);
+        for text in [format!("{PORTS}{SHAPED}"), with_tunnel] {
+            let cfg = Config::from_toml(&text).unwrap().validate(1).unwrap();
+            let shapers: Vec<_> = cfg
+                .shapers
+                .iter()
+                .map(|s| {
+                    let c = &s.config;
+                    (
+                        &*s.name,
+                        s.port,
+                        c.rate_bps,
+                        c.burst_bytes,
+                        c.overhead_bytes,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                shapers,
+                [
+                    ("branch", 0, 20_000_000, 30_000, 44),
+                    ("lte", 1, 64_000, 0, 38)
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_shaping_is_refused_by_field() {
+        let cases = [
+            ("rate_mbps = 20", "rate_mbps = 0", "uplink[0].rate_mbps"),
+            ("rate_mbps = 20", "rate_mbps = 1e9", "uplink[0].rate_mbps"),
+            ("rate_mbps = 20", "rate_mbps = nan", "uplink[0].rate_mbps"),
+            (
+                "burst_bytes = 30000",
+                "burst_bytes = 1000",
+                "uplink[0].burst_bytes",
+            ),
+            (
+                "overhead_bytes = 44",
+                "overhead_bytes = 300",
+                "uplink[0].overhead_bytes",
+            ),
+            ("rate_mbps = 20", "", "uplink[0].burst_bytes"),
+            ("port = \"wan1\"", "port = \"wan0\"", "uplink[1].rate_mbps"),
+        ];
+        for (i, (from, to, field)) in cases.into_iter().enumerate() {
+            let text = format!("{PORTS}{}", SHAPED.replacen(from, to, 1));
+            let e = Config::from_toml(&text).unwrap().validate(1).unwrap_err();
+            assert_eq!(e.field, field, "case {i}: {}", e.message);
+        }
     }
 }

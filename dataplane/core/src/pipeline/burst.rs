@@ -6,6 +6,7 @@ use super::paths::NO_UPLINK;
 use crate::flow::table::FlowId;
 use crate::packet::flow_key::{Direction, FlowKey};
 use crate::packet::parse::{PacketMeta, ParseError};
+use crate::qos::Class;
 use crate::BURST_SIZE;
 
 /// Where a packet goes next: the stage that takes it, or, once the stages
@@ -67,6 +68,47 @@ pub struct FlowRef {
     pub dir: Direction,
 }
 
+/// How an egress shaper queues a packet: by its class, the tunnel slot it
+/// is charged to and its flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shaping {
+    /// Its class: the flow's, from DPI and policy.
+    pub class: Class,
+    /// The shaper's tunnel slot: 0 for packets that leave unencrypted,
+    /// else from the peer ([`Shaping::tunnel_slot`]).
+    pub tunnel: u16,
+    /// Its flow's hash (0 for packets outside a flow).
+    pub flow_hash: u32,
+}
+
+impl Shaping {
+    /// Tunnel slots of a shaper: one for unencrypted traffic and the
+    /// rest shared by the peers (peer `p` in slot `1 + p % (SLOTS - 1)`).
+    pub const TUNNEL_SLOTS: usize = 64;
+
+    /// Packets outside any flow: unclassified.
+    pub const NONE: Shaping = Shaping {
+        class: Class::Standard,
+        tunnel: 0,
+        flow_hash: 0,
+    };
+
+    /// What the tunnel engine sends on its own (handshakes, keepalives,
+    /// probes, and the packets a handshake released): small and rare, and
+    /// what measures a path must not wait behind the bulk of it.
+    pub const CONTROL: Shaping = Shaping {
+        class: Class::RealTime,
+        tunnel: 0,
+        flow_hash: 1,
+    };
+
+    /// The tunnel slot of `peer`.
+    #[inline]
+    pub fn tunnel_slot(peer: u32) -> u16 {
+        (1 + peer as usize % (Self::TUNNEL_SLOTS - 1)) as u16
+    }
+}
+
 /// The small per-packet record the stages write.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Meta {
@@ -98,6 +140,8 @@ pub struct Burst<F> {
     /// How `encrypt` steers a packet over its peer's paths: the policy rule
     /// that routes its flow and the flow's hash; 0 for the default path.
     pub(super) steer: [u64; BURST_SIZE],
+    /// How an egress shaper queues the packet.
+    pub(super) shaping: [Shaping; BURST_SIZE],
     /// The uplink a datagram came in by (`Decrypt`) or leaves by
     /// (`Datagram`); [`NO_UPLINK`]: unknown, or follow the routes.
     pub(super) uplink: [u8; BURST_SIZE],
@@ -125,6 +169,7 @@ impl<F> Default for Burst<F> {
             addr: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); BURST_SIZE],
             uplink: [NO_UPLINK; BURST_SIZE],
             steer: [0; BURST_SIZE],
+            shaping: [Shaping::NONE; BURST_SIZE],
             keys: [FlowKey::default(); BURST_SIZE],
             keyed: [0; BURST_SIZE],
         }
@@ -162,11 +207,19 @@ impl<F> Burst<F> {
     }
 
     /// Adds an IP packet (behind an Ethernet header) to be encrypted for
-    /// `peer` and steered by `steer`, as another worker handed it over.
-    pub fn push_encrypt(&mut self, peer: u32, steer: u64, frame: F) -> Result<(), F> {
+    /// `peer`, steered by `steer` and shaped by `shaping`, as another worker
+    /// handed it over.
+    pub fn push_encrypt(
+        &mut self,
+        peer: u32,
+        steer: u64,
+        shaping: Shaping,
+        frame: F,
+    ) -> Result<(), F> {
         let i = self.len;
         self.push(frame, Next::Encrypt { peer }, 0)?;
         self.steer[i] = steer;
+        self.shaping[i] = shaping;
         Ok(())
     }
 
@@ -187,6 +240,7 @@ impl<F> Burst<F> {
         self.push(frame, Next::Datagram, 0)?;
         self.addr[i] = to;
         self.uplink[i] = uplink;
+        self.shaping[i] = Shaping::CONTROL;
         Ok(())
     }
 
@@ -199,6 +253,7 @@ impl<F> Burst<F> {
         self.frames[i] = Some(frame);
         self.uplink[i] = NO_UPLINK;
         self.steer[i] = 0;
+        self.shaping[i] = Shaping::NONE;
         self.meta[i] = Meta {
             next,
             in_port,
@@ -215,12 +270,13 @@ impl<F> Burst<F> {
         self.meta[..self.len].iter().map(|m| m.next)
     }
 
-    /// Empties the burst, handing each remaining frame and its final step
-    /// to `out` in order. Frames that left ([`Next::Gone`]) are skipped.
-    pub fn drain(&mut self, mut out: impl FnMut(Next, F)) {
+    /// Empties the burst, handing each remaining frame, its final step and
+    /// its shaping to `out` in order. Frames that left ([`Next::Gone`]) are
+    /// skipped.
+    pub fn drain(&mut self, mut out: impl FnMut(Next, Shaping, F)) {
         for i in 0..self.len {
             if let Some(frame) = self.frames[i].take() {
-                out(self.meta[i].next, frame);
+                out(self.meta[i].next, self.shaping[i], frame);
             }
         }
         self.len = 0;

@@ -9,7 +9,7 @@
 use super::encrypt::{hand_off, Tunnel};
 use super::icmp::Errors;
 use super::paths::NO_UPLINK;
-use super::{admit, Burst, Context, Inboxes, Next};
+use super::{admit, Burst, Context, Inboxes, Next, Shaping};
 use crate::config::TUNNEL_MAC;
 use crate::frame::Frame;
 use crate::packet::parse;
@@ -70,14 +70,20 @@ pub(super) fn run<F: Frame>(
             // A handshake answer goes back the way the message came.
             Outcome::Transmit { to, frame } => {
                 burst.addr[i] = to;
+                burst.shaping[i] = Shaping::CONTROL;
                 burst.put(i, frame, Next::Datagram);
             }
             Outcome::Extension { peer, frame } => {
                 extension(tunnel, &t.config, counters, ctx, burst, i, peer, frame, env);
             }
-            Outcome::HandOff { worker, work } => {
-                hand_off(inboxes, counters, worker, work, 0, burst.uplink[i])
-            }
+            Outcome::HandOff { worker, work } => hand_off(
+                inboxes,
+                counters,
+                worker,
+                work,
+                (0, Shaping::NONE),
+                burst.uplink[i],
+            ),
             Outcome::Done => {}
         }
         tunnel.measure_handshakes(Some((burst.uplink[i], from)), ctx.now_ns);

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::paths::{Paths, NO_UPLINK};
 use super::route::{self, Hop};
-use super::{Burst, Context, Handoff, Inboxes, Next};
+use super::{Burst, Context, Handoff, Inboxes, Next, Shaping};
 use crate::frame::Frame;
 use crate::stats::{Counter, Counters, DropReason};
 use crate::tunnel::outer::{OuterHeaders, ETHERNET_LEN};
@@ -99,19 +99,20 @@ impl<F: Frame> Tunnel<F> {
 }
 
 /// Hands `work` to the worker that owns its peer, with a packet's steering
-/// or a datagram's arrival uplink; a full queue drops it, counted.
+/// and shaping or a datagram's arrival uplink; a full queue drops it, counted.
 pub(super) fn hand_off<F>(
     inboxes: &Inboxes<F>,
     counters: &mut Counters,
     worker: usize,
     work: Work<F>,
-    steer: u64,
+    (steer, shaping): (u64, Shaping),
     uplink: u8,
 ) {
     let handoff = Handoff {
         work,
         steer,
         uplink,
+        shaping,
     };
     let accepted = inboxes.get(worker).map(|inbox| inbox.push(handoff));
     if !matches!(accepted, Some(Ok(()))) {
@@ -199,10 +200,12 @@ impl<F: Frame> Tunnel<F> {
                 }
                 burst.addr[i] = first;
                 burst.uplink[i] = uplink;
+                burst.shaping[i].tunnel = Shaping::tunnel_slot(peer);
                 burst.put(i, frame, Next::Datagram);
             }
             Outcome::HandOff { worker, work } => {
-                hand_off(inboxes, counters, worker, work, steer, NO_UPLINK)
+                let shaping = burst.shaping[i];
+                hand_off(inboxes, counters, worker, work, (steer, shaping), NO_UPLINK)
             }
             // Sending never delivers; `Done`: staged for a handshake, or dropped and counted.
             Outcome::Deliver { .. } | Outcome::Extension { .. } | Outcome::Done => {}

@@ -55,7 +55,7 @@ use crate::neighbor::{NeighborEvent, NeighborSnapshot};
 use crate::stats::{Counter, Counters, PathsReport, PolicyCounters};
 use crate::tunnel::{TunnelEnv, Tunnels, Work};
 
-pub use burst::{Burst, Next};
+pub use burst::{Burst, Next, Shaping};
 pub use neighbor_msgs::write_solicitation;
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -89,6 +89,8 @@ pub struct Handoff<F> {
     pub steer: u64,
     /// The uplink a datagram arrived by; `u8::MAX` when unknown.
     pub uplink: u8,
+    /// How a packet's egress shaper queues it.
+    pub shaping: Shaping,
 }
 
 /// One worker's packet-path state: its flow table, classification state,

@@ -13,18 +13,23 @@
 //! conditions are not met, so the first packets of a flow a rule denies by
 //! application pass until the flow is identified (usually its first packet
 //! with payload).
+//!
+//! The same decision gives the flow its QoS class (its category's, from
+//! DPI) and its hash, which its packets carry to the egress shaper; the
+//! stage runs for that alone when a shaped egress exists and no rule does.
 
 use std::sync::Arc;
 
-use super::{Burst, Context, Next};
+use super::{Burst, Context, Next, Shaping};
 use crate::config::policy::{first_match, FlowFacts};
 use crate::config::site::RuleAction;
 use crate::config::Snapshot;
-use crate::dpi::Classification;
+use crate::dpi::{Category, Classification};
 use crate::flow::table::{FlowId, FlowTable};
 use crate::frame::Frame;
 use crate::packet::flow_key::{Direction, FlowKey};
 use crate::packet::parse::{PacketMeta, L3};
+use crate::qos::Class;
 use crate::stats::{Counters, DropReason, PolicyCounters};
 
 /// A flow's standing with the rules.
@@ -41,6 +46,8 @@ struct Decision {
     /// How `encrypt` steers the flow's packets when a `route` rule decided
     /// ([`steering`]); 0 otherwise.
     steer: u64,
+    /// How an egress shaper queues the flow's packets.
+    shaping: Shaping,
 }
 
 const UNDECIDED: Decision = Decision {
@@ -49,6 +56,7 @@ const UNDECIDED: Decision = Decision {
     rule: 0,
     initiator: Direction::LoToHi,
     steer: 0,
+    shaping: Shaping::NONE,
 };
 
 /// A route rule's steering of a flow: the rule (1 + its index in the
@@ -93,7 +101,8 @@ pub(super) fn run<F: Frame>(
     burst: &mut Burst<F>,
 ) {
     let rules = &ctx.cfg.site.rules;
-    if rules.is_empty() {
+    let shaped = !ctx.cfg.shapers.is_empty();
+    if rules.is_empty() && !shaped {
         return;
     }
     let generation = ctx.cfg.generation;
@@ -107,28 +116,37 @@ pub(super) fn run<F: Frame>(
             let Ok(headers) = &burst.headers[i] else {
                 unreachable!("only parsed packets are forwarded")
             };
-            let facts = facts(
-                ctx,
-                &entry.key,
-                decision.initiator,
-                entry.app,
-                headers,
-                burst.frame(i).data(),
-            );
-            decision.rule = first_match(rules, &facts).map_or(0, |r| r as u32 + 1);
+            decision.rule = if rules.is_empty() {
+                0
+            } else {
+                let facts = facts(
+                    ctx,
+                    &entry.key,
+                    decision.initiator,
+                    entry.app,
+                    headers,
+                    burst.frame(i).data(),
+                );
+                first_match(rules, &facts).map_or(0, |r| r as u32 + 1)
+            };
             decision.generation = generation;
             decision.app = entry.app;
             let matched = decision
                 .rule
                 .checked_sub(1)
                 .and_then(|r| rules.get(r as usize));
+            let hash = flows.hash(&entry.key);
             decision.steer = match matched {
-                Some(r) if r.action == RuleAction::Route => {
-                    steering(decision.rule, flows.hash(&entry.key))
-                }
+                Some(r) if r.action == RuleAction::Route => steering(decision.rule, hash),
                 _ => 0,
             };
+            decision.shaping = Shaping {
+                class: class_of(ctx, entry.app),
+                tunnel: 0,
+                flow_hash: hash as u32,
+            };
         }
+        burst.shaping[i] = decision.shaping;
         burst.steer[i] = decision.steer;
         let Some(rule) = decision
             .rule
@@ -143,6 +161,14 @@ pub(super) fn run<F: Frame>(
             burst.discard(i);
         }
     }
+}
+
+/// The class of a flow classified as `app` (as the flow entry packs it):
+/// its category's, Standard until DPI has a verdict.
+fn class_of(ctx: &Context<'_>, app: u32) -> Class {
+    let category = Classification::from_flow_app(app)
+        .map_or(Category::Unknown, |c| ctx.cfg.dpi.classifier.category(&c));
+    Class::for_category(category)
 }
 
 /// What the rules see of a flow.

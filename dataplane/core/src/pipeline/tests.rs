@@ -167,7 +167,7 @@ impl Rig {
         self.pipeline.run(&ctx, &mut self.burst, &mut self.env);
         let nexts: Vec<Next> = self.burst.next_all().collect();
         let mut left = Vec::new();
-        self.burst.drain(|_, frame| left.push(frame));
+        self.burst.drain(|_, _, frame| left.push(frame));
         let mut left = left.into_iter();
         nexts
             .into_iter()

@@ -14,16 +14,24 @@
 //! 2. runs one burst from every receive queue through the pipeline;
 //! 3. runs the tunnel work other workers handed over, the tunnel's due
 //!    timers, and what the tunnel engine originated;
-//! 4. asks for next hops (new, stale, retransmitted), flushes every
-//!    transmit queue, ages a few flows, and publishes its counters about
-//!    once a millisecond.
+//! 4. asks for next hops (new, stale, retransmitted);
+//! 5. queues the packets other workers handed to the egress shapers it
+//!    runs, and sends what those shapers release (`shaping`: a packet out
+//!    of a shaped port goes through its shaper, not straight to the
+//!    transmit queue);
+//! 6. flushes every transmit queue, ages a few flows, and publishes its
+//!    counters about once a millisecond (tunnel, path and shaper figures
+//!    ten times a second).
 //!
 //! Nothing in a round locks, allocates or makes a system call (unless
-//! `idle_sleep_us` is set and the worker is idle, or a handshake draws
-//! entropy).
+//! `idle_sleep_us` is set and the worker is idle, a handshake draws
+//! entropy, or figures are published).
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+mod shaping;
+
+pub use shaping::{shaper_inboxes, ShaperInboxes, ToShape, SHAPER_INBOX_CAPACITY};
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,12 +45,15 @@ use crate::config::Snapshot;
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborShared, NeighborSnapshot};
 use crate::pending::{Held, PendingQueue};
-use crate::pipeline::{Burst, Context, Inboxes, Next, Pipeline, PipelineSetup};
+use crate::pipeline::{Burst, Context, Inboxes, Next, Pipeline, PipelineSetup, Shaping};
 use crate::published::Published;
-use crate::stats::{Counter, DropReason, SharedCounters, SharedTunnelStats, MAX_TUNNEL_PEERS};
+use crate::stats::{
+    Counter, DropReason, SharedCounters, SharedQosStats, SharedTunnelStats, MAX_TUNNEL_PEERS,
+};
 use crate::tunnel::outer::ETHERNET_LEN;
 use crate::tunnel::{PeerId, PeerStats, TunnelEnv, Work};
 use crate::BURST_SIZE;
+use shaping::Shapers;
 
 /// Tunnel work one worker can queue for another.
 pub const INBOX_CAPACITY: usize = 1024;
@@ -153,6 +164,10 @@ pub struct WorkerSetup<H, R, T: PacketTx> {
     pub tunnel_stats: Arc<SharedTunnelStats>,
     /// Every worker's queue of tunnel work (from [`tunnel_inboxes`]).
     pub inboxes: Inboxes<T::Frame>,
+    /// Every worker's queue of packets for the shapers it runs (from [`shaper_inboxes`]).
+    pub shaper_inboxes: ShaperInboxes<T::Frame>,
+    /// Where the figures of the egresses it shapes are published.
+    pub qos_stats: Arc<SharedQosStats>,
     /// Set to ask the worker to finish.
     pub stop: Arc<AtomicBool>,
     /// Seed for the flow table's keyed hash.
@@ -175,6 +190,8 @@ pub struct Worker<H: Host, R, T> {
     neighbors: Arc<NeighborShared>,
     stats: Arc<SharedCounters>,
     tunnel_stats: Arc<SharedTunnelStats>,
+    shapers: Shapers<H::Frame>,
+    qos_stats: Arc<SharedQosStats>,
     inboxes: Inboxes<H::Frame>,
     stop: Arc<AtomicBool>,
     state: LoopState,
@@ -200,7 +217,8 @@ struct LoopState {
     fwd_generation: u32,
     idle_rounds: u32,
     last_publish: u64,
-    last_tunnel_publish: u64,
+    /// When the tunnels', paths' and shapers' figures were last published.
+    last_report: u64,
     window_start: u64,
     window_busy: u64,
 }
@@ -215,15 +233,25 @@ where
     pub fn new(setup: WorkerSetup<H, R, T>) -> Self {
         let cfg = setup.config.load();
         let neighbors = setup.neighbors.load();
-        let pipeline = Pipeline::new(
+        let now_ns = setup.host.ns_at(setup.host.ticks());
+        let mut pipeline = Pipeline::new(
             &cfg,
             PipelineSetup {
                 worker: setup.index,
                 inboxes: setup.inboxes.clone(),
                 events: setup.events,
                 seed: setup.seed,
-                now_ns: setup.host.ns_at(setup.host.ticks()),
+                now_ns,
             },
+        );
+        let mut tx = setup.tx;
+        let shapers = Shapers::new(
+            setup.index,
+            setup.shaper_inboxes,
+            &cfg,
+            now_ns,
+            &mut pipeline.counters,
+            &mut tx,
         );
         let pending = PendingQueue::new(
             cfg.neighbors.pending_neighbors as usize,
@@ -233,8 +261,9 @@ where
         Worker {
             index: setup.index,
             rx: setup.rx,
-            tx: setup.tx,
+            tx,
             pipeline,
+            shapers,
             pending,
             burst: Burst::boxed(),
             probes: Vec::with_capacity(PROBES_PER_ROUND),
@@ -246,7 +275,7 @@ where
                 fwd_generation: 1,
                 idle_rounds: 0,
                 last_publish: now,
-                last_tunnel_publish: now,
+                last_report: now,
                 window_start: now,
                 window_busy: 0,
             },
@@ -255,6 +284,7 @@ where
             neighbors: setup.neighbors,
             stats: setup.stats,
             tunnel_stats: setup.tunnel_stats,
+            qos_stats: setup.qos_stats,
             inboxes: setup.inboxes,
             stop: setup.stop,
         }
@@ -282,7 +312,9 @@ where
             if received == 0 {
                 self.state.idle_rounds = self.state.idle_rounds.saturating_add(1);
                 let sleep_us = self.state.cfg.worker.idle_sleep_us;
-                if sleep_us > 0 && self.state.idle_rounds > IDLE_ROUNDS_BEFORE_SLEEP {
+                // A worker whose shapers hold packets must be there when they are due.
+                let holding = self.shapers.held() > 0;
+                if sleep_us > 0 && self.state.idle_rounds > IDLE_ROUNDS_BEFORE_SLEEP && !holding {
                     self.host.sleep(sleep_us);
                 }
             } else {
@@ -325,11 +357,6 @@ where
                 self.run_burst(&ctx);
             }
             self.run_burst(&ctx);
-            if start.saturating_sub(self.state.last_tunnel_publish) >= self.host.ticks_per_s() / 10
-            {
-                self.publish_tunnels(&cfg, now_ns);
-                self.state.last_tunnel_publish = start;
-            }
         } else {
             // A tunnel removed by a reload leaves its handed-over work behind.
             let stale = std::iter::from_fn(|| self.inboxes[self.index].pop()).count();
@@ -339,8 +366,18 @@ where
         }
 
         self.solicit_due(&cfg, now_ns);
+        let counters = &mut self.pipeline.counters;
+        received += self.shapers.take_inbox(now_ns, counters, &mut self.tx);
+        received += self.shapers.release(now_ns, counters, &mut self.tx);
         for txq in &mut self.tx {
             txq.flush();
+        }
+        if start.saturating_sub(self.state.last_report) >= self.host.ticks_per_s() / 10 {
+            if cfg.tunnel.is_some() {
+                self.publish_tunnels(&cfg, now_ns);
+            }
+            self.qos_stats.publish(self.shapers.report());
+            self.state.last_report = start;
         }
         self.pipeline.expire_flows(now_ns, EXPIRE_BUDGET);
         self.account(start, received);
@@ -354,25 +391,25 @@ where
             s.cfg_generation = self.config.generation();
             s.cfg = self.config.load();
             self.pipeline.reconfigure(&s.cfg, now_ns);
+            self.shapers
+                .reconfigure(&s.cfg, now_ns, &mut self.pipeline.counters, &mut self.tx);
             s.fwd_generation = next_generation(s.fwd_generation);
         }
         if self.neighbors.generation() != s.neigh_generation {
             s.neigh_generation = self.neighbors.generation();
             s.neighbors = self.neighbors.load();
             s.fwd_generation = next_generation(s.fwd_generation);
-            let (tx, counters, cfg, neighbors) = (
+            let (tx, counters, shapers, cfg, neighbors) = (
                 &mut self.tx,
                 &mut self.pipeline.counters,
+                &mut self.shapers,
                 &s.cfg,
                 &s.neighbors,
             );
             self.pending.release(
                 |port, addr| neighbors.get(port, addr).map(|e| e.mac),
                 |port, mac, mut frame| {
-                    let (Some(out), Some(txq)) = (
-                        cfg.ports.get(usize::from(port)),
-                        tx.get_mut(usize::from(port)),
-                    ) else {
+                    let Some(out) = cfg.ports.get(usize::from(port)) else {
                         return counters.drop(DropReason::NoRoute);
                     };
                     let data = frame.data_mut();
@@ -380,7 +417,8 @@ where
                     data[6..12].copy_from_slice(&out.mac);
                     counters.add(Counter::Forwarded, 1);
                     counters.add(Counter::ForwardedBytes, frame.len() as u64);
-                    txq.push(frame);
+                    // The packet's flow is no longer known: it is shaped unclassified.
+                    shapers.transmit(port, Shaping::NONE, frame, now_ns, counters, tx);
                 },
             );
         }
@@ -394,12 +432,11 @@ where
         let mut env = Env(&mut self.host);
         self.pipeline.run(ctx, &mut self.burst, &mut env);
         let (tx, pending, probes) = (&mut self.tx, &mut self.pending, &mut self.probes);
-        let counters = &mut self.pipeline.counters;
-        self.burst.drain(|next, frame| match next {
-            Next::Transmit(port) => match tx.get_mut(usize::from(port)) {
-                Some(txq) => txq.push(frame),
-                None => counters.drop(DropReason::NoRoute),
-            },
+        let (shapers, counters) = (&mut self.shapers, &mut self.pipeline.counters);
+        self.burst.drain(|next, shaping, frame| match next {
+            Next::Transmit(port) => {
+                shapers.transmit(port, shaping, frame, ctx.now_ns, counters, tx)
+            }
             Next::Resolve { port, next_hop } => {
                 match pending.hold(port, next_hop, frame, ctx.now_ns) {
                     Ok(Held::ProbeNow) if probes.len() < PROBES_PER_ROUND => {
@@ -426,8 +463,10 @@ where
                 // burst's encrypt entry expects room for one.
                 Work::Send { peer, mut frame } => {
                     if frame.prepend(ETHERNET_LEN) {
-                        let steer = handoff.steer;
-                        self.burst.push_encrypt(peer, steer, frame).is_err()
+                        let (steer, shaping) = (handoff.steer, handoff.shaping);
+                        self.burst
+                            .push_encrypt(peer, steer, shaping, frame)
+                            .is_err()
                     } else {
                         true
                     }
@@ -519,13 +558,15 @@ where
         }
     }
 
-    /// Sends what is queued, frees what waits for a next hop or a
-    /// handshake and the tunnel work queued for this worker, and publishes
-    /// the final counters.
+    /// Sends what is queued, frees what waits for a next hop, a handshake
+    /// or a shaper and the tunnel work queued for this worker, and
+    /// publishes the final counters.
     pub fn shut_down(&mut self) {
         for txq in &mut self.tx {
             txq.flush();
         }
+        self.shapers.shut_down(&mut self.pipeline.counters);
+        self.qos_stats.publish(self.shapers.report());
         self.pipeline.stop_tunnel();
         while self.inboxes[self.index].pop().is_some() {}
         let held = self.pending.packets() as u64;

@@ -62,6 +62,7 @@ struct Site {
     manager: NeighborManager,
     stats: Vec<Arc<SharedCounters>>,
     tunnel_stats: Vec<Arc<SharedTunnelStats>>,
+    qos_stats: Vec<Arc<SharedQosStats>>,
 }
 
 fn config_text(n: u8, peers: &[(u8, &[&str])], extra: &str) -> String {
@@ -144,6 +145,7 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
     manager.tick(clock.now());
     let config = Arc::new(Published::new(cfg));
     let inboxes = tunnel_inboxes(workers);
+    let to_shape = shaper_inboxes(workers);
     let mut site = Site {
         n,
         links: Vec::new(),
@@ -152,11 +154,13 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
         manager,
         stats: Vec::new(),
         tunnel_stats: Vec::new(),
+        qos_stats: Vec::new(),
     };
     for index in 0..workers {
         let links: [Link; 2] = Default::default();
         let stats = Arc::new(SharedCounters::default());
         let tunnel_stats = Arc::new(SharedTunnelStats::default());
+        let qos_stats = Arc::new(SharedQosStats::default());
         let worker = Worker::new(WorkerSetup {
             index,
             rx: (0..2)
@@ -172,6 +176,8 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
             stats: stats.clone(),
             tunnel_stats: tunnel_stats.clone(),
             inboxes: inboxes.clone(),
+            shaper_inboxes: to_shape.clone(),
+            qos_stats: qos_stats.clone(),
             stop: Arc::default(),
             seed: u64::from(n),
         });
@@ -179,6 +185,7 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
         site.workers.push(worker);
         site.stats.push(stats);
         site.tunnel_stats.push(tunnel_stats);
+        site.qos_stats.push(qos_stats);
     }
     site
 }
@@ -1073,4 +1080,180 @@ fn a_stock_peers_paths_are_measured_from_its_handshakes() {
     assert!(!f.up, "{f:?}");
     assert_eq!((f.sent, f.received), (3, 1));
     assert_eq!(f.health, Some(0.0));
+}
+
+/// Site 1 with a route to 203.0.113.0/24 out of its WAN port, shaped to
+/// `rate_mbps` as the uplink `branch`.
+fn shaped_text(rate_mbps: u32) -> String {
+    config_text(
+        1,
+        &[],
+        &format!(
+            r#"
+            [[route]]
+            prefix = "203.0.113.0/24"
+            via = "192.0.2.254"
+            [[neighbor]]
+            ip = "192.0.2.254"
+            mac = "02:00:00:00:00:fe"
+            port = "wan"
+            [[uplink]]
+            name = "branch"
+            port = "wan"
+            rate_mbps = {rate_mbps}
+            "#
+        ),
+    )
+}
+
+/// A UDP datagram from site 1's host, port `sport`, to 203.0.113.`host`:`dport`.
+fn udp_out(sport: u16, host: u8, dport: u16, payload: &[u8]) -> VecFrame {
+    let b = PacketBuilder::ethernet2(host_mac(1), lan_mac(1))
+        .ipv4([10, 1, 0, 5], [203, 0, 113, host], 64)
+        .udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    VecFrame::new(&out)
+}
+
+/// What a frame costs a shaper with Ethernet's 38 B of framing: its IP
+/// packet and the framing.
+fn wire_bits(frame: &VecFrame) -> u64 {
+    (frame.len() as u64 - 14 + 38) * 8
+}
+
+impl Site {
+    /// Packets the shapers hold, and those on their way to them.
+    fn shaper_held(&self) -> usize {
+        let on_the_way: usize = self.workers[0]
+            .shapers
+            .inboxes
+            .iter()
+            .map(|q| q.len())
+            .sum();
+        on_the_way + self.workers.iter().map(|w| w.shapers.held()).sum::<usize>()
+    }
+
+    /// Every worker's shaped egresses as last published.
+    fn egresses(&self) -> Vec<crate::stats::EgressReport> {
+        self.qos_stats
+            .iter()
+            .flat_map(|q| q.egresses().to_vec())
+            .collect()
+    }
+}
+
+#[test]
+fn a_shaped_uplink_sends_at_its_rate_follows_a_reload_and_frees_all_at_shutdown() {
+    // Two workers: the second hands its packets to the one that shapes.
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 2, &shaped_text(1), &clock);
+    let mut offered = 0u64;
+    let mut sent = Vec::new();
+    // Each ms: one packet from the host (8 Mbit/s offered, eight flows over
+    // both workers), a round, and what left (ms, bits).
+    let mut run = |a: &mut Site, sent: &mut Vec<(u64, u64)>, from_ms: u64, to_ms: u64| {
+        for ms in from_ms..to_ms {
+            let w = (ms % 2) as usize;
+            a.host_sends(w, udp_out(4000 + (ms % 8) as u16, 9, 5000, &[7; 958]));
+            offered += 1;
+            a.round();
+            let out = a.links.iter().flat_map(|l| l[WAN].from_gateway.drain());
+            sent.extend(out.map(|f| (ms, wire_bits(&f))));
+            clock.advance(MS);
+        }
+    };
+    let rate = |sent: &[(u64, u64)], from_ms: u64, to_ms: u64| {
+        let bits: u64 = sent
+            .iter()
+            .filter(|(ms, _)| (from_ms..to_ms).contains(ms))
+            .map(|(_, b)| b)
+            .sum();
+        bits as f64 * 1_000.0 / (to_ms - from_ms) as f64
+    };
+    run(&mut a, &mut sent, 0, 3_000);
+    let first = rate(&sent, 500, 3_000);
+    assert!((first / 1e6 - 1.0).abs() < 0.01, "{first} bit/s");
+    assert!(a.shaper_held() > 0, "a standing queue");
+
+    // Twice the rate, without losing what is held.
+    let held = a.shaper_held();
+    let dropped = a.drops(DropReason::Shaper);
+    a.config.store(snapshot(&shaped_text(2), 1));
+    for w in &mut a.workers {
+        w.pick_up_snapshots(clock.now());
+    }
+    assert_eq!(a.shaper_held(), held, "the reload kept every packet");
+    assert_eq!(a.drops(DropReason::Shaper), dropped);
+    run(&mut a, &mut sent, 3_000, 6_000);
+    let second = rate(&sent, 3_500, 6_000);
+    assert!((second / 2e6 - 1.0).abs() < 0.01, "{second} bit/s");
+
+    // Every packet offered was sent, refused or dropped (counted), or is held.
+    let dropped = a.drops(DropReason::Shaper) + a.drops(DropReason::ShaperHandoffFull);
+    let held = a.shaper_held() as u64;
+    assert_eq!(sent.len() as u64 + dropped + held, offered);
+
+    // Stopping frees what the shaper holds, counted, and publishes.
+    for w in &mut a.workers {
+        w.shut_down();
+    }
+    assert_eq!(a.shaper_held(), 0);
+    assert_eq!(a.drops(DropReason::Shaper), dropped + held);
+    let report = a.egresses();
+    assert_eq!(report.len(), 1, "one worker shapes the uplink");
+    assert_eq!(&*report[0].name, "branch");
+    let standard = &report[0].classes[crate::qos::Class::Standard.index()];
+    assert_eq!(standard.tx_packets, sent.len() as u64);
+    assert!(
+        standard.drops[crate::qos::DropReason::Codel.index()] > 0,
+        "CoDel dropped"
+    );
+}
+
+#[test]
+fn name_lookups_go_ahead_of_a_bulk_transfer_on_a_shaped_uplink() {
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &shaped_text(1), &clock);
+    let query = crate::dpi::dns::tests::query("example.com");
+    let mut asked = Vec::new();
+    let mut answered = Vec::new();
+    for ms in 0..2_000u64 {
+        a.host_sends(0, udp_out(4000, 9, 5000, &[7; 958]));
+        if ms % 50 == 25 {
+            // Each lookup from its own port: a new flow, classified on its first packet.
+            a.host_sends(0, udp_out(20_000 + ms as u16, 53, 53, &query));
+            asked.push(ms);
+        }
+        a.round();
+        for frame in a.links[0][WAN].from_gateway.drain() {
+            if udp_of(&frame).dst == [203, 0, 113, 53] {
+                answered.push(ms);
+            }
+        }
+        clock.advance(MS);
+    }
+    assert_eq!(answered.len(), asked.len(), "no lookup lost");
+    // A lookup waits at most for the bulk frame on the wire (8.4 ms at 1 Mbit/s).
+    let worst = asked
+        .iter()
+        .zip(&answered)
+        .map(|(a, b)| b - a)
+        .max()
+        .unwrap();
+    assert!(worst <= 9, "a lookup waited {worst} ms");
+    // Stopping publishes the final figures.
+    a.workers[0].shut_down();
+    let report = a.egresses();
+    let class = |c: crate::qos::Class| report[0].classes[c.index()];
+    assert_eq!(
+        class(crate::qos::Class::RealTime).tx_packets,
+        asked.len() as u64
+    );
+    assert!(class(crate::qos::Class::Standard).tx_packets > 200);
+    let sojourn = &report[0].sojourn[crate::qos::Class::Standard.index()];
+    assert!(
+        sojourn.sum_ns / sojourn.count() > 5 * MS,
+        "the bulk flow queues behind them"
+    );
 }
