@@ -133,7 +133,7 @@ fuzz_target!(|data: &[u8]| {
         };
         env.now_ns = ctx.now_ns;
         pipeline.run(&ctx, &mut burst, &mut env);
-        burst.drain(|next, frame| match next {
+        burst.drain(|next, _, frame| match next {
             // Out of a device: a frame the parser accepts (the tunnel port
             // is never transmitted on; its packets leave encrypted).
             Next::Transmit(port) => {

@@ -487,19 +487,21 @@ fn packets_wait_for_their_next_hop_and_leave_when_it_answers() {
     assert_eq!(a.workers[0].pending.packets(), 0);
 }
 
+/// A route to 203.0.113.0/24 out of the WAN port, by a router known statically.
+const WAN_ROUTE: &str = r#"
+    [[route]]
+    prefix = "203.0.113.0/24"
+    via = "192.0.2.254"
+    [[neighbor]]
+    ip = "192.0.2.254"
+    mac = "02:00:00:00:00:fe"
+    port = "wan"
+"#;
+
 #[test]
 fn a_new_snapshot_applies_from_the_next_burst_and_voids_cached_routes() {
     let clock = ManualClock::default();
-    let route = r#"
-        [[route]]
-        prefix = "203.0.113.0/24"
-        via = "192.0.2.254"
-        [[neighbor]]
-        ip = "192.0.2.254"
-        mac = "02:00:00:00:00:fe"
-        port = "wan"
-    "#;
-    let mut a = site_with(1, 1, &[], route, &clock);
+    let mut a = site_with(1, 1, &[], WAN_ROUTE, &clock);
     let packet = || udp_from_host(1, [203, 0, 113, 9], b"out");
     a.host_sends(0, packet());
     a.round();
@@ -1089,14 +1091,7 @@ fn shaped_text(rate_mbps: u32) -> String {
         1,
         &[],
         &format!(
-            r#"
-            [[route]]
-            prefix = "203.0.113.0/24"
-            via = "192.0.2.254"
-            [[neighbor]]
-            ip = "192.0.2.254"
-            mac = "02:00:00:00:00:fe"
-            port = "wan"
+            r#"{WAN_ROUTE}
             [[uplink]]
             name = "branch"
             port = "wan"
