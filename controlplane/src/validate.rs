@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use base64::Engine as _;
 use patronus_proto::v1::{
     Application, ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, Policy,
-    RuleAction, Site,
+    QosClass, RuleAction, Site,
 };
 
 /// Categories a CATEGORY condition may name (the classifier's ten).
@@ -298,6 +298,18 @@ pub fn policy(p: &Policy, v: &mut Violations) {
                 format!("{field}.duplicate"),
                 "only ROUTE rules send over two paths",
             );
+        }
+        match QosClass::try_from(rule.qos_class) {
+            Ok(QosClass::Unspecified) => {}
+            Ok(_) if action == RuleAction::Deny => v.add(
+                format!("{field}.qos_class"),
+                "a DENY rule's flows are dropped, not queued",
+            ),
+            Ok(_) => {}
+            Err(_) => v.add(
+                format!("{field}.qos_class"),
+                format!("{} is not a QoS class", rule.qos_class),
+            ),
         }
     }
 }

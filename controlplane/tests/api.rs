@@ -163,6 +163,7 @@ fn policy(name: &str) -> Policy {
                     }),
                 }),
                 duplicate: true,
+                qos_class: QosClass::Streaming as i32,
             }],
         }),
         status: None,
@@ -499,6 +500,15 @@ async fn invalid_requests_name_every_field() {
             },
             "policy.spec.rules[0].duplicate",
         ),
+        (
+            |p| {
+                rule(p).action = RuleAction::Deny as i32;
+                rule(p).path_selection = None;
+                rule(p).duplicate = false;
+            },
+            "policy.spec.rules[0].qos_class",
+        ),
+        (|p| rule(p).qos_class = 9, "policy.spec.rules[0].qos_class"),
         (
             |p| rule(p).path_selection.as_mut().unwrap().strategy = 0,
             "policy.spec.rules[0].path_selection.strategy",

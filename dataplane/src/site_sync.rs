@@ -11,6 +11,7 @@ use patronus_core::config::site::{
 use patronus_core::config::ConfigError;
 use patronus_core::dpi::apps::{AppSpec, Transport};
 use patronus_core::dpi::Category;
+use patronus_core::qos::Class;
 use patronus_proto::v1 as pb;
 
 /// The sections a control-plane snapshot describes. Enumerations the
@@ -205,6 +206,15 @@ fn rule_from_proto(r: &pb::PolicyRule, field: &str) -> Result<RuleSection, Confi
         conditions,
         path_selection,
         duplicate: r.duplicate,
+        qos_class: match pb::QosClass::try_from(r.qos_class) {
+            Ok(pb::QosClass::Unspecified) => None,
+            Ok(pb::QosClass::RealTime) => Some(Class::RealTime),
+            Ok(pb::QosClass::Interactive) => Some(Class::Interactive),
+            Ok(pb::QosClass::Streaming) => Some(Class::Streaming),
+            Ok(pb::QosClass::Standard) => Some(Class::Standard),
+            Ok(pb::QosClass::Bulk) => Some(Class::Bulk),
+            Err(_) => return Err(unknown("qos_class", r.qos_class)),
+        },
     })
 }
 

@@ -281,6 +281,7 @@ pub struct PathSelection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.action == 'route' ? has(self.pathSelection) : !has(self.pathSelection)").message("route rules need a pathSelection; allow and deny rules have none"))]
+#[x_kube(validation = Rule::new("self.action != 'deny' || !has(self.qosClass)").message("deny rules drop their flows and have no qosClass"))]
 pub struct PolicyRule {
     /// What a matching flow gets.
     pub action: Action,
@@ -295,6 +296,25 @@ pub struct PolicyRule {
     /// For route rules: send each packet over the two best paths.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// The class of the rule's flows on shaped uplinks, in place of their
+    /// category's (route and allow rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_class: Option<QosClass>,
+}
+
+/// QoS classes, highest priority first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum QosClass {
+    /// Strict priority, capped: voice, games, name lookups.
+    RealTime,
+    /// Remote desktops, shells, conferencing.
+    Interactive,
+    /// Video streaming.
+    Streaming,
+    /// Web and the unidentified.
+    Standard,
+    /// File transfer: served last.
+    Bulk,
 }
 
 /// Rules for the flows of the sites a selector picks.

@@ -267,6 +267,10 @@ pub struct RuleDoc {
     /// For route rules: each packet over the two best paths.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// RealTime, Interactive, Streaming, Standard or Bulk: the class of the
+    /// rule's flows on shaped uplinks (absent: their category's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_class: Option<String>,
 }
 
 /// One condition of a rule.
@@ -339,6 +343,13 @@ const STRATEGIES: &[(&str, pb::PathSelectionStrategy)] = &[
         pb::PathSelectionStrategy::HighestBandwidth,
     ),
     ("least-cost", pb::PathSelectionStrategy::LeastCost),
+];
+const QOS_CLASSES: &[(&str, pb::QosClass)] = &[
+    ("RealTime", pb::QosClass::RealTime),
+    ("Interactive", pb::QosClass::Interactive),
+    ("Streaming", pb::QosClass::Streaming),
+    ("Standard", pb::QosClass::Standard),
+    ("Bulk", pb::QosClass::Bulk),
 ];
 
 /// A manifest value the API cannot express, with its field path.
@@ -556,6 +567,10 @@ pub fn policy(d: &PolicyDoc) -> Result<pb::Policy, ManifestError> {
             conditions,
             path_selection,
             duplicate: r.duplicate,
+            qos_class: match &r.qos_class {
+                None => pb::QosClass::Unspecified.into(),
+                Some(class) => lookup(QOS_CLASSES, class, format!("{field}.qosClass"))?,
+            },
         });
     }
     Ok(pb::Policy {
@@ -709,6 +724,8 @@ pub fn policy_doc(p: &pb::Policy) -> PolicyDoc {
                         }),
                     }),
                     duplicate: r.duplicate,
+                    qos_class: (r.qos_class != i32::from(pb::QosClass::Unspecified))
+                        .then(|| name_of(QOS_CLASSES, r.qos_class)),
                 })
                 .collect(),
         },

@@ -95,6 +95,7 @@ fn snapshot() -> pb::SiteSnapshot {
                         }),
                     }),
                     duplicate: true,
+                    qos_class: pb::QosClass::Interactive as i32,
                 }],
             }),
             status: None,
@@ -131,6 +132,7 @@ priority = 100
 conditions = [{{ type = "category", value = "Video" }}]
 path_selection = {{ strategy = "lowest-latency", thresholds = {{ max_latency_ms = 80 }} }}
 duplicate = true
+qos_class = "Interactive"
 "#
     );
     let from_file = Config::from_toml(&file).unwrap().site_sections();

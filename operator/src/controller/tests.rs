@@ -63,7 +63,8 @@ fn policy_json(category: &str) -> Value {
             "rules": [{
                 "action": "route", "priority": 100,
                 "conditions": [{"type": "category", "value": category}],
-                "pathSelection": {"strategy": "lowest-latency", "thresholds": {"maxLatencyMs": 80.0}}
+                "pathSelection": {"strategy": "lowest-latency", "thresholds": {"maxLatencyMs": 80.0}},
+                "qosClass": "Streaming"
             }]
         }
     })
@@ -302,6 +303,7 @@ async fn a_policys_status_lists_its_sites_with_a_ready_condition() {
         .unwrap();
     let rule = &copy.spec.unwrap().rules[0];
     assert_eq!(rule.action, pb::RuleAction::Route as i32);
+    assert_eq!(rule.qos_class, pb::QosClass::Streaming as i32);
     let ps = rule.path_selection.unwrap();
     assert_eq!(ps.strategy, pb::PathSelectionStrategy::LowestLatency as i32);
     assert_eq!(ps.thresholds.unwrap().max_latency_ms, 80.0);

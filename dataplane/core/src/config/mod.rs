@@ -19,6 +19,7 @@ use std::sync::Arc;
 mod addresses;
 mod error;
 pub mod policy;
+pub mod qos;
 pub mod site;
 mod tunnel;
 pub mod uplinks;
@@ -83,6 +84,9 @@ pub struct Config {
     /// How paths are probed.
     #[serde(default)]
     pub paths: uplinks::PathsSection,
+    /// The classes of the shaped uplinks, and the DSCP each marks.
+    #[serde(default)]
+    pub qos: qos::QosSection,
 }
 
 /// `[controlplane]`: where the site's configuration comes from when the data
@@ -803,6 +807,8 @@ pub struct Snapshot {
     pub tunnel: Option<Arc<TunnelSnapshot>>,
     /// The shaped egresses (uplinks with a rate), in uplink order.
     pub shapers: Vec<uplinks::EgressShaper>,
+    /// The classes' settings and marks.
+    pub qos: qos::QosSettings,
     /// `[tunnel]` with its key, kept to rebuild the tunnel when the peers change.
     tunnel_local: Option<Arc<TunnelLocal>>,
     /// The file's routes (connected and static), before the tunnel's are added.
@@ -1146,7 +1152,10 @@ impl Config {
         let mut ports = self.validate_ports(&mut owned, &mut routes)?;
         let tunnel_local = self.validate_tunnel(&mut ports, &mut owned, &mut routes)?;
         self.validate_routes(&ports, &owned, &mut routes)?;
-        let (tunnel_local, shapers) = self.validate_uplinks(tunnel_local, &ports, &routes)?;
+        let shaped = self.uplinks.iter().any(|u| u.rate_mbps.is_some());
+        let qos = self.qos.compile(shaped)?;
+        let (tunnel_local, shapers) =
+            self.validate_uplinks(tunnel_local, &ports, &routes, &qos.shaper)?;
         let static_neighbors = self.validate_static_neighbors(&ports)?;
         let dpi = self.validate_dpi()?;
         self.controlplane.check()?;
@@ -1157,6 +1166,7 @@ impl Config {
             site: Arc::default(),
             tunnel: None,
             shapers,
+            qos,
             tunnel_local,
             base_routes: routes.clone(),
             ports,
@@ -1258,9 +1268,10 @@ impl Config {
         local: Option<TunnelLocal>,
         ports: &[PortInfo],
         routes: &RouteTable,
+        classes: &crate::qos::ShaperConfig,
     ) -> Result<(Option<Arc<TunnelLocal>>, Vec<uplinks::EgressShaper>), ConfigError> {
         let choosing = self.paths.compile()?;
-        let (uplinks, shapers) = uplinks::compile(&self.uplinks, ports, routes)?;
+        let (uplinks, shapers) = uplinks::compile(&self.uplinks, ports, routes, classes)?;
         match local {
             None => match self.uplinks.iter().position(|u| u.rate_mbps.is_none()) {
                 Some(i) => Err(ConfigError::new(

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use super::site::{PathSelection, RuleAction};
 use crate::dpi::{AppPattern, Category, Classification};
 use crate::packet::flow_key::ip_proto;
+use crate::qos::Class;
 
 /// A compiled condition.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,8 @@ pub struct Rule {
     pub path_selection: Option<PathSelection>,
     /// For `route` rules: each packet over the two best paths.
     pub duplicate: bool,
+    /// The class it gives its flows, in place of their category's.
+    pub qos_class: Option<Class>,
 }
 
 /// What a flow is matched on: its addresses and ports as its first packet

@@ -21,6 +21,7 @@ use super::ConfigError;
 use crate::dpi::apps::{AppError, AppSpec};
 use crate::dpi::{Category, Classifier};
 pub use crate::paths::select::{Strategy, Thresholds};
+use crate::qos::Class;
 
 /// `[site]`: who this gateway is.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -152,6 +153,10 @@ pub struct RuleSection {
     /// loss on one does not lose it (the receiver keeps the first copy).
     #[serde(default)]
     pub duplicate: bool,
+    /// The class of matching flows on shaped uplinks, in place of their
+    /// category's (`route` and `allow` only).
+    #[serde(default)]
+    pub qos_class: Option<Class>,
 }
 
 /// What a rule does with a matching flow.
@@ -594,6 +599,12 @@ fn compile_policy(
                 "only route rules send over two paths",
             ));
         }
+        if r.qos_class.is_some() && r.action == RuleAction::Deny {
+            return Err(ConfigError::new(
+                format!("{field}.qos_class"),
+                "a deny rule's flows are dropped, not queued",
+            ));
+        }
         let mut conditions = Vec::with_capacity(r.conditions.len());
         for (j, c) in r.conditions.iter().enumerate() {
             conditions.push(compile_condition(c, classifier).map_err(|message| {
@@ -609,6 +620,7 @@ fn compile_policy(
             conditions,
             path_selection: r.path_selection.clone(),
             duplicate: r.duplicate,
+            qos_class: r.qos_class,
         });
     }
     Ok(rules)

@@ -69,8 +69,13 @@ pub struct EgressShaper {
 }
 
 impl UplinkSection {
-    /// The shaper `rate_mbps` asks for, if any; `field` names the uplink.
-    fn shaper(&self, field: &str) -> Result<Option<ShaperConfig>, ConfigError> {
+    /// The shaper `rate_mbps` asks for, if any, with the `[qos]` classes of
+    /// `classes`; `field` names the uplink.
+    fn shaper(
+        &self,
+        field: &str,
+        classes: &ShaperConfig,
+    ) -> Result<Option<ShaperConfig>, ConfigError> {
         let Some(rate) = self.rate_mbps else {
             for (name, set) in [
                 ("burst_bytes", self.burst_bytes.is_some()),
@@ -91,7 +96,10 @@ impl UplinkSection {
                 format!("{rate} is outside 0.008-{MAX_RATE_MBPS}"),
             ));
         }
-        let mut config = ShaperConfig::new((rate * 1e6).round() as u64);
+        let mut config = ShaperConfig {
+            rate_bps: (rate * 1e6).round() as u64,
+            ..*classes
+        };
         if let Some(burst) = self.burst_bytes {
             if burst < 1_514 {
                 return Err(ConfigError::new(
@@ -198,6 +206,7 @@ pub fn compile(
     sections: &[UplinkSection],
     ports: &[PortInfo],
     connected: &RouteTable,
+    classes: &ShaperConfig,
 ) -> Result<(Vec<Uplink>, Vec<EgressShaper>), ConfigError> {
     if sections.len() > MAX_UPLINKS {
         return Err(ConfigError::new(
@@ -282,7 +291,7 @@ pub fn compile(
                 format!("{:?} must be a DNS label (mpls, internet, lte)", u.color),
             ));
         }
-        if let Some(config) = u.shaper(&field)? {
+        if let Some(config) = u.shaper(&field, classes)? {
             // One shaper per port: two would each let the full rate through.
             if let Some(other) = shaped_ports.insert(port, u.name.as_str()) {
                 return Err(ConfigError::new(

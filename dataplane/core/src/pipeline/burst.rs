@@ -79,6 +79,10 @@ pub struct Shaping {
     pub tunnel: u16,
     /// Its flow's hash (0 for packets outside a flow).
     pub flow_hash: u32,
+    /// The DSCP of its outer header when it leaves as a tunnel datagram:
+    /// the inner packet's, read as it is sealed, so that the WAN's own QoS
+    /// sees the class.
+    pub dscp: u8,
 }
 
 impl Shaping {
@@ -91,6 +95,7 @@ impl Shaping {
         class: Class::Standard,
         tunnel: 0,
         flow_hash: 0,
+        dscp: 0,
     };
 
     /// What the tunnel engine sends on its own (handshakes, keepalives,
@@ -100,6 +105,7 @@ impl Shaping {
         class: Class::RealTime,
         tunnel: 0,
         flow_hash: 1,
+        dscp: 0,
     };
 
     /// The tunnel slot of `peer`.
@@ -235,12 +241,18 @@ impl<F> Burst<F> {
 
     /// Adds a WireGuard message to send to `to` over `uplink` (an index
     /// of the path table's uplinks, or [`NO_UPLINK`] to follow the routes).
-    pub(super) fn push_datagram(&mut self, to: SocketAddr, uplink: u8, frame: F) -> Result<(), F> {
+    pub(super) fn push_datagram(
+        &mut self,
+        to: SocketAddr,
+        uplink: u8,
+        shaping: Shaping,
+        frame: F,
+    ) -> Result<(), F> {
         let i = self.len;
         self.push(frame, Next::Datagram, 0)?;
         self.addr[i] = to;
         self.uplink[i] = uplink;
-        self.shaping[i] = Shaping::CONTROL;
+        self.shaping[i] = shaping;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use super::paths::{Paths, NO_UPLINK};
 use super::route::{self, Hop};
 use super::{Burst, Context, Handoff, Inboxes, Next, Shaping};
 use crate::frame::Frame;
+use crate::packet::dscp;
 use crate::stats::{Counter, Counters, DropReason};
 use crate::tunnel::outer::{OuterHeaders, ETHERNET_LEN};
 use crate::tunnel::{Outcome, TunnelConfig, TunnelEnv, Tunnels, Work};
@@ -24,8 +25,9 @@ pub(super) struct Tunnel<F> {
     pub engine: Tunnels<F>,
     pub paths: Paths,
     /// Datagrams of ours waiting for a burst (path probes, second copies
-    /// of duplicated packets): uplink, endpoint, message.
-    pub queued: VecDeque<(u8, SocketAddr, F)>,
+    /// of duplicated packets): uplink, endpoint, how the egress treats it,
+    /// message.
+    pub queued: VecDeque<(u8, SocketAddr, Shaping, F)>,
     endpoints: EndpointCache,
     /// IPv4 identification of the next datagram.
     ip_id: u16,
@@ -58,17 +60,17 @@ impl<F: Frame> Tunnel<F> {
     pub(super) fn take_originated(&mut self, burst: &mut Burst<F>, now: u64) -> bool {
         self.measure_handshakes(None, now);
         while !burst.is_full() {
-            let (uplink, to, frame) = match self.engine.poll_transmit() {
+            let (uplink, to, shaping, frame) = match self.engine.poll_transmit() {
                 Some((peer, to, frame)) => {
                     let (_, uplink, to) = self.over_path(peer, 0, to, frame.len(), now);
-                    (uplink, to, frame)
+                    (uplink, to, Shaping::CONTROL, frame)
                 }
                 None => match self.queued.pop_front() {
-                    Some(probe) => probe,
+                    Some(queued) => queued,
                     None => return false,
                 },
             };
-            if let Err(frame) = burst.push_datagram(to, uplink, frame) {
+            if let Err(frame) = burst.push_datagram(to, uplink, shaping, frame) {
                 unreachable!("room was checked: {}", frame.len());
             }
         }
@@ -187,6 +189,11 @@ impl<F: Frame> Tunnel<F> {
             return counters.drop(DropReason::NoRoute);
         }
         let steer = burst.steer[i];
+        let shaping = Shaping {
+            tunnel: Shaping::tunnel_slot(peer),
+            dscp: dscp::get(frame.data()),
+            ..burst.shaping[i]
+        };
         match self.engine.send(cfg, peer, frame, ctx.now_ns, env) {
             Outcome::Transmit { to, frame } => {
                 let (path, uplink, first) =
@@ -195,12 +202,12 @@ impl<F: Frame> Tunnel<F> {
                     // A pinned flow may be on the path that is second for new ones.
                     if Some(second) != path {
                         let copy_to = (second, uplink2, endpoint.unwrap_or(to));
-                        self.duplicate(&frame, copy_to, counters, env);
+                        self.duplicate(&frame, copy_to, shaping, counters, env);
                     }
                 }
                 burst.addr[i] = first;
                 burst.uplink[i] = uplink;
-                burst.shaping[i].tunnel = Shaping::tunnel_slot(peer);
+                burst.shaping[i] = shaping;
                 burst.put(i, frame, Next::Datagram);
             }
             Outcome::HandOff { worker, work } => {
@@ -212,11 +219,13 @@ impl<F: Frame> Tunnel<F> {
         }
     }
 
-    /// Queues a copy of the sealed `frame` for `path` (its uplink and endpoint).
+    /// Queues a copy of the sealed `frame` for `path` (its uplink and
+    /// endpoint), shaped as the original.
     fn duplicate(
         &mut self,
         frame: &F,
         (path, uplink, to): (usize, u8, SocketAddr),
+        shaping: Shaping,
         counters: &mut Counters,
         env: &mut impl TunnelEnv<F>,
     ) {
@@ -228,7 +237,7 @@ impl<F: Frame> Tunnel<F> {
         }
         copy.data_mut().copy_from_slice(frame.data());
         self.paths.count_tx(path, copy.len());
-        self.queued.push_back((uplink, to, copy));
+        self.queued.push_back((uplink, to, shaping, copy));
     }
 
     /// Puts the outer headers on datagram `i` (to `burst.addr[i]`) and
@@ -243,11 +252,12 @@ impl<F: Frame> Tunnel<F> {
     ) {
         let to = burst.addr[i];
         let uplink = burst.uplink[i];
+        let dscp = burst.shaping[i].dscp;
         self.ip_id = self.ip_id.wrapping_add(1);
         let ip_id = self.ip_id;
         if let Some((port, headers)) = self.endpoints.get(to, uplink, ctx.fwd_generation) {
             let frame = burst.frame_mut(i);
-            if !headers.apply(frame, ip_id) {
+            if !headers.apply(frame, ip_id, dscp) {
                 counters.drop(DropReason::NoBuffer);
                 return burst.discard(i);
             }
@@ -279,7 +289,7 @@ impl<F: Frame> Tunnel<F> {
             return burst.discard(i);
         };
         let frame = burst.frame_mut(i);
-        if !headers.apply(frame, ip_id) {
+        if !headers.apply(frame, ip_id, dscp) {
             counters.drop(DropReason::NoBuffer);
             return burst.discard(i);
         }

@@ -267,7 +267,7 @@ impl<F: Frame> Pipeline<F> {
                 &mut tunnel.engine,
                 env,
                 ctx.now_ns,
-                |uplink, to, frame| queued.push_back((uplink, to, frame)),
+                |uplink, to, frame| queued.push_back((uplink, to, Shaping::CONTROL, frame)),
             );
         }
     }

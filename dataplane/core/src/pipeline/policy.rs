@@ -14,9 +14,11 @@
 //! application pass until the flow is identified (usually its first packet
 //! with payload).
 //!
-//! The same decision gives the flow its QoS class (its category's, from
-//! DPI) and its hash, which its packets carry to the egress shaper; the
-//! stage runs for that alone when a shaped egress exists and no rule does.
+//! The same decision gives the flow its QoS class (the matching rule's
+//! `qos_class`, else its category's from DPI) and its hash, which its
+//! packets carry to the egress shaper; a class with a DSCP in `[qos]`
+//! marks each of its packets with it here. The stage runs for classes
+//! alone when a shaped egress or a marking class exists and no rule does.
 
 use std::sync::Arc;
 
@@ -27,8 +29,9 @@ use crate::config::Snapshot;
 use crate::dpi::{Category, Classification};
 use crate::flow::table::{FlowId, FlowTable};
 use crate::frame::Frame;
+use crate::packet::dscp;
 use crate::packet::flow_key::{Direction, FlowKey};
-use crate::packet::parse::{PacketMeta, L3};
+use crate::packet::parse::PacketMeta;
 use crate::qos::Class;
 use crate::stats::{Counters, DropReason, PolicyCounters};
 
@@ -101,8 +104,9 @@ pub(super) fn run<F: Frame>(
     burst: &mut Burst<F>,
 ) {
     let rules = &ctx.cfg.site.rules;
-    let shaped = !ctx.cfg.shapers.is_empty();
-    if rules.is_empty() && !shaped {
+    let marks = &ctx.cfg.qos.marks;
+    let classes_matter = !ctx.cfg.shapers.is_empty() || ctx.cfg.qos.marks_any();
+    if rules.is_empty() && !classes_matter {
         return;
     }
     let generation = ctx.cfg.generation;
@@ -141,13 +145,21 @@ pub(super) fn run<F: Frame>(
                 _ => 0,
             };
             decision.shaping = Shaping {
-                class: class_of(ctx, entry.app),
-                tunnel: 0,
+                class: matched
+                    .and_then(|r| r.qos_class)
+                    .unwrap_or_else(|| class_of(ctx, entry.app)),
                 flow_hash: hash as u32,
+                ..Shaping::NONE
             };
         }
         burst.shaping[i] = decision.shaping;
         burst.steer[i] = decision.steer;
+        let l3 = burst.headers[i].as_ref().map(|h| usize::from(h.l3_offset));
+        if let (Some(dscp), Ok(l3)) = (marks[decision.shaping.class.index()], l3) {
+            if let Some(ip) = burst.frame_mut(i).data_mut().get_mut(l3..) {
+                dscp::set(ip, dscp);
+            }
+        }
         let Some(rule) = decision
             .rule
             .checked_sub(1)
@@ -192,18 +204,10 @@ fn facts(
         dst,
         protocol: key.proto,
         dst_port,
-        dscp: dscp(headers, data),
+        dscp: data
+            .get(usize::from(headers.l3_offset)..)
+            .map_or(0, dscp::get),
         category: classification.map(|c| classifier.category(&c)),
         classification,
-    }
-}
-
-/// The packet's DSCP: the top six bits of the IPv4 TOS or IPv6 traffic class.
-fn dscp(headers: &PacketMeta, data: &[u8]) -> u8 {
-    let l3 = usize::from(headers.l3_offset);
-    match (headers.l3, data.get(l3..l3 + 2)) {
-        (L3::Ipv4(_), Some(&[_, tos])) => tos >> 2,
-        (L3::Ipv6(_), Some(&[b0, b1])) => ((b0 & 0x0f) << 4 | b1 >> 4) >> 2,
-        _ => 0,
     }
 }

@@ -17,6 +17,7 @@ use super::icmp::{self, Errors};
 use super::{Burst, Context, Next, NS_PER_S};
 use crate::flow::table::{FlowTable, ForwardCache};
 use crate::frame::Frame;
+use crate::packet::checksum_adjust;
 use crate::packet::parse::{PacketMeta, L3};
 use crate::paths::Uplink;
 use crate::stats::{Counters, DropReason};
@@ -366,13 +367,4 @@ fn decrement_ttl(data: &mut [u8], meta: &PacketMeta) {
         }
         L3::Arp(_) => {}
     }
-}
-
-/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), in one's complement arithmetic.
-#[inline]
-pub(super) fn checksum_adjust(checksum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = u32::from(!checksum) + u32::from(!old) + u32::from(new);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

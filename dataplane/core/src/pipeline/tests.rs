@@ -6,11 +6,11 @@ use crossbeam_channel::Receiver;
 use etherparse::checksum::Sum16BitWords;
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
 
-use super::route::checksum_adjust;
 use super::*;
 use crate::config::Config;
 use crate::frame::VecFrame;
 use crate::neighbor::{NeighborManager, NeighborShared};
+use crate::packet::checksum_adjust;
 use crate::stats::{Counter, DropReason};
 use crate::testing::key_file;
 use crate::tunnel::memory::MemoryIo;

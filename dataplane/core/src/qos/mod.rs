@@ -76,6 +76,22 @@ impl Class {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Class {
+    /// A class by its name, as configurations spell it (`RealTime`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Class::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == name)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{name:?} is not a QoS class (RealTime, Interactive, Streaming, Standard, Bulk)"
+                ))
+            })
+    }
+}
+
 labelled_enum! {
     /// Why the shaper dropped a packet.
     DropReason {
@@ -164,12 +180,12 @@ impl ShaperConfig {
         }
         if self.realtime.limit_percent > 100 {
             return Err(format!(
-                "classes.RealTime.limit: {}% is over 100%",
+                "classes.RealTime.limit_percent: {}% is over 100%",
                 self.realtime.limit_percent
             ));
         }
         if self.realtime.queue_packets == 0 {
-            return Err("classes.RealTime.queue: must hold at least one packet".into());
+            return Err("classes.RealTime.queue_packets: must hold at least one packet".into());
         }
         let mut minimums = u32::from(self.realtime.limit_percent);
         for (class, weighted) in Class::ALL[1..].iter().zip(&self.weighted) {
@@ -181,19 +197,19 @@ impl ShaperConfig {
             }
             if weighted.limit_percent == 0 || weighted.limit_percent > 100 {
                 return Err(format!(
-                    "classes.{class}.limit: {}% is outside 1-100%",
+                    "classes.{class}.limit_percent: {}% is outside 1-100%",
                     weighted.limit_percent
                 ));
             }
             if weighted.min_percent > weighted.limit_percent {
                 return Err(format!(
-                    "classes.{class}.min: {}% is above its limit of {}%",
+                    "classes.{class}.min_percent: {}% is above its limit of {}%",
                     weighted.min_percent, weighted.limit_percent
                 ));
             }
             if weighted.queue_packets == 0 {
                 return Err(format!(
-                    "classes.{class}.queue: must hold at least one packet"
+                    "classes.{class}.queue_packets: must hold at least one packet"
                 ));
             }
             minimums += u32::from(weighted.min_percent);

@@ -595,15 +595,21 @@ fn invalid_settings_name_the_field_at_fault() {
         assert!(error.starts_with(field), "{field}: {error}");
     };
     check(|c| c.rate_bps = 1_000, "rate");
-    check(|c| c.realtime.limit_percent = 101, "classes.RealTime.limit");
-    check(|c| c.weighted[3].limit_percent = 0, "classes.Bulk.limit");
+    check(
+        |c| c.realtime.limit_percent = 101,
+        "classes.RealTime.limit_percent:",
+    );
+    check(
+        |c| c.weighted[3].limit_percent = 0,
+        "classes.Bulk.limit_percent:",
+    );
     check(|c| c.weighted[1].min_percent = 80, "classes");
     check(
         |c| {
             c.weighted[2].min_percent = 30;
             c.weighted[2].limit_percent = 20;
         },
-        "classes.Standard.min",
+        "classes.Standard.min_percent:",
     );
     check(|c| c.codel.target_ns = c.codel.interval_ns, "codel.target");
     let error = Layout {

@@ -76,9 +76,10 @@ impl OuterHeaders {
         })
     }
 
-    /// Prepends the headers to the WireGuard message in `frame`. False (the
-    /// frame unchanged) when the headroom or the length does not allow it.
-    pub fn apply<F: Frame>(&self, frame: &mut F, ip_id: u16) -> bool {
+    /// Prepends the headers, with `dscp` (0-63) in the outer IP header, to
+    /// the WireGuard message in `frame`. False (the frame unchanged) when
+    /// the headroom or the length does not allow it.
+    pub fn apply<F: Frame>(&self, frame: &mut F, ip_id: u16, dscp: u8) -> bool {
         let Ok(udp_len) = u16::try_from(frame.len() + UdpHeader::LEN) else {
             return false;
         };
@@ -111,9 +112,13 @@ impl OuterHeaders {
         }
         let out = &mut frame.data_mut()[..self.len];
         out.copy_from_slice(&self.bytes[..self.len]);
+        // The stored headers carry DSCP 0 and ECN Not-ECT; the DSCP is set
+        // with the lengths (IPv4's before its checksum is computed).
         if self.v6 {
+            crate::packet::dscp::set(&mut out[ip..], dscp);
             out[ip + 4..ip + 6].copy_from_slice(&udp_len.to_be_bytes());
         } else {
+            out[ip + 1] = dscp << 2;
             let total = udp_len + Ipv4Header::MIN_LEN as u16;
             out[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
             out[ip + 4..ip + 6].copy_from_slice(&ip_id.to_be_bytes());
@@ -165,10 +170,11 @@ mod tests {
         let src: SocketAddr = "192.0.2.1:51820".parse().unwrap();
         let dst: SocketAddr = "198.51.100.7:40000".parse().unwrap();
         let headers = OuterHeaders::new(src, dst, A, B).unwrap();
-        // Stamped twice with different lengths: nothing of the first remains.
-        for (len, id) in [(48usize, 77u16), (1452, 78)] {
+        // Stamped twice with different lengths and DSCPs: nothing of the
+        // first remains.
+        for (len, id, dscp) in [(48usize, 77u16, 46u8), (1452, 78, 0)] {
             let mut frame = VecFrame::new(&vec![0xab; len]);
-            assert!(headers.apply(&mut frame, id));
+            assert!(headers.apply(&mut frame, id, dscp));
             assert_eq!(frame.len(), len + 14 + 20 + 8);
             let p = SlicedPacket::from_ethernet(frame.data()).unwrap();
             let Some(LinkSlice::Ethernet2(eth)) = p.link else {
@@ -184,6 +190,7 @@ mod tests {
                 (h.source, h.destination, h.identification),
                 ([192, 0, 2, 1], [198, 51, 100, 7], id)
             );
+            assert_eq!((h.dscp.value(), h.ecn.value()), (dscp, 0));
             let Some(TransportSlice::Udp(udp)) = p.transport else {
                 panic!()
             };
@@ -200,12 +207,13 @@ mod tests {
         let mut frame = VecFrame::new(&[0x5a; 33]);
         assert!(OuterHeaders::new(src, dst, A, B)
             .unwrap()
-            .apply(&mut frame, 0));
+            .apply(&mut frame, 0, 34));
         let p = SlicedPacket::from_ethernet(frame.data()).unwrap();
         let Some(NetSlice::Ipv6(ip)) = p.net else {
             panic!()
         };
         assert_eq!(ip.header().payload_length(), 41);
+        assert_eq!(ip.header().traffic_class(), 34 << 2);
         let Some(TransportSlice::Udp(udp)) = p.transport else {
             panic!()
         };
@@ -225,7 +233,9 @@ mod tests {
         let mut full = VecFrame::new(&[1; 10]);
         assert!(full.prepend(VecFrame::HEADROOM - 20));
         let before = full.clone();
-        assert!(!OuterHeaders::new(v4, v4, A, B).unwrap().apply(&mut full, 0));
+        assert!(!OuterHeaders::new(v4, v4, A, B)
+            .unwrap()
+            .apply(&mut full, 0, 0));
         assert_eq!(full, before);
     }
 

@@ -1252,3 +1252,66 @@ fn name_lookups_go_ahead_of_a_bulk_transfer_on_a_shaped_uplink() {
         "the bulk flow queues behind them"
     );
 }
+
+/// `frame` (Ethernet, IPv4) with its TOS byte set to `tos` and its header
+/// checksum made valid again.
+fn with_tos(mut frame: VecFrame, tos: u8) -> VecFrame {
+    let ip = &mut frame.data_mut()[14..];
+    ip[1] = tos;
+    let (mut header, _) = etherparse::Ipv4Header::from_slice(ip).unwrap();
+    header.header_checksum = header.calc_header_checksum();
+    ip[10..12].copy_from_slice(&header.header_checksum.to_be_bytes());
+    frame
+}
+
+/// The TOS byte of an Ethernet + IPv4 frame.
+fn tos_of(frame: &VecFrame) -> u8 {
+    frame.data()[15]
+}
+
+#[test]
+fn a_rules_class_marks_its_dscp_inside_and_on_the_tunnel_header() {
+    let marking = r#"
+        [qos.classes.Bulk]
+        dscp = 8
+        [[policy]]
+        name = "backup"
+        [[policy.rule]]
+        action = "allow"
+        priority = 1
+        conditions = [{ type = "destination-port", value = "6000" }]
+        qos_class = "Bulk"
+    "#;
+    let clock = ManualClock::default();
+    let mut a = site_with(1, 1, &[(2, &["10.2.0.0/24"])], marking, &clock);
+    let mut b = site(2, 1, &[(1, &["10.1.0.0/24"])], &clock);
+    // A session first, so that what follows is sealed as it arrives.
+    a.host_sends(0, udp_between(1, [10, 2, 0, 5], (4000, 7000), b"hello"));
+    settle(&mut [&mut a, &mut b], &clock);
+    assert_eq!(b.to_hosts().len(), 1);
+
+    // Sent as EF with ECT(0): the backup flow (Standard by its category,
+    // Bulk by the rule) becomes CS1, the other keeps what its host chose;
+    // ECN is untouched, and the outer header shows the inner DSCP.
+    for (port, expected_dscp) in [(6000, 8), (7000, 46)] {
+        let sent = with_tos(
+            udp_between(1, [10, 2, 0, 5], (4000, port), &[7; 100]),
+            46 << 2 | 0b10,
+        );
+        a.host_sends(0, sent);
+        a.round();
+        let outer = a.links[0][WAN].from_gateway.drain();
+        assert_eq!(outer.len(), 1, "port {port}");
+        assert_eq!(tos_of(&outer[0]), expected_dscp << 2, "outer, port {port}");
+        b.links[0][WAN].to_gateway.push(outer[0].clone());
+        settle(&mut [&mut a, &mut b], &clock);
+        let inner = b.to_hosts();
+        assert_eq!(inner.len(), 1, "port {port}");
+        assert_eq!(
+            tos_of(&inner[0]),
+            expected_dscp << 2 | 0b10,
+            "inner, port {port}"
+        );
+        let _checked = udp_of(&inner[0]); // its header checksum is valid
+    }
+}

@@ -146,6 +146,11 @@ fn every_refusal_names_its_field() {
         ),
         ("name = \"hq\"", "name = \"HQ\"", "peer[0].name"),
         (
+            "value = \"6881\" }]",
+            "value = \"6881\" }]\nqos_class = \"Bulk\"",
+            "policy[video].rule[1].qos_class",
+        ),
+        (
             "wireguard = { public_key",
             "bfd_enabled = true\nwireguard = { public_key",
             "peer[hq].bfd_enabled",
@@ -163,6 +168,23 @@ fn every_refusal_names_its_field() {
         let err = error(&sections(&text.replacen(from, to, 1)), false);
         assert_eq!(&err.field, field, "{to}: {err}");
     }
+}
+
+#[test]
+fn a_rule_can_name_the_class_of_its_flows() {
+    let text = file().replacen(
+        "max_latency_ms = 80 } }",
+        "max_latency_ms = 80 } }\nqos_class = \"Interactive\"",
+        1,
+    );
+    let state = sections(&text).compile(caps(false)).unwrap();
+    let classes: Vec<_> = state.rules.iter().map(|r| r.qos_class).collect();
+    assert_eq!(classes, [None, Some(Class::Interactive)]);
+    // Video is a category, not a class.
+    let e =
+        toml::from_str::<RuleSection>("action = \"allow\"\npriority = 1\nqos_class = \"Video\"")
+            .unwrap_err();
+    assert!(e.to_string().contains("is not a QoS class"), "{e}");
 }
 
 #[test]
