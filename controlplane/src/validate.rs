@@ -206,6 +206,13 @@ pub fn peer(p: &Peer, v: &mut Violations) {
             );
         }
     }
+    let rate = spec.rate_mbps;
+    if rate != 0.0 && !(0.008..=400_000.0).contains(&rate) {
+        v.add(
+            "peer.spec.rate_mbps",
+            "must be 0 (none) or 0.008-400000 Mbit/s",
+        );
+    }
     let key_ok = spec.wireguard.as_ref().is_some_and(|w| {
         base64::engine::general_purpose::STANDARD
             .decode(&w.public_key)

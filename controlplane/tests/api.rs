@@ -136,6 +136,7 @@ fn peer(name: &str) -> Peer {
                 },
             ],
             sla_probes: true,
+            rate_mbps: 20.0,
         }),
         status: None,
     }
@@ -449,6 +450,14 @@ async fn invalid_requests_name_every_field() {
         (
             |p| p.spec.as_mut().unwrap().bfd_enabled = true,
             "peer.spec.bfd_enabled",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().rate_mbps = 0.001,
+            "peer.spec.rate_mbps",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().rate_mbps = f64::NAN,
+            "peer.spec.rate_mbps",
         ),
         (
             |p| p.spec.as_mut().unwrap().endpoints[0].address = "192.0.2.1".into(),

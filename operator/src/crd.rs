@@ -148,6 +148,11 @@ pub struct PeerSpec {
     /// probes (its data plane needs uplinks).
     #[serde(default)]
     pub sla_probes: bool,
+    /// Shape the peer's tunnel to this rate (Mbit/s) on each shaped uplink
+    /// of its site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.008, max = 400000.0))]
+    pub rate_mbps: Option<f64>,
 }
 
 /// One of a peer's endpoints.

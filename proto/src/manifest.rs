@@ -178,6 +178,9 @@ pub struct PeerSpecDoc {
     /// Measure the paths to it with in-band probes (Patronus peers).
     #[serde(default)]
     pub sla_probes: bool,
+    /// Shape its tunnel to this rate on each shaped uplink (Mbit/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_mbps: Option<f64>,
 }
 
 /// One of a peer's `endpoints`.
@@ -528,6 +531,7 @@ pub fn peer(d: &PeerDoc) -> pb::Peer {
                 })
                 .collect(),
             sla_probes: d.spec.sla_probes,
+            rate_mbps: d.spec.rate_mbps.unwrap_or(0.0),
         }),
         status: None,
     }
@@ -676,6 +680,7 @@ pub fn peer_doc(p: &pb::Peer) -> PeerDoc {
                 })
                 .collect(),
             sla_probes: spec.sla_probes,
+            rate_mbps: (spec.rate_mbps != 0.0).then_some(spec.rate_mbps),
         },
         status: p.status.as_ref().map(|st| PeerStatusDoc {
             connected: st.connected,

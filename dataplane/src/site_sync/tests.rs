@@ -57,6 +57,7 @@ fn snapshot() -> pb::SiteSnapshot {
                 }),
                 compression: true,
                 bfd_enabled: false,
+                rate_mbps: 5.0,
                 endpoints: vec![
                     pb::NamedEndpoint {
                         name: "inet".into(),
@@ -123,6 +124,7 @@ endpoints = [
 sla_probes = true
 wireguard = {{ public_key = "{KEY}" }}
 compression = true
+rate_mbps = 5.0
 
 [[policy]]
 name = "video"

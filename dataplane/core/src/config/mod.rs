@@ -869,6 +869,14 @@ impl Snapshot {
     /// # Errors
     /// A peer the tunnel cannot carry, by field; the snapshot is unchanged.
     pub fn set_site(&mut self, site: SiteState) -> Result<(), ConfigError> {
+        if self.shapers.is_empty() {
+            if let Some(p) = site.peers.iter().find(|p| p.rate_bps.is_some()) {
+                return Err(ConfigError::new(
+                    format!("peer[{}].rate_mbps", p.name),
+                    "no uplink is shaped: give one a rate_mbps",
+                ));
+            }
+        }
         if let Some(local) = &self.tunnel_local {
             let port = self
                 .tunnel_port()

@@ -4,7 +4,93 @@
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::qos::{Class, ShaperConfig};
+use crate::qos::{Class, ShaperConfig, TunnelRate};
+
+/// Tunnel slots of every shaper: slot 0 for what leaves unencrypted, one of
+/// its own for each peer with a rate, the rest shared by the other peers.
+pub const TUNNEL_SLOTS: usize = 64;
+
+/// Most peers of a site with a rate of their own, so that at least 31 slots
+/// remain for the others to share.
+pub const MAX_RATED_PEERS: usize = 32;
+
+/// Where each peer's traffic queues in an egress shaper, and each slot's
+/// own rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSlots {
+    /// The slot of each peer, by index.
+    by_peer: Vec<u16>,
+    /// The rate of each slot; `None`: only the egress's applies.
+    rates: [Option<TunnelRate>; TUNNEL_SLOTS],
+}
+
+impl Default for TunnelSlots {
+    fn default() -> Self {
+        TunnelSlots {
+            by_peer: Vec::new(),
+            rates: [None; TUNNEL_SLOTS],
+        }
+    }
+}
+
+impl TunnelSlots {
+    /// Slots for peers with these rates (bit/s), by index: a peer with a
+    /// rate gets a slot of its own (1, 2, ... in peer order); the others
+    /// share the slots above those by index. Rates shape only when a slot
+    /// is the peer's alone, so that no peer takes another's share.
+    ///
+    /// # Errors
+    /// The index of the first peer with a rate beyond [`MAX_RATED_PEERS`].
+    pub fn assign(rates: &[Option<u64>]) -> Result<Self, usize> {
+        let mut slots = TunnelSlots::default();
+        let rated = rates.iter().filter(|r| r.is_some()).count();
+        if rated > MAX_RATED_PEERS {
+            let beyond = rates
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_some())
+                .nth(MAX_RATED_PEERS)
+                .map_or(0, |(i, _)| i);
+            return Err(beyond);
+        }
+        let shared = (TUNNEL_SLOTS - 1 - rated) as u16;
+        let first_shared = 1 + rated as u16;
+        let mut next_own = 1;
+        for (peer, rate) in rates.iter().enumerate() {
+            let slot = match rate {
+                Some(rate_bps) => {
+                    let slot = next_own;
+                    next_own += 1;
+                    slots.rates[usize::from(slot)] = Some(TunnelRate {
+                        rate_bps: *rate_bps,
+                        burst_bytes: 0,
+                    });
+                    slot
+                }
+                None => first_shared + (peer % usize::from(shared)) as u16,
+            };
+            slots.by_peer.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// The slot of peer `peer` (slot 0, the unencrypted one, for a peer
+    /// the configuration does not have).
+    #[inline]
+    pub fn of_peer(&self, peer: u32) -> u16 {
+        self.by_peer.get(peer as usize).copied().unwrap_or(0)
+    }
+
+    /// Each slot's own rate, by slot.
+    pub fn rates(&self) -> &[Option<TunnelRate>; TUNNEL_SLOTS] {
+        &self.rates
+    }
+
+    /// Whether some peer has a rate of its own.
+    pub fn any_rated(&self) -> bool {
+        self.rates.iter().any(Option::is_some)
+    }
+}
 
 /// `[qos]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -166,8 +252,37 @@ impl QosSection {
 
 #[cfg(test)]
 mod tests {
+    use super::{TunnelSlots, MAX_RATED_PEERS, TUNNEL_SLOTS};
     use crate::config::{Config, ConfigError, Snapshot};
-    use crate::qos::Class;
+    use crate::qos::{Class, TunnelRate};
+
+    #[test]
+    fn rated_peers_get_slots_of_their_own_and_the_others_share_the_rest() {
+        let slots = TunnelSlots::assign(&[None, Some(1_000_000), None, Some(2_000_000)]).unwrap();
+        let by_peer: Vec<u16> = (0..4).map(|p| slots.of_peer(p)).collect();
+        // Rated: 1 and 2; the others in 3..64, by index.
+        assert_eq!(by_peer, [3, 1, 5, 2]);
+        assert_eq!(slots.of_peer(9), 0, "a peer the configuration lacks");
+        let rate = |bps| {
+            Some(TunnelRate {
+                rate_bps: bps,
+                burst_bytes: 0,
+            })
+        };
+        assert_eq!(slots.rates()[1], rate(1_000_000));
+        assert_eq!(slots.rates()[2], rate(2_000_000));
+        assert_eq!(slots.rates().iter().flatten().count(), 2);
+        assert!(slots.any_rated());
+
+        // Many unrated peers wrap around the shared slots only.
+        let many = TunnelSlots::assign(&[None; 200]).unwrap();
+        assert!((0..200).all(|p| (1..TUNNEL_SLOTS as u16).contains(&many.of_peer(p))));
+        assert!(!many.any_rated());
+
+        let mut too_many = vec![Some(1_000_000); MAX_RATED_PEERS + 2];
+        too_many.insert(0, None);
+        assert_eq!(TunnelSlots::assign(&too_many), Err(MAX_RATED_PEERS + 1));
+    }
 
     const SHAPED: &str = r#"
         [[port]]
@@ -282,6 +397,37 @@ mod tests {
         let qos = Config::from_toml(&text).unwrap().qos;
         let e = qos.compile(false).unwrap_err();
         assert_eq!(e.field, "qos.classes.Bulk.weight", "{e}");
+        // A peer's rate needs a shaped uplink and a sane value.
+        let peer = |rate: &str| {
+            format!(
+                r#"
+                [tunnel]
+                private_key_file = "{key}"
+                addresses = ["10.99.0.1/24"]
+                [[peer]]
+                name = "hq"
+                endpoint = {{ address = "192.0.2.9", port = 51820 }}
+                wireguard = {{ public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=" }}
+                allowed_ips = ["10.9.0.0/24"]
+                rate_mbps = {rate}
+                "#,
+                key = crate::testing::key_file("qos-peer-rate", [7; 32]).display()
+            )
+        };
+        let cfg = validate(&format!("{SHAPED}{}", peer("2.5"))).unwrap();
+        assert_eq!(cfg.site.peers[0].rate_bps, Some(2_500_000));
+        assert_eq!(cfg.site.tunnel_slots.of_peer(0), 1);
+        for (text, field) in [
+            (format!("{SHAPED}{}", peer("0")), "peer[hq].rate_mbps"),
+            (format!("{SHAPED}{}", peer("nan")), "peer[hq].rate_mbps"),
+            (
+                format!("{}{}", SHAPED.replace("rate_mbps = 50", ""), peer("2.5")),
+                "peer[hq].rate_mbps",
+            ),
+        ] {
+            let e = validate(&text).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
         // An unknown class or key does not parse.
         for text in [
             "[qos.classes.Video]\ndscp = 1",

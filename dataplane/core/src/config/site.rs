@@ -17,6 +17,7 @@ use patronus_proto::names::{ip_protocol, is_dns_label, is_host};
 use serde::Deserialize;
 
 use super::policy::{Match, Rule};
+use super::qos::{TunnelSlots, MAX_RATED_PEERS};
 use super::ConfigError;
 use crate::dpi::apps::{AppError, AppSpec};
 use crate::dpi::{Category, Classifier};
@@ -110,6 +111,10 @@ pub struct PeerSection {
     /// mappings open.
     #[serde(default)]
     pub persistent_keepalive_s: u16,
+    /// Shape the peer's tunnel to this rate (Mbit/s, 0.008-400000) on each
+    /// shaped uplink; absent: only the uplink's rate applies.
+    #[serde(default)]
+    pub rate_mbps: Option<f64>,
 }
 
 /// `peer.wireguard`.
@@ -249,6 +254,8 @@ pub struct Peer {
     pub allowed_ips: Vec<IpNet>,
     /// Persistent keepalive interval (s; 0: off).
     pub persistent_keepalive_s: u16,
+    /// Its tunnel's own rate on shaped uplinks (bit/s).
+    pub rate_bps: Option<u64>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -271,6 +278,8 @@ pub struct SiteState {
     pub peers: Vec<Peer>,
     /// Every policy's rules, highest priority first.
     pub rules: Vec<Rule>,
+    /// Where each peer's traffic queues in a shaper, and at what rate.
+    pub tunnel_slots: TunnelSlots,
 }
 
 /// What the data plane knows of itself that a site configuration must fit.
@@ -377,6 +386,18 @@ impl SiteSections {
                     "BFD does not run on tunnel paths yet; leave it false (path probes detect failures)",
                 ));
             }
+            let rate_bps = match p.rate_mbps {
+                None => None,
+                Some(rate) if (0.008..=400_000.0).contains(&rate) => {
+                    Some((rate * 1e6).round() as u64)
+                }
+                Some(rate) => {
+                    return Err(ConfigError::new(
+                        format!("{field}.rate_mbps"),
+                        format!("{rate} is outside 0.008-400000"),
+                    ))
+                }
+            };
             let key = base64::engine::general_purpose::STANDARD
                 .decode(p.wireguard.public_key.trim())
                 .ok()
@@ -397,8 +418,16 @@ impl SiteSections {
                 compression: p.compression,
                 allowed_ips,
                 persistent_keepalive_s: p.persistent_keepalive_s,
+                rate_bps,
             });
         }
+        let rates: Vec<Option<u64>> = peers.iter().map(|p| p.rate_bps).collect();
+        let tunnel_slots = TunnelSlots::assign(&rates).map_err(|rated| {
+            ConfigError::new(
+                format!("peer[{}].rate_mbps", peers[rated].name),
+                format!("at most {MAX_RATED_PEERS} peers of a site have a rate of their own"),
+            )
+        })?;
         let mut rules = Vec::new();
         let mut policy_names = HashSet::new();
         for (i, policy) in self.policies.iter().enumerate() {
@@ -423,6 +452,7 @@ impl SiteSections {
             site: self.site.clone(),
             peers,
             rules,
+            tunnel_slots,
         })
     }
 }

@@ -75,7 +75,7 @@ pub struct Shaping {
     /// Its class: the flow's, from DPI and policy.
     pub class: Class,
     /// The shaper's tunnel slot: 0 for packets that leave unencrypted,
-    /// else from the peer ([`Shaping::tunnel_slot`]).
+    /// else the peer's ([`crate::config::qos::TunnelSlots`]).
     pub tunnel: u16,
     /// Its flow's hash (0 for packets outside a flow).
     pub flow_hash: u32,
@@ -86,10 +86,6 @@ pub struct Shaping {
 }
 
 impl Shaping {
-    /// Tunnel slots of a shaper: one for unencrypted traffic and the
-    /// rest shared by the peers (peer `p` in slot `1 + p % (SLOTS - 1)`).
-    pub const TUNNEL_SLOTS: usize = 64;
-
     /// Packets outside any flow: unclassified.
     pub const NONE: Shaping = Shaping {
         class: Class::Standard,
@@ -107,12 +103,6 @@ impl Shaping {
         flow_hash: 1,
         dscp: 0,
     };
-
-    /// The tunnel slot of `peer`.
-    #[inline]
-    pub fn tunnel_slot(peer: u32) -> u16 {
-        (1 + peer as usize % (Self::TUNNEL_SLOTS - 1)) as u16
-    }
 }
 
 /// The small per-packet record the stages write.

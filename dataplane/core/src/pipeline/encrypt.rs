@@ -190,7 +190,7 @@ impl<F: Frame> Tunnel<F> {
         }
         let steer = burst.steer[i];
         let shaping = Shaping {
-            tunnel: Shaping::tunnel_slot(peer),
+            tunnel: ctx.cfg.site.tunnel_slots.of_peer(peer),
             dscp: dscp::get(frame.data()),
             ..burst.shaping[i]
         };

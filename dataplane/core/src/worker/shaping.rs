@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 
 use super::PacketTx;
+use crate::config::qos::TUNNEL_SLOTS;
 use crate::config::uplinks::EgressShaper;
 use crate::config::Snapshot;
 use crate::frame::Frame;
@@ -137,7 +138,7 @@ impl<F: Frame> Shapers<F> {
                 .iter()
                 .position(|o| o.port == shaper.port)
                 .map(|i| old.swap_remove(i));
-            let owned = match kept {
+            let mut owned = match kept {
                 Some(mut owned) => {
                     owned.name = shaper.name.clone();
                     owned
@@ -148,6 +149,12 @@ impl<F: Frame> Shapers<F> {
                 }
                 None => Owned::new(shaper, now_ns),
             };
+            for (slot, rate) in cfg.site.tunnel_slots.rates().iter().enumerate() {
+                owned
+                    .scheduler
+                    .set_tunnel_rate(slot, *rate, now_ns)
+                    .expect("the configuration validated the peers' rates");
+            }
             self.by_port[port] = Egress::Local(self.owned.len());
             self.owned.push(owned);
         }
@@ -291,7 +298,7 @@ impl<F: Frame> Shapers<F> {
 impl<F> Owned<F> {
     fn new(shaper: &EgressShaper, now_ns: u64) -> Self {
         let layout = Layout {
-            tunnels: Shaping::TUNNEL_SLOTS,
+            tunnels: TUNNEL_SLOTS,
             flow_queues: FLOW_QUEUES,
             packets: SHAPER_PACKETS,
         };

@@ -1315,3 +1315,53 @@ fn a_rules_class_marks_its_dscp_inside_and_on_the_tunnel_header() {
         let _checked = udp_of(&inner[0]); // its header checksum is valid
     }
 }
+
+#[test]
+fn a_peer_with_a_rate_gets_it_and_the_other_peer_the_rest_of_the_uplink() {
+    let uplink = r#"
+        [[uplink]]
+        name = "branch"
+        port = "wan"
+        rate_mbps = 4
+    "#;
+    let text = config_text(1, &[(2, &["10.2.0.0/24"]), (3, &["10.3.0.0/24"])], uplink).replacen(
+        "name = \"site-2\"",
+        "name = \"site-2\"\n            rate_mbps = 1",
+        1,
+    );
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &text, &clock);
+    let mut b = site(2, 1, &[(1, &["10.1.0.0/24"])], &clock);
+    let mut c = site(3, 1, &[(1, &["10.1.0.0/24"])], &clock);
+    for dst in [[10, 2, 0, 5], [10, 3, 0, 5]] {
+        a.host_sends(0, udp_from_host(1, dst, b"hello"));
+    }
+    settle(&mut [&mut a, &mut b, &mut c], &clock);
+    assert_eq!(
+        b.to_hosts().len() + c.to_hosts().len(),
+        2,
+        "both sessions up"
+    );
+
+    // 8 Mbit/s offered toward each peer, over an uplink of 4.
+    let mut bits = [0u64; 2];
+    for ms in 0..3_000 {
+        for dst in [[10, 2, 0, 5], [10, 3, 0, 5]] {
+            a.host_sends(0, udp_from_host(1, dst, &[7; 958]));
+        }
+        a.round();
+        for frame in a.links[0][WAN].from_gateway.drain() {
+            let to = udp_of(&frame).dst[3];
+            if ms >= 500 && (2..=3).contains(&to) {
+                bits[usize::from(to - 2)] += wire_bits(&frame);
+            }
+        }
+        clock.advance(MS);
+    }
+    let mbps = bits.map(|b| b as f64 / 2.5 / 1e6);
+    assert!(
+        (mbps[0] - 1.0).abs() < 0.02,
+        "site 2 at its 1 Mbit/s: {mbps:?}"
+    );
+    assert!((mbps[1] - 3.0).abs() < 0.06, "site 3 the other 3: {mbps:?}");
+}
