@@ -1,11 +1,16 @@
 //! Shaping on the gateway between two real hosts: host A (netns) — veth —
-//! port `lan` · port `wan`, shaped as uplink `branch` — veth — host B.
+//! port `lan` · port `wan`, shaped as uplink `branch` — veth — host B; and
+//! across the two-uplink topology, where site 1's MPLS uplink is a
+//! 20 Mbit/s link with a buffer in front of it (`patronus-wan`).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::two_uplinks::Sites;
 use common::*;
+
+const WAN: &str = env!("CARGO_BIN_EXE_patronus-wan");
 
 /// The uplink's rate (bit/s).
 const RATE: f64 = 20e6;
@@ -130,4 +135,217 @@ rate_mbps = 20
     let log = dp.log_text();
     assert!(status.success(), "exit {status}:\n{log}");
     assert!(log.contains("packet buffers still in use: 0"), "{log}");
+}
+
+/// Two UDP floods of 20 Mbit/s each, classed by policy as Streaming
+/// (weight 30) and Bulk (weight 10), into an uplink shaped to 20 Mbit/s.
+#[test]
+fn backlogged_classes_share_a_shaped_uplink_by_their_weights() {
+    require_root();
+    let topo = Topology::new();
+    let mut dp = Dataplane::start(&topo.config(
+        1,
+        r#"
+[[uplink]]
+name = "branch"
+port = "wan"
+rate_mbps = 20
+
+[[policy]]
+name = "classes"
+[[policy.rule]]
+action = "allow"
+priority = 2
+conditions = [{ type = "destination-port", value = "5301" }]
+qos_class = "Streaming"
+[[policy.rule]]
+action = "allow"
+priority = 1
+conditions = [{ type = "destination-port", value = "5302" }]
+qos_class = "Bulk"
+"#,
+    ));
+    topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
+    let mut servers: Vec<_> = ["5301", "5302"]
+        .iter()
+        .map(|port| topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4, "-p", port]))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let listening = topo.b.try_exec(&["ss", "-ltn"]).stdout;
+            let listening = String::from_utf8_lossy(&listening);
+            listening.contains(":5301") && listening.contains(":5302")
+        }),
+        "both iperf3 servers listen"
+    );
+    let floods: Vec<_> = ["5301", "5302"]
+        .iter()
+        .map(|port| {
+            topo.a.spawn(&[
+                "iperf3", "-c", B4, "-p", port, "-u", "-b", "20M", "-l", "1200", "-t", "9",
+            ])
+        })
+        .collect();
+    // Both classes backlogged; then 5 s of what each sent.
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = |m: &Metrics, class: &str| {
+        m.sum(
+            "patronus_qos_tx_bytes_total",
+            &[("egress", "branch"), ("class", class)],
+        )
+    };
+    let (before, t0) = (dp.scrape(), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let (after, t1) = (dp.scrape(), Instant::now());
+    let seconds = (t1 - t0).as_secs_f64();
+    let rate = |class: &str| (sent(&after, class) - sent(&before, class)) * 8.0 / seconds;
+    let (streaming, bulk) = (rate("Streaming"), rate("Bulk"));
+    for mut child in floods.into_iter().chain(servers.drain(..)) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let ratio = streaming / bulk;
+    println!(
+        "Streaming {:.3} Mbit/s, Bulk {:.3} Mbit/s: ratio {ratio:.3} (weights 30:10)",
+        streaming / 1e6,
+        bulk / 1e6
+    );
+    assert!(
+        (ratio / 3.0 - 1.0).abs() < 0.02,
+        "Streaming {streaming} bit/s against Bulk {bulk} bit/s"
+    );
+    assert!(
+        after.sum(
+            "patronus_qos_drops_total",
+            &[("egress", "branch"), ("class", "Bulk")]
+        ) > 0.0,
+        "the floods were over the rate"
+    );
+    let status = dp.stop();
+    let log = dp.log_text();
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(log.contains("packet buffers still in use: 0"), "{log}");
+}
+
+/// A call placed twice from host 1 to host 2 across site 1's MPLS uplink
+/// (a 20 Mbit/s link with 160 kB of buffer, 64 ms at its rate), with site
+/// 1's gateway shaping the uplink to `rate_mbps` or not: first alone, then
+/// behind a bulk transfer. The receiver's summary lines, idle and loaded,
+/// and site 1's metrics at the end.
+fn call_alone_and_behind_a_transfer(
+    sites: &Sites,
+    rate_mbps: Option<u32>,
+) -> ([String; 2], Metrics) {
+    let (private1, public1) = wg_keypair();
+    let (private2, public2) = wg_keypair();
+    let paths = "probe_interval_ms = 100";
+    let mut config1 = sites.config(1, &private1, &public2, paths);
+    if let Some(rate) = rate_mbps {
+        config1 = config1.replacen(
+            "cost_per_gb = 1.0",
+            &format!("cost_per_gb = 1.0\nrate_mbps = {rate}"),
+            1,
+        );
+    }
+    let mut one = Dataplane::start(&config1);
+    let mut two = Dataplane::start(&sites.config(2, &private2, &public1, paths));
+    let (h1, h2) = (&sites.hosts[0], &sites.hosts[1]);
+    let host2 = "10.2.0.2";
+    assert!(
+        eventually(Duration::from_secs(15), || h1
+            .try_exec(&["ping", "-c", "1", "-W", "1", host2])
+            .status
+            .success()),
+        "the tunnel carries a ping"
+    );
+    let call = |seconds: u32| {
+        // The receiver listens a second longer than the call lasts.
+        let listen = (seconds + 1).to_string();
+        let listening = spawn_listening(h2, &["rtp_stream.py", "recv", "5004", &listen]);
+        let calling = h1.spawn(&[
+            "python3",
+            &tools("rtp_stream.py"),
+            "send",
+            host2,
+            "5004",
+            &seconds.to_string(),
+        ]);
+        let sent = calling.wait_with_output().unwrap();
+        let heard = listening.wait_with_output().unwrap();
+        let sent = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
+        let heard = String::from_utf8_lossy(&heard.stdout);
+        format!("sent {sent} {}", heard.lines().last().unwrap_or_default())
+    };
+    let idle = call(3);
+    let mut server = h2.spawn(&["iperf3", "-s", "-1", "-B", host2]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            h2.try_exec(&["ss", "-ltn", "sport = :5201"]).stdout.len() > 60
+        }),
+        "iperf3 listens"
+    );
+    let mut bulk = h1.spawn(&["iperf3", "-c", host2, "-t", "9", "-P", "4"]);
+    // The transfer fills whichever queue is in front of the bottleneck.
+    std::thread::sleep(Duration::from_secs(2));
+    let loaded = call(6);
+    let metrics = one.scrape();
+    for child in [&mut bulk, &mut server] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for gw in [&mut one, &mut two] {
+        let status = gw.stop();
+        assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+    }
+    ([idle, loaded], metrics)
+}
+
+#[test]
+fn without_the_shaper_a_call_waits_in_the_wan_buffer_and_with_it_does_not() {
+    require_root();
+    let sites = Sites::with_impaired(WAN, &[("mpls", "rate=20mbit queue=160kb", "delay=0ms")]);
+    let ([unshaped_idle, unshaped], _) = call_alone_and_behind_a_transfer(&sites, None);
+    let ([shaped_idle, shaped], m) = call_alone_and_behind_a_transfer(&sites, Some(19));
+    let realtime = [("egress", "mpls"), ("class", "RealTime")];
+    let waited = m.sum("patronus_qos_queue_delay_seconds_count", &realtime);
+    let within = |le: &str| {
+        m.sum(
+            "patronus_qos_queue_delay_seconds_bucket",
+            &[("egress", "mpls"), ("class", "RealTime"), ("le", le)],
+        )
+    };
+    println!(
+        "unshaped: alone {unshaped_idle}; loaded {unshaped}\n\
+         shaped to 19 Mbit/s: alone {shaped_idle}; loaded {shaped}; in the shaper, of \
+         {waited} RealTime packets {} waited at most 1 ms, {} at most 5 ms",
+        within("0.001"),
+        within("0.005")
+    );
+    // What the transfer adds to the call's delay: its p99 under load over
+    // its median alone, measured by the hosts (so it includes the time the
+    // gateways, the WAN tool and the hosts wait for one of two shared CPUs).
+    let added = |idle: &str, loaded: &str| field(loaded, "p99_ms") - field(idle, "p50_ms");
+    let (without, with) = (
+        added(&unshaped_idle, &unshaped),
+        added(&shaped_idle, &shaped),
+    );
+    println!("added p99: {without:.1} ms unshaped, {with:.1} ms shaped");
+    assert!(
+        without > 20.0,
+        "the buffer in front of the 20 Mbit/s link fills: {unshaped}"
+    );
+    assert!(
+        with < without / 4.0,
+        "shaping keeps the call out of the WAN's buffer: {with:.1} ms against {without:.1} ms"
+    );
+    assert!(
+        within("0.005") >= 0.99 * waited && waited >= 300.0,
+        "the call's p99 wait in the shaper is under 5 ms"
+    );
+    assert_eq!(field(&shaped, "lost"), 0.0, "{shaped}");
+    assert_eq!(
+        field(&shaped, "received"),
+        field(&shaped, "sent"),
+        "{shaped}"
+    );
 }
