@@ -9,6 +9,15 @@
 #              rules: nine deny rules no flow of the capture matches, the
 #              tenth routes every UDP flow by lowest latency; the difference
 #              to patronus is their cost per packet
+#   patronus-qos  the full path with the out port shaped as an uplink at
+#              400 Gbit/s, a rate that never binds: every packet goes
+#              through the scheduler (class, flow queue, CoDel, buckets) and
+#              the difference to patronus is the shaper's cost per packet
+#   patronus-qos-bound  the same shaped to QOS_BOUND_MBPS (default 500):
+#              the scheduler holds and drops what exceeds the rate, and the
+#              rate it lets through, charged as the shaper charges (IP
+#              packet + 38 B of Ethernet framing), is compared with the
+#              configured one
 #   l3fwd      DPDK's own example (LPM), built from the dpdk-doc sources here
 #   l3fwd-em   the same l3fwd in exact-match mode (--lookup=em), see below
 #   ovs        Open vSwitch with DPDK (userspace datapath), see below
@@ -57,16 +66,17 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 FLOWS=${FLOWS:-4096}
-CONTENDERS=${CONTENDERS:-rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan}
+CONTENDERS=${CONTENDERS:-rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan patronus-qos patronus-qos-bound}
+QOS_BOUND_MBPS=${QOS_BOUND_MBPS:-500}
 OUT=target/bench
 PCAP_MAC=02:70:63:61:70:00 # what net_pcap reports as its address
 NEXT_HOP_MAC=02:00:00:00:00:02
 
 for c in $CONTENDERS; do
     case $c in
-    rxtx | l3fwd | l3fwd-em | ovs | patronus | patronus-sdwan) ;;
+    rxtx | l3fwd | l3fwd-em | ovs | patronus | patronus-sdwan | patronus-qos | patronus-qos-bound) ;;
     *)
-        echo "forwarding.sh: unknown contender '$c' (CONTENDERS: rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan)" >&2
+        echo "forwarding.sh: unknown contender '$c' (CONTENDERS: rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan patronus-qos patronus-qos-bound)" >&2
         exit 1
         ;;
     esac
@@ -87,9 +97,11 @@ mkdir -p "$OUT"
 pcap_of() { echo "$PWD/$OUT/flows-$FLOWS-$1.pcap"; } # pcap_of SIZE (frame bytes without FCS)
 have_pcaps=true
 for size in 60 1396; do [[ -s $(pcap_of "$size") ]] || have_pcaps=false; done
-if wants patronus || wants patronus-sdwan || ! $have_pcaps; then
+ours_wanted=false
+for c in patronus patronus-sdwan patronus-qos patronus-qos-bound; do wants $c && ours_wanted=true; done
+if $ours_wanted || ! $have_pcaps; then
     echo "== building (release)" >&2
-    if wants patronus || wants patronus-sdwan; then
+    if $ours_wanted; then
         cargo build -q --release --bin patronus-dataplane --example bench_pcap
     else
         cargo build -q --release --example bench_pcap
@@ -192,6 +204,10 @@ ours_sdwan() { # ours_sdwan IN OUT PORT FIELD
     { patronus_config "$1" "$2" pbench-sdwan; sdwan_config; } >"$OUT/patronus-sdwan.toml"
     run patronus-sdwan pbench-sdwan "$3" "$4" target/release/patronus-dataplane --config "$OUT/patronus-sdwan.toml"
 }
+ours_shaped() { # ours_shaped NAME RATE_MBPS IN OUT PORT FIELD
+    { patronus_config "$3" "$4" "pbench-$1"; printf '[[uplink]]\nname = "out"\nport = "out"\nrate_mbps = %s\n' "$2"; } >"$OUT/$1.toml"
+    run "$1" "pbench-$1" "$5" "$6" target/release/patronus-dataplane --config "$OUT/$1.toml"
+}
 anchor() { # anchor IN OUT PORT FIELD
     # shellcheck disable=SC2046
     run rxtx pbench-rxtx "$3" "$4" "$OUT/rxtx_anchor" $(eal pbench-rxtx "$1" "$2")
@@ -231,6 +247,8 @@ for size in 60 1396; do
     if wants ovs; then measure "ovs/$wire" ovs_dpdk "$in" "$out" "$pcap"; fi
     if wants patronus; then measure "patronus/$wire" ours "$in" "$out" 1 opackets; fi
     if wants patronus-sdwan; then measure "patronus-sdwan/$wire" ours_sdwan "$in" "$out" 1 opackets; fi
+    if wants patronus-qos; then measure "patronus-qos/$wire" ours_shaped patronus-qos 400000 "$in" "$out" 1 opackets; fi
+    if wants patronus-qos-bound; then measure "patronus-qos-bound/$wire" ours_shaped patronus-qos-bound "$QOS_BOUND_MBPS" "$in" "$out" 1 opackets; fi
 done
 if wants rxtx || wants patronus; then
     echo "== net_null -> net_null (framework cost; patronus parses and drops the all-zero frames)" >&2
@@ -242,8 +260,8 @@ echo
 printf 'machine: %s, %s vCPU; DPDK %s; %s; TSC %s Hz; %s runs x %s s, %s flows\n' \
     "$(uname -r)" "$(nproc)" "$(pkg-config --modversion libdpdk)" "$(date -u +%F)" "${tsc_hz:-?}" "$RUNS" "$DURATION" "$FLOWS"
 printf '%-20s %14s %14s %14s %10s %12s\n' contender "Mpps min" "Mpps median" "Mpps max" "Gbit/s" "cycles/pkt"
-for key in rxtx/64 l3fwd/64 l3fwd-em/64 ovs/64 patronus/64 patronus-sdwan/64 \
-    rxtx/1400 l3fwd/1400 l3fwd-em/1400 ovs/1400 patronus/1400 patronus-sdwan/1400 \
+for key in rxtx/64 l3fwd/64 l3fwd-em/64 ovs/64 patronus/64 patronus-sdwan/64 patronus-qos/64 patronus-qos-bound/64 \
+    rxtx/1400 l3fwd/1400 l3fwd-em/1400 ovs/1400 patronus/1400 patronus-sdwan/1400 patronus-qos/1400 patronus-qos-bound/1400 \
     rxtx/null patronus/null; do
     [[ -n ${results[$key]:-} ]] || continue
     read -r lo med hi <<<"${results[$key]}"
@@ -268,4 +286,21 @@ for wire in 64 1400; do
     read -r _ plain _ <<<"${results[patronus/$wire]}"
     read -r _ sdwan _ <<<"${results[patronus-sdwan/$wire]}"
     python3 -c "print(f'SD-WAN configured (policy of ten rules, two paths) at $wire B: {$tsc_hz / $sdwan - $tsc_hz / $plain:+.0f} cycles per packet (median against median)')"
+done
+for wire in 64 1400; do
+    [[ -n ${results[patronus/$wire]:-} && -n ${results[patronus-qos/$wire]:-} && -n ${tsc_hz:-} ]] || continue
+    read -r _ plain _ <<<"${results[patronus/$wire]}"
+    read -r _ shaped _ <<<"${results[patronus-qos/$wire]}"
+    python3 -c "print(f'shaper on, rate not binding, at $wire B: {$tsc_hz / $shaped - $tsc_hz / $plain:+.0f} cycles per packet (median against median)')"
+done
+for wire in 64 1400; do
+    [[ -n ${results[patronus-qos-bound/$wire]:-} ]] || continue
+    read -r lo med hi <<<"${results[patronus-qos-bound/$wire]}"
+    # Charged per packet: the IP packet (the frame less 14 B of Ethernet
+    # header and 4 of FCS) and 38 B of framing.
+    python3 -c "
+charged = ($wire - 18 + 38) * 8
+rates = [r * charged / 1e6 for r in ($lo, $med, $hi)]
+error = (rates[1] / $QOS_BOUND_MBPS - 1) * 100
+print(f'shaped to $QOS_BOUND_MBPS Mbit/s at $wire B: {rates[0]:.2f} / {rates[1]:.2f} / {rates[2]:.2f} Mbit/s charged (min/median/max), median error {error:+.3f}%')"
 done

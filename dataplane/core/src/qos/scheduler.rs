@@ -422,6 +422,65 @@ impl<H> Scheduler<H> {
         Ok(())
     }
 
+    /// Lets a packet of `class` for `tunnel`, costing `wire_bytes` plus the
+    /// framing overhead, leave at once when nothing is held and the egress,
+    /// the tunnel's rate and the class's limit all have credit at `now_ns`:
+    /// it is charged and counted as sent with no wait, as an enqueue and a
+    /// dequeue at the same instant would have it, without a queue touched.
+    /// False: it must be enqueued. The fast path of an egress that is not
+    /// congested.
+    pub fn pass_through(
+        &mut self,
+        tunnel: usize,
+        class: Class,
+        wire_bytes: u32,
+        now_ns: u64,
+    ) -> bool {
+        if self.held != 0 {
+            return false;
+        }
+        let Some(entry) = self.tunnels.get_mut(tunnel) else {
+            return false;
+        };
+        self.egress.refill(now_ns);
+        if !self.egress.conforms() {
+            return false;
+        }
+        if let Some(rate) = entry.rate.as_mut() {
+            rate.refill(now_ns);
+            if !rate.conforms() {
+                return false;
+            }
+        }
+        let c = class.index();
+        let queue = &mut entry.classes[c];
+        if let Some(ceiling) = queue.ceiling.as_mut() {
+            ceiling.refill(now_ns);
+            if !ceiling.conforms() {
+                return false;
+            }
+        }
+        let cost = wire_bytes + u32::from(self.config.overhead_bytes);
+        self.egress.charge(cost);
+        if let Some(rate) = entry.rate.as_mut() {
+            rate.charge(cost);
+        }
+        if let Some(assured) = queue.assured.as_mut() {
+            // As a dequeue would: served within its share while it has one.
+            assured.refill(now_ns);
+            if assured.conforms() {
+                assured.charge(cost);
+            }
+        }
+        if let Some(ceiling) = queue.ceiling.as_mut() {
+            ceiling.charge(cost);
+        }
+        let counters = &mut self.counters[c];
+        counters.tx_packets += 1;
+        counters.tx_bytes += u64::from(cost);
+        true
+    }
+
     /// The flow queue of `flow_hash` in class `c` of `tunnel`: the one in
     /// its set that holds this flow, else a free one, else (every way busy
     /// with other flows) one it shares.

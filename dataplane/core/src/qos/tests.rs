@@ -648,3 +648,93 @@ fn a_wireguard_message_costs_its_headers_and_padding() {
     assert_eq!(wireguard_wire_bytes(100, false), 172);
     assert_eq!(wireguard_wire_bytes(1420, true), 1420 + 4 + 80);
 }
+
+/// Offers 1 500 B packets of `class` at `offered_bps` for `seconds`, each
+/// passing through when the scheduler lets it and queued otherwise, with
+/// the scheduler dequeued at every arrival; what left in the last second
+/// (bit/s, as charged) and how many packets passed through.
+fn offer_with_pass_through(
+    scheduler: &mut Scheduler<Packet>,
+    class: Class,
+    offered_bps: u64,
+    seconds: u64,
+) -> (f64, usize) {
+    let cost = u64::from(1_500 + u32::from(scheduler.config().overhead_bytes));
+    let interval = cost * 8 * S / offered_bps;
+    let (mut bits, mut passed) = (0u64, 0usize);
+    let from = (seconds - 1) * S;
+    let mut now = 0;
+    while now < seconds * S {
+        let counted = |bits: &mut u64| {
+            if now >= from {
+                *bits += cost * 8;
+            }
+        };
+        scheduler.dequeue(now, 32, |released| {
+            if let Released::Sent { .. } = released {
+                counted(&mut bits);
+            }
+        });
+        if scheduler.pass_through(1, class, 1_500, now) {
+            passed += 1;
+            counted(&mut bits);
+        } else {
+            let packet = Packet {
+                source: 0,
+                wire_bytes: 1_500,
+            };
+            let _ = scheduler.enqueue(packet, 1, class, 7, 1_500, now);
+        }
+        now += interval;
+    }
+    (bits as f64, passed)
+}
+
+#[test]
+fn an_uncongested_egress_lets_packets_pass_and_a_congested_one_queues_them() {
+    let config = |bulk_limit| {
+        let mut c = ShaperConfig::new(10_000_000);
+        c.weighted[3].limit_percent = bulk_limit;
+        c
+    };
+    // Under the rate: every packet passes, none is queued.
+    let mut s = Scheduler::new(layout(4), config(100), 0).unwrap();
+    let (rate, passed) = offer_with_pass_through(&mut s, Class::Standard, 5_000_000, 3);
+    assert!((rate / 5e6 - 1.0).abs() < 0.005, "{rate}");
+    assert_eq!(passed as u64, 3 * 5_000_000 / (1_538 * 8) + 1, "all passed");
+    assert_eq!(
+        s.counters()[Class::Standard.index()].tx_packets,
+        passed as u64
+    );
+
+    // Over it: the rate holds, and once a packet waits nothing overtakes it.
+    let mut s = Scheduler::new(layout(4), config(100), 0).unwrap();
+    let (rate, _) = offer_with_pass_through(&mut s, Class::Standard, 20_000_000, 3);
+    assert!((rate / 10e6 - 1.0).abs() < 0.005, "{rate}");
+    assert!(s.held() > 0);
+    assert!(
+        !s.pass_through(2, Class::RealTime, 100, 100 * S),
+        "held packets go first"
+    );
+
+    // A class's limit binds on the fast path too.
+    let mut s = Scheduler::new(layout(4), config(50), 0).unwrap();
+    let (rate, _) = offer_with_pass_through(&mut s, Class::Bulk, 8_000_000, 3);
+    assert!(
+        (rate / 5e6 - 1.0).abs() < 0.005,
+        "Bulk at its limit: {rate}"
+    );
+
+    // A tunnel's own rate too.
+    let mut s = Scheduler::new(layout(4), config(100), 0).unwrap();
+    let tunnel_rate = TunnelRate {
+        rate_bps: 2_000_000,
+        burst_bytes: 0,
+    };
+    s.set_tunnel_rate(1, Some(tunnel_rate), 0).unwrap();
+    let (rate, _) = offer_with_pass_through(&mut s, Class::Standard, 4_000_000, 3);
+    assert!(
+        (rate / 2e6 - 1.0).abs() < 0.005,
+        "the tunnel at its rate: {rate}"
+    );
+}

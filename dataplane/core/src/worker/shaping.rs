@@ -188,7 +188,7 @@ impl<F: Frame> Shapers<F> {
                 None => counters.drop(DropReason::NoRoute),
             },
             Some(&Egress::Local(index)) => {
-                self.owned[index].enqueue(shaping, frame, now_ns, counters)
+                self.owned[index].offer(shaping, frame, now_ns, counters, tx)
             }
             Some(&Egress::Remote(worker)) => {
                 let handed = ToShape {
@@ -219,7 +219,7 @@ impl<F: Frame> Shapers<F> {
             taken += 1;
             match self.by_port.get(usize::from(handed.port)) {
                 Some(&Egress::Local(index)) => {
-                    self.owned[index].enqueue(handed.shaping, handed.frame, now_ns, counters)
+                    self.owned[index].offer(handed.shaping, handed.frame, now_ns, counters, tx)
                 }
                 // A reload moved the shaper while the packet was on its way.
                 _ => match tx.get_mut(usize::from(handed.port)) {
@@ -314,15 +314,35 @@ impl<F> Owned<F> {
 }
 
 impl<F: Frame> Owned<F> {
-    /// Queues `frame`; a refused one is freed and counted (by class and
-    /// reason in the scheduler).
+    /// Sends `frame` at once when the scheduler lets it pass (nothing held,
+    /// credit everywhere), else queues it; a refused one is freed and
+    /// counted (by class and reason in the scheduler).
     #[inline]
-    fn enqueue(&mut self, shaping: Shaping, frame: F, now_ns: u64, counters: &mut Counters) {
+    fn offer(
+        &mut self,
+        shaping: Shaping,
+        frame: F,
+        now_ns: u64,
+        counters: &mut Counters,
+        tx: &mut [impl PacketTx<Frame = F>],
+    ) {
         // The framing overhead covers the Ethernet header.
         let wire_bytes = frame.len().saturating_sub(ETHERNET_LEN) as u32;
+        let tunnel = usize::from(shaping.tunnel);
+        if self
+            .scheduler
+            .pass_through(tunnel, shaping.class, wire_bytes, now_ns)
+        {
+            self.sojourn[shaping.class.index()].observe(0);
+            match tx.get_mut(usize::from(self.port)) {
+                Some(txq) => txq.push(frame),
+                None => counters.drop(DropReason::NoRoute),
+            }
+            return;
+        }
         let queued = self.scheduler.enqueue(
             frame,
-            usize::from(shaping.tunnel),
+            tunnel,
             shaping.class,
             shaping.flow_hash,
             wire_bytes,
