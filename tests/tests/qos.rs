@@ -321,22 +321,27 @@ fn without_the_shaper_a_call_waits_in_the_wan_buffer_and_with_it_does_not() {
         within("0.001"),
         within("0.005")
     );
-    // What the transfer adds to the call's delay: its p99 under load over
-    // its median alone, measured by the hosts (so it includes the time the
-    // gateways, the WAN tool and the hosts wait for one of two shared CPUs).
-    let added = |idle: &str, loaded: &str| field(loaded, "p99_ms") - field(idle, "p50_ms");
-    let (without, with) = (
-        added(&unshaped_idle, &unshaped),
-        added(&shaped_idle, &shaped),
+    // What the transfer adds to the call's delay, measured by the hosts:
+    // its median and p99 under load over its median alone. On two shared
+    // CPUs the hosts' p99 also holds the moments when a gateway, the WAN
+    // tool or a host waited for a CPU (up to 20 ms here), so the medians
+    // carry the comparison and the shaper's own histogram the p99.
+    let added = |idle: &str, loaded: &str, q: &str| field(loaded, q) - field(idle, "p50_ms");
+    let without = added(&unshaped_idle, &unshaped, "p50_ms");
+    let with = added(&shaped_idle, &shaped, "p50_ms");
+    println!(
+        "added median: {without:.1} ms unshaped, {with:.1} ms shaped; added p99: {:.1} ms \
+         unshaped, {:.1} ms shaped",
+        added(&unshaped_idle, &unshaped, "p99_ms"),
+        added(&shaped_idle, &shaped, "p99_ms")
     );
-    println!("added p99: {without:.1} ms unshaped, {with:.1} ms shaped");
     assert!(
         without > 20.0,
         "the buffer in front of the 20 Mbit/s link fills: {unshaped}"
     );
     assert!(
-        with < without / 4.0,
-        "shaping keeps the call out of the WAN's buffer: {with:.1} ms against {without:.1} ms"
+        with < 5.0,
+        "shaping keeps the call out of the WAN's buffer: {shaped}"
     );
     assert!(
         within("0.005") >= 0.99 * waited && waited >= 300.0,
