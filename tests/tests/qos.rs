@@ -23,6 +23,14 @@ fn charged_bits(topo: &Topology) -> f64 {
     (bytes + 24.0 * packets) * 8.0
 }
 
+/// Packets of `class` the shaper of uplink `branch` holds, as last published.
+fn held(dp: &Dataplane, class: &str) -> f64 {
+    dp.scrape().sum(
+        "patronus_qos_queue_packets",
+        &[("egress", "branch"), ("class", class)],
+    )
+}
+
 /// A figure from `recv`'s summary line (`... name value ...`).
 fn field(line: &str, name: &str) -> f64 {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -62,7 +70,10 @@ rate_mbps = 20
     );
     let mut bulk = topo.a.spawn(&["iperf3", "-c", B4, "-t", "10", "-P", "2"]);
     // The transfer fills the shaper's queue first; then the call starts.
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        eventually(Duration::from_secs(10), || held(&dp, "Standard") > 0.0),
+        "the transfer queues in the shaper"
+    );
     let calling = topo
         .a
         .spawn(&["python3", &tools("rtp_stream.py"), "send", B4, "5004", "6"]);
@@ -192,7 +203,11 @@ qos_class = "Bulk"
         })
         .collect();
     // Both classes backlogged; then 5 s of what each sent.
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        eventually(Duration::from_secs(10), || held(&dp, "Streaming") > 0.0
+            && held(&dp, "Bulk") > 0.0),
+        "both classes queue in the shaper"
+    );
     let sent = |m: &Metrics, class: &str| {
         m.sum(
             "patronus_qos_tx_bytes_total",
@@ -287,8 +302,16 @@ fn call_alone_and_behind_a_transfer(
         "iperf3 listens"
     );
     let mut bulk = h1.spawn(&["iperf3", "-c", host2, "-t", "9", "-P", "4"]);
-    // The transfer fills whichever queue is in front of the bottleneck.
-    std::thread::sleep(Duration::from_secs(2));
+    // The transfer fills whichever queue is in front of the bottleneck:
+    // the call starts once 2 s of it at the link's rate (5 MB) has left.
+    let path = [("path_id", "local:mpls->site2:mpls")];
+    let before = one.scrape().sum("patronus_path_tx_bytes_total", &path);
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            one.scrape().sum("patronus_path_tx_bytes_total", &path) - before > 5e6
+        }),
+        "the transfer runs over MPLS"
+    );
     let loaded = call(6);
     let metrics = one.scrape();
     for child in [&mut bulk, &mut server] {
