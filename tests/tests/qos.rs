@@ -23,6 +23,21 @@ fn charged_bits(topo: &Topology) -> f64 {
     (bytes + 24.0 * packets) * 8.0
 }
 
+/// The gateway between hosts A and B with its WAN port shaped to 20 Mbit/s
+/// as uplink `branch`, and `extra` configuration; A has pinged B through it.
+fn shaped_gateway(extra: &str) -> (Topology, Dataplane) {
+    let topo = Topology::new();
+    let uplink = r#"
+[[uplink]]
+name = "branch"
+port = "wan"
+rate_mbps = 20
+"#;
+    let dp = Dataplane::start(&topo.config(1, &format!("{uplink}{extra}")));
+    topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
+    (topo, dp)
+}
+
 /// Packets of `class` the shaper of uplink `branch` holds, as last published.
 fn held(dp: &Dataplane, class: &str) -> f64 {
     dp.scrape().sum(
@@ -44,17 +59,7 @@ fn field(line: &str, name: &str) -> f64 {
 #[test]
 fn a_shaped_uplink_carries_its_rate_and_a_call_stays_fast_behind_a_bulk_transfer() {
     require_root();
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(
-        1,
-        r#"
-[[uplink]]
-name = "branch"
-port = "wan"
-rate_mbps = 20
-"#,
-    ));
-    topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
+    let (topo, mut dp) = shaped_gateway("");
 
     let mut bulk_server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
     let call = spawn_listening(&topo.b, &["rtp_stream.py", "recv", "5004", "7"]);
@@ -158,15 +163,8 @@ fn stop_with_no_buffer_leaked(dp: &mut Dataplane) {
 #[test]
 fn backlogged_classes_share_a_shaped_uplink_by_their_weights() {
     require_root();
-    let topo = Topology::new();
-    let mut dp = Dataplane::start(&topo.config(
-        1,
+    let (topo, mut dp) = shaped_gateway(
         r#"
-[[uplink]]
-name = "branch"
-port = "wan"
-rate_mbps = 20
-
 [[policy]]
 name = "classes"
 [[policy.rule]]
@@ -180,8 +178,7 @@ priority = 1
 conditions = [{ type = "destination-port", value = "5302" }]
 qos_class = "Bulk"
 "#,
-    ));
-    topo.a.exec(&["ping", "-c", "1", "-W", "2", B4]);
+    );
     let mut servers: Vec<_> = ["5301", "5302"]
         .iter()
         .map(|port| topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4, "-p", port]))
