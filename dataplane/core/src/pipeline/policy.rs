@@ -154,8 +154,10 @@ pub(super) fn run<F: Frame>(
         }
         burst.shaping[i] = decision.shaping;
         burst.steer[i] = decision.steer;
-        let l3 = burst.headers[i].as_ref().map(|h| usize::from(h.l3_offset));
-        if let (Some(dscp), Ok(l3)) = (marks[decision.shaping.class.index()], l3) {
+        if let Some(dscp) = marks[decision.shaping.class.index()] {
+            let l3 = burst.headers[i]
+                .as_ref()
+                .map_or(usize::MAX, |h| h.l3_offset.into());
             if let Some(ip) = burst.frame_mut(i).data_mut().get_mut(l3..) {
                 dscp::set(ip, dscp);
             }
