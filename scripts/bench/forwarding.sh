@@ -18,6 +18,10 @@
 #              rate it lets through, charged as the shaper charges (IP
 #              packet + 38 B of Ethernet framing), is compared with the
 #              configured one
+#   qos_sched  DPDK's own QoS example (rte_sched), built from the dpdk-doc
+#              sources here, see below, at a port rate of 400 Gbit/s that
+#              never binds
+#   qos_sched-bound  the same at QOS_BOUND_MBPS, compared as patronus-qos-bound
 #   l3fwd      DPDK's own example (LPM), built from the dpdk-doc sources here
 #   l3fwd-em   the same l3fwd in exact-match mode (--lookup=em), see below
 #   ovs        Open vSwitch with DPDK (userspace datapath), see below
@@ -39,6 +43,22 @@
 # to port 1, so every lookup hits and packets leave by net_null like the
 # others'. A miss would go back out of port 0: its tx counter is checked
 # after every run and should stay 0.
+#
+# qos_sched: its stock profile's hierarchy (one subport of 4 096 pipes, 13
+# traffic classes, the best-effort one of 4 queues, 64 packets per queue,
+# 24 B of framing charged per packet as we charge 38 on the IP packet),
+# with every rate (port, subport, pipe, class) at the contender's rate, so
+# that only the port binds. Its rx lcore reads the pipe from the IP
+# identification (the capture gives each flow its own) and the queue from
+# a byte of the UDP checksum, and hands the burst over a ring to a second
+# lcore that enqueues into rte_sched, dequeues and transmits: it needs two
+# cores where our worker uses one, so both its Mpps and its Mpps per core
+# are printed, and its cycles per packet count both cores. Its port rate
+# comes from the device's link speed (net_null's 10 Gbit/s, which would
+# bind at 1400 B); the build here takes it from QOS_SCHED_PORT_RATE
+# instead (bytes/s). Its mempool is 128 Ki mbufs (the stock 2 Mi do not
+# fit in 1 GiB of hugepages); bound, the full queues hold its mbufs and
+# what exceeds the rate is dropped at rx for want of one.
 #
 # ovs: a private ovsdb-server and ovs-vswitchd-dpdk (Debian's
 # openvswitch-switch-dpdk, installed when missing) under $OUT/ovs, with its
@@ -66,7 +86,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 FLOWS=${FLOWS:-4096}
-CONTENDERS=${CONTENDERS:-rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan patronus-qos patronus-qos-bound}
+CONTENDERS=${CONTENDERS:-rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan patronus-qos patronus-qos-bound qos_sched qos_sched-bound}
 QOS_BOUND_MBPS=${QOS_BOUND_MBPS:-500}
 OUT=target/bench
 PCAP_MAC=02:70:63:61:70:00 # what net_pcap reports as its address
@@ -74,18 +94,21 @@ NEXT_HOP_MAC=02:00:00:00:00:02
 
 for c in $CONTENDERS; do
     case $c in
-    rxtx | l3fwd | l3fwd-em | ovs | patronus | patronus-sdwan | patronus-qos | patronus-qos-bound) ;;
+    rxtx | l3fwd | l3fwd-em | ovs | patronus | patronus-sdwan | patronus-qos | patronus-qos-bound | qos_sched | qos_sched-bound) ;;
     *)
-        echo "forwarding.sh: unknown contender '$c' (CONTENDERS: rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan patronus-qos patronus-qos-bound)" >&2
+        echo "forwarding.sh: unknown contender '$c' (CONTENDERS: rxtx l3fwd l3fwd-em ovs patronus patronus-sdwan patronus-qos patronus-qos-bound qos_sched qos_sched-bound)" >&2
         exit 1
         ;;
     esac
 done
 wants() { [[ " $CONTENDERS " == *" $1 "* ]]; }
 
-# dpdk-doc: l3fwd's sources come with Debian's DPDK documentation.
+# dpdk-doc: l3fwd's and qos_sched's sources come with Debian's DPDK
+# documentation.
+wants_qos_sched=false
+if wants qos_sched || wants qos_sched-bound; then wants_qos_sched=true; fi
 packages=()
-if wants l3fwd || wants l3fwd-em; then packages+=(dpdk-doc); fi
+if wants l3fwd || wants l3fwd-em || $wants_qos_sched; then packages+=(dpdk-doc); fi
 if wants ovs; then packages+=(openvswitch-switch-dpdk); fi
 mode=$(scripts/setup.sh "${packages[@]}")
 if [[ $mode != hugepages ]]; then
@@ -99,7 +122,8 @@ have_pcaps=true
 for size in 60 1396; do [[ -s $(pcap_of "$size") ]] || have_pcaps=false; done
 ours_wanted=false
 for c in patronus patronus-sdwan patronus-qos patronus-qos-bound; do wants $c && ours_wanted=true; done
-if $ours_wanted || ! $have_pcaps; then
+# qos_sched needs the captures' IP identifications, which older ones lack.
+if $ours_wanted || $wants_qos_sched || ! $have_pcaps; then
     echo "== building (release)" >&2
     if $ours_wanted; then
         cargo build -q --release --bin patronus-dataplane --example bench_pcap
@@ -125,6 +149,19 @@ if wants l3fwd || wants l3fwd-em; then
     make -s -C "$OUT/l3fwd-src/l3fwd" >/dev/null
 fi
 L3FWD="$OUT/l3fwd-src/l3fwd/build/l3fwd"
+if $wants_qos_sched; then
+    rm -rf "$OUT/qos_sched-src"
+    mkdir -p "$OUT/qos_sched-src"
+    cp -r /usr/share/dpdk/examples/qos_sched "$OUT/qos_sched-src/"
+    sed -i 's|^\(\s*\)port_params.rate = (uint64_t) link.link_speed \* 1000 \* 1000 / 8;|\1port_params.rate = getenv("QOS_SCHED_PORT_RATE") ? strtoull(getenv("QOS_SCHED_PORT_RATE"), NULL, 10) : (uint64_t) link.link_speed * 1000 * 1000 / 8;|' \
+        "$OUT/qos_sched-src/qos_sched/init.c"
+    grep -q QOS_SCHED_PORT_RATE "$OUT/qos_sched-src/qos_sched/init.c" || {
+        echo "forwarding.sh: qos_sched's init.c no longer sets the port rate where expected" >&2
+        exit 1
+    }
+    make -s -C "$OUT/qos_sched-src/qos_sched" >/dev/null
+fi
+QOS_SCHED="$OUT/qos_sched-src/qos_sched/build/qos_sched"
 
 tsc_hz=
 # shellcheck source=scripts/bench/lib.sh
@@ -212,6 +249,28 @@ anchor() { # anchor IN OUT PORT FIELD
     # shellcheck disable=SC2046
     run rxtx pbench-rxtx "$3" "$4" "$OUT/rxtx_anchor" $(eal pbench-rxtx "$1" "$2")
 }
+qos_sched_profile() { # qos_sched_profile BYTES_PER_S: the stock hierarchy, every rate at BYTES_PER_S
+    local rate=$1 tc
+    printf '[port]\nframe overhead = 24\nnumber of subports per port = 1\n\n'
+    printf '[subport 0]\nnumber of pipes per subport = 4096\nqueue sizes = %s\npipe 0-4095 = 0\n\n' "$(printf '64 %.0s' $(seq 13))"
+    for level in "subport profile 0" "pipe profile 0"; do
+        printf '[%s]\ntb rate = %s\ntb size = 1000000\n' "$level" "$rate"
+        for tc in $(seq 0 12); do printf 'tc %s rate = %s\n' "$tc" "$rate"; done
+        printf 'tc period = 10\n'
+        [[ $level == pipe* ]] && printf 'tc 12 oversubscription weight = 1\ntc 12 wrr weights = 1 1 1 1\n'
+        printf '\n'
+    done
+}
+qos_sched() { # qos_sched NAME MBPS IN OUT
+    # lcore 0 (the main one, printing figures once a second) and lcore 1
+    # (rx) share CPU 0; lcore 2 (enqueue, dequeue, tx) has CPU 1, the core
+    # our worker uses.
+    qos_sched_profile "$(($2 * 125000))" >"$OUT/$1.cfg"
+    # The background job ignores SIGINT: stop it with SIGTERM.
+    STOP_SIGNAL=TERM QOS_SCHED_PORT_RATE=$(($2 * 125000)) run "$1" "pbench-$1" 1 opackets "$QOS_SCHED" \
+        --lcores 0@0,1@0,2@1 --no-pci --in-memory --file-prefix "pbench-$1" --log-level lib.eal:warning \
+        --vdev "$3" --vdev "$4" -- --mnc 0 --pfc "0,1,1,2" --msz 131071 --cfg "$OUT/$1.cfg"
+}
 l3fwd() { # l3fwd IN OUT
     # l3fwd forwards on every lcore it is given, the main one included, and
     # wants a tx queue per lcore: one lcore, the same core our worker uses.
@@ -249,6 +308,8 @@ for size in 60 1396; do
     if wants patronus-sdwan; then measure "patronus-sdwan/$wire" ours_sdwan "$in" "$out" 1 opackets; fi
     if wants patronus-qos; then measure "patronus-qos/$wire" ours_shaped patronus-qos 400000 "$in" "$out" 1 opackets; fi
     if wants patronus-qos-bound; then measure "patronus-qos-bound/$wire" ours_shaped patronus-qos-bound "$QOS_BOUND_MBPS" "$in" "$out" 1 opackets; fi
+    if wants qos_sched; then measure "qos_sched/$wire" qos_sched qos_sched 400000 "$in" "$out"; fi
+    if wants qos_sched-bound; then measure "qos_sched-bound/$wire" qos_sched qos_sched-bound "$QOS_BOUND_MBPS" "$in" "$out"; fi
 done
 if wants rxtx || wants patronus; then
     echo "== net_null -> net_null (framework cost; patronus parses and drops the all-zero frames)" >&2
@@ -259,20 +320,22 @@ if wants patronus; then measure "patronus/null" ours "net_null0" "net_null1,no-r
 echo
 printf 'machine: %s, %s vCPU; DPDK %s; %s; TSC %s Hz; %s runs x %s s, %s flows\n' \
     "$(uname -r)" "$(nproc)" "$(pkg-config --modversion libdpdk)" "$(date -u +%F)" "${tsc_hz:-?}" "$RUNS" "$DURATION" "$FLOWS"
-printf '%-20s %14s %14s %14s %10s %12s\n' contender "Mpps min" "Mpps median" "Mpps max" "Gbit/s" "cycles/pkt"
-for key in rxtx/64 l3fwd/64 l3fwd-em/64 ovs/64 patronus/64 patronus-sdwan/64 patronus-qos/64 patronus-qos-bound/64 \
-    rxtx/1400 l3fwd/1400 l3fwd-em/1400 ovs/1400 patronus/1400 patronus-sdwan/1400 patronus-qos/1400 patronus-qos-bound/1400 \
+printf '%-20s %14s %14s %14s %10s %12s %6s %14s\n' contender "Mpps min" "Mpps median" "Mpps max" "Gbit/s" "cycles/pkt" cores "Mpps/core"
+for key in rxtx/64 l3fwd/64 l3fwd-em/64 ovs/64 patronus/64 patronus-sdwan/64 patronus-qos/64 patronus-qos-bound/64 qos_sched/64 qos_sched-bound/64 \
+    rxtx/1400 l3fwd/1400 l3fwd-em/1400 ovs/1400 patronus/1400 patronus-sdwan/1400 patronus-qos/1400 patronus-qos-bound/1400 qos_sched/1400 qos_sched-bound/1400 \
     rxtx/null patronus/null; do
     [[ -n ${results[$key]:-} ]] || continue
     read -r lo med hi <<<"${results[$key]}"
     wire=${key#*/}
     [[ $wire == null ]] && wire=64
-    python3 - "$key" "$lo" "$med" "$hi" "$wire" "${tsc_hz:-0}" <<'PY'
+    cores=1
+    [[ $key == qos_sched* ]] && cores=2
+    python3 - "$key" "$lo" "$med" "$hi" "$wire" "${tsc_hz:-0}" "$cores" <<'PY'
 import sys
-key, lo, med, hi, wire, hz = sys.argv[1], *map(float, sys.argv[2:])
+key, lo, med, hi, wire, hz, cores = sys.argv[1], *map(float, sys.argv[2:])
 gbps = med * wire * 8 / 1e9
-cycles = hz / med if med and hz else float("nan")
-print(f"{key:<20} {lo/1e6:14.3f} {med/1e6:14.3f} {hi/1e6:14.3f} {gbps:10.2f} {cycles:12.0f}")
+cycles = cores * hz / med if med and hz else float("nan")
+print(f"{key:<20} {lo/1e6:14.3f} {med/1e6:14.3f} {hi/1e6:14.3f} {gbps:10.2f} {cycles:12.0f} {cores:6.0f} {med/cores/1e6:14.3f}")
 PY
 done
 for other in l3fwd l3fwd-em ovs; do
@@ -293,14 +356,22 @@ for wire in 64 1400; do
     read -r _ shaped _ <<<"${results[patronus-qos/$wire]}"
     python3 -c "print(f'shaper on, rate not binding, at $wire B: {$tsc_hz / $shaped - $tsc_hz / $plain:+.0f} cycles per packet (median against median)')"
 done
-for wire in 64 1400; do
-    [[ -n ${results[patronus-qos-bound/$wire]:-} ]] || continue
-    read -r lo med hi <<<"${results[patronus-qos-bound/$wire]}"
-    # Charged per packet: the IP packet (the frame less 14 B of Ethernet
-    # header and 4 of FCS) and 38 B of framing.
-    python3 -c "
+for name in patronus-qos-bound qos_sched-bound; do
+    for wire in 64 1400; do
+        [[ -n ${results[$name/$wire]:-} ]] || continue
+        read -r lo med hi <<<"${results[$name/$wire]}"
+        # Charged per packet by both: the IP packet (the frame less 14 B of
+        # Ethernet header and 4 of FCS) and 38 B of framing.
+        python3 -c "
 charged = ($wire - 18 + 38) * 8
 rates = [r * charged / 1e6 for r in ($lo, $med, $hi)]
 error = (rates[1] / $QOS_BOUND_MBPS - 1) * 100
-print(f'shaped to $QOS_BOUND_MBPS Mbit/s at $wire B: {rates[0]:.2f} / {rates[1]:.2f} / {rates[2]:.2f} Mbit/s charged (min/median/max), median error {error:+.3f}%')"
+print(f'$name, shaped to $QOS_BOUND_MBPS Mbit/s at $wire B: {rates[0]:.2f} / {rates[1]:.2f} / {rates[2]:.2f} Mbit/s charged (min/median/max), median error {error:+.3f}%')"
+    done
+done
+for wire in 64 1400; do
+    [[ -n ${results[patronus-qos/$wire]:-} && -n ${results[qos_sched/$wire]:-} ]] || continue
+    read -r _ ours_med _ <<<"${results[patronus-qos/$wire]}"
+    read -r _ theirs_med _ <<<"${results[qos_sched/$wire]}"
+    python3 -c "print(f'patronus-qos (1 core) / qos_sched (2 cores) at $wire B, per core (median): {$ours_med / ($theirs_med / 2):.2f}x; whole process: {$ours_med / $theirs_med:.2f}x')"
 done

@@ -3,7 +3,8 @@
 # read their rates from DPDK telemetry. Source it from the repository root
 # with OUT, RUNS, DURATION and WARMUP set.
 
-# run NAME PREFIX COUNTER_PORT COUNTER CMD... : one measurement, prints packets/s.
+# run NAME PREFIX COUNTER_PORT COUNTER CMD... : one measurement, prints packets/s;
+# CMD is stopped with SIGINT, or with STOP_SIGNAL when set.
 # With MISS_COUNTER="PORT FIELD" set, that counter too is read once the
 # window is over and shown on stderr: packets that went the wrong way since
 # the start (e.g. lookups that missed), which should be none.
@@ -33,7 +34,7 @@ run() {
             echo "    $name: port/counter $MISS_COUNTER = $missed: packets went the wrong way" >&2
         fi
     fi
-    kill -INT "$pid"
+    kill -"${STOP_SIGNAL:-INT}" "$pid"
     wait "$pid" || true
     rm -rf "/var/run/dpdk/$prefix"
     python3 -c "print(int(($c2 - $c1) / ($t2 - $t1)))"

@@ -1,6 +1,8 @@
 //! Writes the capture the forwarding benchmark replays: `--flows` UDP flows
 //! (distinct source address and port each) toward 198.18.1.0/24, every frame
-//! `--size` bytes without FCS, addressed to `--dst-mac`.
+//! `--size` bytes without FCS, addressed to `--dst-mac`. Each flow's IP
+//! identification is its index: DPDK's `qos_sched` example reads it as the
+//! pipe, so that the flows spread over its pipes.
 //!
 //! `cargo run --release --example bench_pcap -- --flows 4096 --size 60 --dst-mac 02:70:63:61:70:00 --out in.pcap`
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use etherparse::PacketBuilder;
+use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
 use patronus_core::config::parse_mac;
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 
@@ -53,8 +55,10 @@ fn main() -> anyhow::Result<()> {
         let dst = [198, 18, 1, 1 + (i % 254) as u8];
         let sport = 1024 + ((i.wrapping_mul(7919)) % 60_000) as u16;
         frame.clear();
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, src, dst)?;
+        ip.identification = i as u16;
         PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x01], dst_mac)
-            .ipv4(src, dst, 64)
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
             .udp(sport, 5000)
             .write(&mut frame, &payload)?;
         let packet = PcapPacket::new(

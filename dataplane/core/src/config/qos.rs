@@ -6,13 +6,13 @@ use serde::Deserialize;
 use super::ConfigError;
 use crate::qos::{Class, ShaperConfig, TunnelRate};
 
-/// Tunnel slots of every shaper: slot 0 for what leaves unencrypted, one of
-/// its own for each peer with a rate, the rest shared by the other peers.
-pub const TUNNEL_SLOTS: usize = 64;
+/// Most tunnel slots of a shaper: slot 0 for what leaves unencrypted, one
+/// per peer up to 4 095 peers; beyond, the peers without a rate share.
+pub const MAX_TUNNEL_SLOTS: usize = 4096;
 
-/// Most peers of a site with a rate of their own, so that at least 31 slots
-/// remain for the others to share.
-pub const MAX_RATED_PEERS: usize = 32;
+/// Most peers of a site with a rate of their own, so that at least one
+/// slot remains for the others to share.
+pub const MAX_RATED_PEERS: usize = MAX_TUNNEL_SLOTS - 2;
 
 /// Where each peer's traffic queues in an egress shaper, and each slot's
 /// own rate.
@@ -21,28 +21,28 @@ pub struct TunnelSlots {
     /// The slot of each peer, by index.
     by_peer: Vec<u16>,
     /// The rate of each slot; `None`: only the egress's applies.
-    rates: [Option<TunnelRate>; TUNNEL_SLOTS],
+    rates: Vec<Option<TunnelRate>>,
 }
 
 impl Default for TunnelSlots {
     fn default() -> Self {
         TunnelSlots {
             by_peer: Vec::new(),
-            rates: [None; TUNNEL_SLOTS],
+            rates: vec![None],
         }
     }
 }
 
 impl TunnelSlots {
-    /// Slots for peers with these rates (bit/s), by index: a peer with a
-    /// rate gets a slot of its own (1, 2, ... in peer order); the others
-    /// share the slots above those by index. Rates shape only when a slot
-    /// is the peer's alone, so that no peer takes another's share.
+    /// Slots for peers with these rates (bit/s), by index: a slot per peer
+    /// while there are at most 4 095, the peers with a rate first (1, 2,
+    /// ... in peer order), then the others; with more peers, those without
+    /// a rate share the slots above the rated ones. Rates shape only slots
+    /// that are one peer's alone, so that no peer takes another's share.
     ///
     /// # Errors
     /// The index of the first peer with a rate beyond [`MAX_RATED_PEERS`].
     pub fn assign(rates: &[Option<u64>]) -> Result<Self, usize> {
-        let mut slots = TunnelSlots::default();
         let rated = rates.iter().filter(|r| r.is_some()).count();
         if rated > MAX_RATED_PEERS {
             let beyond = rates
@@ -53,23 +53,32 @@ impl TunnelSlots {
                 .map_or(0, |(i, _)| i);
             return Err(beyond);
         }
-        let shared = (TUNNEL_SLOTS - 1 - rated) as u16;
-        let first_shared = 1 + rated as u16;
-        let mut next_own = 1;
-        for (peer, rate) in rates.iter().enumerate() {
+        let count = (1 + rates.len()).min(MAX_TUNNEL_SLOTS);
+        // At least one when any peer has no rate: see MAX_RATED_PEERS.
+        let shared = count - 1 - rated;
+        let first_shared = 1 + rated;
+        let mut slots = TunnelSlots {
+            by_peer: Vec::with_capacity(rates.len()),
+            rates: vec![None; count],
+        };
+        let (mut next_own, mut unrated) = (1, 0);
+        for rate in rates {
             let slot = match rate {
                 Some(rate_bps) => {
                     let slot = next_own;
                     next_own += 1;
-                    slots.rates[usize::from(slot)] = Some(TunnelRate {
+                    slots.rates[slot] = Some(TunnelRate {
                         rate_bps: *rate_bps,
                         burst_bytes: 0,
                     });
                     slot
                 }
-                None => first_shared + (peer % usize::from(shared)) as u16,
+                None => {
+                    unrated += 1;
+                    first_shared + (unrated - 1) % shared
+                }
             };
-            slots.by_peer.push(slot);
+            slots.by_peer.push(slot as u16);
         }
         Ok(slots)
     }
@@ -81,8 +90,13 @@ impl TunnelSlots {
         self.by_peer.get(peer as usize).copied().unwrap_or(0)
     }
 
+    /// How many slots the peers need, slot 0 included.
+    pub fn count(&self) -> usize {
+        self.rates.len()
+    }
+
     /// Each slot's own rate, by slot.
-    pub fn rates(&self) -> &[Option<TunnelRate>; TUNNEL_SLOTS] {
+    pub fn rates(&self) -> &[Option<TunnelRate>] {
         &self.rates
     }
 
@@ -252,16 +266,16 @@ impl QosSection {
 
 #[cfg(test)]
 mod tests {
-    use super::{TunnelSlots, MAX_RATED_PEERS, TUNNEL_SLOTS};
+    use super::{TunnelSlots, MAX_RATED_PEERS, MAX_TUNNEL_SLOTS};
     use crate::config::{Config, ConfigError, Snapshot};
     use crate::qos::{Class, TunnelRate};
 
     #[test]
-    fn rated_peers_get_slots_of_their_own_and_the_others_share_the_rest() {
+    fn every_peer_gets_a_slot_of_its_own_the_rated_first() {
         let slots = TunnelSlots::assign(&[None, Some(1_000_000), None, Some(2_000_000)]).unwrap();
         let by_peer: Vec<u16> = (0..4).map(|p| slots.of_peer(p)).collect();
-        // Rated: 1 and 2; the others in 3..64, by index.
-        assert_eq!(by_peer, [3, 1, 5, 2]);
+        assert_eq!(by_peer, [3, 1, 4, 2]);
+        assert_eq!(slots.count(), 5);
         assert_eq!(slots.of_peer(9), 0, "a peer the configuration lacks");
         let rate = |bps| {
             Some(TunnelRate {
@@ -269,19 +283,41 @@ mod tests {
                 burst_bytes: 0,
             })
         };
-        assert_eq!(slots.rates()[1], rate(1_000_000));
-        assert_eq!(slots.rates()[2], rate(2_000_000));
-        assert_eq!(slots.rates().iter().flatten().count(), 2);
+        assert_eq!(
+            slots.rates(),
+            [None, rate(1_000_000), rate(2_000_000), None, None]
+        );
         assert!(slots.any_rated());
 
-        // Many unrated peers wrap around the shared slots only.
-        let many = TunnelSlots::assign(&[None; 200]).unwrap();
-        assert!((0..200).all(|p| (1..TUNNEL_SLOTS as u16).contains(&many.of_peer(p))));
-        assert!(!many.any_rated());
+        let none = TunnelSlots::assign(&[]).unwrap();
+        assert_eq!((none.count(), none.any_rated()), (1, false));
+    }
+
+    #[test]
+    fn beyond_the_last_slot_the_unrated_peers_share_and_the_rated_keep_theirs() {
+        let mut rates = vec![None; 2 * MAX_TUNNEL_SLOTS];
+        rates[5_000] = Some(1_000_000);
+        let slots = TunnelSlots::assign(&rates).unwrap();
+        assert_eq!(slots.count(), MAX_TUNNEL_SLOTS);
+        assert_eq!(slots.of_peer(5_000), 1);
+        let unrated = (0..rates.len() as u32).filter(|&p| p != 5_000);
+        let mut uses = vec![0u32; MAX_TUNNEL_SLOTS];
+        for peer in unrated {
+            uses[usize::from(slots.of_peer(peer))] += 1;
+        }
+        assert_eq!(
+            uses[..2],
+            [0, 0],
+            "slot 0 and the rated peer's slot are no one else's"
+        );
+        // 8 191 unrated peers over 4 094 slots: two or three each.
+        assert!(uses[2..].iter().all(|&n| (2..=3).contains(&n)), "{uses:?}");
 
         let mut too_many = vec![Some(1_000_000); MAX_RATED_PEERS + 2];
         too_many.insert(0, None);
         assert_eq!(TunnelSlots::assign(&too_many), Err(MAX_RATED_PEERS + 1));
+        let all_rated = vec![Some(1_000_000); MAX_RATED_PEERS];
+        assert!(TunnelSlots::assign(&all_rated).is_ok());
     }
 
     const SHAPED: &str = r#"

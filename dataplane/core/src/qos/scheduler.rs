@@ -196,6 +196,7 @@ enum Turn {
 
 /// One egress's shaper over packets of type `H` (an mbuf on the worker).
 pub struct Scheduler<H> {
+    layout: Layout,
     config: ShaperConfig,
     egress: TokenBucket,
     tunnels: Vec<Tunnel>,
@@ -265,6 +266,7 @@ impl<H> Scheduler<H> {
             free.push_back(&mut slots, index);
         }
         Ok(Scheduler {
+            layout,
             egress: TokenBucket::new(config.rate_bps, config.effective_burst_bytes(), now_ns),
             config,
             tunnels,
@@ -281,6 +283,11 @@ impl<H> Scheduler<H> {
             waiting: BinaryHeap::with_capacity(2 * layout.tunnels),
             counters: [ClassCounters::default(); CLASSES],
         })
+    }
+
+    /// How it is laid out.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The settings in force.
@@ -319,6 +326,9 @@ impl<H> Scheduler<H> {
         rate: Option<TunnelRate>,
         now_ns: u64,
     ) -> Result<(), String> {
+        if rate.is_none() && self.tunnels[tunnel].rate.is_none() {
+            return Ok(());
+        }
         if let Some(rate) = rate {
             if rate.rate_bps < 8_000 {
                 return Err(format!(
@@ -392,12 +402,28 @@ impl<H> Scheduler<H> {
             return Err(Rejected { packet, reason });
         }
         let cost = wire_bytes + u32::from(self.config.overhead_bytes);
-        let slot = self.free.pop_front(&mut self.slots).expect("checked above");
+        self.insert(packet, tunnel, c, flow_hash, cost, now_ns);
+        Ok(())
+    }
+
+    /// Queues `packet` (costing `cost` in all, arrived at `enqueued_ns`)
+    /// in the flow queue of `flow_hash` in class `c` of `tunnel`, with no
+    /// limit checked: the caller has made sure a packet slot is free.
+    fn insert(
+        &mut self,
+        packet: H,
+        tunnel: usize,
+        c: usize,
+        flow_hash: u32,
+        cost: u32,
+        enqueued_ns: u64,
+    ) {
+        let slot = self.free.pop_front(&mut self.slots).expect("a free slot");
         self.slots[slot as usize] = Slot {
             packet: Some(packet),
             next: NIL,
             cost,
-            enqueued_ns: now_ns,
+            enqueued_ns,
         };
         let flow = self.flow_queue(tunnel, c, flow_hash);
         let queue = &mut self.flows[flow as usize];
@@ -419,6 +445,57 @@ impl<H> Scheduler<H> {
             entry.deficit = TUNNEL_QUANTUM;
             self.active.push_back(&mut self.tunnels, tunnel as u32);
         }
+    }
+
+    /// Lays the scheduler out anew at `now_ns` without dropping anything it
+    /// holds: every packet moves, in its flow's order and with its time of
+    /// arrival, to the same class and flow of the same tunnel (of tunnel 0
+    /// when the new layout has no such tunnel, whatever the class limits);
+    /// tunnels keep their rates and every bucket its credit. CoDel starts
+    /// afresh on every flow. Refused, changing nothing, when the new layout
+    /// is invalid or has fewer packet slots than packets are held.
+    pub fn resize(&mut self, layout: Layout, now_ns: u64) -> Result<(), String> {
+        if layout.packets < self.held() {
+            return Err(format!(
+                "packets: {} slots cannot hold the {} packets held",
+                layout.packets,
+                self.held()
+            ));
+        }
+        let mut fresh = Scheduler::new(layout, self.config, now_ns)?;
+        std::mem::swap(&mut fresh.egress, &mut self.egress);
+        fresh.counters = self.counters;
+        for counters in &mut fresh.counters {
+            counters.queued_packets = 0;
+        }
+        for (old, new) in self.tunnels.iter_mut().zip(&mut fresh.tunnels) {
+            new.rate = old.rate.take();
+            for (old, new) in old.classes.iter_mut().zip(&mut new.classes) {
+                new.assured = old.assured.take();
+                new.ceiling = old.ceiling.take();
+            }
+        }
+        for tunnel in 0..self.tunnels.len() {
+            let target = if tunnel < layout.tunnels { tunnel } else { 0 };
+            for c in 0..CLASSES {
+                let queue = &self.tunnels[tunnel].classes[c];
+                for list in [queue.new_flows, queue.old_flows] {
+                    let mut flow = list.head;
+                    while flow != NIL {
+                        let tag = self.tags[flow as usize];
+                        let mut slot = self.flows[flow as usize].packets.head;
+                        while slot != NIL {
+                            let held = &mut self.slots[slot as usize];
+                            let packet = held.packet.take().expect("a queued slot holds a packet");
+                            fresh.insert(packet, target, c, tag, held.cost, held.enqueued_ns);
+                            slot = held.next;
+                        }
+                        flow = self.flows[flow as usize].next;
+                    }
+                }
+            }
+        }
+        *self = fresh;
         Ok(())
     }
 

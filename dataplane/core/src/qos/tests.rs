@@ -587,6 +587,91 @@ fn a_new_rate_applies_at_once_and_nothing_queued_is_lost() {
 }
 
 #[test]
+fn a_new_layout_keeps_every_packet_in_its_flows_order_and_every_rate() {
+    let mut shaper = scheduler(ShaperConfig::new(10_000_000));
+    let slow = TunnelRate {
+        rate_bps: 1_000_000,
+        burst_bytes: 0,
+    };
+    shaper.set_tunnel_rate(1, Some(slow), 0).unwrap();
+    // Four flows of ten packets; a packet's source is its sequence number.
+    let flows = [
+        (0, Class::Standard, 7),
+        (1, Class::Bulk, 9),
+        (3, Class::RealTime, 11),
+        (3, Class::Standard, 7),
+    ];
+    for seq in 0..40 {
+        let (tunnel, class, hash) = flows[seq % 4];
+        let packet = Packet {
+            source: seq,
+            wire_bytes: 1_000,
+        };
+        shaper
+            .enqueue(packet, tunnel, class, hash, 1_000, 0)
+            .unwrap();
+    }
+    let error = shaper
+        .resize(
+            Layout {
+                packets: 39,
+                ..layout(2)
+            },
+            0,
+        )
+        .unwrap_err();
+    assert!(error.starts_with("packets:"), "{error}");
+    assert_eq!(
+        shaper.layout(),
+        layout(4),
+        "a refused layout changes nothing"
+    );
+
+    // More tunnels and fewer flow queues, then fewer tunnels: tunnel 3's
+    // flows move to tunnel 0.
+    let grown = Layout {
+        tunnels: 16,
+        flow_queues: 8,
+        packets: 64,
+    };
+    shaper.resize(grown, 0).unwrap();
+    let shrunk = Layout {
+        tunnels: 2,
+        ..grown
+    };
+    shaper.resize(shrunk, 0).unwrap();
+    assert_eq!(shaper.layout(), shrunk);
+    assert_eq!(shaper.held(), 40);
+    let queued: u64 = shaper.counters().iter().map(|c| c.queued_packets).sum();
+    assert_eq!(queued, 40);
+
+    let mut left = Vec::new();
+    let mut now = 0;
+    while shaper.held() > 0 && now < S {
+        now += MS;
+        shaper.dequeue(now, 64, |released| match released {
+            Released::Sent { packet, .. } => left.push((now, packet.source)),
+            Released::Dropped { packet, .. } => panic!("{packet:?} dropped"),
+        });
+    }
+    assert_eq!(left.len(), 40, "every packet leaves once");
+    for flow in 0..4 {
+        let order: Vec<usize> = left.iter().map(|l| l.1).filter(|s| s % 4 == flow).collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "flow {flow}: {order:?}"
+        );
+    }
+    // Tunnel 1 kept its 1 Mbit/s: its last packet may leave once the
+    // nine before it (1 038 B each) less its burst of 3 028 B have come
+    // in, 6 314 B, which takes 50.5 ms; the others' 30 packets take 25 ms
+    // at the egress's 10 Mbit/s, and all 40 would take 33 ms.
+    let last = |flow: usize| left.iter().rev().find(|l| l.1 % 4 == flow).unwrap().0;
+    assert!(last(1) >= 50 * MS, "tunnel 1 done at {} ms", last(1) / MS);
+    assert!([0, 2, 3].iter().all(|&f| last(f) <= 30 * MS));
+}
+
+#[test]
 fn invalid_settings_name_the_field_at_fault() {
     let check = |edit: fn(&mut ShaperConfig), field: &str| {
         let mut config = ShaperConfig::new(10_000_000);

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 
 use super::PacketTx;
-use crate::config::qos::TUNNEL_SLOTS;
 use crate::config::uplinks::EgressShaper;
 use crate::config::Snapshot;
 use crate::frame::Frame;
@@ -28,8 +27,15 @@ use crate::BURST_SIZE;
 
 /// Packets one worker can queue for another's shaper.
 pub const SHAPER_INBOX_CAPACITY: usize = 4096;
-/// Flow queues per class of each tunnel slot.
-const FLOW_QUEUES: usize = 64;
+/// Tunnel slots of a shaper at the least, so that adding a few peers
+/// does not lay it out anew.
+const MIN_TUNNEL_SLOTS: usize = 64;
+/// Flow queues per class of each tunnel slot, at most and at the least.
+const FLOW_QUEUES: (usize, usize) = (64, 8);
+/// Flow queues of a shaper in all, shared out between its tunnel slots and
+/// classes (64 each for 64 slots) down to the least per class: about 13 MB
+/// of scheduler state for 4 096 slots, 1.3 MB for 64.
+const FLOW_QUEUE_BUDGET: usize = MIN_TUNNEL_SLOTS * Class::COUNT * FLOW_QUEUES.0;
 /// Packets a shaper holds in all. It stays well below the 8 128 packets of
 /// a WireGuard receiver's replay window (Linux's and wireguard-go's), so
 /// that a peer never refuses a data packet the scheduler let others pass.
@@ -138,21 +144,29 @@ impl<F: Frame> Shapers<F> {
                 .iter()
                 .position(|o| o.port == shaper.port)
                 .map(|i| old.swap_remove(i));
+            let layout = layout_for(cfg.site.tunnel_slots.count());
             let mut owned = match kept {
                 Some(mut owned) => {
                     owned.name = shaper.name.clone();
-                    owned
-                        .scheduler
+                    let scheduler = &mut owned.scheduler;
+                    scheduler
                         .reconfigure(shaper.config, now_ns)
                         .expect("the configuration validated the shaper");
+                    if scheduler.layout() != layout {
+                        scheduler
+                            .resize(layout, now_ns)
+                            .expect("the pool of packets is the same size");
+                    }
                     owned
                 }
-                None => Owned::new(shaper, now_ns),
+                None => Owned::new(shaper, layout, now_ns),
             };
-            for (slot, rate) in cfg.site.tunnel_slots.rates().iter().enumerate() {
+            let rates = cfg.site.tunnel_slots.rates();
+            for slot in 0..layout.tunnels {
+                let rate = rates.get(slot).copied().flatten();
                 owned
                     .scheduler
-                    .set_tunnel_rate(slot, *rate, now_ns)
+                    .set_tunnel_rate(slot, rate, now_ns)
                     .expect("the configuration validated the peers' rates");
             }
             self.by_port[port] = Egress::Local(self.owned.len());
@@ -295,13 +309,20 @@ impl<F: Frame> Shapers<F> {
     }
 }
 
+/// The layout of a shaper for `slots` tunnel slots.
+fn layout_for(slots: usize) -> Layout {
+    let tunnels = slots.next_power_of_two().max(MIN_TUNNEL_SLOTS);
+    let flow_queues =
+        (FLOW_QUEUE_BUDGET / (tunnels * Class::COUNT)).clamp(FLOW_QUEUES.1, FLOW_QUEUES.0);
+    Layout {
+        tunnels,
+        flow_queues,
+        packets: SHAPER_PACKETS,
+    }
+}
+
 impl<F> Owned<F> {
-    fn new(shaper: &EgressShaper, now_ns: u64) -> Self {
-        let layout = Layout {
-            tunnels: TUNNEL_SLOTS,
-            flow_queues: FLOW_QUEUES,
-            packets: SHAPER_PACKETS,
-        };
+    fn new(shaper: &EgressShaper, layout: Layout, now_ns: u64) -> Self {
         Owned {
             name: shaper.name.clone(),
             port: shaper.port,

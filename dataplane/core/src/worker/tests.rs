@@ -1087,9 +1087,14 @@ fn a_stock_peers_paths_are_measured_from_its_handshakes() {
 /// Site 1 with a route to 203.0.113.0/24 out of its WAN port, shaped to
 /// `rate_mbps` as the uplink `branch`.
 fn shaped_text(rate_mbps: u32) -> String {
+    shaped_text_with(rate_mbps, &[])
+}
+
+/// [`shaped_text`] with these peers.
+fn shaped_text_with(rate_mbps: u32, peers: &[(u8, &[&str])]) -> String {
     config_text(
         1,
-        &[],
+        peers,
         &format!(
             r#"{WAN_ROUTE}
             [[uplink]]
@@ -1171,10 +1176,14 @@ fn a_shaped_uplink_sends_at_its_rate_follows_a_reload_and_frees_all_at_shutdown(
     assert!((first / 1e6 - 1.0).abs() < 0.01, "{first} bit/s");
     assert!(a.shaper_held() > 0, "a standing queue");
 
-    // Twice the rate, without losing what is held.
+    // Twice the rate and a hundred peers (the shaper laid out anew for
+    // their tunnel slots), without losing what is held.
+    let nets: Vec<[String; 1]> = (2..102).map(|m| [format!("172.16.{m}.0/24")]).collect();
+    let nets: Vec<[&str; 1]> = nets.iter().map(|[net]| [net.as_str()]).collect();
+    let peers: Vec<(u8, &[&str])> = (2..).zip(nets.iter().map(|n| &n[..])).collect();
     let held = a.shaper_held();
     let dropped = a.drops(DropReason::Shaper);
-    a.config.store(snapshot(&shaped_text(2), 1));
+    a.config.store(snapshot(&shaped_text_with(2, &peers), 1));
     for w in &mut a.workers {
         w.pick_up_snapshots(clock.now());
     }
