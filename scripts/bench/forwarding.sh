@@ -155,8 +155,11 @@ if $wants_qos_sched; then
     cp -r /usr/share/dpdk/examples/qos_sched "$OUT/qos_sched-src/"
     sed -i 's|^\(\s*\)port_params.rate = (uint64_t) link.link_speed \* 1000 \* 1000 / 8;|\1port_params.rate = getenv("QOS_SCHED_PORT_RATE") ? strtoull(getenv("QOS_SCHED_PORT_RATE"), NULL, 10) : (uint64_t) link.link_speed * 1000 * 1000 / 8;|' \
         "$OUT/qos_sched-src/qos_sched/init.c"
-    grep -q QOS_SCHED_PORT_RATE "$OUT/qos_sched-src/qos_sched/init.c" || {
-        echo "forwarding.sh: qos_sched's init.c no longer sets the port rate where expected" >&2
+    # It wants its lcore ids below the count of CPUs, which three lcores on
+    # two CPUs cannot be (lcores are mapped to CPUs with --lcores instead).
+    sed -i 's/^\(\s*\)nb_lcores = app_cpu_core_count();/\1nb_lcores = RTE_MAX_LCORE;/' "$OUT/qos_sched-src/qos_sched/args.c"
+    grep -q QOS_SCHED_PORT_RATE "$OUT/qos_sched-src/qos_sched/init.c" && grep -q 'nb_lcores = RTE_MAX_LCORE' "$OUT/qos_sched-src/qos_sched/args.c" || {
+        echo "forwarding.sh: qos_sched's sources no longer read as this script patches them" >&2
         exit 1
     }
     make -s -C "$OUT/qos_sched-src/qos_sched" >/dev/null
