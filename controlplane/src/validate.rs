@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use base64::Engine as _;
 use patronus_proto::v1::{
     Application, ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, Policy,
-    QosClass, RuleAction, Site,
+    QosClass, RuleAction, Site, SiteUplink,
 };
 
 /// Categories a CATEGORY condition may name (the classifier's ten).
@@ -152,6 +152,48 @@ pub fn site(s: &Site, v: &mut Violations) {
                     "{:?} is neither an IP address nor a host name",
                     peer.address
                 ),
+            );
+        }
+    }
+    site_uplinks(&spec.uplinks, v);
+}
+
+/// A site's uplink settings, each field in the range its data planes
+/// accept (whether their files have the uplinks only they can tell).
+fn site_uplinks(uplinks: &[SiteUplink], v: &mut Violations) {
+    let mut seen = Vec::new();
+    for (i, u) in uplinks.iter().enumerate() {
+        let field = format!("site.spec.uplinks[{i}]");
+        if !is_dns_label(&u.name) {
+            v.add(
+                format!("{field}.name"),
+                "must be an uplink name (a DNS label)",
+            );
+        } else if seen.contains(&u.name) {
+            v.add(format!("{field}.name"), "listed twice");
+        }
+        seen.push(u.name.clone());
+        if u.rate_mbps
+            .is_some_and(|r| !(0.008..=400_000.0).contains(&r))
+        {
+            v.add(format!("{field}.rate_mbps"), "must be 0.008-400000 Mbit/s");
+        }
+        if u.burst_bytes.is_some_and(|b| b < 1_514) {
+            v.add(
+                format!("{field}.burst_bytes"),
+                "must be at least one full-size frame (1514)",
+            );
+        }
+        if u.overhead_bytes.is_some_and(|o| o > 256) {
+            v.add(format!("{field}.overhead_bytes"), "must be 0-256");
+        }
+        if u.cost_per_gb.is_some_and(|c| !c.is_finite() || c < 0.0) {
+            v.add(format!("{field}.cost_per_gb"), "must be 0 or more");
+        }
+        if u.color.as_deref().is_some_and(|c| !is_dns_label(c)) {
+            v.add(
+                format!("{field}.color"),
+                "must be a DNS label (mpls, internet, lte)",
             );
         }
     }

@@ -91,6 +91,12 @@ fn site(name: &str, site_id: &str) -> Site {
                 site_id: "branch-1".into(),
                 address: "198.51.100.7".into(),
             }],
+            uplinks: vec![SiteUplink {
+                name: "mpls".into(),
+                rate_mbps: Some(50.0),
+                cost_per_gb: Some(0.5),
+                ..Default::default()
+            }],
         }),
         status: None,
     }
@@ -398,6 +404,37 @@ async fn invalid_requests_name_every_field() {
         (
             |s| s.spec.as_mut().unwrap().peers[0].address = "".into(),
             "site.spec.peers[0].address",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().uplinks[0].name = "MPLS".into(),
+            "site.spec.uplinks[0].name",
+        ),
+        (
+            |s| {
+                let uplinks = &mut s.spec.as_mut().unwrap().uplinks;
+                uplinks.push(uplinks[0].clone());
+            },
+            "site.spec.uplinks[1].name",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().uplinks[0].rate_mbps = Some(0.0),
+            "site.spec.uplinks[0].rate_mbps",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().uplinks[0].burst_bytes = Some(100),
+            "site.spec.uplinks[0].burst_bytes",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().uplinks[0].overhead_bytes = Some(300),
+            "site.spec.uplinks[0].overhead_bytes",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().uplinks[0].cost_per_gb = Some(f64::NAN),
+            "site.spec.uplinks[0].cost_per_gb",
+        ),
+        (
+            |s| s.spec.as_mut().unwrap().uplinks[0].color = Some("".into()),
+            "site.spec.uplinks[0].color",
         ),
     ];
     for (edit, field) in sites {

@@ -8,6 +8,7 @@ use patronus_core::config::site::{
     PeerSection, PolicySection, RuleAction, RuleSection, SitePeerSection, SiteSection,
     SiteSections, Strategy, Thresholds, WireGuardSection,
 };
+use patronus_core::config::uplinks::UplinkSettings;
 use patronus_core::config::ConfigError;
 use patronus_core::dpi::apps::{AppSpec, Transport};
 use patronus_core::dpi::Category;
@@ -98,11 +99,43 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
         .iter()
         .map(app_from_proto)
         .collect::<Result<_, _>>()?;
+    let uplinks = s
+        .site
+        .as_ref()
+        .and_then(|site| site.spec.as_ref())
+        .map_or(&[][..], |spec| &spec.uplinks)
+        .iter()
+        .map(uplink_from_proto)
+        .collect::<Result<_, _>>()?;
     Ok(SiteSections {
         site,
         peers,
         policies,
         applications,
+        uplinks,
+    })
+}
+
+fn uplink_from_proto(u: &pb::SiteUplink) -> Result<UplinkSettings, ConfigError> {
+    let overhead_bytes = u
+        .overhead_bytes
+        .map(|o| {
+            u16::try_from(o).map_err(|_| {
+                ConfigError::new(
+                    format!("site.uplinks[{}].overhead_bytes", u.name),
+                    format!("{o} is outside 0-256"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(UplinkSettings {
+        name: u.name.clone(),
+        rate_mbps: u.rate_mbps,
+        burst_bytes: u.burst_bytes,
+        overhead_bytes,
+        cost_per_gb: u.cost_per_gb,
+        bandwidth_mbps: u.bandwidth_mbps,
+        color: u.color.clone(),
     })
 }
 

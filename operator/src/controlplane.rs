@@ -335,4 +335,40 @@ mod tests {
         assert_eq!(owner_uid(""), None);
         assert_eq!(owner_uid("terraform:abc"), None);
     }
+
+    #[test]
+    fn a_sites_uplinks_reach_the_api_field_by_field() {
+        let spec = crd::SiteSpec {
+            site_id: "branch-1".into(),
+            tunnel_endpoint: crd::Endpoint {
+                address: "203.0.113.10".into(),
+                port: 51820,
+            },
+            uplinks: vec![crd::SiteUplink {
+                name: "inet".into(),
+                rate_mbps: Some(48.0),
+                burst_bytes: Some(30_000),
+                overhead_bytes: Some(0),
+                cost_per_gb: Some(0.05),
+                bandwidth_mbps: Some(50),
+                color: Some("internet".into()),
+            }],
+            ..crd::SiteSpec::default()
+        };
+        let mut obj = crd::Site::new("branch-1", spec);
+        obj.metadata.uid = Some("6f1c-42".into());
+        let site = site(&obj).unwrap();
+        assert_eq!(
+            site.spec.unwrap().uplinks,
+            [pb::SiteUplink {
+                name: "inet".into(),
+                rate_mbps: Some(48.0),
+                burst_bytes: Some(30_000),
+                overhead_bytes: Some(0),
+                cost_per_gb: Some(0.05),
+                bandwidth_mbps: Some(50),
+                color: Some("internet".into()),
+            }]
+        );
+    }
 }

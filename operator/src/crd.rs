@@ -34,6 +34,42 @@ pub struct SitePeer {
     pub address: String,
 }
 
+/// A site's settings for one of its WAN uplinks: the data plane's
+/// configuration file defines the uplink (its port, address and next hop,
+/// hardware only the gateway knows); each field given here replaces the
+/// file's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteUplink {
+    /// The uplink's name in the data plane's configuration.
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub name: String,
+    /// Shape everything that leaves by it to this rate (Mbit/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.008, max = 400000.0))]
+    pub rate_mbps: Option<f64>,
+    /// The shaper's burst at line rate (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1514))]
+    pub burst_bytes: Option<u32>,
+    /// Framing bytes each packet costs beyond its IP packet (38 on
+    /// Ethernet; 0 to count IP packets alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 256))]
+    pub overhead_bytes: Option<u32>,
+    /// What a GB over it costs (any currency; only compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub cost_per_gb: Option<f64>,
+    /// Nominal bandwidth (Mbit/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps: Option<u32>,
+    /// A label: mpls, internet, lte...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub color: Option<String>,
+}
+
 /// A branch, hub or cloud location with a Patronus gateway.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
@@ -69,6 +105,12 @@ pub struct SiteSpec {
     /// Sites this site peers with.
     #[serde(default)]
     pub peers: Vec<SitePeer>,
+    /// Settings for the uplinks its data planes' configuration files
+    /// define, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(u, self.exists_one(o, o.name == u.name))").message("each uplink is listed once"))]
+    pub uplinks: Vec<SiteUplink>,
 }
 
 /// Lifecycle of a site.

@@ -132,6 +132,28 @@ fn invalid_resources_are_refused_by_the_schema() {
             "/spec/peers/0/siteId",
         ),
         (
+            "Site",
+            |d| d["spec"]["uplinks"][1]["rateMbps"] = 0.into(),
+            "/spec/uplinks/1/rateMbps",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["uplinks"][1]["overheadBytes"] = 300.into(),
+            "/spec/uplinks/1/overheadBytes",
+        ),
+        (
+            "Site",
+            |d| {
+                drop(
+                    d["spec"]["uplinks"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("name"),
+                )
+            },
+            "/spec/uplinks/0",
+        ),
+        (
             "Peer",
             |d| d["spec"]["endpoint"]["port"] = 0.into(),
             "/spec/endpoint/port",

@@ -119,6 +119,36 @@ pub struct SiteSpecDoc {
     /// Sites this one peers with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<SitePeerDoc>,
+    /// Settings for the uplinks its data planes' files define, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uplinks: Vec<SiteUplinkDoc>,
+}
+
+/// One entry of a site's `uplinks`: each field given replaces what the
+/// data plane's file sets for the uplink of this name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteUplinkDoc {
+    /// The uplink's name in the data plane's file.
+    pub name: String,
+    /// Shape what leaves by it to this rate (Mbit/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_mbps: Option<f64>,
+    /// The shaper's burst (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_bytes: Option<u32>,
+    /// Framing bytes per packet beyond the IP packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_bytes: Option<u32>,
+    /// What a GB over it costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_gb: Option<f64>,
+    /// Nominal bandwidth (Mbit/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps: Option<u32>,
+    /// A label: mpls, internet, lte...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<String>,
 }
 
 /// One entry of a site's `peers`.
@@ -503,6 +533,20 @@ pub fn site(d: &SiteDoc) -> pb::Site {
                     address: p.address.clone(),
                 })
                 .collect(),
+            uplinks: d
+                .spec
+                .uplinks
+                .iter()
+                .map(|u| pb::SiteUplink {
+                    name: u.name.clone(),
+                    rate_mbps: u.rate_mbps,
+                    burst_bytes: u.burst_bytes,
+                    overhead_bytes: u.overhead_bytes,
+                    cost_per_gb: u.cost_per_gb,
+                    bandwidth_mbps: u.bandwidth_mbps,
+                    color: u.color.clone(),
+                })
+                .collect(),
         }),
         status: None,
     }
@@ -644,6 +688,19 @@ pub fn site_doc(s: &pb::Site) -> SiteDoc {
                 .map(|p| SitePeerDoc {
                     site_id: p.site_id,
                     address: p.address,
+                })
+                .collect(),
+            uplinks: spec
+                .uplinks
+                .into_iter()
+                .map(|u| SiteUplinkDoc {
+                    name: u.name,
+                    rate_mbps: u.rate_mbps,
+                    burst_bytes: u.burst_bytes,
+                    overhead_bytes: u.overhead_bytes,
+                    cost_per_gb: u.cost_per_gb,
+                    bandwidth_mbps: u.bandwidth_mbps,
+                    color: u.color,
                 })
                 .collect(),
         },

@@ -686,6 +686,55 @@ telemetry_interval_ms = 200
             .success(),
         "hosts reach each other over the managed tunnel"
     );
+
+    // The Site shapes its inet uplink, which the file leaves unshaped: the
+    // data plane follows. Then a Site naming an uplink the file lacks is
+    // refused by name, and the shaper stays as it was.
+    let shaping = |uplinks: &str| {
+        format!(
+            "apiVersion: patronus.io/v1\nkind: Site\nmetadata: {{name: site1}}\nspec:\n  \
+             siteId: site1\n  tunnelEndpoint: {{address: 10.20.1.1, port: 51820}}\n  \
+             uplinks: {uplinks}\n"
+        )
+    };
+    let inet_rate = |gw: &Dataplane| {
+        gw.scrape()
+            .sum("patronus_qos_rate_bytes_per_second", &[("egress", "inet")])
+    };
+    let before = status(&server, "gw-1");
+    apply(
+        &server,
+        &dir,
+        "shaped.yaml",
+        &shaping("[{name: inet, rateMbps: 40, costPerGb: 0.1}]"),
+    );
+    let shaped = wait_status(&server, "gw-1", "the shaped site applied", |s| {
+        s.applied > before.applied && s.applied == s.desired
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || inet_rate(&gateways[0]) == 5e6),
+        "inet shaped to 40 Mbit/s: {} B/s",
+        inet_rate(&gateways[0])
+    );
+    apply(
+        &server,
+        &dir,
+        "unknown-uplink.yaml",
+        &shaping("[{name: lte, rateMbps: 5}]"),
+    );
+    let refused = wait_status(&server, "gw-1", "the unknown uplink refused", |s| {
+        s.refused > shaped.applied
+    });
+    assert_eq!(refused.applied, shaped.applied, "{refused:?}");
+    assert!(refused.reason.contains("site.uplinks[lte]"), "{refused:?}");
+    assert_eq!(inet_rate(&gateways[0]), 5e6, "the running shaper kept");
+    assert!(
+        sites.hosts[0]
+            .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.2.0.2"])
+            .status
+            .success(),
+        "still forwarding"
+    );
     for gw in &mut gateways {
         let status = gw.stop();
         assert!(status.success(), "exit {status}:\n{}", gw.log_text());

@@ -19,6 +19,7 @@ pub fn site(name: &str, display_name: &str) -> Site {
                 port: 51820,
             }),
             peers: Vec::new(),
+            uplinks: Vec::new(),
         }),
         status: None,
     }

@@ -225,3 +225,46 @@ fn bad_control_plane_applications_are_refused_by_name() {
     let err = classifier_with(&[], &sections.applications).unwrap_err();
     assert!(err.field.starts_with("application[YouTube]"), "{err}");
 }
+
+#[test]
+fn a_sites_uplinks_become_settings_for_the_files_uplinks() {
+    let mut s = snapshot();
+    let spec = s.site.as_mut().unwrap().spec.as_mut().unwrap();
+    spec.uplinks = vec![
+        pb::SiteUplink {
+            name: "inet".into(),
+            rate_mbps: Some(50.0),
+            overhead_bytes: Some(0),
+            color: Some("internet".into()),
+            ..Default::default()
+        },
+        pb::SiteUplink {
+            name: "lte".into(),
+            cost_per_gb: Some(8.0),
+            ..Default::default()
+        },
+    ];
+    let sections = sections_from_snapshot(&s).unwrap();
+    assert_eq!(
+        sections.uplinks,
+        [
+            UplinkSettings {
+                name: "inet".into(),
+                rate_mbps: Some(50.0),
+                overhead_bytes: Some(0),
+                color: Some("internet".into()),
+                ..Default::default()
+            },
+            UplinkSettings {
+                name: "lte".into(),
+                cost_per_gb: Some(8.0),
+                ..Default::default()
+            },
+        ]
+    );
+
+    let spec = s.site.as_mut().unwrap().spec.as_mut().unwrap();
+    spec.uplinks[0].overhead_bytes = Some(70_000);
+    let err = sections_from_snapshot(&s).unwrap_err();
+    assert_eq!(err.field, "site.uplinks[inet].overhead_bytes");
+}

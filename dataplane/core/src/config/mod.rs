@@ -811,6 +811,8 @@ pub struct Snapshot {
     pub qos: qos::QosSettings,
     /// `[tunnel]` with its key, kept to rebuild the tunnel when the peers change.
     tunnel_local: Option<Arc<TunnelLocal>>,
+    /// The file's `[[uplink]]`s, kept to apply the site's settings to.
+    uplink_sections: Arc<[uplinks::UplinkSection]>,
     /// The file's routes (connected and static), before the tunnel's are added.
     base_routes: RouteTable,
     /// Every IPv4 address of the gateway, for the per-packet "is it ours?" test.
@@ -869,7 +871,14 @@ impl Snapshot {
     /// # Errors
     /// A peer the tunnel cannot carry, by field; the snapshot is unchanged.
     pub fn set_site(&mut self, site: SiteState) -> Result<(), ConfigError> {
-        if self.shapers.is_empty() {
+        let (uplinks, shapers) = uplinks::compile_with(
+            &self.uplink_sections,
+            &site.uplinks,
+            &self.ports,
+            &self.base_routes,
+            &self.qos.shaper,
+        )?;
+        if shapers.is_empty() {
             if let Some(p) = site.peers.iter().find(|p| p.rate_bps.is_some()) {
                 return Err(ConfigError::new(
                     format!("peer[{}].rate_mbps", p.name),
@@ -877,7 +886,12 @@ impl Snapshot {
                 ));
             }
         }
-        if let Some(local) = &self.tunnel_local {
+        let local = self.tunnel_local.as_ref().map(|local| {
+            let mut local = TunnelLocal::clone(local);
+            local.uplinks = uplinks;
+            Arc::new(local)
+        });
+        if let Some(local) = &local {
             let port = self
                 .tunnel_port()
                 .expect("a snapshot with [tunnel] has a tunnel port");
@@ -885,6 +899,8 @@ impl Snapshot {
             self.tunnel = Some(Arc::new(tunnel));
             self.routes = routes;
         }
+        self.tunnel_local = local;
+        self.shapers = shapers;
         self.site = Arc::new(site);
         Ok(())
     }
@@ -1176,6 +1192,7 @@ impl Config {
             shapers,
             qos,
             tunnel_local,
+            uplink_sections: self.uplinks.as_slice().into(),
             base_routes: routes.clone(),
             ports,
             routes,
@@ -1367,6 +1384,7 @@ impl Config {
             peers: self.peers.clone(),
             policies: self.policies.clone(),
             applications: Vec::new(),
+            uplinks: Vec::new(),
         }
     }
 

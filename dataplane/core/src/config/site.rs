@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::policy::{Match, Rule};
 use super::qos::{TunnelSlots, MAX_RATED_PEERS};
+use super::uplinks::{check_settings, UplinkSettings};
 use super::ConfigError;
 use crate::dpi::apps::{AppError, AppSpec};
 use crate::dpi::{Category, Classifier};
@@ -230,6 +231,9 @@ pub struct SiteSections {
     /// User-defined applications from the control plane (a file defines
     /// its own in `[[dpi.application]]`); compiled by [`classifier_with`].
     pub applications: Vec<AppSpec>,
+    /// The control plane's settings for the file's uplinks (a file sets
+    /// them in `[[uplink]]` itself).
+    pub uplinks: Vec<UplinkSettings>,
 }
 
 /// A validated peer.
@@ -280,6 +284,8 @@ pub struct SiteState {
     pub rules: Vec<Rule>,
     /// Where each peer's traffic queues in a shaper, and at what rate.
     pub tunnel_slots: TunnelSlots,
+    /// The control plane's settings for the file's uplinks.
+    pub uplinks: Vec<UplinkSettings>,
 }
 
 /// What the data plane knows of itself that a site configuration must fit.
@@ -318,6 +324,7 @@ impl SiteSections {
             && self.peers.is_empty()
             && self.policies.is_empty()
             && self.applications.is_empty()
+            && self.uplinks.is_empty()
     }
 
     /// Validates and compiles the sections.
@@ -328,6 +335,7 @@ impl SiteSections {
         if let Some(site) = &self.site {
             check_site(site)?;
         }
+        check_settings(&self.uplinks)?;
         let mut names = HashSet::new();
         let mut peers = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.iter().enumerate() {
@@ -453,6 +461,7 @@ impl SiteSections {
             peers,
             rules,
             tunnel_slots,
+            uplinks: self.uplinks.clone(),
         })
     }
 }

@@ -66,7 +66,9 @@ fn default_cookie_threshold() -> u32 {
     1000
 }
 
-/// `[tunnel]` validated, with the private key loaded.
+/// `[tunnel]` validated, with the private key loaded (shared, never
+/// copied, by its clones).
+#[derive(Clone)]
 pub struct TunnelLocal {
     /// The settings as written.
     pub section: TunnelSection,

@@ -54,6 +54,125 @@ pub struct UplinkSection {
     pub overhead_bytes: Option<u16>,
 }
 
+/// A site's settings for one of the uplinks its data plane's file defines,
+/// from the control plane (the file names the uplink's port, address and
+/// next hop: hardware only the gateway knows). Each field given replaces
+/// the file's; the others keep it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UplinkSettings {
+    /// The uplink's name in the file.
+    pub name: String,
+    /// `rate_mbps`.
+    pub rate_mbps: Option<f64>,
+    /// `burst_bytes`.
+    pub burst_bytes: Option<u32>,
+    /// `overhead_bytes`.
+    pub overhead_bytes: Option<u16>,
+    /// `cost_per_gb`.
+    pub cost_per_gb: Option<f64>,
+    /// `bandwidth_mbps`.
+    pub bandwidth_mbps: Option<u32>,
+    /// `color`.
+    pub color: Option<String>,
+}
+
+impl UplinkSettings {
+    /// The fields it sets, by their names in `[[uplink]]`.
+    fn fields_set(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [
+            ("rate_mbps", self.rate_mbps.is_some()),
+            ("burst_bytes", self.burst_bytes.is_some()),
+            ("overhead_bytes", self.overhead_bytes.is_some()),
+            ("cost_per_gb", self.cost_per_gb.is_some()),
+            ("bandwidth_mbps", self.bandwidth_mbps.is_some()),
+            ("color", self.color.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+    }
+
+    /// `section` with these settings in place of its own.
+    fn applied_to(&self, section: &UplinkSection) -> UplinkSection {
+        UplinkSection {
+            rate_mbps: self.rate_mbps.or(section.rate_mbps),
+            burst_bytes: self.burst_bytes.or(section.burst_bytes),
+            overhead_bytes: self.overhead_bytes.or(section.overhead_bytes),
+            cost_per_gb: self.cost_per_gb.unwrap_or(section.cost_per_gb),
+            bandwidth_mbps: self.bandwidth_mbps.unwrap_or(section.bandwidth_mbps),
+            color: self.color.clone().unwrap_or_else(|| section.color.clone()),
+            ..section.clone()
+        }
+    }
+}
+
+/// Checks a site's uplink settings by themselves: names DNS labels, none
+/// twice. Whether the file has them, and their values, are checked when
+/// they are applied ([`compile_with`]).
+///
+/// # Errors
+/// The first invalid entry (`site.uplinks[0].name`).
+pub fn check_settings(settings: &[UplinkSettings]) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for (i, s) in settings.iter().enumerate() {
+        if !is_dns_label(&s.name) {
+            return Err(ConfigError::new(
+                format!("site.uplinks[{i}].name"),
+                format!("{:?} must be a DNS label (a-z, 0-9, '-')", s.name),
+            ));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("site.uplinks[{}].name", s.name),
+                "named twice",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// [`compile`] of the file's uplinks with a site's settings applied; an
+/// error in a value the settings gave names it there
+/// (`site.uplinks[mpls].rate_mbps`).
+///
+/// # Errors
+/// Settings for an uplink the file lacks, or the first invalid field.
+pub fn compile_with(
+    sections: &[UplinkSection],
+    settings: &[UplinkSettings],
+    ports: &[PortInfo],
+    connected: &RouteTable,
+    classes: &ShaperConfig,
+) -> Result<(Vec<Uplink>, Vec<EgressShaper>), ConfigError> {
+    let mut merged = sections.to_vec();
+    for s in settings {
+        let Some(section) = merged.iter_mut().find(|u| u.name == s.name) else {
+            return Err(ConfigError::new(
+                format!("site.uplinks[{}]", s.name),
+                "this gateway's configuration file has no uplink of that name \
+                 (its [[uplink]] sections name the ports)",
+            ));
+        };
+        *section = s.applied_to(section);
+    }
+    compile(&merged, ports, connected, classes).map_err(|e| {
+        let given = e.field.split_once('.').and_then(|(uplink, field)| {
+            let index: usize = uplink
+                .strip_prefix("uplink[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            let s = settings.iter().find(|s| s.name == merged[index].name)?;
+            s.fields_set()
+                .any(|f| f == field)
+                .then(|| format!("site.uplinks[{}].{field}", s.name))
+        });
+        match given {
+            Some(field) => ConfigError::new(field, e.message),
+            None => e,
+        }
+    })
+}
+
 /// Highest shaped rate (Mbit/s): 400 Gbit/s.
 const MAX_RATE_MBPS: f64 = 400_000.0;
 
@@ -411,6 +530,85 @@ mod tests {
         // The first endpoint is the primary one the handshake starts with.
         let peer = &cfg.tunnel.as_ref().unwrap().config.peers[0];
         assert_eq!(peer.endpoint, Some("192.0.2.50:51820".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_sites_settings_replace_the_files_and_errors_name_them() {
+        use super::UplinkSettings;
+        use crate::config::site::SiteSections;
+
+        let file = text("site-uplinks", &uplinks(INET), PEER);
+        let snapshot = Config::from_toml(&file).unwrap().validate(1).unwrap();
+        assert!(snapshot.shapers.is_empty());
+        let apply = |settings: Vec<UplinkSettings>| {
+            let sections = Config::from_toml(&file).unwrap().site_sections();
+            let sections = SiteSections {
+                uplinks: settings,
+                ..sections
+            };
+            let caps =
+                crate::config::site::Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier);
+            let mut next = snapshot.clone();
+            sections
+                .compile(caps)
+                .and_then(|site| next.set_site(site))
+                .map(|()| next)
+        };
+
+        // The control plane shapes inet and makes mpls cheaper; the rest
+        // stays as the file has it.
+        let next = apply(vec![
+            UplinkSettings {
+                name: "inet".into(),
+                rate_mbps: Some(20.0),
+                overhead_bytes: Some(0),
+                ..UplinkSettings::default()
+            },
+            UplinkSettings {
+                name: "mpls".into(),
+                cost_per_gb: Some(0.1),
+                ..UplinkSettings::default()
+            },
+        ])
+        .unwrap();
+        assert_eq!(next.shapers.len(), 1);
+        assert_eq!(&*next.shapers[0].name, "inet");
+        assert_eq!(next.shapers[0].config.rate_bps, 20_000_000);
+        assert_eq!(next.shapers[0].config.overhead_bytes, 0);
+        let paths = &next.tunnel.as_ref().unwrap().paths;
+        assert_eq!(paths.uplinks[0].cost_per_gb, 0.1);
+        assert_eq!(paths.uplinks[0].bandwidth_mbps, 50, "the file's");
+        assert_eq!(paths.uplinks[0].color, "mpls", "the file's");
+
+        let refused = |settings: UplinkSettings| apply(vec![settings]).unwrap_err().field;
+        let lte = UplinkSettings {
+            name: "lte".into(),
+            rate_mbps: Some(5.0),
+            ..UplinkSettings::default()
+        };
+        assert_eq!(refused(lte), "site.uplinks[lte]");
+        let too_fast = UplinkSettings {
+            name: "mpls".into(),
+            rate_mbps: Some(500_000.0),
+            ..UplinkSettings::default()
+        };
+        assert_eq!(refused(too_fast), "site.uplinks[mpls].rate_mbps");
+        let bad_color = UplinkSettings {
+            name: "inet".into(),
+            color: Some("Not A Label".into()),
+            ..UplinkSettings::default()
+        };
+        assert_eq!(refused(bad_color), "site.uplinks[inet].color");
+        let unnamed = UplinkSettings::default();
+        assert_eq!(refused(unnamed), "site.uplinks[0].name");
+        let twice = vec![
+            UplinkSettings {
+                name: "inet".into(),
+                ..UplinkSettings::default()
+            };
+            2
+        ];
+        assert_eq!(apply(twice).unwrap_err().field, "site.uplinks[inet].name");
     }
 
     #[test]

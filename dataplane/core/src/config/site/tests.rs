@@ -32,6 +32,7 @@ fn sections(toml_text: &str) -> SiteSections {
         peers: f.peers,
         policies: f.policies,
         applications: Vec::new(),
+        uplinks: Vec::new(),
     }
 }
 
