@@ -47,8 +47,13 @@
 # qos_sched: its stock profile's hierarchy (one subport of 4 096 pipes, 13
 # traffic classes, the best-effort one of 4 queues, 64 packets per queue,
 # 24 B of framing charged per packet as we charge 38 on the IP packet),
-# with every rate (port, subport, pipe, class) at the contender's rate, so
-# that only the port binds. Its rx lcore reads the pipe from the IP
+# with every rate but the port's (subport, pipe, class) at the contender's,
+# so that the subport binds: rte_sched's port rate is the NIC's line rate,
+# which it does not enforce itself (its clock runs at the larger of that
+# rate and what it sent), and net_null has none. The port is at 400 Gbit/s
+# for qos_sched and at the 10 Gbit/s net_null reports for qos_sched-bound,
+# where a port 800 times the subport's rate would cost it accuracy
+# (rte_sched approximates the ratio of the two as a fraction). Its rx lcore reads the pipe from the IP
 # identification (the capture gives each flow its own) and the queue from
 # a byte of the UDP checksum, and hands the burst over a ring to a second
 # lcore that enqueues into rte_sched, dequeues and transmits: it needs two
@@ -264,15 +269,15 @@ qos_sched_profile() { # qos_sched_profile BYTES_PER_S: the stock hierarchy, ever
         printf '\n'
     done
 }
-qos_sched() { # qos_sched NAME MBPS IN OUT
+qos_sched() { # qos_sched NAME MBPS PORT_MBPS IN OUT
     # lcore 0 (the main one, printing figures once a second) and lcore 1
     # (rx) share CPU 0; lcore 2 (enqueue, dequeue, tx) has CPU 1, the core
     # our worker uses.
     qos_sched_profile "$(($2 * 125000))" >"$OUT/$1.cfg"
     # The background job ignores SIGINT: stop it with SIGTERM.
-    STOP_SIGNAL=TERM QOS_SCHED_PORT_RATE=$(($2 * 125000)) run "$1" "pbench-$1" 1 opackets "$QOS_SCHED" \
+    STOP_SIGNAL=TERM QOS_SCHED_PORT_RATE=$(($3 * 125000)) run "$1" "pbench-$1" 1 opackets "$QOS_SCHED" \
         --lcores 0@0,1@0,2@1 --no-pci --in-memory --file-prefix "pbench-$1" --log-level lib.eal:warning \
-        --vdev "$3" --vdev "$4" -- --mnc 0 --pfc "0,1,1,2" --msz 131071 --cfg "$OUT/$1.cfg"
+        --vdev "$4" --vdev "$5" -- --mnc 0 --pfc "0,1,1,2" --msz 131071 --cfg "$OUT/$1.cfg"
 }
 l3fwd() { # l3fwd IN OUT
     # l3fwd forwards on every lcore it is given, the main one included, and
@@ -311,8 +316,8 @@ for size in 60 1396; do
     if wants patronus-sdwan; then measure "patronus-sdwan/$wire" ours_sdwan "$in" "$out" 1 opackets; fi
     if wants patronus-qos; then measure "patronus-qos/$wire" ours_shaped patronus-qos 400000 "$in" "$out" 1 opackets; fi
     if wants patronus-qos-bound; then measure "patronus-qos-bound/$wire" ours_shaped patronus-qos-bound "$QOS_BOUND_MBPS" "$in" "$out" 1 opackets; fi
-    if wants qos_sched; then measure "qos_sched/$wire" qos_sched qos_sched 400000 "$in" "$out"; fi
-    if wants qos_sched-bound; then measure "qos_sched-bound/$wire" qos_sched qos_sched-bound "$QOS_BOUND_MBPS" "$in" "$out"; fi
+    if wants qos_sched; then measure "qos_sched/$wire" qos_sched qos_sched 400000 400000 "$in" "$out"; fi
+    if wants qos_sched-bound; then measure "qos_sched-bound/$wire" qos_sched qos_sched-bound "$QOS_BOUND_MBPS" 10000 "$in" "$out"; fi
 done
 if wants rxtx || wants patronus; then
     echo "== net_null -> net_null (framework cost; patronus parses and drops the all-zero frames)" >&2
