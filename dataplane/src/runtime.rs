@@ -85,12 +85,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     let devices = Devices::start(&opts)?;
     let macs: Vec<[u8; 6]> = devices.ports.iter().map(Port::mac).collect();
     snapshot.set_port_macs(&macs);
+    // Shapers and probes run on this clock: its rate is measured, not
+    // taken from EAL (see Clock::calibrated).
+    let clock = Clock::calibrated(Duration::from_millis(200));
+    tracing::info!(
+        measured_hz = clock.hz(),
+        eal_hz = dpdk::tsc_hz(),
+        "time-stamp counter rate"
+    );
     let shared = Shared {
         config: Arc::new(Published::new(snapshot.clone())),
         neighbors: Arc::new(NeighborShared::default()),
         health: Arc::new(Health::default()),
         stop: signals.stop.clone(),
-        clock: Clock::new(dpdk::tsc_hz()),
+        clock,
     };
     let (workers, learned) = Workers::start(&devices, &shared)?;
     let manager = start_neighbor_manager(&snapshot, &shared, learned);
