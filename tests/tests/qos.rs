@@ -149,6 +149,131 @@ fn a_shaped_uplink_carries_its_rate_and_a_call_stays_fast_behind_a_bulk_transfer
     stop_with_no_buffer_leaked(&mut dp);
 }
 
+/// A UDP flood from host A to host B at `bps` in datagrams of 1400 B for
+/// `seconds`, its server started first; returns (server, client), the
+/// client reporting in JSON.
+fn udp_flood(
+    topo: &Topology,
+    bps: u64,
+    seconds: u32,
+) -> (std::process::Child, std::process::Child) {
+    let server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            topo.b
+                .try_exec(&["ss", "-ltn", "sport = :5201"])
+                .stdout
+                .len()
+                > 60
+        }),
+        "iperf3 listens"
+    );
+    let client = topo.a.spawn(&[
+        "iperf3",
+        "-c",
+        B4,
+        "-u",
+        "-b",
+        &bps.to_string(),
+        "-l",
+        "1400",
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
+    (server, client)
+}
+
+/// The rate host B receives over `seconds`, charged as the shaper charges.
+fn rate_at_b(topo: &Topology, seconds: u64) -> f64 {
+    let (bits0, t0) = (charged_bits(topo), Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (bits1, t1) = (charged_bits(topo), Instant::now());
+    (bits1 - bits0) / (t1 - t0).as_secs_f64()
+}
+
+#[test]
+fn a_reload_re_rates_a_loaded_uplink_and_every_packet_is_sent_or_counted() {
+    require_root();
+    let (topo, mut dp) = shaped_gateway("");
+    // Every packet host A sends toward B either reaches B or is a drop the
+    // gateway counts: the hosts' NIC counters and the gateway's, from here.
+    let a_sent = || topo.a.if_stat(&topo.link_a.host_side, "tx_packets") as f64;
+    let b_got = || topo.b.if_stat(&topo.link_b.host_side, "rx_packets") as f64;
+    let counted = |m: &Metrics| {
+        m.sum("patronus_forward_drops_total", &[])
+            + m.sum("patronus_port_rx_dropped_packets_total", &[])
+            + m.sum("patronus_port_tx_dropped_packets_total", &[])
+    };
+    let (a0, b0, dropped0) = (a_sent(), b_got(), counted(&dp.scrape()));
+    let (mut server, client) = udp_flood(&topo, 30_000_000, 12);
+    assert!(
+        eventually(Duration::from_secs(5), || held(&dp, "Standard") > 0.0),
+        "the flood queues in the shaper"
+    );
+    let before = rate_at_b(&topo, 3);
+
+    // Half the rate, with the queue standing.
+    let halved = std::fs::read_to_string(&dp.config_path)
+        .unwrap()
+        .replace("rate_mbps = 20", "rate_mbps = 10");
+    std::fs::write(&dp.config_path, halved).unwrap();
+    let held_at_reload = held(&dp, "Standard");
+    dp.signal("HUP");
+    dp.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rate_at_b(&topo, 3);
+
+    let report = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("iperf3 JSON");
+    let lost = report["end"]["sum"]["lost_packets"].as_f64().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || held(&dp, "Standard") == 0.0),
+        "the queue drains"
+    );
+    let m = dp.scrape();
+    let (sent, got, dropped) = (a_sent() - a0, b_got() - b0, counted(&m) - dropped0);
+    let shaper = [("egress", "branch")];
+    println!(
+        "before {:.3} Mbit/s, after {:.3} Mbit/s; {held_at_reload} packets held at the reload; \
+         host A sent {sent} packets, B got {got}, the gateway dropped {dropped} ({} in the \
+         shaper), iperf3 counted {lost} lost",
+        before / 1e6,
+        after / 1e6,
+        m.sum("patronus_qos_drops_total", &shaper)
+    );
+    assert!((before / 20e6 - 1.0).abs() < 0.02, "{before} bit/s before");
+    assert!((after / 10e6 - 1.0).abs() < 0.02, "{after} bit/s after");
+    assert!(held_at_reload > 0.0, "the reload found a queue");
+    assert!(lost > 0.0, "the flood exceeded both rates");
+    // Besides the flood, a few ARP packets each way that the gateway does
+    // not forward (A's replies to it, its requests to B).
+    assert!(
+        (sent - got - dropped).abs() <= 10.0,
+        "{sent} sent, {got} received, {dropped} dropped:\n{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("patronus_qos_drops_total", &shaper),
+        m.sum("patronus_forward_drops_total", &[("reason", "shaper")]),
+        "every drop on the way was the shaper's"
+    );
+
+    // Stopping under load: what the shaper holds goes back to the pool.
+    let (mut server, mut client) = udp_flood(&topo, 30_000_000, 10);
+    assert!(
+        eventually(Duration::from_secs(5), || held(&dp, "Standard") > 0.0),
+        "the second flood queues in the shaper"
+    );
+    stop_with_no_buffer_leaked(&mut dp);
+    for child in [&mut client, &mut server] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Stops the gateway: it must exit cleanly with every packet buffer back,
 /// those its shaper held included.
 fn stop_with_no_buffer_leaked(dp: &mut Dataplane) {
