@@ -38,6 +38,22 @@ rate_mbps = 20
     (topo, dp)
 }
 
+/// An iperf3 server on host B for one test, once it listens.
+fn iperf3_server(topo: &Topology) -> std::process::Child {
+    let server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            topo.b
+                .try_exec(&["ss", "-ltn", "sport = :5201"])
+                .stdout
+                .len()
+                > 60
+        }),
+        "iperf3 listens"
+    );
+    server
+}
+
 /// Packets of `class` the shaper of uplink `branch` holds, as last published.
 fn held(dp: &Dataplane, class: &str) -> f64 {
     dp.scrape().sum(
@@ -61,18 +77,8 @@ fn a_shaped_uplink_carries_its_rate_and_a_call_stays_fast_behind_a_bulk_transfer
     require_root();
     let (topo, mut dp) = shaped_gateway("");
 
-    let mut bulk_server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
+    let mut bulk_server = iperf3_server(&topo);
     let call = spawn_listening(&topo.b, &["rtp_stream.py", "recv", "5004", "7"]);
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            topo.b
-                .try_exec(&["ss", "-ltn", "sport = :5201"])
-                .stdout
-                .len()
-                > 60
-        }),
-        "iperf3 listens"
-    );
     let mut bulk = topo.a.spawn(&["iperf3", "-c", B4, "-t", "10", "-P", "2"]);
     // The transfer fills the shaper's queue first; then the call starts.
     assert!(
@@ -157,17 +163,7 @@ fn udp_flood(
     bps: u64,
     seconds: u32,
 ) -> (std::process::Child, std::process::Child) {
-    let server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            topo.b
-                .try_exec(&["ss", "-ltn", "sport = :5201"])
-                .stdout
-                .len()
-                > 60
-        }),
-        "iperf3 listens"
-    );
+    let server = iperf3_server(topo);
     let client = topo.a.spawn(&[
         "iperf3",
         "-c",
@@ -523,17 +519,7 @@ fn measure_window(
     payload: usize,
     drops: &dyn Fn() -> f64,
 ) -> Window {
-    let mut server = topo.b.spawn(&["iperf3", "-s", "-1", "-B", B4]);
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            topo.b
-                .try_exec(&["ss", "-ltn", "sport = :5201"])
-                .stdout
-                .len()
-                > 60
-        }),
-        "iperf3 listens"
-    );
+    let mut server = iperf3_server(topo);
     let offered = format!("{}", (rate_bps * 1.3) as u64);
     let mut client = topo.a.spawn(&[
         "iperf3",
