@@ -217,7 +217,16 @@ fn a_reload_re_rates_a_loaded_uplink_and_every_packet_is_sent_or_counted() {
     let held_at_reload = held(&dp, "Standard");
     dp.signal("HUP");
     dp.wait_for_log("configuration reloaded", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
+    let rate_in_force = || {
+        dp.scrape().sum(
+            "patronus_qos_rate_bytes_per_second",
+            &[("egress", "branch")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || rate_in_force() == 1.25e6),
+        "the new rate is in force"
+    );
     let after = rate_at_b(&topo, 3);
 
     let report = client.wait_with_output().unwrap();
