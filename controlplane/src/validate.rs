@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use base64::Engine as _;
 use patronus_proto::v1::{
     Application, ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, Policy,
-    QosClass, RuleAction, Site, SiteUplink,
+    QosClass, RuleAction, Site, SiteQosClass, SiteQosClasses, SiteUplink,
 };
 
 /// Categories a CATEGORY condition may name (the classifier's ten).
@@ -156,6 +156,88 @@ pub fn site(s: &Site, v: &mut Violations) {
         }
     }
     site_uplinks(&spec.uplinks, v);
+    if let Some(classes) = &spec.qos_classes {
+        site_qos_classes(classes, v);
+    }
+}
+
+/// A site's class settings, each in the range its data planes accept.
+/// Whether they add up with what the data planes' files give only the data
+/// planes can tell; what the site alone gives must add up already.
+fn site_qos_classes(classes: &SiteQosClasses, v: &mut Violations) {
+    let field = |class: &str, name: &str| format!("site.spec.qos_classes.{class}.{name}");
+    if let Some(rt) = &classes.real_time {
+        for (name, set) in [
+            ("weight", rt.weight.is_some()),
+            ("min_percent", rt.min_percent.is_some()),
+        ] {
+            if set {
+                v.add(
+                    field("real_time", name),
+                    "RealTime is served at strict priority up to its limit_percent; \
+                     it has no weight or minimum",
+                );
+            }
+        }
+        if rt.limit_percent.is_some_and(|l| l > 100) {
+            v.add(field("real_time", "limit_percent"), "must be 0-100");
+        }
+        site_qos_class_queue(rt, "real_time", v);
+    }
+    let weighted = [
+        ("interactive", &classes.interactive),
+        ("streaming", &classes.streaming),
+        ("standard", &classes.standard),
+        ("bulk", &classes.bulk),
+    ];
+    for (class, c) in weighted {
+        let Some(c) = c else { continue };
+        if c.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
+            v.add(field(class, "weight"), "must be 1-1000");
+        }
+        if c.limit_percent.is_some_and(|l| !(1..=100).contains(&l)) {
+            v.add(field(class, "limit_percent"), "must be 1-100");
+        }
+        match (c.min_percent, c.limit_percent) {
+            (Some(min), _) if min > 100 => v.add(field(class, "min_percent"), "must be 0-100"),
+            (Some(min), Some(limit)) if min > limit => v.add(
+                field(class, "min_percent"),
+                format!("{min}% is above its limit_percent of {limit}%"),
+            ),
+            _ => {}
+        }
+        site_qos_class_queue(c, class, v);
+    }
+    let reserved: u32 = classes
+        .real_time
+        .as_ref()
+        .and_then(|rt| rt.limit_percent)
+        .into_iter()
+        .chain(weighted.iter().filter_map(|(_, c)| c.as_ref()?.min_percent))
+        .filter(|&share| share <= 100) // beyond: refused above already
+        .sum();
+    if reserved > 100 {
+        v.add(
+            "site.spec.qos_classes",
+            format!("RealTime's limit and the minimums add up to {reserved}%, over 100%"),
+        );
+    }
+}
+
+/// The fields every class has: its queue and its mark.
+fn site_qos_class_queue(c: &SiteQosClass, class: &str, v: &mut Violations) {
+    if c.queue_packets == Some(0) {
+        v.add(
+            format!("site.spec.qos_classes.{class}.queue_packets"),
+            "must hold at least one packet",
+        );
+    }
+    if c.dscp.is_some_and(|d| d > 63) {
+        v.add(
+            format!("site.spec.qos_classes.{class}.dscp"),
+            "must be 0-63",
+        );
+    }
 }
 
 /// A site's uplink settings, each field in the range its data planes

@@ -97,9 +97,27 @@ fn site(name: &str, site_id: &str) -> Site {
                 cost_per_gb: Some(0.5),
                 ..Default::default()
             }],
+            qos_classes: Some(SiteQosClasses {
+                real_time: Some(SiteQosClass {
+                    limit_percent: Some(20),
+                    dscp: Some(46),
+                    ..Default::default()
+                }),
+                bulk: Some(SiteQosClass {
+                    weight: Some(5),
+                    min_percent: Some(10),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
         }),
         status: None,
     }
+}
+
+/// The class settings of a site made by [`site`].
+fn qos(s: &mut Site) -> &mut SiteQosClasses {
+    s.spec.as_mut().unwrap().qos_classes.as_mut().unwrap()
 }
 
 /// Waits a little before opening the database again.
@@ -435,6 +453,34 @@ async fn invalid_requests_name_every_field() {
         (
             |s| s.spec.as_mut().unwrap().uplinks[0].color = Some("".into()),
             "site.spec.uplinks[0].color",
+        ),
+        (
+            |s| qos(s).real_time.as_mut().unwrap().weight = Some(10),
+            "site.spec.qos_classes.real_time.weight",
+        ),
+        (
+            |s| qos(s).real_time.as_mut().unwrap().limit_percent = Some(101),
+            "site.spec.qos_classes.real_time.limit_percent",
+        ),
+        (
+            |s| qos(s).bulk.as_mut().unwrap().weight = Some(0),
+            "site.spec.qos_classes.bulk.weight",
+        ),
+        (
+            |s| qos(s).bulk.as_mut().unwrap().limit_percent = Some(5),
+            "site.spec.qos_classes.bulk.min_percent",
+        ),
+        (
+            |s| qos(s).bulk.as_mut().unwrap().queue_packets = Some(0),
+            "site.spec.qos_classes.bulk.queue_packets",
+        ),
+        (
+            |s| qos(s).real_time.as_mut().unwrap().dscp = Some(64),
+            "site.spec.qos_classes.real_time.dscp",
+        ),
+        (
+            |s| qos(s).bulk.as_mut().unwrap().min_percent = Some(90),
+            "site.spec.qos_classes",
         ),
     ];
     for (edit, field) in sites {

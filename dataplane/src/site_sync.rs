@@ -3,6 +3,7 @@
 //! `[site]`, `[[peer]]` and `[[policy]]`, so that a snapshot the data plane
 //! cannot run is refused with the field at fault.
 
+use patronus_core::config::qos::{ClassSection, ClassesSection};
 use patronus_core::config::site::{
     ConditionKind, ConditionSection, EndpointSection, NamedEndpointSection, PathSelection,
     PeerSection, PolicySection, RuleAction, RuleSection, SitePeerSection, SiteSection,
@@ -107,12 +108,58 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
         .iter()
         .map(uplink_from_proto)
         .collect::<Result<_, _>>()?;
+    let qos_classes = s
+        .site
+        .as_ref()
+        .and_then(|site| site.spec.as_ref()?.qos_classes.as_ref())
+        .map(classes_from_proto)
+        .transpose()?
+        .unwrap_or_default();
     Ok(SiteSections {
         site,
         peers,
         policies,
         applications,
         uplinks,
+        qos_classes,
+    })
+}
+
+/// The site's class settings in the file's shape; a value beyond what the
+/// file's field holds is refused by name (the control plane checks ranges,
+/// the compiled snapshot the rest).
+fn classes_from_proto(c: &pb::SiteQosClasses) -> Result<ClassesSection, ConfigError> {
+    let class = |class: Class, c: &Option<pb::SiteQosClass>| {
+        let Some(c) = c else { return Ok(None) };
+        let narrow = |name: &str, value: Option<u32>, max: u32| {
+            value
+                .map(|v| {
+                    if v <= max {
+                        Ok(v)
+                    } else {
+                        Err(ConfigError::new(
+                            format!("site.qos_classes[{class}].{name}"),
+                            format!("{v} is outside 0-{max}"),
+                        ))
+                    }
+                })
+                .transpose()
+        };
+        let percent = |name, value| narrow(name, value, 100).map(|v| v.map(|v| v as u8));
+        Ok(Some(ClassSection {
+            weight: narrow("weight", c.weight, 1000)?.map(|v| v as u16),
+            min_percent: percent("min_percent", c.min_percent)?,
+            limit_percent: percent("limit_percent", c.limit_percent)?,
+            queue_packets: c.queue_packets,
+            dscp: narrow("dscp", c.dscp, 63)?.map(|v| v as u8),
+        }))
+    };
+    Ok(ClassesSection {
+        real_time: class(Class::RealTime, &c.real_time)?,
+        interactive: class(Class::Interactive, &c.interactive)?,
+        streaming: class(Class::Streaming, &c.streaming)?,
+        standard: class(Class::Standard, &c.standard)?,
+        bulk: class(Class::Bulk, &c.bulk)?,
     })
 }
 

@@ -337,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sites_uplinks_reach_the_api_field_by_field() {
+    fn a_sites_uplinks_and_classes_reach_the_api_field_by_field() {
         let spec = crd::SiteSpec {
             site_id: "branch-1".into(),
             tunnel_endpoint: crd::Endpoint {
@@ -353,13 +353,42 @@ mod tests {
                 bandwidth_mbps: Some(50),
                 color: Some("internet".into()),
             }],
+            qos_classes: Some(crd::SiteQosClasses {
+                real_time: Some(crd::RealTimeClass {
+                    limit_percent: Some(20),
+                    queue_packets: None,
+                    dscp: Some(46),
+                }),
+                bulk: Some(crd::WeightedClass {
+                    weight: Some(5),
+                    min_percent: Some(10),
+                    ..crd::WeightedClass::default()
+                }),
+                ..crd::SiteQosClasses::default()
+            }),
             ..crd::SiteSpec::default()
         };
         let mut obj = crd::Site::new("branch-1", spec);
         obj.metadata.uid = Some("6f1c-42".into());
-        let site = site(&obj).unwrap();
+        let spec = site(&obj).unwrap().spec.unwrap();
         assert_eq!(
-            site.spec.unwrap().uplinks,
+            spec.qos_classes,
+            Some(pb::SiteQosClasses {
+                real_time: Some(pb::SiteQosClass {
+                    limit_percent: Some(20),
+                    dscp: Some(46),
+                    ..Default::default()
+                }),
+                bulk: Some(pb::SiteQosClass {
+                    weight: Some(5),
+                    min_percent: Some(10),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            spec.uplinks,
             [pb::SiteUplink {
                 name: "inet".into(),
                 rate_mbps: Some(48.0),

@@ -111,6 +111,81 @@ pub struct SiteSpec {
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.all(u, self.exists_one(o, o.name == u.name))").message("each uplink is listed once"))]
     pub uplinks: Vec<SiteUplink>,
+    /// Settings for the QoS classes of its shaped uplinks, by class; each
+    /// field given replaces what its data planes' files set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("(has(self.RealTime) && has(self.RealTime.limitPercent) ? self.RealTime.limitPercent : 0) + (has(self.Interactive) && has(self.Interactive.minPercent) ? self.Interactive.minPercent : 0) + (has(self.Streaming) && has(self.Streaming.minPercent) ? self.Streaming.minPercent : 0) + (has(self.Standard) && has(self.Standard.minPercent) ? self.Standard.minPercent : 0) + (has(self.Bulk) && has(self.Bulk.minPercent) ? self.Bulk.minPercent : 0) <= 100").message("RealTime's limitPercent and the minPercents add up to over 100%"))]
+    pub qos_classes: Option<SiteQosClasses>,
+}
+
+/// A site's QoS classes, by name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+pub struct SiteQosClasses {
+    /// Voice, games, name lookups: strict priority up to its limit.
+    #[serde(default, rename = "RealTime", skip_serializing_if = "Option::is_none")]
+    pub real_time: Option<RealTimeClass>,
+    /// Remote desktops, shells, conferencing.
+    #[serde(
+        default,
+        rename = "Interactive",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interactive: Option<WeightedClass>,
+    /// Video streaming.
+    #[serde(default, rename = "Streaming", skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<WeightedClass>,
+    /// Web and the unidentified.
+    #[serde(default, rename = "Standard", skip_serializing_if = "Option::is_none")]
+    pub standard: Option<WeightedClass>,
+    /// File transfer: served last.
+    #[serde(default, rename = "Bulk", skip_serializing_if = "Option::is_none")]
+    pub bulk: Option<WeightedClass>,
+}
+
+/// The RealTime class: served before the others, never beyond its limit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RealTimeClass {
+    /// The share of the uplink's rate it never exceeds (%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub limit_percent: Option<u32>,
+    /// Most packets it holds per tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub queue_packets: Option<u32>,
+    /// The DSCP its packets are marked with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 63))]
+    pub dscp: Option<u32>,
+}
+
+/// A class served by weight after RealTime, with a guaranteed minimum.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minPercent) || !has(self.limitPercent) || self.minPercent <= self.limitPercent").message("minPercent is above limitPercent"))]
+pub struct WeightedClass {
+    /// Its share of what RealTime and the minimums leave, relative to the
+    /// other weighted classes'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: Option<u32>,
+    /// The share of the uplink's rate it is served first (%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub min_percent: Option<u32>,
+    /// The share it never exceeds (%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub limit_percent: Option<u32>,
+    /// Most packets it holds per tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub queue_packets: Option<u32>,
+    /// The DSCP its packets are marked with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 63))]
+    pub dscp: Option<u32>,
 }
 
 /// Lifecycle of a site.

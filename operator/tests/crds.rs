@@ -42,14 +42,114 @@ fn plural(kind: &str) -> String {
     }
 }
 
-/// The schema's complaints about a document (empty: valid).
+/// The schema's complaints about a document (empty: valid), as the API
+/// server makes them on create: the OpenAPI schema, the CEL rules
+/// (`x-kubernetes-validations`), and strict field validation (kubectl's
+/// default), which refuses fields the schema does not name instead of
+/// pruning them.
 fn complaints(doc: &Value) -> Vec<String> {
     let kind = doc["kind"].as_str().expect("a kind");
-    let validator = jsonschema::validator_for(&schema(kind)).expect("the schema compiles");
-    validator
+    let schema = schema(kind);
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let mut found: Vec<String> = validator
         .iter_errors(doc)
         .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect()
+        .collect();
+    // The API server knows these of every object.
+    let mut body = doc.clone();
+    for implicit in ["apiVersion", "kind", "metadata"] {
+        body.as_object_mut().map(|o| o.remove(implicit));
+    }
+    check_fields(&body, &schema, "", &mut found);
+    found
+}
+
+/// The CEL rules of `schema` that `doc` breaks, and the fields of `doc`
+/// that `schema` does not name where it names its fields.
+fn check_fields(doc: &Value, schema: &Value, at: &str, found: &mut Vec<String>) {
+    for rule in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let text = rule["rule"].as_str().expect("a rule");
+        if text.contains("oldSelf") {
+            continue; // a transition rule: only on update
+        }
+        match cel_holds(text, doc) {
+            Ok(true) => {}
+            Ok(false) => {
+                let message = rule["message"].as_str().unwrap_or(text);
+                found.push(format!("{message} at {at}"));
+            }
+            // As the API server: a rule that cannot be evaluated refuses.
+            Err(e) => found.push(format!("{text}: {e} at {at}")),
+        }
+    }
+    match doc {
+        Value::Object(fields) => {
+            let Some(known) = schema["properties"].as_object() else {
+                return;
+            };
+            for (name, value) in fields {
+                match known.get(name) {
+                    Some(sub) => check_fields(value, sub, &format!("{at}/{name}"), found),
+                    None => found.push(format!("unknown field {name:?} at {at}")),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_fields(item, &schema["items"], &format!("{at}/{i}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A JSON value as the API server gives it to CEL: `type: integer` fields
+/// are `int`, whatever their sign (serde_json keeps positive ones as u64).
+struct AsCel<'a>(&'a Value);
+
+impl serde::Serialize for AsCel<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => s.serialize_i64(i),
+                None => s.serialize_f64(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&AsCel(item))?;
+                }
+                seq.end()
+            }
+            Value::Object(fields) => {
+                let mut map = s.serialize_map(Some(fields.len()))?;
+                for (name, value) in fields {
+                    map.serialize_entry(name, &AsCel(value))?;
+                }
+                map.end()
+            }
+            other => other.serialize(s),
+        }
+    }
+}
+
+/// Whether CEL rule `rule` holds with `self` bound to `value`, or why it
+/// cannot be evaluated.
+fn cel_holds(rule: &str, value: &Value) -> Result<bool, String> {
+    use cel_interpreter::{Context, Program, Value as Cel};
+    let program = Program::compile(rule).unwrap_or_else(|e| panic!("{rule}: {e}"));
+    let mut context = Context::default();
+    let cel = cel_interpreter::to_value(AsCel(value)).expect("JSON is a CEL value");
+    context.add_variable_from_value("self", cel);
+    match program.execute(&context) {
+        Ok(Cel::Bool(holds)) => Ok(holds),
+        other => Err(format!("{other:?}")),
+    }
 }
 
 fn examples() -> Vec<(PathBuf, Value)> {
@@ -154,6 +254,26 @@ fn invalid_resources_are_refused_by_the_schema() {
             "/spec/uplinks/0",
         ),
         (
+            "Site",
+            |d| d["spec"]["qosClasses"]["RealTime"]["weight"] = 5.into(),
+            "/spec/qosClasses/RealTime",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["qosClasses"]["Bulk"]["limitPercent"] = 0.into(),
+            "/spec/qosClasses/Bulk/limitPercent",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["qosClasses"]["Bulk"]["dscp"] = 64.into(),
+            "/spec/qosClasses/Bulk/dscp",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["qosClasses"]["Video"] = serde_json::json!({"weight": 5}),
+            "/spec/qosClasses",
+        ),
+        (
             "Peer",
             |d| d["spec"]["endpoint"]["port"] = 0.into(),
             "/spec/endpoint/port",
@@ -206,6 +326,84 @@ fn invalid_resources_are_refused_by_the_schema() {
             "{kind} edited at {at}: the schema said {found:?}"
         );
     }
+}
+
+/// The rules between fields, evaluated as the API server does: each
+/// refuses what it says it does, where it says it does.
+#[test]
+fn cel_rules_refuse_what_they_promise() {
+    type Edit = fn(&mut Value);
+    let cases: &[(&str, Edit, &str)] = &[
+        (
+            "Site",
+            |d| d["spec"]["peers"][0]["siteId"] = d["spec"]["siteId"].clone(),
+            "a site does not peer with itself at /spec",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["uplinks"][1]["name"] = "mpls".into(),
+            "each uplink is listed once at /spec/uplinks",
+        ),
+        (
+            "Site",
+            |d| d["spec"]["qosClasses"]["Bulk"]["minPercent"] = 60.into(),
+            "minPercent is above limitPercent at /spec/qosClasses/Bulk",
+        ),
+        (
+            "Site",
+            |d| {
+                let classes = &mut d["spec"]["qosClasses"];
+                classes["RealTime"]["limitPercent"] = 40.into();
+                classes["Streaming"] = serde_json::json!({"minPercent": 51});
+            },
+            "RealTime's limitPercent and the minPercents add up to over 100% at /spec/qosClasses",
+        ),
+        (
+            "Policy",
+            |d| {
+                let rule = &mut d["spec"]["rules"][0];
+                rule["action"] = "deny".into();
+                drop(rule.as_object_mut().unwrap().remove("pathSelection"));
+                rule["qosClass"] = "Bulk".into();
+            },
+            "deny rules drop their flows and have no qosClass at /spec/rules/0",
+        ),
+        (
+            "Policy",
+            |d| {
+                drop(
+                    d["spec"]["rules"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("pathSelection"),
+                )
+            },
+            "route rules need a pathSelection; allow and deny rules have none at /spec/rules/0",
+        ),
+        (
+            "Policy",
+            |d| {
+                let rules = d["spec"]["rules"].as_array_mut().unwrap();
+                rules.push(rules[0].clone());
+            },
+            "rule priorities are unique within a policy at /spec",
+        ),
+    ];
+    for (kind, edit, complaint) in cases {
+        let mut doc = example(kind);
+        assert_eq!(complaints(&doc), Vec::<String>::new(), "the example {kind}");
+        edit(&mut doc);
+        let found = complaints(&doc);
+        assert!(
+            found.iter().any(|c| c == complaint),
+            "{kind}: expected {complaint:?}, the schema said {found:?}"
+        );
+    }
+    // Right at the bound is fine.
+    let mut site = example("Site");
+    site["spec"]["qosClasses"]["RealTime"]["limitPercent"] = 40.into();
+    site["spec"]["qosClasses"]["Streaming"] = serde_json::json!({"minPercent": 50});
+    assert_eq!(complaints(&site), Vec::<String>::new());
 }
 
 /// Rules between fields are CEL, evaluated by the API server: they must be in

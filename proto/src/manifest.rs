@@ -122,6 +122,105 @@ pub struct SiteSpecDoc {
     /// Settings for the uplinks its data planes' files define, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uplinks: Vec<SiteUplinkDoc>,
+    /// Settings for the QoS classes of its shaped uplinks, by class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_classes: Option<Box<SiteQosClassesDoc>>,
+}
+
+/// A site's `qosClasses`: each class given replaces, field by field, what
+/// its data planes' files set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteQosClassesDoc {
+    /// Strict priority up to its `limitPercent`.
+    #[serde(default, rename = "RealTime", skip_serializing_if = "Option::is_none")]
+    pub real_time: Option<SiteQosClassDoc>,
+    /// Video conferencing.
+    #[serde(
+        default,
+        rename = "Interactive",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interactive: Option<SiteQosClassDoc>,
+    /// Video.
+    #[serde(default, rename = "Streaming", skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<SiteQosClassDoc>,
+    /// Web and the unclassified.
+    #[serde(default, rename = "Standard", skip_serializing_if = "Option::is_none")]
+    pub standard: Option<SiteQosClassDoc>,
+    /// File transfer, served last.
+    #[serde(default, rename = "Bulk", skip_serializing_if = "Option::is_none")]
+    pub bulk: Option<SiteQosClassDoc>,
+}
+
+/// One class of a site's `qosClasses`; an absent field keeps the file's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteQosClassDoc {
+    /// Its share relative to the other weighted classes' (1-1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// The share of the rate it is served first (%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_percent: Option<u32>,
+    /// The share it never exceeds (%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_percent: Option<u32>,
+    /// Most packets it holds per tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_packets: Option<u32>,
+    /// The DSCP its packets are marked with (0-63).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dscp: Option<u32>,
+}
+
+impl From<&SiteQosClassDoc> for pb::SiteQosClass {
+    fn from(c: &SiteQosClassDoc) -> Self {
+        pb::SiteQosClass {
+            weight: c.weight,
+            min_percent: c.min_percent,
+            limit_percent: c.limit_percent,
+            queue_packets: c.queue_packets,
+            dscp: c.dscp,
+        }
+    }
+}
+
+impl From<pb::SiteQosClass> for SiteQosClassDoc {
+    fn from(c: pb::SiteQosClass) -> Self {
+        SiteQosClassDoc {
+            weight: c.weight,
+            min_percent: c.min_percent,
+            limit_percent: c.limit_percent,
+            queue_packets: c.queue_packets,
+            dscp: c.dscp,
+        }
+    }
+}
+
+impl From<&SiteQosClassesDoc> for pb::SiteQosClasses {
+    fn from(d: &SiteQosClassesDoc) -> Self {
+        let class = |c: &Option<SiteQosClassDoc>| c.as_ref().map(pb::SiteQosClass::from);
+        pb::SiteQosClasses {
+            real_time: class(&d.real_time),
+            interactive: class(&d.interactive),
+            streaming: class(&d.streaming),
+            standard: class(&d.standard),
+            bulk: class(&d.bulk),
+        }
+    }
+}
+
+impl From<pb::SiteQosClasses> for SiteQosClassesDoc {
+    fn from(c: pb::SiteQosClasses) -> Self {
+        SiteQosClassesDoc {
+            real_time: c.real_time.map(Into::into),
+            interactive: c.interactive.map(Into::into),
+            streaming: c.streaming.map(Into::into),
+            standard: c.standard.map(Into::into),
+            bulk: c.bulk.map(Into::into),
+        }
+    }
 }
 
 /// One entry of a site's `uplinks`: each field given replaces what the
@@ -547,6 +646,7 @@ pub fn site(d: &SiteDoc) -> pb::Site {
                     color: u.color.clone(),
                 })
                 .collect(),
+            qos_classes: d.spec.qos_classes.as_deref().map(Into::into),
         }),
         status: None,
     }
@@ -703,6 +803,7 @@ pub fn site_doc(s: &pb::Site) -> SiteDoc {
                     color: u.color,
                 })
                 .collect(),
+            qos_classes: spec.qos_classes.map(|c| Box::new(c.into())),
         },
         status: s.status.as_ref().map(|st| SiteStatusDoc {
             phase: pb::SitePhase::try_from(st.phase)

@@ -732,6 +732,43 @@ telemetry_interval_ms = 200
     assert!(refused.reason.contains("site.uplinks[lte]"), "{refused:?}");
     assert_eq!(inet_rate(&gateways[0]), 5e6, "the running shaper kept");
     assert!(site2_answers(), "still forwarding");
+
+    // The Site marks its RealTime class EF: a call from site 1 arrives at
+    // site 2's host marked, though neither file marks anything.
+    apply(
+        &server,
+        &dir,
+        "marked.yaml",
+        &format!(
+            "{}  qosClasses:\n    RealTime: {{dscp: 46}}\n    Bulk: {{weight: 5}}\n",
+            shaping("[{name: inet, rateMbps: 40}]")
+        ),
+    );
+    wait_status(&server, "gw-1", "the marking site applied", |s| {
+        s.applied > refused.applied && s.applied == s.desired
+    });
+    let call = spawn_listening(&sites.hosts[1], &["rtp_stream.py", "recv", "5004", "2"]);
+    let calling = sites.hosts[0].spawn(&[
+        "python3",
+        &tools("rtp_stream.py"),
+        "send",
+        "10.2.0.2",
+        "5004",
+        "2",
+    ]);
+    let sent = String::from_utf8_lossy(&calling.wait_with_output().unwrap().stdout).into_owned();
+    let heard = String::from_utf8_lossy(&call.wait_with_output().unwrap().stdout).into_owned();
+    let heard = heard.lines().last().unwrap_or_default();
+    let word = |name: &str| -> f64 {
+        let words: Vec<&str> = heard.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == name);
+        at.and_then(|at| words.get(at + 1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {heard:?}"))
+    };
+    let sent: f64 = sent.trim().parse().unwrap();
+    assert!(word("received") >= sent - 1.0, "sent {sent}: {heard}");
+    // From its second packet on, DPI knows the call as RTP (RealTime).
+    assert!(word("ef") >= word("received") - 1.0, "sent {sent}: {heard}");
     for gw in &mut gateways {
         let status = gw.stop();
         assert!(status.success(), "exit {status}:\n{}", gw.log_text());

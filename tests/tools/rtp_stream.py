@@ -4,7 +4,9 @@ run in network namespaces of one machine, so they share its monotonic clock.
 
 send HOST PORT SECONDS   send for SECONDS; print the count sent
 recv PORT SECONDS        receive until SECONDS after the first packet; print
-                         "received R lost L p50_ms X p99_ms Y max_ms Z"
+                         "received R lost L p50_ms X p99_ms Y max_ms Z ef E",
+                         E the packets that arrived marked DSCP 46 (EF, the
+                         voice mark of RFC 3246)
 """
 import socket
 import struct
@@ -15,6 +17,7 @@ PPS = 50
 SSRC = 0x5EED_CA11
 HEADER = struct.Struct("!BBHII")  # V=2, payload type 0 (PCMU), seq, timestamp, SSRC
 PAYLOAD = 160
+DSCP_EF = 46
 
 
 def send(host, port, seconds):
@@ -35,16 +38,21 @@ def send(host, port, seconds):
 def recv(port, seconds):
     delays = []
     seen = set()
+    ef = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
         s.bind(("0.0.0.0", port))
         print("listening", flush=True)
         s.settimeout(30)
         end = None
         while end is None or time.monotonic() < end:
             try:
-                data = s.recv(2048)
+                data, ancillary, _, _ = s.recvmsg(2048, socket.CMSG_SPACE(1))
             except socket.timeout:
                 break
+            for level, kind, value in ancillary:
+                if (level, kind) == (socket.IPPROTO_IP, socket.IP_TOS) and value[0] >> 2 == DSCP_EF:
+                    ef += 1
             arrived = time.monotonic_ns()
             if end is None:
                 end = time.monotonic() + seconds
@@ -57,7 +65,7 @@ def recv(port, seconds):
     lost = (max(seen) + 1 - len(seen)) if seen else 0
     print(
         f"received {len(seen)} lost {lost} p50_ms {pick(0.5):.3f} "
-        f"p99_ms {pick(0.99):.3f} max_ms {delays[-1] if delays else 0.0:.3f}",
+        f"p99_ms {pick(0.99):.3f} max_ms {delays[-1] if delays else 0.0:.3f} ef {ef}",
         flush=True,
     )
 

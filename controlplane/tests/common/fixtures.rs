@@ -20,6 +20,7 @@ pub fn site(name: &str, display_name: &str) -> Site {
             }),
             peers: Vec::new(),
             uplinks: Vec::new(),
+            qos_classes: None,
         }),
         status: None,
     }

@@ -268,3 +268,59 @@ fn a_sites_uplinks_become_settings_for_the_files_uplinks() {
     let err = sections_from_snapshot(&s).unwrap_err();
     assert_eq!(err.field, "site.uplinks[inet].overhead_bytes");
 }
+
+#[test]
+fn a_sites_classes_become_settings_for_the_files_classes() {
+    let mut s = snapshot();
+    let spec = s.site.as_mut().unwrap().spec.as_mut().unwrap();
+    spec.qos_classes = Some(pb::SiteQosClasses {
+        real_time: Some(pb::SiteQosClass {
+            limit_percent: Some(20),
+            dscp: Some(46),
+            ..Default::default()
+        }),
+        bulk: Some(pb::SiteQosClass {
+            weight: Some(5),
+            min_percent: Some(10),
+            queue_packets: Some(300),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let sections = sections_from_snapshot(&s).unwrap();
+    assert_eq!(
+        sections.qos_classes,
+        ClassesSection {
+            real_time: Some(ClassSection {
+                limit_percent: Some(20),
+                dscp: Some(46),
+                ..Default::default()
+            }),
+            bulk: Some(ClassSection {
+                weight: Some(5),
+                min_percent: Some(10),
+                queue_packets: Some(300),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    );
+
+    // A value wider than the file's field is refused by name, not cut.
+    type Edit = fn(&mut pb::SiteQosClass);
+    let cases: [(Edit, &str); 3] = [
+        (|c| c.weight = Some(65_537), "site.qos_classes[Bulk].weight"),
+        (
+            |c| c.min_percent = Some(256),
+            "site.qos_classes[Bulk].min_percent",
+        ),
+        (|c| c.dscp = Some(300), "site.qos_classes[Bulk].dscp"),
+    ];
+    for (edit, field) in cases {
+        let mut s = s.clone();
+        let spec = s.site.as_mut().unwrap().spec.as_mut().unwrap();
+        edit(spec.qos_classes.as_mut().unwrap().bulk.as_mut().unwrap());
+        let err = sections_from_snapshot(&s).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+    }
+}

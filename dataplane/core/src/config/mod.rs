@@ -813,6 +813,8 @@ pub struct Snapshot {
     tunnel_local: Option<Arc<TunnelLocal>>,
     /// The file's `[[uplink]]`s, kept to apply the site's settings to.
     uplink_sections: Arc<[uplinks::UplinkSection]>,
+    /// The file's `[qos.classes]`, kept to apply the site's settings to.
+    class_sections: qos::ClassesSection,
     /// The file's routes (connected and static), before the tunnel's are added.
     base_routes: RouteTable,
     /// Every IPv4 address of the gateway, for the per-packet "is it ours?" test.
@@ -866,17 +868,24 @@ impl Snapshot {
     }
 
     /// Puts `site` in force: its peers become the tunnel's (when there is
-    /// one), their allowed IPs routes into it.
+    /// one), their allowed IPs routes into it, and its uplink and class
+    /// settings apply over the file's.
     ///
     /// # Errors
-    /// A peer the tunnel cannot carry, by field; the snapshot is unchanged.
+    /// A peer the tunnel cannot carry, or settings that do not fit the
+    /// file's uplinks and classes, by field; the snapshot is unchanged.
     pub fn set_site(&mut self, site: SiteState) -> Result<(), ConfigError> {
+        let shaped = self.uplink_sections.iter().any(|u| u.rate_mbps.is_some())
+            || site.uplinks.iter().any(|u| u.rate_mbps.is_some());
+        let qos = self
+            .class_sections
+            .compile_with(&site.qos_classes, shaped)?;
         let (uplinks, shapers) = uplinks::compile_with(
             &self.uplink_sections,
             &site.uplinks,
             &self.ports,
             &self.base_routes,
-            &self.qos.shaper,
+            &qos.shaper,
         )?;
         if shapers.is_empty() {
             if let Some(p) = site.peers.iter().find(|p| p.rate_bps.is_some()) {
@@ -901,6 +910,7 @@ impl Snapshot {
         }
         self.tunnel_local = local;
         self.shapers = shapers;
+        self.qos = qos;
         self.site = Arc::new(site);
         Ok(())
     }
@@ -1193,6 +1203,7 @@ impl Config {
             qos,
             tunnel_local,
             uplink_sections: self.uplinks.as_slice().into(),
+            class_sections: self.qos.classes.clone(),
             base_routes: routes.clone(),
             ports,
             routes,
@@ -1385,6 +1396,7 @@ impl Config {
             policies: self.policies.clone(),
             applications: Vec::new(),
             uplinks: Vec::new(),
+            qos_classes: qos::ClassesSection::default(),
         }
     }
 

@@ -204,44 +204,95 @@ impl QosSection {
     /// # Errors
     /// The first field at fault (`qos.classes.Bulk.weight`).
     pub fn compile(&self, shaped: bool) -> Result<QosSettings, ConfigError> {
+        self.classes
+            .compile_with(&ClassesSection::default(), shaped)
+    }
+}
+
+impl ClassSection {
+    /// Whether the field of this name is given.
+    fn gives(&self, name: &str) -> bool {
+        match name {
+            "weight" => self.weight.is_some(),
+            "min_percent" => self.min_percent.is_some(),
+            "limit_percent" => self.limit_percent.is_some(),
+            "queue_packets" => self.queue_packets.is_some(),
+            "dscp" => self.dscp.is_some(),
+            _ => false,
+        }
+    }
+
+    /// These settings with `over`'s in place where it gives them.
+    fn overlaid(&self, over: &ClassSection) -> ClassSection {
+        ClassSection {
+            weight: over.weight.or(self.weight),
+            min_percent: over.min_percent.or(self.min_percent),
+            limit_percent: over.limit_percent.or(self.limit_percent),
+            queue_packets: over.queue_packets.or(self.queue_packets),
+            dscp: over.dscp.or(self.dscp),
+        }
+    }
+}
+
+impl ClassesSection {
+    /// True when no class is given.
+    pub fn is_empty(&self) -> bool {
+        self.by_class().iter().all(Option::is_none)
+    }
+
+    /// Compiles these classes (the file's) with `site`'s settings in place
+    /// of theirs, field by field; `shaped` tells whether any uplink has a
+    /// rate, without which only `dscp` does anything.
+    ///
+    /// # Errors
+    /// The first field at fault, named where it was given:
+    /// `site.qos_classes[Bulk].weight` when the site gave it,
+    /// `qos.classes.Bulk.weight` when the file did.
+    pub fn compile_with(
+        &self,
+        site: &ClassesSection,
+        shaped: bool,
+    ) -> Result<QosSettings, ConfigError> {
+        let field = |class: Class, name: &str| {
+            if site.by_class()[class.index()].is_some_and(|s| s.gives(name)) {
+                format!("site.qos_classes[{class}].{name}")
+            } else {
+                format!("qos.classes.{class}.{name}")
+            }
+        };
         let mut settings = QosSettings::default();
         let shaper = &mut settings.shaper;
-        for (class, section) in Class::ALL.iter().zip(self.classes.by_class()) {
-            let Some(s) = section else { continue };
-            let field = |name: &str| format!("qos.classes.{class}.{name}");
+        let classes = self.by_class().into_iter().zip(site.by_class());
+        for (&class, (file, site)) in Class::ALL.iter().zip(classes) {
+            let s = match (file, site) {
+                (None, None) => continue,
+                (Some(file), None) => file.clone(),
+                (None, Some(site)) => site.clone(),
+                (Some(file), Some(site)) => file.overlaid(site),
+            };
             if let Some(dscp) = s.dscp {
                 if dscp > 63 {
                     return Err(ConfigError::new(
-                        field("dscp"),
+                        field(class, "dscp"),
                         format!("{dscp} is outside 0-63"),
                     ));
                 }
                 settings.marks[class.index()] = Some(dscp);
             }
-            let shaping = [
-                ("weight", s.weight.is_some()),
-                ("min_percent", s.min_percent.is_some()),
-                ("limit_percent", s.limit_percent.is_some()),
-                ("queue_packets", s.queue_packets.is_some()),
-            ];
-            if let Some((name, _)) = shaping.iter().find(|(_, set)| *set && !shaped) {
+            let shaping = ["weight", "min_percent", "limit_percent", "queue_packets"];
+            if let Some(name) = shaping.iter().find(|n| s.gives(n) && !shaped) {
                 return Err(ConfigError::new(
-                    field(name),
+                    field(class, name),
                     "no uplink is shaped: give one a rate_mbps",
                 ));
             }
-            if *class == Class::RealTime {
-                for (name, set) in [
-                    ("weight", s.weight.is_some()),
-                    ("min_percent", s.min_percent.is_some()),
-                ] {
-                    if set {
-                        return Err(ConfigError::new(
-                            field(name),
-                            "RealTime is served at strict priority up to its limit_percent; \
-                             it has no weight or minimum",
-                        ));
-                    }
+            if class == Class::RealTime {
+                if let Some(name) = ["weight", "min_percent"].iter().find(|n| s.gives(n)) {
+                    return Err(ConfigError::new(
+                        field(class, name),
+                        "RealTime is served at strict priority up to its limit_percent; \
+                         it has no weight or minimum",
+                    ));
                 }
                 let rt = &mut shaper.realtime;
                 rt.limit_percent = s.limit_percent.unwrap_or(rt.limit_percent);
@@ -254,11 +305,36 @@ impl QosSection {
                 w.queue_packets = s.queue_packets.unwrap_or(w.queue_packets);
             }
         }
-        // The shaper's own check names its fields as `classes.<class>.<name>`
+        // The shaper's own check names its fields `classes.<class>.<name>`,
         // after this section's keys.
-        shaper.validate().map_err(|e| match e.split_once(": ") {
-            Some((path, message)) => ConfigError::new(format!("qos.{path}"), message),
-            None => ConfigError::new("qos.classes", e),
+        shaper.validate().map_err(|e| {
+            let (path, message) = e.split_once(": ").unwrap_or(("classes", &e));
+            let named = path
+                .strip_prefix("classes.")
+                .and_then(|p| p.split_once('.'))
+                .and_then(|(class, name)| {
+                    let class = Class::ALL.iter().copied().find(|c| c.as_str() == class)?;
+                    // A file's minimum above the site's limit: the site's
+                    // is the one its author can change.
+                    let given = site.by_class()[class.index()];
+                    let name = match given {
+                        Some(s)
+                            if name == "min_percent"
+                                && !s.gives(name)
+                                && s.gives("limit_percent") =>
+                        {
+                            "limit_percent"
+                        }
+                        _ => name,
+                    };
+                    Some(field(class, name))
+                });
+            let whole = if site.is_empty() {
+                "qos.classes"
+            } else {
+                "site.qos_classes"
+            };
+            ConfigError::new(named.unwrap_or_else(|| whole.to_owned()), message)
         })?;
         Ok(settings)
     }
@@ -373,6 +449,129 @@ mod tests {
         assert!(cfg.qos.marks_any());
         // Without [qos], nothing is marked.
         assert!(!validate(SHAPED).unwrap().qos.marks_any());
+    }
+
+    #[test]
+    fn a_sites_class_settings_replace_the_files_field_by_field_and_errors_name_them() {
+        use super::{ClassSection, ClassesSection};
+        use crate::config::site::{Capabilities, SiteSections};
+
+        let file = format!(
+            r#"{SHAPED}
+            [qos.classes.Bulk]
+            weight = 5
+            min_percent = 10
+            dscp = 8
+            "#
+        );
+        let snapshot = validate(&file).unwrap();
+        let apply = |classes: ClassesSection| {
+            let sections = SiteSections {
+                qos_classes: classes,
+                ..Config::from_toml(&file).unwrap().site_sections()
+            };
+            let caps = Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier);
+            let mut next = snapshot.clone();
+            sections
+                .compile(caps)
+                .and_then(|site| next.set_site(site))
+                .map(|()| next)
+        };
+
+        // The site gives Bulk more weight and marks RealTime; Bulk keeps
+        // the file's minimum and mark.
+        let next = apply(ClassesSection {
+            real_time: Some(ClassSection {
+                limit_percent: Some(25),
+                dscp: Some(46),
+                ..ClassSection::default()
+            }),
+            bulk: Some(ClassSection {
+                weight: Some(50),
+                ..ClassSection::default()
+            }),
+            ..ClassesSection::default()
+        })
+        .unwrap();
+        let shaper = &next.shapers[0].config;
+        assert_eq!(shaper.realtime.limit_percent, 25);
+        let bulk = shaper.weighted[3];
+        assert_eq!((bulk.weight, bulk.min_percent), (50, 10));
+        assert_eq!(
+            (next.qos.shaper.realtime, next.qos.shaper.weighted),
+            (shaper.realtime, shaper.weighted),
+            "the class settings the shapers run"
+        );
+        assert_eq!(next.qos.marks[Class::RealTime.index()], Some(46));
+        assert_eq!(next.qos.marks[Class::Bulk.index()], Some(8), "the file's");
+        // A site without class settings brings the file's back.
+        let back = apply(ClassesSection::default()).unwrap();
+        assert_eq!(back.shapers[0].config, snapshot.shapers[0].config);
+        assert_eq!(back.qos, snapshot.qos);
+
+        let refused = |classes: ClassesSection| apply(classes).unwrap_err().field;
+        let bulk = |section: ClassSection| ClassesSection {
+            bulk: Some(section),
+            ..ClassesSection::default()
+        };
+        let weight = |weight| ClassSection {
+            weight: Some(weight),
+            ..ClassSection::default()
+        };
+        assert_eq!(refused(bulk(weight(0))), "site.qos_classes[Bulk].weight");
+        // The file's minimum above the site's limit: the site's field is
+        // named, as the one its author can change.
+        let limit = ClassSection {
+            limit_percent: Some(5),
+            ..ClassSection::default()
+        };
+        assert_eq!(refused(bulk(limit)), "site.qos_classes[Bulk].limit_percent");
+        let minimum = ClassSection {
+            min_percent: Some(95),
+            ..ClassSection::default()
+        };
+        assert_eq!(refused(bulk(minimum)), "site.qos_classes");
+        let rt_weight = ClassesSection {
+            real_time: Some(weight(3)),
+            ..ClassesSection::default()
+        };
+        assert_eq!(refused(rt_weight), "site.qos_classes[RealTime].weight");
+        let mark = ClassSection {
+            dscp: Some(64),
+            ..ClassSection::default()
+        };
+        assert_eq!(refused(bulk(mark)), "site.qos_classes[Bulk].dscp");
+
+        // Without a shaped uplink only marks do anything.
+        let file = r#"
+            [[port]]
+            name = "wan"
+            device = "net_ring0"
+            addresses = ["192.0.2.2/24"]
+            [qos.classes.Bulk]
+            dscp = 8
+        "#;
+        let snapshot = validate(file).unwrap();
+        let apply = |classes: ClassesSection| {
+            let sections = SiteSections {
+                qos_classes: classes,
+                ..Config::from_toml(file).unwrap().site_sections()
+            };
+            let caps = Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier);
+            let mut next = snapshot.clone();
+            sections
+                .compile(caps)
+                .and_then(|site| next.set_site(site))
+                .map(|()| next)
+        };
+        let e = apply(bulk(weight(5))).unwrap_err();
+        assert_eq!(e.field, "site.qos_classes[Bulk].weight", "{e}");
+        let marked = apply(bulk(ClassSection {
+            dscp: Some(10),
+            ..ClassSection::default()
+        }))
+        .unwrap();
+        assert_eq!(marked.qos.marks[Class::Bulk.index()], Some(10));
     }
 
     #[test]

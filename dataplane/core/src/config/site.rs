@@ -17,7 +17,7 @@ use patronus_proto::names::{ip_protocol, is_dns_label, is_host};
 use serde::Deserialize;
 
 use super::policy::{Match, Rule};
-use super::qos::{TunnelSlots, MAX_RATED_PEERS};
+use super::qos::{ClassesSection, TunnelSlots, MAX_RATED_PEERS};
 use super::uplinks::{check_settings, UplinkSettings};
 use super::ConfigError;
 use crate::dpi::apps::{AppError, AppSpec};
@@ -234,6 +234,9 @@ pub struct SiteSections {
     /// The control plane's settings for the file's uplinks (a file sets
     /// them in `[[uplink]]` itself).
     pub uplinks: Vec<UplinkSettings>,
+    /// The control plane's settings for the classes (a file sets them in
+    /// `[qos.classes]` itself).
+    pub qos_classes: ClassesSection,
 }
 
 /// A validated peer.
@@ -286,6 +289,8 @@ pub struct SiteState {
     pub tunnel_slots: TunnelSlots,
     /// The control plane's settings for the file's uplinks.
     pub uplinks: Vec<UplinkSettings>,
+    /// The control plane's settings for the file's classes.
+    pub qos_classes: ClassesSection,
 }
 
 /// What the data plane knows of itself that a site configuration must fit.
@@ -325,6 +330,7 @@ impl SiteSections {
             && self.policies.is_empty()
             && self.applications.is_empty()
             && self.uplinks.is_empty()
+            && self.qos_classes.is_empty()
     }
 
     /// Validates and compiles the sections.
@@ -462,6 +468,7 @@ impl SiteSections {
             rules,
             tunnel_slots,
             uplinks: self.uplinks.clone(),
+            qos_classes: self.qos_classes.clone(),
         })
     }
 }

@@ -33,6 +33,7 @@ fn sections(toml_text: &str) -> SiteSections {
         policies: f.policies,
         applications: Vec::new(),
         uplinks: Vec::new(),
+        qos_classes: Default::default(),
     }
 }
 
