@@ -25,20 +25,22 @@ use prometheus_client::registry::Registry;
 
 use crate::agent::AgentStatus;
 use crate::dpdk::{Mempool, Port, PortStats};
+use patronus_core::bfd::packet::{Diagnostic, Malformed, State as BfdState};
 use patronus_core::config::site::RuleAction;
 use patronus_core::config::{Snapshot, TunnelSnapshot};
 use patronus_core::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUCKETS};
 use patronus_core::dpi::Category;
 use patronus_core::neighbor::NeighborShared;
 use patronus_core::packet::parse::ParseError;
+use patronus_core::paths::bfd::{BfdCounters, BfdDrop, DIAGNOSTICS};
 use patronus_core::paths::sla::PathFigures;
 use patronus_core::paths::Path;
 use patronus_core::published::Published;
 use patronus_core::qos::{self, Class, ClassCounters};
 use patronus_core::stats::{
-    peer_total, Counter, Counters, DropReason, FailoverReason, PathReport, PolicyCounters,
-    RecoveryHistogram, SharedCounters, SharedQosStats, SharedTunnelStats, SojournHistogram,
-    MAX_TUNNEL_PEERS, RECOVERY_BUCKETS, SOJOURN_BUCKETS_NS,
+    peer_total, BfdReport, Counter, Counters, DropReason, FailoverReason, PathReport, PathsReport,
+    PolicyCounters, RecoveryHistogram, SharedCounters, SharedQosStats, SharedTunnelStats,
+    SojournHistogram, MAX_TUNNEL_PEERS, RECOVERY_BUCKETS, SOJOURN_BUCKETS_NS,
 };
 use patronus_core::tunnel::{PeerStats, TunnelDrop, TunnelEvent};
 
@@ -679,6 +681,104 @@ impl Scrape<'_> {
         )
     }
 
+    /// The BFD session of each path that has one, and the Control packets
+    /// of every worker; nothing when no path runs BFD.
+    fn bfd(
+        &self,
+        paths: &[(&Path, &PathReport)],
+        reports: &[Arc<PathsReport>],
+        enc: &mut DescriptorEncoder,
+    ) -> fmt::Result {
+        let sessions: Vec<(&Path, &BfdReport)> = paths
+            .iter()
+            .filter_map(|(p, r)| Some((*p, r.bfd.as_ref()?)))
+            .collect();
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        gauge(
+            enc,
+            "patronus_bfd_session_status",
+            "1 for the state the path's BFD session is in, 0 for the others.",
+            sessions.iter().flat_map(|(p, b)| {
+                BfdState::ALL.into_iter().map(move |state| {
+                    (
+                        [
+                            ("path_id", p.id.to_string()),
+                            ("state", state.as_str().to_owned()),
+                        ],
+                        i64::from(b.state == state),
+                    )
+                })
+            }),
+        )?;
+        counter(
+            enc,
+            "patronus_bfd_state_changes",
+            "Times the path's BFD session entered a state, by the diagnostic it then sent.",
+            sessions.iter().flat_map(|(p, b)| {
+                BfdState::ALL
+                    .into_iter()
+                    .enumerate()
+                    .flat_map(move |(s, to)| {
+                        (0..DIAGNOSTICS)
+                            .filter(move |&d| b.changes[s][d] > 0)
+                            .map(move |d| {
+                                (
+                                    [
+                                        ("path_id", p.id.to_string()),
+                                        ("to", to.as_str().to_owned()),
+                                        ("diag", Diagnostic(d as u8).as_str().to_owned()),
+                                    ],
+                                    b.changes[s][d],
+                                )
+                            })
+                    })
+            }),
+        )?;
+        gauge(
+            enc,
+            "patronus_bfd_detection_time_seconds",
+            "How long the path's BFD session waits for a packet before it declares the path down, as negotiated (0 before the remote is heard).",
+            sessions
+                .iter()
+                .map(|(p, b)| ([("path_id", p.id.to_string())], b.detection_time_ns as f64 / 1e9)),
+        )?;
+        let mut total = BfdCounters::default();
+        for w in reports {
+            total.tx += w.bfd.tx;
+            total.rx += w.bfd.rx;
+            for (t, c) in total.malformed.iter_mut().zip(w.bfd.malformed) {
+                *t += c;
+            }
+            for (t, c) in total.dropped.iter_mut().zip(w.bfd.dropped) {
+                *t += c;
+            }
+        }
+        counter(
+            enc,
+            "patronus_bfd_control_packets",
+            "BFD Control packets sent and taken by a session, over every path.",
+            [("tx", total.tx), ("rx", total.rx)]
+                .into_iter()
+                .map(|(d, n)| ([("direction", d.to_owned())], n)),
+        )?;
+        counter(
+            enc,
+            "patronus_bfd_control_drops",
+            "BFD Control packets received and dropped, by reason: their shape (truncated, version, ...), a TTL other than 255, or no session of theirs.",
+            Malformed::ALL
+                .iter()
+                .map(|m| (m.as_str(), total.malformed[m.index()]))
+                .chain(
+                    BfdDrop::ALL
+                        .iter()
+                        .map(|r| (r.as_str(), total.dropped[r.index()])),
+                )
+                .map(|(reason, n)| ([("reason", reason.to_owned())], n)),
+        )
+    }
+
     /// Each path: what it is, whether its peer's packets take it, what its
     /// probes or its peer's handshakes measure ("not measured" is no
     /// series, not a zero), its traffic; and the failovers.
@@ -824,6 +924,7 @@ impl Scrape<'_> {
                 paths.iter().map(|(p, r)| (id(p), value(r))),
             )?;
         }
+        self.bfd(&paths, &reports, enc)?;
         let mut failovers: std::collections::BTreeMap<&str, [u64; FailoverReason::COUNT]> =
             std::collections::BTreeMap::new();
         failovers.insert("default", [0; FailoverReason::COUNT]);
@@ -1550,7 +1651,27 @@ conditions = [{{ type = "category", value = "Video" }}]
             tx_bytes: 10_000 + i as u64,
             rx_packets: 200 + i as u64,
             rx_bytes: 20_000 + i as u64,
+            bfd: None,
         };
+        // mpls runs BFD: up twice, down once when its detection time ran out.
+        let mut changes = [[0; DIAGNOSTICS]; 4];
+        changes[3][0] = 2;
+        changes[1][1] = 1;
+        let with_bfd = |r: PathReport| PathReport {
+            bfd: Some(BfdReport {
+                state: BfdState::Up,
+                changes,
+                detection_time_ns: 150_000_000,
+            }),
+            ..r
+        };
+        let mut bfd = BfdCounters {
+            tx: 1_000,
+            rx: 990,
+            ..BfdCounters::default()
+        };
+        bfd.malformed[Malformed::Version.index()] = 2;
+        bfd.dropped[BfdDrop::Ttl.index()] = 1;
         let measured = PathFigures {
             up: true,
             rtt_ms: Some([10.5, 12.0, 15.25]),
@@ -1573,22 +1694,27 @@ conditions = [{{ type = "category", value = "Video" }}]
         };
         tunnels[0].publish_paths(PathsReport {
             paths: vec![
-                report(0, true, Some(measured)),
+                with_bfd(report(0, true, Some(measured))),
                 report(1, false, Some(silent)),
             ],
-            failovers: vec![("default".into(), [3, 0, 2]), ("voice".into(), [1, 1, 0])],
+            failovers: vec![
+                ("default".into(), [3, 0, 2, 1]),
+                ("voice".into(), [1, 1, 0, 0]),
+            ],
             recovery: RecoveryHistogram {
                 buckets: [0, 1, 2, 0, 0, 0, 0, 0, 0, 0],
                 over: 0,
                 sum_s: 0.0185,
             },
             moves: Vec::new(),
+            bfd,
         });
         tunnels[1].publish_paths(PathsReport {
             paths: vec![report(2, true, None), report(3, false, None)],
-            failovers: vec![("default".into(), [1, 0, 0])],
+            failovers: vec![("default".into(), [1, 0, 0, 0])],
             recovery: RecoveryHistogram::default(),
             moves: Vec::new(),
+            bfd: BfdCounters::default(),
         });
         // The video rule dropped 7 packets on one worker, 5 on the other.
         let slot = snapshot.site.rules[0].slot;

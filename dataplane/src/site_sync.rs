@@ -75,6 +75,8 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
                 },
                 compression: spec.compression,
                 bfd_enabled: spec.bfd_enabled,
+                tunnel_address: None,
+                bfd: None,
                 allowed_ips: Vec::new(),
                 persistent_keepalive_s: 0,
                 rate_mbps: (spec.rate_mbps != 0.0).then_some(spec.rate_mbps),

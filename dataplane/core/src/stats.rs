@@ -250,6 +250,8 @@ labelled_enum! {
         /// A clearly better path (or, for the site's order, an earlier one
         /// that came back) stayed so for the hold time.
         BetterPath => "better_path";
+        /// The path they took went down by BFD (its session left Up).
+        BfdDown => "bfd_down";
     }
 }
 
@@ -374,6 +376,20 @@ pub struct PathReport {
     pub rx_packets: u64,
     /// Their bytes (inner).
     pub rx_bytes: u64,
+    /// Its BFD session, when its peer has BFD.
+    pub bfd: Option<BfdReport>,
+}
+
+/// A path's BFD session as its worker last published it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BfdReport {
+    /// The session's state.
+    pub state: crate::bfd::packet::State,
+    /// State changes, by state entered (in [`crate::paths::bfd::STATES`]
+    /// order) and diagnostic (0-8, then the reserved ones).
+    pub changes: [[u64; crate::paths::bfd::DIAGNOSTICS]; 4],
+    /// The detection time negotiated now (ns; 0 before the remote is heard).
+    pub detection_time_ns: u64,
 }
 
 /// One move of traffic to another path, as the worker that made it recorded it.
@@ -402,6 +418,8 @@ pub struct PathsReport {
     pub recovery: RecoveryHistogram,
     /// The latest moves, oldest first (a few dozen at most).
     pub moves: Vec<PathMove>,
+    /// Its BFD Control packets.
+    pub bfd: crate::paths::bfd::BfdCounters,
 }
 
 /// The published copy of one worker's tunnel figures: engine-wide drops and

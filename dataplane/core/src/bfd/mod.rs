@@ -4,9 +4,8 @@
 //! Built so far: the Control packet codec ([`packet`]), the session state
 //! machine with its timers ([`session`]) and keyed SHA1 authentication
 //! ([`auth`]: the caller verifies a packet before the session takes it, and
-//! seals what the session sends). Where sessions run (tunnel paths, uplink
-//! next hops, multihop) follows; nothing runs BFD on the packet path yet,
-//! so `Peer.bfdEnabled` is refused.
+//! seals what the session sends). Sessions run on tunnel paths
+//! ([`crate::paths::bfd`]); uplink next hops and multihop follow.
 
 pub mod auth;
 pub mod packet;

@@ -31,6 +31,19 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, as metrics list them.
+    pub const ALL: [State; 4] = [State::AdminDown, State::Down, State::Init, State::Up];
+
+    /// The state's label in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::AdminDown => "admin_down",
+            State::Down => "down",
+            State::Init => "init",
+            State::Up => "up",
+        }
+    }
+
     fn from_bits(bits: u8) -> State {
         match bits & 3 {
             0 => State::AdminDown,
@@ -64,6 +77,22 @@ impl Diagnostic {
     pub const NEIGHBOR_DOWN: Diagnostic = Diagnostic(3);
     /// Administratively down.
     pub const ADMIN_DOWN: Diagnostic = Diagnostic(7);
+
+    /// The diagnostic's label in metrics (§4.1's names; `reserved` above 8).
+    pub fn as_str(self) -> &'static str {
+        match self.0 {
+            0 => "none",
+            1 => "control_detection_time_expired",
+            2 => "echo_function_failed",
+            3 => "neighbor_signaled_session_down",
+            4 => "forwarding_plane_reset",
+            5 => "path_down",
+            6 => "concatenated_path_down",
+            7 => "administratively_down",
+            8 => "reverse_concatenated_path_down",
+            _ => "reserved",
+        }
+    }
 }
 
 /// The authentication section, when the A bit is set.

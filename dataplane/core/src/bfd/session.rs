@@ -117,7 +117,8 @@ impl Session {
             final_owed: false,
             next_tx_ns: now_ns,
             detect_ns: None,
-            changes: std::collections::VecDeque::new(),
+            // Reserved now: a state change never allocates.
+            changes: std::collections::VecDeque::with_capacity(4),
             rng: seed | 1,
         }
     }
@@ -154,6 +155,11 @@ impl Session {
     pub fn poll_timeout(&self) -> u64 {
         self.detect_ns
             .map_or(self.next_tx_ns, |d| d.min(self.next_tx_ns))
+    }
+
+    /// Whether [`Session::poll_transmit`] has a packet at `now`.
+    pub fn transmit_due(&self, now_ns: u64) -> bool {
+        now_ns >= self.next_tx_ns || self.final_owed
     }
 
     /// The next state change, oldest first.

@@ -9,7 +9,7 @@
 //! exactly as a bad file is.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use base64::Engine as _;
 use ipnet::IpNet;
@@ -20,6 +20,7 @@ use super::policy::{Match, Rule};
 use super::qos::{ClassesSection, TunnelSlots, MAX_RATED_PEERS};
 use super::uplinks::{check_settings, UplinkSettings};
 use super::ConfigError;
+use crate::bfd::session::Timers;
 use crate::dpi::apps::{AppError, AppSpec};
 use crate::dpi::{Category, Classifier};
 pub use crate::paths::select::{Strategy, Thresholds};
@@ -101,9 +102,17 @@ pub struct PeerSection {
     /// Compress tunnel payloads (Patronus peers only).
     #[serde(default)]
     pub compression: bool,
-    /// Run BFD over the tunnel: refused while BFD is not built.
+    /// Run BFD (RFC 5881) on every path to the peer, inside the tunnel,
+    /// between our tunnel address and `tunnel_address` (Patronus peers).
     #[serde(default)]
     pub bfd_enabled: bool,
+    /// The peer's own address inside the tunnel (IPv4, within its
+    /// `allowed_ips`): where BFD sends to.
+    #[serde(default)]
+    pub tunnel_address: Option<String>,
+    /// BFD's timers toward this peer; absent: 300 ms × 3.
+    #[serde(default)]
+    pub bfd: Option<BfdSection>,
     /// Inner addresses the peer may send from and that are routed to it
     /// (cryptokey routing), as prefixes.
     #[serde(default)]
@@ -116,6 +125,30 @@ pub struct PeerSection {
     /// shaped uplink; absent: only the uplink's rate applies.
     #[serde(default)]
     pub rate_mbps: Option<f64>,
+}
+
+/// `peer.bfd`: a BFD session's timers (RFC 5880 §6.8.1), each optional.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BfdSection {
+    /// How often we would like to send (ms, 10-60000; default 300).
+    #[serde(default)]
+    pub desired_min_tx_ms: Option<u32>,
+    /// How often we can take packets (ms, 10-60000; default 300).
+    #[serde(default)]
+    pub required_min_rx_ms: Option<u32>,
+    /// Packets missed before the path is declared down (2-255; default 3).
+    #[serde(default)]
+    pub detect_multiplier: Option<u8>,
+}
+
+/// A peer's BFD, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerBfd {
+    /// The peer's address inside the tunnel.
+    pub remote: Ipv4Addr,
+    /// Our timers.
+    pub timers: Timers,
 }
 
 /// `peer.wireguard`.
@@ -263,6 +296,8 @@ pub struct Peer {
     pub persistent_keepalive_s: u16,
     /// Its tunnel's own rate on shaped uplinks (bit/s).
     pub rate_bps: Option<u64>,
+    /// BFD on its paths, when enabled.
+    pub bfd: Option<PeerBfd>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -394,12 +429,7 @@ impl SiteSections {
                 }
                 allowed_ips.push(net);
             }
-            if p.bfd_enabled {
-                return Err(ConfigError::new(
-                    format!("{field}.bfd_enabled"),
-                    "BFD does not run on tunnel paths yet; leave it false (path probes detect failures)",
-                ));
-            }
+            let bfd = peer_bfd(p, &field)?;
             let rate_bps = match p.rate_mbps {
                 None => None,
                 Some(rate) if (0.008..=400_000.0).contains(&rate) => {
@@ -433,6 +463,7 @@ impl SiteSections {
                 allowed_ips,
                 persistent_keepalive_s: p.persistent_keepalive_s,
                 rate_bps,
+                bfd,
             });
         }
         let rates: Vec<Option<u64>> = peers.iter().map(|p| p.rate_bps).collect();
@@ -471,6 +502,89 @@ impl SiteSections {
             qos_classes: self.qos_classes.clone(),
         })
     }
+}
+
+/// A peer's BFD settings, checked: only for Patronus peers, with their
+/// tunnel address; fields without `bfd_enabled` are refused, not ignored.
+fn peer_bfd(p: &PeerSection, field: &str) -> Result<Option<PeerBfd>, ConfigError> {
+    if !p.bfd_enabled {
+        if p.tunnel_address.is_some() {
+            return Err(ConfigError::new(
+                format!("{field}.tunnel_address"),
+                "only BFD uses it: set bfd_enabled = true, or leave it out",
+            ));
+        }
+        if p.bfd.is_some() {
+            return Err(ConfigError::new(
+                format!("{field}.bfd"),
+                "BFD's timers need bfd_enabled = true",
+            ));
+        }
+        return Ok(None);
+    }
+    if !p.sla_probes {
+        return Err(ConfigError::new(
+            format!("{field}.bfd_enabled"),
+            "BFD runs on the paths of a Patronus peer (sla_probes = true); \
+             toward a stock WireGuard peer it is not supported yet",
+        ));
+    }
+    let at = format!("{field}.tunnel_address");
+    let Some(text) = &p.tunnel_address else {
+        return Err(ConfigError::new(
+            at,
+            "BFD needs the peer's IPv4 address inside the tunnel",
+        ));
+    };
+    let remote = match text.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) if !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast() => {
+            v4
+        }
+        Ok(IpAddr::V4(v4)) => {
+            return Err(ConfigError::new(
+                at,
+                format!("{v4} is not a unicast address"),
+            ))
+        }
+        Ok(IpAddr::V6(_)) => {
+            return Err(ConfigError::new(
+                at,
+                "BFD over IPv6 inside the tunnel is not supported yet: give an IPv4 address",
+            ))
+        }
+        Err(_) => {
+            return Err(ConfigError::new(
+                at,
+                format!("{text:?} is not an IPv4 address"),
+            ))
+        }
+    };
+    let b = p.bfd.unwrap_or_default();
+    let interval = |name: &str, ms: Option<u32>| -> Result<u32, ConfigError> {
+        let ms = ms.unwrap_or(300);
+        if !(10..=60_000).contains(&ms) {
+            return Err(ConfigError::new(
+                format!("{field}.bfd.{name}"),
+                format!("{ms} is outside 10-60000 ms"),
+            ));
+        }
+        Ok(ms * 1_000)
+    };
+    let detect_mult = b.detect_multiplier.unwrap_or(3);
+    if detect_mult < 2 {
+        return Err(ConfigError::new(
+            format!("{field}.bfd.detect_multiplier"),
+            format!("{detect_mult} is outside 2-255"),
+        ));
+    }
+    Ok(Some(PeerBfd {
+        remote,
+        timers: Timers {
+            desired_min_tx_us: interval("desired_min_tx_ms", b.desired_min_tx_ms)?,
+            required_min_rx_us: interval("required_min_rx_ms", b.required_min_rx_ms)?,
+            detect_mult,
+        },
+    }))
 }
 
 /// The built-in catalogue plus the file's `[[dpi.application]]` and the

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::site::{Peer, SiteState};
 use super::ConfigError;
+use crate::paths::bfd::BfdEnds;
 use crate::paths::{path_tag, Choosing, Path, PathTable, Uplink, MAX_PATHS, MAX_PATHS_PER_PEER};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::noise::{PeerKeys, StaticKeys};
@@ -192,9 +193,39 @@ fn resolve(host: &str, port: u16, field: &str) -> Result<SocketAddr, ConfigError
 /// The site's paths: each peer's endpoints over each uplink, in that order.
 fn paths(local: &TunnelLocal, site: &SiteState) -> Result<PathTable, ConfigError> {
     let site_id = site.site.as_ref().map_or("local", |s| s.site_id.as_str());
+    // BFD speaks from the tunnel's first IPv4 address.
+    let bfd_local = local
+        .section
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse::<IpNet>().ok())
+        .find_map(|net| match net.addr() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        });
     let mut paths = Vec::new();
     for (peer, p) in site.peers.iter().enumerate() {
         let field = format!("peer[{}]", p.name);
+        let bfd = match (&p.bfd, bfd_local) {
+            (None, _) => None,
+            (Some(b), Some(local)) if b.remote != local => Some(BfdEnds {
+                local,
+                remote: b.remote,
+                timers: b.timers,
+            }),
+            (Some(_), Some(local)) => {
+                return Err(ConfigError::new(
+                    format!("{field}.tunnel_address"),
+                    format!("{local} is this gateway's own tunnel address"),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    format!("{field}.bfd_enabled"),
+                    "BFD speaks from the tunnel's address: give [tunnel] an IPv4 address",
+                ))
+            }
+        };
         if local.uplinks.is_empty() {
             if p.endpoints.len() > 1 {
                 return Err(ConfigError::new(
@@ -247,6 +278,7 @@ fn paths(local: &TunnelLocal, site: &SiteState) -> Result<PathTable, ConfigError
                     uplink: u as u8,
                     endpoint: *endpoint,
                     probed: p.sla_probes,
+                    bfd,
                 });
             }
         }
@@ -323,6 +355,21 @@ pub fn compile(
                 ));
             }
             routes.insert(*prefix, Route { port, via: None });
+        }
+    }
+    for p in &peers.peers {
+        let Some(bfd) = &p.bfd else { continue };
+        if !allowed(p)
+            .iter()
+            .any(|net| net.contains(&IpAddr::V4(bfd.remote)))
+        {
+            return Err(ConfigError::new(
+                format!("peer[{}].tunnel_address", p.name),
+                format!(
+                    "{} is outside the peer's allowed IPs: the tunnel would drop its BFD packets",
+                    bfd.remote
+                ),
+            ));
         }
     }
     let paths = paths(local, peers)?;

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 
+pub mod bfd;
 pub mod passive;
 pub mod probe;
 pub mod select;
@@ -60,6 +61,8 @@ pub struct Path {
     pub endpoint: Option<SocketAddr>,
     /// Whether the path is measured by in-band probes (Patronus peers only).
     pub probed: bool,
+    /// BFD on the path, when its peer has it.
+    pub bfd: Option<bfd::BfdEnds>,
     /// A hash of the id and endpoint: probes carry it, so that an echo of a
     /// path that a new configuration renumbered is not taken for another.
     pub tag: u32,
@@ -201,6 +204,7 @@ mod tests {
             uplink,
             endpoint,
             probed: true,
+            bfd: None,
         }
     }
 

@@ -52,6 +52,13 @@ pub(super) fn run<F: Frame>(
                 tunnel
                     .paths
                     .count_rx(peer, burst.uplink[i], from, frame.len());
+                // BFD of one of the peer's paths ends here.
+                if tunnel
+                    .paths
+                    .handle_bfd(peer, burst.uplink[i], from, frame.data(), ctx.now_ns)
+                {
+                    continue;
+                }
                 if !add_ethernet(&mut frame, TUNNEL_MAC) {
                     counters.drop(DropReason::NoBuffer);
                     continue;

@@ -15,18 +15,23 @@
 //! takes the new path is recorded.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use crate::bfd::packet::ControlPacket;
+use crate::bfd::session::Ignored;
 use crate::config::site::{RuleAction, Strategy, Thresholds};
 use crate::config::{Snapshot, TunnelSnapshot};
 use crate::frame::Frame;
+use crate::paths::bfd::{control_payload, BfdCounters, BfdDrop, PathBfd, MAX_DATAGRAM_LEN};
 use crate::paths::passive::PassiveMeter;
 use crate::paths::probe::{Kind, ProbeMessage, PROBE_LEN};
 use crate::paths::select::{self, Candidate};
 use crate::paths::sla::PathMeter;
 use crate::paths::PathTable;
-use crate::stats::{FailoverReason, PathMove, PathReport, PathsReport, RecoveryHistogram};
+use crate::stats::{
+    BfdReport, FailoverReason, PathMove, PathReport, PathsReport, RecoveryHistogram,
+};
 use crate::tunnel::{HandshakeRoundTrip, TunnelEnv, Tunnels};
 
 /// No uplink chosen: the datagram follows the route table.
@@ -46,6 +51,8 @@ struct PathState {
     meter: Option<PathMeter>,
     /// For the paths of an owned peer that takes no probes.
     passive: Option<PassiveMeter>,
+    /// For the paths of an owned peer with BFD.
+    bfd: Option<PathBfd>,
     tx_packets: u64,
     tx_bytes: u64,
     rx_packets: u64,
@@ -59,6 +66,7 @@ impl PathState {
         PathState {
             meter,
             passive,
+            bfd: None,
             tx_packets: 0,
             tx_bytes: 0,
             rx_packets: 0,
@@ -148,6 +156,10 @@ pub(super) struct Paths {
     scratch: Vec<Candidate>,
     failovers: BTreeMap<Arc<str>, [u64; FailoverReason::COUNT]>,
     recovery: RecoveryHistogram,
+    /// Our tunnel address, when some path runs BFD: inner packets to it
+    /// on port 3784 are BFD's.
+    bfd_local: Option<Ipv4Addr>,
+    bfd_counters: BfdCounters,
     moves: VecDeque<PathMove>,
     moves_made: u64,
 }
@@ -163,8 +175,10 @@ impl Paths {
             self.tunnel = None;
             self.state.clear();
             self.choices.clear();
+            self.bfd_local = None;
             return;
         };
+        self.bfd_local = t.paths.paths.iter().find_map(|p| Some(p.bfd?.local));
         let same_table = self.tunnel.as_ref().is_some_and(|old| old.paths == t.paths);
         if !same_table {
             self.rebuild_state(t, now);
@@ -228,12 +242,29 @@ impl Paths {
                 .and_then(|old| old.paths.iter().position(|o| o.tag == p.tag))
                 .and_then(|i| old_state.get_mut(i).and_then(Option::take))
                 .filter(|s| s.meter.is_some() == probed && s.passive.is_some() == passive);
-            let state = kept.unwrap_or_else(|| {
+            let mut state = kept.unwrap_or_else(|| {
                 PathState::new(
                     probed.then(|| PathMeter::new(t.paths.meter, now)),
                     passive.then(|| PassiveMeter::new(now)),
                 )
             });
+            // A session whose ends stay keeps running; new timers go to
+            // the remote by a Poll sequence while it is Up.
+            state.bfd = match (p.bfd.filter(|_| self.owns(p.peer)), state.bfd.take()) {
+                (None, _) => None,
+                (Some(ends), Some(mut old))
+                    if (old.ends().local, old.ends().remote) == (ends.local, ends.remote) =>
+                {
+                    old.session.set_timers(ends.timers, now);
+                    Some(old)
+                }
+                (Some(ends), _) => Some(PathBfd::new(
+                    ends,
+                    p.tag,
+                    u64::from(p.tag) ^ self.worker as u64,
+                    now,
+                )),
+            };
             self.state.push(state);
         }
     }
@@ -242,12 +273,18 @@ impl Paths {
         self.tunnel.as_deref().map(|t| &t.paths)
     }
 
-    /// The earliest time a meter has work, if any path is probed.
+    /// The earliest time a meter or a BFD session has work, if any path is
+    /// probed or runs BFD.
     pub(super) fn poll_timeout(&self) -> Option<u64> {
-        self.state
+        let meters = self
+            .state
             .iter()
-            .filter_map(|s| s.meter.as_ref().map(PathMeter::poll_timeout))
-            .min()
+            .filter_map(|s| s.meter.as_ref().map(PathMeter::poll_timeout));
+        let sessions = self
+            .state
+            .iter()
+            .filter_map(|s| s.bfd.as_ref().map(|b| b.session.poll_timeout()));
+        meters.chain(sessions).min()
     }
 
     /// The path a packet for `peer` with steering `steer` takes: its index,
@@ -428,6 +465,77 @@ impl Paths {
         }
     }
 
+    /// Takes an inner packet of `peer` that arrived over `uplink` from
+    /// `from`, if it is a BFD Control packet for us (true: consumed, counted
+    /// and dropped whatever it held). A session that changes state is acted
+    /// on at once; a Poll is answered at the next timer pass.
+    pub(super) fn handle_bfd(
+        &mut self,
+        peer: u32,
+        uplink: u8,
+        from: SocketAddr,
+        inner: &[u8],
+        now: u64,
+    ) -> bool {
+        let Some(local) = self.bfd_local else {
+            return false;
+        };
+        let Some((ttl, payload)) = control_payload(inner, local) else {
+            return false;
+        };
+        let counters = &mut self.bfd_counters;
+        if ttl != 255 {
+            counters.dropped[BfdDrop::Ttl.index()] += 1;
+            return true;
+        }
+        let packet = match ControlPacket::parse(payload) {
+            Ok(p) => p,
+            Err(m) => {
+                counters.malformed[m.index()] += 1;
+                return true;
+            }
+        };
+        let Some(t) = self.tunnel.as_deref() else {
+            return true;
+        };
+        let found = if packet.your_discriminator != 0 {
+            t.paths.of_peer(peer).find(|&i| {
+                self.state[i]
+                    .bfd
+                    .as_ref()
+                    .is_some_and(|b| b.session.local_discriminator() == packet.your_discriminator)
+            })
+        } else {
+            // Before the remote knows our discriminator: the path it came
+            // over is the remote's path back to us.
+            t.paths
+                .find(peer, uplink, from)
+                .filter(|&i| self.state[i].bfd.is_some())
+        };
+        let Some(bfd) = found.and_then(|i| self.state[i].bfd.as_mut()) else {
+            let reason = if packet.your_discriminator != 0 {
+                BfdDrop::UnknownDiscriminator
+            } else {
+                BfdDrop::NoSession
+            };
+            counters.dropped[reason.index()] += 1;
+            return true;
+        };
+        match bfd.session.handle_packet(&packet, now) {
+            Ok(()) | Err(Ignored::AdminDown) => counters.rx += 1,
+            Err(Ignored::Discriminator) => {
+                counters.dropped[BfdDrop::UnknownDiscriminator.index()] += 1;
+            }
+        }
+        if bfd.take_changes() {
+            self.evaluate(peer, now);
+        }
+        if packet.poll {
+            self.next_due_ns = now;
+        }
+        true
+    }
+
     /// Runs the meters that are due: timeouts, then probes, sealed by
     /// `engine` for their peer and handed to `out` with their uplink and
     /// endpoint; then re-evaluates every choice.
@@ -446,6 +554,20 @@ impl Paths {
         };
         let mut next = u64::MAX;
         for (i, path) in t.paths.paths.iter().enumerate() {
+            if let Some(bfd) = self.state[i].bfd.as_mut() {
+                bfd.session.handle_timeout(now);
+                // State changes are acted on at the evaluation below.
+                bfd.take_changes();
+                if bfd.session.transmit_due(now) {
+                    if let Some((to, frame)) = seal_control(bfd, &t, path.peer, engine, env, now) {
+                        self.bfd_counters.tx += 1;
+                        self.count_tx(i, frame.len());
+                        out(path.uplink, path.endpoint.unwrap_or(to), frame);
+                    }
+                }
+                let bfd = self.state[i].bfd.as_ref().expect("checked above");
+                next = next.min(bfd.session.poll_timeout());
+            }
             let Some(meter) = self.state[i].meter.as_mut() else {
                 continue;
             };
@@ -512,12 +634,16 @@ impl Paths {
             return;
         }
         self.scratch.clear();
+        // The peer's paths that BFD says are down, by position among them.
+        let mut bfd_down = 0u64;
         for i in range.clone() {
             let p = &t.paths.paths[i];
             let figures = self.state[i].meter.as_mut().map(|m| m.figures(now));
             let uplink = &t.paths.uplinks[usize::from(p.uplink)];
+            let down_by_bfd = self.state[i].bfd.as_ref().is_some_and(PathBfd::says_down);
+            bfd_down |= u64::from(down_by_bfd) << (i - range.start);
             self.scratch.push(Candidate {
-                up: figures.is_none_or(|f| f.up),
+                up: figures.is_none_or(|f| f.up) && !down_by_bfd,
                 figures,
                 cost_per_gb: uplink.cost_per_gb,
                 spare_mbps: self.spare_mbps[usize::from(p.uplink)],
@@ -561,6 +687,8 @@ impl Paths {
                 (best != current).then(|| {
                     if candidates[current].up {
                         FailoverReason::SlaViolation
+                    } else if bfd_down & 1 << current != 0 {
+                        FailoverReason::BfdDown
                     } else {
                         FailoverReason::PathDown
                     }
@@ -653,6 +781,11 @@ impl Paths {
                     tx_bytes: s.tx_bytes,
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,
+                    bfd: s.bfd.as_ref().map(|b| BfdReport {
+                        state: b.session.state(),
+                        changes: *b.changes(),
+                        detection_time_ns: b.session.detection_time_ns(),
+                    }),
                 });
             }
         }
@@ -665,6 +798,7 @@ impl Paths {
                 .collect(),
             recovery: self.recovery.clone(),
             moves: self.moves.iter().cloned().collect(),
+            bfd: self.bfd_counters.clone(),
         }
     }
 }
@@ -692,4 +826,25 @@ fn seal_probe<F: Frame>(
         .expect("the length was set");
     message.write(buf);
     engine.send_extension(&t.config, peer, frame, now, env)
+}
+
+/// `bfd`'s Control packet due now, in a buffer of its own as the datagram
+/// inside the tunnel, sealed for `peer`.
+fn seal_control<F: Frame>(
+    bfd: &mut PathBfd,
+    t: &TunnelSnapshot,
+    peer: u32,
+    engine: &mut Tunnels<F>,
+    env: &mut impl TunnelEnv<F>,
+    now: u64,
+) -> Option<(SocketAddr, F)> {
+    let mut frame = env.alloc()?;
+    if !frame.set_len(MAX_DATAGRAM_LEN) {
+        return None;
+    }
+    let len = bfd.poll_datagram(now, frame.data_mut())?;
+    if !frame.set_len(len) {
+        return None;
+    }
+    engine.send_control(&t.config, peer, frame, now, env)
 }

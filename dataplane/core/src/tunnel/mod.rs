@@ -172,6 +172,9 @@ enum Payload {
     Packet,
     /// A message of the extension.
     Extension,
+    /// An IP packet the data plane itself sends over one path (BFD): never
+    /// compressed, never held for a handshake, not counted as traffic.
+    Control,
 }
 
 /// Counters of one worker's engine.
@@ -485,6 +488,25 @@ impl<F: Frame> Tunnels<F> {
         self.send_owned(cfg, peer, frame, now, Payload::Extension, env)
     }
 
+    /// Seals an IP packet the data plane originates for `peer` (a BFD
+    /// Control packet) in the peer's session: like [`Tunnels::send_extension`],
+    /// it is dropped, not held, when there is no session (one is started),
+    /// and the caller picks the path it leaves by. Only on the peer's owner.
+    pub fn send_control(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        frame: F,
+        now: u64,
+        env: &mut impl TunnelEnv<F>,
+    ) -> Option<(SocketAddr, F)> {
+        debug_assert!(
+            self.owns(peer),
+            "control packets leave from the peer's owner"
+        );
+        self.send_owned(cfg, peer, frame, now, Payload::Control, env)
+    }
+
     /// Runs work another worker handed over (see [`Outcome::HandOff`]).
     pub fn handle_work(
         &mut self,
@@ -570,7 +592,7 @@ impl<F: Frame> Tunnels<F> {
                             && now.saturating_sub(session.created_ns) >= s.rekey_after_time());
                     // Extension messages expect an answer, as data does,
                     // but are counted by whoever sent them.
-                    if payload == Payload::Extension {
+                    if payload != Payload::Packet {
                         state.timers.data_sent(now, s, || jitter(env));
                     } else if len > 0 {
                         state.stats.tx_packets += 1;

@@ -725,11 +725,12 @@ impl Site {
         active[0].0.clone()
     }
 
-    /// Failovers of `policy` by reason: path down, SLA broken, better path.
-    fn failovers(&self, policy: &str) -> [u64; 3] {
+    /// Failovers of `policy` by reason: path down, SLA broken, better
+    /// path, BFD down.
+    fn failovers(&self, policy: &str) -> [u64; 4] {
         let report = self.tunnel_stats[0].paths();
         let found = report.failovers.iter().find(|(p, _)| p == policy);
-        found.map_or([0; 3], |(_, counts)| *counts)
+        found.map_or([0; 4], |(_, counts)| *counts)
     }
 }
 
@@ -787,7 +788,7 @@ fn every_path_is_probed_and_a_dead_one_fails_over_and_back() {
     // down_after intervals and traffic moves to inet->inet.
     run_for(&mut [&mut a, &mut b], &clock, 200 * MS, mpls);
     assert_eq!(a.active_path(), "local:inet->site-2:inet");
-    assert_eq!(a.failovers("default"), [1, 0, 0]);
+    assert_eq!(a.failovers("default"), [1, 0, 0, 0]);
     for (id, r) in a.paths() {
         assert_eq!(
             r.figures.unwrap().up,
@@ -812,7 +813,104 @@ fn every_path_is_probed_and_a_dead_one_fails_over_and_back() {
     assert_eq!(a.active_path(), "local:inet->site-2:inet", "held");
     run_for(&mut [&mut a, &mut b], &clock, 100 * MS, |_| false);
     assert_eq!(a.active_path(), "local:mpls->site-2:mpls");
-    assert_eq!(a.failovers("default"), [1, 0, 1]);
+    assert_eq!(a.failovers("default"), [1, 0, 1, 0]);
+    let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
+    assert_eq!(dropped, 0, "nothing dropped at the gateway");
+}
+
+/// [`multipath_text`] with BFD at 10 ms × 3 on every path, and probes
+/// slow enough (100 ms × 5) that BFD is the first to notice.
+fn bfd_text(n: u8, m: u8) -> String {
+    multipath_text(n, m)
+        .replacen("probe_interval_ms = 20", "probe_interval_ms = 100", 1)
+        .replacen(
+            "sla_probes = true",
+            &format!(
+                "sla_probes = true\n        bfd_enabled = true\n        \
+                 tunnel_address = \"10.99.0.{m}\"\n        \
+                 bfd = {{ desired_min_tx_ms = 10, required_min_rx_ms = 10, detect_multiplier = 3 }}"
+            ),
+            1,
+        )
+        .replacen(
+            &format!("allowed_ips = [\"10.{m}.0.0/24\"]"),
+            &format!("allowed_ips = [\"10.{m}.0.0/24\", \"10.99.0.{m}/32\"]"),
+            1,
+        )
+}
+
+impl Site {
+    /// Each path's BFD session state, in path order.
+    fn bfd_states(&self) -> Vec<(String, crate::bfd::packet::State)> {
+        self.paths()
+            .into_iter()
+            .map(|(id, r)| (id, r.bfd.expect("the path runs BFD").state))
+            .collect()
+    }
+}
+
+#[test]
+fn bfd_on_every_path_takes_a_dead_one_out_before_the_probes_notice() {
+    use crate::bfd::packet::State;
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &bfd_text(1, 2), &clock);
+    let mut b = site_from(2, 1, &bfd_text(2, 1), &clock);
+    let mpls = |u: &Udp| u.src[..3] == [192, 0, 2] || u.dst[..3] == [192, 0, 2];
+    let up = |s: &Site| s.bfd_states().iter().all(|(_, st)| *st == State::Up);
+
+    // Bring-up sends a packet a second (RFC 5880 §6.8.3): every session of
+    // both sites is Up within a few.
+    run_for(&mut [&mut a, &mut b], &clock, 3_000 * MS, |_| false);
+    assert!(
+        up(&a) && up(&b),
+        "{:?}\n{:?}",
+        a.bfd_states(),
+        b.bfd_states()
+    );
+    assert_eq!(a.active_path(), "local:mpls->site-2:mpls");
+    let report = a.tunnel_stats[0].paths();
+    let r = &report.paths[0];
+    assert_eq!(
+        r.bfd.as_ref().unwrap().detection_time_ns,
+        30 * MS,
+        "10 ms × 3"
+    );
+    assert!(report.bfd.rx > 100, "{:?}", report.bfd);
+    assert_eq!(report.bfd.dropped, [0; 3], "{:?}", report.bfd);
+    assert_eq!(report.bfd.malformed.iter().sum::<u64>(), 0);
+
+    // The MPLS network goes dark: BFD declares its paths down after 30 ms,
+    // long before five probes of 100 ms are missed, and traffic moves. (The
+    // figures read here are published every 100 ms.)
+    run_for(&mut [&mut a, &mut b], &clock, 150 * MS, mpls);
+    assert_eq!(
+        a.active_path(),
+        "local:inet->site-2:inet",
+        "{:?}\n{:?}",
+        a.bfd_states(),
+        a.paths()
+    );
+    assert_eq!(a.failovers("default"), [0, 0, 0, 1], "one move, by BFD");
+    for (id, r) in a.paths() {
+        let touches_mpls = id.contains("mpls");
+        let bfd = r.bfd.unwrap();
+        assert_eq!(bfd.state == State::Up, !touches_mpls, "{id}: {bfd:?}");
+        if touches_mpls {
+            // Down once, by detection time expired (diagnostic 1).
+            assert_eq!(bfd.changes[1][1], 1, "{id}: {bfd:?}");
+        }
+        assert!(
+            r.figures.unwrap().up,
+            "{id}: the probes have not noticed yet"
+        );
+    }
+
+    // It comes back: the sessions come Up again, and traffic returns once
+    // the paths stayed up for the hold time.
+    run_for(&mut [&mut a, &mut b], &clock, 3_000 * MS, |_| false);
+    assert!(up(&a), "{:?}", a.bfd_states());
+    assert_eq!(a.active_path(), "local:mpls->site-2:mpls");
+    assert_eq!(a.failovers("default"), [0, 0, 1, 1]);
     let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
     assert_eq!(dropped, 0, "nothing dropped at the gateway");
 }
@@ -915,8 +1013,8 @@ fn route_rules_pick_paths_by_strategy_and_keep_flows_on_them() {
         [inet_inet],
         "a new flow moves"
     );
-    assert_eq!(a.failovers("voice"), [0, 0, 1]);
-    assert_eq!(a.failovers("bulk"), [0, 0, 0]);
+    assert_eq!(a.failovers("voice"), [0, 0, 1, 0]);
+    assert_eq!(a.failovers("bulk"), [0, 0, 0, 0]);
     let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
     assert_eq!(dropped, 0, "nothing dropped at the gateway");
 }
@@ -936,7 +1034,11 @@ fn a_flapping_path_is_left_once_not_followed_back_and_forth() {
         run_for(&mut [&mut a, &mut b], &clock, 2_000 * MS, mpls);
         run_for(&mut [&mut a, &mut b], &clock, 2_000 * MS, |_| false);
     }
-    assert_eq!(a.failovers("default"), [1, 0, 0], "one move for five flaps");
+    assert_eq!(
+        a.failovers("default"),
+        [1, 0, 0, 0],
+        "one move for five flaps"
+    );
     assert_eq!(a.active_path(), "local:inet->site-2:inet");
     run_for(&mut [&mut a, &mut b], &clock, 3_500 * MS, |_| false);
     assert_eq!(
@@ -944,7 +1046,7 @@ fn a_flapping_path_is_left_once_not_followed_back_and_forth() {
         "local:mpls->site-2:mpls",
         "back once stable"
     );
-    assert_eq!(a.failovers("default"), [1, 0, 1]);
+    assert_eq!(a.failovers("default"), [1, 0, 1, 0]);
 }
 
 #[test]

@@ -157,6 +157,36 @@ fn every_refusal_names_its_field() {
             "bfd_enabled = true\nwireguard = { public_key",
             "peer[hq].bfd_enabled",
         ),
+        (
+            "wireguard = { public_key",
+            "tunnel_address = \"10.99.0.2\"\nwireguard = { public_key",
+            "peer[hq].tunnel_address",
+        ),
+        (
+            "wireguard = { public_key",
+            "bfd = { detect_multiplier = 5 }\nwireguard = { public_key",
+            "peer[hq].bfd",
+        ),
+        (
+            "wireguard = { public_key",
+            "bfd_enabled = true\nsla_probes = true\nwireguard = { public_key",
+            "peer[hq].tunnel_address",
+        ),
+        (
+            "wireguard = { public_key",
+            "bfd_enabled = true\nsla_probes = true\ntunnel_address = \"fd00::2\"\nwireguard = { public_key",
+            "peer[hq].tunnel_address",
+        ),
+        (
+            "wireguard = { public_key",
+            "bfd_enabled = true\nsla_probes = true\ntunnel_address = \"10.99.0.2\"\nbfd = { desired_min_tx_ms = 5 }\nwireguard = { public_key",
+            "peer[hq].bfd.desired_min_tx_ms",
+        ),
+        (
+            "wireguard = { public_key",
+            "bfd_enabled = true\nsla_probes = true\ntunnel_address = \"10.99.0.2\"\nbfd = { detect_multiplier = 1 }\nwireguard = { public_key",
+            "peer[hq].bfd.detect_multiplier",
+        ),
         ("site_id = \"branch-1\"", "site_id = \"\"", "site.site_id"),
         (
             "site_id = \"hq\", address",
@@ -170,6 +200,34 @@ fn every_refusal_names_its_field() {
         let err = error(&sections(&text.replacen(from, to, 1)), false);
         assert_eq!(&err.field, field, "{to}: {err}");
     }
+}
+
+#[test]
+fn a_patronus_peer_may_run_bfd_with_its_own_timers() {
+    use crate::bfd::session::Timers;
+    use crate::config::site::PeerBfd;
+    let text = file().replacen(
+        "wireguard = { public_key",
+        "bfd_enabled = true\nsla_probes = true\ntunnel_address = \"10.99.0.2\"\n\
+         bfd = { desired_min_tx_ms = 50, detect_multiplier = 4 }\nwireguard = { public_key",
+        1,
+    );
+    let state = sections(&text).compile(caps(false)).unwrap();
+    assert_eq!(
+        state.peers[0].bfd,
+        Some(PeerBfd {
+            remote: "10.99.0.2".parse().unwrap(),
+            timers: Timers {
+                desired_min_tx_us: 50_000,
+                required_min_rx_us: 300_000,
+                detect_mult: 4,
+            },
+        })
+    );
+    assert_eq!(
+        sections(&file()).compile(caps(false)).unwrap().peers[0].bfd,
+        None
+    );
 }
 
 #[test]
