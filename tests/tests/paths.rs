@@ -131,6 +131,134 @@ fn four_paths_are_measured_and_a_blackholed_uplink_fails_over_and_back() {
     }
 }
 
+/// Gateway `n`'s configuration with BFD at 50 ms × 3 on every path to the
+/// other, and probes slow enough (200 ms × 10) that BFD notices first.
+fn bfd_config(sites: &Sites, n: u8, private: &str, peer_public: &str) -> String {
+    let other = 3 - n;
+    let tunnel = format!("addresses = [\"10.99.0.{n}/24\"]");
+    sites.base_config(
+        n,
+        private,
+        "probe_interval_ms = 200\ndown_after = 10",
+        &tunnel,
+    ) + &format!(
+        r#"
+[[peer]]
+name = "site{other}"
+endpoints = [
+    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
+    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
+]
+sla_probes = true
+bfd_enabled = true
+tunnel_address = "10.99.0.{other}"
+bfd = {{ desired_min_tx_ms = 50, required_min_rx_ms = 50, detect_multiplier = 3 }}
+wireguard = {{ public_key = "{peer_public}" }}
+allowed_ips = ["10.{other}.0.0/24", "10.99.0.{other}/32"]
+"#
+    )
+}
+
+/// How many of a gateway's paths have their BFD session in `state`.
+fn sessions_in(m: &Metrics, state: &str) -> f64 {
+    m.sum("patronus_bfd_session_status", &[("state", state)])
+}
+
+#[test]
+fn bfd_on_every_path_takes_a_blackholed_one_out_before_the_probes_do() {
+    require_root();
+    let sites = Sites::new();
+    let (private1, public1) = wg_keypair();
+    let (private2, public2) = wg_keypair();
+    let mut one = Dataplane::start(&bfd_config(&sites, 1, &private1, &public2));
+    let mut two = Dataplane::start(&bfd_config(&sites, 2, &private2, &public1));
+
+    // Bring-up sends a packet a second (RFC 5880 §6.8.3); then the Poll
+    // sequence moves every session to 50 ms.
+    let all_up = eventually(Duration::from_secs(30), || {
+        [&one, &two].iter().all(|gw| {
+            let m = gw.scrape();
+            sessions_in(&m, "up") == 4.0
+                && m.sum("patronus_bfd_detection_time_seconds", &[]) == 4.0 * 0.15
+        })
+    });
+    let m = one.scrape();
+    assert!(all_up, "{}\n{}", m.text, two.scrape().text);
+    promtool_check(&m.text);
+    assert_eq!(active(&m), ["local:mpls->site2:mpls"]);
+    let drops = m.sum("patronus_bfd_control_drops_total", &[]);
+    assert_eq!(drops, 0.0, "{}", m.text);
+    assert!(ping(&sites.hosts[0], "10.2.0.2"), "ping across the tunnel");
+
+    // Site 2's MPLS address goes dark: BFD takes the two paths to it down
+    // after 150 ms, long before ten probes of 200 ms are missed.
+    let dark = std::time::Instant::now();
+    sites
+        .router
+        .exec(&["ip", "route", "add", "blackhole", "10.20.2.1/32"]);
+    let moved = eventually(Duration::from_secs(10), || {
+        active(&one.scrape()) == ["local:mpls->site2:inet"]
+    });
+    let seen = dark.elapsed();
+    assert!(moved, "{}", one.scrape().text);
+    println!("traffic moved {seen:?} after the blackhole (metrics publish every 100 ms)");
+    // Both paths to the dark address go down, the others stay up.
+    let expected = [
+        (PATHS[0], "down"),
+        (PATHS[1], "up"),
+        (PATHS[2], "down"),
+        (PATHS[3], "up"),
+    ];
+    let settled = eventually(Duration::from_secs(5), || {
+        let m = one.scrape();
+        expected.iter().all(|(p, state)| {
+            m.sum(
+                "patronus_bfd_session_status",
+                &[("path_id", p), ("state", state)],
+            ) == 1.0
+        })
+    });
+    let m = one.scrape();
+    assert!(settled, "{}", m.text);
+    let by = |reason: &str| m.sum("patronus_failover_events_total", &[("reason", reason)]);
+    assert_eq!((by("bfd_down"), by("path_down")), (1.0, 0.0), "{}", m.text);
+    // Down once: by its own detection time, or told by site 2's session,
+    // which hears nothing of ours (the blackhole drops only what goes to
+    // site 2's MPLS address) and says so in what still reaches us.
+    let down = [("path_id", PATHS[0]), ("to", "down")];
+    assert_eq!(
+        m.sum("patronus_bfd_state_changes_total", &down),
+        1.0,
+        "{}",
+        m.text
+    );
+    let logged = one.wait_for_log("traffic moved to another path", Duration::from_secs(5));
+    assert!(logged.contains("bfd_down"), "{logged}");
+    assert!(
+        ping(&sites.hosts[0], "10.2.0.2"),
+        "ping over the other path"
+    );
+
+    // Restored: the sessions come back up, and traffic with them after
+    // the hold time.
+    sites
+        .router
+        .exec(&["ip", "route", "del", "blackhole", "10.20.2.1/32"]);
+    let back = eventually(Duration::from_secs(15), || {
+        let m = one.scrape();
+        sessions_in(&m, "up") == 4.0 && active(&m) == ["local:mpls->site2:mpls"]
+    });
+    assert!(back, "{}", one.scrape().text);
+    assert!(
+        ping(&sites.hosts[1], "10.1.0.2"),
+        "ping back across the tunnel"
+    );
+    for gw in [&mut one, &mut two] {
+        let status = gw.stop();
+        assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+    }
+}
+
 /// A path's figure from a scrape.
 fn figure(m: &Metrics, name: &str, path: &str) -> f64 {
     m.sum(name, &[("path_id", path)])
