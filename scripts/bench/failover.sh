@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Failover: packets lost and the blackout of a paced UDP stream when the
 # path it takes is blackholed, for probe intervals of 10, 20 and 100 ms and
-# streams of 1 000 and 10 000 packets a second (tests/tests/failover.rs).
+# streams of 1 000 and 10 000 packets a second, then with BFD at 10, 50 and
+# 300 ms × 3 deciding (tests/tests/failover.rs; FAILOVER_BFD_MS picks them).
 # Then ten minutes of 1% random loss each way on the path in use, which must
 # cause no failover (FAILOVER_SOAK_S=600). Needs root (namespaces, DPDK on
 # af_packet). FAILOVER_RUNS=5 by default.

@@ -122,6 +122,77 @@ fn failover_blackout_by_probe_interval_and_rate() {
 }
 
 #[test]
+#[ignore = "a benchmark of several minutes: scripts/bench/failover.sh runs it"]
+fn failover_blackout_with_bfd_as_the_detector() {
+    require_root();
+    let runs: usize = std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    // Probes at 1 s × 10 never decide first: BFD does.
+    let paths = "probe_interval_ms = 1000\ndown_after = 10";
+    println!("| BFD interval × 3 | stream | lost min / median / max | blackout ms min / median / max | detection bound |");
+    println!("|---|---|---|---|---|");
+    // FAILOVER_BFD_MS="50,300" picks intervals.
+    let intervals: Vec<u32> = std::env::var("FAILOVER_BFD_MS")
+        .map(|v| v.split(',').filter_map(|ms| ms.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| vec![10, 50, 300]);
+    for bfd_ms in intervals {
+        for pps in [1_000u32, 10_000] {
+            let sites = Sites::new();
+            let (private1, public1) = wg_keypair();
+            let (private2, public2) = wg_keypair();
+            let mut one =
+                Dataplane::start(&sites.bfd_config(1, &private1, &public2, paths, bfd_ms));
+            let mut two =
+                Dataplane::start(&sites.bfd_config(2, &private2, &public1, paths, bfd_ms));
+            let on_mpls = |m: &Metrics| {
+                m.sum(
+                    "patronus_path_active",
+                    &[("path_id", "local:mpls->site2:mpls")],
+                ) == 1.0
+                    && m.sum("patronus_bfd_session_status", &[("state", "up")]) == 4.0
+            };
+            let ready = eventually(Duration::from_secs(30), || on_mpls(&one.scrape()));
+            assert!(ready, "sessions never came up:\n{}", one.scrape().text);
+            let mut outcomes = Vec::new();
+            for _ in 0..runs {
+                outcomes.push(one_run(&sites, pps));
+                let back = eventually(Duration::from_secs(20), || on_mpls(&one.scrape()));
+                assert!(back, "{}", one.scrape().text);
+            }
+            let m = one.scrape();
+            let by = |reason: &str| m.sum("patronus_failover_events_total", &[("reason", reason)]);
+            assert_eq!(
+                by("path_down"),
+                0.0,
+                "BFD, not the probes, decided:\n{}",
+                m.text
+            );
+            let mut lost: Vec<u64> = outcomes.iter().map(|o| o.lost).collect();
+            let mut blackout: Vec<f64> = outcomes.iter().map(|o| o.blackout_ms).collect();
+            lost.sort_unstable();
+            blackout.sort_by(f64::total_cmp);
+            let mid = runs / 2;
+            println!(
+                "| {bfd_ms} ms × 3 | {pps} pps | {} / {} / {} | {:.0} / {:.0} / {:.0} | {} ms |",
+                lost[0],
+                lost[mid],
+                lost[runs - 1],
+                blackout[0],
+                blackout[mid],
+                blackout[runs - 1],
+                3 * bfd_ms,
+            );
+            for gw in [&mut one, &mut two] {
+                let status = gw.stop();
+                assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+            }
+        }
+    }
+}
+
+#[test]
 #[ignore = "a benchmark of ten minutes: scripts/bench/failover.sh runs it"]
 fn no_false_failover_at_one_percent_loss() {
     require_root();

@@ -131,34 +131,6 @@ fn four_paths_are_measured_and_a_blackholed_uplink_fails_over_and_back() {
     }
 }
 
-/// Gateway `n`'s configuration with BFD at 50 ms × 3 on every path to the
-/// other, and probes slow enough (200 ms × 10) that BFD notices first.
-fn bfd_config(sites: &Sites, n: u8, private: &str, peer_public: &str) -> String {
-    let other = 3 - n;
-    let tunnel = format!("addresses = [\"10.99.0.{n}/24\"]");
-    sites.base_config(
-        n,
-        private,
-        "probe_interval_ms = 200\ndown_after = 10",
-        &tunnel,
-    ) + &format!(
-        r#"
-[[peer]]
-name = "site{other}"
-endpoints = [
-    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
-    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
-]
-sla_probes = true
-bfd_enabled = true
-tunnel_address = "10.99.0.{other}"
-bfd = {{ desired_min_tx_ms = 50, required_min_rx_ms = 50, detect_multiplier = 3 }}
-wireguard = {{ public_key = "{peer_public}" }}
-allowed_ips = ["10.{other}.0.0/24", "10.99.0.{other}/32"]
-"#
-    )
-}
-
 /// How many of a gateway's paths have their BFD session in `state`.
 fn sessions_in(m: &Metrics, state: &str) -> f64 {
     m.sum("patronus_bfd_session_status", &[("state", state)])
@@ -170,8 +142,10 @@ fn bfd_on_every_path_takes_a_blackholed_one_out_before_the_probes_do() {
     let sites = Sites::new();
     let (private1, public1) = wg_keypair();
     let (private2, public2) = wg_keypair();
-    let mut one = Dataplane::start(&bfd_config(&sites, 1, &private1, &public2));
-    let mut two = Dataplane::start(&bfd_config(&sites, 2, &private2, &public1));
+    // BFD at 50 ms × 3, probes slow enough (200 ms × 10) that BFD notices first.
+    let paths = "probe_interval_ms = 200\ndown_after = 10";
+    let mut one = Dataplane::start(&sites.bfd_config(1, &private1, &public2, paths, 50));
+    let mut two = Dataplane::start(&sites.bfd_config(2, &private2, &public1, paths, 50));
 
     // Bring-up sends a packet a second (RFC 5880 §6.8.3); then the Poll
     // sequence moves every session to 50 ms.

@@ -205,6 +205,38 @@ allowed_ips = ["10.{other}.0.0/24"]
         self.base_config(n, private, paths, "") + &peer
     }
 
+    /// Gateway `n`'s configuration with BFD on every path to the other
+    /// (`bfd_ms` × 3, inside the tunnel between 10.99.0.1 and 10.99.0.2),
+    /// `paths` the body of its `[paths]`.
+    pub fn bfd_config(
+        &self,
+        n: u8,
+        private: &str,
+        peer_public: &str,
+        paths: &str,
+        bfd_ms: u32,
+    ) -> String {
+        let other = 3 - n;
+        let tunnel = format!("addresses = [\"10.99.0.{n}/24\"]");
+        self.base_config(n, private, paths, &tunnel)
+            + &format!(
+                r#"
+[[peer]]
+name = "site{other}"
+endpoints = [
+    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
+    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
+]
+sla_probes = true
+bfd_enabled = true
+tunnel_address = "10.99.0.{other}"
+bfd = {{ desired_min_tx_ms = {bfd_ms}, required_min_rx_ms = {bfd_ms}, detect_multiplier = 3 }}
+wireguard = {{ public_key = "{peer_public}" }}
+allowed_ips = ["10.{other}.0.0/24", "10.99.0.{other}/32"]
+"#
+            )
+    }
+
     /// Gateway `n`'s ports, tunnel (with `tunnel_extra` in its section),
     /// uplinks (MPLS costs 1.0 per GB, the internet 0.1) and `[paths]`
     /// (`paths` its body), without peers.
