@@ -61,6 +61,20 @@ fn one_run(sites: &Sites, pps: u32) -> Outcome {
     }
 }
 
+/// One row of a benchmark's table: the runs' packets lost and blackouts,
+/// min / median / max.
+fn print_row(detector: &str, pps: u32, outcomes: &[Outcome], bound: &str) {
+    let mut lost: Vec<u64> = outcomes.iter().map(|o| o.lost).collect();
+    let mut blackout: Vec<f64> = outcomes.iter().map(|o| o.blackout_ms).collect();
+    lost.sort_unstable();
+    blackout.sort_by(f64::total_cmp);
+    let (mid, last) = (outcomes.len() / 2, outcomes.len() - 1);
+    println!(
+        "| {detector} | {pps} pps | {} / {} / {} | {:.0} / {:.0} / {:.0} | {bound} |",
+        lost[0], lost[mid], lost[last], blackout[0], blackout[mid], blackout[last],
+    );
+}
+
 #[test]
 #[ignore = "a benchmark of several minutes: scripts/bench/failover.sh runs it"]
 fn failover_blackout_by_probe_interval_and_rate() {
@@ -97,21 +111,11 @@ fn failover_blackout_by_probe_interval_and_rate() {
                 });
                 assert!(back, "{}", one.scrape().text);
             }
-            let mut lost: Vec<u64> = outcomes.iter().map(|o| o.lost).collect();
-            let mut blackout: Vec<f64> = outcomes.iter().map(|o| o.blackout_ms).collect();
-            lost.sort_unstable();
-            blackout.sort_by(f64::total_cmp);
-            let mid = runs / 2;
-            println!(
-                "| {probe_ms} ms × 5 | {pps} pps | {} / {} / {} | {:.0} / {:.0} / {:.0} | {}–{} ms |",
-                lost[0],
-                lost[mid],
-                lost[runs - 1],
-                blackout[0],
-                blackout[mid],
-                blackout[runs - 1],
-                5 * probe_ms,
-                6 * probe_ms,
+            print_row(
+                &format!("{probe_ms} ms × 5"),
+                pps,
+                &outcomes,
+                &format!("{}–{} ms", 5 * probe_ms, 6 * probe_ms),
             );
             for gw in [&mut one, &mut two] {
                 let status = gw.stop();
@@ -135,7 +139,11 @@ fn failover_blackout_with_bfd_as_the_detector() {
     println!("|---|---|---|---|---|");
     // FAILOVER_BFD_MS="50,300" picks intervals.
     let intervals: Vec<u32> = std::env::var("FAILOVER_BFD_MS")
-        .map(|v| v.split(',').filter_map(|ms| ms.trim().parse().ok()).collect())
+        .map(|v| {
+            v.split(',')
+                .filter_map(|ms| ms.trim().parse().ok())
+                .collect()
+        })
         .unwrap_or_else(|_| vec![10, 50, 300]);
     for bfd_ms in intervals {
         for pps in [1_000u32, 10_000] {
@@ -169,20 +177,11 @@ fn failover_blackout_with_bfd_as_the_detector() {
                 "BFD, not the probes, decided:\n{}",
                 m.text
             );
-            let mut lost: Vec<u64> = outcomes.iter().map(|o| o.lost).collect();
-            let mut blackout: Vec<f64> = outcomes.iter().map(|o| o.blackout_ms).collect();
-            lost.sort_unstable();
-            blackout.sort_by(f64::total_cmp);
-            let mid = runs / 2;
-            println!(
-                "| {bfd_ms} ms × 3 | {pps} pps | {} / {} / {} | {:.0} / {:.0} / {:.0} | {} ms |",
-                lost[0],
-                lost[mid],
-                lost[runs - 1],
-                blackout[0],
-                blackout[mid],
-                blackout[runs - 1],
-                3 * bfd_ms,
+            print_row(
+                &format!("{bfd_ms} ms × 3"),
+                pps,
+                &outcomes,
+                &format!("{} ms", 3 * bfd_ms),
             );
             for gw in [&mut one, &mut two] {
                 let status = gw.stop();

@@ -451,10 +451,28 @@ mod tests {
         assert!(!validate(SHAPED).unwrap().qos.marks_any());
     }
 
+    /// `snapshot` (of `file`) with a site whose class settings are `classes`.
+    fn apply_classes(
+        file: &str,
+        snapshot: &Snapshot,
+        classes: super::ClassesSection,
+    ) -> Result<Snapshot, ConfigError> {
+        use crate::config::site::{Capabilities, SiteSections};
+        let sections = SiteSections {
+            qos_classes: classes,
+            ..Config::from_toml(file).unwrap().site_sections()
+        };
+        let caps = Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier);
+        let mut next = snapshot.clone();
+        sections
+            .compile(caps)
+            .and_then(|site| next.set_site(site))
+            .map(|()| next)
+    }
+
     #[test]
     fn a_sites_class_settings_replace_the_files_field_by_field_and_errors_name_them() {
         use super::{ClassSection, ClassesSection};
-        use crate::config::site::{Capabilities, SiteSections};
 
         let file = format!(
             r#"{SHAPED}
@@ -465,18 +483,7 @@ mod tests {
             "#
         );
         let snapshot = validate(&file).unwrap();
-        let apply = |classes: ClassesSection| {
-            let sections = SiteSections {
-                qos_classes: classes,
-                ..Config::from_toml(&file).unwrap().site_sections()
-            };
-            let caps = Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier);
-            let mut next = snapshot.clone();
-            sections
-                .compile(caps)
-                .and_then(|site| next.set_site(site))
-                .map(|()| next)
-        };
+        let apply = |classes| apply_classes(&file, &snapshot, classes);
 
         // The site gives Bulk more weight and marks RealTime; Bulk keeps
         // the file's minimum and mark.
@@ -552,18 +559,7 @@ mod tests {
             dscp = 8
         "#;
         let snapshot = validate(file).unwrap();
-        let apply = |classes: ClassesSection| {
-            let sections = SiteSections {
-                qos_classes: classes,
-                ..Config::from_toml(file).unwrap().site_sections()
-            };
-            let caps = Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier);
-            let mut next = snapshot.clone();
-            sections
-                .compile(caps)
-                .and_then(|site| next.set_site(site))
-                .map(|()| next)
-        };
+        let apply = |classes| apply_classes(file, &snapshot, classes);
         let e = apply(bulk(weight(5))).unwrap_err();
         assert_eq!(e.field, "site.qos_classes[Bulk].weight", "{e}");
         let marked = apply(bulk(ClassSection {
