@@ -293,10 +293,12 @@ pub fn peer(p: &Peer, v: &mut Violations) {
     }
     endpoint(spec.endpoint.as_ref(), "peer.spec.endpoint", v);
     if spec.bfd_enabled {
-        // Accepted, it would promise a liveness check that nothing runs.
+        // Accepted, it would promise a liveness check that nothing runs:
+        // BFD on paths needs the peer's tunnel address, which the API lacks.
         v.add(
             "peer.spec.bfd_enabled",
-            "BFD does not run on tunnel paths yet; leave it false (path probes detect failures)",
+            "BFD through the control plane is not supported yet (it needs the peer's \
+             tunnel address); leave it false, or enable it in the data plane's file",
         );
     }
     let mut names = Vec::new();
