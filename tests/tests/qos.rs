@@ -90,10 +90,7 @@ fn a_shaped_uplink_carries_its_rate_and_a_call_stays_fast_behind_a_bulk_transfer
         .spawn(&["python3", &tools("rtp_stream.py"), "send", B4, "5004", "6"]);
 
     // The rate, measured at host B over 5 s of the transfer.
-    let (bits0, t0) = (charged_bits(&topo), Instant::now());
-    std::thread::sleep(Duration::from_secs(5));
-    let (bits1, t1) = (charged_bits(&topo), Instant::now());
-    let rate = (bits1 - bits0) / (t1 - t0).as_secs_f64();
+    let rate = rate_at_b(&topo, 5);
 
     let sent = calling.wait_with_output().unwrap();
     let heard = call.wait_with_output().unwrap();
@@ -188,6 +185,8 @@ fn udp_flood(
 /// The rate host B receives over `seconds`, charged as the shaper charges.
 fn rate_at_b(topo: &Topology, seconds: u64) -> f64 {
     let (bits0, t0) = (charged_bits(topo), Instant::now());
+    // A measurement window, not a wait for a condition: the rate is what
+    // arrives in it.
     std::thread::sleep(Duration::from_secs(seconds));
     let (bits1, t1) = (charged_bits(topo), Instant::now());
     (bits1 - bits0) / (t1 - t0).as_secs_f64()

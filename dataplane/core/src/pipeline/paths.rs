@@ -817,14 +817,11 @@ fn seal_probe<F: Frame>(
     env: &mut impl TunnelEnv<F>,
     now: u64,
 ) -> Option<(SocketAddr, F)> {
-    let mut frame = env.alloc()?;
-    if !frame.set_len(PROBE_LEN) {
-        return None;
-    }
-    let buf: &mut [u8; PROBE_LEN] = (&mut frame.data_mut()[..PROBE_LEN])
-        .try_into()
-        .expect("the length was set");
-    message.write(buf);
+    let frame = filled(env, PROBE_LEN, |buf| {
+        let buf: &mut [u8; PROBE_LEN] = buf.try_into().expect("the length was set");
+        message.write(buf);
+        Some(PROBE_LEN)
+    })?;
     engine.send_extension(&t.config, peer, frame, now, env)
 }
 
@@ -838,13 +835,21 @@ fn seal_control<F: Frame>(
     env: &mut impl TunnelEnv<F>,
     now: u64,
 ) -> Option<(SocketAddr, F)> {
-    let mut frame = env.alloc()?;
-    if !frame.set_len(MAX_DATAGRAM_LEN) {
-        return None;
-    }
-    let len = bfd.poll_datagram(now, frame.data_mut())?;
-    if !frame.set_len(len) {
-        return None;
-    }
+    let frame = filled(env, MAX_DATAGRAM_LEN, |buf| bfd.poll_datagram(now, buf))?;
     engine.send_control(&t.config, peer, frame, now, env)
+}
+
+/// A buffer of `room` bytes that `write` fills, trimmed to the length it
+/// returns; `None` without a buffer or when `write` has nothing.
+fn filled<F: Frame>(
+    env: &mut impl TunnelEnv<F>,
+    room: usize,
+    write: impl FnOnce(&mut [u8]) -> Option<usize>,
+) -> Option<F> {
+    let mut frame = env.alloc()?;
+    if !frame.set_len(room) {
+        return None;
+    }
+    let len = write(&mut frame.data_mut()[..room])?;
+    frame.set_len(len).then_some(frame)
 }
