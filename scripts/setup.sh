@@ -12,7 +12,7 @@ PACKAGES=(
     libndpi-bin protobuf-compiler libprotobuf-dev
     wireguard-go wireguard-tools frr
     iproute2 iputils-ping ethtool iperf3 procps
-    prometheus
+    prometheus prometheus-alertmanager
     "$@"
 )
 HUGEPAGES_WANTED=${PATRONUS_HUGEPAGES:-512}
