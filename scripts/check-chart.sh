@@ -152,10 +152,31 @@ import json, os, sys, yaml
 default, custom, directory = sys.argv[1:]
 names = sorted(f for f in os.listdir(directory) if f.endswith(".json"))
 assert names, "no dashboards in %s" % directory
+def panels(items):
+    for p in items:
+        yield p
+        yield from panels(p.get("panels", []))
 for f in names:
     d = json.load(open(os.path.join(directory, f)))
     assert d.get("uid") and d.get("title"), f
-    assert any(v["name"] == "datasource" and v["type"] == "datasource" for v in d["templating"]["list"]), f
+    variables = {v["name"]: v["type"] for v in d["templating"]["list"]}
+    assert variables.get("datasource") == "datasource", f
+    assert {"site", "instance"} <= set(variables), (f, "site and instance variables")
+    for p in panels(d["panels"]):
+        if p["type"] == "row":
+            continue
+        where = "%s: panel %r" % (f, p["title"])
+        assert p.get("description"), where + " has no description"
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+        for t in p["targets"]:
+            assert t["datasource"] == p["datasource"], where
+            # Every gateway query follows the site filter.
+            if "patronus_" in t["expr"] and "patronus_operator_" not in t["expr"]:
+                assert "$site" in t["expr"], where + " ignores $site: " + t["expr"]
+        if p["type"] in ("timeseries", "stat", "bargauge"):
+            assert p["fieldConfig"]["defaults"].get("unit"), where + " has no unit"
+    if f != "patronus-overview.json":
+        assert "path_id" in variables, (f, "path_id variable")
 for rendering, label, value in ((default, "grafana_dashboard", "1"),
                                 (custom, "grafana.example.com/dashboard", "patronus")):
     cms = [d for d in yaml.safe_load_all(open(rendering)) if d and d["kind"] == "ConfigMap"
@@ -168,7 +189,9 @@ for rendering, label, value in ((default, "grafana_dashboard", "1"),
 print(" ".join(names))
 PY
 )
-ok "dashboards are valid JSON and each ships in a ConfigMap with the configured label: $dashboards"
+ok "dashboards are valid JSON with the datasource, site and instance variables, a description on every panel and a unit on every graph; each ships in a ConfigMap with the configured label: $dashboards"
+run "the SD-WAN dashboards are what scripts/dashboards.py writes" python3 scripts/dashboards.py --check
+ok "the SD-WAN dashboards are what scripts/dashboards.py writes"
 
 # 5. What the custom values flip is what renders.
 python3 - "$tmp/default.yaml" "$tmp/custom.yaml" <<'PY'

@@ -22,7 +22,10 @@
 # prints the failovers and what the stream lost. The road warrior reaches
 # host A through hq, which forwards between its two tunnels. Cleans up on
 # exit (also on Ctrl-C). Run as root on Debian 12. `--keep` leaves it
-# running until Ctrl-C.
+# running until Ctrl-C (it then prints the folder of the WAN links' control
+# sockets, for tests that impair them further). PATRONUS_DEMO_PROFILE=debug
+# runs the debug build instead of the release one (the test suite's, already
+# built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -30,6 +33,13 @@ source scripts/lib/eal.sh
 
 KEEP=0
 [[ ${1:-} == --keep ]] && KEEP=1
+PROFILE=${PATRONUS_DEMO_PROFILE:-release}
+case $PROFILE in
+release) BUILD=(--release) ;;
+debug) BUILD=() ;;
+*) echo "PATRONUS_DEMO_PROFILE must be release or debug, not $PROFILE" >&2; exit 2 ;;
+esac
+BIN=target/$PROFILE
 NS_A=pdemo-a NS_B=pdemo-b NS_WAN=pdemo-wan NS_RW=pdemo-rw NS_INET=pdemo-inet NS_MPLS=pdemo-mpls
 CP=127.0.0.1:50151 CP_METRICS=127.0.0.1:9470
 declare -A METRICS=([branch]=127.0.0.1:9469 [hq]=127.0.0.1:9471)
@@ -68,9 +78,9 @@ cleanup # leftovers of an interrupted run
 WORK=$(mktemp -d /tmp/patronus-demo.XXXXXX)
 
 mode=$(scripts/setup.sh)
-say "building patronus-dataplane, patronus-controlplane, patronusctl and patronus-wan (release)"
-cargo build --release --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl --bin patronus-wan
-ctl() { target/release/patronusctl --server "http://$CP" "$@"; }
+say "building patronus-dataplane, patronus-controlplane, patronusctl and patronus-wan ($PROFILE)"
+cargo build "${BUILD[@]}" --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl --bin patronus-wan
+ctl() { $BIN/patronusctl --server "http://$CP" "$@"; }
 scrape() { # scrape SITE: the gateway's /metrics
     local host=${METRICS[$1]%:*} port=${METRICS[$1]#*:}
     exec 3<>"/dev/tcp/$host/$port" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3
@@ -78,7 +88,7 @@ scrape() { # scrape SITE: the gateway's /metrics
 }
 
 say "starting the control plane"
-target/release/patronus-controlplane --listen "$CP" --metrics-listen "$CP_METRICS" \
+$BIN/patronus-controlplane --listen "$CP" --metrics-listen "$CP_METRICS" \
     --db "$WORK/controlplane.redb" 2>"$WORK/controlplane.log" &
 CP_PID=$!
 wait_for_log "$WORK/controlplane.log" "control plane listening" "$CP_PID"
@@ -138,10 +148,10 @@ ip netns exec "$NS_RW" ip link set eth0 up
 ip netns exec "$NS_RW" ip route add default via 192.0.2.254
 
 say "impairing the WAN: MPLS 5 ms each way; internet 15 ms ± 2 ms and 1% loss each way"
-ip netns exec "$NS_MPLS" target/release/patronus-wan --a branch --b hq --seed 1 \
+ip netns exec "$NS_MPLS" $BIN/patronus-wan --a branch --b hq --seed 1 \
     --control "$WORK/mpls.sock" --both "delay=5ms" 2>"$WORK/wan-mpls.log" &
 WAN_PID[mpls]=$!
-ip netns exec "$NS_INET" target/release/patronus-wan --a gw --b rt --seed 2 \
+ip netns exec "$NS_INET" $BIN/patronus-wan --a gw --b rt --seed 2 \
     --control "$WORK/inet.sock" --both "delay=15ms jitter=2ms loss=1%" 2>"$WORK/wan-inet.log" &
 WAN_PID[inet]=$!
 wan() { # wan LINK COMMAND: a command to that link's patronus-wan
@@ -212,6 +222,7 @@ port = "mpls"
 color = "mpls"
 cost_per_gb = 2.0
 bandwidth_mbps = 20
+rate_mbps = 19         # shaped just below the link, so the queue stays here
 
 [[uplink]]
 name = "inet"
@@ -251,7 +262,7 @@ TOML
 
 for site in branch hq; do
     say "starting gateway $site"
-    target/release/patronus-dataplane --config "$WORK/$site.toml" 2>"$WORK/$site.log" &
+    $BIN/patronus-dataplane --config "$WORK/$site.toml" 2>"$WORK/$site.log" &
     GW_PID[$site]=$!
     wait_for_log "$WORK/$site.log" "data plane running" "${GW_PID[$site]}"
     sed "s/^/  $site| /" "$WORK/$site.log"
@@ -428,6 +439,7 @@ ctl paths
 
 if ((KEEP)); then
     say "running; metrics at http://${METRICS[branch]}/metrics and http://${METRICS[hq]}/metrics — Ctrl-C to stop"
+    echo "WAN link control sockets: $WORK/mpls.sock $WORK/inet.sock"
     wait "${GW_PID[branch]}"
 fi
 

@@ -71,6 +71,10 @@ cargo build --bin patronus-dataplane --bin patronus-controlplane --bin patronusc
 # One at a time: each test starts a polling data plane on a 2-core machine.
 cargo_test -p patronus-e2e -- --test-threads=1
 
+step "monitoring: every dashboard query and alert against a real Prometheus scraping the demo"
+cargo build --bin patronus-wan
+scripts/check-monitoring.sh
+
 # Fuzzing needs a nightly toolchain; CI images that have one run a short
 # smoke of every target (seeded corpus, fresh each time).
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
