@@ -14,7 +14,9 @@
 #     its groups and the same alerts as alerts/patronus.rules.yaml. Their full
 #     CRD schemas are not checked;
 #   - values that break values.schema.json make `helm template` fail;
-#   - the dashboards are valid JSON and each is shipped in a labelled ConfigMap;
+#   - the dashboards are valid JSON, match Grafana's published schema
+#     (scripts/grafana-schema) and what scripts/dashboards.py writes, and each
+#     is shipped in a labelled ConfigMap;
 #   - `promtool check rules` and `promtool test rules` on alerts/;
 #   - `amtool check-config` on the Alertmanager example of the values.
 #
@@ -192,6 +194,16 @@ PY
 ok "dashboards are valid JSON with the datasource, site and instance variables, a description on every panel and a unit on every graph; each ships in a ConfigMap with the configured label: $dashboards"
 run "the SD-WAN dashboards are what scripts/dashboards.py writes" python3 scripts/dashboards.py --check
 ok "the SD-WAN dashboards are what scripts/dashboards.py writes"
+# Grafana's published schema: npm's @grafana/schema, pinned in
+# scripts/grafana-schema/package-lock.json (Debian's nodejs and npm when the
+# machine has no npm).
+command -v npm >/dev/null 2>&1 || scripts/setup.sh nodejs npm >/dev/null
+run "npm ci in scripts/grafana-schema" npm ci --prefix scripts/grafana-schema --no-audit --no-fund
+if ! node scripts/grafana-schema/check.js dashboards/*.json >"$tmp/log" 2>&1; then
+    cat "$tmp/log" >&2
+    fail "the dashboards do not match Grafana's schema"
+fi
+cat "$tmp/log"
 
 # 5. What the custom values flip is what renders.
 python3 - "$tmp/default.yaml" "$tmp/custom.yaml" <<'PY'

@@ -300,6 +300,19 @@ def dashboard(uid, title, description, panels, paths, annotations=(), extra_vari
     }
 
 
+def banded(expr, green_from, orange_from):
+    """`expr` with a `color` label: green, orange or red by its value."""
+    return (
+        f'label_replace(({expr}) >= {green_from}, "color", "{GREEN}", "", "")'
+        f' or label_replace(({expr}) < {green_from} and ({expr}) >= {orange_from}, "color", "{ORANGE}", "", "")'
+        f' or label_replace(({expr}) < {orange_from}, "color", "{RED}", "", "")'
+    )
+
+
+# Grafana's own green, orange and red.
+GREEN, ORANGE, RED = "#73BF69", "#FF9830", "#F2495C"
+
+
 # Which path carries a peer's traffic, with the peer's name: a path's series
 # joined with patronus_path_info's `peer` label.
 def with_peer(expr):
@@ -309,45 +322,60 @@ def with_peer(expr):
 def topology():
     lay = Layout()
     tunnels = f'patronus_tunnel_status{{status="up", dataplane="", {GW}}}'
-    # Sites and the peers they reach: a gateway's own view names its site;
-    # a peer without a gateway of its own (a road warrior) is seen through
-    # the sites it is peered with.
-    nodes = (
-        'label_replace(sum by (id) (label_replace(' + tunnels + ', "id", "$1", "site", "(.+)"))'
-        ' or sum by (id) (label_replace(' + tunnels + ', "id", "$1", "peer", "(.+)")),'
-        ' "title", "$1", "id", "(.+)")'
+    # The node graph takes frames, not series: each query's labels become
+    # its fields (id, title, source, target, color) and the value becomes
+    # mainstat through the transformations below. Colours must be strings,
+    # so each value is banded into one in PromQL.
+    # Nodes: sites and the peers they reach, with the share of their
+    # tunnels up. A gateway's own view names its site; a peer without a
+    # gateway of its own (a road warrior) is seen through its sites.
+    node_share = (
+        f'100 * avg by (id) (label_replace({tunnels}, "id", "$1", "site", "(.+)"))'
+        f' or 100 * avg by (id) (label_replace({tunnels}, "id", "$1", "peer", "(.+)"))'
     )
+    nodes = f'max by (id, title, color) (label_replace({banded(node_share, 99.9, 50)}, "title", "$1", "id", "(.+)"))'
+    # Edges: each site's tunnel to a peer, with the best health among the
+    # tunnel's paths (what its traffic gets).
+    best_path = f"max by (site, peer) ({with_peer(f'patronus_path_health_score{{{GW}}}')})"
     edges = (
-        'label_join(label_replace(label_replace(max by (site, peer) ('
-        + with_peer(f"patronus_path_health_score{{{GW}}}")
-        + '), "source", "$1", "site", "(.+)"), "target", "$1", "peer", "(.+)"),'
-        ' "id", "->", "source", "target")'
+        "max by (id, source, target, color) (label_join(label_replace(label_replace("
+        + banded(best_path, 70, 50)
+        + ', "source", "$1", "site", "(.+)"), "target", "$1", "peer", "(.+)"), "id", "->", "source", "target"))'
     )
+    values = ["Value #nodes", "Value #edges"]
     panels = [
         lay.place(
             panel(
                 "nodeGraph",
                 "Site connectivity",
-                "Sites and the peers they reach (nodes; the number is the tunnels up as that site sees them) "
-                "and the tunnels between them (edges), coloured by the best health score among the tunnel's "
-                "paths: green from 70, orange from 50, red below (a down path scores 0).",
+                "Sites and the peers they reach (nodes, with the share of their tunnels up: green when all "
+                "are, orange from half, red below) and the tunnels between them (edges, with the best health "
+                "score among the tunnel's paths: green from 70, orange from 50, red below; a down path scores "
+                "0). A peer appears under its Peer name.",
                 [
                     target(nodes, ref="nodes", instant=True, table=True),
                     target(edges, ref="edges", instant=True, table=True),
                 ],
-                {"color": {"mode": "thresholds"}, "thresholds": GOOD_HIGH},
-                {
-                    "nodes": {"mainStatUnit": "short"},
-                    "edges": {"mainStatUnit": "none"},
-                },
+                {},
+                {"nodes": {"mainStatUnit": "%"}, "edges": {}},
                 transformations=[
+                    {"id": "organize", "options": {"excludeByName": {"Time": True}, "indexByName": {}, "renameByName": {}}},
+                    # Renaming only sets a display name, which the node graph
+                    # ignores: the value is copied into a field named mainstat.
+                    {
+                        "id": "calculateField",
+                        "options": {
+                            "mode": "reduceRow",
+                            "reduce": {"reducer": "sum", "include": values},
+                            "alias": "mainstat",
+                            "replaceFields": False,
+                            "timeSeries": False,
+                        },
+                    },
                     {
                         "id": "organize",
-                        "options": {
-                            "excludeByName": {"Time": True, "site": True, "peer": True},
-                            "renameByName": {"Value #nodes": "mainstat", "Value #edges": "mainstat"},
-                        },
-                    }
+                        "options": {"excludeByName": {v: True for v in values}, "indexByName": {}, "renameByName": {}},
+                    },
                 ],
             ),
             16, 14,

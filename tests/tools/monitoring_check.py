@@ -245,7 +245,7 @@ def run(args):
             failures.append(f"{where}: no series: {expand(expr, range_s)}")
             continue
         if kind == "nodeGraph":
-            need = {"nodes": {"id", "title"}, "edges": {"id", "source", "target"}}[ref]
+            need = {"nodes": {"id", "title", "color"}, "edges": {"id", "source", "target", "color"}}[ref]
             missing = [need - set(s["metric"]) for s in result if need - set(s["metric"])]
             if missing:
                 failures.append(f"{where}: series without the fields {sorted(missing[0])}")
