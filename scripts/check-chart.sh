@@ -277,8 +277,23 @@ assert token["secret"] == {"secretName": "sdwan-api-token", "defaultMode": 0o440
 for d in custom:
     if d["kind"] in ("ServiceMonitor", "PrometheusRule"):
         assert d["metadata"]["labels"]["release"] == "kube-prometheus-stack", d["metadata"]["name"]
+
+# Log format: JSON by default, for the operator (and so its data planes) and
+# the control plane; the promtail configuration only when asked for.
+for docs, fmt in ((default, "json"), (custom, "text")):
+    for kind in ("Deployment", "StatefulSet"):
+        command = one(docs, kind)["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[command.index("--log-format") + 1] == fmt, (kind, command)
+assert not [d for d in default if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-promtail")]
+promtail = yaml.safe_load(one(custom, "ConfigMap", "sdwan-promtail")["data"]["promtail.yaml"])
+assert promtail["clients"] == [{"url": "https://loki.example.com/loki/api/v1/push"}], promtail["clients"]
+job = promtail["scrape_configs"][0]
+keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"][0]
+assert keep["regex"] == "patronus-(operator|controlplane|dataplane)", keep
+stages = {k for stage in job["pipeline_stages"] for k in stage}
+assert {"cri", "json", "timestamp", "labels"} <= stages, stages
 PY
-ok "default and custom values render what they set (token Secret, TLS, watchNamespace, storage class, labels)"
+ok "default and custom values render what they set (token Secret, TLS, watchNamespace, storage class, labels, log format, promtail)"
 
 # 6. values.schema.json refuses bad values.
 bad() {

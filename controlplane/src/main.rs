@@ -10,7 +10,7 @@ use clap::Parser;
 use patronus_controlplane::auth::BearerToken;
 use patronus_controlplane::server;
 use patronus_controlplane::store::Store;
-use tracing_subscriber::EnvFilter;
+use patronus_proto::logging::{self, LogFormat};
 
 /// Patronus control plane: the public gRPC API over durable desired state.
 #[derive(Debug, Parser)]
@@ -39,17 +39,19 @@ struct Cli {
     /// Require client certificates issued by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Log format on stderr: text, or json (one object per line, for Loki).
+    #[arg(
+        long,
+        env = "PATRONUS_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -293,8 +293,43 @@ impl Hub {
         for mut e in events {
             e.site_id = key.0.clone();
             e.dataplane_id = key.1.clone();
+            log_dataplane_event(&e);
             self.events.emit(e);
         }
+    }
+}
+
+/// One log line per event a data plane's telemetry brought, with the fields
+/// a log collector indexes (site, dataplane, peer, policy).
+fn log_dataplane_event(e: &Event) {
+    let (site, dataplane, detail) = (&e.site_id, &e.dataplane_id, &e.message);
+    match EventType::try_from(e.r#type) {
+        Ok(EventType::TunnelUp) => tracing::info!(site, dataplane, peer = e.name, "tunnel up"),
+        Ok(EventType::TunnelDown) => {
+            tracing::warn!(site, dataplane, peer = e.name, "tunnel down");
+        }
+        Ok(EventType::Failover) => tracing::warn!(
+            site,
+            dataplane,
+            policy = e.name,
+            detail,
+            "traffic moved to another path"
+        ),
+        Ok(EventType::ConfigRefused) => tracing::warn!(
+            site,
+            dataplane,
+            detail,
+            "the data plane refused its configuration file"
+        ),
+        Ok(kind) => tracing::info!(
+            site,
+            dataplane,
+            event = kind.as_str_name(),
+            subject = e.name,
+            detail,
+            "data plane event"
+        ),
+        Err(_) => tracing::warn!(site, dataplane, kind = e.r#type, "unknown data plane event"),
     }
 }
 

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use patronus_core::config::{Config, EMBEDDED_DEFAULT};
 use patronus_core::dpi::{self, Limits};
 use patronus_dataplane::runtime::{self, RunOptions};
-use tracing_subscriber::EnvFilter;
+use patronus_proto::logging::{self, LogFormat};
 
 /// DPDK poll-mode SD-WAN gateway data plane.
 ///
@@ -28,6 +28,14 @@ struct Cli {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Log format on stderr: text, or json (one object per line, for Loki).
+    #[arg(
+        long,
+        env = "PATRONUS_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
     /// Extra EAL arguments (after `--`).
     #[arg(last = true, value_name = "EAL_ARGS")]
     eal_args: Vec<String>,
@@ -104,14 +112,8 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     if let Some(Command::Classify(args)) = &cli.command {
         return match classify(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 //! count compared with zero. A leak makes the process exit with
 //! [`EXIT_LEAK`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,6 +135,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         republish_at: 0,
         tunnels: workers.tunnels.clone(),
         moves_seen: vec![0; workers.tunnels.len()],
+        tunnel_up: HashMap::new(),
     };
     control.run(&signals, &shared, &devices.ports, devices.lcores.len());
     Ok(shut_down(&shared, agent.agent, workers, http, devices))
@@ -545,6 +547,8 @@ struct Control {
     tunnels: Vec<Arc<SharedTunnelStats>>,
     /// The last move of each worker already reported.
     moves_seen: Vec<u64>,
+    /// Whether each peer's tunnel had a session when last looked at, by name.
+    tunnel_up: HashMap<String, bool>,
 }
 
 impl Control {
@@ -558,8 +562,42 @@ impl Control {
                 self.reload(&shared.config);
             }
             self.watch_links(ports);
+            self.watch_tunnels(&shared.config);
             self.watch_paths();
             self.watch_workers(shared, workers);
+        }
+    }
+
+    /// The site this gateway serves, for its log lines ("" when it runs
+    /// without a control plane).
+    fn site(&self) -> &str {
+        &self.running_config.controlplane.site_id
+    }
+
+    /// Logs every tunnel that got its first session or lost its last one
+    /// since the last round (the control plane derives its tunnel events
+    /// from the telemetry).
+    fn watch_tunnels(&mut self, config: &Published<Snapshot>) {
+        let cfg = config.load();
+        if cfg.tunnel.is_none() {
+            return;
+        }
+        let peers = &cfg.site.peers;
+        self.tunnel_up
+            .retain(|name, _| peers.iter().any(|p| &p.name == name));
+        for (i, peer) in peers.iter().enumerate() {
+            // The tunnel's peers are the site's, in the same order.
+            let up = patronus_core::stats::peer_total(&self.tunnels, i).session_up;
+            let before = self.tunnel_up.insert(peer.name.clone(), up);
+            match (before, up) {
+                (Some(false) | None, true) => {
+                    tracing::info!(site = self.site(), peer = %peer.name, "tunnel up");
+                }
+                (Some(true), false) => {
+                    tracing::warn!(site = self.site(), peer = %peer.name, "tunnel down");
+                }
+                _ => {}
+            }
         }
     }
 
@@ -571,7 +609,14 @@ impl Control {
             let seen = self.moves_seen[w];
             for m in report.moves.iter().filter(|m| m.seq > seen) {
                 let reason = m.reason.as_str();
-                tracing::warn!(policy = %m.policy, from = %m.from, to = %m.to, reason, "traffic moved to another path");
+                tracing::warn!(
+                    site = self.site(),
+                    policy = %m.policy,
+                    path_id = %m.to,
+                    from = %m.from,
+                    reason,
+                    "traffic moved to another path"
+                );
                 self.report(
                     EventType::Failover,
                     &m.policy,
@@ -603,13 +648,18 @@ impl Control {
             match &outcome {
                 Ok(()) => {
                     tracing::info!(
+                        site = self.site(),
                         version,
                         generation = config.load().generation,
                         "control-plane snapshot applied"
                     );
                     self.managed = Some((request.sections, version));
                 }
-                Err(err) => tracing::warn!(version, "control-plane snapshot refused: {err}"),
+                Err(err) => tracing::warn!(
+                    site = self.site(),
+                    version,
+                    "control-plane snapshot refused: {err}"
+                ),
             }
             let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
         }
@@ -641,6 +691,7 @@ impl Control {
             }
             Err(err) => {
                 tracing::error!(
+                    site = self.site(),
                     "reload refused, the running configuration stays in force: {err:#}"
                 );
                 self.report(EventType::ConfigRefused, "", format!("{err:#}"));
@@ -654,7 +705,7 @@ impl Control {
             let up = port.link().up;
             if up != self.link_up[i] {
                 let name = &self.running_config.ports[i].name;
-                tracing::warn!(port = %name, up, "link state changed");
+                tracing::warn!(site = self.site(), port = %name, up, "link state changed");
                 let kind = if up {
                     EventType::LinkUp
                 } else {

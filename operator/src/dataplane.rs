@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
+use patronus_proto::logging::LogFormat;
 use zeroize::Zeroizing;
 
 use crate::crd::Site;
@@ -86,6 +87,8 @@ pub struct Settings {
     /// The rest of the data-plane configuration (ports, routes, workers),
     /// to which the operator adds `[controlplane]`, `[tunnel]` and `[metrics]`.
     pub config_template: toml::Table,
+    /// How the data planes log (the operator's own format).
+    pub log_format: LogFormat,
 }
 
 impl Default for Settings {
@@ -102,6 +105,7 @@ impl Default for Settings {
             networks: String::new(),
             extra_resources: BTreeMap::new(),
             config_template: toml::Table::new(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -414,6 +418,8 @@ pub fn deployment(site: &Site, settings: &Settings, sizing: &Sizing, config: &st
         args: Some(vec![
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            "--log-format".into(),
+            settings.log_format.to_string(),
         ]),
         env: Some(vec![EnvVar {
             name: "POD_NAME".into(),

@@ -15,7 +15,7 @@ use patronus_operator::leader::{self, LeaseSettings};
 use patronus_operator::metrics::{self, Metrics};
 use patronus_operator::{controlplane, dataplane};
 use patronus_proto::client::ClientOptions;
-use tracing_subscriber::EnvFilter;
+use patronus_proto::logging::{self, LogFormat};
 
 /// Patronus Kubernetes operator.
 #[derive(Debug, Parser)]
@@ -80,17 +80,19 @@ struct Cli {
     /// TOML with the rest of the data-plane configuration (ports, routes, workers).
     #[arg(long, value_name = "FILE")]
     dataplane_config_template: Option<PathBuf>,
+    /// Log format on stderr: text, or json (one object per line, for Loki).
+    #[arg(
+        long,
+        env = "PATRONUS_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -139,6 +141,7 @@ fn settings(cli: &Cli) -> anyhow::Result<dataplane::Settings> {
         networks: cli.dataplane_networks.clone(),
         extra_resources: cli.dataplane_resources.iter().cloned().collect(),
         config_template,
+        log_format: cli.log_format,
     };
     // The defaults must be valid on a Site without annotations.
     dataplane::sizing(

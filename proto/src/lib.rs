@@ -9,6 +9,8 @@
 
 #[cfg(feature = "grpc")]
 pub mod client;
+#[cfg(feature = "logging")]
+pub mod logging;
 #[cfg(feature = "grpc")]
 pub mod manifest;
 pub mod names;

@@ -196,7 +196,7 @@ fn rig_with(tunnel_extra: &str, wrong_key: bool, tables: &str) -> Rig {
         b_key.public.clone()
     };
     let extra = tunnel_config(&dir.0, &gw_key, &configured, tunnel_extra) + tables;
-    let dp = Dataplane::start(&topo.config(1, &extra));
+    let dp = Dataplane::start_json(&topo.config(1, &extra));
     let wg = WireGuardGo::start(&topo.b, &b_key, &gw_key.public);
     Rig {
         topo,
@@ -311,6 +311,33 @@ fn wireguard_go_and_patronus_carry_ping_and_tcp_with_handshakes_from_either_side
 
     let status = r.dp.stop();
     assert!(status.success(), "exit {status}:\n{}", r.dp.log_text());
+    check_json_log(&r);
+}
+
+/// Every line the gateway wrote is a JSON object with the documented
+/// fields (DPDK's own lines included), the tunnel's coming up is one of
+/// them with its peer, and no key appears anywhere.
+fn check_json_log(r: &Rig) {
+    let log = r.dp.json_log();
+    assert!(
+        log.iter()
+            .any(|l| l["target"] == "dpdk" && l["level"] != "ERROR"),
+        "DPDK's own lines are routed into the log:\n{}",
+        r.dp.log_text()
+    );
+    assert!(
+        log.iter()
+            .any(|l| l["message"] == "tunnel up" && l["peer"] == "roadwarrior"),
+        "a `tunnel up` line names its peer:\n{}",
+        r.dp.log_text()
+    );
+    let text = r.dp.log_text();
+    for (what, key) in [
+        ("the gateway's private key", &r.gw_key.private),
+        ("the peer's private key", &r.b_key.private),
+    ] {
+        assert!(!text.contains(key.as_str()), "{what} is in the log");
+    }
 }
 
 #[test]

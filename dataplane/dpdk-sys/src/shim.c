@@ -1,7 +1,12 @@
+/* fopencookie */
+#define _GNU_SOURCE
+#include <stdio.h>
+
 #include <rte_cycles.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
 #include <rte_lcore.h>
+#include <rte_log.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 
@@ -88,4 +93,38 @@ int shim_rte_errno(void)
 uint64_t shim_rte_rdtsc(void)
 {
 	return rte_rdtsc();
+}
+
+static shim_log_sink log_sink;
+
+/* DPDK formats each message into the stream and flushes it, so a write
+ * holds whole lines; one longer than stdio's buffer arrives in pieces. */
+static ssize_t log_write(void *cookie, const char *buf, size_t size)
+{
+	uint32_t level = rte_log_cur_msg_loglevel();
+	size_t start = 0;
+
+	(void)cookie;
+	for (size_t i = 0; i < size; i++) {
+		if (buf[i] != '\n')
+			continue;
+		if (i > start)
+			log_sink(level, buf + start, i - start);
+		start = i + 1;
+	}
+	if (size > start)
+		log_sink(level, buf + start, size - start);
+	return (ssize_t)size;
+}
+
+int shim_rte_log_to(shim_log_sink sink)
+{
+	cookie_io_functions_t io = { .write = log_write };
+	FILE *stream;
+
+	log_sink = sink;
+	stream = fopencookie(NULL, "w", io);
+	if (stream == NULL)
+		return -1;
+	return rte_openlog_stream(stream);
 }

@@ -3,6 +3,7 @@
 #ifndef PATRONUS_DPDK_SHIM_H
 #define PATRONUS_DPDK_SHIM_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <rte_mbuf.h>
 
@@ -25,5 +26,14 @@ void *shim_rte_pktmbuf_data(struct rte_mbuf *m);
 unsigned shim_rte_lcore_id(void);
 int shim_rte_errno(void);
 uint64_t shim_rte_rdtsc(void);
+
+/* Receives DPDK's log, one line at a time (without its newline), with the
+ * message's level (RTE_LOG_EMERG 1 .. RTE_LOG_DEBUG 8). */
+typedef void (*shim_log_sink)(uint32_t level, const char *line, size_t len);
+
+/* Routes DPDK's log (EAL, libraries, drivers) to `sink` instead of stdout and
+ * syslog. Call once, before rte_eal_init, so that its messages go there too.
+ * Returns 0, or -1 when no stream could be made (DPDK keeps its own). */
+int shim_rte_log_to(shim_log_sink sink);
 
 #endif

@@ -45,6 +45,7 @@ impl Eal {
         let mut argv: Vec<*mut std::ffi::c_char> =
             owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
         let argc = c_int::try_from(argv.len()).expect("argument count fits in c_int");
+        super::log::route_to_tracing();
         // SAFETY: argv holds argc valid NUL-terminated strings that live until
         // after the call; EAL is initialised at most once (checked above) and
         // from the main thread, as DPDK requires.

@@ -9,6 +9,7 @@
 #![allow(unsafe_code)]
 
 mod eal;
+mod log;
 mod mbuf;
 mod mempool;
 mod port;

@@ -47,6 +47,21 @@ fn container(d: &Deployment) -> &Container {
 }
 
 #[test]
+fn data_planes_log_in_the_operators_format() {
+    let site = site(&[]);
+    for format in [LogFormat::Text, LogFormat::Json] {
+        let s = Settings {
+            log_format: format,
+            ..settings()
+        };
+        let d = deployment(&site, &s, &sizing(&site, &s).unwrap(), "x");
+        let args = container(&d).args.clone().unwrap();
+        let at = args.iter().position(|a| a == "--log-format").unwrap();
+        assert_eq!(args[at + 1], format.to_string());
+    }
+}
+
+#[test]
 fn the_deployment_gets_whole_cpus_hugepages_and_guaranteed_qos() {
     let site = site(&[]);
     let s = settings();

@@ -393,13 +393,23 @@ impl Dataplane {
     /// is the harness's (see docs/testing.md), so such a start is retried,
     /// with a new pid.
     pub fn start(config: &str) -> Dataplane {
+        Dataplane::start_logging(config, false)
+    }
+
+    /// The same, logging JSON lines (`--log-format json`); see [`Dataplane::json_log`].
+    #[allow(dead_code)] // not every test binary reads the JSON log
+    pub fn start_json(config: &str) -> Dataplane {
+        Dataplane::start_logging(config, true)
+    }
+
+    fn start_logging(config: &str, json: bool) -> Dataplane {
         let dir = std::env::temp_dir().join(format!("patronus-e2e-{}", unique_id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("dataplane.toml");
         std::fs::write(&config_path, config).unwrap();
         let listening = "metrics and health endpoint listening";
         for attempt in 1..=3 {
-            let mut dp = Dataplane::spawn(config_path.clone());
+            let mut dp = Dataplane::spawn(config_path.clone(), json);
             let line = match dp.try_wait_for_log(listening, Duration::from_secs(60)) {
                 Ok(line) => line,
                 Err(log) if attempt < 3 && log.contains("could not set PACKET_FANOUT") => {
@@ -408,10 +418,18 @@ impl Dataplane {
                 }
                 Err(log) => panic!("data plane exited before logging {listening:?}:\n{log}"),
             };
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .expect("addr= in the listening line");
+            let addr = if json {
+                let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+                line["addr"]
+                    .as_str()
+                    .expect("addr in the listening line")
+                    .to_owned()
+            } else {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .expect("addr= in the listening line")
+                    .to_owned()
+            };
             dp.metrics = addr.parse().expect("socket address");
             dp.wait_for_log("data plane running", Duration::from_secs(30));
             return dp;
@@ -419,10 +437,12 @@ impl Dataplane {
         unreachable!("the last attempt returns or panics")
     }
 
-    fn spawn(config_path: PathBuf) -> Dataplane {
+    fn spawn(config_path: PathBuf, json: bool) -> Dataplane {
         let mut child = Command::new(dataplane_bin())
             .arg("--config")
             .arg(&config_path)
+            .arg("--log-format")
+            .arg(if json { "json" } else { "text" })
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -478,6 +498,29 @@ impl Dataplane {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Every line logged so far (stdout and stderr), each parsed as a JSON
+    /// object; panics naming the first line that is not one or lacks a
+    /// field every line carries (timestamp, level, target, message).
+    #[allow(dead_code)] // not every test binary reads the JSON log
+    pub fn json_log(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let lines = self.log.lock().unwrap().clone();
+        lines
+            .iter()
+            .map(|line| {
+                let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(line) else {
+                    panic!("a log line that is not a JSON object: {line}");
+                };
+                for key in ["timestamp", "level", "target", "message"] {
+                    assert!(
+                        fields.get(key).is_some_and(|v| v.is_string()),
+                        "a log line without {key}: {line}"
+                    );
+                }
+                fields
+            })
+            .collect()
     }
 
     /// Everything logged so far.
