@@ -15,8 +15,8 @@
 # Every host is a network namespace; each gateway is a patronus-dataplane
 # on net_af_packet ports; the MPLS link and branch's internet link pass
 # through patronus-wan, which delays, loses or cuts their frames on
-# command. The sites, their peers (two endpoints each, probed) and the
-# policies are applied with patronusctl; each gateway takes its part from
+# command. The sites, their peers (two endpoints each, probed, with BFD at
+# 100 ms × 3 on every path) and the policies are applied with patronusctl; each gateway takes its part from
 # the control plane. The demo shows the paths and their measured figures,
 # then degrades and cuts MPLS while a ping and a VoIP-like stream run, and
 # prints the failovers and what the stream lost. The road warrior reaches
@@ -243,6 +243,7 @@ TOML
 {
     gateway_config branch pdemo-la pdemo-wa 1 203.0.113.1 203.0.113.254 pdemo-ma
     cat <<TOML
+addresses = ["10.99.1.1/32"]   # BFD speaks from it
 
 # Which prefixes each control-plane peer carries.
 [tunnel.allowed_ips]
@@ -255,7 +256,7 @@ TOML
 addresses = ["10.99.0.1/24"]
 
 [tunnel.allowed_ips]
-branch = ["10.0.1.0/24", "fd00:1::/64"]
+branch = ["10.0.1.0/24", "fd00:1::/64", "10.99.1.1/32"]
 roadwarrior = ["10.99.0.10/32"]
 TOML
 } >"$WORK/hq.toml"
@@ -300,6 +301,9 @@ spec:
   slaProbes: true
   wireguard: {publicKey: ${PUB[hq]}}
   compression: true
+  bfdEnabled: true
+  tunnelAddress: 10.99.0.1
+  bfd: {desiredMinTxMs: 100, requiredMinRxMs: 100}
 ---
 apiVersion: patronus.io/v1
 kind: Peer
@@ -313,6 +317,9 @@ spec:
   slaProbes: true
   wireguard: {publicKey: ${PUB[branch]}}
   compression: true
+  bfdEnabled: true
+  tunnelAddress: 10.99.1.1
+  bfd: {desiredMinTxMs: 100, requiredMinRxMs: 100}
 ---
 apiVersion: patronus.io/v1
 kind: Peer

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use patronus_proto::v1::{
-    Application, ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, Policy,
-    QosClass, RuleAction, Site, SiteQosClass, SiteQosClasses, SiteUplink,
+    Application, ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, PeerSpec,
+    Policy, QosClass, RuleAction, Site, SiteQosClass, SiteQosClasses, SiteUplink,
 };
 
 /// Categories a CATEGORY condition may name (the classifier's ten).
@@ -281,6 +281,63 @@ fn site_uplinks(uplinks: &[SiteUplink], v: &mut Violations) {
     }
 }
 
+/// A peer's BFD: on the paths of a Patronus peer, toward its tunnel
+/// address; the address and timers only with `bfd_enabled` (never accepted
+/// and ignored).
+fn peer_bfd(spec: &PeerSpec, v: &mut Violations) {
+    if !spec.bfd_enabled {
+        if !spec.tunnel_address.is_empty() {
+            v.add(
+                "peer.spec.tunnel_address",
+                "only BFD uses it: set bfd_enabled, or leave it out",
+            );
+        }
+        if spec.bfd.is_some() {
+            v.add("peer.spec.bfd", "BFD's timers need bfd_enabled");
+        }
+        return;
+    }
+    if !spec.sla_probes {
+        v.add(
+            "peer.spec.bfd_enabled",
+            "BFD runs on the paths of a Patronus peer (sla_probes); toward a stock \
+             WireGuard peer it is not supported yet",
+        );
+    }
+    match spec.tunnel_address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => {}
+        Ok(IpAddr::V4(_)) => v.add("peer.spec.tunnel_address", "must be a unicast address"),
+        Ok(IpAddr::V6(_)) => v.add(
+            "peer.spec.tunnel_address",
+            "BFD over IPv6 inside the tunnel is not supported yet: give an IPv4 address",
+        ),
+        Err(_) => v.add(
+            "peer.spec.tunnel_address",
+            "BFD needs the peer's IPv4 address inside the tunnel",
+        ),
+    }
+    if let Some(t) = &spec.bfd {
+        for (name, ms) in [
+            ("desired_min_tx_ms", t.desired_min_tx_ms),
+            ("required_min_rx_ms", t.required_min_rx_ms),
+        ] {
+            if ms != 0 && !(10..=60_000).contains(&ms) {
+                v.add(
+                    format!("peer.spec.bfd.{name}"),
+                    "must be 0 (the default, 300) or 10-60000 ms",
+                );
+            }
+        }
+        let m = t.detect_multiplier;
+        if m != 0 && !(2..=255).contains(&m) {
+            v.add(
+                "peer.spec.bfd.detect_multiplier",
+                "must be 0 (the default, 3) or 2-255",
+            );
+        }
+    }
+}
+
 /// A peer as written.
 pub fn peer(p: &Peer, v: &mut Violations) {
     metadata(p.metadata.as_ref(), "peer", v);
@@ -292,15 +349,7 @@ pub fn peer(p: &Peer, v: &mut Violations) {
         v.add("peer.spec.site_id", "must be a site id");
     }
     endpoint(spec.endpoint.as_ref(), "peer.spec.endpoint", v);
-    if spec.bfd_enabled {
-        // Accepted, it would promise a liveness check that nothing runs:
-        // BFD on paths needs the peer's tunnel address, which the API lacks.
-        v.add(
-            "peer.spec.bfd_enabled",
-            "BFD through the control plane is not supported yet (it needs the peer's \
-             tunnel address); leave it false, or enable it in the data plane's file",
-        );
-    }
+    peer_bfd(spec, v);
     let mut names = Vec::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
         let field = format!("peer.spec.endpoints[{i}]");

@@ -161,6 +161,8 @@ fn peer(name: &str) -> Peer {
             ],
             sla_probes: true,
             rate_mbps: 20.0,
+            tunnel_address: String::new(),
+            bfd: None,
         }),
         status: None,
     }
@@ -532,7 +534,56 @@ async fn invalid_requests_name_every_field() {
         ),
         (
             |p| p.spec.as_mut().unwrap().bfd_enabled = true,
+            "peer.spec.tunnel_address",
+        ),
+        (
+            |p| {
+                let spec = p.spec.as_mut().unwrap();
+                spec.bfd_enabled = true;
+                spec.tunnel_address = "fd00:99::2".into();
+            },
+            "peer.spec.tunnel_address",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().tunnel_address = "10.255.0.2".into(),
+            "peer.spec.tunnel_address",
+        ),
+        (
+            |p| p.spec.as_mut().unwrap().bfd = Some(BfdTimers::default()),
+            "peer.spec.bfd",
+        ),
+        (
+            |p| {
+                let spec = p.spec.as_mut().unwrap();
+                spec.bfd_enabled = true;
+                spec.tunnel_address = "10.255.0.2".into();
+                spec.sla_probes = false;
+            },
             "peer.spec.bfd_enabled",
+        ),
+        (
+            |p| {
+                let spec = p.spec.as_mut().unwrap();
+                spec.bfd_enabled = true;
+                spec.tunnel_address = "10.255.0.2".into();
+                spec.bfd = Some(BfdTimers {
+                    desired_min_tx_ms: 5,
+                    ..BfdTimers::default()
+                });
+            },
+            "peer.spec.bfd.desired_min_tx_ms",
+        ),
+        (
+            |p| {
+                let spec = p.spec.as_mut().unwrap();
+                spec.bfd_enabled = true;
+                spec.tunnel_address = "10.255.0.2".into();
+                spec.bfd = Some(BfdTimers {
+                    detect_multiplier: 1,
+                    ..BfdTimers::default()
+                });
+            },
+            "peer.spec.bfd.detect_multiplier",
         ),
         (
             |p| p.spec.as_mut().unwrap().rate_mbps = 0.001,
@@ -556,6 +607,24 @@ async fn invalid_requests_name_every_field() {
             .unwrap_err();
         assert_eq!(violated_fields(&e), [*field], "{}", e.message());
     }
+    // BFD with its address and timers is accepted and read back as written.
+    let mut bfd = peer("aws-bfd");
+    let spec = bfd.spec.as_mut().unwrap();
+    spec.bfd_enabled = true;
+    spec.tunnel_address = "10.255.0.2".into();
+    spec.bfd = Some(BfdTimers {
+        desired_min_tx_ms: 100,
+        required_min_rx_ms: 100,
+        detect_multiplier: 0,
+    });
+    let created = c
+        .create_peer(CreatePeerRequest {
+            peer: Some(bfd.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.peer.unwrap().spec, bfd.spec);
     fn rule(p: &mut Policy) -> &mut PolicyRule {
         &mut p.spec.as_mut().unwrap().rules[0]
     }

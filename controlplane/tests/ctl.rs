@@ -67,7 +67,7 @@ fn apply_get_and_delete() {
             "us-east-prod",
             "vpn.aws.example.com:51820",
             "false",
-            "false"
+            "true"
         ]
     );
 

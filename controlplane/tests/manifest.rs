@@ -17,7 +17,18 @@ fn parses_several_documents_and_round_trips() {
     let Document::Peer(p) = &docs[1] else {
         panic!()
     };
-    assert_eq!(peer_doc(&peer(p)), *p);
+    let api = peer(p);
+    let bfd = api.spec.as_ref().unwrap().bfd.unwrap();
+    assert_eq!(
+        (
+            bfd.desired_min_tx_ms,
+            bfd.required_min_rx_ms,
+            bfd.detect_multiplier
+        ),
+        (100, 0, 5),
+        "an unset timer is 0 in the API: the default"
+    );
+    assert_eq!(peer_doc(&api), *p);
     let Document::Policy(p) = &docs[2] else {
         panic!()
     };

@@ -5,9 +5,9 @@
 
 use patronus_core::config::qos::{ClassSection, ClassesSection};
 use patronus_core::config::site::{
-    ConditionKind, ConditionSection, EndpointSection, NamedEndpointSection, PathSelection,
-    PeerSection, PolicySection, RuleAction, RuleSection, SitePeerSection, SiteSection,
-    SiteSections, Strategy, Thresholds, WireGuardSection,
+    BfdSection, ConditionKind, ConditionSection, EndpointSection, NamedEndpointSection,
+    PathSelection, PeerSection, PolicySection, RuleAction, RuleSection, SitePeerSection,
+    SiteSection, SiteSections, Strategy, Thresholds, WireGuardSection,
 };
 use patronus_core::config::uplinks::UplinkSettings;
 use patronus_core::config::ConfigError;
@@ -56,8 +56,14 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
         .iter()
         .map(|p| {
             let spec = p.spec.clone().unwrap_or_default();
-            PeerSection {
-                name: name(&p.metadata),
+            let peer_name = name(&p.metadata);
+            let bfd = spec
+                .bfd
+                .as_ref()
+                .map(|t| bfd_from_proto(t, &peer_name))
+                .transpose()?;
+            Ok(PeerSection {
+                name: peer_name,
                 endpoint: spec.endpoint.as_ref().map(|_| endpoint(&spec.endpoint)),
                 endpoints: spec
                     .endpoints
@@ -75,14 +81,15 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
                 },
                 compression: spec.compression,
                 bfd_enabled: spec.bfd_enabled,
-                tunnel_address: None,
-                bfd: None,
+                tunnel_address: (!spec.tunnel_address.is_empty())
+                    .then(|| spec.tunnel_address.clone()),
+                bfd,
                 allowed_ips: Vec::new(),
                 persistent_keepalive_s: 0,
                 rate_mbps: (spec.rate_mbps != 0.0).then_some(spec.rate_mbps),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, ConfigError>>()?;
     let mut policies = Vec::with_capacity(s.policies.len());
     for p in &s.policies {
         let policy_name = name(&p.metadata);
@@ -124,6 +131,27 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
         applications,
         uplinks,
         qos_classes,
+    })
+}
+
+/// BFD's timers in the file's shape (0: the default); a multiplier beyond
+/// what the file's field holds is refused by name (the control plane checks
+/// the ranges).
+fn bfd_from_proto(t: &pb::BfdTimers, peer: &str) -> Result<BfdSection, ConfigError> {
+    let ms = |v: u32| (v != 0).then_some(v);
+    let detect_multiplier = match t.detect_multiplier {
+        0 => None,
+        m => Some(u8::try_from(m).map_err(|_| {
+            ConfigError::new(
+                format!("peer[{peer}].bfd.detect_multiplier"),
+                format!("{m} is above 255"),
+            )
+        })?),
+    };
+    Ok(BfdSection {
+        desired_min_tx_ms: ms(t.desired_min_tx_ms),
+        required_min_rx_ms: ms(t.required_min_rx_ms),
+        detect_multiplier,
     })
 }
 

@@ -243,6 +243,8 @@ pub struct WireGuard {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.bfdEnabled) && self.bfdEnabled) || (has(self.tunnelAddress) && has(self.slaProbes) && self.slaProbes)").message("bfdEnabled needs tunnelAddress and slaProbes (BFD runs on the paths of a Patronus peer)"))]
+#[x_kube(validation = Rule::new("(has(self.bfdEnabled) && self.bfdEnabled) || (!has(self.tunnelAddress) && !has(self.bfd))").message("tunnelAddress and bfd are only for BFD: set bfdEnabled"))]
 pub struct PeerSpec {
     /// The site this peer belongs to.
     #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
@@ -270,6 +272,33 @@ pub struct PeerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.008, max = 400000.0))]
     pub rate_mbps: Option<f64>,
+    /// The peer's IPv4 address inside the tunnel, which BFD talks to (from
+    /// the first IPv4 address of this site's tunnel). Only with bfdEnabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 7, max = 15))]
+    pub tunnel_address: Option<String>,
+    /// BFD's timers toward the peer; absent fields keep the defaults
+    /// (300 ms × 3). Only with bfdEnabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdTimers>,
+}
+
+/// A BFD session's timers (RFC 5880 §6.8.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdTimers {
+    /// How often we would like to send (ms; default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub desired_min_tx_ms: Option<u32>,
+    /// How often we can take packets (ms; default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub required_min_rx_ms: Option<u32>,
+    /// Packets missed before a path is declared down (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 255))]
+    pub detect_multiplier: Option<u32>,
 }
 
 /// One of a peer's endpoints.

@@ -316,6 +316,16 @@ fn invalid_resources_are_refused_by_the_schema() {
             |d| d["spec"]["rules"] = Value::Array(Vec::new()),
             "/spec/rules",
         ),
+        (
+            "Peer",
+            |d| d["spec"]["bfd"]["desiredMinTxMs"] = 5.into(),
+            "/spec/bfd/desiredMinTxMs",
+        ),
+        (
+            "Peer",
+            |d| d["spec"]["bfd"]["detectMultiplier"] = 1.into(),
+            "/spec/bfd/detectMultiplier",
+        ),
     ];
     for (kind, edit, at) in cases {
         let mut doc = example(kind);
@@ -387,6 +397,21 @@ fn cel_rules_refuse_what_they_promise() {
                 rules.push(rules[0].clone());
             },
             "rule priorities are unique within a policy at /spec",
+        ),
+        (
+            "Peer",
+            |d| drop(d["spec"].as_object_mut().unwrap().remove("tunnelAddress")),
+            "bfdEnabled needs tunnelAddress and slaProbes (BFD runs on the paths of a Patronus peer) at /spec",
+        ),
+        (
+            "Peer",
+            |d| d["spec"]["slaProbes"] = false.into(),
+            "bfdEnabled needs tunnelAddress and slaProbes (BFD runs on the paths of a Patronus peer) at /spec",
+        ),
+        (
+            "Peer",
+            |d| d["spec"]["bfdEnabled"] = false.into(),
+            "tunnelAddress and bfd are only for BFD: set bfdEnabled at /spec",
         ),
     ];
     for (kind, edit, complaint) in cases {

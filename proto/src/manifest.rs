@@ -310,6 +310,27 @@ pub struct PeerSpecDoc {
     /// Shape its tunnel to this rate on each shaped uplink (Mbit/s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_mbps: Option<f64>,
+    /// Its IPv4 address inside the tunnel, which BFD talks to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_address: Option<String>,
+    /// BFD's timers toward it; absent fields keep the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdTimersDoc>,
+}
+
+/// A Peer's `bfd` timers (RFC 5880 §6.8.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BfdTimersDoc {
+    /// How often we would like to send (ms, 10-60000; default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_min_tx_ms: Option<u32>,
+    /// How often we can take packets (ms, 10-60000; default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_min_rx_ms: Option<u32>,
+    /// Packets missed before a path is declared down (2-255; default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_multiplier: Option<u32>,
 }
 
 /// One of a peer's `endpoints`.
@@ -676,6 +697,12 @@ pub fn peer(d: &PeerDoc) -> pb::Peer {
                 .collect(),
             sla_probes: d.spec.sla_probes,
             rate_mbps: d.spec.rate_mbps.unwrap_or(0.0),
+            tunnel_address: d.spec.tunnel_address.clone().unwrap_or_default(),
+            bfd: d.spec.bfd.map(|t| pb::BfdTimers {
+                desired_min_tx_ms: t.desired_min_tx_ms.unwrap_or(0),
+                required_min_rx_ms: t.required_min_rx_ms.unwrap_or(0),
+                detect_multiplier: t.detect_multiplier.unwrap_or(0),
+            }),
         }),
         status: None,
     }
@@ -839,6 +866,15 @@ pub fn peer_doc(p: &pb::Peer) -> PeerDoc {
                 .collect(),
             sla_probes: spec.sla_probes,
             rate_mbps: (spec.rate_mbps != 0.0).then_some(spec.rate_mbps),
+            tunnel_address: (!spec.tunnel_address.is_empty()).then_some(spec.tunnel_address),
+            bfd: spec.bfd.map(|t| {
+                let set = |v: u32| (v != 0).then_some(v);
+                BfdTimersDoc {
+                    desired_min_tx_ms: set(t.desired_min_tx_ms),
+                    required_min_rx_ms: set(t.required_min_rx_ms),
+                    detect_multiplier: set(t.detect_multiplier),
+                }
+            }),
         },
         status: p.status.as_ref().map(|st| PeerStatusDoc {
             connected: st.connected,

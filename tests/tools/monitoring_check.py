@@ -7,7 +7,7 @@
 `run` expects Prometheus to scrape the demo topology (scripts/demo.sh --keep)
 with the shortened rules loaded. It degrades and then cuts the MPLS link
 through its patronus-wan control socket, waits for HighPacketLoss and then
-PathDown to fire, and then sends every query of every dashboard and every
+PathDown and BfdSessionDown to fire (for the MPLS paths and no others), and then sends every query of every dashboard and every
 alert expression to Prometheus' HTTP API:
 
 - a dashboard query must return at least one series somewhere in the run
@@ -44,10 +44,6 @@ EXPORTED_ELSEWHERE = {
     "patronus_operator_": (
         "the operator needs a Kubernetes API server, which does not run here",
         "operator/src/metrics.rs",
-    ),
-    "patronus_bfd_": (
-        "BFD cannot be enabled through the control plane yet (a Peer's bfdEnabled is refused)",
-        "dataplane/src/metrics_exposition.txt",
     ),
 }
 
@@ -189,14 +185,16 @@ def run(args):
     print("ok: HighPacketLoss fires for both MPLS paths while MPLS loses 20%")
     print("mpls:", wan(args.mpls, "set both blackhole=on"))
     eventually("PathDown fires for both MPLS paths once MPLS is cut", fires("PathDown"), 120)
+    eventually("BfdSessionDown fires for both MPLS paths once MPLS is cut", fires("BfdSessionDown"), 60)
     firing = prom.firing()
     print("ok: PathDown fires for both MPLS paths once MPLS is cut; firing now:",
           ", ".join(sorted(f"{a}{{{p}}}" if p else a for a, p in firing)))
     # The crossed paths (MPLS to an internet endpoint) never answered: a
     # configuration matter, not an outage.
-    down = {p for a, p in firing if a == "PathDown"}
-    if down != set(MPLS_PATHS):
-        failures.append(f"PathDown fires for {sorted(down)}, not just the cut MPLS paths")
+    for alert in ("PathDown", "BfdSessionDown"):
+        down = {p for a, p in firing if a == alert}
+        if down != set(MPLS_PATHS):
+            failures.append(f"{alert} fires for {sorted(down)}, not just the cut MPLS paths")
 
     end = time.time()
     range_s = int(end - args.since) + 1

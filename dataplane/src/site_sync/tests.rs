@@ -71,6 +71,8 @@ fn snapshot() -> pb::SiteSnapshot {
                     },
                 ],
                 sla_probes: true,
+                tunnel_address: String::new(),
+                bfd: None,
             }),
             status: None,
         }],
@@ -323,4 +325,30 @@ fn a_sites_classes_become_settings_for_the_files_classes() {
         let err = sections_from_snapshot(&s).unwrap_err();
         assert_eq!(err.field, field, "{err}");
     }
+}
+
+#[test]
+fn bfd_timers_keep_their_defaults_where_unset_and_refuse_what_the_file_cannot_hold() {
+    let timers = pb::BfdTimers {
+        desired_min_tx_ms: 100,
+        required_min_rx_ms: 0,
+        detect_multiplier: 5,
+    };
+    assert_eq!(
+        bfd_from_proto(&timers, "hq").unwrap(),
+        BfdSection {
+            desired_min_tx_ms: Some(100),
+            required_min_rx_ms: None,
+            detect_multiplier: Some(5),
+        }
+    );
+    let err = bfd_from_proto(
+        &pb::BfdTimers {
+            detect_multiplier: 300,
+            ..timers
+        },
+        "hq",
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "peer[hq].bfd.detect_multiplier");
 }
