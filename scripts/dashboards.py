@@ -33,6 +33,11 @@ def target(expr, legend="", ref="A", instant=False, table=False):
     return t
 
 
+def per_path_now(expr, ref):
+    """A table query: `expr`'s value now for each gateway and path."""
+    return target(f"max by (instance, path_id) ({expr})", ref=ref, instant=True, table=True)
+
+
 def thresholds(*steps):
     """Threshold steps: (colour, from value), the first from minus infinity."""
     return {
@@ -469,12 +474,12 @@ def topology():
                 "peer's traffic takes it now, health, loss, round trip (median) and jitter.",
                 [
                     target(f"max by (instance, path_id, peer, uplink, color, measured) (patronus_path_info{{{PATH}}})", ref="info", instant=True, table=True),
-                    target(f"max by (instance, path_id) (patronus_path_up{{{PATH}}})", ref="up", instant=True, table=True),
-                    target(f"max by (instance, path_id) (patronus_path_active{{{PATH}}})", ref="active", instant=True, table=True),
-                    target(f"max by (instance, path_id) (patronus_path_health_score{{{PATH}}})", ref="health", instant=True, table=True),
-                    target(f"max by (instance, path_id) (patronus_path_packet_loss_pct{{{PATH}}})", ref="loss", instant=True, table=True),
-                    target(f'max by (instance, path_id) (patronus_path_latency_seconds{{percentile="50", {PATH}}})', ref="rtt", instant=True, table=True),
-                    target(f"max by (instance, path_id) (patronus_path_jitter_seconds{{{PATH}}})", ref="jitter", instant=True, table=True),
+                    per_path_now(f"patronus_path_up{{{PATH}}}", "up"),
+                    per_path_now(f"patronus_path_active{{{PATH}}}", "active"),
+                    per_path_now(f"patronus_path_health_score{{{PATH}}}", "health"),
+                    per_path_now(f"patronus_path_packet_loss_pct{{{PATH}}}", "loss"),
+                    per_path_now(f'patronus_path_latency_seconds{{percentile="50", {PATH}}}', "rtt"),
+                    per_path_now(f"patronus_path_jitter_seconds{{{PATH}}}", "jitter"),
                 ],
                 [
                     {"id": "merge", "options": {}},
@@ -830,10 +835,10 @@ def failover():
                 "Each path's health and loss now and a while ago (the Compare with variable): after a "
                 "failover, the path taken should score at least as well as the one left did before it failed.",
                 [
-                    target(f"max by (instance, path_id) (patronus_path_health_score{{{PATH}}})", ref="health", instant=True, table=True),
-                    target(f"max by (instance, path_id) (patronus_path_health_score{{{PATH}}} offset $before)", ref="health_before", instant=True, table=True),
-                    target(f"max by (instance, path_id) (patronus_path_packet_loss_pct{{{PATH}}})", ref="loss", instant=True, table=True),
-                    target(f"max by (instance, path_id) (patronus_path_packet_loss_pct{{{PATH}}} offset $before)", ref="loss_before", instant=True, table=True),
+                    per_path_now(f"patronus_path_health_score{{{PATH}}}", "health"),
+                    per_path_now(f"patronus_path_health_score{{{PATH}}} offset $before", "health_before"),
+                    per_path_now(f"patronus_path_packet_loss_pct{{{PATH}}}", "loss"),
+                    per_path_now(f"patronus_path_packet_loss_pct{{{PATH}}} offset $before", "loss_before"),
                 ],
                 [
                     {"id": "merge", "options": {}},

@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use patronus_proto::v1::{
-    GetTopologyResponse, PathHealth, Peer, PeerStatus, SitePhase, SiteStatus, TopologyLink,
-    TopologySite, TunnelState,
+    BfdState, GetTopologyResponse, PathHealth, Peer, PeerStatus, SitePhase, SiteStatus,
+    TopologyLink, TopologySite, TunnelState,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
@@ -213,6 +213,7 @@ impl Hub {
                     active: true,
                     up: true,
                     health_score: None,
+                    bfd: BfdState::Unspecified as i32,
                 };
                 if p.paths.is_empty() {
                     out.push(peer);
@@ -225,6 +226,7 @@ impl Hub {
                         active: path.active,
                         up: path.up,
                         health_score: path.health_score,
+                        bfd: path.bfd,
                         ..peer.clone()
                     });
                 }

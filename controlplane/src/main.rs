@@ -10,7 +10,7 @@ use clap::Parser;
 use patronus_controlplane::auth::BearerToken;
 use patronus_controlplane::server;
 use patronus_controlplane::store::Store;
-use patronus_proto::logging::{self, LogFormat};
+use patronus_proto::logging::{self, LogArgs};
 
 /// Patronus control plane: the public gRPC API over durable desired state.
 #[derive(Debug, Parser)]
@@ -39,19 +39,13 @@ struct Cli {
     /// Require client certificates issued by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// Log format on stderr: text, or json (one object per line, for Loki).
-    #[arg(
-        long,
-        env = "PATRONUS_LOG_FORMAT",
-        default_value = "text",
-        value_name = "FORMAT"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(cli.log.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

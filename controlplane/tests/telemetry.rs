@@ -175,6 +175,7 @@ async fn reports_become_status_topology_paths_and_events() {
             up: false,
             metrics: None,
             health_score: None,
+            bfd: BfdState::Down as i32,
         },
         PathTelemetry {
             path_id: "us-east-prod:inet->aws-vpc".into(),
@@ -182,6 +183,7 @@ async fn reports_become_status_topology_paths_and_events() {
             up: true,
             metrics: Some(measured),
             health_score: Some(97.0),
+            bfd: BfdState::Up as i32,
         },
     ];
     sync.report(tokio_stream::iter([report_paths(
@@ -199,13 +201,25 @@ async fn reports_become_status_topology_paths_and_events() {
         .paths;
     let rows: Vec<_> = paths
         .iter()
-        .map(|p| (p.path_id.as_str(), p.active, p.up, p.health_score))
+        .map(|p| (p.path_id.as_str(), p.active, p.up, p.health_score, p.bfd()))
         .collect();
     assert_eq!(
         rows,
         [
-            ("us-east-prod:mpls->aws-vpc", false, false, None),
-            ("us-east-prod:inet->aws-vpc", true, true, Some(97.0))
+            (
+                "us-east-prod:mpls->aws-vpc",
+                false,
+                false,
+                None,
+                BfdState::Down
+            ),
+            (
+                "us-east-prod:inet->aws-vpc",
+                true,
+                true,
+                Some(97.0),
+                BfdState::Up
+            )
         ]
     );
     let topology = api

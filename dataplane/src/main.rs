@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use patronus_core::config::{Config, EMBEDDED_DEFAULT};
 use patronus_core::dpi::{self, Limits};
 use patronus_dataplane::runtime::{self, RunOptions};
-use patronus_proto::logging::{self, LogFormat};
+use patronus_proto::logging::{self, LogArgs};
 
 /// DPDK poll-mode SD-WAN gateway data plane.
 ///
@@ -28,14 +28,8 @@ struct Cli {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
-    /// Log format on stderr: text, or json (one object per line, for Loki).
-    #[arg(
-        long,
-        env = "PATRONUS_LOG_FORMAT",
-        default_value = "text",
-        value_name = "FORMAT"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     /// Extra EAL arguments (after `--`).
     #[arg(last = true, value_name = "EAL_ARGS")]
     eal_args: Vec<String>,
@@ -113,7 +107,7 @@ fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(cli.log.log_format);
     if let Some(Command::Classify(args)) = &cli.command {
         return match classify(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -36,8 +36,8 @@ use patronus_core::stats::PolicyCounters;
 use patronus_core::stats::{Counter, SharedCounters, SharedQosStats, SharedTunnelStats};
 use patronus_core::worker::{shaper_inboxes, tunnel_inboxes, WorkerSetup};
 use patronus_proto::v1::{
-    DataplaneCounters, DataplaneEvent, EventType, PathMetrics, PathTelemetry, PeerTelemetry,
-    TunnelState,
+    BfdState, DataplaneCounters, DataplaneEvent, EventType, PathMetrics, PathTelemetry,
+    PeerTelemetry, TunnelState,
 };
 
 /// Exit status when packet buffers were still in use after shutdown.
@@ -947,10 +947,26 @@ fn path_figures(
                 up: r.figures.is_none_or(|f| f.up),
                 metrics,
                 health_score: r.figures.and_then(|f| f.health),
+                bfd: r
+                    .bfd
+                    .as_ref()
+                    .map_or(BfdState::Unspecified, |b| bfd_state(b.state))
+                    as i32,
             });
         }
     }
     (active, paths)
+}
+
+/// A BFD session's state as the API names it.
+fn bfd_state(state: patronus_core::bfd::packet::State) -> BfdState {
+    use patronus_core::bfd::packet::State;
+    match state {
+        State::AdminDown => BfdState::AdminDown,
+        State::Down => BfdState::Down,
+        State::Init => BfdState::Init,
+        State::Up => BfdState::Up,
+    }
 }
 
 /// A per-process, per-worker seed for the flow tables' keyed hash, so that

@@ -15,7 +15,7 @@ use patronus_operator::leader::{self, LeaseSettings};
 use patronus_operator::metrics::{self, Metrics};
 use patronus_operator::{controlplane, dataplane};
 use patronus_proto::client::ClientOptions;
-use patronus_proto::logging::{self, LogFormat};
+use patronus_proto::logging::{self, LogArgs};
 
 /// Patronus Kubernetes operator.
 #[derive(Debug, Parser)]
@@ -80,19 +80,13 @@ struct Cli {
     /// TOML with the rest of the data-plane configuration (ports, routes, workers).
     #[arg(long, value_name = "FILE")]
     dataplane_config_template: Option<PathBuf>,
-    /// Log format on stderr: text, or json (one object per line, for Loki).
-    #[arg(
-        long,
-        env = "PATRONUS_LOG_FORMAT",
-        default_value = "text",
-        value_name = "FORMAT"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(cli.log.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -141,7 +135,7 @@ fn settings(cli: &Cli) -> anyhow::Result<dataplane::Settings> {
         networks: cli.dataplane_networks.clone(),
         extra_resources: cli.dataplane_resources.iter().cloned().collect(),
         config_template,
-        log_format: cli.log_format,
+        log_format: cli.log.log_format,
     };
     // The defaults must be valid on a Site without annotations.
     dataplane::sizing(

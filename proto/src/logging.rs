@@ -45,6 +45,19 @@ impl fmt::Display for LogFormat {
     }
 }
 
+/// The command-line option every binary takes for its log.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log format on stderr: text, or json (one object per line, for Loki).
+    #[arg(
+        long,
+        env = "PATRONUS_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Installs the process's log on stderr in `format`. Call once, first thing.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

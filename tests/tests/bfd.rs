@@ -2,13 +2,13 @@
 //! sockets in the root namespace, against FRR's `bfdd` (Debian's) in a
 //! namespace of its own, single hop (RFC 5881) across a veth. The session
 //! comes up with bfdd's three-way handshake and Poll/Final, follows bfdd's
-//! administrative shutdown, and detects bfdd's death within the detection
-//! time.
+//! administrative shutdown, detects bfdd's death within the detection
+//! time, and stays up while either side changes its timers.
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ struct Driver {
     events: mpsc::Receiver<Event>,
     stop: Arc<AtomicBool>,
     mute: Arc<AtomicBool>,
+    /// New timers for our session, applied on its thread.
+    timers: mpsc::Sender<Timers>,
+    /// Our session's detection time as it last computed it, ns.
+    detection_ns: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -54,9 +58,11 @@ impl Driver {
         tx.set_ttl(255).unwrap();
         tx.connect((THEIRS, 3784)).unwrap();
         let (send, events) = mpsc::channel();
+        let (set_timers, new_timers) = mpsc::channel::<Timers>();
         let stop = Arc::new(AtomicBool::new(false));
         let mute = Arc::new(AtomicBool::new(false));
-        let (stopping, muted) = (stop.clone(), mute.clone());
+        let detection_ns = Arc::new(AtomicU64::new(0));
+        let (stopping, muted, detection) = (stop.clone(), mute.clone(), detection_ns.clone());
         let thread = std::thread::spawn(move || {
             let start = Instant::now();
             let now = || start.elapsed().as_nanos() as u64;
@@ -67,7 +73,11 @@ impl Driver {
             let mut remote_was_up = false;
             while !stopping.load(Ordering::Relaxed) {
                 let t = now();
+                while let Ok(timers) = new_timers.try_recv() {
+                    session.set_timers(timers, t);
+                }
                 session.handle_timeout(t);
+                detection.store(session.detection_time_ns(), Ordering::Relaxed);
                 while let Some(p) = session.poll_transmit(t) {
                     if !muted.load(Ordering::Relaxed) {
                         let len = p.encode(&mut out).unwrap();
@@ -114,8 +124,32 @@ impl Driver {
             events,
             stop,
             mute,
+            timers: set_timers,
+            detection_ns,
             thread: Some(thread),
         }
+    }
+
+    /// Gives our running session new timers (a Poll sequence tells bfdd).
+    fn set_timers(&self, timers: Timers) {
+        self.timers.send(timers).expect("the driver runs");
+    }
+
+    /// Our session's detection time now.
+    fn detection_time(&self) -> Duration {
+        Duration::from_nanos(self.detection_ns.load(Ordering::Relaxed))
+    }
+
+    /// Every state change of our session since the last call (the session
+    /// is expected to have stayed as it was).
+    fn changes(&self) -> Vec<StateChange> {
+        self.events
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Changed { change, .. } => Some(change),
+                Event::RemoteDown { .. } => None,
+            })
+            .collect()
     }
 
     /// The next change of our session to `to` within `timeout`, skipping
@@ -282,23 +316,28 @@ fn topology() -> (String, Netns, Link) {
     (id, ns, link)
 }
 
-#[test]
-fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death() {
-    require_root();
-    let (id, ns, _link) = topology();
-    let mut bfdd = Bfdd::start(&ns, &id, 100);
-    let timers = Timers {
+/// bfdd and our session, both at 100 ms × 3, once ours is up; what keeps
+/// the namespace and the link comes first, so that it is dropped last.
+fn up_with_bfdd_at_100_ms() -> (Netns, Link, Bfdd, Driver) {
+    let (id, ns, link) = topology();
+    let bfdd = Bfdd::start(&ns, &id, 100);
+    let driver = Driver::start(Timers {
         desired_min_tx_us: 100_000,
         required_min_rx_us: 100_000,
         detect_mult: 3,
-    };
-    let driver = Driver::start(timers);
-
-    // Up, on both sides: whichever heard the other's Down first went
-    // through Init.
+    });
     driver
         .wait_for(State::Up, Duration::from_secs(10))
         .unwrap_or_else(|| panic!("never up:\n{}", bfdd.vtysh(&["show bfd peers"])));
+    (ns, link, bfdd, driver)
+}
+
+#[test]
+fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death() {
+    require_root();
+    // Up, on both sides: whichever heard the other's Down first went
+    // through Init.
+    let (_ns, _link, mut bfdd, driver) = up_with_bfdd_at_100_ms();
     let peer_up = || bfdd.vtysh(&["show bfd peers"]);
     assert!(
         eventually(Duration::from_secs(5), || peer_up().contains("Status: up")),
@@ -352,6 +391,81 @@ fn a_session_comes_up_with_frr_bfdd_follows_its_shutdown_and_detects_its_death()
         detection <= Duration::from_millis(1_000),
         "detected after {detection:?}"
     );
+}
+
+/// RFC 5880 §6.8.3: timers change while Up by a Poll sequence, on either
+/// side, and the session never leaves Up.
+#[test]
+fn timers_changed_at_run_time_on_either_side_keep_the_session_up() {
+    require_root();
+    let (_ns, _link, bfdd, driver) = up_with_bfdd_at_100_ms();
+    driver.settle_up();
+    // bfdd's count of its session going down, from its counters.
+    let downs = || {
+        let counters = bfdd.vtysh(&["show bfd peers counters"]);
+        counters
+            .split("Session down events:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no down count in:\n{counters}"))
+    };
+    let downs_before = downs();
+    let peer = format!("peer {OURS} local-address {THEIRS}");
+    let shown = || bfdd.vtysh(&["show bfd peers"]);
+    let remote_timers = || {
+        shown()
+            .split("Remote timers:")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || driver.detection_time()
+            == Duration::from_millis(300)),
+        "3 × 100 ms before any change: {:?}",
+        driver.detection_time()
+    );
+
+    // bfdd slows its transmission to 300 ms: our detection time follows
+    // (its multiplier × its interval), announced by its Poll.
+    bfdd.vtysh(&["configure terminal", "bfd", &peer, "transmit-interval 300"]);
+    assert!(
+        eventually(Duration::from_secs(5), || driver.detection_time()
+            == Duration::from_millis(900)),
+        "after bfdd's change: {:?}\n{}",
+        driver.detection_time(),
+        shown()
+    );
+
+    // We ask for 50 ms both ways: bfdd shows our new timers.
+    driver.set_timers(Timers {
+        desired_min_tx_us: 50_000,
+        required_min_rx_us: 50_000,
+        detect_mult: 3,
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let remote = remote_timers();
+            remote.contains("Receive interval: 50ms")
+                && remote.contains("Transmission interval: 50ms")
+        }),
+        "bfdd never took our timers:\n{}",
+        shown()
+    );
+    // And bfdd back to 100 ms: our detection follows again.
+    bfdd.vtysh(&["configure terminal", "bfd", &peer, "transmit-interval 100"]);
+    assert!(
+        eventually(Duration::from_secs(5), || driver.detection_time()
+            == Duration::from_millis(300)),
+        "after bfdd's second change: {:?}",
+        driver.detection_time()
+    );
+    // A few detection times later, neither side has left Up.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(driver.changes(), Vec::new(), "our session changed state");
+    let now = shown();
+    assert!(now.contains("Status: up"), "{now}");
+    assert_eq!(downs(), downs_before, "bfdd saw the session go down");
 }
 
 #[test]

@@ -570,7 +570,8 @@ spec: {appName: Broken, category: Web, patterns: ["(unclosed"]}
 }
 
 /// The Site and Peer documents of two sites with two uplinks each, whose
-/// peers come from the control plane with their endpoints and probes.
+/// peers come from the control plane with their endpoints, probes and BFD
+/// (at 50 ms × 3 toward the other gateway's tunnel address).
 fn path_documents(public: [&str; 2]) -> String {
     let mut yaml = String::new();
     for n in 1..=2 {
@@ -595,6 +596,9 @@ spec:
     - {{name: inet, address: 10.30.{other}.1, port: 51820}}
   slaProbes: true
   wireguard: {{publicKey: {key}}}
+  bfdEnabled: true
+  tunnelAddress: 10.99.0.{other}
+  bfd: {{desiredMinTxMs: 50, requiredMinRxMs: 50}}
 "#,
             key = public[other - 1],
         );
@@ -615,8 +619,10 @@ fn managed_paths_are_measured_and_listed_by_the_control_plane() {
     for n in 1..=2u8 {
         let other = 3 - n;
         // The file keeps what names the gateway's own ports and prefixes.
-        let tunnel_extra =
-            format!("allowed_ips = {{ \"site{other}-of-{n}\" = [\"10.{other}.0.0/24\"] }}");
+        let tunnel_extra = format!(
+            "addresses = [\"10.99.0.{n}/24\"]\n\
+             allowed_ips = {{ \"site{other}-of-{n}\" = [\"10.{other}.0.0/24\", \"10.99.0.{other}/32\"] }}"
+        );
         let managed = format!(
             r#"
 [controlplane]
@@ -650,10 +656,12 @@ telemetry_interval_ms = 200
             .map(|l| l.split_whitespace().map(str::to_owned).collect())
             .collect()
     };
-    // SITE DATAPLANE PEER PATH ACTIVE UP TUNNEL LATENCY JITTER LOSS HEALTH
+    // SITE DATAPLANE PEER PATH ACTIVE UP BFD TUNNEL LATENCY JITTER LOSS HEALTH
     let measured = eventually(Duration::from_secs(30), || {
         let r = rows("site1");
-        r.len() == 4 && r.iter().all(|row| row[5] == "yes" && row[7] != "-")
+        r.len() == 4
+            && r.iter()
+                .all(|row| row[5] == "yes" && row[6] == "up" && row[8] != "-")
     });
     let table = ctl(&server, &["paths", "--site", "site1"]);
     assert!(measured, "{table}");

@@ -289,6 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     "PATH",
                     "ACTIVE",
                     "UP",
+                    "BFD",
                     "TUNNEL",
                     "LATENCY MS",
                     "JITTER MS",
@@ -311,6 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                             },
                             yes_no(p.active),
                             yes_no(p.up),
+                            bfd(p.bfd),
                             tunnel(p.state),
                             measured(&p.metrics, |m| m.latency_ms),
                             measured(&p.metrics, |m| m.jitter_ms),
@@ -781,6 +783,17 @@ fn table(kind: Kind, docs: &[Document]) {
         Kind::Application => &["NAME", "APP", "CATEGORY", "HOSTS", "PATTERNS", "PORTS"],
     };
     print_table(header, rows);
+}
+
+/// A path's BFD session state, `-` for a path without BFD.
+fn bfd(state: i32) -> String {
+    match pb::BfdState::try_from(state) {
+        Ok(pb::BfdState::AdminDown) => "admin-down".into(),
+        Ok(pb::BfdState::Down) => "down".into(),
+        Ok(pb::BfdState::Init) => "init".into(),
+        Ok(pb::BfdState::Up) => "up".into(),
+        _ => "-".into(),
+    }
 }
 
 fn tunnel(state: i32) -> String {
