@@ -1482,12 +1482,13 @@ mod tests {
     use patronus_core::stats::{EgressReport, PathsReport};
 
     /// The tunnel's private key, written once per test process (tests run
-    /// in parallel and must not rewrite it under each other).
+    /// in parallel and must not rewrite it under each other) to the same
+    /// file every run, so that none is left behind per run.
     fn key_file() -> &'static std::path::Path {
         static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
         KEY.get_or_init(|| {
             use std::os::unix::fs::PermissionsExt;
-            let dir = std::env::temp_dir().join(format!("patronus-metrics-{}", std::process::id()));
+            let dir = std::env::temp_dir().join("patronus-metrics-test");
             std::fs::create_dir_all(&dir).unwrap();
             let key = dir.join("private.key");
             std::fs::write(&key, "YBkW7zHbwkKwTF0EGjh7Ezli3Kjp6jFCTbDyUKCXnXU=").unwrap();

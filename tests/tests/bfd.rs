@@ -470,58 +470,65 @@ fn timers_changed_at_run_time_on_either_side_keep_the_session_up() {
 
 #[test]
 #[ignore = "a benchmark: scripts/bench/bfd.sh runs it"]
-fn detection_against_bfdd_at_50_ms_times_3() {
+fn detection_against_frr_bfdd_at_10_50_and_300_ms() {
     require_root();
     let runs: usize = std::env::var("BFD_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let intervals: Vec<u32> = std::env::var("BFD_MS")
+        .unwrap_or_else(|_| "10 50 300".into())
+        .split_whitespace()
+        .map(|v| v.parse().expect("BFD_MS: intervals in ms"))
+        .collect();
     let (id, ns, _link) = topology();
-    let timers = Timers {
-        desired_min_tx_us: 50_000,
-        required_min_rx_us: 50_000,
-        detect_mult: 3,
-    };
-    let driver = Driver::start(timers);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for run in 0..runs {
-        let mut bfdd = Bfdd::start(&ns, &format!("{id}-{run}"), 50);
-        driver
-            .wait_for(State::Up, Duration::from_secs(10))
-            .expect("up");
-        driver.settle_up();
-        // We fall silent: bfdd's detection, from our last packet to its Down.
-        driver.set_muted(true);
-        let (at, last_sent) = driver
-            .wait_for_remote_down(Duration::from_secs(5))
-            .expect("bfdd detects our silence");
-        theirs.push(at.duration_since(last_sent));
-        driver.set_muted(false);
-        driver
-            .wait_for(State::Up, Duration::from_secs(10))
-            .expect("up again");
-        driver.settle_up();
-        // bfdd dies: ours, from its last packet to our Down.
-        bfdd.kill();
-        let (down, at, last_heard) = driver
-            .wait_for(State::Down, Duration::from_secs(5))
-            .expect("we detect bfdd's death");
-        assert_eq!(down.diag, Diagnostic::TIME_EXPIRED);
-        ours.push(at.duration_since(last_heard));
-    }
-    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
     println!(
         "| detector | configured | after the last packet heard, ms: min / median / max | runs |"
     );
     println!("|---|---|---|---|");
-    for (who, mut v) in [("patronus (bfd::session)", ours), ("FRR bfdd 8.4", theirs)] {
-        v.sort();
-        println!(
-            "| {who} | 50 ms × 3 = 150 ms | {:.1} / {:.1} / {:.1} | {} |",
-            ms(&v[0]),
-            ms(&v[v.len() / 2]),
-            ms(&v[v.len() - 1]),
-            v.len()
-        );
+    for interval_ms in intervals {
+        let driver = Driver::start(Timers {
+            desired_min_tx_us: interval_ms * 1_000,
+            required_min_rx_us: interval_ms * 1_000,
+            detect_mult: 3,
+        });
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let mut bfdd = Bfdd::start(&ns, &format!("{id}-{interval_ms}-{run}"), interval_ms);
+            driver
+                .wait_for(State::Up, Duration::from_secs(10))
+                .expect("up");
+            driver.settle_up();
+            // We fall silent: bfdd's detection, from our last packet to its Down.
+            driver.set_muted(true);
+            let (at, last_sent) = driver
+                .wait_for_remote_down(Duration::from_secs(5))
+                .expect("bfdd detects our silence");
+            theirs.push(at.duration_since(last_sent));
+            driver.set_muted(false);
+            driver
+                .wait_for(State::Up, Duration::from_secs(10))
+                .expect("up again");
+            driver.settle_up();
+            // bfdd dies: ours, from its last packet to our Down.
+            bfdd.kill();
+            let (down, at, last_heard) = driver
+                .wait_for(State::Down, Duration::from_secs(5))
+                .expect("we detect bfdd's death");
+            assert_eq!(down.diag, Diagnostic::TIME_EXPIRED);
+            ours.push(at.duration_since(last_heard));
+        }
+        let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+        for (who, mut v) in [("patronus (bfd::session)", ours), ("FRR bfdd 8.4", theirs)] {
+            v.sort();
+            println!(
+                "| {who} | {interval_ms} ms × 3 = {} ms | {:.1} / {:.1} / {:.1} | {} |",
+                3 * interval_ms,
+                ms(&v[0]),
+                ms(&v[v.len() / 2]),
+                ms(&v[v.len() - 1]),
+                v.len()
+            );
+        }
     }
 }

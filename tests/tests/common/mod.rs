@@ -382,6 +382,8 @@ pub struct Dataplane {
     pub metrics: SocketAddr,
     /// Where its config file lives.
     pub config_path: PathBuf,
+    /// The folder `start` made for it, removed on drop.
+    scratch: Option<PathBuf>,
 }
 
 impl Dataplane {
@@ -416,7 +418,10 @@ impl Dataplane {
                     eprintln!("fanout group collision (a DPDK af_packet limit): starting again");
                     continue;
                 }
-                Err(log) => panic!("data plane exited before logging {listening:?}:\n{log}"),
+                Err(log) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    panic!("data plane exited before logging {listening:?}:\n{log}")
+                }
             };
             let addr = if json {
                 let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
@@ -431,6 +436,7 @@ impl Dataplane {
                     .to_owned()
             };
             dp.metrics = addr.parse().expect("socket address");
+            dp.scratch = Some(dir);
             dp.wait_for_log("data plane running", Duration::from_secs(30));
             return dp;
         }
@@ -466,6 +472,7 @@ impl Dataplane {
             log,
             metrics: "127.0.0.1:0".parse().unwrap(),
             config_path,
+            scratch: None,
         }
     }
 
@@ -574,6 +581,10 @@ impl Drop for Dataplane {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Also when the test failed.
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
