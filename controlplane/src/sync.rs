@@ -39,6 +39,8 @@ use crate::validate::is_dns_label;
 struct SiteEntry {
     /// The snapshot's content without its version, to tell real changes.
     content: Vec<u8>,
+    /// The store revision the content was read at.
+    revision: u64,
     latest: watch::Sender<Arc<SiteSnapshot>>,
 }
 
@@ -155,13 +157,22 @@ impl Hub {
     }
 
     /// Recompiles these sites from one read of the store; publishes a new
-    /// version of each whose content changed. The version is the revision
-    /// read, so sites changed by one write share it.
+    /// version of each whose content changed.
     fn refresh(&self, site_ids: &[String]) -> Result<(), StoreError> {
         if site_ids.is_empty() {
             return Ok(());
         }
         let state = self.store.desired_state(Some(site_ids))?;
+        self.publish(site_ids, &state);
+        Ok(())
+    }
+
+    /// Publishes these sites as compiled from `state`, one read of the
+    /// store. The version is the revision read, so sites changed by one
+    /// write share it. A read older than the one a site was last published
+    /// from (a refresh that raced with a later one) changes nothing, so that
+    /// a higher version never carries older content.
+    fn publish(&self, site_ids: &[String], state: &DesiredState) {
         let by_id: HashMap<&str, &Site> = state
             .sites
             .iter()
@@ -170,26 +181,32 @@ impl Hub {
         let revision = state.revision;
         for site_id in site_ids {
             let site = by_id.get(site_id.as_str()).copied();
-            let mut snapshot = Hub::compile(site_id, site, &state);
+            let mut snapshot = Hub::compile(site_id, site, state);
             let content = snapshot.encode_to_vec();
-            let mut state = self.lock();
-            match state.sites.get_mut(site_id) {
-                Some(entry) if entry.content == content => {}
+            let mut hub = self.lock();
+            match hub.sites.get_mut(site_id) {
+                Some(entry) if revision < entry.revision => {}
+                Some(entry) if entry.content == content => entry.revision = revision,
                 Some(entry) => {
                     snapshot.version = revision.max(entry.latest.borrow().version + 1);
                     entry.content = content;
+                    entry.revision = revision;
                     entry.latest.send_replace(Arc::new(snapshot));
                 }
                 None => {
                     snapshot.version = revision.max(1);
                     let (latest, _) = watch::channel(Arc::new(snapshot));
-                    state
-                        .sites
-                        .insert(site_id.clone(), SiteEntry { content, latest });
+                    hub.sites.insert(
+                        site_id.clone(),
+                        SiteEntry {
+                            content,
+                            revision,
+                            latest,
+                        },
+                    );
                 }
             }
         }
-        Ok(())
     }
 
     fn refresh_all(&self) -> Result<(), StoreError> {
@@ -199,8 +216,25 @@ impl Hub {
 
     /// Starts tracking `site_id` (if new) and watches its latest snapshot.
     fn watch(&self, site_id: &str) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
+        self.watch_with(site_id, || {})
+    }
+
+    /// [`Hub::watch`], running `between` after a new site's read and before
+    /// its publication (where the tests commit a write).
+    fn watch_with(
+        &self,
+        site_id: &str,
+        between: impl FnOnce(),
+    ) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
         if !self.lock().sites.contains_key(site_id) {
-            self.refresh(&[site_id.to_owned()])?;
+            let ids = [site_id.to_owned()];
+            let state = self.store.desired_state(Some(&ids))?;
+            between();
+            self.publish(&ids, &state);
+            // A write committed after that read recompiled only the sites
+            // tracked then, not this one: recompile once more now that it
+            // is tracked (an older read cannot undo a newer one).
+            self.changed();
         }
         let state = self.lock();
         Ok(state.sites[site_id].latest.subscribe())
@@ -488,5 +522,97 @@ impl DataplaneSync for Sync {
             self.hub.report(report);
         }
         Ok(Response::new(ReportResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use patronus_proto::v1::{Endpoint, ObjectMeta, PeerSpec, SiteSpec, WireGuard};
+
+    use super::*;
+
+    fn named(name: &str) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    /// A store holding site `branch`, and a hub over it.
+    fn hub() -> (tempfile::TempDir, Arc<Store>, Arc<Hub>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+        let site = Site {
+            metadata: named("branch"),
+            spec: Some(SiteSpec {
+                site_id: "branch".into(),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        store.create(site, "uid-site".into()).unwrap();
+        let hub = Hub::start(store.clone());
+        (dir, store, hub)
+    }
+
+    fn add_peer(store: &Store) {
+        let peer = Peer {
+            metadata: named("hq"),
+            spec: Some(PeerSpec {
+                site_id: "branch".into(),
+                endpoint: Some(Endpoint {
+                    address: "192.0.2.1".into(),
+                    port: 51820,
+                }),
+                wireguard: Some(WireGuard {
+                    public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        store.create(peer, "uid-peer".into()).unwrap();
+    }
+
+    /// The race of a site's first subscriber: a write commits (and the
+    /// hub recompiles what it tracks) after the subscriber's read and
+    /// before its snapshot is published. The subscriber still gets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_between_a_new_sites_read_and_its_publication_reaches_the_subscriber() {
+        let (_dir, store, hub) = hub();
+        let mut latest = hub
+            .watch_with("branch", || {
+                add_peer(&store);
+                hub.refresh_all().unwrap();
+            })
+            .unwrap();
+        let got_peer = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if latest.borrow_and_update().peers.len() == 1 {
+                    return;
+                }
+                latest.changed().await.unwrap();
+            }
+        })
+        .await;
+        assert!(got_peer.is_ok(), "the peer never reached the subscriber");
+    }
+
+    /// Two reads racing: the later one published first, the older one
+    /// then changes nothing (no higher version with older content).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_read_never_replaces_a_newer_publication() {
+        let (_dir, store, hub) = hub();
+        let ids = ["branch".to_owned()];
+        let older = store.desired_state(Some(&ids)).unwrap();
+        add_peer(&store);
+        hub.refresh(&ids).unwrap();
+        let newer = hub.lock().sites["branch"].latest.borrow().clone();
+        assert_eq!(newer.peers.len(), 1);
+        hub.publish(&ids, &older);
+        let after = hub.lock().sites["branch"].latest.borrow().clone();
+        assert_eq!(after, newer);
     }
 }
