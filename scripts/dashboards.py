@@ -38,6 +38,19 @@ def per_path_now(expr, ref):
     return target(f"max by (instance, path_id) ({expr})", ref=ref, instant=True, table=True)
 
 
+def bits_both_ways(prefix, by, filters):
+    """Bits per second sent (tx) and received (rx) of `prefix`'s byte
+    counters, per gateway and `by`."""
+    return [
+        target(
+            f"sum by (instance, {by}) (rate({prefix}_{way}_bytes_total{{{filters}}}[$__rate_interval])) * 8",
+            f"{{{{{by}}}}} {way}",
+            ref=ref,
+        )
+        for way, ref in (("tx", "A"), ("rx", "B"))
+    ]
+
+
 def thresholds(*steps):
     """Threshold steps: (colour, from value), the first from minus infinity."""
     return {
@@ -608,10 +621,7 @@ def performance():
             timeseries(
                 "Throughput per tunnel",
                 "Encrypted traffic to (tx, up) and from (rx, down) each peer, in bits per second.",
-                [
-                    target(f"sum by (instance, peer) (rate(patronus_tunnel_tx_bytes_total{{{GW}}}[$__rate_interval])) * 8", "{{peer}} tx"),
-                    target(f"sum by (instance, peer) (rate(patronus_tunnel_rx_bytes_total{{{GW}}}[$__rate_interval])) * 8", "{{peer}} rx", ref="B"),
-                ],
+                bits_both_ways("patronus_tunnel", "peer", GW),
                 "bps",
                 overrides=rx_negative,
             ),
@@ -622,10 +632,7 @@ def performance():
                 "Throughput per path",
                 "WireGuard traffic sent over (tx) and received from (rx) each path, probes included, in bits "
                 "per second: which underlay carries the peer's traffic.",
-                [
-                    target(f"sum by (instance, path_id) (rate(patronus_path_tx_bytes_total{{{PATH}}}[$__rate_interval])) * 8", "{{path_id}} tx"),
-                    target(f"sum by (instance, path_id) (rate(patronus_path_rx_bytes_total{{{PATH}}}[$__rate_interval])) * 8", "{{path_id}} rx", ref="B"),
-                ],
+                bits_both_ways("patronus_path", "path_id", PATH),
                 "bps",
                 overrides=rx_negative,
             ),
