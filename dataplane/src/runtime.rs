@@ -135,7 +135,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         republish_at: 0,
         tunnels: workers.tunnels.clone(),
         moves_seen: vec![0; workers.tunnels.len()],
-        tunnel_up: HashMap::new(),
+        tunnel_up: (0, Vec::new()),
     };
     control.run(&signals, &shared, &devices.ports, devices.lcores.len());
     Ok(shut_down(&shared, agent.agent, workers, http, devices))
@@ -547,8 +547,9 @@ struct Control {
     tunnels: Vec<Arc<SharedTunnelStats>>,
     /// The last move of each worker already reported.
     moves_seen: Vec<u64>,
-    /// Whether each peer's tunnel had a session when last looked at, by name.
-    tunnel_up: HashMap<String, bool>,
+    /// Whether each peer's tunnel had a session when last looked at, by
+    /// the peer's position in the configuration of this generation.
+    tunnel_up: (u32, Vec<(String, bool)>),
 }
 
 impl Control {
@@ -583,20 +584,34 @@ impl Control {
             return;
         }
         let peers = &cfg.site.peers;
-        self.tunnel_up
-            .retain(|name, _| peers.iter().any(|p| &p.name == name));
-        for (i, peer) in peers.iter().enumerate() {
-            // The tunnel's peers are the site's, in the same order.
-            let up = patronus_core::stats::peer_total(&self.tunnels, i).session_up;
-            let before = self.tunnel_up.insert(peer.name.clone(), up);
-            match (before, up) {
-                (Some(false) | None, true) => {
-                    tracing::info!(site = self.site(), peer = %peer.name, "tunnel up");
-                }
-                (Some(true), false) => {
-                    tracing::warn!(site = self.site(), peer = %peer.name, "tunnel down");
-                }
-                _ => {}
+        if self.tunnel_up.0 != cfg.generation || self.tunnel_up.1.len() != peers.len() {
+            // A new configuration: the states carry over by name, once.
+            let before: HashMap<String, bool> =
+                std::mem::take(&mut self.tunnel_up.1).into_iter().collect();
+            let now = peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        before.get(&p.name).copied().unwrap_or(false),
+                    )
+                })
+                .collect();
+            self.tunnel_up = (cfg.generation, now);
+        }
+        for (i, (name, was_up)) in self.tunnel_up.1.iter_mut().enumerate() {
+            // The tunnel's peers are the site's, in the same order; its
+            // owner has its session.
+            let up = self.tunnels.iter().any(|w| w.peer(i).session_up);
+            if up == *was_up {
+                continue;
+            }
+            *was_up = up;
+            let site = &self.running_config.controlplane.site_id;
+            if up {
+                tracing::info!(site, peer = %name, "tunnel up");
+            } else {
+                tracing::warn!(site, peer = %name, "tunnel down");
             }
         }
     }

@@ -45,6 +45,8 @@ struct Driver {
     timers: mpsc::Sender<Timers>,
     /// Our session's detection time as it last computed it, ns.
     detection_ns: Arc<AtomicU64>,
+    /// bfdd's packets our session has taken.
+    heard: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -62,7 +64,13 @@ impl Driver {
         let stop = Arc::new(AtomicBool::new(false));
         let mute = Arc::new(AtomicBool::new(false));
         let detection_ns = Arc::new(AtomicU64::new(0));
-        let (stopping, muted, detection) = (stop.clone(), mute.clone(), detection_ns.clone());
+        let heard = Arc::new(AtomicU64::new(0));
+        let (stopping, muted, detection, heard_count) = (
+            stop.clone(),
+            mute.clone(),
+            detection_ns.clone(),
+            heard.clone(),
+        );
         let thread = std::thread::spawn(move || {
             let start = Instant::now();
             let now = || start.elapsed().as_nanos() as u64;
@@ -117,6 +125,7 @@ impl Driver {
                 }
                 remote_was_up = p.state == State::Up;
                 last_heard = heard;
+                heard_count.fetch_add(1, Ordering::Relaxed);
                 let _ = session.handle_packet(&p, now());
             }
         });
@@ -126,6 +135,7 @@ impl Driver {
             mute,
             timers: set_timers,
             detection_ns,
+            heard,
             thread: Some(thread),
         }
     }
@@ -133,6 +143,11 @@ impl Driver {
     /// Gives our running session new timers (a Poll sequence tells bfdd).
     fn set_timers(&self, timers: Timers) {
         self.timers.send(timers).expect("the driver runs");
+    }
+
+    /// bfdd's packets our session has taken so far.
+    fn heard(&self) -> u64 {
+        self.heard.load(Ordering::Relaxed)
     }
 
     /// Our session's detection time now.
@@ -460,8 +475,13 @@ fn timers_changed_at_run_time_on_either_side_keep_the_session_up() {
         "after bfdd's second change: {:?}",
         driver.detection_time()
     );
-    // A few detection times later, neither side has left Up.
-    std::thread::sleep(Duration::from_secs(1));
+    // Ten more packets from bfdd (over three detection times at 100 ms),
+    // and neither side has left Up.
+    let heard = driver.heard();
+    assert!(
+        eventually(Duration::from_secs(5), || driver.heard() >= heard + 10),
+        "bfdd went quiet"
+    );
     assert_eq!(driver.changes(), Vec::new(), "our session changed state");
     let now = shown();
     assert!(now.contains("Status: up"), "{now}");

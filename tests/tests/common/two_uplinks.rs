@@ -188,21 +188,7 @@ impl Sites {
 
     /// Gateway `n`'s configuration, `paths` the body of its `[paths]`.
     pub fn config(&self, n: u8, private: &str, peer_public: &str, paths: &str) -> String {
-        let other = 3 - n;
-        let peer = format!(
-            r#"
-[[peer]]
-name = "site{other}"
-endpoints = [
-    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
-    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
-]
-sla_probes = true
-wireguard = {{ public_key = "{peer_public}" }}
-allowed_ips = ["10.{other}.0.0/24"]
-"#
-        );
-        self.base_config(n, private, paths, "") + &peer
+        self.base_config(n, private, paths, "") + &peer_section(n, peer_public, "", "")
     }
 
     /// Gateway `n`'s configuration with BFD on every path to the other
@@ -218,23 +204,12 @@ allowed_ips = ["10.{other}.0.0/24"]
     ) -> String {
         let other = 3 - n;
         let tunnel = format!("addresses = [\"10.99.0.{n}/24\"]");
+        let bfd = format!(
+            "bfd_enabled = true\ntunnel_address = \"10.99.0.{other}\"\n\
+             bfd = {{ desired_min_tx_ms = {bfd_ms}, required_min_rx_ms = {bfd_ms}, detect_multiplier = 3 }}\n"
+        );
         self.base_config(n, private, paths, &tunnel)
-            + &format!(
-                r#"
-[[peer]]
-name = "site{other}"
-endpoints = [
-    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
-    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
-]
-sla_probes = true
-bfd_enabled = true
-tunnel_address = "10.99.0.{other}"
-bfd = {{ desired_min_tx_ms = {bfd_ms}, required_min_rx_ms = {bfd_ms}, detect_multiplier = 3 }}
-wireguard = {{ public_key = "{peer_public}" }}
-allowed_ips = ["10.{other}.0.0/24", "10.99.0.{other}/32"]
-"#
-            )
+            + &peer_section(n, peer_public, &bfd, &format!(", \"10.99.0.{other}/32\""))
     }
 
     /// Gateway `n`'s ports, tunnel (with `tunnel_extra` in its section),
@@ -318,4 +293,23 @@ cost_per_gb = 0.1
         let two = Dataplane::start(&self.config(2, &private2, &public1, paths));
         (one, two)
     }
+}
+
+/// Gateway `n`'s peer: the other gateway at both its endpoints, probed,
+/// with `extra` lines and `extra_allowed` after its LAN in `allowed_ips`.
+fn peer_section(n: u8, peer_public: &str, extra: &str, extra_allowed: &str) -> String {
+    let other = 3 - n;
+    format!(
+        r#"
+[[peer]]
+name = "site{other}"
+endpoints = [
+    {{ name = "mpls", address = "10.20.{other}.1", port = 51820 }},
+    {{ name = "inet", address = "10.30.{other}.1", port = 51820 }},
+]
+sla_probes = true
+{extra}wireguard = {{ public_key = "{peer_public}" }}
+allowed_ips = ["10.{other}.0.0/24"{extra_allowed}]
+"#
+    )
 }
