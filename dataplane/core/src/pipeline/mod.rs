@@ -41,7 +41,7 @@ mod policy;
 mod rewrite;
 mod route;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -52,8 +52,9 @@ use crate::dpi::counters::DpiCounters;
 use crate::flow::table::FlowTable;
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborSnapshot};
-use crate::stats::{Counter, Counters, PathsReport, PolicyCounters};
-use crate::tunnel::{TunnelEnv, Tunnels, Work};
+use crate::stats::{Counter, Counters, DropReason, PathsReport, PolicyCounters};
+use crate::tunnel::noise::ReceivedInitiation;
+use crate::tunnel::{Outcome, TunnelEnv, Tunnels, Work};
 
 pub use burst::{Burst, Next, Shaping};
 pub use neighbor_msgs::write_solicitation;
@@ -340,6 +341,52 @@ impl<F: Frame> Pipeline<F> {
     /// The tunnel engine, when a tunnel is configured.
     pub fn tunnels(&self) -> Option<&Tunnels<F>> {
         self.tunnel.as_ref().map(|t| &t.engine)
+    }
+
+    /// The peer of tunnel work another worker queued under its own
+    /// configuration, in this worker's (see [`Tunnels::resolve_handed`]).
+    pub fn resolve_handed(
+        &mut self,
+        ctx: &Context<'_>,
+        peer: u32,
+        public_key: &[u8; 32],
+    ) -> Option<u32> {
+        let (Some(tunnel), Some(t)) = (&mut self.tunnel, ctx.cfg.tunnel.as_deref()) else {
+            // The tunnel was stopped since the work was queued.
+            self.counters.drop(DropReason::LocalUnsupported);
+            return None;
+        };
+        tunnel.engine.resolve_handed(&t.config, peer, public_key)
+    }
+
+    /// Answers an initiation another worker opened for a peer this worker
+    /// owns: the response joins `burst` as a datagram back the way the
+    /// initiation came. True when the burst had no room for it.
+    pub fn answer_initiation(
+        &mut self,
+        ctx: &Context<'_>,
+        burst: &mut Burst<F>,
+        (from, uplink): (SocketAddr, u8),
+        frame: F,
+        opened: &ReceivedInitiation,
+        env: &mut impl TunnelEnv<F>,
+    ) -> bool {
+        let (Some(tunnel), Some(t)) = (&mut self.tunnel, ctx.cfg.tunnel.as_deref()) else {
+            // The tunnel was stopped since the initiation was opened.
+            self.counters.drop(DropReason::LocalUnsupported);
+            return false;
+        };
+        let outcome = tunnel
+            .engine
+            .answer_opened(&t.config, from, frame, opened, ctx.now_ns, env);
+        tunnel.measure_handshakes(Some((uplink, from)), ctx.now_ns);
+        match outcome {
+            Outcome::Transmit { to, frame } => burst
+                .push_datagram(to, uplink, Shaping::CONTROL, frame)
+                .is_err(),
+            // A replay or a removed peer, counted by the engine.
+            _ => false,
+        }
     }
 
     /// Gives up the tunnel engine's state (queued packets included), as at shutdown.

@@ -32,7 +32,7 @@ use crate::paths::PathTable;
 use crate::stats::{
     BfdReport, FailoverReason, PathMove, PathReport, PathsReport, RecoveryHistogram,
 };
-use crate::tunnel::{HandshakeRoundTrip, TunnelEnv, Tunnels};
+use crate::tunnel::{owner_of, HandshakeRoundTrip, TunnelEnv, Tunnels};
 
 /// No uplink chosen: the datagram follows the route table.
 pub(super) const NO_UPLINK: u8 = u8::MAX;
@@ -127,10 +127,11 @@ struct Pin {
 /// The worker's paths.
 #[derive(Debug, Default)]
 pub(super) struct Paths {
-    /// This worker's number and how many there are: it owns peer `p` when
-    /// `p % workers == worker`.
+    /// This worker's number and how many there are.
     worker: usize,
     workers: usize,
+    /// By peer: whether this worker owns it (as the tunnel engine does, by key).
+    owned: Vec<bool>,
     /// The tunnel snapshot whose path table this follows.
     tunnel: Option<Arc<TunnelSnapshot>>,
     /// Bumped when the path table changes: older pins are void.
@@ -175,9 +176,16 @@ impl Paths {
             self.tunnel = None;
             self.state.clear();
             self.choices.clear();
+            self.owned.clear();
             self.bfd_local = None;
             return;
         };
+        self.owned = t
+            .config
+            .peers
+            .iter()
+            .map(|p| owner_of(p.keys.public(), self.workers) == worker)
+            .collect();
         self.bfd_local = t.paths.paths.iter().find_map(|p| Some(p.bfd?.local));
         let same_table = self.tunnel.as_ref().is_some_and(|old| old.paths == t.paths);
         if !same_table {
@@ -224,7 +232,7 @@ impl Paths {
     }
 
     fn owns(&self, peer: u32) -> bool {
-        peer as usize % self.workers == self.worker
+        self.owned.get(peer as usize).copied().unwrap_or(false)
     }
 
     fn rebuild_state(&mut self, t: &TunnelSnapshot, now: u64) {

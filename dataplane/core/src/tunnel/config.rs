@@ -168,6 +168,17 @@ impl TunnelConfig {
         self.by_key.get(key).copied()
     }
 
+    /// The peer with public key `public_key` in this configuration: at
+    /// position `peer` when it has not moved (work queued under another
+    /// configuration names both), else wherever it went; `None` when removed.
+    #[inline]
+    pub fn resolve(&self, peer: PeerId, public_key: &[u8; 32]) -> Option<PeerId> {
+        match self.peers.get(peer as usize) {
+            Some(p) if p.keys.public() == public_key => Some(peer),
+            _ => self.peer_by_key(public_key),
+        }
+    }
+
     /// Cryptokey routing: the peer that `addr` belongs to.
     #[inline]
     pub fn route(&self, addr: IpAddr) -> Option<PeerId> {

@@ -9,6 +9,7 @@
 //! Diffie-Hellman, and a per-source rate limit bounds the rest.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -37,23 +38,21 @@ fn address_bytes(source: SocketAddr, out: &mut [u8; 18]) -> &[u8] {
 }
 
 /// The responder's side: checks MACs and makes cookie replies.
+///
+/// The cookie secret is the gateway's, not the worker's: a cookie one worker
+/// hands out must pass on whichever worker the sender's next message lands.
+/// Every worker derives the secret of the current two-minute period of the
+/// wall clock from the private key ([`StaticKeys`]), so they agree without
+/// sharing anything, and it changes every two minutes as the protocol says.
+#[derive(Default)]
 pub struct CookieChecker {
-    secret: Secret,
-    secret_born_ns: Option<u64>,
+    /// The period, the identity it was derived for, and its secret.
+    current: Option<(u64, [u8; 32], Secret)>,
 }
 
 impl std::fmt::Debug for CookieChecker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CookieChecker(..)")
-    }
-}
-
-impl Default for CookieChecker {
-    fn default() -> Self {
-        CookieChecker {
-            secret: Zeroizing::new([0; 32]),
-            secret_born_ns: None,
-        }
     }
 }
 
@@ -65,46 +64,46 @@ impl CookieChecker {
         bool::from(expected.ct_eq(&msg[at..at + MAC_LEN]))
     }
 
-    /// Whether `msg`'s MAC2 is right for a sender at `source`; false while no
-    /// cookie has been handed out in the last two minutes.
-    pub fn mac2_valid(&self, msg: &[u8], source: SocketAddr, now_ns: u64) -> bool {
-        let Some(born) = self.secret_born_ns else {
-            return false;
-        };
-        if now_ns.saturating_sub(born) >= COOKIE_REFRESH_NS {
-            return false;
+    /// The cookie secret of the period `unix` (wall-clock time) falls in.
+    fn secret(&mut self, local: &StaticKeys, unix: Duration) -> &Secret {
+        let period = (unix.as_nanos() / u128::from(COOKIE_REFRESH_NS)) as u64;
+        let fresh = self
+            .current
+            .as_ref()
+            .is_some_and(|(p, public, _)| *p == period && public == local.public());
+        if !fresh {
+            let secret = crypto::kdf1(&local.cookie_secrets, &period.to_le_bytes());
+            self.current = Some((period, *local.public(), secret));
         }
-        let cookie = self.cookie_for(source);
+        &self.current.as_ref().expect("set above").2
+    }
+
+    /// Whether `msg`'s MAC2 is right for a sender at `source`: made with a
+    /// cookie from this period's secret.
+    pub fn mac2_valid(
+        &mut self,
+        local: &StaticKeys,
+        msg: &[u8],
+        source: SocketAddr,
+        unix: Duration,
+    ) -> bool {
+        let cookie = cookie_for(self.secret(local, unix), source);
         let at = mac1_offset(msg.len()) + MAC_LEN;
         let expected = mac(&cookie[..], &[&msg[..at]]);
         bool::from(expected.ct_eq(&msg[at..at + MAC_LEN]))
     }
 
-    fn cookie_for(&self, source: SocketAddr) -> Zeroizing<[u8; MAC_LEN]> {
-        let mut addr = [0u8; 18];
-        Zeroizing::new(mac(&self.secret[..], &[address_bytes(source, &mut addr)]))
-    }
-
-    /// A cookie reply to handshake message `msg` from `source`. `fresh`
-    /// supplies 32 random bytes for a new secret when the old one is two
-    /// minutes old, and `nonce` is random.
+    /// A cookie reply to handshake message `msg` from `source`, with this
+    /// period's cookie; `nonce` is random.
     pub fn reply(
         &mut self,
         local: &StaticKeys,
         msg: &[u8],
         source: SocketAddr,
-        now_ns: u64,
+        unix: Duration,
         nonce: [u8; 24],
-        fresh: impl FnOnce() -> [u8; 32],
     ) -> [u8; COOKIE_REPLY_LEN] {
-        let expired = self
-            .secret_born_ns
-            .is_none_or(|born| now_ns.saturating_sub(born) >= COOKIE_REFRESH_NS);
-        if expired {
-            self.secret = Zeroizing::new(fresh());
-            self.secret_born_ns = Some(now_ns);
-        }
-        let cookie = self.cookie_for(source);
+        let cookie = cookie_for(self.secret(local, unix), source);
         let mac1_at = mac1_offset(msg.len());
         let mut out = [0u8; COOKIE_REPLY_LEN];
         out[0] = TYPE_COOKIE_REPLY;
@@ -120,6 +119,12 @@ impl CookieChecker {
         );
         out
     }
+}
+
+/// The cookie of a sender at `source`: `MAC(secret, address || port)`.
+fn cookie_for(secret: &Secret, source: SocketAddr) -> Zeroizing<[u8; MAC_LEN]> {
+    let mut addr = [0u8; 18];
+    Zeroizing::new(mac(&secret[..], &[address_bytes(source, &mut addr)]))
 }
 
 /// Why a cookie reply was not taken.
@@ -284,11 +289,13 @@ mod tests {
         let source: SocketAddr = "192.0.2.7:51820".parse().unwrap();
         let mut checker = CookieChecker::default();
         let mut jar = CookieJar::default();
+        // Wall-clock time, 10 s into a period.
+        let t = Duration::from_secs(1_800_000_010);
 
         let mut m = initiation(&alice, &bob_at_alice);
         jar.stamp(&bob_at_alice, &mut m, 0);
-        assert!(!checker.mac2_valid(&m, source, 0), "no cookie yet");
-        let reply = checker.reply(&bob, &m, source, 10, [3; 24], || [8; 32]);
+        assert!(!checker.mac2_valid(&bob, &m, source, t), "no cookie yet");
+        let reply = checker.reply(&bob, &m, source, t, [3; 24]);
         let Ok(Message::CookieReply(r)) = parse(&reply) else {
             panic!("a cookie reply parses")
         };
@@ -301,12 +308,17 @@ mod tests {
 
         let mut again = initiation(&alice, &bob_at_alice);
         jar.stamp(&bob_at_alice, &mut again, 30);
-        assert!(checker.mac2_valid(&again, source, 40));
-        // Bound to the source address and port.
-        assert!(!checker.mac2_valid(&again, "192.0.2.8:51820".parse().unwrap(), 40));
-        assert!(!checker.mac2_valid(&again, "192.0.2.7:51821".parse().unwrap(), 40));
-        // The secret expires, and so does the initiator's cookie.
-        assert!(!checker.mac2_valid(&again, source, 10 + COOKIE_REFRESH_NS));
+        assert!(checker.mac2_valid(&bob, &again, source, t));
+        // Another worker's checker derives the same secret.
+        assert!(CookieChecker::default().mac2_valid(&bob, &again, source, t));
+        // Bound to the source address and port, and to our identity.
+        assert!(!checker.mac2_valid(&bob, &again, "192.0.2.8:51820".parse().unwrap(), t));
+        assert!(!checker.mac2_valid(&bob, &again, "192.0.2.7:51821".parse().unwrap(), t));
+        assert!(!checker.mac2_valid(&alice, &again, source, t));
+        // The secret changes with the period, and the initiator's cookie expires.
+        let next = Duration::from_secs(1_800_000_000 + 120);
+        assert!(checker.mac2_valid(&bob, &again, source, next - Duration::from_nanos(1)));
+        assert!(!checker.mac2_valid(&bob, &again, source, next));
         let mut late = initiation(&alice, &bob_at_alice);
         jar.stamp(&bob_at_alice, &mut late, 20 + COOKIE_REFRESH_NS);
         assert_eq!(&late[132..148], &[0u8; 16]);
@@ -321,7 +333,7 @@ mod tests {
         jar.stamp(&bob_at_alice, &mut m, 0);
         let mut checker = CookieChecker::default();
         // Sealed with someone else's cookie key.
-        let reply = checker.reply(&alice, &m, source, 0, [1; 24], || [2; 32]);
+        let reply = checker.reply(&alice, &m, source, Duration::ZERO, [1; 24]);
         let Ok(Message::CookieReply(r)) = parse(&reply) else {
             panic!()
         };

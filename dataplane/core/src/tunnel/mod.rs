@@ -11,12 +11,15 @@
 //! wall clock come from the host ([`TunnelEnv`]). It never touches DPDK, a
 //! socket or the clock, so the whole protocol is tested on plain buffers.
 //!
-//! Each peer is owned by one worker (`peer % workers`): its handshake,
-//! sessions, replay windows and timers live there and nowhere else, so
-//! nothing is shared or locked. A worker that receives another worker's
-//! packet hands it over. Our session indices carry the owning worker in
-//! their top byte, so a data message is steered without any lookup; an
-//! initiation is opened far enough to learn its peer, then handed over.
+//! Each peer is owned by one worker, chosen by its public key
+//! ([`owner_of`]) so that adding or removing other peers never moves it:
+//! its handshake, sessions, replay windows and timers live there and
+//! nowhere else, so nothing is shared or locked. A worker that receives
+//! another worker's packet hands it over. Our session indices carry the
+//! owning worker in their top byte, so a data message is steered without
+//! any lookup; an initiation is opened (MACs, cookie, Diffie-Hellman) far
+//! enough to learn its peer, and handed over opened, so the owner answers
+//! it without doing that work again.
 //!
 //! Read before editing: the WireGuard whitepaper (Donenfeld, NDSS 2017),
 //! sections 5 (protocol) and 6 (timers); wireguard-go's `device/` for the
@@ -46,13 +49,22 @@ use crate::labels::labelled_enum;
 pub use config::{PeerConfig, TunnelConfig};
 use cookie::{CookieChecker, SourceLimiter};
 use messages::Message;
-use noise::HandshakeError;
+use noise::{HandshakeError, ReceivedInitiation};
 use peer::{PeerState, Slot};
 use session::{OpenError, SealError};
 use timers::Timer;
 
 /// A peer's position in [`TunnelConfig::peers`].
 pub type PeerId = u32;
+
+/// The worker of `workers` that owns the peer with public key `public`.
+/// A function of the key alone: a peer keeps its worker, sessions and
+/// queued work whatever else the configuration adds or removes.
+#[inline]
+pub fn owner_of(public: &[u8; 32], workers: usize) -> usize {
+    // A Curve25519 public key's low bytes are as good as a hash.
+    (u64::from_le_bytes(public[..8].try_into().expect("8 bytes")) % workers.max(1) as u64) as usize
+}
 
 /// Packets waiting per peer for a session.
 const STAGED_PER_PEER: usize = 64;
@@ -83,7 +95,8 @@ labelled_enum! {
         /// second copy of a packet duplicated over two paths, or a replay of
         /// a recent one.
         Duplicate => "duplicate";
-        /// An initiation from a static key that is not a configured peer.
+        /// An initiation from a static key that is not a configured peer, or
+        /// work handed over for a peer removed since.
         UnknownPeer => "unknown_peer";
         /// A decrypted packet whose source is outside the peer's allowed IPs.
         AllowedIps => "allowed_ips";
@@ -208,8 +221,12 @@ impl TunnelCounters {
 pub enum Work<F> {
     /// An inner packet to encrypt and send to `peer`.
     Send {
-        /// The peer cryptokey routing chose.
+        /// The peer cryptokey routing chose, by its position in the
+        /// sender's configuration; the owner may already run another
+        /// ([`TunnelConfig::resolve`] with `public_key`).
         peer: PeerId,
+        /// That peer's public key, which names it in every configuration.
+        public_key: [u8; 32],
         /// The IP packet (no link-layer header).
         frame: F,
     },
@@ -219,6 +236,18 @@ pub enum Work<F> {
         from: SocketAddr,
         /// The UDP payload.
         frame: F,
+    },
+    /// A handshake initiation from `from` that passed the MAC and cookie
+    /// checks and was opened, for [`Tunnels::answer_opened`].
+    Initiation {
+        /// Its source.
+        from: SocketAddr,
+        /// The message, whose buffer carries the response.
+        frame: F,
+        /// What opening it learnt (the initiator's key names the peer).
+        /// Boxed: handshakes are rare (and rate-limited under load), and
+        /// it keeps every other handoff small.
+        opened: Box<ReceivedInitiation>,
     },
 }
 
@@ -320,6 +349,8 @@ pub struct Tunnels<F> {
     worker: u32,
     workers: u32,
     peers: Vec<PeerState<F>>,
+    /// By peer: the worker that owns it ([`owner_of`]).
+    owners: Vec<u16>,
     /// Our session and handshake indices, to their peer.
     indices: HashMap<u32, PeerId, ahash::RandomState>,
     checker: CookieChecker,
@@ -355,6 +386,7 @@ impl<F: Frame> Tunnels<F> {
             worker: worker as u32,
             workers: workers as u32,
             peers: Vec::new(),
+            owners: Vec::new(),
             indices: HashMap::with_hasher(ahash::RandomState::with_seeds(
                 u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
                 u64::from_le_bytes(seed[8..].try_into().expect("8 bytes")),
@@ -387,6 +419,12 @@ impl<F: Frame> Tunnels<F> {
             .map(|p| (p.public, p))
             .collect();
         self.indices.clear();
+        let workers = self.workers as usize;
+        self.owners = cfg
+            .peers
+            .iter()
+            .map(|pc| owner_of(pc.keys.public(), workers) as u16)
+            .collect();
         for (id, pc) in cfg.peers.iter().enumerate() {
             let state = match old.remove(pc.keys.public()) {
                 Some(mut kept) => {
@@ -409,7 +447,9 @@ impl<F: Frame> Tunnels<F> {
     /// The worker that owns `peer`.
     #[inline]
     pub fn owner(&self, peer: PeerId) -> usize {
-        (peer % self.workers) as usize
+        self.owners
+            .get(peer as usize)
+            .map_or(0, |&w| usize::from(w))
     }
 
     fn owns(&self, peer: PeerId) -> bool {
@@ -454,9 +494,16 @@ impl<F: Frame> Tunnels<F> {
         env: &mut impl TunnelEnv<F>,
     ) -> Outcome<F> {
         if !self.owns(peer) {
+            let Some(pc) = cfg.peers.get(peer as usize) else {
+                return self.dropped(TunnelDrop::UnknownPeer);
+            };
             return Outcome::HandOff {
                 worker: self.owner(peer),
-                work: Work::Send { peer, frame },
+                work: Work::Send {
+                    peer,
+                    public_key: *pc.keys.public(),
+                    frame,
+                },
             };
         }
         match self.send_owned(cfg, peer, frame, now, Payload::Packet, env) {
@@ -507,6 +554,22 @@ impl<F: Frame> Tunnels<F> {
         self.send_owned(cfg, peer, frame, now, Payload::Control, env)
     }
 
+    /// The peer of a [`Work::Send`] handed over under another
+    /// configuration, in `cfg`; a peer removed since is counted as
+    /// [`TunnelDrop::UnknownPeer`] and `None` returned.
+    pub fn resolve_handed(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        public_key: &[u8; 32],
+    ) -> Option<PeerId> {
+        let found = cfg.resolve(peer, public_key);
+        if found.is_none() {
+            self.counters.drop(TunnelDrop::UnknownPeer);
+        }
+        found
+    }
+
     /// Runs work another worker handed over (see [`Outcome::HandOff`]).
     pub fn handle_work(
         &mut self,
@@ -516,8 +579,20 @@ impl<F: Frame> Tunnels<F> {
         env: &mut impl TunnelEnv<F>,
     ) -> Outcome<F> {
         match work {
-            Work::Send { peer, frame } => self.send(cfg, peer, frame, now, env),
+            Work::Send {
+                peer,
+                public_key,
+                frame,
+            } => match self.resolve_handed(cfg, peer, &public_key) {
+                Some(peer) => self.send(cfg, peer, frame, now, env),
+                None => Outcome::Done,
+            },
             Work::Receive { from, frame } => self.receive(cfg, from, frame, now, env),
+            Work::Initiation {
+                from,
+                frame,
+                opened,
+            } => self.answer_opened(cfg, from, frame, &opened, now, env),
         }
     }
 
@@ -853,14 +928,13 @@ impl<F: Frame> Tunnels<F> {
         {
             return Ok(frame);
         }
-        if !self.checker.mac2_valid(frame.data(), from, now) {
+        let unix = env.unix_time();
+        if !self.checker.mac2_valid(&cfg.keys, frame.data(), from, unix) {
             let mut nonce = [0u8; 24];
             env.random(&mut nonce);
-            let mut secret = [0u8; 32];
-            env.random(&mut secret);
             let reply = self
                 .checker
-                .reply(&cfg.keys, frame.data(), from, now, nonce, || secret);
+                .reply(&cfg.keys, frame.data(), from, unix, nonce);
             // The message's own buffer carries the reply back.
             if !frame.set_len(reply.len()) {
                 return Err(self.dropped(TunnelDrop::NoBuffer));
@@ -883,7 +957,7 @@ impl<F: Frame> Tunnels<F> {
         now: u64,
         env: &mut impl TunnelEnv<F>,
     ) -> Outcome<F> {
-        let mut frame = match self.admit_handshake(cfg, from, frame, now, env) {
+        let frame = match self.admit_handshake(cfg, from, frame, now, env) {
             Ok(frame) => frame,
             Err(outcome) => return outcome,
         };
@@ -894,7 +968,7 @@ impl<F: Frame> Tunnels<F> {
             cfg.peer_by_key(key)
                 .map(|id| (id, &cfg.peers[id as usize].keys))
         });
-        let (peer, received) = match opened {
+        let (peer, opened) = match opened {
             Ok(found) => found,
             Err(HandshakeError::UnknownPeer) => {
                 return self.dropped(TunnelDrop::UnknownPeer);
@@ -906,9 +980,50 @@ impl<F: Frame> Tunnels<F> {
         if !self.owns(peer) {
             return Outcome::HandOff {
                 worker: self.owner(peer),
-                work: Work::Receive { from, frame },
+                work: Work::Initiation {
+                    from,
+                    frame,
+                    opened: Box::new(opened),
+                },
             };
         }
+        self.answer_initiation(cfg, peer, from, frame, &opened, now, env)
+    }
+
+    /// Answers an initiation that another worker admitted and opened for a
+    /// peer this worker owns ([`Work::Initiation`]): the response, or a
+    /// counted drop (a replay, a peer no longer configured).
+    pub fn answer_opened(
+        &mut self,
+        cfg: &TunnelConfig,
+        from: SocketAddr,
+        frame: F,
+        opened: &ReceivedInitiation,
+        now: u64,
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
+        match cfg.peer_by_key(&opened.initiator) {
+            Some(peer) if self.owns(peer) => {
+                self.answer_initiation(cfg, peer, from, frame, opened, now, env)
+            }
+            // Removed since it was opened; or (never, ownership being the
+            // key's) someone else's.
+            _ => self.dropped(TunnelDrop::UnknownPeer),
+        }
+    }
+
+    /// The owner's half of an initiation: replay and rate checks, then the response.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_initiation(
+        &mut self,
+        cfg: &TunnelConfig,
+        peer: PeerId,
+        from: SocketAddr,
+        mut frame: F,
+        received: &ReceivedInitiation,
+        now: u64,
+        env: &mut impl TunnelEnv<F>,
+    ) -> Outcome<F> {
         let s = &cfg.timers;
         let pc = &cfg.peers[peer as usize];
         let state = &mut self.peers[peer as usize];
@@ -939,7 +1054,7 @@ impl<F: Frame> Tunnels<F> {
         let buf: &mut [u8; messages::RESPONSE_LEN] =
             frame.data_mut().try_into().expect("length set above");
         let state = &mut self.peers[peer as usize];
-        let keys = match noise::respond(&pc.keys, &received, index, *ephemeral, buf) {
+        let keys = match noise::respond(&pc.keys, received, index, *ephemeral, buf) {
             Ok(keys) => keys,
             Err(_) => {
                 self.indices.remove(&index);

@@ -25,6 +25,9 @@ const IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
 pub const LABEL_MAC1: &[u8] = b"mac1----";
 /// Label of the key cookies are sealed with.
 pub const LABEL_COOKIE: &[u8] = b"cookie--";
+/// Label of the key the cookie secrets of every period are derived from
+/// (ours, not the protocol's: the secret itself never leaves the gateway).
+const LABEL_COOKIE_SECRETS: &[u8] = b"patronus cookie secrets v1";
 
 /// `C0 = HASH(CONSTRUCTION)` and `H0 = HASH(C0 || IDENTIFIER)`.
 static INITIAL: LazyLock<([u8; KEY_LEN], [u8; KEY_LEN])> = LazyLock::new(|| {
@@ -54,11 +57,15 @@ pub struct StaticKeys {
     pub(super) mac1_key: [u8; KEY_LEN],
     /// `HASH(LABEL_COOKIE || our public key)`.
     pub(super) cookie_key: [u8; KEY_LEN],
+    /// `HASH(LABEL_COOKIE_SECRETS || our private key)`: every worker derives
+    /// the same cookie secret of each two-minute period from it.
+    pub(super) cookie_secrets: Secret,
 }
 
 impl StaticKeys {
     /// The identity of private key `secret` (which is wiped with this value).
     pub fn new(secret: [u8; KEY_LEN]) -> Self {
+        let cookie_secrets = Zeroizing::new(hash(&[LABEL_COOKIE_SECRETS, &secret]));
         let secret = StaticSecret::from(secret);
         let public = PublicKey::from(&secret);
         StaticKeys {
@@ -67,6 +74,7 @@ impl StaticKeys {
             own_hash: hash(&[&INITIAL.1, public.as_bytes()]),
             mac1_key: hash(&[LABEL_MAC1, public.as_bytes()]),
             cookie_key: hash(&[LABEL_COOKIE, public.as_bytes()]),
+            cookie_secrets,
         }
     }
 

@@ -577,28 +577,17 @@ fn a_peer_without_an_endpoint_can_call_in() {
 
 #[test]
 fn work_for_another_workers_peer_is_handed_over_and_indices_steer_data() {
-    // Alice runs two workers; Bob is peer 1, so worker 1 owns him.
+    // Alice runs two workers; whichever owns Bob (by his key) is `o`, the other `n`.
     let timers = TimerSettings::default();
-    let mut a0 = side(
-        "alice",
-        "192.0.2.1:51820",
+    let mut alice = gateway(
+        2,
         vec![
             peer_spec("carol", "192.0.2.3:51820", &["10.3.0.0/24"]),
             peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"]),
         ],
-        timers,
     );
-    a0.engine = Tunnels::new(0, 2, &a0.cfg, [7; 16]);
-    let mut a1 = side(
-        "alice",
-        "192.0.2.1:51820",
-        vec![
-            peer_spec("carol", "192.0.2.3:51820", &["10.3.0.0/24"]),
-            peer_spec("bob", "192.0.2.2:51820", &["10.2.0.0/24"]),
-        ],
-        timers,
-    );
-    a1.engine = Tunnels::new(1, 2, &a1.cfg, [8; 16]);
+    let o = alice[0].engine.owner(1);
+    let n = 1 - o;
     let mut b = side(
         "bob",
         "192.0.2.2:51820",
@@ -606,32 +595,35 @@ fn work_for_another_workers_peer_is_handed_over_and_indices_steer_data() {
         timers,
     );
 
-    // A LAN packet for Bob lands on worker 0: it goes to worker 1.
-    a0.send_to(1, ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), S);
-    let (worker, work) = a0.host.handoffs.pop().unwrap();
-    assert_eq!(worker, 1);
-    let Work::Send { peer, frame } = work else {
-        panic!("a send")
+    // A LAN packet for Bob lands on the other worker: it goes to his owner.
+    alice[n].send_to(1, ipv4([10, 1, 0, 5], [10, 2, 0, 9], b"x"), S);
+    let (worker, work) = alice[n].host.handoffs.pop().unwrap();
+    assert_eq!(worker, o);
+    let Work::Send { peer: 1, .. } = work else {
+        panic!("a send to Bob")
     };
-    a1.send_to(peer, frame, S);
-    let (_, initiation) = a1.host.sent.pop().unwrap();
-    assert_eq!(initiation.data()[7], 1, "worker 1's index");
+    alice[o].handle(work, S);
+    let (_, initiation) = alice[o].host.sent.pop().unwrap();
+    assert_eq!(usize::from(initiation.data()[7]), o, "the owner's index");
 
-    // Bob's response arrives at worker 0 (the NIC's hash chose it): steered by its receiver index.
-    b.receive(a1.addr, initiation, S);
+    // Bob's response arrives at the other worker (the NIC's hash chose
+    // it): steered by its receiver index.
+    b.receive(alice[o].addr, initiation, S);
     let (_, response) = b.host.sent.pop().unwrap();
-    a0.receive(b.addr, response, S);
-    let (worker, Work::Receive { frame, .. }) = a0.host.handoffs.pop().unwrap() else {
+    alice[n].receive(b.addr, response, S);
+    let (worker, work @ Work::Receive { .. }) = alice[n].host.handoffs.pop().unwrap() else {
         panic!("a receive")
     };
-    assert_eq!(worker, 1);
-    a1.receive(b.addr, frame, S);
-    for (_, f) in a1.host.sent.drain(..) {
-        b.receive(a1.addr, f, S);
+    assert_eq!(worker, o);
+    alice[o].handle(work, S);
+    let alice_addr = alice[o].addr;
+    for (_, f) in alice[o].host.sent.drain(..) {
+        b.receive(alice_addr, f, S);
     }
     assert_eq!(delivered_payloads(&mut b), vec![b"x".to_vec()]);
 
-    // Bob's own initiation lands on worker 0, which learns the peer and hands it over.
+    // Bob's own initiation lands on the other worker, which checks and
+    // opens it, and hands it over opened: the owner answers it.
     let mut b2 = side(
         "bob",
         "192.0.2.2:51820",
@@ -640,14 +632,298 @@ fn work_for_another_workers_peer_is_handed_over_and_indices_steer_data() {
     );
     b2.send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"y"), 2 * S);
     let (_, init) = b2.host.sent.pop().unwrap();
-    a0.receive(b2.addr, init, 2 * S);
-    let (worker, Work::Receive { from, frame }) = a0.host.handoffs.pop().unwrap() else {
-        panic!("a receive")
+    alice[n].receive(b2.addr, init, 2 * S);
+    let (worker, work @ Work::Initiation { .. }) = alice[n].host.handoffs.pop().unwrap() else {
+        panic!("an opened initiation")
     };
-    assert_eq!(worker, 1);
-    a1.receive(from, frame, 2 * S);
-    assert_eq!(events(&a1, TunnelEvent::ResponsesSent), 1);
-    assert_eq!(events(&a0, TunnelEvent::ResponsesSent), 0);
+    assert_eq!(worker, o);
+    alice[o].handle(work, 2 * S);
+    assert_eq!(events(&alice[o], TunnelEvent::ResponsesSent), 1);
+    assert_eq!(events(&alice[n], TunnelEvent::ResponsesSent), 0);
+    let (to, response) = alice[o].host.sent.pop().unwrap();
+    assert_eq!(to, b2.addr);
+    b2.receive(alice[o].addr, response, 2 * S);
+    assert_eq!(events(&b2, TunnelEvent::ResponsesReceived), 1);
+}
+
+/// Alice's gateway as `workers` workers: one engine each, all on the same
+/// configuration (built once per worker, as each worker reads its own).
+fn gateway(workers: usize, peers: Vec<PeerSpec>) -> Vec<Side> {
+    let specs: Vec<_> = peers
+        .iter()
+        .map(|p| (p.name, p.addr, p.allowed.clone()))
+        .collect();
+    (0..workers)
+        .map(|w| {
+            let peers = specs
+                .iter()
+                .map(|(name, addr, allowed)| PeerSpec {
+                    name,
+                    addr: *addr,
+                    allowed: allowed.clone(),
+                    key: None,
+                    psk: None,
+                    compression: false,
+                })
+                .collect();
+            let mut worker = side("alice", "192.0.2.1:51820", peers, TimerSettings::default());
+            worker.engine = Tunnels::new(w, workers, &worker.cfg, [w as u8; 16]);
+            worker.host = MemoryIo::seeded(7 + w as u64);
+            worker
+        })
+        .collect()
+}
+
+/// A peer of Alice's gateway, Alice its only peer.
+fn remote(name: &'static str, addr: &str) -> Side {
+    side(
+        name,
+        addr,
+        vec![peer_spec("alice", "192.0.2.1:51820", &["10.1.0.0/24"])],
+        TimerSettings::default(),
+    )
+}
+
+impl Side {
+    /// Runs work another worker handed over.
+    fn handle(&mut self, work: Work<VecFrame>, now: u64) {
+        self.host.now_ns = now;
+        let outcome = self
+            .engine
+            .handle_work(&self.cfg, work, now, &mut self.host);
+        self.host.record(outcome, &mut self.engine);
+    }
+}
+
+/// Moves datagrams and handed-over work between Alice's workers and her
+/// peers until nothing is in flight. A datagram from peer `p` lands on
+/// worker `lands(p)`; datagrams to anyone else (a flood's cookie replies)
+/// are dropped.
+fn settle(alice: &mut [Side], peers: &mut [Side], now: u64, lands: impl Fn(usize) -> usize) {
+    for s in alice.iter_mut().chain(peers.iter_mut()) {
+        s.host.now_ns = now;
+    }
+    loop {
+        let mut moved = false;
+        for w in 0..alice.len() {
+            let sent: Vec<_> = alice[w].host.sent.drain(..).collect();
+            for (to, frame) in sent {
+                if let Some(p) = peers.iter_mut().find(|p| p.addr == to) {
+                    p.receive(alice[w].addr, frame, now);
+                    moved = true;
+                }
+            }
+            let handed: Vec<_> = alice[w].host.handoffs.drain(..).collect();
+            for (target, work) in handed {
+                alice[target].handle(work, now);
+                moved = true;
+            }
+        }
+        for p in 0..peers.len() {
+            let sent: Vec<_> = peers[p].host.sent.drain(..).collect();
+            for (to, frame) in sent {
+                if to == alice[0].addr {
+                    let from = peers[p].addr;
+                    alice[lands(p)].receive(from, frame, now);
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// Thirty initiations with a valid MAC1 from spoofed sources: enough to
+/// put a worker in cookie mode at the tests' threshold (200 a second).
+fn flood(worker: &mut Side, now: u64) {
+    let flooder = StaticKeys::new(secret("flood"));
+    let alice = PeerKeys::new(&flooder, public("alice"), None);
+    let mut jar = cookie::CookieJar::default();
+    for i in 0..30u32 {
+        let mut m = [0u8; messages::INITIATION_LEN];
+        noise::initiate(&flooder, &alice, i, secret("f"), &[0; 12], &mut m).unwrap();
+        jar.stamp(&alice, &mut m, 0);
+        let from = SocketAddr::from(([198, 51, 100, i as u8], 1000));
+        worker.receive(from, VecFrame::new(&m), now);
+    }
+}
+
+#[test]
+fn under_a_flood_on_two_workers_every_peer_gets_its_session() {
+    // Four peers, each landing first on its owner and then on the other
+    // worker: the cookie one worker hands out must pass on the other, and
+    // the initiation it opens must be answered by the owner without a
+    // second cookie round.
+    let names = [("bob", 2), ("carol", 3), ("dave", 4), ("erin", 5)];
+    let mut alice = gateway(
+        2,
+        names
+            .iter()
+            .map(|&(name, n)| {
+                let addr: &'static str = format!("192.0.2.{n}:51820").leak();
+                let net: &'static str = format!("10.{n}.0.0/24").leak();
+                peer_spec(name, addr, &[net])
+            })
+            .collect(),
+    );
+    let mut peers: Vec<Side> = names
+        .iter()
+        .map(|&(name, n)| remote(name, &format!("192.0.2.{n}:51820")))
+        .collect();
+    let owner: Vec<usize> = (0..peers.len())
+        .map(|p| alice[0].engine.owner(p as PeerId))
+        .collect();
+    assert_eq!(
+        owner,
+        (0..peers.len())
+            .map(|p| alice[1].engine.owner(p as PeerId))
+            .collect::<Vec<_>>(),
+        "both workers agree on ownership"
+    );
+
+    let t1 = S;
+    for w in alice.iter_mut() {
+        flood(w, t1);
+        assert_eq!(events(w, TunnelEvent::UnderLoad), 1);
+    }
+    for (p, &(_, n)) in names.iter().enumerate() {
+        peers[p].send(ipv4([10, n, 0, 9], [10, 1, 0, 5], b"hello"), t1);
+    }
+    settle(&mut alice, &mut peers, t1, |p| owner[p]);
+    for p in &peers {
+        assert_eq!(
+            events(p, TunnelEvent::CookieRepliesReceived),
+            1,
+            "{}",
+            p.name
+        );
+    }
+
+    // Retransmissions, each landing on the worker that did not hand out
+    // its cookie, while the flood goes on.
+    let t2 = t1 + 6 * S;
+    for w in alice.iter_mut() {
+        flood(w, t2);
+    }
+    for p in peers.iter_mut() {
+        p.poll(t2, 16);
+    }
+    settle(&mut alice, &mut peers, t2, |p| 1 - owner[p]);
+    for p in &peers {
+        assert_eq!(events(p, TunnelEvent::ResponsesReceived), 1, "{}", p.name);
+    }
+    let delivered: usize = alice.iter().map(|w| w.host.delivered.len()).sum();
+    assert_eq!(delivered, peers.len(), "every peer's first packet arrived");
+    for p in &peers {
+        assert_eq!(
+            events(p, TunnelEvent::CookieRepliesReceived),
+            1,
+            "{}: no second cookie round",
+            p.name
+        );
+    }
+}
+
+#[test]
+fn peers_keep_their_worker_and_sessions_when_others_are_added_and_removed() {
+    // Bob, Carol and Dave have sessions through Alice's two workers. Work
+    // for each is queued on the worker that does not own it; before the
+    // owner takes it, Alice's configuration adds Aaron in front (every
+    // position moves) and removes Carol.
+    let spec = |name: &'static str, n: u8| {
+        let addr: &'static str = format!("192.0.2.{n}:51820").leak();
+        let net: &'static str = format!("10.{n}.0.0/24").leak();
+        peer_spec(name, addr, &[net])
+    };
+    let mut alice = gateway(2, vec![spec("bob", 2), spec("carol", 3), spec("dave", 4)]);
+    let mut peers: Vec<Side> = [("bob", 2u8), ("carol", 3), ("dave", 4)]
+        .iter()
+        .map(|&(name, n)| remote(name, &format!("192.0.2.{n}:51820")))
+        .collect();
+    let owner: Vec<usize> = (0..3).map(|p| alice[0].engine.owner(p)).collect();
+    for (p, n) in [(0, 2u8), (1, 3), (2, 4)] {
+        peers[p].send(ipv4([10, n, 0, 9], [10, 1, 0, 5], b"up"), S);
+    }
+    settle(&mut alice, &mut peers, S, |p| 1 - owner[p]);
+    let delivered: usize = alice
+        .iter_mut()
+        .map(|w| w.host.delivered.drain(..).count())
+        .sum();
+    assert_eq!(delivered, 3);
+    let initiations = |alice: &[Side]| -> u64 {
+        alice
+            .iter()
+            .map(|w| events(w, TunnelEvent::InitiationsSent))
+            .sum()
+    };
+    let sent_before = initiations(&alice);
+
+    let t = 2 * S;
+    for (p, (name, n)) in [("bob", 2u8), ("carol", 3), ("dave", 4)].iter().enumerate() {
+        let packet = ipv4(
+            [10, 1, 0, 5],
+            [10, *n, 0, 9],
+            format!("to {name}").as_bytes(),
+        );
+        alice[1 - owner[p]].send_to(p as PeerId, packet, t);
+    }
+    let queued: Vec<_> = alice
+        .iter_mut()
+        .flat_map(|w| w.host.handoffs.drain(..).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(queued.len(), 3);
+
+    let keys = std::sync::Arc::new(StaticKeys::new(secret("alice")));
+    let peer = |name: &str, n: u8| PeerConfig {
+        name: name.into(),
+        keys: PeerKeys::new(&keys, public(name), None),
+        endpoint: Some(format!("192.0.2.{n}:51820").parse().unwrap()),
+        allowed_ips: vec![format!("10.{n}.0.0/24").parse().unwrap()],
+        persistent_keepalive_s: 0,
+        compression: false,
+    };
+    for w in alice.iter_mut() {
+        let peers = vec![peer("aaron", 9), peer("bob", 2), peer("dave", 4)];
+        w.cfg = TunnelConfig::new(
+            keys.clone(),
+            51820,
+            1420,
+            TimerSettings::default(),
+            200,
+            peers,
+        )
+        .unwrap();
+        w.engine.reconfigure(&w.cfg);
+    }
+    assert_eq!(alice[0].engine.owner(1), owner[0], "Bob kept his worker");
+    assert_eq!(alice[0].engine.owner(2), owner[2], "Dave kept his worker");
+
+    for (target, work) in queued {
+        alice[target].handle(work, t);
+    }
+    settle(&mut alice, &mut peers, t, |p| owner[p]);
+    assert_eq!(delivered_payloads(&mut peers[0]), vec![b"to bob".to_vec()]);
+    assert!(peers[1].host.delivered.is_empty(), "Carol is gone");
+    assert_eq!(delivered_payloads(&mut peers[2]), vec![b"to dave".to_vec()]);
+    let unknown: u64 = alice
+        .iter()
+        .map(|w| drops(w, TunnelDrop::UnknownPeer))
+        .sum();
+    assert_eq!(unknown, 1, "Carol's packet, counted");
+    assert_eq!(initiations(&alice), sent_before, "no session was lost");
+
+    // Traffic from Bob arrives as from his new position.
+    peers[0].send(ipv4([10, 2, 0, 9], [10, 1, 0, 5], b"still"), t);
+    settle(&mut alice, &mut peers, t, |p| 1 - owner[p]);
+    let from: Vec<PeerId> = alice[owner[0]]
+        .host
+        .delivered
+        .iter()
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(from, vec![1]);
 }
 
 #[test]

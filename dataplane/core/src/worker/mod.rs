@@ -461,19 +461,44 @@ where
             let refused = match handoff.work {
                 // The inner packet left its Ethernet header behind; the
                 // burst's encrypt entry expects room for one.
-                Work::Send { peer, mut frame } => {
-                    if frame.prepend(ETHERNET_LEN) {
-                        let (steer, shaping) = (handoff.steer, handoff.shaping);
-                        self.burst
-                            .push_encrypt(peer, steer, shaping, frame)
-                            .is_err()
-                    } else {
-                        true
+                Work::Send {
+                    peer,
+                    public_key,
+                    mut frame,
+                } => {
+                    // Queued under the sender's configuration: the peer is
+                    // found by its key in ours (moved, or gone since).
+                    match self.pipeline.resolve_handed(ctx, peer, &public_key) {
+                        // Counted by the tunnel engine.
+                        None => false,
+                        Some(peer) if frame.prepend(ETHERNET_LEN) => {
+                            let (steer, shaping) = (handoff.steer, handoff.shaping);
+                            self.burst
+                                .push_encrypt(peer, steer, shaping, frame)
+                                .is_err()
+                        }
+                        Some(_) => true,
                     }
                 }
                 Work::Receive { from, frame } => {
                     let uplink = handoff.uplink;
                     self.burst.push_decrypt(from, uplink, frame).is_err()
+                }
+                Work::Initiation {
+                    from,
+                    frame,
+                    opened,
+                } => {
+                    let mut env = Env(&mut self.host);
+                    let uplink = handoff.uplink;
+                    self.pipeline.answer_initiation(
+                        ctx,
+                        &mut self.burst,
+                        (from, uplink),
+                        frame,
+                        &opened,
+                        &mut env,
+                    )
                 }
             };
             if refused {

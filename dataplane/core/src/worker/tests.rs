@@ -404,31 +404,66 @@ fn a_hub_forwards_between_two_tunnels_in_one_pass() {
 }
 
 #[test]
-fn a_peers_packets_are_handed_to_the_worker_that_owns_it() {
-    // A has two workers; its only peer (B, peer 0) belongs to worker 0, but
-    // the LAN packet and every datagram from B arrive at worker 1.
+fn an_initiation_landing_on_another_worker_is_answered_by_the_owner() {
+    // B speaks first, and everything from B arrives at the worker of A
+    // that does not own B: it opens B's initiation and hands it over
+    // opened; the owner's response goes back out and B's data follows.
     let clock = ManualClock::default();
     let mut a = site(1, 2, &[(2, &["10.2.0.0/24"])], &clock);
     let mut b = site(2, 1, &[(1, &["10.1.0.0/24"])], &clock);
-    let to_worker_1 = |n: u8, _: usize| usize::from(n == 1);
+    let o = a.workers[0].pipeline().tunnels().unwrap().owner(0);
+    let other = 1 - o;
+    b.host_sends(0, udp_from_host(2, [10, 1, 0, 5], b"first word"));
+    settle_with(&mut [&mut a, &mut b], &clock, move |n, _| {
+        if n == 1 {
+            other
+        } else {
+            0
+        }
+    });
+    let got = a.links[o][LAN].from_gateway.drain();
+    assert_eq!(got.len(), 1);
+    assert_eq!(udp_of(&got[0]).payload, b"first word");
+    let config = a.config.load();
+    let config = &config.tunnel.as_ref().unwrap().config;
+    let owner = a.workers[o].pipeline().tunnels().unwrap();
+    assert_eq!(
+        owner.peer_stats(0, config, clock.now()).handshakes_received,
+        1
+    );
+    let w = a.workers[other].pipeline().tunnels().unwrap();
+    assert_eq!(w.peer_stats(0, config, clock.now()), Default::default());
+}
 
-    a.host_sends(1, udp_from_host(1, [10, 2, 0, 5], b"handed over"));
-    settle_with(&mut [&mut a, &mut b], &clock, to_worker_1);
+#[test]
+fn a_peers_packets_are_handed_to_the_worker_that_owns_it() {
+    // A has two workers; its only peer (B, peer 0) belongs to worker `o`
+    // (by its key), but the LAN packet and every datagram from B arrive at
+    // the other one.
+    let clock = ManualClock::default();
+    let mut a = site(1, 2, &[(2, &["10.2.0.0/24"])], &clock);
+    let mut b = site(2, 1, &[(1, &["10.1.0.0/24"])], &clock);
+    let o = a.workers[0].pipeline().tunnels().unwrap().owner(0);
+    let other = 1 - o;
+    let to_the_other = move |n: u8, _: usize| if n == 1 { other } else { 0 };
+
+    a.host_sends(other, udp_from_host(1, [10, 2, 0, 5], b"handed over"));
+    settle_with(&mut [&mut a, &mut b], &clock, to_the_other);
     let got = b.to_hosts();
     assert_eq!(got.len(), 1);
     assert_eq!(udp_of(&got[0]).payload, b"handed over");
 
     b.host_sends(0, udp_from_host(2, [10, 1, 0, 5], b"and back"));
-    settle_with(&mut [&mut a, &mut b], &clock, to_worker_1);
-    // Decrypted by the owner, so sent to the LAN by worker 0.
-    assert!(a.links[1][LAN].from_gateway.is_empty());
-    let got = a.links[0][LAN].from_gateway.drain();
+    settle_with(&mut [&mut a, &mut b], &clock, to_the_other);
+    // Decrypted by the owner, so sent to the LAN by it.
+    assert!(a.links[other][LAN].from_gateway.is_empty());
+    let got = a.links[o][LAN].from_gateway.drain();
     assert_eq!(got.len(), 1);
     assert_eq!(udp_of(&got[0]).payload, b"and back");
-    // Worker 1 never sealed or opened anything: it has no session.
-    let w1 = a.workers[1].pipeline().tunnels().unwrap();
+    // The other worker never sealed or opened anything: it has no session.
+    let w = a.workers[other].pipeline().tunnels().unwrap();
     assert_eq!(
-        w1.peer_stats(
+        w.peer_stats(
             0,
             &a.config.load().tunnel.as_ref().unwrap().config,
             clock.now()
