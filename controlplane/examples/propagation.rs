@@ -100,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
                     version: snapshot.version,
                     result: AckResult::Ack as i32,
                     reason: String::new(),
+                    epoch: snapshot.epoch,
                 };
                 if sync.acknowledge(ack).await.is_err() {
                     return;

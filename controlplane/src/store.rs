@@ -10,7 +10,10 @@
 //! Layout: one table per kind (name to encoded resource), a table per unique
 //! spec key (site_id to site name), and a `meta` table holding the store-wide
 //! revision, which every write increments and stamps on what it wrote as the
-//! resource's `resource_version` (as etcd's revision does).
+//! resource's `resource_version` (as etcd's revision does), and the
+//! database's epoch: a random number drawn when the database is created, so
+//! that a control plane restarted on a new, empty database (whose revisions
+//! start again from 1) never passes its versions off as the old one's.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -23,6 +26,7 @@ use crate::resource::{name_of, Resource};
 
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
+const EPOCH: &str = "epoch";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,7 @@ pub struct Page<R> {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    epoch: u64,
 }
 
 /// A write waiting for the group commit: it runs inside the shared
@@ -193,16 +198,34 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
+        let epoch;
         {
             // Create every table so that readers never meet a missing one.
-            txn.open_table(META)?;
+            let mut meta = txn.open_table(META)?;
+            let stored = meta.get(EPOCH)?.map(|v| v.value());
+            epoch = match stored {
+                Some(epoch) => epoch,
+                None => {
+                    // Never 0: that is what a data plane reports before its first snapshot.
+                    let drawn = (uuid::Uuid::new_v4().as_u128() as u64).max(1);
+                    meta.insert(EPOCH, drawn)?;
+                    drawn
+                }
+            };
+            drop(meta);
             open_kind::<patronus_proto::v1::Site>(&txn)?;
             open_kind::<patronus_proto::v1::Peer>(&txn)?;
             open_kind::<patronus_proto::v1::Policy>(&txn)?;
             open_kind::<patronus_proto::v1::Application>(&txn)?;
         }
         txn.commit()?;
-        Ok(Store { db })
+        Ok(Store { db, epoch })
+    }
+
+    /// The database's epoch: drawn at random when it was created, the same
+    /// for its whole life. Snapshot versions count within it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Runs a group of writes in one transaction and commits it once. A

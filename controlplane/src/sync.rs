@@ -149,6 +149,8 @@ impl Hub {
         SiteSnapshot {
             site_id: site_id.to_owned(),
             version: 0,
+            // Set by the publisher, which knows the store.
+            epoch: 0,
             site: site.cloned(),
             peers,
             policies,
@@ -182,6 +184,7 @@ impl Hub {
         for site_id in site_ids {
             let site = by_id.get(site_id.as_str()).copied();
             let mut snapshot = Hub::compile(site_id, site, state);
+            snapshot.epoch = self.store.epoch();
             let content = snapshot.encode_to_vec();
             let mut hub = self.lock();
             match hub.sites.get_mut(site_id) {
@@ -468,6 +471,20 @@ impl DataplaneSync for Sync {
         let req = req.into_inner();
         check_ids(&req.site_id, &req.dataplane_id)?;
         let result = AckResult::try_from(req.result).unwrap_or(AckResult::Unspecified);
+        if result == AckResult::Unspecified {
+            return Err(Status::invalid_argument("result: must be ACK or NACK"));
+        }
+        // An answer to a snapshot of another database (this control plane
+        // was restarted on a new one since): its version means nothing here.
+        if req.epoch != 0 && req.epoch != self.hub.store.epoch() {
+            tracing::info!(
+                site = req.site_id,
+                dataplane = req.dataplane_id,
+                version = req.version,
+                "ignoring an answer to another database's snapshot"
+            );
+            return Ok(Response::new(AcknowledgeResponse {}));
+        }
         let mut state = self.hub.lock();
         let d = state
             .dataplanes
@@ -497,9 +514,7 @@ impl DataplaneSync for Sync {
                 );
                 event.message = d.reason.clone();
             }
-            AckResult::Unspecified => {
-                return Err(Status::invalid_argument("result: must be ACK or NACK"))
-            }
+            AckResult::Unspecified => unreachable!("refused above"),
         }
         drop(state);
         self.hub.events.emit(event);

@@ -140,6 +140,7 @@ async fn subscribers_follow_their_site() {
         } else {
             String::new()
         },
+        epoch: latest.epoch,
     };
     sync.acknowledge(ack("gw-a", AckResult::Ack, latest.version))
         .await
@@ -218,4 +219,62 @@ async fn subscribers_follow_their_site() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
+
+/// The epoch of the site's snapshot and the version a data plane that
+/// answers it is shown to run.
+async fn answer(url: &str, ack_epoch: impl FnOnce(u64) -> u64) -> (u64, u64) {
+    let mut sync = DataplaneSyncClient::connect(url.to_owned()).await.unwrap();
+    let mut stream = sync
+        .subscribe(SubscribeRequest {
+            site_id: "edge".into(),
+            dataplane_id: "gw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = next(&mut stream).await;
+    sync.acknowledge(AcknowledgeRequest {
+        site_id: "edge".into(),
+        dataplane_id: "gw".into(),
+        version: snapshot.version,
+        result: AckResult::Ack as i32,
+        reason: String::new(),
+        epoch: ack_epoch(snapshot.epoch),
+    })
+    .await
+    .unwrap();
+    let mut api = ControlPlaneClient::connect(url.to_owned()).await.unwrap();
+    let list = api
+        .list_dataplanes(ListDataplanesRequest {
+            site_id: "edge".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (snapshot.epoch, list.dataplanes[0].applied_version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_database_is_an_epoch_and_answers_to_another_are_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.redb");
+    let server = common::start(&first, None);
+    let url = format!("http://{}", server.addr);
+    // An answer naming another database's epoch is not this one's version.
+    let (epoch, applied) = answer(&url, |e| e ^ 1).await;
+    assert_ne!(epoch, 0);
+    assert_eq!(applied, 0, "an answer from another epoch was recorded");
+    let (again, applied) = answer(&url, |e| e).await;
+    assert_eq!((again, applied > 0), (epoch, true));
+    drop(server);
+
+    // The same database keeps its epoch across restarts; a new one draws its own.
+    let server = common::start(&first, None);
+    let (same, _) = answer(&format!("http://{}", server.addr), |e| e).await;
+    assert_eq!(same, epoch);
+    drop(server);
+    let server = common::start(&dir.path().join("second.redb"), None);
+    let (other, _) = answer(&format!("http://{}", server.addr), |e| e).await;
+    assert_ne!(other, epoch);
 }

@@ -108,6 +108,7 @@ async fn reports_become_status_topology_paths_and_events() {
         version: snapshot.version,
         result: AckResult::Ack as i32,
         reason: String::new(),
+        epoch: snapshot.epoch,
     })
     .await
     .unwrap();

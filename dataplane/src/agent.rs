@@ -205,7 +205,7 @@ impl Agent {
             dataplane_id: dataplane_id(section),
             apply: setup.apply,
             status: setup.status,
-            applied: 0,
+            applied: (0, 0),
             telemetry: setup.telemetry,
             events: setup.events,
             interval: Duration::from_millis(section.telemetry_interval_ms.into()),
@@ -289,8 +289,8 @@ struct Session {
     dataplane_id: String,
     apply: mpsc::Sender<ApplyRequest>,
     status: Arc<AgentStatus>,
-    /// The version in force (0: none yet).
-    applied: u64,
+    /// The epoch and version in force ((0, 0): none yet).
+    applied: (u64, u64),
     telemetry: TelemetrySource,
     events: mpsc::Receiver<DataplaneEvent>,
     interval: Duration,
@@ -355,16 +355,25 @@ impl Session {
         client: &mut SyncClient,
         snapshot: SiteSnapshot,
     ) -> anyhow::Result<()> {
-        let version = snapshot.version;
+        let (epoch, version) = (snapshot.epoch, snapshot.version);
         // A resubscription resends the version in force: nothing to apply.
-        let outcome = if version == self.applied {
+        // The same version of another epoch (a control plane on a new
+        // database) is another snapshot.
+        if self.applied.0 != 0 && epoch != self.applied.0 {
+            tracing::warn!(
+                version,
+                "the control plane runs another database than the snapshot in force came from: \
+                 its snapshot is applied whatever its version"
+            );
+        }
+        let outcome = if (epoch, version) == self.applied {
             Ok(None)
         } else {
             self.apply(snapshot).await?
         };
         let (result, reason) = match outcome {
             Ok(applications) => {
-                self.applied = version;
+                self.applied = (epoch, version);
                 if let Some(applications) = applications {
                     self.applications = applications;
                 }
@@ -386,6 +395,7 @@ impl Session {
                 version,
                 result: result as i32,
                 reason,
+                epoch,
             })
             .await
             .context("acknowledging")?;

@@ -1,7 +1,8 @@
 //! The control plane and two real data planes, each a gateway between two
 //! hosts in network namespaces: configuration applied with patronusctl
 //! reaches both, an invalid snapshot is refused while the old one keeps
-//! forwarding, and the data planes ride out a control-plane crash.
+//! forwarding, and the data planes ride out a control-plane crash and the
+//! loss of its database.
 
 mod common;
 
@@ -565,6 +566,57 @@ spec: {appName: Broken, category: Web, patterns: ["(unclosed"]}
     assert_eq!(site_version(&two.dp), r2b.applied);
     assert_eq!(two.dp.scrape().sum("patronus_config_peers", &[]), 0.0);
     assert!(one.forwards() && two.forwards());
+
+    // The database is lost: the control plane comes back on a new, empty
+    // one whose count reaches the very version gw-2 runs, with other
+    // content (gw-2's peer is back). Another epoch: gw-2 applies it.
+    cp.crash();
+    let fresh = dir.join("fresh.redb");
+    {
+        // Written through a control plane the data planes cannot reach.
+        let writer = ControlPlane::start(&fresh, "127.0.0.1:0");
+        let server = writer.server();
+        apply(&server, &dir, "fleet.yaml", &documents());
+        let mut revision = 0;
+        for pad in 0.. {
+            apply(&server, &dir, "pad.yaml", &format!(
+                "apiVersion: patronus.io/v1\nkind: Site\n\
+                 metadata: {{name: branch-1, labels: {{tier: branch, site: branch-1, pad: p{pad}}}}}\n\
+                 spec: {{siteId: branch-1, region: eu-west-1, tunnelEndpoint: {{address: 192.0.2.10, port: 51820}}}}\n"
+            ));
+            let site: serde_json::Value =
+                serde_json::from_str(&ctl(&server, &["get", "site", "branch-1", "-o", "json"]))
+                    .unwrap();
+            revision = site["metadata"]["resourceVersion"].as_u64().unwrap();
+            assert!(
+                revision <= r2b.applied,
+                "the new database passed gw-2's version"
+            );
+            if revision == r2b.applied {
+                break;
+            }
+        }
+        assert_eq!(revision, r2b.applied);
+        writer.crash();
+    }
+    let cp = ControlPlane::start(&fresh, &listen);
+    let server = cp.server();
+    let n2 = wait_status(
+        &server,
+        "gw-2",
+        "the new database's snapshot applied",
+        |s| s.connected && s.applied == s.desired && s.applied > 0,
+    );
+    assert_eq!(n2.applied, r2b.applied, "the same version number");
+    assert!(
+        eventually(Duration::from_secs(10), || two
+            .dp
+            .scrape()
+            .sum("patronus_config_peers", &[])
+            == 1.0),
+        "gw-2 took the new database's snapshot for the one it runs"
+    );
+    drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(token_file());
 }

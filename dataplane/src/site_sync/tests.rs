@@ -25,6 +25,7 @@ fn snapshot() -> pb::SiteSnapshot {
     pb::SiteSnapshot {
         site_id: "branch-1".into(),
         version: 7,
+        epoch: 1,
         site: Some(pb::Site {
             metadata: Some(pb::ObjectMeta {
                 name: "branch-1".into(),
