@@ -204,6 +204,11 @@ fn store_status(e: StoreError) -> Status {
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
         StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         StoreError::Conflict { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::TooLarge { field, message } => {
+            let mut details = ErrorDetails::new();
+            details.add_bad_request_violation(field.clone(), message.clone());
+            Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
+        }
         StoreError::Storage(_) | StoreError::Corrupt { .. } | StoreError::CommitFailed(_) => {
             tracing::error!(error = %e, "store failure");
             Status::internal(e.to_string())

@@ -27,6 +27,10 @@ pub trait Resource: Message + Default + Clone + 'static {
     fn validate(&self, v: &mut Violations);
     /// The site the resource belongs to ("" for policies, which select sites by label).
     fn site_scope(&self) -> &str;
+    /// Most bytes all resources of the kind may take together, when every
+    /// site's snapshot carries all of them (applications); `None`: no cap.
+    const TOTAL_BYTES: Option<usize> = None;
+
     /// The spec value that must be unique across the kind (site_id for sites).
     fn unique_key(&self) -> Option<&str> {
         None
@@ -115,6 +119,7 @@ impl Resource for Application {
         TableDefinition::new("applications");
     const UNIQUE: Option<TableDefinition<'static, &'static str, &'static str>> =
         Some(TableDefinition::new("application_names"));
+    const TOTAL_BYTES: Option<usize> = Some(validate::APPLICATIONS_TOTAL_BYTES);
     common_resource_methods!();
     /// Applications have no status.
     fn clear_output_only(&mut self) {}

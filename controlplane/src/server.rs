@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use patronus_proto::v1::control_plane_server::ControlPlaneServer;
 use patronus_proto::v1::dataplane_sync_server::DataplaneSyncServer;
+use patronus_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
@@ -65,9 +67,18 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping.send(true);
     };
-    let api =
-        ControlPlaneServer::with_interceptor(Api::new(store, hub.clone()), authenticate.clone());
-    let sync = DataplaneSyncServer::with_interceptor(Sync::new(hub), authenticate);
+    let api = InterceptedService::new(
+        ControlPlaneServer::new(Api::new(store, hub.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        authenticate.clone(),
+    );
+    let sync = InterceptedService::new(
+        DataplaneSyncServer::new(Sync::new(hub))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        authenticate,
+    );
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;

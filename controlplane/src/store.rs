@@ -57,6 +57,14 @@ pub enum StoreError {
         /// The version stored.
         current: u64,
     },
+    /// The resources of a kind would together exceed what it may take.
+    #[error("{field}: {message}")]
+    TooLarge {
+        /// The field at fault (`application.spec`).
+        field: String,
+        /// What the total would be, and the limit.
+        message: String,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),
@@ -378,6 +386,7 @@ pub fn create_in<R: Resource>(
         });
     }
     claim_unique(txn, &r, &name, None)?;
+    check_total(&table, &r, &name)?;
     let revision = bump_revision(txn)?;
     let now = Some(prost_types::Timestamp::from(SystemTime::now()));
     let meta = r.meta_mut();
@@ -412,6 +421,7 @@ pub fn update_in<R: Resource>(txn: &redb::WriteTransaction, mut r: R) -> Result<
         });
     }
     claim_unique(txn, &r, &name, current.unique_key())?;
+    check_total(&table, &r, &name)?;
     let revision = bump_revision(txn)?;
     let spec_changed = current.spec_bytes() != r.spec_bytes();
     let labels = std::mem::take(&mut r.meta_mut().labels);
@@ -426,6 +436,35 @@ pub fn update_in<R: Resource>(txn: &redb::WriteTransaction, mut r: R) -> Result<
     };
     table.insert(name.as_str(), r.encode_to_vec().as_slice())?;
     Ok(r)
+}
+
+/// For a kind with a cap on its total size, that `r` replacing (or joining
+/// as) `name` keeps within it. Checked in the write transaction, so that
+/// concurrent writes cannot pass it together.
+fn check_total<R: Resource>(
+    table: &redb::Table<'_, &'static str, &'static [u8]>,
+    r: &R,
+    name: &str,
+) -> Result<(), StoreError> {
+    let Some(max) = R::TOTAL_BYTES else {
+        return Ok(());
+    };
+    let mut total = r.encoded_len();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        if key.value() != name {
+            total += value.value().len();
+        }
+    }
+    if total > max {
+        return Err(StoreError::TooLarge {
+            field: format!("{}.spec", R::KIND),
+            message: format!(
+                "every site's snapshot carries all of them: with this one they would take {total} bytes, more than {max}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// [`Store::delete`] inside a transaction; checks come before changes.

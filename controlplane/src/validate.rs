@@ -496,6 +496,18 @@ pub fn policy(p: &Policy, v: &mut Violations) {
     }
 }
 
+/// Most host names one application lists.
+pub const APPLICATION_MAX_HOSTS: usize = 1024;
+/// Most patterns one application lists.
+pub const APPLICATION_MAX_PATTERNS: usize = 256;
+/// Most ports one application lists.
+pub const APPLICATION_MAX_PORTS: usize = 256;
+/// Most bytes all applications take together (encoded). Every site's
+/// snapshot carries every application, so this keeps a quarter of
+/// [`patronus_proto::MAX_MESSAGE_BYTES`] for them and the rest for the site's
+/// own peers and policies.
+pub const APPLICATIONS_TOTAL_BYTES: usize = patronus_proto::MAX_MESSAGE_BYTES / 4;
+
 /// An application as written. Patterns are checked for shape only: each
 /// data plane compiles them with Hyperscan and refuses (NACKs) what it cannot.
 pub fn application(a: &Application, v: &mut Violations) {
@@ -521,6 +533,21 @@ pub fn application(a: &Application, v: &mut Violations) {
             "application.spec.category",
             format!("must be one of {}", CATEGORIES.join(", ")),
         );
+    }
+    let counts = [
+        ("hosts", spec.hosts.len(), APPLICATION_MAX_HOSTS),
+        ("patterns", spec.patterns.len(), APPLICATION_MAX_PATTERNS),
+        ("ports", spec.ports.len(), APPLICATION_MAX_PORTS),
+    ];
+    for (field, count, max) in counts {
+        if count > max {
+            v.add(
+                format!("application.spec.{field}"),
+                format!("{count} entries, at most {max}"),
+            );
+            // Each entry is not checked: the list is refused whole.
+            return;
+        }
     }
     for (i, host) in spec.hosts.iter().enumerate() {
         if host.parse::<IpAddr>().is_ok() || !is_host(host) {

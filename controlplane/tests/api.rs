@@ -751,6 +751,18 @@ async fn invalid_requests_name_every_field() {
             "application.spec",
         ),
         (|a| a.spec = None, "application.spec"),
+        (
+            |a| app_spec(a).patterns = vec!["^x".into(); 257],
+            "application.spec.patterns",
+        ),
+        (
+            |a| app_spec(a).hosts = vec!["a.example".into(); 1025],
+            "application.spec.hosts",
+        ),
+        (
+            |a| app_spec(a).ports = vec![80; 257],
+            "application.spec.ports",
+        ),
     ];
     for (edit, field) in applications {
         let mut a = Application {
@@ -982,4 +994,66 @@ async fn concurrent_writes_share_commits_and_each_is_acknowledged() {
         .unwrap();
     assert_eq!(listed.into_inner().sites.len(), 160);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn applications_together_stay_within_what_a_snapshot_carries() {
+    // Every site's snapshot carries every application: once they would
+    // take more than their share of a message, the next one is refused
+    // naming the field, and everything written before stays.
+    let server = Server::start(None).await;
+    let mut c = server.client().await;
+    let big = |n: usize| Application {
+        metadata: named(&format!("big-{n}")),
+        spec: Some(ApplicationSpec {
+            app_name: format!("Big{n}"),
+            category: "Web".into(),
+            patterns: (0..256)
+                .map(|i| format!("^{i:04}{}", "x".repeat(1000)))
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let mut created = 0;
+    let refused = loop {
+        match c
+            .create_application(CreateApplicationRequest {
+                application: Some(big(created)),
+            })
+            .await
+        {
+            Ok(_) => created += 1,
+            Err(e) => break e,
+        }
+        assert!(created < 64, "no limit on the applications' total size");
+    };
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&refused),
+        ["application.spec"],
+        "{}",
+        refused.message()
+    );
+    let share = patronus_proto::MAX_MESSAGE_BYTES / 4;
+    assert!(created * 256 * 1000 <= share && (created + 1) * 256 * 1000 > share * 9 / 10);
+    let listed = c
+        .list_applications(ListApplicationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .applications;
+    assert_eq!(listed.len(), created);
+    // Making one smaller makes room again.
+    let mut small = listed[0].clone();
+    small.spec.as_mut().unwrap().patterns.truncate(1);
+    c.update_application(UpdateApplicationRequest {
+        application: Some(small),
+    })
+    .await
+    .unwrap();
+    c.create_application(CreateApplicationRequest {
+        application: Some(big(created)),
+    })
+    .await
+    .unwrap();
 }

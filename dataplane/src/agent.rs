@@ -304,7 +304,9 @@ impl Session {
     /// stream ends or fails.
     async fn run(&mut self, backoff: &mut Backoff) -> anyhow::Result<()> {
         let channel = self.endpoint.connect().await.context("connecting")?;
-        let mut client = DataplaneSyncClient::with_interceptor(channel, self.auth.clone());
+        let mut client = DataplaneSyncClient::with_interceptor(channel, self.auth.clone())
+            .max_decoding_message_size(patronus_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(patronus_proto::MAX_MESSAGE_BYTES);
         let mut snapshots = client
             .subscribe(SubscribeRequest {
                 site_id: self.site_id.clone(),

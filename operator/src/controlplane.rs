@@ -29,10 +29,11 @@ pub type Client = ControlPlaneClient<InterceptedService<Channel, Authorization>>
 /// A malformed address or an unreadable token or CA file.
 pub fn connect_lazy(options: &ClientOptions) -> anyhow::Result<Client> {
     let (endpoint, authorization) = options.endpoint()?;
-    Ok(ControlPlaneClient::with_interceptor(
-        endpoint.connect_lazy(),
-        authorization,
-    ))
+    Ok(
+        ControlPlaneClient::with_interceptor(endpoint.connect_lazy(), authorization)
+            .max_decoding_message_size(patronus_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(patronus_proto::MAX_MESSAGE_BYTES),
+    )
 }
 
 /// The external id that marks a copy as this object's, at this generation.

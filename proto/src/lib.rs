@@ -27,6 +27,12 @@ pub mod v1 {
     tonic::include_proto!("patronus.v1");
 }
 
+/// Largest gRPC message any Patronus client or server sends or accepts (a
+/// site's snapshot is the largest), set explicitly on both sides so that
+/// what one side may send the other always accepts. The control plane's
+/// validation keeps snapshots well under it.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The encoded file descriptor set of `patronus.v1`, for gRPC server reflection.
 #[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =

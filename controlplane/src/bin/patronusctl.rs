@@ -185,7 +185,9 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the control plane at {}", cli.server))?;
-    Ok(ControlPlaneClient::with_interceptor(channel, authorization))
+    Ok(ControlPlaneClient::with_interceptor(channel, authorization)
+        .max_decoding_message_size(patronus_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(patronus_proto::MAX_MESSAGE_BYTES))
 }
 
 /// Runs the command; Ok(false) when some documents failed (already reported).
