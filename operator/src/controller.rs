@@ -35,6 +35,12 @@ use crate::Error;
 
 /// The finalizer that keeps an object until its control-plane copy is gone.
 pub const FINALIZER: &str = "patronus.io/controlplane";
+/// Annotation on a Site, Peer or Policy being deleted: `"true"` lets its
+/// finalizer go without removing the control-plane copy (the escape when
+/// the control plane is gone for good).
+pub const SKIP_CLEANUP_ANNOTATION: &str = "patronus.io/skip-controlplane-cleanup";
+/// Default of [`Context::with_cleanup_timeout`].
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often an object is reconciled when nothing else asks for it.
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// The first retry after a failure; each further failure doubles it.
@@ -56,6 +62,8 @@ pub struct Context {
     pub reporter: Reporter,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// How long after its deletion an object's cleanup is retried.
+    cleanup_timeout: Duration,
 }
 
 impl Context {
@@ -77,7 +85,16 @@ impl Context {
                 instance,
             },
             failures: Mutex::new(HashMap::new()),
+            cleanup_timeout: CLEANUP_TIMEOUT,
         }
+    }
+
+    /// Retries a deleted object's cleanup for `timeout` after its deletion,
+    /// then lets its finalizer go anyway.
+    #[must_use]
+    pub fn with_cleanup_timeout(mut self, timeout: Duration) -> Self {
+        self.cleanup_timeout = timeout;
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -200,10 +217,39 @@ fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) ->
 }
 
 /// Removes the object's control-plane copy before the finalizer goes.
+/// An annotation asking for it, or a control plane unreachable for longer
+/// than the cleanup timeout since the deletion, lets the finalizer go with a
+/// Warning Event saying the copy may remain.
 async fn cleanup<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+    let what = format!("{} {:?}", K::KIND, obj.name_any());
+    if obj
+        .annotations()
+        .get(SKIP_CLEANUP_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        let message = format!(
+            "left {what} in the control plane, as {SKIP_CLEANUP_ANNOTATION} asks; remove it there if the control plane comes back"
+        );
+        ctx.publish(obj, KubeEventType::Warning, "CleanupSkipped", message)
+            .await;
+        return Ok(Action::await_change());
+    }
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let mut cp = ctx.controlplane.clone();
-    match controlplane::remove::<K::Message>(&mut cp, &obj.name_any(), &uid).await? {
+    let removed = match controlplane::remove::<K::Message>(&mut cp, &obj.name_any(), &uid).await {
+        Ok(removed) => removed,
+        Err(e) if deleted_for(obj) >= ctx.cleanup_timeout => {
+            let message = format!(
+                "gave up removing {what} from the control plane after {}s: {e}; it may remain there",
+                ctx.cleanup_timeout.as_secs()
+            );
+            ctx.publish(obj, KubeEventType::Warning, "CleanupAbandoned", message)
+                .await;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    };
+    match removed {
         Removed::Deleted => {
             ctx.publish(
                 obj,
@@ -233,6 +279,16 @@ async fn cleanup<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action, Error>
         }
     }
     Ok(Action::await_change())
+}
+
+/// How long ago `obj` was deleted (zero when it is not being deleted, or
+/// its deletion is stamped in the future by a clock ahead of ours).
+fn deleted_for<K: Resource>(obj: &K) -> Duration {
+    obj.meta()
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t.0.into()).ok())
+        .unwrap_or_default()
 }
 
 /// Publishes what a sync wrote, if it wrote anything.

@@ -80,6 +80,12 @@ struct Cli {
     /// TOML with the rest of the data-plane configuration (ports, routes, workers).
     #[arg(long, value_name = "FILE")]
     dataplane_config_template: Option<PathBuf>,
+    /// How long a deleted Site, Peer or Policy waits for its control-plane
+    /// copy to be removed before its finalizer is let go anyway (with a
+    /// Warning Event), so that a control plane that is gone for good (after
+    /// `helm uninstall`) never blocks a namespace's deletion.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    cleanup_timeout_s: u64,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -187,13 +193,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         identity = %identity,
         "operator started; waiting for the leader lease"
     );
-    let ctx = Arc::new(Context::new(
-        client,
-        cp,
-        settings,
-        metrics.clone(),
-        Some(identity),
-    ));
+    let ctx = Arc::new(
+        Context::new(client, cp, settings, metrics.clone(), Some(identity))
+            .with_cleanup_timeout(std::time::Duration::from_secs(cli.cleanup_timeout_s)),
+    );
     let namespace = cli.watch_namespace.clone();
     tokio::select! {
         () = leader::run_while_leading(leading, metrics, || controller::run(ctx.clone(), namespace.as_deref())) => {}

@@ -422,6 +422,74 @@ async fn deletion_removes_the_copy_then_the_finalizer() {
     assert!(cp_site(&mut cp).await.is_none(), "the copy is gone");
 }
 
+/// The Site being deleted since 2026-12-01, whose control plane is gone.
+fn deleting_site_without_a_control_plane(skip: bool) -> (Arc<Site>, controlplane::Client) {
+    let plane = ControlPlane::start();
+    let cp = plane.client();
+    drop(plane); // killed
+    let mut deleting = site_json(1, "us-east-1", true);
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-12-01T12:00:00Z");
+    if skip {
+        deleting["metadata"]["annotations"] = json!({SKIP_CLEANUP_ANNOTATION: "true"});
+    }
+    (obj(&deleting), cp)
+}
+
+/// The API server sees `event` and then the patch that drops the finalizer.
+async fn finalizer_released_after(api: &mut ApiServer, event: &str) {
+    assert_eq!(api.event(NS).await, event);
+    let seen = api
+        .expect(Method::PATCH, SITE_PATH, StatusCode::OK, |_| {
+            let mut gone = site_json(1, "us-east-1", false);
+            gone["metadata"]["deletionTimestamp"] = json!("2026-12-01T12:00:00Z");
+            gone
+        })
+        .await;
+    assert!(seen.body.to_string().contains("remove"), "{}", seen.body);
+    api.quiet().await;
+}
+
+#[tokio::test]
+async fn the_skip_annotation_lets_a_deletion_go_without_the_control_plane() {
+    let (site, cp) = deleting_site_without_a_control_plane(true);
+    let (client, mut api) = mock_client();
+    let ctx = context(client, cp);
+    let server = tokio::spawn(async move {
+        finalizer_released_after(&mut api, "CleanupSkipped").await;
+    });
+    reconcile_site(site, ctx).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cleanup_the_control_plane_cannot_serve_is_retried_until_the_timeout_then_abandoned() {
+    // Within the timeout: an error, retried with backoff; the finalizer stays.
+    let (site, cp) = deleting_site_without_a_control_plane(false);
+    let (client, mut api) = mock_client();
+    let patient = Arc::new(
+        Arc::try_unwrap(context(client, cp.clone()))
+            .ok()
+            .unwrap()
+            .with_cleanup_timeout(Duration::from_secs(100 * 365 * 86_400)),
+    );
+    let server = tokio::spawn(async move {
+        assert_eq!(api.event(NS).await, "ReconcileFailed");
+        api.quiet().await;
+    });
+    let err = reconcile_site(site.clone(), patient).await.unwrap_err();
+    server.await.unwrap();
+    assert_eq!(err.reason(), "controlplane_unavailable");
+
+    // Five days after the deletion, the default ten minutes are long past.
+    let (client, mut api) = mock_client();
+    let ctx = context(client, cp);
+    let server = tokio::spawn(async move {
+        finalizer_released_after(&mut api, "CleanupAbandoned").await;
+    });
+    reconcile_site(site, ctx).await.unwrap();
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_copy_managed_by_another_owner_is_never_overwritten_or_deleted() {
     let plane = ControlPlane::start();
