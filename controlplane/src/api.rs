@@ -209,7 +209,13 @@ fn store_status(e: StoreError) -> Status {
             details.add_bad_request_violation(field.clone(), message.clone());
             Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
         }
-        StoreError::Storage(_) | StoreError::Corrupt { .. } | StoreError::CommitFailed(_) => {
+        // Retryable: the write did not happen, and the database comes back
+        // once it can be reopened (the health check says when).
+        StoreError::Unavailable(_) | StoreError::CommitFailed(_) => {
+            tracing::error!(error = %e, "store failure");
+            Status::unavailable(e.to_string())
+        }
+        StoreError::Storage(_) | StoreError::Corrupt { .. } => {
             tracing::error!(error = %e, "store failure");
             Status::internal(e.to_string())
         }

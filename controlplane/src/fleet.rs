@@ -395,10 +395,23 @@ pub async fn serve_metrics(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut registry = Registry::default();
+    let healthy = hub.store_health();
     registry.register_collector(Box::new(FleetCollector(hub)));
+    // 503 while the database is failed, so that a liveness probe restarts a
+    // control plane that cannot reopen it.
+    let healthz = get(move || {
+        let healthy = *healthy.borrow();
+        async move {
+            if healthy {
+                (StatusCode::OK, "ok\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+            }
+        }
+    });
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", healthz)
         .with_state(Arc::new(registry));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Status};
+use tonic_health::ServingStatus;
 
 use crate::api::Api;
 use crate::auth::BearerToken;
@@ -31,9 +32,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ControlPlaneServer<Api>>()
-        .await;
+    follow_store_health(&store, health_reporter);
     // Reflection in both protocol versions: grpcurl and grpcio's helpers still ask v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -92,6 +91,53 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// How often a failed database is reopened.
+const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps `grpc.health.v1` (the whole server, "", and the API) SERVING while
+/// the database is usable and NOT_SERVING while it is not, and reopens a
+/// failed database every [`REOPEN_EVERY`] until it takes writes again.
+/// Both tasks end when the store goes.
+fn follow_store_health(store: &Arc<Store>, reporter: tonic_health::server::HealthReporter) {
+    let mut healthy = store.health();
+    tokio::spawn(async move {
+        loop {
+            let status = if *healthy.borrow_and_update() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(
+                    <ControlPlaneServer<Api> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            if healthy.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let weak = Arc::downgrade(store);
+    let mut healthy = store.health();
+    tokio::spawn(async move {
+        loop {
+            if healthy.wait_for(|ok| !*ok).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::time::sleep(REOPEN_EVERY).await;
+                let Some(store) = weak.upgrade() else { return };
+                let reopened = tokio::task::spawn_blocking(move || store.reopen()).await;
+                if reopened.unwrap_or(false) {
+                    break;
+                }
+            }
+        }
+    });
 }
 
 /// A TLS configuration from PEM files: the server's certificate chain and

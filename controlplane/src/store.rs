@@ -16,7 +16,8 @@
 //! start again from 1) never passes its versions off as the old one's.
 
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::SystemTime;
 
 use patronus_proto::v1::ObjectMeta;
@@ -65,6 +66,10 @@ pub enum StoreError {
         /// What the total would be, and the limit.
         message: String,
     },
+    /// The database failed earlier (a full disk, an I/O error) and is not
+    /// usable until it is reopened; nothing was read or written.
+    #[error("the database is unavailable until it can be reopened: {0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),
@@ -125,10 +130,23 @@ pub struct Page<R> {
 }
 
 /// The control plane's durable state.
+///
+/// After an I/O error (a full disk) redb refuses every later operation
+/// until the database is reopened. The store then fails fast: every
+/// operation answers [`StoreError::Unavailable`], [`Store::health`] turns
+/// false (the server reports NOT_SERVING), and [`Store::reopen`] brings it
+/// back once the cause is gone. Nothing a caller was told is written can be
+/// lost: a commit either returned (durable) or failed (not acknowledged).
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    /// `None` only while being reopened.
+    db: RwLock<Option<Database>>,
     epoch: u64,
+    /// Why the database is unusable, while it is.
+    failure: RwLock<Option<String>>,
+    /// Whether the database is usable.
+    health: tokio::sync::watch::Sender<bool>,
 }
 
 /// A write waiting for the group commit: it runs inside the shared
@@ -149,12 +167,14 @@ pub const GROUP_COMMIT_MAX: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
     jobs: std::sync::mpsc::Sender<Job>,
+    store: std::sync::Arc<Store>,
 }
 
 impl GroupCommit {
     /// Starts the writer thread over `store`.
     pub fn start(store: std::sync::Arc<Store>) -> GroupCommit {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let writer = store.clone();
         std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || {
@@ -166,11 +186,11 @@ impl GroupCommit {
                             Err(_) => break,
                         }
                     }
-                    store.commit_batch(batch);
+                    writer.commit_batch(batch);
                 }
             })
             .expect("spawn the group-commit thread");
-        GroupCommit { jobs }
+        GroupCommit { jobs, store }
     }
 
     /// Runs `f` in the next group's transaction; resolves after the commit.
@@ -178,6 +198,9 @@ impl GroupCommit {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if let Some(why) = self.store.failure() {
+            return Err(StoreError::Unavailable(why));
+        }
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |txn| {
             let outcome = f(txn);
@@ -195,9 +218,14 @@ impl GroupCommit {
         self.jobs
             .send(job)
             .map_err(|_| StoreError::CommitFailed("the writer thread has stopped".into()))?;
-        result
-            .await
-            .map_err(|_| StoreError::CommitFailed("the writer thread has stopped".into()))?
+        // A job dropped unrun: its group could not begin (the database failed).
+        result.await.map_err(|_| {
+            StoreError::Unavailable(
+                self.store
+                    .failure()
+                    .unwrap_or_else(|| "the write could not begin".into()),
+            )
+        })?
     }
 }
 
@@ -227,7 +255,103 @@ impl Store {
             open_kind::<patronus_proto::v1::Application>(&txn)?;
         }
         txn.commit()?;
-        Ok(Store { db, epoch })
+        Ok(Store {
+            path: path.to_owned(),
+            db: RwLock::new(Some(db)),
+            epoch,
+            failure: RwLock::new(None),
+            health: tokio::sync::watch::Sender::new(true),
+        })
+    }
+
+    /// Whether the database is usable (true) or failed and not yet reopened.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.health.subscribe()
+    }
+
+    /// The usable database, or why there is none.
+    fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        if let Some(why) = self
+            .failure
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Err(StoreError::Unavailable(why.clone()));
+        }
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Unavailable("being reopened".into()));
+        }
+        Ok(guard)
+    }
+
+    /// Runs `f` on the database; a storage error in it marks the database failed.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let guard = self.db()?;
+        let result = f(guard.as_ref().expect("checked by db()"));
+        drop(guard);
+        if let Err(e @ (StoreError::Storage(_) | StoreError::CommitFailed(_))) = &result {
+            self.failed(&e.to_string());
+        }
+        result
+    }
+
+    /// Marks the database failed: every operation fails fast until [`Store::reopen`].
+    fn failed(&self, why: &str) {
+        let mut failure = self.failure.write().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            tracing::error!(
+                error = why,
+                "the database failed: refusing every operation until it can be reopened"
+            );
+            *failure = Some(why.to_owned());
+            self.health.send_replace(false);
+        }
+    }
+
+    /// Why the database is unusable, if it is.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reopens a failed database (redb's recovery runs on open): true when
+    /// it is usable again. Does nothing to a healthy one.
+    pub fn reopen(&self) -> bool {
+        if self.failure().is_none() {
+            return true;
+        }
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle holds the file's lock: it goes first.
+        drop(db.take());
+        match Database::create(&self.path) {
+            Ok(reopened) => {
+                // A write proves the disk takes data again; it changes nothing.
+                let proven = reopened
+                    .begin_write()
+                    .map_err(redb::Error::from)
+                    .and_then(|txn| txn.commit().map_err(redb::Error::from));
+                *db = Some(reopened);
+                if let Err(e) = proven {
+                    tracing::warn!(error = %e, "the reopened database still cannot be written");
+                    return false;
+                }
+                *self.failure.write().unwrap_or_else(|e| e.into_inner()) = None;
+                self.health.send_replace(true);
+                tracing::info!("the database was reopened and takes writes again");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the database cannot be reopened yet");
+                false
+            }
+        }
     }
 
     /// The database's epoch: drawn at random when it was created, the same
@@ -239,11 +363,17 @@ impl Store {
     /// Runs a group of writes in one transaction and commits it once. A
     /// storage failure in any of them aborts the group: all are told, none lands.
     fn commit_batch(&self, batch: Vec<Job>) {
-        let txn = match self.db.begin_write() {
+        let guard = match self.db() {
+            Ok(guard) => guard,
+            // Dropping the jobs tells their callers the write did not happen.
+            Err(_) => return,
+        };
+        let db = guard.as_ref().expect("checked by db()");
+        let txn = match db.begin_write() {
             Ok(txn) => txn,
             Err(e) => {
-                // Dropping the jobs tells their callers the write did not happen.
-                tracing::error!(error = %e, writes = batch.len(), "cannot begin a write transaction");
+                drop(guard);
+                self.failed(&e.to_string());
                 return;
             }
         };
@@ -264,8 +394,10 @@ impl Store {
         } else {
             txn.commit().map_err(StoreError::from)
         };
+        drop(guard);
         if let Err(e) = &committed {
             tracing::error!(error = %e, "group commit failed");
+            self.failed(&e.to_string());
         }
         for complete in completions {
             complete(committed.as_ref().map(|_| ()));
@@ -274,14 +406,21 @@ impl Store {
 
     /// Every resource of a kind, by name, in one transaction.
     pub fn all<R: Resource>(&self) -> Result<Vec<R>, StoreError> {
-        read_all(&self.db.begin_read()?)
+        self.with_db(|db| read_all(&db.begin_read()?))
     }
 
     /// Every peer, policy and application and the sites asked for (`None`:
     /// every site) as of one revision, read in one transaction: a snapshot
     /// compiled from it is exactly that revision's.
     pub fn desired_state(&self, site_ids: Option<&[String]>) -> Result<DesiredState, StoreError> {
-        let txn = self.db.begin_read()?;
+        self.with_db(|db| Store::desired_state_in(db, site_ids))
+    }
+
+    fn desired_state_in(
+        db: &Database,
+        site_ids: Option<&[String]>,
+    ) -> Result<DesiredState, StoreError> {
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let sites = match site_ids {
             None => read_all(&txn)?,
@@ -321,42 +460,29 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write()?;
-        let out = f(&txn)?;
-        txn.commit()?;
-        Ok(out)
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            let out = f(&txn)?;
+            txn.commit()?;
+            Ok(out)
+        })
     }
 
     /// The resource called `name`.
     pub fn get<R: Resource>(&self, name: &str) -> Result<R, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(R::TABLE)?;
-        let Some(bytes) = table.get(name)? else {
-            return Err(not_found::<R>(name));
-        };
-        decode(name, bytes.value())
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(R::TABLE)?;
+            let Some(bytes) = table.get(name)? else {
+                return Err(not_found::<R>(name));
+            };
+            decode(name, bytes.value())
+        })
     }
 
     /// Up to `limit` resources with names after `after`, by name.
     pub fn list<R: Resource>(&self, after: &str, limit: usize) -> Result<Page<R>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(R::TABLE)?;
-        let start = if after.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(after)
-        };
-        let mut items = Vec::new();
-        let mut next = None;
-        for entry in table.range::<&str>((start, Bound::Unbounded))? {
-            let (key, value) = entry?;
-            if items.len() == limit {
-                next = items.last().map(|r: &R| name_of(r).to_owned());
-                break;
-            }
-            items.push(decode(key.value(), value.value())?);
-        }
-        Ok(Page { items, next })
+        self.with_db(|db| list_in(db, after, limit))
     }
 
     /// Replaces the spec and labels of an existing resource whose
@@ -369,6 +495,29 @@ impl Store {
     pub fn delete<R: Resource>(&self, name: &str, expected: u64) -> Result<(), StoreError> {
         self.write(|txn| delete_in::<R>(txn, name, expected).map(drop))
     }
+}
+
+/// [`Store::list`] on `db`.
+fn list_in<R: Resource>(db: &Database, after: &str, limit: usize) -> Result<Page<R>, StoreError> {
+    let txn = db.begin_read()?;
+
+    let table = txn.open_table(R::TABLE)?;
+    let start = if after.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(after)
+    };
+    let mut items = Vec::new();
+    let mut next = None;
+    for entry in table.range::<&str>((start, Bound::Unbounded))? {
+        let (key, value) = entry?;
+        if items.len() == limit {
+            next = items.last().map(|r: &R| name_of(r).to_owned());
+            break;
+        }
+        items.push(decode(key.value(), value.value())?);
+    }
+    Ok(Page { items, next })
 }
 
 /// [`Store::create`] inside a transaction. Every check comes before the first

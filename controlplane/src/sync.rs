@@ -120,6 +120,11 @@ impl Hub {
         hub
     }
 
+    /// Whether the store's database is usable.
+    pub(crate) fn store_health(&self) -> watch::Receiver<bool> {
+        self.store.health()
+    }
+
     /// Desired state changed: recompile the tracked sites soon.
     pub fn changed(&self) {
         self.dirty.notify_one();

@@ -8,8 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -25,107 +24,6 @@ fn token_file() -> &'static Path {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
     })
-}
-
-/// The real `patronus-controlplane`, killed with SIGKILL when dropped.
-struct ControlPlane {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    addr: String,
-    metrics: std::net::SocketAddr,
-}
-
-impl ControlPlane {
-    /// Starts it on `listen` (`127.0.0.1:0` for any port) over database `db`.
-    fn start(db: &Path, listen: &str) -> ControlPlane {
-        let mut child = Command::new(binary("patronus-controlplane"))
-            .args([
-                "--listen",
-                listen,
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--db",
-            ])
-            .arg(db)
-            .arg("--token-file")
-            .arg(token_file())
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start patronus-controlplane");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("  controlplane| {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let mut addr = String::new();
-        assert!(
-            eventually(Duration::from_secs(20), || {
-                let log = log.lock().unwrap();
-                let listening = log
-                    .iter()
-                    .filter(|l| l.contains("control plane listening"))
-                    .find_map(|l| l.split("addr=").nth(1));
-                match listening {
-                    Some(rest) => {
-                        addr = rest.split_whitespace().next().unwrap().to_owned();
-                        true
-                    }
-                    None => false,
-                }
-            }),
-            "the control plane did not start listening"
-        );
-        let metrics = log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains("fleet metrics listening"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .and_then(|a| a.split_whitespace().next())
-            .expect("the fleet metrics address is logged before the gRPC one")
-            .parse()
-            .unwrap();
-        ControlPlane {
-            child,
-            log,
-            addr,
-            metrics,
-        }
-    }
-
-    fn scrape(&self) -> Metrics {
-        let (status, body) = http_get(self.metrics, "/metrics");
-        assert_eq!(status, 200, "{body}");
-        Metrics::parse(&body)
-    }
-
-    fn server(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `kill -9`: no chance to say goodbye to anyone.
-    fn crash(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "control plane log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-        }
-    }
 }
 
 /// Runs patronusctl against `server`; returns stdout, panics on failure.
@@ -284,7 +182,7 @@ fn two_data_planes_follow_the_control_plane_and_survive_its_crash() {
     let dir = std::env::temp_dir().join(format!("patronus-fleet-{}", unique_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("controlplane.redb");
-    let cp = ControlPlane::start(&db, "127.0.0.1:0");
+    let cp = ControlPlane::start(&db, "127.0.0.1:0", token_file());
     let server = cp.server();
     let one = Site::start(&server, "branch-1", "gw-1");
     let two = Site::start(&server, "branch-2", "gw-2");
@@ -545,7 +443,7 @@ spec: {appName: Broken, category: Web, patterns: ["(unclosed"]}
     // Restarted on the same address and database: both resubscribe and run
     // the current versions (a restarted control plane may renumber an
     // unchanged snapshot; applying it again is a no-op), and new changes flow.
-    let cp = ControlPlane::start(&db, &listen);
+    let cp = ControlPlane::start(&db, &listen, token_file());
     let server = cp.server();
     let r1 = wait_status(&server, "gw-1", "resynchronised", |s| {
         s.connected && s.applied == s.desired
@@ -574,7 +472,7 @@ spec: {appName: Broken, category: Web, patterns: ["(unclosed"]}
     let fresh = dir.join("fresh.redb");
     {
         // Written through a control plane the data planes cannot reach.
-        let writer = ControlPlane::start(&fresh, "127.0.0.1:0");
+        let writer = ControlPlane::start(&fresh, "127.0.0.1:0", token_file());
         let server = writer.server();
         apply(&server, &dir, "fleet.yaml", &documents());
         let mut revision = 0;
@@ -599,7 +497,7 @@ spec: {appName: Broken, category: Web, patterns: ["(unclosed"]}
         assert_eq!(revision, r2b.applied);
         writer.crash();
     }
-    let cp = ControlPlane::start(&fresh, &listen);
+    let cp = ControlPlane::start(&fresh, &listen, token_file());
     let server = cp.server();
     let n2 = wait_status(
         &server,
@@ -663,7 +561,7 @@ fn managed_paths_are_measured_and_listed_by_the_control_plane() {
     require_root();
     let dir = std::env::temp_dir().join(format!("patronus-fleet-paths-{}", unique_id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cp = ControlPlane::start(&dir.join("controlplane.redb"), "127.0.0.1:0");
+    let cp = ControlPlane::start(&dir.join("controlplane.redb"), "127.0.0.1:0", token_file());
     let server = cp.server();
     let sites = common::two_uplinks::Sites::new();
     let keys = [wg_keypair(), wg_keypair()];

@@ -12,7 +12,7 @@ pub mod two_uplinks;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -798,4 +798,110 @@ pub fn wg_keypair() -> (String, String) {
     let out = child.wait_with_output().unwrap();
     let public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (private, public)
+}
+
+/// The real `patronus-controlplane`, killed with SIGKILL when dropped.
+pub struct ControlPlane {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    /// Where its gRPC API listens (`host:port`).
+    pub addr: String,
+    /// Where its `/metrics` and `/healthz` listen.
+    pub metrics: std::net::SocketAddr,
+}
+
+impl ControlPlane {
+    /// Starts it on `listen` (`127.0.0.1:0` for any port) over database
+    /// `db`, with the bearer token in `token_file`.
+    pub fn start(db: &Path, listen: &str, token_file: &Path) -> ControlPlane {
+        let mut child = Command::new(binary("patronus-controlplane"))
+            .args([
+                "--listen",
+                listen,
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--db",
+            ])
+            .arg(db)
+            .arg("--token-file")
+            .arg(token_file)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start patronus-controlplane");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  controlplane| {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut addr = String::new();
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let log = log.lock().unwrap();
+                let listening = log
+                    .iter()
+                    .filter(|l| l.contains("control plane listening"))
+                    .find_map(|l| l.split("addr=").nth(1));
+                match listening {
+                    Some(rest) => {
+                        addr = rest.split_whitespace().next().unwrap().to_owned();
+                        true
+                    }
+                    None => false,
+                }
+            }),
+            "the control plane did not start listening"
+        );
+        let metrics = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("fleet metrics listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .expect("the fleet metrics address is logged before the gRPC one")
+            .parse()
+            .unwrap();
+        ControlPlane {
+            child,
+            log,
+            addr,
+            metrics,
+        }
+    }
+
+    /// Its fleet metrics.
+    pub fn scrape(&self) -> Metrics {
+        let (status, body) = http_get(self.metrics, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    /// Its API as a URL.
+    pub fn server(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `kill -9`: no chance to say goodbye to anyone.
+    pub fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "control plane log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+    }
 }
