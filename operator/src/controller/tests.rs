@@ -401,24 +401,9 @@ async fn deletion_removes_the_copy_then_the_finalizer() {
     <pb::Site as Mirror>::create(&mut cp, controlplane::site(&site).unwrap())
         .await
         .unwrap();
-    let (client, mut api) = mock_client();
-    let ctx = context(client, plane.client());
     let mut deleting = site_json(1, "us-east-1", true);
     deleting["metadata"]["deletionTimestamp"] = json!("2026-12-01T12:00:00Z");
-    let server = tokio::spawn(async move {
-        assert_eq!(api.event(NS).await, "Deleted");
-        let seen = api
-            .expect(Method::PATCH, SITE_PATH, StatusCode::OK, |_| {
-                let mut gone = site_json(1, "us-east-1", false);
-                gone["metadata"]["deletionTimestamp"] = json!("2026-12-01T12:00:00Z");
-                gone
-            })
-            .await;
-        assert!(seen.body.to_string().contains("remove"), "{}", seen.body);
-        api.quiet().await;
-    });
-    reconcile_site(obj(&deleting), ctx).await.unwrap();
-    server.await.unwrap();
+    released_after(obj(&deleting), plane.client(), "Deleted").await;
     assert!(cp_site(&mut cp).await.is_none(), "the copy is gone");
 }
 
@@ -449,16 +434,22 @@ async fn finalizer_released_after(api: &mut ApiServer, event: &str) {
     api.quiet().await;
 }
 
-#[tokio::test]
-async fn the_skip_annotation_lets_a_deletion_go_without_the_control_plane() {
-    let (site, cp) = deleting_site_without_a_control_plane(true);
+/// Reconciles the deleting `site` with the control plane `cp`: it succeeds,
+/// and the API server sees `event` and the finalizer's release.
+async fn released_after(site: Arc<Site>, cp: controlplane::Client, event: &'static str) {
     let (client, mut api) = mock_client();
     let ctx = context(client, cp);
     let server = tokio::spawn(async move {
-        finalizer_released_after(&mut api, "CleanupSkipped").await;
+        finalizer_released_after(&mut api, event).await;
     });
     reconcile_site(site, ctx).await.unwrap();
     server.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_skip_annotation_lets_a_deletion_go_without_the_control_plane() {
+    let (site, cp) = deleting_site_without_a_control_plane(true);
+    released_after(site, cp, "CleanupSkipped").await;
 }
 
 #[tokio::test]
@@ -481,13 +472,7 @@ async fn a_cleanup_the_control_plane_cannot_serve_is_retried_until_the_timeout_t
     assert_eq!(err.reason(), "controlplane_unavailable");
 
     // Five days after the deletion, the default ten minutes are long past.
-    let (client, mut api) = mock_client();
-    let ctx = context(client, cp);
-    let server = tokio::spawn(async move {
-        finalizer_released_after(&mut api, "CleanupAbandoned").await;
-    });
-    reconcile_site(site, ctx).await.unwrap();
-    server.await.unwrap();
+    released_after(site, cp, "CleanupAbandoned").await;
 }
 
 #[tokio::test]
