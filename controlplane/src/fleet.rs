@@ -400,7 +400,7 @@ pub async fn serve_metrics(
     // 503 while the database is failed, so that a liveness probe restarts a
     // control plane that cannot reopen it.
     let healthz = get(move || {
-        let healthy = *healthy.borrow();
+        let healthy = healthy.borrow().is_none();
         async move {
             if healthy {
                 (StatusCode::OK, "ok\n")

@@ -104,7 +104,7 @@ fn follow_store_health(store: &Arc<Store>, reporter: tonic_health::server::Healt
     let mut healthy = store.health();
     tokio::spawn(async move {
         loop {
-            let status = if *healthy.borrow_and_update() {
+            let status = if healthy.borrow_and_update().is_none() {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
@@ -125,7 +125,7 @@ fn follow_store_health(store: &Arc<Store>, reporter: tonic_health::server::Healt
     let mut healthy = store.health();
     tokio::spawn(async move {
         loop {
-            if healthy.wait_for(|ok| !*ok).await.is_err() {
+            if healthy.wait_for(Option::is_some).await.is_err() {
                 return;
             }
             loop {

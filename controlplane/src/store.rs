@@ -133,8 +133,8 @@ pub struct Page<R> {
 ///
 /// After an I/O error (a full disk) redb refuses every later operation
 /// until the database is reopened. The store then fails fast: every
-/// operation answers [`StoreError::Unavailable`], [`Store::health`] turns
-/// false (the server reports NOT_SERVING), and [`Store::reopen`] brings it
+/// operation answers [`StoreError::Unavailable`], [`Store::health`] says why
+/// (the server reports NOT_SERVING), and [`Store::reopen`] brings it
 /// back once the cause is gone. Nothing a caller was told is written can be
 /// lost: a commit either returned (durable) or failed (not acknowledged).
 #[derive(Debug)]
@@ -143,10 +143,8 @@ pub struct Store {
     /// `None` only while being reopened.
     db: RwLock<Option<Database>>,
     epoch: u64,
-    /// Why the database is unusable, while it is.
-    failure: RwLock<Option<String>>,
-    /// Whether the database is usable.
-    health: tokio::sync::watch::Sender<bool>,
+    /// Why the database is unusable, while it is (`None`: usable).
+    health: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// A write waiting for the group commit: it runs inside the shared
@@ -259,25 +257,20 @@ impl Store {
             path: path.to_owned(),
             db: RwLock::new(Some(db)),
             epoch,
-            failure: RwLock::new(None),
-            health: tokio::sync::watch::Sender::new(true),
+            health: tokio::sync::watch::Sender::new(None),
         })
     }
 
-    /// Whether the database is usable (true) or failed and not yet reopened.
-    pub fn health(&self) -> tokio::sync::watch::Receiver<bool> {
+    /// Why the database is unusable, while it is failed and not yet
+    /// reopened; `None` while it is usable.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.health.subscribe()
     }
 
     /// The usable database, or why there is none.
     fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
-        if let Some(why) = self
-            .failure
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            return Err(StoreError::Unavailable(why.clone()));
+        if let Some(why) = self.failure() {
+            return Err(StoreError::Unavailable(why));
         }
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
@@ -302,23 +295,22 @@ impl Store {
 
     /// Marks the database failed: every operation fails fast until [`Store::reopen`].
     fn failed(&self, why: &str) {
-        let mut failure = self.failure.write().unwrap_or_else(|e| e.into_inner());
-        if failure.is_none() {
+        self.health.send_if_modified(|failure| {
+            if failure.is_some() {
+                return false;
+            }
             tracing::error!(
                 error = why,
                 "the database failed: refusing every operation until it can be reopened"
             );
             *failure = Some(why.to_owned());
-            self.health.send_replace(false);
-        }
+            true
+        });
     }
 
     /// Why the database is unusable, if it is.
     pub fn failure(&self) -> Option<String> {
-        self.failure
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.health.borrow().clone()
     }
 
     /// Reopens a failed database (redb's recovery runs on open): true when
@@ -342,8 +334,7 @@ impl Store {
                     tracing::warn!(error = %e, "the reopened database still cannot be written");
                     return false;
                 }
-                *self.failure.write().unwrap_or_else(|e| e.into_inner()) = None;
-                self.health.send_replace(true);
+                self.health.send_replace(None);
                 tracing::info!("the database was reopened and takes writes again");
                 true
             }

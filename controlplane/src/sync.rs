@@ -120,8 +120,8 @@ impl Hub {
         hub
     }
 
-    /// Whether the store's database is usable.
-    pub(crate) fn store_health(&self) -> watch::Receiver<bool> {
+    /// Why the store's database is unusable, while it is.
+    pub(crate) fn store_health(&self) -> watch::Receiver<Option<String>> {
         self.store.health()
     }
 
@@ -134,8 +134,13 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A site's snapshot content (version 0) in `state`.
-    fn compile(site_id: &str, site: Option<&Site>, state: &DesiredState) -> SiteSnapshot {
+    /// A site's snapshot content (version 0) in `state`, of the store's `epoch`.
+    fn compile(
+        site_id: &str,
+        site: Option<&Site>,
+        state: &DesiredState,
+        epoch: u64,
+    ) -> SiteSnapshot {
         let peers: Vec<Peer> = state
             .peers
             .iter()
@@ -154,8 +159,7 @@ impl Hub {
         SiteSnapshot {
             site_id: site_id.to_owned(),
             version: 0,
-            // Set by the publisher, which knows the store.
-            epoch: 0,
+            epoch,
             site: site.cloned(),
             peers,
             policies,
@@ -188,8 +192,7 @@ impl Hub {
         let revision = state.revision;
         for site_id in site_ids {
             let site = by_id.get(site_id.as_str()).copied();
-            let mut snapshot = Hub::compile(site_id, site, state);
-            snapshot.epoch = self.store.epoch();
+            let mut snapshot = Hub::compile(site_id, site, state, self.store.epoch());
             let content = snapshot.encode_to_vec();
             let mut hub = self.lock();
             match hub.sites.get_mut(site_id) {
