@@ -316,7 +316,6 @@ impl Session {
             .context("subscribing")?
             .into_inner();
         self.status.connected.store(true, Ordering::Release);
-        backoff.reset();
         tracing::info!(
             server = %self.endpoint.uri(),
             site = self.site_id,
@@ -335,7 +334,13 @@ impl Session {
                     let Some(snapshot) = snapshot.context("receiving snapshots")? else {
                         anyhow::bail!("the control plane ended the subscription");
                     };
-                    self.answer(&mut client, snapshot).await?;
+                    // Only a snapshot in force ends the backoff: a control
+                    // plane that accepts the subscription and then sends
+                    // what cannot be received or applied must not be
+                    // retried at full speed by the whole fleet.
+                    if self.answer(&mut client, snapshot).await? {
+                        backoff.reset();
+                    }
                 }
                 ended = &mut report_call => {
                     ended.context("reporting telemetry")?;
@@ -351,12 +356,13 @@ impl Session {
         }
     }
 
-    /// Applies (or refuses) one snapshot and tells the control plane.
+    /// Applies (or refuses) one snapshot and tells the control plane;
+    /// `true` when it is in force.
     async fn answer(
         &mut self,
         client: &mut SyncClient,
         snapshot: SiteSnapshot,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let (epoch, version) = (snapshot.epoch, snapshot.version);
         // A resubscription resends the version in force: nothing to apply.
         // The same version of another epoch (a control plane on a new
@@ -373,6 +379,7 @@ impl Session {
         } else {
             self.apply(snapshot).await?
         };
+        let in_force = outcome.is_ok();
         let (result, reason) = match outcome {
             Ok(applications) => {
                 self.applied = (epoch, version);
@@ -401,7 +408,7 @@ impl Session {
             })
             .await
             .context("acknowledging")?;
-        Ok(())
+        Ok(in_force)
     }
 
     /// The current telemetry and the events queued since the last report.
@@ -467,6 +474,10 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use patronus_core::config::Config;
+    use patronus_proto::v1 as pb;
+    use patronus_proto::v1::dataplane_sync_server::{DataplaneSync, DataplaneSyncServer};
+    use tonic::{Request, Response, Status};
 
     #[test]
     fn backoff_doubles_to_its_cap_with_jitter_and_resets() {
@@ -482,6 +493,127 @@ mod tests {
         }
         b.reset();
         assert!(b.wait() <= Duration::from_millis(100));
+    }
+
+    /// A control plane that accepts every subscription and then sends one
+    /// snapshot: too large to receive, or a plain one after which it ends
+    /// the stream.
+    struct OneSnapshot {
+        oversized: bool,
+    }
+
+    #[tonic::async_trait]
+    impl DataplaneSync for OneSnapshot {
+        type SubscribeStream = tokio_stream::Iter<std::vec::IntoIter<Result<SiteSnapshot, Status>>>;
+
+        async fn subscribe(
+            &self,
+            _: Request<SubscribeRequest>,
+        ) -> Result<Response<Self::SubscribeStream>, Status> {
+            let mut snapshot = SiteSnapshot {
+                version: 1,
+                epoch: 7,
+                ..Default::default()
+            };
+            if self.oversized {
+                snapshot.site = Some(pb::Site {
+                    spec: Some(pb::SiteSpec {
+                        display_name: "x".repeat(patronus_proto::MAX_MESSAGE_BYTES + 1),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            Ok(Response::new(tokio_stream::iter(vec![Ok(snapshot)])))
+        }
+
+        async fn acknowledge(
+            &self,
+            _: Request<AcknowledgeRequest>,
+        ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+            Ok(Response::new(pb::AcknowledgeResponse {}))
+        }
+
+        async fn report(
+            &self,
+            req: Request<tonic::Streaming<TelemetryReport>>,
+        ) -> Result<Response<pb::ReportResponse>, Status> {
+            let mut reports = req.into_inner();
+            while reports.message().await?.is_some() {}
+            Ok(Response::new(pb::ReportResponse {}))
+        }
+    }
+
+    /// A session subscribed to `server`, and the control loop's end of its
+    /// apply channel.
+    async fn session_with(server: OneSnapshot) -> (Session, mpsc::Receiver<ApplyRequest>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DataplaneSyncServer::new(server).max_encoding_message_size(usize::MAX))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let (endpoint, auth) = ClientOptions {
+            server: format!("http://{address}"),
+            ..Default::default()
+        }
+        .endpoint()
+        .unwrap();
+        let (apply, applied) = mpsc::channel(1);
+        let config = Config::from_toml("[[port]]\nname = \"lan\"\ndevice = \"net_null0\"\n")
+            .unwrap()
+            .validate(1)
+            .unwrap();
+        let session = Session {
+            endpoint,
+            auth,
+            site_id: "site-a".into(),
+            dataplane_id: "gw-1".into(),
+            apply,
+            status: Arc::default(),
+            applied: (0, 0),
+            telemetry: Arc::new(Telemetry::default),
+            events: mpsc::channel(1).1,
+            interval: Duration::from_secs(3600),
+            config: Arc::new(Published::new(config)),
+            applications: Vec::new(),
+        };
+        (session, applied)
+    }
+
+    #[tokio::test]
+    async fn backoff_grows_until_a_snapshot_is_in_force() {
+        let min = Duration::from_millis(100);
+        let mut backoff = Backoff::new(min, Duration::from_secs(10));
+
+        // Subscribed every time, never a snapshot received: the waits grow.
+        let (mut session, _applied) = session_with(OneSnapshot { oversized: true }).await;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let err = session.run(&mut backoff).await.unwrap_err();
+            assert!(
+                format!("{err:#}").contains("receiving snapshots"),
+                "{err:#}"
+            );
+            waits.push(backoff.wait());
+        }
+        assert!(waits[3] >= min * 4, "the backoff did not grow: {waits:?}");
+
+        // A snapshot put in force resets it.
+        let (mut session, mut applied) = session_with(OneSnapshot { oversized: false }).await;
+        tokio::spawn(async move {
+            while let Some(request) = applied.recv().await {
+                let _ = request.reply.send(Ok(()));
+            }
+        });
+        let err = session.run(&mut backoff).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("ended the subscription"),
+            "{err:#}"
+        );
+        assert_eq!(session.applied, (7, 1));
+        assert!(backoff.wait() <= min);
     }
 
     #[test]
