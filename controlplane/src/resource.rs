@@ -27,8 +27,10 @@ pub trait Resource: Message + Default + Clone + 'static {
     fn validate(&self, v: &mut Violations);
     /// The site the resource belongs to ("" for policies, which select sites by label).
     fn site_scope(&self) -> &str;
-    /// Most bytes all resources of the kind may take together, when every
-    /// site's snapshot carries all of them (applications); `None`: no cap.
+    /// Most bytes the resources of the kind in one group (same
+    /// [`Resource::site_scope`]) may take together: they all travel in one
+    /// snapshot (a site's peers; every policy and every application, which
+    /// any site may carry). `None`: no cap.
     const TOTAL_BYTES: Option<usize> = None;
 
     /// The spec value that must be unique across the kind (site_id for sites).
@@ -85,6 +87,7 @@ impl Resource for Peer {
     const KIND: &'static str = "peer";
     const TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
         TableDefinition::new("peers");
+    const TOTAL_BYTES: Option<usize> = Some(validate::SNAPSHOT_SHARE_BYTES);
     common_resource_methods!();
     fn clear_output_only(&mut self) {
         self.status = None;
@@ -101,6 +104,7 @@ impl Resource for Policy {
     const KIND: &'static str = "policy";
     const TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
         TableDefinition::new("policies");
+    const TOTAL_BYTES: Option<usize> = Some(validate::SNAPSHOT_SHARE_BYTES);
     common_resource_methods!();
     fn clear_output_only(&mut self) {
         self.status = None;
@@ -119,7 +123,7 @@ impl Resource for Application {
         TableDefinition::new("applications");
     const UNIQUE: Option<TableDefinition<'static, &'static str, &'static str>> =
         Some(TableDefinition::new("application_names"));
-    const TOTAL_BYTES: Option<usize> = Some(validate::APPLICATIONS_TOTAL_BYTES);
+    const TOTAL_BYTES: Option<usize> = Some(validate::SNAPSHOT_SHARE_BYTES);
     common_resource_methods!();
     /// Applications have no status.
     fn clear_output_only(&mut self) {}

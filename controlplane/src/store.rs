@@ -13,7 +13,11 @@
 //! resource's `resource_version` (as etcd's revision does), and the
 //! database's epoch: a random number drawn when the database is created, so
 //! that a control plane restarted on a new, empty database (whose revisions
-//! start again from 1) never passes its versions off as the old one's.
+//! start again from 1) never passes its versions off as the old one's. A
+//! `totals` table keeps the encoded size of each group of resources that
+//! ends up in one snapshot (a site's peers, all policies, all
+//! applications), so that a write which would make a snapshot too large to
+//! send is refused in its own transaction.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,12 @@ use crate::resource::{name_of, Resource};
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 const EPOCH: &str = "epoch";
+/// Set once [`TOTALS`] holds every group's total (databases written before
+/// it existed are counted on open).
+const TOTALS_COUNTED: &str = "totals_counted";
+/// The stored bytes of each capped group (`peer/site-a`, `application/`),
+/// kept in step by every write so that a cap costs one lookup, not a scan.
+const TOTALS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("totals");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +261,7 @@ impl Store {
             open_kind::<patronus_proto::v1::Peer>(&txn)?;
             open_kind::<patronus_proto::v1::Policy>(&txn)?;
             open_kind::<patronus_proto::v1::Application>(&txn)?;
+            count_totals(&txn)?;
         }
         txn.commit()?;
         Ok(Store {
@@ -526,7 +537,7 @@ pub fn create_in<R: Resource>(
         });
     }
     claim_unique(txn, &r, &name, None)?;
-    check_total(&table, &r, &name)?;
+    check_size(txn, &r, None)?;
     let revision = bump_revision(txn)?;
     let now = Some(prost_types::Timestamp::from(SystemTime::now()));
     let meta = r.meta_mut();
@@ -538,7 +549,9 @@ pub fn create_in<R: Resource>(
         update_time: now,
         ..std::mem::take(meta)
     };
-    table.insert(name.as_str(), r.encode_to_vec().as_slice())?;
+    let bytes = r.encode_to_vec();
+    add_to_total::<R>(txn, r.site_scope(), bytes.len(), 0)?;
+    table.insert(name.as_str(), bytes.as_slice())?;
     Ok(r)
 }
 
@@ -547,8 +560,8 @@ pub fn update_in<R: Resource>(txn: &redb::WriteTransaction, mut r: R) -> Result<
     let name = name_of(&r).to_owned();
     let given = r.meta().map_or(0, |m| m.resource_version);
     let mut table = txn.open_table(R::TABLE)?;
-    let current: R = match table.get(name.as_str())? {
-        Some(bytes) => decode(&name, bytes.value())?,
+    let (current, stored_len): (R, usize) = match table.get(name.as_str())? {
+        Some(bytes) => (decode(&name, bytes.value())?, bytes.value().len()),
         None => return Err(not_found::<R>(&name)),
     };
     let old = current.meta().cloned().unwrap_or_default();
@@ -561,7 +574,7 @@ pub fn update_in<R: Resource>(txn: &redb::WriteTransaction, mut r: R) -> Result<
         });
     }
     claim_unique(txn, &r, &name, current.unique_key())?;
-    check_total(&table, &r, &name)?;
+    check_size(txn, &r, Some((&current, stored_len)))?;
     let revision = bump_revision(txn)?;
     let spec_changed = current.spec_bytes() != r.spec_bytes();
     let labels = std::mem::take(&mut r.meta_mut().labels);
@@ -574,35 +587,114 @@ pub fn update_in<R: Resource>(txn: &redb::WriteTransaction, mut r: R) -> Result<
         update_time: Some(prost_types::Timestamp::from(SystemTime::now())),
         ..old
     };
-    table.insert(name.as_str(), r.encode_to_vec().as_slice())?;
+    let bytes = r.encode_to_vec();
+    add_to_total::<R>(txn, current.site_scope(), 0, stored_len)?;
+    add_to_total::<R>(txn, r.site_scope(), bytes.len(), 0)?;
+    table.insert(name.as_str(), bytes.as_slice())?;
     Ok(r)
 }
 
-/// For a kind with a cap on its total size, that `r` replacing (or joining
-/// as) `name` keeps within it. Checked in the write transaction, so that
-/// concurrent writes cannot pass it together.
-fn check_total<R: Resource>(
-    table: &redb::Table<'_, &'static str, &'static [u8]>,
+/// Room the server's metadata (versions, times, uid) may add to a
+/// resource after [`check_size`] measured it.
+const SERVER_METADATA_BYTES: usize = 128;
+
+/// That `r` (replacing `current` and its stored size, on an update) keeps
+/// within the size of one resource and, for a capped kind, within its
+/// group's total. Checked in the write transaction, so that concurrent
+/// writes cannot pass it together.
+fn check_size<R: Resource>(
+    txn: &redb::WriteTransaction,
     r: &R,
-    name: &str,
+    current: Option<(&R, usize)>,
 ) -> Result<(), StoreError> {
+    let size = r.encoded_len() + SERVER_METADATA_BYTES;
+    if size > crate::validate::RESOURCE_MAX_BYTES {
+        return Err(StoreError::TooLarge {
+            field: R::KIND.to_owned(),
+            message: format!(
+                "takes {size} bytes, more than one resource may ({})",
+                crate::validate::RESOURCE_MAX_BYTES
+            ),
+        });
+    }
     let Some(max) = R::TOTAL_BYTES else {
         return Ok(());
     };
-    let mut total = r.encoded_len();
-    for entry in table.iter()? {
-        let (key, value) = entry?;
-        if key.value() != name {
-            total += value.value().len();
-        }
+    let group = r.site_scope();
+    let totals = txn.open_table(TOTALS)?;
+    let mut total = totals
+        .get(total_key::<R>(group).as_str())?
+        .map_or(0, |t| t.value()) as usize;
+    if let Some((_, stored)) = current.filter(|(c, _)| c.site_scope() == group) {
+        total = total.saturating_sub(stored);
     }
+    total += size;
     if total > max {
         return Err(StoreError::TooLarge {
             field: format!("{}.spec", R::KIND),
-            message: format!(
-                "every site's snapshot carries all of them: with this one they would take {total} bytes, more than {max}"
-            ),
+            message: if group.is_empty() {
+                format!(
+                    "every site's snapshot carries every {}: with this one they would take {total} bytes, more than {max}",
+                    R::KIND
+                )
+            } else {
+                format!(
+                    "site {group:?}'s snapshot carries its {}s: with this one they would take {total} bytes, more than {max}",
+                    R::KIND
+                )
+            },
         });
+    }
+    Ok(())
+}
+
+/// The [`TOTALS`] key of a kind's group.
+fn total_key<R: Resource>(group: &str) -> String {
+    format!("{}/{group}", R::KIND)
+}
+
+/// Adds `added` and takes `removed` bytes from a capped kind's group total.
+fn add_to_total<R: Resource>(
+    txn: &redb::WriteTransaction,
+    group: &str,
+    added: usize,
+    removed: usize,
+) -> Result<(), StoreError> {
+    if R::TOTAL_BYTES.is_none() {
+        return Ok(());
+    }
+    let key = total_key::<R>(group);
+    let mut totals = txn.open_table(TOTALS)?;
+    let total = totals.get(key.as_str())?.map_or(0, |t| t.value());
+    let total = (total + added as u64).saturating_sub(removed as u64);
+    if total == 0 {
+        totals.remove(key.as_str())?;
+    } else {
+        totals.insert(key.as_str(), total)?;
+    }
+    Ok(())
+}
+
+/// Fills [`TOTALS`] from the stored resources, once per database.
+fn count_totals(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    txn.open_table(TOTALS)?;
+    if meta.get(TOTALS_COUNTED)?.is_some() {
+        return Ok(());
+    }
+    count_kind::<patronus_proto::v1::Peer>(txn)?;
+    count_kind::<patronus_proto::v1::Policy>(txn)?;
+    count_kind::<patronus_proto::v1::Application>(txn)?;
+    meta.insert(TOTALS_COUNTED, 1)?;
+    Ok(())
+}
+
+fn count_kind<R: Resource>(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let table = txn.open_table(R::TABLE)?;
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let r: R = decode(key.value(), value.value())?;
+        add_to_total::<R>(txn, r.site_scope(), value.value().len(), 0)?;
     }
     Ok(())
 }
@@ -614,8 +706,8 @@ pub fn delete_in<R: Resource>(
     expected: u64,
 ) -> Result<R, StoreError> {
     let mut table = txn.open_table(R::TABLE)?;
-    let current: R = match table.get(name)? {
-        Some(bytes) => decode(name, bytes.value())?,
+    let (current, stored_len): (R, usize) = match table.get(name)? {
+        Some(bytes) => (decode(name, bytes.value())?, bytes.value().len()),
         None => return Err(not_found::<R>(name)),
     };
     let version = current.meta().map_or(0, |m| m.resource_version);
@@ -630,6 +722,7 @@ pub fn delete_in<R: Resource>(
     if let (Some(def), Some(key)) = (R::UNIQUE, current.unique_key()) {
         txn.open_table(def)?.remove(key)?;
     }
+    add_to_total::<R>(txn, current.site_scope(), 0, stored_len)?;
     table.remove(name)?;
     bump_revision(txn)?;
     Ok(current)
@@ -698,4 +791,90 @@ fn decode<R: Resource>(name: &str, bytes: &[u8]) -> Result<R, StoreError> {
         name: name.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use patronus_proto::v1::{ObjectMeta, Peer, PeerSpec};
+
+    use super::*;
+
+    fn peer(name: &str, site_id: &str) -> Peer {
+        Peer {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            spec: Some(PeerSpec {
+                site_id: site_id.into(),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn totals(store: &Store) -> BTreeMap<String, u64> {
+        store
+            .with_db(|db| {
+                let txn = db.begin_read()?;
+                let table = txn.open_table(TOTALS)?;
+                let mut totals = BTreeMap::new();
+                for entry in table.iter()? {
+                    let (key, value) = entry?;
+                    totals.insert(key.value().to_owned(), value.value());
+                }
+                Ok(totals)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn group_totals_follow_every_write_and_are_counted_for_an_older_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.redb");
+        let store = Store::open(&path).unwrap();
+        let stored_len = |txn: &redb::WriteTransaction, name: &str| {
+            let table = txn.open_table(Peer::TABLE).unwrap();
+            let len = table.get(name).unwrap().unwrap().value().len() as u64;
+            len
+        };
+        let expected = store
+            .with_db(|db| {
+                let txn = db.begin_write()?;
+                create_in(&txn, peer("a", "hq"), "1".into())?;
+                create_in(&txn, peer("b", "hq"), "2".into())?;
+                create_in(&txn, peer("c", "branch"), "3".into())?;
+                let mut moved = create_in(&txn, peer("d", "hq"), "4".into())?;
+                delete_in::<Peer>(&txn, "b", 0)?;
+                moved.spec.as_mut().unwrap().site_id = "branch".into();
+                update_in(&txn, moved)?;
+                let expected = BTreeMap::from([
+                    ("peer/hq".to_owned(), stored_len(&txn, "a")),
+                    (
+                        "peer/branch".to_owned(),
+                        stored_len(&txn, "c") + stored_len(&txn, "d"),
+                    ),
+                ]);
+                txn.commit()?;
+                Ok(expected)
+            })
+            .unwrap();
+        assert_eq!(totals(&store), expected);
+
+        // A database written before the totals existed is counted on open.
+        store
+            .with_db(|db| {
+                let txn = db.begin_write()?;
+                txn.delete_table(TOTALS)?;
+                txn.open_table(META)?.remove(TOTALS_COUNTED)?;
+                txn.commit()?;
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(totals(&store), expected);
+    }
 }

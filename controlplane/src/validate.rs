@@ -2,6 +2,7 @@
 //! its field path (`site.spec.tunnel_endpoint.port`) so that the API can
 //! answer INVALID_ARGUMENT with a google.rpc.BadRequest listing them all.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use base64::Engine as _;
@@ -23,6 +24,32 @@ pub const CATEGORIES: [&str; 10] = [
     "Email",
     "Unknown",
 ];
+
+/// Most labels one resource carries.
+pub const LABELS_MAX: usize = 256;
+/// Most sites one site peers with (a data plane's tunnel peers).
+pub const SITE_PEERS_MAX: usize = 16_384;
+/// Most uplinks one site has (a data plane's).
+pub const SITE_UPLINKS_MAX: usize = 16;
+/// Most endpoints one peer has (each is a path from every uplink).
+pub const PEER_ENDPOINTS_MAX: usize = 64;
+/// Most rules one policy has.
+pub const POLICY_RULES_MAX: usize = 1024;
+/// Most conditions one rule has.
+pub const RULE_CONDITIONS_MAX: usize = 64;
+/// Most labels one site selector matches.
+pub const SELECTOR_LABELS_MAX: usize = 64;
+
+/// Whether a list is within its bound. One that is not is refused whole and
+/// its entries are not checked, so that validation's work stays bounded
+/// whatever a client sends.
+fn within(len: usize, max: usize, field: &str, v: &mut Violations) -> bool {
+    if len > max {
+        v.add(field, format!("{len} entries, at most {max}"));
+        return false;
+    }
+    true
+}
 
 /// Field violations collected while validating one request.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -57,6 +84,20 @@ pub fn metadata(meta: Option<&ObjectMeta>, prefix: &str, v: &mut Violations) {
             "must be 1-63 characters of a-z, 0-9 and '-', starting with a letter",
         );
     }
+    if meta.external_id.len() > 253 {
+        v.add(
+            format!("{prefix}.metadata.external_id"),
+            "at most 253 characters",
+        );
+    }
+    if !within(
+        meta.labels.len(),
+        LABELS_MAX,
+        &format!("{prefix}.metadata.labels"),
+        v,
+    ) {
+        return;
+    }
     for (key, value) in &meta.labels {
         let key_ok = !key.is_empty()
             && key.len() <= 253
@@ -79,12 +120,6 @@ pub fn metadata(meta: Option<&ObjectMeta>, prefix: &str, v: &mut Violations) {
                 "label values are at most 63 characters of A-Z, a-z, 0-9, '-', '_', '.'",
             );
         }
-    }
-    if meta.external_id.len() > 253 {
-        v.add(
-            format!("{prefix}.metadata.external_id"),
-            "at most 253 characters",
-        );
     }
 }
 
@@ -131,8 +166,13 @@ pub fn site(s: &Site, v: &mut Violations) {
         "site.spec.tunnel_endpoint",
         v,
     );
-    let mut seen = Vec::new();
-    for (i, peer) in spec.peers.iter().enumerate() {
+    let peers = if within(spec.peers.len(), SITE_PEERS_MAX, "site.spec.peers", v) {
+        spec.peers.as_slice()
+    } else {
+        &[]
+    };
+    let mut seen = HashSet::new();
+    for (i, peer) in peers.iter().enumerate() {
         let field = format!("site.spec.peers[{i}]");
         if !is_dns_label(&peer.site_id) {
             v.add(format!("{field}.site_id"), "must be a site id");
@@ -141,10 +181,9 @@ pub fn site(s: &Site, v: &mut Violations) {
                 format!("{field}.site_id"),
                 "a site does not peer with itself",
             );
-        } else if seen.contains(&peer.site_id) {
+        } else if !seen.insert(peer.site_id.as_str()) {
             v.add(format!("{field}.site_id"), "listed twice");
         }
-        seen.push(peer.site_id.clone());
         if !is_host(&peer.address) {
             v.add(
                 format!("{field}.address"),
@@ -243,7 +282,10 @@ fn site_qos_class_queue(c: &SiteQosClass, class: &str, v: &mut Violations) {
 /// A site's uplink settings, each field in the range its data planes
 /// accept (whether their files have the uplinks only they can tell).
 fn site_uplinks(uplinks: &[SiteUplink], v: &mut Violations) {
-    let mut seen = Vec::new();
+    if !within(uplinks.len(), SITE_UPLINKS_MAX, "site.spec.uplinks", v) {
+        return;
+    }
+    let mut seen = HashSet::new();
     for (i, u) in uplinks.iter().enumerate() {
         let field = format!("site.spec.uplinks[{i}]");
         if !is_dns_label(&u.name) {
@@ -251,10 +293,9 @@ fn site_uplinks(uplinks: &[SiteUplink], v: &mut Violations) {
                 format!("{field}.name"),
                 "must be an uplink name (a DNS label)",
             );
-        } else if seen.contains(&u.name) {
+        } else if !seen.insert(u.name.as_str()) {
             v.add(format!("{field}.name"), "listed twice");
         }
-        seen.push(u.name.clone());
         if u.rate_mbps
             .is_some_and(|r| !(0.008..=400_000.0).contains(&r))
         {
@@ -350,16 +391,25 @@ pub fn peer(p: &Peer, v: &mut Violations) {
     }
     endpoint(spec.endpoint.as_ref(), "peer.spec.endpoint", v);
     peer_bfd(spec, v);
-    let mut names = Vec::new();
-    for (i, e) in spec.endpoints.iter().enumerate() {
+    let endpoints = if within(
+        spec.endpoints.len(),
+        PEER_ENDPOINTS_MAX,
+        "peer.spec.endpoints",
+        v,
+    ) {
+        spec.endpoints.as_slice()
+    } else {
+        &[]
+    };
+    let mut names = HashSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
         let field = format!("peer.spec.endpoints[{i}]");
-        if !is_dns_label(&e.name) || names.contains(&&e.name) {
+        if !is_dns_label(&e.name) || !names.insert(e.name.as_str()) {
             v.add(
                 format!("{field}.name"),
                 "must be a DNS label used by no other endpoint of the peer",
             );
         }
-        names.push(&e.name);
         let as_endpoint = Endpoint {
             address: e.address.clone(),
             port: e.port,
@@ -408,7 +458,15 @@ pub fn policy(p: &Policy, v: &mut Violations) {
         v.add("policy.spec", "required");
         return;
     };
-    if let Some(selector) = &spec.site_selector {
+    let selector = spec.site_selector.as_ref().filter(|s| {
+        within(
+            s.match_labels.len(),
+            SELECTOR_LABELS_MAX,
+            "policy.spec.site_selector.match_labels",
+            v,
+        )
+    });
+    if let Some(selector) = selector {
         for key in selector.match_labels.keys() {
             if key.is_empty() {
                 v.add(
@@ -421,21 +479,35 @@ pub fn policy(p: &Policy, v: &mut Violations) {
     if spec.rules.is_empty() {
         v.add("policy.spec.rules", "at least one rule");
     }
-    let mut priorities = Vec::new();
-    for (i, rule) in spec.rules.iter().enumerate() {
+    let rules = if within(spec.rules.len(), POLICY_RULES_MAX, "policy.spec.rules", v) {
+        spec.rules.as_slice()
+    } else {
+        &[]
+    };
+    let mut priorities = HashSet::new();
+    for (i, rule) in rules.iter().enumerate() {
         let field = format!("policy.spec.rules[{i}]");
         let action = RuleAction::try_from(rule.action).unwrap_or(RuleAction::Unspecified);
         if action == RuleAction::Unspecified {
             v.add(format!("{field}.action"), "must be ROUTE, ALLOW or DENY");
         }
-        if priorities.contains(&rule.priority) {
+        if !priorities.insert(rule.priority) {
             v.add(
                 format!("{field}.priority"),
                 format!("{} is used by another rule", rule.priority),
             );
         }
-        priorities.push(rule.priority);
-        for (j, c) in rule.conditions.iter().enumerate() {
+        let conditions = if within(
+            rule.conditions.len(),
+            RULE_CONDITIONS_MAX,
+            &format!("{field}.conditions"),
+            v,
+        ) {
+            rule.conditions.as_slice()
+        } else {
+            &[]
+        };
+        for (j, c) in conditions.iter().enumerate() {
             condition(c.r#type, &c.value, &format!("{field}.conditions[{j}]"), v);
         }
         match (&rule.path_selection, action) {
@@ -502,11 +574,20 @@ pub const APPLICATION_MAX_HOSTS: usize = 1024;
 pub const APPLICATION_MAX_PATTERNS: usize = 256;
 /// Most ports one application lists.
 pub const APPLICATION_MAX_PORTS: usize = 256;
-/// Most bytes all applications take together (encoded). Every site's
-/// snapshot carries every application, so this keeps a quarter of
-/// [`patronus_proto::MAX_MESSAGE_BYTES`] for them and the rest for the site's
-/// own peers and policies.
-pub const APPLICATIONS_TOTAL_BYTES: usize = patronus_proto::MAX_MESSAGE_BYTES / 4;
+/// Most bytes (encoded) each part of a site's snapshot may take: the site's
+/// peers together, all policies together (any may select the site), all
+/// applications together (every snapshot carries them). With the site
+/// itself, within [`RESOURCE_MAX_BYTES`], a snapshot always fits in
+/// [`patronus_proto::MAX_MESSAGE_BYTES`].
+pub const SNAPSHOT_SHARE_BYTES: usize = patronus_proto::MAX_MESSAGE_BYTES / 4;
+
+/// Most bytes (encoded) one resource may take.
+pub const RESOURCE_MAX_BYTES: usize = 1 << 20;
+
+const _: () = assert!(
+    3 * SNAPSHOT_SHARE_BYTES + RESOURCE_MAX_BYTES + 4096 < patronus_proto::MAX_MESSAGE_BYTES,
+    "a site's snapshot must always fit in a message"
+);
 
 /// An application as written. Patterns are checked for shape only: each
 /// data plane compiles them with Hyperscan and refuses (NACKs) what it cannot.

@@ -7,6 +7,7 @@ use patronus_controlplane::auth::BearerToken;
 use patronus_controlplane::store::Store;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::*;
+use prost::Message as _;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -1056,4 +1057,164 @@ async fn applications_together_stay_within_what_a_snapshot_carries() {
     })
     .await
     .unwrap();
+}
+
+/// A peer of `site_id` carrying as many labels as a resource may, each as
+/// long as it may be: about 80 KB.
+fn heavy_peer(name: &str, site_id: &str) -> Peer {
+    let mut p = peer(name);
+    p.spec.as_mut().unwrap().site_id = site_id.into();
+    p.metadata.as_mut().unwrap().labels = (0..patronus_controlplane::validate::LABELS_MAX)
+        .map(|i| (format!("{i:03}{}", "k".repeat(250)), "v".repeat(63)))
+        .collect();
+    p
+}
+
+#[tokio::test]
+async fn a_sites_peers_stay_within_what_its_snapshot_carries() {
+    // A site's snapshot carries its peers: once they would take more than
+    // their share of a message the next one is refused naming the field;
+    // other sites are not affected, and a deletion or a move makes room.
+    let server = Server::start(None).await;
+    let mut c = server.client().await;
+    let mut created = 0;
+    let refused = loop {
+        match c
+            .create_peer(CreatePeerRequest {
+                peer: Some(heavy_peer(&format!("hq-{created}"), "hq")),
+            })
+            .await
+        {
+            Ok(_) => created += 1,
+            Err(e) => break e,
+        }
+        assert!(created < 100, "no limit on a site's peers");
+    };
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&refused),
+        ["peer.spec"],
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("\"hq\""),
+        "{}",
+        refused.message()
+    );
+    let share = patronus_controlplane::validate::SNAPSHOT_SHARE_BYTES;
+    let one = heavy_peer("x", "hq").encoded_len();
+    assert!(created * one <= share && (created + 2) * one > share);
+
+    // Another site has its own share.
+    c.create_peer(CreatePeerRequest {
+        peer: Some(heavy_peer("branch-0", "branch")),
+    })
+    .await
+    .unwrap();
+
+    // Moving one of hq's peers to another site, or deleting one, makes room.
+    let mut moved = c
+        .get_peer(GetPeerRequest {
+            name: "hq-0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peer
+        .unwrap();
+    moved.spec.as_mut().unwrap().site_id = "branch".into();
+    c.update_peer(UpdatePeerRequest { peer: Some(moved) })
+        .await
+        .unwrap();
+    c.create_peer(CreatePeerRequest {
+        peer: Some(heavy_peer("hq-again", "hq")),
+    })
+    .await
+    .unwrap();
+    assert!(c
+        .create_peer(CreatePeerRequest {
+            peer: Some(heavy_peer("hq-over", "hq")),
+        })
+        .await
+        .is_err());
+    c.delete_peer(DeletePeerRequest {
+        name: "hq-1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.create_peer(CreatePeerRequest {
+        peer: Some(heavy_peer("hq-over", "hq")),
+    })
+    .await
+    .unwrap();
+
+    // The totals are kept in the database: a restart keeps the cap.
+    drop(c);
+    let dir = server.stop().await;
+    let server = Server::start_in(dir, None).await;
+    let mut c = server.client().await;
+    let refused = c
+        .create_peer(CreatePeerRequest {
+            peer: Some(heavy_peer("hq-after-restart", "hq")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["peer.spec"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn lists_beyond_their_bound_and_oversized_resources_are_refused_whole() {
+    let server = Server::start(None).await;
+    let mut c = server.client().await;
+
+    // Validation stops at a list's bound rather than checking each entry.
+    let mut crowded = site("crowded", "crowded");
+    crowded.spec.as_mut().unwrap().peers = (0..=patronus_controlplane::validate::SITE_PEERS_MAX)
+        .map(|i| SitePeer {
+            site_id: "same".into(),
+            address: format!("not an address {i}"),
+        })
+        .collect();
+    let refused = c
+        .create_site(CreateSiteRequest {
+            site: Some(crowded),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["site.spec.peers"]);
+
+    let mut rules = policy("many-rules");
+    let rule = rules.spec.as_ref().unwrap().rules[0].clone();
+    rules.spec.as_mut().unwrap().rules = (0..=patronus_controlplane::validate::POLICY_RULES_MAX)
+        .map(|i| PolicyRule {
+            priority: i as u32,
+            ..rule.clone()
+        })
+        .collect();
+    let refused = c
+        .create_policy(CreatePolicyRequest {
+            policy: Some(rules),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["policy.spec.rules"]);
+
+    // Lists within their bounds can still make one resource too large.
+    let mut large = site("large", "large");
+    large.spec.as_mut().unwrap().peers = (0..patronus_controlplane::validate::SITE_PEERS_MAX)
+        .map(|i| SitePeer {
+            site_id: format!("s{i:05}{}", "x".repeat(57)),
+            address: format!("{}.example.com", "a".repeat(60)),
+        })
+        .collect();
+    let refused = c
+        .create_site(CreateSiteRequest { site: Some(large) })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&refused), ["site"], "{}", refused.message());
+    server.stop().await;
 }
