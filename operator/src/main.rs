@@ -186,6 +186,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (leading, lease_task) = leader::watch_lease(client.clone(), &lease)
         .await
         .with_context(|| format!("leader Lease {}/{}", lease.namespace, lease.name))?;
+    let held_until = leader::watch_expiry(client.clone(), &lease);
+    let margin = leader::stop_margin(lease.duration_s);
     metrics.set_ready();
     tracing::info!(
         controlplane = %cli.controlplane,
@@ -199,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     let namespace = cli.watch_namespace.clone();
     tokio::select! {
-        () = leader::run_while_leading(leading, metrics, || controller::run(ctx.clone(), namespace.as_deref())) => {}
+        () = leader::run_while_leading(leading, held_until, margin, metrics, || controller::run(ctx.clone(), namespace.as_deref())) => {}
         () = shutdown_signal() => {}
     }
     // Dropping the receiver (inside run_while_leading) asks the Lease task to
