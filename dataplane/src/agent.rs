@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use patronus_core::config::dns::{self, HostAddresses};
 use patronus_core::config::site::{classifier_with, SiteSections};
 use patronus_core::config::{ControlPlaneSection, Snapshot};
 use patronus_core::dpi::apps::AppSpec;
@@ -34,6 +35,7 @@ use patronus_core::dpi::Classifier;
 use patronus_core::published::Published;
 use patronus_proto::client::ClientOptions;
 
+use crate::resolver::Resolver;
 use crate::site_sync::sections_from_snapshot;
 
 /// A snapshot for the control loop to apply, and where to say how it went.
@@ -43,6 +45,9 @@ pub struct ApplyRequest {
     pub version: u64,
     /// Its sections, converted on the agent's thread.
     pub sections: SiteSections,
+    /// Its peers' endpoint host names, resolved on the agent's thread
+    /// (with every other name the resolver knows).
+    pub hosts: Arc<HostAddresses>,
     /// The classifier for its applications, compiled on the agent's thread
     /// (Hyperscan takes a good fraction of a second) when they changed.
     pub classifier: Option<PreparedClassifier>,
@@ -101,6 +106,8 @@ pub struct AgentSetup {
     pub events: mpsc::Receiver<DataplaneEvent>,
     /// The configuration in force (for the file's applications).
     pub config: Arc<Published<Snapshot>>,
+    /// Resolves the snapshots' endpoint host names.
+    pub resolver: Resolver,
 }
 
 impl std::fmt::Debug for AgentSetup {
@@ -211,6 +218,7 @@ impl Agent {
             interval: Duration::from_millis(section.telemetry_interval_ms.into()),
             config: setup.config,
             applications: Vec::new(),
+            resolver: setup.resolver,
         };
         let mut backoff = Backoff::new(
             Duration::from_millis(section.reconnect_min_ms.into()),
@@ -297,6 +305,8 @@ struct Session {
     config: Arc<Published<Snapshot>>,
     /// The control plane's applications in force.
     applications: Vec<AppSpec>,
+    /// Resolves the snapshots' endpoint host names.
+    resolver: Resolver,
 }
 
 impl Session {
@@ -453,10 +463,15 @@ impl Session {
             }
         };
         let applications = sections.applications.clone();
+        let hosts = self
+            .resolver
+            .resolve_async(dns::host_names(&sections.peers))
+            .await;
         let (reply, verdict) = oneshot::channel();
         let request = ApplyRequest {
             version: snapshot.version,
             sections,
+            hosts,
             classifier,
             reply,
         };
@@ -474,6 +489,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resolver::ResolverThread;
     use patronus_core::config::Config;
     use patronus_proto::v1 as pb;
     use patronus_proto::v1::dataplane_sync_server::{DataplaneSync, DataplaneSyncServer};
@@ -546,7 +562,10 @@ mod tests {
 
     /// A session subscribed to `server`, and the control loop's end of its
     /// apply channel.
-    async fn session_with(server: OneSnapshot) -> (Session, mpsc::Receiver<ApplyRequest>) {
+    async fn session_with(
+        server: OneSnapshot,
+    ) -> (Session, mpsc::Receiver<ApplyRequest>, ResolverThread) {
+        let (resolver, resolver_thread) = Resolver::start(&Default::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(
@@ -578,8 +597,9 @@ mod tests {
             interval: Duration::from_secs(3600),
             config: Arc::new(Published::new(config)),
             applications: Vec::new(),
+            resolver,
         };
-        (session, applied)
+        (session, applied, resolver_thread)
     }
 
     #[tokio::test]
@@ -588,7 +608,8 @@ mod tests {
         let mut backoff = Backoff::new(min, Duration::from_secs(10));
 
         // Subscribed every time, never a snapshot received: the waits grow.
-        let (mut session, _applied) = session_with(OneSnapshot { oversized: true }).await;
+        let (mut session, _applied, _resolver) =
+            session_with(OneSnapshot { oversized: true }).await;
         let mut waits = Vec::new();
         for _ in 0..4 {
             let err = session.run(&mut backoff).await.unwrap_err();
@@ -601,7 +622,8 @@ mod tests {
         assert!(waits[3] >= min * 4, "the backoff did not grow: {waits:?}");
 
         // A snapshot put in force resets it.
-        let (mut session, mut applied) = session_with(OneSnapshot { oversized: false }).await;
+        let (mut session, mut applied, _resolver) =
+            session_with(OneSnapshot { oversized: false }).await;
         tokio::spawn(async move {
             while let Some(request) = applied.recv().await {
                 let _ = request.reply.send(Ok(()));

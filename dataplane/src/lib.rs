@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod dpdk;
 pub mod metrics;
+pub mod resolver;
 pub mod runtime;
 pub mod site_sync;
 pub mod worker;

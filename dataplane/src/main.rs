@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use patronus_core::config::{Config, EMBEDDED_DEFAULT};
 use patronus_core::dpi::{self, Limits};
+use patronus_dataplane::resolver::Resolver;
 use patronus_dataplane::runtime::{self, RunOptions};
 use patronus_proto::logging::{self, LogArgs};
 
@@ -125,13 +126,26 @@ fn main() -> ExitCode {
         Some(path) => Config::from_file(path),
         None => Config::from_toml(EMBEDDED_DEFAULT),
     };
-    let config = match loaded.and_then(|c| c.validate(1).map(|_| c)) {
+    let config = match loaded {
         Ok(config) => config,
         Err(err) => {
             eprintln!("patronus-dataplane: {err}");
             return ExitCode::from(2);
         }
     };
+    // Endpoint host names are resolved before the configuration is checked
+    // (it names the field of one that does not resolve), and kept fresh.
+    let (resolver, resolver_thread) = match Resolver::start(&config.dns) {
+        Ok(started) => started,
+        Err(err) => {
+            eprintln!("patronus-dataplane: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(err) = config.validate_resolved(1, resolver.resolve(config.host_names())) {
+        eprintln!("patronus-dataplane: {err}");
+        return ExitCode::from(2);
+    }
     if cli.check {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
@@ -140,8 +154,11 @@ fn main() -> ExitCode {
         config,
         config_path: cli.config,
         extra_eal_args: cli.eal_args,
+        resolver,
     };
-    match runtime::run(opts) {
+    let ran = runtime::run(opts);
+    drop(resolver_thread);
+    match ran {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("patronus-dataplane: {err:#}");

@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 
 use crate::agent::AgentStatus;
 use crate::dpdk::{Mempool, Port, PortStats};
+use crate::resolver::Resolver;
 use patronus_core::bfd::packet::{Diagnostic, Malformed, State as BfdState};
 use patronus_core::config::site::RuleAction;
 use patronus_core::config::{Snapshot, TunnelSnapshot};
@@ -92,6 +93,8 @@ pub struct DataplaneCollector {
     pub tunnels: Vec<Arc<SharedTunnelStats>>,
     /// Each worker's shaped egresses.
     pub qos: Vec<Arc<SharedQosStats>>,
+    /// The endpoint resolver.
+    pub resolver: Resolver,
 }
 
 fn counter<S: EncodeLabelSet, V: EncodeCounterValue>(
@@ -383,6 +386,8 @@ struct Scrape<'a> {
     policy: &'a [Arc<PolicyCounters>],
     /// The control-plane agent, when the data plane is managed.
     agent: Option<&'a AgentStatus>,
+    /// Endpoint lookups: (answered, failed).
+    dns_lookups: (u64, u64),
 }
 
 impl Scrape<'_> {
@@ -412,6 +417,16 @@ impl Scrape<'_> {
         if let Some(agent) = self.agent {
             encode_agent(agent, enc)?;
         }
+        let (answered, failed) = self.dns_lookups;
+        counter(
+            enc,
+            "patronus_dns_lookups",
+            "Lookups of peer endpoint host names, by result (a failed one keeps the last address).",
+            [
+                ([("result", "answered")], answered),
+                ([("result", "failed")], failed),
+            ],
+        )?;
         self.dpi_applications(enc)?;
         self.dpi_categories(enc)?;
         self.dpi_inspection(enc)
@@ -1350,6 +1365,7 @@ impl Collector for DataplaneCollector {
             dpi: &self.dpi,
             policy: &self.policy,
             agent: self.agent.as_deref(),
+            dns_lookups: self.resolver.lookups(),
         }
         .encode(&mut enc)
     }
@@ -1818,6 +1834,7 @@ conditions = [{{ type = "category", value = "Video" }}]
                 dpi: &s.dpi,
                 policy: &s.policy,
                 agent: Some(&s.agent),
+                dns_lookups: (12, 3),
             }
             .encode(&mut enc)
         }

@@ -26,8 +26,10 @@ use crate::dpdk::{
     TxQueue, BURST_SIZE,
 };
 use crate::metrics::{DataplaneCollector, Health, HttpServer};
+use crate::resolver::Resolver;
 use crate::worker::{Clock, DpdkHost, DpdkRx, DpdkWorker};
-use patronus_core::config::site::{classifier_with, Capabilities, SiteSections};
+use patronus_core::config::dns;
+use patronus_core::config::site::{classifier_with, Capabilities, SiteSections, SiteState};
 use patronus_core::config::{Config, Snapshot};
 use patronus_core::dpi::counters::DpiCounters;
 use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared};
@@ -57,6 +59,9 @@ pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     /// EAL arguments from the command line, appended to the config's.
     pub extra_eal_args: Vec<String>,
+    /// Resolves the peers' endpoint host names (it already resolved the
+    /// file's) and keeps them fresh.
+    pub resolver: Resolver,
 }
 
 /// Packet buffers needed: every ring full, every worker's burst, cache and
@@ -81,7 +86,10 @@ fn auto_pool_size(cfg: &Config, workers: u32) -> u32 {
 /// When the configuration is invalid, EAL or a port fails to start, or the
 /// metrics address cannot be bound.
 pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
-    let mut snapshot = opts.config.validate(1)?;
+    let mut snapshot = opts
+        .config
+        .validate_resolved(1, opts.resolver.resolve(opts.config.host_names()))?;
+    opts.resolver.keep(snapshot.site.host_names());
     let signals = Signals::install()?;
     let devices = Devices::start(&opts)?;
     let macs: Vec<[u8; 6]> = devices.ports.iter().map(Port::mac).collect();
@@ -103,10 +111,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
     };
     let (workers, learned) = Workers::start(&devices, &shared)?;
     let manager = start_neighbor_manager(&snapshot, &shared, learned);
-    let services = AgentLink::start(&opts.config, &devices, &workers, &shared).and_then(|agent| {
-        let http = start_metrics(&opts.config, &devices, &workers, &shared, &agent)?;
-        Ok((agent, http))
-    });
+    let services = AgentLink::start(&opts.config, &devices, &workers, &shared, &opts.resolver)
+        .and_then(|agent| {
+            let http = start_metrics(&opts, &devices, &workers, &shared, &agent)?;
+            Ok((agent, http))
+        });
     let (agent, http) = match services {
         Ok(started) => started,
         Err(e) => {
@@ -136,6 +145,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<u8> {
         tunnels: workers.tunnels.clone(),
         moves_seen: vec![0; workers.tunnels.len()],
         tunnel_up: (0, Vec::new()),
+        resolver: opts.resolver,
+        hosts_seen: 0,
     };
     control.run(&signals, &shared, &devices.ports, devices.lcores.len());
     Ok(shut_down(&shared, agent.agent, workers, http, devices))
@@ -455,6 +466,7 @@ impl AgentLink {
         devices: &Devices,
         workers: &Workers,
         shared: &Shared,
+        resolver: &Resolver,
     ) -> anyhow::Result<AgentLink> {
         let status = Arc::new(AgentStatus::default());
         let (apply_tx, apply) = tokio::sync::mpsc::channel::<ApplyRequest>(1);
@@ -471,6 +483,7 @@ impl AgentLink {
                 ),
                 events: events_rx,
                 config: shared.config.clone(),
+                resolver: resolver.clone(),
             };
             let agent = Agent::start(&cfg.controlplane, setup)?;
             tracing::info!(
@@ -494,13 +507,13 @@ impl AgentLink {
 
 /// Serves `/metrics` and `/healthz` on `metrics.listen`, unless it is empty.
 fn start_metrics(
-    cfg: &Config,
+    opts: &RunOptions,
     devices: &Devices,
     workers: &Workers,
     shared: &Shared,
     agent: &AgentLink,
 ) -> anyhow::Result<Option<HttpServer>> {
-    let addr = match cfg.metrics.listen.as_str() {
+    let addr = match opts.config.metrics.listen.as_str() {
         "" => return Ok(None),
         addr => addr,
     };
@@ -516,6 +529,7 @@ fn start_metrics(
         agent: agent.agent.is_some().then(|| agent.status.clone()),
         tunnels: workers.tunnels.clone(),
         qos: workers.qos.clone(),
+        resolver: opts.resolver.clone(),
     };
     let server = HttpServer::start(addr, collector, shared.health.clone())
         .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
@@ -550,6 +564,10 @@ struct Control {
     /// Whether each peer's tunnel had a session when last looked at, by
     /// the peer's position in the configuration of this generation.
     tunnel_up: (u32, Vec<(String, bool)>),
+    /// Resolves the peers' endpoint host names and keeps them fresh.
+    resolver: Resolver,
+    /// The resolver's addresses last looked at.
+    hosts_seen: u64,
 }
 
 impl Control {
@@ -562,6 +580,7 @@ impl Control {
             if signals.reload.swap(false, Ordering::Relaxed) {
                 self.reload(&shared.config);
             }
+            self.follow_hosts(&shared.config);
             self.watch_links(ports);
             self.watch_tunnels(&shared.config);
             self.watch_paths();
@@ -655,6 +674,42 @@ impl Control {
         self.manager.tick_with(now, force);
     }
 
+    /// Recompiles the site when an endpoint host name in force resolved to
+    /// another address (its TTL ran out and the answer changed).
+    fn follow_hosts(&mut self, config: &Published<Snapshot>) {
+        let Some(hosts) = self.resolver.changed(&mut self.hosts_seen) else {
+            return;
+        };
+        let current = config.load();
+        let moved: Vec<String> = current
+            .site
+            .host_names()
+            .into_iter()
+            .filter(|h| current.hosts.get(h) != hosts.get(h))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        let mut next = Snapshot::clone(&current);
+        next.generation += 1;
+        next.hosts = hosts;
+        match next.set_site(SiteState::clone(&current.site)) {
+            Ok(()) => {
+                tracing::info!(
+                    site = self.site(),
+                    hosts = ?moved,
+                    generation = next.generation,
+                    "peer endpoints re-resolved to other addresses: in force"
+                );
+                config.store(next);
+            }
+            Err(err) => tracing::warn!(
+                site = self.site(),
+                "peer endpoints re-resolved, but the site no longer compiles; the configuration in force stays: {err}"
+            ),
+        }
+    }
+
     /// Applies the control plane's snapshots and answers each with the outcome.
     fn apply_snapshots(&mut self, config: &Published<Snapshot>) {
         while let Ok(request) = self.apply.try_recv() {
@@ -669,6 +724,7 @@ impl Control {
                         "control-plane snapshot applied"
                     );
                     self.managed = Some((request.sections, version));
+                    self.resolver.keep(config.load().site.host_names());
                 }
                 Err(err) => tracing::warn!(
                     site = self.site(),
@@ -689,8 +745,10 @@ impl Control {
             config,
             &self.macs,
             self.managed.as_ref(),
+            &self.resolver,
         ) {
             Ok((new_config, new_snapshot)) => {
+                self.resolver.keep(new_snapshot.site.host_names());
                 self.manager
                     .configure(&new_snapshot.neighbors, &new_snapshot.static_neighbors);
                 tracing::info!(
@@ -816,6 +874,7 @@ fn reload_config(
     published: &Published<Snapshot>,
     macs: &[[u8; 6]],
     managed: Option<&(SiteSections, u64)>,
+    resolver: &Resolver,
 ) -> anyhow::Result<(Config, Snapshot)> {
     let Some(path) = path else {
         bail!("running on the embedded default configuration; there is no file to reload");
@@ -823,7 +882,11 @@ fn reload_config(
     let config = Config::from_file(path)?;
     config.check_reloadable(running)?;
     let generation = published.load().generation + 1;
-    let mut snapshot = config.validate(generation)?;
+    let mut hosts = config.host_names();
+    if let Some((sections, _)) = managed {
+        hosts.extend(dns::host_names(&sections.peers));
+    }
+    let mut snapshot = config.validate_resolved(generation, resolver.resolve(hosts))?;
     snapshot.set_port_macs(macs);
     if let Some((sections, version)) = managed {
         let context = "the control plane's site configuration would no longer apply";
@@ -864,6 +927,7 @@ fn apply_snapshot(
     site.version = request.version;
     let mut next = Snapshot::clone(&current);
     next.generation += 1;
+    next.hosts = request.hosts.clone();
     next.set_site(site)?;
     next.dpi.classifier = classifier;
     published.store(next);

@@ -139,6 +139,7 @@ fn tunnel_config(
     gateway: &KeyPair,
     peer_public: &str,
     tunnel_extra: &str,
+    peer_address: &str,
 ) -> String {
     let key = key_file(dir, "gateway.key", &gateway.private);
     format!(
@@ -150,7 +151,7 @@ addresses = ["10.77.0.1/24", "fd77::1/64"]
 
 [[peer]]
 name = "roadwarrior"
-endpoint = {{ address = "10.10.2.2", port = 51820 }}
+endpoint = {{ address = "{peer_address}", port = 51820 }}
 wireguard = {{ public_key = "{peer_public}" }}
 allowed_ips = ["10.77.0.2/32", "fd77::2/128"]
 "#,
@@ -185,6 +186,12 @@ fn rig(tunnel_extra: &str, wrong_key: bool) -> Rig {
 
 /// The same, with `tables` (uplinks, say) added to the gateway's configuration.
 fn rig_with(tunnel_extra: &str, wrong_key: bool, tables: &str) -> Rig {
+    rig_at(tunnel_extra, wrong_key, tables, "10.10.2.2")
+}
+
+/// The same, the gateway knowing host B's endpoint as `peer_address` (an
+/// address or a host name).
+fn rig_at(tunnel_extra: &str, wrong_key: bool, tables: &str, peer_address: &str) -> Rig {
     require_root();
     let topo = Topology::new();
     let dir = TempDir(std::env::temp_dir().join(format!("patronus-tunnel-{}", topo.id)));
@@ -195,7 +202,7 @@ fn rig_with(tunnel_extra: &str, wrong_key: bool, tables: &str) -> Rig {
     } else {
         b_key.public.clone()
     };
-    let extra = tunnel_config(&dir.0, &gw_key, &configured, tunnel_extra) + tables;
+    let extra = tunnel_config(&dir.0, &gw_key, &configured, tunnel_extra, peer_address) + tables;
     let dp = Dataplane::start_json(&topo.config(1, &extra));
     let wg = WireGuardGo::start(&topo.b, &b_key, &gw_key.public);
     Rig {
@@ -312,6 +319,42 @@ fn wireguard_go_and_patronus_carry_ping_and_tcp_with_handshakes_from_either_side
     let status = r.dp.stop();
     assert!(status.success(), "exit {status}:\n{}", r.dp.log_text());
     check_json_log(&r);
+}
+
+#[test]
+fn a_peer_named_by_a_host_name_is_followed_when_its_address_changes() {
+    require_root();
+    // The name first points at an address on host B's link where nobody is.
+    let dns = Dnsmasq::start("10.10.2.3 roadwarrior.patronus.test\n");
+    let tables = format!(
+        "\n[dns]\nservers = [\"127.0.0.1:{}\"]\nmin_ttl_s = 1\nmax_ttl_s = 1\n",
+        dns.port
+    );
+    let r = rig_at("", false, &tables, "roadwarrior.patronus.test");
+    assert!(
+        !ping(&r.topo.a, B_TUNNEL4),
+        "no handshake can reach the address the name has now"
+    );
+    let m = r.dp.scrape();
+    assert!(event(&m, "initiations_sent") >= 1.0, "{}", m.text);
+    assert_eq!(event(&m, "responses_received"), 0.0);
+    assert!(m.sum("patronus_dns_lookups_total", &[("result", "answered")]) >= 1.0);
+
+    // The name moves to host B: once its one-second TTL runs out the
+    // gateway looks it up again, its handshakes go there, and A reaches B.
+    dns.serve("10.10.2.2 roadwarrior.patronus.test\n");
+    assert!(
+        eventually(Duration::from_secs(60), || ping(&r.topo.a, B_TUNNEL4)),
+        "A never reached B at the name's new address:\n{}",
+        r.dp.log_text()
+    );
+    assert!(
+        r.dp.log_text().contains("re-resolved"),
+        "{}",
+        r.dp.log_text()
+    );
+    let m = r.dp.scrape();
+    assert!(event(&m, "responses_received") >= 1.0);
 }
 
 /// Every line the gateway wrote is a JSON object with the documented

@@ -17,6 +17,7 @@ use site::{Capabilities, PeerSection, PolicySection, SiteSection, SiteSections, 
 use std::sync::Arc;
 
 mod addresses;
+pub mod dns;
 mod error;
 pub mod policy;
 pub mod qos;
@@ -51,6 +52,9 @@ pub struct Config {
     /// Metrics and health endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// How peer endpoints' host names are resolved.
+    #[serde(default)]
+    pub dns: dns::DnsSection,
     /// The gateway's interfaces, in order; routes name them.
     #[serde(default, rename = "port")]
     pub ports: Vec<PortSection>,
@@ -803,6 +807,9 @@ pub struct Snapshot {
     pub dpi: DpiSnapshot,
     /// The site, its peers and policies.
     pub site: Arc<SiteState>,
+    /// What the peers' endpoint host names resolved to: set before
+    /// [`Snapshot::set_site`], which looks them up here.
+    pub hosts: Arc<dns::HostAddresses>,
     /// The tunnel interface and its peers, when `[tunnel]` is configured.
     pub tunnel: Option<Arc<TunnelSnapshot>>,
     /// The shaped egresses (uplinks with a rate), in uplink order.
@@ -904,7 +911,8 @@ impl Snapshot {
             let port = self
                 .tunnel_port()
                 .expect("a snapshot with [tunnel] has a tunnel port");
-            let (tunnel, routes) = tunnel::compile(local, &site, port, &self.base_routes)?;
+            let (tunnel, routes) =
+                tunnel::compile(local, &site, port, &self.base_routes, &self.hosts)?;
             self.tunnel = Some(Arc::new(tunnel));
             self.routes = routes;
         }
@@ -1175,11 +1183,32 @@ impl Config {
     /// # Errors
     /// The first invalid field, by path.
     pub fn validate(&self, generation: u32) -> Result<Snapshot, ConfigError> {
+        self.validate_resolved(generation, Arc::default())
+    }
+
+    /// The host names among the file's peer endpoints, for the resolver to
+    /// look up before [`Config::validate_resolved`].
+    pub fn host_names(&self) -> std::collections::BTreeSet<String> {
+        dns::host_names(&self.peers)
+    }
+
+    /// [`Config::validate`] with the peers' endpoint host names looked up in
+    /// `hosts`.
+    ///
+    /// # Errors
+    /// The first invalid field, by path; a host name that did not resolve
+    /// at the field naming it.
+    pub fn validate_resolved(
+        &self,
+        generation: u32,
+        hosts: Arc<dns::HostAddresses>,
+    ) -> Result<Snapshot, ConfigError> {
         self.worker.check()?;
         self.neighbors.check()?;
         self.icmp.check()?;
         self.dpdk.check()?;
         self.metrics.check()?;
+        self.dns.check()?;
         // Every address the gateway has: none is assigned twice, none is a next hop.
         let mut owned = Vec::new();
         let mut routes = RouteTable::default();
@@ -1198,6 +1227,7 @@ impl Config {
             generation,
             dpi,
             site: Arc::default(),
+            hosts,
             tunnel: None,
             shapers,
             qos,
@@ -1448,6 +1478,12 @@ impl Config {
         if self.controlplane != running.controlplane {
             return Err(ConfigError::new(
                 "controlplane",
+                "applies at start only; restart to change it",
+            ));
+        }
+        if self.dns != running.dns {
+            return Err(ConfigError::new(
+                "dns",
                 "applies at start only; restart to change it",
             ));
         }

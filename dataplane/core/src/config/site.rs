@@ -328,6 +328,22 @@ pub struct SiteState {
     pub qos_classes: ClassesSection,
 }
 
+impl SiteState {
+    /// The host names (addresses that are not IP addresses) among the
+    /// peers' endpoints.
+    pub fn host_names(&self) -> std::collections::BTreeSet<String> {
+        self.peers
+            .iter()
+            .flat_map(|p| {
+                let primary = p.endpoint.iter().map(|(host, _)| host);
+                primary.chain(p.endpoints.iter().map(|(_, host, _)| host))
+            })
+            .filter(|host| host.parse::<IpAddr>().is_err())
+            .cloned()
+            .collect()
+    }
+}
+
 /// What the data plane knows of itself that a site configuration must fit.
 #[derive(Debug, Clone, Copy)]
 pub struct Capabilities<'a> {

@@ -3,7 +3,7 @@
 //! [`TunnelConfig`] workers run and the routes that lead into it.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::dns::HostAddresses;
 use super::site::{Peer, SiteState};
 use super::ConfigError;
 use crate::paths::bfd::BfdEnds;
@@ -177,21 +178,36 @@ impl TunnelSection {
     }
 }
 
-/// Where an endpoint is: its address, or its host name resolved now (off
-/// the packet path, when the configuration is applied).
-fn resolve(host: &str, port: u16, field: &str) -> Result<SocketAddr, ConfigError> {
+/// Where an endpoint is: its address, or what its host name resolved to
+/// (the resolver looked it up beforehand; nothing is resolved here).
+fn resolve(
+    host: &str,
+    port: u16,
+    field: &str,
+    hosts: &HostAddresses,
+) -> Result<SocketAddr, ConfigError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| ConfigError::new(field, format!("cannot resolve {host:?}: {e}")))?
-        .next()
-        .ok_or_else(|| ConfigError::new(field, format!("{host:?} has no address")))
+    match hosts.get(host) {
+        Some(Ok(ip)) => Ok(SocketAddr::new(*ip, port)),
+        Some(Err(why)) => Err(ConfigError::new(
+            field,
+            format!("cannot resolve {host:?}: {why}"),
+        )),
+        None => Err(ConfigError::new(
+            field,
+            format!("{host:?} has not been resolved"),
+        )),
+    }
 }
 
 /// The site's paths: each peer's endpoints over each uplink, in that order.
-fn paths(local: &TunnelLocal, site: &SiteState) -> Result<PathTable, ConfigError> {
+fn paths(
+    local: &TunnelLocal,
+    site: &SiteState,
+    hosts: &HostAddresses,
+) -> Result<PathTable, ConfigError> {
     let site_id = site.site.as_ref().map_or("local", |s| s.site_id.as_str());
     // BFD speaks from the tunnel's first IPv4 address.
     let bfd_local = local
@@ -249,7 +265,7 @@ fn paths(local: &TunnelLocal, site: &SiteState) -> Result<PathTable, ConfigError
             several => {
                 for (j, (name, host, port)) in several.iter().enumerate() {
                     let at = format!("{field}.endpoints[{j}].address");
-                    ends.push((Some(name), Some(resolve(host, *port, &at)?)));
+                    ends.push((Some(name), Some(resolve(host, *port, &at, hosts)?)));
                 }
             }
         }
@@ -301,6 +317,7 @@ pub fn compile(
     peers: &SiteState,
     port: u16,
     base: &RouteTable,
+    hosts: &HostAddresses,
 ) -> Result<(TunnelSnapshot, RouteTable), ConfigError> {
     let allowed = |p: &Peer| -> Vec<IpNet> {
         let local = local.routes.get(&p.name).into_iter().flatten();
@@ -324,6 +341,7 @@ pub fn compile(
                     host,
                     *port,
                     &format!("peer[{}].endpoint.address", p.name),
+                    hosts,
                 )?),
             },
             allowed_ips: allowed(p),
@@ -372,7 +390,7 @@ pub fn compile(
             ));
         }
     }
-    let paths = paths(local, peers)?;
+    let paths = paths(local, peers, hosts)?;
     Ok((
         TunnelSnapshot {
             port,
