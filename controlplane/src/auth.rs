@@ -49,17 +49,22 @@ impl BearerToken {
     /// The interceptor check: UNAUTHENTICATED unless the request carries this token.
     #[allow(clippy::result_large_err)] // tonic's interceptor signature
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        let presented = req
+        let header = req
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(t) if bool::from(t.as_bytes().ct_eq(&self.0)) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
-            None => Err(Status::unauthenticated(
-                "missing bearer token (authorization: Bearer <token>)",
-            )),
+            .and_then(|v| v.to_str().ok());
+        self.verify(header)
+            .map(|()| req)
+            .map_err(Status::unauthenticated)
+    }
+
+    /// Whether an `authorization` header's value presents this token
+    /// (compared in constant time); why not, when it does not.
+    pub fn verify(&self, authorization: Option<&str>) -> Result<(), &'static str> {
+        match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+            Some(t) if bool::from(t.as_bytes().ct_eq(&self.0)) => Ok(()),
+            Some(_) => Err("invalid bearer token"),
+            None => Err("missing bearer token (authorization: Bearer <token>)"),
         }
     }
 }

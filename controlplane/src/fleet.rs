@@ -20,6 +20,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::auth::BearerToken;
 use crate::store::DesiredState;
 use crate::sync::{DataplaneState, Hub, HubState};
 
@@ -264,12 +265,24 @@ fn family<const N: usize>(
 
 impl Collector for FleetCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let state = self.0.lock();
-        let dps: Vec<(Labels<2>, &DataplaneState)> = state
-            .dataplanes
-            .iter()
-            .map(|((site, id), d)| ([("site", site.clone()), ("dataplane", id.clone())], d))
-            .collect();
+        // A copy under the lock (reports are shared, not copied), then the
+        // text written without it: data planes reporting never wait on a scrape.
+        let (dps, desired): (Vec<(Labels<2>, DataplaneState)>, Vec<u64>) = {
+            let state = self.0.lock();
+            state
+                .dataplanes
+                .iter()
+                .map(|((site, id), d)| {
+                    (
+                        (
+                            [("site", site.clone()), ("dataplane", id.clone())],
+                            d.clone(),
+                        ),
+                        state.desired(site),
+                    )
+                })
+                .unzip()
+        };
         let each = |f: &dyn Fn(&DataplaneState) -> u64| -> Vec<(Labels<2>, u64)> {
             dps.iter().map(|(l, d)| (l.clone(), f(d))).collect()
         };
@@ -295,7 +308,8 @@ impl Collector for FleetCollector {
             "The snapshot version the data plane's site should run.",
             MetricType::Gauge,
             dps.iter()
-                .map(|(l, _)| (l.clone(), state.desired(&l[0].1)))
+                .zip(&desired)
+                .map(|((l, _), desired)| (l.clone(), *desired))
                 .collect::<Vec<_>>(),
         )?;
         family(
@@ -381,9 +395,7 @@ impl Collector for FleetCollector {
             "1 for the tunnel's current status (up or down), as its data plane last reported.",
             MetricType::Gauge,
             tunnels,
-        )?;
-        drop(state);
-        Ok(())
+        )
     }
 }
 
@@ -392,6 +404,7 @@ impl Collector for FleetCollector {
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     hub: Arc<Hub>,
+    token: Option<BearerToken>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut registry = Registry::default();
@@ -412,17 +425,49 @@ pub async fn serve_metrics(
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", healthz)
-        .with_state(Arc::new(registry));
+        .with_state(Arc::new(MetricsState { registry, token }));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    // The Prometheus text format, as the data plane serves it: what promtool checks.
-    let mut body = String::new();
-    match prometheus_client::encoding::prometheus_text::encode(&mut body, &registry) {
-        Ok(()) => (
+/// What `/metrics` serves, and who may read it.
+#[derive(Debug)]
+struct MetricsState {
+    registry: Registry,
+    token: Option<BearerToken>,
+}
+
+async fn metrics(
+    State(state): State<Arc<MetricsState>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(token) = &state.token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(why) = token.verify(presented) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                format!("{why}\n"),
+            )
+                .into_response();
+        }
+    }
+    // Writing a large fleet's text takes a while: off the async threads.
+    let encoded = tokio::task::spawn_blocking(move || {
+        // The Prometheus text format, as the data plane serves it: what promtool checks.
+        let mut body = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut body, &state.registry)
+            .map(|()| body)
+    })
+    .await;
+    match encoded
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok(body) => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,

@@ -39,6 +39,14 @@ struct Cli {
     /// Require client certificates issued by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// File holding the bearer token `/metrics` scrapers must present (mode
+    /// 600 or 640); without it `/metrics` is open. `/healthz` stays open.
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
+    /// How long a data plane that went away is remembered (its status,
+    /// last report and versions), in seconds.
+    #[arg(long, default_value_t = patronus_controlplane::sync::DATAPLANE_EXPIRY.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    dataplane_expiry_s: u64,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -73,6 +81,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if token.is_none() {
         tracing::warn!("no --token-file: the API accepts unauthenticated requests");
     }
+    let metrics_token = cli
+        .metrics_token_file
+        .as_deref()
+        .map(BearerToken::from_file)
+        .transpose()
+        .context("--metrics-token-file")?;
     if let Some(dir) = cli.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -103,6 +117,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        server::serve(listener, metrics, store, token, tls, shutdown).await
+        let settings = server::Settings {
+            token,
+            tls,
+            metrics_token,
+            dataplane_expiry: std::time::Duration::from_secs(cli.dataplane_expiry_s),
+        };
+        server::serve(listener, metrics, store, settings, shutdown).await
     })
 }

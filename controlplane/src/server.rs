@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use patronus_proto::v1::control_plane_server::ControlPlaneServer;
 use patronus_proto::v1::dataplane_sync_server::DataplaneSyncServer;
@@ -18,19 +19,59 @@ use tonic_health::ServingStatus;
 use crate::api::Api;
 use crate::auth::BearerToken;
 use crate::store::Store;
-use crate::sync::{Hub, Sync};
+use crate::sync::{Hub, Sync, DATAPLANE_EXPIRY};
 
-/// Serves gRPC on `listener` until `shutdown` completes; over TLS (and
-/// mutual TLS, when the config names client CAs) when `tls` is given. The
-/// fleet's `/metrics` is served on `metrics` when given.
+/// Calls one connection may have in progress at once (more wait their turn).
+const CALLS_PER_CONNECTION: usize = 256;
+/// HTTP/2 keepalive: a peer that stops answering pings is dropped, so that
+/// a data plane gone without closing its stream shows as disconnected.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// See [`KEEPALIVE_INTERVAL`].
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the server runs, besides where it listens.
+#[derive(Debug)]
+pub struct Settings {
+    /// The token API and sync clients must present; `None`: open.
+    pub token: Option<BearerToken>,
+    /// TLS (mutual TLS when it names client CAs); `None`: clear text.
+    pub tls: Option<ServerTlsConfig>,
+    /// The token `/metrics` scrapers must present; `None`: open.
+    pub metrics_token: Option<BearerToken>,
+    /// How long a data plane that went away is remembered.
+    pub dataplane_expiry: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            token: None,
+            tls: None,
+            metrics_token: None,
+            dataplane_expiry: DATAPLANE_EXPIRY,
+        }
+    }
+}
+
+/// Serves gRPC on `listener` until `shutdown` completes, as `settings`
+/// say. The fleet's `/metrics` is served on `metrics` when given. Every
+/// connection is bounded: [`CALLS_PER_CONNECTION`], messages of at most
+/// [`MAX_MESSAGE_BYTES`], HTTP/2 keepalive. A client's deadline
+/// (`grpc-timeout`) is enforced; there is no server-wide one, since a data
+/// plane's telemetry stream is one call that lasts as long as the data plane.
 pub async fn serve(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     store: Arc<Store>,
-    token: Option<BearerToken>,
-    tls: Option<ServerTlsConfig>,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let Settings {
+        token,
+        tls,
+        metrics_token,
+        dataplane_expiry,
+    } = settings;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     follow_store_health(&store, health_reporter);
     // Reflection in both protocol versions: grpcurl and grpcio's helpers still ask v1alpha.
@@ -48,7 +89,7 @@ pub async fn serve(
             None => Ok(req),
         }
     };
-    let hub = Hub::start(store.clone());
+    let hub = Hub::start(store.clone(), dataplane_expiry);
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     if let Some(metrics) = metrics {
         let mut stopped = stopped.clone();
@@ -57,7 +98,8 @@ pub async fn serve(
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::fleet::serve_metrics(metrics, hub, shutdown).await {
+            if let Err(e) = crate::fleet::serve_metrics(metrics, hub, metrics_token, shutdown).await
+            {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });
@@ -78,7 +120,11 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         authenticate,
     );
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
+        .max_concurrent_streams(Some(CALLS_PER_CONNECTION as u32))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

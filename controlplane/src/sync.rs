@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use patronus_proto::v1::dataplane_sync_server::DataplaneSync;
 use patronus_proto::v1::{
@@ -29,11 +29,24 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::events::EventLog;
 use crate::store::{DesiredState, Store, StoreError};
 
-/// Largest telemetry report accepted: peers, and events since the previous report.
-const MAX_REPORTED_PEERS: usize = 65_536;
+use crate::validate::is_dns_label;
+
+/// Largest telemetry report accepted: peers (a data plane's most tunnel
+/// peers), paths over all peers (its most paths), events since the
+/// previous report, and bytes in all.
+const MAX_REPORTED_PEERS: usize = 16_384;
+/// See [`MAX_REPORTED_PEERS`].
+const MAX_REPORTED_PATHS: usize = 1024;
 /// See [`MAX_REPORTED_PEERS`].
 const MAX_REPORTED_EVENTS: usize = 4096;
-use crate::validate::is_dns_label;
+/// See [`MAX_REPORTED_PEERS`].
+const MAX_REPORT_BYTES: usize = 4 << 20;
+/// Most data planes one site may have.
+pub const MAX_DATAPLANES_PER_SITE: usize = 64;
+/// Most sites tracked at once (each with a subscriber or a data plane).
+pub const MAX_TRACKED_SITES: usize = 100_000;
+/// How long a data plane that went away is remembered by default.
+pub const DATAPLANE_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// One tracked site.
 struct SiteEntry {
@@ -53,6 +66,8 @@ pub(crate) struct DataplaneState {
     pub(crate) reason: String,
     /// Its latest telemetry, and when it arrived.
     pub(crate) report: Option<(Arc<TelemetryReport>, SystemTime)>,
+    /// When it last subscribed, unsubscribed, answered or reported.
+    pub(crate) last_seen: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -79,10 +94,15 @@ impl HubState {
 }
 
 /// Snapshots per site, what each data plane made of them and reports, and
-/// the event feed.
+/// the event feed. Bounded: data planes gone for longer than the expiry
+/// are forgotten, with the sites no one follows any more; a site has at
+/// most [`MAX_DATAPLANES_PER_SITE`] data planes and the hub tracks at most
+/// [`MAX_TRACKED_SITES`] sites, beyond which callers are refused
+/// (RESOURCE_EXHAUSTED).
 pub struct Hub {
     store: Arc<Store>,
     state: Mutex<HubState>,
+    expiry: Duration,
     dirty: Arc<Notify>,
     /// Everything that happened, for WatchEvents.
     pub events: EventLog,
@@ -95,14 +115,27 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// A hub over `store`, with its recompilation task on the current runtime.
-    pub fn start(store: Arc<Store>) -> Arc<Hub> {
+    /// A hub over `store` forgetting data planes gone for `expiry`, with
+    /// its recompilation and expiry tasks on the current runtime.
+    pub fn start(store: Arc<Store>, expiry: Duration) -> Arc<Hub> {
         let dirty = Arc::new(Notify::new());
         let hub = Arc::new(Hub {
             store,
             state: Mutex::new(HubState::default()),
+            expiry,
             dirty: dirty.clone(),
             events: EventLog::default(),
+        });
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(
+                (expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60)),
+            );
+            loop {
+                sweep.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.expire(Instant::now());
+            }
         });
         // The task holds the hub weakly: when the server goes, so does the
         // hub and its store (the task then waits on a Notify no one signals).
@@ -220,6 +253,62 @@ impl Hub {
         }
     }
 
+    /// Forgets the data planes that went away longer than the expiry
+    /// before `now`, and the sites that no subscriber and no remembered
+    /// data plane follows.
+    pub(crate) fn expire(&self, now: Instant) {
+        let mut state = self.lock();
+        let before = state.dataplanes.len();
+        let expiry = self.expiry;
+        state.dataplanes.retain(|(site, id), d| {
+            let gone = d.subscriptions == 0
+                && d.last_seen
+                    .is_none_or(|seen| now.saturating_duration_since(seen) >= expiry);
+            if gone {
+                tracing::info!(
+                    site,
+                    dataplane = id,
+                    "forgetting a data plane gone for {expiry:?}"
+                );
+            }
+            !gone
+        });
+        let HubState { sites, dataplanes } = &mut *state;
+        sites.retain(|site, entry| {
+            entry.latest.receiver_count() > 0
+                || dataplanes
+                    .range((site.clone(), String::new())..)
+                    .next()
+                    .is_some_and(|((s, _), _)| s == site)
+        });
+        if state.dataplanes.len() != before {
+            tracing::debug!(remembered = state.dataplanes.len(), "data planes expired");
+        }
+    }
+
+    /// The entry of a data plane, made if it is new and within the caps.
+    fn dataplane_entry<'a>(
+        state: &'a mut HubState,
+        key: &(String, String),
+    ) -> Result<&'a mut DataplaneState, Status> {
+        if !state.dataplanes.contains_key(key) {
+            let of_site = state
+                .dataplanes
+                .range((key.0.clone(), String::new())..)
+                .take_while(|((site, _), _)| *site == key.0)
+                .count();
+            if of_site >= MAX_DATAPLANES_PER_SITE {
+                return Err(Status::resource_exhausted(format!(
+                    "site {:?} already has {MAX_DATAPLANES_PER_SITE} data planes; one that went away is forgotten after the expiry",
+                    key.0
+                )));
+            }
+        }
+        let d = state.dataplanes.entry(key.clone()).or_default();
+        d.last_seen = Some(Instant::now());
+        Ok(d)
+    }
+
     fn refresh_all(&self) -> Result<(), StoreError> {
         let sites: Vec<String> = self.lock().sites.keys().cloned().collect();
         self.refresh(&sites)
@@ -238,6 +327,11 @@ impl Hub {
         between: impl FnOnce(),
     ) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
         if !self.lock().sites.contains_key(site_id) {
+            if self.lock().sites.len() >= MAX_TRACKED_SITES {
+                return Err(StoreError::Unavailable(format!(
+                    "{MAX_TRACKED_SITES} sites are followed already"
+                )));
+            }
             let ids = [site_id.to_owned()];
             let state = self.store.desired_state(Some(&ids))?;
             between();
@@ -270,15 +364,15 @@ impl Hub {
             .collect()
     }
 
-    fn connection(&self, key: &(String, String), delta: isize) {
+    fn connection(&self, key: &(String, String), delta: isize) -> Result<(), Status> {
         let mut state = self.lock();
-        let d = state.dataplanes.entry(key.clone()).or_default();
+        let d = Hub::dataplane_entry(&mut state, key)?;
         let was = d.subscriptions > 0;
         d.subscriptions = d.subscriptions.saturating_add_signed(delta);
         let kind = match (was, d.subscriptions > 0) {
             (false, true) => EventType::DataplaneConnected,
             (true, false) => EventType::DataplaneDisconnected,
-            _ => return,
+            _ => return Ok(()),
         };
         drop(state);
         self.events.emit(Event {
@@ -287,16 +381,17 @@ impl Hub {
             dataplane_id: key.1.clone(),
             ..Default::default()
         });
+        Ok(())
     }
 
     /// Records a data plane's telemetry: tunnels that changed state and the
     /// events it carries go to the feed.
-    fn report(&self, report: TelemetryReport) {
+    fn report(&self, report: TelemetryReport) -> Result<(), Status> {
         let key = (report.site_id.clone(), report.dataplane_id.clone());
         let mut events = Vec::new();
         {
             let mut state = self.lock();
-            let d = state.dataplanes.entry(key.clone()).or_default();
+            let d = Hub::dataplane_entry(&mut state, &key)?;
             // By name, so a large report costs one pass, not one per peer.
             let previous: HashMap<&str, i32> = d
                 .report
@@ -341,6 +436,7 @@ impl Hub {
             log_dataplane_event(&e);
             self.events.emit(e);
         }
+        Ok(())
     }
 }
 
@@ -419,7 +515,8 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.connection(&self.key, -1);
+        // Its entry exists (the subscription made it), so this cannot be refused.
+        let _ = self.hub.connection(&self.key, -1);
         tracing::info!(
             site = self.key.0,
             dataplane = self.key.1,
@@ -460,9 +557,12 @@ impl DataplaneSync for Sync {
         let latest = tokio::task::spawn_blocking(move || hub.watch(&site))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| match e {
+                StoreError::Unavailable(why) => Status::unavailable(why),
+                e => Status::internal(e.to_string()),
+            })?;
         let key = (req.site_id, req.dataplane_id);
-        self.hub.connection(&key, 1);
+        self.hub.connection(&key, 1)?;
         tracing::info!(site = key.0, dataplane = key.1, "data plane subscribed");
         let inner = WatchStream::new(latest).map(|s| Ok(SiteSnapshot::clone(&s)));
         Ok(Response::new(Subscription {
@@ -494,10 +594,7 @@ impl DataplaneSync for Sync {
             return Ok(Response::new(AcknowledgeResponse {}));
         }
         let mut state = self.hub.lock();
-        let d = state
-            .dataplanes
-            .entry((req.site_id.clone(), req.dataplane_id.clone()))
-            .or_default();
+        let d = Hub::dataplane_entry(&mut state, &(req.site_id.clone(), req.dataplane_id.clone()))?;
         let mut event = Event {
             site_id: req.site_id.clone(),
             dataplane_id: req.dataplane_id.clone(),
@@ -536,13 +633,18 @@ impl DataplaneSync for Sync {
         let mut stream = req.into_inner();
         while let Some(report) = stream.message().await? {
             check_ids(&report.site_id, &report.dataplane_id)?;
-            if report.peers.len() > MAX_REPORTED_PEERS || report.events.len() > MAX_REPORTED_EVENTS
+            let paths: usize = report.peers.iter().map(|p| p.paths.len()).sum();
+            if report.peers.len() > MAX_REPORTED_PEERS
+                || paths > MAX_REPORTED_PATHS
+                || report.events.len() > MAX_REPORTED_EVENTS
+                || report.encoded_len() > MAX_REPORT_BYTES
             {
                 return Err(Status::invalid_argument(format!(
-                    "a report holds at most {MAX_REPORTED_PEERS} peers and {MAX_REPORTED_EVENTS} events"
+                    "a report holds at most {MAX_REPORTED_PEERS} peers, {MAX_REPORTED_PATHS} paths, \
+                     {MAX_REPORTED_EVENTS} events and {MAX_REPORT_BYTES} bytes"
                 )));
             }
-            self.hub.report(report);
+            self.hub.report(report)?;
         }
         Ok(Response::new(ReportResponse {}))
     }
@@ -576,7 +678,7 @@ mod tests {
             status: None,
         };
         store.create(site, "uid-site".into()).unwrap();
-        let hub = Hub::start(store.clone());
+        let hub = Hub::start(store.clone(), DATAPLANE_EXPIRY);
         (dir, store, hub)
     }
 
@@ -637,5 +739,81 @@ mod tests {
         hub.publish(&ids, &older);
         let after = hub.lock().sites["branch"].latest.borrow().clone();
         assert_eq!(after, newer);
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+
+    fn hub(expiry: Duration) -> (tempfile::TempDir, Arc<Hub>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+        (dir, Hub::start(store, expiry))
+    }
+
+    fn key(site: &str, id: &str) -> (String, String) {
+        (site.to_owned(), id.to_owned())
+    }
+
+    #[tokio::test]
+    async fn data_planes_gone_for_the_expiry_are_forgotten_with_the_sites_no_one_follows() {
+        let expiry = Duration::from_secs(600);
+        let (_dir, hub) = hub(expiry);
+        let start = Instant::now();
+        let following = hub.watch("branch").unwrap();
+        hub.connection(&key("branch", "gw-1"), 1).unwrap();
+        hub.connection(&key("branch", "gw-2"), 1).unwrap();
+        hub.connection(&key("branch", "gw-2"), -1).unwrap();
+        let unfollowed = hub.watch("elsewhere").unwrap();
+        drop(unfollowed);
+
+        // Within the expiry nothing goes but the site no one follows.
+        hub.expire(start + expiry / 2);
+        assert_eq!(hub.dataplanes("").len(), 2);
+        assert!(!hub.lock().sites.contains_key("elsewhere"));
+
+        // After it, the one that went away is forgotten; the connected one stays.
+        hub.expire(start + expiry * 2);
+        let left: Vec<String> = hub
+            .dataplanes("")
+            .into_iter()
+            .map(|d| d.dataplane_id)
+            .collect();
+        assert_eq!(left, ["gw-1"]);
+
+        // Once the last one goes and no one follows the site, it goes too.
+        hub.connection(&key("branch", "gw-1"), -1).unwrap();
+        let gone = Instant::now();
+        drop(following);
+        hub.expire(gone + expiry / 2);
+        assert_eq!(hub.dataplanes("").len(), 1, "gone for less than the expiry");
+        assert!(hub.lock().sites.contains_key("branch"));
+        hub.expire(gone + expiry);
+        assert!(hub.dataplanes("").is_empty());
+        assert!(hub.lock().sites.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_site_has_a_bounded_number_of_data_planes() {
+        let expiry = Duration::from_secs(600);
+        let (_dir, hub) = hub(expiry);
+        for i in 0..MAX_DATAPLANES_PER_SITE {
+            hub.connection(&key("branch", &format!("gw-{i}")), 1)
+                .unwrap();
+        }
+        let refused = hub.connection(&key("branch", "one-more"), 1).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("\"branch\""),
+            "{}",
+            refused.message()
+        );
+        // Another site is not affected; known data planes still are served.
+        hub.connection(&key("hq", "gw-0"), 1).unwrap();
+        hub.connection(&key("branch", "gw-0"), -1).unwrap();
+        // One that went away makes room once forgotten.
+        hub.expire(Instant::now() + expiry * 2);
+        hub.connection(&key("branch", "one-more"), 1).unwrap();
     }
 }

@@ -45,7 +45,11 @@ impl Server {
         let token = token.map(|t| BearerToken::new(t).unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            patronus_controlplane::server::serve(listener, None, store, token, None, async {
+            let settings = patronus_controlplane::server::Settings {
+                token,
+                ..Default::default()
+            };
+            patronus_controlplane::server::serve(listener, None, store, settings, async {
                 let _ = stopped.await;
             })
             .await

@@ -90,8 +90,10 @@ async fn mutual_tls_admits_only_clients_of_the_configured_ca() {
         listener,
         None,
         store,
-        None,
-        Some(tls),
+        patronus_controlplane::server::Settings {
+            tls: Some(tls),
+            ..Default::default()
+        },
         std::future::pending(),
     ));
 
