@@ -12,6 +12,7 @@ use std::pin::Pin;
 
 use tokio_stream::{Stream, StreamExt};
 
+use crate::auth::{authorize_api, caller, Access};
 use crate::events::Filter;
 use crate::resource::{name_of, Resource};
 use crate::store::{self, GroupCommit, Store, StoreError};
@@ -40,6 +41,13 @@ impl Api {
             store,
             hub,
         }
+    }
+
+    /// Lets the caller of `req` read or write the API.
+    #[allow(clippy::result_large_err)]
+    fn allow<T>(&self, req: &Request<T>, access: Access) -> Result<(), Status> {
+        let role = caller(req)?;
+        authorize_api(&role, access).map_err(|d| self.hub.refuse(&d))
     }
 
     /// Runs a store read off the async runtime.
@@ -295,6 +303,7 @@ macro_rules! control_plane {
                 &self,
                 req: Request<ListDataplanesRequest>,
             ) -> Result<Response<ListDataplanesResponse>, Status> {
+                self.allow(&req, Access::Read)?;
                 let dataplanes = self.hub.dataplanes(&req.into_inner().site_id);
                 Ok(Response::new(ListDataplanesResponse { dataplanes }))
             }
@@ -305,6 +314,7 @@ macro_rules! control_plane {
                 &self,
                 req: Request<WatchEventsRequest>,
             ) -> Result<Response<Self::WatchEventsStream>, Status> {
+                self.allow(&req, Access::Read)?;
                 let req = req.into_inner();
                 if !req.site_id.is_empty() && !crate::validate::is_dns_label(&req.site_id) {
                     return Err(Status::invalid_argument("site_id: must be a site id"));
@@ -316,8 +326,9 @@ macro_rules! control_plane {
 
             async fn get_topology(
                 &self,
-                _req: Request<GetTopologyRequest>,
+                req: Request<GetTopologyRequest>,
             ) -> Result<Response<GetTopologyResponse>, Status> {
+                self.allow(&req, Access::Read)?;
                 let desired = self.blocking(|s| s.desired_state(None)).await?;
                 Ok(Response::new(self.hub.topology(&desired)))
             }
@@ -326,34 +337,40 @@ macro_rules! control_plane {
                 &self,
                 req: Request<ListPathHealthRequest>,
             ) -> Result<Response<ListPathHealthResponse>, Status> {
+                self.allow(&req, Access::Read)?;
                 let paths = self.hub.path_health(&req.into_inner().site_id);
                 Ok(Response::new(ListPathHealthResponse { paths }))
             }
             $(
             async fn $create(&self, req: Request<$CreateReq>) -> Result<Response<$CreateResp>, Status> {
+                self.allow(&req, Access::Write)?;
                 let mut r = self.create::<$ty>(req.into_inner().$field).await?;
                 self.observe(std::slice::from_mut(&mut r)).await?;
                 tracing::info!(kind = <$ty as Resource>::KIND, name = name_of(&r), "created");
                 Ok(Response::new($CreateResp { $field: Some(r) }))
             }
             async fn $get(&self, req: Request<$GetReq>) -> Result<Response<$GetResp>, Status> {
+                self.allow(&req, Access::Read)?;
                 let mut r = self.get::<$ty>(req.into_inner().name).await?;
                 self.observe(std::slice::from_mut(&mut r)).await?;
                 Ok(Response::new($GetResp { $field: Some(r) }))
             }
             async fn $list(&self, req: Request<$ListReq>) -> Result<Response<$ListResp>, Status> {
+                self.allow(&req, Access::Read)?;
                 let req = req.into_inner();
                 let (mut items, next_page_token) = self.list::<$ty>(req.page_size, req.page_token).await?;
                 self.observe(&mut items).await?;
                 Ok(Response::new($ListResp { $list_field: items, next_page_token }))
             }
             async fn $update(&self, req: Request<$UpdateReq>) -> Result<Response<$UpdateResp>, Status> {
+                self.allow(&req, Access::Write)?;
                 let mut r = self.update::<$ty>(req.into_inner().$field).await?;
                 self.observe(std::slice::from_mut(&mut r)).await?;
                 tracing::info!(kind = <$ty as Resource>::KIND, name = name_of(&r), "updated");
                 Ok(Response::new($UpdateResp { $field: Some(r) }))
             }
             async fn $delete(&self, req: Request<$DeleteReq>) -> Result<Response<$DeleteResp>, Status> {
+                self.allow(&req, Access::Write)?;
                 let req = req.into_inner();
                 self.delete::<$ty>(req.name.clone(), req.resource_version).await?;
                 tracing::info!(kind = <$ty as Resource>::KIND, name = req.name, "deleted");

@@ -1,9 +1,22 @@
-//! Bearer-token authentication of the public API.
+//! Who a caller is, and what it may do.
+//!
+//! Three roles: *admin* (the whole API), *viewer* (the API's reads and the
+//! event feed) and *data plane of site X* (`DataplaneSync` for site X, and
+//! nothing else). Admin and viewer present a bearer token each. A data
+//! plane presents its site's token, `pdp1.<site_id>.<mac>`, where the mac is
+//! HMAC-SHA256 over the site id under the control plane's data-plane key
+//! (so the control plane keeps no per-site state and whoever holds the key,
+//! the operator, can make a site's token without asking), or a client
+//! certificate naming its site (URI SAN `spiffe://patronus/site/<site_id>`)
+//! under mutual TLS. A server configured with no token and no key is open:
+//! every caller is admin, except that a certificate naming a site still
+//! makes its holder that site's data plane only.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
+use base64::Engine as _;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
@@ -46,18 +59,6 @@ impl BearerToken {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
-    /// The interceptor check: UNAUTHENTICATED unless the request carries this token.
-    #[allow(clippy::result_large_err)] // tonic's interceptor signature
-    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        self.verify(header)
-            .map(|()| req)
-            .map_err(Status::unauthenticated)
-    }
-
     /// Whether an `authorization` header's value presents this token
     /// (compared in constant time); why not, when it does not.
     pub fn verify(&self, authorization: Option<&str>) -> Result<(), &'static str> {
@@ -66,5 +67,209 @@ impl BearerToken {
             Some(_) => Err("invalid bearer token"),
             None => Err("missing bearer token (authorization: Bearer <token>)"),
         }
+    }
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// The API's reads and the event feed.
+    Viewer,
+    /// `DataplaneSync` for this site only.
+    Dataplane(String),
+}
+
+impl Role {
+    /// The role's name in metrics and messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+            Role::Dataplane(_) => "dataplane",
+        }
+    }
+}
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A read of the API (get, list, the event feed, status).
+    Read,
+    /// A write of the API.
+    Write,
+}
+
+/// The prefix of a data plane's token.
+const DATAPLANE_TOKEN_PREFIX: &str = "pdp1.";
+/// The URI SAN prefix of a data plane's certificate; the site id follows.
+pub const DATAPLANE_CERT_URI: &str = "spiffe://patronus/site/";
+
+/// The key that makes and checks the data planes' per-site tokens.
+/// Never logged: Debug shows nothing of it.
+#[derive(Clone)]
+pub struct DataplaneKey(ring::hmac::Key);
+
+impl std::fmt::Debug for DataplaneKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataplaneKey")
+    }
+}
+
+impl DataplaneKey {
+    /// A key from its text (at least 32 printable characters).
+    pub fn new(text: &str) -> anyhow::Result<DataplaneKey> {
+        let text = zeroize::Zeroizing::new(text.trim().to_owned());
+        if text.len() < 32 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            bail!("the data-plane key must be at least 32 printable characters without spaces");
+        }
+        Ok(DataplaneKey(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            text.as_bytes(),
+        )))
+    }
+
+    /// Reads the key from a file only its owner (and group) can read.
+    pub fn from_file(path: &Path) -> anyhow::Result<DataplaneKey> {
+        let text = read_secret(path, Readers::OwnerAndGroup)?;
+        DataplaneKey::new(&text).with_context(|| path.display().to_string())
+    }
+
+    /// The token of the data planes of `site_id`. A secret: never log it.
+    pub fn token_for(&self, site_id: &str) -> String {
+        let tag = ring::hmac::sign(&self.0, site_id.as_bytes());
+        format!(
+            "{DATAPLANE_TOKEN_PREFIX}{site_id}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
+    }
+
+    /// The site whose token `token` is, if it is one.
+    fn site_of(&self, token: &str) -> Option<String> {
+        let rest = token.strip_prefix(DATAPLANE_TOKEN_PREFIX)?;
+        let (site, tag) = rest.rsplit_once('.')?;
+        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tag)
+            .ok()?;
+        ring::hmac::verify(&self.0, site.as_bytes(), &tag).ok()?;
+        Some(site.to_owned())
+    }
+}
+
+/// Recognises callers: their bearer token, or their client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    /// The admin token.
+    pub admin: Option<BearerToken>,
+    /// The viewer token.
+    pub viewer: Option<BearerToken>,
+    /// The key of the data planes' tokens.
+    pub dataplanes: Option<DataplaneKey>,
+}
+
+impl Authenticator {
+    /// Whether any credential is configured (otherwise the server is open).
+    fn closed(&self) -> bool {
+        self.admin.is_some() || self.viewer.is_some() || self.dataplanes.is_some()
+    }
+
+    /// The interceptor: the caller's [`Role`] goes into the request's
+    /// extensions; UNAUTHENTICATED when it has none.
+    #[allow(clippy::result_large_err)] // tonic's interceptor signature
+    pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let role = self.role_of(&req)?;
+        req.extensions_mut().insert(role);
+        Ok(req)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn role_of(&self, req: &Request<()>) -> Result<Role, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) {
+            if let Some(site) = self.dataplanes.as_ref().and_then(|k| k.site_of(token)) {
+                return Ok(Role::Dataplane(site));
+            }
+            for (known, role) in [(&self.admin, Role::Admin), (&self.viewer, Role::Viewer)] {
+                if known.as_ref().is_some_and(|t| t.verify(header).is_ok()) {
+                    return Ok(role);
+                }
+            }
+            if self.closed() {
+                return Err(Status::unauthenticated("invalid bearer token"));
+            }
+        }
+        if let Some(site) = certified_site(req) {
+            return Ok(Role::Dataplane(site));
+        }
+        if self.closed() {
+            return Err(Status::unauthenticated(
+                "missing bearer token (authorization: Bearer <token>) or data-plane certificate",
+            ));
+        }
+        Ok(Role::Admin)
+    }
+}
+
+/// The site a verified client certificate names in a URI SAN
+/// ([`DATAPLANE_CERT_URI`]), if any.
+fn certified_site(req: &Request<()>) -> Option<String> {
+    let certs = req.peer_certs()?;
+    let leaf = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => uri
+            .strip_prefix(DATAPLANE_CERT_URI)
+            .filter(|site| crate::validate::is_dns_label(site))
+            .map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// The role the interceptor found for `req`.
+#[allow(clippy::result_large_err)]
+pub fn caller<T>(req: &Request<T>) -> Result<Role, Status> {
+    // Every service is behind the interceptor: no role means a wiring bug,
+    // which must not open anything.
+    req.extensions()
+        .get::<Role>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the caller was not authenticated"))
+}
+
+/// Lets `role` read or write the API, or says why not.
+pub fn authorize_api(role: &Role, access: Access) -> Result<(), Denied> {
+    match (role, access) {
+        (Role::Admin, _) | (Role::Viewer, Access::Read) => Ok(()),
+        (role, Access::Read) => Err(Denied(role.name(), "the API".into())),
+        (role, Access::Write) => Err(Denied(role.name(), "changes to the API".into())),
+    }
+}
+
+/// Lets `role` sync as a data plane of `site_id`, or says why not.
+pub fn authorize_site(role: &Role, site_id: &str) -> Result<(), Denied> {
+    match role {
+        Role::Admin => Ok(()),
+        Role::Dataplane(site) if site == site_id => Ok(()),
+        Role::Dataplane(site) => Err(Denied(
+            "dataplane",
+            format!("site {site_id:?} (this credential is site {site:?}'s)"),
+        )),
+        role => Err(Denied(role.name(), "data-plane sync".into())),
+    }
+}
+
+/// Why a call was refused: the role, and what it tried.
+#[derive(Debug)]
+pub struct Denied(pub &'static str, pub String);
+
+impl Denied {
+    /// The gRPC status the caller receives.
+    pub fn status(&self) -> Status {
+        Status::permission_denied(format!("the {} role may not use {}", self.0, self.1))
     }
 }

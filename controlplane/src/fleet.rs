@@ -391,6 +391,15 @@ impl Collector for FleetCollector {
             .collect();
         family(
             &mut enc,
+            "patronus_controlplane_permission_denied",
+            "Calls refused because the caller's role may not make them (a data plane for another site, a viewer writing).",
+            MetricType::Counter,
+            self.0
+                .denials()
+                .map(|(role, n)| ([("role", role.to_owned())], n)),
+        )?;
+        family(
+            &mut enc,
             "patronus_tunnel_status",
             "1 for the tunnel's current status (up or down), as its data plane last reported.",
             MetricType::Gauge,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use patronus_controlplane::auth::BearerToken;
+use patronus_controlplane::auth::{BearerToken, DataplaneKey};
 use patronus_controlplane::server;
 use patronus_controlplane::store::Store;
 use patronus_proto::logging::{self, LogArgs};
@@ -39,6 +39,15 @@ struct Cli {
     /// Require client certificates issued by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// File holding the viewer's bearer token: the API's reads and the
+    /// event feed, nothing else (same file rules as --token-file).
+    #[arg(long, value_name = "FILE")]
+    viewer_token_file: Option<PathBuf>,
+    /// File holding the key that makes and checks each site's data-plane
+    /// token (`patronusctl dataplane-token` makes one from it); a data plane
+    /// presenting it may sync its own site only. At least 32 characters.
+    #[arg(long, value_name = "FILE")]
+    dataplane_key_file: Option<PathBuf>,
     /// File holding the bearer token `/metrics` scrapers must present (mode
     /// 600 or 640); without it `/metrics` is open. `/healthz` stays open.
     #[arg(long, value_name = "FILE")]
@@ -81,6 +90,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if token.is_none() {
         tracing::warn!("no --token-file: the API accepts unauthenticated requests");
     }
+    let viewer_token = cli
+        .viewer_token_file
+        .as_deref()
+        .map(BearerToken::from_file)
+        .transpose()
+        .context("--viewer-token-file")?;
+    let dataplane_key = cli
+        .dataplane_key_file
+        .as_deref()
+        .map(DataplaneKey::from_file)
+        .transpose()
+        .context("--dataplane-key-file")?;
     let metrics_token = cli
         .metrics_token_file
         .as_deref()
@@ -119,6 +140,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let settings = server::Settings {
             token,
+            viewer_token,
+            dataplane_key,
             tls,
             metrics_token,
             dataplane_expiry: std::time::Duration::from_secs(cli.dataplane_expiry_s),

@@ -17,7 +17,7 @@ use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
 use crate::api::Api;
-use crate::auth::BearerToken;
+use crate::auth::{Authenticator, BearerToken, DataplaneKey};
 use crate::store::Store;
 use crate::sync::{Hub, Sync, DATAPLANE_EXPIRY};
 
@@ -32,8 +32,13 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How the server runs, besides where it listens.
 #[derive(Debug)]
 pub struct Settings {
-    /// The token API and sync clients must present; `None`: open.
+    /// The admin token (the whole API, and sync for any site).
     pub token: Option<BearerToken>,
+    /// The viewer token (the API's reads and the event feed).
+    pub viewer_token: Option<BearerToken>,
+    /// The key of the data planes' per-site tokens. With no token and no
+    /// key the server is open (every caller is admin).
+    pub dataplane_key: Option<DataplaneKey>,
     /// TLS (mutual TLS when it names client CAs); `None`: clear text.
     pub tls: Option<ServerTlsConfig>,
     /// The token `/metrics` scrapers must present; `None`: open.
@@ -46,6 +51,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             token: None,
+            viewer_token: None,
+            dataplane_key: None,
             tls: None,
             metrics_token: None,
             dataplane_expiry: DATAPLANE_EXPIRY,
@@ -68,6 +75,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let Settings {
         token,
+        viewer_token,
+        dataplane_key,
         tls,
         metrics_token,
         dataplane_expiry,
@@ -82,13 +91,14 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    #[allow(clippy::result_large_err)] // tonic's interceptor signature
-    let authenticate = move |req: Request<()>| -> Result<Request<()>, Status> {
-        match &token {
-            Some(t) => t.check(req),
-            None => Ok(req),
-        }
+    let authenticator = Authenticator {
+        admin: token,
+        viewer: viewer_token,
+        dataplanes: dataplane_key,
     };
+    #[allow(clippy::result_large_err)] // tonic's interceptor signature
+    let authenticate =
+        move |req: Request<()>| -> Result<Request<()>, Status> { authenticator.authenticate(req) };
     let hub = Hub::start(store.clone(), dataplane_expiry);
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     if let Some(metrics) = metrics {

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{authorize_site, caller, Denied};
 use crate::events::EventLog;
 use crate::store::{DesiredState, Store, StoreError};
 
@@ -103,6 +104,8 @@ pub struct Hub {
     store: Arc<Store>,
     state: Mutex<HubState>,
     expiry: Duration,
+    /// Calls refused for their role, by role (admin, viewer, dataplane).
+    denied: [std::sync::atomic::AtomicU64; 3],
     dirty: Arc<Notify>,
     /// Everything that happened, for WatchEvents.
     pub events: EventLog,
@@ -123,6 +126,7 @@ impl Hub {
             store,
             state: Mutex::new(HubState::default()),
             expiry,
+            denied: Default::default(),
             dirty: dirty.clone(),
             events: EventLog::default(),
         });
@@ -151,6 +155,31 @@ impl Hub {
             }
         });
         hub
+    }
+
+    /// Counts and logs a call refused for its role; the caller's status.
+    pub(crate) fn refuse(&self, denied: &Denied) -> Status {
+        let slot = match denied.0 {
+            "admin" => 0,
+            "viewer" => 1,
+            _ => 2,
+        };
+        self.denied[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(role = denied.0, tried = denied.1, "permission denied");
+        denied.status()
+    }
+
+    /// Calls refused for their role: (role, count).
+    pub(crate) fn denials(&self) -> [(&'static str, u64); 3] {
+        let n = |i: usize| self.denied[i].load(std::sync::atomic::Ordering::Relaxed);
+        [("admin", n(0)), ("viewer", n(1)), ("dataplane", n(2))]
+    }
+
+    /// Lets the caller of `req` sync as a data plane of `site_id`.
+    #[allow(clippy::result_large_err)]
+    fn allow_site<T>(&self, req: &Request<T>, site_id: &str) -> Result<(), Status> {
+        let role = caller(req)?;
+        authorize_site(&role, site_id).map_err(|d| self.refuse(&d))
     }
 
     /// Why the store's database is unusable, while it is.
@@ -550,6 +579,7 @@ impl DataplaneSync for Sync {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Subscription>, Status> {
+        self.hub.allow_site(&req, &req.get_ref().site_id)?;
         let req = req.into_inner();
         check_ids(&req.site_id, &req.dataplane_id)?;
         let hub = self.hub.clone();
@@ -576,6 +606,7 @@ impl DataplaneSync for Sync {
         &self,
         req: Request<AcknowledgeRequest>,
     ) -> Result<Response<AcknowledgeResponse>, Status> {
+        self.hub.allow_site(&req, &req.get_ref().site_id)?;
         let req = req.into_inner();
         check_ids(&req.site_id, &req.dataplane_id)?;
         let result = AckResult::try_from(req.result).unwrap_or(AckResult::Unspecified);
@@ -630,8 +661,10 @@ impl DataplaneSync for Sync {
         &self,
         req: Request<Streaming<TelemetryReport>>,
     ) -> Result<Response<ReportResponse>, Status> {
+        let role = caller(&req)?;
         let mut stream = req.into_inner();
         while let Some(report) = stream.message().await? {
+            authorize_site(&role, &report.site_id).map_err(|d| self.hub.refuse(&d))?;
             check_ids(&report.site_id, &report.dataplane_id)?;
             let paths: usize = report.peers.iter().map(|p| p.paths.len()).sum();
             if report.peers.len() > MAX_REPORTED_PEERS

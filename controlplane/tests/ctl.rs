@@ -192,3 +192,65 @@ fn patronusctl_speaks_mutual_tls() {
         "no client certificate, no service"
     );
 }
+
+#[test]
+fn a_data_plane_token_and_a_viewer_token_get_only_their_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::token_file(dir.path(), "patronusctl-admin-token-42");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path
+    };
+    let viewer = write("viewer", "patronusctl-viewer-token-42\n");
+    let key = write(
+        "dataplane.key",
+        "a-data-plane-key-of-at-least-32-characters\n",
+    );
+    let server = common::start_with(
+        &dir.path().join("cp.redb"),
+        &[
+            "--token-file".into(),
+            admin.clone().into(),
+            "--viewer-token-file".into(),
+            viewer.clone().into(),
+            "--dataplane-key-file".into(),
+            key.clone().into(),
+        ],
+    );
+    let manifest = write("site.yaml", MANIFEST);
+    let (ok, _, err) = ctl(
+        &server.addr,
+        &admin,
+        &["apply", "-f", manifest.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+
+    // The viewer reads and may not write.
+    let (ok, out, err) = ctl(&server.addr, &viewer, &["get", "sites"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("us-east-prod"), "{out}");
+    let (ok, _, err) = ctl(&server.addr, &viewer, &["delete", "site", "us-east-prod"]);
+    assert!(!ok);
+    assert!(err.contains("viewer role may not"), "{err}");
+
+    // A site's token, made offline from the key, is a data plane's: no API.
+    let made = Command::new(env!("CARGO_BIN_EXE_patronusctl"))
+        .args(["dataplane-token", "us-east-prod", "--key-file"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let token = String::from_utf8(made.stdout).unwrap();
+    assert!(token.starts_with("pdp1.us-east-prod."), "{token}");
+    let dataplane = write("dataplane.token", &token);
+    let (ok, _, err) = ctl(&server.addr, &dataplane, &["get", "sites"]);
+    assert!(!ok);
+    assert!(err.contains("dataplane role may not"), "{err}");
+}

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use patronus_controlplane::store::Store;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
-use patronus_proto::v1::ListSitesRequest;
+use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
+use patronus_proto::v1::{ListSitesRequest, SubscribeRequest};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -31,9 +32,19 @@ fn ca(name: &str) -> Ca {
 
 /// A leaf certificate for `names`, signed by `ca`: (cert PEM, key PEM).
 fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
+    leaf_with_uri(ca, names, None)
+}
+
+/// [`leaf`], with a URI SAN as well.
+fn leaf_with_uri(ca: &Ca, names: &[&str], uri: Option<&str>) -> (String, String) {
     let key = KeyPair::generate().unwrap();
-    let params =
+    let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    if let Some(uri) = uri {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+    }
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -134,4 +145,68 @@ async fn mutual_tls_admits_only_clients_of_the_configured_ca() {
     )
     .await
     .is_err());
+}
+
+#[tokio::test]
+async fn a_certificate_naming_a_site_is_that_sites_data_plane_and_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (ca("server CA"), ca("client CA"));
+    let (cert, key) = leaf(&server_ca, &["localhost"]);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path
+    };
+    let tls = patronus_controlplane::server::tls_config(
+        &write("cert.pem", &cert),
+        &write("key.pem", &key),
+        Some(&write("client-ca.pem", &client_ca.pem)),
+    )
+    .unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(patronus_controlplane::server::serve(
+        listener,
+        None,
+        store,
+        patronus_controlplane::server::Settings {
+            tls: Some(tls),
+            ..Default::default()
+        },
+        std::future::pending(),
+    ));
+    let (gw_cert, gw_key) = leaf_with_uri(
+        &client_ca,
+        &["gw-1.branch"],
+        Some("spiffe://patronus/site/branch"),
+    );
+    let channel = Channel::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&server_ca.pem))
+                .domain_name("localhost")
+                .identity(Identity::from_pem(&gw_cert, &gw_key)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut sync = DataplaneSyncClient::new(channel.clone());
+    let subscribe = |site: &str| SubscribeRequest {
+        site_id: site.into(),
+        dataplane_id: "gw-1".into(),
+    };
+    sync.subscribe(subscribe("branch")).await.unwrap();
+    let denied = sync.subscribe(subscribe("hq")).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    // The server is open to other certificates of its CA, not to this one.
+    let denied = ControlPlaneClient::new(channel)
+        .list_sites(ListSitesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
 }

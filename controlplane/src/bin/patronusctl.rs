@@ -115,6 +115,17 @@ enum Command {
         /// Its name.
         name: String,
     },
+    /// Prints the token with which the data planes of SITE may sync that
+    /// site only, made from the control plane's data-plane key (the file it
+    /// runs with as --dataplane-key-file). Computed here: nothing is asked of
+    /// the server. Put it in the data plane's `controlplane.token_file`.
+    DataplaneToken {
+        /// The site id.
+        site: String,
+        /// The control plane's data-plane key file.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +202,20 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
 }
 
 /// Runs the command; Ok(false) when some documents failed (already reported).
+/// Prints a site's data-plane token, made from the key file.
+fn dataplane_token(site: &str, key_file: &std::path::Path) -> anyhow::Result<bool> {
+    if !patronus_controlplane::validate::is_dns_label(site) {
+        anyhow::bail!("{site:?} is not a site id");
+    }
+    let key = patronus_controlplane::auth::DataplaneKey::from_file(key_file)?;
+    println!("{}", zeroize::Zeroizing::new(key.token_for(site)).as_str());
+    Ok(true)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Command::DataplaneToken { site, key_file } = &cli.command {
+        return dataplane_token(site, key_file);
+    }
     let mut client = connect(&cli).await?;
     match cli.command {
         Command::Apply { files } => apply(&mut client, &files).await,
@@ -393,6 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             );
             Ok(true)
         }
+        Command::DataplaneToken { .. } => unreachable!("answered above, without a server"),
         Command::Delete { kind, name } => {
             let result = match kind {
                 Kind::Site => client
