@@ -216,13 +216,16 @@ def one(docs, kind, name=None):
     return found[0]
 default, custom = load(sys.argv[1]), load(sys.argv[2])
 
-# Defaults: a generated token, two operators, cluster-wide RBAC, clear text.
-secret = one(default, "Secret")
-assert secret["metadata"]["name"] == "patronus-controlplane-token"
+# Defaults: a generated token and data-plane key, two operators, cluster-wide
+# RBAC, clear text.
+secrets = sorted(d["metadata"]["name"] for d in default if d["kind"] == "Secret")
+assert secrets == ["patronus-controlplane-dataplane-key", "patronus-controlplane-token"], secrets
 op = one(default, "Deployment")
 assert op["spec"]["replicas"] == 2
 args = op["spec"]["template"]["spec"]["containers"][0]["command"]
-assert args[args.index("--dataplane-token-secret") + 1] == "patronus-controlplane-token"
+# Data planes get per-site tokens made from the key, never the admin token.
+assert "--dataplane-token-secret" not in args
+assert args[args.index("--dataplane-key-file") + 1] == "/var/run/patronus/dataplane-key/key"
 assert args[args.index("--controlplane") + 1].startswith("http://")
 assert "--tls-ca" not in args and "--watch-namespace" not in args
 # Clear text without a TLS Secret, and said so: clients refuse it otherwise.
@@ -241,15 +244,17 @@ for workload in (op, cp):
     assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert {"name": "token", "mountPath": "/var/run/patronus/token", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "dataplane-key", "mountPath": "/var/run/patronus/dataplane-key", "readOnly": True} in c["volumeMounts"]
+cargs = cp["spec"]["template"]["spec"]["containers"][0]["command"]
+assert cargs[cargs.index("--dataplane-key-file") + 1] == "/var/run/patronus/dataplane-key/key"
 
 # Custom: existing token Secret, TLS, one watched namespace, no PodMonitor.
 secrets = [d["metadata"]["name"] for d in custom if d["kind"] == "Secret"]
-assert secrets == ["sdwan-alertmanager"], "a token Secret rendered despite existingSecret: %s" % secrets
+assert secrets == ["sdwan-alertmanager"], "a token or key Secret rendered despite existing ones: %s" % secrets
 assert not [d for d in custom if d["kind"] in ("PodMonitor", "ClusterRoleBinding")]
 op = one(custom, "Deployment")
 assert op["spec"]["replicas"] == 3
 args = op["spec"]["template"]["spec"]["containers"][0]["command"]
-assert args[args.index("--dataplane-token-secret") + 1] == "sdwan-api-token"
 assert args[args.index("--watch-namespace") + 1] == "sites"
 assert args[args.index("--tls-ca") + 1] == "/var/run/patronus/tls/ca.crt"
 assert args[args.index("--dataplane-tls-ca-secret") + 1] == "sdwan-controlplane-tls"
@@ -271,6 +276,8 @@ cargs = cp["spec"]["template"]["spec"]["containers"][0]["command"]
 assert "--tls-cert" in cargs and "--tls-key" in cargs
 claim = cp["spec"]["volumeClaimTemplates"][0]["spec"]
 assert claim["storageClassName"] == "fast-ssd" and claim["resources"]["requests"]["storage"] == "5Gi"
+key = [v for v in cp["spec"]["template"]["spec"]["volumes"] if v["name"] == "dataplane-key"][0]
+assert key["secret"]["secretName"] == "sdwan-dataplane-key", key
 token = [v for v in cp["spec"]["template"]["spec"]["volumes"] if v["name"] == "token"][0]
 assert token["secret"] == {"secretName": "sdwan-api-token", "defaultMode": 0o440,
                            "items": [{"key": "token", "path": "token"}]}, token

@@ -16,7 +16,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use base64::Engine as _;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
@@ -101,61 +100,10 @@ pub enum Access {
     Write,
 }
 
-/// The prefix of a data plane's token.
-const DATAPLANE_TOKEN_PREFIX: &str = "pdp1.";
 /// The URI SAN prefix of a data plane's certificate; the site id follows.
 pub const DATAPLANE_CERT_URI: &str = "spiffe://patronus/site/";
 
-/// The key that makes and checks the data planes' per-site tokens.
-/// Never logged: Debug shows nothing of it.
-#[derive(Clone)]
-pub struct DataplaneKey(ring::hmac::Key);
-
-impl std::fmt::Debug for DataplaneKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataplaneKey")
-    }
-}
-
-impl DataplaneKey {
-    /// A key from its text (at least 32 printable characters).
-    pub fn new(text: &str) -> anyhow::Result<DataplaneKey> {
-        let text = zeroize::Zeroizing::new(text.trim().to_owned());
-        if text.len() < 32 || !text.bytes().all(|b| b.is_ascii_graphic()) {
-            bail!("the data-plane key must be at least 32 printable characters without spaces");
-        }
-        Ok(DataplaneKey(ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            text.as_bytes(),
-        )))
-    }
-
-    /// Reads the key from a file only its owner (and group) can read.
-    pub fn from_file(path: &Path) -> anyhow::Result<DataplaneKey> {
-        let text = read_secret(path, Readers::OwnerAndGroup)?;
-        DataplaneKey::new(&text).with_context(|| path.display().to_string())
-    }
-
-    /// The token of the data planes of `site_id`. A secret: never log it.
-    pub fn token_for(&self, site_id: &str) -> String {
-        let tag = ring::hmac::sign(&self.0, site_id.as_bytes());
-        format!(
-            "{DATAPLANE_TOKEN_PREFIX}{site_id}.{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
-        )
-    }
-
-    /// The site whose token `token` is, if it is one.
-    fn site_of(&self, token: &str) -> Option<String> {
-        let rest = token.strip_prefix(DATAPLANE_TOKEN_PREFIX)?;
-        let (site, tag) = rest.rsplit_once('.')?;
-        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(tag)
-            .ok()?;
-        ring::hmac::verify(&self.0, site.as_bytes(), &tag).ok()?;
-        Some(site.to_owned())
-    }
-}
+pub use patronus_proto::secrets::DataplaneKey;
 
 /// Recognises callers: their bearer token, or their client certificate.
 #[derive(Debug, Clone, Default)]

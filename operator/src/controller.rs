@@ -347,6 +347,7 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
         let synced = controlplane::sync(&mut cp, controlplane::site(&site)?).await?;
         announce(&ctx, site.as_ref(), &synced).await;
         let public_key = dataplane::ensure_key(&ctx.client, &site).await?;
+        dataplane::ensure_token(&ctx.client, &site, &ctx.settings).await?;
         dataplane::apply(&ctx.client, &site, &ctx.settings, &sizing).await?;
         let view = synced.resource().status.unwrap_or_default();
         let status = SiteStatus {

@@ -22,6 +22,7 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use patronus_proto::logging::LogFormat;
+use patronus_proto::secrets::DataplaneKey;
 use zeroize::Zeroizing;
 
 use crate::crd::Site;
@@ -65,8 +66,12 @@ pub struct Settings {
     pub image: String,
     /// The control plane as the data planes reach it (`http://host:port`).
     pub controlplane: String,
-    /// A Secret (key `token`) holding the control plane's bearer token.
+    /// A Secret (key `token`) holding a bearer token shared by every data
+    /// plane; ignored when `dataplane_key` is set.
     pub token_secret: Option<String>,
+    /// The control plane's data-plane key: each site's data planes get a
+    /// token for that site only, in a Secret the Site owns.
+    pub dataplane_key: Option<DataplaneKey>,
     /// A Secret whose `ca.crt` the control plane's certificate chains to
     /// (for an `https://` control plane).
     pub tls_ca_secret: Option<String>,
@@ -97,6 +102,7 @@ impl Default for Settings {
             image: "ghcr.io/patronus/patronus:0.1.0".into(),
             controlplane: "http://patronus-controlplane:50051".into(),
             token_secret: None,
+            dataplane_key: None,
             tls_ca_secret: None,
             insecure: false,
             cpus: 2,
@@ -208,6 +214,59 @@ pub fn workload_name(site: &Site) -> String {
     format!("{}-dataplane", site.name_any())
 }
 
+/// The name of the Secret holding the site's own control-plane token.
+pub fn token_secret_name(site: &Site) -> String {
+    format!("{}-controlplane-token", site.name_any())
+}
+
+/// The Secret the site's data planes take their control-plane token from:
+/// the site's own when there is a data-plane key, else the shared one.
+fn token_secret_of(site: &Site, settings: &Settings) -> Option<String> {
+    match &settings.dataplane_key {
+        Some(_) => Some(token_secret_name(site)),
+        None => settings.token_secret.clone(),
+    }
+}
+
+/// The Secret holding the site's own token (valid for its site id only),
+/// owned by the site.
+pub fn token_secret(site: &Site, key: &DataplaneKey) -> Secret {
+    let token = Zeroizing::new(key.token_for(&site.spec.site_id));
+    Secret {
+        metadata: owned_meta(site, token_secret_name(site)),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            TOKEN_FIELD.into(),
+            ByteString(format!("{}\n", token.as_str()).into_bytes()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Server-side-applies the site's own token Secret when there is a
+/// data-plane key (a changed site id or key replaces the token).
+///
+/// # Errors
+/// The API refused it.
+pub async fn ensure_token(
+    client: &kube::Client,
+    site: &Site,
+    settings: &Settings,
+) -> Result<(), Error> {
+    let Some(key) = &settings.dataplane_key else {
+        return Ok(());
+    };
+    let ns = site.namespace().unwrap_or_default();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .patch(
+            &token_secret_name(site),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&token_secret(site, key)),
+        )
+        .await?;
+    Ok(())
+}
+
 /// The name of the Secret holding the site's WireGuard private key.
 pub fn key_secret_name(site: &Site) -> String {
     format!("{}-wireguard", site.name_any())
@@ -240,7 +299,7 @@ pub fn config_toml(site: &Site, settings: &Settings) -> String {
     let mut controlplane = toml::Table::new();
     controlplane.insert("server".into(), settings.controlplane.clone().into());
     controlplane.insert("site_id".into(), site.spec.site_id.clone().into());
-    if settings.token_secret.is_some() {
+    if token_secret_of(site, settings).is_some() {
         controlplane.insert(
             "token_file".into(),
             format!("{TOKEN_DIR}/{TOKEN_FIELD}").into(),
@@ -389,9 +448,9 @@ pub fn deployment(site: &Site, settings: &Settings, sizing: &Sizing, config: &st
         empty_dir("hugepages", Some("HugePages-2Mi")),
         empty_dir("dpdk-runtime", None),
     ];
-    if let Some(token) = &settings.token_secret {
+    if let Some(token) = token_secret_of(site, settings) {
         mounts.push(mount("controlplane-token", TOKEN_DIR, true));
-        volumes.push(secret_volume("controlplane-token", token.clone()));
+        volumes.push(secret_volume("controlplane-token", token));
     }
     if let Some(ca) = &settings.tls_ca_secret {
         mounts.push(mount("controlplane-ca", TLS_DIR, true));

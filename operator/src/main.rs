@@ -51,9 +51,16 @@ struct Cli {
     /// The control plane as data planes reach it (default: --controlplane).
     #[arg(long, value_name = "URL")]
     dataplane_controlplane: Option<String>,
-    /// Secret (key `token`) with the control plane's bearer token, mounted into data planes.
-    #[arg(long, value_name = "NAME")]
+    /// Secret (key `token`) with a bearer token mounted into every data
+    /// plane alike. Prefer --dataplane-key-file: with a shared token one
+    /// compromised gateway speaks for every site.
+    #[arg(long, value_name = "NAME", conflicts_with = "dataplane_key_file")]
     dataplane_token_secret: Option<String>,
+    /// The control plane's data-plane key (its --dataplane-key-file): each
+    /// Site's data plane gets a token valid for that site only, in a Secret
+    /// `<site>-controlplane-token` the Site owns.
+    #[arg(long, value_name = "FILE")]
+    dataplane_key_file: Option<PathBuf>,
     /// Send the token over clear text (http://) to a control plane off
     /// loopback, from the operator and from the data planes it deploys.
     #[arg(long)]
@@ -133,6 +140,12 @@ fn settings(cli: &Cli) -> anyhow::Result<dataplane::Settings> {
             .clone()
             .unwrap_or_else(|| cli.controlplane.clone()),
         token_secret: cli.dataplane_token_secret.clone(),
+        dataplane_key: cli
+            .dataplane_key_file
+            .as_deref()
+            .map(patronus_proto::secrets::DataplaneKey::from_file)
+            .transpose()
+            .context("--dataplane-key-file")?,
         tls_ca_secret: cli.dataplane_tls_ca_secret.clone(),
         insecure: cli.insecure,
         cpus: cli.dataplane_cpus,

@@ -304,3 +304,45 @@ fn extended_resources_are_parsed_with_clear_errors() {
         assert!(parse_extra_resource(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn with_a_data_plane_key_each_site_gets_a_token_for_itself_only() {
+    let site = site(&[]);
+    let key = DataplaneKey::new("a-data-plane-key-of-at-least-32-characters").unwrap();
+    let s = Settings {
+        dataplane_key: Some(key.clone()),
+        ..settings()
+    };
+    let secret = token_secret(&site, &key);
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some("us-east-controlplane-token")
+    );
+    assert_eq!(
+        secret.metadata.owner_references.as_ref().unwrap()[0].name,
+        "us-east",
+        "the Site owns it: deleting the Site deletes it"
+    );
+    let token = String::from_utf8(secret.data.as_ref().unwrap()["token"].0.clone()).unwrap();
+    assert_eq!(key.site_of(token.trim()).as_deref(), Some("us-east-1"));
+
+    // The data plane mounts the site's own Secret, not the shared one.
+    let d = deployment(&site, &s, &sizing(&site, &s).unwrap(), "x");
+    let pod = d.spec.template.spec.as_ref().unwrap();
+    let token_volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "controlplane-token")
+        .unwrap();
+    assert_eq!(
+        token_volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("us-east-controlplane-token")
+    );
+    let config: toml::Table = toml::from_str(&config_toml(&site, &s)).unwrap();
+    assert_eq!(
+        config["controlplane"]["token_file"].as_str(),
+        Some("/var/run/patronus/token/token")
+    );
+}

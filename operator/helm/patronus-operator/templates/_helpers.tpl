@@ -86,6 +86,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.controlplane.auth.existingSecret | default (printf "%s-token" (include "patronus.controlplane.fullname" .)) -}}
 {{- end -}}
 
+{{/* The Secret holding the key of the data planes' per-site tokens (key `key`). */}}
+{{- define "patronus.dataplaneKeySecretName" -}}
+{{- .Values.controlplane.auth.dataplaneKeySecret | default (printf "%s-dataplane-key" (include "patronus.controlplane.fullname" .)) -}}
+{{- end -}}
+
+{{/* The data-plane key volume both the control plane and the operator mount. */}}
+{{- define "patronus.dataplaneKeyVolume" -}}
+- name: dataplane-key
+  secret:
+    secretName: {{ include "patronus.dataplaneKeySecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: key
+        path: key
+{{- end -}}
+
 {{/* Where the operator (and patronusctl inside the cluster) reach the API. */}}
 {{- define "patronus.controlplane.url" -}}
 {{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" (not (empty .Values.controlplane.tls.secretName))) (include "patronus.controlplane.fullname" .) .Release.Namespace (int .Values.controlplane.grpcPort) -}}
