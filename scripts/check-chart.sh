@@ -216,20 +216,31 @@ def one(docs, kind, name=None):
     return found[0]
 default, custom = load(sys.argv[1]), load(sys.argv[2])
 
-# Defaults: a generated token and data-plane key, two operators, cluster-wide
-# RBAC, clear text.
+# Defaults: a generated token, data-plane key and TLS certificate, two
+# operators, cluster-wide RBAC.
 secrets = sorted(d["metadata"]["name"] for d in default if d["kind"] == "Secret")
-assert secrets == ["patronus-controlplane-dataplane-key", "patronus-controlplane-token"], secrets
+assert secrets == ["patronus-controlplane-dataplane-key", "patronus-controlplane-tls",
+                   "patronus-controlplane-token"], secrets
+tls = one(default, "Secret", "patronus-controlplane-tls")
+assert tls["type"] == "kubernetes.io/tls" and set(tls["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+import base64, subprocess
+pem = base64.b64decode(tls["data"]["tls.crt"])
+text = subprocess.run(["openssl", "x509", "-noout", "-text"], input=pem, capture_output=True, check=True).stdout.decode()
+assert "DNS:patronus-controlplane.patronus-system.svc" in text, text
+ca = base64.b64decode(tls["data"]["ca.crt"])
+open(sys.argv[1] + ".ca", "wb").write(ca)
+open(sys.argv[1] + ".crt", "wb").write(pem)
+subprocess.run(["openssl", "verify", "-CAfile", sys.argv[1] + ".ca", sys.argv[1] + ".crt"], check=True, capture_output=True)
 op = one(default, "Deployment")
 assert op["spec"]["replicas"] == 2
 args = op["spec"]["template"]["spec"]["containers"][0]["command"]
 # Data planes get per-site tokens made from the key, never the admin token.
 assert "--dataplane-token-secret" not in args
 assert args[args.index("--dataplane-key-file") + 1] == "/var/run/patronus/dataplane-key/key"
-assert args[args.index("--controlplane") + 1].startswith("http://")
-assert "--tls-ca" not in args and "--watch-namespace" not in args
-# Clear text without a TLS Secret, and said so: clients refuse it otherwise.
-assert "--insecure" in args
+assert args[args.index("--controlplane") + 1].startswith("https://")
+assert args[args.index("--tls-ca") + 1] == "/var/run/patronus/tls/ca.crt"
+assert args[args.index("--dataplane-tls-ca-secret") + 1] == "patronus-controlplane-tls"
+assert "--watch-namespace" not in args and "--insecure" not in args
 assert args[args.index("--dataplane-cpus") + 1] == "2"
 assert args[args.index("--dataplane-hugepages") + 1] == "1Gi"
 assert "--dataplane-config-template" not in args and "--dataplane-networks" not in args
@@ -300,7 +311,37 @@ assert keep["regex"] == "patronus-(operator|controlplane|dataplane)", keep
 stages = {k for stage in job["pipeline_stages"] for k in stage}
 assert {"cri", "json", "timestamp", "labels"} <= stages, stages
 PY
-ok "default and custom values render what they set (token Secret, TLS, watchNamespace, storage class, labels, log format, promtail)"
+ok "default and custom values render what they set (token Secret, generated TLS certificate the CA verifies, watchNamespace, storage class, labels, log format, promtail)"
+
+# 5b. TLS from cert-manager, or clear text when asked for.
+render() { helm template patronus "$chart" --namespace patronus-system "$@" 2>"$tmp/log"; }
+render --set controlplane.tls.generate=cert-manager \
+    --set controlplane.tls.certManager.issuerRef.name=patronus-ca >"$tmp/cm.yaml" ||
+    { cat "$tmp/log" >&2; fail "helm template with cert-manager"; }
+render --set controlplane.tls.generate=none >"$tmp/none.yaml" ||
+    { cat "$tmp/log" >&2; fail "helm template with clear text"; }
+if render --set controlplane.tls.generate=cert-manager >/dev/null; then
+    fail "cert-manager without an issuer rendered"
+fi
+grep -q "issuerRef.name is required" "$tmp/log" || { cat "$tmp/log" >&2; fail "cert-manager without an issuer: no clear message"; }
+python3 - "$tmp/cm.yaml" "$tmp/none.yaml" <<'PY'
+import sys, yaml
+cm, none = ([d for d in yaml.safe_load_all(open(p)) if d] for p in sys.argv[1:])
+cert = [d for d in cm if d["kind"] == "Certificate"]
+assert len(cert) == 1 and cert[0]["apiVersion"] == "cert-manager.io/v1", cert
+spec = cert[0]["spec"]
+assert spec["secretName"] == "patronus-controlplane-tls", spec
+assert "patronus-controlplane.patronus-system.svc" in spec["dnsNames"], spec
+assert spec["issuerRef"] == {"name": "patronus-ca", "kind": "Issuer", "group": "cert-manager.io"}, spec
+assert not [d for d in cm if d["kind"] == "Secret" and d["metadata"]["name"] == "patronus-controlplane-tls"]
+op = [d for d in cm if d["kind"] == "Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["command"]
+assert op[op.index("--controlplane") + 1].startswith("https://") and "--insecure" not in op
+assert not [d for d in none if d["kind"] in ("Certificate",) or d["metadata"]["name"] == "patronus-controlplane-tls"]
+op = [d for d in none if d["kind"] == "Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["command"]
+# Clear text only when asked for, and said so: clients refuse it otherwise.
+assert op[op.index("--controlplane") + 1].startswith("http://") and "--insecure" in op and "--tls-ca" not in op
+PY
+ok "controlplane.tls.generate: cert-manager renders a Certificate (an issuer required, by name), none renders clear text with --insecure"
 
 # 6. values.schema.json refuses bad values.
 bad() {

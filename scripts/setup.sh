@@ -11,7 +11,7 @@ PACKAGES=(
     dpdk libdpdk-dev libpcap-dev libhyperscan-dev
     libndpi-bin protobuf-compiler libprotobuf-dev
     wireguard-go wireguard-tools frr
-    iproute2 iputils-ping ethtool iperf3 procps dnsmasq-base
+    iproute2 iputils-ping ethtool iperf3 procps dnsmasq-base openssl
     prometheus prometheus-alertmanager
     "$@"
 )

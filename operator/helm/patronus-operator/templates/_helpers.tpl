@@ -102,9 +102,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
         path: key
 {{- end -}}
 
+{{/* The Secret with the API's TLS certificate: the user's, the generated or
+cert-manager's one, or "" for clear text. */}}
+{{- define "patronus.tlsSecretName" -}}
+{{- $tls := .Values.controlplane.tls -}}
+{{- if $tls.secretName -}}
+{{- $tls.secretName -}}
+{{- else if ne $tls.generate "none" -}}
+{{- printf "%s-tls" (include "patronus.controlplane.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The names the API's certificate is issued for. */}}
+{{- define "patronus.controlplane.dnsNames" -}}
+{{- $name := include "patronus.controlplane.fullname" . -}}
+{{- list $name (printf "%s.%s" $name .Release.Namespace) (printf "%s.%s.svc" $name .Release.Namespace) (printf "%s.%s.svc.cluster.local" $name .Release.Namespace) | toJson -}}
+{{- end -}}
+
 {{/* Where the operator (and patronusctl inside the cluster) reach the API. */}}
 {{- define "patronus.controlplane.url" -}}
-{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" (not (empty .Values.controlplane.tls.secretName))) (include "patronus.controlplane.fullname" .) .Release.Namespace (int .Values.controlplane.grpcPort) -}}
+{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" (not (empty (include "patronus.tlsSecretName" .)))) (include "patronus.controlplane.fullname" .) .Release.Namespace (int .Values.controlplane.grpcPort) -}}
 {{- end -}}
 
 {{/* The token volume both the control plane and the operator mount. */}}
