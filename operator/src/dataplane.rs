@@ -56,6 +56,9 @@ pub const MEMORY_ANNOTATION: &str = "patronus.io/dataplane-memory";
 pub const HUGEPAGES_ANNOTATION: &str = "patronus.io/dataplane-hugepages";
 /// Annotation on a Site: the Multus network attachments of its data plane.
 pub const NETWORKS_ANNOTATION: &str = "patronus.io/networks";
+/// Annotation on a Site: `"true"` adopts a `<site>-wireguard` Secret that
+/// the Site does not own (one its author created beforehand) as its key.
+pub const ADOPT_KEY_ANNOTATION: &str = "patronus.io/adopt-wireguard-secret";
 /// Multus's pod annotation.
 pub const MULTUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
 
@@ -147,6 +150,14 @@ fn is_networks(s: &str) -> bool {
     })
 }
 
+/// The first network of a Multus list (`name`, `namespace/name`, each
+/// optionally `@interface`) that names a namespace other than `namespace`.
+fn foreign_network<'a>(list: &'a str, namespace: &str) -> Option<&'a str> {
+    list.split(',')
+        .map(str::trim)
+        .find(|n| n.split_once('/').is_some_and(|(ns, _)| ns != namespace))
+}
+
 /// The site's sizes: the settings, overridden by its annotations.
 ///
 /// # Errors
@@ -173,11 +184,20 @@ pub fn sizing(site: &Site, settings: &Settings) -> Result<Sizing, Error> {
     };
     let networks = match annotations.get(NETWORKS_ANNOTATION) {
         None => settings.networks.clone(),
-        Some(v) if is_networks(v) => v.clone(),
-        Some(_) => Err(invalid(
+        Some(v) if !is_networks(v) => Err(invalid(
             NETWORKS_ANNOTATION,
             "must be comma-separated network attachment names",
         ))?,
+        // A Site may attach its own namespace's networks only: another
+        // namespace's (`other/name`) belong to their own tenants. The
+        // chart's defaults, set by the cluster's operator, may name any.
+        Some(v) => match foreign_network(v, &site.namespace().unwrap_or_default()) {
+            Some(n) => Err(invalid(
+                NETWORKS_ANNOTATION,
+                &format!("{n:?} is another namespace's network; a Site may attach its own namespace's only"),
+            ))?,
+            None => v.clone(),
+        },
     };
     Ok(Sizing {
         cpus,
@@ -579,6 +599,26 @@ fn generate_key() -> Result<Zeroizing<String>, Error> {
     ))
 }
 
+/// That the key Secret is the Site's: owned by it, or adopted by it.
+fn check_key_owner(site: &Site, secret: &Secret) -> Result<(), Error> {
+    let owned = site
+        .uid()
+        .is_some_and(|uid| secret.owner_references().iter().any(|o| o.uid == uid));
+    let adopted = site
+        .annotations()
+        .get(ADOPT_KEY_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    if owned || adopted {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        field: format!("Secret {:?}", secret.name_any()),
+        message: format!(
+            "exists and is not owned by this Site: if you created it as the Site's key, annotate the Site {ADOPT_KEY_ANNOTATION}: \"true\"; otherwise delete it"
+        ),
+    })
+}
+
 /// The public key of the private key in `secret`.
 fn public_key(secret: &Secret) -> Result<String, Error> {
     let name = secret.name_any();
@@ -617,15 +657,20 @@ fn key_secret(site: &Site, key: &str) -> Secret {
 }
 
 /// The site's WireGuard public key, generating the private key (once) if its
-/// Secret does not exist. A Secret the user created beforehand is used as is.
+/// Secret does not exist. A Secret the Site does not own (created by
+/// someone else beforehand) is used only when the Site adopts it
+/// ([`ADOPT_KEY_ANNOTATION`]): whoever can plant a Secret under that name
+/// must not choose a site's key.
 ///
 /// # Errors
-/// The API failed, or the existing Secret holds no valid key.
+/// The API failed, the existing Secret is not the Site's, or it holds no
+/// valid key.
 pub async fn ensure_key(client: &kube::Client, site: &Site) -> Result<String, Error> {
     let ns = site.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let name = key_secret_name(site);
     if let Some(secret) = secrets.get_opt(&name).await? {
+        check_key_owner(site, &secret)?;
         return public_key(&secret);
     }
     let secret = key_secret(site, &generate_key()?);

@@ -187,10 +187,17 @@ fn annotations_override_the_sizes_and_bad_ones_name_the_annotation() {
         (HUGEPAGES_ANNOTATION, "lots"),
         (MEMORY_ANNOTATION, "-1Gi"),
         (NETWORKS_ANNOTATION, "Bad Name"),
+        (NETWORKS_ANNOTATION, "sriov-a,tenant-b/sriov-wan@net1"),
     ] {
         let err = sizing(&site(&[(key, value)]), &s).unwrap_err().to_string();
         assert!(err.contains(key), "{key}={value}: {err}");
     }
+    // Its own namespace's networks, qualified or not, are the Site's to attach.
+    let own = site(&[(NETWORKS_ANNOTATION, "sdwan/sriov-wan@net1,sriov-lan")]);
+    assert_eq!(
+        sizing(&own, &s).unwrap().networks,
+        "sdwan/sriov-wan@net1,sriov-lan"
+    );
 }
 
 #[test]
@@ -345,4 +352,30 @@ fn with_a_data_plane_key_each_site_gets_a_token_for_itself_only() {
         config["controlplane"]["token_file"].as_str(),
         Some("/var/run/patronus/token/token")
     );
+}
+
+#[test]
+fn a_key_secret_the_site_does_not_own_is_used_only_when_adopted() {
+    let key = |owner: Option<&Site>| {
+        let mut secret = key_secret(&site(&[]), &generate_key().unwrap());
+        secret.metadata.owner_references =
+            owner.and_then(|s| s.controller_owner_ref(&()).map(|o| vec![o]));
+        secret
+    };
+    let plain = site(&[]);
+    check_key_owner(&plain, &key(Some(&plain))).unwrap();
+
+    // Planted by someone else under the Site's name: refused, saying how to adopt it.
+    let err = check_key_owner(&plain, &key(None)).unwrap_err().to_string();
+    assert!(
+        err.contains("not owned by this Site") && err.contains(ADOPT_KEY_ANNOTATION),
+        "{err}"
+    );
+    let mut other = site(&[]);
+    other.metadata.uid = Some("another-uid".into());
+    assert!(check_key_owner(&plain, &key(Some(&other))).is_err());
+
+    // The Site's author created it as the key, and says so.
+    let adopting = site(&[(ADOPT_KEY_ANNOTATION, "true")]);
+    check_key_owner(&adopting, &key(None)).unwrap();
 }
