@@ -64,6 +64,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// How long after its deletion an object's cleanup is retried.
     cleanup_timeout: Duration,
+    /// The Sites watched, for the namespaces a Peer may reach (set once the
+    /// controllers start).
+    sites: std::sync::OnceLock<Store<Site>>,
 }
 
 impl Context {
@@ -86,7 +89,38 @@ impl Context {
             },
             failures: Mutex::new(HashMap::new()),
             cleanup_timeout: CLEANUP_TIMEOUT,
+            sites: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives the Sites the Peers are checked against (the Site
+    /// controller's cache); only the first call counts.
+    pub fn know_sites(&self, sites: Store<Site>) {
+        let _ = self.sites.set(sites);
+    }
+
+    /// That `peer` names the site id of a Site of its own namespace, or of
+    /// one that accepts its namespace ([`controlplane::ACCEPT_FROM_ANNOTATION`]):
+    /// a Peer must not add a tunnel to another tenant's site.
+    fn check_peer_target(&self, peer: &Peer) -> Result<(), Error> {
+        let own = peer.namespace().unwrap_or_default();
+        let site_id = &peer.spec.site_id;
+        let reachable = self.sites.get().is_some_and(|sites| {
+            sites.state().iter().any(|site| {
+                site.spec.site_id == *site_id
+                    && controlplane::accepted_namespaces(site).contains(&own)
+            })
+        });
+        if reachable {
+            return Ok(());
+        }
+        Err(Error::Invalid {
+            field: "spec.siteId".into(),
+            message: format!(
+                "no Site with siteId {site_id:?} in namespace {own:?}, nor one elsewhere that accepts it ({})",
+                controlplane::ACCEPT_FROM_ANNOTATION
+            ),
+        })
     }
 
     /// Retries a deleted object's cleanup for `timeout` after its deletion,
@@ -370,6 +404,7 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
 /// Reconciles a Peer: its control-plane copy and its status.
 pub async fn reconcile_peer(peer: Arc<Peer>, ctx: Arc<Context>) -> Result<Action, Error> {
     reconcile(peer, ctx, |peer, ctx| async move {
+        ctx.check_peer_target(&peer)?;
         let mut cp = ctx.controlplane.clone();
         let synced = controlplane::sync(&mut cp, controlplane::peer(&peer)?).await?;
         announce(&ctx, peer.as_ref(), &synced).await;
@@ -597,6 +632,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     let (policy_tx, policy_rx) = mpsc::unbounded();
     let sites = {
         let store = sites.store();
+        ctx.know_sites(store.clone());
         sites.reconcile_on(requeue(site_rx, store, Change::concerns_site))
     };
     let peers = {

@@ -79,7 +79,39 @@ fn owned<K: kube::Resource>(obj: &K, meta: &mut Option<pb::ObjectMeta>) {
     );
 }
 
-/// The Site as the control plane's API wants it.
+/// Annotation on a Site: the other namespaces (comma-separated) whose Peers
+/// may name its site id and whose Policies may select it. Without it only
+/// its own namespace's may.
+pub const ACCEPT_FROM_ANNOTATION: &str = "patronus.io/accept-from";
+
+/// The control-plane label a site carries for each namespace whose Policies
+/// may select it, and that each Policy's selector requires for its own.
+fn namespace_label(namespace: &str) -> String {
+    format!("patronus.io/from-namespace.{namespace}")
+}
+
+/// The namespaces whose Peers and Policies may reach `site`: its own and
+/// those it accepts.
+pub fn accepted_namespaces(site: &crd::Site) -> Vec<String> {
+    let own = site.metadata.namespace.clone().unwrap_or_default();
+    let accepted = site
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ACCEPT_FROM_ANNOTATION))
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|ns| !ns.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    std::iter::once(own).chain(accepted).collect()
+}
+
+/// The Site as the control plane's API wants it, labelled with the
+/// namespaces whose Policies may select it.
 ///
 /// # Errors
 /// A spec the manifest shape does not accept (the schema prevents it).
@@ -92,6 +124,10 @@ pub fn site(obj: &crd::Site) -> Result<pb::Site, Error> {
         status: None,
     });
     owned(obj, &mut site.metadata);
+    let labels = &mut site.metadata.get_or_insert_with(Default::default).labels;
+    for ns in accepted_namespaces(obj) {
+        labels.insert(namespace_label(&ns), "true".into());
+    }
     Ok(site)
 }
 
@@ -129,6 +165,14 @@ pub fn policy(obj: &crd::Policy) -> Result<pb::Policy, Error> {
         message: e.message,
     })?;
     owned(obj, &mut policy.metadata);
+    // Only sites of its namespace, or that accept it, are selected.
+    let own = obj.metadata.namespace.as_deref().unwrap_or_default();
+    if let Some(spec) = policy.spec.as_mut() {
+        spec.site_selector
+            .get_or_insert_with(Default::default)
+            .match_labels
+            .insert(namespace_label(own), "true".into());
+    }
     Ok(policy)
 }
 

@@ -74,6 +74,17 @@ fn obj<K: DeserializeOwned>(v: &Value) -> Arc<K> {
     Arc::new(serde_json::from_value(v.clone()).unwrap())
 }
 
+/// The Site controller's cache, holding `sites`.
+fn sites_known(sites: &[Value]) -> Store<Site> {
+    let mut writer = kube::runtime::reflector::store::Writer::<Site>::default();
+    for site in sites {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+            serde_json::from_value(site.clone()).unwrap(),
+        ));
+    }
+    writer.as_reader()
+}
+
 async fn cp_site(cp: &mut controlplane::Client) -> Option<pb::Site> {
     <pb::Site as Mirror>::get(cp, "us-east").await.unwrap()
 }
@@ -245,6 +256,7 @@ async fn a_peers_status_is_patched_from_the_control_planes_view() {
     let plane = ControlPlane::start();
     let (client, mut api) = mock_client();
     let ctx = context(client, plane.client());
+    ctx.know_sites(sites_known(&[site_json(1, "us-east-1", true)]));
     let peer = peer_json();
     let answer = peer.clone();
     let server = tokio::spawn(async move {
@@ -375,6 +387,7 @@ async fn an_unreachable_control_plane_is_an_error_that_backs_off() {
     drop(plane); // killed
     let (client, mut api) = mock_client();
     let ctx = context(client, cp);
+    ctx.know_sites(sites_known(&[site_json(1, "us-east-1", true)]));
     let peer = obj::<Peer>(&peer_json());
     let server = tokio::spawn(async move {
         assert_eq!(api.event(NS).await, "ReconcileFailed");
@@ -656,4 +669,84 @@ async fn the_running_controllers_reconcile_what_they_list_and_requeue_on_the_eve
     controllers.abort();
     let _ = controllers.await;
     server.abort();
+}
+
+#[tokio::test]
+async fn a_peer_reaches_only_a_site_of_its_namespace_or_one_that_accepts_it() {
+    let plane = ControlPlane::start();
+    let (client, mut api) = mock_client();
+    let ctx = context(client, plane.client());
+    let mut elsewhere = site_json(1, "us-east-1", true);
+    elsewhere["metadata"]["namespace"] = json!("tenant-b");
+    ctx.know_sites(sites_known(&[elsewhere.clone()]));
+    let server = tokio::spawn(async move {
+        assert_eq!(api.event(NS).await, "ReconcileFailed");
+        api.quiet().await;
+    });
+    let err = reconcile_peer(obj(&peer_json()), ctx.clone())
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    let message = err.to_string();
+    assert!(
+        message.contains("spec.siteId") && message.contains("accept-from"),
+        "{message}"
+    );
+    assert!(
+        <pb::Peer as Mirror>::get(&mut plane.client(), "aws-vpc")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing reached the control plane"
+    );
+
+    // The other tenant's Site accepts this namespace: the Peer goes through.
+    let (client, mut api) = mock_client();
+    let ctx = context(client, plane.client());
+    elsewhere["metadata"]["annotations"] =
+        json!({ controlplane::ACCEPT_FROM_ANNOTATION: format!("other, {NS}") });
+    ctx.know_sites(sites_known(&[elsewhere]));
+    let peer = peer_json();
+    let answer = peer.clone();
+    let server = tokio::spawn(async move {
+        assert_eq!(api.event(NS).await, "Created");
+        api.status_patch(PEER_PATH, &answer).await;
+        api.quiet().await;
+    });
+    reconcile_peer(obj(&peer), ctx).await.unwrap();
+    server.await.unwrap();
+}
+
+#[test]
+fn a_policy_selects_only_sites_that_accept_its_namespace() {
+    let policy: Policy = serde_json::from_value(policy_json("Video")).unwrap();
+    let selector = controlplane::policy(&policy)
+        .unwrap()
+        .spec
+        .unwrap()
+        .site_selector
+        .unwrap()
+        .match_labels;
+    assert_eq!(
+        selector
+            .get("patronus.io/from-namespace.sdwan")
+            .map(String::as_str),
+        Some("true")
+    );
+    let own: Site = serde_json::from_value(site_json(1, "us-east-1", true)).unwrap();
+    let mut other = site_json(1, "us-east-1", true);
+    other["metadata"]["namespace"] = json!("tenant-b");
+    let foreign: Site = serde_json::from_value(other.clone()).unwrap();
+    other["metadata"]["annotations"] = json!({ controlplane::ACCEPT_FROM_ANNOTATION: NS });
+    let accepting: Site = serde_json::from_value(other).unwrap();
+    let selects = |site: &Site| {
+        let labels = controlplane::site(site).unwrap().metadata.unwrap().labels;
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    assert!(selects(&own));
+    assert!(
+        !selects(&foreign),
+        "another namespace's site is not selected"
+    );
+    assert!(selects(&accepting));
 }
