@@ -134,13 +134,7 @@ fn apply_get_and_delete() {
 fn patronusctl_speaks_mutual_tls() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        path
-    };
+    let write = |name: &str, text: &str| common::private_file(dir.path(), name, text);
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -197,13 +191,7 @@ fn patronusctl_speaks_mutual_tls() {
 fn a_data_plane_token_and_a_viewer_token_get_only_their_role() {
     let dir = tempfile::tempdir().unwrap();
     let admin = common::token_file(dir.path(), "patronusctl-admin-token-42");
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        path
-    };
+    let write = |name: &str, text: &str| common::private_file(dir.path(), name, text);
     let viewer = write("viewer", "patronusctl-viewer-token-42\n");
     let key = write(
         "dataplane.key",

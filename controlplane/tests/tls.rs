@@ -1,6 +1,8 @@
 //! TLS and mutual TLS: clients with a certificate from the configured CA are
 //! served; clients without one, with one from another CA, or in clear text are not.
 
+mod common;
+
 use std::sync::Arc;
 
 use patronus_controlplane::store::Store;
@@ -49,6 +51,27 @@ fn leaf_with_uri(ca: &Ca, names: &[&str], uri: Option<&str>) -> (String, String)
     (cert.pem(), key.serialize_pem())
 }
 
+/// A server over `tls` with its database in `dir`, on a loopback port.
+async fn serve_tls(
+    dir: &std::path::Path,
+    tls: tonic::transport::ServerTlsConfig,
+) -> std::net::SocketAddr {
+    let store = Arc::new(Store::open(&dir.join("cp.redb")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(patronus_controlplane::server::serve(
+        listener,
+        None,
+        store,
+        patronus_controlplane::server::Settings {
+            tls: Some(tls),
+            ..Default::default()
+        },
+        std::future::pending(),
+    ));
+    addr
+}
+
 async fn client(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> Result<(), String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint =
@@ -94,19 +117,7 @@ async fn mutual_tls_admits_only_clients_of_the_configured_ca() {
         patronus_controlplane::server::tls_config(&cert_file, &key_file, Some(&client_ca_file))
             .unwrap();
 
-    let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(patronus_controlplane::server::serve(
-        listener,
-        None,
-        store,
-        patronus_controlplane::server::Settings {
-            tls: Some(tls),
-            ..Default::default()
-        },
-        std::future::pending(),
-    ));
+    let addr = serve_tls(dir.path(), tls).await;
 
     let trust = || {
         ClientTlsConfig::new()
@@ -152,32 +163,14 @@ async fn a_certificate_naming_a_site_is_that_sites_data_plane_and_nothing_more()
     let dir = tempfile::tempdir().unwrap();
     let (server_ca, client_ca) = (ca("server CA"), ca("client CA"));
     let (cert, key) = leaf(&server_ca, &["localhost"]);
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        path
-    };
+    let write = |name: &str, text: &str| common::private_file(dir.path(), name, text);
     let tls = patronus_controlplane::server::tls_config(
         &write("cert.pem", &cert),
         &write("key.pem", &key),
         Some(&write("client-ca.pem", &client_ca.pem)),
     )
     .unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(patronus_controlplane::server::serve(
-        listener,
-        None,
-        store,
-        patronus_controlplane::server::Settings {
-            tls: Some(tls),
-            ..Default::default()
-        },
-        std::future::pending(),
-    ));
+    let addr = serve_tls(dir.path(), tls).await;
     let (gw_cert, gw_key) = leaf_with_uri(
         &client_ca,
         &["gw-1.branch"],

@@ -141,28 +141,22 @@ impl Resolver {
     /// `hosts` not known yet were looked up (each for at most `[dns]
     /// .timeout_ms`). Blocks the calling thread: not for async code.
     pub fn resolve(&self, hosts: BTreeSet<String>) -> Arc<HostAddresses> {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .requests
-            .send(Request::Resolve { hosts, reply })
-            .is_err()
-        {
-            return self.addresses();
-        }
-        answer.blocking_recv().unwrap_or_else(|_| self.addresses())
+        self.ask(hosts)
+            .blocking_recv()
+            .unwrap_or_else(|_| self.addresses())
     }
 
     /// [`Resolver::resolve`] for async code.
     pub async fn resolve_async(&self, hosts: BTreeSet<String>) -> Arc<HostAddresses> {
+        self.ask(hosts).await.unwrap_or_else(|_| self.addresses())
+    }
+
+    /// Asks the resolver thread for `hosts`. The answer never comes when the
+    /// thread has stopped: the callers then take what is known.
+    fn ask(&self, hosts: BTreeSet<String>) -> oneshot::Receiver<Arc<HostAddresses>> {
         let (reply, answer) = oneshot::channel();
-        if self
-            .requests
-            .send(Request::Resolve { hosts, reply })
-            .is_err()
-        {
-            return self.addresses();
-        }
-        answer.await.unwrap_or_else(|_| self.addresses())
+        let _ = self.requests.send(Request::Resolve { hosts, reply });
+        answer
     }
 
     /// Forgets (stops refreshing) every name but `hosts`, the names of the
@@ -381,80 +375,16 @@ fn publish(entries: &HashMap<String, Entry>, found: &Found) -> Arc<HostAddresses
     addresses.clone()
 }
 
+/// The e2e tests' dnsmasq fixture, shared rather than copied.
+#[cfg(test)]
+#[path = "../../tests/tests/common/dnsmasq.rs"]
+mod dnsmasq;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A real DNS server (dnsmasq) on a loopback port, answering from a
-    /// hosts file with a TTL of one second; killed when dropped.
-    struct Dnsmasq {
-        child: std::process::Child,
-        hosts: std::path::PathBuf,
-        port: u16,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Dnsmasq {
-        fn start(hosts: &str) -> Dnsmasq {
-            let dir = tempfile::tempdir().unwrap();
-            let file = dir.path().join("hosts");
-            std::fs::write(&file, hosts).unwrap();
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let user = String::from_utf8(
-                std::process::Command::new("id")
-                    .arg("-un")
-                    .output()
-                    .unwrap()
-                    .stdout,
-            )
-            .unwrap();
-            let child = std::process::Command::new("dnsmasq")
-                .args([
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--local-ttl=1",
-                    "--pid-file=",
-                    "--log-facility=-",
-                ])
-                .arg(format!("--port={port}"))
-                .arg(format!("--addn-hosts={}", file.display()))
-                .arg(format!("--user={}", user.trim()))
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("dnsmasq (Debian's dnsmasq-base, installed by scripts/setup.sh)");
-            Dnsmasq {
-                child,
-                hosts: file,
-                port,
-                _dir: dir,
-            }
-        }
-
-        /// Serves `hosts` from now on (dnsmasq rereads it on SIGHUP).
-        fn serve(&self, hosts: &str) {
-            std::fs::write(&self.hosts, hosts).unwrap();
-            let hup = std::process::Command::new("kill")
-                .args(["-HUP", &self.child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(hup.success());
-        }
-    }
-
-    impl Drop for Dnsmasq {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use super::dnsmasq::Dnsmasq;
 
     fn section(port: u16) -> DnsSection {
         DnsSection {

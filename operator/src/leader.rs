@@ -297,33 +297,29 @@ mod tests {
         panic!("{what} did not happen within 10 s");
     }
 
-    #[tokio::test]
-    async fn a_replica_waits_for_the_lease_reconciles_once_it_has_it_and_stops_when_it_is_lost() {
-        let (client, mut api) = mock_client();
-        let fake = Arc::new(Mutex::new(FakeLease::default()));
-        // Another replica holds the Lease; its last renewal expires in about a second.
-        fake.lock()
-            .unwrap()
-            .held_by("operator-1", Duration::from_secs(2), 3);
-        let server = {
-            let fake = fake.clone();
-            tokio::spawn(async move {
-                while api
-                    .answer(|seen, content_type| fake.lock().unwrap().answer(seen, content_type))
-                    .await
-                    .is_some()
-                {}
-            })
-        };
-        let settings = LeaseSettings {
+    /// This replica's settings, against the fixture's Lease.
+    fn operator_0() -> LeaseSettings {
+        LeaseSettings {
             name: "patronus-operator".into(),
             namespace: "patronus-system".into(),
             identity: "operator-0".into(),
             duration_s: 2,
             grace_s: 1,
-        };
-        let (leading, lease_task) = watch_lease(client.clone(), &settings).await.unwrap();
-        let held_until = watch_expiry(client, &settings);
+        }
+    }
+
+    /// A replica running for the Lease, whose work counts itself running.
+    struct Elected<T> {
+        /// How many of its works run now.
+        running: Arc<AtomicUsize>,
+        metrics: Arc<Metrics>,
+        elected: JoinHandle<()>,
+        lease_task: JoinHandle<T>,
+    }
+
+    async fn elect(client: kube::Client, settings: &LeaseSettings) -> Elected<impl Sized> {
+        let (leading, lease_task) = watch_lease(client.clone(), settings).await.unwrap();
+        let held_until = watch_expiry(client, settings);
         let metrics = Arc::new(Metrics::default());
         let running = Arc::new(AtomicUsize::new(0));
         let r = running.clone();
@@ -348,6 +344,42 @@ mod tests {
                 }
             },
         ));
+        Elected {
+            running,
+            metrics,
+            elected,
+            lease_task,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_waits_for_the_lease_reconciles_once_it_has_it_and_stops_when_it_is_lost() {
+        let (client, mut api) = mock_client();
+        let fake = Arc::new(Mutex::new(FakeLease::default()));
+        // Another replica holds the Lease; its last renewal expires in about a second.
+        fake.lock()
+            .unwrap()
+            .held_by("operator-1", Duration::from_secs(2), 3);
+        let server = {
+            let fake = fake.clone();
+            tokio::spawn(async move {
+                while api
+                    .answer(|seen, content_type| fake.lock().unwrap().answer(seen, content_type))
+                    .await
+                    .is_some()
+                {}
+            })
+        };
+        let settings = LeaseSettings {
+            duration_s: 2,
+            ..operator_0()
+        };
+        let Elected {
+            running,
+            metrics,
+            elected,
+            lease_task,
+        } = elect(client, &settings).await;
 
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(running.load(Ordering::SeqCst), 0, "the Lease is another's");
@@ -413,38 +445,15 @@ mod tests {
             })
         };
         let settings = LeaseSettings {
-            name: "patronus-operator".into(),
-            namespace: "patronus-system".into(),
-            identity: "operator-0".into(),
             duration_s: 3,
-            grace_s: 1,
+            ..operator_0()
         };
-        let (leading, lease_task) = watch_lease(client.clone(), &settings).await.unwrap();
-        let held_until = watch_expiry(client, &settings);
-        let metrics = Arc::new(Metrics::default());
-        let running = Arc::new(AtomicUsize::new(0));
-        let r = running.clone();
-        let margin = stop_margin(settings.duration_s);
-        let elected = tokio::spawn(run_while_leading(
-            leading,
-            held_until,
-            margin,
-            metrics.clone(),
-            move || {
-                let r = r.clone();
-                async move {
-                    r.fetch_add(1, Ordering::SeqCst);
-                    struct Stop(Arc<AtomicUsize>);
-                    impl Drop for Stop {
-                        fn drop(&mut self) {
-                            self.0.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    }
-                    let _stop = Stop(r);
-                    std::future::pending::<()>().await;
-                }
-            },
-        ));
+        let Elected {
+            running,
+            metrics,
+            elected,
+            lease_task,
+        } = elect(client, &settings).await;
         eventually("taking the expired Lease", || {
             running.load(Ordering::SeqCst) == 1
         })

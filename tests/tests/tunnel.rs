@@ -8,6 +8,7 @@ mod common;
 use std::process::Child;
 use std::time::Duration;
 
+use common::dnsmasq::Dnsmasq;
 use common::*;
 
 /// Host B's tunnel addresses.

@@ -72,8 +72,13 @@ pub fn start_with(db: &Path, extra: &[std::ffi::OsString]) -> Running {
 
 /// Writes a token file only its owner can read.
 pub fn token_file(dir: &Path, token: &str) -> std::path::PathBuf {
-    let path = dir.join("token");
-    std::fs::write(&path, format!("{token}\n")).unwrap();
+    private_file(dir, "token", &format!("{token}\n"))
+}
+
+/// Writes `text` to `dir/name`, readable by its owner only (mode 600).
+pub fn private_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod dnsmasq;
 pub mod two_uplinks;
 
 use std::collections::HashMap;
@@ -903,70 +904,5 @@ impl Drop for ControlPlane {
                 self.log.lock().unwrap().join("\n")
             );
         }
-    }
-}
-
-/// A real DNS server (dnsmasq, from Debian's dnsmasq-base) on a loopback
-/// port, answering from a hosts file with a TTL of one second; killed when
-/// dropped.
-pub struct Dnsmasq {
-    child: Child,
-    hosts: PathBuf,
-    dir: PathBuf,
-    /// The UDP port it answers on (127.0.0.1).
-    pub port: u16,
-}
-
-impl Dnsmasq {
-    /// Starts it serving `hosts` (lines of `address name`).
-    pub fn start(hosts: &str) -> Dnsmasq {
-        let dir = std::env::temp_dir().join(format!("patronus-dns-{}", unique_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("hosts");
-        std::fs::write(&file, hosts).unwrap();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let user = must(&["id", "-un"]);
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--local-ttl=1",
-                "--pid-file=",
-                "--log-facility=-",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--addn-hosts={}", file.display()))
-            .arg(format!("--user={}", user.trim()))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (Debian's dnsmasq-base, installed by scripts/setup.sh)");
-        Dnsmasq {
-            child,
-            hosts: file,
-            dir,
-            port,
-        }
-    }
-
-    /// Serves `hosts` from now on (dnsmasq rereads it on SIGHUP).
-    pub fn serve(&self, hosts: &str) {
-        std::fs::write(&self.hosts, hosts).unwrap();
-        must(&["kill", "-HUP", &self.child.id().to_string()]);
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
