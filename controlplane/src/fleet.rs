@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use patronus_proto::v1::{
-    BfdState, GetTopologyResponse, PathHealth, Peer, PeerStatus, SitePhase, SiteStatus,
-    TopologyLink, TopologySite, TunnelState,
+    BfdState, GetTopologyResponse, PathHealth, Peer, PeerPathStatus, PeerStatus, SitePhase,
+    SiteStatus, TopologyLink, TopologySite, TunnelState,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
@@ -119,6 +119,16 @@ impl Hub {
             };
             if is_up(p.tunnel) && !status.connected {
                 status.connected = true;
+                status.paths = p
+                    .paths
+                    .iter()
+                    .map(|path| PeerPathStatus {
+                        path_id: path.path_id.clone(),
+                        active: path.active,
+                        up: path.up,
+                        bfd: path.bfd,
+                    })
+                    .collect();
                 if let Some(m) = &p.path {
                     status.latency_ms = Some(m.latency_ms);
                     status.packet_loss = Some(m.packet_loss_pct);

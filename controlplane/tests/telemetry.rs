@@ -152,7 +152,8 @@ async fn reports_become_status_topology_paths_and_events() {
         PeerStatus {
             connected: true,
             latency_ms: Some(12.5),
-            packet_loss: Some(0.2)
+            packet_loss: Some(0.2),
+            paths: Vec::new(),
         }
     );
     let paths = api
@@ -221,6 +222,40 @@ async fn reports_become_status_topology_paths_and_events() {
                 Some(97.0),
                 BfdState::Up
             )
+        ]
+    );
+    // The Peer's status names each path with its BFD session.
+    let peer = api
+        .get_peer(GetPeerRequest {
+            name: "aws-vpc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peer
+        .unwrap();
+    let states: Vec<_> = peer
+        .status
+        .unwrap()
+        .paths
+        .iter()
+        .map(|p| (p.path_id.clone(), p.active, p.up, p.bfd()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (
+                "us-east-prod:mpls->aws-vpc".to_owned(),
+                false,
+                false,
+                BfdState::Down
+            ),
+            (
+                "us-east-prod:inet->aws-vpc".to_owned(),
+                true,
+                true,
+                BfdState::Up
+            ),
         ]
     );
     let topology = api

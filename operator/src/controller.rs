@@ -28,7 +28,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::controlplane::{self, Mirror, Removed, Synced};
-use crate::crd::{Peer, PeerStatus, Policy, PolicyStatus, Site, SitePhase, SiteStatus};
+use crate::crd::{
+    Peer, PeerPathStatus, PeerStatus, Policy, PolicyStatus, Site, SitePhase, SiteStatus,
+};
 use crate::dataplane;
 use crate::metrics::Metrics;
 use crate::Error;
@@ -408,16 +410,31 @@ pub async fn reconcile_peer(peer: Arc<Peer>, ctx: Arc<Context>) -> Result<Action
         let mut cp = ctx.controlplane.clone();
         let synced = controlplane::sync(&mut cp, controlplane::peer(&peer)?).await?;
         announce(&ctx, peer.as_ref(), &synced).await;
-        let view = synced.resource().status.unwrap_or_default();
-        let status = PeerStatus {
-            connected: view.connected,
-            latency_ms: view.latency_ms,
-            packet_loss: view.packet_loss,
-        };
+        let view = synced.resource().status.clone().unwrap_or_default();
+        let status = peer_status(&view);
         patch_status(&ctx, peer.as_ref(), peer.status.as_ref(), status).await?;
         Ok(Action::requeue(RESYNC))
     })
     .await
+}
+
+/// The Peer's status from the control plane's view of it.
+fn peer_status(view: &pb::PeerStatus) -> PeerStatus {
+    PeerStatus {
+        connected: view.connected,
+        latency_ms: view.latency_ms,
+        packet_loss: view.packet_loss,
+        paths: view
+            .paths
+            .iter()
+            .map(|p| PeerPathStatus {
+                path_id: p.path_id.clone(),
+                active: p.active,
+                up: p.up,
+                bfd: patronus_proto::manifest::bfd_state_name(p.bfd).map(str::to_owned),
+            })
+            .collect(),
+    }
 }
 
 /// The Ready condition, keeping its transition time while its state holds.

@@ -328,6 +328,25 @@ pub struct PeerStatus {
     /// Percent of probes lost on that path; absent until measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet_loss: Option<f64>,
+    /// Each path to the peer as its site's data plane reports it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PeerPathStatus>,
+}
+
+/// One path to a peer, as its site's data plane last reported it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPathStatus {
+    /// Stable name: `site:uplink->peer[:endpoint]`.
+    pub path_id: String,
+    /// The peer's default traffic takes it now.
+    pub active: bool,
+    /// It answers its probes (true for a path that is not probed).
+    pub up: bool,
+    /// Its BFD session: `Up`, `Down`, `Init` or `AdminDown`; absent when
+    /// the peer runs no BFD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
 }
 
 /// Which sites a policy applies to.

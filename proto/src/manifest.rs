@@ -365,6 +365,36 @@ pub struct PeerStatusDoc {
     /// Probe loss in percent; absent until measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet_loss: Option<f64>,
+    /// Each path to the peer, as its site's data plane reports it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PeerPathStatusDoc>,
+}
+
+/// One path of a Peer's `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPathStatusDoc {
+    /// `site:uplink->peer[:endpoint]`.
+    pub path_id: String,
+    /// The peer's default traffic takes it now.
+    pub active: bool,
+    /// It answers its probes.
+    pub up: bool,
+    /// Its BFD session ([`bfd_state_name`]); absent without BFD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
+}
+
+/// A BFD state as documents spell it (`Up`, `Down`, `Init`, `AdminDown`);
+/// `None` for a path that runs no BFD.
+pub fn bfd_state_name(state: i32) -> Option<&'static str> {
+    match pb::BfdState::try_from(state).unwrap_or_default() {
+        pb::BfdState::Unspecified => None,
+        pb::BfdState::AdminDown => Some("AdminDown"),
+        pb::BfdState::Down => Some("Down"),
+        pb::BfdState::Init => Some("Init"),
+        pb::BfdState::Up => Some("Up"),
+    }
 }
 
 /// A Policy document.
@@ -880,6 +910,16 @@ pub fn peer_doc(p: &pb::Peer) -> PeerDoc {
             connected: st.connected,
             latency_ms: st.latency_ms,
             packet_loss: st.packet_loss,
+            paths: st
+                .paths
+                .iter()
+                .map(|path| PeerPathStatusDoc {
+                    path_id: path.path_id.clone(),
+                    active: path.active,
+                    up: path.up,
+                    bfd: bfd_state_name(path.bfd).map(str::to_owned),
+                })
+                .collect(),
         }),
     }
 }

@@ -637,6 +637,15 @@ telemetry_interval_ms = 200
         serde_json::from_str(&ctl(&server, &["get", "peer", "site2-of-1", "-o", "json"])).unwrap();
     let latency = peer["status"]["latencyMs"].as_f64().unwrap();
     assert!(latency > 0.0 && latency < 100.0, "{peer}");
+    // And each path with its BFD session, as the Peer's status shows it.
+    let sessions: Vec<(&str, &str)> = peer["status"]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["pathId"].as_str().unwrap(), p["bfd"].as_str().unwrap()))
+        .collect();
+    assert_eq!(sessions.len(), 4, "{peer}");
+    assert!(sessions.iter().all(|(_, bfd)| *bfd == "Up"), "{peer}");
     let site2_answers = || {
         sites.hosts[0]
             .try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.2"])

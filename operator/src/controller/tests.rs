@@ -750,3 +750,32 @@ fn a_policy_selects_only_sites_that_accept_its_namespace() {
     );
     assert!(selects(&accepting));
 }
+
+#[test]
+fn a_peers_status_lists_its_paths_with_their_bfd_sessions() {
+    let path = |id: &str, bfd: pb::BfdState| pb::PeerPathStatus {
+        path_id: id.into(),
+        active: bfd == pb::BfdState::Up,
+        up: bfd != pb::BfdState::Down,
+        bfd: bfd as i32,
+    };
+    let view = pb::PeerStatus {
+        connected: true,
+        latency_ms: Some(12.5),
+        packet_loss: Some(0.0),
+        paths: vec![
+            path("us-east-1:inet->aws-vpc", pb::BfdState::Up),
+            path("us-east-1:lte->aws-vpc", pb::BfdState::Down),
+            path("us-east-1:mpls->aws-vpc", pb::BfdState::Unspecified),
+        ],
+    };
+    let status = serde_json::to_value(peer_status(&view)).unwrap();
+    assert_eq!(
+        status["paths"],
+        json!([
+            {"pathId": "us-east-1:inet->aws-vpc", "active": true, "up": true, "bfd": "Up"},
+            {"pathId": "us-east-1:lte->aws-vpc", "active": false, "up": false, "bfd": "Down"},
+            {"pathId": "us-east-1:mpls->aws-vpc", "active": false, "up": true}
+        ])
+    );
+}
