@@ -152,6 +152,8 @@ fn bfd_from_proto(t: &pb::BfdTimers, peer: &str) -> Result<BfdSection, ConfigErr
         desired_min_tx_ms: ms(t.desired_min_tx_ms),
         required_min_rx_ms: ms(t.required_min_rx_ms),
         detect_multiplier,
+        // The API carries no key: keys stay in the data planes' files.
+        auth: None,
     })
 }
 

@@ -341,6 +341,7 @@ fn bfd_timers_keep_their_defaults_where_unset_and_refuse_what_the_file_cannot_ho
             desired_min_tx_ms: Some(100),
             required_min_rx_ms: None,
             detect_multiplier: Some(5),
+            auth: None,
         }
     );
     let err = bfd_from_proto(

@@ -34,6 +34,19 @@ impl std::fmt::Debug for Sha1Key {
     }
 }
 
+/// Two keys are the same key when id, type and secret are (compared in
+/// constant time): a reloaded configuration with the same key keeps its
+/// sessions as they are.
+impl PartialEq for Sha1Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.meticulous == other.meticulous
+            && bool::from(self.key.as_slice().ct_eq(other.key.as_slice()))
+    }
+}
+
+impl Eq for Sha1Key {}
+
 impl Sha1Key {
     /// Key `id` with the secret `key` (1-20 bytes).
     pub fn new(id: u8, key: &[u8], meticulous: bool) -> Result<Sha1Key, String> {

@@ -20,6 +20,7 @@ use super::policy::{Match, Rule};
 use super::qos::{ClassesSection, TunnelSlots, MAX_RATED_PEERS};
 use super::uplinks::{check_settings, UplinkSettings};
 use super::ConfigError;
+use crate::bfd::auth::Sha1Key;
 use crate::bfd::session::Timers;
 use crate::dpi::apps::{AppError, AppSpec};
 use crate::dpi::{Category, Classifier};
@@ -127,8 +128,9 @@ pub struct PeerSection {
     pub rate_mbps: Option<f64>,
 }
 
-/// `peer.bfd`: a BFD session's timers (RFC 5880 §6.8.1), each optional.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+/// `peer.bfd`: a BFD session's timers (RFC 5880 §6.8.1), each optional,
+/// and its authentication.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BfdSection {
     /// How often we would like to send (ms, 10-60000; default 300).
@@ -140,15 +142,35 @@ pub struct BfdSection {
     /// Packets missed before the path is declared down (2-255; default 3).
     #[serde(default)]
     pub detect_multiplier: Option<u8>,
+    /// Keyed SHA1 authentication (RFC 5880 §6.7.4); absent: none. File
+    /// configuration only: a key never travels through the control plane.
+    #[serde(default)]
+    pub auth: Option<BfdAuthSection>,
+}
+
+/// `peer.bfd.auth`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BfdAuthSection {
+    /// `keyed-sha1` or `meticulous-keyed-sha1`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The key's id, the same on both ends (0-255).
+    pub key_id: u8,
+    /// File holding the key (1-20 bytes; a final newline is left out),
+    /// readable by its owner only.
+    pub key_file: std::path::PathBuf,
 }
 
 /// A peer's BFD, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerBfd {
     /// The peer's address inside the tunnel.
     pub remote: Ipv4Addr,
     /// Our timers.
     pub timers: Timers,
+    /// The key its Control packets are authenticated with, if any.
+    pub auth: Option<Sha1Key>,
 }
 
 /// `peer.wireguard`.
@@ -575,7 +597,26 @@ fn peer_bfd(p: &PeerSection, field: &str) -> Result<Option<PeerBfd>, ConfigError
             ))
         }
     };
-    let b = p.bfd.unwrap_or_default();
+    let b = p.bfd.clone().unwrap_or_default();
+    let auth = match &b.auth {
+        None => None,
+        Some(a) => {
+            let meticulous = match a.kind.as_str() {
+                "keyed-sha1" => false,
+                "meticulous-keyed-sha1" => true,
+                other => {
+                    return Err(ConfigError::new(
+                        format!("{field}.bfd.auth.type"),
+                        format!("{other:?}: keyed-sha1 or meticulous-keyed-sha1"),
+                    ))
+                }
+            };
+            Some(
+                Sha1Key::from_file(&a.key_file, a.key_id, meticulous)
+                    .map_err(|e| ConfigError::new(format!("{field}.bfd.auth.key_file"), e))?,
+            )
+        }
+    };
     let interval = |name: &str, ms: Option<u32>| -> Result<u32, ConfigError> {
         let ms = ms.unwrap_or(300);
         if !(10..=60_000).contains(&ms) {
@@ -600,6 +641,7 @@ fn peer_bfd(p: &PeerSection, field: &str) -> Result<Option<PeerBfd>, ConfigError
             required_min_rx_us: interval("required_min_rx_ms", b.required_min_rx_ms)?,
             detect_mult,
         },
+        auth,
     }))
 }
 

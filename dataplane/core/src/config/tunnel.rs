@@ -228,6 +228,7 @@ fn paths(
                 local,
                 remote: b.remote,
                 timers: b.timers,
+                auth: b.auth.clone(),
             }),
             (Some(_), Some(local)) => {
                 return Err(ConfigError::new(
@@ -294,7 +295,7 @@ fn paths(
                     uplink: u as u8,
                     endpoint: *endpoint,
                     probed: p.sla_probes,
-                    bfd,
+                    bfd: bfd.clone(),
                 });
             }
         }

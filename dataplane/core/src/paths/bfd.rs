@@ -14,6 +14,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::bfd::auth::{self, AuthError, Authenticator, Sha1Key};
 use crate::bfd::packet::{ControlPacket, Diagnostic, Malformed, State, MAX_LEN};
 use crate::bfd::session::{Session, StateChange, Timers};
 use crate::labels::labelled_enum;
@@ -31,9 +32,9 @@ pub const MAX_DATAGRAM_LEN: usize = HEADERS_LEN + MAX_LEN;
 /// DSCP CS6 (network control), as routers mark their BFD.
 const TOS_CS6: u8 = 48 << 2;
 
-/// A path's BFD settings: the two ends' addresses inside the tunnel and
-/// the timers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A path's BFD settings: the two ends' addresses inside the tunnel, the
+/// timers and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BfdEnds {
     /// Ours (the first IPv4 address of `[tunnel]`).
     pub local: Ipv4Addr,
@@ -41,6 +42,8 @@ pub struct BfdEnds {
     pub remote: Ipv4Addr,
     /// Our timers.
     pub timers: Timers,
+    /// Keyed SHA1 authentication (RFC 5880 §6.7.4), if configured.
+    pub auth: Option<Sha1Key>,
 }
 
 labelled_enum! {
@@ -52,6 +55,10 @@ labelled_enum! {
         NoSession => "no_session";
         /// Its Your Discriminator names none of our sessions.
         UnknownDiscriminator => "unknown_discriminator";
+        /// It failed the session's authentication: none where a key is
+        /// configured or the reverse, another key, a replayed sequence
+        /// number, a wrong digest.
+        Auth => "auth_failed";
     }
 }
 
@@ -73,6 +80,8 @@ pub struct BfdCounters {
 pub struct PathBfd {
     /// The session.
     pub session: Session,
+    /// Its authentication state, with a key.
+    auth: Option<Authenticator>,
     ends: BfdEnds,
     source_port: u16,
     /// It has been Up: until then it has no say in whether the path is up.
@@ -92,6 +101,11 @@ impl PathBfd {
             // The tag tells the path apart from the peer's others; 0 is
             // not a discriminator.
             session: Session::new(ends.timers, tag.max(1), seed, now_ns),
+            // A random first sequence number, so that a restart replays nothing.
+            auth: ends
+                .auth
+                .clone()
+                .map(|key| Authenticator::new(key, seed as u32)),
             ends,
             source_port: FIRST_SOURCE_PORT + (tag % 16_384) as u16,
             ever_up: false,
@@ -116,6 +130,12 @@ impl PathBfd {
         let mut any = false;
         while let Some(StateChange { to, diag, .. }) = self.session.poll_change() {
             self.ever_up |= to == State::Up;
+            if to == State::Down {
+                // The remote may come back with a new sequence (§6.8.1).
+                if let Some(auth) = &mut self.auth {
+                    auth.forget_remote();
+                }
+            }
             self.changes[state_index(to)][diag_index(diag)] += 1;
             any = true;
         }
@@ -132,7 +152,19 @@ impl PathBfd {
     /// datagram inside the tunnel; its length.
     pub fn poll_datagram(&mut self, now_ns: u64, out: &mut [u8]) -> Option<usize> {
         let packet = self.session.poll_transmit(now_ns)?;
-        write_datagram(&self.ends, self.source_port, &packet, out)
+        write_datagram(
+            &self.ends,
+            self.source_port,
+            &packet,
+            self.auth.as_mut(),
+            out,
+        )
+    }
+
+    /// Lets a received packet (`bytes`, parsed as `packet`) through the
+    /// session's authentication (RFC 5880 §6.8.6), or says why not.
+    pub fn authenticate(&mut self, bytes: &[u8], packet: &ControlPacket) -> Result<(), AuthError> {
+        auth::check(self.auth.as_mut(), bytes, packet)
     }
 }
 
@@ -151,14 +183,20 @@ fn diag_index(d: Diagnostic) -> usize {
 }
 
 /// `packet` as an IPv4/UDP datagram from `ends.local`:`source_port` to
-/// `ends.remote`:3784, TTL 255, in `out`; its length.
+/// `ends.remote`:3784, TTL 255, in `out`, sealed by `auth` when given; its
+/// length.
 pub fn write_datagram(
     ends: &BfdEnds,
     source_port: u16,
     packet: &ControlPacket,
+    auth: Option<&mut Authenticator>,
     out: &mut [u8],
 ) -> Option<usize> {
-    let body = packet.encode(out.get_mut(HEADERS_LEN..)?)?;
+    let body_out = out.get_mut(HEADERS_LEN..)?;
+    let body = match auth {
+        Some(auth) => auth.seal(packet, body_out)?,
+        None => packet.encode(body_out)?,
+    };
     let total = HEADERS_LEN + body;
     let (ip, rest) = out.split_at_mut(20);
     ip.copy_from_slice(&[
@@ -241,7 +279,99 @@ mod tests {
             local: Ipv4Addr::new(10, 99, 0, 1),
             remote: Ipv4Addr::new(10, 99, 0, 2),
             timers: Timers::default(),
+            auth: None,
         }
+    }
+
+    /// The other end of [`ends`], with `auth`.
+    fn far_end(auth: Option<Sha1Key>) -> BfdEnds {
+        BfdEnds {
+            local: ends().remote,
+            remote: ends().local,
+            auth,
+            ..ends()
+        }
+    }
+
+    /// Hands `from`'s due packet to `to` as the worker does (authentication,
+    /// then the session); whether `to` took it.
+    fn deliver(from: &mut PathBfd, to: &mut PathBfd, now: u64) -> bool {
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        let Some(len) = from.poll_datagram(now, &mut buf) else {
+            return false;
+        };
+        let (_, payload) = control_payload(&buf[..len], to.ends().local).unwrap();
+        let p = ControlPacket::parse(payload).unwrap();
+        if to.authenticate(payload, &p).is_err() {
+            return false;
+        }
+        to.session.handle_packet(&p, now).unwrap();
+        true
+    }
+
+    /// Exchanges packets for ten seconds of simulated time; whether both
+    /// sessions came Up.
+    fn bring_up(a: &mut PathBfd, b: &mut PathBfd) -> bool {
+        for step in 0..10u64 {
+            let now = step * 1_000_000_000;
+            deliver(a, b, now);
+            deliver(b, a, now);
+        }
+        a.take_changes();
+        b.take_changes();
+        a.session.state() == State::Up && b.session.state() == State::Up
+    }
+
+    #[test]
+    fn keyed_sha1_sessions_come_up_only_with_the_same_key() {
+        let key = |secret: &[u8], meticulous| Some(Sha1Key::new(7, secret, meticulous).unwrap());
+        for meticulous in [false, true] {
+            let mut a = PathBfd::new(
+                BfdEnds {
+                    auth: key(b"s3cret", meticulous),
+                    ..ends()
+                },
+                1,
+                1,
+                0,
+            );
+            let mut b = PathBfd::new(far_end(key(b"s3cret", meticulous)), 2, 2, 0);
+            assert!(
+                bring_up(&mut a, &mut b),
+                "the same key (meticulous: {meticulous})"
+            );
+            let mut buf = [0u8; MAX_DATAGRAM_LEN];
+            let len = a.poll_datagram(20_000_000_000, &mut buf).unwrap();
+            let (_, payload) = control_payload(&buf[..len], ends().remote).unwrap();
+            assert!(
+                ControlPacket::parse(payload).unwrap().auth.is_some(),
+                "sent authenticated"
+            );
+        }
+        // Another key, another key id, or none on one side: never Up.
+        let mut a = PathBfd::new(
+            BfdEnds {
+                auth: key(b"s3cret", false),
+                ..ends()
+            },
+            1,
+            1,
+            0,
+        );
+        let mut b = PathBfd::new(far_end(key(b"guess", false)), 2, 2, 0);
+        assert!(!bring_up(&mut a, &mut b), "another key");
+        let mut a = PathBfd::new(
+            BfdEnds {
+                auth: key(b"s3cret", false),
+                ..ends()
+            },
+            1,
+            1,
+            0,
+        );
+        let mut b = PathBfd::new(far_end(None), 2, 2, 0);
+        assert!(!bring_up(&mut a, &mut b), "one side without a key");
+        assert_eq!(a.session.state(), State::Down);
     }
 
     #[test]
@@ -312,34 +442,10 @@ mod tests {
     #[test]
     fn only_a_session_that_was_up_says_the_path_is_down() {
         let mut a = PathBfd::new(ends(), 1, 1, 0);
-        let mut b = PathBfd::new(
-            BfdEnds {
-                local: ends().remote,
-                remote: ends().local,
-                timers: Timers::default(),
-            },
-            2,
-            2,
-            0,
-        );
+        let mut b = PathBfd::new(far_end(None), 2, 2, 0);
         assert!(!a.says_down(), "never up: no say");
-        fn deliver(from: &mut PathBfd, to: &mut PathBfd, now: u64) {
-            let mut buf = [0u8; MAX_DATAGRAM_LEN];
-            if let Some(len) = from.poll_datagram(now, &mut buf) {
-                let (_, payload) = control_payload(&buf[..len], to.ends().local).unwrap();
-                let p = ControlPacket::parse(payload).unwrap();
-                to.session.handle_packet(&p, now).unwrap();
-            }
-        }
-        let mut now = 0;
-        // Exchange until both are Up.
-        for _ in 0..10 {
-            deliver(&mut a, &mut b, now);
-            deliver(&mut b, &mut a, now);
-            now += 1_000_000_000;
-        }
-        assert!(a.take_changes() && b.take_changes());
-        assert_eq!(a.session.state(), State::Up);
+        assert!(bring_up(&mut a, &mut b));
+        let now = 10_000_000_000;
         assert!(!a.says_down());
         // b goes silent: a declares it down after its detection time.
         let detect = a.session.detection_time_ns();

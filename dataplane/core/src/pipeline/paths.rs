@@ -186,7 +186,11 @@ impl Paths {
             .iter()
             .map(|p| owner_of(p.keys.public(), self.workers) == worker)
             .collect();
-        self.bfd_local = t.paths.paths.iter().find_map(|p| Some(p.bfd?.local));
+        self.bfd_local = t
+            .paths
+            .paths
+            .iter()
+            .find_map(|p| p.bfd.as_ref().map(|b| b.local));
         let same_table = self.tunnel.as_ref().is_some_and(|old| old.paths == t.paths);
         if !same_table {
             self.rebuild_state(t, now);
@@ -256,12 +260,16 @@ impl Paths {
                     passive.then(|| PassiveMeter::new(now)),
                 )
             });
-            // A session whose ends stay keeps running; new timers go to
-            // the remote by a Poll sequence while it is Up.
-            state.bfd = match (p.bfd.filter(|_| self.owns(p.peer)), state.bfd.take()) {
+            // A session whose ends and key stay keeps running; new timers
+            // go to the remote by a Poll sequence while it is Up.
+            state.bfd = match (
+                p.bfd.clone().filter(|_| self.owns(p.peer)),
+                state.bfd.take(),
+            ) {
                 (None, _) => None,
                 (Some(ends), Some(mut old))
-                    if (old.ends().local, old.ends().remote) == (ends.local, ends.remote) =>
+                    if (old.ends().local, old.ends().remote, &old.ends().auth)
+                        == (ends.local, ends.remote, &ends.auth) =>
                 {
                     old.session.set_timers(ends.timers, now);
                     Some(old)
@@ -529,6 +537,10 @@ impl Paths {
             counters.dropped[reason.index()] += 1;
             return true;
         };
+        if bfd.authenticate(payload, &packet).is_err() {
+            counters.dropped[BfdDrop::Auth.index()] += 1;
+            return true;
+        }
         match bfd.session.handle_packet(&packet, now) {
             Ok(()) | Err(Ignored::AdminDown) => counters.rx += 1,
             Err(Ignored::Discriminator) => {

@@ -911,7 +911,12 @@ fn bfd_on_every_path_takes_a_dead_one_out_before_the_probes_notice() {
         "10 ms × 3"
     );
     assert!(report.bfd.rx > 100, "{:?}", report.bfd);
-    assert_eq!(report.bfd.dropped, [0; 3], "{:?}", report.bfd);
+    assert_eq!(
+        report.bfd.dropped,
+        [0; crate::paths::bfd::BfdDrop::COUNT],
+        "{:?}",
+        report.bfd
+    );
     assert_eq!(report.bfd.malformed.iter().sum::<u64>(), 0);
 
     // The MPLS network goes dark: BFD declares its paths down after 30 ms,

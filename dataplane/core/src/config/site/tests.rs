@@ -222,6 +222,7 @@ fn a_patronus_peer_may_run_bfd_with_its_own_timers() {
                 required_min_rx_us: 300_000,
                 detect_mult: 4,
             },
+            auth: None,
         })
     );
     assert_eq!(
@@ -291,4 +292,42 @@ fn application_names_follow_the_classifier() {
     for name in ["", "Youtube", "TLS.", "YouTube.TLS", "NoSuchApp"] {
         assert!(!classifier().knows(name), "{name}");
     }
+}
+
+#[test]
+fn bfd_authentication_takes_a_private_key_file_and_a_known_type() {
+    use crate::bfd::auth::Sha1Key;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("patronus-bfd-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("bfd.key");
+    std::fs::write(&key, "s3cret\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with_auth = |kind: &str| {
+        file().replacen(
+            "wireguard = { public_key",
+            &format!(
+                "bfd_enabled = true\nsla_probes = true\ntunnel_address = \"10.99.0.2\"\n\
+                 bfd = {{ auth = {{ type = \"{kind}\", key_id = 3, key_file = \"{}\" }} }}\n\
+                 wireguard = {{ public_key",
+                key.display()
+            ),
+            1,
+        )
+    };
+    let state = sections(&with_auth("meticulous-keyed-sha1"))
+        .compile(caps(false))
+        .unwrap();
+    assert_eq!(
+        state.peers[0].bfd.as_ref().unwrap().auth,
+        Some(Sha1Key::new(3, b"s3cret", true).unwrap()),
+        "the key without its newline"
+    );
+    let err = error(&sections(&with_auth("md5")), false);
+    assert_eq!(err.field, "peer[hq].bfd.auth.type", "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let err = error(&sections(&with_auth("keyed-sha1")), false);
+    assert_eq!(err.field, "peer[hq].bfd.auth.key_file", "{err}");
+    assert!(err.message.contains("readable by group"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
