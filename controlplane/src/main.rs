@@ -72,12 +72,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// A credential read from the file a flag names, when it names one; errors
+/// name the flag.
+fn read_file<T>(
+    path: Option<&std::path::Path>,
+    read: fn(&std::path::Path) -> anyhow::Result<T>,
+    flag: &str,
+) -> anyhow::Result<Option<T>> {
+    path.map(read).transpose().with_context(|| flag.to_owned())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let token = cli
-        .token_file
-        .as_deref()
-        .map(BearerToken::from_file)
-        .transpose()?;
+    let token = read_file(
+        cli.token_file.as_deref(),
+        BearerToken::from_file,
+        "--token-file",
+    )?;
+    let viewer_token = read_file(
+        cli.viewer_token_file.as_deref(),
+        BearerToken::from_file,
+        "--viewer-token-file",
+    )?;
+    let dataplane_key = read_file(
+        cli.dataplane_key_file.as_deref(),
+        DataplaneKey::from_file,
+        "--dataplane-key-file",
+    )?;
+    let metrics_token = read_file(
+        cli.metrics_token_file.as_deref(),
+        BearerToken::from_file,
+        "--metrics-token-file",
+    )?;
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => {
             Some(server::tls_config(cert, key, cli.tls_client_ca.as_deref())?)
@@ -87,27 +112,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if tls.is_none() {
         tracing::warn!("no --tls-cert: the API is served in clear text");
     }
-    if token.is_none() {
-        tracing::warn!("no --token-file: the API accepts unauthenticated requests");
+    if token.is_none() && viewer_token.is_none() && dataplane_key.is_none() {
+        tracing::warn!(
+            "no --token-file, --viewer-token-file or --dataplane-key-file: the API accepts unauthenticated requests"
+        );
     }
-    let viewer_token = cli
-        .viewer_token_file
-        .as_deref()
-        .map(BearerToken::from_file)
-        .transpose()
-        .context("--viewer-token-file")?;
-    let dataplane_key = cli
-        .dataplane_key_file
-        .as_deref()
-        .map(DataplaneKey::from_file)
-        .transpose()
-        .context("--dataplane-key-file")?;
-    let metrics_token = cli
-        .metrics_token_file
-        .as_deref()
-        .map(BearerToken::from_file)
-        .transpose()
-        .context("--metrics-token-file")?;
     if let Some(dir) = cli.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -44,6 +44,18 @@ fn report_paths(
     }
 }
 
+/// The example's Peer as the API serves it.
+async fn get_peer(mut api: ControlPlaneClient<tonic::transport::Channel>) -> Peer {
+    api.get_peer(GetPeerRequest {
+        name: "aws-vpc".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .peer
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_become_status_topology_paths_and_events() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,15 +150,7 @@ async fn reports_become_status_topology_paths_and_events() {
         (status.phase, status.tunnels_up),
         (SitePhase::Ready as i32, 1)
     );
-    let peer = api
-        .get_peer(GetPeerRequest {
-            name: "aws-vpc".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .peer
-        .unwrap();
+    let peer = get_peer(api.clone()).await;
     assert_eq!(
         peer.status.unwrap(),
         PeerStatus {
@@ -225,15 +229,7 @@ async fn reports_become_status_topology_paths_and_events() {
         ]
     );
     // The Peer's status names each path with its BFD session.
-    let peer = api
-        .get_peer(GetPeerRequest {
-            name: "aws-vpc".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .peer
-        .unwrap();
+    let peer = get_peer(api.clone()).await;
     let states: Vec<_> = peer
         .status
         .unwrap()
