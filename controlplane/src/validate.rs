@@ -322,8 +322,8 @@ fn site_uplinks(uplinks: &[SiteUplink], v: &mut Violations) {
     }
 }
 
-/// A peer's BFD: on the paths of a Patronus peer, toward its tunnel
-/// address; the address and timers only with `bfd_enabled` (never accepted
+/// A peer's BFD: toward its tunnel address (per path to a Patronus peer,
+/// per peer to a stock one); the address and timers only with `bfd_enabled` (never accepted
 /// and ignored).
 fn peer_bfd(spec: &PeerSpec, v: &mut Violations) {
     if !spec.bfd_enabled {
@@ -337,13 +337,6 @@ fn peer_bfd(spec: &PeerSpec, v: &mut Violations) {
             v.add("peer.spec.bfd", "BFD's timers need bfd_enabled");
         }
         return;
-    }
-    if !spec.sla_probes {
-        v.add(
-            "peer.spec.bfd_enabled",
-            "BFD runs on the paths of a Patronus peer (sla_probes); toward a stock \
-             WireGuard peer it is not supported yet",
-        );
     }
     match spec.tunnel_address.parse::<IpAddr>() {
         Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => {}

@@ -562,15 +562,6 @@ async fn invalid_requests_name_every_field() {
                 let spec = p.spec.as_mut().unwrap();
                 spec.bfd_enabled = true;
                 spec.tunnel_address = "10.255.0.2".into();
-                spec.sla_probes = false;
-            },
-            "peer.spec.bfd_enabled",
-        ),
-        (
-            |p| {
-                let spec = p.spec.as_mut().unwrap();
-                spec.bfd_enabled = true;
-                spec.tunnel_address = "10.255.0.2".into();
                 spec.bfd = Some(BfdTimers {
                     desired_min_tx_ms: 5,
                     ..BfdTimers::default()

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use common::bfdd::{Bfdd, BFDD};
 use common::*;
 use patronus_core::bfd::packet::{ControlPacket, Diagnostic, State, MAX_LEN};
 use patronus_core::bfd::session::{Session, StateChange, Timers};
 
-const BFDD: &str = "/usr/lib/frr/bfdd";
 const OURS: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 1);
 const THEIRS: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 2);
 const OUR_DISCRIMINATOR: u32 = 0x5a5a_0001;
@@ -230,87 +230,12 @@ impl Drop for Driver {
     }
 }
 
-/// bfdd in `ns`, killed on drop.
-struct Bfdd {
-    child: Option<std::process::Child>,
-    dir: std::path::PathBuf,
-    ns: String,
-}
-
-impl Bfdd {
-    /// Peered with us at `interval_ms` × 3 both ways.
-    fn start(ns: &Netns, id: &str, interval_ms: u32) -> Bfdd {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("patronus-bfdd-{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        // bfdd drops to the frr user, which must reach its sockets.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let conf = dir.join("bfdd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "bfd\n peer {OURS} local-address {THEIRS}\n  receive-interval {interval_ms}\n  transmit-interval {interval_ms}\n  detect-multiplier 3\n !\n!\n"
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-        let child = ns.spawn(&[
-            BFDD,
-            "-f",
-            &path("bfdd.conf"),
-            "-i",
-            &path("bfdd.pid"),
-            "--vty_socket",
-            dir.to_str().unwrap(),
-            "-z",
-            &path("zserv.api"),
-            "--bfdctl",
-            &path("bfdd.sock"),
-            "--log",
-            &format!("file:{}", path("bfdd.log")),
-        ]);
-        let b = Bfdd {
-            child: Some(child),
-            dir,
-            ns: ns.name.clone(),
-        };
-        assert!(
-            eventually(Duration::from_secs(10), || b.dir.join("bfdd.vty").exists()),
-            "bfdd did not start"
-        );
-        b
-    }
-
-    fn vtysh(&self, commands: &[&str]) -> String {
-        let mut args = vec![
-            "ip",
-            "netns",
-            "exec",
-            &self.ns,
-            "vtysh",
-            "--vty_socket",
-            self.dir.to_str().unwrap(),
-        ];
-        for c in commands {
-            args.extend(["-c", c]);
-        }
-        must(&args)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Bfdd {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// bfdd's configuration: peered with us at `interval_ms` × 3 both ways.
+fn peer_conf(interval_ms: u32) -> String {
+    format!(
+        "bfd\n peer {OURS} local-address {THEIRS}\n  receive-interval {interval_ms}\n  \
+         transmit-interval {interval_ms}\n  detect-multiplier 3\n !\n!\n"
+    )
 }
 
 /// A namespace for bfdd and a veth to it: our address in the root
@@ -335,7 +260,7 @@ fn topology() -> (String, Netns, Link) {
 /// the namespace and the link comes first, so that it is dropped last.
 fn up_with_bfdd_at_100_ms() -> (Netns, Link, Bfdd, Driver) {
     let (id, ns, link) = topology();
-    let bfdd = Bfdd::start(&ns, &id, 100);
+    let bfdd = Bfdd::start(&ns, &id, &peer_conf(100));
     let driver = Driver::start(Timers {
         desired_min_tx_us: 100_000,
         required_min_rx_us: 100_000,
@@ -514,7 +439,11 @@ fn detection_against_frr_bfdd_at_10_50_and_300_ms() {
         });
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for run in 0..runs {
-            let mut bfdd = Bfdd::start(&ns, &format!("{id}-{interval_ms}-{run}"), interval_ms);
+            let mut bfdd = Bfdd::start(
+                &ns,
+                &format!("{id}-{interval_ms}-{run}"),
+                &peer_conf(interval_ms),
+            );
             driver
                 .wait_for(State::Up, Duration::from_secs(10))
                 .expect("up");

@@ -425,6 +425,83 @@ fn a_stock_peers_path_is_measured_from_its_handshakes() {
 }
 
 #[test]
+fn bfd_runs_with_frr_bfdd_on_a_wireguard_go_peer() {
+    use common::bfdd::Bfdd;
+    // The road warrior runs FRR's bfdd on its WireGuard interface; we run
+    // one session toward it at 100 ms × 3 (these keys continue the
+    // [[peer]] table), over the WAN uplink.
+    let tables = "bfd_enabled = true\ntunnel_address = \"10.77.0.2\"\n\
+                  bfd = { desired_min_tx_ms = 100, required_min_rx_ms = 100 }\n\
+                  \n[[uplink]]\nname = \"wan\"\nport = \"wan\"\n";
+    let mut r = rig_with("", false, tables);
+    let path = "local:wan->roadwarrior";
+    let state = |m: &Metrics, s: &str| {
+        m.sum(
+            "patronus_bfd_session_status",
+            &[("path_id", path), ("state", s)],
+        )
+    };
+    // Our session's first packets started a handshake before wireguard-go
+    // was up; the tunnel is there at the engine's next try (5 s).
+    assert!(
+        eventually(Duration::from_secs(15), || ping(&r.topo.a, B_TUNNEL4)),
+        "{}",
+        r.dp.log_text()
+    );
+    let mut bfdd = Bfdd::start(
+        &r.topo.b,
+        &r.topo.id,
+        "bfd\n peer 10.77.0.1 local-address 10.77.0.2\n  receive-interval 100\n  \
+         transmit-interval 100\n  detect-multiplier 3\n !\n!\n",
+    );
+    let up = eventually(Duration::from_secs(15), || {
+        state(&r.dp.scrape(), "up") == 1.0 && bfdd.vtysh(&["show bfd peers"]).contains("Status: up")
+    });
+    let theirs = bfdd.vtysh(&["show bfd peers"]);
+    assert!(up, "{theirs}\n{}\n{}", r.dp.scrape().text, bfdd.log());
+    // Both sides at 100 ms: bfdd reports ours, we detect at 3 × 100 ms.
+    assert!(
+        theirs.contains("Receive interval: 100ms")
+            && theirs.contains("Transmission interval: 100ms"),
+        "{theirs}"
+    );
+    let m = r.dp.scrape();
+    let detection = m.sum("patronus_bfd_detection_time_seconds", &[("path_id", path)]);
+    assert!((detection - 0.3).abs() < 1e-9, "{detection}");
+    assert_eq!(
+        m.sum("patronus_bfd_control_drops_total", &[]),
+        0.0,
+        "{}",
+        m.text
+    );
+    // The tunnel still carries the host's traffic beside it.
+    assert!(ping(&r.topo.a, B_TUNNEL4), "A pings B with BFD up");
+
+    // bfdd dies: our session goes down by detection time, and the peer's
+    // one path is all it has, so nothing moves.
+    bfdd.kill();
+    let down = eventually(Duration::from_secs(5), || {
+        state(&r.dp.scrape(), "down") == 1.0
+    });
+    let m = r.dp.scrape();
+    assert!(down, "{}", m.text);
+    assert_eq!(
+        m.sum(
+            "patronus_bfd_state_changes_total",
+            &[
+                ("path_id", path),
+                ("to", "down"),
+                ("diag", "control_detection_time_expired")
+            ]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(r.dp.stop().code(), Some(0));
+}
+
+#[test]
 fn a_forced_rekey_loses_no_tcp_data() {
     let timers = "[tunnel.timers]\nrekey_after_time_s = 3\nreject_after_time_s = 6\n";
     let mut r = rig(timers, false);

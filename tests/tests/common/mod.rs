@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod bfdd;
 pub mod dnsmasq;
 pub mod two_uplinks;
 

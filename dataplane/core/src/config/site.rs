@@ -103,8 +103,9 @@ pub struct PeerSection {
     /// Compress tunnel payloads (Patronus peers only).
     #[serde(default)]
     pub compression: bool,
-    /// Run BFD (RFC 5881) on every path to the peer, inside the tunnel,
-    /// between our tunnel address and `tunnel_address` (Patronus peers).
+    /// Run BFD (RFC 5881) inside the tunnel between our tunnel address and
+    /// `tunnel_address`: one session per path to a Patronus peer
+    /// (`sla_probes`), one per peer over the path in use to a stock one.
     #[serde(default)]
     pub bfd_enabled: bool,
     /// The peer's own address inside the tunnel (IPv4, within its
@@ -542,8 +543,7 @@ impl SiteSections {
     }
 }
 
-/// A peer's BFD settings, checked: only for Patronus peers, with their
-/// tunnel address; fields without `bfd_enabled` are refused, not ignored.
+/// A peer's BFD settings, checked: the peer's tunnel address and timers; fields without `bfd_enabled` are refused, not ignored.
 fn peer_bfd(p: &PeerSection, field: &str) -> Result<Option<PeerBfd>, ConfigError> {
     if !p.bfd_enabled {
         if p.tunnel_address.is_some() {
@@ -559,13 +559,6 @@ fn peer_bfd(p: &PeerSection, field: &str) -> Result<Option<PeerBfd>, ConfigError
             ));
         }
         return Ok(None);
-    }
-    if !p.sla_probes {
-        return Err(ConfigError::new(
-            format!("{field}.bfd_enabled"),
-            "BFD runs on the paths of a Patronus peer (sla_probes = true); \
-             toward a stock WireGuard peer it is not supported yet",
-        ));
     }
     let at = format!("{field}.tunnel_address");
     let Some(text) = &p.tunnel_address else {

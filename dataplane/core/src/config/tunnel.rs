@@ -244,6 +244,12 @@ fn paths(
             }
         };
         if local.uplinks.is_empty() {
+            if bfd.is_some() {
+                return Err(ConfigError::new(
+                    format!("{field}.bfd_enabled"),
+                    "BFD runs on the peer's paths, which need [[uplink]] sections",
+                ));
+            }
             if p.endpoints.len() > 1 {
                 return Err(ConfigError::new(
                     format!("{field}.endpoints"),

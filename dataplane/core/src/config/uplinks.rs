@@ -662,6 +662,20 @@ mod tests {
                 "peer[hq].sla_probes",
             ),
             (
+                // A stock peer's BFD runs on its paths too: a tunnel
+                // address but no uplinks.
+                "addresses = [\"10.99.0.2/24\"]".to_owned(),
+                PEER.replace(
+                    "{ name = \"inet\", address = \"198.51.100.50\", port = 51820 },",
+                    "",
+                )
+                .replace(
+                    "sla_probes = true",
+                    "bfd_enabled = true\ntunnel_address = \"10.9.0.1\"",
+                ),
+                "peer[hq].bfd_enabled",
+            ),
+            (
                 uplinks(INET),
                 format!(
                     "{PEER}\n[[policy]]\nname = \"voice\"\n[[policy.rule]]\naction = \"allow\"\n\

@@ -75,6 +75,15 @@ pub struct BfdCounters {
     pub dropped: [u64; BfdDrop::COUNT],
 }
 
+/// What [`PathBfd::take_changes`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The session changed state.
+    pub any: bool,
+    /// It left Up: it just went down.
+    pub left_up: bool,
+}
+
 /// The session of one path, with what the metrics show of it.
 #[derive(Debug, Clone)]
 pub struct PathBfd {
@@ -124,12 +133,13 @@ impl PathBfd {
         self.ever_up && self.session.state() != State::Up
     }
 
-    /// Reads the session's state changes into the counts; true when there
-    /// was one.
-    pub fn take_changes(&mut self) -> bool {
-        let mut any = false;
-        while let Some(StateChange { to, diag, .. }) = self.session.poll_change() {
+    /// Reads the session's state changes into the counts: whether there
+    /// was one, and whether one left Up.
+    pub fn take_changes(&mut self) -> Changed {
+        let mut changed = Changed::default();
+        while let Some(StateChange { from, to, diag, .. }) = self.session.poll_change() {
             self.ever_up |= to == State::Up;
+            changed.left_up |= from == State::Up;
             if to == State::Down {
                 // The remote may come back with a new sequence (§6.8.1).
                 if let Some(auth) = &mut self.auth {
@@ -137,9 +147,9 @@ impl PathBfd {
                 }
             }
             self.changes[state_index(to)][diag_index(diag)] += 1;
-            any = true;
+            changed.any = true;
         }
-        any
+        changed
     }
 
     /// State changes so far, by state entered ([`STATES`] order) and
@@ -450,7 +460,13 @@ mod tests {
         // b goes silent: a declares it down after its detection time.
         let detect = a.session.detection_time_ns();
         a.session.handle_timeout(now + detect);
-        assert!(a.take_changes());
+        assert_eq!(
+            a.take_changes(),
+            Changed {
+                any: true,
+                left_up: true
+            }
+        );
         assert!(a.says_down());
         let up = state_index(State::Up);
         let down = state_index(State::Down);

@@ -246,7 +246,7 @@ impl Paths {
             .into_iter()
             .map(Some)
             .collect();
-        for p in &t.paths.paths {
+        for (i, p) in t.paths.paths.iter().enumerate() {
             let probed = p.probed && self.owns(p.peer);
             let passive = !p.probed && self.owns(p.peer);
             let kept = old_table
@@ -261,11 +261,11 @@ impl Paths {
                 )
             });
             // A session whose ends and key stay keeps running; new timers
-            // go to the remote by a Poll sequence while it is Up.
-            state.bfd = match (
-                p.bfd.clone().filter(|_| self.owns(p.peer)),
-                state.bfd.take(),
-            ) {
+            // go to the remote by a Poll sequence while it is Up. A stock
+            // peer runs one session, kept on its first path: it knows one
+            // neighbour at our tunnel address, whichever way we reach it.
+            let runs_bfd = self.owns(p.peer) && (p.probed || t.paths.of_peer(p.peer).start == i);
+            state.bfd = match (p.bfd.clone().filter(|_| runs_bfd), state.bfd.take()) {
                 (None, _) => None,
                 (Some(ends), Some(mut old))
                     if (old.ends().local, old.ends().remote, &old.ends().auth)
@@ -514,7 +514,16 @@ impl Paths {
         let Some(t) = self.tunnel.as_deref() else {
             return true;
         };
-        let found = if packet.your_discriminator != 0 {
+        let stock = !t.paths.of_peer(peer).all(|i| t.paths.paths[i].probed);
+        let found = if stock {
+            // A stock peer's one session, whichever path it came over.
+            Some(t.paths.of_peer(peer).start).filter(|&i| {
+                self.state[i].bfd.as_ref().is_some_and(|b| {
+                    packet.your_discriminator == 0
+                        || b.session.local_discriminator() == packet.your_discriminator
+                })
+            })
+        } else if packet.your_discriminator != 0 {
             t.paths.of_peer(peer).find(|&i| {
                 self.state[i]
                     .bfd
@@ -528,7 +537,7 @@ impl Paths {
                 .find(peer, uplink, from)
                 .filter(|&i| self.state[i].bfd.is_some())
         };
-        let Some(bfd) = found.and_then(|i| self.state[i].bfd.as_mut()) else {
+        let Some(session_path) = found else {
             let reason = if packet.your_discriminator != 0 {
                 BfdDrop::UnknownDiscriminator
             } else {
@@ -537,6 +546,10 @@ impl Paths {
             counters.dropped[reason.index()] += 1;
             return true;
         };
+        let bfd = self.state[session_path]
+            .bfd
+            .as_mut()
+            .expect("found among the paths with a session");
         if bfd.authenticate(payload, &packet).is_err() {
             counters.dropped[BfdDrop::Auth.index()] += 1;
             return true;
@@ -547,7 +560,11 @@ impl Paths {
                 counters.dropped[BfdDrop::UnknownDiscriminator.index()] += 1;
             }
         }
-        if bfd.take_changes() {
+        let changed = bfd.take_changes();
+        if stock && changed.left_up {
+            self.leave_uplink_of_stock_peer(peer);
+        }
+        if changed.any {
             self.evaluate(peer, now);
         }
         if packet.poll {
@@ -574,15 +591,30 @@ impl Paths {
         };
         let mut next = u64::MAX;
         for (i, path) in t.paths.paths.iter().enumerate() {
-            if let Some(bfd) = self.state[i].bfd.as_mut() {
+            if self.state[i].bfd.is_some() {
+                // A stock peer's session goes where the peer's traffic goes
+                // (by the routes until the peer is heard).
+                let (over, uplink) = if path.probed {
+                    (Some(i), path.uplink)
+                } else {
+                    self.heard_route(path.peer)
+                        .map_or((None, NO_UPLINK), |(j, uplink, _)| (Some(j), uplink))
+                };
+                let bfd = self.state[i].bfd.as_mut().expect("checked above");
                 bfd.session.handle_timeout(now);
-                // State changes are acted on at the evaluation below.
-                bfd.take_changes();
+                // A probed path's state change is acted on at the
+                // evaluation below.
+                if bfd.take_changes().left_up && !path.probed {
+                    self.leave_uplink_of_stock_peer(path.peer);
+                }
+                let bfd = self.state[i].bfd.as_mut().expect("checked above");
                 if bfd.session.transmit_due(now) {
                     if let Some((to, frame)) = seal_control(bfd, &t, path.peer, engine, env, now) {
                         self.bfd_counters.tx += 1;
-                        self.count_tx(i, frame.len());
-                        out(path.uplink, path.endpoint.unwrap_or(to), frame);
+                        if let Some(j) = over {
+                            self.count_tx(j, frame.len());
+                        }
+                        out(uplink, path.endpoint.unwrap_or(to), frame);
                     }
                 }
                 let bfd = self.state[i].bfd.as_ref().expect("checked above");
@@ -643,6 +675,38 @@ impl Paths {
         }
     }
 
+    /// After the session of stock peer `peer` left Up: the peer's traffic
+    /// leaves the uplink it was on for the next of the peer's paths. A
+    /// stock peer answers wherever it last heard us from (WireGuard's
+    /// roaming), so that is the whole failover; the session comes up again
+    /// over the new uplink.
+    fn leave_uplink_of_stock_peer(&mut self, peer: u32) {
+        let Some(t) = self.tunnel.clone() else {
+            return;
+        };
+        let range = t.paths.of_peer(peer);
+        let current = self.heard_route(peer).map_or(range.start, |(i, ..)| i);
+        let next = range.start + (current - range.start + 1) % range.len();
+        if next == current {
+            return; // its only path
+        }
+        self.heard_on[peer as usize] = t.paths.paths[next].uplink;
+        self.moves_made += 1;
+        if self.moves.len() == MOVES_KEPT {
+            self.moves.pop_front();
+        }
+        self.moves.push_back(PathMove {
+            seq: self.moves_made,
+            policy: DEFAULT_POLICY.into(),
+            from: t.paths.paths[current].id.clone(),
+            to: t.paths.paths[next].id.clone(),
+            reason: FailoverReason::BfdDown,
+        });
+        self.failovers
+            .entry(DEFAULT_POLICY.into())
+            .or_insert([0; FailoverReason::COUNT])[FailoverReason::BfdDown.index()] += 1;
+    }
+
     /// Re-makes `peer`'s choices (only peers with paths whose choices this
     /// worker keeps: owned ones).
     fn evaluate(&mut self, peer: u32, now: u64) {
@@ -660,7 +724,10 @@ impl Paths {
             let p = &t.paths.paths[i];
             let figures = self.state[i].meter.as_mut().map(|m| m.figures(now));
             let uplink = &t.paths.uplinks[usize::from(p.uplink)];
-            let down_by_bfd = self.state[i].bfd.as_ref().is_some_and(PathBfd::says_down);
+            // A stock peer's session speaks for the uplink in use, not for
+            // the path it is kept on.
+            let down_by_bfd =
+                p.probed && self.state[i].bfd.as_ref().is_some_and(PathBfd::says_down);
             bfd_down |= u64::from(down_by_bfd) << (i - range.start);
             self.scratch.push(Candidate {
                 up: figures.is_none_or(|f| f.up) && !down_by_bfd,

@@ -955,6 +955,73 @@ fn bfd_on_every_path_takes_a_dead_one_out_before_the_probes_notice() {
     assert_eq!(dropped, 0, "nothing dropped at the gateway");
 }
 
+/// Site `n` knowing site `m` as a stock WireGuard peer (one endpoint, its
+/// MPLS address, no probes) with BFD at 10 ms × 3: one session, over
+/// whichever of the two uplinks the peer's traffic takes.
+fn stock_bfd_text(n: u8, m: u8) -> String {
+    let mut text = bfd_text(n, m).replacen("sla_probes = true\n", "", 1);
+    let start = text.find("endpoints = [").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    text.replace_range(
+        start..end,
+        &format!("endpoint = {{ address = \"192.0.2.{m}\", port = 51820 }}"),
+    );
+    text
+}
+
+#[test]
+fn bfd_toward_a_stock_peer_moves_its_traffic_to_the_next_uplink() {
+    use crate::bfd::packet::State;
+    let clock = ManualClock::default();
+    let mut a = site_from(1, 1, &stock_bfd_text(1, 2), &clock);
+    let mut b = site_from(2, 1, &stock_bfd_text(2, 1), &clock);
+    // One session per peer, kept on its first path.
+    let session = |s: &Site| {
+        let paths = s.paths();
+        assert!(paths[1].1.bfd.is_none(), "{paths:?}");
+        paths[0].1.bfd.clone().expect("the peer runs BFD")
+    };
+    run_for(&mut [&mut a, &mut b], &clock, 3_000 * MS, |_| false);
+    assert_eq!(session(&a).state, State::Up);
+    assert_eq!(session(&b).state, State::Up);
+    assert_eq!(a.active_path(), "local:mpls->site-2");
+
+    // Site 1's MPLS uplink goes dark: its session is down 30 ms after the
+    // last packet it heard, and its traffic moves to the inet uplink.
+    let a_mpls = |u: &Udp| u.src == [192, 0, 2, 1] || u.dst == [192, 0, 2, 1];
+    run_for(&mut [&mut a, &mut b], &clock, 150 * MS, a_mpls);
+    assert_eq!(a.active_path(), "local:inet->site-2");
+    assert_eq!(a.failovers("default"), [0, 0, 0, 1], "one move, by BFD");
+    let down = session(&a);
+    assert_eq!(down.changes[1][1], 1, "down by detection time: {down:?}");
+
+    // Site 2's session went down too (nothing of its own reached site 1),
+    // and it may have moved in turn; each end answers where the other
+    // speaks from (WireGuard roaming), so the session comes up again from
+    // site 1's inet uplink, and host traffic flows, with the MPLS uplink
+    // still dark.
+    run_for(&mut [&mut a, &mut b], &clock, 3_000 * MS, a_mpls);
+    assert_eq!(session(&a).state, State::Up, "{:?}", a.paths());
+    assert_eq!(a.active_path(), "local:inet->site-2");
+    a.host_sends(0, udp_from_host(1, [10, 2, 0, 5], &[b'i'; 300]));
+    let mut outer = Vec::new();
+    run_for(&mut [&mut a, &mut b], &clock, 5 * MS, |u| {
+        if u.payload.len() > 300 {
+            outer.push((u.src, u.dst));
+        }
+        a_mpls(u)
+    });
+    assert_eq!(outer.len(), 1);
+    assert_eq!(outer[0].0, [198, 51, 100, 1], "from the inet uplink");
+    assert_eq!(b.to_hosts().len(), 1);
+    assert_eq!(session(&b).state, State::Up);
+    assert_eq!(
+        a.failovers("default"),
+        [0, 0, 0, 1],
+        "no move back and forth"
+    );
+}
+
 /// A UDP datagram from site `from`'s host, between the given ports.
 fn udp_between(from: u8, dst: [u8; 4], ports: (u16, u16), payload: &[u8]) -> VecFrame {
     let b = PacketBuilder::ethernet2(host_mac(from), lan_mac(from))

@@ -155,7 +155,7 @@ fn every_refusal_names_its_field() {
         (
             "wireguard = { public_key",
             "bfd_enabled = true\nwireguard = { public_key",
-            "peer[hq].bfd_enabled",
+            "peer[hq].tunnel_address",
         ),
         (
             "wireguard = { public_key",
@@ -166,11 +166,6 @@ fn every_refusal_names_its_field() {
             "wireguard = { public_key",
             "bfd = { detect_multiplier = 5 }\nwireguard = { public_key",
             "peer[hq].bfd",
-        ),
-        (
-            "wireguard = { public_key",
-            "bfd_enabled = true\nsla_probes = true\nwireguard = { public_key",
-            "peer[hq].tunnel_address",
         ),
         (
             "wireguard = { public_key",
