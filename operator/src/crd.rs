@@ -243,7 +243,7 @@ pub struct WireGuard {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.bfdEnabled) && self.bfdEnabled) || (has(self.tunnelAddress) && has(self.slaProbes) && self.slaProbes)").message("bfdEnabled needs tunnelAddress and slaProbes (BFD runs on the paths of a Patronus peer)"))]
+#[x_kube(validation = Rule::new("!(has(self.bfdEnabled) && self.bfdEnabled) || has(self.tunnelAddress)").message("bfdEnabled needs tunnelAddress (the peer's address inside the tunnel, which BFD talks to)"))]
 #[x_kube(validation = Rule::new("(has(self.bfdEnabled) && self.bfdEnabled) || (!has(self.tunnelAddress) && !has(self.bfd))").message("tunnelAddress and bfd are only for BFD: set bfdEnabled"))]
 pub struct PeerSpec {
     /// The site this peer belongs to.
@@ -256,7 +256,8 @@ pub struct PeerSpec {
     /// Compress tunnel payloads (Patronus peers only).
     #[serde(default)]
     pub compression: bool,
-    /// Run BFD over the tunnel.
+    /// Run BFD inside the tunnel: on every path to a Patronus peer
+    /// (`slaProbes`), one session toward a stock one.
     #[serde(default)]
     pub bfd_enabled: bool,
     /// Every endpoint of a peer with several (one per remote uplink), by

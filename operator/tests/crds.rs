@@ -401,12 +401,7 @@ fn cel_rules_refuse_what_they_promise() {
         (
             "Peer",
             |d| drop(d["spec"].as_object_mut().unwrap().remove("tunnelAddress")),
-            "bfdEnabled needs tunnelAddress and slaProbes (BFD runs on the paths of a Patronus peer) at /spec",
-        ),
-        (
-            "Peer",
-            |d| d["spec"]["slaProbes"] = false.into(),
-            "bfdEnabled needs tunnelAddress and slaProbes (BFD runs on the paths of a Patronus peer) at /spec",
+            "bfdEnabled needs tunnelAddress (the peer's address inside the tunnel, which BFD talks to) at /spec",
         ),
         (
             "Peer",
