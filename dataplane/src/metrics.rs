@@ -700,13 +700,23 @@ impl Scrape<'_> {
     /// of every worker; nothing when no path runs BFD.
     fn bfd(
         &self,
+        tunnel: &TunnelSnapshot,
         paths: &[(&Path, &PathReport)],
         reports: &[Arc<PathsReport>],
         enc: &mut DescriptorEncoder,
     ) -> fmt::Result {
-        let sessions: Vec<(&Path, &BfdReport)> = paths
+        // The uplinks' sessions are named `site:uplink->router`.
+        let uplink_sessions = reports
             .iter()
-            .filter_map(|(p, r)| Some((*p, r.bfd.as_ref()?)))
+            .flat_map(|w| &w.uplink_bfd)
+            .filter_map(|(u, b)| {
+                let id = &tunnel.paths.uplinks.get(usize::from(*u))?.bfd.as_ref()?.id;
+                Some((id.clone(), b))
+            });
+        let sessions: Vec<(Arc<str>, &BfdReport)> = paths
+            .iter()
+            .filter_map(|(p, r)| Some((p.id.clone(), r.bfd.as_ref()?)))
+            .chain(uplink_sessions)
             .collect();
         if sessions.is_empty() {
             return Ok(());
@@ -714,12 +724,12 @@ impl Scrape<'_> {
         gauge(
             enc,
             "patronus_bfd_session_status",
-            "1 for the state the path's BFD session is in, 0 for the others.",
+            "1 for the state the path's BFD session is in, 0 for the others (an uplink's session with its router: site:uplink->router).",
             sessions.iter().flat_map(|(p, b)| {
                 BfdState::ALL.into_iter().map(move |state| {
                     (
                         [
-                            ("path_id", p.id.to_string()),
+                            ("path_id", p.to_string()),
                             ("state", state.as_str().to_owned()),
                         ],
                         i64::from(b.state == state),
@@ -741,7 +751,7 @@ impl Scrape<'_> {
                             .map(move |d| {
                                 (
                                     [
-                                        ("path_id", p.id.to_string()),
+                                        ("path_id", p.to_string()),
                                         ("to", to.as_str().to_owned()),
                                         ("diag", Diagnostic(d as u8).as_str().to_owned()),
                                     ],
@@ -757,7 +767,7 @@ impl Scrape<'_> {
             "How long the path's BFD session waits for a packet before it declares the path down, as negotiated (0 before the remote is heard).",
             sessions
                 .iter()
-                .map(|(p, b)| ([("path_id", p.id.to_string())], b.detection_time_ns as f64 / 1e9)),
+                .map(|(p, b)| ([("path_id", p.to_string())], b.detection_time_ns as f64 / 1e9)),
         )?;
         let mut total = BfdCounters::default();
         for w in reports {
@@ -939,7 +949,7 @@ impl Scrape<'_> {
                 paths.iter().map(|(p, r)| (id(p), value(r))),
             )?;
         }
-        self.bfd(&paths, &reports, enc)?;
+        self.bfd(tunnel, &paths, &reports, enc)?;
         let mut failovers: std::collections::BTreeMap<&str, [u64; FailoverReason::COUNT]> =
             std::collections::BTreeMap::new();
         failovers.insert("default", [0; FailoverReason::COUNT]);
@@ -1539,6 +1549,8 @@ name = "mpls"
 port = "wan"
 color = "mpls"
 rate_mbps = 20
+next_hop = "10.0.1.254"
+bfd = {{ desired_min_tx_ms = 50, required_min_rx_ms = 50 }}
 [[uplink]]
 name = "inet"
 port = "lan"
@@ -1725,6 +1737,14 @@ conditions = [{{ type = "category", value = "Video" }}]
             },
             moves: Vec::new(),
             bfd,
+            uplink_bfd: vec![(
+                0,
+                BfdReport {
+                    state: BfdState::Down,
+                    changes: [[0; DIAGNOSTICS]; 4],
+                    detection_time_ns: 0,
+                },
+            )],
         });
         tunnels[1].publish_paths(PathsReport {
             paths: vec![report(2, true, None), report(3, false, None)],
@@ -1732,6 +1752,7 @@ conditions = [{{ type = "category", value = "Video" }}]
             recovery: RecoveryHistogram::default(),
             moves: Vec::new(),
             bfd: BfdCounters::default(),
+            uplink_bfd: Vec::new(),
         });
         // The video rule dropped 7 packets on one worker, 5 on the other.
         let slot = snapshot.site.rules[0].slot;

@@ -18,7 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use patronus_core::bfd::auth::Sha1Key;
 use patronus_core::bfd::packet::ControlPacket;
 use patronus_core::bfd::session::Timers;
-use patronus_core::paths::bfd::{control_payload, BfdEnds, PathBfd, MAX_DATAGRAM_LEN};
+use patronus_core::paths::bfd::{control_payload, BfdEnds, Hops, PathBfd, MAX_DATAGRAM_LEN};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let ends = BfdEnds {
         local: LOCAL,
         remote: REMOTE,
+        hops: Hops::One,
         timers: Timers {
             desired_min_tx_us: 10_000,
             required_min_rx_us: 10_000,

@@ -420,6 +420,8 @@ pub struct PathsReport {
     pub moves: Vec<PathMove>,
     /// Its BFD Control packets.
     pub bfd: crate::paths::bfd::BfdCounters,
+    /// The sessions with the uplinks' routers it runs, by uplink index.
+    pub uplink_bfd: Vec<(u8, BfdReport)>,
 }
 
 /// The published copy of one worker's tunnel figures: engine-wide drops and

@@ -590,52 +590,69 @@ fn peer_bfd(p: &PeerSection, field: &str) -> Result<Option<PeerBfd>, ConfigError
             ))
         }
     };
-    let b = p.bfd.clone().unwrap_or_default();
-    let auth = match &b.auth {
-        None => None,
-        Some(a) => {
-            let meticulous = match a.kind.as_str() {
-                "keyed-sha1" => false,
-                "meticulous-keyed-sha1" => true,
-                other => {
-                    return Err(ConfigError::new(
-                        format!("{field}.bfd.auth.type"),
-                        format!("{other:?}: keyed-sha1 or meticulous-keyed-sha1"),
-                    ))
-                }
-            };
-            Some(
-                Sha1Key::from_file(&a.key_file, a.key_id, meticulous)
-                    .map_err(|e| ConfigError::new(format!("{field}.bfd.auth.key_file"), e))?,
-            )
-        }
-    };
-    let interval = |name: &str, ms: Option<u32>| -> Result<u32, ConfigError> {
-        let ms = ms.unwrap_or(300);
-        if !(10..=60_000).contains(&ms) {
-            return Err(ConfigError::new(
-                format!("{field}.bfd.{name}"),
-                format!("{ms} is outside 10-60000 ms"),
-            ));
-        }
-        Ok(ms * 1_000)
-    };
-    let detect_mult = b.detect_multiplier.unwrap_or(3);
-    if detect_mult < 2 {
-        return Err(ConfigError::new(
-            format!("{field}.bfd.detect_multiplier"),
-            format!("{detect_mult} is outside 2-255"),
-        ));
-    }
+    let (timers, auth) = p
+        .bfd
+        .clone()
+        .unwrap_or_default()
+        .compile(&format!("{field}.bfd"))?;
     Ok(Some(PeerBfd {
         remote,
-        timers: Timers {
-            desired_min_tx_us: interval("desired_min_tx_ms", b.desired_min_tx_ms)?,
-            required_min_rx_us: interval("required_min_rx_ms", b.required_min_rx_ms)?,
-            detect_mult,
-        },
+        timers,
         auth,
     }))
+}
+
+impl BfdSection {
+    /// The timers and key it asks for (defaults: FRR's 300 ms × 3, no
+    /// key); errors name `field` (`peer[hq].bfd`) and the value.
+    ///
+    /// # Errors
+    /// A value out of range, an unknown authentication type, or a key file
+    /// that cannot be read or is readable by others.
+    pub fn compile(&self, field: &str) -> Result<(Timers, Option<Sha1Key>), ConfigError> {
+        let auth = match &self.auth {
+            None => None,
+            Some(a) => {
+                let meticulous = match a.kind.as_str() {
+                    "keyed-sha1" => false,
+                    "meticulous-keyed-sha1" => true,
+                    other => {
+                        return Err(ConfigError::new(
+                            format!("{field}.auth.type"),
+                            format!("{other:?}: keyed-sha1 or meticulous-keyed-sha1"),
+                        ))
+                    }
+                };
+                Some(
+                    Sha1Key::from_file(&a.key_file, a.key_id, meticulous)
+                        .map_err(|e| ConfigError::new(format!("{field}.auth.key_file"), e))?,
+                )
+            }
+        };
+        let interval = |name: &str, ms: Option<u32>| -> Result<u32, ConfigError> {
+            let ms = ms.unwrap_or(300);
+            if !(10..=60_000).contains(&ms) {
+                return Err(ConfigError::new(
+                    format!("{field}.{name}"),
+                    format!("{ms} is outside 10-60000 ms"),
+                ));
+            }
+            Ok(ms * 1_000)
+        };
+        let detect_mult = self.detect_multiplier.unwrap_or(3);
+        if detect_mult < 2 {
+            return Err(ConfigError::new(
+                format!("{field}.detect_multiplier"),
+                format!("{detect_mult} is outside 2-255"),
+            ));
+        }
+        let timers = Timers {
+            desired_min_tx_us: interval("desired_min_tx_ms", self.desired_min_tx_ms)?,
+            required_min_rx_us: interval("required_min_rx_ms", self.required_min_rx_ms)?,
+            detect_mult,
+        };
+        Ok((timers, auth))
+    }
 }
 
 /// The built-in catalogue plus the file's `[[dpi.application]]` and the

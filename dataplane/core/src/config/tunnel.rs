@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::dns::HostAddresses;
 use super::site::{Peer, SiteState};
 use super::ConfigError;
-use crate::paths::bfd::BfdEnds;
+use crate::paths::bfd::{BfdEnds, Hops};
 use crate::paths::{path_tag, Choosing, Path, PathTable, Uplink, MAX_PATHS, MAX_PATHS_PER_PEER};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::noise::{PeerKeys, StaticKeys};
@@ -227,6 +227,7 @@ fn paths(
             (Some(b), Some(local)) if b.remote != local => Some(BfdEnds {
                 local,
                 remote: b.remote,
+                hops: Hops::One,
                 timers: b.timers,
                 auth: b.auth.clone(),
             }),
@@ -306,8 +307,14 @@ fn paths(
             }
         }
     }
+    let mut uplinks = local.uplinks.clone();
+    for u in &mut uplinks {
+        if let Some(b) = &mut u.bfd {
+            b.id = format!("{site_id}:{}->{}", u.name, b.ends.remote).into();
+        }
+    }
     Ok(PathTable::new(
-        local.uplinks.clone(),
+        uplinks,
         paths,
         site.peers.len(),
         local.choosing,

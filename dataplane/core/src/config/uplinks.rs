@@ -9,9 +9,11 @@ use std::sync::Arc;
 use patronus_proto::names::is_dns_label;
 use serde::Deserialize;
 
+use super::site::{BfdAuthSection, BfdSection};
 use super::{port_index, ConfigError, PortInfo, PortKind};
+use crate::paths::bfd::{BfdEnds, Hops};
 use crate::paths::sla::{MeterSettings, MAX_WINDOW};
-use crate::paths::{Choosing, Uplink, MAX_UPLINKS};
+use crate::paths::{Choosing, Uplink, UplinkBfd, MAX_UPLINKS};
 use crate::qos::ShaperConfig;
 use crate::route::RouteTable;
 
@@ -52,6 +54,137 @@ pub struct UplinkSection {
     /// (absent: 38, Ethernet's header, FCS, preamble and gap).
     #[serde(default)]
     pub overhead_bytes: Option<u16>,
+    /// BFD with the uplink's router, so that the uplink is taken out when
+    /// the router stops answering (absent: none).
+    #[serde(default)]
+    pub bfd: Option<UplinkBfdSection>,
+}
+
+/// `uplink.bfd`: a BFD session from the uplink's address to its router
+/// (single hop, RFC 5881) or to an address beyond it (multihop, RFC 5883).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkBfdSection {
+    /// The remote's IPv4 address; absent: the uplink's `next_hop`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Multihop (UDP 4784) to an address that is not on the port's link.
+    #[serde(default)]
+    pub multihop: bool,
+    /// Multihop: the least TTL a packet may arrive with (1-255; default
+    /// 254, at most one router between, as FRR's default).
+    #[serde(default)]
+    pub min_ttl: Option<u8>,
+    /// As `peer.bfd.desired_min_tx_ms`.
+    #[serde(default)]
+    pub desired_min_tx_ms: Option<u32>,
+    /// As `peer.bfd.required_min_rx_ms`.
+    #[serde(default)]
+    pub required_min_rx_ms: Option<u32>,
+    /// As `peer.bfd.detect_multiplier`.
+    #[serde(default)]
+    pub detect_multiplier: Option<u8>,
+    /// As `peer.bfd.auth`.
+    #[serde(default)]
+    pub auth: Option<BfdAuthSection>,
+}
+
+impl UplinkBfdSection {
+    /// The session of uplink `name` (`field`) of port `port` (`info`)
+    /// from `address` (its own, when given) with router `next_hop`.
+    fn compile(
+        &self,
+        (name, field): (&str, &str),
+        (port, info): (u16, &PortInfo),
+        connected: &RouteTable,
+        address: Option<IpAddr>,
+        next_hop: Option<IpAddr>,
+    ) -> Result<UplinkBfd, ConfigError> {
+        let at = format!("{field}.bfd.address");
+        let remote = match (&self.address, next_hop) {
+            (Some(text), _) => text
+                .parse::<IpAddr>()
+                .map_err(|_| ConfigError::new(&at, format!("{text:?} is not an IP address")))?,
+            (None, Some(hop)) => hop,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    at,
+                    "the uplink has no next_hop to run BFD with: give the router's address",
+                ))
+            }
+        };
+        let IpAddr::V4(remote) = remote else {
+            return Err(ConfigError::new(
+                at,
+                "BFD over IPv6 is not supported yet: give an IPv4 address",
+            ));
+        };
+        if info.owns(IpAddr::V4(remote)) || remote.is_unspecified() || remote.is_multicast() {
+            return Err(ConfigError::new(
+                at,
+                format!("{remote} is not a remote unicast address"),
+            ));
+        }
+        let on_link = connected
+            .lookup(IpAddr::V4(remote))
+            .is_some_and(|r| r.port == port && r.via.is_none());
+        let hops = if self.multihop {
+            let min_ttl = self.min_ttl.unwrap_or(254);
+            if min_ttl == 0 {
+                return Err(ConfigError::new(
+                    format!("{field}.bfd.min_ttl"),
+                    "0 is outside 1-255",
+                ));
+            }
+            Hops::Many { min_ttl }
+        } else {
+            if self.min_ttl.is_some() {
+                return Err(ConfigError::new(
+                    format!("{field}.bfd.min_ttl"),
+                    "only for multihop: single-hop packets must arrive with TTL 255",
+                ));
+            }
+            if !on_link {
+                return Err(ConfigError::new(
+                    at,
+                    format!(
+                        "{remote} is not in a subnet of port {:?}: single-hop BFD runs with \
+                         a neighbour (set multihop = true for one further away)",
+                        info.name
+                    ),
+                ));
+            }
+            Hops::One
+        };
+        let local = match address {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => info.v4_source(remote),
+        };
+        let Some(local) = local else {
+            return Err(ConfigError::new(
+                format!("{field}.port"),
+                format!("port {:?} has no IPv4 address to run BFD from", info.name),
+            ));
+        };
+        let timers = BfdSection {
+            desired_min_tx_ms: self.desired_min_tx_ms,
+            required_min_rx_ms: self.required_min_rx_ms,
+            detect_multiplier: self.detect_multiplier,
+            auth: self.auth.clone(),
+        };
+        let (timers, auth) = timers.compile(&format!("{field}.bfd"))?;
+        Ok(UplinkBfd {
+            // The site's id replaces "local" when the paths are built.
+            id: format!("local:{name}->{remote}").into(),
+            ends: BfdEnds {
+                local,
+                remote,
+                hops,
+                timers,
+                auth,
+            },
+        })
+    }
 }
 
 /// A site's settings for one of the uplinks its data plane's file defines,
@@ -427,11 +560,22 @@ pub fn compile(
                 config,
             });
         }
+        let bfd = match &u.bfd {
+            Some(b) => Some(b.compile(
+                (&u.name, &field),
+                (port, info),
+                connected,
+                address,
+                next_hop,
+            )?),
+            None => None,
+        };
         uplinks.push(Uplink {
             name: u.name.clone(),
             port,
             address,
             next_hop,
+            bfd,
             cost_per_gb: u.cost_per_gb,
             bandwidth_mbps: u.bandwidth_mbps,
             color: u.color.clone(),
@@ -499,6 +643,45 @@ mod tests {
     fn err(text: String) -> (String, String) {
         let e = Config::from_toml(&text).unwrap().validate(1).unwrap_err();
         (e.field, e.message)
+    }
+
+    #[test]
+    fn an_uplink_runs_bfd_with_its_router_or_beyond_it() {
+        use crate::paths::bfd::Hops;
+        let text = text(
+            "uplink-bfd",
+            &uplinks(&format!(
+                "{INET}\nbfd = {{ address = \"192.0.2.77\", multihop = true, \
+                 desired_min_tx_ms = 50 }}"
+            ))
+            .replacen(
+                "color = \"mpls\"",
+                "color = \"mpls\"\nbfd = { detect_multiplier = 5 }",
+                1,
+            ),
+            PEER,
+        );
+        let cfg = Config::from_toml(&text).unwrap().validate(1).unwrap();
+        let uplinks = &cfg.tunnel.as_ref().unwrap().paths.uplinks;
+        // MPLS: single hop with its next hop, from the port's address.
+        let mpls = uplinks[0].bfd.as_ref().unwrap();
+        assert_eq!(&*mpls.id, "local:mpls->192.0.2.1");
+        assert_eq!(mpls.ends.local.to_string(), "192.0.2.2");
+        assert_eq!(mpls.ends.remote.to_string(), "192.0.2.1");
+        assert_eq!((mpls.ends.hops, mpls.ends.port()), (Hops::One, 3784));
+        assert_eq!(mpls.ends.timers.detect_mult, 5);
+        assert_eq!(mpls.ends.timers.desired_min_tx_us, 300_000, "FRR's default");
+        // Internet: multihop from its own address, FRR's TTL floor.
+        let inet = uplinks[1].bfd.as_ref().unwrap();
+        assert_eq!(inet.ends.local.to_string(), "203.0.113.2");
+        assert_eq!(inet.ends.remote.to_string(), "192.0.2.77");
+        assert_eq!(
+            (inet.ends.hops, inet.ends.port()),
+            (Hops::Many { min_ttl: 254 }, 4784)
+        );
+        assert!(inet.ends.accepts_ttl(254) && !inet.ends.accepts_ttl(253));
+        assert!(mpls.ends.accepts_ttl(255) && !mpls.ends.accepts_ttl(254));
+        assert_eq!(inet.ends.timers.desired_min_tx_us, 50_000);
     }
 
     #[test]
@@ -682,6 +865,47 @@ mod tests {
                      priority = 1\nduplicate = true"
                 ),
                 "policy[voice].rule[0].duplicate",
+            ),
+            (
+                uplinks(&format!("{INET}\nbfd = {{}}")),
+                PEER.to_owned(),
+                "uplink[1].bfd.address",
+            ),
+            (
+                uplinks(&format!("{INET}\nbfd = {{ address = \"192.0.2.1\" }}")),
+                PEER.to_owned(),
+                "uplink[1].bfd.address",
+            ),
+            (
+                uplinks(&format!("{INET}\nbfd = {{ address = \"2001:db8::1\" }}")),
+                PEER.to_owned(),
+                "uplink[1].bfd.address",
+            ),
+            (
+                uplinks(&format!("{INET}\nbfd = {{ address = \"203.0.113.2\" }}")),
+                PEER.to_owned(),
+                "uplink[1].bfd.address",
+            ),
+            (
+                uplinks(&format!(
+                    "{INET}\nbfd = {{ address = \"203.0.113.1\", min_ttl = 250 }}"
+                )),
+                PEER.to_owned(),
+                "uplink[1].bfd.min_ttl",
+            ),
+            (
+                uplinks(&format!(
+                    "{INET}\nbfd = {{ address = \"203.0.113.1\", desired_min_tx_ms = 5 }}"
+                )),
+                PEER.to_owned(),
+                "uplink[1].bfd.desired_min_tx_ms",
+            ),
+            (
+                uplinks(&format!(
+                    "{INET}\nbfd = {{ address = \"192.0.2.9\", multihop = true, min_ttl = 0 }}"
+                )),
+                PEER.to_owned(),
+                "uplink[1].bfd.min_ttl",
             ),
             (
                 format!("{}\n[paths]\nprobe_interval_ms = 5", uplinks(INET)),

@@ -21,6 +21,8 @@ use crate::labels::labelled_enum;
 
 /// The destination port of single-hop Control packets (RFC 5881 §4).
 pub const CONTROL_PORT: u16 = 3784;
+/// The destination port of multihop Control packets (RFC 5883 §5).
+pub const MULTIHOP_PORT: u16 = 4784;
 /// The first of the source ports a session may use (RFC 5881 §4).
 const FIRST_SOURCE_PORT: u16 = 49152;
 /// What a Control packet leaves with and must arrive with (RFC 5881 §5).
@@ -32,18 +34,53 @@ pub const MAX_DATAGRAM_LEN: usize = HEADERS_LEN + MAX_LEN;
 /// DSCP CS6 (network control), as routers mark their BFD.
 const TOS_CS6: u8 = 48 << 2;
 
-/// A path's BFD settings: the two ends' addresses inside the tunnel, the
-/// timers and the key.
+/// A session's settings: the two ends' addresses (inside the tunnel for a
+/// path, on the underlay for an uplink), how far apart they are, the timers
+/// and the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BfdEnds {
-    /// Ours (the first IPv4 address of `[tunnel]`).
+    /// Ours (a path's: the first IPv4 address of `[tunnel]`).
     pub local: Ipv4Addr,
-    /// The peer's (its `tunnel_address`).
+    /// The remote's (a path's: the peer's `tunnel_address`).
     pub remote: Ipv4Addr,
+    /// Single hop or multihop.
+    pub hops: Hops,
     /// Our timers.
     pub timers: Timers,
     /// Keyed SHA1 authentication (RFC 5880 §6.7.4), if configured.
     pub auth: Option<Sha1Key>,
+}
+
+/// How far the remote is, which decides the port and the TTL check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hops {
+    /// On the link (RFC 5881): port 3784, packets must arrive with TTL 255.
+    One,
+    /// Beyond a router (RFC 5883): port 4784, packets must arrive with a
+    /// TTL of at least `min_ttl` (RFC 5883 leaves the check to
+    /// configuration; FRR's default is 254).
+    Many {
+        /// The least TTL accepted.
+        min_ttl: u8,
+    },
+}
+
+impl BfdEnds {
+    /// The UDP port Control packets go to.
+    pub fn port(&self) -> u16 {
+        match self.hops {
+            Hops::One => CONTROL_PORT,
+            Hops::Many { .. } => MULTIHOP_PORT,
+        }
+    }
+
+    /// Whether a packet that arrived with `ttl` may be the remote's.
+    pub fn accepts_ttl(&self, ttl: u8) -> bool {
+        match self.hops {
+            Hops::One => ttl == TTL,
+            Hops::Many { min_ttl } => ttl >= min_ttl,
+        }
+    }
 }
 
 labelled_enum! {
@@ -193,7 +230,7 @@ fn diag_index(d: Diagnostic) -> usize {
 }
 
 /// `packet` as an IPv4/UDP datagram from `ends.local`:`source_port` to
-/// `ends.remote`:3784, TTL 255, in `out`, sealed by `auth` when given; its
+/// `ends.remote` at its port (3784, multihop 4784), TTL 255, in `out`, sealed by `auth` when given; its
 /// length.
 pub fn write_datagram(
     ends: &BfdEnds,
@@ -219,7 +256,7 @@ pub fn write_datagram(
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let udp_len = (8 + body) as u16;
     rest[0..2].copy_from_slice(&source_port.to_be_bytes());
-    rest[2..4].copy_from_slice(&CONTROL_PORT.to_be_bytes());
+    rest[2..4].copy_from_slice(&ends.port().to_be_bytes());
     rest[4..6].copy_from_slice(&udp_len.to_be_bytes());
     rest[6..8].copy_from_slice(&[0, 0]);
     let mut pseudo = [0u8; 12];
@@ -236,10 +273,17 @@ pub fn write_datagram(
 }
 
 /// What an inner packet addressed to `local` is to BFD: `None` when it is
-/// not a Control packet for us (it goes on as any other packet), else its
-/// TTL and its UDP payload.
+/// not a single-hop Control packet for us (it goes on as any other
+/// packet), else its TTL and its UDP payload.
 #[inline]
 pub fn control_payload(inner: &[u8], local: Ipv4Addr) -> Option<(u8, &[u8])> {
+    datagram_payload(inner, local, CONTROL_PORT)
+}
+
+/// The TTL and UDP payload of IPv4 packet `inner` when it is a datagram to
+/// `local`:`port` (unfragmented), else `None`.
+#[inline]
+pub fn datagram_payload(inner: &[u8], local: Ipv4Addr, port: u16) -> Option<(u8, &[u8])> {
     let first = *inner.first()?;
     let header = usize::from(first & 0x0f) * 4;
     if first >> 4 != 4 || header < 20 || inner.len() < header + 8 {
@@ -250,7 +294,7 @@ pub fn control_payload(inner: &[u8], local: Ipv4Addr) -> Option<(u8, &[u8])> {
         return None;
     }
     let udp = &inner[header..];
-    if u16::from_be_bytes([udp[2], udp[3]]) != CONTROL_PORT {
+    if u16::from_be_bytes([udp[2], udp[3]]) != port {
         return None;
     }
     let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
@@ -288,6 +332,7 @@ mod tests {
         BfdEnds {
             local: Ipv4Addr::new(10, 99, 0, 1),
             remote: Ipv4Addr::new(10, 99, 0, 2),
+            hops: Hops::One,
             timers: Timers::default(),
             auth: None,
         }

@@ -12,6 +12,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 pub mod bfd;
@@ -24,7 +25,7 @@ use sla::MeterSettings;
 
 /// Most paths a gateway keeps (uplinks × endpoints, over every peer).
 pub const MAX_PATHS: usize = 1024;
-/// Most uplinks a site has.
+/// Most uplinks a site has (at most 32: [`UplinksDown`] has a bit each).
 pub const MAX_UPLINKS: usize = 16;
 
 /// A WAN uplink of this site, validated.
@@ -39,6 +40,9 @@ pub struct Uplink {
     pub address: Option<IpAddr>,
     /// The router the uplink's datagrams go to; `None`: endpoints are on-link.
     pub next_hop: Option<IpAddr>,
+    /// BFD with its router (or an address beyond it), when configured: a
+    /// session that leaves Up takes every path over the uplink out.
+    pub bfd: Option<UplinkBfd>,
     /// What a GB over it costs (any currency; only compared).
     pub cost_per_gb: f64,
     /// Nominal bandwidth (Mbit/s; 0 when unknown).
@@ -46,6 +50,39 @@ pub struct Uplink {
     /// A label such as mpls, internet or lte.
     pub color: String,
 }
+
+/// BFD with an uplink's router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkBfd {
+    /// The session's name in the metrics' `path_id`:
+    /// `site:uplink->address`.
+    pub id: Arc<str>,
+    /// Its ends, timers and key.
+    pub ends: bfd::BfdEnds,
+}
+
+/// Which uplinks BFD says are down, a bit per uplink: written by the
+/// worker that runs the uplinks' sessions ([`UPLINK_BFD_WORKER`]), read by
+/// every worker at each round.
+#[derive(Debug, Default)]
+pub struct UplinksDown(AtomicU32);
+
+impl UplinksDown {
+    /// The bits now.
+    #[inline]
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the bits.
+    pub fn set(&self, bits: u32) {
+        self.0.store(bits, Ordering::Relaxed);
+    }
+}
+
+/// The worker that runs every uplink's BFD session: others hand it the
+/// Control packets they receive.
+pub const UPLINK_BFD_WORKER: usize = 0;
 
 /// One way to a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +225,7 @@ mod tests {
             port,
             address: address.map(|a| a.parse().unwrap()),
             next_hop: None,
+            bfd: None,
             cost_per_gb: 0.0,
             bandwidth_mbps: 0,
             color: String::new(),

@@ -25,6 +25,11 @@ pub enum Next {
     },
     /// Addressed to the gateway itself.
     Local,
+    /// A BFD Control packet for the session of `uplink` with its router.
+    UplinkBfd {
+        /// The uplink, by its index in the path table.
+        uplink: u8,
+    },
     /// To be forwarded: flow, classification, route.
     Forward,
     /// A packet the gateway built (a reply or an error) for a destination
@@ -263,6 +268,16 @@ impl<F> Burst<F> {
             flow: None,
         };
         self.len += 1;
+        Ok(())
+    }
+
+    /// Adds a frame the gateway built whole (headers included) that goes
+    /// out as `next` says (transmit, or wait for a next hop), shaped as
+    /// network control.
+    pub(super) fn push_ready(&mut self, next: Next, frame: F) -> Result<(), F> {
+        let i = self.len;
+        self.push(frame, next, 0)?;
+        self.shaping[i] = Shaping::CONTROL;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::paths::{Paths, NO_UPLINK};
 use super::route::{self, Hop};
-use super::{Burst, Context, Handoff, Inboxes, Next, Shaping};
+use super::{Burst, Context, Handed, Handoff, Inboxes, Next, Shaping};
 use crate::frame::Frame;
 use crate::packet::dscp;
 use crate::stats::{Counter, Counters, DropReason};
@@ -28,6 +28,11 @@ pub(super) struct Tunnel<F> {
     /// of duplicated packets): uplink, endpoint, how the egress treats it,
     /// message.
     pub queued: VecDeque<(u8, SocketAddr, Shaping, F)>,
+    /// BFD Control packets for the uplinks' routers, by uplink, their
+    /// Ethernet headers still to be written.
+    pub to_routers: VecDeque<(u8, F)>,
+    /// Frames built whole, with how they leave.
+    pub ready: VecDeque<(Next, F)>,
     endpoints: EndpointCache,
     /// IPv4 identification of the next datagram.
     ip_id: u16,
@@ -39,6 +44,8 @@ impl<F: Frame> Tunnel<F> {
             engine,
             paths: Paths::default(),
             queued: VecDeque::new(),
+            to_routers: VecDeque::new(),
+            ready: VecDeque::new(),
             endpoints: EndpointCache::default(),
             ip_id,
         }
@@ -60,6 +67,12 @@ impl<F: Frame> Tunnel<F> {
     pub(super) fn take_originated(&mut self, burst: &mut Burst<F>, now: u64) -> bool {
         self.measure_handshakes(None, now);
         while !burst.is_full() {
+            if let Some((next, frame)) = self.ready.pop_front() {
+                if let Err(frame) = burst.push_ready(next, frame) {
+                    unreachable!("room was checked: {}", frame.len());
+                }
+                continue;
+            }
             let (uplink, to, shaping, frame) = match self.engine.poll_transmit() {
                 Some((peer, to, frame)) => {
                     let (_, uplink, to) = self.over_path(peer, 0, to, frame.len(), now);
@@ -111,7 +124,7 @@ pub(super) fn hand_off<F>(
     uplink: u8,
 ) {
     let handoff = Handoff {
-        work,
+        work: Handed::Tunnel(work),
         steer,
         uplink,
         shaping,

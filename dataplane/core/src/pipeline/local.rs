@@ -14,6 +14,7 @@ use super::{Burst, Context, Next};
 use crate::frame::Frame;
 use crate::neighbor::NeighborEvent;
 use crate::packet::parse::{ArpInfo, Fragment, Ipv4Info, Ipv6Info, PacketMeta, L3, L4};
+use crate::paths::bfd::{CONTROL_PORT, MULTIHOP_PORT};
 use crate::stats::{Counter, Counters, DropReason};
 
 /// Where neighbours learned from ARP and ND go (the control thread keeps
@@ -56,6 +57,8 @@ enum Done {
     Drop(DropReason),
     /// Refused with an ICMP error.
     Reject(icmp::ErrorKind, DropReason),
+    /// A BFD Control packet for the session of this uplink.
+    UplinkBfd(u8),
 }
 
 // Out of line, so that profiles attribute the pass to its stage.
@@ -90,6 +93,7 @@ pub(super) fn run<F: Frame>(
                 burst.discard(i);
             }
             Done::Reject(kind, reason) => errors.reject(counters, ctx, burst, i, kind, reason),
+            Done::UplinkBfd(uplink) => burst.meta[i].next = Next::UplinkBfd { uplink },
         }
     }
 }
@@ -123,9 +127,29 @@ fn local_v4<F: Frame>(
             icmp::echo_reply_v4(ctx.cfg, in_port, frame, meta),
             Counter::EchoReplies,
         ),
-        L4::Udp { .. } => PORT_UNREACHABLE,
+        L4::Udp { dst_port, .. } => match uplink_session(ctx, in_port, ip, dst_port) {
+            Some(uplink) => Done::UplinkBfd(uplink),
+            None => PORT_UNREACHABLE,
+        },
         _ => Done::Drop(DropReason::LocalUnsupported),
     }
+}
+
+/// The uplink whose BFD session a datagram that arrived on `port` is for:
+/// from the session's remote to its address and port.
+fn uplink_session(ctx: &Context<'_>, port: u16, ip: &Ipv4Info, dst_port: u16) -> Option<u8> {
+    if dst_port != CONTROL_PORT && dst_port != MULTIHOP_PORT {
+        return None;
+    }
+    let uplinks = &ctx.cfg.tunnel.as_ref()?.paths.uplinks;
+    let found = uplinks.iter().position(|u| {
+        u.port == port
+            && u.bfd.as_ref().is_some_and(|b| {
+                let e = &b.ends;
+                e.remote == ip.src && e.local == ip.dst && e.port() == dst_port
+            })
+    })?;
+    Some(found as u8)
 }
 
 /// A datagram for a service the gateway does not offer.

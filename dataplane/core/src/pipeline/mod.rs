@@ -52,12 +52,14 @@ use crate::dpi::counters::DpiCounters;
 use crate::flow::table::FlowTable;
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborSnapshot};
+use crate::paths::{UplinksDown, UPLINK_BFD_WORKER};
 use crate::stats::{Counter, Counters, DropReason, PathsReport, PolicyCounters};
 use crate::tunnel::noise::ReceivedInitiation;
 use crate::tunnel::{Outcome, TunnelEnv, Tunnels, Work};
 
 pub use burst::{Burst, Next, Shaping};
 pub use neighbor_msgs::write_solicitation;
+use route::Hop;
 
 const NS_PER_S: u64 = 1_000_000_000;
 
@@ -79,12 +81,13 @@ pub struct Context<'a> {
 /// peer another worker owns pushes it onto that worker's queue.
 pub type Inboxes<F> = Arc<[ArrayQueue<Handoff<F>>]>;
 
-/// Tunnel work for the worker that owns its peer, with what the pipeline
-/// knew of it that the engine does not carry.
+/// Work for another worker: tunnel work for the worker that owns its peer
+/// (with what the pipeline knew of it that the engine does not carry), or
+/// a Control packet for the worker that runs the uplinks' BFD sessions.
 #[derive(Debug)]
 pub struct Handoff<F> {
-    /// The packet to send or the datagram received.
-    pub work: Work<F>,
+    /// What is handed over.
+    pub work: Handed<F>,
     /// A packet's steering: the policy rule that routes its flow and the
     /// flow's hash ([`Burst::push_encrypt`]); 0 for none.
     pub steer: u64,
@@ -92,6 +95,23 @@ pub struct Handoff<F> {
     pub uplink: u8,
     /// How a packet's egress shaper queues it.
     pub shaping: Shaping,
+}
+
+/// What a [`Handoff`] carries.
+#[derive(Debug)]
+pub enum Handed<F> {
+    /// A packet to send or a datagram received, for the tunnel engine.
+    Tunnel(Work<F>),
+    /// A BFD Control packet (its Ethernet frame, the IPv4 header at
+    /// `l3_offset`) for the session of `uplink`.
+    UplinkBfd {
+        /// The uplink, by its index in the path table.
+        uplink: u8,
+        /// Where its IPv4 header starts.
+        l3_offset: u16,
+        /// The frame.
+        frame: F,
+    },
 }
 
 /// One worker's packet-path state: its flow table, classification state,
@@ -108,6 +128,7 @@ pub struct Pipeline<F> {
     route: route::State,
     tunnel: Option<encrypt::Tunnel<F>>,
     inboxes: Inboxes<F>,
+    uplinks_down: Arc<UplinksDown>,
     seed: u64,
 }
 
@@ -131,6 +152,8 @@ pub struct PipelineSetup<F> {
     pub inboxes: Inboxes<F>,
     /// Where neighbours learned from ARP and ND go.
     pub events: Sender<NeighborEvent>,
+    /// Which uplinks BFD says are down, shared by every worker.
+    pub uplinks_down: Arc<UplinksDown>,
     /// Keys the flow table's hash and seeds the tunnel engine's limiter.
     pub seed: u64,
     /// The time now (ns on the data-plane clock): path meters start then.
@@ -157,6 +180,7 @@ impl<F: Frame> Pipeline<F> {
             route: route::State::default(),
             tunnel: None,
             inboxes: setup.inboxes,
+            uplinks_down: setup.uplinks_down,
             seed: setup.seed,
         };
         pipeline.sync_tunnel(cfg, setup.now_ns);
@@ -188,7 +212,10 @@ impl<F: Frame> Pipeline<F> {
         }
         if let Some(tunnel) = &mut self.tunnel {
             let workers = self.inboxes.len();
-            tunnel.paths.reconfigure(cfg, self.worker, workers, now_ns);
+            let at = (self.worker, workers);
+            tunnel
+                .paths
+                .reconfigure(cfg, at, &self.uplinks_down, now_ns);
         }
     }
 
@@ -212,6 +239,9 @@ impl<F: Frame> Pipeline<F> {
             );
         }
         local::run(&self.learned, &mut self.errors, counters, ctx, burst);
+        if let Some(tunnel) = &mut self.tunnel {
+            uplink_bfd(tunnel, &self.inboxes, self.worker, counters, ctx, burst);
+        }
         flow::run(
             &mut self.flows,
             &mut self.dpi,
@@ -264,12 +294,51 @@ impl<F: Frame> Pipeline<F> {
                 .engine
                 .handle_timeouts(&t.config, ctx.now_ns, budget, env);
             let queued = &mut tunnel.queued;
+            let to_routers = &mut tunnel.to_routers;
             tunnel.paths.handle_timeouts(
                 &mut tunnel.engine,
                 env,
                 ctx.now_ns,
                 |uplink, to, frame| queued.push_back((uplink, to, Shaping::CONTROL, frame)),
+                |uplink, frame| to_routers.push_back((uplink, frame)),
             );
+            while let Some((u, mut frame)) = tunnel.to_routers.pop_front() {
+                let Some(uplink) = t.paths.uplinks.get(usize::from(u)) else {
+                    continue;
+                };
+                let Some(bfd) = &uplink.bfd else {
+                    continue;
+                };
+                let (port, mac, next) =
+                    match route::decide_bfd(ctx, &mut self.route.stale, uplink, &bfd.ends) {
+                        Hop::Port { port, mac } => (port, mac, Next::Transmit(port)),
+                        Hop::Unresolved { port, next_hop } => {
+                            (port, [0; 6], Next::Resolve { port, next_hop })
+                        }
+                        Hop::Peer { .. } | Hop::Unreachable => {
+                            self.counters.drop(DropReason::NoRoute);
+                            continue;
+                        }
+                    };
+                let Some(info) = ctx.cfg.ports.get(usize::from(port)) else {
+                    continue;
+                };
+                // Unresolved: the MACs are written when the next hop answers.
+                let data = frame.data_mut();
+                data[0..6].copy_from_slice(&mac);
+                data[6..12].copy_from_slice(&info.mac);
+                data[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+                tunnel.ready.push_back((next, frame));
+            }
+        }
+    }
+
+    /// Takes a Control packet another worker received for the session of
+    /// `uplink` (this worker runs the uplinks' sessions).
+    pub fn take_uplink_bfd(&mut self, ctx: &Context<'_>, uplink: u8, l3_offset: u16, frame: F) {
+        if let Some(tunnel) = &mut self.tunnel {
+            let datagram = frame.data().get(usize::from(l3_offset)..).unwrap_or(&[]);
+            tunnel.paths.handle_uplink_bfd(uplink, datagram, ctx.now_ns);
         }
     }
 
@@ -397,3 +466,48 @@ impl<F: Frame> Pipeline<F> {
 
 #[cfg(test)]
 mod tests;
+
+/// The Control packets `local` found for an uplink's BFD session: taken by
+/// the session when this worker runs it, else handed to the worker that
+/// does.
+// Out of line, so that profiles attribute the pass to its stage.
+#[inline(never)]
+fn uplink_bfd<F: Frame>(
+    tunnel: &mut encrypt::Tunnel<F>,
+    inboxes: &Inboxes<F>,
+    worker: usize,
+    counters: &mut Counters,
+    ctx: &Context<'_>,
+    burst: &mut Burst<F>,
+) {
+    for i in burst.slots() {
+        let Next::UplinkBfd { uplink } = burst.meta[i].next else {
+            continue;
+        };
+        let l3_offset = burst.frame_and_headers(i).1.l3_offset;
+        let Some(frame) = burst.take(i) else {
+            continue;
+        };
+        if worker == UPLINK_BFD_WORKER {
+            let datagram = frame.data().get(usize::from(l3_offset)..).unwrap_or(&[]);
+            tunnel.paths.handle_uplink_bfd(uplink, datagram, ctx.now_ns);
+            continue;
+        }
+        let handoff = Handoff {
+            work: Handed::UplinkBfd {
+                uplink,
+                l3_offset,
+                frame,
+            },
+            steer: 0,
+            uplink,
+            shaping: Shaping::CONTROL,
+        };
+        let accepted = inboxes
+            .get(UPLINK_BFD_WORKER)
+            .map(|inbox| inbox.push(handoff));
+        if !matches!(accepted, Some(Ok(()))) {
+            counters.drop(DropReason::TunnelHandoffFull);
+        }
+    }
+}

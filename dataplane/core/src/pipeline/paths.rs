@@ -23,15 +23,18 @@ use crate::bfd::session::Ignored;
 use crate::config::site::{RuleAction, Strategy, Thresholds};
 use crate::config::{Snapshot, TunnelSnapshot};
 use crate::frame::Frame;
-use crate::paths::bfd::{control_payload, BfdCounters, BfdDrop, PathBfd, MAX_DATAGRAM_LEN};
+use crate::paths::bfd::{
+    control_payload, datagram_payload, BfdCounters, BfdDrop, PathBfd, MAX_DATAGRAM_LEN,
+};
 use crate::paths::passive::PassiveMeter;
 use crate::paths::probe::{Kind, ProbeMessage, PROBE_LEN};
 use crate::paths::select::{self, Candidate};
 use crate::paths::sla::PathMeter;
-use crate::paths::PathTable;
+use crate::paths::{path_tag, PathTable, UplinksDown, UPLINK_BFD_WORKER};
 use crate::stats::{
     BfdReport, FailoverReason, PathMove, PathReport, PathsReport, RecoveryHistogram,
 };
+use crate::tunnel::outer::ETHERNET_LEN;
 use crate::tunnel::{owner_of, HandshakeRoundTrip, TunnelEnv, Tunnels};
 
 /// No uplink chosen: the datagram follows the route table.
@@ -161,6 +164,13 @@ pub(super) struct Paths {
     /// on port 3784 are BFD's.
     bfd_local: Option<Ipv4Addr>,
     bfd_counters: BfdCounters,
+    /// The sessions with the uplinks' routers, by uplink; only on
+    /// [`UPLINK_BFD_WORKER`].
+    uplink_bfd: Vec<Option<PathBfd>>,
+    /// Which uplinks BFD says are down, shared by every worker.
+    uplinks_down: Arc<UplinksDown>,
+    /// Those bits as this worker last acted on them.
+    uplinks_down_seen: u32,
     moves: VecDeque<PathMove>,
     moves_made: u64,
 }
@@ -169,15 +179,24 @@ impl Paths {
     /// Follows `cfg`'s path table and rules: meters of paths that are still
     /// there (same id and endpoint, same probe settings) keep their history,
     /// new ones start now; choices are made afresh.
-    pub(super) fn reconfigure(&mut self, cfg: &Snapshot, worker: usize, workers: usize, now: u64) {
+    pub(super) fn reconfigure(
+        &mut self,
+        cfg: &Snapshot,
+        (worker, workers): (usize, usize),
+        uplinks_down: &Arc<UplinksDown>,
+        now: u64,
+    ) {
         self.worker = worker;
         self.workers = workers.max(1);
+        self.uplinks_down = uplinks_down.clone();
         let Some(t) = cfg.tunnel.as_ref() else {
             self.tunnel = None;
             self.state.clear();
             self.choices.clear();
             self.owned.clear();
             self.bfd_local = None;
+            self.uplink_bfd.clear();
+            self.publish_uplinks_down();
             return;
         };
         self.owned = t
@@ -194,6 +213,7 @@ impl Paths {
         let same_table = self.tunnel.as_ref().is_some_and(|old| old.paths == t.paths);
         if !same_table {
             self.rebuild_state(t, now);
+            self.rebuild_uplink_sessions(&t.paths, now);
         }
         self.tunnel = Some(t.clone());
         self.selections = vec![Selection {
@@ -285,6 +305,133 @@ impl Paths {
         }
     }
 
+    /// The uplinks' sessions on [`UPLINK_BFD_WORKER`]: one whose ends and
+    /// key stay keeps running (new timers by a Poll sequence), others start
+    /// Down.
+    fn rebuild_uplink_sessions(&mut self, table: &PathTable, now: u64) {
+        let mut old = std::mem::take(&mut self.uplink_bfd);
+        let runs = self.worker == UPLINK_BFD_WORKER;
+        self.uplink_bfd = table
+            .uplinks
+            .iter()
+            .map(|u| {
+                let b = u.bfd.as_ref().filter(|_| runs)?;
+                let ends = &b.ends;
+                let same = |s: &mut PathBfd| {
+                    let o = s.ends();
+                    (o.local, o.remote, o.hops, &o.auth)
+                        == (ends.local, ends.remote, ends.hops, &ends.auth)
+                };
+                let kept = old.iter_mut().find_map(|s| s.take_if(|s| same(s)));
+                Some(match kept {
+                    Some(mut session) => {
+                        session.session.set_timers(ends.timers, now);
+                        session
+                    }
+                    None => {
+                        let tag = path_tag(&b.id, None);
+                        PathBfd::new(ends.clone(), tag, u64::from(tag), now)
+                    }
+                })
+            })
+            .collect();
+        self.publish_uplinks_down();
+    }
+
+    /// Tells every worker which uplinks BFD says are down (on the worker
+    /// that runs their sessions).
+    fn publish_uplinks_down(&self) {
+        if self.worker != UPLINK_BFD_WORKER {
+            return;
+        }
+        let bits = self
+            .uplink_bfd
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.as_ref().is_some_and(PathBfd::says_down))
+            .fold(0u32, |bits, (u, _)| bits | 1 << u);
+        self.uplinks_down.set(bits);
+    }
+
+    /// Whether BFD says `uplink` is down.
+    fn uplink_down(&self, uplink: u8) -> bool {
+        self.uplinks_down_seen & 1u32.checked_shl(u32::from(uplink)).unwrap_or(0) != 0
+    }
+
+    /// Takes a Control packet (IPv4 `datagram`) for the session of
+    /// `uplink`, on [`UPLINK_BFD_WORKER`]: checked, counted and consumed.
+    pub(super) fn handle_uplink_bfd(&mut self, uplink: u8, datagram: &[u8], now: u64) {
+        let counters = &mut self.bfd_counters;
+        let Some(bfd) = self
+            .uplink_bfd
+            .get_mut(usize::from(uplink))
+            .and_then(Option::as_mut)
+        else {
+            counters.dropped[BfdDrop::NoSession.index()] += 1;
+            return;
+        };
+        let ends = bfd.ends();
+        let Some((ttl, payload)) = datagram_payload(datagram, ends.local, ends.port()) else {
+            counters.dropped[BfdDrop::NoSession.index()] += 1;
+            return;
+        };
+        if !ends.accepts_ttl(ttl) {
+            counters.dropped[BfdDrop::Ttl.index()] += 1;
+            return;
+        }
+        let packet = match ControlPacket::parse(payload) {
+            Ok(p) => p,
+            Err(m) => {
+                counters.malformed[m.index()] += 1;
+                return;
+            }
+        };
+        if bfd.authenticate(payload, &packet).is_err() {
+            counters.dropped[BfdDrop::Auth.index()] += 1;
+            return;
+        }
+        match bfd.session.handle_packet(&packet, now) {
+            Ok(()) | Err(Ignored::AdminDown) => counters.rx += 1,
+            Err(Ignored::Discriminator) => {
+                counters.dropped[BfdDrop::UnknownDiscriminator.index()] += 1;
+            }
+        }
+        if bfd.take_changes().any {
+            // Every worker, this one included, acts on it at its next round.
+            self.publish_uplinks_down();
+        }
+        if packet.poll {
+            self.next_due_ns = now;
+        }
+    }
+
+    /// After the uplinks BFD says are down changed: a stock peer whose
+    /// traffic is on one that went down moves on; every choice is made
+    /// again.
+    fn follow_uplinks_down(&mut self, now: u64) {
+        let bits = self.uplinks_down.get();
+        if bits == self.uplinks_down_seen {
+            return;
+        }
+        let went_down = bits & !self.uplinks_down_seen;
+        self.uplinks_down_seen = bits;
+        let Some(t) = self.tunnel.clone() else {
+            return;
+        };
+        for peer in 0..t.config.peers.len() as u32 {
+            if !self.owns(peer) || self.probed(peer) != Some(false) {
+                continue;
+            }
+            let on = self.heard_on[peer as usize];
+            if on != NO_UPLINK && went_down & 1u32.checked_shl(u32::from(on)).unwrap_or(0) != 0 {
+                self.leave_uplink_of_stock_peer(peer);
+            }
+        }
+        for peer in 0..t.config.peers.len() as u32 {
+            self.evaluate(peer, now);
+        }
+    }
+
     fn table(&self) -> Option<&PathTable> {
         self.tunnel.as_deref().map(|t| &t.paths)
     }
@@ -299,7 +446,9 @@ impl Paths {
         let sessions = self
             .state
             .iter()
-            .filter_map(|s| s.bfd.as_ref().map(|b| b.session.poll_timeout()));
+            .filter_map(|s| s.bfd.as_ref())
+            .chain(self.uplink_bfd.iter().flatten())
+            .map(|b| b.session.poll_timeout());
         meters.chain(sessions).min()
     }
 
@@ -582,7 +731,9 @@ impl Paths {
         env: &mut impl TunnelEnv<F>,
         now: u64,
         mut out: impl FnMut(u8, SocketAddr, F),
+        mut to_router: impl FnMut(u8, F),
     ) {
+        self.follow_uplinks_down(now);
         if now < self.next_due_ns {
             return;
         }
@@ -590,6 +741,30 @@ impl Paths {
             return;
         };
         let mut next = u64::MAX;
+        let mut uplinks_changed = false;
+        for (u, session) in self.uplink_bfd.iter_mut().enumerate() {
+            let Some(bfd) = session.as_mut() else {
+                continue;
+            };
+            bfd.session.handle_timeout(now);
+            uplinks_changed |= bfd.take_changes().any;
+            if bfd.session.transmit_due(now) {
+                // Room for the Ethernet header, which the pipeline writes.
+                let written = filled(env, ETHERNET_LEN + MAX_DATAGRAM_LEN, |buf| {
+                    let n = bfd.poll_datagram(now, &mut buf[ETHERNET_LEN..])?;
+                    Some(ETHERNET_LEN + n)
+                });
+                if let Some(frame) = written {
+                    self.bfd_counters.tx += 1;
+                    to_router(u as u8, frame);
+                }
+            }
+            next = next.min(bfd.session.poll_timeout());
+        }
+        if uplinks_changed {
+            self.publish_uplinks_down();
+            self.follow_uplinks_down(now);
+        }
         for (i, path) in t.paths.paths.iter().enumerate() {
             if self.state[i].bfd.is_some() {
                 // A stock peer's session goes where the peer's traffic goes
@@ -686,10 +861,13 @@ impl Paths {
         };
         let range = t.paths.of_peer(peer);
         let current = self.heard_route(peer).map_or(range.start, |(i, ..)| i);
-        let next = range.start + (current - range.start + 1) % range.len();
-        if next == current {
-            return; // its only path
-        }
+        // The next of its paths over an uplink that BFD does not say is down.
+        let next = (1..range.len())
+            .map(|k| range.start + (current - range.start + k) % range.len())
+            .find(|&i| !self.uplink_down(t.paths.paths[i].uplink));
+        let Some(next) = next else {
+            return; // nowhere else to go
+        };
         self.heard_on[peer as usize] = t.paths.paths[next].uplink;
         self.moves_made += 1;
         if self.moves.len() == MOVES_KEPT {
@@ -726,8 +904,8 @@ impl Paths {
             let uplink = &t.paths.uplinks[usize::from(p.uplink)];
             // A stock peer's session speaks for the uplink in use, not for
             // the path it is kept on.
-            let down_by_bfd =
-                p.probed && self.state[i].bfd.as_ref().is_some_and(PathBfd::says_down);
+            let down_by_bfd = self.uplink_down(p.uplink)
+                || p.probed && self.state[i].bfd.as_ref().is_some_and(PathBfd::says_down);
             bfd_down |= u64::from(down_by_bfd) << (i - range.start);
             self.scratch.push(Candidate {
                 up: figures.is_none_or(|f| f.up) && !down_by_bfd,
@@ -868,11 +1046,7 @@ impl Paths {
                     tx_bytes: s.tx_bytes,
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,
-                    bfd: s.bfd.as_ref().map(|b| BfdReport {
-                        state: b.session.state(),
-                        changes: *b.changes(),
-                        detection_time_ns: b.session.detection_time_ns(),
-                    }),
+                    bfd: s.bfd.as_ref().map(bfd_report),
                 });
             }
         }
@@ -886,7 +1060,22 @@ impl Paths {
             recovery: self.recovery.clone(),
             moves: self.moves.iter().cloned().collect(),
             bfd: self.bfd_counters.clone(),
+            uplink_bfd: self
+                .uplink_bfd
+                .iter()
+                .enumerate()
+                .filter_map(|(u, s)| Some((u as u8, bfd_report(s.as_ref()?))))
+                .collect(),
         }
+    }
+}
+
+/// What the metrics show of a session.
+fn bfd_report(b: &PathBfd) -> BfdReport {
+    BfdReport {
+        state: b.session.state(),
+        changes: *b.changes(),
+        detection_time_ns: b.session.detection_time_ns(),
     }
 }
 

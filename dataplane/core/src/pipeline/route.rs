@@ -19,6 +19,7 @@ use crate::flow::table::{FlowTable, ForwardCache};
 use crate::frame::Frame;
 use crate::packet::checksum_adjust;
 use crate::packet::parse::{PacketMeta, L3};
+use crate::paths::bfd::{BfdEnds, Hops};
 use crate::paths::Uplink;
 use crate::stats::{Counters, DropReason};
 
@@ -122,6 +123,25 @@ pub(super) fn decide_uplink(
         .filter(|hop| hop.is_ipv4() == to.is_ipv4())
         .unwrap_or(to.ip());
     neighbor(ctx, stale, uplink.port, next_hop)
+}
+
+/// How a BFD Control packet of `uplink`'s session leaves: to the remote
+/// itself on the uplink's link (single hop), else by the uplink's router.
+pub(super) fn decide_bfd(
+    ctx: &Context<'_>,
+    stale: &mut StaleProbes,
+    uplink: &Uplink,
+    ends: &BfdEnds,
+) -> Hop {
+    match ends.hops {
+        Hops::One => neighbor(ctx, stale, uplink.port, IpAddr::V4(ends.remote)),
+        Hops::Many { .. } => decide_uplink(
+            ctx,
+            stale,
+            uplink,
+            SocketAddr::new(IpAddr::V4(ends.remote), 0),
+        ),
+    }
 }
 
 /// The next hop `addr` on `port`, resolved or not; a stale entry is used

@@ -44,8 +44,9 @@ use crossbeam_queue::ArrayQueue;
 use crate::config::Snapshot;
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborShared, NeighborSnapshot};
+use crate::paths::UplinksDown;
 use crate::pending::{Held, PendingQueue};
-use crate::pipeline::{Burst, Context, Inboxes, Next, Pipeline, PipelineSetup, Shaping};
+use crate::pipeline::{Burst, Context, Handed, Inboxes, Next, Pipeline, PipelineSetup, Shaping};
 use crate::published::Published;
 use crate::stats::{
     Counter, DropReason, SharedCounters, SharedQosStats, SharedTunnelStats, MAX_TUNNEL_PEERS,
@@ -164,6 +165,8 @@ pub struct WorkerSetup<H, R, T: PacketTx> {
     pub tunnel_stats: Arc<SharedTunnelStats>,
     /// Every worker's queue of tunnel work (from [`tunnel_inboxes`]).
     pub inboxes: Inboxes<T::Frame>,
+    /// Which uplinks BFD says are down: one for every worker.
+    pub uplinks_down: Arc<UplinksDown>,
     /// Every worker's queue of packets for the shapers it runs (from [`shaper_inboxes`]).
     pub shaper_inboxes: ShaperInboxes<T::Frame>,
     /// Where the figures of the egresses it shapes are published.
@@ -239,6 +242,7 @@ where
             PipelineSetup {
                 worker: setup.index,
                 inboxes: setup.inboxes.clone(),
+                uplinks_down: setup.uplinks_down,
                 events: setup.events,
                 seed: setup.seed,
                 now_ns,
@@ -461,11 +465,11 @@ where
             let refused = match handoff.work {
                 // The inner packet left its Ethernet header behind; the
                 // burst's encrypt entry expects room for one.
-                Work::Send {
+                Handed::Tunnel(Work::Send {
                     peer,
                     public_key,
                     mut frame,
-                } => {
+                }) => {
                     // Queued under the sender's configuration: the peer is
                     // found by its key in ours (moved, or gone since).
                     match self.pipeline.resolve_handed(ctx, peer, &public_key) {
@@ -480,15 +484,15 @@ where
                         Some(_) => true,
                     }
                 }
-                Work::Receive { from, frame } => {
+                Handed::Tunnel(Work::Receive { from, frame }) => {
                     let uplink = handoff.uplink;
                     self.burst.push_decrypt(from, uplink, frame).is_err()
                 }
-                Work::Initiation {
+                Handed::Tunnel(Work::Initiation {
                     from,
                     frame,
                     opened,
-                } => {
+                }) => {
                     let mut env = Env(&mut self.host);
                     let uplink = handoff.uplink;
                     self.pipeline.answer_initiation(
@@ -499,6 +503,14 @@ where
                         &opened,
                         &mut env,
                     )
+                }
+                Handed::UplinkBfd {
+                    uplink,
+                    l3_offset,
+                    frame,
+                } => {
+                    self.pipeline.take_uplink_bfd(ctx, uplink, l3_offset, frame);
+                    false
                 }
             };
             if refused {

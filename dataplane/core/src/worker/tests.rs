@@ -146,6 +146,7 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
     let config = Arc::new(Published::new(cfg));
     let inboxes = tunnel_inboxes(workers);
     let to_shape = shaper_inboxes(workers);
+    let uplinks_down = Arc::default();
     let mut site = Site {
         n,
         links: Vec::new(),
@@ -176,6 +177,7 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
             stats: stats.clone(),
             tunnel_stats: tunnel_stats.clone(),
             inboxes: inboxes.clone(),
+            uplinks_down: Arc::clone(&uplinks_down),
             shaper_inboxes: to_shape.clone(),
             qos_stats: qos_stats.clone(),
             stop: Arc::default(),
@@ -241,6 +243,7 @@ struct Udp {
     src: [u8; 4],
     dst: [u8; 4],
     ttl: u8,
+    dst_port: u16,
     payload: Vec<u8>,
 }
 
@@ -268,6 +271,7 @@ fn udp_of(frame: &VecFrame) -> Udp {
         src: h.source(),
         dst: h.destination(),
         ttl: h.ttl(),
+        dst_port: udp.destination_port(),
         payload: udp.payload().to_vec(),
     }
 }
@@ -693,7 +697,9 @@ fn run_wan(
     duration: u64,
     mut wire: impl FnMut(&Udp) -> Wire,
 ) {
-    let mut in_flight: Vec<(u64, usize, VecFrame)> = Vec::new();
+    // By arrival time: the site, and whether the frame is BFD's on the
+    // underlay (received by the site's last worker, as a NIC's RSS may do).
+    let mut in_flight: Vec<(u64, (usize, bool), VecFrame)> = Vec::new();
     for _ in 0..duration / MS {
         for site in sites.iter_mut() {
             site.round();
@@ -705,20 +711,23 @@ fn run_wan(
                 .flat_map(|l| l[WAN].from_gateway.drain())
                 .collect();
             for frame in frames {
-                let due = match wire(&udp_of(&frame)) {
+                let udp = udp_of(&frame);
+                let bfd = udp.dst_port == 3784;
+                let due = match wire(&udp) {
                     Wire::Pass => clock.now(),
                     Wire::Delay(ms) => clock.now() + ms * MS,
                     Wire::Lost => continue,
                 };
                 let dst: [u8; 6] = frame.data()[..6].try_into().unwrap();
                 if let Some(to) = sites.iter().position(|s| wan_mac(s.n) == dst) {
-                    in_flight.push((due, to, frame));
+                    in_flight.push((due, (to, bfd), frame));
                 }
             }
         }
         let now = clock.now();
-        for (_, to, frame) in in_flight.extract_if(.., |(due, _, _)| *due <= now) {
-            sites[to].links[0][WAN].to_gateway.push(frame);
+        for (_, (to, bfd), frame) in in_flight.extract_if(.., |(due, _, _)| *due <= now) {
+            let worker = if bfd { sites[to].links.len() - 1 } else { 0 };
+            sites[to].links[worker][WAN].to_gateway.push(frame);
         }
         clock.advance(MS);
     }
@@ -1020,6 +1029,80 @@ fn bfd_toward_a_stock_peer_moves_its_traffic_to_the_next_uplink() {
         [0, 0, 0, 1],
         "no move back and forth"
     );
+}
+
+/// [`multipath_text`] with BFD at 10 ms × 3 on the MPLS uplink, single hop
+/// to the other site's MPLS address (standing in for the uplink's router),
+/// and probes slow enough (100 ms × 5) that BFD is the first to notice.
+fn uplink_bfd_text(n: u8, m: u8) -> String {
+    multipath_text(n, m)
+        .replacen("probe_interval_ms = 20", "probe_interval_ms = 100", 1)
+        .replacen(
+            "color = \"mpls\"",
+            &format!(
+                "color = \"mpls\"\n        bfd = {{ address = \"192.0.2.{m}\", \
+                 desired_min_tx_ms = 10, required_min_rx_ms = 10 }}"
+            ),
+            1,
+        )
+}
+
+#[test]
+fn bfd_with_an_uplinks_router_takes_every_path_over_it_out() {
+    use crate::bfd::packet::State;
+    let clock = ManualClock::default();
+    // Two workers: the session runs on worker 0, and its packets arrive on
+    // worker 1, which hands them over.
+    let mut a = site_from(1, 2, &uplink_bfd_text(1, 2), &clock);
+    let mut b = site_from(2, 1, &uplink_bfd_text(2, 1), &clock);
+    let session = |s: &Site| {
+        let report = s.tunnel_stats[0].paths();
+        assert_eq!(report.uplink_bfd.len(), 1, "{:?}", report.uplink_bfd);
+        report.uplink_bfd[0].clone()
+    };
+    let mpls = |u: &Udp| u.src[..3] == [192, 0, 2] || u.dst[..3] == [192, 0, 2];
+
+    run_for(&mut [&mut a, &mut b], &clock, 3_000 * MS, |_| false);
+    let (uplink, up) = session(&a);
+    assert_eq!((uplink, up.state), (0, State::Up), "{up:?}");
+    assert_eq!(up.detection_time_ns, 30 * MS, "10 ms × 3");
+    assert_eq!(session(&b).1.state, State::Up);
+    // Only worker 0 runs it.
+    assert!(a.tunnel_stats[1].paths().uplink_bfd.is_empty());
+    let worker_0 = a.tunnel_stats[0].paths().bfd.clone();
+    assert!(worker_0.rx > 100 && worker_0.tx > 100, "{worker_0:?}");
+    assert_eq!(worker_0.dropped, [0; crate::paths::bfd::BfdDrop::COUNT]);
+    let owner = (0..2)
+        .find(|&w| a.tunnel_stats[w].paths().paths.iter().any(|p| p.active))
+        .expect("a worker owns the peer");
+    let active = |s: &Site, w: usize| {
+        let cfg = s.config.load();
+        let table = &cfg.tunnel.as_ref().unwrap().paths;
+        let report = s.tunnel_stats[w].paths();
+        let active: Vec<_> = report.paths.iter().filter(|r| r.active).collect();
+        table.paths[usize::from(active[0].index)].id.to_string()
+    };
+    assert_eq!(active(&a, owner), "local:mpls->site-2:mpls");
+
+    // The MPLS network goes dark: the uplink's session is down 30 ms after
+    // the last packet it heard, and the peer's owner takes both paths over
+    // the uplink out at once, long before five probes of 100 ms are missed.
+    run_for(&mut [&mut a, &mut b], &clock, 150 * MS, mpls);
+    assert_eq!(session(&a).1.state, State::Down);
+    assert_eq!(session(&a).1.changes[1][1], 1, "by detection time");
+    assert_eq!(active(&a, owner), "local:inet->site-2:mpls");
+    let failovers = a.tunnel_stats[owner].paths().failovers.clone();
+    assert_eq!(failovers, [("default".to_owned(), [0, 0, 0, 1])]);
+    for r in &a.tunnel_stats[owner].paths().paths {
+        assert!(r.figures.unwrap().up, "the probes have not noticed yet");
+    }
+
+    // It comes back: Up again, and traffic returns after the hold time.
+    run_for(&mut [&mut a, &mut b], &clock, 3_000 * MS, |_| false);
+    assert_eq!(session(&a).1.state, State::Up);
+    assert_eq!(active(&a, owner), "local:mpls->site-2:mpls");
+    let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
+    assert_eq!(dropped, 0, "nothing dropped at the gateway");
 }
 
 /// A UDP datagram from site `from`'s host, between the given ports.
