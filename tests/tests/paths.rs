@@ -328,3 +328,100 @@ fn probes_measure_the_delay_loss_and_jitter_the_wan_imposes() {
         assert!(status.success(), "exit {status}:\n{}", gw.log_text());
     }
 }
+
+#[test]
+fn bfdd_as_an_uplinks_router_takes_the_uplink_out_when_it_dies() {
+    use common::bfdd::Bfdd;
+    require_root();
+    let sites = Sites::new();
+    // Site 1's MPLS router runs FRR's bfdd at 100 ms; we ask for 200 ms,
+    // so each side sends every 200 ms (the slower side's wish).
+    let (private1, public1) = wg_keypair();
+    let (private2, public2) = wg_keypair();
+    let paths = "probe_interval_ms = 100";
+    let config = sites.config(1, &private1, &public2, paths).replacen(
+        "color = \"mpls\"",
+        "color = \"mpls\"\nbfd = { desired_min_tx_ms = 200, required_min_rx_ms = 200 }",
+        1,
+    );
+    let mut one = Dataplane::start(&config);
+    let mut two = Dataplane::start(&sites.config(2, &private2, &public1, paths));
+    let router_conf = "bfd\n peer 10.20.1.1 local-address 10.20.1.254\n  \
+                       receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n";
+    let id = unique_id();
+    let mut bfdd = Bfdd::start(&sites.router, &id, router_conf);
+    let session = [("path_id", "local:mpls->10.20.1.254")];
+    let state =
+        |m: &Metrics, s: &str| m.sum("patronus_bfd_session_status", &[session[0], ("state", s)]);
+    let up = eventually(Duration::from_secs(20), || {
+        state(&one.scrape(), "up") == 1.0
+            && bfdd.vtysh(&["show bfd peers"]).contains("Status: up")
+            && active(&one.scrape()) == ["local:mpls->site2:mpls"]
+    });
+    let theirs = bfdd.vtysh(&["show bfd peers"]);
+    let m = one.scrape();
+    assert!(up, "{theirs}\n{}\n{}", m.text, bfdd.log());
+    // Negotiated: bfdd sees our 200 ms, and we detect its death after its
+    // multiplier × the slower of its 100 ms and our 200 ms.
+    assert!(
+        theirs.contains("Receive interval: 200ms")
+            && theirs.contains("Transmission interval: 200ms"),
+        "{theirs}"
+    );
+    let detection = m.sum("patronus_bfd_detection_time_seconds", &session);
+    assert!((detection - 0.6).abs() < 1e-9, "{detection}");
+    assert_eq!(
+        m.sum("patronus_bfd_control_drops_total", &[]),
+        0.0,
+        "{}",
+        m.text
+    );
+
+    // The router's bfdd dies (the router still forwards, so the probes see
+    // nothing wrong): the session goes down by detection time, and both
+    // paths over the MPLS uplink are out at once.
+    bfdd.kill();
+    let moved = eventually(Duration::from_secs(10), || {
+        active(&one.scrape()) == ["local:inet->site2:mpls"]
+    });
+    let m = one.scrape();
+    assert!(moved, "{}", m.text);
+    assert_eq!(state(&m, "down"), 1.0);
+    assert_eq!(
+        m.sum(
+            "patronus_bfd_state_changes_total",
+            &[
+                session[0],
+                ("to", "down"),
+                ("diag", "control_detection_time_expired")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("patronus_failover_events_total", &[("reason", "bfd_down")]),
+        1.0,
+        "{}",
+        m.text
+    );
+    for p in PATHS {
+        assert_eq!(m.sum("patronus_path_up", &[("path_id", p)]), 1.0, "{p}");
+    }
+    assert!(
+        ping(&sites.hosts[0], "10.2.0.2"),
+        "ping over the inet uplink"
+    );
+
+    // bfdd back: the session comes up, and after the hold time traffic
+    // returns to the MPLS uplink.
+    let _bfdd = Bfdd::start(&sites.router, &format!("{id}b"), router_conf);
+    let back = eventually(Duration::from_secs(20), || {
+        let m = one.scrape();
+        state(&m, "up") == 1.0 && active(&m) == ["local:mpls->site2:mpls"]
+    });
+    assert!(back, "{}", one.scrape().text);
+    for gw in [&mut one, &mut two] {
+        let status = gw.stop();
+        assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+    }
+}
