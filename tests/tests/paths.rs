@@ -425,3 +425,54 @@ fn bfdd_as_an_uplinks_router_takes_the_uplink_out_when_it_dies() {
         assert!(status.success(), "exit {status}:\n{}", gw.log_text());
     }
 }
+
+#[test]
+fn multihop_bfd_comes_up_with_frr_bfdd_beyond_the_uplinks_router() {
+    use common::bfdd::Bfdd;
+    require_root();
+    let sites = Sites::new();
+    // Site 1's internet uplink runs multihop BFD (RFC 5883, UDP 4784) with
+    // an address on the router's far side, reached through its next hop.
+    let (private1, public1) = wg_keypair();
+    let (private2, public2) = wg_keypair();
+    let paths = "probe_interval_ms = 100";
+    let config = sites.config(1, &private1, &public2, paths).replacen(
+        "color = \"internet\"",
+        "color = \"internet\"\nbfd = { address = \"10.20.2.254\", multihop = true, \
+         desired_min_tx_ms = 100, required_min_rx_ms = 100 }",
+        1,
+    );
+    let mut one = Dataplane::start(&config);
+    let mut two = Dataplane::start(&sites.config(2, &private2, &public1, paths));
+    let mut bfdd = Bfdd::start(
+        &sites.router,
+        &unique_id(),
+        "bfd\n peer 10.30.1.1 multihop local-address 10.20.2.254\n  \
+         receive-interval 100\n  transmit-interval 100\n !\n!\n",
+    );
+    let session = ("path_id", "local:inet->10.20.2.254");
+    let state =
+        |m: &Metrics, s: &str| m.sum("patronus_bfd_session_status", &[session, ("state", s)]);
+    let up = eventually(Duration::from_secs(20), || {
+        state(&one.scrape(), "up") == 1.0 && bfdd.vtysh(&["show bfd peers"]).contains("Status: up")
+    });
+    let theirs = bfdd.vtysh(&["show bfd peers"]);
+    assert!(up, "{theirs}\n{}\n{}", one.scrape().text, bfdd.log());
+    assert!(theirs.contains("multihop"), "{theirs}");
+
+    bfdd.kill();
+    let down = eventually(Duration::from_secs(10), || {
+        state(&one.scrape(), "down") == 1.0
+    });
+    let m = one.scrape();
+    assert!(down, "{}", m.text);
+    assert_eq!(
+        m.sum("patronus_failover_events_total", &[("reason", "bfd_down")]),
+        0.0,
+        "the internet uplink carried nothing to move"
+    );
+    for gw in [&mut one, &mut two] {
+        let status = gw.stop();
+        assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+    }
+}
