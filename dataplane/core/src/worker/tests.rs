@@ -1072,6 +1072,7 @@ fn bfd_with_an_uplinks_router_takes_every_path_over_it_out() {
     let worker_0 = a.tunnel_stats[0].paths().bfd.clone();
     assert!(worker_0.rx > 100 && worker_0.tx > 100, "{worker_0:?}");
     assert_eq!(worker_0.dropped, [0; crate::paths::bfd::BfdDrop::COUNT]);
+    assert_eq!(worker_0.malformed.iter().sum::<u64>(), 0);
     let owner = (0..2)
         .find(|&w| a.tunnel_stats[w].paths().paths.iter().any(|p| p.active))
         .expect("a worker owns the peer");
@@ -1083,6 +1084,39 @@ fn bfd_with_an_uplinks_router_takes_every_path_over_it_out() {
         table.paths[usize::from(active[0].index)].id.to_string()
     };
     assert_eq!(active(&a, owner), "local:mpls->site-2:mpls");
+
+    // Hostile packets from the router's address, arriving on worker 1: a
+    // TTL of 254 (not from the link), a truncated one, and one for a
+    // session we do not have. Each is counted by reason and dropped; the
+    // session stays up.
+    let control = |ttl: u8, payload: &[u8]| {
+        let b = PacketBuilder::ethernet2(wan_mac(2), wan_mac(1))
+            .ipv4([192, 0, 2, 2], [192, 0, 2, 1], ttl)
+            .udp(49_999, 3784);
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        VecFrame::new(&out)
+    };
+    // Version 1, Up, multiplier 3, 24 bytes, Your Discriminator 0xdeadbeef.
+    let mut stranger = [0u8; 24];
+    stranger[..4].copy_from_slice(&[0x20, 0xc0, 3, 24]);
+    stranger[4..8].copy_from_slice(&7u32.to_be_bytes());
+    stranger[8..12].copy_from_slice(&0xdead_beef_u32.to_be_bytes());
+    for frame in [
+        control(254, &stranger),
+        control(255, &stranger[..10]),
+        control(255, &stranger),
+    ] {
+        a.links[1][WAN].to_gateway.push(frame);
+    }
+    // (Figures are published every 100 ms.)
+    run_for(&mut [&mut a, &mut b], &clock, 120 * MS, |_| false);
+    let counted = a.tunnel_stats[0].paths().bfd.clone();
+    use crate::paths::bfd::BfdDrop;
+    assert_eq!(counted.dropped[BfdDrop::Ttl.index()], 1, "{counted:?}");
+    assert_eq!(counted.dropped[BfdDrop::UnknownDiscriminator.index()], 1);
+    assert_eq!(counted.malformed.iter().sum::<u64>(), 1);
+    assert_eq!(session(&a).1.state, State::Up);
 
     // The MPLS network goes dark: the uplink's session is down 30 ms after
     // the last packet it heard, and the peer's owner takes both paths over
