@@ -341,6 +341,15 @@ macro_rules! control_plane {
                 let paths = self.hub.path_health(&req.into_inner().site_id);
                 Ok(Response::new(ListPathHealthResponse { paths }))
             }
+
+            async fn list_bfd_sessions(
+                &self,
+                req: Request<ListBfdSessionsRequest>,
+            ) -> Result<Response<ListBfdSessionsResponse>, Status> {
+                self.allow(&req, Access::Read)?;
+                let sessions = self.hub.bfd_sessions(&req.into_inner().site_id);
+                Ok(Response::new(ListBfdSessionsResponse { sessions }))
+            }
             $(
             async fn $create(&self, req: Request<$CreateReq>) -> Result<Response<$CreateResp>, Status> {
                 self.allow(&req, Access::Write)?;

@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use patronus_proto::v1::{
-    BfdState, GetTopologyResponse, PathHealth, Peer, PeerPathStatus, PeerStatus, SitePhase,
-    SiteStatus, TopologyLink, TopologySite, TunnelState,
+    BfdSessionStatus, BfdState, GetTopologyResponse, PathHealth, Peer, PeerPathStatus, PeerStatus,
+    SitePhase, SiteStatus, TopologyLink, TopologySite, TunnelState,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
@@ -199,6 +199,30 @@ impl Hub {
             })
             .collect();
         GetTopologyResponse { sites, links }
+    }
+
+    /// Every reported BFD session of the data planes (of one site, when
+    /// given), by site, data plane and session.
+    pub fn bfd_sessions(&self, site_id: &str) -> Vec<BfdSessionStatus> {
+        let state = self.lock();
+        let mut out = Vec::new();
+        for ((site, dataplane), d) in &state.dataplanes {
+            if !site_id.is_empty() && site != site_id {
+                continue;
+            }
+            let Some((report, at)) = &d.report else {
+                continue;
+            };
+            let mut sessions: Vec<_> = report.bfd_sessions.iter().collect();
+            sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+            out.extend(sessions.into_iter().map(|s| BfdSessionStatus {
+                site_id: site.clone(),
+                dataplane_id: dataplane.clone(),
+                session: Some(s.clone()),
+                report_time: Some(timestamp(*at)),
+            }));
+        }
+        out
     }
 
     /// Every reported tunnel of the data planes (of one site, when given).

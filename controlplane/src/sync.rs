@@ -38,6 +38,8 @@ use crate::validate::is_dns_label;
 const MAX_REPORTED_PEERS: usize = 16_384;
 /// See [`MAX_REPORTED_PEERS`].
 const MAX_REPORTED_PATHS: usize = 1024;
+/// See [`MAX_REPORTED_PEERS`]: one per path and one per uplink.
+const MAX_REPORTED_BFD_SESSIONS: usize = MAX_REPORTED_PATHS + 16;
 /// See [`MAX_REPORTED_PEERS`].
 const MAX_REPORTED_EVENTS: usize = 4096;
 /// See [`MAX_REPORTED_PEERS`].
@@ -669,12 +671,14 @@ impl DataplaneSync for Sync {
             let paths: usize = report.peers.iter().map(|p| p.paths.len()).sum();
             if report.peers.len() > MAX_REPORTED_PEERS
                 || paths > MAX_REPORTED_PATHS
+                || report.bfd_sessions.len() > MAX_REPORTED_BFD_SESSIONS
                 || report.events.len() > MAX_REPORTED_EVENTS
                 || report.encoded_len() > MAX_REPORT_BYTES
             {
                 return Err(Status::invalid_argument(format!(
                     "a report holds at most {MAX_REPORTED_PEERS} peers, {MAX_REPORTED_PATHS} paths, \
-                     {MAX_REPORTED_EVENTS} events and {MAX_REPORT_BYTES} bytes"
+                     {MAX_REPORTED_BFD_SESSIONS} BFD sessions, {MAX_REPORTED_EVENTS} events and \
+                     {MAX_REPORT_BYTES} bytes"
                 )));
             }
             self.hub.report(report)?;

@@ -41,6 +41,7 @@ fn report_paths(
             message: String::new(),
         }],
         time: None,
+        bfd_sessions: Vec::new(),
     }
 }
 
@@ -192,13 +193,72 @@ async fn reports_become_status_topology_paths_and_events() {
             bfd: BfdState::Up as i32,
         },
     ];
-    sync.report(tokio_stream::iter([report_paths(
-        TunnelState::Up,
-        Some(measured),
-        per_path,
-    )]))
-    .await
-    .unwrap();
+    // With its BFD sessions: one on a path, one with an uplink's router.
+    let changed = prost_types::Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    };
+    let sessions = vec![
+        BfdSession {
+            session_id: "us-east-prod:mpls->192.0.2.1".into(),
+            state: BfdState::Down as i32,
+            remote_state: BfdState::Down as i32,
+            local_discriminator: 11,
+            remote_discriminator: 0,
+            diagnostic: "control_detection_time_expired".into(),
+            tx_interval_us: 1_000_000,
+            detection_time_us: 0,
+            last_change: Some(changed),
+        },
+        BfdSession {
+            session_id: "us-east-prod:inet->aws-vpc".into(),
+            state: BfdState::Up as i32,
+            remote_state: BfdState::Up as i32,
+            local_discriminator: 7,
+            remote_discriminator: 9,
+            diagnostic: "none".into(),
+            tx_interval_us: 50_000,
+            detection_time_us: 150_000,
+            last_change: None,
+        },
+    ];
+    let mut with_paths = report_paths(TunnelState::Up, Some(measured), per_path);
+    with_paths.bfd_sessions = sessions.clone();
+    sync.report(tokio_stream::iter([with_paths])).await.unwrap();
+    let listed = api
+        .list_bfd_sessions(ListBfdSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let rows: Vec<_> = listed
+        .iter()
+        .map(|s| {
+            (
+                s.site_id.as_str(),
+                s.dataplane_id.as_str(),
+                s.session.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("us-east-prod", "gw-a", Some(sessions[1].clone())),
+            ("us-east-prod", "gw-a", Some(sessions[0].clone())),
+        ],
+        "by session id"
+    );
+    assert!(listed.iter().all(|s| s.report_time.is_some()));
+    let elsewhere = api
+        .list_bfd_sessions(ListBfdSessionsRequest {
+            site_id: "eu-west".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert!(elsewhere.is_empty());
     let paths = api
         .list_path_health(ListPathHealthRequest::default())
         .await

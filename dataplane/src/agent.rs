@@ -20,8 +20,8 @@ use anyhow::Context as _;
 use patronus_proto::client::Authorization;
 use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
 use patronus_proto::v1::{
-    AckResult, AcknowledgeRequest, DataplaneCounters, DataplaneEvent, PeerTelemetry, SiteSnapshot,
-    SubscribeRequest, TelemetryReport,
+    AckResult, AcknowledgeRequest, BfdSession, DataplaneCounters, DataplaneEvent, PeerTelemetry,
+    SiteSnapshot, SubscribeRequest, TelemetryReport,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -85,6 +85,8 @@ pub struct Telemetry {
     pub counters: DataplaneCounters,
     /// One entry per configured peer.
     pub peers: Vec<PeerTelemetry>,
+    /// Every BFD session.
+    pub bfd_sessions: Vec<BfdSession>,
 }
 
 /// Reads [`Telemetry`] from the data plane; called every telemetry interval.
@@ -436,6 +438,7 @@ impl Session {
             peers: t.peers,
             events,
             time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            bfd_sessions: t.bfd_sessions,
         }
     }
 

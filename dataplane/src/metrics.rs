@@ -1691,6 +1691,11 @@ conditions = [{{ type = "category", value = "Video" }}]
                 state: BfdState::Up,
                 changes,
                 detection_time_ns: 150_000_000,
+                remote_state: BfdState::Up,
+                discriminators: (7, 9),
+                diagnostic: Diagnostic::NONE,
+                tx_interval_ns: 50_000_000,
+                since_change_ns: Some(1_000_000_000),
             }),
             ..r
         };
@@ -1743,6 +1748,11 @@ conditions = [{{ type = "category", value = "Video" }}]
                     state: BfdState::Down,
                     changes: [[0; DIAGNOSTICS]; 4],
                     detection_time_ns: 0,
+                    remote_state: BfdState::Down,
+                    discriminators: (11, 0),
+                    diagnostic: Diagnostic::NONE,
+                    tx_interval_ns: 1_000_000_000,
+                    since_change_ns: None,
                 },
             )],
         });

@@ -35,11 +35,11 @@ use patronus_core::dpi::counters::DpiCounters;
 use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared};
 use patronus_core::paths::UplinksDown;
 use patronus_core::published::Published;
-use patronus_core::stats::PolicyCounters;
+use patronus_core::stats::{BfdReport, PolicyCounters};
 use patronus_core::stats::{Counter, SharedCounters, SharedQosStats, SharedTunnelStats};
 use patronus_core::worker::{shaper_inboxes, tunnel_inboxes, WorkerSetup};
 use patronus_proto::v1::{
-    BfdState, DataplaneCounters, DataplaneEvent, EventType, PathMetrics, PathTelemetry,
+    BfdSession, BfdState, DataplaneCounters, DataplaneEvent, EventType, PathMetrics, PathTelemetry,
     PeerTelemetry, TunnelState,
 };
 
@@ -964,6 +964,7 @@ fn telemetry_source(
         let (measured, mut per_path) = path_figures(&cfg, &tunnels);
         Telemetry {
             applied_version: cfg.site.version,
+            bfd_sessions: bfd_sessions(&cfg, &tunnels),
             counters,
             peers: cfg
                 .site
@@ -1038,6 +1039,45 @@ fn path_figures(
         }
     }
     (active, paths)
+}
+
+/// Every BFD session of the workers: the paths', then the uplinks'.
+fn bfd_sessions(cfg: &Snapshot, tunnels: &[Arc<SharedTunnelStats>]) -> Vec<BfdSession> {
+    let Some(t) = cfg.tunnel.as_deref() else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now();
+    let session = |id: &str, b: &BfdReport| BfdSession {
+        session_id: id.to_owned(),
+        state: bfd_state(b.state) as i32,
+        remote_state: bfd_state(b.remote_state) as i32,
+        local_discriminator: b.discriminators.0,
+        remote_discriminator: b.discriminators.1,
+        diagnostic: b.diagnostic.as_str().to_owned(),
+        tx_interval_us: b.tx_interval_ns / 1_000,
+        detection_time_us: b.detection_time_ns / 1_000,
+        last_change: b
+            .since_change_ns
+            .and_then(|ago| now.checked_sub(std::time::Duration::from_nanos(ago)))
+            .map(prost_types::Timestamp::from),
+    };
+    let reports: Vec<_> = tunnels.iter().map(|w| w.paths()).collect();
+    let paths = reports.iter().flat_map(|w| &w.paths).filter_map(|r| {
+        let path = t
+            .paths
+            .paths
+            .get(usize::from(r.index))
+            .filter(|p| p.tag == r.tag)?;
+        Some(session(&path.id, r.bfd.as_ref()?))
+    });
+    let uplinks = reports
+        .iter()
+        .flat_map(|w| &w.uplink_bfd)
+        .filter_map(|(u, b)| {
+            let id = &t.paths.uplinks.get(usize::from(*u))?.bfd.as_ref()?.id;
+            Some(session(id, b))
+        });
+    paths.chain(uplinks).collect()
 }
 
 /// A BFD session's state as the API names it.

@@ -646,6 +646,25 @@ telemetry_interval_ms = 200
         .collect();
     assert_eq!(sessions.len(), 4, "{peer}");
     assert!(sessions.iter().all(|(_, bfd)| *bfd == "Up"), "{peer}");
+    // `patronusctl bfd` lists the sessions themselves, at the 50 ms both
+    // sides ask for; each knows the other's discriminator.
+    let listed: serde_json::Value =
+        serde_json::from_str(&ctl(&server, &["bfd", "--site", "site1", "-o", "json"])).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    for s in listed {
+        assert_eq!(s["state"], "up", "{s}");
+        assert_eq!(s["remoteState"], "up", "{s}");
+        assert_ne!(s["remoteDiscriminator"], 0, "{s}");
+        assert_eq!(s["txIntervalMs"], 50.0, "{s}");
+        assert_eq!(s["detectionTimeMs"], 150.0, "{s}");
+        assert!(s["lastChange"].is_string(), "{s}");
+    }
+    let table = ctl(&server, &["bfd"]);
+    assert!(
+        table.starts_with("SITE") && table.contains("site1:mpls->site2-of-1:mpls"),
+        "{table}"
+    );
     let site2_answers = || {
         sites.hosts[0]
             .try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.2"])

@@ -108,6 +108,16 @@ enum Command {
         #[arg(long)]
         site: Option<String>,
     },
+    /// Each data plane's BFD sessions: state, discriminators, diagnostic,
+    /// negotiated intervals and the last state change.
+    Bfd {
+        /// Only this site's sessions.
+        #[arg(long)]
+        site: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Deletes a resource.
     Delete {
         /// site, peer, policy or application.
@@ -144,6 +154,9 @@ impl std::str::FromStr for Kind {
             "peer" | "peers" => Ok(Kind::Peer),
             "policy" | "policies" => Ok(Kind::Policy),
             "application" | "applications" | "app" | "apps" => Ok(Kind::Application),
+            "bfd" => Err("BFD sessions are live state, not a resource: \
+                          `patronusctl bfd` lists them"
+                .to_owned()),
             _ => Err(format!(
                 "{s:?}: expected sites, peers, policies or applications"
             )),
@@ -349,6 +362,17 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     })
                     .collect(),
             );
+            Ok(true)
+        }
+        Command::Bfd { site, output } => {
+            let list = call(
+                client
+                    .list_bfd_sessions(pb::ListBfdSessionsRequest {
+                        site_id: site.unwrap_or_default(),
+                    })
+                    .await,
+            )?;
+            print_bfd_sessions(&list.sessions, output)?;
             Ok(true)
         }
         Command::Get { kind, name, output } => {
@@ -821,6 +845,76 @@ fn bfd(state: i32) -> String {
         Ok(pb::BfdState::Up) => "up".into(),
         _ => "-".into(),
     }
+}
+
+/// The sessions as a table (milliseconds; the last change as an RFC 3339
+/// time), or as JSON or YAML.
+fn print_bfd_sessions(sessions: &[pb::BfdSessionStatus], output: Output) -> anyhow::Result<()> {
+    let ms = |us: u64| format!("{}", us as f64 / 1e3);
+    let changed = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| t.to_string());
+    if output != Output::Table {
+        let items: Vec<serde_json::Value> = sessions
+            .iter()
+            .filter_map(|s| {
+                let b = s.session.as_ref()?;
+                Some(serde_json::json!({
+                    "siteId": s.site_id,
+                    "dataplaneId": s.dataplane_id,
+                    "session": b.session_id,
+                    "state": bfd(b.state),
+                    "remoteState": bfd(b.remote_state),
+                    "localDiscriminator": b.local_discriminator,
+                    "remoteDiscriminator": b.remote_discriminator,
+                    "diagnostic": b.diagnostic,
+                    "txIntervalMs": b.tx_interval_us as f64 / 1e3,
+                    "detectionTimeMs": b.detection_time_us as f64 / 1e3,
+                    "lastChange": changed(&b.last_change),
+                }))
+            })
+            .collect();
+        let text = match output {
+            Output::Json => serde_json::to_string_pretty(&items)?,
+            _ => serde_yaml_ng::to_string(&items)?,
+        };
+        println!("{}", text.trim_end());
+        return Ok(());
+    }
+    let rows = sessions
+        .iter()
+        .filter_map(|s| {
+            let b = s.session.as_ref()?;
+            Some(vec![
+                s.site_id.clone(),
+                s.dataplane_id.clone(),
+                b.session_id.clone(),
+                bfd(b.state),
+                bfd(b.remote_state),
+                b.local_discriminator.to_string(),
+                b.remote_discriminator.to_string(),
+                b.diagnostic.clone(),
+                ms(b.tx_interval_us),
+                ms(b.detection_time_us),
+                changed(&b.last_change).unwrap_or_else(|| "-".to_owned()),
+            ])
+        })
+        .collect();
+    print_table(
+        &[
+            "SITE",
+            "DATAPLANE",
+            "SESSION",
+            "STATE",
+            "REMOTE",
+            "LOCAL DISCR",
+            "REMOTE DISCR",
+            "DIAGNOSTIC",
+            "TX MS",
+            "DETECT MS",
+            "LAST CHANGE",
+        ],
+        rows,
+    );
+    Ok(())
 }
 
 fn tunnel(state: i32) -> String {

@@ -390,6 +390,17 @@ pub struct BfdReport {
     pub changes: [[u64; crate::paths::bfd::DIAGNOSTICS]; 4],
     /// The detection time negotiated now (ns; 0 before the remote is heard).
     pub detection_time_ns: u64,
+    /// The remote's state, as its last packet said.
+    pub remote_state: crate::bfd::packet::State,
+    /// Our discriminator and the remote's (0 until heard).
+    pub discriminators: (u32, u32),
+    /// The diagnostic we send.
+    pub diagnostic: crate::bfd::packet::Diagnostic,
+    /// Our transmit interval as negotiated now (ns).
+    pub tx_interval_ns: u64,
+    /// How long before the report the session last changed state (ns);
+    /// `None` when it never did.
+    pub since_change_ns: Option<u64>,
 }
 
 /// One move of traffic to another path, as the worker that made it recorded it.

@@ -143,6 +143,23 @@ impl Session {
         self.remote_discr
     }
 
+    /// The diagnostic we send: why the session last changed state.
+    pub fn diagnostic(&self) -> Diagnostic {
+        self.diag
+    }
+
+    /// The interval between our periodic packets (ns, before jitter), as
+    /// negotiated now: the slower of our wish and what the remote can take
+    /// (at least a second while not Up, §6.8.3).
+    pub fn transmit_interval_ns(&self) -> u64 {
+        let ours = if self.state == State::Up {
+            self.acked.desired_min_tx_us
+        } else {
+            self.acked.desired_min_tx_us.max(BRING_UP_TX_US)
+        };
+        u64::from(ours.max(self.remote_min_rx_us)) * US
+    }
+
     /// The time without a valid packet after which the remote is declared
     /// down (ns), as negotiated now.
     pub fn detection_time_ns(&self) -> u64 {
@@ -304,12 +321,7 @@ impl Session {
 
     /// The interval to the next periodic packet, less its jitter.
     fn jittered_interval_ns(&mut self) -> u64 {
-        let ours = if self.state == State::Up {
-            self.acked.desired_min_tx_us
-        } else {
-            self.acked.desired_min_tx_us.max(BRING_UP_TX_US)
-        };
-        let interval = u64::from(ours.max(self.remote_min_rx_us)) * US;
+        let interval = self.transmit_interval_ns();
         // xorshift64: the jitter only has to be spread, not secret.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;

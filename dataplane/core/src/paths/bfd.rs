@@ -135,6 +135,8 @@ pub struct PathBfd {
     /// State changes, by the state entered and the diagnostic (0-8; 9 for
     /// the reserved ones).
     changes: [[u64; DIAGNOSTICS]; 4],
+    /// When the last one happened (ns on the data-plane clock).
+    last_change_ns: Option<u64>,
 }
 
 /// Diagnostics counted apart: the nine of RFC 5880 and one for the rest.
@@ -156,6 +158,7 @@ impl PathBfd {
             source_port: FIRST_SOURCE_PORT + (tag % 16_384) as u16,
             ever_up: false,
             changes: [[0; DIAGNOSTICS]; 4],
+            last_change_ns: None,
         }
     }
 
@@ -174,8 +177,15 @@ impl PathBfd {
     /// was one, and whether one left Up.
     pub fn take_changes(&mut self) -> Changed {
         let mut changed = Changed::default();
-        while let Some(StateChange { from, to, diag, .. }) = self.session.poll_change() {
+        while let Some(StateChange {
+            from,
+            to,
+            diag,
+            at_ns,
+        }) = self.session.poll_change()
+        {
             self.ever_up |= to == State::Up;
+            self.last_change_ns = Some(at_ns);
             changed.left_up |= from == State::Up;
             if to == State::Down {
                 // The remote may come back with a new sequence (§6.8.1).
@@ -187,6 +197,11 @@ impl PathBfd {
             changed.any = true;
         }
         changed
+    }
+
+    /// When the session last changed state (ns on the data-plane clock).
+    pub fn last_change_ns(&self) -> Option<u64> {
+        self.last_change_ns
     }
 
     /// State changes so far, by state entered ([`STATES`] order) and

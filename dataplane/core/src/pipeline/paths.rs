@@ -1046,7 +1046,7 @@ impl Paths {
                     tx_bytes: s.tx_bytes,
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,
-                    bfd: s.bfd.as_ref().map(bfd_report),
+                    bfd: s.bfd.as_ref().map(|b| bfd_report(b, now)),
                 });
             }
         }
@@ -1064,18 +1064,24 @@ impl Paths {
                 .uplink_bfd
                 .iter()
                 .enumerate()
-                .filter_map(|(u, s)| Some((u as u8, bfd_report(s.as_ref()?))))
+                .filter_map(|(u, s)| Some((u as u8, bfd_report(s.as_ref()?, now))))
                 .collect(),
         }
     }
 }
 
-/// What the metrics show of a session.
-fn bfd_report(b: &PathBfd) -> BfdReport {
+/// What the metrics and the control plane are shown of a session at `now`.
+fn bfd_report(b: &PathBfd, now: u64) -> BfdReport {
+    let s = &b.session;
     BfdReport {
-        state: b.session.state(),
+        state: s.state(),
         changes: *b.changes(),
-        detection_time_ns: b.session.detection_time_ns(),
+        detection_time_ns: s.detection_time_ns(),
+        remote_state: s.remote_state(),
+        discriminators: (s.local_discriminator(), s.remote_discriminator()),
+        diagnostic: s.diagnostic(),
+        tx_interval_ns: s.transmit_interval_ns(),
+        since_change_ns: b.last_change_ns().map(|at| now.saturating_sub(at)),
     }
 }
 
