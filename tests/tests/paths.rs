@@ -349,14 +349,21 @@ fn bfdd_as_an_uplinks_router_takes_the_uplink_out_when_it_dies() {
     let router_conf = "bfd\n peer 10.20.1.1 local-address 10.20.1.254\n  \
                        receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n";
     let id = unique_id();
+    let started = std::time::SystemTime::now();
     let mut bfdd = Bfdd::start(&sites.router, &id, router_conf);
     let session = [("path_id", "local:mpls->10.20.1.254")];
     let state =
         |m: &Metrics, s: &str| m.sum("patronus_bfd_session_status", &[session[0], ("state", s)]);
+    // Up, past the Poll sequence that leaves the bring-up's one second,
+    // and carrying the traffic.
     let up = eventually(Duration::from_secs(20), || {
-        state(&one.scrape(), "up") == 1.0
-            && bfdd.vtysh(&["show bfd peers"]).contains("Status: up")
-            && active(&one.scrape()) == ["local:mpls->site2:mpls"]
+        let m = one.scrape();
+        state(&m, "up") == 1.0
+            && (m.sum("patronus_bfd_detection_time_seconds", &session) - 0.6).abs() < 1e-9
+            && bfdd
+                .vtysh(&["show bfd peers"])
+                .contains("Transmission interval: 200ms")
+            && active(&m) == ["local:mpls->site2:mpls"]
     });
     let theirs = bfdd.vtysh(&["show bfd peers"]);
     let m = one.scrape();
@@ -370,6 +377,13 @@ fn bfdd_as_an_uplinks_router_takes_the_uplink_out_when_it_dies() {
     );
     let detection = m.sum("patronus_bfd_detection_time_seconds", &session);
     assert!((detection - 0.6).abs() < 1e-9, "{detection}");
+    // bfdd logged its side coming up, stamped in this run.
+    let came_up = bfdd.state_change_after("10.20.1.1", ("init", "up"), started);
+    assert!(
+        came_up.is_some_and(|t| t <= std::time::SystemTime::now()),
+        "{}",
+        bfdd.log()
+    );
     assert_eq!(
         m.sum("patronus_bfd_control_drops_total", &[]),
         0.0,
