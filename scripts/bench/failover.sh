@@ -2,7 +2,9 @@
 # Failover: packets lost and the blackout of a paced UDP stream when the
 # path it takes is blackholed, for probe intervals of 10, 20 and 100 ms and
 # streams of 1 000 and 10 000 packets a second, then with BFD at 10, 50 and
-# 300 ms × 3 deciding (tests/tests/failover.rs; FAILOVER_BFD_MS picks them).
+# 300 ms × 3 deciding (tests/tests/failover.rs; FAILOVER_BFD_MS picks them),
+# and with BFD on site 1's MPLS uplink against FRR's bfdd as its router, the
+# link cut both ways (detection by bfdd read from its log, in the same run).
 # Then ten minutes of 1% random loss each way on the path in use, which must
 # cause no failover (FAILOVER_SOAK_S=600). Needs root (namespaces, DPDK on
 # af_packet). FAILOVER_RUNS=5 by default.

@@ -1,9 +1,10 @@
 //! The failover benchmark (`scripts/bench/failover.sh` runs it): a paced
 //! UDP stream from host 1 to host 2 over the two-uplink topology; the
-//! remote MPLS endpoint is blackholed in the middle of it, and the receiver
-//! reports the packets lost and the longest silence (the blackout). Runs
-//! for each probe interval and stream rate, `FAILOVER_RUNS` times each
-//! (default 5), and prints the figures as a table.
+//! remote MPLS endpoint is blackholed in the middle of it (or site 1's
+//! MPLS link, with BFD against FRR's bfdd as the uplink's router), and the
+//! receiver reports the packets lost and the longest silence (the
+//! blackout). Runs for each interval and stream rate, `FAILOVER_RUNS` times
+//! each (default 5), and prints the figures as a table.
 
 mod common;
 
@@ -19,6 +20,17 @@ struct Outcome {
 }
 
 fn one_run(sites: &Sites, pps: u32) -> Outcome {
+    let blackhole = |verb: &str| {
+        sites
+            .router
+            .exec(&["ip", "route", verb, "blackhole", "10.20.2.1/32"]);
+    };
+    stream_across(sites, pps, || blackhole("add"), || blackhole("del"))
+}
+
+/// A paced stream from host 1 to host 2 for six seconds, `cut` two seconds
+/// in and `restore` after: the receiver's figures.
+fn stream_across(sites: &Sites, pps: u32, cut: impl FnOnce(), restore: impl FnOnce()) -> Outcome {
     let seconds = 6.0;
     let receiver = spawn_listening(
         &sites.hosts[1],
@@ -36,15 +48,11 @@ fn one_run(sites: &Sites, pps: u32) -> Outcome {
     let args: Vec<&str> = sender_args.iter().map(String::as_str).collect();
     let mut sender = sites.hosts[0].spawn(&args);
     std::thread::sleep(Duration::from_secs(2));
-    sites
-        .router
-        .exec(&["ip", "route", "add", "blackhole", "10.20.2.1/32"]);
+    cut();
     let status = sender.wait().unwrap();
     assert!(status.success(), "the sender failed");
     let out = receiver.wait_with_output().unwrap();
-    sites
-        .router
-        .exec(&["ip", "route", "del", "blackhole", "10.20.2.1/32"]);
+    restore();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     // "received R lost L max_gap_ms G"
     let fields: Vec<&str> = text.split_whitespace().collect();
@@ -230,5 +238,139 @@ fn no_false_failover_at_one_percent_loss() {
     for gw in [&mut one, &mut two] {
         let status = gw.stop();
         assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+    }
+}
+
+#[test]
+#[ignore = "a benchmark of several minutes: scripts/bench/failover.sh runs it"]
+fn reroute_by_an_uplinks_bfd_against_frr_bfdd() {
+    use common::bfdd::Bfdd;
+    require_root();
+    let runs: usize = std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let intervals: Vec<u32> = std::env::var("FAILOVER_BFD_MS")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|ms| ms.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![10, 50, 300]);
+    // Site 1's MPLS uplink runs BFD with its router, FRR's bfdd, both at
+    // the interval × 3; the link between them passes through patronus-wan,
+    // which blackholes it both ways two seconds into the stream. Probes at
+    // 1 s × 10 never decide first.
+    let wan = env!("CARGO_BIN_EXE_patronus-wan");
+    let paths = "probe_interval_ms = 1000\ndown_after = 10";
+    println!(
+        "| BFD interval × 3 | stream | lost min / median / max | blackout ms min / median / max \
+         | bfdd detection ms min / median / max | bound: detection, lost |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for bfd_ms in intervals {
+        for pps in [1_000u32, 10_000] {
+            let sites = Sites::with_impaired(wan, &[("mpls", "clear", "clear")]);
+            let (private1, public1) = wg_keypair();
+            let (private2, public2) = wg_keypair();
+            let config = sites.config(1, &private1, &public2, paths).replacen(
+                "color = \"mpls\"",
+                &format!(
+                    "color = \"mpls\"\nbfd = {{ desired_min_tx_ms = {bfd_ms}, \
+                     required_min_rx_ms = {bfd_ms} }}"
+                ),
+                1,
+            );
+            let mut one = Dataplane::start(&config);
+            let mut two = Dataplane::start(&sites.config(2, &private2, &public1, paths));
+            let bfdd = Bfdd::start(
+                &sites.router,
+                &unique_id(),
+                &format!(
+                    "bfd\n peer 10.20.1.1 local-address 10.20.1.254\n  receive-interval {bfd_ms}\n  \
+                     transmit-interval {bfd_ms}\n  detect-multiplier 3\n !\n!\n"
+                ),
+            );
+            let session = [("path_id", "local:mpls->10.20.1.254")];
+            let settled = |m: &Metrics| {
+                let detection = m.sum("patronus_bfd_detection_time_seconds", &session);
+                m.sum(
+                    "patronus_path_active",
+                    &[("path_id", "local:mpls->site2:mpls")],
+                ) == 1.0
+                    && (detection - 3.0 * f64::from(bfd_ms) / 1e3).abs() < 1e-9
+            };
+            let ready = eventually(Duration::from_secs(30), || settled(&one.scrape()));
+            assert!(ready, "never up:\n{}\n{}", one.scrape().text, bfdd.log());
+            let moves = |m: &Metrics| m.sum("patronus_failover_events_total", &[]);
+            let mut outcomes = Vec::new();
+            let mut theirs = Vec::new();
+            // Runs in which the traffic left the uplink before the cut (a
+            // session that expired while the sender and receiver started
+            // on two busy CPUs): counted and run again, not averaged in.
+            let mut early = 0;
+            while outcomes.len() < runs {
+                assert!(early < 2 * runs, "{early} runs moved before the cut");
+                let before = moves(&one.scrape());
+                let mut cut_at = None;
+                let mut moved_early = false;
+                let outcome = stream_across(
+                    &sites,
+                    pps,
+                    || {
+                        moved_early = moves(&one.scrape()) != before;
+                        cut_at = Some(std::time::SystemTime::now());
+                        sites.impair("mpls", "set both blackhole=on");
+                    },
+                    || sites.impair("mpls", "set both blackhole=off"),
+                );
+                let cut_at = cut_at.expect("the link was cut");
+                if moved_early {
+                    early += 1;
+                } else {
+                    let down = bfdd
+                        .state_change_after("10.20.1.1", ("up", "down"), cut_at)
+                        .unwrap_or_else(|| panic!("bfdd never went down:\n{}", bfdd.log()));
+                    theirs.push(down.duration_since(cut_at).unwrap().as_secs_f64() * 1e3);
+                    outcomes.push(outcome);
+                }
+                let back = eventually(Duration::from_secs(30), || settled(&one.scrape()));
+                assert!(back, "{}", one.scrape().text);
+            }
+            let m = one.scrape();
+            let by = |reason: &str| m.sum("patronus_failover_events_total", &[("reason", reason)]);
+            assert_eq!(
+                by("path_down"),
+                0.0,
+                "BFD, not the probes, decided:\n{}",
+                m.text
+            );
+            assert!(by("bfd_down") >= runs as f64, "{}", m.text);
+            theirs.sort_by(f64::total_cmp);
+            let (mid, last) = (theirs.len() / 2, theirs.len() - 1);
+            let detection_ms = 3 * bfd_ms;
+            // Lost at most: the detection time at the stream's rate, and a burst.
+            let lost_bound = u64::from(detection_ms) * u64::from(pps) / 1_000 + 32;
+            print_row(
+                &format!("{bfd_ms} ms × 3"),
+                pps,
+                &outcomes,
+                &format!(
+                    "{:.1} / {:.1} / {:.1} | {detection_ms} ms, {lost_bound}{}",
+                    theirs[0],
+                    theirs[mid],
+                    theirs[last],
+                    if early > 0 {
+                        format!(" ({early} run(s) moved before the cut, run again)")
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+            for gw in [&mut one, &mut two] {
+                let status = gw.stop();
+                assert!(status.success(), "exit {status}:\n{}", gw.log_text());
+            }
+        }
     }
 }
