@@ -266,9 +266,15 @@ fn up_with_bfdd_at_100_ms() -> (Netns, Link, Bfdd, Driver) {
         required_min_rx_us: 100_000,
         detect_mult: 3,
     });
+    let started = std::time::SystemTime::now();
     driver
         .wait_for(State::Up, Duration::from_secs(10))
         .unwrap_or_else(|| panic!("never up:\n{}", bfdd.vtysh(&["show bfd peers"])));
+    driver.settle_up();
+    // Up at once, without bfdd timing us out while it leaves its bring-up
+    // second (our next packet must follow the rate it then asks for).
+    let flapped = bfdd.state_change_after(&OURS.to_string(), ("up", "down"), started);
+    assert_eq!(flapped, None, "{}", bfdd.log());
     (ns, link, bfdd, driver)
 }
 

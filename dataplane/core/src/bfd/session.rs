@@ -268,11 +268,16 @@ impl Session {
             State::Init | State::Up => Some(now_ns + self.detection_time_ns()),
             State::Down | State::AdminDown => None,
         };
-        // A remote that slows our transmission takes effect at once; one
-        // that speeds it up, from the next packet; one that wakes us from
-        // silence (Required Min RX 0 before), now.
+        // A remote that slows our transmission takes effect at the next
+        // packet; one that wakes us from silence (Required Min RX 0
+        // before), now; one that asks for packets more often (FRR's bfdd
+        // coming Up from its bring-up second), before the slower interval
+        // runs out: it times us on our advertised interval already.
         if rx_was == 0 && p.required_min_rx_us != 0 {
             self.next_tx_ns = now_ns;
+        } else if p.required_min_rx_us < rx_was {
+            let soon = now_ns + self.jittered_interval_ns();
+            self.next_tx_ns = self.next_tx_ns.min(soon);
         }
         Ok(())
     }
@@ -614,6 +619,63 @@ mod tests {
             .expect("a Final, before the next periodic packet");
         assert!(answer.fin && !answer.poll);
         assert_eq!(s.poll_transmit(5 * MS), None);
+    }
+
+    #[test]
+    fn a_remote_that_comes_up_and_asks_for_more_packets_gets_them_at_once() {
+        // FRR's bfdd asks for a packet a second while it is not Up, and for
+        // its configured rate once Up, from when it times us on the
+        // interval we advertise: our next packet may not wait out the
+        // second it asked for before (it would declare us down).
+        let mut s = Session::new(fast(), 1, 3, 0);
+        let _ = s.poll_transmit(0);
+        let slow_init = ControlPacket {
+            desired_min_tx_us: 1_000_000,
+            required_min_rx_us: 1_000_000,
+            ..example(State::Init)
+        };
+        s.handle_packet(&slow_init, MS).unwrap();
+        assert_eq!(s.state(), State::Up);
+        let announced = s.poll_transmit(MS).expect("Up, at once");
+        assert!(announced.poll);
+        assert_eq!(announced.desired_min_tx_us, 50_000);
+        assert!(s.poll_timeout() > 700 * MS, "a packet a second, as asked");
+        let fast_final = ControlPacket {
+            fin: true,
+            ..example(State::Up)
+        };
+        s.handle_packet(&fast_final, 2 * MS).unwrap();
+        let next = s.poll_timeout();
+        assert!(
+            (2 * MS..=52 * MS).contains(&next),
+            "within the 50 ms now agreed: {next}"
+        );
+    }
+
+    #[test]
+    fn a_faster_rate_while_up_applies_before_the_final() {
+        // B takes a packet every 10 ms; A sends every 50 ms, then asks for 10.
+        let b = Timers {
+            required_min_rx_us: 10_000,
+            ..fast()
+        };
+        let mut p = Pair::new(fast(), b);
+        p.run_until(3_000 * MS);
+        assert_eq!(p.a.state(), State::Up);
+        // No Final can come back: A speeds up regardless (§6.8.3 holds only
+        // a slower rate until the Poll Sequence ends).
+        p.cut = true;
+        let faster = Timers {
+            desired_min_tx_us: 10_000,
+            ..fast()
+        };
+        p.a.set_timers(faster, p.now);
+        p.sent_by_a.clear();
+        // Less than A's detection time, so that it stays Up throughout.
+        p.run_until(p.now + 80 * MS);
+        let gaps: Vec<u64> = p.sent_by_a.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        assert!(gaps.len() >= 5, "{gaps:?}");
+        assert!(gaps.iter().all(|g| *g <= 10 * MS), "{gaps:?}");
     }
 
     #[test]
