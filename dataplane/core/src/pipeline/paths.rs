@@ -14,7 +14,8 @@
 //! policy and reason, and the time from the move to the first packet that
 //! takes the new path is recorded.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -48,6 +49,21 @@ const MOVES_KEPT: usize = 32;
 /// The policy id of the site's default order in metrics and events.
 pub(super) const DEFAULT_POLICY: &str = "default";
 
+/// Whose timer a heap entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The BFD session of the uplink.
+    UplinkBfd(u8),
+    /// The BFD session of the path.
+    PathBfd(u16),
+    /// The probe meter of the path.
+    Meter(u16),
+}
+
+/// How often every choice is made again besides when a path changes:
+/// hold times run out, and the load measured on the uplinks moves.
+const EVALUATE_EVERY_NS: u64 = 100_000_000;
+
 /// One path's state on the worker that owns its peer.
 #[derive(Debug)]
 struct PathState {
@@ -62,6 +78,10 @@ struct PathState {
     rx_bytes: u64,
     /// Bytes sent at the last evaluation, for the load estimate.
     tx_bytes_seen: u64,
+    /// When its BFD session's and its meter's live timer entries are due
+    /// (`u64::MAX`: none).
+    bfd_at: u64,
+    meter_at: u64,
 }
 
 impl PathState {
@@ -75,6 +95,8 @@ impl PathState {
             rx_packets: 0,
             rx_bytes: 0,
             tx_bytes_seen: 0,
+            bfd_at: u64::MAX,
+            meter_at: u64::MAX,
         }
     }
 }
@@ -167,6 +189,16 @@ pub(super) struct Paths {
     /// The sessions with the uplinks' routers, by uplink; only on
     /// [`UPLINK_BFD_WORKER`].
     uplink_bfd: Vec<Option<PathBfd>>,
+    /// When each uplink session's live timer entry is due.
+    uplink_bfd_at: Vec<u64>,
+    /// Every meter's and session's next deadline, earliest first. An entry
+    /// whose time is not its timer's live one (`bfd_at`, `meter_at`,
+    /// `uplink_bfd_at`) is stale and skipped: a timer that moves earlier
+    /// gets a new entry, one that moves later is found early and put back.
+    /// So a pass touches only what is due, however many paths there are.
+    timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    /// Peers whose paths changed in this pass, to choose for again.
+    touched: Vec<u32>,
     /// Which uplinks BFD says are down, shared by every worker.
     uplinks_down: Arc<UplinksDown>,
     /// Those bits as this worker last acted on them.
@@ -214,6 +246,7 @@ impl Paths {
         if !same_table {
             self.rebuild_state(t, now);
             self.rebuild_uplink_sessions(&t.paths, now);
+            self.schedule_all();
         }
         self.tunnel = Some(t.clone());
         self.selections = vec![Selection {
@@ -396,12 +429,13 @@ impl Paths {
                 counters.dropped[BfdDrop::UnknownDiscriminator.index()] += 1;
             }
         }
-        if bfd.take_changes().any {
+        let changed = bfd.take_changes().any;
+        // A Final owed, or a remote that asks for packets sooner.
+        let at = bfd.session.poll_timeout();
+        self.schedule(Timer::UplinkBfd(uplink), at);
+        if changed {
             // Every worker, this one included, acts on it at its next round.
             self.publish_uplinks_down();
-        }
-        if packet.poll {
-            self.next_due_ns = now;
         }
     }
 
@@ -432,6 +466,61 @@ impl Paths {
         }
     }
 
+    /// The live due time of `timer`.
+    fn scheduled_mut(&mut self, timer: Timer) -> Option<&mut u64> {
+        match timer {
+            Timer::UplinkBfd(u) => self.uplink_bfd_at.get_mut(usize::from(u)),
+            Timer::PathBfd(i) => self.state.get_mut(usize::from(i)).map(|s| &mut s.bfd_at),
+            Timer::Meter(i) => self.state.get_mut(usize::from(i)).map(|s| &mut s.meter_at),
+        }
+    }
+
+    /// Makes `timer` due no later than `at`.
+    fn schedule(&mut self, timer: Timer, at: u64) {
+        let Some(live) = self.scheduled_mut(timer) else {
+            return;
+        };
+        if at < *live {
+            *live = at;
+            self.timers.push(Reverse((at, timer)));
+            self.next_due_ns = self.next_due_ns.min(at);
+        }
+    }
+
+    /// Every meter's and session's timer afresh, from their deadlines.
+    fn schedule_all(&mut self) {
+        self.timers.clear();
+        self.uplink_bfd_at = vec![u64::MAX; self.uplink_bfd.len()];
+        for s in &mut self.state {
+            s.bfd_at = u64::MAX;
+            s.meter_at = u64::MAX;
+        }
+        for u in 0..self.uplink_bfd.len() {
+            if let Some(b) = &self.uplink_bfd[u] {
+                let at = b.session.poll_timeout();
+                self.schedule(Timer::UplinkBfd(u as u8), at);
+            }
+        }
+        for i in 0..self.state.len() {
+            if let Some(b) = &self.state[i].bfd {
+                let at = b.session.poll_timeout();
+                self.schedule(Timer::PathBfd(i as u16), at);
+            }
+            if let Some(m) = &self.state[i].meter {
+                let at = m.poll_timeout();
+                self.schedule(Timer::Meter(i as u16), at);
+            }
+        }
+    }
+
+    /// Notes that `peer`'s paths changed: it is chosen for again at the
+    /// end of the pass.
+    fn touch(&mut self, peer: u32) {
+        if !self.touched.contains(&peer) {
+            self.touched.push(peer);
+        }
+    }
+
     fn table(&self) -> Option<&PathTable> {
         self.tunnel.as_deref().map(|t| &t.paths)
     }
@@ -439,17 +528,7 @@ impl Paths {
     /// The earliest time a meter or a BFD session has work, if any path is
     /// probed or runs BFD.
     pub(super) fn poll_timeout(&self) -> Option<u64> {
-        let meters = self
-            .state
-            .iter()
-            .filter_map(|s| s.meter.as_ref().map(PathMeter::poll_timeout));
-        let sessions = self
-            .state
-            .iter()
-            .filter_map(|s| s.bfd.as_ref())
-            .chain(self.uplink_bfd.iter().flatten())
-            .map(|b| b.session.poll_timeout());
-        meters.chain(sessions).min()
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     /// The path a packet for `peer` with steering `steer` takes: its index,
@@ -710,14 +789,14 @@ impl Paths {
             }
         }
         let changed = bfd.take_changes();
+        // A Final owed, or a remote that asks for packets sooner.
+        let at = bfd.session.poll_timeout();
+        self.schedule(Timer::PathBfd(session_path as u16), at);
         if stock && changed.left_up {
             self.leave_uplink_of_stock_peer(peer);
         }
         if changed.any {
             self.evaluate(peer, now);
-        }
-        if packet.poll {
-            self.next_due_ns = now;
         }
         true
     }
@@ -740,99 +819,136 @@ impl Paths {
         let Some(t) = self.tunnel.clone() else {
             return;
         };
-        let mut next = u64::MAX;
         let mut uplinks_changed = false;
-        for (u, session) in self.uplink_bfd.iter_mut().enumerate() {
-            let Some(bfd) = session.as_mut() else {
-                continue;
-            };
-            bfd.session.handle_timeout(now);
-            uplinks_changed |= bfd.take_changes().any;
-            if bfd.session.transmit_due(now) {
-                // Room for the Ethernet header, which the pipeline writes.
-                let written = filled(env, ETHERNET_LEN + MAX_DATAGRAM_LEN, |buf| {
-                    let n = bfd.poll_datagram(now, &mut buf[ETHERNET_LEN..])?;
-                    Some(ETHERNET_LEN + n)
-                });
-                if let Some(frame) = written {
-                    self.bfd_counters.tx += 1;
-                    to_router(u as u8, frame);
-                }
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if at > now {
+                break;
             }
-            next = next.min(bfd.session.poll_timeout());
+            self.timers.pop();
+            let live = self.scheduled_mut(timer).expect("timers name what exists");
+            if *live != at {
+                continue; // superseded by an earlier entry
+            }
+            *live = u64::MAX;
+            let next = match timer {
+                Timer::UplinkBfd(u) => {
+                    let Some(bfd) = self.uplink_bfd[usize::from(u)].as_mut() else {
+                        continue;
+                    };
+                    bfd.session.handle_timeout(now);
+                    uplinks_changed |= bfd.take_changes().any;
+                    if bfd.session.transmit_due(now) {
+                        // Room for the Ethernet header, which the pipeline writes.
+                        let written = filled(env, ETHERNET_LEN + MAX_DATAGRAM_LEN, |buf| {
+                            let n = bfd.poll_datagram(now, &mut buf[ETHERNET_LEN..])?;
+                            Some(ETHERNET_LEN + n)
+                        });
+                        if let Some(frame) = written {
+                            self.bfd_counters.tx += 1;
+                            to_router(u, frame);
+                        }
+                    }
+                    bfd.session.poll_timeout()
+                }
+                Timer::PathBfd(i) => {
+                    let i = usize::from(i);
+                    let path = &t.paths.paths[i];
+                    // A stock peer's session goes where the peer's traffic
+                    // goes (by the routes until the peer is heard).
+                    let (over, uplink) = if path.probed {
+                        (Some(i), path.uplink)
+                    } else {
+                        self.heard_route(path.peer)
+                            .map_or((None, NO_UPLINK), |(j, uplink, _)| (Some(j), uplink))
+                    };
+                    let Some(bfd) = self.state[i].bfd.as_mut() else {
+                        continue;
+                    };
+                    bfd.session.handle_timeout(now);
+                    let changed = bfd.take_changes();
+                    if bfd.session.transmit_due(now) {
+                        if let Some((to, frame)) =
+                            seal_control(bfd, &t, path.peer, engine, env, now)
+                        {
+                            self.bfd_counters.tx += 1;
+                            if let Some(j) = over {
+                                self.count_tx(j, frame.len());
+                            }
+                            out(uplink, path.endpoint.unwrap_or(to), frame);
+                        }
+                    }
+                    let next = self.state[i].bfd.as_ref().expect("checked above");
+                    let next = next.session.poll_timeout();
+                    if changed.left_up && !path.probed {
+                        self.leave_uplink_of_stock_peer(path.peer);
+                    }
+                    if changed.any {
+                        self.touch(path.peer);
+                    }
+                    next
+                }
+                Timer::Meter(i) => {
+                    let i = usize::from(i);
+                    let path = &t.paths.paths[i];
+                    let Some(meter) = self.state[i].meter.as_mut() else {
+                        continue;
+                    };
+                    meter.handle_timeout(now);
+                    if let Some(probe) = meter.poll_probe(now) {
+                        let message = ProbeMessage {
+                            kind: Kind::Probe,
+                            path: i as u16,
+                            tag: path.tag,
+                            seq: probe.seq,
+                            sent_ns: probe.sent_ns,
+                        };
+                        // Without a buffer or a session the probe is lost,
+                        // and counted so by its meter.
+                        if let Some((to, frame)) =
+                            seal_probe(&message, &t, path.peer, engine, env, now)
+                        {
+                            self.count_tx(i, frame.len());
+                            out(path.uplink, path.endpoint.unwrap_or(to), frame);
+                        }
+                    }
+                    let meter = self.state[i].meter.as_mut().expect("checked above");
+                    // Events are read back from the figures at the evaluation.
+                    while meter.poll_event().is_some() {}
+                    let next = meter.poll_timeout();
+                    // Its figures moved: the peer's choices are made again.
+                    self.touch(path.peer);
+                    next
+                }
+            };
+            self.schedule(timer, next);
         }
         if uplinks_changed {
             self.publish_uplinks_down();
             self.follow_uplinks_down(now);
         }
-        for (i, path) in t.paths.paths.iter().enumerate() {
-            if self.state[i].bfd.is_some() {
-                // A stock peer's session goes where the peer's traffic goes
-                // (by the routes until the peer is heard).
-                let (over, uplink) = if path.probed {
-                    (Some(i), path.uplink)
-                } else {
-                    self.heard_route(path.peer)
-                        .map_or((None, NO_UPLINK), |(j, uplink, _)| (Some(j), uplink))
-                };
-                let bfd = self.state[i].bfd.as_mut().expect("checked above");
-                bfd.session.handle_timeout(now);
-                // A probed path's state change is acted on at the
-                // evaluation below.
-                if bfd.take_changes().left_up && !path.probed {
-                    self.leave_uplink_of_stock_peer(path.peer);
-                }
-                let bfd = self.state[i].bfd.as_mut().expect("checked above");
-                if bfd.session.transmit_due(now) {
-                    if let Some((to, frame)) = seal_control(bfd, &t, path.peer, engine, env, now) {
-                        self.bfd_counters.tx += 1;
-                        if let Some(j) = over {
-                            self.count_tx(j, frame.len());
-                        }
-                        out(uplink, path.endpoint.unwrap_or(to), frame);
-                    }
-                }
-                let bfd = self.state[i].bfd.as_ref().expect("checked above");
-                next = next.min(bfd.session.poll_timeout());
+        // Every touched peer at once, after the pass: paths that fail in the
+        // same pass make one failover, not one per path. Every peer now and
+        // then, for hold times and the uplinks' load.
+        if now.saturating_sub(self.last_evaluation_ns) >= EVALUATE_EVERY_NS {
+            self.measure_load(&t.paths, now);
+            self.touched.clear();
+            for peer in 0..t.config.peers.len() as u32 {
+                self.evaluate(peer, now);
             }
-            let Some(meter) = self.state[i].meter.as_mut() else {
-                continue;
-            };
-            meter.handle_timeout(now);
-            if let Some(probe) = meter.poll_probe(now) {
-                let message = ProbeMessage {
-                    kind: Kind::Probe,
-                    path: i as u16,
-                    tag: path.tag,
-                    seq: probe.seq,
-                    sent_ns: probe.sent_ns,
-                };
-                // Without a buffer or a session the probe is lost, and
-                // counted so by its meter.
-                if let Some((to, frame)) = seal_probe(&message, &t, path.peer, engine, env, now) {
-                    self.count_tx(i, frame.len());
-                    out(path.uplink, path.endpoint.unwrap_or(to), frame);
-                }
+        } else {
+            while let Some(peer) = self.touched.pop() {
+                self.evaluate(peer, now);
             }
-            let meter = self.state[i].meter.as_mut().expect("checked above");
-            next = next.min(meter.poll_timeout());
-            // Events are read back from the figures at the evaluation.
-            while meter.poll_event().is_some() {}
         }
-        self.measure_load(&t.paths, now);
-        // Every owned peer at once, after the walk: paths that fail in the
-        // same pass make one failover, not one per path.
-        for peer in 0..t.config.peers.len() as u32 {
-            self.evaluate(peer, now);
-        }
-        self.next_due_ns = next;
+        let next = self.poll_timeout().unwrap_or(u64::MAX);
+        self.next_due_ns = next.min(self.last_evaluation_ns + EVALUATE_EVERY_NS);
     }
 
     /// Updates each uplink's spare bandwidth from what was sent since the
     /// last evaluation (an exponentially weighted average over about a second).
     fn measure_load(&mut self, table: &PathTable, now: u64) {
         let elapsed = now.saturating_sub(self.last_evaluation_ns);
-        if elapsed < 100_000_000 {
+        if elapsed < EVALUATE_EVERY_NS {
             return;
         }
         self.last_evaluation_ns = now;

