@@ -742,17 +742,19 @@ impl Paths {
         let Some(t) = self.tunnel.as_deref() else {
             return true;
         };
-        let stock = !t.paths.of_peer(peer).all(|i| t.paths.paths[i].probed);
+        let range = t.paths.of_peer(peer);
+        // A peer's paths are all probed or none (its `sla_probes`).
+        let stock = !t.paths.paths.get(range.start).is_some_and(|p| p.probed);
         let found = if stock {
             // A stock peer's one session, whichever path it came over.
-            Some(t.paths.of_peer(peer).start).filter(|&i| {
+            Some(range.start).filter(|&i| {
                 self.state[i].bfd.as_ref().is_some_and(|b| {
                     packet.your_discriminator == 0
                         || b.session.local_discriminator() == packet.your_discriminator
                 })
             })
         } else if packet.your_discriminator != 0 {
-            t.paths.of_peer(peer).find(|&i| {
+            range.clone().find(|&i| {
                 self.state[i]
                     .bfd
                     .as_ref()
