@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use patronus_proto::v1::{
-    Application, ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer, PeerSpec,
-    Policy, QosClass, RuleAction, Site, SiteQosClass, SiteQosClasses, SiteUplink,
+    Application, BfdTimers, ConditionType, Endpoint, ObjectMeta, PathSelectionStrategy, Peer,
+    PeerSpec, Policy, QosClass, RuleAction, Site, SiteQosClass, SiteQosClasses, SiteUplink,
 };
 
 /// Categories a CATEGORY condition may name (the classifier's ten).
@@ -319,6 +319,9 @@ fn site_uplinks(uplinks: &[SiteUplink], v: &mut Violations) {
                 "must be a DNS label (mpls, internet, lte)",
             );
         }
+        if let Some(t) = &u.bfd {
+            bfd_timers(t, &format!("{field}.bfd"), v);
+        }
     }
 }
 
@@ -351,24 +354,29 @@ fn peer_bfd(spec: &PeerSpec, v: &mut Violations) {
         ),
     }
     if let Some(t) = &spec.bfd {
-        for (name, ms) in [
-            ("desired_min_tx_ms", t.desired_min_tx_ms),
-            ("required_min_rx_ms", t.required_min_rx_ms),
-        ] {
-            if ms != 0 && !(10..=60_000).contains(&ms) {
-                v.add(
-                    format!("peer.spec.bfd.{name}"),
-                    "must be 0 (the default, 300) or 10-60000 ms",
-                );
-            }
-        }
-        let m = t.detect_multiplier;
-        if m != 0 && !(2..=255).contains(&m) {
+        bfd_timers(t, "peer.spec.bfd", v);
+    }
+}
+
+/// BFD timers (a Peer's or a site uplink's), `field` naming them.
+fn bfd_timers(t: &BfdTimers, field: &str, v: &mut Violations) {
+    for (name, ms) in [
+        ("desired_min_tx_ms", t.desired_min_tx_ms),
+        ("required_min_rx_ms", t.required_min_rx_ms),
+    ] {
+        if ms != 0 && !(10..=60_000).contains(&ms) {
             v.add(
-                "peer.spec.bfd.detect_multiplier",
-                "must be 0 (the default, 3) or 2-255",
+                format!("{field}.{name}"),
+                "must be 0 (the default, 300) or 10-60000 ms",
             );
         }
+    }
+    let m = t.detect_multiplier;
+    if m != 0 && !(2..=255).contains(&m) {
+        v.add(
+            format!("{field}.detect_multiplier"),
+            "must be 0 (the default, 3) or 2-255",
+        );
     }
 }
 

@@ -462,6 +462,15 @@ async fn invalid_requests_name_every_field() {
             "site.spec.uplinks[0].color",
         ),
         (
+            |s| {
+                s.spec.as_mut().unwrap().uplinks[0].bfd = Some(BfdTimers {
+                    detect_multiplier: 1,
+                    ..BfdTimers::default()
+                })
+            },
+            "site.spec.uplinks[0].bfd.detect_multiplier",
+        ),
+        (
             |s| qos(s).real_time.as_mut().unwrap().weight = Some(10),
             "site.spec.qos_classes.real_time.weight",
         ),

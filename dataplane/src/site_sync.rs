@@ -60,7 +60,7 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
             let bfd = spec
                 .bfd
                 .as_ref()
-                .map(|t| bfd_from_proto(t, &peer_name))
+                .map(|t| bfd_from_proto(t, &format!("peer[{peer_name}].bfd")))
                 .transpose()?;
             Ok(PeerSection {
                 name: peer_name,
@@ -137,13 +137,13 @@ pub fn sections_from_snapshot(s: &pb::SiteSnapshot) -> Result<SiteSections, Conf
 /// BFD's timers in the file's shape (0: the default); a multiplier beyond
 /// what the file's field holds is refused by name (the control plane checks
 /// the ranges).
-fn bfd_from_proto(t: &pb::BfdTimers, peer: &str) -> Result<BfdSection, ConfigError> {
+fn bfd_from_proto(t: &pb::BfdTimers, field: &str) -> Result<BfdSection, ConfigError> {
     let ms = |v: u32| (v != 0).then_some(v);
     let detect_multiplier = match t.detect_multiplier {
         0 => None,
         m => Some(u8::try_from(m).map_err(|_| {
             ConfigError::new(
-                format!("peer[{peer}].bfd.detect_multiplier"),
+                format!("{field}.detect_multiplier"),
                 format!("{m} is above 255"),
             )
         })?),
@@ -207,6 +207,10 @@ fn uplink_from_proto(u: &pb::SiteUplink) -> Result<UplinkSettings, ConfigError> 
             })
         })
         .transpose()?;
+    let bfd = u
+        .bfd
+        .map(|t| bfd_from_proto(&t, &format!("site.uplinks[{}].bfd", u.name)))
+        .transpose()?;
     Ok(UplinkSettings {
         name: u.name.clone(),
         rate_mbps: u.rate_mbps,
@@ -215,6 +219,7 @@ fn uplink_from_proto(u: &pb::SiteUplink) -> Result<UplinkSettings, ConfigError> 
         cost_per_gb: u.cost_per_gb,
         bandwidth_mbps: u.bandwidth_mbps,
         color: u.color.clone(),
+        bfd,
     })
 }
 

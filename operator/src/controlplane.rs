@@ -397,6 +397,11 @@ mod tests {
                 cost_per_gb: Some(0.05),
                 bandwidth_mbps: Some(50),
                 color: Some("internet".into()),
+                bfd: Some(crd::BfdTimers {
+                    desired_min_tx_ms: Some(100),
+                    required_min_rx_ms: None,
+                    detect_multiplier: Some(5),
+                }),
             }],
             qos_classes: Some(crd::SiteQosClasses {
                 real_time: Some(crd::RealTimeClass {
@@ -442,6 +447,11 @@ mod tests {
                 cost_per_gb: Some(0.05),
                 bandwidth_mbps: Some(50),
                 color: Some("internet".into()),
+                bfd: Some(pb::BfdTimers {
+                    desired_min_tx_ms: 100,
+                    required_min_rx_ms: 0,
+                    detect_multiplier: 5,
+                }),
             }]
         );
     }

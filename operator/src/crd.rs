@@ -68,6 +68,10 @@ pub struct SiteUplink {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub color: Option<String>,
+    /// BFD with the uplink's router at these timers: the file's session,
+    /// else single hop to the file's next hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdTimers>,
 }
 
 /// A branch, hub or cloud location with a Patronus gateway.

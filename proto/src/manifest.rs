@@ -248,6 +248,9 @@ pub struct SiteUplinkDoc {
     /// A label: mpls, internet, lte...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub color: Option<String>,
+    /// BFD with the uplink's router at these timers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdTimersDoc>,
 }
 
 /// One entry of a site's `peers`.
@@ -318,7 +321,7 @@ pub struct PeerSpecDoc {
     pub bfd: Option<BfdTimersDoc>,
 }
 
-/// A Peer's `bfd` timers (RFC 5880 §6.8.1).
+/// A Peer's or a site uplink's `bfd` timers (RFC 5880 §6.8.1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BfdTimersDoc {
@@ -331,6 +334,25 @@ pub struct BfdTimersDoc {
     /// Packets missed before a path is declared down (2-255; default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detect_multiplier: Option<u32>,
+}
+
+/// BFD timers as the API carries them (0: the default).
+fn bfd_timers_to_proto(t: BfdTimersDoc) -> pb::BfdTimers {
+    pb::BfdTimers {
+        desired_min_tx_ms: t.desired_min_tx_ms.unwrap_or(0),
+        required_min_rx_ms: t.required_min_rx_ms.unwrap_or(0),
+        detect_multiplier: t.detect_multiplier.unwrap_or(0),
+    }
+}
+
+/// BFD timers as a document shows them (absent: the default).
+fn bfd_timers_doc(t: pb::BfdTimers) -> BfdTimersDoc {
+    let set = |v: u32| (v != 0).then_some(v);
+    BfdTimersDoc {
+        desired_min_tx_ms: set(t.desired_min_tx_ms),
+        required_min_rx_ms: set(t.required_min_rx_ms),
+        detect_multiplier: set(t.detect_multiplier),
+    }
 }
 
 /// One of a peer's `endpoints`.
@@ -695,6 +717,7 @@ pub fn site(d: &SiteDoc) -> pb::Site {
                     cost_per_gb: u.cost_per_gb,
                     bandwidth_mbps: u.bandwidth_mbps,
                     color: u.color.clone(),
+                    bfd: u.bfd.map(bfd_timers_to_proto),
                 })
                 .collect(),
             qos_classes: d.spec.qos_classes.as_deref().map(Into::into),
@@ -728,11 +751,7 @@ pub fn peer(d: &PeerDoc) -> pb::Peer {
             sla_probes: d.spec.sla_probes,
             rate_mbps: d.spec.rate_mbps.unwrap_or(0.0),
             tunnel_address: d.spec.tunnel_address.clone().unwrap_or_default(),
-            bfd: d.spec.bfd.map(|t| pb::BfdTimers {
-                desired_min_tx_ms: t.desired_min_tx_ms.unwrap_or(0),
-                required_min_rx_ms: t.required_min_rx_ms.unwrap_or(0),
-                detect_multiplier: t.detect_multiplier.unwrap_or(0),
-            }),
+            bfd: d.spec.bfd.map(bfd_timers_to_proto),
         }),
         status: None,
     }
@@ -858,6 +877,7 @@ pub fn site_doc(s: &pb::Site) -> SiteDoc {
                     cost_per_gb: u.cost_per_gb,
                     bandwidth_mbps: u.bandwidth_mbps,
                     color: u.color,
+                    bfd: u.bfd.map(bfd_timers_doc),
                 })
                 .collect(),
             qos_classes: spec.qos_classes.map(|c| Box::new(c.into())),
@@ -897,14 +917,7 @@ pub fn peer_doc(p: &pb::Peer) -> PeerDoc {
             sla_probes: spec.sla_probes,
             rate_mbps: (spec.rate_mbps != 0.0).then_some(spec.rate_mbps),
             tunnel_address: (!spec.tunnel_address.is_empty()).then_some(spec.tunnel_address),
-            bfd: spec.bfd.map(|t| {
-                let set = |v: u32| (v != 0).then_some(v);
-                BfdTimersDoc {
-                    desired_min_tx_ms: set(t.desired_min_tx_ms),
-                    required_min_rx_ms: set(t.required_min_rx_ms),
-                    detect_multiplier: set(t.detect_multiplier),
-                }
-            }),
+            bfd: spec.bfd.map(bfd_timers_doc),
         },
         status: p.status.as_ref().map(|st| PeerStatusDoc {
             connected: st.connected,

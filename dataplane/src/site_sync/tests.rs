@@ -244,6 +244,11 @@ fn a_sites_uplinks_become_settings_for_the_files_uplinks() {
         pb::SiteUplink {
             name: "lte".into(),
             cost_per_gb: Some(8.0),
+            bfd: Some(pb::BfdTimers {
+                desired_min_tx_ms: 50,
+                required_min_rx_ms: 0,
+                detect_multiplier: 4,
+            }),
             ..Default::default()
         },
     ];
@@ -261,6 +266,13 @@ fn a_sites_uplinks_become_settings_for_the_files_uplinks() {
             UplinkSettings {
                 name: "lte".into(),
                 cost_per_gb: Some(8.0),
+                // 0 keeps the default; the API carries no key.
+                bfd: Some(BfdSection {
+                    desired_min_tx_ms: Some(50),
+                    required_min_rx_ms: None,
+                    detect_multiplier: Some(4),
+                    auth: None,
+                }),
                 ..Default::default()
             },
         ]
@@ -270,6 +282,11 @@ fn a_sites_uplinks_become_settings_for_the_files_uplinks() {
     spec.uplinks[0].overhead_bytes = Some(70_000);
     let err = sections_from_snapshot(&s).unwrap_err();
     assert_eq!(err.field, "site.uplinks[inet].overhead_bytes");
+    let spec = s.site.as_mut().unwrap().spec.as_mut().unwrap();
+    spec.uplinks[0].overhead_bytes = None;
+    spec.uplinks[1].bfd.as_mut().unwrap().detect_multiplier = 300;
+    let err = sections_from_snapshot(&s).unwrap_err();
+    assert_eq!(err.field, "site.uplinks[lte].bfd.detect_multiplier");
 }
 
 #[test]
@@ -336,7 +353,7 @@ fn bfd_timers_keep_their_defaults_where_unset_and_refuse_what_the_file_cannot_ho
         detect_multiplier: 5,
     };
     assert_eq!(
-        bfd_from_proto(&timers, "hq").unwrap(),
+        bfd_from_proto(&timers, "peer[hq].bfd").unwrap(),
         BfdSection {
             desired_min_tx_ms: Some(100),
             required_min_rx_ms: None,
@@ -349,7 +366,7 @@ fn bfd_timers_keep_their_defaults_where_unset_and_refuse_what_the_file_cannot_ho
             detect_multiplier: 300,
             ..timers
         },
-        "hq",
+        "peer[hq].bfd",
     )
     .unwrap_err();
     assert_eq!(err.field, "peer[hq].bfd.detect_multiplier");

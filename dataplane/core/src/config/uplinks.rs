@@ -207,6 +207,9 @@ pub struct UplinkSettings {
     pub bandwidth_mbps: Option<u32>,
     /// `color`.
     pub color: Option<String>,
+    /// `bfd`'s timers, over the file's session, or for a single-hop one
+    /// to the file's next hop (the address, hops and key stay the file's).
+    pub bfd: Option<BfdSection>,
 }
 
 impl UplinkSettings {
@@ -219,6 +222,7 @@ impl UplinkSettings {
             ("cost_per_gb", self.cost_per_gb.is_some()),
             ("bandwidth_mbps", self.bandwidth_mbps.is_some()),
             ("color", self.color.is_some()),
+            ("bfd", self.bfd.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -233,6 +237,18 @@ impl UplinkSettings {
             cost_per_gb: self.cost_per_gb.unwrap_or(section.cost_per_gb),
             bandwidth_mbps: self.bandwidth_mbps.unwrap_or(section.bandwidth_mbps),
             color: self.color.clone().unwrap_or_else(|| section.color.clone()),
+            bfd: match &self.bfd {
+                None => section.bfd.clone(),
+                Some(t) => {
+                    let file = section.bfd.clone().unwrap_or_default();
+                    Some(UplinkBfdSection {
+                        desired_min_tx_ms: t.desired_min_tx_ms.or(file.desired_min_tx_ms),
+                        required_min_rx_ms: t.required_min_rx_ms.or(file.required_min_rx_ms),
+                        detect_multiplier: t.detect_multiplier.or(file.detect_multiplier),
+                        ..file
+                    })
+                }
+            },
             ..section.clone()
         }
     }
@@ -295,8 +311,10 @@ pub fn compile_with(
                 .parse()
                 .ok()?;
             let s = settings.iter().find(|s| s.name == merged[index].name)?;
+            // `bfd.desired_min_tx_ms` is the settings' when they set `bfd`.
+            let top = field.split('.').next().unwrap_or(field);
             s.fields_set()
-                .any(|f| f == field)
+                .any(|f| f == top)
                 .then(|| format!("site.uplinks[{}].{field}", s.name))
         });
         match given {
@@ -792,6 +810,32 @@ mod tests {
             2
         ];
         assert_eq!(apply(twice).unwrap_err().field, "site.uplinks[inet].name");
+
+        // BFD timers from the site: the MPLS uplink, which has none in the
+        // file, runs a single-hop session with its next hop; the internet
+        // uplink has no next hop to run one with.
+        let bfd = |name: &str, desired: u32| UplinkSettings {
+            name: name.into(),
+            bfd: Some(crate::config::site::BfdSection {
+                desired_min_tx_ms: Some(desired),
+                ..Default::default()
+            }),
+            ..UplinkSettings::default()
+        };
+        let next = apply(vec![bfd("mpls", 100)]).unwrap();
+        let mpls = &next.tunnel.as_ref().unwrap().paths.uplinks[0];
+        let session = mpls.bfd.as_ref().expect("BFD from the site");
+        assert_eq!(session.ends.remote.to_string(), "192.0.2.1");
+        assert_eq!(session.ends.timers.desired_min_tx_us, 100_000);
+        assert_eq!(session.ends.timers.required_min_rx_us, 300_000, "default");
+        assert_eq!(
+            apply(vec![bfd("inet", 100)]).unwrap_err().field,
+            "site.uplinks[inet].bfd.address"
+        );
+        assert_eq!(
+            apply(vec![bfd("mpls", 5)]).unwrap_err().field,
+            "site.uplinks[mpls].bfd.desired_min_tx_ms"
+        );
     }
 
     #[test]
