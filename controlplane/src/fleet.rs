@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use patronus_proto::v1::{
     BfdSessionStatus, BfdState, GetTopologyResponse, PathHealth, Peer, PeerPathStatus, PeerStatus,
-    SitePhase, SiteStatus, TopologyLink, TopologySite, TunnelState,
+    SitePhase, SiteStatus, TelemetryReport, TopologyLink, TopologySite, TunnelState,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
@@ -40,6 +40,21 @@ fn tunnels_up(d: &DataplaneState) -> u32 {
 }
 
 impl HubState {
+    /// Each data plane's last report (of one site, when given), with its
+    /// site, id and arrival time.
+    fn reports<'a>(
+        &'a self,
+        site_id: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str, &'a TelemetryReport, SystemTime)> + 'a {
+        self.dataplanes
+            .iter()
+            .filter(move |((site, _), _)| site_id.is_empty() || site == site_id)
+            .filter_map(|((site, dataplane), d)| {
+                let (report, at) = d.report.as_ref()?;
+                Some((site.as_str(), dataplane.as_str(), &**report, *at))
+            })
+    }
+
     fn site_dataplanes<'a>(
         &'a self,
         site_id: &'a str,
@@ -206,20 +221,14 @@ impl Hub {
     pub fn bfd_sessions(&self, site_id: &str) -> Vec<BfdSessionStatus> {
         let state = self.lock();
         let mut out = Vec::new();
-        for ((site, dataplane), d) in &state.dataplanes {
-            if !site_id.is_empty() && site != site_id {
-                continue;
-            }
-            let Some((report, at)) = &d.report else {
-                continue;
-            };
+        for (site, dataplane, report, at) in state.reports(site_id) {
             let mut sessions: Vec<_> = report.bfd_sessions.iter().collect();
             sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
             out.extend(sessions.into_iter().map(|s| BfdSessionStatus {
-                site_id: site.clone(),
-                dataplane_id: dataplane.clone(),
+                site_id: site.to_owned(),
+                dataplane_id: dataplane.to_owned(),
                 session: Some(s.clone()),
-                report_time: Some(timestamp(*at)),
+                report_time: Some(timestamp(at)),
             }));
         }
         out
@@ -229,21 +238,15 @@ impl Hub {
     pub fn path_health(&self, site_id: &str) -> Vec<PathHealth> {
         let state = self.lock();
         let mut out = Vec::new();
-        for ((site, dataplane), d) in &state.dataplanes {
-            if !site_id.is_empty() && site != site_id {
-                continue;
-            }
-            let Some((report, at)) = &d.report else {
-                continue;
-            };
+        for (site, dataplane, report, at) in state.reports(site_id) {
             for p in &report.peers {
                 let peer = PathHealth {
-                    site_id: site.clone(),
-                    dataplane_id: dataplane.clone(),
+                    site_id: site.to_owned(),
+                    dataplane_id: dataplane.to_owned(),
                     peer: p.name.clone(),
                     state: p.tunnel,
                     metrics: p.path,
-                    report_time: Some(timestamp(*at)),
+                    report_time: Some(timestamp(at)),
                     path_id: String::new(),
                     active: true,
                     up: true,

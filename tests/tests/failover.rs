@@ -69,6 +69,26 @@ fn stream_across(sites: &Sites, pps: u32, cut: impl FnOnce(), restore: impl FnOn
     }
 }
 
+/// Runs per row: `FAILOVER_RUNS`, 5 by default.
+fn runs() -> usize {
+    std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+/// BFD intervals (ms) to run at: `FAILOVER_BFD_MS="50,300"`, else 10, 50
+/// and 300.
+fn bfd_intervals() -> Vec<u32> {
+    std::env::var("FAILOVER_BFD_MS")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|ms| ms.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![10, 50, 300])
+}
+
 /// One row of a benchmark's table: the runs' packets lost and blackouts,
 /// min / median / max.
 fn print_row(detector: &str, pps: u32, outcomes: &[Outcome], bound: &str) {
@@ -87,10 +107,7 @@ fn print_row(detector: &str, pps: u32, outcomes: &[Outcome], bound: &str) {
 #[ignore = "a benchmark of several minutes: scripts/bench/failover.sh runs it"]
 fn failover_blackout_by_probe_interval_and_rate() {
     require_root();
-    let runs: usize = std::env::var("FAILOVER_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs = runs();
     println!("| probe interval × down_after | stream | lost min / median / max | blackout ms min / median / max | detection bound |");
     println!("|---|---|---|---|---|");
     for probe_ms in [10u32, 20, 100] {
@@ -137,22 +154,12 @@ fn failover_blackout_by_probe_interval_and_rate() {
 #[ignore = "a benchmark of several minutes: scripts/bench/failover.sh runs it"]
 fn failover_blackout_with_bfd_as_the_detector() {
     require_root();
-    let runs: usize = std::env::var("FAILOVER_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs = runs();
     // Probes at 1 s × 10 never decide first: BFD does.
     let paths = "probe_interval_ms = 1000\ndown_after = 10";
     println!("| BFD interval × 3 | stream | lost min / median / max | blackout ms min / median / max | detection bound |");
     println!("|---|---|---|---|---|");
-    // FAILOVER_BFD_MS="50,300" picks intervals.
-    let intervals: Vec<u32> = std::env::var("FAILOVER_BFD_MS")
-        .map(|v| {
-            v.split(',')
-                .filter_map(|ms| ms.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_else(|_| vec![10, 50, 300]);
+    let intervals = bfd_intervals();
     for bfd_ms in intervals {
         for pps in [1_000u32, 10_000] {
             let sites = Sites::new();
@@ -246,17 +253,8 @@ fn no_false_failover_at_one_percent_loss() {
 fn reroute_by_an_uplinks_bfd_against_frr_bfdd() {
     use common::bfdd::Bfdd;
     require_root();
-    let runs: usize = std::env::var("FAILOVER_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let intervals: Vec<u32> = std::env::var("FAILOVER_BFD_MS")
-        .map(|v| {
-            v.split(',')
-                .filter_map(|ms| ms.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_else(|_| vec![10, 50, 300]);
+    let runs = runs();
+    let intervals = bfd_intervals();
     // Site 1's MPLS uplink runs BFD with its router, FRR's bfdd, both at
     // the interval × 3; the link between them passes through patronus-wan,
     // which blackholes it both ways two seconds into the stream. Probes at
@@ -271,18 +269,11 @@ fn reroute_by_an_uplinks_bfd_against_frr_bfdd() {
     for bfd_ms in intervals {
         for pps in [1_000u32, 10_000] {
             let sites = Sites::with_impaired(wan, &[("mpls", "clear", "clear")]);
-            let (private1, public1) = wg_keypair();
-            let (private2, public2) = wg_keypair();
-            let config = sites.config(1, &private1, &public2, paths).replacen(
-                "color = \"mpls\"",
-                &format!(
-                    "color = \"mpls\"\nbfd = {{ desired_min_tx_ms = {bfd_ms}, \
-                     required_min_rx_ms = {bfd_ms} }}"
-                ),
-                1,
+            let (mut one, mut two) = sites.start_with_uplink_bfd(
+                paths,
+                "mpls",
+                &format!("{{ desired_min_tx_ms = {bfd_ms}, required_min_rx_ms = {bfd_ms} }}"),
             );
-            let mut one = Dataplane::start(&config);
-            let mut two = Dataplane::start(&sites.config(2, &private2, &public1, paths));
             let bfdd = Bfdd::start(
                 &sites.router,
                 &unique_id(),

@@ -336,16 +336,11 @@ fn bfdd_as_an_uplinks_router_takes_the_uplink_out_when_it_dies() {
     let sites = Sites::new();
     // Site 1's MPLS router runs FRR's bfdd at 100 ms; we ask for 200 ms,
     // so each side sends every 200 ms (the slower side's wish).
-    let (private1, public1) = wg_keypair();
-    let (private2, public2) = wg_keypair();
-    let paths = "probe_interval_ms = 100";
-    let config = sites.config(1, &private1, &public2, paths).replacen(
-        "color = \"mpls\"",
-        "color = \"mpls\"\nbfd = { desired_min_tx_ms = 200, required_min_rx_ms = 200 }",
-        1,
+    let (mut one, mut two) = sites.start_with_uplink_bfd(
+        "probe_interval_ms = 100",
+        "mpls",
+        "{ desired_min_tx_ms = 200, required_min_rx_ms = 200 }",
     );
-    let mut one = Dataplane::start(&config);
-    let mut two = Dataplane::start(&sites.config(2, &private2, &public1, paths));
     let router_conf = "bfd\n peer 10.20.1.1 local-address 10.20.1.254\n  \
                        receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n";
     let id = unique_id();
@@ -447,17 +442,12 @@ fn multihop_bfd_comes_up_with_frr_bfdd_beyond_the_uplinks_router() {
     let sites = Sites::new();
     // Site 1's internet uplink runs multihop BFD (RFC 5883, UDP 4784) with
     // an address on the router's far side, reached through its next hop.
-    let (private1, public1) = wg_keypair();
-    let (private2, public2) = wg_keypair();
-    let paths = "probe_interval_ms = 100";
-    let config = sites.config(1, &private1, &public2, paths).replacen(
-        "color = \"internet\"",
-        "color = \"internet\"\nbfd = { address = \"10.20.2.254\", multihop = true, \
-         desired_min_tx_ms = 100, required_min_rx_ms = 100 }",
-        1,
+    let (mut one, mut two) = sites.start_with_uplink_bfd(
+        "probe_interval_ms = 100",
+        "internet",
+        "{ address = \"10.20.2.254\", multihop = true, desired_min_tx_ms = 100, \
+         required_min_rx_ms = 100 }",
     );
-    let mut one = Dataplane::start(&config);
-    let mut two = Dataplane::start(&sites.config(2, &private2, &public1, paths));
     let mut bfdd = Bfdd::start(
         &sites.router,
         &unique_id(),

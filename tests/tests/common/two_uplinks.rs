@@ -284,6 +284,28 @@ cost_per_gb = 0.1
         self.start_with(&format!("probe_interval_ms = {probe_ms}"), "")
     }
 
+    /// Starts both gateways with `paths` as the body of their `[paths]`,
+    /// site 1's uplink of colour `color` (`mpls` or `internet`) running BFD
+    /// as `bfd` (an inline table) says.
+    pub fn start_with_uplink_bfd(
+        &self,
+        paths: &str,
+        color: &str,
+        bfd: &str,
+    ) -> (Dataplane, Dataplane) {
+        let (private1, public1) = wg_keypair();
+        let (private2, public2) = wg_keypair();
+        let colour = format!("color = \"{color}\"");
+        let config = self.config(1, &private1, &public2, paths).replacen(
+            &colour,
+            &format!("{colour}\nbfd = {bfd}"),
+            1,
+        );
+        let one = Dataplane::start(&config);
+        let two = Dataplane::start(&self.config(2, &private2, &public1, paths));
+        (one, two)
+    }
+
     /// Starts both gateways with `paths` as the body of their `[paths]`
     /// and `site1_extra` (policies, say) added to gateway 1's configuration.
     pub fn start_with(&self, paths: &str, site1_extra: &str) -> (Dataplane, Dataplane) {
