@@ -14,7 +14,7 @@ use crate::frame::Frame;
 use crate::packet::dscp;
 use crate::stats::{Counter, Counters, DropReason};
 use crate::tunnel::outer::{OuterHeaders, ETHERNET_LEN};
-use crate::tunnel::{Outcome, TunnelConfig, TunnelEnv, Tunnels, Work};
+use crate::tunnel::{Outcome, TunnelConfig, TunnelEnv, Tunnels};
 
 /// Endpoints whose outer headers a worker remembers.
 const ENDPOINT_SLOTS: usize = 256;
@@ -119,12 +119,12 @@ pub(super) fn hand_off<F>(
     inboxes: &Inboxes<F>,
     counters: &mut Counters,
     worker: usize,
-    work: Work<F>,
+    work: impl Into<Handed<F>>,
     (steer, shaping): (u64, Shaping),
     uplink: u8,
 ) {
     let handoff = Handoff {
-        work: Handed::Tunnel(work),
+        work: work.into(),
         steer,
         uplink,
         shaping,

@@ -114,6 +114,12 @@ pub enum Handed<F> {
     },
 }
 
+impl<F> From<Work<F>> for Handed<F> {
+    fn from(work: Work<F>) -> Self {
+        Handed::Tunnel(work)
+    }
+}
+
 /// One worker's packet-path state: its flow table, classification state,
 /// rate limits, tunnel engine and counters. Nothing in it is shared.
 pub struct Pipeline<F> {
@@ -493,21 +499,12 @@ fn uplink_bfd<F: Frame>(
             tunnel.paths.handle_uplink_bfd(uplink, datagram, ctx.now_ns);
             continue;
         }
-        let handoff = Handoff {
-            work: Handed::UplinkBfd {
-                uplink,
-                l3_offset,
-                frame,
-            },
-            steer: 0,
+        let work = Handed::UplinkBfd {
             uplink,
-            shaping: Shaping::CONTROL,
+            l3_offset,
+            frame,
         };
-        let accepted = inboxes
-            .get(UPLINK_BFD_WORKER)
-            .map(|inbox| inbox.push(handoff));
-        if !matches!(accepted, Some(Ok(()))) {
-            counters.drop(DropReason::TunnelHandoffFull);
-        }
+        let shaping = (0, Shaping::CONTROL);
+        encrypt::hand_off(inboxes, counters, UPLINK_BFD_WORKER, work, shaping, uplink);
     }
 }
