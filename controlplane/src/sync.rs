@@ -357,23 +357,33 @@ impl Hub {
         site_id: &str,
         between: impl FnOnce(),
     ) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
-        if !self.lock().sites.contains_key(site_id) {
-            if self.lock().sites.len() >= MAX_TRACKED_SITES {
-                return Err(StoreError::Unavailable(format!(
-                    "{MAX_TRACKED_SITES} sites are followed already"
-                )));
+        let mut between = Some(between);
+        loop {
+            {
+                let state = self.lock();
+                if let Some(entry) = state.sites.get(site_id) {
+                    return Ok(entry.latest.subscribe());
+                }
+                if state.sites.len() >= MAX_TRACKED_SITES {
+                    return Err(StoreError::Unavailable(format!(
+                        "{MAX_TRACKED_SITES} sites are followed already"
+                    )));
+                }
             }
             let ids = [site_id.to_owned()];
             let state = self.store.desired_state(Some(&ids))?;
-            between();
+            if let Some(between) = between.take() {
+                between();
+            }
             self.publish(&ids, &state);
             // A write committed after that read recompiled only the sites
             // tracked then, not this one: recompile once more now that it
             // is tracked (an older read cannot undo a newer one).
             self.changed();
+            // Until it is watched no receiver holds the new site, so the
+            // expiry sweep may forget it right after its publication: then
+            // the loop reads and publishes it again.
         }
-        let state = self.lock();
-        Ok(state.sites[site_id].latest.subscribe())
     }
 
     /// The data planes known, optionally of one site.
@@ -829,6 +839,35 @@ mod bounds {
         hub.expire(gone + expiry);
         assert!(hub.dataplanes("").is_empty());
         assert!(hub.lock().sites.is_empty());
+    }
+
+    /// The expiry sweep runs at any time, also between a new site's
+    /// publication and its first watcher (at start-up its first tick is
+    /// immediate): the watcher still gets the site.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_site_is_watched_even_when_the_sweep_runs_beside_its_publication() {
+        let (_dir, hub) = hub(Duration::from_secs(600));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sweeper = {
+            let (hub, done) = (hub.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    hub.expire(Instant::now());
+                }
+            })
+        };
+        let watched = tokio::task::spawn_blocking({
+            let hub = hub.clone();
+            move || {
+                (0..500)
+                    .map(|i| hub.watch(&format!("site-{i}")).map(drop))
+                    .collect::<Result<Vec<()>, _>>()
+            }
+        })
+        .await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sweeper.join().unwrap();
+        assert!(matches!(watched, Ok(Ok(_))), "{watched:?}");
     }
 
     #[tokio::test]
