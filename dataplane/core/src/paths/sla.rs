@@ -40,6 +40,9 @@ pub struct MeterSettings {
 
 /// Longest window a meter keeps.
 pub const MAX_WINDOW: usize = 4096;
+// The ring in flight is at most this long and its slots are taken modulo a
+// power of two.
+const _: () = assert!(MAX_WINDOW.is_power_of_two());
 const MS: u64 = 1_000_000;
 
 impl Default for MeterSettings {
@@ -113,8 +116,12 @@ pub struct PathMeter {
     settings: MeterSettings,
     next_probe_ns: u64,
     next_seq: u32,
-    /// Probes in flight, by `seq % MAX_WINDOW`.
+    /// Probes in flight, by `seq` modulo its length: a power of two that
+    /// holds every probe sent within a timeout.
     flight: Box<[Outstanding]>,
+    /// The oldest probe that may still be in flight: those before it were
+    /// answered or lost.
+    oldest: u32,
     /// Round trips of the last answered probes (µs), a ring.
     rtts: Box<[u32]>,
     rtt_count: usize,
@@ -140,6 +147,17 @@ pub struct PathMeter {
     scratch: Box<[u32]>,
 }
 
+/// Room for every probe that can be in flight: one an interval, each for
+/// a timeout (a power of two, at most [`MAX_WINDOW`]).
+fn flight_len(settings: &MeterSettings) -> usize {
+    let per_timeout = settings.timeout_ns / settings.interval_ns.max(1);
+    usize::try_from(per_timeout)
+        .unwrap_or(MAX_WINDOW)
+        .saturating_add(2)
+        .next_power_of_two()
+        .min(MAX_WINDOW)
+}
+
 impl PathMeter {
     /// A meter starting at `now`; the first probe is due at once. The path
     /// counts as up until probes say otherwise.
@@ -150,7 +168,8 @@ impl PathMeter {
             settings,
             next_probe_ns: now_ns,
             next_seq: 0,
-            flight: vec![Outstanding::default(); MAX_WINDOW].into_boxed_slice(),
+            flight: vec![Outstanding::default(); flight_len(&settings)].into_boxed_slice(),
+            oldest: 0,
             rtts: vec![0; window].into_boxed_slice(),
             rtt_count: 0,
             outcomes: vec![false; window].into_boxed_slice(),
@@ -196,12 +215,16 @@ impl PathMeter {
             seq: self.next_seq,
             sent_ns: now_ns,
         };
-        let slot = self.flight[probe.seq as usize % MAX_WINDOW];
-        if slot.live {
-            // Never answered, and the ring came round: lost long ago.
-            self.lost(slot.sent_ns);
+        let at = self.slot(probe.seq);
+        if probe.seq.wrapping_sub(self.oldest) as usize >= self.flight.len() {
+            // The ring came round on a probe never answered: lost long ago.
+            let slot = self.flight[at];
+            if slot.live {
+                self.lost(slot.sent_ns);
+            }
+            self.oldest = self.oldest.wrapping_add(1);
         }
-        self.flight[probe.seq as usize % MAX_WINDOW] = Outstanding {
+        self.flight[at] = Outstanding {
             seq: probe.seq,
             sent_ns: now_ns,
             live: true,
@@ -225,7 +248,7 @@ impl PathMeter {
     /// Echoes of probes already lost, never sent or answered before are
     /// ignored (a duplicate or a forgery is no round trip).
     pub fn handle_echo(&mut self, seq: u32, sent_ns: u64, now_ns: u64) {
-        let slot = &mut self.flight[seq as usize % MAX_WINDOW];
+        let slot = &mut self.flight[self.slot(seq)];
         if !slot.live || slot.seq != seq || slot.sent_ns != sent_ns || now_ns < sent_ns {
             return;
         }
@@ -255,12 +278,19 @@ impl PathMeter {
     /// Counts the probes that timed out and judges the path.
     pub fn handle_timeout(&mut self, now_ns: u64) {
         let timeout = self.settings.timeout_ns;
-        for i in 0..self.flight.len() {
-            let o = self.flight[i];
-            if o.live && now_ns.saturating_sub(o.sent_ns) >= timeout {
-                self.flight[i].live = false;
+        // Probes leave in the order of time, so they time out in the order
+        // of sequence: the first one still within its timeout ends the walk.
+        while self.oldest != self.next_seq {
+            let at = self.slot(self.oldest);
+            let o = self.flight[at];
+            if o.live && o.seq == self.oldest {
+                if now_ns.saturating_sub(o.sent_ns) < timeout {
+                    break;
+                }
+                self.flight[at].live = false;
                 self.lost(o.sent_ns);
             }
+            self.oldest = self.oldest.wrapping_add(1);
         }
         let silent_ns = u64::from(self.settings.down_after) * self.settings.interval_ns;
         if self.uptime.is_up()
@@ -270,6 +300,12 @@ impl PathMeter {
             self.answered = 0;
             self.set_up(false, now_ns);
         }
+    }
+
+    /// Where probe `seq` is kept in flight.
+    fn slot(&self, seq: u32) -> usize {
+        // The length divides 2^32, so the slots stay in turn across a wrap.
+        seq as usize & (self.flight.len() - 1)
     }
 
     /// The next state change, once.
@@ -504,6 +540,43 @@ mod tests {
         let f = m.figures(later + 1_100 * MS);
         assert_eq!((f.received, f.loss_pct), (1, Some(50.0)));
         assert_eq!(f.rtt_ms, Some([10.0; 3]));
+    }
+
+    #[test]
+    fn every_probe_is_resolved_once_with_echoes_out_of_order() {
+        // 10 ms × 50 ms: at most six in flight, so eight slots.
+        let settings = MeterSettings {
+            interval_ns: 10 * MS,
+            timeout_ns: 50 * MS,
+            ..MeterSettings::default()
+        };
+        let mut m = meter(settings);
+        assert_eq!(m.flight.len(), 8);
+        // Round trips from 5 to 45 ms overtake each other; every 7th is lost.
+        let end = drive(&mut m, NOW, 1_000, |i| {
+            (i % 7 != 3).then_some(u64::from(5 + (i * 13) % 41) * MS)
+        });
+        m.handle_timeout(end + 100 * MS);
+        let f = m.figures(end + 100 * MS);
+        assert_eq!((f.sent, f.received), (1_000, 857));
+        assert_eq!(m.outcome_count, 1_000, "each probe resolved once");
+
+        // A timeout longer than the ring: the ring coming round loses the
+        // oldest, once; the timeout then loses the rest, once.
+        let mut m = meter(MeterSettings {
+            interval_ns: MS,
+            timeout_ns: 10_000 * MS,
+            ..MeterSettings::default()
+        });
+        assert_eq!(m.flight.len(), MAX_WINDOW);
+        let first = m.poll_probe(NOW).unwrap();
+        m.handle_echo(first.seq, first.sent_ns, NOW + MS);
+        for i in 1..=5_000 {
+            m.poll_probe(NOW + i * MS).unwrap();
+        }
+        assert_eq!(m.outcome_count, 1 + 904, "seqs 1 to 904 came round");
+        m.handle_timeout(NOW + 20_000 * MS);
+        assert_eq!(m.outcome_count, 5_001);
     }
 
     #[test]
