@@ -10,6 +10,7 @@
 //! WireGuard's handshakes for peers that take none) and the choice live in the worker
 //! that owns the peer.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -115,6 +116,9 @@ pub struct PathTable {
     pub paths: Vec<Path>,
     /// Each peer's paths, as a range of `paths`.
     by_peer: Vec<Range<u16>>,
+    /// The first path of each (peer, uplink, endpoint), for [`PathTable::find`]:
+    /// every datagram received looks its path up.
+    by_arrival: HashMap<(u32, u8, Option<SocketAddr>), u16, ahash::RandomState>,
     /// How probed paths are probed and judged.
     pub meter: MeterSettings,
     /// How long a better path must stay so before traffic moves to it.
@@ -133,18 +137,27 @@ impl PathTable {
     pub fn new(uplinks: Vec<Uplink>, paths: Vec<Path>, peers: usize, choosing: Choosing) -> Self {
         assert!(paths.len() <= MAX_PATHS, "validation bounds the paths");
         let mut by_peer = vec![0..0; peers];
+        let mut by_arrival = HashMap::default();
         for (i, p) in paths.iter().enumerate() {
+            by_arrival
+                .entry((p.peer, p.uplink, p.endpoint))
+                .or_insert(i as u16);
             let r = &mut by_peer[p.peer as usize];
             if r.start == r.end {
                 *r = i as u16..i as u16;
             }
             debug_assert_eq!(r.end as usize, i, "a peer's paths are adjacent");
+            debug_assert!(
+                paths[r.start as usize].endpoint.is_some() == p.endpoint.is_some(),
+                "a peer's paths all name an endpoint or none does"
+            );
             r.end = i as u16 + 1;
         }
         PathTable {
             uplinks,
             paths,
             by_peer,
+            by_arrival,
             meter: choosing.meter,
             hold_ns: choosing.hold_ns,
             revertive: choosing.revertive,
@@ -181,12 +194,14 @@ impl PathTable {
     }
 
     /// The path of `peer` over `uplink` that ends at `from` (or the one to
-    /// a peer with a single endpoint).
+    /// a peer with a single endpoint). A peer has paths of named endpoints
+    /// (several endpoints) or of none (one, wherever it is), never both.
+    #[inline]
     pub fn find(&self, peer: u32, uplink: u8, from: SocketAddr) -> Option<usize> {
-        self.of_peer(peer).find(|&i| {
-            let p = &self.paths[i];
-            p.uplink == uplink && p.endpoint.is_none_or(|e| e == from)
-        })
+        // A peer's paths all name an endpoint, or none does.
+        let named = self.paths.get(self.of_peer(peer).start)?.endpoint.is_some();
+        let key = (peer, uplink, named.then_some(from));
+        self.by_arrival.get(&key).map(|&i| usize::from(i))
     }
 }
 

@@ -15,7 +15,7 @@
 //! takes the new path is recorded.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -185,6 +185,9 @@ pub(super) struct Paths {
     /// Our tunnel address, when some path runs BFD: inner packets to it
     /// on port 3784 are BFD's.
     bfd_local: Option<Ipv4Addr>,
+    /// The path of each (peer, local discriminator) with a session on a
+    /// probed path: every Control packet after the first few names one.
+    by_discriminator: HashMap<(u32, u32), u16, ahash::RandomState>,
     bfd_counters: BfdCounters,
     /// The sessions with the uplinks' routers, by uplink; only on
     /// [`UPLINK_BFD_WORKER`].
@@ -224,6 +227,7 @@ impl Paths {
         let Some(t) = cfg.tunnel.as_ref() else {
             self.tunnel = None;
             self.state.clear();
+            self.by_discriminator.clear();
             self.choices.clear();
             self.owned.clear();
             self.bfd_local = None;
@@ -335,6 +339,14 @@ impl Paths {
                 )),
             };
             self.state.push(state);
+        }
+        self.by_discriminator.clear();
+        for (i, (p, s)) in t.paths.paths.iter().zip(&self.state).enumerate() {
+            if let Some(b) = s.bfd.as_ref().filter(|_| p.probed) {
+                let key = (p.peer, b.session.local_discriminator());
+                // The first of the peer's paths, as a walk of them would find.
+                self.by_discriminator.entry(key).or_insert(i as u16);
+            }
         }
     }
 
@@ -754,12 +766,9 @@ impl Paths {
                 })
             })
         } else if packet.your_discriminator != 0 {
-            range.clone().find(|&i| {
-                self.state[i]
-                    .bfd
-                    .as_ref()
-                    .is_some_and(|b| b.session.local_discriminator() == packet.your_discriminator)
-            })
+            self.by_discriminator
+                .get(&(peer, packet.your_discriminator))
+                .map(|&i| usize::from(i))
         } else {
             // Before the remote knows our discriminator: the path it came
             // over is the remote's path back to us.
