@@ -29,7 +29,7 @@ pub trait Frame {
 #[cfg(any(test, feature = "test-support"))]
 /// A heap frame with fixed headroom and capacity, like an mbuf, for tests
 /// and offline tools.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct VecFrame {
     buf: Vec<u8>,
     start: usize,
@@ -43,9 +43,16 @@ impl VecFrame {
     /// Total buffer size, as a default DPDK mbuf data room.
     pub const CAPACITY: usize = 2048 + Self::HEADROOM;
 
-    /// A frame holding a copy of `bytes` (which must fit the capacity).
+    /// A frame holding a copy of `bytes`, in a buffer of the capacity
+    /// (larger when they need more).
     pub fn new(bytes: &[u8]) -> Self {
-        let mut buf = vec![0xa5; Self::CAPACITY.max(Self::HEADROOM + bytes.len())];
+        let len = Self::CAPACITY.max(Self::HEADROOM + bytes.len());
+        // A buffer freed earlier on this thread, as a mempool's per-core
+        // cache gives one back: holding what its last frame left.
+        let recycled = (len == Self::CAPACITY)
+            .then(|| FREE_BUFFERS.with(|free| free.borrow_mut().pop()))
+            .flatten();
+        let mut buf = recycled.unwrap_or_else(|| vec![0xa5; len]);
         buf[Self::HEADROOM..Self::HEADROOM + bytes.len()].copy_from_slice(bytes);
         VecFrame {
             buf,
@@ -70,6 +77,45 @@ impl VecFrame {
         self.start = Self::HEADROOM;
         self.end = end;
         true
+    }
+}
+
+/// Frames are equal when their bytes are: what lies outside them is
+/// whatever the buffer held before, as in an mbuf.
+#[cfg(any(test, feature = "test-support"))]
+impl PartialEq for VecFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.data() == other.data()
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl Eq for VecFrame {}
+
+#[cfg(any(test, feature = "test-support"))]
+thread_local! {
+    /// Buffers of [`VecFrame::CAPACITY`] freed on this thread, for reuse.
+    static FREE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most buffers kept for reuse per thread (a mempool cache's order).
+#[cfg(any(test, feature = "test-support"))]
+const FREE_BUFFERS_KEPT: usize = 512;
+
+#[cfg(any(test, feature = "test-support"))]
+impl Drop for VecFrame {
+    fn drop(&mut self) {
+        if self.buf.len() != Self::CAPACITY {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        // A thread being torn down frees it instead.
+        let _ = FREE_BUFFERS.try_with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < FREE_BUFFERS_KEPT {
+                free.push(buf);
+            }
+        });
     }
 }
 

@@ -57,8 +57,12 @@ impl PacketRx for MemoryRx {
     type Frame = VecFrame;
     fn rx_burst(&mut self, port: u16, burst: &mut Burst<VecFrame>) -> Received {
         let mut got = Received::default();
+        // One lock a burst, as a device's ring is read a burst at a time.
+        let mut queue = self.0.lock();
         while !burst.is_full() {
-            let Some(frame) = self.0.pop() else { break };
+            let Some(frame) = queue.pop_front() else {
+                break;
+            };
             if burst.push_received(port, frame).is_ok() {
                 got.frames += 1;
             }
@@ -101,9 +105,13 @@ impl PacketTx for MemoryTx {
         self.buffered.push(frame);
     }
     fn flush(&mut self) {
+        if self.buffered.is_empty() {
+            return;
+        }
+        let mut queue = self.queue.lock();
         for frame in self.buffered.drain(..) {
-            if self.queue.len() < self.capacity {
-                self.queue.push(frame);
+            if queue.len() < self.capacity {
+                queue.push_back(frame);
             } else {
                 self.dropped += 1;
             }
