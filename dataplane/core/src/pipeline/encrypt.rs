@@ -16,8 +16,10 @@ use crate::stats::{Counter, Counters, DropReason};
 use crate::tunnel::outer::{OuterHeaders, ETHERNET_LEN};
 use crate::tunnel::{Outcome, TunnelConfig, TunnelEnv, Tunnels};
 
-/// Endpoints whose outer headers a worker remembers.
-const ENDPOINT_SLOTS: usize = 256;
+/// Endpoints whose outer headers a worker remembers, at least and at most:
+/// two slots for each of the site's ways out (paths, or peers without
+/// uplinks) in between, so that a hub's do not evict each other.
+const ENDPOINT_SLOTS: std::ops::RangeInclusive<usize> = 256..=16_384;
 
 /// The tunnel's share of a worker: the engine, its peers' paths, and how
 /// its datagrams leave.
@@ -39,6 +41,17 @@ pub(super) struct Tunnel<F> {
 }
 
 impl<F: Frame> Tunnel<F> {
+    /// Sizes the endpoint cache for `ways` ways out (emptied when it changes).
+    pub(super) fn fit_endpoints(&mut self, ways: usize) {
+        let slots = ways
+            .saturating_mul(2)
+            .next_power_of_two()
+            .clamp(*ENDPOINT_SLOTS.start(), *ENDPOINT_SLOTS.end());
+        if slots != self.endpoints.slots.len() {
+            self.endpoints = EndpointCache::with_slots(slots);
+        }
+    }
+
     pub(super) fn new(engine: Tunnels<F>, ip_id: u16) -> Self {
         Tunnel {
             engine,
@@ -46,7 +59,7 @@ impl<F: Frame> Tunnel<F> {
             queued: VecDeque::new(),
             to_routers: VecDeque::new(),
             ready: VecDeque::new(),
-            endpoints: EndpointCache::default(),
+            endpoints: EndpointCache::with_slots(*ENDPOINT_SLOTS.start()),
             ip_id,
         }
     }
@@ -359,16 +372,16 @@ struct EndpointRoute {
     headers: OuterHeaders,
 }
 
-impl Default for EndpointCache {
-    fn default() -> Self {
+impl EndpointCache {
+    /// A cache of `slots` (a power of two) empty slots.
+    fn with_slots(slots: usize) -> Self {
+        debug_assert!(slots.is_power_of_two() && slots > 1);
         EndpointCache {
-            slots: vec![None; ENDPOINT_SLOTS].into_boxed_slice(),
+            slots: vec![None; slots].into_boxed_slice(),
         }
     }
-}
 
-impl EndpointCache {
-    fn slot(to: SocketAddr, uplink: u8) -> usize {
+    fn slot(&self, to: SocketAddr, uplink: u8) -> usize {
         let ip = match to.ip() {
             IpAddr::V4(a) => u64::from(u32::from(a)),
             IpAddr::V6(a) => {
@@ -378,11 +391,12 @@ impl EndpointCache {
         };
         let h = (ip ^ u64::from(to.port()) ^ u64::from(uplink) << 16)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> 56) as usize % ENDPOINT_SLOTS
+        // The top bits of the product are its best mixed.
+        (h >> (64 - self.slots.len().trailing_zeros())) as usize
     }
 
     fn get(&self, to: SocketAddr, uplink: u8, generation: u32) -> Option<(u16, &OuterHeaders)> {
-        match &self.slots[Self::slot(to, uplink)] {
+        match &self.slots[self.slot(to, uplink)] {
             Some(r) if r.to == to && r.uplink == uplink && r.generation == generation => {
                 Some((r.port, &r.headers))
             }
@@ -398,7 +412,8 @@ impl EndpointCache {
         port: u16,
         headers: OuterHeaders,
     ) {
-        self.slots[Self::slot(to, uplink)] = Some(EndpointRoute {
+        let slot = self.slot(to, uplink);
+        self.slots[slot] = Some(EndpointRoute {
             to,
             uplink,
             generation,

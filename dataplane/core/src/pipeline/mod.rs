@@ -222,6 +222,9 @@ impl<F: Frame> Pipeline<F> {
             tunnel
                 .paths
                 .reconfigure(cfg, at, &self.uplinks_down, now_ns);
+            if let Some(t) = &cfg.tunnel {
+                tunnel.fit_endpoints(t.paths.paths.len().max(t.config.peers.len()));
+            }
         }
     }
 

@@ -1144,7 +1144,7 @@ impl Paths {
 
     /// What the metrics endpoint shows of this worker's paths.
     pub(super) fn report(&mut self, now: u64) -> PathsReport {
-        let mut paths = Vec::new();
+        let mut paths = Vec::with_capacity(self.state.len());
         if let Some(t) = self.tunnel.clone() {
             let selections = self.selections.len();
             for (i, p) in t.paths.paths.iter().enumerate() {
