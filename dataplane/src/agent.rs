@@ -460,7 +460,7 @@ impl Session {
             match classifier_with(&file_applications, &sections.applications) {
                 Ok(c) => Some(PreparedClassifier {
                     file_applications,
-                    classifier: Arc::new(c),
+                    classifier: c,
                 }),
                 Err(e) => return Ok(Err(e.to_string())),
             }

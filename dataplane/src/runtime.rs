@@ -896,7 +896,7 @@ fn reload_config(
         if !sections.applications.is_empty() {
             let classifier = classifier_with(&config.dpi.applications, &sections.applications)
                 .context(context)?;
-            snapshot.dpi.classifier = Arc::new(classifier);
+            snapshot.dpi.classifier = classifier;
         }
         let mut site = sections
             .compile(Capabilities::of(&snapshot.ports, &snapshot.dpi.classifier))
@@ -924,7 +924,7 @@ fn apply_snapshot(
         _ if sections.applications == running_apps => current.dpi.classifier.clone(),
         Some(prepared) if prepared.file_applications == *file_apps => prepared.classifier.clone(),
         // The file's applications changed since the agent compiled.
-        _ => Arc::new(classifier_with(file_apps, &sections.applications)?),
+        _ => classifier_with(file_apps, &sections.applications)?,
     };
     let mut site = sections.compile(Capabilities::of(&current.ports, &classifier))?;
     site.version = request.version;

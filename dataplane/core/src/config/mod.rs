@@ -1459,7 +1459,7 @@ impl Config {
                 max_bytes: d.max_bytes,
             },
             reassembly_buffers: d.reassembly_buffers,
-            classifier: std::sync::Arc::new(classifier),
+            classifier,
             file_applications: std::sync::Arc::new(d.applications.clone()),
         })
     }

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use ipnet::IpNet;
@@ -655,14 +656,36 @@ impl BfdSection {
     }
 }
 
+/// Catalogues compiled lately, with the user applications they hold: a
+/// reload or a snapshot that names the same ones shares the compiled
+/// databases instead of compiling them again (Hyperscan takes most of a
+/// second over the built-in catalogue).
+static COMPILED: Mutex<Vec<(Vec<AppSpec>, Arc<Classifier>)>> = Mutex::new(Vec::new());
+/// Catalogues kept in [`COMPILED`], the latest used last.
+const COMPILED_KEPT: usize = 4;
+
 /// The built-in catalogue plus the file's `[[dpi.application]]` and the
-/// control plane's applications, compiled (off the packet path). Errors name
-/// the entry: `dpi.application[2].patterns` or `application[AcmeERP].patterns`.
+/// control plane's applications, compiled (off the packet path), or shared
+/// with an earlier call for the same applications. Errors name the entry:
+/// `dpi.application[2].patterns` or `application[AcmeERP].patterns`.
 ///
 /// # Errors
 /// An invalid definition, a pattern Hyperscan refuses, or a name used twice.
-pub fn classifier_with(file: &[AppSpec], managed: &[AppSpec]) -> Result<Classifier, ConfigError> {
+pub fn classifier_with(
+    file: &[AppSpec],
+    managed: &[AppSpec],
+) -> Result<Arc<Classifier>, ConfigError> {
     let all: Vec<AppSpec> = file.iter().chain(managed).cloned().collect();
+    let compiled = || COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    {
+        let mut kept = compiled();
+        if let Some(at) = kept.iter().position(|(apps, _)| *apps == all) {
+            let hit = kept.remove(at);
+            let classifier = hit.1.clone();
+            kept.push(hit);
+            return Ok(classifier);
+        }
+    }
     let entry = |index: usize, name: &str| {
         if index < file.len() {
             format!("dpi.application[{index}]")
@@ -670,7 +693,7 @@ pub fn classifier_with(file: &[AppSpec], managed: &[AppSpec]) -> Result<Classifi
             format!("application[{name}]")
         }
     };
-    Classifier::with_user_apps(&all).map_err(|e| match e {
+    let classifier = Classifier::with_user_apps(&all).map_err(|e| match e {
         AppError::Field {
             index,
             name,
@@ -687,7 +710,14 @@ pub fn classifier_with(file: &[AppSpec], managed: &[AppSpec]) -> Result<Classifi
             format!("{pattern:?}: {message}"),
         ),
         AppError::Syntax(message) => ConfigError::new("dpi.application", message),
-    })
+    })?;
+    let classifier = Arc::new(classifier);
+    let mut kept = compiled();
+    if kept.len() == COMPILED_KEPT {
+        kept.remove(0);
+    }
+    kept.push((all, classifier.clone()));
+    Ok(classifier)
 }
 
 /// An endpoint's address and port, checked at `field`: a family some port

@@ -326,3 +326,23 @@ fn bfd_authentication_takes_a_private_key_file_and_a_known_type() {
     assert!(err.message.contains("readable by group"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_catalogue_compiled_for_the_same_applications_is_shared() {
+    let acme = |pattern: &str| -> AppSpec {
+        toml::from_str(&format!(
+            "name = \"AcmeSync\"\ncategory = \"FileTransfer\"\npatterns = [{pattern:?}]"
+        ))
+        .unwrap()
+    };
+    let first = classifier_with(&[acme("^ACMESYNC")], &[]).unwrap();
+    let again = classifier_with(&[], &[acme("^ACMESYNC")]).unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "the same applications");
+    let other = classifier_with(&[acme("^ACMESYNC2")], &[]).unwrap();
+    assert!(!Arc::ptr_eq(&first, &other), "another pattern");
+    // A refused catalogue is refused every time, with the entry named.
+    for _ in 0..2 {
+        let err = classifier_with(&[acme("^ACME(")], &[]).unwrap_err();
+        assert_eq!(err.field, "dpi.application[0].patterns");
+    }
+}
