@@ -78,8 +78,8 @@ cleanup # leftovers of an interrupted run
 WORK=$(mktemp -d /tmp/patronus-demo.XXXXXX)
 
 mode=$(scripts/setup.sh)
-say "building patronus-dataplane, patronus-controlplane, patronusctl and patronus-wan ($PROFILE)"
-cargo build "${BUILD[@]}" --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl --bin patronus-wan
+say "building patronus-dataplane, patronus-controlplane, patronusctl, patronus-wan and udp-seq ($PROFILE)"
+cargo build "${BUILD[@]}" --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl --bin patronus-wan --bin udp-seq
 ctl() { $BIN/patronusctl --server "http://$CP" "$@"; }
 scrape() { # scrape SITE: the gateway's /metrics
     local host=${METRICS[$1]%:*} port=${METRICS[$1]#*:}
@@ -411,12 +411,12 @@ echo "  (the crossed paths, MPLS to the internet endpoint and back, are down: th
 echo "   networks do not meet, as an MPLS VPN and the internet usually do not)"
 
 say "failover: a ping and a VoIP-like stream (50 packets/s to UDP 5004) from host A to host B while MPLS degrades, fails and comes back"
-ip netns exec "$NS_B" python3 tests/tools/udp_seq.py recv 5004 11.5 >"$WORK/voice.out" &
+ip netns exec "$NS_B" $BIN/udp-seq recv 5004 11.5 >"$WORK/voice.out" &
 VOICE_RX=$!
 for _ in $(seq 50); do grep -q listening "$WORK/voice.out" && break; sleep 0.1; done
 ip netns exec "$NS_A" ping -i 0.05 -w 12 -q 10.0.2.2 >"$WORK/ping.out" &
 PING=$!
-ip netns exec "$NS_A" python3 tests/tools/udp_seq.py send 10.0.2.2 5004 50 12 >/dev/null &
+ip netns exec "$NS_A" $BIN/udp-seq send 10.0.2.2 5004 50 12 >/dev/null &
 VOICE_TX=$!
 sleep 3
 echo "t=3 s: MPLS starts losing 20% of its frames (the voice policy allows 5%)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Failover: packets lost and the blackout of a paced UDP stream when the
 # path it takes is blackholed, for probe intervals of 10, 20 and 100 ms and
-# streams of 1 000 and 10 000 packets a second, then with BFD at 10, 50 and
+# streams of 1 000, 10 000 and 100 000 packets a second (FAILOVER_PPS picks
+# them; the stream is tests/src/bin/udp-seq.rs), then with BFD at 10, 50 and
 # 300 ms × 3 deciding (tests/tests/failover.rs; FAILOVER_BFD_MS picks them),
 # and with BFD on site 1's MPLS uplink against FRR's bfdd as its router, the
 # link cut both ways (detection by bfdd read from its log, in the same run).

@@ -34,11 +34,10 @@ fn stream_across(sites: &Sites, pps: u32, cut: impl FnOnce(), restore: impl FnOn
     let seconds = 6.0;
     let receiver = spawn_listening(
         &sites.hosts[1],
-        &["udp_seq.py", "recv", "7000", &format!("{}", seconds - 0.5)],
+        &[UDP_SEQ, "recv", "7000", &format!("{}", seconds - 0.5)],
     );
     let sender_args = [
-        "python3".to_owned(),
-        tools("udp_seq.py"),
+        UDP_SEQ.to_owned(),
         "send".to_owned(),
         "10.2.0.2".to_owned(),
         "7000".to_owned(),
@@ -77,6 +76,18 @@ fn runs() -> usize {
         .unwrap_or(5)
 }
 
+/// Stream rates (datagrams a second) to run at: `FAILOVER_PPS="1000"`,
+/// else 1 000, 10 000 and 100 000.
+fn rates() -> Vec<u32> {
+    std::env::var("FAILOVER_PPS")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|pps| pps.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![1_000, 10_000, 100_000])
+}
+
 /// BFD intervals (ms) to run at: `FAILOVER_BFD_MS="50,300"`, else 10, 50
 /// and 300.
 fn bfd_intervals() -> Vec<u32> {
@@ -111,7 +122,7 @@ fn failover_blackout_by_probe_interval_and_rate() {
     println!("| probe interval × down_after | stream | lost min / median / max | blackout ms min / median / max | detection bound |");
     println!("|---|---|---|---|---|");
     for probe_ms in [10u32, 20, 100] {
-        for pps in [1_000u32, 10_000] {
+        for pps in rates() {
             let sites = Sites::new();
             let (mut one, mut two) = sites.start(probe_ms);
             let ready = eventually(Duration::from_secs(30), || {
@@ -161,7 +172,7 @@ fn failover_blackout_with_bfd_as_the_detector() {
     println!("|---|---|---|---|---|");
     let intervals = bfd_intervals();
     for bfd_ms in intervals {
-        for pps in [1_000u32, 10_000] {
+        for pps in rates() {
             let sites = Sites::new();
             let (private1, public1) = wg_keypair();
             let (private2, public2) = wg_keypair();
@@ -267,7 +278,7 @@ fn reroute_by_an_uplinks_bfd_against_frr_bfdd() {
     );
     println!("|---|---|---|---|---|---|");
     for bfd_ms in intervals {
-        for pps in [1_000u32, 10_000] {
+        for pps in rates() {
             let sites = Sites::with_impaired(wan, &[("mpls", "clear", "clear")]);
             let (mut one, mut two) = sites.start_with_uplink_bfd(
                 paths,

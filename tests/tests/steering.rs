@@ -19,7 +19,7 @@ const MPLS: [&str; 2] = ["local:mpls->site2:mpls", "local:mpls->site2:inet"];
 const INET: [&str; 2] = ["local:inet->site2:mpls", "local:inet->site2:inet"];
 
 /// A SIP request, which the classifier calls VoIP.
-const SIP_INVITE: &str = "INVITE sip:bob@10.2.0.2 SIP/2.0\\r\\nVia: SIP/2.0/UDP 10.1.0.2\\r\\n";
+const SIP_INVITE: &str = "INVITE sip:bob@10.2.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.2\r\n";
 /// A BitTorrent DHT ping (BEP 5), which the classifier calls FileTransfer.
 const DHT_PING: &str = "d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
 
@@ -54,8 +54,7 @@ fn stream(
     first: Option<&str>,
 ) -> Child {
     let mut args = vec![
-        "python3".to_owned(),
-        tools("udp_seq.py"),
+        UDP_SEQ.to_owned(),
         "send".to_owned(),
         "10.2.0.2".to_owned(),
         port.to_string(),
@@ -265,7 +264,7 @@ duplicate = true
     let receive = |port: &str| {
         spawn_listening(
             &sites.hosts[1],
-            &["udp_seq.py", "recv", port, &format!("{}", seconds - 0.5)],
+            &[UDP_SEQ, "recv", port, &format!("{}", seconds - 0.5)],
         )
     };
     let receivers = [receive("5060"), receive("7000")];

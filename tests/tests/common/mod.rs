@@ -735,10 +735,18 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Starts a server from `tools/` in `ns` and waits until it listens.
+/// The paced sequence-numbered UDP stream and its receiver (`udp-seq`).
+pub const UDP_SEQ: &str = env!("CARGO_BIN_EXE_udp-seq");
+
+/// Starts a server in `ns` and waits until it listens: a script from
+/// `tools/` (`*.py`) or a program.
 pub fn spawn_listening(ns: &Netns, args: &[&str]) -> std::process::Child {
     let script = tools(args[0]);
-    let mut full = vec!["python3", script.as_str()];
+    let mut full = if args[0].ends_with(".py") {
+        vec!["python3", script.as_str()]
+    } else {
+        vec![args[0]]
+    };
     full.extend_from_slice(&args[1..]);
     let mut server = ns.spawn(&full);
     let mut first = String::new();
