@@ -16,10 +16,29 @@ use super::PeerId;
 /// Cryptokey routing: which peer owns an address (whitepaper section 2).
 /// Longest-prefix match in a compressed trie, so thousands of peers cost a
 /// trie walk, not a scan.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AllowedIps {
     v4: PrefixMap<Ipv4Net, PeerId>,
     v6: PrefixMap<Ipv6Net, PeerId>,
+    /// Drawn anew at every change, so that a [`SourceRoutes`] cache can
+    /// tell its answers from those of another table.
+    version: u64,
+}
+
+impl Default for AllowedIps {
+    fn default() -> Self {
+        AllowedIps {
+            v4: PrefixMap::default(),
+            v6: PrefixMap::default(),
+            version: next_version(),
+        }
+    }
+}
+
+/// A version no table had before (never 0, which a cache slot starts with).
+fn next_version() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for AllowedIps {
@@ -34,6 +53,7 @@ impl std::fmt::Debug for AllowedIps {
 impl AllowedIps {
     /// Gives `prefix` (host bits ignored) to `peer`; the previous owner, if any, is returned.
     pub fn insert(&mut self, prefix: IpNet, peer: PeerId) -> Option<PeerId> {
+        self.version = next_version();
         match prefix.trunc() {
             IpNet::V4(p) => self.v4.insert(p, peer),
             IpNet::V6(p) => self.v6.insert(p, peer),
@@ -61,6 +81,59 @@ impl AllowedIps {
             .iter()
             .map(|(p, &id)| (IpNet::V4(p), id))
             .chain(self.v6.iter().map(|(p, &id)| (IpNet::V6(p), id)))
+    }
+}
+
+/// One worker's cache of cryptokey routing for the IPv4 sources of the
+/// packets it decrypts (checked against the allowed IPs, one trie walk of
+/// a few hundred instructions each): direct-mapped, an answer kept with
+/// the version of the table that gave it.
+pub(crate) struct SourceRoutes {
+    slots: Box<[CachedRoute]>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct CachedRoute {
+    version: u64,
+    addr: u32,
+    peer: Option<PeerId>,
+}
+
+/// Slots of a [`SourceRoutes`] (a power of two).
+const SOURCE_ROUTE_SLOTS: usize = 1024;
+
+impl Default for SourceRoutes {
+    fn default() -> Self {
+        SourceRoutes {
+            slots: vec![CachedRoute::default(); SOURCE_ROUTE_SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl SourceRoutes {
+    /// [`TunnelConfig::route`] of `addr` in `cfg`, from the cache when it
+    /// holds the answer of that table.
+    #[inline]
+    pub(crate) fn route(&mut self, cfg: &TunnelConfig, addr: IpAddr) -> Option<PeerId> {
+        let IpAddr::V4(v4) = addr else {
+            return cfg.route(addr);
+        };
+        let a = u32::from(v4);
+        let version = cfg.allowed.version;
+        // Fibonacci hashing: the top bits of the product index the slots.
+        let slot =
+            (a.wrapping_mul(0x9e37_79b9) >> (32 - SOURCE_ROUTE_SLOTS.trailing_zeros())) as usize;
+        let cached = &mut self.slots[slot];
+        if cached.version == version && cached.addr == a {
+            return cached.peer;
+        }
+        let peer = cfg.route(addr);
+        *cached = CachedRoute {
+            version,
+            addr: a,
+            peer,
+        };
+        peer
     }
 }
 
@@ -234,6 +307,38 @@ mod tests {
         assert_eq!(cfg.route("2001:db8:2::9".parse().unwrap()), Some(0));
         let b = *cfg.peers[1].keys.public();
         assert_eq!(cfg.peer_by_key(&b), Some(1));
+    }
+
+    #[test]
+    fn the_source_cache_answers_as_the_table_it_was_filled_from() {
+        let local = StaticKeys::new(hash(&[b"local"]));
+        let one = build(vec![
+            peer(&local, b"a", &["10.0.0.0/8", "2001:db8::/32"]),
+            peer(&local, b"b", &["10.1.0.0/16"]),
+        ])
+        .unwrap();
+        // The same addresses, given to the other peer.
+        let other = build(vec![
+            peer(&local, b"a", &["10.1.0.0/16"]),
+            peer(&local, b"b", &["10.0.0.0/8", "2001:db8::/32"]),
+        ])
+        .unwrap();
+        let mut cache = SourceRoutes::default();
+        let addrs = ["10.2.3.4", "10.1.3.4", "11.0.0.1", "2001:db8::9"];
+        for _ in 0..2 {
+            for cfg in [&one, &other] {
+                for addr in addrs {
+                    let addr = addr.parse().unwrap();
+                    assert_eq!(cache.route(cfg, addr), cfg.route(addr), "{addr}");
+                }
+            }
+        }
+        // Addresses that share a slot each get their own answer.
+        let mut cache = SourceRoutes::default();
+        for i in 0..4 * SOURCE_ROUTE_SLOTS as u32 {
+            let addr = IpAddr::V4((0x0a00_0000 + i * 97).into());
+            assert_eq!(cache.route(&one, addr), one.route(addr), "{addr}");
+        }
     }
 
     #[test]

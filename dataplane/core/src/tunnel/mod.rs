@@ -46,6 +46,7 @@ use std::time::Duration;
 use crate::frame::Frame;
 use crate::labels::labelled_enum;
 
+use config::SourceRoutes;
 pub use config::{PeerConfig, TunnelConfig};
 use cookie::{CookieChecker, SourceLimiter};
 use messages::Message;
@@ -361,6 +362,8 @@ pub struct Tunnels<F> {
     counters: TunnelCounters,
     /// Where packets are compressed into and restored from.
     scratch: Box<[u8]>,
+    /// The allowed-IPs answers for the sources of decrypted packets.
+    source_routes: SourceRoutes,
     /// Datagrams the engine originated, for [`Tunnels::poll_transmit`].
     transmits: VecDeque<(PeerId, SocketAddr, F)>,
     /// Handshake round trips, for [`Tunnels::poll_round_trip`].
@@ -400,6 +403,7 @@ impl<F: Frame> Tunnels<F> {
             identity: *cfg.keys.public(),
             counters: TunnelCounters::default(),
             scratch: vec![0; compress::SCRATCH_LEN].into_boxed_slice(),
+            source_routes: SourceRoutes::default(),
             transmits: VecDeque::with_capacity(TRANSMIT_QUEUE),
             // Reserved now: the worker loop allocates nothing.
             round_trips: VecDeque::with_capacity(ROUND_TRIPS_KEPT),
@@ -1206,7 +1210,7 @@ impl<F: Frame> Tunnels<F> {
                     outcome = Outcome::Extension { peer, frame };
                 }
                 None => self.counters.drop(TunnelDrop::InvalidInner),
-                Some(src) if cfg.route(src) != Some(peer) => {
+                Some(src) if self.source_routes.route(cfg, src) != Some(peer) => {
                     self.counters.drop(TunnelDrop::AllowedIps)
                 }
                 Some(_) => {
