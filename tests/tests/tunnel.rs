@@ -354,8 +354,11 @@ fn a_peer_named_by_a_host_name_is_followed_when_its_address_changes() {
         "{}",
         r.dp.log_text()
     );
-    let m = r.dp.scrape();
-    assert!(event(&m, "responses_received") >= 1.0);
+    // The counters reach the metrics endpoint at the worker's next report.
+    let answered = eventually(Duration::from_secs(5), || {
+        event(&r.dp.scrape(), "responses_received") >= 1.0
+    });
+    assert!(answered, "{}", r.dp.scrape().text);
 }
 
 /// Every line the gateway wrote is a JSON object with the documented
