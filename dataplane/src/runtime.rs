@@ -33,7 +33,7 @@ use patronus_core::config::site::{classifier_with, Capabilities, SiteSections, S
 use patronus_core::config::{Config, Snapshot};
 use patronus_core::dpi::counters::DpiCounters;
 use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared};
-use patronus_core::paths::UplinksDown;
+use patronus_core::paths::SharedUplinks;
 use patronus_core::published::Published;
 use patronus_core::stats::{BfdReport, PolicyCounters};
 use patronus_core::stats::{Counter, SharedCounters, SharedQosStats, SharedTunnelStats};
@@ -334,7 +334,7 @@ impl Workers {
         };
         let inboxes = tunnel_inboxes(lcores.len());
         let to_shape = shaper_inboxes(lcores.len());
-        let uplinks_down = Arc::new(UplinksDown::default());
+        let shared_uplinks = Arc::new(SharedUplinks::default());
         // Every worker reports what it learns into one bounded channel that the
         // neighbour manager drains.
         let (events, learned) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
@@ -358,7 +358,7 @@ impl Workers {
                 stop: shared.stop.clone(),
                 seed: seed_for(index),
                 inboxes: inboxes.clone(),
-                uplinks_down: uplinks_down.clone(),
+                shared_uplinks: shared_uplinks.clone(),
                 shaper_inboxes: to_shape.clone(),
                 tunnel_stats,
                 qos_stats,

@@ -107,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
         PipelineSetup {
             worker: 0,
             inboxes: tunnel_inboxes(1),
-            uplinks_down: std::sync::Arc::default(),
+            shared_uplinks: std::sync::Arc::default(),
             events,
             seed: 1,
             now_ns: 0,

@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
     let setup = PipelineSetup {
         worker: 0,
         inboxes: tunnel_inboxes(1),
-        uplinks_down: std::sync::Arc::default(),
+        shared_uplinks: std::sync::Arc::default(),
         events,
         seed: 7,
         now_ns: 0,

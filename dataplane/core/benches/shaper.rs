@@ -101,7 +101,7 @@ impl Loop {
             stats: Arc::new(SharedCounters::default()),
             tunnel_stats: Arc::new(SharedTunnelStats::default()),
             inboxes: tunnel_inboxes(1),
-            uplinks_down: Arc::default(),
+            shared_uplinks: Arc::default(),
             shaper_inboxes: shaper_inboxes(1),
             qos_stats: Arc::new(SharedQosStats::default()),
             stop: Arc::default(),

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub mod bfd;
@@ -26,7 +26,7 @@ use sla::MeterSettings;
 
 /// Most paths a gateway keeps (uplinks × endpoints, over every peer).
 pub const MAX_PATHS: usize = 1024;
-/// Most uplinks a site has (at most 32: [`UplinksDown`] has a bit each).
+/// Most uplinks a site has (at most 32: [`SharedUplinks`] has a bit each).
 pub const MAX_UPLINKS: usize = 16;
 
 /// A WAN uplink of this site, validated.
@@ -62,22 +62,43 @@ pub struct UplinkBfd {
     pub ends: bfd::BfdEnds,
 }
 
-/// Which uplinks BFD says are down, a bit per uplink: written by the
-/// worker that runs the uplinks' sessions ([`UPLINK_BFD_WORKER`]), read by
-/// every worker at each round.
+/// What every worker knows of the site's uplinks, shared between them:
+/// which ones BFD says are down, and what all workers sent over each.
 #[derive(Debug, Default)]
-pub struct UplinksDown(AtomicU32);
+pub struct SharedUplinks {
+    /// A bit per uplink: written by the worker that runs the uplinks'
+    /// sessions ([`UPLINK_BFD_WORKER`]), read by every worker at each round.
+    down: AtomicU32,
+    /// Bytes sent over each uplink (by index) since the start, by every
+    /// worker: each adds its own at its evaluations and measures the
+    /// uplink's load from the total.
+    sent: [AtomicU64; MAX_UPLINKS],
+}
 
-impl UplinksDown {
-    /// The bits now.
+impl SharedUplinks {
+    /// The uplinks BFD says are down, a bit each.
     #[inline]
-    pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+    pub fn down(&self) -> u32 {
+        self.down.load(Ordering::Relaxed)
     }
 
-    /// Replaces the bits.
-    pub fn set(&self, bits: u32) {
-        self.0.store(bits, Ordering::Relaxed);
+    /// Replaces the bits of the uplinks BFD says are down.
+    pub fn set_down(&self, bits: u32) {
+        self.down.store(bits, Ordering::Relaxed);
+    }
+
+    /// Adds `bytes` sent over `uplink`.
+    pub fn add_sent(&self, uplink: usize, bytes: u64) {
+        if let Some(sent) = self.sent.get(uplink) {
+            sent.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes sent over `uplink` by every worker so far.
+    pub fn sent(&self, uplink: usize) -> u64 {
+        self.sent
+            .get(uplink)
+            .map_or(0, |sent| sent.load(Ordering::Relaxed))
     }
 }
 

@@ -52,7 +52,7 @@ use crate::dpi::counters::DpiCounters;
 use crate::flow::table::FlowTable;
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborSnapshot};
-use crate::paths::{UplinksDown, UPLINK_BFD_WORKER};
+use crate::paths::{SharedUplinks, UPLINK_BFD_WORKER};
 use crate::stats::{Counter, Counters, DropReason, PathsReport, PolicyCounters};
 use crate::tunnel::noise::ReceivedInitiation;
 use crate::tunnel::{Outcome, TunnelEnv, Tunnels, Work};
@@ -134,7 +134,7 @@ pub struct Pipeline<F> {
     route: route::State,
     tunnel: Option<encrypt::Tunnel<F>>,
     inboxes: Inboxes<F>,
-    uplinks_down: Arc<UplinksDown>,
+    shared_uplinks: Arc<SharedUplinks>,
     seed: u64,
 }
 
@@ -158,8 +158,9 @@ pub struct PipelineSetup<F> {
     pub inboxes: Inboxes<F>,
     /// Where neighbours learned from ARP and ND go.
     pub events: Sender<NeighborEvent>,
-    /// Which uplinks BFD says are down, shared by every worker.
-    pub uplinks_down: Arc<UplinksDown>,
+    /// Which uplinks BFD says are down and what was sent over each, shared
+    /// by every worker.
+    pub shared_uplinks: Arc<SharedUplinks>,
     /// Keys the flow table's hash and seeds the tunnel engine's limiter.
     pub seed: u64,
     /// The time now (ns on the data-plane clock): path meters start then.
@@ -186,7 +187,7 @@ impl<F: Frame> Pipeline<F> {
             route: route::State::default(),
             tunnel: None,
             inboxes: setup.inboxes,
-            uplinks_down: setup.uplinks_down,
+            shared_uplinks: setup.shared_uplinks,
             seed: setup.seed,
         };
         pipeline.sync_tunnel(cfg, setup.now_ns);
@@ -221,7 +222,7 @@ impl<F: Frame> Pipeline<F> {
             let at = (self.worker, workers);
             tunnel
                 .paths
-                .reconfigure(cfg, at, &self.uplinks_down, now_ns);
+                .reconfigure(cfg, at, &self.shared_uplinks, now_ns);
             if let Some(t) = &cfg.tunnel {
                 tunnel.fit_endpoints(t.paths.paths.len().max(t.config.peers.len()));
             }

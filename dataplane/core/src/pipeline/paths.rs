@@ -31,7 +31,7 @@ use crate::paths::passive::PassiveMeter;
 use crate::paths::probe::{Kind, ProbeMessage, PROBE_LEN};
 use crate::paths::select::{self, Candidate};
 use crate::paths::sla::PathMeter;
-use crate::paths::{path_tag, PathTable, UplinksDown, UPLINK_BFD_WORKER};
+use crate::paths::{path_tag, PathTable, SharedUplinks, MAX_UPLINKS, UPLINK_BFD_WORKER};
 use crate::stats::{
     BfdReport, FailoverReason, PathMove, PathReport, PathsReport, RecoveryHistogram,
 };
@@ -202,10 +202,13 @@ pub(super) struct Paths {
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
     /// Peers whose paths changed in this pass, to choose for again.
     touched: Vec<u32>,
-    /// Which uplinks BFD says are down, shared by every worker.
-    uplinks_down: Arc<UplinksDown>,
-    /// Those bits as this worker last acted on them.
+    /// Which uplinks BFD says are down and what every worker sent over
+    /// each, shared by every worker.
+    shared_uplinks: Arc<SharedUplinks>,
+    /// The down bits as this worker last acted on them.
     uplinks_down_seen: u32,
+    /// Every worker's bytes over each uplink when this worker last measured.
+    sent_seen: Vec<u64>,
     moves: VecDeque<PathMove>,
     moves_made: u64,
 }
@@ -218,12 +221,12 @@ impl Paths {
         &mut self,
         cfg: &Snapshot,
         (worker, workers): (usize, usize),
-        uplinks_down: &Arc<UplinksDown>,
+        shared_uplinks: &Arc<SharedUplinks>,
         now: u64,
     ) {
         self.worker = worker;
         self.workers = workers.max(1);
-        self.uplinks_down = uplinks_down.clone();
+        self.shared_uplinks = shared_uplinks.clone();
         let Some(t) = cfg.tunnel.as_ref() else {
             self.tunnel = None;
             self.state.clear();
@@ -285,6 +288,10 @@ impl Paths {
             .map(|u| nominal(u.bandwidth_mbps))
             .collect();
         self.load_mbps = vec![0.0; t.paths.uplinks.len()];
+        // The load is measured from now on (uplinks may have been renumbered).
+        self.sent_seen = (0..t.paths.uplinks.len())
+            .map(|u| self.shared_uplinks.sent(u))
+            .collect();
         self.last_evaluation_ns = now;
         for peer in 0..peers as u32 {
             self.evaluate(peer, now);
@@ -395,7 +402,7 @@ impl Paths {
             .enumerate()
             .filter(|(_, s)| s.as_ref().is_some_and(PathBfd::says_down))
             .fold(0u32, |bits, (u, _)| bits | 1 << u);
-        self.uplinks_down.set(bits);
+        self.shared_uplinks.set_down(bits);
     }
 
     /// Whether BFD says `uplink` is down.
@@ -455,7 +462,7 @@ impl Paths {
     /// traffic is on one that went down moves on; every choice is made
     /// again.
     fn follow_uplinks_down(&mut self, now: u64) {
-        let bits = self.uplinks_down.get();
+        let bits = self.shared_uplinks.down();
         if bits == self.uplinks_down_seen {
             return;
         }
@@ -955,22 +962,30 @@ impl Paths {
         self.next_due_ns = next.min(self.last_evaluation_ns + EVALUATE_EVERY_NS);
     }
 
-    /// Updates each uplink's spare bandwidth from what was sent since the
-    /// last evaluation (an exponentially weighted average over about a second).
+    /// Updates each uplink's spare bandwidth from what every worker sent
+    /// over it since this worker's last evaluation (an exponentially
+    /// weighted average over about a second): this worker adds what it
+    /// sent to the shared totals, then reads them.
     fn measure_load(&mut self, table: &PathTable, now: u64) {
         let elapsed = now.saturating_sub(self.last_evaluation_ns);
         if elapsed < EVALUATE_EVERY_NS {
             return;
         }
         self.last_evaluation_ns = now;
-        let mut sent = vec![0u64; table.uplinks.len()];
+        let mut own = [0u64; MAX_UPLINKS];
         for (p, s) in table.paths.iter().zip(&mut self.state) {
-            sent[usize::from(p.uplink)] += s.tx_bytes - s.tx_bytes_seen;
+            own[usize::from(p.uplink)] += s.tx_bytes - s.tx_bytes_seen;
             s.tx_bytes_seen = s.tx_bytes;
         }
         let weight = (elapsed as f64 / 1e9).min(1.0);
-        for (u, bytes) in sent.iter().enumerate() {
-            let mbps = *bytes as f64 * 8.0 / (elapsed as f64 / 1e9) / 1e6;
+        for (u, &own) in own.iter().enumerate().take(table.uplinks.len()) {
+            if own > 0 {
+                self.shared_uplinks.add_sent(u, own);
+            }
+            let total = self.shared_uplinks.sent(u);
+            let bytes = total.wrapping_sub(self.sent_seen[u]);
+            self.sent_seen[u] = total;
+            let mbps = bytes as f64 * 8.0 / (elapsed as f64 / 1e9) / 1e6;
             self.load_mbps[u] += (mbps - self.load_mbps[u]) * weight;
             self.spare_mbps[u] =
                 nominal(table.uplinks[u].bandwidth_mbps).map(|n| (n - self.load_mbps[u]).max(0.0));
@@ -1261,4 +1276,88 @@ fn filled<F: Frame>(
     }
     let len = write(&mut frame.data_mut()[..room])?;
     frame.set_len(len).then_some(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::tunnel::crypto::hash;
+    use crate::tunnel::noise::StaticKeys;
+    use base64::Engine as _;
+
+    /// A site with two uplinks of 100 and 80 Mbit/s and `peers` peers.
+    fn snapshot(peers: u8) -> Snapshot {
+        let secret = |n: u8| hash(&[b"load", &[n]]);
+        let key = crate::testing::key_file("paths-load", secret(0));
+        let mut text = format!(
+            r#"
+            [[port]]
+            name = "wan"
+            device = "mem0"
+            addresses = ["192.0.2.1/24", "198.51.100.1/24"]
+            [tunnel]
+            private_key_file = "{}"
+            addresses = ["10.99.0.1/24"]
+            [[uplink]]
+            name = "mpls"
+            port = "wan"
+            address = "192.0.2.1"
+            bandwidth_mbps = 100
+            [[uplink]]
+            name = "inet"
+            port = "wan"
+            address = "198.51.100.1"
+            bandwidth_mbps = 80
+            "#,
+            key.display()
+        );
+        for n in 1..=peers {
+            let public = base64::engine::general_purpose::STANDARD
+                .encode(StaticKeys::new(secret(n)).public());
+            text += &format!(
+                "[[peer]]\nname = \"site-{n}\"\nendpoint = {{ address = \"192.0.2.{}\", port = 51820 }}\n\
+                 wireguard = {{ public_key = \"{public}\" }}\nallowed_ips = [\"10.{n}.0.0/24\"]\n",
+                n + 1
+            );
+        }
+        Config::from_toml(&text)
+            .expect("test config parses")
+            .validate(1)
+            .expect("test config is valid")
+    }
+
+    #[test]
+    fn every_worker_measures_the_load_all_workers_put_on_an_uplink() {
+        let cfg = snapshot(8);
+        let table = &cfg.tunnel.as_ref().unwrap().paths;
+        let shared = Arc::new(SharedUplinks::default());
+        let mut workers: Vec<Paths> = (0..2)
+            .map(|w| {
+                let mut p = Paths::default();
+                p.reconfigure(&cfg, (w, 2), &shared, 0);
+                p
+            })
+            .collect();
+        // Each second each worker sends 500 kB over MPLS, by the paths of a
+        // peer it owns. A worker sees another's bytes once that one has
+        // measured: from the second second on, every worker sees them all.
+        for second in 1..=2 {
+            for w in &mut workers {
+                let peer = (0..8)
+                    .find(|&p| w.owns(p))
+                    .expect("each worker owns a peer");
+                let mpls = table.of_peer(peer).find(|&i| table.paths[i].uplink == 0);
+                w.count_tx(mpls.unwrap(), 500_000);
+            }
+            for w in &mut workers {
+                w.measure_load(table, second * 1_000_000_000);
+            }
+        }
+        // 8 Mbit/s over MPLS in all, nothing over the internet.
+        for w in &workers {
+            assert!((w.load_mbps[0] - 8.0).abs() < 1e-9, "{:?}", w.load_mbps);
+            assert_eq!(w.spare_mbps, [Some(92.0), Some(80.0)]);
+        }
+    }
 }

@@ -85,7 +85,7 @@ fn rig_with(extra: &str) -> Rig {
     let setup = PipelineSetup {
         worker: 0,
         inboxes: crate::worker::tunnel_inboxes(1),
-        uplinks_down: std::sync::Arc::default(),
+        shared_uplinks: std::sync::Arc::default(),
         events: tx,
         seed: 7,
         now_ns: 0,

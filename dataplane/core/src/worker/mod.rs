@@ -44,7 +44,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::config::Snapshot;
 use crate::frame::Frame;
 use crate::neighbor::{NeighborEvent, NeighborShared, NeighborSnapshot};
-use crate::paths::UplinksDown;
+use crate::paths::SharedUplinks;
 use crate::pending::{Held, PendingQueue};
 use crate::pipeline::{Burst, Context, Handed, Inboxes, Next, Pipeline, PipelineSetup, Shaping};
 use crate::published::Published;
@@ -165,8 +165,9 @@ pub struct WorkerSetup<H, R, T: PacketTx> {
     pub tunnel_stats: Arc<SharedTunnelStats>,
     /// Every worker's queue of tunnel work (from [`tunnel_inboxes`]).
     pub inboxes: Inboxes<T::Frame>,
-    /// Which uplinks BFD says are down: one for every worker.
-    pub uplinks_down: Arc<UplinksDown>,
+    /// Which uplinks BFD says are down and what was sent over each: one
+    /// for every worker.
+    pub shared_uplinks: Arc<SharedUplinks>,
     /// Every worker's queue of packets for the shapers it runs (from [`shaper_inboxes`]).
     pub shaper_inboxes: ShaperInboxes<T::Frame>,
     /// Where the figures of the egresses it shapes are published.
@@ -242,7 +243,7 @@ where
             PipelineSetup {
                 worker: setup.index,
                 inboxes: setup.inboxes.clone(),
-                uplinks_down: setup.uplinks_down,
+                shared_uplinks: setup.shared_uplinks,
                 events: setup.events,
                 seed: setup.seed,
                 now_ns,

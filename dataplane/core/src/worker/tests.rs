@@ -146,7 +146,7 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
     let config = Arc::new(Published::new(cfg));
     let inboxes = tunnel_inboxes(workers);
     let to_shape = shaper_inboxes(workers);
-    let uplinks_down = Arc::default();
+    let shared_uplinks = Arc::default();
     let mut site = Site {
         n,
         links: Vec::new(),
@@ -177,7 +177,7 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
             stats: stats.clone(),
             tunnel_stats: tunnel_stats.clone(),
             inboxes: inboxes.clone(),
-            uplinks_down: Arc::clone(&uplinks_down),
+            shared_uplinks: Arc::clone(&shared_uplinks),
             shaper_inboxes: to_shape.clone(),
             qos_stats: qos_stats.clone(),
             stop: Arc::default(),
