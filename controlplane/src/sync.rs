@@ -777,6 +777,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_older_read_never_replaces_a_newer_publication() {
         let (_dir, store, hub) = hub();
+        // Followed, so that the expiry sweep (which may run at any time)
+        // keeps the site.
+        let _following = hub.watch("branch").unwrap();
         let ids = ["branch".to_owned()];
         let older = store.desired_state(Some(&ids)).unwrap();
         add_peer(&store);
