@@ -29,21 +29,16 @@ if [ "$bench" = time ]; then exit 0; fi
 scripts/setup.sh valgrind >/dev/null
 SHORT=${SHORT:-1}
 LONG=${LONG:-4}
-bin=$(cargo test --release -p patronus-core --lib --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "patronus_core" and m.get("executable"):
-        print(m["executable"])')
+# shellcheck source=scripts/bench/callgrind.sh
+source scripts/bench/callgrind.sh
+bin=$(executable patronus_core test --release -p patronus-core --lib)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 # instructions TOPOLOGY SECONDS: the hub's instructions over that run.
 instructions() {
-    BFD_COST_ONLY=$1 BFD_COST_S=$2 valgrind --tool=callgrind --quiet \
-        --toggle-collect='*first_site_round*' --callgrind-out-file="$out/$1-$2" \
-        "$bin" bfd_cost_of_1024_sessions --ignored >/dev/null
-    callgrind_annotate "$out/$1-$2" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
+    BFD_COST_ONLY=$1 BFD_COST_S=$2 counted "$out/$1-$2" '*first_site_round*' \
+        "$bin" bfd_cost_of_1024_sessions --ignored
 }
 
 declare -A per_second

@@ -14,20 +14,15 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/setup.sh valgrind >/dev/null
 SHORT=${SHORT:-2000}
 LONG=${LONG:-12000}
-bin=$(cargo bench -p patronus-core --bench shaper --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "shaper" and m.get("executable"):
-        print(m["executable"])')
+# shellcheck source=scripts/bench/callgrind.sh
+source scripts/bench/callgrind.sh
+bin=$(executable shaper bench -p patronus-core --bench shaper)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 # instructions CASE ROUNDS: Ir inside Worker::round for that run.
 instructions() {
-    SHAPER_CASE=$1 SHAPER_ROUNDS=$2 valgrind --tool=callgrind --quiet \
-        --toggle-collect='*Loop*turn*' --callgrind-out-file="$out/$1-$2" "$bin" >/dev/null
-    callgrind_annotate "$out/$1-$2" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
+    SHAPER_CASE=$1 SHAPER_ROUNDS=$2 counted "$out/$1-$2" '*Loop*turn*' "$bin"
 }
 
 declare -A per_packet

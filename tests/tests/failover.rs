@@ -76,28 +76,24 @@ fn runs() -> usize {
         .unwrap_or(5)
 }
 
+/// Numbers from environment variable `name`, comma-separated, else `default`.
+fn numbers_from_env(name: &str, default: &[u32]) -> Vec<u32> {
+    std::env::var(name).map_or_else(
+        |_| default.to_vec(),
+        |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    )
+}
+
 /// Stream rates (datagrams a second) to run at: `FAILOVER_PPS="1000"`,
 /// else 1 000, 10 000 and 100 000.
 fn rates() -> Vec<u32> {
-    std::env::var("FAILOVER_PPS")
-        .map(|v| {
-            v.split(',')
-                .filter_map(|pps| pps.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_else(|_| vec![1_000, 10_000, 100_000])
+    numbers_from_env("FAILOVER_PPS", &[1_000, 10_000, 100_000])
 }
 
 /// BFD intervals (ms) to run at: `FAILOVER_BFD_MS="50,300"`, else 10, 50
 /// and 300.
 fn bfd_intervals() -> Vec<u32> {
-    std::env::var("FAILOVER_BFD_MS")
-        .map(|v| {
-            v.split(',')
-                .filter_map(|ms| ms.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_else(|_| vec![10, 50, 300])
+    numbers_from_env("FAILOVER_BFD_MS", &[10, 50, 300])
 }
 
 /// One row of a benchmark's table: the runs' packets lost and blackouts,
