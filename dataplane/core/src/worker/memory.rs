@@ -28,11 +28,6 @@ impl MemoryQueue {
         self.lock().push_back(frame);
     }
 
-    /// Takes the first frame.
-    pub fn pop(&self) -> Option<VecFrame> {
-        self.lock().pop_front()
-    }
-
     /// Takes every frame.
     pub fn drain(&self) -> Vec<VecFrame> {
         self.lock().drain(..).collect()
