@@ -304,7 +304,8 @@ mod tests {
     #[test]
     fn a_key_file_readable_by_others_is_refused_and_its_debug_hides_the_key() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("patronus-bfd-key-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("patronus-auth-bfd-key-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bfd.key");
         std::fs::write(&path, b"s3cret-key\n").unwrap();

@@ -293,7 +293,7 @@ fn application_names_follow_the_classifier() {
 fn bfd_authentication_takes_a_private_key_file_and_a_known_type() {
     use crate::bfd::auth::Sha1Key;
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("patronus-bfd-key-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("patronus-site-bfd-key-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("bfd.key");
     std::fs::write(&key, "s3cret\n").unwrap();
