@@ -15,7 +15,7 @@ use tokio_stream::{Stream, StreamExt};
 use crate::auth::{authorize_api, caller, Access};
 use crate::events::Filter;
 use crate::resource::{name_of, Resource};
-use crate::store::{self, GroupCommit, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::sync::Hub;
 use crate::validate::Violations;
 
@@ -28,19 +28,14 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct Api {
     store: Arc<Store>,
-    writes: GroupCommit,
     hub: Arc<Hub>,
 }
 
 impl Api {
-    /// The service over `store`; writes go through one group-commit thread
-    /// and tell `hub` that site snapshots may have changed.
+    /// The service over `store`; `hub` hears of every committed write from
+    /// the store itself (the events and snapshots of any replica's writes).
     pub fn new(store: Arc<Store>, hub: Arc<Hub>) -> Api {
-        Api {
-            writes: GroupCommit::start(store.clone()),
-            store,
-            hub,
-        }
+        Api { store, hub }
     }
 
     /// Lets the caller of `req` read or write the API.
@@ -50,16 +45,13 @@ impl Api {
         authorize_api(&role, access).map_err(|d| self.hub.refuse(&d))
     }
 
-    /// Runs a store read off the async runtime.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-            .map_err(store_status)
+    /// A write's answer. A failed one may still have happened (a commit
+    /// whose acknowledgement was lost), so the hub looks again.
+    fn written<R>(&self, result: Result<R, StoreError>) -> Result<R, Status> {
+        if result.is_err() {
+            self.hub.changed();
+        }
+        result.map_err(store_status)
     }
 
     async fn create<R: Resource>(&self, r: Option<R>) -> Result<R, Status> {
@@ -67,31 +59,12 @@ impl Api {
         r.clear_output_only();
         check(&r)?;
         let uid = uuid::Uuid::new_v4().to_string();
-        let created = self
-            .writes
-            .write(move |txn| store::create_in(txn, r, uid))
-            .await;
-        self.hub.changed();
-        let created = created.map_err(store_status)?;
-        self.written(EventType::ResourceCreated, &created);
-        Ok(created)
-    }
-
-    /// Puts a write on the event feed.
-    fn written<R: Resource>(&self, kind: EventType, r: &R) {
-        self.hub.events.emit(Event {
-            r#type: kind as i32,
-            site_id: r.site_scope().to_owned(),
-            kind: R::KIND.to_owned(),
-            name: name_of(r).to_owned(),
-            version: r.meta().map_or(0, |m| m.resource_version),
-            ..Default::default()
-        });
+        self.written(self.store.create(r, uid).await)
     }
 
     async fn get<R: Resource>(&self, name: String) -> Result<R, Status> {
         check_name::<R>(&name)?;
-        self.blocking(move |s| s.get::<R>(&name)).await
+        self.store.get::<R>(&name).await.map_err(store_status)
     }
 
     async fn list<R: Resource>(
@@ -104,7 +77,11 @@ impl Api {
             n => n.min(MAX_PAGE_SIZE),
         } as usize;
         let after = decode_token(&token)?;
-        let page = self.blocking(move |s| s.list::<R>(&after, size)).await?;
+        let page = self
+            .store
+            .list::<R>(&after, size)
+            .await
+            .map_err(store_status)?;
         let next = page
             .next
             .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n));
@@ -123,23 +100,13 @@ impl Api {
             );
             return Err(invalid::<R>(v));
         }
-        let updated = self.writes.write(move |txn| store::update_in(txn, r)).await;
-        self.hub.changed();
-        let updated = updated.map_err(store_status)?;
-        self.written(EventType::ResourceUpdated, &updated);
-        Ok(updated)
+        self.written(self.store.update(r).await)
     }
 
     async fn delete<R: Resource>(&self, name: String, version: u64) -> Result<(), Status> {
         check_name::<R>(&name)?;
-        let deleted = self
-            .writes
-            .write(move |txn| store::delete_in::<R>(txn, &name, version))
-            .await;
-        self.hub.changed();
-        let deleted = deleted.map_err(store_status)?;
-        self.written(EventType::ResourceDeleted, &deleted);
-        Ok(())
+        self.written(self.store.delete::<R>(&name, version).await)
+            .map(drop)
     }
 }
 
@@ -223,7 +190,7 @@ fn store_status(e: StoreError) -> Status {
             tracing::error!(error = %e, "store failure");
             Status::unavailable(e.to_string())
         }
-        StoreError::Storage(_) | StoreError::Corrupt { .. } => {
+        StoreError::Storage(_) | StoreError::Backend(_) | StoreError::Corrupt { .. } => {
             tracing::error!(error = %e, "store failure");
             Status::internal(e.to_string())
         }
@@ -276,7 +243,7 @@ impl Api {
     /// Fills in the status only the fleet knows.
     async fn observe<R: Observe>(&self, items: &mut [R]) -> Result<(), Status> {
         let sites = if R::NEEDS_SITES && !items.is_empty() {
-            self.blocking(|s| s.all::<Site>()).await?
+            self.store.all::<Site>().await.map_err(store_status)?
         } else {
             Vec::new()
         };
@@ -329,7 +296,7 @@ macro_rules! control_plane {
                 req: Request<GetTopologyRequest>,
             ) -> Result<Response<GetTopologyResponse>, Status> {
                 self.allow(&req, Access::Read)?;
-                let desired = self.blocking(|s| s.desired_state(None)).await?;
+                let desired = self.store.desired_state(None).await.map_err(store_status)?;
                 Ok(Response::new(self.hub.topology(&desired)))
             }
 

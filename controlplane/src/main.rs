@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use patronus_controlplane::auth::{BearerToken, DataplaneKey};
 use patronus_controlplane::server;
-use patronus_controlplane::store::Store;
+use patronus_controlplane::store::{etcd, Location, Store};
 use patronus_proto::logging::{self, LogArgs};
 
 /// Patronus control plane: the public gRPC API over durable desired state.
@@ -19,9 +19,25 @@ struct Cli {
     /// Address of the gRPC API (public API, grpc.health.v1, reflection).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// The database file (created if missing).
+    /// Where desired state lives: `redb:PATH`, a database file (created if
+    /// missing), or `etcd:URL[,URL...]`, an etcd v3 cluster that several
+    /// replicas share. The default is the file of `--db`.
+    #[arg(long, value_name = "redb:PATH|etcd:URLS", conflicts_with = "db")]
+    store: Option<Location>,
+    /// The database file: short for `--store redb:PATH`.
     #[arg(long, default_value = "/var/lib/patronus/controlplane.redb")]
     db: PathBuf,
+    /// The key prefix of this control plane's state on etcd, so that several
+    /// can share one cluster.
+    #[arg(long, default_value = "/patronus/", value_parser = etcd_prefix)]
+    etcd_prefix: String,
+    /// How long one etcd request may take before the call fails UNAVAILABLE, in milliseconds.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..))]
+    etcd_timeout_ms: u64,
+    /// How long etcd may be unreachable before health reports NOT_SERVING,
+    /// in seconds (reads of snapshots already compiled go on being served).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    etcd_unhealthy_after_s: u64,
     /// Address of the fleet's `/metrics` and `/healthz` (HTTP); empty disables it.
     #[arg(long, default_value = "127.0.0.1:9470")]
     metrics_listen: String,
@@ -82,6 +98,39 @@ fn read_file<T>(
     path.map(read).transpose().with_context(|| flag.to_owned())
 }
 
+/// A key prefix ends with `/`, so that one control plane's keys are never
+/// a prefix of another's (`/a` of `/ab`).
+fn etcd_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty() || !text.ends_with('/') {
+        return Err(format!("{text:?} must end with '/' (/patronus/)"));
+    }
+    Ok(text.to_owned())
+}
+
+/// Opens the store `location` names, with the etcd settings of `cli`.
+async fn open_store(cli: &Cli, location: &Location) -> anyhow::Result<Store> {
+    match location {
+        Location::Redb(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            Store::open_redb(path).with_context(|| format!("opening {}", path.display()))
+        }
+        Location::Etcd(endpoints) => {
+            let settings = etcd::Settings {
+                prefix: cli.etcd_prefix.clone(),
+                request_timeout: std::time::Duration::from_millis(cli.etcd_timeout_ms),
+                unhealthy_after: std::time::Duration::from_secs(cli.etcd_unhealthy_after_s),
+                ..etcd::Settings::new(endpoints.clone())
+            };
+            Store::open_etcd(settings)
+                .await
+                .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let token = read_file(
         cli.token_file.as_deref(),
@@ -117,13 +166,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "no --token-file, --viewer-token-file or --dataplane-key-file: the API accepts unauthenticated requests"
         );
     }
-    if let Some(dir) = cli.db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let store =
-        Arc::new(Store::open(&cli.db).with_context(|| format!("opening {}", cli.db.display()))?);
+    let location = cli.store.clone().unwrap_or(Location::Redb(cli.db.clone()));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let store = Arc::new(open_store(&cli, &location).await?);
         let listener = tokio::net::TcpListener::bind(cli.listen)
             .await
             .with_context(|| format!("binding {}", cli.listen))?;
@@ -137,7 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(metrics)
             }
         };
-        tracing::info!(addr = %listener.local_addr()?, db = %cli.db.display(), "control plane listening");
+        tracing::info!(addr = %listener.local_addr()?, store = ?location, "control plane listening");
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM handler");

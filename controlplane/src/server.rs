@@ -187,8 +187,7 @@ fn follow_store_health(store: &Arc<Store>, reporter: tonic_health::server::Healt
             loop {
                 tokio::time::sleep(REOPEN_EVERY).await;
                 let Some(store) = weak.upgrade() else { return };
-                let reopened = tokio::task::spawn_blocking(move || store.reopen()).await;
-                if reopened.unwrap_or(false) {
+                if store.reopen().await {
                     break;
                 }
             }

@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{authorize_site, caller, Denied};
 use crate::events::EventLog;
-use crate::store::{DesiredState, Store, StoreError};
+use crate::store::{DesiredState, News, Store, StoreError};
 
 use crate::validate::is_dns_label;
 
@@ -150,13 +150,40 @@ impl Hub {
             loop {
                 dirty.notified().await;
                 let Some(hub) = worker.upgrade() else { return };
-                let refreshed = tokio::task::spawn_blocking(move || hub.refresh_all()).await;
-                if let Ok(Err(e)) = refreshed {
+                if let Err(e) = hub.refresh_all().await {
                     tracing::error!(error = %e, "recompiling site snapshots failed");
                 }
             }
         });
+        let follower = Arc::downgrade(&hub);
+        hub.store.follow(move |news| {
+            if let Some(hub) = follower.upgrade() {
+                hub.learn(news);
+            }
+        });
         hub
+    }
+
+    /// A committed write (of any replica) goes on the event feed and
+    /// marks the snapshots for recompilation.
+    fn learn(&self, news: &News) {
+        let event = match news {
+            News::Changed(change) => Event {
+                r#type: change.kind as i32,
+                site_id: change.site_id.clone(),
+                kind: change.resource.to_owned(),
+                name: change.name.clone(),
+                version: change.version,
+                ..Default::default()
+            },
+            News::Lost(why) => Event {
+                r#type: EventType::EventsLost as i32,
+                message: why.clone(),
+                ..Default::default()
+            },
+        };
+        self.events.emit(event);
+        self.changed();
     }
 
     /// Counts and logs a call refused for its role; the caller's status.
@@ -233,12 +260,12 @@ impl Hub {
 
     /// Recompiles these sites from one read of the store; publishes a new
     /// version of each whose content changed.
-    fn refresh(&self, site_ids: &[String]) -> Result<(), StoreError> {
+    async fn refresh(&self, site_ids: Vec<String>) -> Result<(), StoreError> {
         if site_ids.is_empty() {
             return Ok(());
         }
-        let state = self.store.desired_state(Some(site_ids))?;
-        self.publish(site_ids, &state);
+        let state = self.store.desired_state(Some(site_ids.clone())).await?;
+        self.publish(&site_ids, &state);
         Ok(())
     }
 
@@ -340,22 +367,22 @@ impl Hub {
         Ok(d)
     }
 
-    fn refresh_all(&self) -> Result<(), StoreError> {
+    async fn refresh_all(&self) -> Result<(), StoreError> {
         let sites: Vec<String> = self.lock().sites.keys().cloned().collect();
-        self.refresh(&sites)
+        self.refresh(sites).await
     }
 
     /// Starts tracking `site_id` (if new) and watches its latest snapshot.
-    fn watch(&self, site_id: &str) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
-        self.watch_with(site_id, || {})
+    async fn watch(&self, site_id: &str) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
+        self.watch_with(site_id, std::future::ready(())).await
     }
 
     /// [`Hub::watch`], running `between` after a new site's read and before
     /// its publication (where the tests commit a write).
-    fn watch_with(
+    async fn watch_with(
         &self,
         site_id: &str,
-        between: impl FnOnce(),
+        between: impl std::future::Future<Output = ()>,
     ) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
         let mut between = Some(between);
         loop {
@@ -371,9 +398,9 @@ impl Hub {
                 }
             }
             let ids = [site_id.to_owned()];
-            let state = self.store.desired_state(Some(&ids))?;
+            let state = self.store.desired_state(Some(ids.to_vec())).await?;
             if let Some(between) = between.take() {
-                between();
+                between.await;
             }
             self.publish(&ids, &state);
             // A write committed after that read recompiled only the sites
@@ -594,15 +621,10 @@ impl DataplaneSync for Sync {
         self.hub.allow_site(&req, &req.get_ref().site_id)?;
         let req = req.into_inner();
         check_ids(&req.site_id, &req.dataplane_id)?;
-        let hub = self.hub.clone();
-        let site = req.site_id.clone();
-        let latest = tokio::task::spawn_blocking(move || hub.watch(&site))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| match e {
-                StoreError::Unavailable(why) => Status::unavailable(why),
-                e => Status::internal(e.to_string()),
-            })?;
+        let latest = self.hub.watch(&req.site_id).await.map_err(|e| match e {
+            StoreError::Unavailable(why) => Status::unavailable(why),
+            e => Status::internal(e.to_string()),
+        })?;
         let key = (req.site_id, req.dataplane_id);
         self.hub.connection(&key, 1)?;
         tracing::info!(site = key.0, dataplane = key.1, "data plane subscribed");
@@ -713,9 +735,9 @@ mod tests {
     }
 
     /// A store holding site `branch`, and a hub over it.
-    fn hub() -> (tempfile::TempDir, Arc<Store>, Arc<Hub>) {
+    async fn hub() -> (tempfile::TempDir, Arc<Store>, Arc<Hub>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+        let store = Arc::new(Store::open_redb(&dir.path().join("cp.redb")).unwrap());
         let site = Site {
             metadata: named("branch"),
             spec: Some(SiteSpec {
@@ -724,12 +746,12 @@ mod tests {
             }),
             status: None,
         };
-        store.create(site, "uid-site".into()).unwrap();
+        store.create(site, "uid-site".into()).await.unwrap();
         let hub = Hub::start(store.clone(), DATAPLANE_EXPIRY);
         (dir, store, hub)
     }
 
-    fn add_peer(store: &Store) {
+    async fn add_peer(store: &Store) {
         let peer = Peer {
             metadata: named("hq"),
             spec: Some(PeerSpec {
@@ -745,7 +767,7 @@ mod tests {
             }),
             status: None,
         };
-        store.create(peer, "uid-peer".into()).unwrap();
+        store.create(peer, "uid-peer".into()).await.unwrap();
     }
 
     /// The race of a site's first subscriber: a write commits (and the
@@ -753,12 +775,13 @@ mod tests {
     /// before its snapshot is published. The subscriber still gets it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_between_a_new_sites_read_and_its_publication_reaches_the_subscriber() {
-        let (_dir, store, hub) = hub();
+        let (_dir, store, hub) = hub().await;
         let mut latest = hub
-            .watch_with("branch", || {
-                add_peer(&store);
-                hub.refresh_all().unwrap();
+            .watch_with("branch", async {
+                add_peer(&store).await;
+                hub.refresh_all().await.unwrap();
             })
+            .await
             .unwrap();
         let got_peer = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -776,14 +799,14 @@ mod tests {
     /// then changes nothing (no higher version with older content).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_older_read_never_replaces_a_newer_publication() {
-        let (_dir, store, hub) = hub();
+        let (_dir, store, hub) = hub().await;
         // Followed, so that the expiry sweep (which may run at any time)
         // keeps the site.
-        let _following = hub.watch("branch").unwrap();
-        let ids = ["branch".to_owned()];
-        let older = store.desired_state(Some(&ids)).unwrap();
-        add_peer(&store);
-        hub.refresh(&ids).unwrap();
+        let _following = hub.watch("branch").await.unwrap();
+        let ids = vec!["branch".to_owned()];
+        let older = store.desired_state(Some(ids.clone())).await.unwrap();
+        add_peer(&store).await;
+        hub.refresh(ids.clone()).await.unwrap();
         let newer = hub.lock().sites["branch"].latest.borrow().clone();
         assert_eq!(newer.peers.len(), 1);
         hub.publish(&ids, &older);
@@ -798,7 +821,7 @@ mod bounds {
 
     fn hub(expiry: Duration) -> (tempfile::TempDir, Arc<Hub>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+        let store = Arc::new(Store::open_redb(&dir.path().join("cp.redb")).unwrap());
         (dir, Hub::start(store, expiry))
     }
 
@@ -811,11 +834,11 @@ mod bounds {
         let expiry = Duration::from_secs(600);
         let (_dir, hub) = hub(expiry);
         let start = Instant::now();
-        let following = hub.watch("branch").unwrap();
+        let following = hub.watch("branch").await.unwrap();
         hub.connection(&key("branch", "gw-1"), 1).unwrap();
         hub.connection(&key("branch", "gw-2"), 1).unwrap();
         hub.connection(&key("branch", "gw-2"), -1).unwrap();
-        let unfollowed = hub.watch("elsewhere").unwrap();
+        let unfollowed = hub.watch("elsewhere").await.unwrap();
         drop(unfollowed);
 
         // Within the expiry nothing goes but the site no one follows.
@@ -859,12 +882,13 @@ mod bounds {
                 }
             })
         };
-        let watched = tokio::task::spawn_blocking({
+        let watched = tokio::spawn({
             let hub = hub.clone();
-            move || {
-                (0..500)
-                    .map(|i| hub.watch(&format!("site-{i}")).map(drop))
-                    .collect::<Result<Vec<()>, _>>()
+            async move {
+                for i in 0..500 {
+                    hub.watch(&format!("site-{i}")).await?;
+                }
+                Ok::<(), StoreError>(())
             }
         })
         .await;

@@ -24,7 +24,7 @@ struct Server {
 
 async fn start(settings: Settings) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("cp.redb")).unwrap());
+    let store = Arc::new(Store::open_redb(&dir.path().join("cp.redb")).unwrap());
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server {

@@ -31,7 +31,7 @@ impl Server {
         let path = dir.path().join("cp.redb");
         let mut attempts = 0;
         let store = loop {
-            match Store::open(&path) {
+            match Store::open_redb(&path) {
                 Ok(store) => break Arc::new(store),
                 Err(e) if attempts < 100 => {
                     attempts += 1;

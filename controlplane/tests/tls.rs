@@ -56,7 +56,7 @@ async fn serve_tls(
     dir: &std::path::Path,
     tls: tonic::transport::ServerTlsConfig,
 ) -> std::net::SocketAddr {
-    let store = Arc::new(Store::open(&dir.join("cp.redb")).unwrap());
+    let store = Arc::new(Store::open_redb(&dir.join("cp.redb")).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(patronus_controlplane::server::serve(

@@ -1,11 +1,10 @@
-//! Durable desired state, in an embedded redb database.
+//! The embedded backend: desired state in a redb database file.
 //!
 //! redb rather than SQLite: pure Rust (nothing to install or link), ACID
 //! transactions whose commits are durable when `commit` returns (fsync; the
 //! default `Durability::Immediate`), so a write the API acknowledged survives
 //! `kill -9`, and a key-value model that fits protobuf-encoded resources keyed
-//! by name. Every storage access goes through [`Store`]: a replicated backend
-//! (etcd, for fleets that outgrow one process) replaces this module alone.
+//! by name.
 //!
 //! Layout: one table per kind (name to encoded resource), a table per unique
 //! spec key (site_id to site name), and a `meta` table holding the store-wide
@@ -27,6 +26,7 @@ use std::time::SystemTime;
 use patronus_proto::v1::ObjectMeta;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::{check_fits, decode, not_found, DesiredState, Page, StoreError};
 use crate::resource::{name_of, Resource};
 
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
@@ -39,116 +39,16 @@ const TOTALS_COUNTED: &str = "totals_counted";
 /// kept in step by every write so that a cap costs one lookup, not a scan.
 const TOTALS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("totals");
 
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No resource of that kind and name.
-    #[error("{kind} {name:?} not found")]
-    NotFound {
-        /// The kind.
-        kind: &'static str,
-        /// The name asked for.
-        name: String,
-    },
-    /// The name, or a unique spec key, is taken.
-    #[error("{what} already exists")]
-    AlreadyExists {
-        /// What exists (`site "hq"`, `site_id "hq-1"`).
-        what: String,
-    },
-    /// The write carried a resource_version that is no longer current.
-    #[error("{kind} {name:?} is at resource_version {current}, not {given}")]
-    Conflict {
-        /// The kind.
-        kind: &'static str,
-        /// The name.
-        name: String,
-        /// The version the client sent.
-        given: u64,
-        /// The version stored.
-        current: u64,
-    },
-    /// The resources of a kind would together exceed what it may take.
-    #[error("{field}: {message}")]
-    TooLarge {
-        /// The field at fault (`application.spec`).
-        field: String,
-        /// What the total would be, and the limit.
-        message: String,
-    },
-    /// The database failed earlier (a full disk, an I/O error) and is not
-    /// usable until it is reopened; nothing was read or written.
-    #[error("the database is unavailable until it can be reopened: {0}")]
-    Unavailable(String),
-    /// The database failed.
-    #[error("storage: {0}")]
-    Storage(#[from] redb::Error),
-    /// The group commit failed or could not run; the write may not have happened.
-    #[error("commit failed: {0}")]
-    CommitFailed(String),
-    /// A stored value did not decode (corruption or a schema bug).
-    #[error("stored {kind} {name:?} does not decode: {source}")]
-    Corrupt {
-        /// The kind.
-        kind: &'static str,
-        /// The name.
-        name: String,
-        /// The decoder's error.
-        source: prost::DecodeError,
-    },
-}
-
-macro_rules! storage_errors {
-    ($($t:ty),+) => {
-        $(impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Storage(e.into())
-            }
-        })+
-    };
-}
-storage_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
-/// Desired state at one store revision.
-#[derive(Debug, Default, Clone)]
-pub struct DesiredState {
-    /// The revision it was read at.
-    pub revision: u64,
-    /// The sites asked for.
-    pub sites: Vec<patronus_proto::v1::Site>,
-    /// Every peer.
-    pub peers: Vec<patronus_proto::v1::Peer>,
-    /// Every policy.
-    pub policies: Vec<patronus_proto::v1::Policy>,
-    /// Every user-defined application.
-    pub applications: Vec<patronus_proto::v1::Application>,
-}
-
-/// One page of a list.
-#[derive(Debug)]
-pub struct Page<R> {
-    /// The resources, ordered by name.
-    pub items: Vec<R>,
-    /// The name to continue after, when more remain.
-    pub next: Option<String>,
-}
-
 /// The control plane's durable state.
 ///
 /// After an I/O error (a full disk) redb refuses every later operation
 /// until the database is reopened. The store then fails fast: every
-/// operation answers [`StoreError::Unavailable`], [`Store::health`] says why
-/// (the server reports NOT_SERVING), and [`Store::reopen`] brings it
+/// operation answers [`StoreError::Unavailable`], [`RedbStore::health`] says why
+/// (the server reports NOT_SERVING), and [`RedbStore::reopen`] brings it
 /// back once the cause is gone. Nothing a caller was told is written can be
 /// lost: a commit either returned (durable) or failed (not acknowledged).
 #[derive(Debug)]
-pub struct Store {
+pub struct RedbStore {
     path: PathBuf,
     /// `None` only while being reopened.
     db: RwLock<Option<Database>>,
@@ -175,12 +75,12 @@ pub const GROUP_COMMIT_MAX: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
     jobs: std::sync::mpsc::Sender<Job>,
-    store: std::sync::Arc<Store>,
+    store: std::sync::Arc<RedbStore>,
 }
 
 impl GroupCommit {
     /// Starts the writer thread over `store`.
-    pub fn start(store: std::sync::Arc<Store>) -> GroupCommit {
+    pub fn start(store: std::sync::Arc<RedbStore>) -> GroupCommit {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let writer = store.clone();
         std::thread::Builder::new()
@@ -237,9 +137,9 @@ impl GroupCommit {
     }
 }
 
-impl Store {
+impl RedbStore {
     /// Opens (or creates) the database file.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         let epoch;
@@ -264,7 +164,7 @@ impl Store {
             count_totals(&txn)?;
         }
         txn.commit()?;
-        Ok(Store {
+        Ok(RedbStore {
             path: path.to_owned(),
             db: RwLock::new(Some(db)),
             epoch,
@@ -304,7 +204,7 @@ impl Store {
         result
     }
 
-    /// Marks the database failed: every operation fails fast until [`Store::reopen`].
+    /// Marks the database failed: every operation fails fast until [`RedbStore::reopen`].
     fn failed(&self, why: &str) {
         self.health.send_if_modified(|failure| {
             if failure.is_some() {
@@ -415,7 +315,7 @@ impl Store {
     /// every site) as of one revision, read in one transaction: a snapshot
     /// compiled from it is exactly that revision's.
     pub fn desired_state(&self, site_ids: Option<&[String]>) -> Result<DesiredState, StoreError> {
-        self.with_db(|db| Store::desired_state_in(db, site_ids))
+        self.with_db(|db| RedbStore::desired_state_in(db, site_ids))
     }
 
     fn desired_state_in(
@@ -452,24 +352,6 @@ impl Store {
         })
     }
 
-    /// Creates `r`; the server-assigned metadata is filled in.
-    pub fn create<R: Resource>(&self, r: R, uid: String) -> Result<R, StoreError> {
-        self.write(|txn| create_in(txn, r, uid))
-    }
-
-    /// Runs `f` in one write transaction and commits it.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.with_db(|db| {
-            let txn = db.begin_write()?;
-            let out = f(&txn)?;
-            txn.commit()?;
-            Ok(out)
-        })
-    }
-
     /// The resource called `name`.
     pub fn get<R: Resource>(&self, name: &str) -> Result<R, StoreError> {
         self.with_db(|db| {
@@ -486,20 +368,9 @@ impl Store {
     pub fn list<R: Resource>(&self, after: &str, limit: usize) -> Result<Page<R>, StoreError> {
         self.with_db(|db| list_in(db, after, limit))
     }
-
-    /// Replaces the spec and labels of an existing resource whose
-    /// resource_version is the one `r` carries.
-    pub fn update<R: Resource>(&self, r: R) -> Result<R, StoreError> {
-        self.write(|txn| update_in(txn, r))
-    }
-
-    /// Deletes the resource called `name` (only at `expected` when non-zero).
-    pub fn delete<R: Resource>(&self, name: &str, expected: u64) -> Result<(), StoreError> {
-        self.write(|txn| delete_in::<R>(txn, name, expected).map(drop))
-    }
 }
 
-/// [`Store::list`] on `db`.
+/// [`RedbStore::list`] on `db`.
 fn list_in<R: Resource>(db: &Database, after: &str, limit: usize) -> Result<Page<R>, StoreError> {
     let txn = db.begin_read()?;
 
@@ -522,7 +393,7 @@ fn list_in<R: Resource>(db: &Database, after: &str, limit: usize) -> Result<Page
     Ok(Page { items, next })
 }
 
-/// [`Store::create`] inside a transaction. Every check comes before the first
+/// [`RedbStore::create`] inside a transaction. Every check comes before the first
 /// change, so a refused write leaves the transaction as it was.
 pub fn create_in<R: Resource>(
     txn: &redb::WriteTransaction,
@@ -555,7 +426,7 @@ pub fn create_in<R: Resource>(
     Ok(r)
 }
 
-/// [`Store::update`] inside a transaction; checks come before changes.
+/// [`RedbStore::update`] inside a transaction; checks come before changes.
 pub fn update_in<R: Resource>(txn: &redb::WriteTransaction, mut r: R) -> Result<R, StoreError> {
     let name = name_of(&r).to_owned();
     let given = r.meta().map_or(0, |m| m.resource_version);
@@ -594,58 +465,25 @@ pub fn update_in<R: Resource>(txn: &redb::WriteTransaction, mut r: R) -> Result<
     Ok(r)
 }
 
-/// Room the server's metadata (versions, times, uid) may add to a
-/// resource after [`check_size`] measured it.
-const SERVER_METADATA_BYTES: usize = 128;
-
-/// That `r` (replacing `current` and its stored size, on an update) keeps
-/// within the size of one resource and, for a capped kind, within its
-/// group's total. Checked in the write transaction, so that concurrent
-/// writes cannot pass it together.
+/// That `r` (replacing `current` and its stored size, on an update) fits
+/// within the caps, its group's total read in the write transaction.
 fn check_size<R: Resource>(
     txn: &redb::WriteTransaction,
     r: &R,
     current: Option<(&R, usize)>,
 ) -> Result<(), StoreError> {
-    let size = r.encoded_len() + SERVER_METADATA_BYTES;
-    if size > crate::validate::RESOURCE_MAX_BYTES {
-        return Err(StoreError::TooLarge {
-            field: R::KIND.to_owned(),
-            message: format!(
-                "takes {size} bytes, more than one resource may ({})",
-                crate::validate::RESOURCE_MAX_BYTES
-            ),
-        });
+    if R::TOTAL_BYTES.is_none() {
+        return check_fits(r, 0);
     }
-    let Some(max) = R::TOTAL_BYTES else {
-        return Ok(());
-    };
     let group = r.site_scope();
     let totals = txn.open_table(TOTALS)?;
-    let mut total = totals
+    let mut others = totals
         .get(total_key::<R>(group).as_str())?
         .map_or(0, |t| t.value()) as usize;
     if let Some((_, stored)) = current.filter(|(c, _)| c.site_scope() == group) {
-        total = total.saturating_sub(stored);
+        others = others.saturating_sub(stored);
     }
-    total += size;
-    if total > max {
-        return Err(StoreError::TooLarge {
-            field: format!("{}.spec", R::KIND),
-            message: if group.is_empty() {
-                format!(
-                    "every site's snapshot carries every {}: with this one they would take {total} bytes, more than {max}",
-                    R::KIND
-                )
-            } else {
-                format!(
-                    "site {group:?}'s snapshot carries its {}s: with this one they would take {total} bytes, more than {max}",
-                    R::KIND
-                )
-            },
-        });
-    }
-    Ok(())
+    check_fits(r, others)
 }
 
 /// The [`TOTALS`] key of a kind's group.
@@ -699,7 +537,7 @@ fn count_kind<R: Resource>(txn: &redb::WriteTransaction) -> Result<(), StoreErro
     Ok(())
 }
 
-/// [`Store::delete`] inside a transaction; checks come before changes.
+/// [`RedbStore::delete`] inside a transaction; checks come before changes.
 pub fn delete_in<R: Resource>(
     txn: &redb::WriteTransaction,
     name: &str,
@@ -778,21 +616,6 @@ fn bump_revision(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
     Ok(next)
 }
 
-fn not_found<R: Resource>(name: &str) -> StoreError {
-    StoreError::NotFound {
-        kind: R::KIND,
-        name: name.to_owned(),
-    }
-}
-
-fn decode<R: Resource>(name: &str, bytes: &[u8]) -> Result<R, StoreError> {
-    R::decode(bytes).map_err(|source| StoreError::Corrupt {
-        kind: R::KIND,
-        name: name.to_owned(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -815,7 +638,7 @@ mod tests {
         }
     }
 
-    fn totals(store: &Store) -> BTreeMap<String, u64> {
+    fn totals(store: &RedbStore) -> BTreeMap<String, u64> {
         store
             .with_db(|db| {
                 let txn = db.begin_read()?;
@@ -834,7 +657,7 @@ mod tests {
     fn group_totals_follow_every_write_and_are_counted_for_an_older_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.redb");
-        let store = Store::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         let stored_len = |txn: &redb::WriteTransaction, name: &str| {
             let table = txn.open_table(Peer::TABLE).unwrap();
             let len = table.get(name).unwrap().unwrap().value().len() as u64;
@@ -874,7 +697,7 @@ mod tests {
             })
             .unwrap();
         drop(store);
-        let store = Store::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         assert_eq!(totals(&store), expected);
     }
 }

@@ -1,0 +1,863 @@
+//! The replicated backend: desired state in an etcd v3 cluster.
+//!
+//! Layout under the configured prefix (default `/patronus/`):
+//!
+//! - `r/{kind}/{name}`: a resource, protobuf-encoded. Its `resource_version`
+//!   is not stored: it is the key's `mod_revision`, etcd's store-wide
+//!   revision at its last write (as Kubernetes does).
+//! - `u/{kind}/{key}`: the owner of a unique spec key (a site_id).
+//! - `t/{kind}/{group}`: the bytes a capped group takes (a site's peers).
+//! - `epoch`: drawn once by the first replica to open the cluster.
+//!
+//! Every write is one transaction that compares what it read (the
+//! resource's `mod_revision`, the unique key's and the group total's) and
+//! changes everything at once; a comparison lost to a concurrent write is
+//! read again, and answers CONFLICT only when the resource itself moved.
+//! etcd acknowledges a transaction once a quorum of members has it on disk.
+//!
+//! One watch on `r/` per replica, resumed from the last revision it
+//! delivered, tells the followers of every write in revision order,
+//! whichever replica made it. A write returns once the watch has delivered
+//! it, so a client's next read of events and snapshots includes its write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType as WatchEventType, GetOptions, KeyValue,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use patronus_proto::v1::{Application, EventType, ObjectMeta, Peer, Policy, Site};
+use tokio::sync::watch;
+
+use super::{
+    check_fits, decode, not_found, Change, DesiredState, Followers, News, Page, StoreError,
+};
+use crate::resource::{name_of, Resource};
+
+/// How to reach the cluster and where in it desired state lives.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Client URLs of the members (`http://10.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    /// The key prefix, so that several control planes can share a cluster.
+    pub prefix: String,
+    /// How long one request may take before it fails as UNAVAILABLE.
+    pub request_timeout: Duration,
+    /// How long the cluster may be unreachable before health reports NOT_SERVING.
+    pub unhealthy_after: Duration,
+}
+
+impl Settings {
+    /// The defaults for `endpoints`.
+    pub fn new(endpoints: Vec<String>) -> Settings {
+        Settings {
+            endpoints,
+            prefix: "/patronus/".into(),
+            request_timeout: Duration::from_secs(3),
+            unhealthy_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Times a write is attempted when concurrent writes keep changing what it
+/// compared, before it answers UNAVAILABLE.
+const WRITE_ATTEMPTS: usize = 32;
+/// Largest response accepted from etcd: a read of every resource of a kind.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// How often the cluster is asked whether it answers.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// First and last pause between attempts to restore the watch.
+const WATCH_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
+/// The store on etcd.
+pub struct EtcdStore {
+    client: Client,
+    settings: Settings,
+    epoch: u64,
+    health: watch::Sender<Option<String>>,
+    /// The highest revision whose changes the followers have been told.
+    delivered: watch::Sender<i64>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.settings.endpoints)
+            .field("prefix", &self.settings.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An etcd failure as the API reports it: the cluster unreachable, without
+/// quorum or too slow is UNAVAILABLE (retry); anything else is internal.
+fn etcd_error(e: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(status)
+            if matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ) =>
+        {
+            StoreError::Unavailable(format!("etcd: {}", status.message()))
+        }
+        E::TransportError(e) => StoreError::Unavailable(format!("etcd unreachable: {e}")),
+        E::IoError(e) => StoreError::Unavailable(format!("etcd unreachable: {e}")),
+        other => StoreError::Backend(format!("etcd: {other}")),
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// `bytes` decoded as `R`, its version the key's `mod_revision`.
+fn resource<R: Resource>(name: &str, kv: &KeyValue) -> Result<R, StoreError> {
+    let mut r: R = decode(name, kv.value())?;
+    r.meta_mut().resource_version = kv.mod_revision() as u64;
+    Ok(r)
+}
+
+/// The single GET answer of a transaction's `index`th operation.
+fn got(responses: &[TxnOpResponse], index: usize) -> Option<&KeyValue> {
+    match responses.get(index) {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first(),
+        _ => None,
+    }
+}
+
+/// Every key-value of a transaction's `index`th (range) operation.
+fn ranged(responses: &[TxnOpResponse], index: usize) -> &[KeyValue] {
+    match responses.get(index) {
+        Some(TxnOpResponse::Get(get)) => get.kvs(),
+        _ => &[],
+    }
+}
+
+/// What a write read before its transaction: a key's `mod_revision` (0
+/// when absent) to compare, and its value.
+struct Seen {
+    key: String,
+    revision: i64,
+    value: Vec<u8>,
+}
+
+impl Seen {
+    fn read(key: String, kv: Option<&KeyValue>) -> Seen {
+        Seen {
+            key,
+            revision: kv.map_or(0, KeyValue::mod_revision),
+            value: kv.map(|kv| kv.value().to_vec()).unwrap_or_default(),
+        }
+    }
+
+    fn unchanged(&self) -> Compare {
+        Compare::mod_revision(self.key.clone(), CompareOp::Equal, self.revision)
+    }
+
+    fn total(&self) -> usize {
+        std::str::from_utf8(&self.value)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The total of a group after a write: its key set to the new total, or
+/// deleted at 0.
+fn set_total(key: &str, total: usize) -> TxnOp {
+    if total == 0 {
+        TxnOp::delete(key, None)
+    } else {
+        TxnOp::put(key, total.to_string(), None)
+    }
+}
+
+impl EtcdStore {
+    /// Connects, reads (or draws) the epoch and starts the watch that
+    /// tells `followers` of every write.
+    pub(crate) async fn open(
+        settings: Settings,
+        followers: Arc<Followers>,
+    ) -> Result<Arc<EtcdStore>, StoreError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(settings.request_timeout)
+            .with_timeout(settings.request_timeout)
+            .with_keep_alive(Duration::from_secs(2), settings.request_timeout)
+            .with_require_leader(true);
+        let client = Client::connect(&settings.endpoints, Some(options))
+            .await
+            .map_err(etcd_error)?;
+        let epoch_key = format!("{}epoch", settings.prefix);
+        // Never 0: that is what a data plane reports before its first snapshot.
+        let drawn = (uuid::Uuid::new_v4().as_u128() as u64).max(1);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                epoch_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(epoch_key.clone(), drawn.to_string(), None)])
+            .or_else([TxnOp::get(epoch_key.clone(), None)]);
+        let answer = client.kv_client().txn(txn).await.map_err(etcd_error)?;
+        let start = answer.header().map_or(0, |h| h.revision());
+        let epoch = if answer.succeeded() {
+            drawn
+        } else {
+            got(&answer.op_responses(), 0)
+                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok())
+                .ok_or_else(|| StoreError::Backend(format!("{epoch_key} does not hold an epoch")))?
+        };
+        let store = Arc::new(EtcdStore {
+            client,
+            settings,
+            epoch,
+            health: watch::Sender::new(None),
+            delivered: watch::Sender::new(start),
+        });
+        tokio::spawn(watch_changes(Arc::downgrade(&store), followers, start));
+        tokio::spawn(follow_health(Arc::downgrade(&store)));
+        tracing::info!(
+            endpoints = ?store.settings.endpoints,
+            prefix = store.settings.prefix,
+            epoch,
+            revision = start,
+            "desired state on etcd"
+        );
+        Ok(store)
+    }
+
+    /// See [`super::Store::epoch`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// See [`super::Store::health`].
+    pub fn health(&self) -> watch::Receiver<Option<String>> {
+        self.health.subscribe()
+    }
+
+    fn key<R: Resource>(&self, name: &str) -> String {
+        format!("{}r/{}/{name}", self.settings.prefix, R::KIND)
+    }
+
+    fn kind_prefix<R: Resource>(&self) -> String {
+        self.key::<R>("")
+    }
+
+    fn unique_key<R: Resource>(&self, key: &str) -> String {
+        format!("{}u/{}/{key}", self.settings.prefix, R::KIND)
+    }
+
+    fn total_key<R: Resource>(&self, group: &str) -> String {
+        format!("{}t/{}/{group}", self.settings.prefix, R::KIND)
+    }
+
+    /// Runs `txn`; its responses, whether its comparisons held, and its revision.
+    async fn txn(&self, txn: Txn) -> Result<(Vec<TxnOpResponse>, bool, i64), StoreError> {
+        let answer = self.client.kv_client().txn(txn).await.map_err(etcd_error)?;
+        let revision = answer.header().map_or(0, |h| h.revision());
+        Ok((answer.op_responses(), answer.succeeded(), revision))
+    }
+
+    /// A range of keys, with room for large answers.
+    async fn range(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: GetOptions,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .get(key, Some(options))
+            .await
+            .map_err(etcd_error)
+    }
+
+    /// Waits until the watch has told the followers of `revision`, so that
+    /// what a client reads after its write includes it. A watch that cannot
+    /// catch up in time does not fail the write: it is durable already.
+    async fn delivered(&self, revision: i64) {
+        let mut delivered = self.delivered.subscribe();
+        let caught_up = tokio::time::timeout(
+            self.settings.request_timeout,
+            delivered.wait_for(|d| *d >= revision),
+        )
+        .await;
+        if caught_up.is_err() {
+            tracing::warn!(
+                revision,
+                "the etcd watch has not delivered a write yet: events and snapshots follow it later"
+            );
+        }
+    }
+
+    /// See [`super::Store::get`].
+    pub async fn get<R: Resource>(&self, name: &str) -> Result<R, StoreError> {
+        let answer = self.range(self.key::<R>(name), GetOptions::new()).await?;
+        match answer.kvs().first() {
+            Some(kv) => resource(name, kv),
+            None => Err(not_found::<R>(name)),
+        }
+    }
+
+    /// See [`super::Store::list`].
+    pub async fn list<R: Resource>(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Page<R>, StoreError> {
+        let prefix = self.kind_prefix::<R>();
+        let start = if after.is_empty() {
+            prefix.clone().into_bytes()
+        } else {
+            // The first key after `after`'s.
+            let mut start = self.key::<R>(after).into_bytes();
+            start.push(0);
+            start
+        };
+        let answer = self
+            .range(
+                start,
+                GetOptions::new()
+                    .with_range(prefix_end(&prefix))
+                    .with_limit(limit as i64),
+            )
+            .await?;
+        let items = answer
+            .kvs()
+            .iter()
+            .map(|kv| resource(name_in(kv, &prefix), kv))
+            .collect::<Result<Vec<R>, _>>()?;
+        let next = answer
+            .more()
+            .then(|| items.last().map(|r| name_of(r).to_owned()))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    /// See [`super::Store::all`].
+    pub async fn all<R: Resource>(&self) -> Result<Vec<R>, StoreError> {
+        let prefix = self.kind_prefix::<R>();
+        let answer = self
+            .range(prefix.clone(), GetOptions::new().with_prefix())
+            .await?;
+        answer
+            .kvs()
+            .iter()
+            .map(|kv| resource(name_in(kv, &prefix), kv))
+            .collect()
+    }
+
+    /// See [`super::Store::desired_state`]: one read-only transaction, so
+    /// that every kind is read at the same revision.
+    pub async fn desired_state(
+        &self,
+        site_ids: Option<&[String]>,
+    ) -> Result<DesiredState, StoreError> {
+        let prefixes = [
+            self.kind_prefix::<Site>(),
+            self.kind_prefix::<Peer>(),
+            self.kind_prefix::<Policy>(),
+            self.kind_prefix::<Application>(),
+        ];
+        let reads: Vec<TxnOp> = prefixes
+            .iter()
+            .map(|p| TxnOp::get(p.clone(), Some(GetOptions::new().with_prefix())))
+            .collect();
+        let answer = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .txn(Txn::new().and_then(reads))
+            .await
+            .map_err(etcd_error)?;
+        let revision = answer.header().map_or(0, |h| h.revision());
+        let responses = answer.op_responses();
+        fn decoded<R: Resource>(kvs: &[KeyValue], prefix: &str) -> Result<Vec<R>, StoreError> {
+            kvs.iter()
+                .map(|kv| resource(name_in(kv, prefix), kv))
+                .collect()
+        }
+        let mut sites: Vec<Site> = decoded(ranged(&responses, 0), &prefixes[0])?;
+        if let Some(ids) = site_ids {
+            sites.retain(|s| ids.iter().any(|id| id == s.site_scope()));
+        }
+        Ok(DesiredState {
+            revision: revision as u64,
+            sites,
+            peers: decoded(ranged(&responses, 1), &prefixes[1])?,
+            policies: decoded(ranged(&responses, 2), &prefixes[2])?,
+            applications: decoded(ranged(&responses, 3), &prefixes[3])?,
+        })
+    }
+
+    /// Reads, in one transaction, what a write of `name` must compare: the
+    /// resource, its unique key `unique` and the totals of `groups`.
+    async fn read_for_write<R: Resource>(
+        &self,
+        name: &str,
+        unique: Option<&str>,
+        groups: &[&str],
+    ) -> Result<(Seen, Option<Seen>, Vec<Seen>), StoreError> {
+        let key = self.key::<R>(name);
+        let unique = unique.map(|u| self.unique_key::<R>(u));
+        let totals: Vec<String> = if R::TOTAL_BYTES.is_some() {
+            groups.iter().map(|g| self.total_key::<R>(g)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut reads = vec![TxnOp::get(key.clone(), None)];
+        reads.extend(unique.iter().map(|u| TxnOp::get(u.clone(), None)));
+        reads.extend(totals.iter().map(|t| TxnOp::get(t.clone(), None)));
+        let (responses, _, _) = self.txn(Txn::new().and_then(reads)).await?;
+        let current = Seen::read(key, got(&responses, 0));
+        let offset = 1 + usize::from(unique.is_some());
+        let unique = unique.map(|u| Seen::read(u, got(&responses, 1)));
+        let totals = totals
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| Seen::read(t, got(&responses, offset + i)))
+            .collect();
+        Ok((current, unique, totals))
+    }
+
+    /// That `unique` (the owner of `r`'s unique key, as read) is free or `name`'s.
+    fn check_unique<R: Resource>(
+        unique: Option<&Seen>,
+        r: &R,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        match unique {
+            Some(seen) if seen.revision != 0 && seen.value != name.as_bytes() => {
+                Err(StoreError::AlreadyExists {
+                    what: format!(
+                        "{} with this key {:?} ({:?})",
+                        R::KIND,
+                        r.unique_key().unwrap_or_default(),
+                        String::from_utf8_lossy(&seen.value)
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// See [`super::Store::create`].
+    pub async fn create<R: Resource>(&self, mut r: R, uid: String) -> Result<R, StoreError> {
+        let name = name_of(&r).to_owned();
+        let now = Some(prost_types::Timestamp::from(SystemTime::now()));
+        let meta = r.meta_mut();
+        *meta = ObjectMeta {
+            resource_version: 0,
+            uid,
+            generation: 1,
+            create_time: now,
+            update_time: now,
+            ..std::mem::take(meta)
+        };
+        let bytes = r.encode_to_vec();
+        let unique_key = r.unique_key().map(str::to_owned);
+        for _ in 0..WRITE_ATTEMPTS {
+            let (current, unique, totals) = self
+                .read_for_write::<R>(&name, unique_key.as_deref(), &[r.site_scope()])
+                .await?;
+            if current.revision != 0 {
+                return Err(StoreError::AlreadyExists {
+                    what: format!("{} {name:?}", R::KIND),
+                });
+            }
+            EtcdStore::check_unique(unique.as_ref(), &r, &name)?;
+            let others = totals.first().map_or(0, Seen::total);
+            check_fits(&r, others)?;
+            let mut compares = vec![Compare::create_revision(
+                current.key.clone(),
+                CompareOp::Equal,
+                0,
+            )];
+            let mut writes = vec![TxnOp::put(current.key.clone(), bytes.clone(), None)];
+            if let Some(unique) = &unique {
+                compares.push(unique.unchanged());
+                writes.push(TxnOp::put(unique.key.clone(), name.clone(), None));
+            }
+            for total in &totals {
+                compares.push(total.unchanged());
+                writes.push(set_total(&total.key, total.total() + bytes.len()));
+            }
+            let (_, done, revision) = self.txn(Txn::new().when(compares).and_then(writes)).await?;
+            if done {
+                r.meta_mut().resource_version = revision as u64;
+                self.delivered(revision).await;
+                return Ok(r);
+            }
+        }
+        Err(contended::<R>(&name))
+    }
+
+    /// See [`super::Store::update`].
+    pub async fn update<R: Resource>(&self, mut r: R) -> Result<R, StoreError> {
+        let name = name_of(&r).to_owned();
+        let given = r.meta().map_or(0, |m| m.resource_version) as i64;
+        let unique_key = r.unique_key().map(str::to_owned);
+        for _ in 0..WRITE_ATTEMPTS {
+            // The stored resource first: its group (whose total loses it)
+            // may differ from the new one.
+            let stored = self.range(self.key::<R>(&name), GetOptions::new()).await?;
+            let Some(stored) = stored.kvs().first() else {
+                return Err(not_found::<R>(&name));
+            };
+            let current: R = resource(&name, stored)?;
+            let old_group = current.site_scope().to_owned();
+            let groups: Vec<&str> = if old_group == r.site_scope() {
+                vec![r.site_scope()]
+            } else {
+                vec![r.site_scope(), old_group.as_str()]
+            };
+            let (seen, unique, totals) = self
+                .read_for_write::<R>(&name, unique_key.as_deref(), &groups)
+                .await?;
+            if seen.revision == 0 {
+                return Err(not_found::<R>(&name));
+            }
+            if seen.revision != stored.mod_revision() {
+                continue;
+            }
+            if seen.revision != given {
+                return Err(StoreError::Conflict {
+                    kind: R::KIND,
+                    name,
+                    given: given as u64,
+                    current: seen.revision as u64,
+                });
+            }
+            EtcdStore::check_unique(unique.as_ref(), &r, &name)?;
+            let stored_len = seen.value.len();
+            let same_group = groups.len() == 1;
+            let others = totals.first().map_or(0, |t| {
+                if same_group {
+                    t.total().saturating_sub(stored_len)
+                } else {
+                    t.total()
+                }
+            });
+            check_fits(&r, others)?;
+            let old = current.meta().cloned().unwrap_or_default();
+            let spec_changed = current.spec_bytes() != r.spec_bytes();
+            let labels = std::mem::take(&mut r.meta_mut().labels);
+            let external_id = std::mem::take(&mut r.meta_mut().external_id);
+            *r.meta_mut() = ObjectMeta {
+                labels,
+                external_id,
+                resource_version: 0,
+                generation: old.generation + i64::from(spec_changed),
+                update_time: Some(prost_types::Timestamp::from(SystemTime::now())),
+                ..old
+            };
+            let bytes = r.encode_to_vec();
+            let mut compares = vec![seen.unchanged()];
+            let mut writes = vec![TxnOp::put(seen.key.clone(), bytes.clone(), None)];
+            if let Some(unique) = &unique {
+                compares.push(unique.unchanged());
+                writes.push(TxnOp::put(unique.key.clone(), name.clone(), None));
+            }
+            if let Some(previous) = current
+                .unique_key()
+                .filter(|k| Some(*k) != unique_key.as_deref())
+            {
+                writes.push(TxnOp::delete(self.unique_key::<R>(previous), None));
+            }
+            for (i, total) in totals.iter().enumerate() {
+                compares.push(total.unchanged());
+                let after = match (i, same_group) {
+                    (0, true) => total.total().saturating_sub(stored_len) + bytes.len(),
+                    (0, false) => total.total() + bytes.len(),
+                    _ => total.total().saturating_sub(stored_len),
+                };
+                writes.push(set_total(&total.key, after));
+            }
+            let (_, done, revision) = self.txn(Txn::new().when(compares).and_then(writes)).await?;
+            if done {
+                r.meta_mut().resource_version = revision as u64;
+                self.delivered(revision).await;
+                return Ok(r);
+            }
+        }
+        Err(contended::<R>(&name))
+    }
+
+    /// See [`super::Store::delete`].
+    pub async fn delete<R: Resource>(&self, name: &str, expected: u64) -> Result<R, StoreError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let stored = self.range(self.key::<R>(name), GetOptions::new()).await?;
+            let Some(stored) = stored.kvs().first() else {
+                return Err(not_found::<R>(name));
+            };
+            let current: R = resource(name, stored)?;
+            let (seen, _, totals) = self
+                .read_for_write::<R>(name, None, &[current.site_scope()])
+                .await?;
+            if seen.revision == 0 {
+                return Err(not_found::<R>(name));
+            }
+            if seen.revision != stored.mod_revision() {
+                continue;
+            }
+            if expected != 0 && expected as i64 != seen.revision {
+                return Err(StoreError::Conflict {
+                    kind: R::KIND,
+                    name: name.to_owned(),
+                    given: expected,
+                    current: seen.revision as u64,
+                });
+            }
+            let mut compares = vec![seen.unchanged()];
+            let mut writes = vec![TxnOp::delete(seen.key.clone(), None)];
+            if let Some(key) = current.unique_key() {
+                writes.push(TxnOp::delete(self.unique_key::<R>(key), None));
+            }
+            for total in &totals {
+                compares.push(total.unchanged());
+                writes.push(set_total(
+                    &total.key,
+                    total.total().saturating_sub(seen.value.len()),
+                ));
+            }
+            let (_, done, revision) = self.txn(Txn::new().when(compares).and_then(writes)).await?;
+            if done {
+                self.delivered(revision).await;
+                return Ok(current);
+            }
+        }
+        Err(contended::<R>(name))
+    }
+}
+
+/// A write that lost every attempt to concurrent writes of the same keys.
+fn contended<R: Resource>(name: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{} {name:?}: {WRITE_ATTEMPTS} attempts lost to concurrent writes; try again",
+        R::KIND
+    ))
+}
+
+/// The name in a resource key under `prefix`.
+fn name_in<'a>(kv: &'a KeyValue, prefix: &str) -> &'a str {
+    std::str::from_utf8(kv.key())
+        .ok()
+        .and_then(|k| k.strip_prefix(prefix))
+        .unwrap_or_default()
+}
+
+/// What a watched key-value says of its resource: the kind and site.
+fn describe(kind: &str, name: &str, kv: &KeyValue) -> Result<(&'static str, String), StoreError> {
+    fn scope<R: Resource>(name: &str, kv: &KeyValue) -> Result<(&'static str, String), StoreError> {
+        let r: R = decode(name, kv.value())?;
+        Ok((R::KIND, r.site_scope().to_owned()))
+    }
+    match kind {
+        "site" => scope::<Site>(name, kv),
+        "peer" => scope::<Peer>(name, kv),
+        "policy" => scope::<Policy>(name, kv),
+        "application" => scope::<Application>(name, kv),
+        other => Err(StoreError::Backend(format!(
+            "unknown kind {other:?} under the prefix"
+        ))),
+    }
+}
+
+/// The change a watch event records, if it is a resource's.
+fn change_of(prefix: &str, event: &etcd_client::Event) -> Option<Change> {
+    let kv = event.kv()?;
+    let key = std::str::from_utf8(kv.key()).ok()?;
+    let (kind, name) = key.strip_prefix(prefix)?.split_once('/')?;
+    let (kind_event, described, version) = match event.event_type() {
+        WatchEventType::Put if kv.create_revision() == kv.mod_revision() => {
+            (EventType::ResourceCreated, kv, kv.mod_revision())
+        }
+        WatchEventType::Put => (EventType::ResourceUpdated, kv, kv.mod_revision()),
+        WatchEventType::Delete => {
+            let previous = event.prev_kv()?;
+            (
+                EventType::ResourceDeleted,
+                previous,
+                previous.mod_revision(),
+            )
+        }
+    };
+    match describe(kind, name, described) {
+        Ok((resource, site_id)) => Some(Change {
+            kind: kind_event,
+            resource,
+            name: name.to_owned(),
+            site_id,
+            version: version as u64,
+        }),
+        Err(e) => {
+            tracing::error!(key, error = %e, "a watched resource does not decode");
+            None
+        }
+    }
+}
+
+/// Tells `followers` of every write under the resource prefix from
+/// revision `start + 1` on, in order, for as long as the store lives. A
+/// broken watch resumes from the next revision it has not delivered; one
+/// whose revision was compacted away tells the followers that changes were
+/// lost (they read everything again) and resumes from the present.
+async fn watch_changes(store: std::sync::Weak<EtcdStore>, followers: Arc<Followers>, start: i64) {
+    let mut next = start + 1;
+    let mut pause = WATCH_RETRY.0;
+    loop {
+        let Some(live) = store.upgrade() else { return };
+        let prefix = format!("{}r/", live.settings.prefix);
+        let mut watch_client = live.client.watch_client();
+        let delivered = live.delivered.clone();
+        drop(live);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(next)
+            .with_prev_key()
+            .with_progress_notify();
+        let mut stream = match watch_client.watch(prefix.clone(), Some(options)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, next, "the etcd watch cannot start; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(WATCH_RETRY.1);
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(answer)) => {
+                    pause = WATCH_RETRY.0;
+                    if answer.compact_revision() > 0 {
+                        let Some(live) = store.upgrade() else { return };
+                        match live
+                            .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
+                            .await
+                        {
+                            Ok(now) => {
+                                let present = now.header().map_or(next, |h| h.revision());
+                                tracing::warn!(
+                                    missed_from = next,
+                                    compacted_to = answer.compact_revision(),
+                                    "the etcd watch fell behind compaction: reading everything again"
+                                );
+                                followers.tell(&News::Lost(format!(
+                                    "changes from revision {next} were compacted away before this replica saw them; everything was read again at revision {present}"
+                                )));
+                                next = present + 1;
+                                delivered.send_if_modified(|d| {
+                                    let moved = *d < present;
+                                    *d = (*d).max(present);
+                                    moved
+                                });
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "etcd unreachable after a compaction; retrying");
+                                tokio::time::sleep(pause).await;
+                            }
+                        }
+                        break;
+                    }
+                    for event in answer.events() {
+                        if let Some(kv) = event.kv() {
+                            next = next.max(kv.mod_revision() + 1);
+                        }
+                        if let Some(change) = change_of(&prefix, event) {
+                            followers.tell(&News::Changed(change));
+                        }
+                    }
+                    // A progress notification (no events, neither the
+                    // watch's creation nor its end) says that every change
+                    // up to its revision was delivered.
+                    let progress =
+                        answer.events().is_empty() && !answer.created() && !answer.canceled();
+                    let upto = match answer.header() {
+                        Some(h) if progress => h.revision(),
+                        _ => next - 1,
+                    };
+                    next = next.max(upto + 1);
+                    delivered.send_if_modified(|d| {
+                        let moved = *d < upto;
+                        *d = (*d).max(upto);
+                        moved
+                    });
+                    if answer.canceled() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, next, "the etcd watch broke; resuming");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(WATCH_RETRY.1);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the store's health: unusable once etcd has not answered for
+/// longer than the configured time, usable again at its first answer.
+async fn follow_health(store: std::sync::Weak<EtcdStore>) {
+    let mut since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(HEALTH_EVERY).await;
+        let Some(live) = store.upgrade() else { return };
+        let probe = live
+            .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
+            .await;
+        match probe {
+            Ok(_) => {
+                since = None;
+                live.health.send_if_modified(|h| {
+                    let was = h.take();
+                    if was.is_some() {
+                        tracing::info!("etcd answers again");
+                    }
+                    was.is_some()
+                });
+            }
+            Err(e) => {
+                let first = *since.get_or_insert_with(Instant::now);
+                if first.elapsed() >= live.settings.unhealthy_after {
+                    let why = format!(
+                        "etcd has not answered for {}s: {e}",
+                        first.elapsed().as_secs()
+                    );
+                    live.health.send_if_modified(|h| {
+                        let changed = h.is_none();
+                        if changed {
+                            tracing::error!(error = %why, "desired state is unreachable");
+                        }
+                        *h = Some(why.clone());
+                        changed
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_its_next_key() {
+        assert_eq!(prefix_end("/patronus/r/"), b"/patronus/r0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+}
