@@ -10,7 +10,7 @@ PACKAGES=(
     build-essential pkg-config clang libclang-dev
     dpdk libdpdk-dev libpcap-dev libhyperscan-dev
     libndpi-bin protobuf-compiler libprotobuf-dev
-    wireguard-go wireguard-tools frr
+    wireguard-go wireguard-tools frr etcd-server
     iproute2 iputils-ping ethtool iperf3 procps dnsmasq-base openssl
     prometheus prometheus-alertmanager
     "$@"

@@ -1,6 +1,7 @@
 //! Starting the real `patronus-controlplane` binary for a test.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod etcd;
 pub mod fixtures;
 
 use std::io::{BufRead, BufReader};
@@ -34,16 +35,23 @@ pub fn start(db: &Path, token_file: Option<&Path>) -> Running {
 
 /// Starts the server with extra arguments.
 pub fn start_with(db: &Path, extra: &[std::ffi::OsString]) -> Running {
+    let mut args: Vec<std::ffi::OsString> = vec!["--db".into(), db.into()];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
+/// Starts the server on the store `store` names (`etcd:URLS`), with extra arguments.
+pub fn start_on(store: &str, extra: &[&str]) -> Running {
+    let mut args: Vec<std::ffi::OsString> = vec!["--store".into(), store.into()];
+    args.extend(extra.iter().map(Into::into));
+    spawn(&args)
+}
+
+/// Starts the server on ephemeral loopback ports with `args`.
+fn spawn(args: &[std::ffi::OsString]) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--db",
-    ])
-    .arg(db)
-    .args(extra);
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(args);
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())

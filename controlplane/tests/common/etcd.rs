@@ -1,0 +1,186 @@
+//! A real etcd cluster (Debian's `etcd-server`) on loopback for a test:
+//! members on free ports, in a temporary directory, killed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian installs the server.
+const ETCD: &str = "/usr/bin/etcd";
+
+/// Whether etcd is installed; tests that need it say so when it is not.
+pub fn installed() -> bool {
+    std::path::Path::new(ETCD).exists()
+}
+
+/// A free loopback port (released for the member to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    token: String,
+    members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Starts `size` members and waits until the cluster takes writes.
+    pub async fn start(size: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let token = format!("patronus-test-{}", uuid_like());
+        let members = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            dir,
+            token,
+            members,
+        };
+        for i in 0..size {
+            cluster.run(i);
+        }
+        cluster.wait_for_quorum().await;
+        cluster
+    }
+
+    /// The `etcd:` store argument naming every member.
+    pub fn store_arg(&self) -> String {
+        format!("etcd:{}", self.endpoints().join(","))
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    fn run(&mut self, i: usize) {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect();
+        let member = &self.members[i];
+        let data: PathBuf = self.dir.path().join(&member.name);
+        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("{}.log", member.name))).unwrap();
+        let child = Command::new(ETCD)
+            .args(["--name", &member.name, "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                &self.token,
+                // Elections in tens of milliseconds: a test waits less for a leader.
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.members[i].child = Some(child);
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.run(i);
+    }
+
+    /// A client of the cluster.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect(self.endpoints(), None)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until a write through the cluster succeeds.
+    pub async fn wait_for_quorum(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let options = etcd_client::ConnectOptions::new()
+                .with_timeout(Duration::from_secs(1))
+                .with_connect_timeout(Duration::from_secs(1));
+            if let Ok(mut client) =
+                etcd_client::Client::connect(self.endpoints(), Some(options)).await
+            {
+                if client.put("/test/quorum", "1", None).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd has no quorum after 30 s; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A token unique to this run, for the cluster and key prefixes.
+pub fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

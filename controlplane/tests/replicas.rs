@@ -1,0 +1,528 @@
+//! Several control-plane replicas on one real etcd cluster (three members of
+//! Debian's `etcd-server` on loopback): writes through any replica reach the
+//! data planes of every replica, in order and once; concurrent writes through
+//! two replicas are serialised; a killed replica loses nothing it
+//! acknowledged; quorum loss fails writes UNAVAILABLE while subscribers keep
+//! their snapshot; a replica whose watch fell behind compaction reads
+//! everything again.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::etcd::Cluster;
+use patronus_proto::v1::control_plane_client::ControlPlaneClient;
+use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
+use patronus_proto::v1::*;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+/// A replica of the control plane on `cluster`, under `prefix`.
+fn replica(cluster: &Cluster, prefix: &str, extra: &[&str]) -> common::Running {
+    let mut args = vec!["--etcd-prefix", prefix];
+    args.extend_from_slice(extra);
+    common::start_on(&cluster.store_arg(), &args)
+}
+
+/// A unique key prefix, so that tests never see each other's state.
+fn prefix() -> String {
+    format!("/test-{}/", common::etcd::uuid_like())
+}
+
+async fn api(replica: &common::Running) -> ControlPlaneClient<Channel> {
+    ControlPlaneClient::connect(format!("http://{}", replica.addr))
+        .await
+        .unwrap()
+}
+
+async fn subscribe(replica: &common::Running, id: &str) -> Streaming<SiteSnapshot> {
+    DataplaneSyncClient::connect(format!("http://{}", replica.addr))
+        .await
+        .unwrap()
+        .subscribe(SubscribeRequest {
+            site_id: "branch".into(),
+            dataplane_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(stream: &mut Streaming<SiteSnapshot>) -> SiteSnapshot {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a snapshot within 10 s")
+        .unwrap()
+        .expect("stream open")
+}
+
+/// Snapshots from `stream` until one satisfies `done`; every version is
+/// newer than the one before.
+async fn until(
+    stream: &mut Streaming<SiteSnapshot>,
+    mut version: u64,
+    done: impl Fn(&SiteSnapshot) -> bool,
+) -> SiteSnapshot {
+    loop {
+        let snapshot = next(stream).await;
+        assert!(
+            snapshot.version > version,
+            "version {} after {version}",
+            snapshot.version
+        );
+        version = snapshot.version;
+        if done(&snapshot) {
+            return snapshot;
+        }
+    }
+}
+
+fn peer(name: &str) -> Peer {
+    Peer {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        spec: Some(PeerSpec {
+            site_id: "branch".into(),
+            endpoint: Some(Endpoint {
+                address: "192.0.2.7".into(),
+                port: 51820,
+            }),
+            wireguard: Some(WireGuard {
+                public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn site() -> Site {
+    common::fixtures::site("branch", "Branch office")
+}
+
+/// The resource events `replica` recorded, as (type, kind, name, version).
+async fn resource_events(replica: &common::Running) -> Vec<(i32, String, String, u64)> {
+    let mut events = api(replica)
+        .await
+        .watch_events(WatchEventsRequest {
+            follow: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = events.message().await.unwrap() {
+        let resource = [
+            EventType::ResourceCreated,
+            EventType::ResourceUpdated,
+            EventType::ResourceDeleted,
+        ]
+        .map(|t| t as i32)
+        .contains(&e.r#type);
+        if resource {
+            out.push((e.r#type, e.kind, e.name, e.version));
+        }
+    }
+    out
+}
+
+macro_rules! need_etcd {
+    () => {
+        if !common::etcd::installed() {
+            panic!("etcd is not installed: scripts/setup.sh installs etcd-server");
+        }
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_replica_reach_every_replicas_subscribers_in_order_once() {
+    need_etcd!();
+    let cluster = Cluster::start(3).await;
+    let prefix = prefix();
+    let (a, b) = (
+        replica(&cluster, &prefix, &[]),
+        replica(&cluster, &prefix, &[]),
+    );
+    let mut on_a = subscribe(&a, "gw-a").await;
+    let mut on_b = subscribe(&b, "gw-b").await;
+    let first_a = next(&mut on_a).await;
+    let first_b = next(&mut on_b).await;
+    assert_eq!(first_a.epoch, first_b.epoch, "one epoch for the cluster");
+
+    // The site through A, its peer through B, a change of the site through A.
+    let site = api(&a)
+        .await
+        .create_site(CreateSiteRequest { site: Some(site()) })
+        .await
+        .unwrap()
+        .into_inner()
+        .site
+        .unwrap();
+    api(&b)
+        .await
+        .create_peer(CreatePeerRequest {
+            peer: Some(peer("hq")),
+        })
+        .await
+        .unwrap();
+    let mut changed = site.clone();
+    changed.spec.as_mut().unwrap().display_name = "Branch office, moved".into();
+    api(&a)
+        .await
+        .update_site(UpdateSiteRequest {
+            site: Some(changed),
+        })
+        .await
+        .unwrap();
+
+    let done = |s: &SiteSnapshot| {
+        s.peers.len() == 1
+            && s.site
+                .as_ref()
+                .and_then(|s| s.spec.as_ref())
+                .map(|s| s.display_name.as_str())
+                == Some("Branch office, moved")
+    };
+    let last_a = until(&mut on_a, first_a.version, done).await;
+    let last_b = until(&mut on_b, first_b.version, done).await;
+    assert_eq!(
+        last_a.version, last_b.version,
+        "both replicas version the same state alike"
+    );
+
+    // Each replica recorded each write once, in the order of their versions.
+    for replica in [&a, &b] {
+        let events = resource_events(replica).await;
+        let kinds: Vec<(&str, &str)> = events
+            .iter()
+            .map(|(_, kind, name, _)| (kind.as_str(), name.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("site", "branch"), ("peer", "hq"), ("site", "branch")]
+        );
+        assert!(events.windows(2).all(|w| w[0].3 < w[1].3), "{events:?}");
+        assert_eq!(events[0].0, EventType::ResourceCreated as i32);
+        assert_eq!(events[2].0, EventType::ResourceUpdated as i32);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_two_replicas_are_serialised() {
+    need_etcd!();
+    let cluster = Cluster::start(3).await;
+    let prefix = prefix();
+    let (a, b) = (
+        replica(&cluster, &prefix, &[]),
+        replica(&cluster, &prefix, &[]),
+    );
+    let (mut api_a, mut api_b) = (api(&a).await, api(&b).await);
+    let site = api_a
+        .create_site(CreateSiteRequest { site: Some(site()) })
+        .await
+        .unwrap()
+        .into_inner()
+        .site
+        .unwrap();
+
+    // Two updates from the same version: one wins, the other is told.
+    let renamed = |name: &str| {
+        let mut s = site.clone();
+        s.spec.as_mut().unwrap().display_name = name.into();
+        UpdateSiteRequest { site: Some(s) }
+    };
+    let (one, two) = tokio::join!(
+        api_a.update_site(renamed("through a")),
+        api_b.update_site(renamed("through b"))
+    );
+    let codes = [&one, &two].map(|r| r.as_ref().map(drop).map_err(|s| s.code()));
+    assert!(
+        codes.contains(&Ok(())) && codes.contains(&Err(Code::FailedPrecondition)),
+        "{codes:?}"
+    );
+
+    // Two sites claiming one site_id: one is refused.
+    let claim = |name: &str| {
+        let mut s = common::fixtures::site(name, "Same id");
+        s.spec.as_mut().unwrap().site_id = "shared-id".into();
+        CreateSiteRequest { site: Some(s) }
+    };
+    let (one, two) = tokio::join!(
+        api_a.create_site(claim("first")),
+        api_b.create_site(claim("second"))
+    );
+    let codes = [&one, &two].map(|r| r.as_ref().map(drop).map_err(|s| s.code()));
+    assert!(
+        codes.contains(&Ok(())) && codes.contains(&Err(Code::AlreadyExists)),
+        "{codes:?}"
+    );
+
+    // A delete at an old version is refused; at the current one it goes.
+    let current = api_b
+        .get_site(GetSiteRequest {
+            name: "branch".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .site
+        .unwrap();
+    let version = current.metadata.unwrap().resource_version;
+    let stale = api_a
+        .delete_site(DeleteSiteRequest {
+            name: "branch".into(),
+            resource_version: site.metadata.as_ref().unwrap().resource_version,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    api_a
+        .delete_site(DeleteSiteRequest {
+            name: "branch".into(),
+            resource_version: version,
+        })
+        .await
+        .unwrap();
+    let gone = api_b
+        .get_site(GetSiteRequest {
+            name: "branch".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_writes_loses_nothing_it_acknowledged() {
+    need_etcd!();
+    let cluster = Cluster::start(3).await;
+    let prefix = prefix();
+    let mut a = replica(&cluster, &prefix, &[]);
+    let b = replica(&cluster, &prefix, &[]);
+    let mut api_a = api(&a).await;
+    api_a
+        .create_site(CreateSiteRequest { site: Some(site()) })
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for i in 0.. {
+            let name = format!("peer-{i}");
+            match api_a
+                .create_peer(CreatePeerRequest {
+                    peer: Some(peer(&name)),
+                })
+                .await
+            {
+                Ok(_) => acknowledged.push(name),
+                Err(_) => return acknowledged,
+            }
+        }
+        unreachable!()
+    });
+    // Kill it once some writes are through.
+    let mut api_b = api(&b).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = api_b
+            .list_peers(ListPeersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if listed.peers.len() >= 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes through A did not land");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.child.kill().unwrap();
+    let acknowledged = writer.await.unwrap();
+    assert!(acknowledged.len() >= 20);
+    let mut stored = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = api_b
+            .list_peers(ListPeersRequest {
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stored.extend(page.peers.into_iter().map(|p| p.metadata.unwrap().name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|n| !stored.contains(n))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_writes_fail_unavailable_and_subscribers_keep_their_snapshot() {
+    need_etcd!();
+    let mut cluster = Cluster::start(3).await;
+    let prefix = prefix();
+    let quick = ["--etcd-timeout-ms", "1000", "--etcd-unhealthy-after-s", "1"];
+    let a = replica(&cluster, &prefix, &quick);
+    let mut api_a = api(&a).await;
+    api_a
+        .create_site(CreateSiteRequest { site: Some(site()) })
+        .await
+        .unwrap();
+    let mut on_a = subscribe(&a, "gw-a").await;
+    let before = until(&mut on_a, 0, |s| s.site.is_some()).await;
+
+    // One member down: nothing noticeable.
+    cluster.kill(2);
+    api_a
+        .create_peer(CreatePeerRequest {
+            peer: Some(peer("one-down")),
+        })
+        .await
+        .unwrap();
+    let with_peer = until(&mut on_a, before.version, |s| s.peers.len() == 1).await;
+
+    // Quorum lost: writes fail UNAVAILABLE, naming etcd.
+    cluster.kill(1);
+    let refused = api_a
+        .create_peer(CreatePeerRequest {
+            peer: Some(peer("no-quorum")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("etcd"), "{}", refused.message());
+    // Health says so; the subscriber's stream stays open on its snapshot.
+    let channel = Channel::from_shared(format!("http://{}", a.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health stayed SERVING without quorum"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), on_a.message())
+            .await
+            .is_err(),
+        "the subscriber's stream neither ended nor changed"
+    );
+
+    // Quorum back: writes go through and reach the subscriber.
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_for_quorum().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = api_a
+            .create_peer(CreatePeerRequest {
+                peer: Some(peer("quorum-back")),
+            })
+            .await;
+        match attempt {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::AlreadyExists => break,
+            Err(e) => assert!(Instant::now() < deadline, "still refused: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until(&mut on_a, with_peer.version, |s| s.peers.len() == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_behind_compaction_reads_everything_again_and_misses_nothing() {
+    need_etcd!();
+    let mut cluster = Cluster::start(1).await;
+    let prefix = prefix();
+    let a = replica(&cluster, &prefix, &[]);
+    let b = replica(&cluster, &prefix, &[]);
+    let mut api_a = api(&a).await;
+    api_a
+        .create_site(CreateSiteRequest { site: Some(site()) })
+        .await
+        .unwrap();
+    let mut on_b = subscribe(&b, "gw-b").await;
+    let before = until(&mut on_b, 0, |s| s.site.is_some()).await;
+
+    // B frozen while its connection to etcd breaks (the member restarts),
+    // A writes and etcd compacts the history B has not seen: when B runs
+    // again its watch resumes from a revision that is gone.
+    let pid = b.child.id().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    cluster.restart(0);
+    cluster.wait_for_quorum().await;
+    for i in 0..50 {
+        let name = format!("peer-{i}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A's first requests may meet the connection the restart broke.
+        while let Err(e) = api_a
+            .create_peer(CreatePeerRequest {
+                peer: Some(peer(&name)),
+            })
+            .await
+        {
+            assert!(
+                e.code() == Code::Unavailable && Instant::now() < deadline,
+                "{e:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut client = cluster.client().await;
+    let revision = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(revision, None).await.unwrap();
+    signal("-CONT");
+
+    let after = until(&mut on_b, before.version, |s| s.peers.len() == 50).await;
+    assert!(after.version >= revision as u64);
+    let mut events = api(&b)
+        .await
+        .watch_events(WatchEventsRequest {
+            follow: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut told = false;
+    while let Some(e) = events.message().await.unwrap() {
+        told |= e.r#type == EventType::EventsLost as i32;
+    }
+    assert!(told, "B's watchers were told that it read everything again");
+}
