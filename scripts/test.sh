@@ -66,6 +66,11 @@ step "unit tests"
 cargo build --bin patronus-controlplane
 cargo_test --workspace --exclude patronus-e2e
 
+step "the control plane's integration tests again, on etcd instead of the redb file"
+# The same tests on the other backend: each test process starts one etcd
+# member and keeps each test's state under a key prefix of its own.
+PATRONUS_TEST_STORE=etcd cargo_test -p patronus-controlplane --tests
+
 step "end-to-end tests (real DPDK, real hosts in network namespaces)"
 cargo build --bin patronus-dataplane --bin patronus-controlplane --bin patronusctl
 # One at a time: each test starts a polling data plane on a 2-core machine.

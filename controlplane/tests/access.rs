@@ -1,13 +1,14 @@
 //! Who may do what (roles, per-site data-plane tokens, the metrics token)
 //! and what bounds the control plane's work: an in-process server on
-//! loopback ports with a real database file.
+//! loopback ports with a real database file (or etcd, see `common::on_etcd`).
+
+mod common;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
 use patronus_controlplane::auth::{BearerToken, DataplaneKey};
 use patronus_controlplane::server::{serve, Settings};
-use patronus_controlplane::store::Store;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
 use patronus_proto::v1::*;
@@ -24,7 +25,7 @@ struct Server {
 
 async fn start(settings: Settings) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open_redb(&dir.path().join("cp.redb")).unwrap());
+    let store = Arc::new(common::open_store(&dir.path().join("cp.redb")).await);
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server {

@@ -1,10 +1,12 @@
 //! The public API end to end over real gRPC: an in-process server on a
-//! loopback port with a real database file, and tonic's generated client.
+//! loopback port with a real database file (or etcd, see `common::on_etcd`),
+//! and tonic's generated client.
+
+mod common;
 
 use std::sync::Arc;
 
 use patronus_controlplane::auth::BearerToken;
-use patronus_controlplane::store::Store;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::*;
 use prost::Message as _;
@@ -27,19 +29,7 @@ impl Server {
     }
 
     async fn start_in(dir: tempfile::TempDir, token: Option<&str>) -> Server {
-        // A stopped server's writer thread lets go of the file a moment after the server stops.
-        let path = dir.path().join("cp.redb");
-        let mut attempts = 0;
-        let store = loop {
-            match Store::open_redb(&path) {
-                Ok(store) => break Arc::new(store),
-                Err(e) if attempts < 100 => {
-                    attempts += 1;
-                    wait_for_release(e).await;
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let store = Arc::new(common::open_store(&dir.path().join("cp.redb")).await);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = token.map(|t| BearerToken::new(t).unwrap());
@@ -123,11 +113,6 @@ fn site(name: &str, site_id: &str) -> Site {
 /// The class settings of a site made by [`site`].
 fn qos(s: &mut Site) -> &mut SiteQosClasses {
     s.spec.as_mut().unwrap().qos_classes.as_mut().unwrap()
-}
-
-/// Waits a little before opening the database again.
-async fn wait_for_release(_still_open: patronus_controlplane::store::StoreError) {
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 }
 
 /// Metadata a client writes: a name.

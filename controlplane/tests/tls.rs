@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::Arc;
 
-use patronus_controlplane::store::Store;
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
 use patronus_proto::v1::{ListSitesRequest, SubscribeRequest};
@@ -56,7 +55,7 @@ async fn serve_tls(
     dir: &std::path::Path,
     tls: tonic::transport::ServerTlsConfig,
 ) -> std::net::SocketAddr {
-    let store = Arc::new(Store::open_redb(&dir.join("cp.redb")).unwrap());
+    let store = Arc::new(common::open_store(&dir.join("cp.redb")).await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(patronus_controlplane::server::serve(

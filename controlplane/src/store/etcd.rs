@@ -67,6 +67,9 @@ const WRITE_ATTEMPTS: usize = 32;
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// How often the cluster is asked whether it answers.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// First and last pause before a request that met a transient failure
+/// (a member gone, an election) is made again.
+const AGAIN: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(250));
 /// First and last pause between attempts to restore the watch.
 const WATCH_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
@@ -105,6 +108,20 @@ fn etcd_error(e: etcd_client::Error) -> StoreError {
         E::TransportError(e) => StoreError::Unavailable(format!("etcd unreachable: {e}")),
         E::IoError(e) => StoreError::Unavailable(format!("etcd unreachable: {e}")),
         other => StoreError::Backend(format!("etcd: {other}")),
+    }
+}
+
+/// Whether a failed request may succeed when asked again: etcd was
+/// unreachable, had no leader (an election), or did not answer in time.
+fn transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        E::TransportError(_) | E::IoError(_) => true,
+        _ => false,
     }
 }
 
@@ -262,25 +279,70 @@ impl EtcdStore {
         format!("{}t/{}/{group}", self.settings.prefix, R::KIND)
     }
 
-    /// Runs `txn`; its responses, whether its comparisons held, and its revision.
-    async fn txn(&self, txn: Txn) -> Result<(Vec<TxnOpResponse>, bool, i64), StoreError> {
-        let answer = self.client.kv_client().txn(txn).await.map_err(etcd_error)?;
-        let revision = answer.header().map_or(0, |h| h.revision());
-        Ok((answer.op_responses(), answer.succeeded(), revision))
+    /// Runs the read-only `txn`: its responses and its revision.
+    async fn read_txn(&self, txn: Txn) -> Result<(Vec<TxnOpResponse>, i64), StoreError> {
+        let answer = self
+            .again(|mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
+        Ok((
+            answer.op_responses(),
+            answer.header().map_or(0, |h| h.revision()),
+        ))
     }
 
-    /// A range of keys, with room for large answers.
+    /// A range of keys.
     async fn range(
         &self,
         key: impl Into<Vec<u8>>,
         options: GetOptions,
     ) -> Result<etcd_client::GetResponse, StoreError> {
+        let key = key.into();
+        self.again(|mut kv| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await
+    }
+
+    /// A KV client that takes large answers.
+    fn kv(&self) -> etcd_client::KvClient {
         self.client
             .kv_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
-            .get(key, Some(options))
-            .await
-            .map_err(etcd_error)
+    }
+
+    /// Runs the read `call`, again after a transient failure (a member
+    /// gone: the client's balancer picks another; an election) until the
+    /// request timeout has passed: one member down is not noticed.
+    async fn again<T, F>(&self, call: impl Fn(etcd_client::KvClient) -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        let mut pause = AGAIN.0;
+        loop {
+            match call(self.kv()).await {
+                Err(e) if transient(&e) && Instant::now() + pause < deadline => {
+                    tracing::debug!(error = %e, "etcd failed transiently; asking again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(AGAIN.1);
+                }
+                answer => return answer.map_err(etcd_error),
+            }
+        }
+    }
+
+    /// Runs a write transaction once: its revision when its comparisons
+    /// held, `None` when they did not. A failure leaves its outcome
+    /// unknown: the write may have been applied.
+    async fn write_txn(&self, txn: Txn) -> Result<Option<i64>, etcd_client::Error> {
+        let answer = self.kv().txn(txn).await?;
+        Ok(answer
+            .succeeded()
+            .then(|| answer.header().map_or(0, |h| h.revision())))
     }
 
     /// Waits until the watch has told the followers of `revision`, so that
@@ -374,15 +436,7 @@ impl EtcdStore {
             .iter()
             .map(|p| TxnOp::get(p.clone(), Some(GetOptions::new().with_prefix())))
             .collect();
-        let answer = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES)
-            .txn(Txn::new().and_then(reads))
-            .await
-            .map_err(etcd_error)?;
-        let revision = answer.header().map_or(0, |h| h.revision());
-        let responses = answer.op_responses();
+        let (responses, revision) = self.read_txn(Txn::new().and_then(reads)).await?;
         fn decoded<R: Resource>(kvs: &[KeyValue], prefix: &str) -> Result<Vec<R>, StoreError> {
             kvs.iter()
                 .map(|kv| resource(name_in(kv, prefix), kv))
@@ -419,7 +473,7 @@ impl EtcdStore {
         let mut reads = vec![TxnOp::get(key.clone(), None)];
         reads.extend(unique.iter().map(|u| TxnOp::get(u.clone(), None)));
         reads.extend(totals.iter().map(|t| TxnOp::get(t.clone(), None)));
-        let (responses, _, _) = self.txn(Txn::new().and_then(reads)).await?;
+        let (responses, _) = self.read_txn(Txn::new().and_then(reads)).await?;
         let current = Seen::read(key, got(&responses, 0));
         let offset = 1 + usize::from(unique.is_some());
         let unique = unique.map(|u| Seen::read(u, got(&responses, 1)));
@@ -452,6 +506,13 @@ impl EtcdStore {
         }
     }
 
+    /// `r` as written at `revision`, once the watch has delivered it.
+    async fn written<R: Resource>(&self, mut r: R, revision: i64) -> R {
+        r.meta_mut().resource_version = revision as u64;
+        self.delivered(revision).await;
+        r
+    }
+
     /// See [`super::Store::create`].
     pub async fn create<R: Resource>(&self, mut r: R, uid: String) -> Result<R, StoreError> {
         let name = name_of(&r).to_owned();
@@ -467,11 +528,17 @@ impl EtcdStore {
         };
         let bytes = r.encode_to_vec();
         let unique_key = r.unique_key().map(str::to_owned);
-        for _ in 0..WRITE_ATTEMPTS {
+        let mut attempts = Attempts::new(self.settings.request_timeout);
+        loop {
             let (current, unique, totals) = self
                 .read_for_write::<R>(&name, unique_key.as_deref(), &[r.site_scope()])
                 .await?;
             if current.revision != 0 {
+                // An attempt whose answer was lost made it: the bytes are
+                // this write's alone (its uid and times).
+                if attempts.uncertain && current.value == bytes {
+                    return Ok(self.written(r, current.revision).await);
+                }
                 return Err(StoreError::AlreadyExists {
                     what: format!("{} {name:?}", R::KIND),
                 });
@@ -493,14 +560,15 @@ impl EtcdStore {
                 compares.push(total.unchanged());
                 writes.push(set_total(&total.key, total.total() + bytes.len()));
             }
-            let (_, done, revision) = self.txn(Txn::new().when(compares).and_then(writes)).await?;
-            if done {
-                r.meta_mut().resource_version = revision as u64;
-                self.delivered(revision).await;
-                return Ok(r);
+            match self
+                .write_txn(Txn::new().when(compares).and_then(writes))
+                .await
+            {
+                Ok(Some(revision)) => return Ok(self.written(r, revision).await),
+                Ok(None) => attempts.lost_race::<R>(&name)?,
+                Err(e) => attempts.failed(e).await?,
             }
         }
-        Err(contended::<R>(&name))
     }
 
     /// See [`super::Store::update`].
@@ -508,13 +576,22 @@ impl EtcdStore {
         let name = name_of(&r).to_owned();
         let given = r.meta().map_or(0, |m| m.resource_version) as i64;
         let unique_key = r.unique_key().map(str::to_owned);
-        for _ in 0..WRITE_ATTEMPTS {
+        let mut attempts = Attempts::new(self.settings.request_timeout);
+        // What attempts whose outcome is unknown wrote, each its own bytes
+        // (its update time).
+        let mut maybe_written: Vec<Vec<u8>> = Vec::new();
+        loop {
             // The stored resource first: its group (whose total loses it)
             // may differ from the new one.
             let stored = self.range(self.key::<R>(&name), GetOptions::new()).await?;
             let Some(stored) = stored.kvs().first() else {
                 return Err(not_found::<R>(&name));
             };
+            if maybe_written.iter().any(|w| w == stored.value()) {
+                let mut r: R = decode(&name, stored.value())?;
+                r.meta_mut().resource_version = 0;
+                return Ok(self.written(r, stored.mod_revision()).await);
+            }
             let current: R = resource(&name, stored)?;
             let old_group = current.site_scope().to_owned();
             let groups: Vec<&str> = if old_group == r.site_scope() {
@@ -529,6 +606,7 @@ impl EtcdStore {
                 return Err(not_found::<R>(&name));
             }
             if seen.revision != stored.mod_revision() {
+                attempts.lost_race::<R>(&name)?;
                 continue;
             }
             if seen.revision != given {
@@ -584,31 +662,39 @@ impl EtcdStore {
                 };
                 writes.push(set_total(&total.key, after));
             }
-            let (_, done, revision) = self.txn(Txn::new().when(compares).and_then(writes)).await?;
-            if done {
-                r.meta_mut().resource_version = revision as u64;
-                self.delivered(revision).await;
-                return Ok(r);
+            match self
+                .write_txn(Txn::new().when(compares).and_then(writes))
+                .await
+            {
+                Ok(Some(revision)) => return Ok(self.written(r, revision).await),
+                Ok(None) => attempts.lost_race::<R>(&name)?,
+                Err(e) => {
+                    maybe_written.push(bytes);
+                    attempts.failed(e).await?;
+                }
             }
         }
-        Err(contended::<R>(&name))
     }
 
     /// See [`super::Store::delete`].
     pub async fn delete<R: Resource>(&self, name: &str, expected: u64) -> Result<R, StoreError> {
-        for _ in 0..WRITE_ATTEMPTS {
+        let mut attempts = Attempts::new(self.settings.request_timeout);
+        // The resource as an attempt whose outcome is unknown found it.
+        let mut maybe_deleted: Option<R> = None;
+        loop {
             let stored = self.range(self.key::<R>(name), GetOptions::new()).await?;
             let Some(stored) = stored.kvs().first() else {
-                return Err(not_found::<R>(name));
+                return maybe_deleted.ok_or_else(|| not_found::<R>(name));
             };
             let current: R = resource(name, stored)?;
             let (seen, _, totals) = self
                 .read_for_write::<R>(name, None, &[current.site_scope()])
                 .await?;
             if seen.revision == 0 {
-                return Err(not_found::<R>(name));
+                return maybe_deleted.ok_or_else(|| not_found::<R>(name));
             }
             if seen.revision != stored.mod_revision() {
+                attempts.lost_race::<R>(name)?;
                 continue;
             }
             if expected != 0 && expected as i64 != seen.revision {
@@ -631,13 +717,67 @@ impl EtcdStore {
                     total.total().saturating_sub(seen.value.len()),
                 ));
             }
-            let (_, done, revision) = self.txn(Txn::new().when(compares).and_then(writes)).await?;
-            if done {
-                self.delivered(revision).await;
-                return Ok(current);
+            match self
+                .write_txn(Txn::new().when(compares).and_then(writes))
+                .await
+            {
+                Ok(Some(revision)) => {
+                    self.delivered(revision).await;
+                    return Ok(current);
+                }
+                Ok(None) => attempts.lost_race::<R>(name)?,
+                Err(e) => {
+                    maybe_deleted = Some(current);
+                    attempts.failed(e).await?;
+                }
             }
         }
-        Err(contended::<R>(name))
+    }
+}
+
+/// The attempts of one write: a lost comparison (a concurrent write of the
+/// same keys) is read again and retried up to [`WRITE_ATTEMPTS`] times; a
+/// transient failure is retried until the request timeout, after which
+/// the write fails UNAVAILABLE with its outcome unknown.
+struct Attempts {
+    deadline: Instant,
+    pause: Duration,
+    lost: usize,
+    /// An attempt failed after it may have reached etcd: it may have been
+    /// applied, and the next read may find its result.
+    uncertain: bool,
+}
+
+impl Attempts {
+    fn new(timeout: Duration) -> Attempts {
+        Attempts {
+            deadline: Instant::now() + timeout,
+            pause: AGAIN.0,
+            lost: 0,
+            uncertain: false,
+        }
+    }
+
+    /// After an attempt whose comparisons failed.
+    fn lost_race<R: Resource>(&mut self, name: &str) -> Result<(), StoreError> {
+        self.lost += 1;
+        if self.lost >= WRITE_ATTEMPTS {
+            return Err(contended::<R>(name));
+        }
+        Ok(())
+    }
+
+    /// After an attempt that failed: a pause before the next one, or the
+    /// failure when it is not transient or time is up.
+    async fn failed(&mut self, e: etcd_client::Error) -> Result<(), StoreError> {
+        if !transient(&e) || Instant::now() + self.pause >= self.deadline {
+            return Err(etcd_error(e));
+        }
+        tracing::debug!(error = %e, "an etcd write failed transiently; trying again");
+        self.uncertain = true;
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(AGAIN.1);
+        Ok(())
     }
 }
 

@@ -140,25 +140,7 @@ impl Cluster {
 
     /// Waits until a write through the cluster succeeds.
     pub async fn wait_for_quorum(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let options = etcd_client::ConnectOptions::new()
-                .with_timeout(Duration::from_secs(1))
-                .with_connect_timeout(Duration::from_secs(1));
-            if let Ok(mut client) =
-                etcd_client::Client::connect(self.endpoints(), Some(options)).await
-            {
-                if client.put("/test/quorum", "1", None).await.is_ok() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd has no quorum after 30 s; logs in {}",
-                self.dir.path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        takes_writes(self.endpoints()).await;
     }
 }
 
@@ -183,4 +165,91 @@ pub fn uuid_like() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The store argument (`etcd:URL`) of one etcd member shared by every test
+/// of this process, started on first use. It runs under a shell that reads
+/// this process's end of a pipe (the guard's stdin, never closed before):
+/// when the process exits, however it exits,
+/// the pipe closes and the shell kills the member and removes its data.
+pub fn shared() -> String {
+    static SHARED: std::sync::OnceLock<(String, std::sync::Mutex<Child>)> =
+        std::sync::OnceLock::new();
+    let (arg, _guard) = SHARED.get_or_init(|| {
+        assert!(
+            installed(),
+            "PATRONUS_TEST_STORE=etcd needs etcd: scripts/setup.sh installs etcd-server"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("patronus-test-etcd-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let script = r#"dir=$1; shift
+"$@" </dev/null >"$dir.log" 2>&1 &
+member=$!
+cat >/dev/null
+kill -9 "$member" 2>/dev/null
+wait "$member" 2>/dev/null
+rm -rf "$dir" "$dir.log""#;
+        let guard = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&dir)
+            .arg(ETCD)
+            .args(["--name", "shared", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("shared={peer_url}"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        // Waited for on a thread of its own: the caller may be inside a runtime.
+        let url = client_url.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(takes_writes(vec![url]))
+        })
+        .join()
+        .unwrap();
+        (format!("etcd:{client_url}"), std::sync::Mutex::new(guard))
+    });
+    arg.clone()
+}
+
+/// Waits until a write through `endpoints` succeeds.
+async fn takes_writes(endpoints: Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let options = etcd_client::ConnectOptions::new()
+            .with_timeout(Duration::from_secs(1))
+            .with_connect_timeout(Duration::from_secs(1));
+        if let Ok(mut client) = etcd_client::Client::connect(&endpoints, Some(options)).await {
+            if client.put("/test/quorum", "1", None).await.is_ok() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd at {endpoints:?} takes no writes after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -35,9 +35,62 @@ pub fn start(db: &Path, token_file: Option<&Path>) -> Running {
 
 /// Starts the server with extra arguments.
 pub fn start_with(db: &Path, extra: &[std::ffi::OsString]) -> Running {
-    let mut args: Vec<std::ffi::OsString> = vec!["--db".into(), db.into()];
+    let mut args = store_args(db);
     args.extend_from_slice(extra);
     spawn(&args)
+}
+
+/// Whether the tests run on etcd (`PATRONUS_TEST_STORE=etcd`) rather than
+/// on the redb file: the same tests, on either backend.
+pub fn on_etcd() -> bool {
+    std::env::var("PATRONUS_TEST_STORE").as_deref() == Ok("etcd")
+}
+
+/// The arguments that keep a control plane's state at `db`: the file, or
+/// on etcd a key prefix named after it (the same path finds the same
+/// state again after a restart; another path is another store).
+pub fn store_args(db: &Path) -> Vec<std::ffi::OsString> {
+    if on_etcd() {
+        vec![
+            "--store".into(),
+            etcd::shared().into(),
+            "--etcd-prefix".into(),
+            etcd_prefix(db).into(),
+        ]
+    } else {
+        vec!["--db".into(), db.into()]
+    }
+}
+
+fn etcd_prefix(db: &Path) -> String {
+    format!("/t{}/", db.display())
+}
+
+/// Opens the store at `db` in this process, as [`store_args`] places it.
+pub async fn open_store(db: &Path) -> patronus_controlplane::store::Store {
+    use patronus_controlplane::store::{etcd::Settings, Location, Store};
+    if on_etcd() {
+        let Ok(Location::Etcd(endpoints)) = etcd::shared().parse() else {
+            unreachable!("the shared cluster's argument names etcd")
+        };
+        let settings = Settings {
+            prefix: etcd_prefix(db),
+            ..Settings::new(endpoints)
+        };
+        return Store::open_etcd(settings).await.unwrap();
+    }
+    // A stopped server's writer thread lets go of the file a moment after the server stops.
+    let mut attempts = 0;
+    loop {
+        match Store::open_redb(db) {
+            Ok(store) => return store,
+            Err(_) if attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// Starts the server on the store `store` names (`etcd:URLS`), with extra arguments.
