@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             .subscribe(SubscribeRequest {
                 site_id: name.clone(),
                 dataplane_id: format!("sim-{i}"),
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -53,11 +53,30 @@ pub const DATAPLANE_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// One tracked site.
 struct SiteEntry {
-    /// The snapshot's content without its version, to tell real changes.
-    content: Vec<u8>,
+    /// The digest of the snapshot's content, to tell real changes.
+    digest: Vec<u8>,
     /// The store revision the content was read at.
     revision: u64,
     latest: watch::Sender<Arc<SiteSnapshot>>,
+}
+
+/// What a subscribing data plane says it runs.
+#[derive(Debug, Clone, Default)]
+struct Running {
+    epoch: u64,
+    version: u64,
+    digest: Vec<u8>,
+}
+
+/// SHA-256 of a snapshot's content: the snapshot encoded with version 0
+/// and no digest, as [`Hub::compile`] makes it. Protobuf encoding is
+/// deterministic here (maps are BTreeMaps, encoded in key order), so every
+/// replica computes the same digest for the same content.
+fn content_digest(compiled: &SiteSnapshot) -> Vec<u8> {
+    debug_assert!(compiled.version == 0 && compiled.digest.is_empty());
+    ring::digest::digest(&ring::digest::SHA256, &compiled.encode_to_vec())
+        .as_ref()
+        .to_vec()
 }
 
 /// What the hub knows of one data plane.
@@ -225,7 +244,8 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A site's snapshot content (version 0) in `state`, of the store's `epoch`.
+    /// A site's snapshot content (version 0, no digest) in `state`, of the
+    /// store's `epoch`.
     fn compile(
         site_id: &str,
         site: Option<&Site>,
@@ -255,6 +275,7 @@ impl Hub {
             peers,
             policies,
             applications: state.applications.clone(),
+            digest: Vec::new(),
         }
     }
 
@@ -284,24 +305,25 @@ impl Hub {
         for site_id in site_ids {
             let site = by_id.get(site_id.as_str()).copied();
             let mut snapshot = Hub::compile(site_id, site, state, self.store.epoch());
-            let content = snapshot.encode_to_vec();
+            snapshot.digest = content_digest(&snapshot);
             let mut hub = self.lock();
             match hub.sites.get_mut(site_id) {
                 Some(entry) if revision < entry.revision => {}
-                Some(entry) if entry.content == content => entry.revision = revision,
+                Some(entry) if entry.digest == snapshot.digest => entry.revision = revision,
                 Some(entry) => {
                     snapshot.version = revision.max(entry.latest.borrow().version + 1);
-                    entry.content = content;
+                    entry.digest = snapshot.digest.clone();
                     entry.revision = revision;
                     entry.latest.send_replace(Arc::new(snapshot));
                 }
                 None => {
                     snapshot.version = revision.max(1);
                     let (latest, _) = watch::channel(Arc::new(snapshot));
+                    let digest = latest.borrow().digest.clone();
                     hub.sites.insert(
                         site_id.clone(),
                         SiteEntry {
-                            content,
+                            digest,
                             revision,
                             latest,
                         },
@@ -309,6 +331,48 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Watches `site_id` for a data plane that runs `running`: what it is
+    /// sent first is at least as new as what it runs (another replica may
+    /// have sent it), keeps its version when the content is the same, and
+    /// has a higher one when it is not, so that versions only grow for a
+    /// data plane moving between replicas and nothing is applied twice.
+    async fn watch_running(
+        &self,
+        site_id: &str,
+        running: &Running,
+    ) -> Result<watch::Receiver<Arc<SiteSnapshot>>, StoreError> {
+        let latest = self.watch(site_id).await?;
+        if running.epoch != self.store.epoch() || running.version == 0 {
+            return Ok(latest);
+        }
+        // Content read at an older revision than the data plane's version
+        // may be older than what it runs: read again (etcd reads are
+        // linearizable, so this one sees every write it may have seen).
+        let stale = self
+            .lock()
+            .sites
+            .get(site_id)
+            .is_some_and(|e| e.revision < running.version);
+        if stale {
+            self.refresh(vec![site_id.to_owned()]).await?;
+        }
+        let mut state = self.lock();
+        if let Some(entry) = state.sites.get_mut(site_id) {
+            let current = entry.latest.borrow().clone();
+            let version = if current.digest == running.digest {
+                running.version
+            } else {
+                running.version + 1
+            };
+            if current.version < version {
+                let mut bumped = SiteSnapshot::clone(&current);
+                bumped.version = version;
+                entry.latest.send_replace(Arc::new(bumped));
+            }
+        }
+        Ok(latest)
     }
 
     /// Forgets the data planes that went away longer than the expiry
@@ -621,10 +685,19 @@ impl DataplaneSync for Sync {
         self.hub.allow_site(&req, &req.get_ref().site_id)?;
         let req = req.into_inner();
         check_ids(&req.site_id, &req.dataplane_id)?;
-        let latest = self.hub.watch(&req.site_id).await.map_err(|e| match e {
-            StoreError::Unavailable(why) => Status::unavailable(why),
-            e => Status::internal(e.to_string()),
-        })?;
+        let running = Running {
+            epoch: req.running_epoch,
+            version: req.running_version,
+            digest: req.running_digest,
+        };
+        let latest = self
+            .hub
+            .watch_running(&req.site_id, &running)
+            .await
+            .map_err(|e| match e {
+                StoreError::Unavailable(why) => Status::unavailable(why),
+                e => Status::internal(e.to_string()),
+            })?;
         let key = (req.site_id, req.dataplane_id);
         self.hub.connection(&key, 1)?;
         tracing::info!(site = key.0, dataplane = key.1, "data plane subscribed");

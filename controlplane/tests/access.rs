@@ -150,6 +150,7 @@ async fn reports_and_data_planes_per_site_are_bounded() {
         .subscribe(SubscribeRequest {
             site_id: "branch".into(),
             dataplane_id: "one-too-many".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -212,6 +213,7 @@ fn subscribe(site_id: &str) -> SubscribeRequest {
     SubscribeRequest {
         site_id: site_id.into(),
         dataplane_id: "gw-1".into(),
+        ..Default::default()
     }
 }
 

@@ -36,12 +36,24 @@ async fn api(replica: &common::Running) -> ControlPlaneClient<Channel> {
 }
 
 async fn subscribe(replica: &common::Running, id: &str) -> Streaming<SiteSnapshot> {
+    subscribe_running(replica, id, &SiteSnapshot::default()).await
+}
+
+/// Subscribes as a data plane that runs `running` (its epoch, version and digest).
+async fn subscribe_running(
+    replica: &common::Running,
+    id: &str,
+    running: &SiteSnapshot,
+) -> Streaming<SiteSnapshot> {
     DataplaneSyncClient::connect(format!("http://{}", replica.addr))
         .await
         .unwrap()
         .subscribe(SubscribeRequest {
             site_id: "branch".into(),
             dataplane_id: id.into(),
+            running_epoch: running.epoch,
+            running_version: running.version,
+            running_digest: running.digest.clone(),
         })
         .await
         .unwrap()
@@ -527,4 +539,69 @@ async fn a_watch_behind_compaction_reads_everything_again_and_misses_nothing() {
         told |= e.r#type == EventType::EventsLost as i32;
     }
     assert!(told, "B's watchers were told that it read everything again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_moving_to_another_replica_gets_only_what_is_newer() {
+    need_etcd!();
+    let cluster = Cluster::start(1).await;
+    let prefix = prefix();
+    let (a, b) = (
+        replica(&cluster, &prefix, &[]),
+        replica(&cluster, &prefix, &[]),
+    );
+    let mut api_a = api(&a).await;
+    api_a
+        .create_site(CreateSiteRequest { site: Some(site()) })
+        .await
+        .unwrap();
+    // B follows the site first; writes elsewhere then move the revision on,
+    // so that A, following it later, versions the same content higher.
+    let mut early = subscribe(&b, "early").await;
+    let on_b = until(&mut early, 0, |s| s.site.is_some()).await;
+    for i in 0..5 {
+        let mut elsewhere = peer(&format!("elsewhere-{i}"));
+        elsewhere.spec.as_mut().unwrap().site_id = "elsewhere".into();
+        api_a
+            .create_peer(CreatePeerRequest {
+                peer: Some(elsewhere),
+            })
+            .await
+            .unwrap();
+    }
+    let mut on_a = subscribe(&a, "gw").await;
+    let running = until(&mut on_a, 0, |s| s.site.is_some()).await;
+    assert!(
+        running.version > on_b.version,
+        "{} {}",
+        running.version,
+        on_b.version
+    );
+    assert_eq!(
+        running.digest, on_b.digest,
+        "the same content, the same digest"
+    );
+
+    // The data plane moves to B: the same content keeps its version, so
+    // nothing is applied again and versions never go back.
+    let mut moved = subscribe_running(&b, "gw", &running).await;
+    let first = next(&mut moved).await;
+    assert_eq!(
+        (first.version, &first.digest),
+        (running.version, &running.digest)
+    );
+
+    // Newer content reaches a data plane that runs the old one at a higher version.
+    api_a
+        .create_peer(CreatePeerRequest {
+            peer: Some(peer("hq")),
+        })
+        .await
+        .unwrap();
+    let mut behind = subscribe_running(&b, "gw-2", &running).await;
+    let newer = until(&mut behind, running.version - 1, |s| s.peers.len() == 1).await;
+    assert!(newer.version > running.version);
+    assert_ne!(newer.digest, running.digest);
+    // The moved data plane gets it too.
+    until(&mut moved, first.version, |s| s.peers.len() == 1).await;
 }

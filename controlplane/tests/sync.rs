@@ -44,6 +44,7 @@ async fn subscribers_follow_their_site() {
     let subscribe = |id: &str| SubscribeRequest {
         site_id: "us-east-prod".into(),
         dataplane_id: id.into(),
+        ..Default::default()
     };
     let mut a = sync
         .subscribe(subscribe("gw-a"))
@@ -215,6 +216,7 @@ async fn subscribers_follow_their_site() {
         .subscribe(SubscribeRequest {
             site_id: "Not A Site".into(),
             dataplane_id: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -229,6 +231,7 @@ async fn answer(url: &str, ack_epoch: impl FnOnce(u64) -> u64) -> (u64, u64) {
         .subscribe(SubscribeRequest {
             site_id: "edge".into(),
             dataplane_id: "gw".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -107,6 +107,7 @@ async fn reports_become_status_topology_paths_and_events() {
         .subscribe(SubscribeRequest {
             site_id: "us-east-prod".into(),
             dataplane_id: "gw-a".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

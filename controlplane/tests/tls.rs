@@ -191,6 +191,7 @@ async fn a_certificate_naming_a_site_is_that_sites_data_plane_and_nothing_more()
     let subscribe = |site: &str| SubscribeRequest {
         site_id: site.into(),
         dataplane_id: "gw-1".into(),
+        ..Default::default()
     };
     sync.subscribe(subscribe("branch")).await.unwrap();
     let denied = sync.subscribe(subscribe("hq")).await.unwrap_err();

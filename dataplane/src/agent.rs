@@ -183,10 +183,11 @@ impl Backoff {
     }
 }
 
-/// The `[controlplane]` section as the gRPC client's connection settings.
-fn client_options(section: &ControlPlaneSection) -> ClientOptions {
+/// The `[controlplane]` section as the gRPC client's connection settings
+/// for one of its servers.
+fn client_options(section: &ControlPlaneSection, server: &str) -> ClientOptions {
     ClientOptions {
-        server: section.server.clone(),
+        server: server.to_owned(),
         token_file: section.token_file.clone(),
         tls_ca: section.tls_ca.clone(),
         tls_cert: section.tls_cert.clone(),
@@ -202,19 +203,31 @@ impl Agent {
     /// # Errors
     /// When the connection settings are unusable.
     pub fn start(section: &ControlPlaneSection, setup: AgentSetup) -> anyhow::Result<Agent> {
-        let (endpoint, auth) = client_options(section).endpoint().context("controlplane")?;
-        let endpoint = endpoint
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+        let mut endpoints = Vec::new();
+        let mut auth = None;
+        for server in section.endpoints() {
+            let (endpoint, authorization) = client_options(section, server)
+                .endpoint()
+                .with_context(|| format!("controlplane {server}"))?;
+            endpoints.push(
+                endpoint
+                    .connect_timeout(Duration::from_secs(5))
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5)),
+            );
+            auth = Some(authorization);
+        }
+        let auth = auth.context("controlplane: no server")?;
         let session = Session {
-            endpoint,
+            endpoints,
+            current: 0,
             auth,
             site_id: section.site_id.clone(),
             dataplane_id: dataplane_id(section),
             apply: setup.apply,
             status: setup.status,
             applied: (0, 0),
+            applied_digest: Vec::new(),
             telemetry: setup.telemetry,
             events: setup.events,
             interval: Duration::from_millis(section.telemetry_interval_ms.into()),
@@ -243,10 +256,12 @@ impl Agent {
                                 session.status.disconnects.fetch_add(1, Ordering::Relaxed);
                                 if let Err(err) = ended {
                                     tracing::warn!(
-                                        server = %session.endpoint.uri(),
+                                        server = %session.endpoint().uri(),
                                         "control plane unavailable, forwarding on the configuration in force: {err:#}"
                                     );
                                 }
+                                // The next attempt goes to the next replica.
+                                session.current = (session.current + 1) % session.endpoints.len();
                             }
                         }
                         if session.apply.is_closed() {
@@ -293,7 +308,10 @@ type SyncClient = DataplaneSyncClient<
 
 /// One subscription's worth of state, kept across reconnections.
 struct Session {
-    endpoint: Endpoint,
+    /// The control-plane replicas, tried in turn.
+    endpoints: Vec<Endpoint>,
+    /// The one in use (or tried next).
+    current: usize,
     auth: Authorization,
     site_id: String,
     dataplane_id: String,
@@ -301,6 +319,9 @@ struct Session {
     status: Arc<AgentStatus>,
     /// The epoch and version in force ((0, 0): none yet).
     applied: (u64, u64),
+    /// The digest of the snapshot in force (empty: none, or a control
+    /// plane that sends none).
+    applied_digest: Vec<u8>,
     telemetry: TelemetrySource,
     events: mpsc::Receiver<DataplaneEvent>,
     interval: Duration,
@@ -312,10 +333,15 @@ struct Session {
 }
 
 impl Session {
+    /// The replica in use.
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoints[self.current]
+    }
+
     /// Subscribes, answers snapshots and reports telemetry until either
     /// stream ends or fails.
     async fn run(&mut self, backoff: &mut Backoff) -> anyhow::Result<()> {
-        let channel = self.endpoint.connect().await.context("connecting")?;
+        let channel = self.endpoint().connect().await.context("connecting")?;
         let mut client = DataplaneSyncClient::with_interceptor(channel, self.auth.clone())
             .max_decoding_message_size(patronus_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(patronus_proto::MAX_MESSAGE_BYTES);
@@ -323,13 +349,16 @@ impl Session {
             .subscribe(SubscribeRequest {
                 site_id: self.site_id.clone(),
                 dataplane_id: self.dataplane_id.clone(),
+                running_epoch: self.applied.0,
+                running_version: self.applied.1,
+                running_digest: self.applied_digest.clone(),
             })
             .await
             .context("subscribing")?
             .into_inner();
         self.status.connected.store(true, Ordering::Release);
         tracing::info!(
-            server = %self.endpoint.uri(),
+            server = %self.endpoint().uri(),
             site = self.site_id,
             dataplane = self.dataplane_id,
             "subscribed to the control plane"
@@ -386,6 +415,7 @@ impl Session {
                  its snapshot is applied whatever its version"
             );
         }
+        let digest = snapshot.digest.clone();
         let outcome = if (epoch, version) == self.applied {
             Ok(None)
         } else {
@@ -395,6 +425,7 @@ impl Session {
         let (result, reason) = match outcome {
             Ok(applications) => {
                 self.applied = (epoch, version);
+                self.applied_digest = digest;
                 if let Some(applications) = applications {
                     self.applications = applications;
                 }
@@ -588,13 +619,15 @@ mod tests {
             .validate(1)
             .unwrap();
         let session = Session {
-            endpoint,
+            endpoints: vec![endpoint],
+            current: 0,
             auth,
             site_id: "site-a".into(),
             dataplane_id: "gw-1".into(),
             apply,
             status: Arc::default(),
             applied: (0, 0),
+            applied_digest: Vec::new(),
             telemetry: Arc::new(Telemetry::default),
             events: mpsc::channel(1).1,
             interval: Duration::from_secs(3600),

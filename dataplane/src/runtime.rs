@@ -490,7 +490,7 @@ impl AgentLink {
             };
             let agent = Agent::start(&cfg.controlplane, setup)?;
             tracing::info!(
-                server = cfg.controlplane.server,
+                servers = ?cfg.controlplane.endpoints(),
                 site = cfg.controlplane.site_id,
                 "the site's configuration comes from the control plane"
             );

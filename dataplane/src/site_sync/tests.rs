@@ -26,6 +26,7 @@ fn snapshot() -> pb::SiteSnapshot {
         site_id: "branch-1".into(),
         version: 7,
         epoch: 1,
+        digest: Vec::new(),
         site: Some(pb::Site {
             metadata: Some(pb::ObjectMeta {
                 name: "branch-1".into(),

@@ -93,13 +93,21 @@ pub struct Config {
     pub qos: qos::QosSection,
 }
 
+/// Most control-plane replicas `[controlplane] servers` may name.
+pub const MAX_CONTROL_PLANES: usize = 16;
+
 /// `[controlplane]`: where the site's configuration comes from when the data
 /// plane is managed. Everything else stays in this file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlPlaneSection {
-    /// `http://host:port` or `https://host:port`; empty: standalone.
+    /// `http://host:port` or `https://host:port`; empty: standalone. A
+    /// host name that resolves to several addresses is tried address by
+    /// address.
     pub server: String,
+    /// Several control-plane replicas (instead of `server`): the first is
+    /// tried first, and a broken stream moves on to the next.
+    pub servers: Vec<String>,
     /// The site this data plane serves.
     pub site_id: String,
     /// This instance's identity; empty: the host name.
@@ -127,6 +135,7 @@ impl Default for ControlPlaneSection {
     fn default() -> Self {
         ControlPlaneSection {
             server: String::new(),
+            servers: Vec::new(),
             site_id: String::new(),
             dataplane_id: String::new(),
             token_file: None,
@@ -144,23 +153,45 @@ impl Default for ControlPlaneSection {
 impl ControlPlaneSection {
     /// True when a control plane manages the site's configuration.
     pub fn is_managed(&self) -> bool {
-        !self.server.is_empty()
+        !self.server.is_empty() || !self.servers.is_empty()
+    }
+
+    /// The control-plane replicas to try, in order.
+    pub fn endpoints(&self) -> Vec<&str> {
+        if self.servers.is_empty() {
+            vec![self.server.as_str()]
+        } else {
+            self.servers.iter().map(String::as_str).collect()
+        }
     }
 
     fn check(&self) -> Result<(), ConfigError> {
         if !self.is_managed() {
             return Ok(());
         }
-        if !self.server.starts_with("http://") && !self.server.starts_with("https://") {
+        let field = if self.servers.is_empty() {
+            "controlplane.server"
+        } else {
+            "controlplane.servers"
+        };
+        if !self.server.is_empty() && !self.servers.is_empty() {
+            return Err(ConfigError::new(field, "give server or servers, not both"));
+        }
+        if self.servers.len() > MAX_CONTROL_PLANES {
             return Err(ConfigError::new(
-                "controlplane.server",
-                format!(
-                    "{:?} must be http://host:port or https://host:port",
-                    self.server
-                ),
+                field,
+                format!("at most {MAX_CONTROL_PLANES} replicas"),
             ));
         }
-        if self.server.starts_with("https://") && self.tls_ca.is_none() {
+        for server in self.endpoints() {
+            if !server.starts_with("http://") && !server.starts_with("https://") {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{server:?} must be http://host:port or https://host:port"),
+                ));
+            }
+        }
+        if self.endpoints().iter().any(|s| s.starts_with("https://")) && self.tls_ca.is_none() {
             return Err(ConfigError::new(
                 "controlplane.tls_ca",
                 "required for an https:// server",
@@ -1605,6 +1636,9 @@ addresses = ["10.0.1.1/24"]
             ("[[neighbor]]\nip = \"10.0.0.9\"\nmac = \"01:00:5e:00:00:01\"\nport = \"lan\"\n", "neighbor[0].mac"),
             ("[controlplane]\nserver = \"http://127.0.0.1:50051\"\n", "controlplane.site_id"),
             ("[controlplane]\nserver = \"127.0.0.1:50051\"\nsite_id = \"hq\"\n", "controlplane.server"),
+            ("[controlplane]\nservers = [\"http://a:50051\", \"b:50051\"]\nsite_id = \"hq\"\n", "controlplane.servers"),
+            ("[controlplane]\nserver = \"http://a:50051\"\nservers = [\"http://b:50051\"]\nsite_id = \"hq\"\n", "controlplane.servers"),
+            ("[controlplane]\nservers = [\"http://a:50051\", \"https://b:50051\"]\nsite_id = \"hq\"\n", "controlplane.tls_ca"),
             ("[controlplane]\nserver = \"https://cp:50051\"\nsite_id = \"hq\"\n", "controlplane.tls_ca"),
             ("[controlplane]\nserver = \"http://cp:50051\"\nsite_id = \"hq\"\nreconnect_min_ms = 1\n", "controlplane.reconnect_min_ms"),
             ("[controlplane]\nserver = \"http://cp:50051\"\nsite_id = \"hq\"\n[site]\nsite_id = \"hq\"\n", "site"),
