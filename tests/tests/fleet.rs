@@ -110,11 +110,21 @@ struct Site {
 
 impl Site {
     fn start(server: &str, site_id: &str, dataplane_id: &str) -> Site {
+        Site::start_with(&format!("server = \"{server}\""), site_id, dataplane_id)
+    }
+
+    /// A site managed by several control-plane replicas.
+    fn start_replicated(servers: &[String], site_id: &str, dataplane_id: &str) -> Site {
+        let servers = format!("servers = {servers:?}");
+        Site::start_with(&servers, site_id, dataplane_id)
+    }
+
+    fn start_with(servers: &str, site_id: &str, dataplane_id: &str) -> Site {
         let topo = Topology::new();
         let managed = format!(
             r#"
 [controlplane]
-server = "{server}"
+{servers}
 token_file = "{token}"
 site_id = "{site_id}"
 dataplane_id = "{dataplane_id}"
@@ -759,5 +769,64 @@ telemetry_interval_ms = 200
         let status = gw.stop();
         assert!(status.success(), "exit {status}:\n{}", gw.log_text());
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Control-plane replicas on a real three-member etcd cluster: a data plane
+/// whose replica is killed (-9) is on the other one at its next attempt,
+/// runs what that replica sends (the same content, numbered by that
+/// replica: never an older version), keeps forwarding, and applies the
+/// next change made through the survivor.
+#[test]
+fn a_data_plane_fails_over_between_control_plane_replicas_on_etcd() {
+    require_root();
+    assert!(
+        common::etcd::installed(),
+        "etcd is not installed: scripts/setup.sh installs etcd-server"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = runtime.block_on(common::etcd::Cluster::start(3));
+    let dir = std::env::temp_dir().join(format!("patronus-replicas-{}", unique_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("/fleet-{}/", unique_id());
+    let a = ControlPlane::start_on_etcd(&cluster.store_arg(), &prefix, token_file());
+    let b = ControlPlane::start_on_etcd(&cluster.store_arg(), &prefix, token_file());
+    let (via_a, via_b) = (a.server(), b.server());
+    let site = Site::start_replicated(&[via_a.clone(), via_b.clone()], "branch-1", "gw-1");
+
+    apply(&via_a, &dir, "fleet.yaml", &documents());
+    let before = wait_status(&via_a, "gw-1", "the site applied through a", |s| {
+        s.connected && s.applied == s.desired && s.desired > 2
+    });
+    assert_eq!(site_version(&site.dp), before.applied);
+    assert!(site.forwards());
+
+    a.crash();
+    let crashed = std::time::Instant::now();
+    let moved = wait_status(&via_b, "gw-1", "on replica b, its version applied", |s| {
+        s.connected && s.applied == s.desired && s.applied >= before.applied
+    });
+    println!(
+        "on the other replica {:?} after the crash",
+        crashed.elapsed()
+    );
+    assert_eq!(site_version(&site.dp), moved.applied);
+    assert_eq!(
+        site.dp
+            .scrape()
+            .sum("patronus_controlplane_disconnects_total", &[]),
+        1.0
+    );
+    assert!(site.forwards(), "forwarding on through the move");
+
+    let changed = documents().replacen("port: 51820}\n  wireguard", "port: 51821}\n  wireguard", 1);
+    apply(&via_b, &dir, "fleet.yaml", &changed);
+    let after = wait_status(&via_b, "gw-1", "the change through b applied", |s| {
+        s.applied > moved.applied && s.applied == s.desired
+    });
+    assert_eq!(site_version(&site.dp), after.applied);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,9 @@
 
 pub mod bfdd;
 pub mod dnsmasq;
+/// A real etcd cluster on loopback, shared with the control plane's tests.
+#[path = "../../../controlplane/tests/common/etcd.rs"]
+pub mod etcd;
 pub mod two_uplinks;
 
 use std::collections::HashMap;
@@ -824,15 +827,20 @@ impl ControlPlane {
     /// Starts it on `listen` (`127.0.0.1:0` for any port) over database
     /// `db`, with the bearer token in `token_file`.
     pub fn start(db: &Path, listen: &str, token_file: &Path) -> ControlPlane {
+        ControlPlane::start_with(&["--db".as_ref(), db.as_os_str()], listen, token_file)
+    }
+
+    /// Starts a replica on the etcd cluster `store` names (`etcd:URLS`),
+    /// its state under `prefix`.
+    pub fn start_on_etcd(store: &str, prefix: &str, token_file: &Path) -> ControlPlane {
+        let args = ["--store", store, "--etcd-prefix", prefix].map(std::ffi::OsStr::new);
+        ControlPlane::start_with(&args, "127.0.0.1:0", token_file)
+    }
+
+    fn start_with(store: &[&std::ffi::OsStr], listen: &str, token_file: &Path) -> ControlPlane {
         let mut child = Command::new(binary("patronus-controlplane"))
-            .args([
-                "--listen",
-                listen,
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--db",
-            ])
-            .arg(db)
+            .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
+            .args(store)
             .arg("--token-file")
             .arg(token_file)
             .env("RUST_LOG", "info")
