@@ -441,7 +441,8 @@ impl Collector for FleetCollector {
             "1 for the tunnel's current status (up or down), as its data plane last reported.",
             MetricType::Gauge,
             tunnels,
-        )
+        )?;
+        self.0.store().encode_metrics(&mut enc)
     }
 }
 

@@ -38,6 +38,14 @@ struct Cli {
     /// in seconds (reads of snapshots already compiled go on being served).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     etcd_unhealthy_after_s: u64,
+    /// The TTL of the lease the leading replica holds, in seconds: another
+    /// replica takes the leader's work over at most this long after it is gone.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=60))]
+    etcd_lease_ttl_s: u64,
+    /// How often the leading replica compacts etcd's history to where it was
+    /// the time before, in seconds; 0 leaves it to etcd's own auto-compaction.
+    #[arg(long, default_value_t = 300)]
+    etcd_compact_every_s: u64,
     /// Address of the fleet's `/metrics` and `/healthz` (HTTP); empty disables it.
     #[arg(long, default_value = "127.0.0.1:9470")]
     metrics_listen: String,
@@ -122,6 +130,9 @@ async fn open_store(cli: &Cli, location: &Location) -> anyhow::Result<Store> {
                 prefix: cli.etcd_prefix.clone(),
                 request_timeout: std::time::Duration::from_millis(cli.etcd_timeout_ms),
                 unhealthy_after: std::time::Duration::from_secs(cli.etcd_unhealthy_after_s),
+                lease_ttl: std::time::Duration::from_secs(cli.etcd_lease_ttl_s),
+                compact_every: (cli.etcd_compact_every_s > 0)
+                    .then(|| std::time::Duration::from_secs(cli.etcd_compact_every_s)),
                 ..etcd::Settings::new(endpoints.clone())
             };
             Store::open_etcd(settings)

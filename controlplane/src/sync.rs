@@ -230,6 +230,11 @@ impl Hub {
         authorize_site(&role, site_id).map_err(|d| self.refuse(&d))
     }
 
+    /// The store desired state is read from.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Why the store's database is unusable, while it is.
     pub(crate) fn store_health(&self) -> watch::Receiver<Option<String>> {
         self.store.health()

@@ -605,3 +605,77 @@ async fn a_data_plane_moving_to_another_replica_gets_only_what_is_newer() {
     // The moved data plane gets it too.
     until(&mut moved, first.version, |s| s.peers.len() == 1).await;
 }
+
+/// The value of an unlabelled gauge in a `/metrics` text.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_compacts_and_another_takes_over_within_the_lease() {
+    need_etcd!();
+    let cluster = Cluster::start(1).await;
+    let prefix = prefix();
+    let duties = ["--etcd-lease-ttl-s", "2", "--etcd-compact-every-s", "1"];
+    let mut replicas = vec![
+        replica(&cluster, &prefix, &duties),
+        replica(&cluster, &prefix, &duties),
+    ];
+    let leading = |r: &common::Running| gauge(&r.scrape(), "patronus_controlplane_leader");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let leads: Vec<Option<f64>> = replicas.iter().map(leading).collect();
+        if leads.iter().filter(|l| **l == Some(1.0)).count() == 1
+            && leads.iter().all(|l| l.is_some())
+        {
+            break leads.iter().position(|l| *l == Some(1.0)).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no single leader: {leads:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The leader compacts: a revision from before its last round is gone.
+    let mut client = cluster.client().await;
+    client.put("/test/marker", "1", None).await.unwrap();
+    let old = client.get("/test/marker", None).await.unwrap();
+    let old = old.header().unwrap().revision();
+    client.put("/test/marker", "2", None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let at_old = client
+            .get(
+                "/test/marker",
+                Some(etcd_client::GetOptions::new().with_revision(old)),
+            )
+            .await;
+        if at_old.is_err_and(|e| e.to_string().contains("compacted")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "revision {old} never compacted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        gauge(
+            &replicas[leader].scrape(),
+            "patronus_controlplane_etcd_compactions_total"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the leader counted its compactions"
+    );
+
+    // The leader dies: the other leads once the lease has run out.
+    let killed = Instant::now();
+    replicas.remove(leader).child.kill().unwrap();
+    let survivor = &replicas[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leading(survivor) != Some(1.0) {
+        assert!(Instant::now() < deadline, "no one took the lead over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "the survivor leads {:?} after the leader was killed",
+        killed.elapsed()
+    );
+}

@@ -20,6 +20,7 @@
 //! whichever replica made it. A write returns once the watch has delivered
 //! it, so a client's next read of events and snapshots includes its write.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,8 +29,12 @@ use etcd_client::{
     Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use patronus_proto::v1::{Application, EventType, ObjectMeta, Peer, Policy, Site};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use tokio::sync::watch;
 
+use super::leader::{self, Leadership};
 use super::{
     check_fits, decode, not_found, Change, DesiredState, Followers, News, Page, StoreError,
 };
@@ -46,6 +51,12 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// How long the cluster may be unreachable before health reports NOT_SERVING.
     pub unhealthy_after: Duration,
+    /// The TTL of the lease the leader holds: another replica leads at most
+    /// this long after the leader is gone.
+    pub lease_ttl: Duration,
+    /// How often the leader compacts etcd's history to the revision of the
+    /// previous time (None: never; etcd's own auto-compaction does it).
+    pub compact_every: Option<Duration>,
 }
 
 impl Settings {
@@ -56,6 +67,8 @@ impl Settings {
             prefix: "/patronus/".into(),
             request_timeout: Duration::from_secs(3),
             unhealthy_after: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(5),
+            compact_every: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -65,6 +78,8 @@ impl Settings {
 const WRITE_ATTEMPTS: usize = 32;
 /// Largest response accepted from etcd: a read of every resource of a kind.
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// Upper bounds of the etcd request latency histogram, in seconds.
+const REQUEST_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 3.0];
 /// How often the cluster is asked whether it answers.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// First and last pause before a request that met a transient failure
@@ -81,6 +96,13 @@ pub struct EtcdStore {
     health: watch::Sender<Option<String>>,
     /// The highest revision whose changes the followers have been told.
     delivered: watch::Sender<i64>,
+    /// The highest revision etcd has answered with (the health probe's).
+    latest: AtomicI64,
+    leadership: Arc<Leadership>,
+    /// How long each etcd request took.
+    requests: Histogram,
+    /// Compactions this replica made as the leader.
+    compactions: AtomicU64,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -234,15 +256,29 @@ impl EtcdStore {
                 .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok())
                 .ok_or_else(|| StoreError::Backend(format!("{epoch_key} does not hold an epoch")))?
         };
+        let leadership = Arc::<Leadership>::default();
         let store = Arc::new(EtcdStore {
             client,
             settings,
             epoch,
             health: watch::Sender::new(None),
             delivered: watch::Sender::new(start),
+            latest: AtomicI64::new(start),
+            leadership: leadership.clone(),
+            requests: Histogram::new(REQUEST_BUCKETS),
+            compactions: AtomicU64::new(0),
         });
         tokio::spawn(watch_changes(Arc::downgrade(&store), followers, start));
         tokio::spawn(follow_health(Arc::downgrade(&store)));
+        let identity = uuid::Uuid::new_v4().to_string();
+        tokio::spawn(leader::campaign(
+            Arc::downgrade(&store),
+            leadership,
+            identity,
+        ));
+        if let Some(every) = store.settings.compact_every {
+            tokio::spawn(compact_history(Arc::downgrade(&store), every));
+        }
         tracing::info!(
             endpoints = ?store.settings.endpoints,
             prefix = store.settings.prefix,
@@ -261,6 +297,45 @@ impl EtcdStore {
     /// See [`super::Store::health`].
     pub fn health(&self) -> watch::Receiver<Option<String>> {
         self.health.subscribe()
+    }
+
+    /// True while this replica leads the others (see [`leader`]).
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The etcd metrics of this replica.
+    pub(crate) fn encode_metrics(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        self.requests.encode(enc.encode_descriptor(
+            "patronus_controlplane_etcd_request_duration_seconds",
+            "How long etcd requests took, retries included.",
+            None,
+            MetricType::Histogram,
+        )?)?;
+        let lag = (self.latest.load(Ordering::Relaxed) - *self.delivered.borrow()).max(0);
+        prometheus_client::metrics::gauge::ConstGauge::new(lag).encode(enc.encode_descriptor(
+            "patronus_controlplane_watch_lag_revisions",
+            "Revisions etcd had reached (at the last health probe) that this replica's watch had not yet delivered.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        prometheus_client::metrics::counter::ConstCounter::new(
+            self.compactions.load(Ordering::Relaxed),
+        )
+        .encode(enc.encode_descriptor(
+            "patronus_controlplane_etcd_compactions",
+            "Compactions of etcd's history this replica made as the leader.",
+            None,
+            MetricType::Counter,
+        )?)
     }
 
     fn key<R: Resource>(&self, name: &str) -> String {
@@ -321,10 +396,13 @@ impl EtcdStore {
     where
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + self.settings.request_timeout;
+        let started = Instant::now();
+        let deadline = started + self.settings.request_timeout;
         let mut pause = AGAIN.0;
         loop {
-            match call(self.kv()).await {
+            let answer = call(self.kv()).await;
+            self.requests.observe(started.elapsed().as_secs_f64());
+            match answer {
                 Err(e) if transient(&e) && Instant::now() + pause < deadline => {
                     tracing::debug!(error = %e, "etcd failed transiently; asking again");
                     tokio::time::sleep(pause).await;
@@ -339,7 +417,10 @@ impl EtcdStore {
     /// held, `None` when they did not. A failure leaves its outcome
     /// unknown: the write may have been applied.
     async fn write_txn(&self, txn: Txn) -> Result<Option<i64>, etcd_client::Error> {
-        let answer = self.kv().txn(txn).await?;
+        let started = Instant::now();
+        let answer = self.kv().txn(txn).await;
+        self.requests.observe(started.elapsed().as_secs_f64());
+        let answer = answer?;
         Ok(answer
             .succeeded()
             .then(|| answer.header().map_or(0, |h| h.revision())))
@@ -960,7 +1041,10 @@ async fn follow_health(store: std::sync::Weak<EtcdStore>) {
             .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
             .await;
         match probe {
-            Ok(_) => {
+            Ok(answer) => {
+                if let Some(header) = answer.header() {
+                    live.latest.fetch_max(header.revision(), Ordering::Relaxed);
+                }
                 since = None;
                 live.health.send_if_modified(|h| {
                     let was = h.take();
@@ -988,6 +1072,35 @@ async fn follow_health(store: std::sync::Weak<EtcdStore>) {
                 }
             }
         }
+    }
+}
+
+/// The leader's duty: every `every`, compact etcd's history to the
+/// revision etcd had reached the time before, so that it keeps `every` of
+/// history (enough for a watch that was briefly away to resume) and the
+/// database does not grow until etcd refuses writes.
+async fn compact_history(store: std::sync::Weak<EtcdStore>, every: Duration) {
+    let mut previous: Option<i64> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(live) = store.upgrade() else { return };
+        let now = live
+            .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
+            .await
+            .ok()
+            .and_then(|a| a.header().map(|h| h.revision()));
+        if let (Some(revision), true) = (previous, live.is_leader()) {
+            match live.client.kv_client().compact(revision, None).await {
+                Ok(_) => {
+                    live.compactions.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(revision, "compacted etcd's history");
+                }
+                // Compacted already (by etcd itself, or another leader).
+                Err(e) if e.to_string().contains("compacted") => {}
+                Err(e) => tracing::warn!(error = %e, revision, "compacting etcd's history failed"),
+            }
+        }
+        previous = now.or(previous);
     }
 }
 

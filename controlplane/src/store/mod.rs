@@ -23,6 +23,7 @@ use crate::resource::{name_of, Resource};
 
 pub mod embedded;
 pub mod etcd;
+pub mod leader;
 
 pub use embedded::RedbStore;
 
@@ -312,6 +313,43 @@ impl Store {
         match &self.backend {
             Backend::Redb { db, .. } => db.health(),
             Backend::Etcd(etcd) => etcd.health(),
+        }
+    }
+
+    /// Whether this replica does the work that must happen once: the only
+    /// replica of a redb file always does.
+    pub fn is_leader(&self) -> bool {
+        match &self.backend {
+            Backend::Redb { .. } => true,
+            Backend::Etcd(etcd) => etcd.is_leader(),
+        }
+    }
+
+    /// The store's metrics: its backend and whether this replica leads;
+    /// on etcd, request latency, watch lag and compactions too.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let mut info = enc.encode_descriptor(
+            "patronus_controlplane_store",
+            "1 for the backend desired state is kept in (redb, etcd).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(info.encode_family(&[("backend", self.backend_name())])?)?;
+        ConstGauge::new(i64::from(self.is_leader())).encode(enc.encode_descriptor(
+            "patronus_controlplane_leader",
+            "1 while this replica does the work that must happen once (always, on redb).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        match &self.backend {
+            Backend::Redb { .. } => Ok(()),
+            Backend::Etcd(etcd) => etcd.encode_metrics(enc),
         }
     }
 

@@ -15,6 +15,25 @@ pub struct Running {
     pub child: Child,
     /// `host:port` it listens on.
     pub addr: String,
+    /// `host:port` of its `/metrics`.
+    pub metrics: String,
+}
+
+impl Running {
+    /// Its `/metrics` text.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.metrics).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
 }
 
 impl Drop for Running {
@@ -114,21 +133,35 @@ fn spawn(args: &[std::ffi::OsString]) -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let listening = line.contains("control plane listening");
-            if let Some(rest) = line.split("addr=").nth(1).filter(|_| listening) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
+            let addr = line
+                .split("addr=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_default()
+                .to_owned();
+            if line.contains("fleet metrics listening") {
+                let _ = tx.send((false, addr));
+            } else if line.contains("control plane listening") {
+                let _ = tx.send((true, addr));
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server listening");
-    Running { child, addr }
+    let (mut addr, mut metrics) = (String::new(), String::new());
+    while addr.is_empty() {
+        let (api, listening) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server listening");
+        if api {
+            addr = listening;
+        } else {
+            metrics = listening;
+        }
+    }
+    Running {
+        child,
+        addr,
+        metrics,
+    }
 }
 
 /// Writes a token file only its owner can read.
