@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use patronus_controlplane::auth::{BearerToken, DataplaneKey};
+use patronus_controlplane::auth::{read_secret, BearerToken, DataplaneKey, Readers};
 use patronus_controlplane::server;
 use patronus_controlplane::store::{etcd, Location, Store};
 use patronus_proto::logging::{self, LogArgs};
@@ -42,6 +42,21 @@ struct Cli {
     /// replica takes the leader's work over at most this long after it is gone.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=60))]
     etcd_lease_ttl_s: u64,
+    /// The CA (PEM) etcd's certificates chain to: connect over TLS (https:// endpoints).
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// This replica's client certificate (PEM), for etcd's --client-cert-auth.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; mode 600 or 640).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// The etcd user, when etcd's authentication is enabled.
+    #[arg(long, requires = "etcd_password_file")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password (mode 600 or 640).
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
     /// How often the leading replica compacts etcd's history to where it was
     /// the time before, in seconds; 0 leaves it to etcd's own auto-compaction.
     #[arg(long, default_value_t = 300)]
@@ -119,6 +134,14 @@ fn etcd_prefix(text: &str) -> Result<String, String> {
 async fn open_store(cli: &Cli, location: &Location) -> anyhow::Result<Store> {
     match location {
         Location::Redb(path) => {
+            let etcd_only = [
+                ("--etcd-ca", cli.etcd_ca.is_some()),
+                ("--etcd-cert", cli.etcd_cert.is_some()),
+                ("--etcd-user", cli.etcd_user.is_some()),
+            ];
+            if let Some((flag, _)) = etcd_only.iter().find(|(_, given)| *given) {
+                anyhow::bail!("{flag} applies to --store etcd:URLS, not to a redb file");
+            }
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
@@ -126,7 +149,39 @@ async fn open_store(cli: &Cli, location: &Location) -> anyhow::Result<Store> {
             Store::open_redb(path).with_context(|| format!("opening {}", path.display()))
         }
         Location::Etcd(endpoints) => {
+            let tls = match &cli.etcd_ca {
+                Some(ca) => Some(etcd::Tls {
+                    ca: std::fs::read_to_string(ca)
+                        .with_context(|| format!("--etcd-ca {}", ca.display()))?,
+                    identity: match (&cli.etcd_cert, &cli.etcd_key) {
+                        (Some(cert), Some(key)) => Some((
+                            std::fs::read_to_string(cert)
+                                .with_context(|| format!("--etcd-cert {}", cert.display()))?,
+                            read_secret(key, Readers::OwnerAndGroup).context("--etcd-key")?,
+                        )),
+                        _ => None,
+                    },
+                }),
+                None => None,
+            };
+            if tls.is_none() && endpoints.iter().any(|e| e.starts_with("https://")) {
+                anyhow::bail!("--store: an https:// etcd endpoint needs --etcd-ca");
+            }
+            let user = match (&cli.etcd_user, &cli.etcd_password_file) {
+                (Some(user), Some(file)) => Some(etcd::Credentials {
+                    user: user.clone(),
+                    password: zeroize::Zeroizing::new(
+                        read_secret(file, Readers::OwnerAndGroup)
+                            .context("--etcd-password-file")?
+                            .trim()
+                            .to_owned(),
+                    ),
+                }),
+                _ => None,
+            };
             let settings = etcd::Settings {
+                tls,
+                user,
                 prefix: cli.etcd_prefix.clone(),
                 request_timeout: std::time::Duration::from_millis(cli.etcd_timeout_ms),
                 unhealthy_after: std::time::Duration::from_secs(cli.etcd_unhealthy_after_s),

@@ -679,3 +679,93 @@ async fn one_replica_leads_compacts_and_another_takes_over_within_the_lease() {
         killed.elapsed()
     );
 }
+
+/// The control plane's arguments for `cluster` (TLS) under `prefix`, as `user`.
+fn secured_args(
+    cluster: &Cluster,
+    prefix: &str,
+    tls: &common::etcd::Tls,
+    password: &str,
+) -> Vec<String> {
+    let path = |name: &str, text: &str| cluster.file(name, text).display().to_string();
+    vec![
+        "--store".into(),
+        cluster.store_arg(),
+        "--etcd-prefix".into(),
+        prefix.into(),
+        "--etcd-ca".into(),
+        path("client-ca.crt", &tls.ca),
+        "--etcd-cert".into(),
+        path("client.crt", &tls.client.0),
+        "--etcd-key".into(),
+        path("client.key", &tls.client.1),
+        "--etcd-user".into(),
+        "patronus".into(),
+        "--etcd-password-file".into(),
+        path(&format!("password-{password}"), password),
+        // Compaction is cluster-wide: only etcd's root may do it.
+        "--etcd-compact-every-s".into(),
+        "0".into(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reach_etcd_over_mutual_tls_as_an_etcd_user_of_their_prefix() {
+    need_etcd!();
+    let ca = common::pki::ca("etcd CA");
+    let tls = common::etcd::Tls {
+        ca: ca.pem.clone(),
+        server: common::pki::leaf(&ca, &["127.0.0.1"]),
+        client: common::pki::leaf(&ca, &["patronus-controlplane"]),
+    };
+    let cluster = Cluster::start_with(1, Some(tls.clone())).await;
+    let prefix = prefix();
+    // etcd's authentication: root, and a user that may use the prefix only.
+    let mut admin = cluster.client().await;
+    admin.user_add("root", "root-secret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("patronus").await.unwrap();
+    admin
+        .role_grant_permission(
+            "patronus",
+            etcd_client::Permission::read_write(prefix.clone()).with_prefix(),
+        )
+        .await
+        .unwrap();
+    admin.user_add("patronus", "s3cret", None).await.unwrap();
+    admin.user_grant_role("patronus", "patronus").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let args = secured_args(&cluster, &prefix, &tls, "s3cret");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let secured = common::start_on(args[1], &args[2..]);
+    let created = api(&secured)
+        .await
+        .create_site(CreateSiteRequest { site: Some(site()) })
+        .await
+        .unwrap()
+        .into_inner()
+        .site
+        .unwrap();
+    let mut on_it = subscribe(&secured, "gw").await;
+    let snapshot = until(&mut on_it, 0, |s| s.site.is_some()).await;
+    assert_eq!(snapshot.version, created.metadata.unwrap().resource_version);
+
+    // A wrong password stops the start with etcd's word for it.
+    let wrong = secured_args(&cluster, &prefix, &tls, "wrong");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .args(&wrong)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("connecting to etcd") && stderr.contains("authentication failed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong"),
+        "the password is never shown: {stderr}"
+    );
+}

@@ -3,52 +3,14 @@
 
 mod common;
 
+use common::pki::{ca, leaf, leaf_with_uri};
+
 use std::sync::Arc;
 
 use patronus_proto::v1::control_plane_client::ControlPlaneClient;
 use patronus_proto::v1::dataplane_sync_client::DataplaneSyncClient;
 use patronus_proto::v1::{ListSitesRequest, SubscribeRequest};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-/// A CA: its certificate (PEM) and what signs with it.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A leaf certificate for `names`, signed by `ca`: (cert PEM, key PEM).
-fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
-    leaf_with_uri(ca, names, None)
-}
-
-/// [`leaf`], with a URI SAN as well.
-fn leaf_with_uri(ca: &Ca, names: &[&str], uri: Option<&str>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    if let Some(uri) = uri {
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
-    }
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 /// A server over `tls` with its database in `dir`, on a loopback port.
 async fn serve_tls(

@@ -43,8 +43,14 @@ use crate::resource::{name_of, Resource};
 /// How to reach the cluster and where in it desired state lives.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Client URLs of the members (`http://10.0.0.1:2379`).
+    /// Client URLs of the members (`http://10.0.0.1:2379`, or `https://`
+    /// with [`Settings::tls`]).
     pub endpoints: Vec<String>,
+    /// TLS to the members: the CA their certificates chain to and, for
+    /// etcd's `--client-cert-auth`, this replica's certificate and key.
+    pub tls: Option<Tls>,
+    /// etcd's own authentication (`etcdctl auth enable`): user and password.
+    pub user: Option<Credentials>,
     /// The key prefix, so that several control planes can share a cluster.
     pub prefix: String,
     /// How long one request may take before it fails as UNAVAILABLE.
@@ -59,11 +65,47 @@ pub struct Settings {
     pub compact_every: Option<Duration>,
 }
 
+/// TLS settings, as PEM text.
+#[derive(Clone)]
+pub struct Tls {
+    /// The CA the members' certificates chain to.
+    pub ca: String,
+    /// This replica's certificate and private key (a secret).
+    pub identity: Option<(String, zeroize::Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An etcd user and its password (a secret, never shown).
+#[derive(Clone)]
+pub struct Credentials {
+    /// The user.
+    pub user: String,
+    /// Its password.
+    pub password: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Settings {
     /// The defaults for `endpoints`.
     pub fn new(endpoints: Vec<String>) -> Settings {
         Settings {
             endpoints,
+            tls: None,
+            user: None,
             prefix: "/patronus/".into(),
             request_timeout: Duration::from_secs(3),
             unhealthy_after: Duration::from_secs(5),
@@ -228,11 +270,24 @@ impl EtcdStore {
         settings: Settings,
         followers: Arc<Followers>,
     ) -> Result<Arc<EtcdStore>, StoreError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.request_timeout)
             .with_timeout(settings.request_timeout)
             .with_keep_alive(Duration::from_secs(2), settings.request_timeout)
             .with_require_leader(true);
+        if let Some(tls) = &settings.tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key.as_bytes()));
+            }
+            options = options.with_tls(config);
+        }
+        if let Some(credentials) = &settings.user {
+            options = options
+                .with_user(credentials.user.clone(), credentials.password.to_string())
+                .with_auto_token_refresh(true);
+        }
         let client = Client::connect(&settings.endpoints, Some(options))
             .await
             .map_err(etcd_error)?;

@@ -29,16 +29,34 @@ struct Member {
     child: Option<Child>,
 }
 
+/// TLS for a cluster's clients, as PEM text: the members serve `server`
+/// and require a client certificate from `ca`; `client` is one.
+#[derive(Clone)]
+pub struct Tls {
+    /// The CA of both sides.
+    pub ca: String,
+    /// The members' certificate (for 127.0.0.1) and key.
+    pub server: (String, String),
+    /// A client's certificate and key.
+    pub client: (String, String),
+}
+
 /// A running cluster.
 pub struct Cluster {
     dir: tempfile::TempDir,
     token: String,
     members: Vec<Member>,
+    tls: Option<Tls>,
 }
 
 impl Cluster {
     /// Starts `size` members and waits until the cluster takes writes.
     pub async fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, None).await
+    }
+
+    /// [`Cluster::start`], serving clients over TLS when `tls` is given.
+    pub async fn start_with(size: usize, tls: Option<Tls>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let token = format!("patronus-test-{}", uuid_like());
         let members = (0..size)
@@ -53,6 +71,7 @@ impl Cluster {
             dir,
             token,
             members,
+            tls,
         };
         for i in 0..size {
             cluster.run(i);
@@ -68,10 +87,36 @@ impl Cluster {
 
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
+    }
+
+    /// A file in the cluster's directory holding `text`, readable by its owner only.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// How a client connects: TLS with the client certificate, when the cluster has TLS.
+    fn options(&self) -> etcd_client::ConnectOptions {
+        let mut options = etcd_client::ConnectOptions::new();
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca))
+                    .identity(etcd_client::Identity::from_pem(
+                        &tls.client.0,
+                        &tls.client.1,
+                    )),
+            );
+        }
+        options
     }
 
     fn run(&mut self, i: usize) {
@@ -80,9 +125,22 @@ impl Cluster {
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect();
+        let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(tls) = self.tls.clone() {
+            tls_args = vec![
+                "--cert-file".into(),
+                self.file("server.crt", &tls.server.0).into(),
+                "--key-file".into(),
+                self.file("server.key", &tls.server.1).into(),
+                "--trusted-ca-file".into(),
+                self.file("ca.crt", &tls.ca).into(),
+                "--client-cert-auth".into(),
+            ];
+        }
         let member = &self.members[i];
         let data: PathBuf = self.dir.path().join(&member.name);
-        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", member.client_port);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
         let log =
             std::fs::File::create(self.dir.path().join(format!("{}.log", member.name))).unwrap();
@@ -110,6 +168,7 @@ impl Cluster {
                 "--election-timeout",
                 "500",
             ])
+            .args(tls_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -133,14 +192,14 @@ impl Cluster {
 
     /// A client of the cluster.
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect(self.endpoints(), None)
+        etcd_client::Client::connect(self.endpoints(), Some(self.options()))
             .await
             .unwrap()
     }
 
     /// Waits until a write through the cluster succeeds.
     pub async fn wait_for_quorum(&self) {
-        takes_writes(self.endpoints()).await;
+        takes_writes(self.endpoints(), self.options()).await;
     }
 }
 
@@ -225,7 +284,7 @@ rm -rf "$dir" "$dir.log""#;
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(takes_writes(vec![url]))
+                .block_on(takes_writes(vec![url], etcd_client::ConnectOptions::new()))
         })
         .join()
         .unwrap();
@@ -235,13 +294,15 @@ rm -rf "$dir" "$dir.log""#;
 }
 
 /// Waits until a write through `endpoints` succeeds.
-async fn takes_writes(endpoints: Vec<String>) {
+async fn takes_writes(endpoints: Vec<String>, options: etcd_client::ConnectOptions) {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let options = options
+        .with_timeout(Duration::from_secs(1))
+        .with_connect_timeout(Duration::from_secs(1));
     loop {
-        let options = etcd_client::ConnectOptions::new()
-            .with_timeout(Duration::from_secs(1))
-            .with_connect_timeout(Duration::from_secs(1));
-        if let Ok(mut client) = etcd_client::Client::connect(&endpoints, Some(options)).await {
+        if let Ok(mut client) =
+            etcd_client::Client::connect(&endpoints, Some(options.clone())).await
+        {
             if client.put("/test/quorum", "1", None).await.is_ok() {
                 return;
             }

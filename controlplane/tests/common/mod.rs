@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod fixtures;
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
