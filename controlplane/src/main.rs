@@ -24,6 +24,11 @@ struct Cli {
     /// replicas share. The default is the file of `--db`.
     #[arg(long, value_name = "redb:PATH|etcd:URLS", conflicts_with = "db")]
     store: Option<Location>,
+    /// Copy everything in the store (`--store` or `--db`) into this empty
+    /// one (`redb:PATH` or `etcd:URLS`, the etcd flags applying to the etcd
+    /// side), check the copy, and exit. Stop the source's control plane first.
+    #[arg(long, value_name = "redb:PATH|etcd:URLS")]
+    migrate_to: Option<Location>,
     /// The database file: short for `--store redb:PATH`.
     #[arg(long, default_value = "/var/lib/patronus/controlplane.redb")]
     db: PathBuf,
@@ -197,6 +202,17 @@ async fn open_store(cli: &Cli, location: &Location) -> anyhow::Result<Store> {
     }
 }
 
+/// Copies the store at `from` into the empty one at `to` and checks the copy.
+async fn migrate(cli: &Cli, from: &Location, to: &Location) -> anyhow::Result<()> {
+    let source = open_store(cli, from).await.context("the source")?;
+    let target = open_store(cli, to).await.context("the target")?;
+    let copied = patronus_controlplane::store::migrate::copy(&source, &target)
+        .await
+        .with_context(|| format!("migrating from {from} to {to}"))?;
+    println!("copied {copied} from {from} to {to}; the copy matches the source");
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let token = read_file(
         cli.token_file.as_deref(),
@@ -234,6 +250,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let location = cli.store.clone().unwrap_or(Location::Redb(cli.db.clone()));
     let runtime = tokio::runtime::Runtime::new()?;
+    if let Some(target) = &cli.migrate_to {
+        return runtime.block_on(migrate(&cli, &location, target));
+    }
     runtime.block_on(async {
         let store = Arc::new(open_store(&cli, &location).await?);
         let listener = tokio::net::TcpListener::bind(cli.listen)

@@ -769,3 +769,141 @@ async fn replicas_reach_etcd_over_mutual_tls_as_an_etcd_user_of_their_prefix() {
         "the password is never shown: {stderr}"
     );
 }
+
+/// Every resource `server` holds, resource versions cleared (each store
+/// counts its own).
+async fn everything(server: &common::Running) -> Vec<String> {
+    let mut c = api(server).await;
+    let clear = |m: &mut Option<ObjectMeta>| m.as_mut().unwrap().resource_version = 0;
+    let mut all = Vec::new();
+    for mut s in c
+        .list_sites(ListSitesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sites
+    {
+        clear(&mut s.metadata);
+        all.push(format!("{s:?}"));
+    }
+    for mut p in c
+        .list_peers(ListPeersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .peers
+    {
+        clear(&mut p.metadata);
+        p.status = None;
+        all.push(format!("{p:?}"));
+    }
+    let policies = c
+        .list_policies(ListPoliciesRequest::default())
+        .await
+        .unwrap();
+    for mut p in policies.into_inner().policies {
+        clear(&mut p.metadata);
+        all.push(format!("{p:?}"));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_migrates_from_a_redb_file_to_etcd_and_back_exactly() {
+    need_etcd!();
+    let cluster = Cluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (
+        dir.path().join("first.redb"),
+        dir.path().join("second.redb"),
+    );
+    let original = {
+        let server = common::start(&first, None);
+        let docs =
+            patronus_controlplane::manifest::parse(include_str!("data/production.yaml")).unwrap();
+        let mut c = api(&server).await;
+        for doc in &docs {
+            use patronus_controlplane::manifest::{self as m, Document};
+            match doc {
+                Document::Site(d) => drop(
+                    c.create_site(CreateSiteRequest {
+                        site: Some(m::site(d)),
+                    })
+                    .await
+                    .unwrap(),
+                ),
+                Document::Peer(d) => drop(
+                    c.create_peer(CreatePeerRequest {
+                        peer: Some(m::peer(d)),
+                    })
+                    .await
+                    .unwrap(),
+                ),
+                Document::Policy(d) => drop(
+                    c.create_policy(CreatePolicyRequest {
+                        policy: Some(m::policy(d).unwrap()),
+                    })
+                    .await
+                    .unwrap(),
+                ),
+                _ => {}
+            }
+        }
+        everything(&server).await
+    };
+    assert!(original.len() >= 3, "{original:?}");
+    let prefix = prefix();
+    let migrate = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_patronus-controlplane"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let to_etcd = vec![
+        "--db".to_owned(),
+        first.display().to_string(),
+        "--migrate-to".into(),
+        cluster.store_arg(),
+        "--etcd-prefix".into(),
+        prefix.clone(),
+    ];
+    let out = migrate(to_etcd.clone());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("copied 1 sites, 1 peers, 1 policies, 0 applications")
+            && said.contains("the copy matches"),
+        "{said}"
+    );
+    // Into a store that holds something already: refused.
+    let again = migrate(to_etcd);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("migrate into an empty store"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let back = migrate(vec![
+        "--store".into(),
+        cluster.store_arg(),
+        "--etcd-prefix".into(),
+        prefix.clone(),
+        "--migrate-to".into(),
+        format!("redb:{}", second.display()),
+    ]);
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+
+    // Both copies serve what the original held, uids and times included.
+    let on_etcd = replica(&cluster, &prefix, &[]);
+    assert_eq!(everything(&on_etcd).await, original);
+    let on_redb = common::start(&second, None);
+    assert_eq!(everything(&on_redb).await, original);
+}

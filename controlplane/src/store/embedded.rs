@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use patronus_proto::v1::ObjectMeta;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{check_fits, decode, not_found, DesiredState, Page, StoreError};
+use super::{check_fits, decode, not_found, DesiredState, Origin, Page, StoreError};
 use crate::resource::{name_of, Resource};
 
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
@@ -398,7 +398,7 @@ fn list_in<R: Resource>(db: &Database, after: &str, limit: usize) -> Result<Page
 pub fn create_in<R: Resource>(
     txn: &redb::WriteTransaction,
     mut r: R,
-    uid: String,
+    origin: &Origin,
 ) -> Result<R, StoreError> {
     let name = name_of(&r).to_owned();
     let mut table = txn.open_table(R::TABLE)?;
@@ -410,16 +410,8 @@ pub fn create_in<R: Resource>(
     claim_unique(txn, &r, &name, None)?;
     check_size(txn, &r, None)?;
     let revision = bump_revision(txn)?;
-    let now = Some(prost_types::Timestamp::from(SystemTime::now()));
-    let meta = r.meta_mut();
-    *meta = ObjectMeta {
-        resource_version: revision,
-        uid,
-        generation: 1,
-        create_time: now,
-        update_time: now,
-        ..std::mem::take(meta)
-    };
+    origin.stamp(r.meta_mut());
+    r.meta_mut().resource_version = revision;
     let bytes = r.encode_to_vec();
     add_to_total::<R>(txn, r.site_scope(), bytes.len(), 0)?;
     table.insert(name.as_str(), bytes.as_slice())?;
@@ -638,6 +630,10 @@ mod tests {
         }
     }
 
+    fn new(uid: &str) -> Origin {
+        Origin::New { uid: uid.into() }
+    }
+
     fn totals(store: &RedbStore) -> BTreeMap<String, u64> {
         store
             .with_db(|db| {
@@ -666,10 +662,10 @@ mod tests {
         let expected = store
             .with_db(|db| {
                 let txn = db.begin_write()?;
-                create_in(&txn, peer("a", "hq"), "1".into())?;
-                create_in(&txn, peer("b", "hq"), "2".into())?;
-                create_in(&txn, peer("c", "branch"), "3".into())?;
-                let mut moved = create_in(&txn, peer("d", "hq"), "4".into())?;
+                create_in(&txn, peer("a", "hq"), &new("1"))?;
+                create_in(&txn, peer("b", "hq"), &new("2"))?;
+                create_in(&txn, peer("c", "branch"), &new("3"))?;
+                let mut moved = create_in(&txn, peer("d", "hq"), &new("4"))?;
                 delete_in::<Peer>(&txn, "b", 0)?;
                 moved.spec.as_mut().unwrap().site_id = "branch".into();
                 update_in(&txn, moved)?;

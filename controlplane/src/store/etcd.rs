@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use super::leader::{self, Leadership};
 use super::{
-    check_fits, decode, not_found, Change, DesiredState, Followers, News, Page, StoreError,
+    check_fits, decode, not_found, Change, DesiredState, Followers, News, Origin, Page, StoreError,
 };
 use crate::resource::{name_of, Resource};
 
@@ -650,18 +650,10 @@ impl EtcdStore {
     }
 
     /// See [`super::Store::create`].
-    pub async fn create<R: Resource>(&self, mut r: R, uid: String) -> Result<R, StoreError> {
+    pub async fn create<R: Resource>(&self, mut r: R, origin: &Origin) -> Result<R, StoreError> {
         let name = name_of(&r).to_owned();
-        let now = Some(prost_types::Timestamp::from(SystemTime::now()));
-        let meta = r.meta_mut();
-        *meta = ObjectMeta {
-            resource_version: 0,
-            uid,
-            generation: 1,
-            create_time: now,
-            update_time: now,
-            ..std::mem::take(meta)
-        };
+        origin.stamp(r.meta_mut());
+        r.meta_mut().resource_version = 0;
         let bytes = r.encode_to_vec();
         let unique_key = r.unique_key().map(str::to_owned);
         let mut attempts = Attempts::new(self.settings.request_timeout);

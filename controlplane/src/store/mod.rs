@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use patronus_proto::v1::EventType;
+use patronus_proto::v1::{EventType, ObjectMeta};
 use tokio::sync::watch;
 
 use crate::resource::{name_of, Resource};
@@ -24,6 +24,7 @@ use crate::resource::{name_of, Resource};
 pub mod embedded;
 pub mod etcd;
 pub mod leader;
+pub mod migrate;
 
 pub use embedded::RedbStore;
 
@@ -172,6 +173,15 @@ impl std::str::FromStr for Location {
     }
 }
 
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Redb(path) => write!(f, "redb:{}", path.display()),
+            Location::Etcd(urls) => write!(f, "etcd:{}", urls.join(",")),
+        }
+    }
+}
+
 /// A committed write, as every replica learns of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -196,6 +206,33 @@ impl Change {
             name: name_of(r).to_owned(),
             site_id: r.site_scope().to_owned(),
             version: r.meta().map_or(0, |m| m.resource_version),
+        }
+    }
+}
+
+/// Where a new resource's server-set metadata comes from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Created through the API: this uid, generation 1, created now.
+    New {
+        /// Its uid.
+        uid: String,
+    },
+    /// Copied from another store (a migration): uid, generation and times
+    /// as they were there.
+    Copied,
+}
+
+impl Origin {
+    /// Sets `meta`'s server-set fields, all but the resource_version (the
+    /// store's revision), as this origin says.
+    pub(crate) fn stamp(&self, meta: &mut ObjectMeta) {
+        if let Origin::New { uid } = self {
+            let now = Some(prost_types::Timestamp::from(std::time::SystemTime::now()));
+            meta.uid = uid.clone();
+            meta.generation = 1;
+            meta.create_time = now;
+            meta.update_time = now;
         }
     }
 }
@@ -418,10 +455,20 @@ impl Store {
 
     /// Creates `r` with the server-assigned metadata (`uid`, versions, times).
     pub async fn create<R: Resource>(&self, r: R, uid: String) -> Result<R, StoreError> {
+        self.create_from(r, Origin::New { uid }).await
+    }
+
+    /// Creates `r` as another store held it: its uid, generation and times
+    /// kept, its resource_version this store's.
+    pub async fn copy_in<R: Resource>(&self, r: R) -> Result<R, StoreError> {
+        self.create_from(r, Origin::Copied).await
+    }
+
+    async fn create_from<R: Resource>(&self, r: R, origin: Origin) -> Result<R, StoreError> {
         match &self.backend {
             Backend::Redb { writes, .. } => {
                 let created = writes
-                    .write(move |txn| embedded::create_in(txn, r, uid))
+                    .write(move |txn| embedded::create_in(txn, r, &origin))
                     .await?;
                 self.followers.tell(&News::Changed(Change::of(
                     EventType::ResourceCreated,
@@ -429,7 +476,7 @@ impl Store {
                 )));
                 Ok(created)
             }
-            Backend::Etcd(etcd) => etcd.create(r, uid).await,
+            Backend::Etcd(etcd) => etcd.create(r, &origin).await,
         }
     }
 
