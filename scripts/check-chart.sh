@@ -2,7 +2,8 @@
 # Checks the Helm chart (operator/helm/patronus-operator), the alert rules and
 # the dashboards without a Kubernetes cluster:
 #
-#   - `helm lint --strict` with the default values and ci/custom-values.yaml;
+#   - `helm lint --strict` with the default values, ci/custom-values.yaml and
+#     ci/etcd-values.yaml (the control plane's etcd backend);
 #   - `helm template` with both (at the lowest supported Kubernetes, 1.28);
 #   - the rendered manifests against Kubernetes' OpenAPI schemas
 #     (`kubernetes-validate --strict`, 1.28 and the newest it knows): every
@@ -27,6 +28,7 @@ cd "$(dirname "$0")/.."
 
 chart=operator/helm/patronus-operator
 custom=$chart/ci/custom-values.yaml
+etcd=$chart/ci/etcd-values.yaml
 kube_min=1.28.0
 
 fail() {
@@ -73,9 +75,10 @@ ok "files/alerts and files/dashboards link to alerts/ and dashboards/"
 
 # 1. Lint and render, default and custom values. Helm warns on stderr that it
 # follows the symlinks; that is expected and dropped.
-for values in default custom; do
+for values in default custom etcd; do
     args=()
     [ "$values" = custom ] && args=(-f "$custom")
+    [ "$values" = etcd ] && args=(-f "$etcd")
     run "helm lint --strict ($values values)" helm lint --strict "$chart" "${args[@]}"
     ok "helm lint --strict ($values values)"
     helm template patronus "$chart" --namespace patronus-system --kube-version "$kube_min" \
@@ -97,7 +100,7 @@ yaml.safe_dump_all(rest, open(core, "w"), sort_keys=False)
 yaml.safe_dump_all(monitoring, open(mon, "w"), sort_keys=False)
 PY
 }
-for values in default custom; do
+for values in default custom etcd; do
     split "$tmp/$values.yaml" "$tmp/$values-core.yaml" "$tmp/$values-monitoring.yaml"
     for version in "$kube_min" latest; do
         vargs=()
@@ -313,8 +316,58 @@ assert {"cri", "json", "timestamp", "labels"} <= stages, stages
 PY
 ok "default and custom values render what they set (token Secret, generated TLS certificate the CA verifies, watchNamespace, storage class, labels, log format, promtail)"
 
+# 5a. The etcd backend: replicas, no volume, the etcd flags, a PDB and
+# anti-affinity; the default (redb) has neither PDB nor --store.
+python3 - "$tmp/default.yaml" "$tmp/etcd.yaml" <<'PY'
+import sys, yaml
+def load(p):
+    return [d for d in yaml.safe_load_all(open(p)) if d]
+default, etcd = load(sys.argv[1]), load(sys.argv[2])
+cp = [d for d in default if d["kind"] == "StatefulSet"][0]
+assert cp["spec"]["replicas"] == 1
+assert "--store" not in cp["spec"]["template"]["spec"]["containers"][0]["command"]
+assert not [d for d in default if d["kind"] == "PodDisruptionBudget" and "controlplane" in d["metadata"]["name"]]
+cp = [d for d in etcd if d["kind"] == "StatefulSet"][0]
+spec = cp["spec"]
+assert spec["replicas"] == 3 and spec["podManagementPolicy"] == "Parallel", spec
+assert "volumeClaimTemplates" not in spec
+pod = spec["template"]["spec"]
+args = pod["containers"][0]["command"]
+urls = ",".join("https://etcd-%d.etcd.storage.svc:2379" % i for i in range(3))
+assert args[args.index("--store") + 1] == "etcd:" + urls, args
+assert "--db" not in args
+flags = {a: args[i + 1] for i, a in enumerate(args) if a.startswith("--etcd-")}
+assert flags == {
+    "--etcd-prefix": "/sdwan/",
+    "--etcd-lease-ttl-s": "10",
+    "--etcd-compact-every-s": "0",
+    "--etcd-ca": "/var/run/patronus/etcd-tls/ca.crt",
+    "--etcd-cert": "/var/run/patronus/etcd-tls/tls.crt",
+    "--etcd-key": "/var/run/patronus/etcd-tls/tls.key",
+    "--etcd-user": "patronus",
+    "--etcd-password-file": "/var/run/patronus/etcd-auth/password",
+}, flags
+volumes = {v["name"]: v for v in pod["volumes"]}
+assert "data" not in volumes
+assert volumes["etcd-tls"]["secret"]["secretName"] == "etcd-client-tls"
+assert volumes["etcd-auth"]["secret"] == {"secretName": "etcd-patronus-password", "defaultMode": 0o440,
+                                          "items": [{"key": "password", "path": "password"}]}
+mounts = {m["name"] for m in pod["containers"][0]["volumeMounts"]}
+assert {"etcd-tls", "etcd-auth"} <= mounts and "data" not in mounts, mounts
+anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+assert anti["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+pdb = [d for d in etcd if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "ha-controlplane"][0]
+assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+PY
+ok "the etcd backend renders three replicas without a volume, the etcd flags and Secrets, anti-affinity and a PodDisruptionBudget"
+
 # 5b. TLS from cert-manager, or clear text when asked for.
 render() { helm template patronus "$chart" --namespace patronus-system "$@" 2>"$tmp/log"; }
+if render --set controlplane.store.backend=etcd >/dev/null; then
+    fail "the etcd backend rendered without endpoints"
+fi
+grep -q "controlplane.store.etcd" "$tmp/log" || { cat "$tmp/log" >&2; fail "no message naming controlplane.store.etcd.endpoints"; }
+ok "the etcd backend without endpoints is refused, naming the value"
 render --set controlplane.tls.generate=cert-manager \
     --set controlplane.tls.certManager.issuerRef.name=patronus-ca >"$tmp/cm.yaml" ||
     { cat "$tmp/log" >&2; fail "helm template with cert-manager"; }
