@@ -3,7 +3,8 @@
 //! every snapshot it receives), then `--updates` writes, one at a time, each
 //! to a site with a subscriber. Measures, per write, the time from sending
 //! it to the affected data plane's acknowledgement of the version that
-//! carries it. Prints p50 and p99.
+//! carries it. Prints p50 and p99. With several replicas (`--addr A,B,C`)
+//! the writes go through the first and the subscribers are spread over all.
 //!
 //! `cargo run --release -p patronus-controlplane --example propagation -- --addr 127.0.0.1:50051 --sites 10000`
 
@@ -22,9 +23,9 @@ use tokio::sync::mpsc;
 /// Propagation benchmark.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The control plane's address.
-    #[arg(long)]
-    addr: String,
+    /// The control plane's address; several replicas' separated by commas.
+    #[arg(long, value_delimiter = ',', required = true)]
+    addr: Vec<String>,
     /// Sites to create first.
     #[arg(long, default_value_t = 1000)]
     sites: usize,
@@ -42,7 +43,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let url = format!("http://{}", args.addr);
+    let urls: Vec<String> = args.addr.iter().map(|a| format!("http://{a}")).collect();
+    let url = urls[0].clone();
     let names: Vec<String> = (0..args.sites)
         .map(|i| format!("{}-{i}", args.prefix))
         .collect();
@@ -77,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     // Subscribers: each acknowledges every snapshot and reports (site, display name) when it has.
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<(String, String, Instant)>();
     for (i, name) in names.iter().take(args.subscribers).enumerate() {
-        let mut sync = DataplaneSyncClient::connect(url.clone()).await?;
+        let mut sync = DataplaneSyncClient::connect(urls[i % urls.len()].clone()).await?;
         let mut stream = sync
             .subscribe(SubscribeRequest {
                 site_id: name.clone(),
@@ -143,9 +145,10 @@ async fn main() -> anyhow::Result<()> {
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
     println!(
-        "{} sites, {} subscribers, {} writes: propagation p50 {:.2} ms, p99 {:.2} ms",
+        "{} sites, {} subscribers on {} replica(s), {} writes: propagation p50 {:.2} ms, p99 {:.2} ms",
         args.sites,
         args.subscribers,
+        urls.len(),
         latencies.len(),
         pct(0.50),
         pct(0.99)

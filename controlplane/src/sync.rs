@@ -291,6 +291,11 @@ impl Hub {
             return Ok(());
         }
         let state = self.store.desired_state(Some(site_ids.clone())).await?;
+        tracing::debug!(
+            sites = site_ids.len(),
+            revision = state.revision,
+            "recompiling site snapshots"
+        );
         self.publish(&site_ids, &state);
         Ok(())
     }

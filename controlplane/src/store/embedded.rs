@@ -57,6 +57,13 @@ pub struct RedbStore {
     health: tokio::sync::watch::Sender<Option<String>>,
 }
 
+/// Why nothing can be read or written until the database is reopened.
+fn unavailable(why: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the database is unavailable until it can be reopened: {why}"
+    ))
+}
+
 /// A write waiting for the group commit: it runs inside the shared
 /// transaction and returns what to do once the commit has (or has not)
 /// happened, and whether it failed in a way that spoils the transaction
@@ -107,7 +114,7 @@ impl GroupCommit {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         if let Some(why) = self.store.failure() {
-            return Err(StoreError::Unavailable(why));
+            return Err(unavailable(why));
         }
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |txn| {
@@ -128,7 +135,7 @@ impl GroupCommit {
             .map_err(|_| StoreError::CommitFailed("the writer thread has stopped".into()))?;
         // A job dropped unrun: its group could not begin (the database failed).
         result.await.map_err(|_| {
-            StoreError::Unavailable(
+            unavailable(
                 self.store
                     .failure()
                     .unwrap_or_else(|| "the write could not begin".into()),
@@ -181,11 +188,11 @@ impl RedbStore {
     /// The usable database, or why there is none.
     fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
         if let Some(why) = self.failure() {
-            return Err(StoreError::Unavailable(why));
+            return Err(unavailable(why));
         }
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            return Err(StoreError::Unavailable("being reopened".into()));
+            return Err(unavailable("being reopened"));
         }
         Ok(guard)
     }

@@ -167,12 +167,21 @@ fn etcd_error(e: etcd_client::Error) -> StoreError {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
             ) =>
         {
-            StoreError::Unavailable(format!("etcd: {}", status.message()))
+            unavailable(status.message())
         }
-        E::TransportError(e) => StoreError::Unavailable(format!("etcd unreachable: {e}")),
-        E::IoError(e) => StoreError::Unavailable(format!("etcd unreachable: {e}")),
+        E::TransportError(e) => unavailable(e),
+        E::IoError(e) => unavailable(e),
         other => StoreError::Backend(format!("etcd: {other}")),
     }
+}
+
+/// etcd unreachable, without quorum or too slow. A write refused this way
+/// may have been proposed already and be applied once etcd recovers.
+fn unavailable(why: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!(
+        "etcd is unreachable or without quorum ({why}); a write refused for this may still be \
+         applied once etcd recovers: read before writing it again"
+    ))
 }
 
 /// Whether a failed request may succeed when asked again: etcd was
@@ -455,7 +464,7 @@ impl EtcdStore {
         let deadline = started + self.settings.request_timeout;
         let mut pause = AGAIN.0;
         loop {
-            let answer = call(self.kv()).await;
+            let answer = self.attempt(call(self.kv())).await;
             self.requests.observe(started.elapsed().as_secs_f64());
             match answer {
                 Err(e) if transient(&e) && Instant::now() + pause < deadline => {
@@ -468,12 +477,30 @@ impl EtcdStore {
         }
     }
 
+    /// One attempt of a request, given a third of the request timeout: a
+    /// request that etcd dropped (a follower's proposal lost with the leader
+    /// it went to) fails then as DEADLINE_EXCEEDED and is made again
+    /// within the timeout, instead of taking all of it.
+    async fn attempt<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, etcd_client::Error> {
+        let limit = self.settings.request_timeout / 3;
+        tokio::time::timeout(limit, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(etcd_client::Error::GRpcStatus(
+                    tonic::Status::deadline_exceeded(format!("no answer within {limit:?}")),
+                ))
+            })
+    }
+
     /// Runs a write transaction once: its revision when its comparisons
     /// held, `None` when they did not. A failure leaves its outcome
     /// unknown: the write may have been applied.
     async fn write_txn(&self, txn: Txn) -> Result<Option<i64>, etcd_client::Error> {
         let started = Instant::now();
-        let answer = self.kv().txn(txn).await;
+        let answer = self.attempt(self.kv().txn(txn)).await;
         self.requests.observe(started.elapsed().as_secs_f64());
         let answer = answer?;
         Ok(answer
@@ -591,13 +618,15 @@ impl EtcdStore {
         })
     }
 
-    /// Reads, in one transaction, what a write of `name` must compare: the
-    /// resource, its unique key `unique` and the totals of `groups`.
+    /// Reads (as `reads` says), in one transaction, what a write of `name`
+    /// must compare: the resource, its unique key `unique` and the totals
+    /// of `groups`.
     async fn read_for_write<R: Resource>(
         &self,
         name: &str,
         unique: Option<&str>,
         groups: &[&str],
+        reads: GetOptions,
     ) -> Result<(Seen, Option<Seen>, Vec<Seen>), StoreError> {
         let key = self.key::<R>(name);
         let unique = unique.map(|u| self.unique_key::<R>(u));
@@ -606,10 +635,11 @@ impl EtcdStore {
         } else {
             Vec::new()
         };
-        let mut reads = vec![TxnOp::get(key.clone(), None)];
-        reads.extend(unique.iter().map(|u| TxnOp::get(u.clone(), None)));
-        reads.extend(totals.iter().map(|t| TxnOp::get(t.clone(), None)));
-        let (responses, _) = self.read_txn(Txn::new().and_then(reads)).await?;
+        let get = |key: &String| TxnOp::get(key.clone(), Some(reads.clone()));
+        let mut ops = vec![get(&key)];
+        ops.extend(unique.iter().map(get));
+        ops.extend(totals.iter().map(get));
+        let (responses, _) = self.read_txn(Txn::new().and_then(ops)).await?;
         let current = Seen::read(key, got(&responses, 0));
         let offset = 1 + usize::from(unique.is_some());
         let unique = unique.map(|u| Seen::read(u, got(&responses, 1)));
@@ -659,7 +689,12 @@ impl EtcdStore {
         let mut attempts = Attempts::new(self.settings.request_timeout);
         loop {
             let (current, unique, totals) = self
-                .read_for_write::<R>(&name, unique_key.as_deref(), &[r.site_scope()])
+                .read_for_write::<R>(
+                    &name,
+                    unique_key.as_deref(),
+                    &[r.site_scope()],
+                    attempts.reads(),
+                )
                 .await?;
             if current.revision != 0 {
                 // An attempt whose answer was lost made it: the bytes are
@@ -667,13 +702,18 @@ impl EtcdStore {
                 if attempts.uncertain && current.value == bytes {
                     return Ok(self.written(r, current.revision).await);
                 }
-                return Err(StoreError::AlreadyExists {
+                attempts.refuse(StoreError::AlreadyExists {
                     what: format!("{} {name:?}", R::KIND),
-                });
+                })?;
+                continue;
             }
-            EtcdStore::check_unique(unique.as_ref(), &r, &name)?;
             let others = totals.first().map_or(0, Seen::total);
-            check_fits(&r, others)?;
+            let fits = EtcdStore::check_unique(unique.as_ref(), &r, &name)
+                .and_then(|()| check_fits(&r, others));
+            if let Err(refused) = fits {
+                attempts.refuse(refused)?;
+                continue;
+            }
             let mut compares = vec![Compare::create_revision(
                 current.key.clone(),
                 CompareOp::Equal,
@@ -711,9 +751,10 @@ impl EtcdStore {
         loop {
             // The stored resource first: its group (whose total loses it)
             // may differ from the new one.
-            let stored = self.range(self.key::<R>(&name), GetOptions::new()).await?;
+            let stored = self.range(self.key::<R>(&name), attempts.reads()).await?;
             let Some(stored) = stored.kvs().first() else {
-                return Err(not_found::<R>(&name));
+                attempts.refuse(not_found::<R>(&name))?;
+                continue;
             };
             if maybe_written.iter().any(|w| w == stored.value()) {
                 let mut r: R = decode(&name, stored.value())?;
@@ -728,24 +769,29 @@ impl EtcdStore {
                 vec![r.site_scope(), old_group.as_str()]
             };
             let (seen, unique, totals) = self
-                .read_for_write::<R>(&name, unique_key.as_deref(), &groups)
+                .read_for_write::<R>(&name, unique_key.as_deref(), &groups, attempts.reads())
                 .await?;
             if seen.revision == 0 {
-                return Err(not_found::<R>(&name));
+                attempts.refuse(not_found::<R>(&name))?;
+                continue;
             }
             if seen.revision != stored.mod_revision() {
                 attempts.lost_race::<R>(&name)?;
                 continue;
             }
             if seen.revision != given {
-                return Err(StoreError::Conflict {
+                attempts.refuse(StoreError::Conflict {
                     kind: R::KIND,
-                    name,
+                    name: name.clone(),
                     given: given as u64,
                     current: seen.revision as u64,
-                });
+                })?;
+                continue;
             }
-            EtcdStore::check_unique(unique.as_ref(), &r, &name)?;
+            if let Err(refused) = EtcdStore::check_unique(unique.as_ref(), &r, &name) {
+                attempts.refuse(refused)?;
+                continue;
+            }
             let stored_len = seen.value.len();
             let same_group = groups.len() == 1;
             let others = totals.first().map_or(0, |t| {
@@ -755,7 +801,10 @@ impl EtcdStore {
                     t.total()
                 }
             });
-            check_fits(&r, others)?;
+            if let Err(refused) = check_fits(&r, others) {
+                attempts.refuse(refused)?;
+                continue;
+            }
             let old = current.meta().cloned().unwrap_or_default();
             let spec_changed = current.spec_bytes() != r.spec_bytes();
             let labels = std::mem::take(&mut r.meta_mut().labels);
@@ -810,28 +859,37 @@ impl EtcdStore {
         // The resource as an attempt whose outcome is unknown found it.
         let mut maybe_deleted: Option<R> = None;
         loop {
-            let stored = self.range(self.key::<R>(name), GetOptions::new()).await?;
+            let stored = self.range(self.key::<R>(name), attempts.reads()).await?;
             let Some(stored) = stored.kvs().first() else {
-                return maybe_deleted.ok_or_else(|| not_found::<R>(name));
+                if let Some(deleted) = maybe_deleted {
+                    return Ok(deleted);
+                }
+                attempts.refuse(not_found::<R>(name))?;
+                continue;
             };
             let current: R = resource(name, stored)?;
             let (seen, _, totals) = self
-                .read_for_write::<R>(name, None, &[current.site_scope()])
+                .read_for_write::<R>(name, None, &[current.site_scope()], attempts.reads())
                 .await?;
             if seen.revision == 0 {
-                return maybe_deleted.ok_or_else(|| not_found::<R>(name));
+                if let Some(deleted) = maybe_deleted {
+                    return Ok(deleted);
+                }
+                attempts.refuse(not_found::<R>(name))?;
+                continue;
             }
             if seen.revision != stored.mod_revision() {
                 attempts.lost_race::<R>(name)?;
                 continue;
             }
             if expected != 0 && expected as i64 != seen.revision {
-                return Err(StoreError::Conflict {
+                attempts.refuse(StoreError::Conflict {
                     kind: R::KIND,
                     name: name.to_owned(),
                     given: expected,
                     current: seen.revision as u64,
-                });
+                })?;
+                continue;
             }
             let mut compares = vec![seen.unchanged()];
             let mut writes = vec![TxnOp::delete(seen.key.clone(), None)];
@@ -874,6 +932,13 @@ struct Attempts {
     /// An attempt failed after it may have reached etcd: it may have been
     /// applied, and the next read may find its result.
     uncertain: bool,
+    /// Reads go through the leader's read index (linearizable) rather than
+    /// the member's own state (serializable, a quorum round cheaper). The
+    /// first read is serializable: a stale one can only make the
+    /// transaction's comparison fail, which is read again linearizably,
+    /// and a refusal decided on it is confirmed by a linearizable read
+    /// before it is answered.
+    linearizable: bool,
 }
 
 impl Attempts {
@@ -883,11 +948,32 @@ impl Attempts {
             pause: AGAIN.0,
             lost: 0,
             uncertain: false,
+            linearizable: false,
         }
+    }
+
+    /// How the next attempt reads.
+    fn reads(&self) -> GetOptions {
+        if self.linearizable {
+            GetOptions::new()
+        } else {
+            GetOptions::new().with_serializable()
+        }
+    }
+
+    /// A refusal decided on this attempt's reads: answered when they were
+    /// linearizable, otherwise read again (`Ok`) to confirm it.
+    fn refuse(&mut self, refusal: StoreError) -> Result<(), StoreError> {
+        if self.linearizable {
+            return Err(refusal);
+        }
+        self.linearizable = true;
+        Ok(())
     }
 
     /// After an attempt whose comparisons failed.
     fn lost_race<R: Resource>(&mut self, name: &str) -> Result<(), StoreError> {
+        self.linearizable = true;
         self.lost += 1;
         if self.lost >= WRITE_ATTEMPTS {
             return Err(contended::<R>(name));
@@ -903,6 +989,7 @@ impl Attempts {
         }
         tracing::debug!(error = %e, "an etcd write failed transiently; trying again");
         self.uncertain = true;
+        self.linearizable = true;
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 2).min(AGAIN.1);
         Ok(())
@@ -980,100 +1067,149 @@ fn change_of(prefix: &str, event: &etcd_client::Event) -> Option<Change> {
 /// revision `start + 1` on, in order, for as long as the store lives. A
 /// broken watch resumes from the next revision it has not delivered; one
 /// whose revision was compacted away tells the followers that changes were
-/// lost (they read everything again) and resumes from the present.
+/// lost (they read everything again) and resumes from the present. A dead
+/// connection is found by HTTP/2 keepalive. Progress requests are not used:
+/// etcd 3.4 answers them with the present revision even while the watch
+/// still has older events to send, which would let `next` run ahead.
 async fn watch_changes(store: std::sync::Weak<EtcdStore>, followers: Arc<Followers>, start: i64) {
     let mut next = start + 1;
     let mut pause = WATCH_RETRY.0;
+    let mut broken = false;
     loop {
         let Some(live) = store.upgrade() else { return };
         let prefix = format!("{}r/", live.settings.prefix);
         let mut watch_client = live.client.watch_client();
-        let delivered = live.delivered.clone();
+        let timeout = live.settings.request_timeout;
         drop(live);
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(next)
             .with_prev_key()
             .with_progress_notify();
-        let mut stream = match watch_client.watch(prefix.clone(), Some(options)).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, next, "the etcd watch cannot start; retrying");
+        let created =
+            tokio::time::timeout(timeout, watch_client.watch(prefix.clone(), Some(options)));
+        let mut answers = match created.await {
+            Ok(Ok(stream)) => stream,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {timeout:?}"),
+                };
+                tracing::warn!(error = why, next, "the etcd watch cannot start; retrying");
+                broken = true;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(WATCH_RETRY.1);
                 continue;
             }
         };
+        if std::mem::take(&mut broken) {
+            tracing::info!(next, "the etcd watch resumed");
+        }
         loop {
-            match stream.message().await {
+            match answers.message().await {
                 Ok(Some(answer)) => {
                     pause = WATCH_RETRY.0;
-                    if answer.compact_revision() > 0 {
-                        let Some(live) = store.upgrade() else { return };
-                        match live
-                            .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
-                            .await
-                        {
-                            Ok(now) => {
-                                let present = now.header().map_or(next, |h| h.revision());
-                                tracing::warn!(
-                                    missed_from = next,
-                                    compacted_to = answer.compact_revision(),
-                                    "the etcd watch fell behind compaction: reading everything again"
-                                );
-                                followers.tell(&News::Lost(format!(
-                                    "changes from revision {next} were compacted away before this replica saw them; everything was read again at revision {present}"
-                                )));
-                                next = present + 1;
-                                delivered.send_if_modified(|d| {
-                                    let moved = *d < present;
-                                    *d = (*d).max(present);
-                                    moved
-                                });
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "etcd unreachable after a compaction; retrying");
-                                tokio::time::sleep(pause).await;
-                            }
-                        }
-                        break;
-                    }
-                    for event in answer.events() {
-                        if let Some(kv) = event.kv() {
-                            next = next.max(kv.mod_revision() + 1);
-                        }
-                        if let Some(change) = change_of(&prefix, event) {
-                            followers.tell(&News::Changed(change));
-                        }
-                    }
-                    // A progress notification (no events, neither the
-                    // watch's creation nor its end) says that every change
-                    // up to its revision was delivered.
-                    let progress =
-                        answer.events().is_empty() && !answer.created() && !answer.canceled();
-                    let upto = match answer.header() {
-                        Some(h) if progress => h.revision(),
-                        _ => next - 1,
-                    };
-                    next = next.max(upto + 1);
-                    delivered.send_if_modified(|d| {
-                        let moved = *d < upto;
-                        *d = (*d).max(upto);
-                        moved
-                    });
-                    if answer.canceled() {
+                    let Some(live) = store.upgrade() else { return };
+                    if let Delivered::Again =
+                        deliver(&live, &followers, &prefix, &answer, &mut next).await
+                    {
+                        broken = true;
                         break;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    broken = true;
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, next, "the etcd watch broke; resuming");
+                    broken = true;
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(WATCH_RETRY.1);
                     break;
                 }
             }
         }
+    }
+}
+
+/// What a watch does after one of its answers.
+enum Delivered {
+    /// Reads on.
+    More,
+    /// Is made again from `next` (canceled, or compacted away).
+    Again,
+}
+
+/// Tells the followers what one watch answer carries and moves `next` on.
+async fn deliver(
+    live: &EtcdStore,
+    followers: &Followers,
+    prefix: &str,
+    answer: &etcd_client::WatchResponse,
+    next: &mut i64,
+) -> Delivered {
+    if answer.compact_revision() > 0 {
+        match live
+            .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
+            .await
+        {
+            Ok(now) => {
+                let present = now.header().map_or(*next, |h| h.revision());
+                tracing::warn!(
+                    missed_from = *next,
+                    compacted_to = answer.compact_revision(),
+                    "the etcd watch fell behind compaction: reading everything again"
+                );
+                followers.tell(&News::Lost(format!(
+                    "changes from revision {} were compacted away before this replica saw them; everything was read again at revision {present}",
+                    *next
+                )));
+                *next = present + 1;
+                live.delivered.send_if_modified(|d| {
+                    let moved = *d < present;
+                    *d = (*d).max(present);
+                    moved
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd unreachable after a compaction; retrying");
+                tokio::time::sleep(WATCH_RETRY.1).await;
+            }
+        }
+        return Delivered::Again;
+    }
+    for event in answer.events() {
+        if let Some(kv) = event.kv() {
+            *next = (*next).max(kv.mod_revision() + 1);
+        }
+        if let Some(change) = change_of(prefix, event) {
+            tracing::debug!(
+                kind = change.resource,
+                name = change.name,
+                version = change.version,
+                "the etcd watch delivered a change"
+            );
+            followers.tell(&News::Changed(change));
+        }
+    }
+    // A progress notification (no events, neither the watch's creation nor
+    // its end) says that every change up to its revision was delivered.
+    let progress = answer.events().is_empty() && !answer.created() && !answer.canceled();
+    let upto = match answer.header() {
+        Some(h) if progress => h.revision(),
+        _ => *next - 1,
+    };
+    *next = (*next).max(upto + 1);
+    live.delivered.send_if_modified(|d| {
+        let moved = *d < upto;
+        *d = (*d).max(upto);
+        moved
+    });
+    if answer.canceled() {
+        Delivered::Again
+    } else {
+        Delivered::More
     }
 }
 

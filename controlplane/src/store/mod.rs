@@ -65,9 +65,10 @@ pub enum StoreError {
         /// What the total would be, and the limit.
         message: String,
     },
-    /// The database failed earlier (a full disk, an I/O error) and is not
-    /// usable until it is reopened; nothing was read or written.
-    #[error("the database is unavailable until it can be reopened: {0}")]
+    /// The store cannot answer now: the database failed earlier (a full
+    /// disk, an I/O error) and is not usable until it is reopened, or etcd
+    /// is unreachable or without quorum. Worth retrying later.
+    #[error("{0}")]
     Unavailable(String),
     /// etcd answered with an error other than being unreachable.
     #[error("{0}")]

@@ -18,7 +18,12 @@ pub struct Running {
     pub addr: String,
     /// `host:port` of its `/metrics`.
     pub metrics: String,
+    /// Its latest log lines, shown when a test fails.
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// Log lines of a server kept for a failing test's report.
+const LOG_KEPT: usize = 400;
 
 impl Running {
     /// Its `/metrics` text.
@@ -41,6 +46,11 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            for line in self.log.lock().unwrap().iter() {
+                eprintln!("  controlplane {}| {line}", self.addr);
+            }
+        }
     }
 }
 
@@ -58,6 +68,11 @@ pub fn start_with(db: &Path, extra: &[std::ffi::OsString]) -> Running {
     let mut args = store_args(db);
     args.extend_from_slice(extra);
     spawn(&args)
+}
+
+/// Starts the server on the redb file `db`, whichever backend the tests run on.
+pub fn start_on_file(db: &Path) -> Running {
+    spawn(&["--db".into(), db.into()])
 }
 
 /// Whether the tests run on etcd (`PATRONUS_TEST_STORE=etcd`) rather than
@@ -126,14 +141,23 @@ fn spawn(args: &[std::ffi::OsString]) -> Running {
     cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(args);
     let mut child = cmd
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,patronus_controlplane=debug")
         .stderr(Stdio::piped())
         .spawn()
         .expect("start patronus-controlplane");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let kept = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            {
+                let mut kept = kept.lock().unwrap();
+                if kept.len() == LOG_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back(line.clone());
+            }
             let addr = line
                 .split("addr=")
                 .nth(1)
@@ -162,6 +186,7 @@ fn spawn(args: &[std::ffi::OsString]) -> Running {
         child,
         addr,
         metrics,
+        log,
     }
 }
 
