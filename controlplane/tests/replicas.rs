@@ -305,6 +305,31 @@ async fn concurrent_writes_through_two_replicas_are_serialised() {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
+
+    // Peers of one site created through both replicas in turn (each one's
+    // memory of the site's total is stale every other time): all land, and
+    // the stored total is the sum of what they take.
+    for i in 0..10 {
+        let through = if i % 2 == 0 { &mut api_a } else { &mut api_b };
+        through
+            .create_peer(CreatePeerRequest {
+                peer: Some(peer(&format!("turn-{i}"))),
+            })
+            .await
+            .unwrap();
+    }
+    let mut etcd = cluster.client().await;
+    let stored = etcd
+        .get(
+            format!("{prefix}r/peer/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.kvs().len(), 10);
+    let sum: usize = stored.kvs().iter().map(|kv| kv.value().len()).sum();
+    let total = etcd.get(format!("{prefix}t/peer/branch"), None).await.unwrap();
+    assert_eq!(total.kvs()[0].value_str().unwrap(), sum.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

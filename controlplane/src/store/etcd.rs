@@ -20,6 +20,7 @@
 //! whichever replica made it. A write returns once the watch has delivered
 //! it, so a client's next read of events and snapshots includes its write.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -145,7 +146,15 @@ pub struct EtcdStore {
     requests: Histogram,
     /// Compactions this replica made as the leader.
     compactions: AtomicU64,
+    /// The unique-key and group-total keys as this replica last wrote or
+    /// read them, so that a create compares against them without reading
+    /// first: when another replica changed one meanwhile, the comparison
+    /// fails and the transaction reads it back in the same round trip.
+    remembered: std::sync::Mutex<HashMap<String, (i64, Vec<u8>)>>,
 }
+
+/// Most keys [`EtcdStore::remember`] keeps before starting afresh.
+const REMEMBERED: usize = 65_536;
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -331,6 +340,7 @@ impl EtcdStore {
             leadership: leadership.clone(),
             requests: Histogram::new(REQUEST_BUCKETS),
             compactions: AtomicU64::new(0),
+            remembered: std::sync::Mutex::default(),
         });
         tokio::spawn(watch_changes(Arc::downgrade(&store), followers, start));
         tokio::spawn(follow_health(Arc::downgrade(&store)));
@@ -499,13 +509,44 @@ impl EtcdStore {
     /// held, `None` when they did not. A failure leaves its outcome
     /// unknown: the write may have been applied.
     async fn write_txn(&self, txn: Txn) -> Result<Option<i64>, etcd_client::Error> {
+        Ok(self.write_txn_reading(txn).await?.0)
+    }
+
+    /// [`EtcdStore::write_txn`], with the responses of the operations that
+    /// ran: the writes', or the reads' of a transaction whose comparisons
+    /// failed (its `or_else` branch).
+    async fn write_txn_reading(
+        &self,
+        txn: Txn,
+    ) -> Result<(Option<i64>, Vec<TxnOpResponse>), etcd_client::Error> {
         let started = Instant::now();
         let answer = self.attempt(self.kv().txn(txn)).await;
         self.requests.observe(started.elapsed().as_secs_f64());
         let answer = answer?;
-        Ok(answer
+        let revision = answer
             .succeeded()
-            .then(|| answer.header().map_or(0, |h| h.revision())))
+            .then(|| answer.header().map_or(0, |h| h.revision()));
+        Ok((revision, answer.op_responses()))
+    }
+
+    /// Records what `key` holds as of `revision` (0 and empty: absent).
+    fn remember(&self, key: &str, revision: i64, value: &[u8]) {
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        if remembered.len() >= REMEMBERED && !remembered.contains_key(key) {
+            remembered.clear();
+        }
+        remembered.insert(key.to_owned(), (revision, value.to_vec()));
+    }
+
+    /// What `key` held when this replica last saw it (absent when never).
+    fn recall(&self, key: String) -> Seen {
+        let remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        let (revision, value) = remembered.get(&key).cloned().unwrap_or_default();
+        Seen {
+            key,
+            revision,
+            value,
+        }
     }
 
     /// Waits until the watch has told the followers of `revision`, so that
@@ -679,7 +720,11 @@ impl EtcdStore {
         r
     }
 
-    /// See [`super::Store::create`].
+    /// See [`super::Store::create`]. The first attempt compares against
+    /// what this replica remembers of the unique key and the group total
+    /// instead of reading them: one round trip when nothing else changed
+    /// them. A failed comparison brings their values back (the
+    /// transaction's `or_else` reads), and the next attempt uses those.
     pub async fn create<R: Resource>(&self, mut r: R, origin: &Origin) -> Result<R, StoreError> {
         let name = name_of(&r).to_owned();
         origin.stamp(r.meta_mut());
@@ -687,15 +732,29 @@ impl EtcdStore {
         let bytes = r.encode_to_vec();
         let unique_key = r.unique_key().map(str::to_owned);
         let mut attempts = Attempts::new(self.settings.request_timeout);
+        let mut known = Some((
+            Seen::read(self.key::<R>(&name), None),
+            unique_key
+                .as_deref()
+                .map(|u| self.recall(self.unique_key::<R>(u))),
+            R::TOTAL_BYTES
+                .map(|_| self.recall(self.total_key::<R>(r.site_scope())))
+                .into_iter()
+                .collect::<Vec<_>>(),
+        ));
         loop {
-            let (current, unique, totals) = self
-                .read_for_write::<R>(
-                    &name,
-                    unique_key.as_deref(),
-                    &[r.site_scope()],
-                    attempts.reads(),
-                )
-                .await?;
+            let (current, unique, totals) = match known.take() {
+                Some(known) => known,
+                None => {
+                    self.read_for_write::<R>(
+                        &name,
+                        unique_key.as_deref(),
+                        &[r.site_scope()],
+                        attempts.reads(),
+                    )
+                    .await?
+                }
+            };
             if current.revision != 0 {
                 // An attempt whose answer was lost made it: the bytes are
                 // this write's alone (its uid and times).
@@ -720,20 +779,51 @@ impl EtcdStore {
                 0,
             )];
             let mut writes = vec![TxnOp::put(current.key.clone(), bytes.clone(), None)];
+            let mut reads = vec![TxnOp::get(current.key.clone(), None)];
+            let mut after = Vec::new();
             if let Some(unique) = &unique {
                 compares.push(unique.unchanged());
                 writes.push(TxnOp::put(unique.key.clone(), name.clone(), None));
+                reads.push(TxnOp::get(unique.key.clone(), None));
+                after.push((unique.key.clone(), name.clone().into_bytes()));
             }
             for total in &totals {
+                let sum = total.total() + bytes.len();
                 compares.push(total.unchanged());
-                writes.push(set_total(&total.key, total.total() + bytes.len()));
+                writes.push(set_total(&total.key, sum));
+                reads.push(TxnOp::get(total.key.clone(), None));
+                let stored = if sum == 0 {
+                    Vec::new()
+                } else {
+                    sum.to_string().into_bytes()
+                };
+                after.push((total.key.clone(), stored));
             }
-            match self
-                .write_txn(Txn::new().when(compares).and_then(writes))
-                .await
-            {
-                Ok(Some(revision)) => return Ok(self.written(r, revision).await),
-                Ok(None) => attempts.lost_race::<R>(&name)?,
+            let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
+            match self.write_txn_reading(txn).await {
+                Ok((Some(revision), _)) => {
+                    for (key, value) in &after {
+                        // A total of 0 is no key: absent keys compare at 0.
+                        self.remember(key, if value.is_empty() { 0 } else { revision }, value);
+                    }
+                    return Ok(self.written(r, revision).await);
+                }
+                Ok((None, responses)) => {
+                    // What the comparisons met, read in the same transaction.
+                    let current = Seen::read(current.key, got(&responses, 0));
+                    let unique = unique.map(|u| Seen::read(u.key, got(&responses, 1)));
+                    let offset = 1 + usize::from(unique.is_some());
+                    let totals: Vec<Seen> = totals
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, t)| Seen::read(t.key, got(&responses, offset + i)))
+                        .collect();
+                    for seen in unique.iter().chain(&totals) {
+                        self.remember(&seen.key, seen.revision, &seen.value);
+                    }
+                    known = Some((current, unique, totals));
+                    attempts.lost_race::<R>(&name)?;
+                }
                 Err(e) => attempts.failed(e).await?,
             }
         }
