@@ -114,17 +114,22 @@ fn site() -> Site {
     common::fixtures::site("branch", "Branch office")
 }
 
-/// The resource events `replica` recorded, as (type, kind, name, version).
-async fn resource_events(replica: &common::Running) -> Vec<(i32, String, String, u64)> {
-    let mut events = api(replica)
+/// `replica`'s event feed: what it retains and, when `follow`, what follows.
+async fn events(replica: &common::Running, follow: bool) -> Streaming<Event> {
+    api(replica)
         .await
         .watch_events(WatchEventsRequest {
-            follow: false,
+            follow,
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// The resource events `replica` recorded, as (type, kind, name, version).
+async fn resource_events(replica: &common::Running) -> Vec<(i32, String, String, u64)> {
+    let mut events = events(replica, false).await;
     let mut out = Vec::new();
     while let Some(e) = events.message().await.unwrap() {
         let resource = [
@@ -222,6 +227,15 @@ async fn writes_through_any_replica_reach_every_replicas_subscribers_in_order_on
     }
 }
 
+/// Of two concurrent calls, one succeeded and the other was refused with `loser`.
+fn one_wins<T>(results: [&Result<T, tonic::Status>; 2], loser: Code) {
+    let codes = results.map(|r| r.as_ref().map(drop).map_err(|s| s.code()));
+    assert!(
+        codes.contains(&Ok(())) && codes.contains(&Err(loser)),
+        "{codes:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_through_two_replicas_are_serialised() {
     need_etcd!();
@@ -250,11 +264,7 @@ async fn concurrent_writes_through_two_replicas_are_serialised() {
         api_a.update_site(renamed("through a")),
         api_b.update_site(renamed("through b"))
     );
-    let codes = [&one, &two].map(|r| r.as_ref().map(drop).map_err(|s| s.code()));
-    assert!(
-        codes.contains(&Ok(())) && codes.contains(&Err(Code::FailedPrecondition)),
-        "{codes:?}"
-    );
+    one_wins([&one, &two], Code::FailedPrecondition);
 
     // Two sites claiming one site_id: one is refused.
     let claim = |name: &str| {
@@ -266,11 +276,7 @@ async fn concurrent_writes_through_two_replicas_are_serialised() {
         api_a.create_site(claim("first")),
         api_b.create_site(claim("second"))
     );
-    let codes = [&one, &two].map(|r| r.as_ref().map(drop).map_err(|s| s.code()));
-    assert!(
-        codes.contains(&Ok(())) && codes.contains(&Err(Code::AlreadyExists)),
-        "{codes:?}"
-    );
+    one_wins([&one, &two], Code::AlreadyExists);
 
     // A delete at an old version is refused; at the current one it goes.
     let current = api_b
@@ -328,7 +334,10 @@ async fn concurrent_writes_through_two_replicas_are_serialised() {
         .unwrap();
     assert_eq!(stored.kvs().len(), 10);
     let sum: usize = stored.kvs().iter().map(|kv| kv.value().len()).sum();
-    let total = etcd.get(format!("{prefix}t/peer/branch"), None).await.unwrap();
+    let total = etcd
+        .get(format!("{prefix}t/peer/branch"), None)
+        .await
+        .unwrap();
     assert_eq!(total.kvs()[0].value_str().unwrap(), sum.to_string());
 }
 
@@ -566,15 +575,7 @@ async fn a_watch_behind_compaction_reads_everything_again_and_misses_nothing() {
     assert!(after.version >= revision as u64);
     // B's watchers are told that it read everything again (the snapshot may
     // come first, from a recompilation B had pending when it was frozen).
-    let mut events = api(&b)
-        .await
-        .watch_events(WatchEventsRequest {
-            follow: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = events(&b, true).await;
     let told = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(e) = events.message().await.unwrap() {
             if e.r#type == EventType::EventsLost as i32 {

@@ -456,6 +456,13 @@ impl EtcdStore {
         .await
     }
 
+    /// A linearizable read of one small key (the epoch): whether etcd
+    /// answers, and its present revision in the answer's header.
+    async fn probe(&self) -> Result<etcd_client::GetResponse, StoreError> {
+        self.range(format!("{}epoch", self.settings.prefix), GetOptions::new())
+            .await
+    }
+
     /// A KV client that takes large answers.
     fn kv(&self) -> etcd_client::KvClient {
         self.client
@@ -1240,10 +1247,7 @@ async fn deliver(
     next: &mut i64,
 ) -> Delivered {
     if answer.compact_revision() > 0 {
-        match live
-            .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
-            .await
-        {
+        match live.probe().await {
             Ok(now) => {
                 let present = now.header().map_or(*next, |h| h.revision());
                 tracing::warn!(
@@ -1310,9 +1314,7 @@ async fn follow_health(store: std::sync::Weak<EtcdStore>) {
     loop {
         tokio::time::sleep(HEALTH_EVERY).await;
         let Some(live) = store.upgrade() else { return };
-        let probe = live
-            .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
-            .await;
+        let probe = live.probe().await;
         match probe {
             Ok(answer) => {
                 if let Some(header) = answer.header() {
@@ -1358,7 +1360,7 @@ async fn compact_history(store: std::sync::Weak<EtcdStore>, every: Duration) {
         tokio::time::sleep(every).await;
         let Some(live) = store.upgrade() else { return };
         let now = live
-            .range(format!("{}epoch", live.settings.prefix), GetOptions::new())
+            .probe()
             .await
             .ok()
             .and_then(|a| a.header().map(|h| h.revision()));
