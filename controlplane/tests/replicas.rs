@@ -29,6 +29,16 @@ fn prefix() -> String {
     format!("/test-{}/", common::etcd::uuid_like())
 }
 
+/// A cluster of `members` and two replicas on it, under a prefix of their
+/// own (returned too).
+async fn two_replicas(members: usize) -> (Cluster, String, common::Running, common::Running) {
+    let cluster = Cluster::start(members).await;
+    let prefix = prefix();
+    let a = replica(&cluster, &prefix, &[]);
+    let b = replica(&cluster, &prefix, &[]);
+    (cluster, prefix, a, b)
+}
+
 async fn api(replica: &common::Running) -> ControlPlaneClient<Channel> {
     ControlPlaneClient::connect(format!("http://{}", replica.addr))
         .await
@@ -114,6 +124,18 @@ fn site() -> Site {
     common::fixtures::site("branch", "Branch office")
 }
 
+/// Creates [`site`] through `replica`; the site as stored.
+async fn create_branch(replica: &common::Running) -> Site {
+    api(replica)
+        .await
+        .create_site(CreateSiteRequest { site: Some(site()) })
+        .await
+        .unwrap()
+        .into_inner()
+        .site
+        .unwrap()
+}
+
 /// `replica`'s event feed: what it retains and, when `follow`, what follows.
 async fn events(replica: &common::Running, follow: bool) -> Streaming<Event> {
     api(replica)
@@ -157,12 +179,7 @@ macro_rules! need_etcd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_any_replica_reach_every_replicas_subscribers_in_order_once() {
     need_etcd!();
-    let cluster = Cluster::start(3).await;
-    let prefix = prefix();
-    let (a, b) = (
-        replica(&cluster, &prefix, &[]),
-        replica(&cluster, &prefix, &[]),
-    );
+    let (_cluster, _, a, b) = two_replicas(3).await;
     let mut on_a = subscribe(&a, "gw-a").await;
     let mut on_b = subscribe(&b, "gw-b").await;
     let first_a = next(&mut on_a).await;
@@ -170,14 +187,7 @@ async fn writes_through_any_replica_reach_every_replicas_subscribers_in_order_on
     assert_eq!(first_a.epoch, first_b.epoch, "one epoch for the cluster");
 
     // The site through A, its peer through B, a change of the site through A.
-    let site = api(&a)
-        .await
-        .create_site(CreateSiteRequest { site: Some(site()) })
-        .await
-        .unwrap()
-        .into_inner()
-        .site
-        .unwrap();
+    let site = create_branch(&a).await;
     api(&b)
         .await
         .create_peer(CreatePeerRequest {
@@ -239,20 +249,9 @@ fn one_wins<T>(results: [&Result<T, tonic::Status>; 2], loser: Code) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_through_two_replicas_are_serialised() {
     need_etcd!();
-    let cluster = Cluster::start(3).await;
-    let prefix = prefix();
-    let (a, b) = (
-        replica(&cluster, &prefix, &[]),
-        replica(&cluster, &prefix, &[]),
-    );
+    let (cluster, prefix, a, b) = two_replicas(3).await;
     let (mut api_a, mut api_b) = (api(&a).await, api(&b).await);
-    let site = api_a
-        .create_site(CreateSiteRequest { site: Some(site()) })
-        .await
-        .unwrap()
-        .into_inner()
-        .site
-        .unwrap();
+    let site = create_branch(&a).await;
 
     // Two updates from the same version: one wins, the other is told.
     let renamed = |name: &str| {
@@ -344,15 +343,9 @@ async fn concurrent_writes_through_two_replicas_are_serialised() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_writes_loses_nothing_it_acknowledged() {
     need_etcd!();
-    let cluster = Cluster::start(3).await;
-    let prefix = prefix();
-    let mut a = replica(&cluster, &prefix, &[]);
-    let b = replica(&cluster, &prefix, &[]);
+    let (_cluster, _, mut a, b) = two_replicas(3).await;
     let mut api_a = api(&a).await;
-    api_a
-        .create_site(CreateSiteRequest { site: Some(site()) })
-        .await
-        .unwrap();
+    create_branch(&a).await;
     let writer = tokio::spawn(async move {
         let mut acknowledged = Vec::new();
         for i in 0.. {
@@ -421,10 +414,7 @@ async fn without_quorum_writes_fail_unavailable_and_subscribers_keep_their_snaps
     let quick = ["--etcd-unhealthy-after-s", "1"];
     let a = replica(&cluster, &prefix, &quick);
     let mut api_a = api(&a).await;
-    api_a
-        .create_site(CreateSiteRequest { site: Some(site()) })
-        .await
-        .unwrap();
+    create_branch(&a).await;
     let mut on_a = subscribe(&a, "gw-a").await;
     let before = until(&mut on_a, 0, |s| s.site.is_some()).await;
 
@@ -517,15 +507,9 @@ async fn without_quorum_writes_fail_unavailable_and_subscribers_keep_their_snaps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_behind_compaction_reads_everything_again_and_misses_nothing() {
     need_etcd!();
-    let mut cluster = Cluster::start(1).await;
-    let prefix = prefix();
-    let a = replica(&cluster, &prefix, &[]);
-    let b = replica(&cluster, &prefix, &[]);
+    let (mut cluster, _, a, b) = two_replicas(1).await;
     let mut api_a = api(&a).await;
-    api_a
-        .create_site(CreateSiteRequest { site: Some(site()) })
-        .await
-        .unwrap();
+    create_branch(&a).await;
     let mut on_b = subscribe(&b, "gw-b").await;
     let before = until(&mut on_b, 0, |s| s.site.is_some()).await;
 
@@ -592,17 +576,9 @@ async fn a_watch_behind_compaction_reads_everything_again_and_misses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_plane_moving_to_another_replica_gets_only_what_is_newer() {
     need_etcd!();
-    let cluster = Cluster::start(1).await;
-    let prefix = prefix();
-    let (a, b) = (
-        replica(&cluster, &prefix, &[]),
-        replica(&cluster, &prefix, &[]),
-    );
+    let (_cluster, _, a, b) = two_replicas(1).await;
     let mut api_a = api(&a).await;
-    api_a
-        .create_site(CreateSiteRequest { site: Some(site()) })
-        .await
-        .unwrap();
+    create_branch(&a).await;
     // B follows the site first; writes elsewhere then move the revision on,
     // so that A, following it later, versions the same content higher.
     let mut early = subscribe(&b, "early").await;
@@ -787,14 +763,7 @@ async fn replicas_reach_etcd_over_mutual_tls_as_an_etcd_user_of_their_prefix() {
     let args = secured_args(&cluster, &prefix, &tls, "s3cret");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let secured = common::start_on(args[1], &args[2..]);
-    let created = api(&secured)
-        .await
-        .create_site(CreateSiteRequest { site: Some(site()) })
-        .await
-        .unwrap()
-        .into_inner()
-        .site
-        .unwrap();
+    let created = create_branch(&secured).await;
     let mut on_it = subscribe(&secured, "gw").await;
     let snapshot = until(&mut on_it, 0, |s| s.site.is_some()).await;
     assert!(snapshot.version >= created.metadata.unwrap().resource_version);
