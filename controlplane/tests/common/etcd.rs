@@ -13,13 +13,28 @@ pub fn installed() -> bool {
     std::path::Path::new(ETCD).exists()
 }
 
-/// A free loopback port (released for the member to bind).
+/// First port of the range members' ports come from: below the kernel's
+/// ephemeral range (32768 and up), which `bind(0)` draws from, so that a
+/// server starting on an ephemeral port meanwhile cannot take a port chosen
+/// here before its member binds it.
+const PORTS_FROM: u16 = 10_000;
+/// Ports each test process takes its members' from.
+const PORTS_PER_PROCESS: u16 = 200;
+
+/// A loopback port free now, for a member to bind: from this process's
+/// window of the range, in turn, skipping any in use.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let windows = (32_768 - PORTS_FROM) / PORTS_PER_PROCESS;
+    let base = PORTS_FROM + (std::process::id() % u32::from(windows)) as u16 * PORTS_PER_PROCESS;
+    for _ in 0..PORTS_PER_PROCESS {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % PORTS_PER_PROCESS;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + PORTS_PER_PROCESS)
 }
 
 struct Member {
