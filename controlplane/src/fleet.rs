@@ -85,7 +85,7 @@ impl HubState {
             if let Some((_, at)) = &d.report {
                 last_report = Some(last_report.map_or(*at, |l| l.max(*at)));
             }
-            if d.subscriptions == 0 {
+            if !d.connected() {
                 continue;
             }
             connected += 1;
@@ -173,7 +173,7 @@ impl Hub {
                     phase: status.phase,
                     dataplanes_connected: state
                         .site_dataplanes(&spec.site_id)
-                        .filter(|d| d.subscriptions > 0)
+                        .filter(|d| d.connected())
                         .count() as u32,
                     tunnels_up: status.tunnels_up,
                 })
@@ -302,13 +302,24 @@ fn family<const N: usize>(
 
 impl Collector for FleetCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        // Replicas on one etcd all know the whole fleet; only the leader
+        // exports it, so that each series comes from one replica.
+        let store = self.0.store();
+        let aggregate = store.sharing().is_none() || store.is_leader();
         // A copy under the lock (reports are shared, not copied), then the
         // text written without it: data planes reporting never wait on a scrape.
-        let (dps, desired): (Vec<(Labels<2>, DataplaneState)>, Vec<u64>) = {
+        type Fleet = (Vec<(Labels<2>, DataplaneState)>, Vec<u64>);
+        let (served, (dps, desired)): (usize, Fleet) = {
             let state = self.0.lock();
-            state
+            let served = state
+                .dataplanes
+                .values()
+                .filter(|d| d.subscriptions > 0)
+                .count();
+            let fleet = state
                 .dataplanes
                 .iter()
+                .filter(|_| aggregate)
                 .map(|((site, id), d)| {
                     (
                         (
@@ -318,8 +329,16 @@ impl Collector for FleetCollector {
                         state.desired(site),
                     )
                 })
-                .unzip()
+                .unzip();
+            (served, fleet)
         };
+        family(
+            &mut enc,
+            "patronus_controlplane_dataplanes_served",
+            "Data planes subscribed to this replica.",
+            MetricType::Gauge,
+            [([], served as u64)],
+        )?;
         let each = |f: &dyn Fn(&DataplaneState) -> u64| -> Vec<(Labels<2>, u64)> {
             dps.iter().map(|(l, d)| (l.clone(), f(d))).collect()
         };
@@ -337,7 +356,7 @@ impl Collector for FleetCollector {
             "patronus_fleet_dataplane_connected",
             "1 while the data plane is subscribed.",
             MetricType::Gauge,
-            each(&|d| u64::from(d.subscriptions > 0)),
+            each(&|d| u64::from(d.connected())),
         )?;
         family(
             &mut enc,

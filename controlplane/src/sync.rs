@@ -9,7 +9,7 @@
 //! survives restarts. Subscribers watch their site's latest snapshot; a slow
 //! one skips intermediate versions, never receives a stale one after a newer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{authorize_site, caller, Denied};
 use crate::events::EventLog;
+use crate::store::shared::{from_unix_ms, unix_ms, DataplaneRecord, FleetNews, FleetView};
 use crate::store::{DesiredState, News, Store, StoreError};
 
 use crate::validate::is_dns_label;
@@ -79,10 +80,17 @@ fn content_digest(compiled: &SiteSnapshot) -> Vec<u8> {
         .to_vec()
 }
 
-/// What the hub knows of one data plane.
+/// What the hub knows of one data plane: from its own subscriptions,
+/// answers and reports while this replica serves it, otherwise from what
+/// the replica that serves it shares.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct DataplaneState {
+    /// Its subscriptions to this replica.
     pub(crate) subscriptions: usize,
+    /// The other replicas it holds a subscription to.
+    pub(crate) elsewhere: BTreeSet<String>,
+    /// The revision of its shared record as last seen (0: none yet).
+    pub(crate) shared_revision: i64,
     pub(crate) applied: u64,
     pub(crate) refused: u64,
     pub(crate) reason: String,
@@ -90,6 +98,69 @@ pub(crate) struct DataplaneState {
     pub(crate) report: Option<(Arc<TelemetryReport>, SystemTime)>,
     /// When it last subscribed, unsubscribed, answered or reported.
     pub(crate) last_seen: Option<Instant>,
+}
+
+impl DataplaneState {
+    /// Whether it holds a subscription to any replica.
+    pub(crate) fn connected(&self) -> bool {
+        self.subscriptions > 0 || !self.elsewhere.is_empty()
+    }
+
+    /// Takes on what another replica shares, unless this one serves it
+    /// (then what it knows is the newest).
+    fn adopt(&mut self, record: &DataplaneRecord, revision: i64, me: &str) {
+        self.shared_revision = revision;
+        if record.replica == me || self.subscriptions > 0 {
+            return;
+        }
+        self.applied = record.applied;
+        self.refused = record.refused;
+        self.reason = record.reason.clone();
+        self.report = record.report.as_ref().map(|report| {
+            (
+                Arc::new(report.clone()),
+                from_unix_ms(record.reported_at_ms),
+            )
+        });
+        let ago = SystemTime::now()
+            .duration_since(from_unix_ms(record.seen_at_ms))
+            .unwrap_or_default();
+        self.last_seen = Instant::now().checked_sub(ago).or(self.last_seen);
+    }
+
+    /// What this replica shares about it, with the `events` since its
+    /// previous record.
+    fn record(&self, replica: &str, events: Vec<Event>) -> DataplaneRecord {
+        let (report, reported_at_ms) = match &self.report {
+            Some((report, at)) => (Some(TelemetryReport::clone(report)), unix_ms(*at)),
+            None => (None, 0),
+        };
+        DataplaneRecord {
+            applied: self.applied,
+            refused: self.refused,
+            reason: self.reason.clone(),
+            report,
+            reported_at_ms,
+            seen_at_ms: unix_ms(SystemTime::now()),
+            replica: replica.to_owned(),
+            events,
+        }
+    }
+}
+
+/// The event of a data plane that connected or went away.
+fn connection_event(key: &(String, String), connected: bool) -> Event {
+    let kind = if connected {
+        EventType::DataplaneConnected
+    } else {
+        EventType::DataplaneDisconnected
+    };
+    Event {
+        r#type: kind as i32,
+        site_id: key.0.clone(),
+        dataplane_id: key.1.clone(),
+        ..Default::default()
+    }
 }
 
 #[derive(Default)]
@@ -200,9 +271,123 @@ impl Hub {
                 message: why.clone(),
                 ..Default::default()
             },
+            News::Fleet(news) => return self.learn_fleet(news),
         };
         self.events.emit(event);
         self.changed();
+    }
+
+    /// What a replica shares about a data plane goes into the hub's view
+    /// (unless this replica serves it), and its events on the feed.
+    fn learn_fleet(&self, news: &FleetNews) {
+        let Some((me, _)) = self.store.sharing() else {
+            return;
+        };
+        let mut events = Vec::new();
+        let mut state = self.lock();
+        match news {
+            FleetNews::Record {
+                key,
+                record: Some(record),
+                revision,
+            } => {
+                if record.replica != me {
+                    events.extend(record.events.iter().cloned());
+                }
+                let d = state.dataplanes.entry(key.clone()).or_default();
+                d.adopt(record, *revision, me);
+            }
+            FleetNews::Record {
+                key, record: None, ..
+            } => {
+                if let Some(d) = state.dataplanes.get_mut(key) {
+                    if d.subscriptions == 0 {
+                        tracing::info!(
+                            site = key.0,
+                            dataplane = key.1,
+                            "forgetting a data plane the leader expired"
+                        );
+                        state.dataplanes.remove(key);
+                    } else {
+                        d.shared_revision = 0;
+                    }
+                }
+            }
+            FleetNews::Presence {
+                key,
+                replica,
+                present,
+            } => {
+                if replica != me && (*present || state.dataplanes.contains_key(key)) {
+                    let d = state.dataplanes.entry(key.clone()).or_default();
+                    let was = d.connected();
+                    if *present {
+                        d.elsewhere.insert(replica.clone());
+                    } else {
+                        d.elsewhere.remove(replica);
+                    }
+                    if was != d.connected() {
+                        events.push(connection_event(key, d.connected()));
+                    }
+                }
+            }
+            FleetNews::All(view) => Hub::take_view(&mut state, view, me, &mut events),
+        }
+        drop(state);
+        for e in events {
+            self.events.emit(e);
+        }
+    }
+
+    /// Replaces what the hub knows from other replicas with `view`, read
+    /// whole; a data plane whose connection changed meanwhile gets its event.
+    fn take_view(state: &mut HubState, view: &FleetView, me: &str, events: &mut Vec<Event>) {
+        // Data planes first heard of here have no connection to change.
+        let mut fresh = BTreeSet::new();
+        let mut known = |state: &mut HubState, key: &(String, String)| {
+            if !state.dataplanes.contains_key(key) {
+                fresh.insert(key.clone());
+            }
+        };
+        for (key, replicas) in &view.presence {
+            if replicas.iter().any(|r| r != me) {
+                known(state, key);
+                state.dataplanes.entry(key.clone()).or_default();
+            }
+        }
+        for (key, (record, revision)) in &view.records {
+            known(state, key);
+            let d = state.dataplanes.entry(key.clone()).or_default();
+            d.adopt(record, *revision, me);
+        }
+        state.dataplanes.retain(|key, d| {
+            // Shared once and no longer: the leader expired it meanwhile.
+            let deleted = d.shared_revision != 0 && !view.records.contains_key(key);
+            if deleted && d.subscriptions == 0 {
+                return false;
+            }
+            if deleted {
+                d.shared_revision = 0;
+            }
+            let was = d.connected();
+            d.elsewhere = view
+                .presence
+                .get(key)
+                .map(|replicas| replicas.iter().filter(|r| *r != me).cloned().collect())
+                .unwrap_or_default();
+            if was != d.connected() && !fresh.contains(key) {
+                events.push(connection_event(key, d.connected()));
+            }
+            true
+        });
+    }
+
+    /// Shares what this replica knows of a data plane it serves, with the
+    /// `events` since (nothing to share on redb).
+    fn share(&self, key: &(String, String), d: &DataplaneState, events: Vec<Event>) {
+        if let Some((me, outbox)) = self.store.sharing() {
+            outbox.record(key.clone(), d.record(me, events));
+        }
     }
 
     /// Counts and logs a call refused for its role; the caller's status.
@@ -388,14 +573,31 @@ impl Hub {
     /// Forgets the data planes that went away longer than the expiry
     /// before `now`, and the sites that no subscriber and no remembered
     /// data plane follows.
+    ///
+    /// Replicas that share an etcd forget together: the leader deletes the
+    /// shared records of data planes gone for longer than the expiry, and
+    /// each replica forgets one when it learns of that deletion.
     pub(crate) fn expire(&self, now: Instant) {
         let mut state = self.lock();
         let before = state.dataplanes.len();
         let expiry = self.expiry;
-        state.dataplanes.retain(|(site, id), d| {
-            let gone = d.subscriptions == 0
+        let gone = |d: &DataplaneState| {
+            !d.connected()
                 && d.last_seen
-                    .is_none_or(|seen| now.saturating_duration_since(seen) >= expiry);
+                    .is_none_or(|seen| now.saturating_duration_since(seen) >= expiry)
+        };
+        let sharing = self.store.sharing();
+        if let Some((_, outbox)) = sharing {
+            if self.store.is_leader() {
+                for (key, d) in &state.dataplanes {
+                    if d.shared_revision != 0 && gone(d) {
+                        outbox.forget(key.clone(), d.shared_revision);
+                    }
+                }
+            }
+        }
+        state.dataplanes.retain(|(site, id), d| {
+            let gone = sharing.is_none() && gone(d);
             if gone {
                 tracing::info!(
                     site,
@@ -497,7 +699,7 @@ impl Hub {
             .map(|((site, id), d)| Dataplane {
                 site_id: site.clone(),
                 dataplane_id: id.clone(),
-                connected: d.subscriptions > 0,
+                connected: d.connected(),
                 desired_version: state.desired(site),
                 applied_version: d.applied,
                 refused_version: d.refused,
@@ -509,20 +711,19 @@ impl Hub {
     fn connection(&self, key: &(String, String), delta: isize) -> Result<(), Status> {
         let mut state = self.lock();
         let d = Hub::dataplane_entry(&mut state, key)?;
-        let was = d.subscriptions > 0;
+        let (held, connected) = (d.subscriptions > 0, d.connected());
         d.subscriptions = d.subscriptions.saturating_add_signed(delta);
-        let kind = match (was, d.subscriptions > 0) {
-            (false, true) => EventType::DataplaneConnected,
-            (true, false) => EventType::DataplaneDisconnected,
-            _ => return Ok(()),
-        };
+        if held != (d.subscriptions > 0) {
+            if let Some((_, outbox)) = self.store.sharing() {
+                outbox.presence(key.clone(), d.subscriptions > 0);
+            }
+            self.share(key, d, Vec::new());
+        }
+        let event = (connected != d.connected()).then(|| connection_event(key, d.connected()));
         drop(state);
-        self.events.emit(Event {
-            r#type: kind as i32,
-            site_id: key.0.clone(),
-            dataplane_id: key.1.clone(),
-            ..Default::default()
-        });
+        if let Some(event) = event {
+            self.events.emit(event);
+        }
         Ok(())
     }
 
@@ -556,6 +757,8 @@ impl Hub {
                 };
                 events.push(Event {
                     r#type: kind as i32,
+                    site_id: key.0.clone(),
+                    dataplane_id: key.1.clone(),
                     name: peer.name.clone(),
                     ..Default::default()
                 });
@@ -563,6 +766,8 @@ impl Hub {
             for e in &report.events {
                 events.push(Event {
                     r#type: e.r#type,
+                    site_id: key.0.clone(),
+                    dataplane_id: key.1.clone(),
                     name: e.subject.clone(),
                     message: e.message.clone(),
                     ..Default::default()
@@ -571,10 +776,9 @@ impl Hub {
             let mut kept = report;
             kept.events.clear();
             d.report = Some((Arc::new(kept), SystemTime::now()));
+            self.share(&key, d, events.clone());
         }
-        for mut e in events {
-            e.site_id = key.0.clone();
-            e.dataplane_id = key.1.clone();
+        for e in events {
             log_dataplane_event(&e);
             self.events.emit(e);
         }
@@ -769,6 +973,11 @@ impl DataplaneSync for Sync {
             }
             AckResult::Unspecified => unreachable!("refused above"),
         }
+        self.hub.share(
+            &(req.site_id.clone(), req.dataplane_id.clone()),
+            d,
+            vec![event.clone()],
+        );
         drop(state);
         self.hub.events.emit(event);
         Ok(Response::new(AcknowledgeResponse {}))

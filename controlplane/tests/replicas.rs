@@ -4,7 +4,7 @@
 //! two replicas are serialised; a killed replica loses nothing it
 //! acknowledged; quorum loss fails writes UNAVAILABLE while subscribers keep
 //! their snapshot; a replica whose watch fell behind compaction reads
-//! everything again.
+//! everything again; every replica answers for the data planes of all.
 
 mod common;
 
@@ -702,6 +702,174 @@ async fn one_replica_leads_compacts_and_another_takes_over_within_the_lease() {
         "the survivor leads {:?} after the leader was killed",
         killed.elapsed()
     );
+}
+
+/// What `replica` says of the data plane `id` of site `branch`.
+async fn listed(replica: &common::Running, id: &str) -> Option<Dataplane> {
+    api(replica)
+        .await
+        .list_dataplanes(ListDataplanesRequest {
+            site_id: "branch".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .dataplanes
+        .into_iter()
+        .find(|d| d.dataplane_id == id)
+}
+
+/// Waits up to `within` for `replica` to say of `id` what `done` wants.
+async fn listed_until(
+    replica: &common::Running,
+    id: &str,
+    within: Duration,
+    done: impl Fn(Option<&Dataplane>) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = listed(replica, id).await;
+        if done(now.as_ref()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "after {within:?}: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Events from `feed` until one of `kind` about data plane `id` (others are
+/// returned too, in order).
+async fn event_of(feed: &mut Streaming<Event>, kind: EventType, id: &str) -> Vec<Event> {
+    let mut seen = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), feed.message())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind:?} of {id} within 10 s after {seen:?}"))
+            .unwrap()
+            .expect("feed open");
+        let found = e.r#type == kind as i32 && e.dataplane_id == id;
+        seen.push(e);
+        if found {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_answers_for_the_whole_fleet_and_the_leader_forgets_who_left() {
+    need_etcd!();
+    let cluster = Cluster::start(1).await;
+    let prefix = prefix();
+    let args = ["--etcd-lease-ttl-s", "2", "--dataplane-expiry-s", "3"];
+    let a = replica(&cluster, &prefix, &args);
+    let b = replica(&cluster, &prefix, &args);
+    create_branch(&a).await;
+    let mut feed_b = events(&b, true).await;
+
+    // A data plane on A subscribes, applies its snapshot and reports a tunnel up.
+    let mut stream = subscribe(&a, "gw").await;
+    let snapshot = until(&mut stream, 0, |s| s.site.is_some()).await;
+    let mut sync_a = DataplaneSyncClient::connect(format!("http://{}", a.addr))
+        .await
+        .unwrap();
+    sync_a
+        .acknowledge(AcknowledgeRequest {
+            site_id: "branch".into(),
+            dataplane_id: "gw".into(),
+            version: snapshot.version,
+            result: AckResult::Ack as i32,
+            reason: String::new(),
+            epoch: snapshot.epoch,
+        })
+        .await
+        .unwrap();
+    let report = TelemetryReport {
+        site_id: "branch".into(),
+        dataplane_id: "gw".into(),
+        counters: Some(DataplaneCounters {
+            rx_packets: 42,
+            ..Default::default()
+        }),
+        peers: vec![PeerTelemetry {
+            name: "hq".into(),
+            tunnel: TunnelState::Up as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    sync_a.report(tokio_stream::iter([report])).await.unwrap();
+
+    // B, which the data plane never spoke to, knows all of it.
+    listed_until(&b, "gw", Duration::from_secs(5), |d| {
+        d.is_some_and(|d| d.connected && d.applied_version == snapshot.version)
+    })
+    .await;
+    let mut seen = event_of(&mut feed_b, EventType::DataplaneConnected, "gw").await;
+    seen.extend(event_of(&mut feed_b, EventType::TunnelUp, "gw").await);
+    assert!(
+        seen.iter()
+            .any(|e| e.r#type == EventType::SnapshotApplied as i32 && e.version == snapshot.version),
+        "{seen:?}"
+    );
+    let topology = api(&b)
+        .await
+        .get_topology(GetTopologyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let branch = topology
+        .sites
+        .iter()
+        .find(|s| s.site_id == "branch")
+        .unwrap();
+    assert_eq!(branch.dataplanes_connected, 1, "{topology:?}");
+
+    // One replica, the leader, exports the fleet; each counts what it serves.
+    let connected = "patronus_fleet_dataplane_connected{site=\"branch\",dataplane=\"gw\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let texts = [a.scrape(), b.scrape()];
+        let exporting = texts.iter().filter(|t| t.contains(connected)).count();
+        let leaders = texts
+            .iter()
+            .filter(|t| gauge(t, "patronus_controlplane_leader") == Some(1.0))
+            .count();
+        if exporting == 1 && leaders == 1 {
+            assert_eq!(
+                gauge(&texts[0], "patronus_controlplane_dataplanes_served"),
+                Some(1.0)
+            );
+            assert_eq!(
+                gauge(&texts[1], "patronus_controlplane_dataplanes_served"),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{exporting} replicas export the fleet, {leaders} lead"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A dies with the data plane on it: B shows it disconnected within the
+    // lease TTL, keeps what it last reported, then (leading now) forgets
+    // it after the expiry.
+    let mut a = a;
+    a.child.kill().unwrap();
+    let killed = Instant::now();
+    drop(stream);
+    listed_until(&b, "gw", Duration::from_secs(4), |d| {
+        d.is_some_and(|d| !d.connected && d.applied_version == snapshot.version)
+    })
+    .await;
+    println!(
+        "B shows the data plane gone {:?} after A was killed",
+        killed.elapsed()
+    );
+    event_of(&mut feed_b, EventType::DataplaneDisconnected, "gw").await;
+    listed_until(&b, "gw", Duration::from_secs(15), |d| d.is_none()).await;
+    println!("B forgot it {:?} after A was killed", killed.elapsed());
 }
 
 /// The control plane's arguments for `cluster` (TLS) under `prefix`, as `user`.

@@ -8,6 +8,8 @@
 //! - `u/{kind}/{key}`: the owner of a unique spec key (a site_id).
 //! - `t/{kind}/{group}`: the bytes a capped group takes (a site's peers).
 //! - `epoch`: drawn once by the first replica to open the cluster.
+//! - `f/`: what the replicas share about their data planes ([`super::shared`]).
+//! - `leader/`: the election ([`super::leader`]).
 //!
 //! Every write is one transaction that compares what it read (the
 //! resource's `mod_revision`, the unique key's and the group total's) and
@@ -15,9 +17,9 @@
 //! read again, and answers CONFLICT only when the resource itself moved.
 //! etcd acknowledges a transaction once a quorum of members has it on disk.
 //!
-//! One watch on `r/` per replica, resumed from the last revision it
-//! delivered, tells the followers of every write in revision order,
-//! whichever replica made it. A write returns once the watch has delivered
+//! One watch on the prefix per replica, resumed from the last revision it
+//! delivered, tells the followers of every write to `r/` and `f/` in
+//! revision order, whichever replica made it. A write returns once the watch has delivered
 //! it, so a client's next read of events and snapshots includes its write.
 
 use std::collections::HashMap;
@@ -36,6 +38,7 @@ use prometheus_client::metrics::MetricType;
 use tokio::sync::watch;
 
 use super::leader::{self, Leadership};
+use super::shared::{self, FleetNews, FleetView, Outbox};
 use super::{
     check_fits, decode, not_found, Change, DesiredState, Followers, News, Origin, Page, StoreError,
 };
@@ -151,6 +154,10 @@ pub struct EtcdStore {
     /// first: when another replica changed one meanwhile, the comparison
     /// fails and the transaction reads it back in the same round trip.
     remembered: std::sync::Mutex<HashMap<String, (i64, Vec<u8>)>>,
+    /// This replica's name among the others (drawn at random when it opens).
+    replica: String,
+    /// What this replica has yet to share about its data planes.
+    outbox: Arc<Outbox>,
 }
 
 /// Most keys [`EtcdStore::remember`] keeps before starting afresh.
@@ -312,16 +319,29 @@ impl EtcdStore {
         let epoch_key = format!("{}epoch", settings.prefix);
         // Never 0: that is what a data plane reports before its first snapshot.
         let drawn = (uuid::Uuid::new_v4().as_u128() as u64).max(1);
+        let fleet = format!("{}{}", settings.prefix, shared::FLEET);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 epoch_key.clone(),
                 CompareOp::Equal,
                 0,
             )])
-            .and_then([TxnOp::put(epoch_key.clone(), drawn.to_string(), None)])
-            .or_else([TxnOp::get(epoch_key.clone(), None)]);
-        let answer = client.kv_client().txn(txn).await.map_err(etcd_error)?;
+            .and_then([
+                TxnOp::put(epoch_key.clone(), drawn.to_string(), None),
+                TxnOp::get(fleet.clone(), Some(GetOptions::new().with_prefix())),
+            ])
+            .or_else([
+                TxnOp::get(epoch_key.clone(), None),
+                TxnOp::get(fleet.clone(), Some(GetOptions::new().with_prefix())),
+            ]);
+        let answer = client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .txn(txn)
+            .await
+            .map_err(etcd_error)?;
         let start = answer.header().map_or(0, |h| h.revision());
+        let view = FleetView::read(&settings.prefix, ranged(&answer.op_responses(), 1));
         let epoch = if answer.succeeded() {
             drawn
         } else {
@@ -341,14 +361,21 @@ impl EtcdStore {
             requests: Histogram::new(REQUEST_BUCKETS),
             compactions: AtomicU64::new(0),
             remembered: std::sync::Mutex::default(),
+            replica: uuid::Uuid::new_v4().to_string(),
+            outbox: Arc::default(),
         });
+        followers.tell(&News::Fleet(FleetNews::All(Arc::new(view))));
         tokio::spawn(watch_changes(Arc::downgrade(&store), followers, start));
         tokio::spawn(follow_health(Arc::downgrade(&store)));
-        let identity = uuid::Uuid::new_v4().to_string();
+        tokio::spawn(shared::send_out(
+            Arc::downgrade(&store),
+            store.outbox.clone(),
+            leadership.lease(),
+        ));
         tokio::spawn(leader::campaign(
             Arc::downgrade(&store),
             leadership,
-            identity,
+            store.replica.clone(),
         ));
         if let Some(every) = store.settings.compact_every {
             tokio::spawn(compact_history(Arc::downgrade(&store), every));
@@ -356,6 +383,7 @@ impl EtcdStore {
         tracing::info!(
             endpoints = ?store.settings.endpoints,
             prefix = store.settings.prefix,
+            replica = store.replica,
             epoch,
             revision = start,
             "desired state on etcd"
@@ -376,6 +404,16 @@ impl EtcdStore {
     /// True while this replica leads the others (see [`leader`]).
     pub fn is_leader(&self) -> bool {
         self.leadership.is_leader()
+    }
+
+    /// This replica's name among the others.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// What this replica has yet to share about its data planes.
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -1160,11 +1198,12 @@ fn change_of(prefix: &str, event: &etcd_client::Event) -> Option<Change> {
     }
 }
 
-/// Tells `followers` of every write under the resource prefix from
-/// revision `start + 1` on, in order, for as long as the store lives. A
+/// Tells `followers` of every write to resources and to what the replicas
+/// share, from revision `start + 1` on, in order, for as long as the store lives. A
 /// broken watch resumes from the next revision it has not delivered; one
 /// whose revision was compacted away tells the followers that changes were
-/// lost (they read everything again) and resumes from the present. A dead
+/// lost (they read everything again), reads what the replicas share whole,
+/// and resumes from the present. A dead
 /// connection is found by HTTP/2 keepalive. Progress requests are not used:
 /// etcd 3.4 answers them with the present revision even while the watch
 /// still has older events to send, which would let `next` run ahead.
@@ -1174,7 +1213,7 @@ async fn watch_changes(store: std::sync::Weak<EtcdStore>, followers: Arc<Followe
     let mut broken = false;
     loop {
         let Some(live) = store.upgrade() else { return };
-        let prefix = format!("{}r/", live.settings.prefix);
+        let prefix = live.settings.prefix.clone();
         let mut watch_client = live.client.watch_client();
         let timeout = live.settings.request_timeout;
         drop(live);
@@ -1247,9 +1286,11 @@ async fn deliver(
     next: &mut i64,
 ) -> Delivered {
     if answer.compact_revision() > 0 {
-        match live.probe().await {
+        let fleet = format!("{prefix}{}", shared::FLEET);
+        match live.range(fleet, GetOptions::new().with_prefix()).await {
             Ok(now) => {
                 let present = now.header().map_or(*next, |h| h.revision());
+                let view = FleetView::read(prefix, now.kvs());
                 tracing::warn!(
                     missed_from = *next,
                     compacted_to = answer.compact_revision(),
@@ -1259,6 +1300,7 @@ async fn deliver(
                     "changes from revision {} were compacted away before this replica saw them; everything was read again at revision {present}",
                     *next
                 )));
+                followers.tell(&News::Fleet(FleetNews::All(Arc::new(view))));
                 *next = present + 1;
                 live.delivered.send_if_modified(|d| {
                     let moved = *d < present;
@@ -1273,11 +1315,14 @@ async fn deliver(
         }
         return Delivered::Again;
     }
+    let resources = format!("{prefix}r/");
     for event in answer.events() {
-        if let Some(kv) = event.kv() {
-            *next = (*next).max(kv.mod_revision() + 1);
-        }
-        if let Some(change) = change_of(prefix, event) {
+        let Some(kv) = event.kv() else { continue };
+        *next = (*next).max(kv.mod_revision() + 1);
+        let put = event.event_type() == WatchEventType::Put;
+        if let Some(news) = shared::parse(prefix, kv, put) {
+            followers.tell(&News::Fleet(news));
+        } else if let Some(change) = change_of(&resources, event) {
             tracing::debug!(
                 kind = change.resource,
                 name = change.name,

@@ -1,5 +1,6 @@
 //! Leadership among the replicas that share one etcd prefix, for the work
-//! that must happen once: compacting etcd's history.
+//! that must happen once: compacting etcd's history, forgetting data planes
+//! that left, and the fleet's `/metrics`.
 //!
 //! A replica campaigns (etcd's election API) with a lease it keeps alive.
 //! It leads from its election until the lease could expire: each keepalive
@@ -8,18 +9,23 @@
 //! the clock. So a replica that cannot reach etcd stops leading before its
 //! lease ends, even when the task that keeps the lease is stuck, and
 //! another replica is elected once the lease has expired.
+//!
+//! The same lease carries the replica's presence keys ([`super::shared`]),
+//! so that they go when the replica does.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
+use tokio::sync::watch;
 
 use super::etcd::EtcdStore;
 
-/// Whether this replica leads, and until when.
+/// Whether this replica leads, and until when; the lease it holds.
 #[derive(Debug, Default)]
 pub struct Leadership {
     until: Mutex<Option<Instant>>,
+    lease: watch::Sender<Option<i64>>,
 }
 
 impl Leadership {
@@ -29,6 +35,11 @@ impl Leadership {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// The lease this replica holds, as it changes (None: none now).
+    pub(crate) fn lease(&self) -> watch::Receiver<Option<i64>> {
+        self.lease.subscribe()
     }
 
     fn lead_until(&self, until: Option<Instant>) {
@@ -57,6 +68,7 @@ pub(crate) async fn campaign(store: Weak<EtcdStore>, held: Arc<Leadership>, iden
         drop(live);
         let outcome = lead_once(client, name, identity.clone(), ttl, &store, &held).await;
         held.lead_until(None);
+        held.lease.send_replace(None);
         match outcome {
             Ok(()) => pause = Duration::from_millis(100),
             Err(e) => {
@@ -81,6 +93,7 @@ async fn lead_once(
     let granted_at = Instant::now();
     let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
     let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+    held.lease.send_replace(Some(lease));
     // Stop leading this long before the lease could end: room for the
     // keepalive that moves it on to arrive late.
     let margin = ttl / 5;

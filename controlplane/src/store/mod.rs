@@ -11,10 +11,11 @@
 //! commit); a unique spec key per kind; the size caps of what travels in one
 //! snapshot; and a feed of committed changes ([`News`]) that the hub turns
 //! into events and recompiled snapshots. On etcd the feed is etcd's watch,
-//! so a write through any replica reaches the data planes of every replica.
+//! so a write through any replica reaches the data planes of every replica,
+//! and it carries what the replicas share about their data planes too.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use patronus_proto::v1::{EventType, ObjectMeta};
 use tokio::sync::watch;
@@ -25,6 +26,7 @@ pub mod embedded;
 pub mod etcd;
 pub mod leader;
 pub mod migrate;
+pub mod shared;
 
 pub use embedded::RedbStore;
 
@@ -239,24 +241,36 @@ impl Origin {
 }
 
 /// What followers of the store are told.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum News {
     /// One committed write.
     Changed(Change),
     /// Some changes cannot be told one by one (the etcd watch fell behind
     /// compaction): everything must be read again.
     Lost(String),
+    /// What another replica (or this one) shares about a data plane (etcd only).
+    Fleet(shared::FleetNews),
 }
 
 type Follower = Box<dyn Fn(&News) + Send + Sync>;
 
-/// Who hears of committed writes.
+/// Who hears of committed writes, and the shared fleet view as of the
+/// last news: a follower that comes late is told it whole first.
 #[derive(Default)]
-pub(crate) struct Followers(RwLock<Vec<Follower>>);
+pub(crate) struct Followers {
+    list: RwLock<Vec<Follower>>,
+    fleet: Mutex<shared::FleetView>,
+}
 
 impl Followers {
     pub(crate) fn tell(&self, news: &News) {
-        for follower in self.0.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        // Held while the followers hear it, so that one joining meanwhile
+        // gets the view either with this news or before it, never both.
+        let mut fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        if let News::Fleet(change) = news {
+            fleet.apply(change);
+        }
+        for follower in self.list.read().unwrap_or_else(|e| e.into_inner()).iter() {
             follower(news);
         }
     }
@@ -330,11 +344,31 @@ impl Store {
     /// Calls `follower` with every committed write from now on, in the
     /// order of their revisions.
     pub fn follow(&self, follower: impl Fn(&News) + Send + Sync + 'static) {
+        let fleet = self
+            .followers
+            .fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Backend::Etcd(_) = self.backend {
+            follower(&News::Fleet(shared::FleetNews::All(Arc::new(
+                fleet.clone(),
+            ))));
+        }
         self.followers
-            .0
+            .list
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(Box::new(follower));
+    }
+
+    /// This replica's name among the replicas that share the store, and
+    /// where it shares what it knows of its data planes (None on redb:
+    /// one replica, nothing to share).
+    pub(crate) fn sharing(&self) -> Option<(&str, &shared::Outbox)> {
+        match &self.backend {
+            Backend::Redb { .. } => None,
+            Backend::Etcd(etcd) => Some((etcd.replica(), etcd.outbox())),
+        }
     }
 
     /// The store's epoch: drawn at random when its state was first
