@@ -803,9 +803,22 @@ fn a_data_plane_fails_over_between_control_plane_replicas_on_etcd() {
     });
     assert_eq!(site_version(&site.dp), before.applied);
     assert!(site.forwards());
+    // Replica b knows the data plane it does not serve.
+    let served = |cp: &ControlPlane| {
+        cp.scrape()
+            .sum("patronus_controlplane_dataplanes_served", &[])
+    };
+    assert_eq!((served(&a), served(&b)), (1.0, 0.0));
+    wait_status(&via_b, "gw-1", "replica b's view of it", |s| {
+        s.connected && s.applied == before.applied
+    });
 
     a.crash();
     let crashed = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || served(&b) == 1.0),
+        "the data plane is not on replica b 10 s after the crash"
+    );
     let moved = wait_status(&via_b, "gw-1", "on replica b, its version applied", |s| {
         s.connected && s.applied == s.desired && s.applied >= before.applied
     });
