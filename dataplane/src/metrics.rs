@@ -30,7 +30,7 @@ use patronus_core::bfd::packet::{Diagnostic, Malformed, State as BfdState};
 use patronus_core::config::site::RuleAction;
 use patronus_core::config::{Snapshot, TunnelSnapshot};
 use patronus_core::dpi::counters::{self as dpi_counters, DpiCounters, PACKET_BUCKETS};
-use patronus_core::dpi::Category;
+use patronus_core::dpi::{Category, Method};
 use patronus_core::neighbor::NeighborShared;
 use patronus_core::packet::parse::ParseError;
 use patronus_core::paths::bfd::{BfdCounters, BfdDrop, DIAGNOSTICS};
@@ -1287,6 +1287,17 @@ impl Scrape<'_> {
                     .map(|w| w.category_flows(Category::Unknown))
                     .sum::<u64>(),
             )],
+        )?;
+        counter(
+            enc,
+            "patronus_dpi_method_flows",
+            "Flows classified, by what decided the verdict (signature, server_name, certificate, alpn, port, dissector; none: Unknown).",
+            Method::ALL.iter().map(|&m| {
+                (
+                    [("method", m.to_string())],
+                    self.dpi.iter().map(|w| w.method_flows(m)).sum::<u64>(),
+                )
+            }),
         )
     }
 
@@ -1629,11 +1640,11 @@ conditions = [{{ type = "category", value = "Video" }}]
                 let d = DpiCounters::default();
                 let video = dpi_counters::label_id("MetricsTest.Video", Category::Video);
                 let dns = dpi_counters::label_id("MetricsTest.DNS", Category::DNS);
-                d.classified(video, Category::Video, 1500 + w, 3);
-                d.classified(dns, Category::DNS, 80, 1);
-                d.classified(video, Category::Video, 9000, 20);
+                d.classified(video, Category::Video, Method::ServerName, 1500 + w, 3);
+                d.classified(dns, Category::DNS, Method::Dissector, 80, 1);
+                d.classified(video, Category::Video, Method::Signature, 9000, 20);
                 d.bytes(video, Category::Video, 100 * (w + 1));
-                d.classified(0, Category::Unknown, 40, 12);
+                d.classified(0, Category::Unknown, Method::None, 40, 12);
                 d.set_reassembly_exhausted(5 + w);
                 Arc::new(d)
             })

@@ -7,8 +7,9 @@ as parsed IP addresses); labelled flows without a prediction count as wrong.
 
 usage: score.py LABELS.csv PREDICTIONS.csv [--min-accuracy PCT] [--min-recall PCT]
                 [--errors N]
-Prints per-category recall and precision, the confusion matrix and the
-overall accuracy (last line). Exits 1 when a --min bar is not met.
+Prints per-category recall and precision, the confusion matrix, accuracy by
+the method that reached each verdict (when the predictions have a `method`
+column) and the overall accuracy (last line). Exits 1 when a --min bar is not met.
 """
 
 import argparse
@@ -72,6 +73,19 @@ def main():
     print("label \\ predicted | " + " | ".join(cols))
     for c in CATEGORIES:
         print(f"{c} | " + " | ".join(str(confusion[c][p]) for p in cols))
+    by_method = collections.defaultdict(lambda: [0, 0])
+    for label in labels:
+        guess = predicted.get(flow_key(label))
+        if guess and guess.get("method"):
+            tally = by_method[guess["method"]]
+            tally[0] += 1
+            tally[1] += guess["category"] == label["category"]
+    if by_method:
+        print()
+        print("| method | flows | accuracy % |")
+        print("|---|---:|---:|")
+        for method, (n, right) in sorted(by_method.items(), key=lambda kv: -kv[1][0]):
+            print(f"| {method} | {n} | {100.0 * right / n:.1f} |")
     for label, guess in errors[: args.errors]:
         got = f"{guess['category']} ({guess['application']})" if guess else "missing"
         print(f"error: {label['pcap']} {label['proto']} {label['addr_a']}:{label['port_a']} -> "

@@ -60,7 +60,9 @@ fn corpus_accuracy_meets_the_bar() {
     let (code, stderr) = classify(&args);
     assert_eq!(code, 0, "classify failed: {stderr}");
     let header = std::fs::read_to_string(&csv).unwrap();
-    assert!(header.starts_with("pcap,proto,addr_a,port_a,addr_b,port_b,category,application\n"));
+    assert!(
+        header.starts_with("pcap,proto,addr_a,port_a,addr_b,port_b,category,application,method\n")
+    );
     let score = Command::new("python3")
         .arg(repo_root().join("scripts/dpi/score.py"))
         .arg(corpus().join("labels.csv"))

@@ -8,7 +8,7 @@ use std::fmt;
 use hyperscan::prelude::*;
 
 use super::apps::{self, AppError, AppSpec, Transport};
-use super::{counters, dns, tls, AppPattern, Category, Classification, Packet, Protocol};
+use super::{counters, dns, tls, AppPattern, Category, Classification, Method, Packet, Protocol};
 
 /// The compiled catalogue, shared by all workers.
 pub struct Classifier {
@@ -76,7 +76,11 @@ impl Classifier {
         for protocol in protocols {
             let combos = std::iter::once(None).chain((0..apps as u16).map(Some));
             for app in combos {
-                let c = Classification { protocol, app };
+                let c = Classification {
+                    protocol,
+                    app,
+                    method: Method::None,
+                };
                 let label = counters::label_id(&classifier.name(&c), classifier.category(&c));
                 classifier.labels.push(label);
             }
@@ -192,14 +196,15 @@ impl Classifier {
         }
     }
 
-    /// The application of a TLS or QUIC session: by ALPN or server port first
-    /// (the port says what the session is for), then by server name.
+    /// The application of a TLS or QUIC session and what named it: ALPN or
+    /// server port first (the port says what the session is for), then the
+    /// server name.
     pub(super) fn session_app(
         &self,
         pkt: &Packet<'_>,
         hello: &tls::ClientHello<'_>,
         scratch: Option<&Scratch>,
-    ) -> Option<u16> {
+    ) -> Option<(u16, Method)> {
         let by_alpn = hello.alpn.and_then(|a| self.compiled.alpn.get(a).copied());
         let by_port = || {
             let port = |p| self.compiled.tls_ports.get(&p).copied();
@@ -209,9 +214,16 @@ impl Classifier {
             self.host_app(name)
                 .or_else(|| self.host_pattern_app(name, scratch?))
         };
+        let named = |method| move |app| (app, method);
         by_alpn
-            .or_else(by_port)
-            .or_else(|| hello.server_name.and_then(by_name))
+            .map(named(Method::Alpn))
+            .or_else(|| by_port().map(named(Method::Port)))
+            .or_else(|| {
+                hello
+                    .server_name
+                    .and_then(by_name)
+                    .map(named(Method::ServerName))
+            })
     }
 
     /// The first application whose server-name pattern matches `name`.

@@ -1,5 +1,5 @@
-//! DPI counters: flows and bytes per category and per application, and how
-//! many packets classification took.
+//! DPI counters: flows and bytes per category and per application, flows by
+//! how their verdict was reached, and how many packets classification took.
 //!
 //! Application labels (`TLS.YouTube`) get stable ids from one process-wide,
 //! append-only registry when a [`Classifier`](super::Classifier) is compiled,
@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use super::Category;
+use super::{Category, Method};
 
 /// Most distinct application labels counted; later ones count as [`OVERFLOW_LABEL`].
 pub const MAX_APP_LABELS: usize = 4096;
@@ -52,6 +52,7 @@ pub struct DpiCounters {
     app_bytes: Box<[AtomicU64]>,
     category_flows: [AtomicU64; Category::COUNT],
     category_bytes: [AtomicU64; Category::COUNT],
+    method_flows: [AtomicU64; Method::COUNT],
     /// Cumulative histogram buckets are computed at read time; these are per bucket.
     packets_buckets: [AtomicU64; PACKET_BUCKETS.len() + 1],
     packets_sum: AtomicU64,
@@ -65,6 +66,7 @@ impl Default for DpiCounters {
             app_bytes: (0..MAX_APP_LABELS).map(|_| AtomicU64::new(0)).collect(),
             category_flows: Default::default(),
             category_bytes: Default::default(),
+            method_flows: Default::default(),
             packets_buckets: Default::default(),
             packets_sum: AtomicU64::new(0),
             reassembly_exhausted: AtomicU64::new(0),
@@ -82,8 +84,17 @@ fn bump(counter: &AtomicU64, n: u64) {
 }
 
 impl DpiCounters {
-    /// Records a flow's final classification, with the bytes it carried so far and the packets it took.
-    pub fn classified(&self, label: u32, category: Category, bytes: u64, packets: u16) {
+    /// Records a flow's final classification (its label, category and how it
+    /// was reached), with the bytes it carried so far and the packets it took.
+    pub fn classified(
+        &self,
+        label: u32,
+        category: Category,
+        method: Method,
+        bytes: u64,
+        packets: u16,
+    ) {
+        bump(&self.method_flows[method.index()], 1);
         let label = label as usize;
         if let (Some(f), Some(b)) = (self.app_flows.get(label), self.app_bytes.get(label)) {
             bump(f, 1);
@@ -132,6 +143,11 @@ impl DpiCounters {
         self.category_flows[category.index()].load(Ordering::Relaxed)
     }
 
+    /// Flows whose verdict `method` reached.
+    pub fn method_flows(&self, method: Method) -> u64 {
+        self.method_flows[method.index()].load(Ordering::Relaxed)
+    }
+
     /// Bytes of flows in `category`.
     pub fn category_bytes(&self, category: Category) -> u64 {
         self.category_bytes[category.index()].load(Ordering::Relaxed)
@@ -164,10 +180,12 @@ mod tests {
         assert_ne!(label_id("TestProto.B", Category::Video), a);
         assert_eq!(labels()[a as usize].0, "TestProto.A");
         let c = DpiCounters::default();
-        c.classified(a, Category::Video, 1000, 3);
+        c.classified(a, Category::Video, Method::ServerName, 1000, 3);
         c.bytes(a, Category::Video, 500);
         assert_eq!((c.app_flows(a), c.app_bytes(a)), (1, 1500));
         assert_eq!(c.category_bytes(Category::Video), 1500);
+        assert_eq!(c.method_flows(Method::ServerName), 1);
+        assert_eq!(c.method_flows(Method::Signature), 0);
         let (buckets, sum) = c.packets_histogram();
         assert_eq!((buckets[2], sum), (1, 3));
     }

@@ -9,7 +9,7 @@ use hyperscan::prelude::*;
 use super::numbered::{numbered_stream, Numbered};
 use super::reassembly::{Collecting, Reassembly};
 use super::{dns, http, quic, stun, tls};
-use super::{Classification, Classifier, Limits, Packet, Protocol};
+use super::{Classification, Classifier, Limits, Method, Packet, Protocol};
 
 /// Per-flow inspection state.
 #[derive(Clone, Copy, Debug, Default)]
@@ -117,6 +117,7 @@ impl Inspector {
             .map(|app| Classification {
                 protocol: None,
                 app: Some(app),
+                method: Method::Signature,
             })
             .or_else(|| self.dissect(classifier, flow, pkt));
         match verdict {
@@ -161,11 +162,11 @@ impl Inspector {
         flow: &mut FlowInspection,
         pkt: &Packet<'_>,
     ) -> Option<Classification> {
-        let found = |protocol, app| {
-            Some(Classification {
-                protocol: Some(protocol),
-                app,
-            })
+        let found = |protocol, app: Option<u16>| {
+            Some(Classification::dissected(
+                protocol,
+                app.map(|app| (app, Method::ServerName)),
+            ))
         };
         let payload = pkt.payload;
         if !pkt.tcp {
@@ -202,10 +203,7 @@ impl Inspector {
             );
         }
         if http::is_response(payload) && flow.tentative.is_unknown() {
-            flow.tentative = Classification {
-                protocol: Some(Protocol::Http),
-                app: None,
-            };
+            flow.tentative = Classification::dissected(Protocol::Http, None);
         }
         None
     }
@@ -218,10 +216,7 @@ impl Inspector {
         flow: &mut FlowInspection,
         pkt: &Packet<'_>,
     ) -> Option<Classification> {
-        let tls_found = |app| Classification {
-            protocol: Some(Protocol::Tls),
-            app,
-        };
+        let tls_found = |app| Classification::dissected(Protocol::Tls, app);
         // A reassembly under way in this direction gets the packet appended.
         let collecting = (flow.buffer as usize)
             .checked_sub(1)
@@ -244,7 +239,10 @@ impl Inspector {
         }
         // What the records say, with nothing borrowed from the buffer.
         enum Seen {
-            Hello { named: bool, app: Option<u16> },
+            Hello {
+                named: bool,
+                app: Option<(u16, Method)>,
+            },
             Server((tls::CertificateSearch, Option<u16>)),
             Certificate((tls::CertificateSearch, Option<u16>)),
             Other(tls::Hello<'static>),
@@ -329,10 +327,10 @@ impl Inspector {
         match search {
             tls::CertificateSearch::Accepted => {
                 self.release(flow);
-                Some(Classification {
-                    protocol: Some(Protocol::Tls),
-                    app,
-                })
+                Some(Classification::dissected(
+                    Protocol::Tls,
+                    app.map(|app| (app, Method::Certificate)),
+                ))
             }
             tls::CertificateSearch::Incomplete => {
                 if let (Some((what, first, seq)), 0) = (start, flow.buffer) {
@@ -363,17 +361,15 @@ impl Inspector {
                 flow.tentative = Classification {
                     protocol: Some(Protocol::Quic),
                     app: None,
+                    method: Method::Port,
                 };
             }
             return None;
         };
-        let quic_found = |app| Classification {
-            protocol: Some(Protocol::Quic),
-            app,
-        };
+        let quic_found = |app| Classification::dissected(Protocol::Quic, app);
         if version == quic::Version::GoogleQ {
             let app = quic::gquic_server_name(pkt.payload).and_then(|n| classifier.host_app(n));
-            return Some(quic_found(app));
+            return Some(quic_found(app.map(|app| (app, Method::ServerName))));
         }
         if flow.tentative.is_unknown() {
             flow.tentative = quic_found(None);

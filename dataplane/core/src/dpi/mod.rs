@@ -64,7 +64,7 @@ pub use classifier::Classifier;
 pub use inspector::{FlowInspection, Inspector};
 pub use payload::{l4_payload, tcp_seq, Packet};
 pub use reassembly::REASSEMBLY_BYTES;
-pub use types::{AppPattern, Category, Classification, Limits, Protocol};
+pub use types::{AppPattern, Category, Classification, Limits, Method, Protocol};
 
 // The tests (`use super::*`) write packets and catalogue entries with these.
 #[cfg(test)]

@@ -28,7 +28,7 @@ use crate::packet::flow_key::FlowKey;
 use crate::packet::parse::{parse, L3, L4};
 
 /// The CSV header of `classify --csv`.
-pub const CSV_HEADER: &str = "pcap,proto,addr_a,port_a,addr_b,port_b,category,application";
+pub const CSV_HEADER: &str = "pcap,proto,addr_a,port_a,addr_b,port_b,category,application,method";
 
 /// Ethertypes used when re-framing non-Ethernet captures.
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -125,7 +125,7 @@ impl<'c> OfflineClassifier<'c> {
             };
             writeln!(
                 out,
-                "{name},{},{},{},{},{},{},{}",
+                "{name},{},{},{},{},{},{},{},{}",
                 if flow.tcp { "TCP" } else { "UDP" },
                 flow.a.0,
                 flow.a.1,
@@ -133,6 +133,7 @@ impl<'c> OfflineClassifier<'c> {
                 flow.b.1,
                 self.classifier.category(&verdict),
                 self.classifier.name(&verdict),
+                verdict.method,
             )?;
             self.totals.flows += 1;
         }

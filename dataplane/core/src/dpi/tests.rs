@@ -15,7 +15,8 @@ fn pkt(tcp: bool, src_port: u16, dst_port: u16, payload: &[u8]) -> Packet<'_> {
     }
 }
 
-fn classify(c: &Classifier, packets: &[Packet<'_>]) -> (Category, String) {
+/// The verdict on a flow of `packets` (inspection ended after the last).
+fn verdict(c: &Classifier, packets: &[Packet<'_>]) -> Classification {
     let mut inspector = Inspector::new(Limits::default(), 4);
     let mut flow = FlowInspection::default();
     let mut verdict = None;
@@ -27,7 +28,71 @@ fn classify(c: &Classifier, packets: &[Packet<'_>]) -> (Category, String) {
     }
     let v = verdict.unwrap_or_else(|| inspector.finish(&mut flow));
     assert_eq!(inspector.free.len(), 4, "reassembly buffer returned");
+    v
+}
+
+fn classify(c: &Classifier, packets: &[Packet<'_>]) -> (Category, String) {
+    let v = verdict(c, packets);
     (c.category(&v), c.name(&v))
+}
+
+#[test]
+fn every_verdict_says_what_reached_it() {
+    let c = classifier();
+    let hello = |name, alpn| tls::tests::record(&tls::tests::hello_message(name, alpn, 0));
+    let method = |packets: &[Packet<'_>]| {
+        let v = verdict(&c, packets);
+        assert_eq!(
+            Classification::from_flow_app(v.to_flow_app()),
+            Some(v),
+            "the flow table keeps the method"
+        );
+        (c.name(&v), v.method)
+    };
+    let sni = hello(Some("r3---sn-x.googlevideo.com"), Some("h2"));
+    assert_eq!(
+        method(&[pkt(true, 50000, 443, &sni)]),
+        ("TLS.YouTube".into(), Method::ServerName)
+    );
+    let dot = hello(None, Some("dot"));
+    assert_eq!(method(&[pkt(true, 50000, 443, &dot)]).1, Method::Alpn);
+    let unnamed = hello(None, None);
+    assert_eq!(method(&[pkt(true, 40000, 993, &unnamed)]).1, Method::Port);
+    assert_eq!(
+        method(&[pkt(true, 50000, 443, &unnamed)]),
+        ("TLS".into(), Method::Dissector)
+    );
+    let flight = tls::tests::server_flight("ignored", &["edge.anydesk.com"]);
+    let server = Packet {
+        dir: Direction::HiToLo,
+        ..pkt(true, 443, 50000, &flight)
+    };
+    assert_eq!(
+        method(&[pkt(true, 50000, 443, &unnamed), server]),
+        ("TLS.AnyDesk".into(), Method::Certificate)
+    );
+    let q = dns::tests::query("www.netflix.com");
+    assert_eq!(
+        method(&[pkt(false, 5000, 53, &q)]),
+        ("DNS.NetFlix".into(), Method::ServerName)
+    );
+    let q = dns::tests::query("printer.example");
+    assert_eq!(
+        method(&[pkt(false, 5000, 53, &q)]),
+        ("DNS".into(), Method::Dissector)
+    );
+    let ssh = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n";
+    assert_eq!(method(&[pkt(true, 50000, 22, ssh)]).1, Method::Signature);
+    let short_header = [0x45u8, 1, 2, 3, 4, 5, 6, 7];
+    assert_eq!(
+        method(&[pkt(false, 50000, 443, &short_header)]),
+        ("QUIC".into(), Method::Port)
+    );
+    let noise = [0x9cu8, 0x11, 0x02, 0xfe, 0x5a, 0x00, 0x31, 0x77];
+    assert_eq!(
+        method(&[pkt(false, 40000, 40001, &noise)]),
+        ("Unknown".into(), Method::None)
+    );
 }
 
 #[test]

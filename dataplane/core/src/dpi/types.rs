@@ -60,6 +60,30 @@ labelled_enum! {
     }
 }
 
+labelled_enum! {
+    /// How a verdict was reached: what the flow showed that decided it, from
+    /// the surest (a signature of the application's own protocol) to none.
+    /// Policies and users tell a match from a guess by it.
+    #[derive(Default)]
+    Method {
+        /// A catalogue signature matched the payload.
+        Signature => "signature";
+        /// A name the flow carries: TLS or QUIC server name, HTTP Host, the DNS question.
+        ServerName => "server_name";
+        /// A name in the server's certificate.
+        Certificate => "certificate";
+        /// The application protocol the TLS or QUIC client offered (ALPN).
+        Alpn => "alpn";
+        /// The server port alone (a TLS port, QUIC's 443 for a session seen without its handshake).
+        Port => "port";
+        /// A protocol dissector recognised the protocol; no application is named.
+        Dissector => "dissector";
+        /// Nothing: the flow is Unknown.
+        #[default]
+        None => "none";
+    }
+}
+
 impl Protocol {
     /// The category of the protocol itself, before the application it carries is known.
     pub(super) fn category(self) -> Category {
@@ -77,28 +101,42 @@ impl Protocol {
     }
 }
 
-/// A flow's identification: a dissected protocol, a catalogue application, or both.
+/// A flow's identification: a dissected protocol, a catalogue application, or
+/// both, and how it was reached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Classification {
     /// The protocol found by a dissector.
     pub protocol: Option<Protocol>,
     /// Index of the catalogue application in the classifier that produced it.
     pub app: Option<u16>,
+    /// What decided it.
+    pub method: Method,
 }
 
 impl Classification {
+    /// `protocol` found by its dissector, with the application `named` by
+    /// what `method` says (if any).
+    pub fn dissected(protocol: Protocol, named: Option<(u16, Method)>) -> Classification {
+        Classification {
+            protocol: Some(protocol),
+            app: named.map(|(app, _)| app),
+            method: named.map_or(Method::Dissector, |(_, method)| method),
+        }
+    }
+
     /// True when nothing was identified.
     pub fn is_unknown(&self) -> bool {
         self.protocol.is_none() && self.app.is_none()
     }
 
     /// Packs a final classification into a flow entry's `app` field (never 0,
-    /// which means "not classified yet").
+    /// which means "not classified yet"): bit 31 set, the method in bits
+    /// 24-30, the protocol (plus one) in 16-23, the application (plus one) below.
     #[inline]
     pub fn to_flow_app(&self) -> u32 {
         let p = self.protocol.map_or(0, |p| p.index() as u32 + 1);
         let a = self.app.map_or(0, |a| u32::from(a) + 1);
-        1 << 31 | p << 16 | a
+        1 << 31 | (self.method.index() as u32) << 24 | p << 16 | a
     }
 
     /// Unpacks [`Classification::to_flow_app`]; None for 0 (not classified yet).
@@ -107,11 +145,13 @@ impl Classification {
         if v == 0 {
             return None;
         }
+        let m = ((v >> 24) & 0x7f) as usize;
         let p = ((v >> 16) & 0xff) as usize;
         let a = v & 0xffff;
         Some(Classification {
             protocol: p.checked_sub(1).and_then(|i| Protocol::ALL.get(i).copied()),
             app: a.checked_sub(1).map(|a| a as u16),
+            method: Method::ALL.get(m).copied().unwrap_or_default(),
         })
     }
 }

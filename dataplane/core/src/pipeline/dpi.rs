@@ -95,7 +95,7 @@ pub(super) fn run<F: Frame>(
             let (label, category) = (classifier.label(&verdict), classifier.category(&verdict));
             state
                 .counters
-                .classified(label, category, bytes, inspection.packets());
+                .classified(label, category, verdict.method, bytes, inspection.packets());
             state
                 .counters
                 .set_reassembly_exhausted(state.inspector.pool_exhausted());
