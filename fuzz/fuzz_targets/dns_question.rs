@@ -1,11 +1,12 @@
-//! Fuzzes the DNS question reader (UDP and TCP framing).
+//! Fuzzes the DNS question reader (UDP and TCP framing) and the walk over a
+//! response's answers.
 //!
 //! `cargo +nightly fuzz run dns_question corpus/dns_question seeds/dns_question`
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patronus_core::dpi::dns::{question, question_tcp, MAX_NAME};
+use patronus_core::dpi::dns::{answers, question, question_tcp, Answer, MAX_NAME};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = [0u8; MAX_NAME];
@@ -19,4 +20,12 @@ fuzz_target!(|data: &[u8]| {
     if let Some(q) = question_tcp(data, &mut buf) {
         assert!(q.name.len() <= MAX_NAME);
     }
+    let mut records = 0;
+    answers(data, |answer| {
+        records += 1;
+        if let Answer::Alias(name) = answer {
+            assert!(name.len() <= MAX_NAME);
+        }
+    });
+    assert!(records <= 64, "at most 64 answers are read");
 });

@@ -443,6 +443,64 @@ fn forwarded_flows_are_classified_by_application() {
     assert!(dp.stop().success());
 }
 
+/// A web session that names no application itself takes the one of the
+/// name its server was resolved for, when the answer crossed the gateway: a
+/// host behind it asks a DNS server (dnsmasq, on the far side) for a Netflix
+/// video name, then requests from the answer by address alone.
+#[test]
+fn a_session_to_a_resolved_address_is_named_by_the_dns_answer() {
+    let (topo, mut dp) = start_gateway(1);
+    let request_by_address = |port: &str| {
+        let server = spawn_listening(&topo.b, &["stream.py", "serve", port]);
+        topo.a
+            .exec(&["python3", &tools("stream.py"), "http", B4, port, B4]);
+        server.wait_with_output().unwrap();
+    };
+    // Before any answer: plain HTTP.
+    request_by_address("5202");
+    let netns = ["ip", "netns", "exec", topo.b.name.as_str()];
+    let _dns = common::dnsmasq::Dnsmasq::start_in(
+        &netns,
+        B4,
+        Some(53),
+        &format!("{B4} occ-0-2433-769.1.nflxvideo.net\n"),
+    );
+    let mut resolved = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let out = topo.a.try_exec(&[
+                "python3",
+                &tools("resolve.py"),
+                "occ-0-2433-769.1.nflxvideo.net",
+                B4,
+            ]);
+            resolved = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            out.status.success()
+        }),
+        "dnsmasq behind the gateway never answered"
+    );
+    assert_eq!(resolved, B4);
+    request_by_address("5203");
+    let m = dp.scrape();
+    let flows = |application: &str, category: &str| {
+        m.sum(
+            "patronus_dpi_application_flows_total",
+            &[("category", category), ("application", application)],
+        )
+    };
+    assert_eq!(flows("HTTP", "Web"), 1.0, "{}", m.text);
+    assert_eq!(flows("HTTP.NetFlix", "Video"), 1.0, "{}", m.text);
+    assert_eq!(
+        m.sum(
+            "patronus_dpi_method_flows_total",
+            &[("method", "dns_cache")]
+        ),
+        1.0
+    );
+    assert!(flows("DNS.NetFlix", "DNS") >= 1.0, "{}", m.text);
+    assert!(dp.stop().success());
+}
+
 #[test]
 fn user_applications_are_swapped_in_at_run_time_and_bad_ones_refused() {
     let (topo, mut dp) = start_gateway(1);

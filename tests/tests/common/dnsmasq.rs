@@ -12,13 +12,19 @@ pub struct Dnsmasq {
     child: Child,
     hosts: PathBuf,
     dir: PathBuf,
-    /// The UDP port it answers on (127.0.0.1).
+    /// The UDP port it answers on.
     pub port: u16,
 }
 
 impl Dnsmasq {
-    /// Starts it serving `hosts` (lines of `address name`).
+    /// Starts it on 127.0.0.1, a free port, serving `hosts` (lines of `address name`).
     pub fn start(hosts: &str) -> Dnsmasq {
+        Dnsmasq::start_in(&[], "127.0.0.1", None, hosts)
+    }
+
+    /// Starts it through `prefix` (`ip netns exec NAME`, or nothing) on
+    /// `listen`, at `port` (None: a free one), serving `hosts`.
+    pub fn start_in(prefix: &[&str], listen: &str, port: Option<u16>, hosts: &str) -> Dnsmasq {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "patronus-dns-{}-{}",
@@ -28,17 +34,26 @@ impl Dnsmasq {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("hosts");
         std::fs::write(&file, hosts).unwrap();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = port.unwrap_or_else(|| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
         let user = Command::new("id").arg("-un").output().unwrap().stdout;
-        let child = Command::new("dnsmasq")
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg("dnsmasq");
+                c
+            }
+            None => Command::new("dnsmasq"),
+        };
+        let child = command
             .args([
                 "--keep-in-foreground",
                 "--conf-file=/dev/null",
-                "--listen-address=127.0.0.1",
                 "--bind-interfaces",
                 "--no-resolv",
                 "--no-hosts",
@@ -46,6 +61,7 @@ impl Dnsmasq {
                 "--pid-file=",
                 "--log-facility=-",
             ])
+            .arg(format!("--listen-address={listen}"))
             .arg(format!("--port={port}"))
             .arg(format!("--addn-hosts={}", file.display()))
             .arg(format!("--user={}", String::from_utf8_lossy(&user).trim()))

@@ -1,4 +1,5 @@
-//! DNS messages (RFC 1035): validates the header and reads the first question's name.
+//! DNS messages (RFC 1035): validates the header, reads the first question's
+//! name and a response's answers (addresses and aliases, RFC 1035 and 3596).
 //!
 //! Used for DNS, mDNS and LLMNR, which share the format. Name decoding
 //! follows compression pointers at most `MAX_POINTERS` times and never
@@ -9,6 +10,94 @@ const MAX_POINTERS: usize = 16;
 
 /// Longest decoded name (RFC 1035: 255 octets on the wire).
 pub const MAX_NAME: usize = 255;
+
+/// Answers read per response at most (a resolver's answer for a CDN name
+/// holds a CNAME chain and a handful of addresses).
+const MAX_ANSWERS: u16 = 64;
+
+/// One answer record of a response that says where a name leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer<'n> {
+    /// The name is an alias (CNAME) of this one.
+    Alias(&'n str),
+    /// The name has this address (A or AAAA), for `ttl` seconds.
+    Address(std::net::IpAddr, u32),
+}
+
+/// Calls `each` with every alias and address in the answer section of the
+/// UDP response `msg` (records of class IN; other types are skipped). A
+/// message that is no response, or malformed before its end, stops the walk
+/// where it breaks: what came before was read.
+pub fn answers(msg: &[u8], mut each: impl FnMut(Answer<'_>)) {
+    let Some(header) = msg.get(..12) else { return };
+    let flags = u16::from_be_bytes([header[2], header[3]]);
+    let questions = u16::from_be_bytes([header[4], header[5]]);
+    let records = u16::from_be_bytes([header[6], header[7]]);
+    // A response (QR), standard query, no error (RCODE 0), not truncated (TC).
+    if flags & 0x8000 == 0 || (flags >> 11) & 0xf != 0 || flags & 0xf != 0 || flags & 0x0200 != 0 {
+        return;
+    }
+    let mut at = 12;
+    for _ in 0..questions.min(4) {
+        let Some(end) = skip_name(msg, at) else {
+            return;
+        };
+        at = end + 4;
+    }
+    let mut name = [0u8; MAX_NAME];
+    for _ in 0..records.min(MAX_ANSWERS) {
+        let Some(end) = skip_name(msg, at) else {
+            return;
+        };
+        let Some(fixed) = msg.get(end..end + 10) else {
+            return;
+        };
+        let kind = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let class = u16::from_be_bytes([fixed[2], fixed[3]]);
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        let len = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        let start = end + 10;
+        let Some(data) = msg.get(start..start + len) else {
+            return;
+        };
+        at = start + len;
+        if class != 1 {
+            continue;
+        }
+        match (kind, data.len()) {
+            (1, 4) => {
+                let octets: [u8; 4] = data.try_into().expect("4 bytes");
+                each(Answer::Address(octets.into(), ttl));
+            }
+            (28, 16) => {
+                let octets: [u8; 16] = data.try_into().expect("16 bytes");
+                each(Answer::Address(octets.into(), ttl));
+            }
+            (5, _) => {
+                if let Some(len) = decode_name(msg, start, &mut name) {
+                    if let Ok(alias) = std::str::from_utf8(&name[..len]) {
+                        each(Answer::Alias(alias));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The offset just past the name at `at` (its labels, or up to and
+/// including the first compression pointer, which ends a name on the wire).
+fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let label_len = *msg.get(at)?;
+        match label_len >> 6 {
+            0 if label_len == 0 => return Some(at + 1),
+            0 => at += 1 + usize::from(label_len),
+            3 => return msg.get(at + 1).map(|_| at + 2),
+            _ => return None,
+        }
+    }
+}
 
 /// A DNS message's first question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +223,82 @@ pub(crate) mod tests {
             let _ = question(&q[..cut], &mut buf);
         }
         assert_eq!(question(b"GET / HTTP/1.1\r\n\r\n", &mut buf), None);
+    }
+
+    /// A response to [`query`] for `name` with `records` (name pointer to
+    /// the question, type, data), each with a TTL of 300 s.
+    pub(crate) fn response(name: &str, records: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut m = query(name);
+        m[2] = 0x81;
+        m[3] = 0x80;
+        m[7] = records.len() as u8;
+        for (kind, data) in records {
+            m.extend_from_slice(&[0xc0, 12]);
+            m.extend_from_slice(&kind.to_be_bytes());
+            m.extend_from_slice(&[0, 1, 0, 0, 1, 44]);
+            m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            m.extend_from_slice(data);
+        }
+        m
+    }
+
+    /// A name in wire form.
+    pub(crate) fn wire_name(name: &str) -> Vec<u8> {
+        let mut w = Vec::new();
+        for label in name.split('.') {
+            w.push(label.len() as u8);
+            w.extend_from_slice(label.as_bytes());
+        }
+        w.push(0);
+        w
+    }
+
+    fn read_answers(msg: &[u8]) -> Vec<String> {
+        let mut seen = Vec::new();
+        answers(msg, |a| {
+            seen.push(match a {
+                Answer::Alias(n) => format!("alias {n}"),
+                Answer::Address(ip, ttl) => format!("{ip} {ttl}"),
+            })
+        });
+        seen
+    }
+
+    #[test]
+    fn reads_aliases_and_addresses_of_a_response() {
+        let msg = response(
+            "www.netflix.com",
+            &[
+                (5, wire_name("www.dradis.netflix.com")),
+                (1, vec![192, 0, 2, 7]),
+                (
+                    28,
+                    [0x20, 1, 0x0d, 0xb8]
+                        .into_iter()
+                        .chain([0; 11])
+                        .chain([9])
+                        .collect(),
+                ),
+                (16, b"\x05hello".to_vec()),
+            ],
+        );
+        assert_eq!(
+            read_answers(&msg),
+            [
+                "alias www.dradis.netflix.com",
+                "192.0.2.7 300",
+                "2001:db8::9 300"
+            ]
+        );
+        // A query, an error, a truncated answer: nothing.
+        assert!(read_answers(&query("www.netflix.com")).is_empty());
+        let mut failed = msg.clone();
+        failed[3] |= 3;
+        assert!(read_answers(&failed).is_empty());
+        // Cut anywhere: what was whole before the cut, never a panic.
+        for cut in 0..msg.len() {
+            assert!(read_answers(&msg[..cut]).len() <= 3);
+        }
     }
 
     #[test]

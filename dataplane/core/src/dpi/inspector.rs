@@ -3,9 +3,11 @@
 //! flow's evidence in its [`FlowInspection`] until the verdict is final.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use hyperscan::prelude::*;
 
+use super::names::{self, NameCache};
 use super::numbered::{numbered_stream, Numbered};
 use super::reassembly::{Collecting, Reassembly};
 use super::{dns, http, quic, stun, tls};
@@ -51,6 +53,10 @@ pub struct Inspector {
     pub(super) free: Vec<u32>,
     /// Hellos that could not be reassembled because the pool was empty.
     pool_exhausted: u64,
+    /// Addresses of the names seen resolved, by the application of the name.
+    names: NameCache,
+    /// Id of the classifier whose applications `names` holds (0: none yet).
+    names_for: u64,
 }
 
 impl fmt::Debug for Inspector {
@@ -74,6 +80,77 @@ impl Inspector {
             pool: (0..buffers).map(|_| Reassembly::new()).collect(),
             free: (0..buffers as u32).rev().collect(),
             pool_exhausted: 0,
+            names: NameCache::new(names::CAPACITY),
+            names_for: 0,
+        }
+    }
+
+    /// Learns the addresses a DNS response (the payload of a UDP datagram
+    /// from port 53) gives for a name of a catalogue application: the name
+    /// asked, else the first alias on the way that is one.
+    pub fn learn_names(&mut self, classifier: &Classifier, payload: &[u8], now_ns: u64) {
+        let mut name = [0u8; dns::MAX_NAME];
+        let Some(question) = dns::question(payload, &mut name) else {
+            return;
+        };
+        if !question.response {
+            return;
+        }
+        let mut app = classifier.host_app(question.name);
+        let mut addresses = [None; 16];
+        let mut found = 0;
+        dns::answers(payload, |answer| match answer {
+            dns::Answer::Alias(alias) => {
+                app = app.or_else(|| classifier.host_app(alias));
+            }
+            dns::Answer::Address(addr, ttl) => {
+                if let Some(slot) = addresses.get_mut(found) {
+                    *slot = Some((addr, ttl));
+                    found += 1;
+                }
+            }
+        });
+        let Some(app) = app else { return };
+        if self.names_for != classifier.id() {
+            self.names.clear();
+            self.names_for = classifier.id();
+        }
+        for (addr, ttl) in addresses.into_iter().flatten() {
+            self.names.insert(addr, app, ttl, now_ns);
+        }
+    }
+
+    /// Forgets the names seen resolved (a capture file read offline is a
+    /// trace of its own).
+    pub fn forget_names(&mut self) {
+        self.names.clear();
+    }
+
+    /// `verdict` on a flow between `ends`, with the application of a name
+    /// one of them was resolved for when the verdict is a web session that
+    /// names none itself (nothing else: a name says what a server serves,
+    /// not which protocol a flow speaks).
+    pub fn recall_name(
+        &self,
+        classifier: &Classifier,
+        verdict: Classification,
+        ends: [IpAddr; 2],
+        now_ns: u64,
+    ) -> Classification {
+        let web = matches!(
+            verdict.protocol,
+            Some(Protocol::Tls | Protocol::Quic | Protocol::Http)
+        );
+        if !web || verdict.app.is_some() || self.names_for != classifier.id() {
+            return verdict;
+        }
+        match ends.iter().find_map(|addr| self.names.get(addr, now_ns)) {
+            Some(app) => Classification {
+                app: Some(app),
+                method: Method::DnsCache,
+                ..verdict
+            },
+            None => verdict,
         }
     }
 

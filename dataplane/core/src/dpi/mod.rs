@@ -8,8 +8,8 @@
 //!   a host-name index. A new set of definitions compiles into a new
 //!   `Classifier` off the packet path and is swapped in whole.
 //! * [`Inspector`] is per worker: the Hyperscan scratch, a decryption buffer
-//!   for QUIC and a fixed pool of reassembly buffers. Nothing is allocated
-//!   per packet.
+//!   for QUIC, a fixed pool of reassembly buffers, and the addresses of the
+//!   names it saw resolved ([`names`]). Nothing is allocated per packet.
 //! * [`FlowInspection`] is the per-flow state (24 bytes plus an optional
 //!   reassembly buffer borrowed from the pool while a TLS or QUIC hello is
 //!   incomplete). Inspection stops at [`Limits`] (packets and bytes with
@@ -33,7 +33,12 @@
 //! in the host index: `TLS` to `www.youtube.com` becomes `TLS.YouTube`,
 //! category Video. Protocols that only carry another application (TLS, QUIC,
 //! HTTP, STUN) take the application's category unless it is `Unknown`;
-//! name-resolution protocols stay DNS whatever name they resolve.
+//! name-resolution protocols stay DNS whatever name they resolve. A web
+//! session that names no application itself takes the one of the name its
+//! server's address was resolved for, when that answer crossed the gateway
+//! ([`Inspector::learn_names`], [`Inspector::recall_name`]).
+//!
+//! Every verdict says which of these reached it ([`Method`]).
 //!
 //! # Layout
 //!
@@ -51,6 +56,7 @@ pub mod counters;
 pub mod dns;
 pub mod http;
 mod inspector;
+pub mod names;
 mod numbered;
 pub mod offline;
 mod payload;

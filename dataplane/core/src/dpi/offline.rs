@@ -23,12 +23,16 @@ use pcap_file::pcap::PcapParser;
 use pcap_file::pcapng::{Block, PcapNgParser};
 use pcap_file::DataLink;
 
-use super::{Classification, Classifier, FlowInspection, Inspector, Limits, Packet};
+use super::{Classification, Classifier, FlowInspection, Inspector, Limits, Packet, Protocol};
 use crate::packet::flow_key::FlowKey;
 use crate::packet::parse::{parse, L3, L4};
 
 /// The CSV header of `classify --csv`.
 pub const CSV_HEADER: &str = "pcap,proto,addr_a,port_a,addr_b,port_b,category,application,method";
+
+/// The time offline: one capture is one moment, so no answer it holds
+/// expires within it (the names seen are forgotten between captures).
+const NO_CLOCK: u64 = 0;
 
 /// Ethertypes used when re-framing non-Ethernet captures.
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -104,6 +108,7 @@ impl<'c> OfflineClassifier<'c> {
         // than classifying a small capture.
         let mut data = std::mem::take(&mut self.file);
         let mut flows: HashMap<FlowKey, Flow, ahash::RandomState> = HashMap::default();
+        self.inspector.forget_names();
         let mut order: Vec<FlowKey> = Vec::new();
         let read = read_capture(path, &mut data, |link, frame| {
             self.totals.frames += 1;
@@ -121,7 +126,12 @@ impl<'c> OfflineClassifier<'c> {
             };
             let verdict = match flow.verdict {
                 Some(v) => v,
-                None => self.inspector.finish(&mut flow.inspection),
+                None => {
+                    let v = self.inspector.finish(&mut flow.inspection);
+                    let ends = [flow.b.0, flow.a.0];
+                    self.inspector
+                        .recall_name(self.classifier, v, ends, NO_CLOCK)
+                }
             };
             writeln!(
                 out,
@@ -179,8 +189,9 @@ impl<'c> OfflineClassifier<'c> {
                 verdict: None,
             }
         });
+        let payload = super::l4_payload(&self.frame, &meta).unwrap_or(&[]);
+        let answer = !tcp && src_port == 53;
         if flow.verdict.is_none() {
-            let payload = super::l4_payload(&self.frame, &meta).unwrap_or(&[]);
             let packet = Packet {
                 seq: super::tcp_seq(&self.frame, &meta),
                 tcp,
@@ -191,7 +202,19 @@ impl<'c> OfflineClassifier<'c> {
             };
             flow.verdict = self
                 .inspector
-                .inspect(self.classifier, &mut flow.inspection, &packet);
+                .inspect(self.classifier, &mut flow.inspection, &packet)
+                .map(|v| {
+                    self.inspector
+                        .recall_name(self.classifier, v, [dst, src], NO_CLOCK)
+                });
+        }
+        if answer
+            && flow
+                .verdict
+                .is_some_and(|v| v.protocol == Some(Protocol::Dns))
+        {
+            self.inspector
+                .learn_names(self.classifier, payload, NO_CLOCK);
         }
         true
     }
@@ -462,4 +485,93 @@ pub fn classify_files(
     }
     out.flush()?;
     Ok(run.totals())
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::dpi::dns;
+
+    const CLIENT: [u8; 4] = [10, 0, 0, 7];
+    const RESOLVER: [u8; 4] = [10, 0, 0, 1];
+    const SERVER: [u8; 4] = [192, 0, 2, 80];
+
+    fn udp(src: [u8; 4], dst: [u8; 4], ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(src, dst, 64)
+            .udp(ports.0, ports.1);
+        let mut frame = Vec::new();
+        b.write(&mut frame, payload).unwrap();
+        frame
+    }
+
+    fn tcp(payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(CLIENT, SERVER, 64)
+            .tcp(40000, 80, 1, 65535);
+        let mut frame = Vec::new();
+        b.write(&mut frame, payload).unwrap();
+        frame
+    }
+
+    /// A classic pcap (Ethernet) of `frames`, written to a file of its own.
+    fn capture(name: &str, frames: &[Vec<u8>]) -> std::path::PathBuf {
+        let mut file = Vec::new();
+        for word in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+            file.extend_from_slice(&word.to_le_bytes());
+        }
+        for frame in frames {
+            for word in [0u32, 0, frame.len() as u32, frame.len() as u32] {
+                file.extend_from_slice(&word.to_le_bytes());
+            }
+            file.extend_from_slice(frame);
+        }
+        let dir = std::env::temp_dir().join(format!("patronus-offline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, file).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_answer_in_a_capture_names_the_sessions_after_it_and_no_other_capture() {
+        let name = "occ-0-2433-769.1.nflxvideo.net";
+        let answer = dns::tests::response(name, &[(1, SERVER.to_vec())]);
+        let request = format!(
+            "GET /range/0-65535 HTTP/1.1\r\nHost: {}\r\n\r\n",
+            "192.0.2.80"
+        );
+        let with_answer = capture(
+            "resolved.pcap",
+            &[
+                udp(CLIENT, RESOLVER, (5353 + 1, 53), &dns::tests::query(name)),
+                udp(RESOLVER, CLIENT, (53, 5353 + 1), &answer),
+                tcp(request.as_bytes()),
+            ],
+        );
+        let alone = capture("alone.pcap", &[tcp(request.as_bytes())]);
+        let classifier = Classifier::with_user_apps(&[]).unwrap();
+        let mut offline = OfflineClassifier::new(&classifier, Limits::default());
+        let mut out = Vec::new();
+        offline.classify_file(&with_answer, &mut out).unwrap();
+        offline.classify_file(&alone, &mut out).unwrap();
+        let _ = std::fs::remove_dir_all(with_answer.parent().unwrap());
+        let rows = String::from_utf8(out).unwrap();
+        let rows: Vec<&str> = rows.lines().collect();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert!(
+            rows[0].ends_with(",DNS,DNS.NetFlix,server_name"),
+            "{rows:?}"
+        );
+        assert!(
+            rows[1].ends_with(",Video,HTTP.NetFlix,dns_cache"),
+            "{rows:?}"
+        );
+        assert!(
+            rows[2].starts_with("alone.pcap,") && rows[2].ends_with(",Web,HTTP,dissector"),
+            "the names of one capture are not another's: {rows:?}"
+        );
+    }
 }

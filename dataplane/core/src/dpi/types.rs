@@ -76,6 +76,9 @@ labelled_enum! {
         Alpn => "alpn";
         /// The server port alone (a TLS port, QUIC's 443 for a session seen without its handshake).
         Port => "port";
+        /// A web session named nothing itself; its server's address was
+        /// resolved, in a DNS answer that crossed the gateway, for a name of the application.
+        DnsCache => "dns_cache";
         /// A protocol dissector recognised the protocol; no application is named.
         Dissector => "dissector";
         /// Nothing: the flow is Unknown.

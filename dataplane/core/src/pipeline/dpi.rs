@@ -1,16 +1,18 @@
 //! Stage `dpi`: while a flow is unclassified, each of its packets goes
 //! through the inspector; once it has a verdict, its bytes are counted
-//! under the flow's application.
+//! under the flow's application. DNS answers are read all along: the
+//! addresses they give name the servers of the web sessions that follow.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::{Burst, Context, Next};
 use crate::config::Snapshot;
 use crate::dpi::counters::DpiCounters;
-use crate::dpi::{self, Classification, FlowInspection, Inspector};
+use crate::dpi::{self, Classification, FlowInspection, Inspector, Protocol};
 use crate::flow::table::{FlowId, FlowTable};
 use crate::frame::Frame;
-use crate::packet::parse::L4;
+use crate::packet::parse::{L3, L4};
 
 /// Per-worker classification state: the inspector and one inspection
 /// state per flow-table entry.
@@ -63,10 +65,14 @@ pub(super) fn run<F: Frame>(
         };
         let ip_len = u64::from(meta.ip_len);
         let entry = flows.get_mut(flow.id);
-        if let Some(done) = Classification::from_flow_app(entry.app) {
+        let done = Classification::from_flow_app(entry.app);
+        if let Some(done) = done {
             let (label, category) = (classifier.label(&done), classifier.category(&done));
             state.counters.bytes(label, category, ip_len);
-            continue;
+            // A DNS flow's answers still name the servers of sessions to come.
+            if done.protocol != Some(Protocol::Dns) {
+                continue;
+            }
         }
         let Ok(headers) = &burst.headers[i] else {
             unreachable!("only parsed packets are forwarded")
@@ -79,16 +85,38 @@ pub(super) fn run<F: Frame>(
             _ => continue,
         };
         let data = burst.frame(i).data();
+        let payload = dpi::l4_payload(data, headers).unwrap_or(&[]);
+        let answer = !tcp && src_port == 53;
+        if done.is_some() {
+            if answer {
+                state.inspector.learn_names(classifier, payload, ctx.now_ns);
+            }
+            continue;
+        }
         let packet = dpi::Packet {
             seq: dpi::tcp_seq(data, headers),
             tcp,
             src_port,
             dst_port,
             dir: flow.dir,
-            payload: dpi::l4_payload(data, headers).unwrap_or(&[]),
+            payload,
         };
         let inspection = &mut state.flows[flow.id.index()];
         if let Some(verdict) = state.inspector.inspect(classifier, inspection, &packet) {
+            let ends: Option<[IpAddr; 2]> = match headers.l3 {
+                L3::Ipv4(ip) => Some([ip.dst.into(), ip.src.into()]),
+                L3::Ipv6(ip) => Some([ip.dst.into(), ip.src.into()]),
+                L3::Arp(_) => None,
+            };
+            let verdict = match ends {
+                Some(ends) => state
+                    .inspector
+                    .recall_name(classifier, verdict, ends, ctx.now_ns),
+                None => verdict,
+            };
+            if answer && verdict.protocol == Some(Protocol::Dns) {
+                state.inspector.learn_names(classifier, payload, ctx.now_ns);
+            }
             entry.app = verdict.to_flow_app();
             // The flow's bytes so far, this packet's included (the flow stage counted it).
             let bytes = entry.bytes[0] + entry.bytes[1];
