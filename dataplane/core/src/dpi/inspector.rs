@@ -26,6 +26,10 @@ pub struct FlowInspection {
     done: bool,
     /// The last packet of a numbered datagram stream (RTP, RakNet).
     numbered: Option<Numbered>,
+    /// The id of the DNS transaction whose answer was last read (0: none, or
+    /// id 0, which is then read each time), so that the same answer again is
+    /// not read again.
+    answered: u16,
 }
 
 impl FlowInspection {
@@ -85,10 +89,25 @@ impl Inspector {
         }
     }
 
-    /// Learns the addresses a DNS response (the payload of a UDP datagram
-    /// from port 53) gives for a name of a catalogue application: the name
-    /// asked, else the first alias on the way that is one.
-    pub fn learn_names(&mut self, classifier: &Classifier, payload: &[u8], now_ns: u64) {
+    /// Learns the addresses a DNS response of `flow` (the payload of a UDP
+    /// datagram from port 53) gives for a name of a catalogue application:
+    /// the name asked, else the first alias on the way that is one. The
+    /// answer the flow carried last, seen again (a duplicate), is not read again.
+    pub fn learn_names(
+        &mut self,
+        classifier: &Classifier,
+        flow: &mut FlowInspection,
+        payload: &[u8],
+        now_ns: u64,
+    ) {
+        let Some(id) = payload.first_chunk::<2>() else {
+            return;
+        };
+        let transaction = u16::from_be_bytes(*id);
+        if transaction != 0 && flow.answered == transaction && self.names_for == classifier.id() {
+            return;
+        }
+        flow.answered = transaction;
         let mut name = [0u8; dns::MAX_NAME];
         let Some(question) = dns::question(payload, &mut name) else {
             return;

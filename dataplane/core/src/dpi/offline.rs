@@ -214,7 +214,7 @@ impl<'c> OfflineClassifier<'c> {
                 .is_some_and(|v| v.protocol == Some(Protocol::Dns))
         {
             self.inspector
-                .learn_names(self.classifier, payload, NO_CLOCK);
+                .learn_names(self.classifier, &mut flow.inspection, payload, NO_CLOCK);
         }
         true
     }

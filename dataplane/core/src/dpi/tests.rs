@@ -627,7 +627,8 @@ fn a_web_session_takes_the_name_its_server_was_resolved_for() {
         ],
     );
     const S: u64 = 1_000_000_000;
-    inspector.learn_names(&c, &answer, 10 * S);
+    let mut dns_flow = FlowInspection::default();
+    inspector.learn_names(&c, &mut dns_flow, &answer, 10 * S);
     let unnamed = tls::tests::record(&tls::tests::hello_message(None, None, 0));
     let session = verdict(&c, &[pkt(true, 50000, 443, &unnamed)]);
     assert_eq!(session.method, Method::Dissector);
@@ -669,8 +670,23 @@ fn a_web_session_takes_the_name_its_server_was_resolved_for() {
     // A failed answer, or a name of no application, teaches nothing.
     let mut plain = Inspector::new(Limits::default(), 4);
     let unlisted = dns::tests::response("www.example.org", &[(1, vec![192, 0, 2, 80])]);
-    plain.learn_names(&c, &unlisted, 0);
+    plain.learn_names(&c, &mut FlowInspection::default(), &unlisted, 0);
     assert_eq!(plain.recall_name(&c, session, [server, client], 0), session);
+    // The same answer again on its flow (a duplicate) is not read again;
+    // another flow's is.
+    inspector.forget_names();
+    inspector.learn_names(&c, &mut dns_flow, &answer, 10 * S);
+    assert_eq!(
+        inspector.recall_name(&c, session, [server, client], 20 * S),
+        session
+    );
+    inspector.learn_names(&c, &mut FlowInspection::default(), &answer, 10 * S);
+    assert_eq!(
+        inspector
+            .recall_name(&c, session, [server, client], 20 * S)
+            .method,
+        Method::DnsCache
+    );
 }
 
 /// The false-positive guard: flows of random bytes (seeded, so a failure

@@ -87,9 +87,12 @@ pub(super) fn run<F: Frame>(
         let data = burst.frame(i).data();
         let payload = dpi::l4_payload(data, headers).unwrap_or(&[]);
         let answer = !tcp && src_port == 53;
+        let inspection = &mut state.flows[flow.id.index()];
         if done.is_some() {
             if answer {
-                state.inspector.learn_names(classifier, payload, ctx.now_ns);
+                state
+                    .inspector
+                    .learn_names(classifier, inspection, payload, ctx.now_ns);
             }
             continue;
         }
@@ -101,7 +104,6 @@ pub(super) fn run<F: Frame>(
             dir: flow.dir,
             payload,
         };
-        let inspection = &mut state.flows[flow.id.index()];
         if let Some(verdict) = state.inspector.inspect(classifier, inspection, &packet) {
             let ends: Option<[IpAddr; 2]> = match headers.l3 {
                 L3::Ipv4(ip) => Some([ip.dst.into(), ip.src.into()]),
@@ -115,7 +117,9 @@ pub(super) fn run<F: Frame>(
                 None => verdict,
             };
             if answer && verdict.protocol == Some(Protocol::Dns) {
-                state.inspector.learn_names(classifier, payload, ctx.now_ns);
+                state
+                    .inspector
+                    .learn_names(classifier, inspection, payload, ctx.now_ns);
             }
             entry.app = verdict.to_flow_app();
             // The flow's bytes so far, this packet's included (the flow stage counted it).
