@@ -737,22 +737,34 @@ async fn listed_until(
     }
 }
 
-/// Events from `feed` until one of `kind` about data plane `id` (others are
-/// returned too, in order).
-async fn event_of(feed: &mut Streaming<Event>, kind: EventType, id: &str) -> Vec<Event> {
-    let mut seen = Vec::new();
-    loop {
+/// Events from `feed` until one of each of `kinds` about data plane `id`
+/// has come, in any order (a replica learns a data plane's connection and
+/// what it did in the order etcd has them, which a burst may interleave);
+/// all of them, in order.
+async fn events_of(feed: &mut Streaming<Event>, kinds: &[EventType], id: &str) -> Vec<Event> {
+    let mut seen: Vec<Event> = Vec::new();
+    let missing = |seen: &[Event]| -> Vec<EventType> {
+        kinds
+            .iter()
+            .copied()
+            .filter(|k| {
+                !seen
+                    .iter()
+                    .any(|e| e.r#type == *k as i32 && e.dataplane_id == id)
+            })
+            .collect()
+    };
+    while !missing(&seen).is_empty() {
         let e = tokio::time::timeout(Duration::from_secs(10), feed.message())
             .await
-            .unwrap_or_else(|_| panic!("no {kind:?} of {id} within 10 s after {seen:?}"))
+            .unwrap_or_else(|_| {
+                panic!("no {:?} of {id} within 10 s after {seen:?}", missing(&seen))
+            })
             .unwrap()
             .expect("feed open");
-        let found = e.r#type == kind as i32 && e.dataplane_id == id;
         seen.push(e);
-        if found {
-            return seen;
-        }
     }
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -804,8 +816,16 @@ async fn every_replica_answers_for_the_whole_fleet_and_the_leader_forgets_who_le
         d.is_some_and(|d| d.connected && d.applied_version == snapshot.version)
     })
     .await;
-    let mut seen = event_of(&mut feed_b, EventType::DataplaneConnected, "gw").await;
-    seen.extend(event_of(&mut feed_b, EventType::TunnelUp, "gw").await);
+    let seen = events_of(
+        &mut feed_b,
+        &[
+            EventType::DataplaneConnected,
+            EventType::SnapshotApplied,
+            EventType::TunnelUp,
+        ],
+        "gw",
+    )
+    .await;
     assert!(
         seen.iter()
             .any(|e| e.r#type == EventType::SnapshotApplied as i32 && e.version == snapshot.version),
@@ -867,7 +887,7 @@ async fn every_replica_answers_for_the_whole_fleet_and_the_leader_forgets_who_le
         "B shows the data plane gone {:?} after A was killed",
         killed.elapsed()
     );
-    event_of(&mut feed_b, EventType::DataplaneDisconnected, "gw").await;
+    events_of(&mut feed_b, &[EventType::DataplaneDisconnected], "gw").await;
     listed_until(&b, "gw", Duration::from_secs(15), |d| d.is_none()).await;
     println!("B forgot it {:?} after A was killed", killed.elapsed());
 }

@@ -425,6 +425,20 @@ async fn write(
         last.ops.push(op);
         last.bytes += bytes;
     };
+    // Presence first: the others learn that a data plane connected before
+    // what it did (when both go out together).
+    for ((site, dataplane), present) in &taken.presence {
+        let key = format!("{prefix}{PRESENCE}{site}/{dataplane}/{}", live.replica());
+        let bytes = key.len();
+        match (present, lease) {
+            (true, Some(lease)) => add(
+                TxnOp::put(key, Vec::new(), Some(PutOptions::new().with_lease(lease))),
+                bytes,
+            ),
+            (true, None) => unreachable!("presence is put only under a lease"),
+            (false, _) => add(TxnOp::delete(key, None), bytes),
+        }
+    }
     for ((site, dataplane), record) in &taken.records {
         let key = format!("{prefix}{RECORDS}{site}/{dataplane}");
         let mut value = record.encode_to_vec();
@@ -441,18 +455,6 @@ async fn write(
         }
         let bytes = key.len() + value.len();
         add(TxnOp::put(key, value, None), bytes);
-    }
-    for ((site, dataplane), present) in &taken.presence {
-        let key = format!("{prefix}{PRESENCE}{site}/{dataplane}/{}", live.replica());
-        let bytes = key.len();
-        match (present, lease) {
-            (true, Some(lease)) => add(
-                TxnOp::put(key, Vec::new(), Some(PutOptions::new().with_lease(lease))),
-                bytes,
-            ),
-            (true, None) => unreachable!("presence is put only under a lease"),
-            (false, _) => add(TxnOp::delete(key, None), bytes),
-        }
     }
     let mut kv = live.client().kv_client();
     for batch in batches.into_iter().filter(|b| !b.ops.is_empty()) {
