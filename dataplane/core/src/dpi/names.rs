@@ -43,20 +43,25 @@ pub struct NameCache {
 }
 
 impl NameCache {
-    /// An empty cache of `capacity` addresses (allocated now, never grown).
+    /// An empty cache of `capacity` addresses, allocated whole at its first
+    /// answer (an inspector that never sees one, as most in tests and in
+    /// fuzzing, never pays for it) and never grown after.
     pub fn new(capacity: usize) -> NameCache {
-        let capacity = capacity.max(1);
         NameCache {
-            entries: HashMap::with_capacity_and_hasher(capacity + 1, ahash::RandomState::new()),
-            order: VecDeque::with_capacity(2 * capacity + 1),
+            entries: HashMap::with_hasher(ahash::RandomState::new()),
+            order: VecDeque::new(),
             writes: 0,
-            capacity,
+            capacity: capacity.max(1),
         }
     }
 
     /// Remembers that `addr` was resolved for a name of `app`, valid for
     /// `ttl_s` seconds (within the bounds above) from `now_ns`.
     pub fn insert(&mut self, addr: IpAddr, app: u16, ttl_s: u32, now_ns: u64) {
+        if self.order.capacity() == 0 {
+            self.entries.reserve(self.capacity + 1);
+            self.order.reserve(2 * self.capacity + 1);
+        }
         let ttl_ns = u64::from(ttl_s.clamp(MIN_TTL_S, MAX_TTL_S)) * 1_000_000_000;
         self.writes += 1;
         let entry = Entry {
