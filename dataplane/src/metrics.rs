@@ -1291,7 +1291,7 @@ impl Scrape<'_> {
         counter(
             enc,
             "patronus_dpi_method_flows",
-            "Flows classified, by what decided the verdict (signature, server_name, certificate, alpn, port, dns_cache, dissector; none: Unknown).",
+            "Flows classified, by what decided the verdict (signature, server_name, certificate, alpn, port, dns_cache, related, dissector; none: Unknown).",
             Method::ALL.iter().map(|&m| {
                 (
                     [("method", m.to_string())],

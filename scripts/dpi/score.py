@@ -6,10 +6,15 @@ when pcap, proto and the unordered endpoint pair are equal (addresses compared
 as parsed IP addresses); labelled flows without a prediction count as wrong.
 
 usage: score.py LABELS.csv PREDICTIONS.csv [--min-accuracy PCT] [--min-recall PCT]
-                [--errors N]
+                [--min-precision PCT] [--max-wrongly-named N] [--errors N]
 Prints per-category recall and precision, the confusion matrix, accuracy by
 the method that reached each verdict (when the predictions have a `method`
 column) and the overall accuracy (last line). Exits 1 when a --min bar is not met.
+--min-precision applies to the named categories, all but Web and Unknown: the
+verdicts that say "a web session" and "nothing known" are where traffic goes
+when nothing names it, and are scored by recall. A flow is wrongly named when
+its verdict is a named category other than its label's; --max-wrongly-named
+bounds their number.
 """
 
 import argparse
@@ -34,6 +39,8 @@ def main():
     ap.add_argument("predictions")
     ap.add_argument("--min-accuracy", type=float, default=0.0)
     ap.add_argument("--min-recall", type=float, default=0.0)
+    ap.add_argument("--min-precision", type=float, default=0.0)
+    ap.add_argument("--max-wrongly-named", type=int, default=None)
     ap.add_argument("--errors", type=int, default=0,
                     help="also list up to N misclassified flows")
     args = ap.parse_args()
@@ -59,14 +66,17 @@ def main():
     print("| category | flows | recall % | precision % |")
     print("|---|---:|---:|---:|")
     worst_recall = 100.0
+    worst_precision = (100.0, None)
     for c in CATEGORIES:
         n = sum(confusion[c].values())
         if n == 0:
             continue
         recall = 100.0 * confusion[c][c] / n
         predicted_c = sum(confusion[l][c] for l in CATEGORIES)
-        precision = 100.0 * confusion[c][c] / predicted_c if predicted_c else 0.0
+        precision = 100.0 * confusion[c][c] / predicted_c if predicted_c else 100.0
         worst_recall = min(worst_recall, recall)
+        if c not in ("Web", "Unknown") and precision < worst_precision[0]:
+            worst_precision = (precision, c)
         print(f"| {c} | {n} | {recall:.1f} | {precision:.1f} |")
     print()
     cols = CATEGORIES + ["missing"]
@@ -92,9 +102,17 @@ def main():
               f"{label['addr_b']}:{label['port_b']} label {label['category']} ({label['application']}) got {got}")
     accuracy = 100.0 * correct / total if total else 0.0
     print()
-    print(f"accuracy {accuracy:.1f}% ({correct}/{total}), lowest category recall {worst_recall:.1f}%")
-    if accuracy < args.min_accuracy or worst_recall < args.min_recall:
-        print(f"below the bar: accuracy >= {args.min_accuracy}% and every recall >= {args.min_recall}%",
+    wrongly_named = sum(confusion[l][c] for l in CATEGORIES for c in CATEGORIES
+                        if c not in ("Web", "Unknown") and c != l)
+    print(f"wrongly named {wrongly_named}")
+    named = f", lowest named-category precision {worst_precision[0]:.1f}% ({worst_precision[1]})" \
+        if worst_precision[1] else ""
+    print(f"accuracy {accuracy:.1f}% ({correct}/{total}), lowest category recall {worst_recall:.1f}%{named}")
+    if accuracy < args.min_accuracy or worst_recall < args.min_recall \
+            or worst_precision[0] < args.min_precision \
+            or (args.max_wrongly_named is not None and wrongly_named > args.max_wrongly_named):
+        print(f"below the bar: accuracy >= {args.min_accuracy}%, every recall >= {args.min_recall}%, "
+              f"every named precision >= {args.min_precision}%, wrongly named <= {args.max_wrongly_named}",
               file=sys.stderr)
         return 1
     return 0

@@ -502,6 +502,63 @@ fn a_session_to_a_resolved_address_is_named_by_the_dns_answer() {
 }
 
 #[test]
+fn ftp_data_connections_are_named_by_the_control_connection_that_announced_them() {
+    let (topo, mut dp) = start_gateway(1);
+    let root = std::env::temp_dir().join(format!("patronus-ftp-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    // Bytes no signature names: only the control connection can tell what they are.
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let file: Vec<u8> = (0..200_000)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng as u8
+        })
+        .collect();
+    std::fs::write(root.join("payload.bin"), &file).unwrap();
+    // Debian's interpreter, which has Debian's pyftpdlib.
+    let script = tools("ftp.py");
+    let server = spawn_listening(
+        &topo.b,
+        &["/usr/bin/python3", &script, "serve", B4, "2121", root.to_str().unwrap()],
+    );
+    // Passive mode (PASV, 227), then active mode (PORT) in the same session.
+    let got = topo.a.try_exec(&[
+        "python3",
+        &tools("ftp.py"),
+        "get",
+        B4,
+        "2121",
+        "payload.bin",
+    ]);
+    let out = server.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    let sizes: Vec<&str> = std::str::from_utf8(&got.stdout).unwrap().lines().collect();
+    assert_eq!(
+        sizes,
+        ["200000", "200000"],
+        "client: {}\nserver: {}",
+        String::from_utf8_lossy(&got.stderr),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = dp.scrape();
+    let flows = |application: &str| {
+        m.sum(
+            "patronus_dpi_application_flows_total",
+            &[("category", "FileTransfer"), ("application", application)],
+        )
+    };
+    assert_eq!(flows("FTP_CONTROL"), 1.0, "{}", m.text);
+    assert_eq!(flows("FTP_DATA"), 2.0, "{}", m.text);
+    assert_eq!(
+        m.sum("patronus_dpi_method_flows_total", &[("method", "related")]),
+        2.0
+    );
+    assert!(dp.stop().success());
+}
+
+#[test]
 fn user_applications_are_swapped_in_at_run_time_and_bad_ones_refused() {
     let (topo, mut dp) = start_gateway(1);
     let acme = |pattern: &str| {

@@ -10,6 +10,10 @@ use hyperscan::prelude::*;
 use super::apps::{self, AppError, AppSpec, Transport};
 use super::{counters, dns, tls, AppPattern, Category, Classification, Method, Packet, Protocol};
 
+/// The catalogue application of FTP control connections: its passive-mode
+/// replies and PORT commands announce the data connections.
+const FTP_CONTROL: &str = "FTP_CONTROL";
+
 /// The compiled catalogue, shared by all workers.
 pub struct Classifier {
     compiled: apps::Compiled,
@@ -17,6 +21,9 @@ pub struct Classifier {
     id: u64,
     /// Counter label id of every (protocol, application) pair; see [`Classifier::label`].
     labels: Vec<u32>,
+    /// The catalogue application whose flows announce data connections
+    /// (`FTP_CONTROL`), if the catalogue has it.
+    ftp_control: Option<u16>,
 }
 
 impl fmt::Debug for Classifier {
@@ -70,6 +77,11 @@ impl Classifier {
             compiled: apps::compile(specs)?,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             labels: Vec::new(),
+            ftp_control: None,
+        };
+        classifier.ftp_control = match classifier.pattern(FTP_CONTROL) {
+            Some(AppPattern::Either { app, .. }) => app,
+            _ => None,
         };
         let apps = classifier.compiled.names.len();
         let protocols = std::iter::once(None).chain(Protocol::ALL.iter().copied().map(Some));
@@ -98,6 +110,14 @@ impl Classifier {
             .get(p * apps + a)
             .copied()
             .unwrap_or(counters::OVERFLOW_LABEL)
+    }
+
+    /// True when flows classified `c` may announce the data connections of
+    /// other flows (an FTP control connection), whose packets are then read
+    /// after the verdict ([`super::Inspector::learn_announced`]).
+    #[inline]
+    pub fn announces_connections(&self, c: &Classification) -> bool {
+        c.app.is_some() && c.app == self.ftp_control
     }
 
     /// The category of a classification.

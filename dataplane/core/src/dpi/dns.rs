@@ -99,6 +99,25 @@ fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+/// Like [`skip_name`], for a name at `at` whose compression pointer, if it
+/// ends in one, points backwards at a name after the header, as encoders write them.
+fn skip_name_backwards(msg: &[u8], start: usize) -> Option<usize> {
+    let mut at = start;
+    loop {
+        let label_len = *msg.get(at)?;
+        match label_len >> 6 {
+            0 if label_len == 0 => return Some(at + 1),
+            0 => at += 1 + usize::from(label_len),
+            3 => {
+                let target =
+                    usize::from(u16::from_be_bytes([label_len, *msg.get(at + 1)?]) & 0x3fff);
+                return (12..start).contains(&target).then_some(at + 2);
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// A DNS message's first question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Question<'n> {
@@ -142,6 +161,95 @@ pub fn question_tcp<'n>(data: &[u8], name_buf: &'n mut [u8; MAX_NAME]) -> Option
         return None;
     }
     question(&data[2..], name_buf)
+}
+
+/// True when `msg` is exactly one well-formed DNS message, checked strictly
+/// enough to call a flow on any port DNS (RFC 1035 §4.1): a standard query,
+/// notify or update with one question of printable labels and no
+/// compression, a query carrying no answers, and every record of a response
+/// walked to the message's last byte. Random bytes, and other protocols'
+/// messages, almost never end exactly on a record's end.
+pub fn is_exact_message(msg: &[u8]) -> bool {
+    let Some(header) = msg.get(..12) else {
+        return false;
+    };
+    let flags = u16::from_be_bytes([header[2], header[3]]);
+    let [questions, answers, authority, additional] =
+        [4, 6, 8, 10].map(|i| u16::from_be_bytes([header[i], header[i + 1]]));
+    let (response, opcode, rcode) = (flags & 0x8000 != 0, (flags >> 11) & 0xf, flags & 0xf);
+    if !matches!(opcode, 0 | 4 | 5) || flags & 0x0040 != 0 || questions != 1 || rcode > 10 {
+        return false;
+    }
+    // A query: no error, not truncated, not authoritative, no answers; an
+    // update's prerequisites and updates ride in the answer and authority counts.
+    if !response
+        && (rcode != 0
+            || flags & 0x0600 != 0
+            || (opcode != 5 && (answers != 0 || authority != 0))
+            || additional > 1)
+    {
+        return false;
+    }
+    let records = u32::from(answers) + u32::from(authority) + u32::from(additional);
+    if records > u32::from(MAX_ANSWERS) {
+        return false;
+    }
+    // NetBIOS name service (RFC 1002) shares the format: its names are one
+    // label of 32 letters A-P (RFC 1001 §14.1), never a DNS name.
+    if msg.get(12) == Some(&32)
+        && msg
+            .get(13..45)
+            .is_some_and(|l| l.iter().all(|b| (b'A'..=b'P').contains(b)))
+    {
+        return false;
+    }
+    // The question: labels of printable bytes, no pointer, a type and class.
+    let mut at = 12;
+    loop {
+        let Some(&len) = msg.get(at) else {
+            return false;
+        };
+        if len == 0 {
+            break;
+        }
+        let Some(label) = msg.get(at + 1..at + 1 + usize::from(len)) else {
+            return false;
+        };
+        if len > 63
+            || !label.iter().all(u8::is_ascii_graphic)
+            || at + 1 + label.len() > 12 + MAX_NAME
+        {
+            return false;
+        }
+        at += 1 + label.len();
+    }
+    let Some(fixed) = msg.get(at + 1..at + 5) else {
+        return false;
+    };
+    let (kind, class) = (
+        u16::from_be_bytes([fixed[0], fixed[1]]),
+        u16::from_be_bytes([fixed[2], fixed[3]]),
+    );
+    if kind == 0 || !matches!(class, 1 | 3 | 254 | 255) {
+        return false;
+    }
+    at += 5;
+    // Every record: its name (a pointer only backwards, into what came before),
+    // type, class, TTL and data, ending exactly where the message ends.
+    for _ in 0..records {
+        let Some(end) = skip_name_backwards(msg, at) else {
+            return false;
+        };
+        let Some(fixed) = msg.get(end..end + 10) else {
+            return false;
+        };
+        let len = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        at = end + 10 + len;
+        if at > msg.len() {
+            return false;
+        }
+    }
+    at == msg.len()
 }
 
 /// Decodes the name at `at` into `out`; returns its text length.
@@ -198,6 +306,59 @@ pub(crate) mod tests {
         }
         m.extend_from_slice(&[0, 0, 1, 0, 1]);
         m
+    }
+
+    #[test]
+    fn exact_messages_are_told_from_look_alikes() {
+        let q = query("www.example.com");
+        assert!(is_exact_message(&q));
+        let answer = response(
+            "www.example.com",
+            &[(1, vec![192, 0, 2, 1]), (1, vec![192, 0, 2, 2])],
+        );
+        assert!(is_exact_message(&answer));
+        // With an EDNS OPT record (root name, type 41) after the question.
+        let mut edns = q.clone();
+        edns[11] = 1;
+        edns.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(is_exact_message(&edns));
+        let mut bad = Vec::new();
+        // A byte too many or too few: not where a record ends.
+        let mut longer = answer.clone();
+        longer.push(0);
+        bad.push(longer);
+        bad.push(answer[..answer.len() - 1].to_vec());
+        // A query that carries an answer, a question count of 2, a compressed
+        // question, a pointer forwards, an unprintable label, a class of 0.
+        let mut with_answer = q.clone();
+        with_answer[7] = 1;
+        bad.push(with_answer);
+        let mut two = q.clone();
+        two[5] = 2;
+        bad.push(two);
+        let mut compressed = q[..12].to_vec();
+        compressed.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        bad.push(compressed);
+        let mut forwards = answer.clone();
+        let record = q.len();
+        forwards[record + 1] = 0xff;
+        bad.push(forwards);
+        let mut control = q.clone();
+        control[13] = 0x07;
+        bad.push(control);
+        let mut class0 = q.clone();
+        let n = class0.len();
+        class0[n - 1] = 0;
+        bad.push(class0);
+        bad.push(q[..11].to_vec());
+        // A NetBIOS name query (RFC 1002 §4.2.12) for "WORKGROUP".
+        let mut netbios = vec![0x81, 0x2f, 0x01, 0x10, 0, 1, 0, 0, 0, 0, 0, 0, 32];
+        netbios.extend_from_slice(b"FHEPFCELEHFCEPFFFACACACACACACABN");
+        netbios.extend_from_slice(&[0, 0, 0x20, 0, 1]);
+        bad.push(netbios);
+        for m in &bad {
+            assert!(!is_exact_message(m), "{m:02x?}");
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@ use hyperscan::prelude::*;
 use super::names::{self, NameCache};
 use super::numbered::{numbered_stream, Numbered};
 use super::reassembly::{Collecting, Reassembly};
-use super::{dns, http, quic, stun, tls};
+use super::recent::Recent;
+use super::{dns, ftp, http, quic, stun, tls};
 use super::{Classification, Classifier, Limits, Method, Packet, Protocol};
 
 /// Per-flow inspection state.
@@ -61,6 +62,9 @@ pub struct Inspector {
     names: NameCache,
     /// Id of the classifier whose applications `names` holds (0: none yet).
     names_for: u64,
+    /// Listening ends (address, port) of the data connections that control
+    /// connections announced, until one connects.
+    announced: Recent<(IpAddr, u16), ()>,
 }
 
 impl fmt::Debug for Inspector {
@@ -86,6 +90,7 @@ impl Inspector {
             pool_exhausted: 0,
             names: NameCache::new(names::CAPACITY),
             names_for: 0,
+            announced: Recent::new(ftp::ANNOUNCED_CAPACITY),
         }
     }
 
@@ -135,14 +140,59 @@ impl Inspector {
             self.names_for = classifier.id();
         }
         for (addr, ttl) in addresses.into_iter().flatten() {
-            self.names.insert(addr, app, ttl, now_ns);
+            self.names.insert(addr, app, names::expiry(ttl, now_ns));
         }
     }
 
-    /// Forgets the names seen resolved (a capture file read offline is a
-    /// trace of its own).
-    pub fn forget_names(&mut self) {
+    /// Learns the data connections a segment of a control connection (a flow
+    /// [`Classifier::announces_connections`] names) announces, sent by
+    /// `sender`: its listening end, by the address the message gives and by
+    /// the sender's own (a server behind NAT announces an address its
+    /// clients do not use).
+    pub fn learn_announced(&mut self, payload: &[u8], sender: IpAddr, now_ns: u64) {
+        let expires_ns = now_ns.saturating_add(ftp::ANNOUNCED_TTL_NS);
+        ftp::announcements(payload, |a| {
+            self.announced.insert((sender, a.port), (), expires_ns);
+            if let Some(addr) = a.addr.filter(|&addr| addr != sender) {
+                self.announced.insert((addr, a.port), (), expires_ns);
+            }
+        });
+    }
+
+    /// The final verdict on a flow between `ends` (address and port each)
+    /// when a control connection announced it: an FTP data connection. Asked
+    /// until the flow's first payload is inspected (a flow under way before
+    /// the announcement is not the one announced); the announcement is used up.
+    pub fn announced(
+        &mut self,
+        flow: &mut FlowInspection,
+        ends: [(IpAddr, u16); 2],
+        now_ns: u64,
+    ) -> Option<Classification> {
+        if flow.done || flow.packets > 0 || self.announced.is_empty() {
+            return None;
+        }
+        ends.iter()
+            .find_map(|end| self.announced.take(end, now_ns))?;
+        let verdict = Classification {
+            protocol: Some(Protocol::FtpData),
+            app: None,
+            method: Method::Related,
+        };
+        Some(self.finish_with(flow, verdict))
+    }
+
+    /// True when data connections are awaited: only then is a flow's
+    /// [`Inspector::announced`] worth asking.
+    pub fn awaits_announced(&self) -> bool {
+        !self.announced.is_empty()
+    }
+
+    /// Forgets the names seen resolved and the connections announced (a
+    /// capture file read offline is a trace of its own).
+    pub fn forget_context(&mut self) {
         self.names.clear();
+        self.announced.clear();
     }
 
     /// `verdict` on a flow between `ends`, with the application of a name
@@ -278,9 +328,19 @@ impl Inspector {
             if stun::message(payload).is_some() {
                 return found(Protocol::Stun, None);
             }
+            // DNS on another port: only a message that parses exactly.
+            if dns::is_exact_message(payload) {
+                let mut name = [0u8; dns::MAX_NAME];
+                if let Some(q) = dns::question(payload, &mut name) {
+                    return found(Protocol::Dns, classifier.host_app(q.name));
+                }
+            }
             return numbered_stream(&mut flow.numbered, pkt).and_then(|p| found(p, None));
         }
-        if pkt.has_port(53) {
+        let framed = payload
+            .split_first_chunk::<2>()
+            .filter(|(len, rest)| usize::from(u16::from_be_bytes(**len)) == rest.len());
+        if pkt.has_port(53) || framed.is_some_and(|(_, msg)| dns::is_exact_message(msg)) {
             let mut name = [0u8; dns::MAX_NAME];
             if let Some(q) = dns::question_tcp(payload, &mut name) {
                 return found(Protocol::Dns, classifier.host_app(q.name));

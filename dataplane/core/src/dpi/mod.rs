@@ -8,8 +8,10 @@
 //!   a host-name index. A new set of definitions compiles into a new
 //!   `Classifier` off the packet path and is swapped in whole.
 //! * [`Inspector`] is per worker: the Hyperscan scratch, a decryption buffer
-//!   for QUIC, a fixed pool of reassembly buffers, and the addresses of the
-//!   names it saw resolved ([`names`]). Nothing is allocated per packet.
+//!   for QUIC, a fixed pool of reassembly buffers, the addresses of the
+//!   names it saw resolved ([`names`]) and the data connections FTP control
+//!   connections announced ([`ftp`]), both bounded and aging. Nothing is
+//!   allocated per packet.
 //! * [`FlowInspection`] is the per-flow state (24 bytes plus an optional
 //!   reassembly buffer borrowed from the pool while a TLS or QUIC hello is
 //!   incomplete). Inspection stops at [`Limits`] (packets and bytes with
@@ -36,7 +38,10 @@
 //! name-resolution protocols stay DNS whatever name they resolve. A web
 //! session that names no application itself takes the one of the name its
 //! server's address was resolved for, when that answer crossed the gateway
-//! ([`Inspector::learn_names`], [`Inspector::recall_name`]).
+//! ([`Inspector::learn_names`], [`Inspector::recall_name`]). A flow an FTP
+//! control connection announced (a passive-mode reply, a PORT command) is
+//! `FTP_DATA` from its first packet ([`Inspector::learn_announced`],
+//! [`Inspector::announced`]).
 //!
 //! Every verdict says which of these reached it ([`Method`]).
 //!
@@ -54,6 +59,7 @@ pub mod apps;
 mod classifier;
 pub mod counters;
 pub mod dns;
+pub mod ftp;
 pub mod http;
 mod inspector;
 pub mod names;
@@ -62,6 +68,7 @@ pub mod offline;
 mod payload;
 pub mod quic;
 mod reassembly;
+mod recent;
 pub mod stun;
 pub mod tls;
 mod types;

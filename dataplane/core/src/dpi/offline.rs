@@ -108,7 +108,7 @@ impl<'c> OfflineClassifier<'c> {
         // than classifying a small capture.
         let mut data = std::mem::take(&mut self.file);
         let mut flows: HashMap<FlowKey, Flow, ahash::RandomState> = HashMap::default();
-        self.inspector.forget_names();
+        self.inspector.forget_context();
         let mut order: Vec<FlowKey> = Vec::new();
         let read = read_capture(path, &mut data, |link, frame| {
             self.totals.frames += 1;
@@ -191,6 +191,13 @@ impl<'c> OfflineClassifier<'c> {
         });
         let payload = super::l4_payload(&self.frame, &meta).unwrap_or(&[]);
         let answer = !tcp && src_port == 53;
+        if flow.verdict.is_none() && self.inspector.awaits_announced() {
+            flow.verdict = self.inspector.announced(
+                &mut flow.inspection,
+                [(src, src_port), (dst, dst_port)],
+                NO_CLOCK,
+            );
+        }
         if flow.verdict.is_none() {
             let packet = Packet {
                 seq: super::tcp_seq(&self.frame, &meta),
@@ -208,13 +215,19 @@ impl<'c> OfflineClassifier<'c> {
                         .recall_name(self.classifier, v, [dst, src], NO_CLOCK)
                 });
         }
-        if answer
-            && flow
-                .verdict
-                .is_some_and(|v| v.protocol == Some(Protocol::Dns))
-        {
-            self.inspector
-                .learn_names(self.classifier, &mut flow.inspection, payload, NO_CLOCK);
+        match flow.verdict {
+            Some(v) if answer && v.protocol == Some(Protocol::Dns) => {
+                self.inspector.learn_names(
+                    self.classifier,
+                    &mut flow.inspection,
+                    payload,
+                    NO_CLOCK,
+                );
+            }
+            Some(v) if tcp && self.classifier.announces_connections(&v) => {
+                self.inspector.learn_announced(payload, src, NO_CLOCK);
+            }
+            _ => {}
         }
         true
     }
@@ -508,9 +521,13 @@ mod tests {
     }
 
     fn tcp(payload: &[u8]) -> Vec<u8> {
+        tcp_between(CLIENT, SERVER, (40000, 80), payload)
+    }
+
+    fn tcp_between(src: [u8; 4], dst: [u8; 4], ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
         let b = PacketBuilder::ethernet2([2; 6], [4; 6])
-            .ipv4(CLIENT, SERVER, 64)
-            .tcp(40000, 80, 1, 65535);
+            .ipv4(src, dst, 64)
+            .tcp(ports.0, ports.1, 1, 65535);
         let mut frame = Vec::new();
         b.write(&mut frame, payload).unwrap();
         frame
@@ -528,11 +545,61 @@ mod tests {
             }
             file.extend_from_slice(frame);
         }
-        let dir = std::env::temp_dir().join(format!("patronus-offline-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("patronus-offline-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, file).unwrap();
         path
+    }
+
+    #[test]
+    fn a_data_connection_is_named_by_the_control_connection_that_announced_it() {
+        let control = |from_server: bool, text: &str| {
+            let (src, dst, ports) = if from_server {
+                (SERVER, CLIENT, (21, 40000))
+            } else {
+                (CLIENT, SERVER, (40000, 21))
+            };
+            tcp_between(src, dst, ports, text.as_bytes())
+        };
+        let file = [0x5au8, 0x17, 0xc3, 0x00, 0x9e, 0x42, 0x01, 0xfd];
+        let frames = [
+            control(true, "220 ProFTPD Server ready\r\n"),
+            control(false, "USER anonymous\r\n"),
+            control(false, "PASV\r\n"),
+            // Passive: the server listens on 195 * 256 + 80.
+            control(true, "227 Entering Passive Mode (192,0,2,80,195,80).\r\n"),
+            tcp_between(CLIENT, SERVER, (40001, 50000), &[]),
+            tcp_between(SERVER, CLIENT, (50000, 40001), &file),
+            // Used up: another connection to that port is not the announced one.
+            tcp_between(CLIENT, SERVER, (40002, 50000), &file),
+            // Active: the client listens, the server connects from port 20.
+            control(false, "PORT 10,0,0,7,156,65\r\n"),
+            tcp_between(SERVER, CLIENT, (20, 40001), &file),
+        ];
+        let path = capture("ftp.pcap", &frames);
+        let classifier = Classifier::with_user_apps(&[]).unwrap();
+        let mut offline = OfflineClassifier::new(&classifier, Limits::default());
+        let mut out = Vec::new();
+        offline.classify_file(&path, &mut out).unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let rows = String::from_utf8(out).unwrap();
+        let rows: Vec<&str> = rows.lines().collect();
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        assert!(
+            rows[0].ends_with(",FileTransfer,FTP_CONTROL,signature"),
+            "{rows:?}"
+        );
+        assert!(
+            rows[1].contains(",40001,192.0.2.80,50000,FileTransfer,FTP_DATA,related"),
+            "{rows:?}"
+        );
+        assert!(rows[2].ends_with(",Unknown,Unknown,none"), "{rows:?}");
+        assert!(
+            rows[3].contains(",20,10.0.0.7,40001,FileTransfer,FTP_DATA,related"),
+            "{rows:?}"
+        );
     }
 
     #[test]

@@ -573,6 +573,97 @@ fn catalogue_signatures_name_their_protocols() {
     }
 }
 
+/// Bytes from text: hex digits, spaces ignored; `'text'` runs are taken as they are.
+fn bytes(spec: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, part) in spec.split('\'').enumerate() {
+        if i % 2 == 1 {
+            out.extend_from_slice(part.as_bytes());
+            continue;
+        }
+        let digits: Vec<u8> = part.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        for pair in digits.chunks(2) {
+            let pair = std::str::from_utf8(pair).unwrap();
+            out.push(u8::from_str_radix(pair, 16).unwrap_or_else(|_| panic!("{pair:?}")));
+        }
+    }
+    out
+}
+
+/// One synthetic first payload per new entry, each built from its protocol's
+/// specification or documentation (the sources noted in the catalogue), on
+/// an ephemeral client port: (tcp, server port, payload, application).
+#[test]
+fn specification_payloads_name_their_protocols() {
+    let c = classifier();
+    let zeros = |n: usize| "00".repeat(n);
+    let cases: Vec<(bool, u16, String, &str)> = vec![
+        // RFC 3525 annex B: full and compact text, and TPKT framing over TCP (annex D.2).
+        (false, 2944, "'MEGACO/1 [192.0.2.1]:2944\r\nTransaction = 9998 {\r\n'".into(), "Megaco"),
+        (false, 2944, "'!/1 <mgc.example.net>\nT=1{C=-{SC=ROOT{SV{MT=RS}}}}'".into(), "Megaco"),
+        (false, 2944, "'MEGACO/1 mg1\nT=2{}'".into(), "Megaco"),
+        (true, 2944, "0300003c 'MEGACO/2 <mg1.example.net>:2944\n'".into(), "Megaco"),
+        (false, 58267, format!("05143a0508f8a1b103 {}", zeros(8)), "VHUA"),
+        // nmap's Radmin probe; VMware authd's banner.
+        (true, 4899, "01000000 01000000 0808".into(), "Radmin"),
+        (true, 902, "'220 VMware Authentication Daemon Version 1.10: SSL Required\r\n'".into(), "VMware"),
+        // ClickHouse native Hello (server), RESP3 HELLO reply, inline PING on Redis's port.
+        (true, 9000, "00 0a 'ClickHouse' 18 08 c8a903 03 'UTC'".into(), "ClickHouse"),
+        (true, 6379, "'%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n'".into(), "RESP"),
+        (true, 6379, "'PING\r\n'".into(), "RESP-inline"),
+        // PostgreSQL 18 StartupMessage (protocol 3.2) and CancelRequest.
+        (true, 5432, "00000029 00030002 'user' 00 'postgres' 00 'database' 00 'app' 00 00".into(), "PostgreSQL"),
+        (true, 5432, "00000010 04d2162e 00001234 deadbeef".into(), "PostgreSQL"),
+        // MS-TDS PRELOGIN on a named instance's port; TNS Accept; MariaDB 11's greeting.
+        (true, 50123, format!("12010058 00000100 00001f0006 0100250001 02 {}", zeros(20)), "MsSQL-TDS-prelogin"),
+        (true, 1521, "00200000 02000000 013d 0000 0800 7fff".into(), "Oracle"),
+        (true, 3306, "4a000000 0a '11.4.2-MariaDB' 00 08000000".into(), "MySQL"),
+        (true, 9042, "41000001 05 00000000".into(), "Cassandra"),
+        (true, 50000, format!("0062 d0 42 0001 005c 1443 {}", zeros(8)), "DRDA"),
+        // File transfer.
+        (true, 6346, "'GNUTELLA CONNECT/0.6\r\nUser-Agent: LimeWire/5.5.16\r\n'".into(), "Gnutella"),
+        (true, 988, "0071ceac 01000000 0a00000a 0000 0200".into(), "Lustre"),
+        (
+            false,
+            4001,
+            "10200500 00000001 00000000 c0200001 00000000 '<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<FDT-Instance xmlns=\"urn:IETF:metadata:2005:FLUTE:FDT\">'".into(),
+            "FLUTE",
+        ),
+        (false, 51413, "4100 3a7c 1f2e3d4c 00000000 00100000 0001 0000".into(), "BitTorrent"),
+        (false, 6969, "0000041727101980 00000000 12345678".into(), "BitTorrent"),
+        (true, 21, "'227 Entering Passive Mode (192,168,1,2,195,80).\r\n'".into(), "FTP_CONTROL"),
+        (true, 21, "'EPRT |2|1080::8:800:200C:417A|5282|\r\n'".into(), "FTP_CONTROL"),
+        // DNSCrypt's certificate query (labels on the wire), and DNS on another port.
+        (false, 443, "beef 0100 0001 0000 0000 0000 01 '2' 0d 'dnscrypt-cert' 07 'example' 03 'com' 00 0010 0001".into(), "DNScrypt"),
+        (false, 5300, "1a2b 0100 0001 0000 0000 0000 03 'www' 07 'example' 03 'com' 00 0001 0001".into(), "DNS"),
+        (true, 5300, "0021 1a2b 0100 0001 0000 0000 0000 03 'www' 07 'example' 03 'com' 00 0001 0001".into(), "DNS"),
+        // RFC 905: a COTP connection request with TSAP parameters.
+        (true, 102, "03000016 11e00000 000100 c1020100 c2020102 c0010a".into(), "ISO-TSAP"),
+        // Games.
+        (false, 27015, "ffffffff 71 'connect0x0a1b2c3d' 00".into(), "CSGO"),
+        (false, 27015, format!("0100 'sdping' {}", zeros(92)), "SteamDatagramRelay"),
+        (false, 27020, format!("20 1000 0d 78563412 19 0010a5d4e8000000 20 0d {}", zeros(495)), "Steam"),
+        (true, 6112, format!("01 ff50 3a00 00000000 '68XIRATS' {}", zeros(20)), "Starcraft"),
+        (
+            false,
+            7777,
+            format!("8fff 1234 82ff0001 0000 ffff 00000570 00010000 00000002 {}", zeros(28)),
+            "ENet",
+        ),
+        (false, 7777, format!("da72 0000 00 0100 ff {}", zeros(287)), "UnityRelay"),
+        (false, 4534, "000b0000 0004 0008 0001 0002 0003 0000".into(), "Armagetron"),
+        (true, 7000, "0c000000 d2000c00 01 16 0000 0102 0000".into(), "WorldOfKungFu"),
+    ];
+    for (tcp, port, spec, app) in &cases {
+        let payload = bytes(spec);
+        let v = verdict(&c, &[pkt(*tcp, 40000, *port, &payload)]);
+        assert_eq!(c.name(&v), *app, "{spec}");
+    }
+    // Only on Redis's ports: an inline PING elsewhere is nobody's.
+    let ping = pkt(true, 40000, 7000, b"PING\r\n");
+    assert_eq!(c.name(&verdict(&c, &[ping])), "Unknown");
+}
+
 #[test]
 fn pathological_user_patterns_are_bounded_or_refused() {
     let spec = |pattern: &str| AppSpec {
@@ -674,7 +765,7 @@ fn a_web_session_takes_the_name_its_server_was_resolved_for() {
     assert_eq!(plain.recall_name(&c, session, [server, client], 0), session);
     // The same answer again on its flow (a duplicate) is not read again;
     // another flow's is.
-    inspector.forget_names();
+    inspector.forget_context();
     inspector.learn_names(&c, &mut dns_flow, &answer, 10 * S);
     assert_eq!(
         inspector.recall_name(&c, session, [server, client], 20 * S),
@@ -687,6 +778,70 @@ fn a_web_session_takes_the_name_its_server_was_resolved_for() {
             .method,
         Method::DnsCache
     );
+}
+
+#[test]
+fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
+    let c = classifier();
+    let mut inspector = Inspector::new(Limits::default(), 4);
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let (client, server, private) = (ip("10.0.0.7"), ip("192.0.2.80"), ip("172.16.0.5"));
+    const S: u64 = 1_000_000_000;
+    let fresh = FlowInspection::default;
+    assert!(!inspector.awaits_announced());
+    // A server behind NAT announces its private address: the data
+    // connection goes to its public one, which sent the reply.
+    inspector.learn_announced(
+        b"227 Entering Passive Mode (172,16,0,5,195,80)\r\n",
+        server,
+        10 * S,
+    );
+    assert!(inspector.awaits_announced());
+    let data = [(client, 40001), (server, 50000)];
+    let mut flow = fresh();
+    let v = inspector
+        .announced(&mut flow, data, 11 * S)
+        .expect("announced");
+    assert_eq!(
+        (c.name(&v), c.category(&v), v.method),
+        ("FTP_DATA".into(), Category::FileTransfer, Method::Related)
+    );
+    assert!(flow.is_done());
+    assert_eq!(Classification::from_flow_app(v.to_flow_app()), Some(v));
+    // Used up at the public address; the private one is still awaited.
+    assert_eq!(inspector.announced(&mut fresh(), data, 11 * S), None);
+    let behind = [(client, 40002), (private, 50000)];
+    assert!(inspector.announced(&mut fresh(), behind, 11 * S).is_some());
+    // Not awaited forever, nor by a flow already under inspection.
+    inspector.learn_announced(b"PORT 10,0,0,7,156,65\r\n", client, 20 * S);
+    let active = [(server, 20), (client, 40001)];
+    assert_eq!(inspector.announced(&mut fresh(), active, 80 * S), None);
+    inspector.learn_announced(b"EPRT |1|10.0.0.7|40001|\r\n", client, 100 * S);
+    let mut under_way = fresh();
+    let noise = [0x9cu8, 0x11, 0x02, 0xfe, 0x5a, 0x00, 0x31, 0x77];
+    inspector.inspect(&c, &mut under_way, &pkt(true, 20, 40001, &noise));
+    assert_eq!(inspector.announced(&mut under_way, active, 101 * S), None);
+    assert!(inspector.announced(&mut fresh(), active, 101 * S).is_some());
+    // The flows that announce are those of the catalogue's FTP control.
+    let banner = verdict(&c, &[pkt(true, 21, 40000, b"220 ProFTPD Server ready\r\n")]);
+    assert!(c.announces_connections(&banner));
+    let web = verdict(
+        &c,
+        &[pkt(
+            true,
+            40000,
+            80,
+            b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        )],
+    );
+    assert!(!c.announces_connections(&web));
+    inspector.learn_announced(
+        b"229 Entering Extended Passive Mode (|||6446|)\r\n",
+        server,
+        0,
+    );
+    inspector.forget_context();
+    assert!(!inspector.awaits_announced());
 }
 
 /// The false-positive guard: flows of random bytes (seeded, so a failure

@@ -57,6 +57,8 @@ labelled_enum! {
         Rtcp => "RTCP";
         /// RakNet, the game-networking transport (its data datagrams).
         RakNet => "RakNet";
+        /// An FTP data connection, announced by its control connection.
+        FtpData => "FTP_DATA";
     }
 }
 
@@ -79,6 +81,9 @@ labelled_enum! {
         /// A web session named nothing itself; its server's address was
         /// resolved, in a DNS answer that crossed the gateway, for a name of the application.
         DnsCache => "dns_cache";
+        /// Another flow announced it: the data connection an FTP control
+        /// connection opened with a passive-mode reply or a PORT command.
+        Related => "related";
         /// A protocol dissector recognised the protocol; no application is named.
         Dissector => "dissector";
         /// Nothing: the flow is Unknown.
@@ -95,12 +100,16 @@ impl Protocol {
             Protocol::Dns | Protocol::Mdns | Protocol::Llmnr => Category::DNS,
             Protocol::Stun | Protocol::Rtp | Protocol::Rtcp => Category::VoIP,
             Protocol::RakNet => Category::Gaming,
+            Protocol::FtpData => Category::FileTransfer,
         }
     }
 
     /// True when the protocol carries another application, whose category then wins.
     pub(super) fn is_carrier(self) -> bool {
-        !matches!(self, Protocol::Dns | Protocol::Mdns | Protocol::Llmnr)
+        !matches!(
+            self,
+            Protocol::Dns | Protocol::Mdns | Protocol::Llmnr | Protocol::FtpData
+        )
     }
 }
 

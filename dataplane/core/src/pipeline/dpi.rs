@@ -69,8 +69,9 @@ pub(super) fn run<F: Frame>(
         if let Some(done) = done {
             let (label, category) = (classifier.label(&done), classifier.category(&done));
             state.counters.bytes(label, category, ip_len);
-            // A DNS flow's answers still name the servers of sessions to come.
-            if done.protocol != Some(Protocol::Dns) {
+            // A DNS flow's answers still name the servers of sessions to
+            // come, an FTP control connection's replies its data connections.
+            if done.protocol != Some(Protocol::Dns) && !classifier.announces_connections(&done) {
                 continue;
             }
         }
@@ -88,14 +89,31 @@ pub(super) fn run<F: Frame>(
         let payload = dpi::l4_payload(data, headers).unwrap_or(&[]);
         let answer = !tcp && src_port == 53;
         let inspection = &mut state.flows[flow.id.index()];
-        if done.is_some() {
+        let ends = || -> Option<[IpAddr; 2]> {
+            match headers.l3 {
+                L3::Ipv4(ip) => Some([ip.dst.into(), ip.src.into()]),
+                L3::Ipv6(ip) => Some([ip.dst.into(), ip.src.into()]),
+                L3::Arp(_) => None,
+            }
+        };
+        if let Some(done) = done {
             if answer {
                 state
                     .inspector
                     .learn_names(classifier, inspection, payload, ctx.now_ns);
+            } else if let (true, Some([_, src])) = (tcp && !payload.is_empty(), ends()) {
+                debug_assert!(classifier.announces_connections(&done));
+                state.inspector.learn_announced(payload, src, ctx.now_ns);
             }
             continue;
         }
+        let announced =
+            match ends() {
+                Some([dst, src]) if state.inspector.awaits_announced() => state
+                    .inspector
+                    .announced(inspection, [(dst, dst_port), (src, src_port)], ctx.now_ns),
+                _ => None,
+            };
         let packet = dpi::Packet {
             seq: dpi::tcp_seq(data, headers),
             tcp,
@@ -104,13 +122,10 @@ pub(super) fn run<F: Frame>(
             dir: flow.dir,
             payload,
         };
-        if let Some(verdict) = state.inspector.inspect(classifier, inspection, &packet) {
-            let ends: Option<[IpAddr; 2]> = match headers.l3 {
-                L3::Ipv4(ip) => Some([ip.dst.into(), ip.src.into()]),
-                L3::Ipv6(ip) => Some([ip.dst.into(), ip.src.into()]),
-                L3::Arp(_) => None,
-            };
-            let verdict = match ends {
+        let verdict =
+            announced.or_else(|| state.inspector.inspect(classifier, inspection, &packet));
+        if let Some(verdict) = verdict {
+            let verdict = match ends() {
                 Some(ends) => state
                     .inspector
                     .recall_name(classifier, verdict, ends, ctx.now_ns),
@@ -120,6 +135,11 @@ pub(super) fn run<F: Frame>(
                 state
                     .inspector
                     .learn_names(classifier, inspection, payload, ctx.now_ns);
+            }
+            if let (true, Some([_, src])) =
+                (tcp && classifier.announces_connections(&verdict), ends())
+            {
+                state.inspector.learn_announced(payload, src, ctx.now_ns);
             }
             entry.app = verdict.to_flow_app();
             // The flow's bytes so far, this packet's included (the flow stage counted it).
