@@ -72,10 +72,12 @@ pub(super) fn numbered_stream(last: &mut Option<Numbered>, pkt: &Packet<'_>) -> 
         return None;
     }
     let (a, b) = (prev.raknet_seq, seen.raknet_seq);
-    // A datagram whose frames fill it exactly may follow one with the same
-    // number: a retransmission while the peer has not acknowledged it.
+    // Both datagrams' frames must fill them exactly (RakNet never pads): a
+    // 16-bit counter at the start of another protocol's datagrams reads as
+    // close numbers too. A datagram may follow one with the same number: a
+    // retransmission while the peer has not acknowledged it.
     let delta = b.wrapping_sub(a) & 0x00ff_ffff;
-    (close(delta) || (delta == 0 && a & b & RAKNET_EXACT != 0)).then_some(Protocol::RakNet)
+    (a & b & RAKNET_EXACT != 0 && (close(delta) || delta == 0)).then_some(Protocol::RakNet)
 }
 
 /// RTCP: version 2, a report type, and a length that fits (sender and

@@ -386,12 +386,30 @@ fn raknet_needs_two_datagrams_in_a_row() {
     let datagram = |seq: u32| {
         let mut p = vec![0x84];
         p.extend_from_slice(&seq.to_le_bytes()[..3]);
-        p.push(0x40); // reliable ordered
+        p.push(0x60); // reliable ordered
         p.extend_from_slice(&(8u16 * 20).to_be_bytes());
         p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]); // message index, order index, channel
         p.extend_from_slice(&[0x42; 20]);
         p
     };
+    // A 16-bit counter in the first two bytes (high byte 0x8_) reads as
+    // close RakNet numbers; a frame that does not fill the datagram exactly
+    // (here one byte short) is not RakNet's, which never pads.
+    let mut counted = datagram(7);
+    counted.push(0);
+    let mut next = datagram(8);
+    next.push(0);
+    assert_eq!(
+        classify(
+            &c,
+            &[
+                pkt(false, 40000, 19132, &counted),
+                pkt(false, 40000, 19132, &next)
+            ]
+        )
+        .0,
+        Category::Unknown
+    );
     let (a, b) = (datagram(7), datagram(8));
     assert_eq!(
         classify(&c, &[pkt(false, 40000, 19132, &a)]).0,
