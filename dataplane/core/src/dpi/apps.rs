@@ -30,12 +30,14 @@ pub struct AppSpec {
     /// Restricts `patterns` to one transport.
     #[serde(default)]
     pub transport: Transport,
-    /// When set, `patterns` only count on flows with one of these ports at either end.
-    #[serde(default)]
+    /// When set, `patterns` only count on flows with one of these ports at
+    /// either end. Each item is a port or an inclusive range, `"5000-5500"`.
+    #[serde(default, deserialize_with = "port_list")]
     pub ports: Vec<u16>,
     /// TLS and QUIC sessions with one of these server ports belong to this
-    /// application (IMAPS on 993, DNS over TLS on 853), whatever server name they carry.
-    #[serde(default)]
+    /// application (IMAPS on 993, DNS over TLS on 853), whatever server name
+    /// they carry. Ports or ranges, as `ports`.
+    #[serde(default, deserialize_with = "port_list")]
     pub tls_ports: Vec<u16>,
     /// TLS and QUIC sessions whose client offers one of these ALPN protocols first belong to this application.
     #[serde(default)]
@@ -50,6 +52,37 @@ pub struct AppSpec {
     /// use their own certificates rather than a host name (`AnyDesk Client`).
     #[serde(default)]
     pub certificate_names: Vec<String>,
+}
+
+/// Reads a list of ports and `"first-last"` ranges (vendors document their
+/// media ports as ranges: Zoom's 8801-8810) into the ports it covers.
+fn port_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Port(u16),
+        Range(String),
+    }
+    let mut ports = Vec::new();
+    for item in Vec::<Item>::deserialize(d)? {
+        match item {
+            Item::Port(port) => ports.push(port),
+            Item::Range(text) => {
+                let range = text.split_once('-').and_then(|(first, last)| {
+                    let first: u16 = first.trim().parse().ok()?;
+                    let last: u16 = last.trim().parse().ok()?;
+                    (first <= last).then_some(first..=last)
+                });
+                let range = range.ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is neither a port nor a range \"first-last\" of ports"
+                    ))
+                })?;
+                ports.extend(range);
+            }
+        }
+    }
+    Ok(ports)
 }
 
 /// Transport a signature applies to.
@@ -118,6 +151,7 @@ pub fn parse(text: &str) -> Result<Vec<AppSpec>, AppError> {
 pub(crate) struct SignatureRule {
     pub(crate) app: u16,
     pub(crate) transport: Transport,
+    /// Sorted, without repeats (empty: any port).
     pub(crate) ports: Vec<u16>,
 }
 
@@ -266,10 +300,13 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
                 id: Some(id),
                 ..pattern
             });
+            let mut ports = spec.ports.clone();
+            ports.sort_unstable();
+            ports.dedup();
             rules.push(SignatureRule {
                 app,
                 transport: spec.transport,
-                ports: spec.ports.clone(),
+                ports,
             });
         }
         names.push(spec.name.clone());

@@ -300,7 +300,9 @@ impl Classifier {
                 Transport::Tcp => pkt.tcp,
                 Transport::Udp => !pkt.tcp,
             };
-            let ports_ok = rule.ports.is_empty() || rule.ports.iter().any(|&p| pkt.has_port(p));
+            let ports_ok = rule.ports.is_empty()
+                || rule.ports.binary_search(&pkt.src_port).is_ok()
+                || rule.ports.binary_search(&pkt.dst_port).is_ok();
             if transport_ok && ports_ok && best.is_none_or(|b| rule.app < b) {
                 best = Some(rule.app);
             }

@@ -280,6 +280,25 @@ fn user_apps_extend_and_bad_patterns_are_named() {
 }
 
 #[test]
+fn ports_are_written_as_ports_or_ranges() {
+    let specs = apps::parse(
+        "[[application]]\nname = \"Acme\"\ncategory = \"Gaming\"\npatterns = ['^ACME']\nports = [27015, \"5000-5002\"]\n",
+    )
+    .unwrap();
+    assert_eq!(specs[0].ports, [27015, 5000, 5001, 5002]);
+    let c = Classifier::with_user_apps(&specs).unwrap();
+    for (port, app) in [(5001, "Acme"), (27015, "Acme"), (5003, "Unknown")] {
+        let v = verdict(&c, &[pkt(false, 40000, port, b"ACME")]);
+        assert_eq!(c.name(&v), app, "port {port}");
+    }
+    for bad in ["\"5002-5000\"", "\"80\"", "\"1-70000\"", "\"a-b\"", "-1"] {
+        let text = format!("[[application]]\nname = \"Acme\"\ncategory = \"Gaming\"\npatterns = ['^A']\nports = [{bad}]\n");
+        let err = apps::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("ports"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn per_flow_state_is_small() {
     // docs/dpi.md states this figure.
     assert!(
