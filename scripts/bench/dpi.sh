@@ -7,7 +7,10 @@
 #             packets/s and Gbit/s of captured frames over the processing time
 #             each tool reports (setup and pattern compilation excluded), plus
 #             whole-process wall time; min/median/max of RUNS runs
-#   accuracy  both tools' per-flow categories scored by scripts/dpi/score.py
+#   accuracy  both tools' per-flow categories scored by scripts/dpi/score.py, and
+#             the flows each takes for another named category (wrongly named);
+#             the same check on unusual ports is tests/tests/dpi.rs's
+#             services_moved_to_unusual_ports_are_not_taken_for_others
 #             (ndpiReader's names mapped through the corpus's mapping.csv)
 #   worker    one worker lcore forwarding a net_pcap replay of the corpus
 #             (infinite_rx=1) into net_null, classification on and off: the
@@ -158,6 +161,12 @@ fi
 echo
 echo "patronus per category:"
 head -12 "$OUT/ours.score"
+# Flows whose verdict is a named category (not Web, not Unknown) other than
+# their label's: what a rule that fires on others' traffic adds to.
+printf 'wrongly named: patronus %s, ndpiReader %s (of %s labelled flows)\n' \
+    "$(sed -n 's/^wrongly named //p' "$OUT/ours.score")" \
+    "$(sed -n 's/^wrongly named //p' "$OUT/ndpi.score")" \
+    "$(($(wc -l <"$CORPUS/labels.csv") - 1))"
 read -r _ ours_med _ <<<"$(cut -d' ' -f1 "$OUT/ours.rates" | median3)"
 read -r _ ndpi_med _ <<<"$(cut -d' ' -f1 "$OUT/ndpi.rates" | median3)"
 python3 -c "print(f'patronus / ndpiReader classification rate (median): {$ours_med / $ndpi_med:.2f}x')"
