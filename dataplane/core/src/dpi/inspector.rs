@@ -345,6 +345,14 @@ impl Inspector {
             if let Some(q) = dns::question_tcp(payload, &mut name) {
                 return found(Protocol::Dns, classifier.host_app(q.name));
             }
+            // On port 53 a segment may hold the message without its 2-byte
+            // length, which the one before carried alone (RFC 7766 §8 asks
+            // for one write; older stacks made two).
+            if pkt.has_port(53) {
+                if let Some(q) = dns::question(payload, &mut name) {
+                    return found(Protocol::Dns, classifier.host_app(q.name));
+                }
+            }
         }
         if let Some(c) = self.tls(classifier, flow, pkt) {
             return Some(c);

@@ -696,6 +696,14 @@ fn specification_payloads_name_their_protocols() {
         let v = verdict(&c, &[pkt(*tcp, 40000, *port, &payload)]);
         assert_eq!(c.name(&v), *app, "{spec}");
     }
+    // DNS over TCP whose length went in a segment of its own.
+    let query = dns::tests::query("www.example.com");
+    let length = (query.len() as u16).to_be_bytes();
+    let split = verdict(
+        &c,
+        &[pkt(true, 40000, 53, &length), pkt(true, 40000, 53, &query)],
+    );
+    assert_eq!(c.name(&split), "DNS");
     // Only on Redis's ports: an inline PING elsewhere is nobody's.
     let ping = pkt(true, 40000, 7000, b"PING\r\n");
     assert_eq!(c.name(&verdict(&c, &[ping])), "Unknown");
