@@ -521,7 +521,14 @@ fn ftp_data_connections_are_named_by_the_control_connection_that_announced_them(
     let script = tools("ftp.py");
     let server = spawn_listening(
         &topo.b,
-        &["/usr/bin/python3", &script, "serve", B4, "2121", root.to_str().unwrap()],
+        &[
+            "/usr/bin/python3",
+            &script,
+            "serve",
+            B4,
+            "2121",
+            root.to_str().unwrap(),
+        ],
     );
     // Passive mode (PASV, 227), then active mode (PORT) in the same session.
     let got = topo.a.try_exec(&[
