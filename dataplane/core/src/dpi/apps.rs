@@ -39,7 +39,9 @@ pub struct AppSpec {
     /// they carry. Ports or ranges, as `ports`.
     #[serde(default, deserialize_with = "port_list")]
     pub tls_ports: Vec<u16>,
-    /// TLS and QUIC sessions whose client offers one of these ALPN protocols first belong to this application.
+    /// TLS and QUIC sessions whose client offers one of these ALPN protocols
+    /// first belong to this application. One ending in `*` stands for every
+    /// id that starts with the rest (`anydesk/*`: AnyDesk puts its version there).
     #[serde(default)]
     pub alpn: Vec<String>,
     /// Hyperscan expressions over TLS/QUIC server names (lower case), for
@@ -162,6 +164,8 @@ pub(crate) struct Compiled {
     pub(crate) hosts: HashMap<String, u16>,
     pub(crate) tls_ports: HashMap<u16, u16>,
     pub(crate) alpn: HashMap<Vec<u8>, u16>,
+    /// ALPN prefixes (entries written with a trailing `*`), in catalogue order.
+    pub(crate) alpn_prefixes: Vec<(Vec<u8>, u16)>,
     pub(crate) certificate_names: HashMap<String, u16>,
     pub(crate) database: Option<BlockDatabase>,
     /// Server-name patterns; pattern id = index into `host_pattern_apps`.
@@ -183,6 +187,7 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
     let mut hosts = HashMap::new();
     let mut tls_ports = HashMap::new();
     let mut alpn = HashMap::new();
+    let mut alpn_prefixes = Vec::new();
     let mut certificate_names = HashMap::new();
     let mut patterns = Vec::new();
     let mut rules = Vec::new();
@@ -235,13 +240,22 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
             tls_ports.entry(port).or_insert(app);
         }
         for protocol in &spec.alpn {
-            if protocol.is_empty() || protocol.len() > 255 {
+            let prefix = protocol.strip_suffix('*');
+            let id = prefix.unwrap_or(protocol);
+            if id.is_empty() || id.len() > 255 || id.contains('*') {
                 return Err(field_error(
                     "alpn",
-                    format!("{protocol:?} is not an ALPN protocol id"),
+                    format!(
+                        "{protocol:?} is not an ALPN protocol id (or a prefix of ids, ending in *)"
+                    ),
                 ));
             }
-            alpn.entry(protocol.as_bytes().to_vec()).or_insert(app);
+            match prefix {
+                Some(prefix) => alpn_prefixes.push((prefix.as_bytes().to_vec(), app)),
+                None => {
+                    alpn.entry(id.as_bytes().to_vec()).or_insert(app);
+                }
+            }
         }
         for name in &spec.certificate_names {
             let printable = !name.is_empty()
@@ -328,6 +342,7 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
         hosts,
         tls_ports,
         alpn,
+        alpn_prefixes,
         certificate_names,
         database,
         host_database,

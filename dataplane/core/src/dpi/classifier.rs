@@ -225,7 +225,15 @@ impl Classifier {
         hello: &tls::ClientHello<'_>,
         scratch: Option<&Scratch>,
     ) -> Option<(u16, Method)> {
-        let by_alpn = hello.alpn.and_then(|a| self.compiled.alpn.get(a).copied());
+        let by_alpn = hello.alpn.and_then(|a| {
+            self.compiled.alpn.get(a).copied().or_else(|| {
+                let prefixes = &self.compiled.alpn_prefixes;
+                prefixes
+                    .iter()
+                    .find(|(p, _)| a.starts_with(p))
+                    .map(|&(_, app)| app)
+            })
+        });
         let by_port = || {
             let port = |p| self.compiled.tls_ports.get(&p).copied();
             port(pkt.dst_port).or_else(|| port(pkt.src_port))

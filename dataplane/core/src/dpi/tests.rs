@@ -299,6 +299,37 @@ fn ports_are_written_as_ports_or_ranges() {
 }
 
 #[test]
+fn an_alpn_ending_in_a_star_is_a_prefix() {
+    let acme = |alpn: &str| AppSpec {
+        name: "Acme".into(),
+        category: Category::RemoteAccess,
+        hosts: vec![],
+        host_patterns: vec![],
+        patterns: vec![],
+        transport: Transport::Any,
+        ports: vec![],
+        tls_ports: vec![],
+        alpn: vec![alpn.into()],
+        certificate_names: vec![],
+    };
+    let c = Classifier::with_user_apps(&[acme("acme/*")]).unwrap();
+    let hello = |alpn| tls::tests::record(&tls::tests::hello_message(None, Some(alpn), 0));
+    let named = |alpn| {
+        let v = verdict(&c, &[pkt(true, 40000, 443, &hello(alpn))]);
+        (c.name(&v), v.method)
+    };
+    assert_eq!(named("acme/7.1.0/linux"), ("TLS.Acme".into(), Method::Alpn));
+    assert_eq!(named("acme/").0, "TLS.Acme");
+    assert_eq!(named("acmex").0, "TLS");
+    for bad in ["*", "a*b", "ac*me/*"] {
+        let err = Classifier::with_user_apps(&[acme(bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alpn") && err.contains(bad), "{err}");
+    }
+}
+
+#[test]
 fn per_flow_state_is_small() {
     // docs/dpi.md states this figure.
     assert!(
