@@ -321,6 +321,16 @@ fn an_alpn_ending_in_a_star_is_a_prefix() {
     assert_eq!(named("acme/7.1.0/linux"), ("TLS.Acme".into(), Method::Alpn));
     assert_eq!(named("acme/").0, "TLS.Acme");
     assert_eq!(named("acmex").0, "TLS");
+    // The catalogue's AnyDesk, by the ALPN its clients offer.
+    let builtin = classifier();
+    let v = verdict(
+        &builtin,
+        &[pkt(true, 40000, 443, &hello("anydesk/8.0.14/linux"))],
+    );
+    assert_eq!(
+        (builtin.name(&v), v.method),
+        ("TLS.AnyDesk".into(), Method::Alpn)
+    );
     for bad in ["*", "a*b", "ac*me/*"] {
         let err = Classifier::with_user_apps(&[acme(bad)])
             .unwrap_err()
