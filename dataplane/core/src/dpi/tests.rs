@@ -340,6 +340,17 @@ fn an_alpn_ending_in_a_star_is_a_prefix() {
 }
 
 #[test]
+fn every_catalogue_entry_notes_its_source() {
+    // The catalogue is data users read and extend: each entry says where its
+    // facts come from (docs/dpi.md).
+    let entries: Vec<&str> = apps::BUILTIN.split("[[application]]").skip(1).collect();
+    assert_eq!(entries.len(), apps::parse(apps::BUILTIN).unwrap().len());
+    for entry in entries {
+        assert!(entry.contains("\n# source: "), "no source noted:{entry}");
+    }
+}
+
+#[test]
 fn per_flow_state_is_small() {
     // docs/dpi.md states this figure.
     assert!(
