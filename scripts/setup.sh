@@ -11,7 +11,7 @@ PACKAGES=(
     dpdk libdpdk-dev libpcap-dev libhyperscan-dev
     libndpi-bin protobuf-compiler libprotobuf-dev
     wireguard-go wireguard-tools frr etcd-server
-    iproute2 iputils-ping ethtool iperf3 procps dnsmasq-base openssl python3-pyftpdlib
+    iproute2 iputils-ping ethtool iperf3 procps dnsmasq-base openssl python3-pyftpdlib sip-tester
     prometheus prometheus-alertmanager
     "$@"
 )

@@ -85,7 +85,7 @@ scripts/check-monitoring.sh
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     step "fuzz smoke (20 s per target)"
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked --quiet cargo-fuzz
-    for target in parse_frame parse_fast_path gateway_frame tls_hello quic_initial dns_question ftp_control dpi_flow wg_message wg_handshake bfd_control bfd_session; do
+    for target in parse_frame parse_fast_path gateway_frame tls_hello quic_initial dns_question announcements dpi_flow wg_message wg_handshake bfd_control bfd_session; do
         corpus=$(mktemp -d)
         log=$(mktemp)
         seeds=seeds/$target

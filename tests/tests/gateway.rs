@@ -566,6 +566,70 @@ fn ftp_data_connections_are_named_by_the_control_connection_that_announced_them(
 }
 
 #[test]
+fn a_calls_media_is_named_by_the_sip_session_description_that_announced_it() {
+    let (topo, mut dp) = start_gateway(1);
+    // SIPp's own callee (B) and caller (A): one call, each side's session
+    // description announcing its media port (B 6000, A 7000).
+    let mut callee = topo.b.spawn(&[
+        "sipp", "-sn", "uas", "-i", B4, "-p", "5060", "-mp", "6000", "-m", "1", "-nostdin",
+        "-timeout", "30",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let bound = topo.b.try_exec(&["ss", "-ulnH", "sport = :5060"]);
+            String::from_utf8_lossy(&bound.stdout).contains(":5060")
+        }),
+        "the callee never bound its SIP port"
+    );
+    let call = topo.a.try_exec(&[
+        "sipp",
+        "-sn",
+        "uac",
+        &format!("{B4}:5060"),
+        "-i",
+        A4,
+        "-p",
+        "5061",
+        "-mp",
+        "7000",
+        "-m",
+        "1",
+        "-d",
+        "100",
+        "-nostdin",
+        "-timeout",
+        "30",
+    ]);
+    assert!(
+        call.status.success(),
+        "the call failed: {}",
+        String::from_utf8_lossy(&call.stdout)
+    );
+    assert!(callee.wait().unwrap().success());
+    // The caller's RTP to the port the callee's answer announced.
+    let receiver = spawn_listening(&topo.b, &["rtp_stream.py", "recv", "6000", "1"]);
+    topo.a
+        .exec(&["python3", &tools("rtp_stream.py"), "send", B4, "6000", "1"]);
+    assert!(receiver.wait_with_output().unwrap().status.success());
+    let m = dp.scrape();
+    let flows = |application: &str| {
+        m.sum(
+            "patronus_dpi_application_flows_total",
+            &[("category", "VoIP"), ("application", application)],
+        )
+    };
+    assert_eq!(flows("SIP"), 1.0, "{}", m.text);
+    assert_eq!(flows("RTP"), 1.0, "{}", m.text);
+    assert_eq!(
+        m.sum("patronus_dpi_method_flows_total", &[("method", "related")]),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert!(dp.stop().success());
+}
+
+#[test]
 fn user_applications_are_swapped_in_at_run_time_and_bad_ones_refused() {
     let (topo, mut dp) = start_gateway(1);
     let acme = |pattern: &str| {

@@ -13,6 +13,19 @@ use super::{counters, dns, tls, AppPattern, Category, Classification, Method, Pa
 /// The catalogue application of FTP control connections: its passive-mode
 /// replies and PORT commands announce the data connections.
 const FTP_CONTROL: &str = "FTP_CONTROL";
+/// The catalogue application of SIP: its session descriptions announce the
+/// calls' media streams.
+const SIP: &str = "SIP";
+
+/// A protocol whose messages announce flows to come, read after its flows'
+/// verdict ([`super::Inspector::learn_announced`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announcer {
+    /// FTP control: the data connections (passive-mode replies, PORT and EPRT).
+    Ftp,
+    /// SIP: the RTP and RTCP streams its session descriptions name.
+    Sip,
+}
 
 /// The compiled catalogue, shared by all workers.
 pub struct Classifier {
@@ -21,9 +34,10 @@ pub struct Classifier {
     id: u64,
     /// Counter label id of every (protocol, application) pair; see [`Classifier::label`].
     labels: Vec<u32>,
-    /// The catalogue application whose flows announce data connections
-    /// (`FTP_CONTROL`), if the catalogue has it.
+    /// The catalogue applications whose flows announce others (`FTP_CONTROL`,
+    /// `SIP`), if the catalogue has them.
     ftp_control: Option<u16>,
+    sip: Option<u16>,
 }
 
 impl fmt::Debug for Classifier {
@@ -78,11 +92,13 @@ impl Classifier {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             labels: Vec::new(),
             ftp_control: None,
+            sip: None,
         };
-        classifier.ftp_control = match classifier.pattern(FTP_CONTROL) {
+        let app_named = |name| match classifier.pattern(name) {
             Some(AppPattern::Either { app, .. }) => app,
             _ => None,
         };
+        (classifier.ftp_control, classifier.sip) = (app_named(FTP_CONTROL), app_named(SIP));
         let apps = classifier.compiled.names.len();
         let protocols = std::iter::once(None).chain(Protocol::ALL.iter().copied().map(Some));
         for protocol in protocols {
@@ -112,12 +128,18 @@ impl Classifier {
             .unwrap_or(counters::OVERFLOW_LABEL)
     }
 
-    /// True when flows classified `c` may announce the data connections of
-    /// other flows (an FTP control connection), whose packets are then read
-    /// after the verdict ([`super::Inspector::learn_announced`]).
+    /// What flows classified `c` may announce (FTP's data connections, SIP's
+    /// media), if anything: their packets are then read after the verdict.
     #[inline]
-    pub fn announces_connections(&self, c: &Classification) -> bool {
-        c.app.is_some() && c.app == self.ftp_control
+    pub fn announcer(&self, c: &Classification) -> Option<Announcer> {
+        let app = c.app?;
+        if Some(app) == self.ftp_control {
+            Some(Announcer::Ftp)
+        } else if Some(app) == self.sip {
+            Some(Announcer::Sip)
+        } else {
+            None
+        }
     }
 
     /// The category of a classification.

@@ -8,9 +8,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-/// The data connections one control connection may announce at a time, per worker.
-pub const ANNOUNCED_CAPACITY: usize = 1024;
-
 /// How long an announced data connection is awaited: clients open it at
 /// once, servers close an unused passive listener within a minute.
 pub const ANNOUNCED_TTL_NS: u64 = 60 * 1_000_000_000;

@@ -11,7 +11,8 @@ use super::names::{self, NameCache};
 use super::numbered::{numbered_stream, Numbered};
 use super::reassembly::{Collecting, Reassembly};
 use super::recent::Recent;
-use super::{dns, ftp, http, quic, stun, tls};
+use super::Announcer;
+use super::{dns, ftp, http, quic, sdp, stun, tls};
 use super::{Classification, Classifier, Limits, Method, Packet, Protocol};
 
 /// Per-flow inspection state.
@@ -62,10 +63,13 @@ pub struct Inspector {
     names: NameCache,
     /// Id of the classifier whose applications `names` holds (0: none yet).
     names_for: u64,
-    /// Listening ends (address, port) of the data connections that control
-    /// connections announced, until one connects.
-    announced: Recent<(IpAddr, u16), ()>,
+    /// Receiving ends (address, port) of the flows other flows announced,
+    /// with what they will carry, until one arrives.
+    announced: Recent<(IpAddr, u16), Protocol>,
 }
+
+/// Flows awaited at once per worker (announced and not yet seen).
+const ANNOUNCED_CAPACITY: usize = 1024;
 
 impl fmt::Debug for Inspector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,7 +94,7 @@ impl Inspector {
             pool_exhausted: 0,
             names: NameCache::new(names::CAPACITY),
             names_for: 0,
-            announced: Recent::new(ftp::ANNOUNCED_CAPACITY),
+            announced: Recent::new(ANNOUNCED_CAPACITY),
         }
     }
 
@@ -144,25 +148,45 @@ impl Inspector {
         }
     }
 
-    /// Learns the data connections a segment of a control connection (a flow
-    /// [`Classifier::announces_connections`] names) announces, sent by
-    /// `sender`: its listening end, by the address the message gives and by
-    /// the sender's own (a server behind NAT announces an address its
-    /// clients do not use).
-    pub fn learn_announced(&mut self, payload: &[u8], sender: IpAddr, now_ns: u64) {
-        let expires_ns = now_ns.saturating_add(ftp::ANNOUNCED_TTL_NS);
-        ftp::announcements(payload, |a| {
-            self.announced.insert((sender, a.port), (), expires_ns);
-            if let Some(addr) = a.addr.filter(|&addr| addr != sender) {
-                self.announced.insert((addr, a.port), (), expires_ns);
+    /// Learns the flows a packet of a flow announces, sent by `sender`: the
+    /// data connections of an FTP control connection, by the address the
+    /// message gives and by the sender's own (a server behind NAT announces
+    /// an address its clients do not use); the media of a SIP session
+    /// description, at the address it gives (the sender's when it gives none).
+    pub fn learn_announced(
+        &mut self,
+        announcer: Announcer,
+        payload: &[u8],
+        sender: IpAddr,
+        now_ns: u64,
+    ) {
+        match announcer {
+            Announcer::Ftp => {
+                let expires_ns = now_ns.saturating_add(ftp::ANNOUNCED_TTL_NS);
+                ftp::announcements(payload, |a| {
+                    let at = (sender, a.port);
+                    self.announced.insert(at, Protocol::FtpData, expires_ns);
+                    if let Some(addr) = a.addr.filter(|&addr| addr != sender) {
+                        self.announced
+                            .insert((addr, a.port), Protocol::FtpData, expires_ns);
+                    }
+                });
             }
-        });
+            Announcer::Sip => {
+                let expires_ns = now_ns.saturating_add(sdp::ANNOUNCED_TTL_NS);
+                sdp::streams(payload, |s| {
+                    let at = (s.addr.unwrap_or(sender), s.port);
+                    self.announced.insert(at, s.protocol, expires_ns);
+                });
+            }
+        }
     }
 
     /// The final verdict on a flow between `ends` (address and port each)
-    /// when a control connection announced it: an FTP data connection. Asked
-    /// until the flow's first payload is inspected (a flow under way before
-    /// the announcement is not the one announced); the announcement is used up.
+    /// when another flow announced it: an FTP data connection, a call's RTP
+    /// or RTCP. Asked until the flow's first payload is inspected (a flow
+    /// under way before the announcement is not the one announced); the
+    /// announcement is used up.
     pub fn announced(
         &mut self,
         flow: &mut FlowInspection,
@@ -172,17 +196,18 @@ impl Inspector {
         if flow.done || flow.packets > 0 || self.announced.is_empty() {
             return None;
         }
-        ends.iter()
+        let protocol = ends
+            .iter()
             .find_map(|end| self.announced.take(end, now_ns))?;
         let verdict = Classification {
-            protocol: Some(Protocol::FtpData),
+            protocol: Some(protocol),
             app: None,
             method: Method::Related,
         };
         Some(self.finish_with(flow, verdict))
     }
 
-    /// True when data connections are awaited: only then is a flow's
+    /// True when announced flows are awaited: only then is a flow's
     /// [`Inspector::announced`] worth asking.
     pub fn awaits_announced(&self) -> bool {
         !self.announced.is_empty()

@@ -9,8 +9,9 @@
 //!   `Classifier` off the packet path and is swapped in whole.
 //! * [`Inspector`] is per worker: the Hyperscan scratch, a decryption buffer
 //!   for QUIC, a fixed pool of reassembly buffers, the addresses of the
-//!   names it saw resolved ([`names`]) and the data connections FTP control
-//!   connections announced ([`ftp`]), both bounded and aging. Nothing is
+//!   names it saw resolved ([`names`]) and the flows other flows announced
+//!   (FTP's data connections, [`ftp`]; SIP's media, [`sdp`]), both bounded
+//!   and aging. Nothing is
 //!   allocated per packet.
 //! * [`FlowInspection`] is the per-flow state (24 bytes plus an optional
 //!   reassembly buffer borrowed from the pool while a TLS or QUIC hello is
@@ -40,7 +41,8 @@
 //! server's address was resolved for, when that answer crossed the gateway
 //! ([`Inspector::learn_names`], [`Inspector::recall_name`]). A flow an FTP
 //! control connection announced (a passive-mode reply, a PORT command) is
-//! `FTP_DATA` from its first packet ([`Inspector::learn_announced`],
+//! `FTP_DATA` from its first packet, a media stream a SIP session
+//! description announced RTP or RTCP ([`Inspector::learn_announced`],
 //! [`Inspector::announced`]).
 //!
 //! Every verdict says which of these reached it ([`Method`]).
@@ -69,11 +71,12 @@ mod payload;
 pub mod quic;
 mod reassembly;
 mod recent;
+pub mod sdp;
 pub mod stun;
 pub mod tls;
 mod types;
 
-pub use classifier::Classifier;
+pub use classifier::{Announcer, Classifier};
 pub use inspector::{FlowInspection, Inspector};
 pub use payload::{l4_payload, tcp_seq, Packet};
 pub use reassembly::REASSEMBLY_BYTES;

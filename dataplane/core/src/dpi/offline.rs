@@ -224,8 +224,11 @@ impl<'c> OfflineClassifier<'c> {
                     NO_CLOCK,
                 );
             }
-            Some(v) if tcp && self.classifier.announces_connections(&v) => {
-                self.inspector.learn_announced(payload, src, NO_CLOCK);
+            Some(v) => {
+                if let Some(announcer) = self.classifier.announcer(&v) {
+                    self.inspector
+                        .learn_announced(announcer, payload, src, NO_CLOCK);
+                }
             }
             _ => {}
         }

@@ -889,6 +889,7 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     // A server behind NAT announces its private address: the data
     // connection goes to its public one, which sent the reply.
     inspector.learn_announced(
+        Announcer::Ftp,
         b"227 Entering Passive Mode (172,16,0,5,195,80)\r\n",
         server,
         10 * S,
@@ -910,10 +911,15 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     let behind = [(client, 40002), (private, 50000)];
     assert!(inspector.announced(&mut fresh(), behind, 11 * S).is_some());
     // Not awaited forever, nor by a flow already under inspection.
-    inspector.learn_announced(b"PORT 10,0,0,7,156,65\r\n", client, 20 * S);
+    inspector.learn_announced(Announcer::Ftp, b"PORT 10,0,0,7,156,65\r\n", client, 20 * S);
     let active = [(server, 20), (client, 40001)];
     assert_eq!(inspector.announced(&mut fresh(), active, 80 * S), None);
-    inspector.learn_announced(b"EPRT |1|10.0.0.7|40001|\r\n", client, 100 * S);
+    inspector.learn_announced(
+        Announcer::Ftp,
+        b"EPRT |1|10.0.0.7|40001|\r\n",
+        client,
+        100 * S,
+    );
     let mut under_way = fresh();
     let noise = [0x9cu8, 0x11, 0x02, 0xfe, 0x5a, 0x00, 0x31, 0x77];
     inspector.inspect(&c, &mut under_way, &pkt(true, 20, 40001, &noise));
@@ -921,7 +927,7 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     assert!(inspector.announced(&mut fresh(), active, 101 * S).is_some());
     // The flows that announce are those of the catalogue's FTP control.
     let banner = verdict(&c, &[pkt(true, 21, 40000, b"220 ProFTPD Server ready\r\n")]);
-    assert!(c.announces_connections(&banner));
+    assert_eq!(c.announcer(&banner), Some(Announcer::Ftp));
     let web = verdict(
         &c,
         &[pkt(
@@ -931,14 +937,55 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
             b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
         )],
     );
-    assert!(!c.announces_connections(&web));
+    assert_eq!(c.announcer(&web), None);
     inspector.learn_announced(
+        Announcer::Ftp,
         b"229 Entering Extended Passive Mode (|||6446|)\r\n",
         server,
         0,
     );
     inspector.forget_context();
     assert!(!inspector.awaits_announced());
+}
+
+#[test]
+fn a_calls_media_is_named_by_the_session_description_that_announced_it() {
+    let c = classifier();
+    let mut inspector = Inspector::new(Limits::default(), 4);
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let (proxy, phone, caller) = (ip("192.0.2.5"), ip("192.0.2.101"), ip("198.51.100.7"));
+    const S: u64 = 1_000_000_000;
+    let invite = b"INVITE sip:bob@example.com SIP/2.0\r\nContent-Type: application/sdp\r\n\r\n\
+        v=0\r\nc=IN IP4 192.0.2.101\r\nm=audio 49172 RTP/AVP 0\r\n";
+    let sip = verdict(&c, &[pkt(false, 5060, 5060, invite)]);
+    assert_eq!(c.announcer(&sip), Some(Announcer::Sip));
+    // Relayed by a proxy: the media goes to the address the description gives.
+    inspector.learn_announced(Announcer::Sip, invite, proxy, 0);
+    let named = |inspector: &mut Inspector, to: (std::net::IpAddr, u16)| {
+        let v = inspector.announced(&mut FlowInspection::default(), [(caller, 30000), to], S)?;
+        Some((c.name(&v), c.category(&v), v.method))
+    };
+    assert_eq!(
+        named(&mut inspector, (phone, 49172)),
+        Some(("RTP".into(), Category::VoIP, Method::Related))
+    );
+    assert_eq!(
+        named(&mut inspector, (phone, 49173)).map(|n| n.0),
+        Some("RTCP".into())
+    );
+    assert_eq!(
+        named(&mut inspector, (proxy, 49172)),
+        None,
+        "not at the proxy"
+    );
+    // Awaited through a long ring, not forever.
+    inspector.learn_announced(Announcer::Sip, invite, proxy, 0);
+    let late = inspector.announced(
+        &mut FlowInspection::default(),
+        [(caller, 30000), (phone, 49172)],
+        181 * S,
+    );
+    assert_eq!(late, None);
 }
 
 /// The false-positive guard: flows of random bytes (seeded, so a failure

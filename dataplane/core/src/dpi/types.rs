@@ -82,7 +82,8 @@ labelled_enum! {
         /// resolved, in a DNS answer that crossed the gateway, for a name of the application.
         DnsCache => "dns_cache";
         /// Another flow announced it: the data connection an FTP control
-        /// connection opened with a passive-mode reply or a PORT command.
+        /// connection opened with a passive-mode reply or a PORT command, a
+        /// call's RTP or RTCP that a SIP session description named.
         Related => "related";
         /// A protocol dissector recognised the protocol; no application is named.
         Dissector => "dissector";

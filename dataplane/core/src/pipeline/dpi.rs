@@ -70,8 +70,8 @@ pub(super) fn run<F: Frame>(
             let (label, category) = (classifier.label(&done), classifier.category(&done));
             state.counters.bytes(label, category, ip_len);
             // A DNS flow's answers still name the servers of sessions to
-            // come, an FTP control connection's replies its data connections.
-            if done.protocol != Some(Protocol::Dns) && !classifier.announces_connections(&done) {
+            // come; FTP's and SIP's messages announce data connections and media.
+            if done.protocol != Some(Protocol::Dns) && classifier.announcer(&done).is_none() {
                 continue;
             }
         }
@@ -101,9 +101,11 @@ pub(super) fn run<F: Frame>(
                 state
                     .inspector
                     .learn_names(classifier, inspection, payload, ctx.now_ns);
-            } else if let (true, Some([_, src])) = (tcp && !payload.is_empty(), ends()) {
-                debug_assert!(classifier.announces_connections(&done));
-                state.inspector.learn_announced(payload, src, ctx.now_ns);
+            } else if let (Some(announcer), Some([_, src])) = (classifier.announcer(&done), ends())
+            {
+                state
+                    .inspector
+                    .learn_announced(announcer, payload, src, ctx.now_ns);
             }
             continue;
         }
@@ -136,10 +138,10 @@ pub(super) fn run<F: Frame>(
                     .inspector
                     .learn_names(classifier, inspection, payload, ctx.now_ns);
             }
-            if let (true, Some([_, src])) =
-                (tcp && classifier.announces_connections(&verdict), ends())
-            {
-                state.inspector.learn_announced(payload, src, ctx.now_ns);
+            if let (Some(announcer), Some([_, src])) = (classifier.announcer(&verdict), ends()) {
+                state
+                    .inspector
+                    .learn_announced(announcer, payload, src, ctx.now_ns);
             }
             entry.app = verdict.to_flow_app();
             // The flow's bytes so far, this packet's included (the flow stage counted it).
