@@ -34,13 +34,36 @@ impl Dnsmasq {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("hosts");
         std::fs::write(&file, hosts).unwrap();
-        let port = port.unwrap_or_else(|| {
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        });
+        let Some(port) = port else {
+            // A free port of our choosing: one the kernel handed out as
+            // ephemeral could be handed to another socket (the resolver's
+            // own) before dnsmasq binds it, and dnsmasq would then exit.
+            // Below Linux's ephemeral range, and tried again elsewhere if
+            // dnsmasq could not bind it after all.
+            for attempt in 0..20u16 {
+                let seed = std::process::id() as u16 ^ (NEXT.load(Ordering::Relaxed) as u16);
+                let port = 20_000 + (seed.wrapping_mul(7919).wrapping_add(attempt * 613)) % 12_000;
+                if std::net::UdpSocket::bind((listen, port)).is_err() {
+                    continue;
+                }
+                let mut dns = Dnsmasq::spawn(prefix, listen, port, &file, &dir);
+                // Through a prefix (another namespace) its bind cannot be seen from here.
+                if !prefix.is_empty() || dns.bound(listen) {
+                    return dns;
+                }
+            }
+            panic!("dnsmasq could not bind a free port on {listen}");
+        };
+        Dnsmasq::spawn(prefix, listen, port, &file, &dir)
+    }
+
+    fn spawn(
+        prefix: &[&str],
+        listen: &str,
+        port: u16,
+        file: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> Dnsmasq {
         let user = Command::new("id").arg("-un").output().unwrap().stdout;
         let mut command = match prefix.split_first() {
             Some((first, rest)) => {
@@ -70,10 +93,26 @@ impl Dnsmasq {
             .expect("dnsmasq (Debian's dnsmasq-base, installed by scripts/setup.sh)");
         Dnsmasq {
             child,
-            hosts: file,
-            dir,
+            hosts: file.to_path_buf(),
+            dir: dir.to_path_buf(),
             port,
         }
+    }
+
+    /// Waits until dnsmasq holds its port on `listen` (our own bind of it
+    /// fails) or has exited (it could not bind it); true in the first case.
+    fn bound(&mut self, listen: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
+            if std::net::UdpSocket::bind((listen, self.port)).is_err() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
     }
 
     /// Serves `hosts` from now on (dnsmasq rereads it on SIGHUP).
