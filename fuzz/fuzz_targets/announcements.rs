@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         streams += 1;
         assert_ne!(s.port, 0, "port 0 is a stream turned off");
         assert!(matches!(s.protocol, Protocol::Rtp | Protocol::Rtcp));
-        assert!(s.addr.is_none_or(|a| !a.is_unspecified()));
+        assert!(!s.addr.is_unspecified());
     });
     assert!(streams <= 16, "at most eight streams, each with its RTCP");
 });

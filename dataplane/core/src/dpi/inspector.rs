@@ -32,6 +32,9 @@ pub struct FlowInspection {
     /// id 0, which is then read each time), so that the same answer again is
     /// not read again.
     answered: u16,
+    /// Set once the flow's first packet was looked up among the announced
+    /// flows: only that packet's destination can be the announced end.
+    asked: bool,
 }
 
 impl FlowInspection {
@@ -63,9 +66,21 @@ pub struct Inspector {
     names: NameCache,
     /// Id of the classifier whose applications `names` holds (0: none yet).
     names_for: u64,
-    /// Receiving ends (address, port) of the flows other flows announced,
-    /// with what they will carry, until one arrives.
-    announced: Recent<(IpAddr, u16), Protocol>,
+    /// Receiving ends of the flows other flows announced, with what they
+    /// will carry, until one arrives.
+    announced: Recent<AnnouncedEnd, Awaited>,
+}
+
+/// Where an announced flow will arrive: address, port, and TCP (or UDP).
+type AnnouncedEnd = (IpAddr, u16, bool);
+
+/// What an announced flow will carry, and the only address it may come
+/// from (the receiver of the announcement: the other end of an FTP control
+/// connection), if the announcement says.
+#[derive(Clone, Copy, Debug)]
+struct Awaited {
+    protocol: Protocol,
+    from: Option<IpAddr>,
 }
 
 /// Flows awaited at once per worker (announced and not yet seen).
@@ -148,59 +163,80 @@ impl Inspector {
         }
     }
 
-    /// Learns the flows a packet of a flow announces, sent by `sender`: the
-    /// data connections of an FTP control connection, by the address the
-    /// message gives and by the sender's own (a server behind NAT announces
-    /// an address its clients do not use); the media of a SIP session
-    /// description, at the address it gives (the sender's when it gives none).
+    /// Learns the flows a packet of a flow announces, sent by `sender` to
+    /// `receiver`. An FTP control connection's data connections arrive at the
+    /// listening end the message names, by the address it gives and by the
+    /// sender's own (a server behind NAT announces an address its clients do
+    /// not use), over TCP and from the receiver only. A SIP session
+    /// description's media arrives over UDP at the address it gives, which
+    /// must be the sender's own: a description that names a third party's
+    /// address (a relaying proxy's, or a forged one) announces nothing.
     pub fn learn_announced(
         &mut self,
         announcer: Announcer,
         payload: &[u8],
-        sender: IpAddr,
+        [sender, receiver]: [IpAddr; 2],
         now_ns: u64,
     ) {
+        self.announced.forget_expired(now_ns);
         match announcer {
             Announcer::Ftp => {
                 let expires_ns = now_ns.saturating_add(ftp::ANNOUNCED_TTL_NS);
+                let awaited = Awaited {
+                    protocol: Protocol::FtpData,
+                    from: Some(receiver),
+                };
                 ftp::announcements(payload, |a| {
-                    let at = (sender, a.port);
-                    self.announced.insert(at, Protocol::FtpData, expires_ns);
+                    self.announced
+                        .insert((sender, a.port, true), awaited, expires_ns);
                     if let Some(addr) = a.addr.filter(|&addr| addr != sender) {
                         self.announced
-                            .insert((addr, a.port), Protocol::FtpData, expires_ns);
+                            .insert((addr, a.port, true), awaited, expires_ns);
                     }
                 });
             }
             Announcer::Sip => {
                 let expires_ns = now_ns.saturating_add(sdp::ANNOUNCED_TTL_NS);
                 sdp::streams(payload, |s| {
-                    let at = (s.addr.unwrap_or(sender), s.port);
-                    self.announced.insert(at, s.protocol, expires_ns);
+                    if s.addr == sender {
+                        let awaited = Awaited {
+                            protocol: s.protocol,
+                            from: None,
+                        };
+                        self.announced
+                            .insert((s.addr, s.port, false), awaited, expires_ns);
+                    }
                 });
             }
         }
     }
 
-    /// The final verdict on a flow between `ends` (address and port each)
-    /// when another flow announced it: an FTP data connection, a call's RTP
-    /// or RTCP. Asked until the flow's first payload is inspected (a flow
-    /// under way before the announcement is not the one announced); the
-    /// announcement is used up.
+    /// The final verdict on a flow whose first packet goes from `src` to
+    /// `dst` (address and port each) when another flow announced `dst` for
+    /// it: an FTP data connection, a call's RTP or RTCP. Only a flow's first
+    /// packet is looked up, asked before [`Inspector::inspect`] is shown it
+    /// (a flow under way before the announcement, or the announced end's own
+    /// connections elsewhere, are not the one announced); the announcement
+    /// is used up.
     pub fn announced(
         &mut self,
         flow: &mut FlowInspection,
-        ends: [(IpAddr, u16); 2],
+        tcp: bool,
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
         now_ns: u64,
     ) -> Option<Classification> {
-        if flow.done || flow.packets > 0 || self.announced.is_empty() {
+        if std::mem::replace(&mut flow.asked, true) || flow.done || flow.packets > 0 {
             return None;
         }
-        let protocol = ends
-            .iter()
-            .find_map(|end| self.announced.take(end, now_ns))?;
+        let end = (dst.0, dst.1, tcp);
+        let awaited = self.announced.get(&end, now_ns)?;
+        if awaited.from.is_some_and(|from| from != src.0) {
+            return None;
+        }
+        self.announced.take(&end, now_ns);
         let verdict = Classification {
-            protocol: Some(protocol),
+            protocol: Some(awaited.protocol),
             app: None,
             method: Method::Related,
         };
@@ -270,6 +306,9 @@ impl Inspector {
         flow: &mut FlowInspection,
         pkt: &Packet<'_>,
     ) -> Option<Classification> {
+        // A flow's first packet has been shown: later ones are not looked up
+        // among the announced flows (see [`Inspector::announced`]).
+        flow.asked = true;
         if flow.done {
             return None;
         }

@@ -194,7 +194,9 @@ impl<'c> OfflineClassifier<'c> {
         if flow.verdict.is_none() && self.inspector.awaits_announced() {
             flow.verdict = self.inspector.announced(
                 &mut flow.inspection,
-                [(src, src_port), (dst, dst_port)],
+                tcp,
+                (src, src_port),
+                (dst, dst_port),
                 NO_CLOCK,
             );
         }
@@ -227,7 +229,7 @@ impl<'c> OfflineClassifier<'c> {
             Some(v) => {
                 if let Some(announcer) = self.classifier.announcer(&v) {
                     self.inspector
-                        .learn_announced(announcer, payload, src, NO_CLOCK);
+                        .learn_announced(announcer, payload, [src, dst], NO_CLOCK);
                 }
             }
             _ => {}

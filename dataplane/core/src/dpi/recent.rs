@@ -91,8 +91,24 @@ impl<K: Copy + Eq + Hash, V: Copy> Recent<K, V> {
             .map(|e| e.value)
     }
 
+    /// Forgets the entries written longest ago that have expired at
+    /// `now_ns` (stopping at the first that has not: entries written later
+    /// may expire sooner, and stay until they reach the front).
+    pub fn forget_expired(&mut self, now_ns: u64) {
+        while let Some(&(key, written)) = self.order.front() {
+            match self.entries.get(&key) {
+                Some(e) if e.written == written && now_ns < e.expires_ns => return,
+                Some(e) if e.written == written => {
+                    self.entries.remove(&key);
+                }
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+    }
+
     /// True when nothing is held (expired entries count until overwritten,
-    /// taken or evicted).
+    /// taken, evicted or forgotten as expired).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -130,6 +146,24 @@ mod tests {
         assert_eq!(map.take(&5, 50), None);
         assert_eq!(map.take(&6, 100), None, "expired: not given, but forgotten");
         assert!(map.is_empty());
+    }
+
+    #[test]
+    fn expired_entries_at_the_front_are_forgotten() {
+        let mut map: Recent<u32, ()> = Recent::new(8);
+        map.insert(1, (), 100);
+        map.insert(2, (), 300);
+        map.insert(3, (), 50);
+        map.insert(1, (), 150); // written again: its first write is stale
+        map.forget_expired(120);
+        // 1's stale write is passed over; 2 (live until 300) stops the walk,
+        // so 3 stays though expired, and so does 1's new write.
+        assert_eq!(map.entries.len(), 3);
+        map.forget_expired(200);
+        assert_eq!(map.entries.len(), 3, "2 still stops the walk");
+        map.forget_expired(600);
+        assert!(map.is_empty());
+        assert!(map.order.is_empty());
     }
 
     #[test]

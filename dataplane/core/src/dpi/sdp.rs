@@ -20,60 +20,59 @@ const MAX_STREAMS: usize = 8;
 /// One announced media flow: where it will arrive, and what it carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stream {
-    /// The `c=` address (None: the description gives none, or only an unspecified one).
-    pub addr: Option<IpAddr>,
+    /// The receiving address (never unspecified).
+    pub addr: IpAddr,
     /// The receiving port (never 0).
     pub port: u16,
     /// RTP or RTCP.
     pub protocol: Protocol,
 }
 
+/// A `c=` line's reading: an address, or one that says the stream is on
+/// hold (0.0.0.0) or cannot be read.
+type Connection = Option<IpAddr>;
+
 /// Calls `found` for each RTP and RTCP stream the session description in
 /// the body of `message` (a SIP request or response) announces. A message
-/// without a description, or lines that do not parse, announce nothing.
+/// without a description, lines that do not parse, and streams without a
+/// usable address (on hold, or none given) announce nothing.
 pub fn streams(message: &[u8], mut found: impl FnMut(Stream)) {
     let Some(body) = body(message) else { return };
     if !body.starts_with(b"v=0") {
         return;
     }
-    let mut session_addr = None;
-    let mut current: Option<Section> = None;
+    let mut session: Connection = None;
+    // The section under way: Some(None) for a media section this reader
+    // skips (not RTP, or turned off), whose lines still belong to it.
+    let mut current: Option<Option<Section>> = None;
     let mut sections = 0;
     for line in body.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match line.split_first_chunk::<2>() {
-            Some((b"c=", rest)) => {
-                let addr = connection(rest);
-                match current.as_mut() {
-                    Some(section) => section.addr = addr,
-                    None => session_addr = addr,
-                }
-            }
-            Some((b"m=", rest)) => {
-                if let Some(section) = current.take() {
-                    section.announce(session_addr, &mut found);
+        match (line.split_first_chunk::<2>(), current.as_mut()) {
+            (Some((b"c=", rest)), None) => session = connection(rest),
+            (Some((b"c=", rest)), Some(Some(section))) => section.addr = Some(connection(rest)),
+            (Some((b"m=", rest)), _) => {
+                if let Some(Some(section)) = current.take() {
+                    section.announce(session, &mut found);
                 }
                 sections += 1;
                 if sections > MAX_STREAMS {
                     return;
                 }
-                current = media(rest);
+                current = Some(media(rest));
             }
-            Some((b"a=", rest)) => {
-                if let Some(section) = current.as_mut() {
-                    if rest == b"rtcp-mux" {
-                        section.rtcp_mux = true;
-                    } else if let Some(port) = rest.strip_prefix(b"rtcp:") {
-                        let digits = port.iter().take_while(|b| b.is_ascii_digit()).count();
-                        section.rtcp_port = decimal_port(&port[..digits]);
-                    }
+            (Some((b"a=", rest)), Some(Some(section))) => {
+                if rest == b"rtcp-mux" {
+                    section.rtcp_mux = true;
+                } else if let Some(value) = rest.strip_prefix(b"rtcp:") {
+                    section.rtcp = rtcp_attribute(value);
                 }
             }
             _ => {}
         }
     }
-    if let Some(section) = current {
-        section.announce(session_addr, &mut found);
+    if let Some(Some(section)) = current {
+        section.announce(session, &mut found);
     }
 }
 
@@ -81,21 +80,31 @@ pub fn streams(message: &[u8], mut found: impl FnMut(Stream)) {
 #[derive(Clone, Copy, Debug)]
 struct Section {
     port: u16,
-    addr: Option<IpAddr>,
-    rtcp_port: Option<u16>,
+    /// Its own `c=` line's reading, if it has one.
+    addr: Option<Connection>,
+    /// `a=rtcp:`'s port, and its address if it gives one.
+    rtcp: Option<(u16, Option<Connection>)>,
     rtcp_mux: bool,
 }
 
 impl Section {
-    fn announce(self, session_addr: Option<IpAddr>, found: &mut impl FnMut(Stream)) {
-        let addr = self.addr.or(session_addr);
-        found(Stream {
-            addr,
-            port: self.port,
-            protocol: Protocol::Rtp,
-        });
-        let rtcp = self.rtcp_port.or_else(|| self.port.checked_add(1));
-        if let (false, Some(port)) = (self.rtcp_mux, rtcp) {
+    fn announce(self, session: Connection, found: &mut impl FnMut(Stream)) {
+        let addr = self.addr.unwrap_or(session);
+        if let Some(addr) = addr {
+            found(Stream {
+                addr,
+                port: self.port,
+                protocol: Protocol::Rtp,
+            });
+        }
+        if self.rtcp_mux {
+            return;
+        }
+        let (port, rtcp_addr) = match self.rtcp {
+            Some((port, given)) => (Some(port), given.unwrap_or(addr)),
+            None => (self.port.checked_add(1), addr),
+        };
+        if let (Some(port), Some(addr)) = (port, rtcp_addr) {
             found(Stream {
                 addr,
                 port,
@@ -103,6 +112,14 @@ impl Section {
             });
         }
     }
+}
+
+/// `a=rtcp:<port>[ IN IP4|IP6 <address>]` (RFC 3605).
+fn rtcp_attribute(value: &[u8]) -> Option<(u16, Option<Connection>)> {
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    let port = decimal_port(&value[..digits])?;
+    let rest = value[digits..].strip_prefix(b" ");
+    Some((port, rest.map(connection)))
 }
 
 /// The message body: what follows the blank line that ends the headers.
@@ -146,7 +163,7 @@ fn media(rest: &[u8]) -> Option<Section> {
     Some(Section {
         port,
         addr: None,
-        rtcp_port: None,
+        rtcp: None,
         rtcp_mux: false,
     })
 }
@@ -174,14 +191,16 @@ mod tests {
 
     fn stream(addr: &str, port: u16, protocol: Protocol) -> Stream {
         Stream {
-            addr: Some(addr.parse().unwrap()),
+            addr: addr.parse().unwrap(),
             port,
             protocol,
         }
     }
 
-    /// An INVITE with the session description of RFC 3261 §4's example, and
-    /// a video stream with its own address and RTCP port (RFC 3605).
+    /// An INVITE with the session description of RFC 3261 §4's example, a
+    /// floor-control section with an address of its own (it is no RTP
+    /// stream: its address is not the session's), and a video stream whose
+    /// RTCP has a port and address of its own (RFC 3605).
     const INVITE: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
         Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n\
         Content-Type: application/sdp\r\n\
@@ -194,8 +213,9 @@ mod tests {
         t=0 0\r\n\
         m=audio 49172 RTP/AVP 0\r\n\
         a=rtpmap:0 PCMU/8000\r\n\
+        m=application 5070 UDP/BFCP *\r\n\
+        c=IN IP4 198.51.100.9\r\n\
         m=video 51372 RTP/SAVPF 99\r\n\
-        c=IN IP4 192.0.2.102/127\r\n\
         a=rtcp:53020 IN IP4 192.0.2.102\r\n\
         m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
 
@@ -206,7 +226,7 @@ mod tests {
             [
                 stream("192.0.2.101", 49172, Protocol::Rtp),
                 stream("192.0.2.101", 49173, Protocol::Rtcp),
-                stream("192.0.2.102", 51372, Protocol::Rtp),
+                stream("192.0.2.101", 51372, Protocol::Rtp),
                 stream("192.0.2.102", 53020, Protocol::Rtcp),
             ]
         );
@@ -216,15 +236,11 @@ mod tests {
     fn rtcp_mux_a_stream_turned_off_and_no_address() {
         let answer = b"SIP/2.0 200 OK\r\n\r\nv=0\r\nc=IN IP6 2001:db8::7\r\nm=audio 5004 UDP/TLS/RTP/SAVP 111\r\na=rtcp-mux\r\nm=video 0 RTP/AVP 96\r\n";
         assert_eq!(all(answer), [stream("2001:db8::7", 5004, Protocol::Rtp)]);
-        let held = b"SIP/2.0 200 OK\r\n\r\nv=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 6000 RTP/AVP 0\r\na=rtcp-mux\r\n";
-        assert_eq!(
-            all(held),
-            [Stream {
-                addr: None,
-                port: 6000,
-                protocol: Protocol::Rtp
-            }]
-        );
+        // On hold (RFC 3264 §8.4's old form) or without any address: nothing.
+        let held = b"SIP/2.0 200 OK\r\n\r\nv=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 6000 RTP/AVP 0\r\n";
+        assert_eq!(all(held), []);
+        let nowhere = b"SIP/2.0 200 OK\r\n\r\nv=0\r\nm=audio 6000 RTP/AVP 0\r\n";
+        assert_eq!(all(nowhere), []);
     }
 
     #[test]

@@ -883,22 +883,18 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     let mut inspector = Inspector::new(Limits::default(), 4);
     let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
     let (client, server, private) = (ip("10.0.0.7"), ip("192.0.2.80"), ip("172.16.0.5"));
+    let (other, blocked) = (ip("10.0.0.9"), ip("198.51.100.1"));
     const S: u64 = 1_000_000_000;
     let fresh = FlowInspection::default;
     assert!(!inspector.awaits_announced());
     // A server behind NAT announces its private address: the data
     // connection goes to its public one, which sent the reply.
-    inspector.learn_announced(
-        Announcer::Ftp,
-        b"227 Entering Passive Mode (172,16,0,5,195,80)\r\n",
-        server,
-        10 * S,
-    );
+    let pasv = b"227 Entering Passive Mode (172,16,0,5,195,80)\r\n";
+    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 10 * S);
     assert!(inspector.awaits_announced());
-    let data = [(client, 40001), (server, 50000)];
     let mut flow = fresh();
     let v = inspector
-        .announced(&mut flow, data, 11 * S)
+        .announced(&mut flow, true, (client, 40001), (server, 50000), 11 * S)
         .expect("announced");
     assert_eq!(
         (c.name(&v), c.category(&v), v.method),
@@ -907,43 +903,104 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     assert!(flow.is_done());
     assert_eq!(Classification::from_flow_app(v.to_flow_app()), Some(v));
     // Used up at the public address; the private one is still awaited.
-    assert_eq!(inspector.announced(&mut fresh(), data, 11 * S), None);
-    let behind = [(client, 40002), (private, 50000)];
-    assert!(inspector.announced(&mut fresh(), behind, 11 * S).is_some());
-    // Not awaited forever, nor by a flow already under inspection.
-    inspector.learn_announced(Announcer::Ftp, b"PORT 10,0,0,7,156,65\r\n", client, 20 * S);
-    let active = [(server, 20), (client, 40001)];
-    assert_eq!(inspector.announced(&mut fresh(), active, 80 * S), None);
-    inspector.learn_announced(
-        Announcer::Ftp,
-        b"EPRT |1|10.0.0.7|40001|\r\n",
-        client,
-        100 * S,
-    );
+    let to = |inspector: &mut Inspector, tcp, src, dst, at| {
+        inspector
+            .announced(&mut fresh(), tcp, src, dst, at)
+            .is_some()
+    };
+    assert!(!to(
+        &mut inspector,
+        true,
+        (client, 40002),
+        (server, 50000),
+        11 * S
+    ));
+    assert!(to(
+        &mut inspector,
+        true,
+        (client, 40002),
+        (private, 50000),
+        11 * S
+    ));
+    // Only from the announcement's receiver, only over TCP, and only the
+    // destination of a flow's first packet is looked up.
+    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 12 * S);
+    assert!(!to(
+        &mut inspector,
+        true,
+        (other, 40003),
+        (server, 50000),
+        12 * S
+    ));
+    assert!(!to(
+        &mut inspector,
+        false,
+        (client, 40003),
+        (server, 50000),
+        12 * S
+    ));
+    let mut reply_first = fresh();
+    let first = (server, 50000);
+    assert!(inspector
+        .announced(&mut reply_first, true, first, (client, 40004), 12 * S)
+        .is_none());
+    assert!(inspector
+        .announced(&mut reply_first, true, (client, 40004), first, 12 * S)
+        .is_none());
+    assert!(to(
+        &mut inspector,
+        true,
+        (client, 40005),
+        (server, 50000),
+        12 * S
+    ));
+    // A flow whose first packet came before the announcement is not taken
+    // by its later packets either.
+    let mut earlier = fresh();
+    inspector.inspect(&c, &mut earlier, &pkt(true, 40006, 443, &[]));
+    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 13 * S);
+    let late = ((server, 50000), (client, 40006));
+    assert!(inspector
+        .announced(&mut earlier, true, late.1, late.0, 13 * S)
+        .is_none());
+    // Active mode: the server connects to the client's listener.
+    let port = b"PORT 10,0,0,7,156,65\r\n";
+    inspector.learn_announced(Announcer::Ftp, port, [client, server], 20 * S);
+    // A client that announces itself cannot name its own connections elsewhere.
+    assert!(!to(
+        &mut inspector,
+        true,
+        (client, 40001),
+        (blocked, 443),
+        21 * S
+    ));
+    // Not awaited forever.
+    assert!(!to(
+        &mut inspector,
+        true,
+        (server, 20),
+        (client, 40001),
+        80 * S
+    ));
+    let eprt = b"EPRT |1|10.0.0.7|40001|\r\n";
+    inspector.learn_announced(Announcer::Ftp, eprt, [client, server], 100 * S);
+    // Nor by a flow already under inspection.
     let mut under_way = fresh();
     let noise = [0x9cu8, 0x11, 0x02, 0xfe, 0x5a, 0x00, 0x31, 0x77];
     inspector.inspect(&c, &mut under_way, &pkt(true, 20, 40001, &noise));
-    assert_eq!(inspector.announced(&mut under_way, active, 101 * S), None);
-    assert!(inspector.announced(&mut fresh(), active, 101 * S).is_some());
+    let active = ((server, 20), (client, 40001));
+    assert!(inspector
+        .announced(&mut under_way, true, active.0, active.1, 101 * S)
+        .is_none());
+    assert!(to(&mut inspector, true, active.0, active.1, 101 * S));
     // The flows that announce are those of the catalogue's FTP control.
     let banner = verdict(&c, &[pkt(true, 21, 40000, b"220 ProFTPD Server ready\r\n")]);
     assert_eq!(c.announcer(&banner), Some(Announcer::Ftp));
-    let web = verdict(
-        &c,
-        &[pkt(
-            true,
-            40000,
-            80,
-            b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
-        )],
-    );
+    let get = b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n";
+    let web = verdict(&c, &[pkt(true, 40000, 80, get)]);
     assert_eq!(c.announcer(&web), None);
-    inspector.learn_announced(
-        Announcer::Ftp,
-        b"229 Entering Extended Passive Mode (|||6446|)\r\n",
-        server,
-        0,
-    );
+    let epsv = b"229 Entering Extended Passive Mode (|||6446|)\r\n";
+    inspector.learn_announced(Announcer::Ftp, epsv, [server, client], 0);
     inspector.forget_context();
     assert!(!inspector.awaits_announced());
 }
@@ -959,30 +1016,38 @@ fn a_calls_media_is_named_by_the_session_description_that_announced_it() {
         v=0\r\nc=IN IP4 192.0.2.101\r\nm=audio 49172 RTP/AVP 0\r\n";
     let sip = verdict(&c, &[pkt(false, 5060, 5060, invite)]);
     assert_eq!(c.announcer(&sip), Some(Announcer::Sip));
-    // Relayed by a proxy: the media goes to the address the description gives.
-    inspector.learn_announced(Announcer::Sip, invite, proxy, 0);
-    let named = |inspector: &mut Inspector, to: (std::net::IpAddr, u16)| {
-        let v = inspector.announced(&mut FlowInspection::default(), [(caller, 30000), to], S)?;
+    // Relayed by a proxy, the description names a third party: nothing is
+    // awaited (it could as well be forged).
+    inspector.learn_announced(Announcer::Sip, invite, [proxy, phone], 0);
+    assert!(!inspector.awaits_announced());
+    // The phone's own description announces its own address.
+    inspector.learn_announced(Announcer::Sip, invite, [phone, proxy], 0);
+    let named = |inspector: &mut Inspector, tcp, port| {
+        let v = inspector.announced(
+            &mut FlowInspection::default(),
+            tcp,
+            (caller, 30000),
+            (phone, port),
+            S,
+        )?;
         Some((c.name(&v), c.category(&v), v.method))
     };
+    assert_eq!(named(&mut inspector, true, 49172), None, "media is UDP");
     assert_eq!(
-        named(&mut inspector, (phone, 49172)),
+        named(&mut inspector, false, 49172),
         Some(("RTP".into(), Category::VoIP, Method::Related))
     );
     assert_eq!(
-        named(&mut inspector, (phone, 49173)).map(|n| n.0),
+        named(&mut inspector, false, 49173).map(|n| n.0),
         Some("RTCP".into())
     );
-    assert_eq!(
-        named(&mut inspector, (proxy, 49172)),
-        None,
-        "not at the proxy"
-    );
     // Awaited through a long ring, not forever.
-    inspector.learn_announced(Announcer::Sip, invite, proxy, 0);
+    inspector.learn_announced(Announcer::Sip, invite, [phone, proxy], 0);
     let late = inspector.announced(
         &mut FlowInspection::default(),
-        [(caller, 30000), (phone, 49172)],
+        false,
+        (caller, 30000),
+        (phone, 49172),
         181 * S,
     );
     assert_eq!(late, None);

@@ -66,12 +66,13 @@ pub(super) fn run<F: Frame>(
         let ip_len = u64::from(meta.ip_len);
         let entry = flows.get_mut(flow.id);
         let done = Classification::from_flow_app(entry.app);
+        let announcer = done.and_then(|done| classifier.announcer(&done));
         if let Some(done) = done {
             let (label, category) = (classifier.label(&done), classifier.category(&done));
             state.counters.bytes(label, category, ip_len);
             // A DNS flow's answers still name the servers of sessions to
             // come; FTP's and SIP's messages announce data connections and media.
-            if done.protocol != Some(Protocol::Dns) && classifier.announcer(&done).is_none() {
+            if done.protocol != Some(Protocol::Dns) && announcer.is_none() {
                 continue;
             }
         }
@@ -96,26 +97,30 @@ pub(super) fn run<F: Frame>(
                 L3::Arp(_) => None,
             }
         };
-        if let Some(done) = done {
+        if done.is_some() {
             if answer {
                 state
                     .inspector
                     .learn_names(classifier, inspection, payload, ctx.now_ns);
-            } else if let (Some(announcer), Some([_, src])) = (classifier.announcer(&done), ends())
-            {
-                state
-                    .inspector
-                    .learn_announced(announcer, payload, src, ctx.now_ns);
+            } else if let Some(announcer) = announcer {
+                if let Some([dst, src]) = ends() {
+                    state
+                        .inspector
+                        .learn_announced(announcer, payload, [src, dst], ctx.now_ns);
+                }
             }
             continue;
         }
-        let announced =
-            match ends() {
-                Some([dst, src]) if state.inspector.awaits_announced() => state
-                    .inspector
-                    .announced(inspection, [(dst, dst_port), (src, src_port)], ctx.now_ns),
-                _ => None,
-            };
+        let announced = match ends() {
+            Some([dst, src]) if state.inspector.awaits_announced() => state.inspector.announced(
+                inspection,
+                tcp,
+                (src, src_port),
+                (dst, dst_port),
+                ctx.now_ns,
+            ),
+            _ => None,
+        };
         let packet = dpi::Packet {
             seq: dpi::tcp_seq(data, headers),
             tcp,
@@ -138,10 +143,10 @@ pub(super) fn run<F: Frame>(
                     .inspector
                     .learn_names(classifier, inspection, payload, ctx.now_ns);
             }
-            if let (Some(announcer), Some([_, src])) = (classifier.announcer(&verdict), ends()) {
+            if let (Some(announcer), Some([dst, src])) = (classifier.announcer(&verdict), ends()) {
                 state
                     .inspector
-                    .learn_announced(announcer, payload, src, ctx.now_ns);
+                    .learn_announced(announcer, payload, [src, dst], ctx.now_ns);
             }
             entry.app = verdict.to_flow_app();
             // The flow's bytes so far, this packet's included (the flow stage counted it).
