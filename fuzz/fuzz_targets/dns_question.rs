@@ -1,12 +1,12 @@
-//! Fuzzes the DNS question reader (UDP and TCP framing) and the walk over a
-//! response's answers.
+//! Fuzzes the DNS question reader (UDP and TCP framing), the walk over a
+//! response's answers, and the strict check that lets DNS be found on any port.
 //!
 //! `cargo +nightly fuzz run dns_question corpus/dns_question seeds/dns_question`
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patronus_core::dpi::dns::{answers, question, question_tcp, Answer, MAX_NAME};
+use patronus_core::dpi::dns::{answers, is_exact_message, question, question_tcp, Answer, MAX_NAME};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = [0u8; MAX_NAME];
@@ -19,6 +19,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(q) = question_tcp(data, &mut buf) {
         assert!(q.name.len() <= MAX_NAME);
+    }
+    if is_exact_message(data) {
+        // What the strict check accepts, the question reader reads.
+        assert!(question(data, &mut buf).is_some());
     }
     let mut records = 0;
     answers(data, |answer| {
