@@ -39,8 +39,11 @@ const IN_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
 const FLOWS: u32 = 4096;
 const BURST: usize = 32;
 
-fn setup() -> (Snapshot, Arc<NeighborSnapshot>) {
-    let mut cfg = Config::from_toml(CONFIG).unwrap().validate(1).unwrap();
+fn setup(extra: &str) -> (Snapshot, Arc<NeighborSnapshot>) {
+    let mut cfg = Config::from_toml(&format!("{CONFIG}{extra}"))
+        .unwrap()
+        .validate(1)
+        .unwrap();
     cfg.set_port_macs(&[IN_MAC, [2, 0, 0, 0, 0, 0x22]]);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let shared = Arc::new(NeighborShared::default());
@@ -97,9 +100,10 @@ impl Carousel {
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let (cfg, neighbors) = setup();
-    let (events, _keep) = crossbeam_channel::bounded(1024);
+fn pipeline(cfg: &Snapshot) -> Pipeline<VecFrame> {
+    let (events, keep) = crossbeam_channel::bounded(1024);
+    // The receiving end lives as long as the benchmark.
+    std::mem::forget(keep);
     let setup = PipelineSetup {
         worker: 0,
         inboxes: tunnel_inboxes(1),
@@ -108,7 +112,17 @@ fn bench(c: &mut Criterion) {
         seed: 7,
         now_ns: 0,
     };
-    let mut pipeline = Pipeline::new(&cfg, setup);
+    Pipeline::new(cfg, setup)
+}
+
+fn bench(c: &mut Criterion) {
+    let (cfg, neighbors) = setup("");
+    // The same, classification off: the difference is DPI's cost per burst
+    // once every flow's verdict is final (these flows' payloads name
+    // nothing, so each is inspected to its packet limit first).
+    let (cfg_off, neighbors_off) = setup("[dpi]\nenabled = false\n");
+    let mut with_dpi = pipeline(&cfg);
+    let mut without_dpi = pipeline(&cfg_off);
     let mut env = MemoryIo::seeded(7);
     let templates: Vec<Vec<u8>> = (0..FLOWS).map(frame).collect();
     let mut carousel = Carousel {
@@ -126,12 +140,20 @@ fn bench(c: &mut Criterion) {
         fwd_generation: 1,
         now_ns: 1_000_000_000,
     };
+    let ctx_off = Context {
+        cfg: &cfg_off,
+        neighbors: &neighbors_off,
+        ..ctx
+    };
     let mut group = c.benchmark_group("gateway");
     group.throughput(Throughput::Elements(BURST as u64));
     // The 60-byte copy per frame and the trip through the burst, alone.
     group.bench_function("refill_baseline", |b| b.iter(|| carousel.turn(|_| {})));
     group.bench_function("process_burst_64B_4096_flows", |b| {
-        b.iter(|| carousel.turn(|burst| pipeline.run(&ctx, burst, &mut env)))
+        b.iter(|| carousel.turn(|burst| with_dpi.run(&ctx, burst, &mut env)))
+    });
+    group.bench_function("process_burst_64B_4096_flows_dpi_off", |b| {
+        b.iter(|| carousel.turn(|burst| without_dpi.run(&ctx_off, burst, &mut env)))
     });
     group.finish();
 }
