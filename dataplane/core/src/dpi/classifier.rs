@@ -10,6 +10,18 @@ use hyperscan::prelude::*;
 use super::apps::{self, AppError, AppSpec, Transport};
 use super::{counters, dns, tls, AppPattern, Category, Classification, Method, Packet, Protocol};
 
+/// How a classified flow's packets are accounted ([`Classifier::account`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// Its counter label ([`Classifier::label`]).
+    pub label: u32,
+    /// Its category.
+    pub category: Category,
+    /// True when its packets are still read after the verdict: a DNS flow's
+    /// answers, an announcer's messages.
+    pub read_on: bool,
+}
+
 /// The catalogue application of FTP control connections: its passive-mode
 /// replies and PORT commands announce the data connections.
 const FTP_CONTROL: &str = "FTP_CONTROL";
@@ -34,6 +46,9 @@ pub struct Classifier {
     id: u64,
     /// Counter label id of every (protocol, application) pair; see [`Classifier::label`].
     labels: Vec<u32>,
+    /// How each (protocol, application) pair's packets are accounted once
+    /// classified, in the same order as `labels`; see [`Classifier::account`].
+    accounts: Vec<Account>,
     /// The catalogue applications whose flows announce others (`FTP_CONTROL`,
     /// `SIP`), if the catalogue has them.
     ftp_control: Option<u16>,
@@ -91,6 +106,7 @@ impl Classifier {
             compiled: apps::compile(specs)?,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             labels: Vec::new(),
+            accounts: Vec::new(),
             ftp_control: None,
             sip: None,
         };
@@ -111,9 +127,31 @@ impl Classifier {
                 };
                 let label = counters::label_id(&classifier.name(&c), classifier.category(&c));
                 classifier.labels.push(label);
+                classifier.accounts.push(Account {
+                    label,
+                    category: classifier.category(&c),
+                    read_on: protocol == Some(Protocol::Dns) || classifier.announcer(&c).is_some(),
+                });
             }
         }
         Ok(classifier)
+    }
+
+    /// How a classified flow's packets are accounted, read straight from its
+    /// flow entry's packed verdict ([`Classification::to_flow_app`]) with one
+    /// table lookup: the per-packet work of every classified flow. None when
+    /// the flow is not classified yet, or was by another catalogue whose
+    /// numbering this one does not have.
+    #[inline]
+    pub fn account(&self, flow_app: u32) -> Option<Account> {
+        if flow_app == 0 {
+            return None;
+        }
+        let p = ((flow_app >> 16) & 0xff) as usize;
+        let a = (flow_app & 0xffff) as usize;
+        self.accounts
+            .get(p * (self.compiled.names.len() + 1) + a)
+            .copied()
     }
 
     /// The counter label id of a classification (stable across catalogue reloads).

@@ -76,7 +76,7 @@ pub mod stun;
 pub mod tls;
 mod types;
 
-pub use classifier::{Announcer, Classifier};
+pub use classifier::{Account, Announcer, Classifier};
 pub use inspector::{FlowInspection, Inspector};
 pub use payload::{l4_payload, tcp_seq, Packet};
 pub use reassembly::REASSEMBLY_BYTES;

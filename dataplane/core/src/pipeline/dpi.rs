@@ -65,13 +65,23 @@ pub(super) fn run<F: Frame>(
         };
         let ip_len = u64::from(meta.ip_len);
         let entry = flows.get_mut(flow.id);
-        let done = Classification::from_flow_app(entry.app);
-        let announcer = done.and_then(|done| classifier.announcer(&done));
-        if let Some(done) = done {
-            let (label, category) = (classifier.label(&done), classifier.category(&done));
-            state.counters.bytes(label, category, ip_len);
+        // The common case, a classified flow's packet: one table lookup.
+        if let Some(account) = classifier.account(entry.app) {
+            state
+                .counters
+                .bytes(account.label, account.category, ip_len);
             // A DNS flow's answers still name the servers of sessions to
             // come; FTP's and SIP's messages announce data connections and media.
+            if !account.read_on {
+                continue;
+            }
+        }
+        let done = Classification::from_flow_app(entry.app);
+        let announcer = done.and_then(|done| classifier.announcer(&done));
+        if let (Some(done), None) = (done, classifier.account(entry.app)) {
+            // Classified by another catalogue (a reload since): as it says.
+            let (label, category) = (classifier.label(&done), classifier.category(&done));
+            state.counters.bytes(label, category, ip_len);
             if done.protocol != Some(Protocol::Dns) && announcer.is_none() {
                 continue;
             }
