@@ -17,9 +17,43 @@ pub struct Account {
     pub label: u32,
     /// Its category.
     pub category: Category,
-    /// True when its packets are still read after the verdict: a DNS flow's
-    /// answers, an announcer's messages.
-    pub read_on: bool,
+    /// What its packets still say after the verdict.
+    pub reads: ReadOn,
+}
+
+/// What a classified flow's packets are still read for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOn {
+    /// Nothing: the verdict is all.
+    Nothing,
+    /// A DNS flow's answers, which name the servers of sessions to come.
+    DnsAnswers,
+    /// An announcer's messages, which name flows to come.
+    Announcements(Announcer),
+}
+
+/// How the applications of one catalogue are numbered in another
+/// ([`Classifier::renumbering`]): the flows classified before a reload keep
+/// their application under the catalogue that replaced it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Renumbering {
+    /// Indexed by an application's number in the old catalogue: its number in
+    /// the new one plus one, or 0 when the new catalogue has no such application.
+    apps: Vec<u16>,
+}
+
+impl Renumbering {
+    /// The packed verdict `flow_app` ([`Classification::to_flow_app`]) in the
+    /// new numbering. An application the new catalogue does not have is
+    /// dropped; the protocol and how it was found stay.
+    pub fn apply(&self, flow_app: u32) -> u32 {
+        let app = (flow_app & 0xffff) as usize;
+        if app == 0 {
+            return flow_app;
+        }
+        let new = self.apps.get(app - 1).copied().unwrap_or(0);
+        flow_app & !0xffff | u32::from(new)
+    }
 }
 
 /// The catalogue application of FTP control connections: its passive-mode
@@ -44,10 +78,8 @@ pub struct Classifier {
     compiled: apps::Compiled,
     /// Unique per compiled classifier, so workers know when their scratch is stale.
     id: u64,
-    /// Counter label id of every (protocol, application) pair; see [`Classifier::label`].
-    labels: Vec<u32>,
     /// How each (protocol, application) pair's packets are accounted once
-    /// classified, in the same order as `labels`; see [`Classifier::account`].
+    /// classified, by protocol then application; see [`Classifier::account`].
     accounts: Vec<Account>,
     /// The catalogue applications whose flows announce others (`FTP_CONTROL`,
     /// `SIP`), if the catalogue has them.
@@ -105,7 +137,6 @@ impl Classifier {
         let mut classifier = Classifier {
             compiled: apps::compile(specs)?,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            labels: Vec::new(),
             accounts: Vec::new(),
             ftp_control: None,
             sip: None,
@@ -125,12 +156,15 @@ impl Classifier {
                     app,
                     method: Method::None,
                 };
-                let label = counters::label_id(&classifier.name(&c), classifier.category(&c));
-                classifier.labels.push(label);
+                let reads = match (protocol, classifier.announcer(&c)) {
+                    (_, Some(announcer)) => ReadOn::Announcements(announcer),
+                    (Some(Protocol::Dns), None) => ReadOn::DnsAnswers,
+                    _ => ReadOn::Nothing,
+                };
                 classifier.accounts.push(Account {
-                    label,
+                    label: counters::label_id(&classifier.name(&c), classifier.category(&c)),
                     category: classifier.category(&c),
-                    read_on: protocol == Some(Protocol::Dns) || classifier.announcer(&c).is_some(),
+                    reads,
                 });
             }
         }
@@ -140,30 +174,48 @@ impl Classifier {
     /// How a classified flow's packets are accounted, read straight from its
     /// flow entry's packed verdict ([`Classification::to_flow_app`]) with one
     /// table lookup: the per-packet work of every classified flow. None when
-    /// the flow is not classified yet, or was by another catalogue whose
-    /// numbering this one does not have.
+    /// the flow is not classified yet, or names an application this catalogue
+    /// does not number (a verdict of another catalogue: workers renumber
+    /// their flows when the catalogue changes, see [`Classifier::renumbering`]).
     #[inline]
     pub fn account(&self, flow_app: u32) -> Option<Account> {
-        if flow_app == 0 {
-            return None;
-        }
+        let apps = self.compiled.names.len() + 1;
         let p = ((flow_app >> 16) & 0xff) as usize;
         let a = (flow_app & 0xffff) as usize;
-        self.accounts
-            .get(p * (self.compiled.names.len() + 1) + a)
-            .copied()
+        if flow_app == 0 || a >= apps {
+            return None;
+        }
+        self.accounts.get(p * apps + a).copied()
     }
 
     /// The counter label id of a classification (stable across catalogue reloads).
     #[inline]
     pub fn label(&self, c: &Classification) -> u32 {
-        let apps = self.compiled.names.len() + 1;
-        let p = c.protocol.map_or(0, |p| p.index() + 1);
-        let a = c.app.map_or(0, |a| usize::from(a) + 1);
-        self.labels
-            .get(p * apps + a)
-            .copied()
-            .unwrap_or(counters::OVERFLOW_LABEL)
+        self.account(c.to_flow_app())
+            .map_or(counters::OVERFLOW_LABEL, |a| a.label)
+    }
+
+    /// How the applications `previous` numbered are numbered here; None when
+    /// both catalogues number them alike (most reloads change no application).
+    pub fn renumbering(&self, previous: &Classifier) -> Option<Renumbering> {
+        let here: std::collections::HashMap<&str, u16> = self
+            .compiled
+            .names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| Some((name.as_str(), u16::try_from(i + 1).ok()?)))
+            .collect();
+        let apps: Vec<u16> = previous
+            .compiled
+            .names
+            .iter()
+            .map(|name| here.get(name.as_str()).copied().unwrap_or(0))
+            .collect();
+        let unchanged = apps
+            .iter()
+            .enumerate()
+            .all(|(i, &n)| usize::from(n) == i + 1);
+        (!unchanged).then_some(Renumbering { apps })
     }
 
     /// What flows classified `c` may announce (FTP's data connections, SIP's

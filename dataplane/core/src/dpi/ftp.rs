@@ -8,6 +8,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::decimal;
+
 /// How long an announced data connection is awaited: clients open it at
 /// once, servers close an unused passive listener within a minute.
 pub const ANNOUNCED_TTL_NS: u64 = 60 * 1_000_000_000;
@@ -100,22 +102,9 @@ fn extended(text: &[u8], passive: bool) -> Option<Announcement> {
             _ => return None,
         }
     };
-    if port.is_empty() || port.len() > 5 {
-        return None;
-    }
     Some(Announcement {
         addr,
         port: u16::try_from(decimal(port)?).ok()?,
-    })
-}
-
-/// The value of a run of one to five ASCII digits.
-fn decimal(digits: &[u8]) -> Option<u32> {
-    if digits.is_empty() || digits.len() > 5 {
-        return None;
-    }
-    digits.iter().try_fold(0u32, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
     })
 }
 

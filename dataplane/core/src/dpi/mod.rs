@@ -76,11 +76,22 @@ pub mod stun;
 pub mod tls;
 mod types;
 
-pub use classifier::{Account, Announcer, Classifier};
+pub use classifier::{Account, Announcer, Classifier, ReadOn, Renumbering};
 pub use inspector::{FlowInspection, Inspector};
 pub use payload::{l4_payload, tcp_seq, Packet};
 pub use reassembly::REASSEMBLY_BYTES;
 pub use types::{AppPattern, Category, Classification, Limits, Method, Protocol};
+
+/// The value of a run of one to five ASCII digits (the numbers of FTP's and
+/// SDP's text lines).
+fn decimal(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+    })
+}
 
 // The tests (`use super::*`) write packets and catalogue entries with these.
 #[cfg(test)]

@@ -170,13 +170,9 @@ fn media(rest: &[u8]) -> Option<Section> {
 
 /// A port of one to five digits, never 0.
 fn decimal_port(digits: &[u8]) -> Option<u16> {
-    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let value = digits
-        .iter()
-        .fold(0u32, |n, &b| n * 10 + u32::from(b - b'0'));
-    u16::try_from(value).ok().filter(|&p| p != 0)
+    u16::try_from(super::decimal(digits)?)
+        .ok()
+        .filter(|&p| p != 0)
 }
 
 #[cfg(test)]

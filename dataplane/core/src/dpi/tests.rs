@@ -340,6 +340,53 @@ fn an_alpn_ending_in_a_star_is_a_prefix() {
 }
 
 #[test]
+fn verdicts_are_renumbered_by_name_when_the_catalogue_changes() {
+    let app = |name: &str| AppSpec {
+        name: name.into(),
+        category: Category::Database,
+        hosts: vec![],
+        host_patterns: vec![],
+        patterns: vec![format!("^{name}")],
+        transport: Transport::Tcp,
+        ports: vec![],
+        tls_ports: vec![],
+        alpn: vec![],
+        certificate_names: vec![],
+    };
+    let before = Classifier::with_user_apps(&[app("Alpha"), app("Beta")]).unwrap();
+    let alpha = verdict(&before, &[pkt(true, 1, 2, b"Alpha")]);
+    let packed = Classification {
+        protocol: Some(Protocol::Tls),
+        ..alpha
+    }
+    .to_flow_app();
+    // The same applications, or more after them: nothing to renumber.
+    let same = Classifier::with_user_apps(&[app("Alpha"), app("Beta")]).unwrap();
+    assert_eq!(same.renumbering(&before), None);
+    let more = Classifier::with_user_apps(&[app("Alpha"), app("Beta"), app("Gamma")]).unwrap();
+    assert_eq!(more.renumbering(&before), None);
+    // Another order: the verdict follows its application's name.
+    let swapped = Classifier::with_user_apps(&[app("Beta"), app("Alpha")]).unwrap();
+    let renumbered = swapped.renumbering(&before).unwrap().apply(packed);
+    let v = Classification::from_flow_app(renumbered).unwrap();
+    assert_eq!(
+        (swapped.name(&v), v.method),
+        ("TLS.Alpha".into(), alpha.method)
+    );
+    // Gone: the protocol and the method stay, the application goes.
+    let without = Classifier::with_user_apps(&[app("Beta")]).unwrap();
+    let v = Classification::from_flow_app(without.renumbering(&before).unwrap().apply(packed));
+    assert_eq!(without.name(&v.unwrap()), "TLS");
+    // Unclassified flows stay so.
+    assert_eq!(without.renumbering(&before).unwrap().apply(0), 0);
+    // A number this catalogue does not have (Beta's before) is accounted nowhere.
+    let beta = verdict(&before, &[pkt(true, 1, 2, b"Beta")]);
+    assert_eq!(before.name(&beta), "Beta");
+    assert_eq!(without.account(beta.to_flow_app()), None);
+    assert_eq!(without.label(&beta), counters::OVERFLOW_LABEL);
+}
+
+#[test]
 fn every_catalogue_entry_notes_its_source() {
     // The catalogue is data users read and extend: each entry says where its
     // facts come from (docs/dpi.md).

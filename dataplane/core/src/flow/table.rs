@@ -812,6 +812,17 @@ impl FlowTable {
         &mut self.entries[id.index()]
     }
 
+    /// Every live flow's entry, for updating state (but not `key`) across
+    /// the table: off the packet path (a reload's renumbering).
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = &mut FlowEntry> {
+        let live = &self.live;
+        self.entries
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| live[i / 64] & (1 << (i % 64)) != 0)
+            .map(|(_, entry)| entry)
+    }
+
     #[inline(always)]
     fn is_live(&self, i: usize) -> bool {
         self.live[i / 64] & (1 << (i % 64)) != 0

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::{Burst, Context, Next};
 use crate::config::Snapshot;
 use crate::dpi::counters::DpiCounters;
-use crate::dpi::{self, Classification, FlowInspection, Inspector, Protocol};
+use crate::dpi::{self, Classifier, FlowInspection, Inspector, Protocol, ReadOn};
 use crate::flow::table::{FlowId, FlowTable};
 use crate::frame::Frame;
 use crate::packet::parse::{L3, L4};
@@ -21,6 +21,8 @@ pub(super) struct State {
     inspector: Inspector,
     /// Indexed by [`FlowId::index`]; reset when the entry starts a new flow.
     flows: Vec<FlowInspection>,
+    /// The catalogue the flow table's verdicts are numbered by.
+    numbered_by: Arc<Classifier>,
     pub counters: Arc<DpiCounters>,
 }
 
@@ -31,12 +33,27 @@ impl State {
         State {
             inspector: Inspector::new(cfg.dpi.limits, buffers),
             flows: vec![FlowInspection::default(); cfg.worker.flow_capacity as usize],
+            numbered_by: cfg.dpi.classifier.clone(),
             counters: Arc::default(),
         }
     }
 
-    pub(super) fn reconfigure(&mut self, cfg: &Snapshot) {
+    /// Applies `cfg`'s limits; when its catalogue numbers the applications
+    /// otherwise (a user application added or removed), renumbers the
+    /// verdicts in `flows`, so that a classified flow keeps its application
+    /// for policies and counters rather than taking the one now at its number.
+    pub(super) fn reconfigure(&mut self, cfg: &Snapshot, flows: &mut FlowTable) {
         self.inspector.set_limits(cfg.dpi.limits);
+        let classifier = &cfg.dpi.classifier;
+        if Arc::ptr_eq(&self.numbered_by, classifier) {
+            return;
+        }
+        if let Some(renumbering) = classifier.renumbering(&self.numbered_by) {
+            for entry in flows.entries_mut() {
+                entry.app = renumbering.apply(entry.app);
+            }
+        }
+        self.numbered_by = classifier.clone();
     }
 
     /// A new flow took entry `id`: its inspection starts over.
@@ -66,23 +83,12 @@ pub(super) fn run<F: Frame>(
         let ip_len = u64::from(meta.ip_len);
         let entry = flows.get_mut(flow.id);
         // The common case, a classified flow's packet: one table lookup.
-        if let Some(account) = classifier.account(entry.app) {
+        let account = classifier.account(entry.app);
+        if let Some(account) = account {
             state
                 .counters
                 .bytes(account.label, account.category, ip_len);
-            // A DNS flow's answers still name the servers of sessions to
-            // come; FTP's and SIP's messages announce data connections and media.
-            if !account.read_on {
-                continue;
-            }
-        }
-        let done = Classification::from_flow_app(entry.app);
-        let announcer = done.and_then(|done| classifier.announcer(&done));
-        if let (Some(done), None) = (done, classifier.account(entry.app)) {
-            // Classified by another catalogue (a reload since): as it says.
-            let (label, category) = (classifier.label(&done), classifier.category(&done));
-            state.counters.bytes(label, category, ip_len);
-            if done.protocol != Some(Protocol::Dns) && announcer.is_none() {
+            if account.reads == ReadOn::Nothing {
                 continue;
             }
         }
@@ -107,17 +113,23 @@ pub(super) fn run<F: Frame>(
                 L3::Arp(_) => None,
             }
         };
-        if done.is_some() {
-            if answer {
-                state
-                    .inspector
-                    .learn_names(classifier, inspection, payload, ctx.now_ns);
-            } else if let Some(announcer) = announcer {
-                if let Some([dst, src]) = ends() {
+        if let Some(account) = account {
+            // A DNS flow's answers still name the servers of sessions to
+            // come; FTP's and SIP's messages announce data connections and media.
+            match account.reads {
+                ReadOn::DnsAnswers if answer => {
                     state
                         .inspector
-                        .learn_announced(announcer, payload, [src, dst], ctx.now_ns);
+                        .learn_names(classifier, inspection, payload, ctx.now_ns);
                 }
+                ReadOn::Announcements(announcer) => {
+                    if let Some([dst, src]) = ends() {
+                        state
+                            .inspector
+                            .learn_announced(announcer, payload, [src, dst], ctx.now_ns);
+                    }
+                }
+                ReadOn::DnsAnswers | ReadOn::Nothing => {}
             }
             continue;
         }

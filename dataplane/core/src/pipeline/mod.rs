@@ -198,7 +198,7 @@ impl<F: Frame> Pipeline<F> {
     /// run time, and the tunnel engine and its paths started, reconfigured
     /// or stopped to match.
     pub fn reconfigure(&mut self, cfg: &Snapshot, now_ns: u64) {
-        self.dpi.reconfigure(cfg);
+        self.dpi.reconfigure(cfg, &mut self.flows);
         self.errors.reconfigure(cfg);
         self.flows
             .set_idle_timeout(u64::from(cfg.worker.flow_idle_timeout_s) * NS_PER_S);

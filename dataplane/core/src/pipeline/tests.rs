@@ -1164,6 +1164,67 @@ fn a_new_configuration_decides_the_flows_again() {
     assert_eq!(r.pipeline.flows().len(), 1, "one flow throughout");
 }
 
+/// Two user applications, `first` then `second`, and a rule denying `Beta`.
+fn apps_and_a_deny_rule(first: &str, second: &str) -> String {
+    let app = |name: &str| {
+        let word = name.to_uppercase();
+        format!("[[dpi.application]]\nname = \"{name}\"\ncategory = \"FileTransfer\"\npatterns = ['^{word}']\ntransport = \"udp\"\n")
+    };
+    format!(
+        r#"{}{}
+        [[policy]]
+        name = "no-beta"
+        [[policy.rule]]
+        action = "deny"
+        priority = 10
+        conditions = [{{ type = "application", value = "Beta" }}]
+        "#,
+        app(first),
+        app(second)
+    )
+}
+
+#[test]
+fn a_flow_keeps_its_application_when_a_reload_renumbers_the_catalogue() {
+    use crate::dpi::{counters::label_id, Category};
+    let mut r = rig_with(&apps_and_a_deny_rule("Alpha", "Beta"));
+    r.learn(1, "10.0.2.254", HOST_B);
+    let packet = || {
+        udp4_between(
+            0,
+            ([10, 0, 1, 2], 4000),
+            ([192, 168, 7, 7], 7000),
+            b"ALPHA hi",
+        )
+    };
+    assert_eq!(r.run(0, &mut packet(), 1, S), Verdict::Transmit(1));
+    // The same applications in the other order: Beta now has Alpha's number.
+    let mut swapped = rig_with(&apps_and_a_deny_rule("Beta", "Alpha")).cfg;
+    swapped.generation = r.cfg.generation + 1;
+    r.pipeline.reconfigure(&swapped, S);
+    r.cfg = swapped;
+    assert_eq!(
+        r.run(0, &mut packet(), 2, 2 * S),
+        Verdict::Transmit(1),
+        "still Alpha"
+    );
+    let dpi = r.pipeline.dpi_counters();
+    let bytes = |name| dpi.app_bytes(label_id(name, Category::FileTransfer));
+    let ip_len = (packet().len() - 14) as u64;
+    assert_eq!((bytes("Alpha"), bytes("Beta")), (2 * ip_len, 0));
+    // Without Alpha at all, the flow keeps no application, and is not Beta either.
+    let mut without = rig_with(&apps_and_a_deny_rule("Beta", "Gamma")).cfg;
+    without.generation = r.cfg.generation + 1;
+    r.pipeline.reconfigure(&without, 3 * S);
+    r.cfg = without;
+    assert_eq!(
+        r.run(0, &mut packet(), 3, 3 * S),
+        Verdict::Transmit(1),
+        "not Beta"
+    );
+    assert_eq!(bytes("Beta"), 0);
+}
+
 #[test]
 fn dscp_conditions_read_the_packet() {
     let mut r = rig_with(
