@@ -264,6 +264,7 @@ fn app_from_proto(a: &pb::Application) -> Result<AppSpec, ConfigError> {
         alpn: Vec::new(),
         host_patterns: Vec::new(),
         certificate_names: Vec::new(),
+        stun_attributes: Vec::new(),
     })
 }
 

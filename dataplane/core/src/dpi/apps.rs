@@ -54,6 +54,19 @@ pub struct AppSpec {
     /// use their own certificates rather than a host name (`AnyDesk Client`).
     #[serde(default)]
     pub certificate_names: Vec<String>,
+    /// STUN messages carrying an attribute of one of these types belong to
+    /// this application: types only its agents send (Microsoft's MS-TURN and
+    /// MS-ICE2 extensions), never the standard ones every agent may send.
+    #[serde(default)]
+    pub stun_attributes: Vec<u16>,
+}
+
+/// Whether any STUN agent may send attributes of type `t`: the IETF's
+/// comprehension-required range and the standard comprehension-optional
+/// attributes of IANA's registry (and 0x8020, XOR-MAPPED-ADDRESS as the
+/// drafts before RFC 5389 numbered it).
+fn standard_stun_attribute(t: u16) -> bool {
+    matches!(t, 0x0000..=0x3fff | 0x8000..=0x8004 | 0x8020 | 0x8022..=0x8030)
 }
 
 /// Reads a list of ports and `"first-last"` ranges (vendors document their
@@ -167,6 +180,8 @@ pub(crate) struct Compiled {
     /// ALPN prefixes (entries written with a trailing `*`), in catalogue order.
     pub(crate) alpn_prefixes: Vec<(Vec<u8>, u16)>,
     pub(crate) certificate_names: HashMap<String, u16>,
+    /// STUN attribute types and the application whose agents send them.
+    pub(crate) stun_attributes: HashMap<u16, u16>,
     pub(crate) database: Option<BlockDatabase>,
     /// Server-name patterns; pattern id = index into `host_pattern_apps`.
     pub(crate) host_database: Option<BlockDatabase>,
@@ -189,6 +204,7 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
     let mut alpn = HashMap::new();
     let mut alpn_prefixes = Vec::new();
     let mut certificate_names = HashMap::new();
+    let mut stun_attributes = HashMap::new();
     let mut patterns = Vec::new();
     let mut rules = Vec::new();
     let mut host_patterns = Vec::new();
@@ -271,6 +287,15 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
                 .entry(name.to_ascii_lowercase())
                 .or_insert(app);
         }
+        for &t in &spec.stun_attributes {
+            if standard_stun_attribute(t) {
+                return Err(field_error(
+                    "stun_attributes",
+                    format!("0x{t:04x} is a standard attribute any STUN agent may send; give types only this application's agents send"),
+                ));
+            }
+            stun_attributes.entry(t).or_insert(app);
+        }
         for expr in &spec.host_patterns {
             let flags = CompileFlags::SINGLEMATCH;
             let pattern =
@@ -292,11 +317,12 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
             + spec.patterns.len()
             + spec.tls_ports.len()
             + spec.alpn.len()
-            + spec.certificate_names.len();
+            + spec.certificate_names.len()
+            + spec.stun_attributes.len();
         if identified_by == 0 {
             return Err(field_error(
                 "patterns",
-                "an application needs hosts, host_patterns, patterns, tls_ports, alpn or certificate_names"
+                "an application needs hosts, host_patterns, patterns, tls_ports, alpn, certificate_names or stun_attributes"
                     .into(),
             ));
         }
@@ -344,6 +370,7 @@ pub(crate) fn compile(specs: &[AppSpec]) -> Result<Compiled, AppError> {
         alpn,
         alpn_prefixes,
         certificate_names,
+        stun_attributes,
         database,
         host_database,
         host_pattern_apps,

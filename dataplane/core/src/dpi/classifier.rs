@@ -8,7 +8,9 @@ use std::fmt;
 use hyperscan::prelude::*;
 
 use super::apps::{self, AppError, AppSpec, Transport};
-use super::{counters, dns, tls, AppPattern, Category, Classification, Method, Packet, Protocol};
+use super::{
+    counters, dns, stun, tls, AppPattern, Category, Classification, Method, Packet, Protocol,
+};
 
 /// How a classified flow's packets are accounted ([`Classifier::account`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,6 +387,17 @@ impl Classifier {
     }
 
     /// A scratch large enough for both of this classifier's databases.
+    /// The application whose agents send one of a STUN message's attributes.
+    pub(super) fn stun_app(&self, message: &stun::Message<'_>) -> Option<u16> {
+        let known = &self.compiled.stun_attributes;
+        if known.is_empty() {
+            return None;
+        }
+        message
+            .attribute_types()
+            .find_map(|t| known.get(&t).copied())
+    }
+
     pub(super) fn scratch(&self) -> Option<Scratch> {
         let dbs = [&self.compiled.database, &self.compiled.host_database];
         let mut scratch: Option<Scratch> = None;

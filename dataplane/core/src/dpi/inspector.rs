@@ -389,8 +389,8 @@ impl Inspector {
             if let Some(c) = self.quic(classifier, flow, pkt) {
                 return Some(c);
             }
-            if stun::message(payload).is_some() {
-                return found(Protocol::Stun, None);
+            if let Some(message) = stun::message(payload) {
+                return stun_found(classifier, &message);
             }
             // DNS on another port: only a message that parses exactly.
             if dns::is_exact_message(payload) {
@@ -421,8 +421,8 @@ impl Inspector {
         if let Some(c) = self.tls(classifier, flow, pkt) {
             return Some(c);
         }
-        if stun::stream_message(payload).is_some() {
-            return found(Protocol::Stun, None);
+        if let Some(message) = stun::stream_message(payload) {
+            return stun_found(classifier, &message);
         }
         if let Some(req) = http::request(payload) {
             return found(
@@ -657,4 +657,14 @@ fn dns_protocol(pkt: &Packet<'_>) -> Option<Protocol> {
     } else {
         None
     }
+}
+
+/// A STUN message's verdict: the application whose agents send one of its
+/// attributes, if the catalogue knows one.
+fn stun_found(classifier: &Classifier, message: &stun::Message<'_>) -> Option<Classification> {
+    let app = classifier.stun_app(message);
+    Some(Classification::dissected(
+        Protocol::Stun,
+        app.map(|app| (app, Method::Signature)),
+    ))
 }

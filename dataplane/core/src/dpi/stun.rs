@@ -1,19 +1,30 @@
 //! STUN (RFC 5389/8489, and RFC 3489's classic form): recognises messages
-//! and reads the attributes that reveal the calling application.
+//! and lists the types of their attributes, some of which only one vendor's
+//! agents send (Microsoft's [MS-TURN] and [MS-ICE2] extensions).
 
 /// The RFC 5389 magic cookie.
 const MAGIC: u32 = 0x2112_a442;
+/// [MS-TURN] 2.2.2: the Magic Cookie attribute, first in each of its messages.
+const MS_TURN_COOKIE: [u8; 8] = [0x00, 0x0f, 0x00, 0x04, 0x72, 0xc6, 0x4b, 0xc6];
 
-/// What a STUN message reveals.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A STUN message, its attributes walked to the last byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message<'a> {
-    /// The SOFTWARE attribute, if present.
-    pub software: Option<&'a [u8]>,
-    /// The REALM attribute, if present.
-    pub realm: Option<&'a [u8]>,
-    /// True when an attribute only one application uses was seen (the
-    /// comprehension-optional 0x4000–0x7FFF range or 0xC000+ vendor codes).
-    pub vendor_attributes: bool,
+    /// The attributes, type-length-value each, padded to 4 bytes.
+    attributes: &'a [u8],
+}
+
+impl Message<'_> {
+    /// The type of each attribute, in order.
+    pub fn attribute_types(&self) -> impl Iterator<Item = u16> + '_ {
+        let mut rest = self.attributes;
+        std::iter::from_fn(move || {
+            let (header, _) = rest.split_first_chunk::<4>()?;
+            let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+            rest = rest.get((4 + len).next_multiple_of(4)..).unwrap_or(&[]);
+            Some(u16::from_be_bytes([header[0], header[1]]))
+        })
+    }
 }
 
 /// Reads a STUN message filling a UDP datagram; None when `data` is not one.
@@ -49,27 +60,26 @@ fn parse(data: &[u8], stream: bool) -> Option<Message<'_>> {
     let method = (kind & 0x000f) | ((kind & 0x00e0) >> 1) | ((kind & 0x3e00) >> 2);
     // Binding, allocate/refresh/send/data/create-permission/channel-bind (TURN), and
     // the classic shared-secret request; others are not seen from real clients.
-    if cookie != MAGIC && !matches!(kind, 0x0001 | 0x0101 | 0x0111 | 0x0002 | 0x0102 | 0x0112) {
+    // [MS-TURN]'s messages (draft TURN's methods, without RFC 5389's cookie)
+    // open with their own: the MAGIC-COOKIE attribute.
+    let classic = matches!(kind, 0x0001 | 0x0101 | 0x0111 | 0x0002 | 0x0102 | 0x0112);
+    if cookie != MAGIC && !classic && data.get(20..28) != Some(MS_TURN_COOKIE.as_slice()) {
         return None;
     }
     if !matches!(method, 0x001..=0x00a | 0x080..=0x0ff) {
         return None;
     }
-    let mut msg = Message::default();
-    let mut attrs = &data[20..];
-    while attrs.len() >= 4 {
-        let attr = u16::from_be_bytes([attrs[0], attrs[1]]);
-        let alen = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
-        let value = attrs.get(4..4 + alen)?;
-        match attr {
-            0x8022 => msg.software = Some(value),
-            0x0014 => msg.realm = Some(value),
-            0x4000..=0x7fff | 0xc000..=0xffff => msg.vendor_attributes = true,
-            _ => {}
-        }
-        attrs = attrs.get((4 + alen).next_multiple_of(4)..).unwrap_or(&[]);
+    let attributes = &data[20..];
+    // Every attribute's value within the message (the last one's padding may
+    // be missing: RFC 3489's agents did not pad).
+    let mut rest = attributes;
+    while !rest.is_empty() {
+        let (header, _) = rest.split_first_chunk::<4>()?;
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        rest.get(4..4 + len)?;
+        rest = rest.get((4 + len).next_multiple_of(4)..).unwrap_or(&[]);
     }
-    Some(msg)
+    Some(Message { attributes })
 }
 
 #[cfg(test)]
@@ -93,15 +103,15 @@ mod tests {
     }
 
     #[test]
-    fn reads_software() {
-        let m = binding(&[(0x8022, b"libjingle"), (0x0006, b"user")]);
-        assert_eq!(message(&m).unwrap().software, Some(&b"libjingle"[..]));
-        assert!(!message(&m).unwrap().vendor_attributes);
-        assert!(
-            message(&binding(&[(0xc057, b"x")]))
-                .unwrap()
-                .vendor_attributes
-        );
+    fn lists_attribute_types() {
+        let m = binding(&[
+            (0x8022, b"libjingle"),
+            (0x0006, b"user"),
+            (0x8008, &[0, 0, 0, 6]),
+        ]);
+        let types: Vec<u16> = message(&m).unwrap().attribute_types().collect();
+        assert_eq!(types, [0x8022, 0x0006, 0x8008]);
+        assert_eq!(message(&binding(&[])).unwrap().attribute_types().count(), 0);
     }
 
     #[test]
@@ -127,5 +137,9 @@ mod tests {
         for cut in 0..m.len() {
             let _ = message(&m[..cut]);
         }
+        // An attribute longer than its message.
+        let mut m = binding(&[(0x8022, b"abcd")]);
+        m[23] = 9;
+        assert_eq!(message(&m), None);
     }
 }

@@ -261,6 +261,7 @@ fn user_apps_extend_and_bad_patterns_are_named() {
         tls_ports: vec![],
         alpn: vec![],
         certificate_names: vec![],
+        stun_attributes: vec![],
     };
     let c = Classifier::with_user_apps(&[spec("^ACME[0-9]{2}")]).unwrap();
     assert_eq!(
@@ -311,6 +312,7 @@ fn an_alpn_ending_in_a_star_is_a_prefix() {
         tls_ports: vec![],
         alpn: vec![alpn.into()],
         certificate_names: vec![],
+        stun_attributes: vec![],
     };
     let c = Classifier::with_user_apps(&[acme("acme/*")]).unwrap();
     let hello = |alpn| tls::tests::record(&tls::tests::hello_message(None, Some(alpn), 0));
@@ -352,6 +354,7 @@ fn verdicts_are_renumbered_by_name_when_the_catalogue_changes() {
         tls_ports: vec![],
         alpn: vec![],
         certificate_names: vec![],
+        stun_attributes: vec![],
     };
     let before = Classifier::with_user_apps(&[app("Alpha"), app("Beta")]).unwrap();
     let alpha = verdict(&before, &[pkt(true, 1, 2, b"Alpha")]);
@@ -709,6 +712,52 @@ fn catalogue_signatures_name_their_protocols() {
     }
 }
 
+#[test]
+fn stun_attributes_only_one_vendor_sends_name_its_application() {
+    let c = classifier();
+    let stun = |spec: &str| {
+        let payload = bytes(spec);
+        let v = verdict(&c, &[pkt(false, 50000, 3478, &payload)]);
+        (c.name(&v), c.category(&v), v.method)
+    };
+    // [MS-ICE2] 2.2.2.2: a connectivity check with IMPLEMENTATION-VERSION (0x8070).
+    let teams = "0001 0018 2112a442 0102030405060708090a0b0c 0006 0004 'ab:c' 8070 0004 00000002 8028 0004 01020304";
+    assert_eq!(
+        stun(teams),
+        ("STUN.Skype_Teams".into(), Category::VoIP, Method::Signature)
+    );
+    // [MS-TURN] 2.2.2.17: an Allocate request with MS-VERSION (0x8008), in
+    // draft TURN's form: no RFC 5389 cookie, MS-TURN's MAGIC-COOKIE attribute first.
+    let allocate =
+        "0003 0010 00112233445566778899aabbccddeeff 000f 0004 72c64bc6 8008 0004 00000006";
+    assert_eq!(stun(allocate).0, "STUN.Skype_Teams");
+    // A WebRTC check: standard attributes and libwebrtc's own (every browser's).
+    let webrtc = "0001 001c 2112a442 0102030405060708090a0b0c 0006 0004 'ab:c' 802a 0008 0000000000000001 c057 0004 00010000";
+    assert_eq!(
+        stun(webrtc),
+        ("STUN".into(), Category::VoIP, Method::Dissector)
+    );
+    // Users may name their own vendor's attributes, never standard ones.
+    let app = |types: &str| {
+        format!(
+            "[[application]]\nname = \"Acme\"\ncategory = \"VoIP\"\nstun_attributes = [{types}]\n"
+        )
+    };
+    let acme = Classifier::with_user_apps(&apps::parse(&app("0xc0de")).unwrap()).unwrap();
+    let payload = bytes("0001 0008 2112a442 0102030405060708090a0b0c c0de 0004 00000000");
+    let v = verdict(&acme, &[pkt(false, 50000, 3478, &payload)]);
+    assert_eq!(acme.name(&v), "STUN.Acme");
+    for standard in ["0x0006", "0x8028", "0x8022", "0x8020"] {
+        let err = Classifier::with_user_apps(&apps::parse(&app(standard)).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("stun_attributes") && err.contains(&standard[2..]),
+            "{err}"
+        );
+    }
+}
+
 /// Bytes from text: hex digits, spaces ignored; `'text'` runs are taken as they are.
 fn bytes(spec: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -821,6 +870,7 @@ fn pathological_user_patterns_are_bounded_or_refused() {
         tls_ports: vec![],
         alpn: vec![],
         certificate_names: vec![],
+        stun_attributes: vec![],
     };
     // Catastrophic for a backtracking engine; Hyperscan scans in linear time.
     let c = Classifier::with_user_apps(&[

@@ -68,7 +68,8 @@ labelled_enum! {
     /// Policies and users tell a match from a guess by it.
     #[derive(Default)]
     Method {
-        /// A catalogue signature matched the payload.
+        /// A catalogue signature matched the payload: a pattern, or a STUN
+        /// attribute only the application's agents send.
         Signature => "signature";
         /// A name the flow carries: TLS or QUIC server name, HTTP Host, the DNS question.
         ServerName => "server_name";
