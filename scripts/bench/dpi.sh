@@ -8,7 +8,8 @@
 #             each tool reports (setup and pattern compilation excluded), plus
 #             whole-process wall time; min/median/max of RUNS runs
 #   accuracy  both tools' per-flow categories scored by scripts/dpi/score.py, and
-#             the flows each takes for another named category (wrongly named);
+#             the flows each takes for another named category (wrongly named),
+#             and accuracy on the captures of scripts/dpi/written-blind.txt apart;
 #             the same check on unusual ports is tests/tests/dpi.rs's
 #             services_moved_to_unusual_ports_are_not_taken_for_others
 #             (ndpiReader's names mapped through the corpus's mapping.csv)
@@ -167,6 +168,15 @@ printf 'wrongly named: patronus %s, ndpiReader %s (of %s labelled flows)\n' \
     "$(sed -n 's/^wrongly named //p' "$OUT/ours.score")" \
     "$(sed -n 's/^wrongly named //p' "$OUT/ndpi.score")" \
     "$(($(wc -l <"$CORPUS/labels.csv") - 1))"
+# The captures whose entries were written before anyone looked at them
+# (scripts/dpi/written-blind.txt): accuracy where tuning to the capture was impossible.
+blind=scripts/dpi/written-blind.txt
+blind_accuracy() {
+    python3 scripts/dpi/score.py "$CORPUS/labels.csv" "$1" --captures "$blind" |
+        sed -n 's/^accuracy \([0-9.]*% ([0-9]*\/[0-9]*)\).*/\1/p'
+}
+printf 'written blind (%s captures): patronus %s, ndpiReader %s\n' \
+    "$(grep -c '^[^#[:space:]]' "$blind")" "$(blind_accuracy "$OUT/ours.csv")" "$(blind_accuracy "$OUT/ndpi.csv")"
 read -r _ ours_med _ <<<"$(cut -d' ' -f1 "$OUT/ours.rates" | median3)"
 read -r _ ndpi_med _ <<<"$(cut -d' ' -f1 "$OUT/ndpi.rates" | median3)"
 python3 -c "print(f'patronus / ndpiReader classification rate (median): {$ours_med / $ndpi_med:.2f}x')"

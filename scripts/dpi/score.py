@@ -7,6 +7,7 @@ as parsed IP addresses); labelled flows without a prediction count as wrong.
 
 usage: score.py LABELS.csv PREDICTIONS.csv [--min-accuracy PCT] [--min-recall PCT]
                 [--min-precision PCT] [--max-wrongly-named N] [--errors N]
+                [--captures LIST]
 Prints per-category recall and precision, the confusion matrix, accuracy by
 the method that reached each verdict (when the predictions have a `method`
 column) and the overall accuracy (last line). Exits 1 when a --min bar is not met.
@@ -14,7 +15,8 @@ column) and the overall accuracy (last line). Exits 1 when a --min bar is not me
 verdicts that say "a web session" and "nothing known" are where traffic goes
 when nothing names it, and are scored by recall. A flow is wrongly named when
 its verdict is a named category other than its label's; --max-wrongly-named
-bounds their number.
+bounds their number. --captures scores only the labelled flows of the captures
+LIST names (one file name per line; `#` starts a comment).
 """
 
 import argparse
@@ -43,6 +45,8 @@ def main():
     ap.add_argument("--max-wrongly-named", type=int, default=None)
     ap.add_argument("--errors", type=int, default=0,
                     help="also list up to N misclassified flows")
+    ap.add_argument("--captures", default=None,
+                    help="score only the flows of the captures this file lists")
     args = ap.parse_args()
 
     with open(args.predictions, newline="") as f:
@@ -51,6 +55,14 @@ def main():
             predicted.setdefault(flow_key(row), row)
     with open(args.labels, newline="") as f:
         labels = list(csv.DictReader(f))
+    if args.captures:
+        with open(args.captures) as f:
+            listed = {line.split("#")[0].split()[0] for line in f
+                      if line.split("#")[0].strip()}
+        known = {label["pcap"] for label in labels}
+        if listed - known:
+            sys.exit(f"{args.captures}: no labelled flows for {sorted(listed - known)}")
+        labels = [label for label in labels if label["pcap"] in listed]
 
     confusion = collections.defaultdict(collections.Counter)
     errors = []
