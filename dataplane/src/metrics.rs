@@ -1302,7 +1302,8 @@ impl Scrape<'_> {
     }
 
     /// What inspection cost (summed over workers): hellos it could not
-    /// reassemble, and the packets flows needed before their verdict.
+    /// reassemble, announcements other workers missed, and the packets flows
+    /// needed before their verdict.
     fn dpi_inspection(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         counter(
             enc,
@@ -1313,6 +1314,18 @@ impl Scrape<'_> {
                 self.dpi
                     .iter()
                     .map(|w| w.reassembly_exhausted())
+                    .sum::<u64>(),
+            )],
+        )?;
+        counter(
+            enc,
+            "patronus_dpi_announcements_unshared",
+            "Flows an FTP or SIP session announced that another worker could not be told of (its queue full); that worker classifies them by their own bytes.",
+            [(
+                NO_LABELS,
+                self.dpi
+                    .iter()
+                    .map(|w| w.announcements_unshared_total())
                     .sum::<u64>(),
             )],
         )?;
@@ -1646,6 +1659,7 @@ conditions = [{{ type = "category", value = "Video" }}]
                 d.bytes(video, Category::Video, 100 * (w + 1));
                 d.classified(0, Category::Unknown, Method::None, 40, 12);
                 d.set_reassembly_exhausted(5 + w);
+                d.announcements_unshared(2 + w);
                 Arc::new(d)
             })
             .collect();

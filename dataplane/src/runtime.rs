@@ -32,6 +32,7 @@ use patronus_core::config::dns;
 use patronus_core::config::site::{classifier_with, Capabilities, SiteSections, SiteState};
 use patronus_core::config::{Config, Snapshot};
 use patronus_core::dpi::counters::DpiCounters;
+use patronus_core::dpi::Announcements;
 use patronus_core::neighbor::{NeighborEvent, NeighborManager, NeighborShared};
 use patronus_core::paths::SharedUplinks;
 use patronus_core::published::Published;
@@ -335,6 +336,7 @@ impl Workers {
         let inboxes = tunnel_inboxes(lcores.len());
         let to_shape = shaper_inboxes(lcores.len());
         let shared_uplinks = Arc::new(SharedUplinks::default());
+        let announcements = Announcements::new(lcores.len());
         // Every worker reports what it learns into one bounded channel that the
         // neighbour manager drains.
         let (events, learned) = crossbeam_channel::bounded(EVENT_CHANNEL * lcores.len());
@@ -359,6 +361,7 @@ impl Workers {
                 seed: seed_for(index),
                 inboxes: inboxes.clone(),
                 shared_uplinks: shared_uplinks.clone(),
+                announcements: announcements.clone(),
                 shaper_inboxes: to_shape.clone(),
                 tunnel_stats,
                 qos_stats,

@@ -102,6 +102,7 @@ impl Loop {
             tunnel_stats: Arc::new(SharedTunnelStats::default()),
             inboxes: tunnel_inboxes(1),
             shared_uplinks: Arc::default(),
+            announcements: patronus_core::dpi::Announcements::new(1),
             shaper_inboxes: shaper_inboxes(1),
             qos_stats: Arc::new(SharedQosStats::default()),
             stop: Arc::default(),

@@ -57,6 +57,7 @@ pub struct DpiCounters {
     packets_buckets: [AtomicU64; PACKET_BUCKETS.len() + 1],
     packets_sum: AtomicU64,
     reassembly_exhausted: AtomicU64,
+    announcements_unshared: AtomicU64,
 }
 
 impl Default for DpiCounters {
@@ -70,6 +71,7 @@ impl Default for DpiCounters {
             packets_buckets: Default::default(),
             packets_sum: AtomicU64::new(0),
             reassembly_exhausted: AtomicU64::new(0),
+            announcements_unshared: AtomicU64::new(0),
         }
     }
 }
@@ -122,6 +124,17 @@ impl DpiCounters {
     /// Publishes the inspector's count of hellos left unreassembled for want of a buffer.
     pub fn set_reassembly_exhausted(&self, n: u64) {
         self.reassembly_exhausted.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts flows announced here that `n` other workers' full queues could
+    /// not take: those workers classify them by their own bytes.
+    pub fn announcements_unshared(&self, n: u64) {
+        bump(&self.announcements_unshared, n);
+    }
+
+    /// Flows announced here that other workers could not be told of.
+    pub fn announcements_unshared_total(&self) -> u64 {
+        self.announcements_unshared.load(Ordering::Relaxed)
     }
 
     /// Flows classified with this label.

@@ -86,6 +86,50 @@ struct Awaited {
 /// Flows awaited at once per worker (announced and not yet seen).
 const ANNOUNCED_CAPACITY: usize = 1024;
 
+/// A flow one worker read announced, as handed to the other workers: RSS
+/// may give the announced flow to any of them ([`Announcements`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Announcement {
+    end: AnnouncedEnd,
+    awaited: Awaited,
+    expires_ns: u64,
+}
+
+/// Every worker's queue of the flows the others' announcers announced.
+#[derive(Clone, Debug)]
+pub struct Announcements(std::sync::Arc<[crossbeam_queue::ArrayQueue<Announcement>]>);
+
+/// Announcements a worker may be behind on reading (it reads its queue once a burst).
+const ANNOUNCEMENTS_QUEUED: usize = 1024;
+
+impl Announcements {
+    /// One queue for each of `workers` workers.
+    pub fn new(workers: usize) -> Announcements {
+        Announcements(
+            (0..workers.max(1))
+                .map(|_| crossbeam_queue::ArrayQueue::new(ANNOUNCEMENTS_QUEUED))
+                .collect(),
+        )
+    }
+
+    /// Hands `announcement` to every worker but `from`; returns to how many
+    /// it could not (their queue full).
+    pub fn share(&self, from: usize, announcement: Announcement) -> u64 {
+        let mut unshared = 0;
+        for (worker, queue) in self.0.iter().enumerate() {
+            if worker != from && queue.push(announcement).is_err() {
+                unshared += 1;
+            }
+        }
+        unshared
+    }
+
+    /// The next announcement handed to `worker`.
+    pub fn next(&self, worker: usize) -> Option<Announcement> {
+        self.0.get(worker)?.pop()
+    }
+}
+
 impl fmt::Debug for Inspector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Inspector")
@@ -170,15 +214,26 @@ impl Inspector {
     /// not use), over TCP and from the receiver only. A SIP session
     /// description's media arrives over UDP at the address it gives, which
     /// must be the sender's own: a description that names a third party's
-    /// address (a relaying proxy's, or a forged one) announces nothing.
+    /// address (a relaying proxy's, or a forged one) announces nothing. Each
+    /// flow awaited is also given to `share`, for the other workers.
     pub fn learn_announced(
         &mut self,
         announcer: Announcer,
         payload: &[u8],
         [sender, receiver]: [IpAddr; 2],
         now_ns: u64,
+        mut share: impl FnMut(Announcement),
     ) {
         self.announced.forget_expired(now_ns);
+        let mut awaits = |end, awaited, expires_ns| {
+            let announcement = Announcement {
+                end,
+                awaited,
+                expires_ns,
+            };
+            self.announced.insert(end, awaited, expires_ns);
+            share(announcement);
+        };
         match announcer {
             Announcer::Ftp => {
                 let expires_ns = now_ns.saturating_add(ftp::ANNOUNCED_TTL_NS);
@@ -187,11 +242,9 @@ impl Inspector {
                     from: Some(receiver),
                 };
                 ftp::announcements(payload, |a| {
-                    self.announced
-                        .insert((sender, a.port, true), awaited, expires_ns);
+                    awaits((sender, a.port, true), awaited, expires_ns);
                     if let Some(addr) = a.addr.filter(|&addr| addr != sender) {
-                        self.announced
-                            .insert((addr, a.port, true), awaited, expires_ns);
+                        awaits((addr, a.port, true), awaited, expires_ns);
                     }
                 });
             }
@@ -203,11 +256,23 @@ impl Inspector {
                             protocol: s.protocol,
                             from: None,
                         };
-                        self.announced
-                            .insert((s.addr, s.port, false), awaited, expires_ns);
+                        awaits((s.addr, s.port, false), awaited, expires_ns);
                     }
                 });
             }
+        }
+    }
+
+    /// Awaits a flow another worker's announcer announced (as
+    /// [`Inspector::learn_announced`] handed it over), unless it expired.
+    pub fn await_announced(&mut self, announcement: Announcement, now_ns: u64) {
+        self.announced.forget_expired(now_ns);
+        if announcement.expires_ns > now_ns {
+            self.announced.insert(
+                announcement.end,
+                announcement.awaited,
+                announcement.expires_ns,
+            );
         }
     }
 

@@ -77,7 +77,7 @@ pub mod tls;
 mod types;
 
 pub use classifier::{Account, Announcer, Classifier, ReadOn, Renumbering};
-pub use inspector::{FlowInspection, Inspector};
+pub use inspector::{Announcement, Announcements, FlowInspection, Inspector};
 pub use payload::{l4_payload, tcp_seq, Packet};
 pub use reassembly::REASSEMBLY_BYTES;
 pub use types::{AppPattern, Category, Classification, Limits, Method, Protocol};

@@ -228,8 +228,13 @@ impl<'c> OfflineClassifier<'c> {
             }
             Some(v) => {
                 if let Some(announcer) = self.classifier.announcer(&v) {
-                    self.inspector
-                        .learn_announced(announcer, payload, [src, dst], NO_CLOCK);
+                    self.inspector.learn_announced(
+                        announcer,
+                        payload,
+                        [src, dst],
+                        NO_CLOCK,
+                        |_| {},
+                    );
                 }
             }
             _ => {}

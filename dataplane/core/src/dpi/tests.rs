@@ -975,6 +975,47 @@ fn a_web_session_takes_the_name_its_server_was_resolved_for() {
 }
 
 #[test]
+fn announcements_are_handed_to_the_other_workers_while_they_hold() {
+    const S: u64 = 1_000_000_000;
+    let (server, client): (std::net::IpAddr, std::net::IpAddr) =
+        ("192.0.2.50".parse().unwrap(), "10.0.0.1".parse().unwrap());
+    let queues = Announcements::new(3);
+    let mut learner = Inspector::new(Limits::default(), 1);
+    let pasv = b"227 Entering Passive Mode (192,0,2,50,195,80)\r\n";
+    let mut unshared = 0;
+    learner.learn_announced(Announcer::Ftp, pasv, [server, client], 10 * S, |a| {
+        unshared += queues.share(0, a);
+    });
+    assert_eq!(unshared, 0);
+    assert!(queues.next(0).is_none(), "not to the worker that read it");
+    // Worker 2 takes it in time; its data connection is FTP_DATA there.
+    let mut other = Inspector::new(Limits::default(), 1);
+    other.await_announced(queues.next(2).expect("handed to worker 2"), 11 * S);
+    let v = other
+        .announced(
+            &mut FlowInspection::default(),
+            true,
+            (client, 40001),
+            (server, 50000),
+            11 * S,
+        )
+        .expect("announced on worker 2");
+    assert_eq!(v.method, Method::Related);
+    // Worker 1 reads its queue only after the announcement expired.
+    let mut late = Inspector::new(Limits::default(), 1);
+    late.await_announced(queues.next(1).expect("handed to worker 1"), 100 * S);
+    assert!(!late.awaits_announced());
+    // A worker that stops reading fills its queue; what does not fit is counted.
+    let mut dropped = 0;
+    for _ in 0..2000 {
+        learner.learn_announced(Announcer::Ftp, pasv, [server, client], 10 * S, |a| {
+            dropped += queues.share(0, a);
+        });
+    }
+    assert_eq!(dropped, 2 * (2000 - 1024));
+}
+
+#[test]
 fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     let c = classifier();
     let mut inspector = Inspector::new(Limits::default(), 4);
@@ -987,7 +1028,7 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     // A server behind NAT announces its private address: the data
     // connection goes to its public one, which sent the reply.
     let pasv = b"227 Entering Passive Mode (172,16,0,5,195,80)\r\n";
-    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 10 * S);
+    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 10 * S, |_| {});
     assert!(inspector.awaits_announced());
     let mut flow = fresh();
     let v = inspector
@@ -1021,7 +1062,7 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     ));
     // Only from the announcement's receiver, only over TCP, and only the
     // destination of a flow's first packet is looked up.
-    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 12 * S);
+    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 12 * S, |_| {});
     assert!(!to(
         &mut inspector,
         true,
@@ -1055,14 +1096,14 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     // by its later packets either.
     let mut earlier = fresh();
     inspector.inspect(&c, &mut earlier, &pkt(true, 40006, 443, &[]));
-    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 13 * S);
+    inspector.learn_announced(Announcer::Ftp, pasv, [server, client], 13 * S, |_| {});
     let late = ((server, 50000), (client, 40006));
     assert!(inspector
         .announced(&mut earlier, true, late.1, late.0, 13 * S)
         .is_none());
     // Active mode: the server connects to the client's listener.
     let port = b"PORT 10,0,0,7,156,65\r\n";
-    inspector.learn_announced(Announcer::Ftp, port, [client, server], 20 * S);
+    inspector.learn_announced(Announcer::Ftp, port, [client, server], 20 * S, |_| {});
     // A client that announces itself cannot name its own connections elsewhere.
     assert!(!to(
         &mut inspector,
@@ -1080,7 +1121,7 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
         80 * S
     ));
     let eprt = b"EPRT |1|10.0.0.7|40001|\r\n";
-    inspector.learn_announced(Announcer::Ftp, eprt, [client, server], 100 * S);
+    inspector.learn_announced(Announcer::Ftp, eprt, [client, server], 100 * S, |_| {});
     // Nor by a flow already under inspection.
     let mut under_way = fresh();
     let noise = [0x9cu8, 0x11, 0x02, 0xfe, 0x5a, 0x00, 0x31, 0x77];
@@ -1097,7 +1138,7 @@ fn an_announced_data_connection_is_ftp_data_from_its_first_packet_once() {
     let web = verdict(&c, &[pkt(true, 40000, 80, get)]);
     assert_eq!(c.announcer(&web), None);
     let epsv = b"229 Entering Extended Passive Mode (|||6446|)\r\n";
-    inspector.learn_announced(Announcer::Ftp, epsv, [server, client], 0);
+    inspector.learn_announced(Announcer::Ftp, epsv, [server, client], 0, |_| {});
     inspector.forget_context();
     assert!(!inspector.awaits_announced());
 }
@@ -1115,10 +1156,10 @@ fn a_calls_media_is_named_by_the_session_description_that_announced_it() {
     assert_eq!(c.announcer(&sip), Some(Announcer::Sip));
     // Relayed by a proxy, the description names a third party: nothing is
     // awaited (it could as well be forged).
-    inspector.learn_announced(Announcer::Sip, invite, [proxy, phone], 0);
+    inspector.learn_announced(Announcer::Sip, invite, [proxy, phone], 0, |_| {});
     assert!(!inspector.awaits_announced());
     // The phone's own description announces its own address.
-    inspector.learn_announced(Announcer::Sip, invite, [phone, proxy], 0);
+    inspector.learn_announced(Announcer::Sip, invite, [phone, proxy], 0, |_| {});
     let named = |inspector: &mut Inspector, tcp, port| {
         let v = inspector.announced(
             &mut FlowInspection::default(),
@@ -1139,7 +1180,7 @@ fn a_calls_media_is_named_by_the_session_description_that_announced_it() {
         Some("RTCP".into())
     );
     // Awaited through a long ring, not forever.
-    inspector.learn_announced(Announcer::Sip, invite, [phone, proxy], 0);
+    inspector.learn_announced(Announcer::Sip, invite, [phone, proxy], 0, |_| {});
     let late = inspector.announced(
         &mut FlowInspection::default(),
         false,

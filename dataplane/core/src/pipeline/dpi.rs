@@ -9,7 +9,9 @@ use std::sync::Arc;
 use super::{Burst, Context, Next};
 use crate::config::Snapshot;
 use crate::dpi::counters::DpiCounters;
-use crate::dpi::{self, Classifier, FlowInspection, Inspector, Protocol, ReadOn};
+use crate::dpi::{
+    self, Announcements, Announcer, Classifier, FlowInspection, Inspector, Protocol, ReadOn,
+};
 use crate::flow::table::{FlowId, FlowTable};
 use crate::frame::Frame;
 use crate::packet::parse::{L3, L4};
@@ -23,17 +25,22 @@ pub(super) struct State {
     flows: Vec<FlowInspection>,
     /// The catalogue the flow table's verdicts are numbered by.
     numbered_by: Arc<Classifier>,
+    /// This worker's number, and every worker's queue of the flows others announced.
+    worker: usize,
+    announcements: Announcements,
     pub counters: Arc<DpiCounters>,
 }
 
 impl State {
-    pub(super) fn new(cfg: &Snapshot) -> Self {
+    pub(super) fn new(cfg: &Snapshot, worker: usize, announcements: Announcements) -> Self {
         // Reassembly buffers as configured, but never more than flows the worker can hold.
         let buffers = (cfg.dpi.reassembly_buffers as usize).min(cfg.worker.flow_capacity as usize);
         State {
             inspector: Inspector::new(cfg.dpi.limits, buffers),
             flows: vec![FlowInspection::default(); cfg.worker.flow_capacity as usize],
             numbered_by: cfg.dpi.classifier.clone(),
+            worker,
+            announcements,
             counters: Arc::default(),
         }
     }
@@ -56,6 +63,26 @@ impl State {
         self.numbered_by = classifier.clone();
     }
 
+    /// Reads the flows a packet of an announcer announces (see
+    /// [`Inspector::learn_announced`]) and hands them to the other workers.
+    fn learn_announced(
+        &mut self,
+        announcer: Announcer,
+        payload: &[u8],
+        ends: [IpAddr; 2],
+        now_ns: u64,
+    ) {
+        let (announcements, worker) = (&self.announcements, self.worker);
+        let mut unshared = 0;
+        self.inspector
+            .learn_announced(announcer, payload, ends, now_ns, |announcement| {
+                unshared += announcements.share(worker, announcement);
+            });
+        if unshared > 0 {
+            self.counters.announcements_unshared(unshared);
+        }
+    }
+
     /// A new flow took entry `id`: its inspection starts over.
     pub(super) fn start(&mut self, id: FlowId) {
         self.flows[id.index()] = FlowInspection::default();
@@ -75,6 +102,9 @@ pub(super) fn run<F: Frame>(
         return;
     }
     let classifier = &*settings.classifier;
+    while let Some(announcement) = state.announcements.next(state.worker) {
+        state.inspector.await_announced(announcement, ctx.now_ns);
+    }
     for i in burst.slots() {
         let meta = &burst.meta[i];
         let (Next::Forward, Some(flow)) = (meta.next, meta.flow) else {
@@ -124,9 +154,7 @@ pub(super) fn run<F: Frame>(
                 }
                 ReadOn::Announcements(announcer) => {
                     if let Some([dst, src]) = ends() {
-                        state
-                            .inspector
-                            .learn_announced(announcer, payload, [src, dst], ctx.now_ns);
+                        state.learn_announced(announcer, payload, [src, dst], ctx.now_ns);
                     }
                 }
                 ReadOn::DnsAnswers | ReadOn::Nothing => {}
@@ -165,11 +193,6 @@ pub(super) fn run<F: Frame>(
                     .inspector
                     .learn_names(classifier, inspection, payload, ctx.now_ns);
             }
-            if let (Some(announcer), Some([dst, src])) = (classifier.announcer(&verdict), ends()) {
-                state
-                    .inspector
-                    .learn_announced(announcer, payload, [src, dst], ctx.now_ns);
-            }
             entry.app = verdict.to_flow_app();
             // The flow's bytes so far, this packet's included (the flow stage counted it).
             let bytes = entry.bytes[0] + entry.bytes[1];
@@ -177,6 +200,9 @@ pub(super) fn run<F: Frame>(
             state
                 .counters
                 .classified(label, category, verdict.method, bytes, inspection.packets());
+            if let (Some(announcer), Some([dst, src])) = (classifier.announcer(&verdict), ends()) {
+                state.learn_announced(announcer, payload, [src, dst], ctx.now_ns);
+            }
             state
                 .counters
                 .set_reassembly_exhausted(state.inspector.pool_exhausted());

@@ -161,6 +161,9 @@ pub struct PipelineSetup<F> {
     /// Which uplinks BFD says are down and what was sent over each, shared
     /// by every worker.
     pub shared_uplinks: Arc<SharedUplinks>,
+    /// Every worker's queue of the flows other workers' FTP and SIP sessions
+    /// announced (one [`crate::dpi::Announcements`] for all workers).
+    pub announcements: crate::dpi::Announcements,
     /// Keys the flow table's hash and seeds the tunnel engine's limiter.
     pub seed: u64,
     /// The time now (ns on the data-plane clock): path meters start then.
@@ -178,7 +181,7 @@ impl<F: Frame> Pipeline<F> {
                 u64::from(cfg.worker.flow_idle_timeout_s) * NS_PER_S,
                 setup.seed,
             ),
-            dpi: dpi::State::new(cfg),
+            dpi: dpi::State::new(cfg, setup.worker, setup.announcements.clone()),
             policy: policy::State::new(cfg),
             errors: icmp::Errors::new(cfg, setup.seed),
             learned: local::Learned {

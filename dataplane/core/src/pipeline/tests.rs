@@ -86,6 +86,7 @@ fn rig_with(extra: &str) -> Rig {
         worker: 0,
         inboxes: crate::worker::tunnel_inboxes(1),
         shared_uplinks: std::sync::Arc::default(),
+        announcements: crate::dpi::Announcements::new(1),
         events: tx,
         seed: 7,
         now_ns: 0,

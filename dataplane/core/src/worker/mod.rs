@@ -168,6 +168,8 @@ pub struct WorkerSetup<H, R, T: PacketTx> {
     /// Which uplinks BFD says are down and what was sent over each: one
     /// for every worker.
     pub shared_uplinks: Arc<SharedUplinks>,
+    /// Every worker's queue of the flows others announced: one for every worker.
+    pub announcements: crate::dpi::Announcements,
     /// Every worker's queue of packets for the shapers it runs (from [`shaper_inboxes`]).
     pub shaper_inboxes: ShaperInboxes<T::Frame>,
     /// Where the figures of the egresses it shapes are published.
@@ -244,6 +246,7 @@ where
                 worker: setup.index,
                 inboxes: setup.inboxes.clone(),
                 shared_uplinks: setup.shared_uplinks,
+                announcements: setup.announcements,
                 events: setup.events,
                 seed: setup.seed,
                 now_ns,

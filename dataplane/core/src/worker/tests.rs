@@ -147,6 +147,7 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
     let inboxes = tunnel_inboxes(workers);
     let to_shape = shaper_inboxes(workers);
     let shared_uplinks = Arc::default();
+    let announcements = crate::dpi::Announcements::new(workers);
     let mut site = Site {
         n,
         links: Vec::new(),
@@ -178,6 +179,7 @@ fn site_from(n: u8, workers: usize, text: &str, clock: &ManualClock) -> Site {
             tunnel_stats: tunnel_stats.clone(),
             inboxes: inboxes.clone(),
             shared_uplinks: Arc::clone(&shared_uplinks),
+            announcements: announcements.clone(),
             shaper_inboxes: to_shape.clone(),
             qos_stats: qos_stats.clone(),
             stop: Arc::default(),
@@ -1891,4 +1893,76 @@ fn a_peer_with_a_rate_gets_it_and_the_other_peer_the_rest_of_the_uplink() {
         "site 2 at its 1 Mbit/s: {mbps:?}"
     );
     assert!((mbps[1] - 3.0).abs() < 0.06, "site 3 the other 3: {mbps:?}");
+}
+
+/// A TCP segment with `payload` between `src` and `dst` (address, port),
+/// from `src_mac` to `dst_mac`.
+fn tcp_segment(
+    [src_mac, dst_mac]: [[u8; 6]; 2],
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    payload: &[u8],
+) -> VecFrame {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.0, dst.0, 64)
+        .tcp(src.1, dst.1, 1, 65_535);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    VecFrame::new(&out)
+}
+
+#[test]
+fn a_data_connection_on_another_worker_is_named_by_the_announcing_one() {
+    use crate::dpi::Method;
+    let clock = ManualClock::default();
+    let server_mac = [2, 0, 0, 0, 0x50, 0x50];
+    let extra = format!(
+        "[[neighbor]]\nip = \"192.0.2.50\"\nmac = \"{}\"\nport = \"wan\"\n",
+        mac_text(server_mac)
+    );
+    let mut a = site_with(1, 2, &[], &extra, &clock);
+    let (client, server) = ([10, 1, 0, 5], [192, 0, 2, 50]);
+    let from_client = [host_mac(1), lan_mac(1)];
+    let from_server = [server_mac, wan_mac(1)];
+    // The control connection, on worker 0: the client's first segment, the
+    // greeting, then the passive-mode reply naming port 195 * 256 + 80.
+    a.host_sends(
+        0,
+        tcp_segment(from_client, (client, 40_000), (server, 21), b""),
+    );
+    for reply in [
+        &b"220 ProFTPD Server ready.\r\n"[..],
+        b"227 Entering Passive Mode (192,0,2,50,195,80).\r\n",
+    ] {
+        let segment = tcp_segment(from_server, (server, 21), (client, 40_000), reply);
+        a.links[0][WAN].to_gateway.push(segment);
+        a.round();
+        clock.advance(MS);
+    }
+    // The data connection lands on worker 1 (RSS hashes it elsewhere).
+    a.host_sends(
+        1,
+        tcp_segment(from_client, (client, 40_001), (server, 50_000), b""),
+    );
+    a.round();
+    let related = |w: usize| {
+        a.workers[w]
+            .pipeline()
+            .dpi_counters()
+            .method_flows(Method::Related)
+    };
+    assert_eq!(
+        (related(0), related(1)),
+        (0, 1),
+        "worker 1 named it FTP_DATA"
+    );
+    let unshared: u64 = (0..2)
+        .map(|w| {
+            a.workers[w]
+                .pipeline()
+                .dpi_counters()
+                .announcements_unshared_total()
+        })
+        .sum();
+    assert_eq!(unshared, 0);
 }
