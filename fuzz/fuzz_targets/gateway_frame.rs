@@ -108,6 +108,7 @@ fuzz_target!(|data: &[u8]| {
             worker: 0,
             inboxes: tunnel_inboxes(1),
             shared_uplinks: std::sync::Arc::default(),
+            announcements: patronus_core::dpi::Announcements::new(1),
             events,
             seed: 1,
             now_ns: 0,
