@@ -6,7 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patronus_core::dpi::dns::{answers, is_exact_message, question, question_tcp, Answer, MAX_NAME};
+use patronus_core::dpi::dns::{
+    answers, is_exact_message, question, question_tcp, Answer, MAX_NAME,
+};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = [0u8; MAX_NAME];

@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
     let mut frame = frame.to_vec();
     if fix & 1 == 1 && frame.len() >= 34 {
         frame[24..26].fill(0);
-        let sum = Sum16BitWords::new().add_slice(&frame[14..34]).ones_complement();
+        let sum = Sum16BitWords::new()
+            .add_slice(&frame[14..34])
+            .ones_complement();
         frame[24..26].copy_from_slice(&sum.to_be().to_be_bytes());
     }
     assert_eq!(parse(&frame), parse_without_fast_path(&frame));
