@@ -70,8 +70,7 @@ fn parse(data: &[u8], stream: bool) -> Option<Message<'_>> {
         return None;
     }
     let attributes = &data[20..];
-    // Every attribute's value within the message (the last one's padding may
-    // be missing: RFC 3489's agents did not pad).
+    // Every attribute's value lies within the message.
     let mut rest = attributes;
     while !rest.is_empty() {
         let (header, _) = rest.split_first_chunk::<4>()?;
