@@ -248,20 +248,30 @@ fn unknown_after_the_packet_limit() {
     assert!(flow.is_done());
 }
 
-#[test]
-fn user_apps_extend_and_bad_patterns_are_named() {
-    let spec = |pattern: &str| AppSpec {
-        name: "Acme".into(),
-        category: Category::Database,
+/// A user application named `name` in `category` that says nothing else yet:
+/// tests add the fields they need.
+fn user_app(name: &str, category: Category) -> AppSpec {
+    AppSpec {
+        name: name.into(),
+        category,
         hosts: vec![],
         host_patterns: vec![],
-        patterns: vec![pattern.into()],
-        transport: Transport::Tcp,
+        patterns: vec![],
+        transport: Transport::Any,
         ports: vec![],
         tls_ports: vec![],
         alpn: vec![],
         certificate_names: vec![],
         stun_attributes: vec![],
+    }
+}
+
+#[test]
+fn user_apps_extend_and_bad_patterns_are_named() {
+    let spec = |pattern: &str| AppSpec {
+        patterns: vec![pattern.into()],
+        transport: Transport::Tcp,
+        ..user_app("Acme", Category::Database)
     };
     let c = Classifier::with_user_apps(&[spec("^ACME[0-9]{2}")]).unwrap();
     assert_eq!(
@@ -302,17 +312,8 @@ fn ports_are_written_as_ports_or_ranges() {
 #[test]
 fn an_alpn_ending_in_a_star_is_a_prefix() {
     let acme = |alpn: &str| AppSpec {
-        name: "Acme".into(),
-        category: Category::RemoteAccess,
-        hosts: vec![],
-        host_patterns: vec![],
-        patterns: vec![],
-        transport: Transport::Any,
-        ports: vec![],
-        tls_ports: vec![],
         alpn: vec![alpn.into()],
-        certificate_names: vec![],
-        stun_attributes: vec![],
+        ..user_app("Acme", Category::RemoteAccess)
     };
     let c = Classifier::with_user_apps(&[acme("acme/*")]).unwrap();
     let hello = |alpn| tls::tests::record(&tls::tests::hello_message(None, Some(alpn), 0));
@@ -344,17 +345,9 @@ fn an_alpn_ending_in_a_star_is_a_prefix() {
 #[test]
 fn verdicts_are_renumbered_by_name_when_the_catalogue_changes() {
     let app = |name: &str| AppSpec {
-        name: name.into(),
-        category: Category::Database,
-        hosts: vec![],
-        host_patterns: vec![],
         patterns: vec![format!("^{name}")],
         transport: Transport::Tcp,
-        ports: vec![],
-        tls_ports: vec![],
-        alpn: vec![],
-        certificate_names: vec![],
-        stun_attributes: vec![],
+        ..user_app(name, Category::Database)
     };
     let before = Classifier::with_user_apps(&[app("Alpha"), app("Beta")]).unwrap();
     let alpha = verdict(&before, &[pkt(true, 1, 2, b"Alpha")]);
@@ -860,17 +853,8 @@ fn specification_payloads_name_their_protocols() {
 #[test]
 fn pathological_user_patterns_are_bounded_or_refused() {
     let spec = |pattern: &str| AppSpec {
-        name: "Evil".into(),
-        category: Category::Unknown,
-        hosts: vec![],
-        host_patterns: vec![],
         patterns: vec![pattern.into()],
-        transport: Transport::Any,
-        ports: vec![],
-        tls_ports: vec![],
-        alpn: vec![],
-        certificate_names: vec![],
-        stun_attributes: vec![],
+        ..user_app("Evil", Category::Unknown)
     };
     // Catastrophic for a backtracking engine; Hyperscan scans in linear time.
     let c = Classifier::with_user_apps(&[
