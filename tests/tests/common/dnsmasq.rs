@@ -46,24 +46,25 @@ impl Dnsmasq {
                 if std::net::UdpSocket::bind((listen, port)).is_err() {
                     continue;
                 }
-                let mut dns = Dnsmasq::spawn(prefix, listen, port, &file, &dir);
-                // Through a prefix (another namespace) its bind cannot be seen from here.
-                if !prefix.is_empty() || dns.bound(listen) {
+                if let Some(dns) = Dnsmasq::spawn(prefix, listen, port, &file, &dir) {
                     return dns;
                 }
             }
             panic!("dnsmasq could not bind a free port on {listen}");
         };
         Dnsmasq::spawn(prefix, listen, port, &file, &dir)
+            .unwrap_or_else(|| panic!("dnsmasq could not bind {listen}:{port}"))
     }
 
+    /// Runs dnsmasq and waits until it says it started (its sockets are
+    /// bound by then); None when it exits first (it could not bind the port).
     fn spawn(
         prefix: &[&str],
         listen: &str,
         port: u16,
         file: &std::path::Path,
         dir: &std::path::Path,
-    ) -> Dnsmasq {
+    ) -> Option<Dnsmasq> {
         let user = Command::new("id").arg("-un").output().unwrap().stdout;
         let mut command = match prefix.split_first() {
             Some((first, rest)) => {
@@ -73,7 +74,7 @@ impl Dnsmasq {
             }
             None => Command::new("dnsmasq"),
         };
-        let child = command
+        let mut child = command
             .args([
                 "--keep-in-foreground",
                 "--conf-file=/dev/null",
@@ -88,31 +89,40 @@ impl Dnsmasq {
             .arg(format!("--port={port}"))
             .arg(format!("--addn-hosts={}", file.display()))
             .arg(format!("--user={}", String::from_utf8_lossy(&user).trim()))
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("dnsmasq (Debian's dnsmasq-base, installed by scripts/setup.sh)");
-        Dnsmasq {
+        // Its log (`--log-facility=-`) says "started" once it has bound its
+        // sockets; read to the end, so that it never blocks on a full pipe.
+        let log = child.stderr.take().expect("stderr is piped");
+        let (started, said) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut started = Some(started);
+            for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+                if line.contains("started, version") {
+                    if let Some(started) = started.take() {
+                        let _ = started.send(());
+                    }
+                }
+            }
+        });
+        // Exited before starting: the channel closes with no word. The
+        // files stay for the next attempt.
+        if said
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_err()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        Some(Dnsmasq {
             child,
             hosts: file.to_path_buf(),
             dir: dir.to_path_buf(),
             port,
-        }
-    }
-
-    /// Waits until dnsmasq holds its port on `listen` (our own bind of it
-    /// fails) or has exited (it could not bind it); true in the first case.
-    fn bound(&mut self, listen: &str) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return false;
-            }
-            if std::net::UdpSocket::bind((listen, self.port)).is_err() {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        false
+        })
     }
 
     /// Serves `hosts` from now on (dnsmasq rereads it on SIGHUP).
