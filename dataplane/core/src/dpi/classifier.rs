@@ -15,7 +15,8 @@ use super::{
 /// How a classified flow's packets are accounted ([`Classifier::account`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Account {
-    /// Its counter label ([`Classifier::label`]).
+    /// Its counter label ([`counters::label_id`] of its name and category,
+    /// stable across catalogue reloads).
     pub label: u32,
     /// Its category.
     pub category: Category,
@@ -163,9 +164,10 @@ impl Classifier {
                     (Some(Protocol::Dns), None) => ReadOn::DnsAnswers,
                     _ => ReadOn::Nothing,
                 };
+                let category = classifier.category(&c);
                 classifier.accounts.push(Account {
-                    label: counters::label_id(&classifier.name(&c), classifier.category(&c)),
-                    category: classifier.category(&c),
+                    label: counters::label_id(&classifier.name(&c), category),
+                    category,
                     reads,
                 });
             }
@@ -188,13 +190,6 @@ impl Classifier {
             return None;
         }
         self.accounts.get(p * apps + a).copied()
-    }
-
-    /// The counter label id of a classification (stable across catalogue reloads).
-    #[inline]
-    pub fn label(&self, c: &Classification) -> u32 {
-        self.account(c.to_flow_app())
-            .map_or(counters::OVERFLOW_LABEL, |a| a.label)
     }
 
     /// How the applications `previous` numbered are numbered here; None when

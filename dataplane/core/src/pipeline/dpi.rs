@@ -9,9 +9,7 @@ use std::sync::Arc;
 use super::{Burst, Context, Next};
 use crate::config::Snapshot;
 use crate::dpi::counters::DpiCounters;
-use crate::dpi::{
-    self, Announcements, Announcer, Classifier, FlowInspection, Inspector, Protocol, ReadOn,
-};
+use crate::dpi::{self, Announcements, Classifier, FlowInspection, Inspector, ReadOn};
 use crate::flow::table::{FlowId, FlowTable};
 use crate::frame::Frame;
 use crate::packet::parse::{L3, L4};
@@ -63,23 +61,42 @@ impl State {
         self.numbered_by = classifier.clone();
     }
 
-    /// Reads the flows a packet of an announcer announces (see
-    /// [`Inspector::learn_announced`]) and hands them to the other workers.
-    fn learn_announced(
+    /// What a classified flow's packet still says, by its account: a DNS
+    /// answer's addresses go into the names cache (see
+    /// [`Inspector::learn_names`]); an announcer's flows to come are awaited
+    /// here and handed to the other workers (see [`Inspector::learn_announced`]).
+    fn read_on(
         &mut self,
-        announcer: Announcer,
-        payload: &[u8],
-        ends: [IpAddr; 2],
+        classifier: &Classifier,
+        reads: ReadOn,
+        flow: FlowId,
+        packet: Said<'_>,
         now_ns: u64,
     ) {
-        let (announcements, worker) = (&self.announcements, self.worker);
-        let mut unshared = 0;
-        self.inspector
-            .learn_announced(announcer, payload, ends, now_ns, |announcement| {
-                unshared += announcements.share(worker, announcement);
-            });
-        if unshared > 0 {
-            self.counters.announcements_unshared(unshared);
+        match reads {
+            ReadOn::DnsAnswers if packet.answer => {
+                let inspection = &mut self.flows[flow.index()];
+                self.inspector
+                    .learn_names(classifier, inspection, packet.payload, now_ns);
+            }
+            ReadOn::Announcements(announcer) => {
+                let Some([dst, src]) = packet.ends else {
+                    return;
+                };
+                let (announcements, worker) = (&self.announcements, self.worker);
+                let mut unshared = 0;
+                self.inspector.learn_announced(
+                    announcer,
+                    packet.payload,
+                    [src, dst],
+                    now_ns,
+                    |announcement| unshared += announcements.share(worker, announcement),
+                );
+                if unshared > 0 {
+                    self.counters.announcements_unshared(unshared);
+                }
+            }
+            ReadOn::DnsAnswers | ReadOn::Nothing => {}
         }
     }
 
@@ -87,6 +104,16 @@ impl State {
     pub(super) fn start(&mut self, id: FlowId) {
         self.flows[id.index()] = FlowInspection::default();
     }
+}
+
+/// What [`State::read_on`] reads of a packet.
+#[derive(Clone, Copy)]
+struct Said<'a> {
+    payload: &'a [u8],
+    /// A UDP datagram from port 53.
+    answer: bool,
+    /// Its destination and source addresses (None for ARP).
+    ends: Option<[IpAddr; 2]>,
 }
 
 // Out of line, so that profiles attribute the pass to its stage.
@@ -133,35 +160,22 @@ pub(super) fn run<F: Frame>(
             _ => continue,
         };
         let data = burst.frame(i).data();
-        let payload = dpi::l4_payload(data, headers).unwrap_or(&[]);
-        let answer = !tcp && src_port == 53;
-        let inspection = &mut state.flows[flow.id.index()];
-        let ends = || -> Option<[IpAddr; 2]> {
-            match headers.l3 {
-                L3::Ipv4(ip) => Some([ip.dst.into(), ip.src.into()]),
-                L3::Ipv6(ip) => Some([ip.dst.into(), ip.src.into()]),
-                L3::Arp(_) => None,
-            }
+        let ends = match headers.l3 {
+            L3::Ipv4(ip) => Some([ip.dst.into(), ip.src.into()]),
+            L3::Ipv6(ip) => Some([ip.dst.into(), ip.src.into()]),
+            L3::Arp(_) => None,
+        };
+        let said = Said {
+            payload: dpi::l4_payload(data, headers).unwrap_or(&[]),
+            answer: !tcp && src_port == 53,
+            ends,
         };
         if let Some(account) = account {
-            // A DNS flow's answers still name the servers of sessions to
-            // come; FTP's and SIP's messages announce data connections and media.
-            match account.reads {
-                ReadOn::DnsAnswers if answer => {
-                    state
-                        .inspector
-                        .learn_names(classifier, inspection, payload, ctx.now_ns);
-                }
-                ReadOn::Announcements(announcer) => {
-                    if let Some([dst, src]) = ends() {
-                        state.learn_announced(announcer, payload, [src, dst], ctx.now_ns);
-                    }
-                }
-                ReadOn::DnsAnswers | ReadOn::Nothing => {}
-            }
+            state.read_on(classifier, account.reads, flow.id, said, ctx.now_ns);
             continue;
         }
-        let announced = match ends() {
+        let inspection = &mut state.flows[flow.id.index()];
+        let announced = match ends {
             Some([dst, src]) if state.inspector.awaits_announced() => state.inspector.announced(
                 inspection,
                 tcp,
@@ -177,35 +191,37 @@ pub(super) fn run<F: Frame>(
             src_port,
             dst_port,
             dir: flow.dir,
-            payload,
+            payload: said.payload,
         };
         let verdict =
             announced.or_else(|| state.inspector.inspect(classifier, inspection, &packet));
-        if let Some(verdict) = verdict {
-            let verdict = match ends() {
-                Some(ends) => state
-                    .inspector
-                    .recall_name(classifier, verdict, ends, ctx.now_ns),
-                None => verdict,
-            };
-            if answer && verdict.protocol == Some(Protocol::Dns) {
-                state
-                    .inspector
-                    .learn_names(classifier, inspection, payload, ctx.now_ns);
-            }
-            entry.app = verdict.to_flow_app();
-            // The flow's bytes so far, this packet's included (the flow stage counted it).
-            let bytes = entry.bytes[0] + entry.bytes[1];
-            let (label, category) = (classifier.label(&verdict), classifier.category(&verdict));
-            state
-                .counters
-                .classified(label, category, verdict.method, bytes, inspection.packets());
-            if let (Some(announcer), Some([dst, src])) = (classifier.announcer(&verdict), ends()) {
-                state.learn_announced(announcer, payload, [src, dst], ctx.now_ns);
-            }
-            state
-                .counters
-                .set_reassembly_exhausted(state.inspector.pool_exhausted());
-        }
+        let Some(verdict) = verdict else {
+            continue;
+        };
+        let verdict = match ends {
+            Some(ends) => state
+                .inspector
+                .recall_name(classifier, verdict, ends, ctx.now_ns),
+            None => verdict,
+        };
+        entry.app = verdict.to_flow_app();
+        let packets = inspection.packets();
+        state
+            .counters
+            .set_reassembly_exhausted(state.inspector.pool_exhausted());
+        // Counted and read on by the new verdict's account, as its later packets will be.
+        let Some(account) = classifier.account(entry.app) else {
+            continue;
+        };
+        // The flow's bytes so far, this packet's included (the flow stage counted it).
+        let bytes = entry.bytes[0] + entry.bytes[1];
+        state.counters.classified(
+            account.label,
+            account.category,
+            verdict.method,
+            bytes,
+            packets,
+        );
+        state.read_on(classifier, account.reads, flow.id, said, ctx.now_ns);
     }
 }
